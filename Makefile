@@ -1,0 +1,27 @@
+# Targets named in the README. PY defaults to the project venv made by `make install`.
+PY ?= .venv/bin/python
+CONSTRAINT := $(CURDIR)/.ci/constraints.txt
+
+.PHONY: install demo test test-fast slurm-up slurm-down bench
+
+install:
+	python3 -m venv .venv
+	PIP_CONSTRAINT=$(CONSTRAINT) .venv/bin/pip install -e '.[dev]'
+
+demo:
+	$(PY) -m xlbtm.scripts.quickstart
+
+test:
+	$(PY) -m pytest -q tests
+
+test-fast:
+	$(PY) -m pytest -q tests -m "not slow and not slurm"
+
+slurm-up:
+	sudo -E bash slurm/local/start.sh || bash slurm/local/start.sh
+
+slurm-down:
+	bash slurm/local/stop.sh
+
+bench:
+	$(PY) benchmarks/bench_corpus.py

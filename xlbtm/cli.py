@@ -1,0 +1,86 @@
+"""CLI conventions shared by every `python -m xlbtm.scripts.<name>` entry point.
+
+- `make_parser(stage, description)`: argparse with defaults shown in --help.
+- `setup_logging(stage)`: lines look like `2026-11-21 01:02:03 [cluster] message`.
+- `main_wrapper(stage, main)`: runs `main(argv)`; an `XlbtmError` (bad input or flags) becomes one clear
+  line on stderr and exit status 2; argparse usage errors also exit 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Sequence
+
+LOG_FORMAT = "%(asctime)s [%(stage)s] %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class _StageFilter(logging.Filter):
+    def __init__(self, stage: str):
+        super().__init__()
+        self.stage = stage
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "stage"):
+            record.stage = self.stage
+        return True
+
+
+def setup_logging(stage: str, level: int | str | None = None) -> logging.Logger:
+    """Configure the root `xlbtm` logger once per process; later calls only change the stage name."""
+    level = level or os.environ.get("XLBTM_LOG_LEVEL", "INFO")
+    logger = logging.getLogger("xlbtm")
+    logger.setLevel(level)
+    for h in list(logger.handlers):
+        if getattr(h, "_xlbtm", False):
+            logger.removeHandler(h)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._xlbtm = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
+    handler.addFilter(_StageFilter(stage))
+    logger.addHandler(handler)
+    logger.propagate = False
+    return logger
+
+
+def get_logger(name: str) -> logging.Logger:
+    """Library modules log under `xlbtm.<name>`; the stage shown comes from the running script."""
+    return logging.getLogger(f"xlbtm.{name}")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def make_parser(stage: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog=f"python -m xlbtm.scripts.{stage}",
+        description=description,
+        epilog=epilog,
+        formatter_class=_HelpFormatter,
+    )
+
+
+def main_wrapper(stage: str, main: Callable[[Sequence[str] | None], int | None],
+                 argv: Sequence[str] | None = None) -> int:
+    """Run a script's main with xlbtm's error conventions; returns the exit status."""
+    from xlbtm.errors import XlbtmError
+
+    setup_logging(stage)
+    try:
+        rc = main(argv)
+    except XlbtmError as e:
+        print(f"xlbtm {stage}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"xlbtm {stage}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+def run_script(stage: str, main: Callable[[Sequence[str] | None], int | None]) -> None:
+    """`if __name__ == "__main__": run_script("cluster", main)` at the bottom of every script."""
+    sys.exit(main_wrapper(stage, main))

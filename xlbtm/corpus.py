@@ -1,0 +1,327 @@
+"""The jsonl corpus: file discovery, streaming reader with sp_ids, random access by sp_id.
+
+Layout (c-BTM / X-ELM): `<data>/train/<shard>/*.jsonl[.gz]` and `<data>/valid[/<subset>]/*.jsonl[.gz]`.
+One JSON object per line with `text` (str, required) and optional `id`, `lang`, `url`.
+
+A document's `sp_id` is `"<path relative to the data dir>|<0-based line index>"`, e.g.
+`train/00000/manpages.jsonl|17`. c-BTM wrote absolute paths there; `resolve_sp_id` accepts those too.
+
+Errors name `path:line` with a 1-based line number (what an editor shows); sp_ids use the 0-based index
+(what c-BTM uses). Blank lines count as lines, so sp_ids never shift when a line is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator
+
+from xlbtm.errors import InputError
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+@dataclass(frozen=True)
+class Document:
+    sp_id: str
+    text: str
+    lang: str | None = None
+    id: str | None = None
+    url: str | None = None
+
+
+@dataclass
+class ReadStats:
+    """What a reader saw: documents, bytes, and the lines it skipped (with `skip_bad_lines`)."""
+
+    documents: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    examples: list[str] = field(default_factory=list)  # first few skipped lines, as `path:line: why`
+
+    def record_skip(self, message: str) -> None:
+        self.skipped += 1
+        if len(self.examples) < 5:
+            self.examples.append(message)
+
+    def summary(self) -> str:
+        s = f"{self.documents} documents, {self.bytes / 1e6:.1f} MB"
+        if self.skipped:
+            s += f"; skipped {self.skipped} bad lines (first: {self.examples[0]})"
+        return s
+
+
+def add_skip_bad_lines_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--skip-bad-lines", action="store_true",
+        help="skip malformed lines (bad JSON, missing/non-string 'text', invalid UTF-8) and report how many "
+             "were skipped, instead of stopping at the first one with exit status 2",
+    )
+
+
+# ----------------------------------------------------------------------------------------------- discovery
+
+def natural_key(text: str) -> tuple:
+    """Sort key where digit runs compare as numbers: shard `2` before shard `10`."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
+
+
+def is_jsonl(path: Path) -> bool:
+    return path.name.endswith(JSONL_SUFFIXES)
+
+
+def find_jsonl_files(root: str | os.PathLike) -> list[Path]:
+    """Every `*.jsonl` / `*.jsonl.gz` below `root` (or `root` itself if it is one), shards in numeric order."""
+    root = Path(root)
+    if root.is_file():
+        if not is_jsonl(root):
+            raise InputError("not a .jsonl or .jsonl.gz file", root)
+        return [root]
+    if not root.is_dir():
+        raise InputError("directory not found (check --data-dir and the split name)", root)
+    files = [p for p in root.rglob("*") if p.is_file() and is_jsonl(p) and not p.name.startswith(".")]
+    files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
+    return files
+
+
+def split_files(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """Files of `split` (`train`, `valid`, `valid/<subset>`) under `data_dir`; an empty split is an error."""
+    d = Path(data_dir) / split
+    files = find_jsonl_files(d)
+    if not files:
+        raise InputError(f"split '{split}' is empty: no *.jsonl or *.jsonl.gz files below it", d)
+    return files
+
+
+def relative_name(path: Path, data_dir: Path) -> str:
+    try:
+        return path.resolve().relative_to(data_dir.resolve()).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+# --------------------------------------------------------------------------------------------- line parsing
+
+def open_binary(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
+    """Parse one raw line; raises InputError naming `path:line` (1-based) on anything malformed."""
+    lineno = line_index + 1
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"invalid UTF-8 at byte {e.start} of the line", path, lineno) from None
+    if not s.strip():
+        raise InputError("empty line (expected a JSON object with a 'text' field)", path, lineno)
+    try:
+        obj = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON: {e.msg} at column {e.colno}", path, lineno) from None
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object, got {type(obj).__name__}", path, lineno)
+    if "text" not in obj:
+        raise InputError("missing required field 'text'", path, lineno)
+    text = obj["text"]
+    if not isinstance(text, str):
+        raise InputError(f"field 'text' must be a string, got {type(text).__name__}", path, lineno)
+    lang = obj.get("lang")
+    doc_id = obj.get("id")
+    url = obj.get("url")
+    return Document(
+        sp_id=sp_id,
+        text=text,
+        lang=lang if isinstance(lang, str) else None,
+        id=None if doc_id is None else str(doc_id),
+        url=url if isinstance(url, str) else None,
+    )
+
+
+def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines: bool = False,
+              stats: ReadStats | None = None) -> Iterator[Document]:
+    """Stream the documents of one file. `rel` is the sp_id path (defaults to `path` as given)."""
+    path = Path(path)
+    rel = path.as_posix() if rel is None else rel
+    shown = str(path)
+    stats = stats if stats is not None else ReadStats()
+    try:
+        with open_binary(path) as f:
+            for i, raw in enumerate(f):
+                stats.bytes += len(raw)
+                if raw.endswith(b"\n"):
+                    raw = raw[:-1]
+                    if raw.endswith(b"\r"):
+                        raw = raw[:-1]
+                try:
+                    doc = parse_line(raw, shown, i, f"{rel}|{i}")
+                except InputError as e:
+                    if not skip_bad_lines:
+                        raise
+                    stats.record_skip(str(e))
+                    continue
+                stats.documents += 1
+                yield doc
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated gzip raises EOFError
+        if isinstance(e, FileNotFoundError):
+            raise InputError("file not found", path) from None
+        raise InputError(f"cannot read file: {e}", path) from None
+
+
+class Corpus:
+    """A data dir in the c-BTM layout. sp_ids are relative to `data_dir`."""
+
+    def __init__(self, data_dir: str | os.PathLike, *, skip_bad_lines: bool = False):
+        self.data_dir = Path(data_dir)
+        if not self.data_dir.is_dir():
+            raise InputError("data directory not found (check --data-dir / --path-to-data)", self.data_dir)
+        self.skip_bad_lines = skip_bad_lines
+        self.stats = ReadStats()
+        self._indexes: dict[str, LineIndex] = {}
+
+    def files(self, split: str) -> list[Path]:
+        return split_files(self.data_dir, split)
+
+    def rel(self, path: Path) -> str:
+        return relative_name(path, self.data_dir)
+
+    def iter_documents(self, split: str) -> Iterator[Document]:
+        """All documents of a split in file order; an empty split (no documents at all) is an error."""
+        before = self.stats.documents
+        for path in self.files(split):
+            yield from self.iter_file(path)
+        if self.stats.documents == before:
+            raise InputError(f"split '{split}' has no documents", self.data_dir / split)
+
+    def iter_file(self, path: Path) -> Iterator[Document]:
+        return iter_file(path, self.rel(path), skip_bad_lines=self.skip_bad_lines, stats=self.stats)
+
+    # random access ------------------------------------------------------------------------------------
+    def index(self, rel: str) -> "LineIndex":
+        if rel not in self._indexes:
+            self._indexes[rel] = LineIndex.load_or_build(self.data_dir / rel)
+        return self._indexes[rel]
+
+    def get(self, sp_id: str) -> Document:
+        """The document with this sp_id (relative or c-BTM absolute), read via the byte-offset index."""
+        rel, line = resolve_sp_id(sp_id, self.data_dir)
+        idx = self.index(rel)
+        raw = idx.read_line(line)
+        return parse_line(raw, str(self.data_dir / rel), line, f"{rel}|{line}")
+
+
+# ------------------------------------------------------------------------------------------------- sp_ids
+
+def parse_sp_id(sp_id: str) -> tuple[str, int]:
+    """Split `path|line` into its parts; raises ValueError on anything else."""
+    if not isinstance(sp_id, str) or "|" not in sp_id:
+        raise ValueError(f"sp_id {sp_id!r} is not of the form 'path|line'")
+    path, _, line = sp_id.rpartition("|")
+    if not line.isdigit() or not path:
+        raise ValueError(f"sp_id {sp_id!r} is not of the form 'path|line'")
+    return path, int(line)
+
+
+def resolve_sp_id(sp_id: str, data_dir: str | os.PathLike) -> tuple[str, int]:
+    """Normalize an sp_id to (path relative to data_dir, line).
+
+    Absolute c-BTM sp_ids are made relative to `data_dir`; when they were written on another machine (a
+    different prefix), the shortest trailing part of the path that exists under `data_dir` is used, so a
+    moved corpus still matches. A path that matches nothing is an error, never a silent drop.
+    """
+    path, line = parse_sp_id(sp_id)
+    data_dir = Path(data_dir)
+    p = Path(path)
+    if not p.is_absolute():
+        return p.as_posix(), line
+    try:
+        return p.relative_to(data_dir.resolve()).as_posix(), line
+    except ValueError:
+        pass
+    parts = p.parts[1:]
+    for start in range(len(parts) - 1, -1, -1):
+        cand = Path(*parts[start:])
+        if (data_dir / cand).is_file():
+            return cand.as_posix(), line
+    raise ValueError(f"sp_id {sp_id!r} points to a file that is not under {data_dir}")
+
+
+# ------------------------------------------------------------------------------------- byte-offset index
+
+def _cache_root() -> Path:
+    base = os.environ.get("XLBTM_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "xlbtm")
+    return Path(base) / "line-index"
+
+
+class LineIndex:
+    """Byte offset of every line of a file (of the decompressed stream for .gz), for random access.
+
+    Cached as `.<name>.xlbtm-idx.npy` beside the file when that directory is writable, otherwise under
+    `$XLBTM_CACHE_DIR` (default `~/.cache/xlbtm`). The cache is keyed on size and mtime, so an edited file
+    is re-indexed.
+    """
+
+    def __init__(self, path: Path, offsets):
+        self.path = path
+        self.offsets = offsets  # numpy uint64, len = number of lines + 1
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @staticmethod
+    def build(path: Path):
+        import numpy as np
+
+        offsets = [0]
+        pos = 0
+        with open_binary(path) as f:
+            for raw in f:
+                pos += len(raw)
+                offsets.append(pos)
+        return np.asarray(offsets, dtype=np.uint64)
+
+    @staticmethod
+    def cache_paths(path: Path) -> list[Path]:
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
+        beside = path.parent / f".{path.name}.{key}.xlbtm-idx.npy"
+        return [beside, _cache_root() / f"{key}.npy"]
+
+    @classmethod
+    def load_or_build(cls, path: Path) -> "LineIndex":
+        import numpy as np
+
+        from xlbtm.io import atomic_path
+
+        if not path.is_file():
+            raise InputError("file not found", path)
+        candidates = cls.cache_paths(path)
+        for c in candidates:
+            if c.is_file():
+                return cls(path, np.load(c, allow_pickle=False))
+        offsets = cls.build(path)
+        for c in candidates:  # beside the file when writable, else the user cache
+            try:
+                with atomic_path(c, suffix=".npy") as tmp:
+                    with open(tmp, "wb") as f:
+                        np.save(f, offsets, allow_pickle=False)
+                break
+            except OSError:
+                continue
+        return cls(path, offsets)
+
+    def read_line(self, line: int) -> bytes:
+        if not 0 <= line < len(self):
+            raise InputError(f"line index {line} out of range (file has {len(self)} lines)", self.path)
+        start, end = int(self.offsets[line]), int(self.offsets[line + 1])
+        with open_binary(self.path) as f:
+            f.seek(start)
+            raw = f.read(end - start)
+        return raw.rstrip(b"\r\n")
