@@ -1,0 +1,158 @@
+"""Cluster files: which cluster every document of a corpus belongs to (contract 3).
+
+Layout (c-BTM format, mirroring the corpus):
+
+    <clusters>/<split>/<shard>/<file>.jsonl      one line per document: {"sp_id": "<rel>|<line>", "cluster": k}
+    <clusters>/manifest.json                     clusterer fingerprint, K, per-cluster counts (see below)
+    <clusters>/<split>/<shard>/.<file>.jsonl.stats.json
+                                                 per-file sidecar (counts + fingerprints) that makes assignment
+                                                 resumable; written after the cluster file, both atomically
+
+A corpus file `train/00000/a.jsonl.gz` maps to `<clusters>/train/00000/a.jsonl` (cluster files are never gzipped).
+
+manifest.json:
+    {
+      "format": "xlbtm-clusters/1",
+      "fingerprint": "<clusterer content fingerprint>",
+      "num_clusters": K,
+      "kind": "tfidf" | "typological",
+      "clusterer": "<path of the clusterer dir>",
+      "data_dir": "<corpus root>",
+      "documents": [n_0, ..., n_{K-1}],       # summed over every split in the manifest
+      "chars":     [c_0, ..., c_{K-1}],
+      "splits": {
+        "train": {
+          "documents": [..K], "chars": [..K],
+          "lang": {"en": {"documents": [..K], "chars": [..K]}, ...},   # documents without lang under "null"
+          "files": ["train/00000/a.jsonl", ...]                         # corpus-relative input files
+        },
+        "valid": {...}
+      }
+    }
+Assigning another split into the same `<clusters>` dir adds/replaces that split's entry; the fingerprint must
+match (one clusterer per clusters dir).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from xlbtm.errors import InputError
+
+MANIFEST = "manifest.json"
+FORMAT = "xlbtm-clusters/1"
+
+
+# ------------------------------------------------------------------------------------------------ paths
+
+def cluster_rel_path(corpus_rel: str) -> str:
+    """`train/00000/a.jsonl(.gz)` -> `train/00000/a.jsonl` (relative to the clusters dir)."""
+    return corpus_rel[:-3] if corpus_rel.endswith(".jsonl.gz") else corpus_rel
+
+
+def cluster_file_path(clusters_dir: str | os.PathLike, corpus_rel: str) -> Path:
+    return Path(clusters_dir) / cluster_rel_path(corpus_rel)
+
+
+def stats_path(cluster_file: str | os.PathLike) -> Path:
+    p = Path(cluster_file)
+    return p.parent / f".{p.name}.stats.json"
+
+
+def cluster_files(clusters_dir: str | os.PathLike, split: str) -> list[Path]:
+    """The cluster files of a split in corpus order (numeric shard order)."""
+    from xlbtm.corpus import find_jsonl_files
+
+    d = Path(clusters_dir) / split
+    if not d.is_dir():
+        raise InputError(f"no cluster files for split '{split}' (run xlbtm.scripts.cluster with --split {split})", d)
+    files = find_jsonl_files(d)
+    if not files:
+        raise InputError(f"no cluster files (*.jsonl) for split '{split}'", d)
+    return files
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+def format_line(sp_id: str, cluster: int) -> str:
+    return json.dumps({"sp_id": sp_id, "cluster": int(cluster)}, ensure_ascii=False) + "\n"
+
+
+def write_cluster_file(path: str | os.PathLike, assignments: Iterable[tuple[str, int]]) -> int:
+    """Write `(sp_id, cluster)` pairs atomically; returns the number of lines written. Streams (flat memory)."""
+    from xlbtm.io import atomic_open
+
+    n = 0
+    with atomic_open(path) as f:
+        for sp_id, k in assignments:
+            f.write(format_line(sp_id, k))
+            n += 1
+    return n
+
+
+def write_manifest(clusters_dir: str | os.PathLike, manifest: dict) -> Path:
+    from xlbtm.io import write_json
+
+    path = Path(clusters_dir) / MANIFEST
+    write_json(path, manifest)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+def read_manifest(clusters_dir: str | os.PathLike) -> dict:
+    """The manifest of a clusters dir; a missing or malformed one is an InputError naming the file."""
+    from xlbtm.io import read_json
+
+    path = Path(clusters_dir) / MANIFEST
+    if not path.is_file():
+        raise InputError("cluster manifest not found (was xlbtm.scripts.cluster run to completion for this "
+                         "--output-prefix?)", path)
+    m = read_json(path)
+    if not isinstance(m, dict) or "num_clusters" not in m or "fingerprint" not in m:
+        raise InputError("not an xlbtm cluster manifest (needs 'num_clusters' and 'fingerprint')", path)
+    return m
+
+
+def read_cluster_file(path: str | os.PathLike, num_clusters: int | None = None) -> Iterator[tuple[str, int]]:
+    """Stream `(sp_id, cluster)` from one cluster file; malformed lines raise InputError with path:line.
+
+    Accepts c-BTM files too (same fields; `cluster` may be an int, a numeric string, or a 1-element list).
+    """
+    path = Path(path)
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError("cluster file not found", path) from None
+    with f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"malformed JSON in cluster file: {e.msg}", path, i) from None
+            if not isinstance(obj, dict) or "sp_id" not in obj or "cluster" not in obj:
+                raise InputError("cluster file line needs 'sp_id' and 'cluster'", path, i)
+            k = obj["cluster"]
+            if isinstance(k, list) and len(k) == 1:
+                k = k[0]
+            try:
+                k = int(k)
+            except (TypeError, ValueError):
+                raise InputError(f"cluster must be an integer, got {obj['cluster']!r}", path, i) from None
+            if k < 0 or (num_clusters is not None and k >= num_clusters):
+                raise InputError(f"cluster {k} out of range [0, {num_clusters})", path, i)
+            yield str(obj["sp_id"]), k
+
+
+def iter_assignments(clusters_dir: str | os.PathLike, split: str) -> Iterator[tuple[str, int]]:
+    """Every `(sp_id, cluster)` of a split, file by file in corpus order. Streams; checks K from the manifest
+    when there is one (c-BTM dirs without a manifest are read as-is)."""
+    clusters_dir = Path(clusters_dir)
+    k = read_manifest(clusters_dir)["num_clusters"] if (clusters_dir / MANIFEST).is_file() else None
+    for path in cluster_files(clusters_dir, split):
+        yield from read_cluster_file(path, k)
