@@ -1,0 +1,218 @@
+"""Routing: the cluster posterior of every prefix of a document.
+
+The weight of expert k for predicting token j of a document is
+
+    w_jk = softmax_k( -||h_j - c_k||^2 / T )
+
+with h_j the L2-normalized featurization of the prefix tokens [0, j) and c_k the clusterer's centroids.
+
+Why this is cheap for the subword featurizer: TF-IDF (+ its own L2 norm) followed by the SVD projection is
+linear in the term counts up to a positive scalar, and that scalar disappears in the final normalization:
+
+    h_j = normalize( sum_{t in prefix} tf_weight(t) * idf[t] * components[:, t] )
+
+so one running d-dim sum per document gives every h_j in O(T*d) instead of re-featurizing each of the T
+prefixes (O(T^2) tokens). Sublinear tf (1 + log n) is handled by adding the increment f(n) - f(n-1) for the
+n-th occurrence of a token; binary tf by counting only the first occurrence.
+
+Empty prefix (j = 0), or a prefix whose featurization is the zero vector (only ignored tokens): xlbtm gives
+every expert the same weight (uniform), since the clusterer has seen nothing. `cbtm_compat` instead does what
+c-BTM does: the zero vector is kept, so the weights are softmax(-||c_k||^4 / T).
+
+c-BTM compatibility (`cbtm_compat=True`): c-BTM's kmeans returns *squared* euclidean distances and its scorer
+squares them again: softmax(-(||h - c_k||^2)^2 / T) (kernelmachine/cbtm, metaseq/sequence_scorer_btm.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+def log_weights(sqdist: torch.Tensor, temperature: float, *, topk: int = -1, cbtm_compat: bool = False,
+                empty: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared distances [N, K] -> log routing weights [K, N].
+
+    `empty` ([N] bool) marks positions whose prefix featurizes to zero; they get uniform weights (xlbtm) or
+    c-BTM's weights from the zero vector (`cbtm_compat`).
+    """
+    from xlbtm.ensemble.mixing import topk_renormalize
+
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    d = sqdist.to(torch.float64)
+    logits = -(d * d if cbtm_compat else d) / temperature
+    if empty is not None and not cbtm_compat:
+        logits = torch.where(empty.view(-1, 1), torch.zeros_like(logits), logits)
+    log_w = torch.log_softmax(logits, dim=1).T.contiguous()  # [K, N]
+    return topk_renormalize(log_w, topk)
+
+
+def squared_distances(h: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """||h_i - c_k||^2 for rows of h [N, d] and centroids [K, d] -> [N, K], clipped at 0 (rounding)."""
+    h = np.asarray(h, dtype=np.float64)
+    c = np.asarray(centroids, dtype=np.float64)
+    d = (h * h).sum(1, keepdims=True) - 2.0 * h @ c.T + (c * c).sum(1)[None, :]
+    return np.maximum(d, 0.0)
+
+
+# ---------------------------------------------------------------------------- linear subword featurizer
+
+@dataclass
+class LinearFeaturizer:
+    """TF-IDF over token ids followed by an SVD projection; everything routing needs from the clusterer.
+
+    idf: [V]; components: [d, V] (TruncatedSVD.components_); tf: "raw" | "sublinear" | "binary";
+    ignore_ids: token ids the featurizer drops (specials, stopwords), they never change h.
+    """
+
+    idf: np.ndarray
+    components: np.ndarray
+    tf: str = "raw"
+    ignore_ids: frozenset = field(default_factory=frozenset)
+
+    def __post_init__(self):
+        if self.tf not in ("raw", "sublinear", "binary"):
+            raise ValueError(f"unknown tf weighting {self.tf!r}")
+        self.idf = np.asarray(self.idf, dtype=np.float64)
+        self.components = np.asarray(self.components, dtype=np.float64)
+        if self.components.shape[1] != self.idf.shape[0]:
+            raise ValueError(f"components {self.components.shape} do not match idf {self.idf.shape}")
+
+    @property
+    def dim(self) -> int:
+        return self.components.shape[0]
+
+    def _increments(self, token_ids: Sequence[int]) -> np.ndarray:
+        """How much each position adds to the (unnormalized) tf of its token: [T] float."""
+        ids = np.asarray(token_ids, dtype=np.int64)
+        inc = np.ones(len(ids), dtype=np.float64)
+        V = self.idf.shape[0]
+        bad = (ids < 0) | (ids >= V)
+        if self.ignore_ids:
+            bad |= np.isin(ids, np.fromiter(self.ignore_ids, dtype=np.int64))
+        inc[bad] = 0.0
+        if self.tf != "raw":
+            # occurrence number n of each token (1-based) -> f(n) - f(n-1)
+            seen: dict[int, int] = {}
+            for i, t in enumerate(ids.tolist()):
+                if inc[i] == 0.0:
+                    continue
+                n = seen.get(t, 0) + 1
+                seen[t] = n
+                if self.tf == "binary":
+                    inc[i] = 1.0 if n == 1 else 0.0
+                else:  # sublinear: f(n) = 1 + log n
+                    inc[i] = 1.0 if n == 1 else float(np.log(n) - np.log(n - 1))
+        return inc
+
+    def prefix_sums(self, token_ids: Sequence[int]) -> np.ndarray:
+        """Unnormalized projections of every prefix [0, j), j = 0..T -> [T+1, d] (row 0 is the empty prefix)."""
+        ids = np.asarray(token_ids, dtype=np.int64)
+        inc = self._increments(ids)
+        safe = np.where(inc != 0.0, ids, 0)
+        contrib = (inc * self.idf[safe])[:, None] * self.components[:, safe].T  # [T, d]
+        out = np.zeros((len(ids) + 1, self.dim), dtype=np.float64)
+        np.cumsum(contrib, axis=0, out=out[1:])
+        return out
+
+    def prefix_features(self, token_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(h [T+1, d] L2-normalized prefix featurizations, empty [T+1] bool where the projection is zero)."""
+        p = self.prefix_sums(token_ids)
+        norm = np.linalg.norm(p, axis=1, keepdims=True)
+        empty = norm[:, 0] <= 1e-12
+        h = np.where(empty[:, None], 0.0, p / np.where(empty[:, None], 1.0, norm))
+        return h, empty
+
+    def featurize(self, token_ids: Sequence[int]) -> np.ndarray:
+        """The whole sequence's normalized featurization [d] (zero vector when nothing counts)."""
+        h, _ = self.prefix_features(token_ids)
+        return h[-1]
+
+
+# ----------------------------------------------------------------------------------------------- router
+
+class Router:
+    """Per-position squared distances to the centroids, for one featurization of prefixes.
+
+    `distances(token_ids)` returns (sqdist [T, K], empty [T] bool) where row j uses the prefix [0, j) (the
+    context available when predicting token j). `document_distances` uses the whole document (MLM experts,
+    which see the unmasked document).
+    """
+
+    def __init__(self, centroids: np.ndarray, featurizer: LinearFeaturizer | None = None,
+                 featurize_prefix: Callable[[Sequence[int]], np.ndarray] | None = None):
+        if (featurizer is None) == (featurize_prefix is None):
+            raise ValueError("give exactly one of featurizer (incremental) or featurize_prefix (recompute)")
+        self.centroids = np.asarray(centroids, dtype=np.float64)
+        self.featurizer = featurizer
+        self.featurize_prefix = featurize_prefix
+
+    @property
+    def num_clusters(self) -> int:
+        return self.centroids.shape[0]
+
+    @property
+    def incremental(self) -> bool:
+        return self.featurizer is not None
+
+    def distances(self, token_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        T = len(token_ids)
+        if self.featurizer is not None:
+            h, empty = self.featurizer.prefix_features(token_ids)
+            h, empty = h[:T], empty[:T]
+        else:  # one featurization per prefix: O(T^2), for featurizers that are not linear in token counts
+            h = np.stack([np.asarray(self.featurize_prefix(token_ids[:j]), dtype=np.float64) for j in range(T)]) \
+                if T else np.zeros((0, self.centroids.shape[1]))
+            empty = np.linalg.norm(h, axis=1) <= 1e-12
+        return squared_distances(h, self.centroids), empty
+
+    def document_distances(self, token_ids: Sequence[int]) -> tuple[np.ndarray, bool]:
+        if self.featurizer is not None:
+            h = self.featurizer.featurize(token_ids)
+        else:
+            h = np.asarray(self.featurize_prefix(token_ids), dtype=np.float64)
+        empty = bool(np.linalg.norm(h) <= 1e-12)
+        return squared_distances(h[None, :], self.centroids)[0], empty
+
+
+def router_from_clusterer(clusterer, tokenizer=None) -> Router:
+    """Build a Router from a loaded clusterer artifact (contract 3).
+
+    The subword featurizer exposes its arrays and gets the incremental one-pass router; any other text
+    featurizer falls back to featurizing each decoded prefix (exact, O(T^2); fine for small evals).
+    """
+    centroids = _first_attr(clusterer, ("centroids", "cluster_centers", "centers"))
+    if centroids is None:
+        raise ValueError(f"clusterer of kind {getattr(clusterer, 'kind', '?')!r} has no centroids; "
+                         "use --ensemble-type lang for a typological clusterer")
+    feat = getattr(clusterer, "featurizer", clusterer)
+    idf = _first_attr(feat, ("idf", "idf_"))
+    comps = _first_attr(feat, ("components", "svd_components", "components_"))
+    if idf is not None and comps is not None:
+        tf = _first_attr(feat, ("tf", "tf_mode")) or ("sublinear" if getattr(feat, "sublinear_tf", False) else "raw")
+        ignore = _first_attr(feat, ("ignore_ids", "stop_ids", "special_ids")) or ()
+        lf = LinearFeaturizer(np.asarray(idf), np.asarray(comps), tf=str(tf),
+                              ignore_ids=frozenset(int(i) for i in ignore))
+        return Router(np.asarray(centroids), featurizer=lf)
+    featurize_text = _first_attr(clusterer, ("featurize",))
+    if featurize_text is None or tokenizer is None:
+        raise ValueError("clusterer exposes neither subword arrays (idf, components) nor featurize(texts)")
+
+    def featurize_prefix(ids):
+        return np.asarray(featurize_text([tokenizer.decode(list(ids))]))[0]
+
+    return Router(np.asarray(centroids), featurize_prefix=featurize_prefix)
+
+
+def _first_attr(obj, names):
+    for n in names:
+        v = getattr(obj, n, None)
+        if v is not None:
+            return v() if callable(v) and n not in ("featurize",) and not isinstance(v, np.ndarray) else v
+    return None
