@@ -1,0 +1,90 @@
+"""XGLM: pre-LayerNorm causal decoder with sinusoidal positions and a tied output projection.
+
+Matches `transformers.XGLMForCausalLM` (and the fairseq/metaseq `transformer_lm` it was converted
+from) numerically. Positions are `arange(T) + 2` for every row, exactly as transformers computes them
+when no position_ids are passed; with right padding this equals fairseq's make_positions on real tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xlbtm.models.attention import Attention, make_attn_mask, sinusoidal_table
+from xlbtm.models.config import ModelArgs
+
+POS_OFFSET = 2  # fairseq: positions start at padding_idx + 1
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        d = args.d_model
+        self.dropout = args.dropout
+        self.activation_dropout = args.activation_dropout
+        self.self_attn_layer_norm = nn.LayerNorm(d, eps=args.layer_norm_eps)
+        self.self_attn = Attention(d, args.n_heads, args.attention_dropout, causal=True)
+        self.final_layer_norm = nn.LayerNorm(d, eps=args.layer_norm_eps)
+        self.fc1 = nn.Linear(d, args.ffn_dim)
+        self.fc2 = nn.Linear(args.ffn_dim, d)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.self_attn(self.self_attn_layer_norm(x), attn_mask)
+        x = x + F.dropout(h, self.dropout, self.training)
+        h = F.gelu(self.fc1(self.final_layer_norm(x)))
+        h = self.fc2(F.dropout(h, self.activation_dropout, self.training))
+        return x + F.dropout(h, self.dropout, self.training)
+
+
+class XGLM(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        assert args.arch == "xglm", args.arch
+        self.args = args
+        self.embed_scale = math.sqrt(args.d_model) if args.scale_embedding else 1.0
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.d_model, padding_idx=args.pad_id)
+        # Deterministic, not trained, not saved: recomputed by init_weights() (meta-device friendly).
+        self.register_buffer("embed_positions", torch.empty(args.max_positions + POS_OFFSET, args.d_model),
+                             persistent=False)
+        self.layers = nn.ModuleList(DecoderBlock(args) for _ in range(args.n_layers))
+        self.layer_norm = nn.LayerNorm(args.d_model, eps=args.layer_norm_eps)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """fairseq-style init: N(0, d^-1/2) embeddings (scaled by sqrt(d) in forward), N(0, init_std) linears."""
+        a = self.args
+        self.embed_positions.copy_(sinusoidal_table(a.max_positions + POS_OFFSET, a.d_model, a.pad_id))
+        nn.init.normal_(self.embed_tokens.weight, std=a.d_model ** -0.5 if a.scale_embedding else a.init_std)
+        self.embed_tokens.weight[a.pad_id].zero_()
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=a.init_std)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward_hidden(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states [B, T, D] (after the last LayerNorm), before the output projection."""
+        B, T = tokens.shape
+        if T > self.args.max_positions:
+            raise ValueError(f"sequence length {T} exceeds max_positions={self.args.max_positions}")
+        x = self.embed_tokens(tokens) * self.embed_scale
+        x = x + self.embed_positions[POS_OFFSET:POS_OFFSET + T].to(x.dtype)
+        x = F.dropout(x, self.args.dropout, self.training)
+        mask = make_attn_mask(padding_mask, causal=True)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.layer_norm(x)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """Tied output projection: logits = h @ embed_tokens.weight^T."""
+        return F.linear(h, self.embed_tokens.weight)
+
+    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] long, padding_mask [B, T] bool (True = pad) or None -> logits [B, T, V]."""
+        return self.output(self.forward_hidden(tokens, padding_mask))
