@@ -173,3 +173,281 @@ def test_document_distances_use_the_whole_document():
     h = _scratch_featurize(f, ids)
     np.testing.assert_allclose(d, [np.sum((h - c) ** 2) for c in cents], atol=1e-10)
     assert not empty
+
+
+# ------------------------------------------------------------------------------------ end to end (tiny)
+
+from pathlib import Path  # noqa: E402
+
+from xlbtm.errors import InputError, UsageError  # noqa: E402
+
+
+class FakeSubwordClusterer:
+    """Stands in for a subword TF-IDF clusterer artifact: the arrays routing needs + predict + fingerprint."""
+
+    kind = "tfidf"
+
+    def __init__(self, V, K, d=8, seed=0, fingerprint="fp-test"):
+        rng = np.random.default_rng(seed)
+        self.idf = 1.0 + rng.random(V)
+        self.components = rng.standard_normal((d, V))
+        c = rng.standard_normal((K, d))
+        self.centroids = c / np.linalg.norm(c, axis=1, keepdims=True)
+        self.num_clusters, self.fingerprint = K, fingerprint
+
+
+class FakeTypological:
+    kind = "typological"
+
+    def __init__(self, mapping, fingerprint="fp-typo"):
+        self.mapping, self.fingerprint, self.num_clusters = mapping, fingerprint, max(mapping.values()) + 1
+
+    def predict(self, docs):
+        return [self.mapping.get(d.lang, 0) for d in docs]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """Demo corpus + tokenizer + model args shared by the end-to-end tests."""
+    from xlbtm.corpus import Corpus
+    from xlbtm.demo_corpus import write_demo_corpus
+    from xlbtm.tokenizer import load_tokenizer, train_sentencepiece
+
+    root = tmp_path_factory.mktemp("ens")
+    write_demo_corpus(root / "data", n_train=120, n_valid=12, seed=0)
+    texts = [d.text for d in Corpus(root / "data").iter_documents("train")]
+    tok = load_tokenizer(train_sentencepiece(texts, root / "tok", vocab_size=900, seed=0))
+    return {"root": root, "data": root / "data", "tok": tok}
+
+
+def make_expert(run_dir: Path, tok, cluster: int, K: int, *, seed: int, fingerprint="fp-test", objective="clm",
+                consolidated=False, max_positions=64, state=None):
+    """An expert run dir as training leaves it: expert.json + a DCP checkpoint (or a consolidated.pt)."""
+    import torch.distributed.checkpoint as dcp
+
+    from xlbtm.io import write_json
+    from xlbtm.models import build_model, get_preset
+
+    args = get_preset("debug" if objective == "clm" else "debug-xlmr", vocab_size=tok.vocab_size,
+                      max_positions=max_positions)
+    torch.manual_seed(seed)
+    model = build_model(args)
+    if state is not None:
+        model.load_state_dict(state)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "expert.json", {
+        "format": "xlbtm-expert/1", "cluster": cluster, "num_clusters": K, "clusterer_fingerprint": fingerprint,
+        "objective": objective, "model_args": args.to_dict(), "tokenizer": str(tok.path),
+        "tokenizer_fingerprint": tok.fingerprint, "seed_model": "debug", "run_name": run_dir.name, "data": {}})
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if consolidated:
+        from metaseq_ext.consolidated import save_consolidated
+
+        save_consolidated(run_dir / "consolidated.pt", sd, args)
+    else:
+        step = run_dir / "checkpoints" / "step_10"
+        dcp.save({"model": sd}, checkpoint_id=str(step), no_dist=True)
+        (run_dir / "checkpoints" / "latest").write_text("step_10")
+    return model.eval(), args
+
+
+def _eval(tiny, job, **kw):
+    from xlbtm.ensemble.evaluate import EvalConfig, run_eval
+
+    kw.setdefault("data_dir", str(tiny["data"]))
+    kw.setdefault("data_subset", "valid")
+    return run_eval(EvalConfig(job_dir=str(job), **kw))
+
+
+@pytest.fixture
+def fake_clusterer(monkeypatch, tiny):
+    import xlbtm.ensemble.evaluate as ev
+
+    made = {}
+
+    def load(path):
+        if path not in made:
+            made[path] = FakeTypological({"de": 1}) if "typo" in path else FakeSubwordClusterer(
+                tiny["tok"].vocab_size, 2, fingerprint="fp-test")
+        return made[path]
+
+    monkeypatch.setattr(ev, "_load_clusterer", load)
+    return load
+
+
+def _brute_force(job, docs, names, route, T, topk):
+    """Recompute the ensemble ppl from the cached per-expert scores, token by token, in probability space."""
+    from xlbtm.ensemble.scoring import read_scores
+
+    lp = np.stack([read_scores(job, n) for n in names]).astype(np.float64)
+    total = 0.0
+    for n in range(lp.shape[1]):
+        if route["token_empty"][n]:
+            w = np.full(lp.shape[0], 1 / lp.shape[0])
+        else:
+            z = -route["token_sqdist"][n] / T
+            w = np.exp(z - z.max())
+            w /= w.sum()
+        if 0 < topk < len(w):
+            keep = np.argsort(-w, kind="stable")[:topk]
+            m = np.zeros_like(w)
+            m[keep] = w[keep]
+            w = m / m.sum()
+        total += math.log(float((w * np.exp(lp[:, n])).sum()))
+    return math.exp(-total / lp.shape[1])
+
+
+def test_eval_clustering_sweep_matches_brute_force_and_reuses_scores(tiny, fake_clusterer, tmp_path):
+    from xlbtm.ensemble.scoring import load_docs
+
+    ser = tmp_path / "ser" / "2_clusters"
+    # folder names deliberately disagree with the clusters in expert.json: matching must use the metadata
+    make_expert(ser / "run.cluster0", tiny["tok"], 1, 2, seed=1)
+    make_expert(ser / "run.cluster1", tiny["tok"], 0, 2, seed=2)
+    job = tmp_path / "job"
+    res = _eval(tiny, job, ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(ser),
+                temperatures=[0.5, 2.0], topks=[-1, 1], max_valid_steps=8)
+    assert res["documents"] == 8 and res["tokens"] > 0
+    assert set(res) >= {"dataset", "result_ppl", "per_language", "per_cluster", "tokens", "documents", "settings",
+                        "top_expert"}
+    assert len(res["sweep"]) == 4
+    assert res["settings"]["experts"][0].endswith("run.cluster1")  # cluster 0 lives in folder cluster1
+    docs = load_docs(job)
+    route = dict(np.load(job / "routing.npz"))
+    for s in res["sweep"]:
+        assert s["result_ppl"] == pytest.approx(
+            _brute_force(job, docs, ["expert0", "expert1"], route, s["temperature"], s["topk"]), rel=1e-6)
+    # per-language token counts add up
+    assert sum(v["tokens"] for v in res["per_language"].values()) == res["tokens"]
+    assert (job / "report.md").read_text().count("| ") > 5
+    assert (job / "ppl_by_language.png").read_bytes()[:4] == b"\x89PNG"
+    # a second run with other settings reuses the score caches
+    mtimes = {p: p.stat().st_mtime_ns for p in (job / "scores").glob("*.npz")}
+    res2 = _eval(tiny, job, ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(ser),
+                 temperatures=[0.5], topks=[-1], max_valid_steps=8)
+    assert res2["result_ppl"] == pytest.approx(res["sweep"][0]["result_ppl"], rel=1e-12)
+    assert {p: p.stat().st_mtime_ns for p in (job / "scores").glob("*.npz")} == mtimes
+
+
+def test_cached_clm_scores_equal_a_plain_forward(tiny, tmp_path):
+    from xlbtm.ensemble.experts import read_expert
+    from xlbtm.ensemble.scoring import load_docs, prepare_docs, read_scores, score_expert
+
+    model, args = make_expert(tmp_path / "e", tiny["tok"], 0, 1, seed=3, fingerprint=None)
+    docs = prepare_docs(tmp_path / "job", tiny["data"], "valid", tiny["tok"], max_tokens=40, max_docs=5)
+    assert np.diff(docs.offsets).max() <= 40
+    score_expert(tmp_path / "job", "dense", read_expert(tmp_path / "e"), load_docs(tmp_path / "job"),
+                 batch_tokens=100)
+    lp = read_scores(tmp_path / "job", "dense")
+    for d in range(docs.num_docs):
+        x = torch.from_numpy(docs.doc(d))
+        inp = torch.cat([torch.tensor([args.eos_id]), x[:-1]])[None]
+        with torch.no_grad():
+            ref = torch.log_softmax(model(inp).float(), -1)[0, torch.arange(len(x)), x]
+        np.testing.assert_allclose(lp[docs.offsets[d]:docs.offsets[d + 1]], ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_identical_experts_give_the_dense_ppl_end_to_end(tiny, fake_clusterer, tmp_path):
+    model, _ = make_expert(tmp_path / "dense", tiny["tok"], 0, 1, seed=5, fingerprint=None)
+    sd = model.state_dict()
+    for k in range(2):
+        make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=9, state=sd)
+    dense = _eval(tiny, tmp_path / "jd", ensemble_type="dense", model_paths=[str(tmp_path / "dense")],
+                  max_valid_steps=6)
+    for et in ("clustering", "uniform", "oracle", "average"):
+        r = _eval(tiny, tmp_path / f"j{et}", ensemble_type=et, path_to_clusterer="C",
+                  experts_dir=str(tmp_path / "ens"), max_valid_steps=6, dense_result=str(tmp_path / "jd"))
+        assert r["result_ppl"] == pytest.approx(dense["result_ppl"], rel=1e-5), et
+    assert "dense ppl" in (tmp_path / "jclustering" / "report.md").read_text()
+
+
+def test_oracle_lang_and_uniform(tiny, fake_clusterer, tmp_path):
+    for k in range(2):
+        make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=20 + k, fingerprint="fp-typo")
+    kw = dict(experts_dir=str(tmp_path / "ens"), max_valid_steps=10)
+    single = [_eval(tiny, tmp_path / f"s{k}", ensemble_type="dense",
+                    model_paths=[str(tmp_path / "ens" / f"x.cluster{k}")], max_valid_steps=10) for k in range(2)]
+    orc = _eval(tiny, tmp_path / "o", ensemble_type="oracle", **kw)
+    uni = _eval(tiny, tmp_path / "u", ensemble_type="uniform", **kw)
+    lang = _eval(tiny, tmp_path / "l", ensemble_type="lang", path_to_clusterer="typo", **kw)
+    assert orc["result_ppl"] <= min(s["result_ppl"] for s in single) + 1e-9
+    assert orc["result_ppl"] <= lang["result_ppl"] + 1e-9
+    # lang: German documents go to expert 1, everything else to expert 0
+    for lg, v in lang["per_language"].items():
+        ref = single[1 if lg == "de" else 0]["per_language"][lg]["ppl"]
+        assert v["ppl"] == pytest.approx(ref, rel=1e-5)
+    assert set(lang["per_cluster"]) <= {"0", "1"}
+    assert min(s["result_ppl"] for s in single) * 0.5 < uni["result_ppl"] < max(s["result_ppl"] for s in single) * 1.01
+
+
+def test_mlm_pseudo_perplexity_scores_every_token_once(tiny, tmp_path):
+    from xlbtm.ensemble.experts import read_expert
+    from xlbtm.ensemble.scoring import MLM_GROUPS, prepare_docs, read_scores, score_expert
+
+    model, args = make_expert(tmp_path / "m", tiny["tok"], 0, 1, seed=4, fingerprint=None, objective="mlm")
+    docs = prepare_docs(tmp_path / "job", tiny["data"], "valid", tiny["tok"], max_tokens=30, max_docs=3)
+    score_expert(tmp_path / "job", "m", read_expert(tmp_path / "m"), docs)
+    lp = read_scores(tmp_path / "job", "m")
+    assert np.isfinite(lp).all() and (lp < 0).all()
+    mask = tiny["tok"].mask_id
+    x = torch.from_numpy(docs.doc(0))
+    for g in range(MLM_GROUPS):  # recompute doc 0 by hand
+        pos = torch.arange(g, len(x), MLM_GROUPS)
+        inp = torch.cat([torch.tensor([args.bos_id]), x]).clone()
+        inp[pos + 1] = mask
+        with torch.no_grad():
+            ref = torch.log_softmax(model(inp[None]).float(), -1)[0, pos + 1, x[pos]]
+        np.testing.assert_allclose(lp[pos.numpy()], ref.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_expert_matching_errors(tiny, tmp_path):
+    from xlbtm.ensemble.experts import find_experts, match_experts
+
+    ser = tmp_path / "ser"
+    for k in (0, 2):
+        make_expert(ser / f"r.cluster{k}", tiny["tok"], k, 3, seed=k)
+    with pytest.raises(InputError, match=r"no expert for cluster\(s\) \[1\]"):
+        match_experts(find_experts(ser), num_clusters=3, clusterer_fingerprint="fp-test")
+    make_expert(ser / "r.cluster1", tiny["tok"], 1, 3, seed=1)
+    assert [e.cluster for e in match_experts(find_experts(ser), num_clusters=3,
+                                             clusterer_fingerprint="fp-test")] == [0, 1, 2]
+    with pytest.raises(InputError, match="another clusterer"):
+        match_experts(find_experts(ser), num_clusters=3, clusterer_fingerprint="other")
+    with pytest.raises(InputError, match="K=3"):
+        match_experts(find_experts(ser), num_clusters=4, clusterer_fingerprint="fp-test")
+    info = json.loads((ser / "r.cluster1" / "expert.json").read_text())
+    info["tokenizer_fingerprint"] = "different"
+    (ser / "r.cluster1" / "expert.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="different tokenizers"):
+        match_experts(find_experts(ser), num_clusters=3, clusterer_fingerprint="fp-test")
+    info["tokenizer_fingerprint"], info["cluster"] = tiny["tok"].fingerprint, 2
+    (ser / "r.cluster1" / "expert.json").write_text(json.dumps(info))
+    with pytest.raises(InputError, match="two experts for cluster 2"):
+        match_experts(find_experts(ser), num_clusters=3, clusterer_fingerprint="fp-test")
+
+
+def test_eval_script_flags_and_errors(tiny, fake_clusterer, tmp_path, capsys):
+    from xlbtm.cli import main_wrapper
+    from xlbtm.scripts import eval_ensemble
+
+    for k in range(2):
+        make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=30 + k)
+    paths = ",".join(str(tmp_path / "ens" / f"x.cluster{k}") for k in (1, 0))
+    argv = ["--data-dir", str(tiny["data"]), "--data-subset", "valid", "--path-to-clusterer", "C",
+            "--model-paths", paths, "--temperature", "0.1", "0.3", "--topk", "-1", "--ensemble-type", "clustering",
+            "--max-valid-steps", "4", "--job-dir", str(tmp_path / "job"), "--cbtm-compat"]
+    assert main_wrapper("eval_ensemble", eval_ensemble.main, argv) == 0
+    res = json.loads((tmp_path / "job" / "result.json").read_text())
+    assert res["settings"]["cbtm_compat"] is True and len(res["sweep"]) == 2
+    assert "result_ppl" in capsys.readouterr().out
+    # tokenizer changed after training -> clear error, exit 2
+    info = json.loads((tmp_path / "ens" / "x.cluster0" / "expert.json").read_text())
+    for k in range(2):
+        p = tmp_path / "ens" / f"x.cluster{k}" / "expert.json"
+        p.write_text(json.dumps({**json.loads(p.read_text()), "tokenizer_fingerprint": "stale"}))
+    assert main_wrapper("eval_ensemble", eval_ensemble.main, argv) == 2
+    assert "tokenizer" in capsys.readouterr().err
+    with pytest.raises(UsageError):
+        eval_ensemble.main(argv[:4] + ["--model-paths", paths, "--ensemble-type", "clustering",
+                                       "--job-dir", str(tmp_path / "j2"), "--batch-tokens", "0"])
+    del info

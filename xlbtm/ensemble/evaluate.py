@@ -1,0 +1,269 @@
+"""eval_ensemble end to end: resolve experts, score (once per expert, cached), route, mix, report.
+
+    cfg = EvalConfig(data_dir=..., data_subset="valid", job_dir=..., experts_dir=..., path_to_clusterer=...)
+    result = run_eval(cfg)          # also writes result.json, report.md, ppl_by_language.png into job_dir
+
+Ensemble types:
+  clustering  per-token weights softmax(-||h_j - c_k||^2 / T) from the prefix (optional top-k)
+  uniform     every expert 1/K
+  lang        hard routing of the whole document by its `lang` through a typological clusterer
+  oracle      the best single expert per document (an upper bound on document-level routing)
+  dense       one model (K = 1)
+  average     one model whose parameters are the uniform average of the experts' (c-BTM's --average)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xlbtm.cli import get_logger
+from xlbtm.errors import InputError, UsageError
+
+log = get_logger("ensemble")
+
+ENSEMBLE_TYPES = ("clustering", "uniform", "lang", "oracle", "dense", "average")
+
+
+@dataclass
+class EvalConfig:
+    data_dir: str
+    data_subset: str
+    job_dir: str
+    ensemble_type: str = "clustering"
+    path_to_clusterer: str | None = None
+    model_paths: list[str] = field(default_factory=list)
+    experts_dir: str | None = None
+    temperatures: list[float] = field(default_factory=lambda: [0.1])
+    topks: list[int] = field(default_factory=lambda: [-1])
+    cbtm_compat: bool = False
+    max_valid_steps: int | None = None  # documents (one document per step)
+    run: str | None = None              # None: score in this process; local|slurm: one job per expert
+    dense_result: str | None = None
+    batch_tokens: int = 8192
+    device: str | None = None
+    skip_bad_lines: bool = False
+    partition: str | None = None
+    gpus_per_node: int = 0
+
+    def __post_init__(self):
+        if self.ensemble_type not in ENSEMBLE_TYPES:
+            raise UsageError(f"--ensemble-type must be one of {', '.join(ENSEMBLE_TYPES)}")
+        if bool(self.model_paths) == bool(self.experts_dir):
+            raise UsageError("give exactly one of --model-paths and --experts-dir")
+        if self.ensemble_type in ("clustering", "lang") and not self.path_to_clusterer:
+            raise UsageError(f"--ensemble-type {self.ensemble_type} needs --path-to-clusterer")
+        if any(t <= 0 for t in self.temperatures):
+            raise UsageError("--temperature values must be > 0")
+        if self.max_valid_steps is not None and self.max_valid_steps <= 0:
+            raise UsageError("--max-valid-steps must be positive")
+
+
+def resolve(cfg: EvalConfig):
+    """(experts ordered by cluster, clusterer or None, tokenizer)."""
+    from xlbtm.ensemble.experts import find_experts, match_experts, read_expert
+
+    clusterer = _load_clusterer(cfg.path_to_clusterer) if cfg.path_to_clusterer else None
+    experts = find_experts(cfg.experts_dir) if cfg.experts_dir else [read_expert(p) for p in cfg.model_paths]
+    dense = cfg.ensemble_type == "dense"
+    experts = match_experts(experts, num_clusters=None if dense or clusterer is None else clusterer.num_clusters,
+                            clusterer_fingerprint=None if dense or clusterer is None else clusterer.fingerprint,
+                            dense=dense)
+    if cfg.ensemble_type == "lang" and getattr(clusterer, "kind", None) != "typological":
+        raise UsageError(f"--ensemble-type lang routes by language and needs a typological clusterer; "
+                         f"{cfg.path_to_clusterer} is of kind {getattr(clusterer, 'kind', '?')!r}")
+    from xlbtm.tokenizer import load_tokenizer
+
+    tok_path = experts[0].info.get("tokenizer")
+    if not tok_path:
+        raise InputError("expert.json names no tokenizer", experts[0].run_dir / "expert.json")
+    tokenizer = load_tokenizer(tok_path)
+    want = experts[0].info.get("tokenizer_fingerprint")
+    if want and tokenizer.fingerprint != want:
+        raise InputError(f"tokenizer at {tok_path} changed since the experts were trained (fingerprint "
+                         f"{tokenizer.fingerprint[:12]} != {str(want)[:12]} in expert.json)",
+                         experts[0].run_dir / "expert.json")
+    return experts, clusterer, tokenizer
+
+
+def _load_clusterer(path):
+    from xlbtm.cluster.artifact import load_clusterer
+
+    return load_clusterer(path)
+
+
+def score_all(cfg: EvalConfig, experts, docs) -> list[str]:
+    """Score each model once; returns the cache names in expert order."""
+    from xlbtm.ensemble.scoring import score_expert
+
+    if cfg.ensemble_type == "average":
+        from xlbtm.ensemble.experts import average_states
+        from xlbtm.io import sha256_json
+
+        key = sha256_json({"average": [e.fingerprint() for e in experts]})
+        score_expert(cfg.job_dir, "average", experts[0], docs, state=average_states(experts),
+                     device=cfg.device, batch_tokens=cfg.batch_tokens, weights_key=key)
+        return ["average"]
+    names = ["dense" if cfg.ensemble_type == "dense" else f"expert{e.cluster}" for e in experts]
+    if cfg.run is None:
+        for name, e in zip(names, experts):
+            score_expert(cfg.job_dir, name, e, docs, device=cfg.device, batch_tokens=cfg.batch_tokens)
+        return names
+    from xlbtm.launch import make_executor, wait_for
+
+    ex = make_executor(cfg.run, Path(cfg.job_dir) / "jobs", name="score_expert",
+                       gpus_per_node=cfg.gpus_per_node, cpus_per_task=2, timeout_min=240,
+                       array_parallelism=len(experts))
+    jobs = [ex.submit(_score_job, cfg.job_dir, name, str(e.weights or e.run_dir), cfg.batch_tokens)
+            for name, e in zip(names, experts)]
+    wait_for(jobs, what="expert scoring")
+    return names
+
+
+def _score_job(job_dir: str, name: str, expert_path: str, batch_tokens: int) -> str:
+    """One scoring job (local process or SLURM array element); reads the shared docs from the job dir."""
+    from xlbtm.ensemble.experts import read_expert
+    from xlbtm.ensemble.scoring import score_expert
+
+    return str(score_expert(job_dir, name, read_expert(expert_path), batch_tokens=batch_tokens))
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    import torch
+
+    from xlbtm.ensemble import mixing, routing
+    from xlbtm.ensemble.report import load_result, write_outputs
+    from xlbtm.ensemble.scoring import MLM_GROUPS, compute_routing, prepare_docs, read_scores
+
+    experts, clusterer, tokenizer = resolve(cfg)
+    objective = experts[0].objective
+    max_pos = min(int(e.info["model_args"]["max_positions"]) for e in experts)
+    max_tokens = max_pos if objective == "clm" else max_pos - 1  # MLM: <s> takes a position
+    Path(cfg.job_dir).mkdir(parents=True, exist_ok=True)
+    docs = prepare_docs(cfg.job_dir, cfg.data_dir, cfg.data_subset, tokenizer, max_tokens,
+                        cfg.max_valid_steps, cfg.skip_bad_lines)
+    log.info(f"{docs.num_docs} documents, {len(docs.tokens)} tokens; {len(experts)} expert(s), {objective}")
+    names = score_all(cfg, experts, docs)
+    logp = torch.from_numpy(np.stack([read_scores(cfg.job_dir, n) for n in names]).astype(np.float64))
+    K, N = logp.shape
+    lengths = np.diff(docs.offsets)
+    doc_of_token = torch.from_numpy(np.repeat(np.arange(docs.num_docs), lengths))
+
+    route = None
+    doc_cluster = None
+    if clusterer is not None and cfg.ensemble_type == "clustering":
+        route = compute_routing(cfg.job_dir, clusterer, docs, tokenizer)
+        doc_cluster = route["doc_sqdist"].argmin(1)
+        if objective == "mlm":  # MLM experts see the unmasked document: one posterior per document
+            route["token_sqdist"] = np.repeat(route["doc_sqdist"], lengths, axis=0)
+            route["token_empty"] = np.repeat(route["doc_empty"], lengths)
+    elif clusterer is not None and cfg.ensemble_type != "dense":
+        doc_cluster = _predict_docs(clusterer, cfg, docs)
+
+    sweep = []
+    settings_list = [(t, k) for t in cfg.temperatures for k in cfg.topks] \
+        if cfg.ensemble_type == "clustering" else [(None, -1)]
+    for temperature, topk in settings_list:
+        top = None
+        if K == 1:
+            mixed = logp[0]
+            top = torch.zeros(N, dtype=torch.long)
+        elif cfg.ensemble_type == "clustering":
+            log_w = routing.log_weights(torch.from_numpy(route["token_sqdist"]), temperature, topk=topk,
+                                        cbtm_compat=cfg.cbtm_compat,
+                                        empty=torch.from_numpy(route["token_empty"]))
+            mixed = mixing.mix(logp, log_w)
+            top = log_w.argmax(0)
+        elif cfg.ensemble_type == "uniform":
+            mixed = mixing.mix(logp, mixing.uniform_log_weights(K, N))
+        elif cfg.ensemble_type == "lang":
+            which = torch.from_numpy(doc_cluster)[doc_of_token]
+            mixed = mixing.mix(logp, mixing.one_hot_log_weights(which, K))
+            top = which
+        elif cfg.ensemble_type == "oracle":
+            _, best = mixing.oracle(logp, docs.offsets)
+            top = best[doc_of_token]
+            mixed = logp.gather(0, top.view(1, -1))[0]
+        else:
+            raise AssertionError(cfg.ensemble_type)
+        sweep.append(_summarize(mixed.numpy(), docs, doc_cluster, top, K, temperature, topk))
+
+    first = sweep[0]
+    result = {
+        "dataset": cfg.data_subset,
+        "ensemble_type": cfg.ensemble_type,
+        "result_ppl": first["result_ppl"],
+        "tokens": int(N),
+        "documents": int(docs.num_docs),
+        "per_language": first["per_language"],
+        "per_cluster": first["per_cluster"],
+        "top_expert": first["top_expert"],
+        "settings": {
+            "temperature": first["temperature"], "topk": first["topk"], "cbtm_compat": cfg.cbtm_compat,
+            "num_experts": K, "objective": objective, "max_tokens": max_tokens,
+            "max_valid_steps": cfg.max_valid_steps, "data_dir": str(cfg.data_dir),
+            "clusterer": cfg.path_to_clusterer,
+            "clusterer_fingerprint": getattr(clusterer, "fingerprint", None),
+            "experts": [str(e.weights or e.run_dir) for e in experts],
+            "routing": ("incremental" if route is not None else None),
+            "mlm_groups": None if objective == "clm" else MLM_GROUPS,
+        },
+        "sweep": [{k: v for k, v in s.items() if k in ("temperature", "topk", "result_ppl", "per_language")}
+                  for s in sweep],
+    }
+    dense = load_result(cfg.dense_result) if cfg.dense_result else None
+    paths = write_outputs(cfg.job_dir, result, dense)
+    log.info(f"{cfg.ensemble_type}: ppl {result['result_ppl']:.3f} over {N} tokens -> {paths['result']}")
+    for s in sweep[1:]:
+        log.info(f"  T={s['temperature']} topk={s['topk']}: ppl {s['result_ppl']:.3f}")
+    return result
+
+
+def _predict_docs(clusterer, cfg: EvalConfig, docs) -> np.ndarray:
+    """The clusterer's hard assignment of every eval document: nearest centroid of the whole document (the
+    same featurization routing uses), or `predict` for clusterers without centroids (typological: `lang`)."""
+    from xlbtm.corpus import Corpus
+    from xlbtm.ensemble.routing import router_from_clusterer
+
+    if getattr(clusterer, "kind", None) != "typological":
+        try:
+            router = router_from_clusterer(clusterer)
+        except ValueError:
+            router = None
+        if router is not None:
+            return np.asarray([router.document_distances(docs.doc(d))[0].argmin() for d in range(docs.num_docs)],
+                              dtype=np.int64)
+
+    corpus = Corpus(cfg.data_dir, skip_bad_lines=cfg.skip_bad_lines)
+    full = [corpus.get(s) for s in docs.sp_ids]
+    return np.asarray(clusterer.predict(full), dtype=np.int64)
+
+
+def _summarize(mixed: np.ndarray, docs, doc_cluster, top, K: int, temperature, topk) -> dict:
+    from xlbtm.ensemble.mixing import perplexity
+
+    lengths = np.diff(docs.offsets)
+    doc_lp = np.add.reduceat(mixed, docs.offsets[:-1]) if len(mixed) else np.zeros(0)
+
+    def group(keys) -> dict:
+        out: dict = {}
+        for key in sorted(set(keys), key=str):
+            sel = np.asarray([k == key for k in keys])
+            out[str(key)] = {"ppl": perplexity(doc_lp[sel].sum(), int(lengths[sel].sum())),
+                             "tokens": int(lengths[sel].sum()), "documents": int(sel.sum())}
+        return out
+
+    top_share = None
+    if top is not None:
+        counts = np.bincount(top.numpy(), minlength=K)
+        top_share = {str(k): float(c / max(len(mixed), 1)) for k, c in enumerate(counts)}
+    return {
+        "temperature": temperature, "topk": topk,
+        "result_ppl": perplexity(float(mixed.sum()), len(mixed)),
+        "per_language": group(list(docs.langs)),
+        "per_cluster": group([int(c) for c in doc_cluster]) if doc_cluster is not None else {},
+        "top_expert": top_share,
+    }

@@ -1,0 +1,182 @@
+"""Finding, checking and loading the experts of an ensemble.
+
+Experts are matched to clusters by their `expert.json` (contract 5), never by folder order: c-BTM zips sorted
+folder names with cluster ids, which mis-pairs `cluster10` with cluster 2 at K >= 10.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from xlbtm.errors import InputError, UsageError
+from xlbtm.io import read_json, sha256_json
+
+EXPERT_JSON = "expert.json"
+CONSOLIDATED = "consolidated.pt"
+
+
+@dataclass
+class Expert:
+    run_dir: Path              # the expert run dir (holds expert.json)
+    info: dict                 # expert.json
+    weights: Path | None = None  # an explicit consolidated.pt, else the run dir's (or its latest DCP step)
+
+    @property
+    def cluster(self) -> int:
+        return int(self.info["cluster"])
+
+    @property
+    def objective(self) -> str:
+        return self.info.get("objective", "clm")
+
+    @property
+    def name(self) -> str:
+        return self.info.get("run_name") or self.run_dir.name
+
+    def source(self) -> Path:
+        """The file/dir the weights come from: consolidated.pt when present, else the latest DCP checkpoint."""
+        if self.weights is not None:
+            return self.weights
+        c = self.run_dir / CONSOLIDATED
+        if c.is_file():
+            return c
+        from xlbtm.parallel.checkpoint import latest_checkpoint
+
+        ck = latest_checkpoint(self.run_dir)
+        if ck is None:
+            raise InputError("expert has neither consolidated.pt nor a finished checkpoint "
+                             "(checkpoints/latest); did its training run save?", self.run_dir)
+        return ck
+
+    def fingerprint(self) -> str:
+        """Identity of the weights for caching scores: path, size and mtime of what is loaded."""
+        src = self.source()
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        return sha256_json({"src": str(src.resolve()),
+                            "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]})
+
+
+def read_expert(path: str | os.PathLike) -> Expert:
+    """An expert from a run dir, or from a consolidated.pt whose expert.json sits beside it."""
+    p = Path(path)
+    if p.is_file():
+        run_dir, weights = p.parent, p
+    elif p.is_dir():
+        run_dir, weights = p, None
+    else:
+        raise InputError("expert not found (expected an expert run dir or a consolidated.pt)", p)
+    ej = run_dir / EXPERT_JSON
+    if not ej.is_file():
+        raise InputError(f"no {EXPERT_JSON} here, so the expert's cluster is unknown (xlbtm matches experts to "
+                         "clusters by metadata, never by folder order)", run_dir)
+    info = read_json(ej)
+    for key in ("cluster", "num_clusters", "model_args"):
+        if key not in info:
+            raise InputError(f"{EXPERT_JSON} lacks '{key}'", ej)
+    return Expert(run_dir, info, weights)
+
+
+def find_experts(root: str | os.PathLike) -> list[Expert]:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError("--experts-dir not found", root)
+    dirs = sorted({p.parent for p in root.rglob(EXPERT_JSON)})
+    if not dirs:
+        raise InputError(f"no expert run dirs ({EXPERT_JSON}) below this directory", root)
+    return [read_expert(d) for d in dirs]
+
+
+def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_fingerprint: str | None,
+                  dense: bool = False) -> list[Expert]:
+    """Order experts by cluster id and check they form one complete, consistent ensemble.
+
+    Errors: a cluster without an expert, two experts for one cluster, experts trained for another K or
+    another clusterer, different tokenizers or objectives.
+    """
+    if not experts:
+        raise UsageError("no experts given (--model-paths or --experts-dir)")
+    if dense:
+        if len(experts) != 1:
+            raise UsageError(f"--ensemble-type dense evaluates one model; got {len(experts)}")
+        return experts
+    Ks = {int(e.info["num_clusters"]) for e in experts}
+    if len(Ks) != 1:
+        raise InputError(f"experts were trained for different numbers of clusters {sorted(Ks)}: "
+                         + ", ".join(f"{e.run_dir} (K={e.info['num_clusters']})" for e in experts))
+    K = Ks.pop()
+    if num_clusters is not None and K != num_clusters:
+        raise InputError(f"experts were trained for K={K} clusters but the clusterer has {num_clusters}",
+                         experts[0].run_dir / EXPERT_JSON)
+    if clusterer_fingerprint is not None:
+        for e in experts:
+            fp = e.info.get("clusterer_fingerprint")
+            if fp != clusterer_fingerprint:
+                raise InputError(f"expert was trained on clusters of another clusterer (fingerprint {str(fp)[:12]} "
+                                 f"!= --path-to-clusterer {clusterer_fingerprint[:12]})", e.run_dir / EXPERT_JSON)
+    by_cluster: dict[int, Expert] = {}
+    for e in experts:
+        if e.cluster in by_cluster:
+            raise InputError(f"two experts for cluster {e.cluster}: {by_cluster[e.cluster].run_dir} and {e.run_dir}")
+        by_cluster[e.cluster] = e
+    missing = [k for k in range(K) if k not in by_cluster]
+    if missing:
+        raise InputError(f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); "
+                         "train or list them (--model-paths / --experts-dir)")
+    ordered = [by_cluster[k] for k in range(K)]
+    check_compatible(ordered)
+    return ordered
+
+
+def check_compatible(experts: list[Expert]) -> None:
+    tok = {e.info.get("tokenizer_fingerprint") for e in experts}
+    if len(tok) > 1:
+        raise InputError("experts use different tokenizers (tokenizer_fingerprint differs): "
+                         + ", ".join(f"{e.run_dir}={str(e.info.get('tokenizer_fingerprint'))[:12]}" for e in experts))
+    obj = {e.objective for e in experts}
+    if len(obj) > 1:
+        raise InputError(f"experts mix objectives {sorted(obj)}; an ensemble scores one kind (clm or mlm)")
+
+
+def load_state(expert: Expert) -> dict:
+    """The expert's plain (unsharded) state dict on CPU, from consolidated.pt or the latest DCP step."""
+    src = expert.source()
+    if src.is_file():
+        from metaseq_ext.consolidated import load_consolidated
+
+        state, _, _ = load_consolidated(src)
+        return state
+    from xlbtm.parallel.checkpoint import read_model_state
+
+    return read_model_state(src)
+
+
+def load_model(expert: Expert, state: dict | None = None):
+    """(model in eval mode, ModelArgs) for an expert; `state` overrides the weights (parameter averaging)."""
+    from xlbtm.models import ModelArgs, build_model
+
+    args = ModelArgs.from_dict(expert.info["model_args"])
+    model = build_model(args)
+    sd = load_state(expert) if state is None else state
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise InputError(f"checkpoint does not fit the model in expert.json: missing {list(missing)[:5]}, "
+                         f"unexpected {list(unexpected)[:5]}", expert.source())
+    return model.eval(), args
+
+
+def average_states(experts: list[Expert], weights: list[float] | None = None) -> dict:
+    """Parameter average of the experts (c-BTM's `--average`), uniform unless `weights` are given."""
+    import torch
+
+    w = weights or [1.0 / len(experts)] * len(experts)
+    avg: dict = {}
+    for e, wi in zip(experts, w):
+        for k, v in load_state(e).items():
+            if not torch.is_floating_point(v):
+                avg.setdefault(k, v)
+                continue
+            acc = avg.get(k)
+            avg[k] = v.to(torch.float32) * wi if acc is None else acc + v.to(torch.float32) * wi
+    return avg

@@ -1,0 +1,118 @@
+"""Ensemble results on disk: result.json (machine-readable), report.md (tables), ppl_by_language.png.
+
+result.json keys (stable; c-BTM readers look for `result_ppl`):
+    dataset, ensemble_type, result_ppl, tokens, documents,
+    per_language: {lang: {ppl, tokens, documents}}, per_cluster: {k: {ppl, tokens, documents}},
+    top_expert: {k: fraction of scored tokens where expert k carried the most weight},
+    settings: {temperature, topk, cbtm_compat, ...}, sweep: [{temperature, topk, result_ppl, per_language}]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from xlbtm.io import atomic_open, atomic_path, read_json, write_json
+
+RESULT = "result.json"
+REPORT = "report.md"
+PLOT = "ppl_by_language.png"
+
+
+def write_outputs(out_dir: str | os.PathLike, result: dict, dense: dict | None = None) -> dict[str, Path]:
+    """Write result.json, report.md and the plot; returns their paths."""
+    out = Path(out_dir)
+    paths = {"result": out / RESULT, "report": out / REPORT, "plot": out / PLOT}
+    write_json(paths["result"], result)
+    with atomic_open(paths["report"]) as f:
+        f.write(render_markdown(result, dense))
+    plot_languages(paths["plot"], result, dense)
+    return paths
+
+
+def load_result(path: str | os.PathLike) -> dict:
+    """A result.json, or the directory holding one (for `--dense-result`)."""
+    p = Path(path)
+    return read_json(p / RESULT if p.is_dir() else p)
+
+
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(result: dict, dense: dict | None = None) -> str:
+    s = result.get("settings", {})
+    md = [f"# Ensemble evaluation: {result.get('dataset')}\n",
+          _table(["ensemble", "experts", "temperature", "topk", "documents", "tokens", "ppl"],
+                 [[result.get("ensemble_type"), s.get("num_experts"), s.get("temperature"), s.get("topk"),
+                   result.get("documents"), result.get("tokens"), result.get("result_ppl")]])]
+    if dense is not None:
+        d, e = dense.get("result_ppl"), result.get("result_ppl")
+        md.append(f"\nDense baseline: ppl {_fmt(d)}; ensemble {_fmt(e)}"
+                  + (f" ({100 * (e - d) / d:+.1f}%)\n" if d and e else "\n"))
+    sweep = result.get("sweep") or []
+    if len(sweep) > 1:
+        md.append("\n## Sweep\n\n")
+        md.append(_table(["temperature", "topk", "ppl"],
+                         [[r.get("temperature"), r.get("topk"), r.get("result_ppl")] for r in sweep]))
+    langs = result.get("per_language", {})
+    if langs:
+        md.append("\n## Per language\n\n")
+        if dense is not None:
+            dl = dense.get("per_language", {})
+            rows = []
+            for lang, v in sorted(langs.items()):
+                dp = dl.get(lang, {}).get("ppl")
+                delta = 100 * (v["ppl"] - dp) / dp if dp else None
+                rows.append([lang, v["documents"], v["tokens"], dp, v["ppl"],
+                             None if delta is None else f"{delta:+.1f}%"])
+            md.append(_table(["lang", "documents", "tokens", "dense ppl", "ensemble ppl", "change"], rows))
+        else:
+            md.append(_table(["lang", "documents", "tokens", "ppl"],
+                             [[k, v["documents"], v["tokens"], v["ppl"]] for k, v in sorted(langs.items())]))
+    clusters = result.get("per_cluster", {})
+    if clusters:
+        md.append("\n## Per cluster (documents grouped by the clusterer's assignment)\n\n")
+        top = result.get("top_expert") or {}
+        md.append(_table(["cluster", "documents", "tokens", "ppl", "share of tokens where this expert led"],
+                         [[k, v["documents"], v["tokens"], v["ppl"], top.get(k)]
+                          for k, v in sorted(clusters.items(), key=lambda kv: int(kv[0]))]))
+    return "".join(md)
+
+
+def plot_languages(path: str | os.PathLike, result: dict, dense: dict | None = None) -> None:
+    """Bar chart of per-language perplexity (ensemble, and the dense model beside it when given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on compute nodes
+    import matplotlib.pyplot as plt
+
+    langs = sorted(result.get("per_language", {}))
+    ens = [result["per_language"][l]["ppl"] for l in langs]
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(langs) + 2), 3.5), dpi=100)
+    xs = list(range(len(langs)))
+    if dense is not None:
+        dl = dense.get("per_language", {})
+        dv = [dl.get(l, {}).get("ppl", float("nan")) for l in langs]
+        ax.bar([x - 0.2 for x in xs], dv, width=0.4, label="dense")
+        ax.bar([x + 0.2 for x in xs], ens, width=0.4, label=result.get("ensemble_type", "ensemble"))
+        ax.legend()
+    else:
+        ax.bar(xs, ens, width=0.6)
+    ax.set_xticks(xs)
+    ax.set_xticklabels(langs, rotation=60, fontsize=8)
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"{result.get('dataset')}: {result.get('ensemble_type')} (ppl {_fmt(result.get('result_ppl'))})")
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,82 @@
+"""Evaluate an ensemble of experts (or one dense model): perplexity overall, per language, per cluster.
+
+    python -m xlbtm.scripts.eval_ensemble --data-dir D --data-subset valid --path-to-clusterer C \
+        --experts-dir SERIALIZATION/8_clusters --temperature 0.1 0.05 --topk -1 2 \
+        --ensemble-type clustering --max-valid-steps 500 --job-dir OUT [--run local|slurm]
+
+Each expert scores the documents once (cached under OUT/scores/); every --temperature x --topk setting
+reuses those scores. Writes OUT/result.json, OUT/report.md and OUT/ppl_by_language.png.
+"""
+
+from __future__ import annotations
+
+from xlbtm.cli import make_parser, run_script
+from xlbtm.corpus import add_skip_bad_lines_arg
+from xlbtm.errors import UsageError
+
+
+def _floats(s: str) -> list[float]:
+    return [float(x) for x in s.split(",") if x.strip()]
+
+
+def _ints(s: str) -> list[int]:
+    return [int(x) for x in s.split(",") if x.strip()]
+
+
+def build_parser():
+    p = make_parser("eval_ensemble", __doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", required=True, help="corpus root (c-BTM layout)")
+    p.add_argument("--data-subset", default="valid", help="split to evaluate: valid or valid/<subset>")
+    p.add_argument("--path-to-clusterer", default=None,
+                   help="clusterer artifact dir (required for clustering and lang; checked against the experts)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-paths", default=None,
+                     help="comma-separated expert run dirs or consolidated.pt files (order does not matter: "
+                          "experts are matched to clusters by expert.json)")
+    src.add_argument("--experts-dir", default=None, help="directory holding the expert run dirs")
+    p.add_argument("--temperature", nargs="+", type=_floats, default=[[0.1]],
+                   help="routing temperature(s); several values (or a comma list) sweep on cached scores")
+    p.add_argument("--topk", nargs="+", type=_ints, default=[[-1]],
+                   help="experts kept per token (-1 = all); several values sweep on cached scores")
+    p.add_argument("--ensemble-type", default="clustering",
+                   choices=["clustering", "uniform", "lang", "oracle", "dense", "average"])
+    p.add_argument("--cbtm-compat", action="store_true",
+                   help="c-BTM's weights: softmax(-dist^2 / T) with dist already a squared distance")
+    p.add_argument("--max-valid-steps", type=int, default=None,
+                   help="evaluate at most this many documents (one document per step)")
+    p.add_argument("--job-dir", required=True, help="output dir: score caches, result.json, report.md, plot")
+    p.add_argument("--run", choices=["local", "slurm"], default=None,
+                   help="score each expert as a separate job (default: in this process)")
+    p.add_argument("--dense-result", default=None,
+                   help="result.json (or its dir) of the dense baseline, compared per language in report.md")
+    p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward pass")
+    p.add_argument("--device", default=None, help="scoring device (default: cuda when available, else cpu)")
+    add_skip_bad_lines_arg(p)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from xlbtm.ensemble.evaluate import EvalConfig, run_eval
+
+    if args.batch_tokens <= 0:
+        raise UsageError("--batch-tokens must be positive")
+    cfg = EvalConfig(
+        data_dir=args.data_dir, data_subset=args.data_subset.strip("/"), job_dir=args.job_dir,
+        ensemble_type=args.ensemble_type, path_to_clusterer=args.path_to_clusterer,
+        model_paths=[m for m in (args.model_paths or "").split(",") if m],
+        experts_dir=args.experts_dir,
+        temperatures=[t for group in args.temperature for t in group],
+        topks=[k for group in args.topk for k in group],
+        cbtm_compat=args.cbtm_compat, max_valid_steps=args.max_valid_steps, run=args.run,
+        dense_result=args.dense_result, batch_tokens=args.batch_tokens, device=args.device,
+        skip_bad_lines=args.skip_bad_lines,
+    )
+    result = run_eval(cfg)
+    print(f"result_ppl {result['result_ppl']:.4f}  ({result['documents']} documents, {result['tokens']} tokens) "
+          f"-> {args.job_dir}/result.json")
+    return 0
+
+
+if __name__ == "__main__":
+    run_script("eval_ensemble", main)
