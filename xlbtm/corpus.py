@@ -13,6 +13,7 @@ Errors name `path:line` with a 1-based line number (what an editor shows); sp_id
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import hashlib
 import json
@@ -25,6 +26,7 @@ from typing import IO, Iterator
 from xlbtm.errors import InputError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+BOM = b"\xef\xbb\xbf"  # some editors/exporters start UTF-8 files with it; json.loads rejects it
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,7 @@ class ReadStats:
     documents: int = 0
     bytes: int = 0
     skipped: int = 0
+    blank: int = 0  # whitespace-only lines: not documents, not errors
     examples: list[str] = field(default_factory=list)  # first few skipped lines, as `path:line: why`
 
     def record_skip(self, message: str) -> None:
@@ -85,7 +88,16 @@ def find_jsonl_files(root: str | os.PathLike) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise InputError("directory not found (check --data-dir and the split name)", root)
-    files = [p for p in root.rglob("*") if p.is_file() and is_jsonl(p) and not p.name.startswith(".")]
+    # os.walk(followlinks=True): shard dirs are often symlinks into other storage, and Path.rglob
+    # (Python < 3.13) does not descend into symlinked directories. Hidden files/dirs (ours: temp files,
+    # line indexes) are not data.
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            p = Path(dirpath) / name
+            if not name.startswith(".") and is_jsonl(p) and p.is_file():
+                files.append(p)
     files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
     return files
 
@@ -100,10 +112,13 @@ def split_files(data_dir: str | os.PathLike, split: str) -> list[Path]:
 
 
 def relative_name(path: Path, data_dir: Path) -> str:
-    try:
-        return path.resolve().relative_to(data_dir.resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
+    """sp_id path of `path`: relative to `data_dir`, lexically first so a symlinked shard keeps its name."""
+    for p, d in ((path, data_dir), (path.absolute(), data_dir.absolute()), (path.resolve(), data_dir.resolve())):
+        try:
+            return p.relative_to(d).as_posix()
+        except ValueError:
+            continue
+    return path.as_posix()
 
 
 # --------------------------------------------------------------------------------------------- line parsing
@@ -159,6 +174,11 @@ def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines
                     raw = raw[:-1]
                     if raw.endswith(b"\r"):
                         raw = raw[:-1]
+                if i == 0 and raw.startswith(BOM):
+                    raw = raw[len(BOM):]
+                if not raw.strip():  # a blank line is not a document (e.g. a trailing newline); its index stays
+                    stats.blank += 1
+                    continue
                 try:
                     doc = parse_line(raw, shown, i, f"{rel}|{i}")
                 except InputError as e:
@@ -208,9 +228,17 @@ class Corpus:
             self._indexes[rel] = LineIndex.load_or_build(self.data_dir / rel)
         return self._indexes[rel]
 
+    def close(self) -> None:
+        """Close the file handles random access keeps open."""
+        for idx in self._indexes.values():
+            idx.close()
+
     def get(self, sp_id: str) -> Document:
         """The document with this sp_id (relative or c-BTM absolute), read via the byte-offset index."""
-        rel, line = resolve_sp_id(sp_id, self.data_dir)
+        try:
+            rel, line = resolve_sp_id(sp_id, self.data_dir)
+        except ValueError as e:
+            raise InputError(str(e)) from None
         idx = self.index(rel)
         raw = idx.read_line(line)
         return parse_line(raw, str(self.data_dir / rel), line, f"{rel}|{line}")
@@ -223,7 +251,7 @@ def parse_sp_id(sp_id: str) -> tuple[str, int]:
     if not isinstance(sp_id, str) or "|" not in sp_id:
         raise ValueError(f"sp_id {sp_id!r} is not of the form 'path|line'")
     path, _, line = sp_id.rpartition("|")
-    if not line.isdigit() or not path:
+    if not (line.isascii() and line.isdigit()) or not path:
         raise ValueError(f"sp_id {sp_id!r} is not of the form 'path|line'")
     return path, int(line)
 
@@ -232,24 +260,33 @@ def resolve_sp_id(sp_id: str, data_dir: str | os.PathLike) -> tuple[str, int]:
     """Normalize an sp_id to (path relative to data_dir, line).
 
     Absolute c-BTM sp_ids are made relative to `data_dir`; when they were written on another machine (a
-    different prefix), the shortest trailing part of the path that exists under `data_dir` is used, so a
+    different prefix), the longest trailing part of the path that exists under `data_dir` is used, so a
     moved corpus still matches. A path that matches nothing is an error, never a silent drop.
+    Cluster files hold millions of sp_ids over a handful of files, so the path part is resolved once.
     """
     path, line = parse_sp_id(sp_id)
-    data_dir = Path(data_dir)
-    p = Path(path)
-    if not p.is_absolute():
-        return p.as_posix(), line
-    try:
-        return p.relative_to(data_dir.resolve()).as_posix(), line
-    except ValueError:
-        pass
+    if not path.startswith("/"):
+        return Path(path).as_posix(), line
+    rel = _resolve_abs_path(path, os.fspath(data_dir))
+    if rel is None:
+        raise ValueError(f"sp_id {sp_id!r} points to a file that is not under {data_dir}")
+    return rel, line
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve_abs_path(path: str, data_dir: str) -> str | None:
+    p, d = Path(path), Path(data_dir)
+    for base in (d.absolute(), d.resolve()):
+        try:
+            return p.relative_to(base).as_posix()
+        except ValueError:
+            pass
     parts = p.parts[1:]
-    for start in range(len(parts) - 1, -1, -1):
+    for start in range(len(parts)):  # longest suffix first: the most specific match wins
         cand = Path(*parts[start:])
-        if (data_dir / cand).is_file():
-            return cand.as_posix(), line
-    raise ValueError(f"sp_id {sp_id!r} points to a file that is not under {data_dir}")
+        if (d / cand).is_file():
+            return cand.as_posix()
+    return None
 
 
 # ------------------------------------------------------------------------------------- byte-offset index
@@ -260,17 +297,32 @@ def _cache_root() -> Path:
     return Path(base) / "line-index"
 
 
+def dir_is_writable(d: Path) -> bool:
+    """May xlbtm write into `d`? Also False for a directory whose write bits are off when running as root:
+    root can write anywhere, but a dir marked read-only (a shared corpus) is meant to be left alone."""
+    if not os.access(d, os.W_OK):
+        return False
+    if getattr(os, "geteuid", lambda: -1)() == 0:
+        return bool(d.stat().st_mode & 0o222)
+    return True
+
+
 class LineIndex:
     """Byte offset of every line of a file (of the decompressed stream for .gz), for random access.
 
-    Cached as `.<name>.xlbtm-idx.npy` beside the file when that directory is writable, otherwise under
-    `$XLBTM_CACHE_DIR` (default `~/.cache/xlbtm`). The cache is keyed on size and mtime, so an edited file
-    is re-indexed.
+    Cached as `.<name>.<key>.xlbtm-idx.npy` beside the file when that directory is writable (see
+    `dir_is_writable`), otherwise under `$XLBTM_CACHE_DIR/line-index` (default `~/.cache/xlbtm`), so a
+    read-only data dir is never written to. The key covers the resolved path, size and mtime, so an edited
+    file is re-indexed. The file handle stays open between reads: seeking forward in a .gz stream continues
+    decompression instead of restarting it from the top.
     """
 
-    def __init__(self, path: Path, offsets):
+    def __init__(self, path: Path, offsets, cache_file: Path | None = None):
         self.path = path
         self.offsets = offsets  # numpy uint64, len = number of lines + 1
+        self.cache_file = cache_file  # where the index was loaded from / saved to (None: not cached)
+        self._fh: IO[bytes] | None = None
+        self._pid = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -289,10 +341,14 @@ class LineIndex:
 
     @staticmethod
     def cache_paths(path: Path) -> list[Path]:
+        """Candidate cache files, in preference order: beside the file if its dir is writable, then the user cache."""
         st = path.stat()
         key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
-        beside = path.parent / f".{path.name}.{key}.xlbtm-idx.npy"
-        return [beside, _cache_root() / f"{key}.npy"]
+        out = []
+        if dir_is_writable(path.parent):
+            out.append(path.parent / f".{path.name}.{key}.xlbtm-idx.npy")
+        out.append(_cache_root() / f"{key}.npy")
+        return out
 
     @classmethod
     def load_or_build(cls, path: Path) -> "LineIndex":
@@ -305,23 +361,61 @@ class LineIndex:
         candidates = cls.cache_paths(path)
         for c in candidates:
             if c.is_file():
-                return cls(path, np.load(c, allow_pickle=False))
+                try:
+                    return cls(path, np.load(c, allow_pickle=False), c)
+                except (OSError, ValueError):  # unreadable cache: rebuild it
+                    continue
         offsets = cls.build(path)
-        for c in candidates:  # beside the file when writable, else the user cache
+        for c in candidates:
             try:
                 with atomic_path(c, suffix=".npy") as tmp:
                     with open(tmp, "wb") as f:
                         np.save(f, offsets, allow_pickle=False)
-                break
+                return cls(path, offsets, c)
             except OSError:
                 continue
-        return cls(path, offsets)
+        return cls(path, offsets, None)
 
     def read_line(self, line: int) -> bytes:
         if not 0 <= line < len(self):
             raise InputError(f"line index {line} out of range (file has {len(self)} lines)", self.path)
         start, end = int(self.offsets[line]), int(self.offsets[line + 1])
-        with open_binary(self.path) as f:
-            f.seek(start)
-            raw = f.read(end - start)
+        if self._fh is None or self._pid != os.getpid():  # reopen after fork: never share a file offset
+            self._fh = open_binary(self.path)
+            self._pid = os.getpid()
+        self._fh.seek(start)
+        raw = self._fh.read(end - start)
+        if line == 0 and raw.startswith(BOM):
+            raw = raw[len(BOM):]
         return raw.rstrip(b"\r\n")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+# ------------------------------------------------------------------------------------------------- stats
+
+def split_stats(corpus: Corpus, split: str) -> dict:
+    """Documents, bytes (of the files as read, decompressed) and per-language document counts of a split."""
+    files = corpus.files(split)
+    stats = ReadStats()
+    per_lang: dict[str, int] = {}
+    for path in files:
+        for doc in iter_file(path, corpus.rel(path), skip_bad_lines=corpus.skip_bad_lines, stats=stats):
+            key = doc.lang or "?"
+            per_lang[key] = per_lang.get(key, 0) + 1
+    if stats.documents == 0:
+        raise InputError(f"split '{split}' has no documents", corpus.data_dir / split)
+    return {
+        "split": split, "files": len(files), "documents": stats.documents, "bytes": stats.bytes,
+        "skipped_lines": stats.skipped, "skipped_examples": stats.examples, "blank_lines": stats.blank,
+        "per_lang": dict(sorted(per_lang.items())),
+    }
