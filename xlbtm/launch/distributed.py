@@ -1,0 +1,178 @@
+"""Set up torch.distributed the same way under submitit (SLURM or local), torchrun, plain srun, or alone.
+
+    info = init_distributed()          # DistInfo(rank, world_size, local_rank, device, backend)
+    ...
+    destroy_distributed()
+
+Where the rank comes from, in order:
+  1. a process group that already exists;
+  2. torchrun-style env vars (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; LOCAL_RANK);
+  3. a submitit job (SUBMITIT_EXECUTOR=slurm|local): `submitit.helpers.TorchDistributedEnvironment`;
+  4. a plain `srun` step (SLURM_PROCID / SLURM_NTASKS), e.g. from the sbatch templates in slurm/sbatch/;
+  5. otherwise one process (no process group unless `init_single=True`).
+NCCL when the device is a GPU, gloo on CPU (override with `backend=` or $XLBTM_DIST_BACKEND).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from xlbtm.cli import get_logger
+
+log = get_logger("launch")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: Any  # torch.device
+    backend: str | None  # None: no process group
+    local_world_size: int = 1
+    source: str = "single"  # which environment gave the ranks (torchrun|submitit|srun|single|existing)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.backend is not None
+
+
+def _port_for(job_id: str) -> int:
+    # Same idea as submitit: every task of a job derives the same port from the job id, with no
+    # communication; different jobs (and array elements) get different ports.
+    return random.Random(f"xlbtm-{job_id}").randint(20000, 60000)
+
+
+def _single_node_addr(hostnames: list[str]) -> str:
+    # On one node, always talk over loopback: the machine's hostname may not resolve (containers, CI).
+    return "127.0.0.1" if len(set(hostnames)) <= 1 else hostnames[0]
+
+
+def _env_from_submitit() -> dict[str, str] | None:
+    if os.environ.get("SUBMITIT_EXECUTOR") not in ("slurm", "local"):
+        return None
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        tde = TorchDistributedEnvironment()
+    except Exception as e:  # noqa: BLE001 - not in a submitit job after all
+        log.debug("not a submitit job environment: %s", e)
+        return None
+    job_id = tde._job_env.job_id
+    nodes = list(tde._job_env.hostnames)
+    return {
+        "RANK": str(tde.rank), "WORLD_SIZE": str(tde.world_size), "LOCAL_RANK": str(tde.local_rank),
+        "LOCAL_WORLD_SIZE": str(tde.local_world_size),
+        "MASTER_ADDR": _single_node_addr(nodes) if tde._job_env.num_nodes == 1 else tde.master_addr,
+        "MASTER_PORT": str(_port_for(job_id)),
+    }
+
+
+def _env_from_srun() -> dict[str, str] | None:
+    if "SLURM_PROCID" not in os.environ or "SLURM_STEP_ID" not in os.environ:
+        return None
+    ntasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", os.environ.get("SLURM_NTASKS", "1")))
+    nnodes = int(os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_JOB_NUM_NODES", "1")))
+    nodelist = os.environ.get("SLURM_STEP_NODELIST", os.environ.get("SLURM_JOB_NODELIST", ""))
+    try:
+        from submitit.slurm.slurm import _parse_node_list
+
+        hosts = _parse_node_list(nodelist) if nodelist else [socket.gethostname()]
+    except Exception:  # noqa: BLE001
+        hosts = [socket.gethostname()]
+    job_id = os.environ.get("SLURM_JOB_ID", "0") + "." + os.environ.get("SLURM_STEP_ID", "0")
+    return {
+        "RANK": os.environ["SLURM_PROCID"], "WORLD_SIZE": str(ntasks),
+        "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(max(1, ntasks // max(1, nnodes))),
+        "MASTER_ADDR": _single_node_addr(hosts) if nnodes == 1 else hosts[0],
+        "MASTER_PORT": os.environ.get("XLBTM_MASTER_PORT") or str(_port_for(job_id)),
+    }
+
+
+def _pick_device(local_rank: int, device: str | None):
+    import torch
+
+    kind = device or os.environ.get("XLBTM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise RuntimeError("device cuda requested but no GPU is visible")
+        d = torch.device("cuda", local_rank % n)
+        torch.cuda.set_device(d)
+        return d
+    return torch.device(kind)
+
+
+def init_distributed(backend: str | None = None, *, device: str | None = None, timeout_s: float | None = None,
+                     init_single: bool = False) -> DistInfo:
+    """Find this process's rank, pick its device, and join the process group. Idempotent.
+
+    `device`: "cuda" | "cpu" (default: cuda when a GPU is visible). `init_single=True` also creates a
+    1-process group when running alone (DeviceMesh/FSDP need one). `timeout_s` bounds collectives
+    (default $XLBTM_DIST_TIMEOUT_S or 1800 s).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        return DistInfo(rank, world, local, _pick_device(local, device), dist.get_backend(),
+                        int(os.environ.get("LOCAL_WORLD_SIZE", "1")), "existing")
+
+    source, env = "single", None
+    if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
+        source = "torchrun"
+        env = {k: os.environ[k] for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        env["LOCAL_RANK"] = os.environ.get("LOCAL_RANK", "0")
+        env["LOCAL_WORLD_SIZE"] = os.environ.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])
+    if env is None or os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
+        # A submitit job inherits the submitter's environment, so stale RANK/MASTER_* from a parent
+        # torchrun must not win over the job's own ranks.
+        sub = _env_from_submitit()
+        if sub is not None:
+            source, env = "submitit", sub
+    if env is None:
+        sr = _env_from_srun()
+        if sr is not None:
+            source, env = "srun", sr
+
+    if env is None:
+        env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}
+    os.environ.update(env)
+    rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env["LOCAL_RANK"])
+    local_world = int(env.get("LOCAL_WORLD_SIZE", "1"))
+    dev = _pick_device(local, device)
+    be = backend or os.environ.get("XLBTM_DIST_BACKEND") or ("nccl" if dev.type == "cuda" else "gloo")
+
+    if world == 1 and not init_single:
+        return DistInfo(0, 1, 0, dev, None, 1, source)
+    timeout = datetime.timedelta(seconds=float(timeout_s or os.environ.get("XLBTM_DIST_TIMEOUT_S", 1800)))
+    if world == 1:
+        store = dist.HashStore()
+        dist.init_process_group(be, store=store, rank=0, world_size=1, timeout=timeout)
+    else:
+        log.debug("init_process_group(%s) rank %d/%d via %s:%s (%s)", be, rank, world,
+                  env.get("MASTER_ADDR"), env.get("MASTER_PORT"), source)
+        kwargs: dict[str, Any] = {}
+        if be == "nccl":
+            kwargs["device_id"] = dev
+        dist.init_process_group(be, init_method="env://", rank=rank, world_size=world, timeout=timeout,
+                                **kwargs)
+    return DistInfo(rank, world, local, dev, be, local_world, source)
+
+
+def destroy_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

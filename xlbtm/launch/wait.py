@@ -1,0 +1,228 @@
+"""Wait for submitit jobs; never hang on a dead one; say what failed and where its log is.
+
+submitit alone can wait forever: a SLURM job that vanished from `sacct` (no accounting, slurmdbd lag,
+purged records) stays "UNKNOWN", and its state is re-read only every few minutes. `wait_for` forces a
+state refresh every `poll_s`, asks `scontrol`/`squeue` when sacct has nothing for longer than
+`unknown_grace_s`, and treats a job that no SLURM command knows (and that left no result) as failed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from xlbtm.cli import get_logger
+from xlbtm.errors import XlbtmError
+
+log = get_logger("launch")
+
+_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+           "SUSPENDED", "RESIZING", "PREEMPTED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD", "READY", "QUEUED"}
+
+
+@dataclass
+class JobFailure:
+    job_id: str
+    state: str
+    error: str  # the job's traceback, or the tail of its stderr when it left no result
+    stderr: str | None  # log paths (None when there is no such file)
+    stdout: str | None
+    task: int | None = None
+
+    def render(self) -> str:
+        logs = self.stderr or self.stdout or "(no log file)"
+        where = f" task {self.task}" if self.task is not None else ""
+        return f"job {self.job_id}{where} failed (state {self.state}); log: {logs}\n{self.error.rstrip()}"
+
+
+class JobFailedError(XlbtmError):
+    """One or more jobs failed. `.failures` holds a JobFailure per failed job (id, state, error, log paths)."""
+
+    exit_code = 1
+
+    def __init__(self, what: str, failures: list[JobFailure], total: int):
+        self.what = what
+        self.failures = failures
+        first = failures[0]
+        self.job_id, self.state, self.log_path = first.job_id, first.state, first.stderr
+        msg = f"{what}: {len(failures)} of {total} job(s) failed. First: {first.render()}"
+        if len(failures) > 1:
+            msg += "\nOther failed jobs: " + ", ".join(
+                f"{f.job_id} ({f.state}, log {f.stderr or f.stdout})" for f in failures[1:])
+        super().__init__(msg)
+
+
+def _tail(path: Path | None, n: int = 30) -> str:
+    if path is None or not path.exists():
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 64_000))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(lines[-n:])
+
+
+def _existing(p: Path) -> str | None:
+    return str(p) if p.exists() else None
+
+
+def _is_slurm(job) -> bool:
+    from submitit.slurm.slurm import SlurmJob
+
+    return isinstance(job, SlurmJob)
+
+
+def _is_debug(job) -> bool:
+    from submitit.local.debug import DebugJob
+
+    return isinstance(job, DebugJob)
+
+
+def _scheduler_state(job_id: str) -> str | None:
+    """Ask slurmctld directly (it keeps finished jobs for MinJobAge). None when it does not know the job."""
+    try:
+        r = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return None
+    for tok in r.stdout.split():
+        if tok.startswith("JobState="):
+            return tok.split("=", 1)[1]
+    return None
+
+
+def _sub_jobs(job) -> list:
+    return list(job._sub_jobs) if getattr(job, "_sub_jobs", None) else [job]
+
+
+def _failure_of(job, state: str) -> JobFailure | None:
+    """Inspect a finished job: None if every task left a success result, else the first failure."""
+    from submitit.core import utils as su
+
+    for sub in _sub_jobs(job):
+        sub._results_timeout_s = 5  # the scheduler already says the job ended; do not wait long for files
+        stderr, stdout = sub.paths.stderr, sub.paths.stdout
+        try:
+            outcome, payload = sub._get_outcome_and_result()
+        except su.UncompletedJobError:
+            tail = _tail(stderr) or _tail(stdout) or "(the job wrote no log: it may not have started)"
+            return JobFailure(job.job_id, state, "no result was written; last log lines:\n" + tail,
+                              _existing(stderr), _existing(stdout), sub.task_id)
+        if outcome == "error":
+            if state.upper() in ("FINISHED", "COMPLETED", "DONE", "UNKNOWN"):
+                state = "FAILED"  # the function raised; the process itself exited normally
+            return JobFailure(job.job_id, state, str(payload), _existing(stderr), _existing(stdout), sub.task_id)
+    return None
+
+
+def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, status_every_s: float = 60.0,
+             unknown_grace_s: float = 90.0, fail_fast: bool = False, all_tasks: bool = False) -> list:
+    """Wait until every job ended; return their results in order, or raise `JobFailedError`.
+
+    A multi-task job's result is its task 0 result (`all_tasks=True`: the list over tasks).
+    Failures are logged as soon as they are seen; the error is raised once all jobs ended
+    (`fail_fast=True`: at the first failure, leaving the others running).
+    """
+    jobs = list(jobs)
+    if not jobs:
+        return []
+    results: list[Any] = [None] * len(jobs)
+    failures: list[tuple[int, JobFailure]] = []
+
+    if all(_is_debug(j) for j in jobs):
+        for i, job in enumerate(jobs):
+            try:
+                r = job.results()
+                results[i] = r if all_tasks else r[0]
+            except Exception as e:  # noqa: BLE001 - any job error becomes a JobFailure
+                import traceback
+
+                failures.append((i, JobFailure(job.job_id, "FAILED", "".join(
+                    traceback.format_exception(type(e), e, e.__traceback__)), None, None)))
+                if fail_fast:
+                    break
+        if failures:
+            raise JobFailedError(what, [f for _, f in failures], len(jobs))
+        return results
+
+    folder = jobs[0].paths.folder
+    log.info("%s: waiting for %d job(s) (%s); logs: %s", what, len(jobs), _id_summary(jobs),
+             str(folder).replace(jobs[0].job_id, "<job id>"))
+    pending = set(range(len(jobs)))
+    unknown_since: dict[int, float] = {}
+    last_status = time.monotonic()
+    while pending:
+        watchers = {id(type(j).watcher): type(j).watcher for j in jobs if _is_slurm(j)}
+        for w in watchers.values():
+            w.update()  # one sacct call for all jobs, every poll (submitit alone waits up to 10 min)
+        for i in sorted(pending):
+            job = jobs[i]
+            state = _state(job)
+            ended = job.done()
+            if not ended and _is_slurm(job) and state == "UNKNOWN":
+                first = unknown_since.setdefault(i, time.monotonic())
+                if time.monotonic() - first > unknown_grace_s:
+                    sched = _scheduler_state(job.job_id)
+                    if sched is None or sched.upper() not in _ACTIVE:
+                        state = sched or "VANISHED (unknown to sacct and scontrol)"
+                        ended = True
+                    else:
+                        unknown_since[i] = time.monotonic()  # slurmctld knows it: keep waiting
+            elif state != "UNKNOWN":
+                unknown_since.pop(i, None)
+            if not ended:
+                continue
+            pending.discard(i)
+            failure = _failure_of(job, state)
+            if failure is None:
+                r = job.results()
+                results[i] = r if all_tasks else r[0]
+                log.debug("%s: job %s finished", what, job.job_id)
+                continue
+            log.error("%s: %s", what, failure.render())
+            failures.append((i, failure))
+            if fail_fast:
+                break
+        if failures and fail_fast:
+            break
+        if pending:
+            if time.monotonic() - last_status >= status_every_s:
+                last_status = time.monotonic()
+                log.info("%s: %d/%d done, %d failed; still waiting for %s", what, len(jobs) - len(pending),
+                         len(jobs), len(failures), _states_summary([jobs[i] for i in sorted(pending)]))
+            time.sleep(poll_s)
+    if failures:
+        failures.sort(key=lambda t: t[0])
+        raise JobFailedError(what, [f for _, f in failures], len(jobs))
+    log.info("%s: all %d job(s) finished", what, len(jobs))
+    return results
+
+
+def _state(job) -> str:
+    try:
+        if _is_slurm(job):
+            return job.watcher.get_state(job.job_id, mode="cache")
+        return str(job.state)
+    except Exception:  # noqa: BLE001 - a state we cannot read is UNKNOWN; done() decides
+        return "UNKNOWN"
+
+
+def _states_summary(jobs: list) -> str:
+    counts: dict[str, int] = {}
+    for j in jobs:
+        s = _state(j).split(" ")[0]
+        counts[s] = counts.get(s, 0) + 1
+    return ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+
+
+def _id_summary(jobs: list) -> str:
+    ids = [j.job_id for j in jobs]
+    return ", ".join(ids) if len(ids) <= 6 else f"{', '.join(ids[:3])}, ..., {ids[-1]}"
