@@ -1,0 +1,1 @@
+"""Per-cluster token streams: binarize (tokenize once), CLM blocks, MLM masking, resumable sample order."""

@@ -1,0 +1,278 @@
+"""Binarize a corpus into per-cluster, per-split token streams (tokenize every document once).
+
+Layout of a binarized dir:
+
+    <out>/manifest.json                   tokenizer + clusterer fingerprints, K, tokens per cluster and language
+    <out>/<split>/cluster<k>.bin          uint32 token stream: for every document `</s> tok tok ...`
+    <out>/<split>/cluster<k>.idx          int64 offsets of the documents into the stream (n_docs + 1 entries)
+    <out>/<split>/done.json               this split's part of the manifest; written last (the resume marker)
+
+Each document is stored as `</s>` followed by its tokens, so the concatenated stream already has `</s>`
+between documents (the XGLM / metaseq convention) and CLM blocks are plain slices of the memmap.
+
+Resumable at split granularity: a split with `done.json` whose fingerprints match is skipped; a split
+interrupted half-way is redone from scratch (its files are only renamed into place at the end).
+Documents without a cluster are an error (count + examples) unless `allow_unassigned=True`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from xlbtm.cli import get_logger
+from xlbtm.errors import InputError, UsageError
+
+log = get_logger("data")
+
+FORMAT = "xlbtm-binarized/1"
+DTYPE = "uint32"
+MANIFEST = "manifest.json"
+
+
+def split_dir(out_dir: str | os.PathLike, split: str) -> Path:
+    return Path(out_dir) / split
+
+
+def bin_path(out_dir: str | os.PathLike, split: str, cluster: int) -> Path:
+    return split_dir(out_dir, split) / f"cluster{cluster}.bin"
+
+
+def idx_path(out_dir: str | os.PathLike, split: str, cluster: int) -> Path:
+    return split_dir(out_dir, split) / f"cluster{cluster}.idx"
+
+
+@dataclass
+class BinarizeResult:
+    out_dir: Path
+    manifest: dict
+    skipped_splits: list[str]
+
+
+# ------------------------------------------------------------------------------------------- workers
+
+_WORKER_TOK = None
+
+
+def _worker_init(tokenizer_path: str) -> None:
+    global _WORKER_TOK
+    from xlbtm.tokenizer import load_tokenizer
+
+    _WORKER_TOK = load_tokenizer(tokenizer_path)
+
+
+def _worker_encode(texts: list[str]) -> list[list[int]]:
+    return _WORKER_TOK.encode_batch(texts)
+
+
+def _batches(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for it in items:
+        batch.append(it)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _parallel_encode(pool, batches: Iterator[list]) -> Iterator[tuple[list, list[list[int]]]]:
+    """Encode batches on the pool with a bounded window, yielding results in input order (so the stream is
+    identical whatever the number of workers) without reading the whole split into memory."""
+    import collections
+
+    pending: collections.deque = collections.deque()
+    window = 4 * max(1, pool._processes)
+    for b in batches:
+        pending.append((b, pool.apply_async(_worker_encode, ([t for _, _, t in b],))))
+        if len(pending) >= window:
+            b0, r = pending.popleft()
+            yield b0, r.get()
+    while pending:
+        b0, r = pending.popleft()
+        yield b0, r.get()
+
+
+# ---------------------------------------------------------------------------------------- assignments
+
+def load_assignments(clusters_dir: Path, split: str, data_dir: Path) -> dict[str, int]:
+    """sp_id (relative to data_dir) -> cluster for a split; c-BTM absolute sp_ids are normalized."""
+    from xlbtm.cluster.files import iter_assignments
+    from xlbtm.corpus import resolve_sp_id
+
+    out: dict[str, int] = {}
+    for sp_id, k in iter_assignments(clusters_dir, split):
+        try:
+            rel, line = resolve_sp_id(sp_id, data_dir)
+        except ValueError as e:
+            raise InputError(f"{e} (cluster files of split '{split}')", clusters_dir) from None
+        out[f"{rel}|{line}"] = k
+    return out
+
+
+# ------------------------------------------------------------------------------------------- binarize
+
+def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer, *,
+             splits: Sequence[str] = ("train", "valid"), clusters_dir: str | os.PathLike | None = None,
+             num_clusters: int | None = None, workers: int = 0, batch_size: int = 256,
+             allow_unassigned: bool = False, skip_bad_lines: bool = False) -> BinarizeResult:
+    """Tokenize each split of `data_dir` into per-cluster token streams under `out_dir`.
+
+    `tokenizer` is a loaded `xlbtm.tokenizer.Tokenizer` (its `.path` is reloaded by each of `workers`
+    worker processes; `workers=0` tokenizes in this process). `clusters_dir=None` is the dense baseline:
+    every document goes to cluster 0 of K=1.
+    """
+    from xlbtm.corpus import Corpus
+    from xlbtm.io import read_json, write_json
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    clusterer_fp = None
+    if clusters_dir is not None:
+        from xlbtm.cluster.files import read_manifest
+
+        cm = read_manifest(clusters_dir)
+        k_file = int(cm["num_clusters"])
+        if num_clusters is not None and int(num_clusters) != k_file:
+            raise UsageError(f"--num-clusters {num_clusters} does not match the {k_file} clusters of "
+                             f"{clusters_dir}/manifest.json")
+        num_clusters, clusterer_fp = k_file, cm["fingerprint"]
+    else:
+        if num_clusters not in (None, 1):
+            raise UsageError("--num-clusters > 1 needs --path-to-clusters-dir (cluster files)")
+        num_clusters = 1
+    if tokenizer.vocab_size >= 2 ** 32:
+        raise UsageError("vocabulary does not fit uint32")
+
+    header = {"format": FORMAT, "dtype": DTYPE, "data_dir": str(data_dir.resolve()),
+              "tokenizer": str(tokenizer.path), "tokenizer_fingerprint": tokenizer.fingerprint,
+              "clusterer_fingerprint": clusterer_fp, "num_clusters": num_clusters, "eos_id": tokenizer.eos_id}
+    manifest_path = out_dir / MANIFEST
+    manifest = dict(header, splits={})
+    if manifest_path.is_file():
+        old = read_json(manifest_path)
+        for key in ("tokenizer_fingerprint", "clusterer_fingerprint", "num_clusters"):
+            if old.get(key) != header[key]:
+                raise InputError(f"binarized data here was made with another {key} ({old.get(key)!r} != "
+                                 f"{header[key]!r}); delete this directory or choose another output dir",
+                                 manifest_path)
+        manifest["splits"] = dict(old.get("splits", {}))
+
+    corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
+    skipped = []
+    pool = None
+    try:
+        for split in splits:
+            done = split_dir(out_dir, split) / "done.json"
+            if done.is_file():
+                d = read_json(done)
+                if d.get("tokenizer_fingerprint") == header["tokenizer_fingerprint"] and \
+                        d.get("clusterer_fingerprint") == clusterer_fp:
+                    manifest["splits"][split] = d["stats"]
+                    skipped.append(split)
+                    log.info(f"binarize: split '{split}' already done ({done}), skipping")
+                    continue
+            if workers > 0 and pool is None:
+                import multiprocessing as mp
+
+                pool = mp.get_context("spawn").Pool(workers, _worker_init, (str(tokenizer.path),))
+            stats = _binarize_split(corpus, split, out_dir, tokenizer, num_clusters,
+                                    None if clusters_dir is None else Path(clusters_dir),
+                                    pool, batch_size, allow_unassigned)
+            write_json(done, {"tokenizer_fingerprint": header["tokenizer_fingerprint"],
+                              "clusterer_fingerprint": clusterer_fp, "stats": stats})
+            manifest["splits"][split] = stats
+            write_json(manifest_path, manifest)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    write_json(manifest_path, manifest)
+    return BinarizeResult(out_dir, manifest, skipped)
+
+
+def _binarize_split(corpus, split: str, out_dir: Path, tokenizer, K: int, clusters_dir: Path | None,
+                    pool, batch_size: int, allow_unassigned: bool) -> dict:
+    import numpy as np
+
+    from xlbtm.io import atomic_path
+
+    assign = None if clusters_dir is None else load_assignments(clusters_dir, split, corpus.data_dir)
+    sdir = split_dir(out_dir, split)
+    sdir.mkdir(parents=True, exist_ok=True)
+
+    unassigned, examples = 0, []
+
+    def routed() -> Iterator[tuple[int, str | None, str]]:
+        nonlocal unassigned
+        for doc in corpus.iter_documents(split):
+            if assign is None:
+                k = 0
+            else:
+                k = assign.get(doc.sp_id)
+                if k is None:
+                    unassigned += 1
+                    if len(examples) < 5:
+                        examples.append(doc.sp_id)
+                    continue
+            yield k, doc.lang, doc.text
+
+    # all clusters' streams are written in one pass over the split; temp names until the split is complete
+    tmp_bins = [sdir / f".cluster{k}.bin.tmp" for k in range(K)]
+    fbins = [open(p, "wb") for p in tmp_bins]
+    lengths: list[list[int]] = [[] for _ in range(K)]
+    docs, toks = [0] * K, [0] * K
+    langs: dict[str, list[int]] = {}
+    eos = int(tokenizer.eos_id)
+    try:
+        batches = _batches(routed(), batch_size)
+        if pool is None:
+            encoded = ((b, tokenizer.encode_batch([t for _, _, t in b])) for b in batches)
+        else:
+            encoded = _parallel_encode(pool, batches)
+        for batch, ids_list in encoded:
+            for (k, lang, _), ids in zip(batch, ids_list):
+                arr = np.empty(len(ids) + 1, dtype=np.uint32)
+                arr[0] = eos
+                arr[1:] = ids
+                fbins[k].write(arr.tobytes())
+                lengths[k].append(len(arr))
+                docs[k] += 1
+                toks[k] += len(arr)
+                key = lang if lang is not None else "null"
+                langs.setdefault(key, [0] * K)[k] += len(arr)
+    finally:
+        for f in fbins:
+            f.close()
+    if unassigned and not allow_unassigned:
+        for p in tmp_bins:
+            p.unlink(missing_ok=True)
+        raise InputError(f"{unassigned} documents of split '{split}' have no cluster in {clusters_dir} "
+                         f"(e.g. {', '.join(examples)}); were the cluster files made for this corpus? "
+                         f"Pass --allow-unassigned to drop them", corpus.data_dir / split)
+    if unassigned:
+        log.warning(f"binarize: dropped {unassigned} unassigned documents of split '{split}' "
+                    f"(e.g. {', '.join(examples)})")
+    for k in range(K):
+        offsets = np.zeros(len(lengths[k]) + 1, dtype=np.int64)
+        np.cumsum(np.asarray(lengths[k], dtype=np.int64), out=offsets[1:])
+        with atomic_path(idx_path(out_dir, split, k)) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(offsets.tobytes())
+        os.replace(tmp_bins[k], bin_path(out_dir, split, k))
+    stats = {"documents": docs, "tokens": toks, "lang": langs, "unassigned": unassigned}
+    log.info(f"binarize: split '{split}': {sum(docs)} documents, {sum(toks)} tokens in {K} clusters -> {sdir}")
+    return stats
+
+
+def read_binarized_manifest(out_dir: str | os.PathLike) -> dict:
+    from xlbtm.io import read_json
+
+    p = Path(out_dir) / MANIFEST
+    if not p.is_file():
+        raise InputError("binarized manifest not found (run xlbtm.scripts.binarize first)", p)
+    m = read_json(p)
+    if m.get("format") != FORMAT:
+        raise InputError(f"not an xlbtm binarized dir (format {m.get('format')!r})", p)
+    return m

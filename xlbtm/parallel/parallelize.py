@@ -1,0 +1,96 @@
+"""Apply parallelism to a plain model from the outside (torchtitan style).
+
+Order matters: TP first (DTensor-shards the Linear weights inside each block), then activation
+checkpointing and compile per block, then FSDP2 `fully_shard` per block and finally on the root, so each
+block's parameters are all-gathered just in time and freed after use.
+Parameter FQNs never change (no wrapper modules), so DCP state dicts use the plain model names.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn as nn
+
+
+def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
+    """Megatron-style TP inside each block: q/k/v and fc1 column-wise, out_proj and fc2 row-wise.
+
+    The attention reshapes with `view(B, T, -1, head_dim)`, so fewer local heads just work; embeddings,
+    norms and the LM head stay replicated across the TP group.
+    """
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    plan = {
+        "self_attn.q_proj": ColwiseParallel(),
+        "self_attn.k_proj": ColwiseParallel(),
+        "self_attn.v_proj": ColwiseParallel(),
+        "self_attn.out_proj": RowwiseParallel(),
+        "fc1": ColwiseParallel(),
+        "fc2": RowwiseParallel(),
+    }
+    for block in model.layers:
+        attn = block.self_attn
+        n_heads = attn.q_proj.out_features // attn.head_dim
+        if n_heads % tp_mesh.size():
+            from xlbtm.errors import UsageError
+
+            raise UsageError(f"--tensor-parallel-size {tp_mesh.size()} must divide the number of heads ({n_heads})")
+        parallelize_module(block, tp_mesh, plan)
+    return model
+
+
+def apply_ac(model: nn.Module) -> nn.Module:
+    """Activation checkpointing per block: keep only block inputs, recompute the rest in backward.
+
+    Done by replacing each block's `forward` (not by a wrapper module), so parameter names stay the same;
+    the FSDP hooks run around the checkpointed forward, so recomputation sees unsharded weights.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    for block in model.layers:
+        inner = block.forward
+
+        def ckpt_forward(*args, _inner=inner, **kwargs):
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        block.forward = ckpt_forward
+    return model
+
+
+def apply_compile(model: nn.Module) -> nn.Module:
+    """`torch.compile` each block in place (`nn.Module.compile` keeps FQNs; repeated blocks share a graph)."""
+    for block in model.layers:
+        block.compile()
+    return model
+
+
+def apply_fsdp(model: nn.Module, dp_mesh, *, param_dtype: torch.dtype = torch.float32,
+               reduce_dtype: torch.dtype = torch.float32, reshard_after_forward: bool = True) -> nn.Module:
+    """FSDP2 `fully_shard` per block, then the root (embeddings, final norm, LM head)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    n = len(model.layers)
+    for i, block in enumerate(model.layers):
+        # the last block is needed again right away by backward: do not free it after forward
+        fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward and i < n - 1)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def parallelize(model: nn.Module, mesh, *, device_type: str, ac: bool = False, compile: bool = False,
+                fsdp: bool = True) -> nn.Module:
+    """TP (when the mesh's tp size > 1) -> AC -> compile -> FSDP over dp (always, so every run has the same
+    DTensor state-dict layout). bf16 params / fp32 reductions on GPU, fp32 on CPU."""
+    if mesh["tp"].size() > 1:
+        apply_tp(model, mesh["tp"])
+    if ac:
+        apply_ac(model)
+    if compile:
+        apply_compile(model)
+    if fsdp:
+        bf16 = device_type == "cuda"
+        apply_fsdp(model, mesh["dp"], param_dtype=torch.bfloat16 if bf16 else torch.float32,
+                   reduce_dtype=torch.float32)
+    return model

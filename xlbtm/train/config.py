@@ -1,0 +1,61 @@
+"""The configuration of ONE expert's training run (what `train_experts` builds per cluster)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str                          # <serialization_dir>/<K>_clusters/<run>.cluster<i>
+    data_dir: str                         # binarized dir (xlbtm.data.binarize layout)
+    seed_model: str                       # HF dir | metaseq/fairseq .pt | consolidated.pt | preset name
+    cluster: int = 0
+    num_clusters: int = 1
+    clusterer_fingerprint: str | None = None
+    run_name: str = "run"
+    model_size: str | None = None         # preset naming the architecture when the seed does not
+    tokenizer: str | None = None
+    objective: str = "clm"                # "clm" | "mlm"
+    train_subset: str = "train"
+    valid_subset: str = "valid"
+    tokens_per_sample: int = 2048
+    batch_size: int = 8                   # per data-parallel rank, per micro-step (c-BTM --batch-size)
+    update_freq: int = 1                  # micro-steps accumulated per optimizer step
+    max_steps: int = 1000
+    learning_rate: float = 2e-4
+    end_learning_rate: float = 0.0
+    warmup_updates: int = 0
+    power: float = 1.0                    # polynomial decay exponent (1 = linear)
+    weight_decay: float = 0.1
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-6
+    clip_norm: float = 1.0                # 0 disables clipping
+    tensor_parallel_size: int = 1
+    activation_checkpointing: bool = False
+    compile: bool = False
+    save_interval_updates: int = 1000
+    validate_interval_updates: int = 1000
+    max_valid_samples: int | None = None  # cap on validation samples (None = the whole valid split)
+    keep_checkpoints: int = 2
+    log_interval: int = 10
+    seed: int = 1
+    tensorboard: bool = False
+    dropout: float | None = None          # override the seed's dropout (None = keep)
+    progress_bar: bool | None = None      # None = when stdout is a terminal
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        if "adam_betas" in d:
+            d["adam_betas"] = tuple(d["adam_betas"])
+        return cls(**d)
+
+    @property
+    def tokens_per_step_per_rank(self) -> int:
+        return self.batch_size * self.update_freq * self.tokens_per_sample

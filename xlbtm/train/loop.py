@@ -1,0 +1,294 @@
+"""The training loop of ONE expert: branch from the seed (or resume), train, validate, checkpoint.
+
+Every rank of the expert's process group runs `train_expert(cfg)`. Data, RNG and schedule are functions of
+(seed, step, global sample index), so a resumed run -- also at another data-parallel degree -- continues
+with exactly the batches, dropout masks and learning rates an uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xlbtm.cli import get_logger
+from xlbtm.errors import InputError, UsageError
+from xlbtm.train.config import TrainConfig
+
+log = get_logger("train")
+
+
+@dataclass
+class TrainResult:
+    status: str                  # "completed" | "preempted"
+    step: int
+    run_dir: str
+    valid_loss: float | None = None
+
+
+# ------------------------------------------------------------------------------------------ process group
+
+def _init_distributed():
+    """(rank, world_size, device). Uses the launch layer; a bare single process gets a 1-rank gloo group so
+    the same mesh/FSDP code path runs everywhere."""
+    import torch.distributed as dist
+
+    try:
+        from xlbtm.launch.distributed import init_distributed
+    except ImportError:  # launch layer not installed: torchrun-style env vars or one process
+        init_distributed = None
+    if init_distributed is not None:
+        info = init_distributed()
+        rank, world, device = info.rank, info.world_size, torch.device(info.device)
+    else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        if world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                                rank=0, world_size=1)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def _step_seed(seed: int, step: int, dp_rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, dp_rank]).generate_state(1)[0])
+
+
+# ------------------------------------------------------------------------------------------------- model
+
+def _model_and_args(cfg: TrainConfig, resuming: bool, info_args: dict | None, tok):
+    """Full model on CPU, identical on every rank (seeded), plus its ModelArgs."""
+    from xlbtm.models import ModelArgs, build_model, get_preset, load_seed, preset_names
+
+    torch.manual_seed(cfg.seed)
+    if resuming and info_args is not None:
+        args = ModelArgs.from_dict(info_args)
+        return build_model(args), args, {}
+    if cfg.seed_model in preset_names():  # random init, vocabulary from the tokenizer
+        args = get_preset(cfg.seed_model, vocab_size=tok.vocab_size)
+        model, seed_info = build_model(args), {"kind": "preset"}
+    else:
+        model, args, seed_info = load_seed(cfg.seed_model, model_size=cfg.model_size, vocab_size=tok.vocab_size)
+    if cfg.dropout is not None:
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = cfg.dropout
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if hasattr(args, name):
+                setattr(args, name, cfg.dropout)
+    return model, args, seed_info
+
+
+def _forward_loss(model, inputs, targets, pad_id: int):
+    """Summed token cross-entropy (fp32) and the number of target tokens."""
+    logits = model(inputs, None)
+    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+                           ignore_index=-100, reduction="sum")
+    return loss, int((targets != -100).sum())
+
+
+# -------------------------------------------------------------------------------------------------- train
+
+def train_expert(cfg: TrainConfig) -> TrainResult:
+    import torch.distributed as dist
+
+    from xlbtm.data.binarize import bin_path, idx_path, read_binarized_manifest
+    from xlbtm.data.dataset import CLMDataset, MLMDataset, Sampler, TokenStream, collate, rank_indices
+    from xlbtm.parallel.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from xlbtm.parallel.mesh import ParallelDims, build_mesh
+    from xlbtm.parallel.parallelize import parallelize
+    from xlbtm.train.expert_dir import ExpertInfo, read_expert_info, write_expert_info
+    from xlbtm.train.metrics import MetricLogger, mfu, peak_flops
+    from xlbtm.train.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
+    from xlbtm.train.preemption import PreemptionHandler
+
+    if cfg.objective not in ("clm", "mlm"):
+        raise UsageError(f"--objective must be clm or mlm, got {cfg.objective!r}")
+    rank, world, device = _init_distributed()
+    dims = ParallelDims.from_world(world, cfg.tensor_parallel_size)
+    mesh = build_mesh(dims, device.type)
+    dp_rank = mesh["dp"].get_local_rank()
+    dp_group = mesh["dp"].get_group()
+    is_main = rank == 0
+    run_dir = Path(cfg.run_dir)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    preempt = PreemptionHandler().install()
+
+    # ---- data
+    bman = read_binarized_manifest(cfg.data_dir)
+    if bman["num_clusters"] != cfg.num_clusters:
+        raise InputError(f"binarized data has {bman['num_clusters']} clusters, run expects {cfg.num_clusters}",
+                         cfg.data_dir)
+    tok = None
+    tok_path = cfg.tokenizer or bman["tokenizer"]
+    from xlbtm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tok_path)
+    if tok.fingerprint != bman["tokenizer_fingerprint"]:
+        raise InputError(f"binarized data was made with another tokenizer than {tok_path}", cfg.data_dir)
+
+    def stream(split):
+        return TokenStream(bin_path(cfg.data_dir, split, cfg.cluster), idx_path(cfg.data_dir, split, cfg.cluster))
+
+    def dataset(split):
+        s = stream(split)
+        if cfg.objective == "clm":
+            return CLMDataset(s, cfg.tokens_per_sample)
+        return MLMDataset(s, cfg.tokens_per_sample, vocab_size=tok.vocab_size, mask_id=tok.mask_id,
+                          bos_id=tok.bos_id, seed=cfg.seed)
+
+    train_ds = dataset(cfg.train_subset)
+    if len(train_ds) == 0:
+        raise InputError(f"cluster {cfg.cluster} has fewer than {cfg.tokens_per_sample + 1} training tokens",
+                         bin_path(cfg.data_dir, cfg.train_subset, cfg.cluster))
+    valid_ds = dataset(cfg.valid_subset) if cfg.valid_subset else None
+    sampler = Sampler(len(train_ds), cfg.seed)
+
+    # ---- model (+ expert.json), parallelize, optimizer, resume
+    ckpt = latest_checkpoint(run_dir)
+    info_args = read_expert_info(run_dir).model_args if ckpt is not None else None
+    model, args, _ = _model_and_args(cfg, ckpt is not None, info_args, tok)
+    if args.vocab_size < tok.vocab_size:
+        raise InputError(f"model vocabulary ({args.vocab_size}) is smaller than the tokenizer's ({tok.vocab_size})",
+                         cfg.seed_model)
+    if is_main and ckpt is None:
+        write_expert_info(run_dir, ExpertInfo(
+            cluster=cfg.cluster, num_clusters=cfg.num_clusters, clusterer_fingerprint=cfg.clusterer_fingerprint,
+            objective=cfg.objective, model_args=args.to_dict(), tokenizer=str(Path(tok.path).resolve()),
+            tokenizer_fingerprint=tok.fingerprint, seed_model=cfg.seed_model, run_name=cfg.run_name,
+            data={"binarized": str(Path(cfg.data_dir).resolve()), "train_subset": cfg.train_subset,
+                  "valid_subset": cfg.valid_subset, "train_tokens": len(train_ds.stream),
+                  "tokens_per_sample": cfg.tokens_per_sample, "config": cfg.to_dict()}))
+    model.to(device)
+    parallelize(model, mesh, device_type=device.type, ac=cfg.activation_checkpointing, compile=cfg.compile)
+    model.train()
+    optimizer = build_optimizer(model, cfg, device.type)
+    step, position = 0, 0
+    if ckpt is not None:
+        st = load_checkpoint(ckpt, model, optimizer)
+        step, position = st["step"], st["position"]
+        if is_main:
+            log.info(f"resumed from {ckpt} (step {step}, sample {position})")
+    elif is_main:
+        log.info(f"branched from seed {cfg.seed_model} (fresh optimizer and schedule)")
+
+    # ---- metrics
+    from xlbtm.models import flops_per_token
+
+    fpt = flops_per_token(args, cfg.tokens_per_sample)
+    peak = peak_flops(device)
+    logger = MetricLogger(run_dir, is_main, cfg.tensorboard)
+    bar = None
+    show_bar = cfg.progress_bar if cfg.progress_bar is not None else sys.stdout.isatty()
+    if is_main and show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    saved_step = step if ckpt is not None else -1
+
+    def save():
+        nonlocal saved_step
+        if saved_step == step:
+            return
+        saved_step = step
+        save_checkpoint(run_dir, step, model, optimizer, {"step": step, "position": position, "seed": cfg.seed},
+                        keep=cfg.keep_checkpoints)
+
+    def validate() -> float | None:
+        if valid_ds is None or len(valid_ds) == 0:
+            return None
+        model.eval()
+        n = len(valid_ds) if cfg.max_valid_samples is None else min(len(valid_ds), cfg.max_valid_samples)
+        total = torch.zeros(2, dtype=torch.float64)
+        per = dims.dp * cfg.batch_size
+        with torch.no_grad():
+            for b in range(math.ceil(n / per)):
+                idx = [i for i in rank_indices(b * per, 0, dp_rank, dims.dp, cfg.batch_size) if i < n]
+                # every rank runs the same number of forwards (FSDP collectives); empty ones count zero
+                x, y = collate(valid_ds, Sampler(len(valid_ds), 0, shuffle=False), idx or [0])
+                loss, ntok = _forward_loss(model, x.to(device), y.to(device), tok.pad_id)
+                if idx:
+                    total += torch.tensor([loss.item(), ntok], dtype=torch.float64)
+        dist.all_reduce(total, group=dp_group)
+        model.train()
+        return float(total[0] / max(total[1], 1))
+
+    # ---- loop
+    tokens_per_step = cfg.batch_size * dims.dp * cfg.update_freq * cfg.tokens_per_sample
+    samples_per_step = cfg.batch_size * dims.dp * cfg.update_freq
+    valid_loss = None
+    status = "completed"
+    train_time, steps_since = 0.0, 0  # time inside train steps only (not validation / saving)
+    loss_acc = torch.zeros(2, dtype=torch.float64)
+    while step < cfg.max_steps:
+        if preempt.agreed():
+            status = "preempted"
+            break
+        t0 = time.perf_counter()
+        torch.manual_seed(_step_seed(cfg.seed, step, dp_rank))
+        lr = lr_at(step + 1, cfg)
+        set_lr(optimizer, lr)
+        micro = [collate(train_ds, sampler, rank_indices(position, m, dp_rank, dims.dp, cfg.batch_size))
+                 for m in range(cfg.update_freq)]
+        # normalize by the step's GLOBAL target count, so the gradient is the same mean over tokens whatever
+        # the DP degree / micro-batching (MLM target counts differ per sample)
+        ntok = torch.tensor([sum(int((y != -100).sum()) for _, y in micro)], dtype=torch.float64)
+        dist.all_reduce(ntok, group=dp_group)
+        denom = float(ntok.item()) / dims.dp  # FSDP averages gradients over dp
+        step_loss = 0.0
+        for x, y in micro:
+            loss, _ = _forward_loss(model, x.to(device), y.to(device), tok.pad_id)
+            (loss / denom).backward()
+            step_loss += loss.item()
+        gnorm = clip_grad_norm(model.parameters(), cfg.clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        position += samples_per_step
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time += time.perf_counter() - t0
+        loss_acc += torch.tensor([step_loss, ntok.item() / dims.dp], dtype=torch.float64)
+        steps_since += 1
+        if bar is not None:
+            bar.update(1)
+        if step % cfg.log_interval == 0 or step == cfg.max_steps:
+            dist.all_reduce(loss_acc, group=dp_group)
+            train_loss = float(loss_acc[0] / max(loss_acc[1], 1)) / math.log(2)
+            tps = tokens_per_step * steps_since / max(train_time, 1e-9)
+            logger.log({"kind": "train", "step": step, "loss": train_loss, "ppl": 2 ** train_loss, "lr": lr,
+                        "gnorm": gnorm, "tokens_per_s": tps, "mfu": mfu(fpt, tps / world, peak),
+                        "epoch": sampler.epoch(position), "position": position}, echo=bar is None)
+            loss_acc.zero_()
+            train_time, steps_since = 0.0, 0
+        if cfg.validate_interval_updates and (step % cfg.validate_interval_updates == 0 or step == cfg.max_steps):
+            vl = validate()
+            if vl is not None:
+                valid_loss = vl / math.log(2)
+                logger.log({"kind": "valid", "step": step, "loss": valid_loss, "ppl": 2 ** valid_loss,
+                            "subset": cfg.valid_subset}, echo=bar is None)
+        if cfg.save_interval_updates and step % cfg.save_interval_updates == 0 and step < cfg.max_steps:
+            save()
+    save()
+    if bar is not None:
+        bar.close()
+    logger.close()
+    if status == "preempted":
+        if is_main:
+            log.info(f"preempted: saved step {step} to {run_dir}/checkpoints; rerun the same command to resume")
+        preempt.hand_over()
+    preempt.uninstall()
+    return TrainResult(status, step, str(run_dir), valid_loss)

@@ -1,0 +1,58 @@
+"""Preemption: a signal only sets a flag; the loop checks it at step boundaries, all ranks agree (MAX
+all-reduce), save a checkpoint, and exit. Under submitit, its own handler (saved when ours is installed) is
+then called, which requeues the job; elsewhere the run returns status "preempted"."""
+
+from __future__ import annotations
+
+import signal
+
+SIGNALS = ("SIGUSR1", "SIGTERM", "SIGUSR2")
+
+
+class PreemptionHandler:
+    def __init__(self):
+        self.flag = False
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def install(self) -> "PreemptionHandler":
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self  # signals can only be handled on the main thread
+        for name in SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.flag = True
+        self.signum = signum
+
+    def uninstall(self) -> None:
+        for sig, h in self.previous.items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
+        self.previous.clear()
+
+    def agreed(self, group=None) -> bool:
+        """Collective: True on every rank when any rank got a signal."""
+        import torch
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            return self.flag
+        t = torch.tensor([1 if self.flag else 0], dtype=torch.int32)
+        if dist.get_backend(group) == "nccl":
+            t = t.cuda()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        return bool(t.item())
+
+    def hand_over(self) -> None:
+        """After saving: let submitit's handler (if it was installed before ours) requeue the job."""
+        if self.signum is None:
+            return
+        prev = self.previous.get(self.signum)
+        if callable(prev) and getattr(prev, "__module__", "").startswith("submitit"):
+            self.uninstall()
+            prev(self.signum, None)
