@@ -303,3 +303,15 @@ def test_index_respects_os_access(demo, monkeypatch):
     c.get("train/00000/demo.jsonl|1")
     assert c.index("train/00000/demo.jsonl").cache_file.parent == cache_dir()
     assert sorted(os.listdir(shard)) == before
+
+
+def test_get_many_returns_input_order(demo):
+    plain = demo / "train/00000/demo.jsonl"
+    with open(plain, "rb") as src, gzip.open(str(plain) + ".gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    c = Corpus(demo)
+    ids = ["train/00000/demo.jsonl.gz|20", "train/00001/demo.jsonl|3", "train/00000/demo.jsonl.gz|1",
+           f"{demo}/train/00000/demo.jsonl|20"]
+    assert c.get_many(ids) == [c.get(s) for s in ids]
+    with pytest.raises(InputError):
+        c.get_many(["nope"])

@@ -16,6 +16,7 @@ import argparse
 import functools
 import gzip
 import hashlib
+import io
 import json
 import os
 import re
@@ -124,7 +125,10 @@ def relative_name(path: Path, data_dir: Path) -> str:
 # --------------------------------------------------------------------------------------------- line parsing
 
 def open_binary(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+    if path.name.endswith(".gz"):
+        # GzipFile's own line iteration is slow (small reads); a 1 MiB buffer on top makes it ~1.5x faster
+        return io.BufferedReader(gzip.open(path, "rb"), buffer_size=1 << 20)
+    return open(path, "rb")
 
 
 def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
@@ -232,6 +236,21 @@ class Corpus:
         """Close the file handles random access keeps open."""
         for idx in self._indexes.values():
             idx.close()
+
+    def get_many(self, sp_ids) -> list[Document]:
+        """Documents for many sp_ids, in the order given; reads each file in line order (a .gz file
+        cannot seek backwards without decompressing from the start again)."""
+        keyed = []
+        for k, sp_id in enumerate(sp_ids):
+            try:
+                rel, line = resolve_sp_id(sp_id, self.data_dir)
+            except ValueError as e:
+                raise InputError(str(e)) from None
+            keyed.append((rel, line, k))
+        out: list[Document | None] = [None] * len(keyed)
+        for rel, line, k in sorted(keyed):
+            out[k] = self.get(f"{rel}|{line}")
+        return out  # type: ignore[return-value]
 
     def get(self, sp_id: str) -> Document:
         """The document with this sp_id (relative or c-BTM absolute), read via the byte-offset index."""
