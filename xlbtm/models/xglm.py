@@ -54,10 +54,19 @@ class XGLM(nn.Module):
         self.init_weights()
 
     @torch.no_grad()
+    def init_buffers(self) -> None:
+        """(Re)compute the sinusoidal table, e.g. after to_empty() or loading with assign=True."""
+        a = self.args
+        device = self.embed_tokens.weight.device
+        if device.type == "meta" or self.embed_positions.device.type == "meta":
+            self.embed_positions = torch.empty_like(self.embed_positions, device=device)
+        self.embed_positions.copy_(sinusoidal_table(a.max_positions + POS_OFFSET, a.d_model, a.pad_id))
+
+    @torch.no_grad()
     def init_weights(self) -> None:
         """fairseq-style init: N(0, d^-1/2) embeddings (scaled by sqrt(d) in forward), N(0, init_std) linears."""
         a = self.args
-        self.embed_positions.copy_(sinusoidal_table(a.max_positions + POS_OFFSET, a.d_model, a.pad_id))
+        self.init_buffers()
         nn.init.normal_(self.embed_tokens.weight, std=a.d_model ** -0.5 if a.scale_embedding else a.init_std)
         self.embed_tokens.weight[a.pad_id].zero_()
         for m in self.modules():

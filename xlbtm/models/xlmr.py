@@ -80,6 +80,9 @@ class XLMR(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         nn.init.zeros_(self.lm_head.bias)
+        if self.token_type_embed is not None:
+            # fairseq XLM-R has no token types; a zero row keeps the two formats exactly equivalent
+            nn.init.zeros_(self.token_type_embed.weight)
 
     def positions(self, tokens: torch.Tensor) -> torch.Tensor:
         real = tokens.ne(self.args.pad_id).int()

@@ -1,0 +1,259 @@
+"""Checkpoint formats: HF dirs, consolidated.pt, metaseq/fairseq -> xlbtm -> HF round trips, seed loading,
+converter CLIs."""
+
+import argparse
+
+import pytest
+import torch
+
+from xlbtm.errors import InputError, UsageError
+from xlbtm.models import ModelArgs, build_model, load_seed
+from xlbtm.models.adapters import hf_to_xlbtm, xlbtm_to_fairseq
+
+
+def _args(arch="xglm", **kw):
+    base = dict(arch=arch, vocab_size=102, d_model=32, n_layers=2, n_heads=4, ffn_dim=64, max_positions=32,
+                dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, scale_embedding=(arch == "xglm"))
+    base.update(kw)
+    return ModelArgs(**base)
+
+
+def _model(args, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m = build_model(args).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return m
+
+
+def _tokens(args, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, args.vocab_size, (2, 10), generator=g)
+
+
+def _hf_from_dir(path, arch):
+    from transformers import XGLMForCausalLM, XLMRobertaForMaskedLM
+
+    cls = XGLMForCausalLM if arch == "xglm" else XLMRobertaForMaskedLM
+    return cls.from_pretrained(str(path)).eval()
+
+
+def _hf_logits(hf, x):
+    with torch.no_grad():
+        return hf(input_ids=x).logits
+
+
+@pytest.mark.parametrize("arch", ["xglm", "xlmr"])
+def test_save_hf_loads_in_transformers_with_parity(tmp_path, arch):
+    from xlbtm.models.hf import save_hf
+
+    args = _args(arch)
+    m = _model(args)
+    save_hf(m, args, tmp_path / "hf")
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
+    hf = _hf_from_dir(tmp_path / "hf", arch)
+    x = _tokens(args)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), _hf_logits(hf, x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["xglm", "xlmr"])
+def test_hf_to_xlbtm_to_hf_is_exact(tmp_path, arch):
+    """HF model -> save_pretrained -> xlbtm (load_hf) -> consolidated.pt -> save_hf -> HF: identical logits."""
+    from metaseq_ext.consolidated import load_consolidated, save_consolidated
+    from xlbtm.models.adapters import hf_config
+    from xlbtm.models.hf import load_hf, save_hf
+
+    args = _args(arch)
+    from transformers import XGLMForCausalLM, XLMRobertaForMaskedLM
+
+    torch.manual_seed(0)
+    hf_a = (XGLMForCausalLM if arch == "xglm" else XLMRobertaForMaskedLM)(hf_config(args)).eval()
+    with torch.no_grad():  # random LayerNorms and biases too
+        for p in hf_a.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    hf_a.save_pretrained(tmp_path / "a")
+    sd, args2 = load_hf(tmp_path / "a")
+    assert args2 == args.replace(init_std=args2.init_std)
+    save_consolidated(tmp_path / "x.pt", sd, args2)
+    sd3, args3, _ = load_consolidated(tmp_path / "x.pt")
+    save_hf(sd3, args3, tmp_path / "b")
+    hf_b = _hf_from_dir(tmp_path / "b", arch)
+    x = _tokens(args)
+    assert torch.equal(_hf_logits(hf_a, x), _hf_logits(hf_b, x))
+
+
+@pytest.mark.parametrize("arch", ["xglm", "xlmr"])
+def test_consolidated_round_trip_and_plain_torch_load(tmp_path, arch):
+    from metaseq_ext.consolidated import load_consolidated, save_consolidated
+
+    args = _args(arch)
+    m = _model(args)
+    save_consolidated(tmp_path / "c.pt", m.state_dict(), args, extra={"cluster": 3, "step": 10})
+    raw = torch.load(tmp_path / "c.pt", weights_only=True)  # nothing but tensors and plain values
+    prefix = "decoder." if arch == "xglm" else "encoder.sentence_encoder."
+    assert any(k.startswith(prefix) for k in raw["model"])
+    assert "decoder.layers.0.self_attn.q_proj.weight" in raw["model"] or arch == "xlmr"
+    assert raw["cfg"]["model"]["decoder_layers" if arch == "xglm" else "encoder_layers"] == 2
+    sd, args2, extra = load_consolidated(tmp_path / "c.pt")
+    assert args2 == args and extra == {"cluster": 3, "step": 10}
+    want = m.state_dict()
+    assert set(sd) == set(want)
+    for k in want:
+        assert torch.equal(sd[k], want[k]), k
+
+
+def test_metaseq_sharded_to_hf_preserves_logits_exactly(tmp_path):
+    """metaseq 2 MP parts x 2 FSDP shards -> (CLI) HF dir: same logits as the HF model of the same weights."""
+    from conversion.metaseq_to_hf import main
+    from metaseq_ext.writer import write_sharded_checkpoint
+    from xlbtm.models.hf import save_hf
+
+    args = _args()
+    m = _model(args, seed=4)
+    write_sharded_checkpoint(tmp_path / "ck" / "checkpoint_last", m.state_dict(), args, model_parts=2, shards=2)
+    main(["--checkpoint", str(tmp_path / "ck" / "checkpoint_last-model_part-0-shard0.pt"), "--out", str(tmp_path / "hf")])
+    save_hf(m, args, tmp_path / "ref")
+    x = _tokens(args)
+    a = _hf_logits(_hf_from_dir(tmp_path / "hf", "xglm"), x)
+    assert torch.equal(a, _hf_logits(_hf_from_dir(tmp_path / "ref", "xglm"), x))
+    with torch.no_grad():
+        torch.testing.assert_close(a, m(x), atol=1e-5, rtol=0)
+
+
+def test_fairseq_xlmr_to_hf_cli(tmp_path):
+    """fairseq XLM-R model.pt (legacy Namespace args, fused in_proj in Q,K,V order) -> HF masked LM."""
+    from conversion.xlmr_to_hf import main
+
+    args = _args("xlmr")
+    m = _model(args, seed=5)
+    sd = xlbtm_to_fairseq(m.state_dict(), args)
+    pre = "encoder.sentence_encoder.layers.0.self_attn."
+    for kind in ("weight", "bias"):  # old fairseq stored layer 0's projections fused
+        sd[f"{pre}in_proj_{kind}"] = torch.cat([sd.pop(f"{pre}{n}_proj.{kind}") for n in "qkv"])
+    ns = argparse.Namespace(arch="roberta_base", encoder_embed_dim=32, encoder_layers=2, encoder_attention_heads=4,
+                            encoder_ffn_embed_dim=64, max_positions=32, dropout=0.1, attention_dropout=0.1,
+                            activation_dropout=0.0)
+    torch.save({"model": sd, "args": ns, "cfg": None, "extra_state": {}}, tmp_path / "model.pt")
+    main(["--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "hf")])
+    hf = _hf_from_dir(tmp_path / "hf", "xlmr")
+    x = _tokens(args)
+    with torch.no_grad():
+        torch.testing.assert_close(_hf_logits(hf, x), m(x), atol=1e-5, rtol=0)
+    # the XLM-R converter refuses an XGLM checkpoint with a clear message
+    from metaseq_ext.writer import write_sharded_checkpoint
+
+    xa = _args()
+    write_sharded_checkpoint(tmp_path / "g", _model(xa).state_dict(), xa, model_parts=1, shards=1)
+    with pytest.raises(InputError, match="xglm checkpoint, not xlmr"):
+        main(["--checkpoint", str(tmp_path / "g-shard0.pt"), "--out", str(tmp_path / "hf2")])
+
+
+def test_load_seed_every_kind(tmp_path):
+    from metaseq_ext.consolidated import save_consolidated
+    from metaseq_ext.writer import write_sharded_checkpoint
+    from xlbtm.models.hf import save_hf
+
+    model, args, info = load_seed("debug", vocab_size=300)
+    assert info["kind"] == "preset" and args.vocab_size == 300 and model.embed_tokens.weight.shape[0] == 300
+
+    a = _args()
+    m = _model(a, seed=6)
+    x = _tokens(a)
+    with torch.no_grad():
+        want = m(x)
+    save_hf(m, a, tmp_path / "hf")
+    save_consolidated(tmp_path / "run" / "consolidated.pt", m.state_dict(), a)
+    write_sharded_checkpoint(tmp_path / "ms" / "checkpoint_last", m.state_dict(), a, model_parts=2, shards=2)
+    write_sharded_checkpoint(tmp_path / "nocfg" / "checkpoint_last", m.state_dict(), a, model_parts=1, shards=2,
+                             with_cfg=False)
+    for spec, kind in ((tmp_path / "hf", "hf"), (tmp_path / "run", "xlbtm"),
+                       (tmp_path / "run" / "consolidated.pt", "xlbtm"), (tmp_path / "ms", "metaseq"),
+                       (tmp_path / "ms" / "checkpoint_last", "metaseq")):
+        model, args, info = load_seed(spec, vocab_size=100)
+        assert info["kind"] == kind, spec
+        assert args.d_model == 32 and info["num_params"] > 0
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        with torch.no_grad():
+            assert torch.equal(model.eval()(x), want), spec
+        # adopted parameters are trainable and do not alias each other
+        ptrs = [p.data_ptr() for p in model.parameters()]
+        assert len(set(ptrs)) == len(ptrs)
+
+    with pytest.raises(InputError, match="--model-size"):
+        load_seed(tmp_path / "nocfg")
+    from xlbtm.models.presets import PRESETS
+
+    PRESETS["_test_small"] = dict(arch="xglm", vocab_size=102, d_model=32, n_layers=2, n_heads=4, ffn_dim=64,
+                                  max_positions=32)
+    try:
+        model, args, info = load_seed(tmp_path / "nocfg", model_size="_test_small")
+        with torch.no_grad():
+            assert torch.equal(model.eval()(x), want)
+        with pytest.raises(UsageError, match="disagrees"):
+            load_seed(tmp_path / "ms", model_size="debug")
+    finally:
+        del PRESETS["_test_small"]
+    with pytest.raises(UsageError, match="tokenizer has 5000 tokens"):
+        load_seed(tmp_path / "hf", vocab_size=5000)
+    with pytest.raises(UsageError, match="not a preset"):
+        load_seed("xglm-nonexistent/zzz")
+
+
+def test_converter_clis_chain(tmp_path):
+    """HF -> xlbtm seed -> metaseq consolidated -> HF, all via the CLIs; errors exit 2 with one line."""
+    from conversion import hf_to_xlbtm, xlbtm_to_hf, xlbtm_to_metaseq
+    from xlbtm.cli import main_wrapper
+    from xlbtm.models.hf import save_hf
+
+    a = _args()
+    m = _model(a, seed=7)
+    save_hf(m, a, tmp_path / "hf")
+    hf_to_xlbtm.main(["--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "seed.pt")])
+    xlbtm_to_metaseq.main(["--checkpoint", str(tmp_path / "seed.pt"), "--out", str(tmp_path / "ms.pt"),
+                           "--dtype", "fp16"])
+    raw = torch.load(tmp_path / "ms.pt", weights_only=True)
+    assert raw["model"]["decoder.embed_tokens.weight"].dtype == torch.float16
+    assert torch.equal(raw["model"]["decoder.output_projection.weight"], raw["model"]["decoder.embed_tokens.weight"])
+    xlbtm_to_hf.main(["--checkpoint", str(tmp_path / "seed.pt"), "--out", str(tmp_path / "hf2")])
+    x = _tokens(a)
+    assert torch.equal(_hf_logits(_hf_from_dir(tmp_path / "hf", "xglm"), x),
+                       _hf_logits(_hf_from_dir(tmp_path / "hf2", "xglm"), x))
+    rc = main_wrapper("convert", xlbtm_to_hf.main, ["--checkpoint", str(tmp_path / "missing.pt"), "--out",
+                                                    str(tmp_path / "o")])
+    assert rc == 2
+
+
+def test_save_hf_with_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    from xlbtm.models.hf import save_hf
+    from xlbtm.tokenizer import load_tokenizer, train_sentencepiece
+
+    texts = [f"hello world number {i} bonjour le monde {i * 7} hola mundo" for i in range(200)]
+    tok_dir = train_sentencepiece(texts, tmp_path / "tok", vocab_size=60)
+    tok = load_tokenizer(tok_dir)
+    a = _args(vocab_size=tok.vocab_size)
+    save_hf(_model(a), a, tmp_path / "hf", tokenizer_dir=tok_dir)
+    hf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    assert hf_tok("hello world", add_special_tokens=False)["input_ids"] == tok.encode("hello world")
+    with pytest.raises(InputError, match="tokenizer has"):
+        small = _args(vocab_size=tok.vocab_size - 1)
+        save_hf(_model(small), small, tmp_path / "hf3", tokenizer_dir=tok_dir)
+
+
+def test_untied_or_unknown_metaseq_keys_are_refused():
+    from xlbtm.models.adapters import fairseq_to_xlbtm
+
+    a = _args()
+    sd = xlbtm_to_fairseq(_model(a).state_dict(), a)
+    sd["decoder.output_projection.weight"] = sd["decoder.output_projection.weight"] + 1
+    with pytest.raises(ValueError, match="untied"):
+        fairseq_to_xlbtm(sd, "xglm")
+    sd = xlbtm_to_fairseq(_model(a).state_dict(), a)
+    sd["decoder.layers.0.ffn_layernorm.weight"] = torch.ones(3)
+    with pytest.raises(KeyError, match="ffn_layernorm"):
+        fairseq_to_xlbtm(sd, "xglm")
+    with pytest.raises(KeyError, match="unexpected XGLM key"):
+        hf_to_xlbtm({"transformer.h.0.weight": torch.ones(1)}, "xglm")

@@ -1,0 +1,113 @@
+"""Hugging Face directories: write (config.json + model.safetensors [+ tokenizer]) and read them.
+
+Both directions work on state dicts without instantiating the transformers model, so a 7.5B export
+needs one copy of the weights in memory. The written directory loads with
+`XGLMForCausalLM.from_pretrained` / `XLMRobertaForMaskedLM.from_pretrained` (tested for logit parity).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from xlbtm.errors import InputError
+from xlbtm.models.config import ModelArgs
+
+
+def own_storage(tensors: dict) -> dict:
+    """CPU contiguous tensors that each own their storage: safetensors refuses shared storage (views from
+    unfused qkv, tied copies), and adopted parameters should not alias each other. Copies only those."""
+    seen, out = set(), {}
+    for k, t in tensors.items():
+        if hasattr(t, "full_tensor"):
+            t = t.full_tensor()
+        t = t.detach().to("cpu").contiguous()
+        st = t.untyped_storage()
+        key = st.data_ptr()
+        if key in seen or st.nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+            st = t.untyped_storage()
+            key = st.data_ptr()
+        seen.add(key)
+        out[k] = t
+    return out
+
+
+def save_hf(model_or_state, args: ModelArgs, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
+            dtype: torch.dtype | None = None) -> Path:
+    """Write a transformers model directory for an xlbtm model (or its state dict).
+
+    tokenizer_dir: an HF tokenizer dir or a metaseq/fairseq dir with `sentencepiece.bpe.model`; it is
+    loaded with xlbtm.tokenizer.load_tokenizer and saved next to the weights.
+    """
+    from safetensors.torch import save_file
+
+    from xlbtm.io import atomic_open, atomic_path
+    from xlbtm.models.adapters import hf_config, xlbtm_to_hf
+
+    sd = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else dict(model_or_state)
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if tokenizer_dir is not None:
+        from xlbtm.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(tokenizer_dir)
+        if tok.vocab_size > args.vocab_size:
+            raise InputError(f"tokenizer has {tok.vocab_size} tokens but the model only {args.vocab_size}",
+                             tokenizer_dir)
+        tok.hf.save_pretrained(str(out))
+    cfg = hf_config(args)
+    if dtype is not None:
+        cfg.dtype = dtype
+    with atomic_open(out / "config.json") as f:
+        f.write(cfg.to_json_string(use_diff=False))
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file(own_storage(xlbtm_to_hf(sd, args)), str(tmp), metadata={"format": "pt"})
+    return out
+
+
+def _read_weights(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    from xlbtm.models.safe_load import safe_torch_load
+
+    if (path / "model.safetensors").is_file():
+        return load_file(str(path / "model.safetensors"))
+    for index_name, loader in (("model.safetensors.index.json", lambda p: load_file(str(p))),
+                               ("pytorch_model.bin.index.json", safe_torch_load)):
+        index = path / index_name
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            sd = {}
+            for f in files:
+                sd.update(loader(path / f))
+            return sd
+    if (path / "pytorch_model.bin").is_file():
+        return safe_torch_load(path / "pytorch_model.bin")
+    raise InputError("no model.safetensors, pytorch_model.bin or sharded index found", path)
+
+
+def load_hf(path: str | os.PathLike) -> tuple[dict, ModelArgs]:
+    """(xlbtm_state_dict, args) from a transformers XGLM / XLM-R directory."""
+    from xlbtm.io import read_json
+    from xlbtm.models.adapters import args_from_hf_config, hf_to_xlbtm
+
+    path = Path(path)
+    cfg = read_json(path / "config.json")
+    try:
+        args = args_from_hf_config(cfg)
+    except (KeyError, ValueError) as e:
+        raise InputError(f"unsupported config.json: {e}", path / "config.json") from None
+    try:
+        sd = hf_to_xlbtm(_read_weights(path), args.arch)
+    except KeyError as e:
+        raise InputError(f"unexpected weight {e.args[0]}", path) from None
+    if args.arch == "xlmr" and "lm_head.dense.weight" not in sd:
+        raise InputError("this XLM-R checkpoint has no masked-LM head (lm_head.*); export it from "
+                         "XLMRobertaForMaskedLM", path)
+    return sd, args

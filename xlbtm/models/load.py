@@ -1,0 +1,128 @@
+"""--seed-model: build a model from a preset, an HF dir, a metaseq/fairseq checkpoint or consolidated.pt."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from xlbtm.errors import InputError, UsageError
+from xlbtm.models.config import ModelArgs
+
+log = __import__("logging").getLogger("xlbtm.models")
+
+
+def model_from_state_dict(sd: dict, args: ModelArgs, dtype: torch.dtype | None = torch.float32,
+                          where: str | None = None):
+    """Build on the meta device and adopt the tensors (no second copy, no wasted random init)."""
+    from xlbtm.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(args)
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+    if missing or unexpected:
+        raise InputError(f"weights do not fit a {args.arch} model with these args: missing {missing[:5]}"
+                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                         f"{'...' if len(unexpected) > 5 else ''}", where)
+    ref = model.state_dict()
+    bad = [f"{k}: {tuple(v.shape)} vs {tuple(ref[k].shape)}" for k, v in sd.items() if v.shape != ref[k].shape]
+    if bad:
+        raise InputError("tensor shapes do not match the architecture: " + "; ".join(bad[:5]), where)
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    # assign=True adopts the tensors: give each parameter its own storage (no views of fused qkv)
+    from xlbtm.models.hf import own_storage
+
+    sd = own_storage(sd)
+    model.load_state_dict(sd, assign=True, strict=True)
+    if hasattr(model, "init_buffers"):
+        model.init_buffers()
+    return model
+
+
+def _describe(kind: str, path, args: ModelArgs, model, extra: dict | None = None) -> dict[str, Any]:
+    from xlbtm.models import num_params
+
+    info = {"kind": kind, "path": None if path is None else str(path), "arch": args.arch,
+            "num_params": num_params(model), "vocab_size": args.vocab_size, "model_args": args.to_dict()}
+    info.update(extra or {})
+    return info
+
+
+def load_seed(spec: str | os.PathLike, model_size: str | None = None, vocab_size: int | None = None,
+              dtype: torch.dtype | None = torch.float32):
+    """(model, args, info).
+
+    spec: a preset name (random init; `vocab_size` sets its vocabulary), a Hugging Face directory, a
+    metaseq/fairseq .pt (single file, one shard of `<prefix>-model_part-M-shardN.pt`, or the prefix),
+    an xlbtm consolidated.pt, or a directory holding one of those. `model_size` (preset name) gives the
+    architecture of checkpoints without a cfg and is checked against those with one. `vocab_size`
+    (the tokenizer's) must not exceed a checkpoint's vocabulary.
+    """
+    from xlbtm.models import build_model
+    from xlbtm.models.presets import PRESETS, get_preset
+
+    spec_s = str(spec)
+    if spec_s in PRESETS and not Path(spec_s).exists():
+        args = get_preset(spec_s, vocab_size=vocab_size)
+        model = build_model(args)
+        if dtype is not None:
+            model = model.to(dtype)
+        info = _describe("preset", None, args, model, {"preset": spec_s})
+        log.info("seed model: preset %s (random init), %s params", spec_s, f"{info['num_params']:,}")
+        return model, args, info
+
+    path = Path(spec)
+    extra: dict[str, Any] = {}
+    if path.is_dir() and (path / "config.json").is_file():
+        from xlbtm.models.hf import load_hf
+
+        sd, args = load_hf(path)
+        kind = "hf"
+    else:
+        if path.is_dir() and (path / "consolidated.pt").is_file():
+            path = path / "consolidated.pt"
+        if not path.exists() and not path.parent.is_dir():
+            raise UsageError(f"--seed-model {spec_s!r} is not a preset ({', '.join(PRESETS)}), a Hugging Face "
+                             "directory or a checkpoint file")
+        kind, sd, args, extra = _load_checkpoint(path, model_size)
+    if vocab_size is not None and vocab_size > args.vocab_size:
+        raise UsageError(f"the tokenizer has {vocab_size} tokens but the seed model {spec_s} only "
+                         f"{args.vocab_size}: use the seed's own tokenizer")
+    if model_size is not None and kind in ("hf", "xlbtm"):
+        ref = get_preset(model_size)
+        diff = [k for k in ("arch", "d_model", "n_layers", "n_heads", "ffn_dim") if getattr(ref, k) != getattr(args, k)]
+        if diff:
+            raise UsageError(f"--model-size {model_size} disagrees with {spec_s} on {', '.join(diff)}")
+    model = model_from_state_dict(sd, args, dtype=dtype, where=str(path))
+    info = _describe(kind, path, args, model, extra)
+    log.info("seed model: %s checkpoint %s (%s, d=%d, %d layers), %s params", kind, path, args.arch,
+             args.d_model, args.n_layers, f"{info['num_params']:,}")
+    return model, args, info
+
+
+def _load_checkpoint(path: Path, model_size: str | None):
+    """Tell an xlbtm consolidated.pt from a metaseq/fairseq checkpoint without loading shards twice."""
+    from metaseq_ext.convert import metaseq_to_xlbtm
+    from metaseq_ext.sharded import _NAME_RE
+
+    m = _NAME_RE.match(path.name) if path.suffix == ".pt" else None
+    sharded = not path.is_file() or (m is not None and (m.group("mp") is not None or m.group("dp") is not None))
+    if not sharded:
+        from xlbtm.models.safe_load import safe_torch_load
+
+        ck = safe_torch_load(path)
+        if isinstance(ck, dict) and isinstance(ck.get("xlbtm"), dict):
+            from metaseq_ext.consolidated import load_consolidated
+
+            del ck
+            sd, args, extra = load_consolidated(path)
+            return "xlbtm", sd, args, {"extra": extra}
+        del ck
+    sd, args, info = metaseq_to_xlbtm(path, model_size=model_size)
+    kind = info.pop("kind")
+    info.pop("path", None)
+    return kind, sd, args, info
