@@ -1,0 +1,118 @@
+"""Consolidation (pipeline step 4): one expert's checkpoint -> consolidated.pt (+ an HF dir).
+
+    consolidate(path, dtype=None, hf=False) -> dict of written paths
+
+`path` is either
+  - an xlbtm expert run dir: the latest DCP checkpoint (`checkpoints/latest`) is read in one process, model
+    tensors only (no optimizer state), and written as `<run>/consolidated.pt` in metaseq's layout
+    (`model` with unfused `decoder.*` keys, `cfg` with the model args) via metaseq_ext.consolidated;
+    `hf=True` also writes `<run>/hf/` (weights + config + the expert's tokenizer);
+  - a metaseq/c-BTM checkpoint (sharded `checkpoint_last-model_part-0-shard0.pt` files, a prefix or their
+    directory): FSDP shards and model-parallel parts are joined by metaseq_ext and written as
+    `<dir>/consolidated.pt`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from xlbtm.cli import get_logger
+from xlbtm.errors import InputError
+
+log = get_logger("consolidate")
+
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+# wrappers that torch.compile / activation checkpointing may leave in parameter names
+_WRAPPER_PARTS = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
+
+
+def _dtype(name: str | None):
+    import torch
+
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, DTYPES[name])
+
+
+def clean_keys(state: dict) -> dict:
+    out = {}
+    for k, v in state.items():
+        for w in _WRAPPER_PARTS:
+            k = k.replace(w, "")
+        out[k] = v
+    return out
+
+
+def consolidate(path: str | os.PathLike, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
+    path = Path(path)
+    if (path / "expert.json").is_file():
+        return consolidate_expert(path, dtype, hf)
+    if path.exists() or path.parent.is_dir():
+        return consolidate_metaseq(path, dtype, hf)
+    raise InputError("not found (expected an expert run dir or a metaseq checkpoint)", path)
+
+
+def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
+    from metaseq_ext.consolidated import save_consolidated
+    from xlbtm.io import read_json
+    from xlbtm.models import ModelArgs, build_model
+    from xlbtm.parallel.checkpoint import latest_checkpoint, read_model_state
+
+    run_dir = Path(run_dir)
+    info = read_json(run_dir / "expert.json")
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise InputError("no finished checkpoint (checkpoints/latest is missing); nothing to consolidate", run_dir)
+    args = ModelArgs.from_dict(info["model_args"])
+    state = clean_keys(read_model_state(ckpt))
+    # the state must fit the model expert.json describes, or every reader downstream fails later and vaguer
+    expected = set(build_model_keys(args, build_model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise InputError(f"checkpoint does not match model_args in expert.json: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}", ckpt)
+    td = _dtype(dtype)
+    out = {"consolidated": run_dir / "consolidated.pt"}
+    extra = {"expert": info, "step": ckpt.name, "source": str(ckpt)}
+    save_consolidated(out["consolidated"], state, args, extra=extra, dtype=td)
+    log.info(f"{run_dir}: {ckpt.name} -> {out['consolidated']}")
+    if hf:
+        out["hf"] = _save_hf(state, args, run_dir / "hf", info.get("tokenizer"), td)
+    return out
+
+
+def build_model_keys(args, build_model) -> list[str]:
+    """State-dict keys of the plain model, built on the meta device (no memory, no init)."""
+    import torch
+
+    with torch.device("meta"):
+        return list(build_model(args).state_dict())
+
+
+def consolidate_metaseq(path: Path, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
+    from metaseq_ext.consolidated import save_consolidated
+    from metaseq_ext.convert import metaseq_to_xlbtm
+
+    state, args, info = metaseq_to_xlbtm(path)
+    d = path if path.is_dir() else path.parent
+    td = _dtype(dtype)
+    out = {"consolidated": d / "consolidated.pt"}
+    save_consolidated(out["consolidated"], state, args, extra={"source": info}, dtype=td)
+    log.info(f"{path}: {info.get('model_parts')} model part(s) x {info.get('shards')} shard(s) -> {out['consolidated']}")
+    if hf:
+        tok = d if (d / "sentencepiece.bpe.model").is_file() or (d / "tokenizer.json").is_file() else None
+        if tok is None:
+            log.warning(f"no tokenizer beside {path}; {d / 'hf'} gets weights and config only")
+        out["hf"] = _save_hf(state, args, d / "hf", tok, td)
+    return out
+
+
+def _save_hf(state, args, out_dir: Path, tokenizer_dir, dtype) -> Path:
+    from xlbtm.models.hf import save_hf
+
+    p = save_hf(state, args, out_dir, tokenizer_dir=tokenizer_dir, dtype=dtype)
+    log.info(f"hf -> {p}")
+    return p
