@@ -131,3 +131,33 @@ def test_tiny_corpus_trains(tmp_path):
     tok = load_tokenizer(d)
     assert tok.vocab_size < 1000  # soft limit: fewer pieces instead of an error
     assert tok.unk_id not in tok.encode("hello world")
+
+
+def test_sample_documents_is_uniform_deterministic_and_ordered():
+    from xlbtm.tokenizer import sample_documents
+
+    a = sample_documents((str(i) for i in range(1000)), 100, seed=1)
+    assert a == sample_documents((str(i) for i in range(1000)), 100, seed=1)
+    assert a != sample_documents((str(i) for i in range(1000)), 100, seed=2)
+    nums = [int(x) for x in a]
+    assert nums == sorted(nums) and len(set(nums)) == 100
+    assert sum(n >= 500 for n in nums) > 25  # not just the head of the stream
+    assert sample_documents(["x", "y"], 5) == ["x", "y"]
+
+
+def test_train_tokenizer_script(tmp_path):
+    import subprocess
+    import sys
+
+    write_demo_corpus(tmp_path / "data", n_train=80, n_valid=4)
+    out = tmp_path / "tok"
+    cmd = [sys.executable, "-m", "xlbtm.scripts.train_tokenizer", "--data-dir", str(tmp_path / "data"),
+           "--out", str(out), "--vocab-size", "600", "--sample-docs", "50", "--style", "xglm"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    tok = load_tokenizer(out)
+    assert "[train_tokenizer] wrote" in r.stderr and tok.fingerprint[:16] in r.stderr
+    assert tok.id_to_token(tok.vocab_size - 2) == "<madeupword6>" and tok.mask_id == tok.vocab_size - 1
+    assert json.loads((out / "xlbtm_tokenizer.json").read_text())["num_sentences"] > 50
+    r = subprocess.run(cmd[:-2] + ["--data-dir", str(tmp_path / "nope")], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "data directory not found" in r.stderr

@@ -366,3 +366,30 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def sample_documents(texts: Iterable[str], k: int, seed: int = 0) -> list[str]:
+    """A uniform sample of k texts from a stream (reservoir sampling), in stream order; deterministic."""
+    import random
+
+    rng = random.Random(f"xlbtm-tokenizer-sample|{seed}")
+    reservoir: list[tuple[int, str]] = []
+    for i, text in enumerate(texts):
+        if i < k:
+            reservoir.append((i, text))
+        else:
+            j = int(rng.random() * (i + 1))
+            if j < k:
+                reservoir[j] = (i, text)
+    return [t for _, t in sorted(reservoir)]
+
+
+def train_tokenizer_from_corpus(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, split: str = "train",
+                                vocab_size: int = 8000, sample_docs: int = 20000, seed: int = 0,
+                                style: str = "xlmr", skip_bad_lines: bool = False) -> Path:
+    """`train_sentencepiece` on a uniform sample of `sample_docs` documents of a corpus split."""
+    from xlbtm.corpus import Corpus
+
+    corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
+    texts = sample_documents((d.text for d in corpus.iter_documents(split)), sample_docs, seed)
+    return train_sentencepiece(texts, out_dir, vocab_size=vocab_size, seed=seed, style=style)
