@@ -78,6 +78,10 @@ def main_wrapper(stage: str, main: Callable[[Sequence[str] | None], int | None],
     except KeyboardInterrupt:
         print(f"xlbtm {stage}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `... | head`: the reader left; not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return int(rc or 0)
 
 
