@@ -451,3 +451,17 @@ def test_eval_script_flags_and_errors(tiny, fake_clusterer, tmp_path, capsys):
         eval_ensemble.main(argv[:4] + ["--model-paths", paths, "--ensemble-type", "clustering",
                                        "--job-dir", str(tmp_path / "j2"), "--batch-tokens", "0"])
     del info
+
+
+@pytest.mark.slow
+def test_run_local_scores_experts_as_separate_jobs(tiny, fake_clusterer, tmp_path):
+    """--run local: each expert scores in its own submitit job; the mix equals the in-process result."""
+    pytest.importorskip("submitit")
+    for k in range(2):
+        make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=40 + k)
+    kw = dict(ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(tmp_path / "ens"),
+              max_valid_steps=4, temperatures=[0.2])
+    ref = _eval(tiny, tmp_path / "inproc", **kw)
+    res = _eval(tiny, tmp_path / "local", run="local", **kw)
+    assert res["result_ppl"] == pytest.approx(ref["result_ppl"], rel=1e-6)
+    assert list((tmp_path / "local" / "jobs").rglob("*_log.out"))  # the jobs really ran through submitit
