@@ -44,6 +44,7 @@ class TrainConfig:
     tensorboard: bool = False
     dropout: float | None = None          # override the seed's dropout (None = keep)
     progress_bar: bool | None = None      # None = when stdout is a terminal
+    device: str | None = None             # "cuda" | "cpu" | None (cuda when visible)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -35,30 +35,13 @@ class TrainResult:
 
 # ------------------------------------------------------------------------------------------ process group
 
-def _init_distributed():
-    """(rank, world_size, device). Uses the launch layer; a bare single process gets a 1-rank gloo group so
-    the same mesh/FSDP code path runs everywhere."""
-    import torch.distributed as dist
+def _init_distributed(device: str | None):
+    """(rank, world_size, device) from the launch layer (submitit, torchrun, srun or alone); a single process
+    still gets a 1-rank group so the same mesh / FSDP code path runs everywhere."""
+    from xlbtm.launch.distributed import init_distributed
 
-    try:
-        from xlbtm.launch.distributed import init_distributed
-    except ImportError:  # launch layer not installed: torchrun-style env vars or one process
-        init_distributed = None
-    if init_distributed is not None:
-        info = init_distributed()
-        rank, world, device = info.rank, info.world_size, torch.device(info.device)
-    else:
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
-                                rank=0, world_size=1)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return rank, world, device
+    info = init_distributed(device=device, init_single=True)
+    return info.rank, info.world_size, torch.device(info.device)
 
 
 def _step_seed(seed: int, step: int, dp_rank: int) -> int:
@@ -115,7 +98,7 @@ def train_expert(cfg: TrainConfig) -> TrainResult:
 
     if cfg.objective not in ("clm", "mlm"):
         raise UsageError(f"--objective must be clm or mlm, got {cfg.objective!r}")
-    rank, world, device = _init_distributed()
+    rank, world, device = _init_distributed(cfg.device)
     dims = ParallelDims.from_world(world, cfg.tensor_parallel_size)
     mesh = build_mesh(dims, device.type)
     dp_rank = mesh["dp"].get_local_rank()
@@ -289,6 +272,6 @@ def train_expert(cfg: TrainConfig) -> TrainResult:
     if status == "preempted":
         if is_main:
             log.info(f"preempted: saved step {step} to {run_dir}/checkpoints; rerun the same command to resume")
-        preempt.hand_over()
+        preempt.hand_over(is_main)
     preempt.uninstall()
     return TrainResult(status, step, str(run_dir), valid_loss)

@@ -1,6 +1,6 @@
 """Preemption: a signal only sets a flag; the loop checks it at step boundaries, all ranks agree (MAX
-all-reduce), save a checkpoint, and exit. Under submitit, its own handler (saved when ours is installed) is
-then called, which requeues the job; elsewhere the run returns status "preempted"."""
+all-reduce), save a checkpoint, and exit. Inside a submitit job the job is then requeued
+(`xlbtm.launch.executor.requeue_and_exit`); elsewhere the run returns status "preempted"."""
 
 from __future__ import annotations
 
@@ -48,11 +48,12 @@ class PreemptionHandler:
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
         return bool(t.item())
 
-    def hand_over(self) -> None:
-        """After saving: let submitit's handler (if it was installed before ours) requeue the job."""
-        if self.signum is None:
-            return
-        prev = self.previous.get(self.signum)
-        if callable(prev) and getattr(prev, "__module__", "").startswith("submitit"):
+    def hand_over(self, is_main: bool = True) -> None:
+        """After saving: inside a submitit job, ask for a requeue (the rerun resumes from `latest`)."""
+        import os
+
+        if os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
+            from xlbtm.launch.executor import requeue_and_exit
+
             self.uninstall()
-            prev(self.signum, None)
+            requeue_and_exit(0)

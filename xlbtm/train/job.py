@@ -1,0 +1,27 @@
+"""The submitit callable that trains one expert (every task of the job runs it; requeue resumes)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+class ExpertJob:
+    """Picklable, and `submitit.helpers.Checkpointable`-compatible: on a timeout signal submitit calls
+    `checkpoint()`, which resubmits the same call; the rerun resumes from the run's `latest` checkpoint."""
+
+    def __init__(self, cfg_dict: dict):
+        self.cfg_dict = cfg_dict
+
+    def __call__(self) -> dict:
+        from xlbtm.cli import setup_logging
+        from xlbtm.train.config import TrainConfig
+        from xlbtm.train.loop import train_expert
+
+        setup_logging("train")
+        result = train_expert(TrainConfig.from_dict(self.cfg_dict))
+        return dataclasses.asdict(result)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(ExpertJob(self.cfg_dict))
