@@ -216,6 +216,11 @@ def train_expert(cfg: TrainConfig) -> TrainResult:
     status = "completed"
     train_time, steps_since = 0.0, 0  # time inside train steps only (not validation / saving)
     loss_acc = torch.zeros(2, dtype=torch.float64)
+    if step == 0 and cfg.validate_interval_updates and cfg.max_steps > 0:
+        vl = validate()  # the seed's loss on this cluster: the baseline the expert should beat
+        if vl is not None:
+            logger.log({"kind": "valid", "step": 0, "loss": vl / math.log(2), "ppl": 2 ** (vl / math.log(2)),
+                        "subset": cfg.valid_subset}, echo=bar is None)
     while step < cfg.max_steps:
         if preempt.agreed():
             status = "preempted"
