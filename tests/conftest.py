@@ -27,3 +27,30 @@ def manpages_dir() -> Path:
 def _xlbtm_cache(tmp_path_factory, monkeypatch):
     """Keep caches (line indexes etc.) out of the user's home during tests."""
     monkeypatch.setenv("XLBTM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "xlbtm-cache"))
+
+
+# --- real SLURM (slurm/local/start.sh) -----------------------------------------------------------------
+@pytest.fixture(scope="session")
+def _slurm_session():
+    from xlbtm.launch.testing import REQUIRE_ENV, SlurmCluster, require_slurm, slurm_status
+
+    ok, info = slurm_status()
+    if not ok:
+        if require_slurm():
+            pytest.fail(f"{REQUIRE_ENV}=1 but SLURM is not usable: {info}")
+        pytest.skip(info)
+    return SlurmCluster(partition=info)
+
+
+@pytest.fixture
+def slurm_cluster(_slurm_session, request):
+    """A running SLURM cluster, or skip (FAIL when XLBTM_REQUIRE_SLURM=1, as in CI).
+
+    Also makes the requesting test module's functions picklable by value, so jobs can run
+    functions defined in the test file (the job's python does not have tests/ on sys.path).
+    Returns an `xlbtm.launch.testing.SlurmCluster` (.partition, .state(id), .requeue(id), .release(id)).
+    """
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(request.module)
+    return _slurm_session

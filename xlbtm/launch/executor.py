@@ -128,8 +128,11 @@ def requeue_and_exit(exit_code: int = 0) -> None:
         if rank == 0:
             array_id, task_id = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
             job_id = f"{array_id}_{task_id}" if array_id and task_id else os.environ["SLURM_JOB_ID"]
-            subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
-            log.info("requeued SLURM job %s", job_id)
-        # Exit non-zero-free: SLURM is about to kill and requeue the job anyway.
+            r = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True, timeout=60)
+            if r.returncode == 0:
+                log.info("requeued SLURM job %s", job_id)
+            else:  # e.g. SLURM itself is already requeuing it (preemption, `scontrol requeue`)
+                log.warning("scontrol requeue %s: %s", job_id, (r.stderr or r.stdout).strip())
+        # SLURM kills and requeues the job; leaving now means no result file is written for this run.
         sys.exit(exit_code)
     raise RuntimeError("requeue_and_exit() called outside a SLURM or submitit-local job")

@@ -112,13 +112,15 @@ def _failure_of(job, state: str) -> JobFailure | None:
         stderr, stdout = sub.paths.stderr, sub.paths.stdout
         try:
             outcome, payload = sub._get_outcome_and_result()
-        except su.UncompletedJobError:
+        except (su.UncompletedJobError, FileNotFoundError):  # no result (or the job folder is gone)
             tail = _tail(stderr) or _tail(stdout) or "(the job wrote no log: it may not have started)"
             return JobFailure(job.job_id, state, "no result was written; last log lines:\n" + tail,
                               _existing(stderr), _existing(stdout), sub.task_id)
         if outcome == "error":
-            if state.upper() in ("FINISHED", "COMPLETED", "DONE", "UNKNOWN"):
-                state = "FAILED"  # the function raised; the process itself exited normally
+            if state.upper().split(" ")[0] in _ACTIVE | {"FINISHED", "COMPLETED", "DONE", "UNKNOWN"}:
+                # The function raised; the process exited normally (or the scheduler's state is stale:
+                # the result file can appear before sacct has the final state).
+                state = "FAILED"
             return JobFailure(job.job_id, state, str(payload), _existing(stderr), _existing(stdout), sub.task_id)
     return None
 

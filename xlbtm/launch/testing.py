@@ -1,0 +1,88 @@
+"""Helpers for tests that run against a real SLURM (slurm/local/start.sh); used by tests/conftest.py.
+
+`slurm_status()` says whether a controller and accounting answer; `SlurmCluster` wraps the few
+scontrol/squeue calls tests need: job state, and releasing a requeued job at once (SLURM holds a
+requeued job back for ~2 minutes through its BeginTime).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+REQUIRE_ENV = "XLBTM_REQUIRE_SLURM"
+
+
+def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def slurm_status() -> tuple[bool, str]:
+    """(True, partition) when sinfo and sacct answer, else (False, why)."""
+    try:
+        r = _run(["sinfo", "-h", "-o", "%P %a"])
+    except FileNotFoundError:
+        return False, "SLURM is not installed (no sinfo); run: sudo bash slurm/local/start.sh"
+    except subprocess.TimeoutExpired:
+        return False, "sinfo timed out: slurmctld does not answer"
+    if r.returncode != 0:
+        return False, f"no slurmctld reachable (sinfo: {(r.stderr or r.stdout).strip()[:200]}); " \
+                      "run: sudo bash slurm/local/start.sh"
+    parts = [line.split() for line in r.stdout.splitlines() if line.strip()]
+    up = [p[0] for p in parts if len(p) == 2 and p[1] == "up"]
+    if not up:
+        return False, f"no partition is up (sinfo: {r.stdout.strip()!r})"
+    default = next((p for p in up if p.endswith("*")), up[0]).rstrip("*")
+    try:
+        a = _run(["sacct", "-n", "-X", "-S", "now-1minutes", "-o", "JobID"])
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False, "sacct does not answer (slurmdbd down?); submitit needs accounting to see job states"
+    if a.returncode != 0:
+        return False, f"sacct fails ({(a.stderr or a.stdout).strip()[:200]}); submitit needs slurmdbd accounting"
+    return True, default
+
+
+@dataclass
+class SlurmCluster:
+    partition: str
+
+    def state(self, job_id: str) -> str | None:
+        """slurmctld's state of a job (PENDING, RUNNING, COMPLETING, ...), None when it does not know it."""
+        r = _run(["scontrol", "-o", "show", "job", str(job_id)])
+        if r.returncode != 0:
+            return None
+        for tok in r.stdout.split():
+            if tok.startswith("JobState="):
+                return tok.split("=", 1)[1]
+        return None
+
+    def wait_state(self, job_id: str, states: set[str] | tuple[str, ...], timeout: float = 120) -> str:
+        end = time.monotonic() + timeout
+        while True:
+            s = self.state(job_id)
+            if s in states:
+                return s
+            if time.monotonic() > end:
+                raise TimeoutError(f"job {job_id} did not reach {sorted(states)} in {timeout} s (state {s})")
+            time.sleep(0.3)
+
+    def release(self, job_id: str, timeout: float = 120) -> None:
+        """Once a requeued job is PENDING again, start it now instead of after SLURM's ~2 min hold."""
+        self.wait_state(job_id, {"PENDING"}, timeout)
+        r = _run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"])
+        if r.returncode != 0:
+            raise RuntimeError(f"scontrol update jobid={job_id} StartTime=now: {r.stderr.strip()}")
+
+    def requeue(self, job_id: str, release: bool = True) -> None:
+        """`scontrol requeue` (SIGTERM, then SIGKILL after KillWait), then release it at once."""
+        r = _run(["scontrol", "requeue", str(job_id)])
+        if r.returncode != 0:
+            raise RuntimeError(f"scontrol requeue {job_id}: {r.stderr.strip()}")
+        if release:
+            self.release(job_id)
+
+
+def require_slurm() -> bool:
+    return os.environ.get(REQUIRE_ENV, "") == "1"
