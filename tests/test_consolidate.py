@@ -123,3 +123,26 @@ def test_shell_script_spaces_skips_and_failures(tiny, tmp_path, runner):  # noqa
     assert (bad / "consolidated.pt").is_file()
     # a pattern that matches nothing is an error, not a silent no-op
     assert _run_script(ser.parent, "*nothing*").returncode == 1
+
+
+def test_consolidate_metaseq_sharded_dir(tmp_path):
+    """c-BTM's sharded `checkpoint_last-model_part-*-shard*.pt` -> one consolidated.pt with the same logits."""
+    from metaseq_ext.consolidated import load_consolidated
+    from metaseq_ext.writer import write_sharded_checkpoint
+    from xlbtm.models import ModelArgs, build_model
+    from xlbtm.scripts import consolidate as script
+
+    args = ModelArgs(arch="xglm", vocab_size=101, d_model=32, n_layers=2, n_heads=4, ffn_dim=70, max_positions=32,
+                     dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    torch.manual_seed(0)
+    m = build_model(args).eval()
+    d = tmp_path / "cbtm run.cluster3"
+    d.mkdir()
+    write_sharded_checkpoint(d / "checkpoint_last", m.state_dict(), args, model_parts=2, shards=2)
+    assert script.main([str(d)]) == 0
+    sd, args2, _ = load_consolidated(d / "consolidated.pt")
+    plain = build_model(args2).eval()
+    plain.load_state_dict(sd)
+    x = torch.randint(4, 101, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x), m(x), rtol=1e-6, atol=1e-6)
