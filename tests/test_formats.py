@@ -257,3 +257,17 @@ def test_untied_or_unknown_metaseq_keys_are_refused():
         fairseq_to_xlbtm(sd, "xglm")
     with pytest.raises(KeyError, match="unexpected XGLM key"):
         hf_to_xlbtm({"transformer.h.0.weight": torch.ones(1)}, "xglm")
+
+
+def test_plain_fairseq_xglm_file_fp16(tmp_path):
+    """A released fairseq/metaseq XGLM model.pt: one file, fp16, cfg["model"] an argparse.Namespace."""
+    a = _args()
+    m = _model(a, seed=8)
+    sd = {k: v.half() for k, v in xlbtm_to_fairseq(m.state_dict(), a).items()}
+    ns = argparse.Namespace(**a.to_fairseq())
+    torch.save({"model": sd, "cfg": {"model": ns, "common": {"fp16": True}}, "extra_state": {"val_loss": 3.0}},
+               tmp_path / "model.pt")
+    model, args, info = load_seed(tmp_path / "model.pt")
+    assert info["kind"] == "metaseq" and args == a.replace(extra={})
+    assert model.embed_tokens.weight.dtype == torch.float32
+    torch.testing.assert_close(model.embed_tokens.weight, m.embed_tokens.weight.half().float())

@@ -64,6 +64,9 @@ class XLMR(nn.Module):
         self.lm_head = LMHead(args)
         self.init_weights()
 
+    def init_buffers(self) -> None:
+        """No derived buffers (positions are learned); present so callers can treat both models alike."""
+
     @torch.no_grad()
     def init_weights(self) -> None:
         """BERT-style init: N(0, init_std) for linears and embeddings, zero biases, pad rows zero."""
