@@ -465,3 +465,18 @@ def test_run_local_scores_experts_as_separate_jobs(tiny, fake_clusterer, tmp_pat
     res = _eval(tiny, tmp_path / "local", run="local", **kw)
     assert res["result_ppl"] == pytest.approx(ref["result_ppl"], rel=1e-6)
     assert list((tmp_path / "local" / "jobs").rglob("*_log.out"))  # the jobs really ran through submitit
+
+
+@pytest.mark.slurm
+def test_run_slurm_scores_experts_as_an_array(tiny, fake_clusterer, tmp_path, slurm_cluster, monkeypatch):
+    """--run slurm: one SLURM job per expert through the launch API; the mix equals the in-process result."""
+    monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_cluster.partition)
+    for k in range(2):
+        make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=50 + k)
+    kw = dict(ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(tmp_path / "ens"),
+              max_valid_steps=4, temperatures=[0.2])
+    ref = _eval(tiny, tmp_path / "inproc", **kw)
+    res = _eval(tiny, tmp_path / "slurm", run="slurm", **kw)
+    assert res["result_ppl"] == pytest.approx(ref["result_ppl"], rel=1e-6)
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "slurm" / "scores").glob("*.json")]
+    assert sorted(m["name"] for m in metas) == ["expert0", "expert1"]

@@ -115,7 +115,7 @@ def score_all(cfg: EvalConfig, experts, docs) -> list[str]:
     from xlbtm.launch import make_executor, wait_for
 
     ex = make_executor(cfg.run, Path(cfg.job_dir) / "jobs", name="score_expert",
-                       gpus_per_node=cfg.gpus_per_node, cpus_per_task=2, timeout_min=240,
+                       gpus_per_node=cfg.gpus_per_node, cpus_per_task=1, timeout_min=240,
                        array_parallelism=len(experts))
     jobs = [ex.submit(_score_job, cfg.job_dir, name, str(e.weights or e.run_dir), cfg.batch_tokens)
             for name, e in zip(names, experts)]
