@@ -146,3 +146,19 @@ def test_consolidate_metaseq_sharded_dir(tmp_path):
     x = torch.randint(4, 101, (2, 10))
     with torch.no_grad():
         torch.testing.assert_close(plain(x), m(x), rtol=1e-6, atol=1e-6)
+
+
+def test_moved_consolidated_pt_keeps_its_expert_metadata(tiny, tmp_path):  # noqa: F811
+    import shutil
+
+    from xlbtm.ensemble.consolidate import consolidate
+    from xlbtm.ensemble.experts import read_expert
+
+    run = tmp_path / "r.cluster0"
+    make_expert(run, tiny["tok"], 1, 2, seed=0)
+    consolidate(run)
+    (tmp_path / "moved").mkdir()
+    shutil.copy(run / "consolidated.pt", tmp_path / "moved" / "expert_a.pt")
+    e = read_expert(tmp_path / "moved" / "expert_a.pt")
+    assert e.cluster == 1 and e.info["tokenizer_fingerprint"] == tiny["tok"].fingerprint
+    assert e.source() == tmp_path / "moved" / "expert_a.pt"

@@ -68,6 +68,14 @@ def read_expert(path: str | os.PathLike) -> Expert:
     else:
         raise InputError("expert not found (expected an expert run dir or a consolidated.pt)", p)
     ej = run_dir / EXPERT_JSON
+    if not ej.is_file() and weights is not None:
+        # a consolidated.pt moved away from its run dir still carries its expert.json (see consolidate.py)
+        from metaseq_ext.consolidated import load_consolidated
+
+        _, _, extra = load_consolidated(weights)
+        info = extra.get("expert") if isinstance(extra, dict) else None
+        if isinstance(info, dict) and "cluster" in info:
+            return Expert(run_dir, info, weights)
     if not ej.is_file():
         raise InputError(f"no {EXPERT_JSON} here, so the expert's cluster is unknown (xlbtm matches experts to "
                          "clusters by metadata, never by folder order)", run_dir)
