@@ -194,11 +194,32 @@ def _batches(lengths: np.ndarray, batch_tokens: int):
         yield batch
 
 
-def _gather_logprobs(model, inp, pad, targets):
+LOGIT_ROWS = 2048  # positions per output-projection chunk: [2048, 256k] fp32 logits = 2 GiB at XGLM's vocab
+
+
+def _gather_logprobs(model, inp, pad, targets, need=None):
+    """log p(targets) at the positions in `need` ([B, T] bool; default: all non-pad), 0 elsewhere.
+
+    Logits are only made for the needed positions, in chunks, so a 256k vocabulary never materializes a
+    [B, T, V] tensor (MLM only needs the masked ~1/7 of the positions).
+    """
     import torch
 
-    logits = model(inp, pad).float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    need = ~pad if need is None else need
+    if not (hasattr(model, "forward_hidden") and hasattr(model, "output")):
+        logits = model(inp, pad).float()
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return torch.where(need, lp, torch.zeros_like(lp))
+    h = model.forward_hidden(inp, pad)[need]  # [M, D]
+    tg = targets[need]
+    vals = []
+    for s in range(0, h.shape[0], LOGIT_ROWS):
+        logits = model.output(h[s:s + LOGIT_ROWS]).float()
+        vals.append(torch.log_softmax(logits, dim=-1).gather(-1, tg[s:s + LOGIT_ROWS, None])[:, 0])
+    out = torch.zeros(need.shape, dtype=torch.float32, device=h.device)
+    if vals:
+        out[need] = torch.cat(vals)
+    return out
 
 
 def _score_clm(model, args, docs: EvalDocs, device, batch_tokens) -> np.ndarray:
@@ -247,7 +268,9 @@ def _score_mlm(model, args, docs: EvalDocs, device, batch_tokens, mask_id: int) 
             inp = torch.stack(rows)
             tgt = torch.stack(tgts)
             pad = inp == args.pad_id
-            lp = _gather_logprobs(model, inp.to(device), pad.to(device), tgt.to(device)).cpu().double()
+            need = inp == mask_id
+            lp = _gather_logprobs(model, inp.to(device), pad.to(device), tgt.to(device),
+                                  need.to(device)).cpu().double()
             for i, (d, pos) in enumerate(where):
                 out[docs.offsets[d] + pos.numpy()] = lp[i, pos + 1].numpy()
     return out
