@@ -34,10 +34,11 @@ def build_parser():
                      help="comma-separated expert run dirs or consolidated.pt files (order does not matter: "
                           "experts are matched to clusters by expert.json)")
     src.add_argument("--experts-dir", default=None, help="directory holding the expert run dirs")
-    p.add_argument("--temperature", nargs="+", type=_floats, default=[[0.1]],
-                   help="routing temperature(s); several values (or a comma list) sweep on cached scores")
-    p.add_argument("--topk", nargs="+", type=_ints, default=[[-1]],
-                   help="experts kept per token (-1 = all); several values sweep on cached scores")
+    p.add_argument("--temperature", nargs="+", type=_floats, default=None,
+                   help="routing temperature(s), default 0.1; several values (or a comma list) sweep on "
+                        "the cached scores")
+    p.add_argument("--topk", nargs="+", type=_ints, default=None,
+                   help="experts kept per token, default -1 (all); several values sweep on the cached scores")
     p.add_argument("--ensemble-type", default="clustering",
                    choices=["clustering", "uniform", "lang", "oracle", "dense", "average"])
     p.add_argument("--cbtm-compat", action="store_true",
@@ -66,8 +67,8 @@ def main(argv=None):
         ensemble_type=args.ensemble_type, path_to_clusterer=args.path_to_clusterer,
         model_paths=[m for m in (args.model_paths or "").split(",") if m],
         experts_dir=args.experts_dir,
-        temperatures=[t for group in args.temperature for t in group],
-        topks=[k for group in args.topk for k in group],
+        temperatures=[t for group in (args.temperature or [[0.1]]) for t in group],
+        topks=[k for group in (args.topk or [[-1]]) for k in group],
         cbtm_compat=args.cbtm_compat, max_valid_steps=args.max_valid_steps, run=args.run,
         dense_result=args.dense_result, batch_tokens=args.batch_tokens, device=args.device,
         skip_bad_lines=args.skip_bad_lines,
