@@ -155,9 +155,10 @@ def load_state(expert: Expert) -> dict:
 
         state, _, _ = load_consolidated(src)
         return state
+    from xlbtm.ensemble.consolidate import clean_keys
     from xlbtm.parallel.checkpoint import read_model_state
 
-    return read_model_state(src)
+    return clean_keys(read_model_state(src))
 
 
 def load_model(expert: Expert, state: dict | None = None):
