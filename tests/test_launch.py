@@ -292,3 +292,32 @@ def test_slurm_fixture_skips_or_fails_without_slurm(tmp_path, require):
         assert r.returncode != 0 and "XLBTM_REQUIRE_SLURM=1 but SLURM is not usable" in out, out
     else:
         assert r.returncode == 0 and "1 skipped" in out and "Unable to contact slurm controller" in out, out
+
+
+def test_start_script_refuses_non_root():
+    """slurm/local/start.sh explains that it needs root instead of failing halfway."""
+    cmd = ["bash", str(REPO / "slurm/local/start.sh")]
+    if os.geteuid() == 0:
+        import shutil
+
+        if shutil.which("runuser") is None:
+            pytest.skip("runuser not available to drop root")
+        cmd = ["runuser", "-u", "nobody", "--"] + cmd
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "must run as root" in r.stderr, r.stderr
+
+
+def test_site_example_file_is_valid():
+    cfg = resolve_site({}, env={}, path=REPO / "slurm" / "site.example.toml")
+    assert cfg.partition and cfg.account and cfg.time_min == 3 * 24 * 60
+    assert cfg.gpus_per_node == 8 and cfg.setup and all(isinstance(x, str) for x in cfg.setup)
+
+
+def test_local_executor_keeps_the_given_gpus(tmp_path, monkeypatch):
+    """--run local with CUDA_VISIBLE_DEVICES=4,5 (a workstation or an sbatch allocation) uses GPUs 4,5."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    site = resolve_site({}, env={})
+    ex = make_executor("local", tmp_path / "jobs", name="g", tasks_per_node=2, gpus_per_node=2, site=site)
+    assert tuple(ex.parameters["visible_gpus"]) == (4, 5)
+    with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES"):
+        make_executor("local", tmp_path / "jobs", name="g", gpus_per_node=3, site=site)

@@ -199,3 +199,15 @@ def test_scontrol_requeue_resumes_and_finishes(slurm_cluster, tmp_path):
     (res,) = wait_for([job], "count_to", poll_s=1)
     assert res["i"] == 24 and res["starts"] == 2
     assert res["updates"] == list(range(1, 25))
+
+
+def test_start_script_is_idempotent(slurm_cluster):
+    """A second start.sh on a running cluster finds every daemon by its PID file and leaves it alone."""
+    if os.geteuid() != 0:
+        pytest.skip("start.sh needs root")
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run(["bash", str(repo / "slurm/local/start.sh")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for daemon in ("munged", "mariadb", "slurmdbd", "slurmctld", "slurmd"):
+        assert f"{daemon} already running" in r.stdout, r.stdout
+    assert "ready in" in r.stdout

@@ -9,6 +9,7 @@
 #   XLBTM_SLURM_LOCAL_CPUS       CPUs the node advertises (default: max(8, nproc); oversubscribed on purpose)
 #   XLBTM_SLURM_LOCAL_PARTITION  partition name (default: debug)
 #   XLBTM_SLURM_LOCAL_FORCE=1    overwrite an /etc/slurm/slurm.conf that this script did not write
+#   XLBTM_SLURM_LOCAL_REINSTALL=1  run the apt install step even when the binaries are present
 # Exit status: 0 when the cluster answers (a 2-task srun ran), 1 otherwise (with the reason on stderr).
 set -euo pipefail
 
@@ -50,7 +51,7 @@ wait_until() {
 [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and starts system daemons); try: sudo bash $0"
 
 # ---------------------------------------------------------------------------------------------- install
-need_install=0
+need_install=${XLBTM_SLURM_LOCAL_REINSTALL:-0}
 for bin in /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/slurmdbd /usr/sbin/munged /usr/sbin/mariadbd \
            /usr/bin/sbatch /usr/bin/sacct /usr/bin/sacctmgr /usr/bin/mysqladmin; do
   [ -x "$bin" ] || need_install=1
@@ -60,10 +61,18 @@ if [ "$need_install" = 1 ]; then
   say "installing slurm-wlm slurmdbd munge mariadb-server with apt (a few minutes at most)"
   t=$(date +%s)
   export DEBIAN_FRONTEND=noninteractive
-  # policy-rc.d stops the packages' postinst from trying to start services through init scripts.
-  apt-get update -q >/dev/null || die "apt-get update failed (no network or no apt sources?)"
-  apt-get install -y -q --no-install-recommends slurm-wlm slurmdbd slurm-client munge mariadb-server >/dev/null \
-    || die "apt-get install failed"
+  # A policy-rc.d that says "no" keeps the packages' postinst scripts from starting the daemons through
+  # init scripts (with default configs); this script starts them itself, below.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && own_policy=1
+  fi
+  rc=0
+  apt-get update -q >/dev/null || rc=$?
+  [ "$rc" = 0 ] || { [ "$own_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d; die "apt-get update failed (no network or no apt sources?)"; }
+  apt-get install -y -q --no-install-recommends slurm-wlm slurmdbd slurm-client munge mariadb-server >/dev/null || rc=$?
+  [ "$own_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
+  [ "$rc" = 0 ] || die "apt-get install failed (exit $rc)"
   say "install took $(( $(date +%s) - t )) s"
 fi
 

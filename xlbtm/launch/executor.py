@@ -41,6 +41,14 @@ def slurm_available() -> bool:
         return False
 
 
+def _visible_gpus() -> tuple[int, ...]:
+    raw = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    try:
+        return tuple(int(x) for x in raw.split(",")) if raw else ()
+    except ValueError:  # GPU UUIDs / MIG names: leave the choice to submitit
+        return ()
+
+
 def make_executor(run: str, job_dir: str | os.PathLike, *, name: str, nodes: int = 1, tasks_per_node: int = 1,
                   gpus_per_node: int = 0, cpus_per_task: int = 1, timeout_min: int = 60,
                   mem_gb: float | None = None, array_parallelism: int | None = None,
@@ -77,6 +85,13 @@ def make_executor(run: str, job_dir: str | os.PathLike, *, name: str, nodes: int
         ex = submitit.LocalExecutor(folder=folder, max_num_timeout=max_num_timeout)
         ex.update_parameters(timeout_min=timeout_min, tasks_per_node=tasks_per_node,
                              gpus_per_node=gpus_per_node)
+        visible = _visible_gpus()
+        if gpus_per_node and visible:
+            # submitit would hand out GPUs 0..n-1; keep the ones this process was given instead
+            # (CUDA_VISIBLE_DEVICES=4,5 on a workstation, or inside a SLURM allocation).
+            if gpus_per_node > len(visible):
+                raise UsageError(f"{gpus_per_node} GPUs requested but CUDA_VISIBLE_DEVICES lists {len(visible)}")
+            ex.update_parameters(visible_gpus=visible)
         if site.setup:
             ex.update_parameters(setup=list(site.setup))
         return ex
@@ -123,6 +138,19 @@ def requeue_and_exit(exit_code: int = 0) -> None:
     executor = os.environ.get("SUBMITIT_EXECUTOR", "")
     rank = int(os.environ.get("SLURM_PROCID", os.environ.get("SUBMITIT_LOCAL_GLOBALID", "0")))
     if executor == "local":
+        if os.environ.get("XLBTM_REQUEUE_SLURM_JOB") == "1" and "SLURM_JOB_ID" in os.environ:
+            # `--run local` inside an sbatch job (slurm/sbatch/*.sbatch opt in): requeue the SLURM job
+            # itself, which stops everything in it; restarting the local tasks would be pointless.
+            if rank == 0:
+                r = subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True,
+                                   text=True, timeout=60)
+                if r.returncode == 0:
+                    log.info("requeued the enclosing SLURM job %s", os.environ["SLURM_JOB_ID"])
+                    sys.exit(exit_code)
+                log.warning("scontrol requeue %s: %s; restarting the local tasks instead",
+                            os.environ["SLURM_JOB_ID"], (r.stderr or r.stdout).strip())
+            else:
+                sys.exit(exit_code)
         sys.exit(LOCAL_REQUEUE_RETURN_CODE)
     if "SLURM_JOB_ID" in os.environ:
         if rank == 0:
