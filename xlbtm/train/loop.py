@@ -114,7 +114,11 @@ def train_expert(cfg: TrainConfig) -> TrainResult:
     if bman["num_clusters"] != cfg.num_clusters:
         raise InputError(f"binarized data has {bman['num_clusters']} clusters, run expects {cfg.num_clusters}",
                          cfg.data_dir)
-    tok = None
+    if cfg.clusterer_fingerprint is None:
+        cfg.clusterer_fingerprint = bman.get("clusterer_fingerprint")
+    elif bman.get("clusterer_fingerprint") not in (None, cfg.clusterer_fingerprint):
+        raise InputError(f"binarized data comes from clusterer {bman['clusterer_fingerprint']}, the run expects "
+                         f"{cfg.clusterer_fingerprint}", cfg.data_dir)
     tok_path = cfg.tokenizer or bman["tokenizer"]
     from xlbtm.tokenizer import load_tokenizer
 
