@@ -15,6 +15,9 @@ from test_ensemble import make_expert, tiny  # noqa: F401  (tiny is a fixture)
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "consolidate_fsdp_shards.sh"
 
+# DCP warns that it runs without a process group: single-process save/load is what these tests do
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
 
 def _trained(tok, run_dir, seed=0):
     """An expert whose weights moved away from init (a few SGD steps), saved as a DCP checkpoint."""

@@ -12,6 +12,9 @@ import torch
 
 from xlbtm.ensemble import mixing, routing
 
+# DCP warns that it runs without a process group: single-process save/load is what these tests do
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
 
 def _rand_logp(K, N, V=50, seed=0):
     g = torch.Generator().manual_seed(seed)
