@@ -41,7 +41,7 @@ def _init_distributed(device: str | None):
     from xlbtm.launch.distributed import init_distributed
 
     info = init_distributed(device=device, init_single=True)
-    return info.rank, info.world_size, torch.device(info.device)
+    return info.rank, info.world_size, torch.device(info.device), info.source != "existing"
 
 
 def _step_seed(seed: int, step: int, dp_rank: int) -> int:
@@ -84,6 +84,24 @@ def _forward_loss(model, inputs, targets, pad_id: int):
 # -------------------------------------------------------------------------------------------------- train
 
 def train_expert(cfg: TrainConfig) -> TrainResult:
+    """Train (or resume) one expert; every rank of its process group calls this."""
+    if cfg.objective not in ("clm", "mlm"):
+        raise UsageError(f"--objective must be clm or mlm, got {cfg.objective!r}")
+    from xlbtm.train.preemption import PreemptionHandler
+
+    rank, world, device, own_group = _init_distributed(cfg.device)
+    preempt = PreemptionHandler().install()
+    try:
+        return _train(cfg, rank, world, device, preempt)
+    finally:
+        preempt.uninstall()
+        if own_group:  # e.g. `--run debug` trains in the caller's process: leave no process group behind
+            from xlbtm.launch.distributed import destroy_distributed
+
+            destroy_distributed()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainResult:
     import torch.distributed as dist
 
     from xlbtm.data.binarize import bin_path, idx_path, read_binarized_manifest
@@ -94,11 +112,6 @@ def train_expert(cfg: TrainConfig) -> TrainResult:
     from xlbtm.train.expert_dir import ExpertInfo, read_expert_info, write_expert_info
     from xlbtm.train.metrics import MetricLogger, mfu, peak_flops
     from xlbtm.train.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
-    from xlbtm.train.preemption import PreemptionHandler
-
-    if cfg.objective not in ("clm", "mlm"):
-        raise UsageError(f"--objective must be clm or mlm, got {cfg.objective!r}")
-    rank, world, device = _init_distributed(cfg.device)
     dims = ParallelDims.from_world(world, cfg.tensor_parallel_size)
     mesh = build_mesh(dims, device.type)
     dp_rank = mesh["dp"].get_local_rank()
@@ -107,7 +120,6 @@ def train_expert(cfg: TrainConfig) -> TrainResult:
     run_dir = Path(cfg.run_dir)
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-    preempt = PreemptionHandler().install()
 
     # ---- data
     bman = read_binarized_manifest(cfg.data_dir)
@@ -282,5 +294,4 @@ def train_expert(cfg: TrainConfig) -> TrainResult:
         if is_main:
             log.info(f"preempted: saved step {step} to {run_dir}/checkpoints; rerun the same command to resume")
         preempt.hand_over(is_main)
-    preempt.uninstall()
     return TrainResult(status, step, str(run_dir), valid_loss)

@@ -1,0 +1,257 @@
+"""Trainer behaviour: schedule, expert dirs, SIGKILL/SIGUSR1 resume, MLM, train_experts CLI (debug/local)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+import torch
+
+from train_helpers import base_cfg, final_weights, launch, make_demo_data, result_of, train_losses
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from xlbtm.data.binarize import binarize
+    from xlbtm.tokenizer import load_tokenizer
+
+    root = tmp_path_factory.mktemp("train")
+    data, tok_dir, cdir = make_demo_data(root)
+    binarize(data, root / "bin", load_tokenizer(tok_dir), clusters_dir=cdir, workers=0)
+    return root, data, tok_dir, cdir
+
+
+# ------------------------------------------------------------------------------------------------- units
+
+def test_lr_schedule_warmup_then_polynomial_decay():
+    from xlbtm.train.config import TrainConfig
+    from xlbtm.train.optim import lr_at
+
+    cfg = TrainConfig(run_dir="r", data_dir="d", seed_model="debug", learning_rate=1.0, end_learning_rate=0.1,
+                      warmup_updates=4, max_steps=14, power=1.0)
+    assert [lr_at(s, cfg) for s in (1, 2, 4)] == [0.25, 0.5, 1.0]
+    assert lr_at(9, cfg) == pytest.approx(0.55)  # halfway through the decay
+    assert lr_at(14, cfg) == pytest.approx(0.1) and lr_at(20, cfg) == pytest.approx(0.1)
+    cfg.power = 2.0
+    assert lr_at(9, cfg) == pytest.approx(0.9 * 0.25 + 0.1)
+
+
+def test_optimizer_is_adamw_with_cbtm_betas_and_no_decay_on_vectors():
+    from xlbtm.models import build_model, get_preset
+    from xlbtm.train.config import TrainConfig
+    from xlbtm.train.optim import build_optimizer
+
+    cfg = TrainConfig(run_dir="r", data_dir="d", seed_model="debug", weight_decay=0.1)
+    opt = build_optimizer(build_model(get_preset("debug")), cfg, "cpu")
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults["betas"] == (0.9, 0.95) and opt.defaults["eps"] == 1e-6
+    decay, no_decay = opt.param_groups
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+
+
+def test_expert_info_roundtrip_and_order_from_expert_json(tmp_path):
+    from xlbtm.errors import InputError
+    from xlbtm.train.expert_dir import (ExpertInfo, expert_run_dir, find_expert_dirs, read_expert_info,
+                                        write_expert_info)
+
+    dirs = []
+    for k in (10, 2, 1):  # folder names sort as 1, 10, 2; expert order must be 1, 2, 10
+        d = expert_run_dir(tmp_path, 12, "c4", k)
+        write_expert_info(d, ExpertInfo(cluster=k, num_clusters=12, clusterer_fingerprint="fp", objective="clm",
+                                        model_args={"arch": "xglm"}, tokenizer="/t", tokenizer_fingerprint="tf",
+                                        seed_model="debug", run_name="c4"))
+        dirs.append(d)
+    assert d == tmp_path / "12_clusters" / "c4.cluster1"
+    assert [read_expert_info(p).cluster for p in find_expert_dirs(tmp_path)] == [1, 2, 10]
+    assert json.loads((d / "expert.json").read_text())["format"] == "xlbtm-expert/1"
+    (d / "expert.json").write_text('{"format": "other"}')
+    with pytest.raises(InputError, match="expert.json"):
+        read_expert_info(d)
+
+
+# ------------------------------------------------------------------------------------ kill / preempt
+
+def _wait_for_step(run_dir, step, procs, timeout=120):
+    log = run_dir / "train_log.jsonl"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if log.is_file():
+            steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if line.strip()]
+            if steps and max(steps) >= step:
+                return max(steps)
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError("run ended before it could be interrupted:\n" + procs[0].stdout.read()[-2000:])
+        time.sleep(0.01)
+    raise AssertionError("timed out waiting for training steps")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo, tmp_path_factory):
+    root = demo[0]
+    run = tmp_path_factory.mktemp("full") / "run"
+    launch(1, base_cfg(run, root / "bin", max_steps=30, save_interval_updates=5))
+    return run
+
+
+def test_sigkill_then_rerun_equals_uninterrupted_run(demo, uninterrupted, tmp_path):
+    from xlbtm.parallel.checkpoint import latest_checkpoint
+
+    root = demo[0]
+    run = tmp_path / "killed"
+    cfg = base_cfg(run, root / "bin", max_steps=30, save_interval_updates=5)
+    procs = launch(1, cfg, wait=False)
+    _wait_for_step(run, 7, procs)
+    procs[0].send_signal(signal.SIGKILL)
+    procs[0].wait()
+    assert procs[0].returncode == -signal.SIGKILL
+    ck = latest_checkpoint(run)
+    assert ck is not None and 5 <= int(ck.name[5:]) < 30  # killed mid-way, after at least one save
+    _, outs = launch(1, cfg)  # the same command again
+    assert result_of(outs[0]) ["status"] == "completed" and result_of(outs[0])["step"] == 30
+    wa, wb = final_weights(run), final_weights(uninterrupted)
+    for k in wb:
+        torch.testing.assert_close(wa[k], wb[k], atol=0, rtol=0, msg=k)  # bitwise: deterministic on CPU
+
+
+def test_sigusr1_saves_and_exits_resumably(demo, uninterrupted, tmp_path):
+    from xlbtm.parallel.checkpoint import latest_checkpoint
+
+    root = demo[0]
+    run = tmp_path / "preempted"
+    cfg = base_cfg(run, root / "bin", max_steps=30, save_interval_updates=1000)  # no periodic saves
+    procs = launch(1, cfg, wait=False)
+    _wait_for_step(run, 3, procs)
+    procs[0].send_signal(signal.SIGUSR1)
+    out, _ = procs[0].communicate(timeout=120)
+    assert procs[0].returncode == 0, out[-2000:]
+    r = result_of(out)
+    assert r["status"] == "preempted" and 3 <= r["step"] < 30
+    assert latest_checkpoint(run).name == f"step_{r['step']}"  # saved exactly where it stopped
+    _, outs = launch(1, cfg)
+    assert result_of(outs[0])["step"] == 30
+    wa, wb = final_weights(run), final_weights(uninterrupted)
+    for k in wb:
+        torch.testing.assert_close(wa[k], wb[k], atol=0, rtol=0, msg=k)
+    assert train_losses(run)[30] == train_losses(uninterrupted)[30]
+
+
+def test_mlm_expert_trains(demo, tmp_path):
+    root = demo[0]
+    run = tmp_path / "mlm"
+    _, outs = launch(1, base_cfg(run, root / "bin", seed_model="debug-xlmr", objective="mlm", max_steps=12,
+                                 validate_interval_updates=12, learning_rate=1e-2))
+    losses = train_losses(run)
+    assert losses[12] < losses[1]
+    from xlbtm.train.expert_dir import read_expert_info
+
+    info = read_expert_info(run)
+    assert info.objective == "mlm" and info.model_args["arch"] == "xlmr"
+
+
+# ------------------------------------------------------------------------------------- train_experts
+
+def _argv(root, data, tok, cdir, ser, *extra):
+    return ["--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir", str(cdir),
+            "--num-clusters", "2", "--path-to-data", str(data), "--serialization-dir", str(ser),
+            "--data-name", "demo", "--max-steps", "6", "--batch-size", "4", "--tokens-per-sample", "32",
+            "--learning-rate", "3e-3", "--save-interval-updates", "3", "--validate-interval-updates", "3",
+            "--log-interval", "1", "--binarize-workers", "0", *extra]
+
+
+def test_train_experts_dry_run_prints_plan_and_writes_nothing(demo, tmp_path, capsys):
+    from xlbtm.scripts.train_experts import main
+
+    root, data, tok, cdir = demo
+    ser = tmp_path / "ser"
+    assert main(_argv(root, data, tok, cdir, ser, "--run", "local", "--num-gpus", "2", "--train-cluster", "1",
+                      "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "1 expert(s) of K=2" in out and "2 tasks, dp=2 tp=1" in out
+    assert str(ser / "2_clusters" / "demo.cluster1") in out and "demo.cluster0" not in out
+    assert not ser.exists()
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (["--tensor-parallel-size", "3", "--num-gpus", "2"], "--tensor-parallel-size"),
+    (["--train-cluster", "5"], "--train-cluster"),
+    (["--num-clusters", "3"], "--num-clusters"),
+])
+def test_train_experts_bad_flags_exit_2(demo, tmp_path, capsys, bad, msg):
+    from xlbtm.cli import main_wrapper
+    from xlbtm.scripts.train_experts import main
+
+    root, data, tok, cdir = demo
+    argv = _argv(root, data, tok, cdir, tmp_path / "s", "--run", "local", "--dry-run")
+    if "--num-clusters" in bad:
+        i = argv.index("--num-clusters")
+        argv[i + 1] = bad[1]
+        bad = []
+    assert main_wrapper("train_experts", main, argv + bad) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_train_experts_debug_dense_baseline_and_resume(demo, tmp_path, capsys):
+    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.scripts.train_experts import main
+    from xlbtm.train.expert_dir import read_expert_info
+
+    root, data, tok, cdir = demo
+    ser = tmp_path / "ser"
+    argv = _argv(root, data, tok, cdir, ser, "--run", "debug")
+    argv[argv.index("--num-clusters") + 1] = "1"
+    i = argv.index("--path-to-clusters-dir")
+    del argv[i:i + 2]
+    assert main(argv) == 0
+    run = ser / "1_clusters" / "demo.cluster0"
+    info = read_expert_info(run)
+    assert info.num_clusters == 1 and info.clusterer_fingerprint is None and info.cluster == 0
+    assert latest_checkpoint(run).name == "step_6"
+    assert "completed at step 6" in capsys.readouterr().out
+    assert main(argv) == 0  # rerun: resumes from step 6, nothing left to do
+    assert "resumes from step_6" in capsys.readouterr().out
+    import torch.distributed as dist
+
+    assert not dist.is_initialized()  # in-process training leaves no process group behind
+
+
+@pytest.mark.slow
+def test_train_experts_local_two_experts_on_manpages(manpages_dir, tmp_path, capsys):
+    """Real corpus, 2 experts (by language group), tiny model, one local submitit job per expert."""
+    from xlbtm.cluster.files import cluster_file_path, write_cluster_file, write_manifest
+    from xlbtm.corpus import Corpus
+    from xlbtm.scripts.train_experts import main
+    from xlbtm.tokenizer import train_sentencepiece
+    from xlbtm.train.expert_dir import find_expert_dirs, read_expert_info
+    from xlbtm.train.metrics import read_train_log
+
+    corpus = Corpus(manpages_dir)
+    tok = tmp_path / "tok"
+    train_sentencepiece([d.text[:2000] for _, d in zip(range(300), corpus.iter_documents("train"))], tok,
+                        vocab_size=400)
+    cdir = tmp_path / "clusters"
+    for split in ("train", "valid"):
+        for f in corpus.files(split):
+            write_cluster_file(cluster_file_path(cdir, corpus.rel(f)),
+                               ((d.sp_id, 0 if d.lang in ("en", "de", "fr", "es", "it") else 1)
+                                for d in corpus.iter_file(f)))
+    write_manifest(cdir, {"format": "xlbtm-clusters/1", "fingerprint": "by-lang", "num_clusters": 2,
+                          "kind": "test"})
+    ser = tmp_path / "ser"
+    argv = ["--run", "local", "--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir", str(cdir),
+            "--num-clusters", "2", "--path-to-data", str(manpages_dir), "--serialization-dir", str(ser),
+            "--data-name", "manpages", "--max-steps", "30", "--batch-size", "8", "--tokens-per-sample", "64",
+            "--learning-rate", "3e-3", "--warmup-updates", "3", "--validate-interval-updates", "30",
+            "--save-interval-updates", "15", "--max-valid-samples", "64", "--num-gpus", "1",
+            "--binarize-workers", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "logs " in out and "_log.out" in out  # status lines say where the logs are
+    dirs = find_expert_dirs(ser)
+    assert [read_expert_info(d).cluster for d in dirs] == [0, 1]
+    for d in dirs:
+        valid = [r for r in read_train_log(d) if r["kind"] == "valid"]
+        assert [r["step"] for r in valid] == [0, 30]
+        assert valid[-1]["loss"] < valid[0]["loss"] - 0.5, valid
