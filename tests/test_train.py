@@ -255,3 +255,69 @@ def test_train_experts_local_two_experts_on_manpages(manpages_dir, tmp_path, cap
         valid = [r for r in read_train_log(d) if r["kind"] == "valid"]
         assert [r["step"] for r in valid] == [0, 30]
         assert valid[-1]["loss"] < valid[0]["loss"] - 0.5, valid
+
+
+# ------------------------------------------------------------------------------------------------ SLURM
+
+def _slurm_argv(demo, ser, *extra):
+    root, data, tok, cdir = demo
+    return ["--run", "slurm", "--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir",
+            str(cdir), "--num-clusters", "2", "--path-to-data", str(data), "--serialization-dir", str(ser),
+            "--data-name", "demo", "--batch-size", "2", "--tokens-per-sample", "32", "--learning-rate", "3e-3",
+            "--log-interval", "1", "--binarize-workers", "0", "--num-gpus", "2", "--device", "cpu", *extra]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_train_experts_slurm_two_experts_two_tasks(demo, tmp_path, slurm_cluster, monkeypatch, capsys):
+    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.scripts.train_experts import main
+    from xlbtm.train.expert_dir import find_expert_dirs, read_expert_info
+
+    monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_cluster.partition)
+    ser = tmp_path / "ser"
+    assert main(_slurm_argv(demo, ser, "--max-steps", "4", "--save-interval-updates", "2",
+                            "--validate-interval-updates", "4")) == 0
+    out = capsys.readouterr().out
+    assert out.count("completed at step 4") == 2
+    dirs = find_expert_dirs(ser)
+    assert [read_expert_info(d).cluster for d in dirs] == [0, 1]
+    for d in dirs:
+        assert read_expert_info(d).data["dp"] == 2  # 2 tasks formed one FSDP group per expert
+        assert latest_checkpoint(d).name == "step_4"
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_train_experts_slurm_requeue_resumes(demo, tmp_path, slurm_cluster, monkeypatch, capsys):
+    """`scontrol requeue` (SIGTERM) mid-run: the ranks agree, save, exit; SLURM reruns the job, which resumes."""
+    import re
+
+    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.scripts.train_experts import main
+    from xlbtm.train.metrics import read_train_log
+
+    monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_cluster.partition)
+    ser = tmp_path / "ser"
+    steps = 150
+    assert main(_slurm_argv(demo, ser, "--max-steps", str(steps), "--save-interval-updates", "1000",
+                            "--validate-interval-updates", "0", "--train-cluster", "1", "--no-wait")) == 0
+    job_id = re.search(r"cluster 1: job (\S+);", capsys.readouterr().out).group(1)
+    run = ser / "2_clusters" / "demo.cluster1"
+    t0 = time.time()
+    while not any(r.get("step", 0) >= 5 for r in read_train_log(run)):
+        assert time.time() - t0 < 180, "job did not start training"
+        time.sleep(0.5)
+    slurm_cluster.requeue(job_id)
+    t0 = time.time()
+    while True:
+        ck = latest_checkpoint(run)
+        if ck is not None and ck.name == f"step_{steps}":
+            break
+        assert time.time() - t0 < 300, f"requeued job did not finish (state {slurm_cluster.state(job_id)})"
+        time.sleep(1)
+    log = read_train_log(run)
+    resumes = [r for r in log if r["kind"] == "resume"]
+    assert len(resumes) == 1 and 5 <= resumes[0]["step"] < steps  # saved on SIGTERM, not at an interval
+    train_steps = [r["step"] for r in log if r["kind"] == "train"]
+    assert train_steps == list(range(1, steps + 1))  # nothing lost, nothing repeated

@@ -169,7 +169,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
             tokenizer_fingerprint=tok.fingerprint, seed_model=cfg.seed_model, run_name=cfg.run_name,
             data={"binarized": str(Path(cfg.data_dir).resolve()), "train_subset": cfg.train_subset,
                   "valid_subset": cfg.valid_subset, "train_tokens": len(train_ds.stream),
-                  "tokens_per_sample": cfg.tokens_per_sample, "config": cfg.to_dict()}))
+                  "tokens_per_sample": cfg.tokens_per_sample, "dp": dims.dp, "tp": dims.tp,
+                  "config": cfg.to_dict()}))
     model.to(device)
     parallelize(model, mesh, device_type=device.type, ac=cfg.activation_checkpointing, compile=cfg.compile)
     model.train()
@@ -224,6 +225,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
         dist.all_reduce(total, group=dp_group)
         model.train()
         return float(total[0] / max(total[1], 1))
+
+    if ckpt is not None:
+        logger.log({"kind": "resume", "step": step, "position": position, "checkpoint": ckpt.name,
+                    "dp": dims.dp, "tp": dims.tp}, echo=False)
 
     # ---- loop
     tokens_per_step = cfg.batch_size * dims.dp * cfg.update_freq * cfg.tokens_per_sample

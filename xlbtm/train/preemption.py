@@ -49,9 +49,14 @@ class PreemptionHandler:
         return bool(t.item())
 
     def hand_over(self, is_main: bool = True) -> None:
-        """After saving: inside a submitit job, ask for a requeue (the rerun resumes from `latest`)."""
+        """After saving: inside a submitit job, ask for a requeue (the rerun resumes from `latest`).
+
+        Not after SIGTERM: that is SLURM preempting or `scontrol requeue`-ing the job, and SLURM requeues it
+        by itself; SIGUSR2 (submitit's time-limit warning) and SIGUSR1 need us to ask."""
         import os
 
+        if self.signum == signal.SIGTERM:
+            return
         if os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
             from xlbtm.launch.executor import requeue_and_exit
 
