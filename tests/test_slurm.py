@@ -211,3 +211,37 @@ def test_start_script_is_idempotent(slurm_cluster):
     for daemon in ("munged", "mariadb", "slurmdbd", "slurmctld", "slurmd"):
         assert f"{daemon} already running" in r.stdout, r.stdout
     assert "ready in" in r.stdout
+
+
+@pytest.mark.slow
+def test_sbatch_template_trains_one_expert_per_array_element(slurm_cluster, tmp_path):
+    """slurm/sbatch/train_experts.sbatch: array element i trains cluster i (tiny model, 1 CPU worker)."""
+    import sys
+
+    from train_helpers import make_demo_data
+
+    repo = Path(__file__).resolve().parents[1]
+    data, tok, cdir = make_demo_data(tmp_path, n_train=80, n_valid=16, clusters=2)
+    runs = tmp_path / "runs"
+    (tmp_path / "slurm_logs").mkdir()
+    env = dict(os.environ, XLBTM_PYTHON=sys.executable, XLBTM_CPU_WORKERS="1", OMP_NUM_THREADS="1")
+    bin_dir = tmp_path / "data-bin"  # binarized once, before the array (as the template says)
+    subprocess.run([sys.executable, "-m", "xlbtm.scripts.binarize", "--path-to-data", str(data),
+                    "--path-to-clusters-dir", str(cdir), "--tokenizer", str(tok), "--output-dir", str(bin_dir),
+                    "--workers", "0"], check=True, env=env, capture_output=True, timeout=300)
+    r = subprocess.run(["sbatch", "--parsable", "--wait", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
+                        "--time=15", f"--partition={slurm_cluster.partition}",
+                        str(repo / "slurm/sbatch/train_experts.sbatch"),
+                        "--seed-model", "debug", "--tokenizer", str(tok), "--num-clusters", "2",
+                        "--path-to-clusters-dir", str(cdir), "--path-to-data", str(data),
+                        "--serialization-dir", str(runs), "--binarized-dir", str(bin_dir), "--max-steps", "3", "--batch-size", "2",
+                        "--tokens-per-sample", "32", "--run-name", "tpl"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    logs = "\n".join(p.read_text() for p in sorted((tmp_path / "slurm_logs").glob("*")))
+    assert r.returncode == 0, r.stdout + r.stderr + logs
+    for k in (0, 1):
+        run_dir = runs / "2_clusters" / f"tpl.cluster{k}"
+        assert json.loads((run_dir / "expert.json").read_text())["cluster"] == k
+        steps = [json.loads(line).get("step") for line in (run_dir / "train_log.jsonl").read_text().splitlines()]
+        assert max(s for s in steps if s is not None) == 3, steps
+        assert f"expert {k}: job" in logs

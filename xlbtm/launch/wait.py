@@ -1,9 +1,10 @@
 """Wait for submitit jobs; never hang on a dead one; say what failed and where its log is.
 
 submitit alone can wait forever: a SLURM job that vanished from `sacct` (no accounting, slurmdbd lag,
-purged records) stays "UNKNOWN", and its state is re-read only every few minutes. `wait_for` forces a
-state refresh every `poll_s`, asks `scontrol`/`squeue` when sacct has nothing for longer than
-`unknown_grace_s`, and treats a job that no SLURM command knows (and that left no result) as failed.
+purged records) stays "UNKNOWN", a job preempted without requeue stays "PREEMPTED", and states are re-read
+only every few minutes. `wait_for` forces a state refresh every `poll_s`, asks `scontrol` when sacct has
+nothing (or one of those states) for longer than `unknown_grace_s`, and treats a job that slurmctld does not
+know as running (and that left no result) as failed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ log = get_logger("launch")
 
 _ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
            "SUSPENDED", "RESIZING", "PREEMPTED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD", "READY", "QUEUED"}
+
+
+# sacct states that may never change on their own: verified with scontrol after a grace period
+_DOUBTFUL = {"UNKNOWN", "PREEMPTED", "REQUEUED"}
 
 
 @dataclass
@@ -169,16 +174,18 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
             job = jobs[i]
             state = _state(job)
             ended = job.done()
-            if not ended and _is_slurm(job) and state == "UNKNOWN":
+            if not ended and _is_slurm(job) and state.split(" ")[0].upper() in _DOUBTFUL:
+                # sacct has nothing (or a state that may be final, e.g. PREEMPTED without requeue):
+                # after the grace period, ask slurmctld, which knows live jobs and recently ended ones.
                 first = unknown_since.setdefault(i, time.monotonic())
                 if time.monotonic() - first > unknown_grace_s:
                     sched = _scheduler_state(job.job_id)
-                    if sched is None or sched.upper() not in _ACTIVE:
-                        state = sched or "VANISHED (unknown to sacct and scontrol)"
+                    if sched is None or sched.upper() not in _ACTIVE - {"PREEMPTED"}:
+                        state = sched or f"VANISHED (sacct says {state}, scontrol does not know the job)"
                         ended = True
                     else:
                         unknown_since[i] = time.monotonic()  # slurmctld knows it: keep waiting
-            elif state != "UNKNOWN":
+            else:
                 unknown_since.pop(i, None)
             if not ended:
                 continue
