@@ -127,7 +127,7 @@ def test_incremental_routing_equals_per_prefix_recompute(tf):
     rng = np.random.default_rng(5)
     ids = [1] + list(rng.integers(0, 40, size=80)) + [7, 7, 7, 7]
     inc = routing.Router(cents, featurizer=f)
-    ref = routing.Router(cents, featurize_prefix=lambda p: _scratch_featurize(f, list(p)))
+    ref = routing.Router(cents, featurize_many=lambda seqs: np.stack([_scratch_featurize(f, s) for s in seqs]))
     d_inc, e_inc = inc.distances(ids)
     d_ref, e_ref = ref.distances(ids)
     assert d_inc.shape == (len(ids), 3)
@@ -483,3 +483,59 @@ def test_run_slurm_scores_experts_as_an_array(tiny, fake_clusterer, tmp_path, sl
     assert res["result_ppl"] == pytest.approx(ref["result_ppl"], rel=1e-6)
     metas = [json.loads(p.read_text()) for p in (tmp_path / "slurm" / "scores").glob("*.json")]
     assert sorted(m["name"] for m in metas) == ["expert0", "expert1"]
+
+
+# --------------------------------------------------------------------------------- real clusterer artifacts
+
+@pytest.fixture(scope="module")
+def real_clusterers(tiny, tmp_path_factory):
+    from xlbtm.cluster.train import train_tfidf_clusterer
+
+    out = tmp_path_factory.mktemp("clus")
+    sub, _ = train_tfidf_clusterer(tiny["data"], 2, out / "subword", tokenizer=tiny["tok"].path, max_docs=120)
+    word, _ = train_tfidf_clusterer(tiny["data"], 2, out / "word", featurizer="word", max_docs=120)
+    return {"subword": (out / "subword", sub), "word": (out / "word", word)}
+
+
+def test_incremental_routing_equals_the_clusterers_reference_featurizer(tiny, real_clusterers):
+    _, clus = real_clusterers["subword"]
+    router = routing.router_from_clusterer(clus, tiny["tok"])
+    assert router.incremental
+    from xlbtm.corpus import Corpus
+
+    text = next(iter(Corpus(tiny["data"]).iter_documents("valid"))).text
+    ids = tiny["tok"].encode(text)[:200]
+    got, empty = router.distances(ids)
+    ref_h = clus.featurize_token_ids([ids[:j] for j in range(len(ids))])  # every prefix from scratch
+    ref = clus.distances(ref_h)
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+    assert empty[0] and not empty[-1]
+    doc_d, _ = router.document_distances(ids)
+    np.testing.assert_allclose(doc_d, clus.distances(clus.featurize_token_ids([ids]))[0], atol=2e-5)
+    full, _ = router.document_distances(tiny["tok"].encode(text))
+    assert int(full.argmin()) == int(clus.predict([text])[0])  # same rule as the clusterer's assignment
+
+
+def test_word_clusterer_routes_by_decoding_prefixes(tiny, real_clusterers):
+    _, clus = real_clusterers["word"]
+    router = routing.router_from_clusterer(clus, tiny["tok"])
+    assert not router.incremental
+    ids = tiny["tok"].encode("Das ist ein kleiner Test über Wörter und Sätze, the quick brown fox")
+    got, _ = router.distances(ids)
+    for j in (0, 3, len(ids) - 1):
+        ref = clus.distances(clus.transform([tiny["tok"].decode(ids[:j])]))[0]
+        np.testing.assert_allclose(got[j], ref, atol=2e-5)
+
+
+def test_eval_with_real_clusterer_and_fingerprint_check(tiny, real_clusterers, tmp_path):
+    cdir, clus = real_clusterers["subword"]
+    for k in range(2):
+        make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=60 + k, fingerprint=clus.fingerprint)
+    res = _eval(tiny, tmp_path / "job", ensemble_type="clustering", path_to_clusterer=str(cdir),
+                experts_dir=str(tmp_path / "ens"), max_valid_steps=6, temperatures=[0.1])
+    assert res["settings"]["clusterer_fingerprint"] == clus.fingerprint
+    assert sum(v["documents"] for v in res["per_cluster"].values()) == res["documents"]
+    wdir, _ = real_clusterers["word"]
+    with pytest.raises(InputError, match="another clusterer"):
+        _eval(tiny, tmp_path / "job2", ensemble_type="clustering", path_to_clusterer=str(wdir),
+              experts_dir=str(tmp_path / "ens"), max_valid_steps=6)

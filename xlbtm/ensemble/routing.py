@@ -154,15 +154,19 @@ class Router:
     `distances(token_ids)` returns (sqdist [T, K], empty [T] bool) where row j uses the prefix [0, j) (the
     context available when predicting token j). `document_distances` uses the whole document (MLM experts,
     which see the unmasked document).
+
+    Either `featurizer` (a LinearFeaturizer: incremental, O(T*d)) or `featurize_many` (id sequences ->
+    [n, d] normalized features; every prefix is featurized from scratch in one batched call, O(T^2), for
+    featurizers that are not linear in the token counts, e.g. word TF-IDF over decoded text).
     """
 
     def __init__(self, centroids: np.ndarray, featurizer: LinearFeaturizer | None = None,
-                 featurize_prefix: Callable[[Sequence[int]], np.ndarray] | None = None):
-        if (featurizer is None) == (featurize_prefix is None):
-            raise ValueError("give exactly one of featurizer (incremental) or featurize_prefix (recompute)")
+                 featurize_many: Callable[[list[Sequence[int]]], np.ndarray] | None = None):
+        if (featurizer is None) == (featurize_many is None):
+            raise ValueError("give exactly one of featurizer (incremental) or featurize_many (recompute)")
         self.centroids = np.asarray(centroids, dtype=np.float64)
         self.featurizer = featurizer
-        self.featurize_prefix = featurize_prefix
+        self.featurize_many = featurize_many
 
     @property
     def num_clusters(self) -> int:
@@ -183,53 +187,48 @@ class Router:
             dots = (P @ self.centroids.T) / np.where(empty, 1.0, norm)[:, None]
             d = np.where(empty[:, None], c2[None, :], 1.0 - 2.0 * dots + c2[None, :])
             return np.maximum(d, 0.0), empty
-        else:  # one featurization per prefix: O(T^2), for featurizers that are not linear in token counts
-            h = np.stack([np.asarray(self.featurize_prefix(token_ids[:j]), dtype=np.float64) for j in range(T)]) \
-                if T else np.zeros((0, self.centroids.shape[1]))
-            empty = np.linalg.norm(h, axis=1) <= 1e-12
+        ids = list(np.asarray(token_ids).tolist())
+        h = np.asarray(self.featurize_many([ids[:j] for j in range(T)]), dtype=np.float64) if T \
+            else np.zeros((0, self.centroids.shape[1]))
+        empty = np.linalg.norm(h, axis=1) <= 1e-6
         return squared_distances(h, self.centroids), empty
 
     def document_distances(self, token_ids: Sequence[int]) -> tuple[np.ndarray, bool]:
         if self.featurizer is not None:
             h = self.featurizer.featurize(token_ids)
         else:
-            h = np.asarray(self.featurize_prefix(token_ids), dtype=np.float64)
-        empty = bool(np.linalg.norm(h) <= 1e-12)
+            h = np.asarray(self.featurize_many([list(np.asarray(token_ids).tolist())]), dtype=np.float64)[0]
+        empty = bool(np.linalg.norm(h) <= 1e-6)
         return squared_distances(h[None, :], self.centroids)[0], empty
 
 
 def router_from_clusterer(clusterer, tokenizer=None) -> Router:
-    """Build a Router from a loaded clusterer artifact (contract 3).
+    """Build a Router from a loaded clusterer artifact (xlbtm.cluster.artifact.TfidfClusterer).
 
-    The subword featurizer exposes its arrays and gets the incremental one-pass router; any other text
-    featurizer falls back to featurizing each decoded prefix (exact, O(T^2); fine for small evals).
+    Subword featurizer: the incremental one-pass router over the clusterer's idf and SVD components; the
+    token ids must come from the tokenizer the clusterer was fit with (checked by fingerprint when known).
+    Word featurizer: each prefix is decoded to text and featurized by the clusterer (exact, O(T^2)).
+    A clusterer without centroids (typological) cannot route by prefix.
     """
-    centroids = _first_attr(clusterer, ("centroids", "cluster_centers", "centers"))
+    from xlbtm.errors import InputError
+
+    centroids = getattr(clusterer, "centroids", None)
     if centroids is None:
         raise ValueError(f"clusterer of kind {getattr(clusterer, 'kind', '?')!r} has no centroids; "
                          "use --ensemble-type lang for a typological clusterer")
-    feat = getattr(clusterer, "featurizer", clusterer)
-    idf = _first_attr(feat, ("idf", "idf_"))
-    comps = _first_attr(feat, ("components", "svd_components", "components_"))
-    if idf is not None and comps is not None:
-        tf = _first_attr(feat, ("tf", "tf_mode")) or ("sublinear" if getattr(feat, "sublinear_tf", False) else "raw")
-        ignore = _first_attr(feat, ("ignore_ids", "stop_ids", "special_ids")) or ()
-        lf = LinearFeaturizer(np.asarray(idf), np.asarray(comps), tf=str(tf),
-                              ignore_ids=frozenset(int(i) for i in ignore))
+    kind = getattr(clusterer, "featurizer_kind", "subword")
+    if kind == "subword":
+        want = getattr(clusterer, "tokenizer_fingerprint", None)
+        if tokenizer is not None and want and tokenizer.fingerprint != want:
+            raise InputError(f"the clusterer was fit on the ids of another tokenizer (fingerprint {want[:12]}) "
+                             f"than the experts' ({tokenizer.fingerprint[:12]}); its subword features cannot "
+                             "route these experts' tokens", getattr(clusterer, "path", None))
+        lf = LinearFeaturizer(np.asarray(clusterer.idf), np.asarray(clusterer.components))
         return Router(np.asarray(centroids), featurizer=lf)
-    featurize_text = _first_attr(clusterer, ("featurize",))
-    if featurize_text is None or tokenizer is None:
-        raise ValueError("clusterer exposes neither subword arrays (idf, components) nor featurize(texts)")
+    if tokenizer is None:
+        raise ValueError(f"a {kind} clusterer featurizes text: routing needs the experts' tokenizer to decode")
 
-    def featurize_prefix(ids):
-        return np.asarray(featurize_text([tokenizer.decode(list(ids))]))[0]
+    def featurize_many(id_lists):
+        return clusterer.transform([tokenizer.decode(ids) for ids in id_lists])
 
-    return Router(np.asarray(centroids), featurize_prefix=featurize_prefix)
-
-
-def _first_attr(obj, names):
-    for n in names:
-        v = getattr(obj, n, None)
-        if v is not None:
-            return v() if callable(v) and n not in ("featurize",) and not isinstance(v, np.ndarray) else v
-    return None
+    return Router(np.asarray(centroids), featurize_many=featurize_many)
