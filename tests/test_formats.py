@@ -199,6 +199,8 @@ def test_load_seed_every_kind(tmp_path):
         load_seed(tmp_path / "hf", vocab_size=5000)
     with pytest.raises(UsageError, match="not a preset"):
         load_seed("xglm-nonexistent/zzz")
+    with pytest.raises(UsageError, match="xglm-564M"):  # a typo'd preset lists the real names
+        load_seed(tmp_path / "xglm-564m")
 
 
 def test_converter_clis_chain(tmp_path):

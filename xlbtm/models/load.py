@@ -85,7 +85,7 @@ def load_seed(spec: str | os.PathLike, model_size: str | None = None, vocab_size
     else:
         if path.is_dir() and (path / "consolidated.pt").is_file():
             path = path / "consolidated.pt"
-        if not path.exists() and not path.parent.is_dir():
+        if not path.exists() and not (path.parent.is_dir() and any(path.parent.glob(path.name + "*.pt"))):
             raise UsageError(f"--seed-model {spec_s!r} is not a preset ({', '.join(PRESETS)}), a Hugging Face "
                              "directory or a checkpoint file")
         kind, sd, args, extra = _load_checkpoint(path, model_size)
