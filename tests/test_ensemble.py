@@ -539,3 +539,24 @@ def test_eval_with_real_clusterer_and_fingerprint_check(tiny, real_clusterers, t
     with pytest.raises(InputError, match="another clusterer"):
         _eval(tiny, tmp_path / "job2", ensemble_type="clustering", path_to_clusterer=str(wdir),
               experts_dir=str(tmp_path / "ens"), max_valid_steps=6)
+
+
+def test_lang_routing_with_a_real_typological_clusterer(tiny, tmp_path):
+    from xlbtm.cluster.train import train_typological_clusterer
+    from xlbtm.corpus import Corpus
+
+    langs = sorted({d.lang for d in Corpus(tiny["data"]).iter_documents("valid")})
+    clus = train_typological_clusterer(langs, 2, tmp_path / "typo", mode="balanced")
+    for k in range(2):
+        make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=70 + k, fingerprint=clus.fingerprint)
+    res = _eval(tiny, tmp_path / "job", ensemble_type="lang", path_to_clusterer=str(tmp_path / "typo"),
+                experts_dir=str(tmp_path / "ens"), max_valid_steps=12)
+    singles = [_eval(tiny, tmp_path / f"s{k}", ensemble_type="dense", max_valid_steps=12,
+                     model_paths=[str(tmp_path / "ens" / f"x.cluster{k}")]) for k in range(2)]
+    for lang, v in res["per_language"].items():
+        k = clus.lang_to_cluster[lang]
+        assert v["ppl"] == pytest.approx(singles[k]["per_language"][lang]["ppl"], rel=1e-5)
+        assert res["top_expert"][str(k)] > 0
+    with pytest.raises(UsageError, match="typological"):
+        _eval(tiny, tmp_path / "j2", ensemble_type="clustering", path_to_clusterer=str(tmp_path / "typo"),
+              experts_dir=str(tmp_path / "ens"), max_valid_steps=2)

@@ -72,6 +72,10 @@ def resolve(cfg: EvalConfig):
     experts = match_experts(experts, num_clusters=None if dense or clusterer is None else clusterer.num_clusters,
                             clusterer_fingerprint=None if dense or clusterer is None else clusterer.fingerprint,
                             dense=dense)
+    if cfg.ensemble_type == "clustering" and getattr(clusterer, "centroids", None) is None:
+        raise UsageError(f"--ensemble-type clustering routes by distance to centroids, but {cfg.path_to_clusterer} "
+                         f"is a {getattr(clusterer, 'kind', '?')} clusterer without them (typological: use "
+                         "--ensemble-type lang)")
     if cfg.ensemble_type == "lang" and getattr(clusterer, "kind", None) != "typological":
         raise UsageError(f"--ensemble-type lang routes by language and needs a typological clusterer; "
                          f"{cfg.path_to_clusterer} is of kind {getattr(clusterer, 'kind', '?')!r}")
