@@ -92,8 +92,7 @@ def make_executor(run: str, job_dir: str | os.PathLike, *, name: str, nodes: int
             if gpus_per_node > len(visible):
                 raise UsageError(f"{gpus_per_node} GPUs requested but CUDA_VISIBLE_DEVICES lists {len(visible)}")
             ex.update_parameters(visible_gpus=visible)
-        if site.setup:
-            ex.update_parameters(setup=list(site.setup))
+        # (the site's `setup` lines are for cluster nodes: not run for local jobs)
         return ex
 
     if not slurm_available():
