@@ -164,6 +164,24 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
     log.info("%s: waiting for %d job(s) (%s); logs: %s", what, len(jobs), _id_summary(jobs),
              str(folder).replace(jobs[0].job_id, "<job id>"))
     pending = set(range(len(jobs)))
+    try:
+        _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknown_grace_s, fail_fast,
+              all_tasks)
+    except KeyboardInterrupt:
+        if any(_is_slurm(jobs[i]) for i in pending):
+            log.warning("%s: stopped waiting; %d SLURM job(s) keep running (%s); cancel them with: scancel %s",
+                        what, len(pending), _id_summary([jobs[i] for i in sorted(pending)]),
+                        " ".join(sorted({jobs[i].job_id.split("_")[0] for i in pending})))
+        raise
+    if failures:
+        failures.sort(key=lambda t: t[0])
+        raise JobFailedError(what, [f for _, f in failures], len(jobs))
+    log.info("%s: all %d job(s) finished", what, len(jobs))
+    return results
+
+
+def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknown_grace_s, fail_fast,
+          all_tasks) -> None:
     unknown_since: dict[int, float] = {}
     last_status = time.monotonic()
     while pending:
@@ -208,11 +226,6 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
                 log.info("%s: %d/%d done, %d failed; still waiting for %s", what, len(jobs) - len(pending),
                          len(jobs), len(failures), _states_summary([jobs[i] for i in sorted(pending)]))
             time.sleep(poll_s)
-    if failures:
-        failures.sort(key=lambda t: t[0])
-        raise JobFailedError(what, [f for _, f in failures], len(jobs))
-    log.info("%s: all %d job(s) finished", what, len(jobs))
-    return results
 
 
 def _state(job) -> str:
