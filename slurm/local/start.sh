@@ -134,8 +134,14 @@ render() {  # render TEMPLATE DEST MODE
       -e "s|@RUN_DIR@|$RUN_DIR|g" -e "s|@LOG_DIR@|$LOG_DIR|g" -e "s|@CPUS@|$CPUS|g" \
       -e "s|@MEM_MB@|$MEM_MB|g" -e "s|@PARTITION@|$PARTITION|g" -e "s|@DB_PASS@|$DB_PASS|g" "$1"; } > "$tmp"
   chmod "$3" "$tmp"
-  mv "$tmp" "$2"
+  if [ -f "$2" ] && cmp -s "$tmp" "$2"; then
+    rm -f "$tmp"
+  else
+    mv "$tmp" "$2"
+    conf_changed=1
+  fi
 }
+conf_changed=0
 for f in slurm.conf slurmdbd.conf; do
   if [ -f "$CONF_DIR/$f" ] && ! grep -q "$MARKER" "$CONF_DIR/$f" && [ "${XLBTM_SLURM_LOCAL_FORCE:-0}" != 1 ]; then
     die "$CONF_DIR/$f exists and was not written by this script; set XLBTM_SLURM_LOCAL_FORCE=1 to replace it"
@@ -158,7 +164,9 @@ fi
 # ---------------------------------------------------------------------------------------------- slurmctld
 if pid_alive "$RUN_DIR/slurmctld.pid" slurmctld; then
   say "slurmctld already running"
-  scontrol reconfigure >/dev/null 2>&1 || true  # pick up a re-rendered slurm.conf
+  if [ "$conf_changed" = 1 ]; then
+    scontrol reconfigure >/dev/null 2>&1 || true  # pick up the re-rendered slurm.conf
+  fi
 else
   # -i: a state file from an older, unclean run must not keep the controller down.
   /usr/sbin/slurmctld -i || die "slurmctld failed to start (see $LOG_DIR/slurmctld.log)"
