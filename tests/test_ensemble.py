@@ -95,13 +95,13 @@ def test_perplexity_empty_is_nan():
 
 # ----------------------------------------------------------------------------------------------- routing
 
-def _toy_featurizer(V=40, d=6, K=3, tf="raw", seed=0, ignore=(1,)):
+def _toy_featurizer(V=40, d=6, K=3, tf="raw", seed=0, ignore=(1,), dtype="float64"):
     rng = np.random.default_rng(seed)
     idf = 1.0 + rng.random(V) * 3
     comps = rng.standard_normal((d, V))
     cents = rng.standard_normal((K, d))
     cents /= np.linalg.norm(cents, axis=1, keepdims=True)
-    return routing.LinearFeaturizer(idf, comps, tf=tf, ignore_ids=frozenset(ignore)), cents
+    return routing.LinearFeaturizer(idf, comps, tf=tf, ignore_ids=frozenset(ignore), dtype=dtype), cents
 
 
 def _scratch_featurize(f: routing.LinearFeaturizer, ids):
@@ -137,6 +137,16 @@ def test_incremental_routing_equals_per_prefix_recompute(tf):
     for T in (0.05, 1.0):
         assert torch.allclose(routing.log_weights(torch.from_numpy(d_inc), T, empty=torch.from_numpy(e_inc)),
                               routing.log_weights(torch.from_numpy(d_ref), T, empty=torch.from_numpy(e_ref)))
+
+
+def test_float32_routing_is_close_to_float64():
+    f64, cents = _toy_featurizer(V=300, d=20, K=5)
+    f32, _ = _toy_featurizer(V=300, d=20, K=5, dtype="float32")
+    ids = list(np.random.default_rng(1).integers(0, 300, size=500))
+    d64, e64 = routing.Router(cents, featurizer=f64).distances(ids)
+    d32, e32 = routing.Router(cents, featurizer=f32).distances(ids)
+    np.testing.assert_allclose(d32, d64, atol=1e-5)
+    assert (e32 == e64).all()
 
 
 def test_routing_weights_formula_and_empty_prefix_is_uniform():
