@@ -426,6 +426,11 @@ def test_expert_matching_errors(tiny, tmp_path):
                                              clusterer_fingerprint="fp-test")] == [0, 1, 2]
     with pytest.raises(InputError, match="another clusterer"):
         match_experts(find_experts(ser), num_clusters=3, clusterer_fingerprint="other")
+    info0 = json.loads((ser / "r.cluster0" / "expert.json").read_text())
+    (ser / "r.cluster0" / "expert.json").write_text(json.dumps({**info0, "clusterer_fingerprint": "x"}))
+    with pytest.raises(InputError, match="different clusterers"):  # even without --path-to-clusterer
+        match_experts(find_experts(ser), num_clusters=None, clusterer_fingerprint=None)
+    (ser / "r.cluster0" / "expert.json").write_text(json.dumps(info0))
     with pytest.raises(InputError, match="K=3"):
         match_experts(find_experts(ser), num_clusters=4, clusterer_fingerprint="fp-test")
     info = json.loads((ser / "r.cluster1" / "expert.json").read_text())

@@ -117,6 +117,10 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
     if num_clusters is not None and K != num_clusters:
         raise InputError(f"experts were trained for K={K} clusters but the clusterer has {num_clusters}",
                          experts[0].run_dir / EXPERT_JSON)
+    fps = {e.info.get("clusterer_fingerprint") for e in experts}
+    if len(fps) > 1:
+        raise InputError("experts were trained on clusters of different clusterers: "
+                         + ", ".join(f"{e.run_dir}={str(e.info.get('clusterer_fingerprint'))[:12]}" for e in experts))
     if clusterer_fingerprint is not None:
         for e in experts:
             fp = e.info.get("clusterer_fingerprint")
