@@ -321,3 +321,32 @@ def test_train_experts_slurm_requeue_resumes(demo, tmp_path, slurm_cluster, monk
     assert len(resumes) == 1 and 5 <= resumes[0]["step"] < steps  # saved on SIGTERM, not at an interval
     train_steps = [r["step"] for r in log if r["kind"] == "train"]
     assert train_steps == list(range(1, steps + 1))  # nothing lost, nothing repeated
+
+
+def test_branch_from_hf_seed_uses_its_weights_and_tokenizer(demo, tmp_path, capsys):
+    """An HF seed dir carries its tokenizer (no --tokenizer needed); with lr 0 the expert equals the seed."""
+    from xlbtm.models import build_model, get_preset
+    from xlbtm.models.hf import save_hf
+    from xlbtm.scripts.train_experts import main
+    from xlbtm.tokenizer import load_tokenizer
+    from xlbtm.train.expert_dir import read_expert_info
+
+    root, data, tok, cdir = demo
+    torch.manual_seed(123)
+    args = get_preset("debug", vocab_size=load_tokenizer(tok).vocab_size, dropout=0.3)
+    seed = build_model(args)
+    save_hf(seed, args, tmp_path / "seed", tokenizer_dir=tok)
+    argv = _argv(root, data, tok, cdir, tmp_path / "ser", "--run", "debug", "--train-cluster", "1",
+                 "--learning-rate", "0", "--dropout", "0")
+    argv[argv.index("--seed-model") + 1] = str(tmp_path / "seed")
+    i = argv.index("--tokenizer")
+    del argv[i:i + 2]
+    assert main(argv) == 0
+    run = tmp_path / "ser" / "2_clusters" / "demo.cluster1"
+    info = read_expert_info(run)
+    assert info.tokenizer == str((tmp_path / "seed").resolve()) and info.objective == "clm"
+    assert info.model_args["dropout"] == 0.0  # --dropout overrides the seed's 0.3
+    got = final_weights(run)
+    assert set(got) == set(seed.state_dict())
+    for k, v in seed.state_dict().items():
+        torch.testing.assert_close(got[k], v, atol=0, rtol=0, msg=k)

@@ -133,5 +133,9 @@ def read_model_state(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tenso
     if not model:
         raise InputError("checkpoint has no 'model' tensors", checkpoint_dir)
     state = {"model": model}
-    dcp.load(state, checkpoint_id=str(checkpoint_dir), no_dist=True)
+    import warnings
+
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, checkpoint_id=str(checkpoint_dir), no_dist=True)
     return state["model"]

@@ -52,24 +52,23 @@ def _step_seed(seed: int, step: int, dp_rank: int) -> int:
 
 def _model_and_args(cfg: TrainConfig, resuming: bool, info_args: dict | None, tok):
     """Full model on CPU, identical on every rank (seeded), plus its ModelArgs."""
-    from xlbtm.models import ModelArgs, build_model, get_preset, load_seed, preset_names
+    from xlbtm.models import ModelArgs, build_model, load_seed
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # preset seeds: the same random init on every rank
     if resuming and info_args is not None:
         args = ModelArgs.from_dict(info_args)
         return build_model(args), args, {}
-    if cfg.seed_model in preset_names():  # random init, vocabulary from the tokenizer
-        args = get_preset(cfg.seed_model, vocab_size=tok.vocab_size)
-        model, seed_info = build_model(args), {"kind": "preset"}
-    else:
-        model, args, seed_info = load_seed(cfg.seed_model, model_size=cfg.model_size, vocab_size=tok.vocab_size)
-    if cfg.dropout is not None:
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = cfg.dropout
-        for name in ("dropout", "attention_dropout", "activation_dropout"):
-            if hasattr(args, name):
-                setattr(args, name, cfg.dropout)
+    # presets take the tokenizer's vocabulary; checkpoints must cover it
+    model, args, seed_info = load_seed(cfg.seed_model, model_size=cfg.model_size, vocab_size=tok.vocab_size)
+    if cfg.dropout is not None and cfg.dropout != args.dropout:
+        # the models read their dropout rates from ModelArgs at build time: rebuild with the override
+        import dataclasses
+
+        args = dataclasses.replace(args, dropout=cfg.dropout, attention_dropout=cfg.dropout,
+                                   activation_dropout=cfg.dropout)
+        sd = model.state_dict()
+        model = build_model(args)
+        model.load_state_dict(sd)
     return model, args, seed_info
 
 
