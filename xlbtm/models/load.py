@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import torch
 from xlbtm.errors import InputError, UsageError
 from xlbtm.models.config import ModelArgs
 
-log = __import__("logging").getLogger("xlbtm.models")
+log = logging.getLogger("xlbtm.models")
 
 
 def model_from_state_dict(sd: dict, args: ModelArgs, dtype: torch.dtype | None = torch.float32,
