@@ -211,7 +211,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
             return None
         model.eval()
         n = len(valid_ds) if cfg.max_valid_samples is None else min(len(valid_ds), cfg.max_valid_samples)
-        total = torch.zeros(2, dtype=torch.float64)
+        total = torch.zeros(2, dtype=torch.float64, device=device)  # NCCL reduces device tensors only
         per = dims.dp * cfg.batch_size
         with torch.no_grad():
             for b in range(math.ceil(n / per)):
@@ -220,7 +220,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
                 x, y = collate(valid_ds, Sampler(len(valid_ds), 0, shuffle=False), idx or [0])
                 loss, ntok = _forward_loss(model, x.to(device), y.to(device), tok.pad_id)
                 if idx:
-                    total += torch.tensor([loss.item(), ntok], dtype=torch.float64)
+                    total += torch.tensor([loss.item(), ntok], dtype=torch.float64, device=device)
         dist.all_reduce(total, group=dp_group)
         model.train()
         return float(total[0] / max(total[1], 1))
@@ -235,14 +235,14 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
     valid_loss = None
     status = "completed"
     train_time, steps_since = 0.0, 0  # time inside train steps only (not validation / saving)
-    loss_acc = torch.zeros(2, dtype=torch.float64)
+    loss_acc = torch.zeros(2, dtype=torch.float64, device=device)
     if step == 0 and cfg.validate_interval_updates and cfg.max_steps > 0:
         vl = validate()  # the seed's loss on this cluster: the baseline the expert should beat
         if vl is not None:
             logger.log({"kind": "valid", "step": 0, "loss": vl / math.log(2), "ppl": 2 ** (vl / math.log(2)),
                         "subset": cfg.valid_subset}, echo=bar is None)
     while step < cfg.max_steps:
-        if preempt.agreed():
+        if preempt.agreed(device):
             status = "preempted"
             break
         t0 = time.perf_counter()
@@ -253,7 +253,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
                  for m in range(cfg.update_freq)]
         # normalize by the step's GLOBAL target count, so the gradient is the same mean over tokens whatever
         # the DP degree / micro-batching (MLM target counts differ per sample)
-        ntok = torch.tensor([sum(int((y != -100).sum()) for _, y in micro)], dtype=torch.float64)
+        ntok = torch.tensor([sum(int((y != -100).sum()) for _, y in micro)], dtype=torch.float64, device=device)
         dist.all_reduce(ntok, group=dp_group)
         denom = float(ntok.item()) / dims.dp  # FSDP averages gradients over dp
         step_loss = 0.0
@@ -269,7 +269,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - t0
-        loss_acc += torch.tensor([step_loss, ntok.item() / dims.dp], dtype=torch.float64)
+        loss_acc += torch.tensor([step_loss, ntok.item() / dims.dp], dtype=torch.float64, device=device)
         steps_since += 1
         if bar is not None:
             bar.update(1)

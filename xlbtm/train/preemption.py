@@ -35,16 +35,14 @@ class PreemptionHandler:
             signal.signal(sig, h if h is not None else signal.SIG_DFL)
         self.previous.clear()
 
-    def agreed(self, group=None) -> bool:
-        """Collective: True on every rank when any rank got a signal."""
+    def agreed(self, device=None, group=None) -> bool:
+        """Collective: True on every rank when any rank got a signal (`device`: where NCCL can reduce)."""
         import torch
         import torch.distributed as dist
 
         if not dist.is_initialized():
             return self.flag
-        t = torch.tensor([1 if self.flag else 0], dtype=torch.int32)
-        if dist.get_backend(group) == "nccl":
-            t = t.cuda()
+        t = torch.tensor([1 if self.flag else 0], dtype=torch.int32, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
         return bool(t.item())
 
