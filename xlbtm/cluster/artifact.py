@@ -1,0 +1,298 @@
+"""Clusterer artifacts: one directory format for TF-IDF and typological clusterers. No pickle anywhere.
+
+    <dir>/clusterer.json        kind, num_clusters, featurizer, params, tokenizer fingerprint, file hashes,
+                                and `fingerprint` = sha256 of all of that (so it covers the arrays' bytes)
+    <dir>/arrays.safetensors    tfidf: idf [V], components [d, V], centroids [K, d]
+                                typological: features [L, F] (NaN = missing URIEL value)
+    <dir>/vocab.json            word featurizer: the term of every id (id 0 = [UNK])
+    <dir>/tokenizer/            subword featurizer: a copy of the seed tokenizer dir (its fingerprint is in
+                                clusterer.json and checked on load)
+
+`load_clusterer(path)` verifies the file hashes and the fingerprint, so a modified or truncated artifact is
+an error, never silently different clusters.
+
+For the ensemble router (subword): `c.idf`, `c.components`, `c.centroids`, `c.projection` (= idf[:, None] *
+components.T) and `c.featurize_token_ids(ids)` (the reference; see `xlbtm.cluster.featurize`). Distances
+are squared Euclidean between L2-normalized features and (unnormalized) centroids: `c.distances(feats)`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from xlbtm.errors import InputError, UsageError
+
+FORMAT = "xlbtm-clusterer/1"
+META = "clusterer.json"
+ARRAYS = "arrays.safetensors"
+VOCAB = "vocab.json"
+TOKENIZER_DIR = "tokenizer"
+
+
+# -------------------------------------------------------------------------------------------- documents
+
+def _text_of(doc) -> str:
+    if isinstance(doc, str):
+        return doc
+    if isinstance(doc, dict):
+        return doc["text"]
+    return doc.text
+
+
+def _where(doc) -> tuple[str | None, int | None, str]:
+    """(path, 1-based line, label) of a Document/dict for error messages."""
+    sp_id = doc.get("sp_id") if isinstance(doc, dict) else getattr(doc, "sp_id", None)
+    if sp_id and "|" in sp_id:
+        path, _, line = sp_id.rpartition("|")
+        if line.isdigit():
+            return path, int(line) + 1, sp_id
+    return None, None, repr(sp_id)
+
+
+def _lang_of(doc) -> str | None:
+    if isinstance(doc, str):
+        raise UsageError("a typological clusterer assigns by the document's 'lang' field: pass documents "
+                         "(xlbtm.corpus.Document or dicts with 'lang'), not bare texts")
+    return doc.get("lang") if isinstance(doc, dict) else doc.lang
+
+
+# ------------------------------------------------------------------------------------------- clusterers
+
+class TfidfClusterer:
+    kind = "tfidf"
+
+    def __init__(self, meta: dict, idf: np.ndarray, components: np.ndarray, centroids: np.ndarray,
+                 path: Path | None = None, vocab: list[str] | None = None, tokenizer=None):
+        from xlbtm.cluster.featurize import Lsa
+
+        self.meta = meta
+        self.path = path
+        self.num_clusters = int(meta["num_clusters"])
+        self.fingerprint = meta.get("fingerprint")
+        self.featurizer_kind = meta["featurizer"]
+        self.tokenizer_fingerprint = (meta.get("tokenizer") or {}).get("fingerprint")
+        self.lsa = Lsa(idf=idf, components=components)
+        self.centroids = centroids
+        self.vocab = vocab
+        self._tokenizer = tokenizer
+        self._featurizer = None
+
+    # arrays the router needs ----------------------------------------------------------------------------
+    @property
+    def idf(self) -> np.ndarray:
+        return self.lsa.idf
+
+    @property
+    def components(self) -> np.ndarray:
+        return self.lsa.components
+
+    @property
+    def projection(self) -> np.ndarray:
+        return self.lsa.projection
+
+    def featurize_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        return self.lsa.featurize_token_ids(ids)
+
+    # featurizer -----------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self):
+        if self.featurizer_kind != "subword":
+            return None
+        if self._tokenizer is None:
+            from xlbtm.tokenizer import load_tokenizer
+
+            if self.path is None:
+                raise UsageError("this clusterer has no tokenizer attached")
+            tok = load_tokenizer(self.path / TOKENIZER_DIR)
+            self._check_tokenizer(tok)
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def _check_tokenizer(self, tok) -> None:
+        if self.tokenizer_fingerprint and tok.fingerprint != self.tokenizer_fingerprint:
+            raise InputError(f"tokenizer {tok.path} does not match the one this clusterer was trained with "
+                             f"(fingerprint {tok.fingerprint[:12]} != {self.tokenizer_fingerprint[:12]})",
+                             self.path)
+
+    @property
+    def featurizer(self):
+        if self._featurizer is None:
+            from xlbtm.cluster.featurize import SubwordFeaturizer, WordFeaturizer
+
+            if self.featurizer_kind == "word":
+                self._featurizer = WordFeaturizer(vocab=self.vocab, lsa=self.lsa)
+            else:
+                self._featurizer = SubwordFeaturizer(self.tokenizer, lsa=self.lsa)
+        return self._featurizer
+
+    def transform(self, texts_or_docs: Iterable) -> np.ndarray:
+        return self.featurizer.transform([_text_of(d) for d in texts_or_docs])
+
+    def distances(self, feats: np.ndarray) -> np.ndarray:
+        """[n, K] squared Euclidean distances between features and centroids."""
+        from xlbtm.cluster.kmeans import sq_distances
+        import torch
+
+        return sq_distances(torch.from_numpy(np.asarray(feats, dtype=np.float32)),
+                            torch.from_numpy(self.centroids)).numpy()
+
+    def predict(self, texts_or_docs: Iterable) -> np.ndarray:
+        """Nearest-centroid cluster of every text/document (c-BTM's rule), int64 [n]."""
+        return self.distances(self.transform(texts_or_docs)).argmin(1).astype(np.int64)
+
+    def predict_balanced(self, texts_or_docs: Iterable) -> np.ndarray:
+        from xlbtm.cluster.kmeans import predict_balanced
+
+        return predict_balanced(self.transform(texts_or_docs), self.centroids).astype(np.int64)
+
+    def top_terms(self, n: int = 10) -> list[list[str]]:
+        from xlbtm.cluster.featurize import top_terms
+
+        return top_terms(self.featurizer, self.centroids, n)
+
+
+class TypologicalClusterer:
+    kind = "typological"
+
+    def __init__(self, meta: dict, features: np.ndarray | None = None, path: Path | None = None):
+        self.meta = meta
+        self.path = path
+        self.num_clusters = int(meta["num_clusters"])
+        self.fingerprint = meta.get("fingerprint")
+        self.lang_to_cluster: dict[str, int] = {k: int(v) for k, v in meta["lang_to_cluster"].items()}
+        self.features = features
+        self.featurizer_kind = None
+        self.tokenizer_fingerprint = None
+
+    def cluster_of(self, lang: str | None, doc=None) -> int:
+        if lang is None or lang == "":
+            path, line, label = _where(doc)
+            raise InputError(f"document {label} has no 'lang' field; a typological clusterer assigns by "
+                             f"language (add 'lang' or use a TF-IDF clusterer)", path, line)
+        k = self.lang_to_cluster.get(lang)
+        if k is None:
+            path, line, label = _where(doc)
+            raise InputError(f"document {label} has lang '{lang}', which this typological clusterer does not "
+                             f"know (it knows {', '.join(sorted(self.lang_to_cluster))}; retrain with --langs "
+                             f"including it)", path, line)
+        return k
+
+    def predict(self, docs: Iterable) -> np.ndarray:
+        return np.array([self.cluster_of(_lang_of(d), d) for d in docs], dtype=np.int64)
+
+    predict_balanced = predict  # language groups are fixed; balance comes from how they were formed
+
+
+# ----------------------------------------------------------------------------------------------- save/load
+
+def _fingerprint(meta: dict) -> str:
+    from xlbtm.io import sha256_json
+
+    return sha256_json({k: v for k, v in meta.items() if k != "fingerprint"})
+
+
+def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray], *,
+                   vocab: list[str] | None = None, tokenizer_dir: str | os.PathLike | None = None) -> str:
+    """Write an artifact directory atomically (built in a temp dir, then renamed). Returns the fingerprint."""
+    from safetensors.numpy import save_file
+
+    from xlbtm.io import sha256_file, write_json
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        files = {}
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / ARRAYS))
+        files[ARRAYS] = sha256_file(tmp / ARRAYS)
+        if vocab is not None:
+            write_json(tmp / VOCAB, vocab, indent=0)
+            files[VOCAB] = sha256_file(tmp / VOCAB)
+        if tokenizer_dir is not None:
+            shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR,
+                            ignore=shutil.ignore_patterns(".*", "__pycache__"))
+        meta = {"format": FORMAT, **meta, "files": files}
+        meta["fingerprint"] = _fingerprint(meta)
+        write_json(tmp / META, meta)
+        if out_dir.exists():
+            if not (out_dir / META).is_file() and any(out_dir.iterdir()):
+                raise UsageError(f"--output-dir {out_dir} exists and is not a clusterer directory; "
+                                 f"refusing to overwrite it")
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta["fingerprint"]
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    from xlbtm.io import read_json
+
+    path = Path(path)
+    if not (path / META).is_file():
+        raise InputError(f"not a clusterer directory (no {META}; train one with xlbtm.scripts.train_clusterer)",
+                         path)
+    meta = read_json(path / META)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise InputError(f"unknown clusterer format {meta.get('format') if isinstance(meta, dict) else None!r} "
+                         f"(expected {FORMAT})", path / META)
+    return meta
+
+
+def load_clusterer(path: str | os.PathLike, tokenizer=None, *, verify: bool = True):
+    """Load a TfidfClusterer or TypologicalClusterer. Never executes code from the artifact (json +
+    safetensors only). With `verify`, file hashes and the fingerprint must match clusterer.json."""
+    from safetensors.numpy import load_file
+
+    from xlbtm.io import read_json, sha256_file
+
+    path = Path(path)
+    meta = read_meta(path)
+    for key in ("kind", "num_clusters", "fingerprint", "files"):
+        if key not in meta:
+            raise InputError(f"clusterer.json lacks '{key}'", path / META)
+    if verify:
+        for name, digest in meta["files"].items():
+            f = path / name
+            if not f.is_file():
+                raise InputError(f"clusterer file {name} is missing", path)
+            if sha256_file(f) != digest:
+                raise InputError(f"clusterer file {name} was modified or is corrupt (sha256 mismatch)", f)
+        if _fingerprint(meta) != meta["fingerprint"]:
+            raise InputError("clusterer.json was edited: its fingerprint does not match its content", path / META)
+    try:
+        arrays = load_file(str(path / ARRAYS))
+    except Exception as e:  # safetensors raises its own error types for truncated/garbled files
+        raise InputError(f"cannot read arrays: {e}", path / ARRAYS) from None
+    if meta["kind"] == "typological":
+        return TypologicalClusterer(meta, arrays.get("features"), path)
+    if meta["kind"] != "tfidf":
+        raise InputError(f"unknown clusterer kind {meta['kind']!r}", path / META)
+    vocab = read_json(path / VOCAB) if meta.get("featurizer") == "word" else None
+    c = TfidfClusterer(meta, arrays["idf"], arrays["components"], arrays["centroids"], path, vocab)
+    if tokenizer is not None:
+        if meta.get("featurizer") != "subword":
+            raise UsageError("--tokenizer is only used by subword clusterers")
+        c._check_tokenizer(tokenizer)
+        c._tokenizer = tokenizer
+    return c
+
+
+def describe(c: Any) -> str:
+    s = f"{c.kind} clusterer, K={c.num_clusters}, fingerprint {str(c.fingerprint)[:12]}"
+    if c.kind == "tfidf":
+        s += f", featurizer {c.featurizer_kind}, {c.lsa.vocab_size} terms x {c.lsa.dim} dims"
+    return s

@@ -1,0 +1,265 @@
+"""Assign every document of a corpus split to a cluster (step 2 of the pipeline), in parallel jobs.
+
+Per input file `<data>/<split>/<shard>/<f>.jsonl[.gz]` one output `<out>/<split>/<shard>/<f>.jsonl` with
+`{"sp_id", "cluster"}` lines (see `xlbtm.cluster.files`), written atomically, then a hidden per-file stats
+sidecar. Re-running skips files whose sidecar matches the clusterer fingerprint and the input file (size +
+mtime) and redoes the rest, so a killed run resumes. Workers stream their files in batches, so memory stays
+flat as the corpus grows; the manifest is aggregated from the sidecars at the end (K x languages numbers).
+
+`run="local"`: a process pool on this machine (one file per task). `run="slurm"`: a submitit job array via
+`xlbtm.launch.make_executor`, several files per array task; `wait_for` reports failures with log paths.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from xlbtm.cli import get_logger
+from xlbtm.errors import UsageError
+
+log = get_logger("cluster")
+
+
+@dataclass(frozen=True)
+class FileJob:
+    path: str  # input file
+    rel: str  # corpus-relative path (the sp_id prefix)
+    out: str  # cluster file
+    signature: dict  # {"size", "mtime_ns"} of the input
+
+
+def input_signature(path: Path) -> dict:
+    st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def is_done(job: FileJob, fingerprint: str) -> bool:
+    from xlbtm.cluster.files import stats_path
+
+    out = Path(job.out)
+    sp = stats_path(out)
+    if not (out.is_file() and sp.is_file()):
+        return False
+    try:
+        import json
+
+        s = json.loads(sp.read_text())
+    except (OSError, ValueError):
+        return False
+    return s.get("fingerprint") == fingerprint and s.get("input") == job.signature and s.get("rel") == job.rel
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+_CLUSTERER = {}
+
+
+def _get_clusterer(path: str):
+    if path not in _CLUSTERER:
+        from xlbtm.cluster.artifact import load_clusterer
+
+        _CLUSTERER.clear()
+        _CLUSTERER[path] = load_clusterer(path)
+    return _CLUSTERER[path]
+
+
+def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_lines: bool = False) -> dict:
+    """Cluster one file; writes the cluster file and then its sidecar. Returns the sidecar dict."""
+    from xlbtm.cluster.files import format_line, stats_path
+    from xlbtm.corpus import ReadStats, iter_file
+    from xlbtm.io import atomic_open, write_json
+
+    k = clusterer.num_clusters
+    docs_per = [0] * k
+    chars_per = [0] * k
+    by_lang: dict[str, dict[str, list[int]]] = {}
+    stats = ReadStats()
+
+    def flush(batch, f):
+        labels = clusterer.predict(batch)
+        for doc, lab in zip(batch, labels):
+            lab = int(lab)
+            f.write(format_line(doc.sp_id, lab))
+            n = len(doc.text)
+            docs_per[lab] += 1
+            chars_per[lab] += n
+            entry = by_lang.setdefault(doc.lang or "null", {"documents": [0] * k, "chars": [0] * k})
+            entry["documents"][lab] += 1
+            entry["chars"][lab] += n
+        batch.clear()
+
+    with atomic_open(job.out) as f:
+        batch = []
+        for doc in iter_file(job.path, job.rel, skip_bad_lines=skip_bad_lines, stats=stats):
+            batch.append(doc)
+            if len(batch) >= batch_size:
+                flush(batch, f)
+        if batch:
+            flush(batch, f)
+    side = {"fingerprint": clusterer.fingerprint, "rel": job.rel, "input": job.signature,
+            "documents": docs_per, "chars": chars_per, "lang": by_lang, "skipped_lines": stats.skipped}
+    write_json(stats_path(job.out), side, indent=0)
+    return side
+
+
+def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512,
+             skip_bad_lines: bool = False) -> int:
+    """One pool/array task: cluster its files (skipping ones finished meanwhile). Returns #files done."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    c = _get_clusterer(clusterer_path)
+    done = 0
+    for job in jobs:
+        if is_done(job, c.fingerprint):
+            continue
+        assign_file(c, job, batch_size=batch_size, skip_bad_lines=skip_bad_lines)
+        done += 1
+    return done
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+def _clean_stale_tmp(out: Path) -> None:
+    """Temp files a killed run left behind (`.<name>.<random>.tmp`, see xlbtm.io.atomic_path)."""
+    if out.parent.is_dir():
+        for p in out.parent.glob(f".{out.name}.*.tmp"):
+            p.unlink(missing_ok=True)
+
+
+def plan(data_dir, output_prefix, split: str, fingerprint: str) -> tuple[list[FileJob], list[FileJob]]:
+    """(all file jobs of the split, the ones still to do)."""
+    from xlbtm.cluster.files import cluster_file_path
+    from xlbtm.corpus import Corpus
+
+    corpus = Corpus(data_dir)
+    jobs = []
+    for p in corpus.files(split):
+        rel = corpus.rel(p)
+        jobs.append(FileJob(str(p), rel, str(cluster_file_path(output_prefix, rel)), input_signature(p)))
+    todo = [j for j in jobs if not is_done(j, fingerprint)]
+    return jobs, todo
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    size = max(1, math.ceil(len(items) / max(1, n)))
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: str = "local",
+                  num_clusters: int | None = None, job_dir=None, workers: int | None = None,
+                  max_array_tasks: int = 128, batch_size: int = 512, skip_bad_lines: bool = False,
+                  timeout_min: int = 240) -> dict:
+    """Assign a split; returns the manifest (also written to `<output_prefix>/manifest.json`)."""
+    from xlbtm.cluster.artifact import load_clusterer
+
+    clusterer_path = str(Path(clusterer_path).resolve())
+    clusterer = load_clusterer(clusterer_path)  # verifies the artifact once, up front
+    if num_clusters is not None and num_clusters != clusterer.num_clusters:
+        raise UsageError(f"--num-clusters {num_clusters} disagrees with the clusterer at {clusterer_path}, which "
+                         f"has {clusterer.num_clusters} clusters (drop --num-clusters or pick another clusterer)")
+    if run not in ("local", "slurm"):
+        raise UsageError(f"--run must be local or slurm, got {run!r}")
+    output_prefix = Path(output_prefix)
+    jobs, todo = plan(data_dir, output_prefix, split, clusterer.fingerprint)
+    log.info(f"{split}: {len(jobs)} files, {len(jobs) - len(todo)} already done, {len(todo)} to do "
+             f"({clusterer.kind}, K={clusterer.num_clusters})")
+    for j in todo:
+        _clean_stale_tmp(Path(j.out))
+    if todo:
+        if run == "local":
+            _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines)
+        else:
+            _run_slurm(clusterer_path, todo, job_dir or output_prefix / "jobs", max_array_tasks, batch_size,
+                       skip_bad_lines, timeout_min)
+    return write_split_manifest(output_prefix, split, jobs, clusterer, data_dir)
+
+
+def _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines) -> None:
+    workers = min(len(todo), workers or os.cpu_count() or 1)
+    if workers <= 1:
+        run_task(clusterer_path, todo, batch_size, skip_bad_lines)
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    # spawn, not fork: the parent has torch / tokenizer threads, which fork does not copy safely
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = [pool.submit(run_task, clusterer_path, [j], batch_size, skip_bad_lines) for j in todo]
+        try:
+            for fut in cf.as_completed(futs):
+                fut.result()  # re-raises a worker's InputError here
+        except BaseException:
+            for f in futs:
+                f.cancel()
+            raise
+
+
+def _run_slurm(clusterer_path, todo, job_dir, max_array_tasks, batch_size, skip_bad_lines, timeout_min) -> None:
+    from xlbtm.launch import make_executor, wait_for
+
+    tasks = _chunks(todo, max_array_tasks)
+    ex = make_executor("slurm", job_dir, name="xlbtm-cluster", cpus_per_task=2, timeout_min=timeout_min,
+                       mem_gb=8, array_parallelism=max_array_tasks)
+    n = len(tasks)
+    jobs = ex.map_array(run_task, [clusterer_path] * n, tasks, [batch_size] * n, [skip_bad_lines] * n)
+    log.info(f"submitted {n} array tasks ({len(todo)} files); logs under {job_dir}")
+    wait_for(jobs, what="cluster assignment")
+
+
+def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob], clusterer, data_dir) -> dict:
+    """Aggregate the split's sidecars into manifest.json (adding/replacing this split's entry)."""
+    import json
+
+    from xlbtm.cluster.files import MANIFEST, FORMAT, stats_path, write_manifest
+    from xlbtm.errors import InputError
+
+    k = clusterer.num_clusters
+    docs = [0] * k
+    chars = [0] * k
+    langs: dict[str, dict[str, list[int]]] = defaultdict(lambda: {"documents": [0] * k, "chars": [0] * k})
+    skipped = 0
+    for j in jobs:
+        sp = stats_path(j.out)
+        if not is_done(j, clusterer.fingerprint):
+            raise InputError("cluster file is missing or stale after assignment (was the input modified "
+                             "meanwhile?)", j.out)
+        s = json.loads(sp.read_text())
+        skipped += s.get("skipped_lines", 0)
+        for i in range(k):
+            docs[i] += s["documents"][i]
+            chars[i] += s["chars"][i]
+        for lang, e in s["lang"].items():
+            for i in range(k):
+                langs[lang]["documents"][i] += e["documents"][i]
+                langs[lang]["chars"][i] += e["chars"][i]
+    entry = {"documents": docs, "chars": chars, "lang": dict(sorted(langs.items())),
+             "files": [j.rel for j in jobs], "skipped_lines": skipped}
+    path = output_prefix / MANIFEST
+    manifest = None
+    if path.is_file():
+        try:
+            manifest = json.loads(path.read_text())
+        except ValueError:
+            manifest = None
+        if manifest and manifest.get("fingerprint") != clusterer.fingerprint:
+            log.warning(f"{path} was written for another clusterer; dropping its other splits")
+            manifest = None
+    splits = dict(manifest.get("splits", {})) if manifest else {}
+    splits[split] = entry
+    manifest = {
+        "format": FORMAT,
+        "fingerprint": clusterer.fingerprint,
+        "num_clusters": k,
+        "kind": clusterer.kind,
+        "clusterer": str(clusterer.path),
+        "data_dir": str(Path(data_dir).resolve()),
+        "documents": [sum(s["documents"][i] for s in splits.values()) for i in range(k)],
+        "chars": [sum(s["chars"][i] for s in splits.values()) for i in range(k)],
+        "splits": dict(sorted(splits.items())),
+    }
+    write_manifest(output_prefix, manifest)
+    return manifest

@@ -1,0 +1,373 @@
+"""Document features for clustering: TF-IDF -> TruncatedSVD(100) -> L2 normalize (c-BTM's LSA vectors).
+
+Two ways to turn text into term ids, one linear model on top:
+
+- `word` (c-BTM-compatible): lowercase, word tokens, numbers dropped, stop words dropped. c-BTM's
+  `\\w\\w+` token pattern leaves Chinese/Japanese text unsegmented (a whole clause becomes one "word" that
+  occurs once, so CJK documents get almost no features). We split Han/Hiragana/Katakana into single
+  characters instead and keep `\\w\\w+` words elsewhere. Tokenization is vectorized numpy over code points
+  with a hashed vocabulary (`word_tokens`), no Python work per token: that is where the speed over
+  scikit-learn's tokenizer comes from.
+  Stop words: scikit-learn's English list (what c-BTM uses), tokens starting with a digit (c-BTM's
+  `#NUMBER`, which c-BTM also stops), and, when the fit documents carry `lang`, every term that occurs in
+  more than `lang_stop_df` (default 50%) of the sampled documents of some language with >= 20 documents:
+  the per-language equivalent of an English stop list, learned from the data.
+- `subword` (default): the seed tokenizer's token ids. Language-agnostic, handles CJK, and the ensemble
+  router can update a prefix's features token by token.
+
+The linear model (`Lsa`), shared by both. For a text with term ids t_1..t_m (raw counts tf_v, i.e. TF is
+*linear in the counts*: no sublinear tf, like c-BTM's TfidfVectorizer defaults):
+
+    tfidf_v   = tf_v * idf_v,           idf_v = ln((1 + N) / (1 + df_v)) + 1      (scikit-learn smooth idf)
+    z         = tfidf @ components.T    components: [d, V] from TruncatedSVD fit on l2-normalized tfidf rows
+    features  = z / ||z||
+
+scikit-learn l2-normalizes the tfidf row before the SVD; that positive scale cancels in the final
+normalization, so   features = normalize(sum_i P[t_i])   with   P = idf[:, None] * components.T  ([V, d]).
+An incremental router keeps s = sum of P rows over the prefix and normalizes (s = 0 -> all-zero features).
+`Lsa.featurize_token_ids` is the reference implementation. Terms never seen while fitting have all-zero
+component columns, so they contribute nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+SVD_DIM = 100
+UNK = "[UNK]"
+
+
+# ------------------------------------------------------------------------------------------- linear model
+
+@dataclass
+class Lsa:
+    idf: np.ndarray  # [V] float32
+    components: np.ndarray  # [d, V] float32
+    _proj: object = field(default=None, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.idf.shape[0])
+
+    @property
+    def projection(self) -> np.ndarray:
+        """P = idf[:, None] * components.T, [V, d] float32: features = normalize(sum of P rows)."""
+        return self.projection_tensor().numpy()
+
+    def projection_tensor(self):
+        import torch
+
+        if self._proj is None:
+            p = (self.components * self.idf[None, :]).T
+            self._proj = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))
+        return self._proj
+
+    def featurize_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """[n, d] float32 L2-normalized features of id sequences (the reference the router must match)."""
+        import torch
+
+        n = len(ids)
+        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n)
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        if flat.size and (flat.min() < 0 or flat.max() >= self.vocab_size):
+            raise ValueError(f"token id out of range [0, {self.vocab_size}) (tokenizer does not match the "
+                             f"clusterer?)")
+        offsets = np.zeros(n, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=offsets[1:])
+        return self.featurize_flat(flat, offsets)
+
+    def featurize_flat(self, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Same as `featurize_token_ids` for ids concatenated in `flat`, document i starting at offsets[i]."""
+        import torch
+
+        with torch.no_grad():
+            z = torch.nn.functional.embedding_bag(torch.from_numpy(np.asarray(flat, dtype=np.int64)),
+                                                  self.projection_tensor(),
+                                                  torch.from_numpy(np.asarray(offsets, dtype=np.int64)),
+                                                  mode="sum")
+            z = torch.nn.functional.normalize(z, dim=1)
+        return z.numpy()
+
+
+def count_matrix(ids: Sequence[Sequence[int]], vocab_size: int):
+    """Raw term counts [n, V] as scipy CSR."""
+    import scipy.sparse as sp
+
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+    indptr = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=indptr[1:])
+    m = sp.csr_matrix((np.ones(flat.size, dtype=np.float64), flat, indptr), shape=(len(ids), vocab_size))
+    m.sum_duplicates()
+    return m
+
+
+def fit_lsa(counts, n_components: int = SVD_DIM, seed: int = 0, zero_columns: np.ndarray | None = None) -> Lsa:
+    """scikit-learn TfidfTransformer (smooth idf, l2 rows) + TruncatedSVD, as c-BTM's pipeline does.
+    `zero_columns` (e.g. stop words) are removed before the fit, like TfidfVectorizer's stop words."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfTransformer
+
+    counts = counts.tocsc(copy=True)
+    if zero_columns is not None and zero_columns.size:
+        keep = np.ones(counts.shape[1], dtype=bool)
+        keep[zero_columns] = False
+        counts = counts.multiply(keep[None, :].astype(np.float64)).tocsc()
+    counts = counts.tocsr()
+    counts.eliminate_zeros()
+    n, v = counts.shape
+    tfidf = TfidfTransformer(smooth_idf=True, norm="l2").fit(counts)
+    x = tfidf.transform(counts)
+    d = max(1, min(n_components, n - 1, v - 1))
+    svd = TruncatedSVD(n_components=d, random_state=seed, algorithm="randomized", n_iter=5)
+    svd.fit(x)
+    idf = tfidf.idf_.astype(np.float32)
+    comps = svd.components_.astype(np.float32)
+    unseen = np.asarray(counts.sum(0)).ravel() == 0  # never seen (or stopped): no contribution
+    comps[:, unseen] = 0.0
+    return Lsa(idf=idf, components=np.ascontiguousarray(comps))
+
+
+# ------------------------------------------------------------------------------------------- featurizers
+
+class SubwordFeaturizer:
+    kind = "subword"
+
+    def __init__(self, tokenizer, lsa: Lsa | None = None):
+        self.tokenizer = tokenizer  # xlbtm.tokenizer.Tokenizer
+        self.lsa = lsa
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.tokenizer.encode_batch(list(texts))
+
+    def fit(self, texts: Sequence[str], langs: Sequence[str | None] | None = None, *, seed: int = 0,
+            n_components: int = SVD_DIM) -> "SubwordFeaturizer":
+        ids = self.encode(texts)
+        self.lsa = fit_lsa(count_matrix(ids, self.tokenizer.vocab_size), n_components, seed)
+        return self
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        return self.lsa.featurize_token_ids(self.encode(texts))
+
+    def term(self, i: int) -> str:
+        return self.tokenizer.id_to_token(int(i)) or f"<{i}>"
+
+
+# ----------------------------------------------------------------------------------------- word tokenizer
+
+_CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F))
+_HASH_MULT = np.uint64(0x100000001B3)
+_HASH_MIX = np.uint64(0x9E3779B97F4A7C15)
+_CLASS_TABLE: np.ndarray | None = None
+_POW = np.ones(1, dtype=np.uint64)
+
+
+def _class_table() -> np.ndarray:
+    """uint8 per code point: 0 = not a word char, 1 = word char (Python's \\w), 2 = CJK (one token each)."""
+    global _CLASS_TABLE
+    if _CLASS_TABLE is None:
+        # Python's `\\w` is exactly str.isalnum() or "_" (per code point)
+        t = np.fromiter((chr(i).isalnum() for i in range(0x110000)), dtype=np.uint8, count=0x110000)
+        t[ord("_")] = 1
+        for lo, hi in _CJK_RANGES:
+            seg = t[lo:hi + 1]
+            seg[seg == 1] = 2
+        _CLASS_TABLE = t
+    return _CLASS_TABLE
+
+
+def _powers(n: int) -> np.ndarray:
+    global _POW
+    if _POW.size < n:
+        m = max(n, 2 * _POW.size)
+        with np.errstate(over="ignore"):
+            _POW = np.cumprod(np.concatenate([[np.uint64(1)], np.full(m - 1, _HASH_MULT, dtype=np.uint64)]),
+                              dtype=np.uint64)
+    return _POW
+
+
+def word_tokens(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    """Vectorized word tokenization of lowercased texts; no Python work per token.
+
+    Tokens: maximal runs of >= 2 non-CJK word characters (scikit-learn's `\\b\\w\\w+\\b` on text without
+    CJK), and every Han/Hiragana/Katakana character on its own. Each token is identified by a 64-bit
+    polynomial hash of its code points (collisions among a vocabulary of 10^6 terms: p ~ 1e-7).
+    Returns (hashes [T] uint64, doc index [T], starts [T], lengths [T], the joined lowercased text).
+    """
+    lowered = [t.lower() for t in texts]
+    joined = "\n".join(lowered)  # "\n" is not a word char: no token crosses documents
+    cp = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    cls = _class_table()[cp]
+    w = cls == 1
+    edge = np.diff(np.concatenate([[False], w, [False]]).astype(np.int8))
+    run_s = np.nonzero(edge == 1)[0]
+    run_e = np.nonzero(edge == -1)[0]
+    long = (run_e - run_s) >= 2
+    run_s, run_e = run_s[long], run_e[long]
+    cjk = np.nonzero(cls == 2)[0]
+    starts = np.concatenate([run_s, cjk])
+    lens = np.concatenate([run_e - run_s, np.ones(cjk.size, dtype=np.int64)])
+    order = np.argsort(starts, kind="stable")
+    starts, lens = starts[order], lens[order]
+    if starts.size:
+        first = np.zeros(starts.size, dtype=np.int64)
+        np.cumsum(lens[:-1], out=first[1:])
+        total = int(lens.sum())
+        within = np.arange(total, dtype=np.int64) - np.repeat(first, lens)
+        chars = cp[np.repeat(starts, lens) + within].astype(np.uint64)
+        with np.errstate(over="ignore"):
+            vals = chars * _powers(int(lens.max()))[within]
+            h = np.add.reduceat(vals, first)
+            h ^= lens.astype(np.uint64) * _HASH_MIX
+            # murmur3 fmix64: spread the bits so the top bits index a hash table well
+            h ^= h >> np.uint64(33)
+            h *= np.uint64(0xFF51AFD7ED558CCD)
+            h ^= h >> np.uint64(33)
+            h *= np.uint64(0xC4CEB9FE1A85EC53)
+            h ^= h >> np.uint64(33)
+    else:
+        h = np.zeros(0, dtype=np.uint64)
+    doc_starts = np.zeros(len(texts), dtype=np.int64)
+    if len(texts) > 1:
+        lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=len(texts))
+        doc_starts[1:] = np.cumsum(lengths[:-1] + 1)
+    marks = np.zeros(cp.size + 1, dtype=np.int32)
+    np.add.at(marks, doc_starts, 1)
+    doc = (np.cumsum(marks, dtype=np.int32) - 1)[starts]  # document of every token, no binary search
+    return h, doc, starts, lens, joined
+
+
+class WordTokenizer:
+    """Maps texts to word ids with a hashed vocabulary (id 0 = [UNK]: unknown, stopped, numbers)."""
+
+    def __init__(self, vocab: Sequence[str]):
+        self.vocab = list(vocab)
+        h, _, _, lens, _ = word_tokens(self.vocab[1:])
+        if h.size != len(self.vocab) - 1:
+            raise ValueError("vocabulary entries must be single word tokens")
+        # open-addressing hash table (load <= 1/4, linear probing): one random access per token instead of
+        # a binary search
+        bits = max(4, int(np.ceil(np.log2(max(1, h.size) * 4))))
+        self._shift = np.uint64(64 - bits)
+        self._mask = (1 << bits) - 1
+        self._table_h = np.zeros(1 << bits, dtype=np.uint64)
+        self._table_id = np.zeros(1 << bits, dtype=np.int64)  # 0 = empty slot / [UNK]
+        self._max_probe = 0
+        slots = (h >> self._shift).astype(np.int64)
+        for i, (slot, hv) in enumerate(zip(slots.tolist(), h.tolist())):
+            p = 0
+            while self._table_id[(slot + p) & self._mask] != 0:
+                if self._table_h[(slot + p) & self._mask] == hv:
+                    break  # a duplicate vocabulary entry: keep the first id
+                p += 1
+            j = (slot + p) & self._mask
+            if self._table_id[j] == 0:
+                self._table_h[j] = hv
+                self._table_id[j] = i + 1
+            self._max_probe = max(self._max_probe, p)
+
+    def lookup(self, h: np.ndarray) -> np.ndarray:
+        ids = np.zeros(h.size, dtype=np.int64)
+        todo = np.arange(h.size)
+        slot = (h >> self._shift).astype(np.int64)
+        for p in range(self._max_probe + 1):
+            j = (slot[todo] + p) & self._mask
+            tid = self._table_id[j]
+            hit = (self._table_h[j] == h[todo]) & (tid > 0)
+            ids[todo[hit]] = tid[hit]
+            todo = todo[~hit & (tid > 0)]  # continue only past occupied, non-matching slots
+            if todo.size == 0:
+                break
+        return ids
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [T], offsets [n]) for embedding_bag; [UNK] tokens are dropped."""
+        h, doc, _, _, _ = word_tokens(texts)
+        ids = self.lookup(h)
+        keep = ids > 0
+        ids, doc = ids[keep], doc[keep]
+        offsets = np.searchsorted(doc, np.arange(len(texts)), side="left")
+        return ids, offsets
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        ids, offsets = self.encode_flat(texts)
+        bounds = list(offsets) + [ids.size]
+        return [ids[bounds[i]:bounds[i + 1]].tolist() for i in range(len(texts))]
+
+
+def _english_stop_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+class WordFeaturizer:
+    kind = "word"
+
+    def __init__(self, vocab: list[str] | None = None, lsa: Lsa | None = None, *, max_vocab: int = 1 << 18,
+                 min_df: int = 2, lang_stop_df: float = 0.5):
+        self.vocab = vocab
+        self.lsa = lsa
+        self.max_vocab = max_vocab
+        self.min_df = min_df
+        self.lang_stop_df = lang_stop_df
+        self.stop_words: list[str] = []
+        self._tok = WordTokenizer(vocab) if vocab is not None else None
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self._tok.encode(texts)
+
+    def fit(self, texts: Sequence[str], langs: Sequence[str | None] | None = None, *, seed: int = 0,
+            n_components: int = SVD_DIM) -> "WordFeaturizer":
+        import scipy.sparse as sp
+
+        h, doc, starts, lens, joined = word_tokens(texts)
+        uniq, first, inv = np.unique(h, return_index=True, return_inverse=True)
+        words = [joined[s:s + n] for s, n in zip(starts[first].tolist(), lens[first].tolist())]
+        counts = sp.csr_matrix((np.ones(h.size), (doc, inv)), shape=(len(texts), uniq.size))
+        counts.sum_duplicates()
+        df = np.diff(counts.tocsc().indptr)
+        stop = np.array([w in _english_stop_words() or w[:1].isdigit() for w in words], dtype=bool)
+        if langs is not None and self.lang_stop_df < 1.0:
+            langs_arr = np.array([lang or "" for lang in langs])
+            for lang in sorted(set(langs_arr) - {""}):
+                rows = np.nonzero(langs_arr == lang)[0]
+                if rows.size < 20:
+                    continue
+                ldf = np.diff(counts[rows].tocsc().indptr)
+                stop |= ldf > self.lang_stop_df * rows.size
+        self.stop_words = sorted(w for w, s_ in zip(words, stop) if s_)
+        ok = np.nonzero(~stop & (df >= self.min_df))[0]
+        freq = np.asarray(counts.sum(0)).ravel()
+        ok = ok[np.argsort(-freq[ok], kind="stable")][: self.max_vocab]
+        ok = np.sort(ok)  # deterministic id order: by hash
+        self.vocab = [UNK] + [words[j] for j in ok]
+        counts = counts[:, ok]
+        counts = sp.hstack([sp.csr_matrix((counts.shape[0], 1)), counts]).tocsr()  # column 0 = [UNK]
+        self.lsa = fit_lsa(counts, n_components, seed, zero_columns=np.array([0]))
+        self._tok = WordTokenizer(self.vocab)
+        return self
+
+    def transform(self, texts: Sequence[str]) -> np.ndarray:
+        ids, offsets = self._tok.encode_flat(texts)
+        return self.lsa.featurize_flat(ids, offsets)
+
+    def term(self, i: int) -> str:
+        return self.vocab[int(i)]
+
+
+def top_terms(featurizer, centroids: np.ndarray, n: int = 10) -> list[list[str]]:
+    """Top terms per cluster: centroids mapped back to term space (c-BTM's svd.inverse_transform)."""
+    scores = centroids @ featurizer.lsa.components  # [k, V]
+    return [[featurizer.term(j) for j in np.argsort(-row, kind="stable")[:n]] for row in scores]
+
+
+TextsToIds = Callable[[Sequence[str]], list]

@@ -1,0 +1,45 @@
+"""Assign every document of a split to a cluster (c-BTM's cluster step).
+
+    python -m xlbtm.scripts.cluster --data-dir D --path-to-clusterer C [--num-clusters K] --output-prefix O \
+        --split train|valid[/X] --run local|slurm [--job-dir J]
+
+Writes O/<split>/<shard>/<file>.jsonl ({"sp_id", "cluster"} lines) and O/manifest.json. Re-running skips
+finished files (same clusterer fingerprint, unchanged input) and redoes the rest.
+"""
+
+from __future__ import annotations
+
+from xlbtm.cli import get_logger, make_parser, run_script
+from xlbtm.corpus import add_skip_bad_lines_arg
+
+log = get_logger("cluster")
+
+
+def build_parser():
+    p = make_parser("cluster", __doc__.splitlines()[0])
+    p.add_argument("--data-dir", required=True, help="corpus root (<data>/<split>/<shard>/*.jsonl[.gz])")
+    p.add_argument("--path-to-clusterer", required=True, help="clusterer dir from xlbtm.scripts.train_clusterer")
+    p.add_argument("--num-clusters", type=int, default=None,
+                   help="accepted for c-BTM compatibility; must agree with the clusterer")
+    p.add_argument("--output-prefix", required=True, help="clusters dir to write")
+    p.add_argument("--split", required=True, help="train, valid or valid/<subset>")
+    p.add_argument("--run", choices=["local", "slurm"], default="local",
+                   help="local: process pool on this machine; slurm: submitit job arrays (waits for them)")
+    p.add_argument("--job-dir", default=None, help="submitit logs for --run slurm (default: O/jobs)")
+    add_skip_bad_lines_arg(p)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from xlbtm.cluster.assign import assign_corpus
+
+    m = assign_corpus(args.data_dir, args.path_to_clusterer, args.output_prefix, args.split, run=args.run,
+                      num_clusters=args.num_clusters, job_dir=args.job_dir, skip_bad_lines=args.skip_bad_lines)
+    s = m["splits"][args.split]
+    log.info(f"{args.split}: {sum(s['documents'])} documents -> {args.output_prefix}; per cluster: {s['documents']}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_script("cluster", main)
