@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
 
 log = get_logger("ensemble")
+
+if TYPE_CHECKING:
+    from xlbtm.launch.site import SiteConfig
 
 ENSEMBLE_TYPES = ("clustering", "uniform", "lang", "oracle", "dense", "average")
 
@@ -46,8 +50,8 @@ class EvalConfig:
     batch_tokens: int = 8192
     device: str | None = None
     skip_bad_lines: bool = False
-    partition: str | None = None
     gpus_per_node: int = 0
+    site: "SiteConfig | None" = None    # SLURM site settings (file < env < flags); None = file + env only
 
     def __post_init__(self):
         if self.ensemble_type not in ENSEMBLE_TYPES:
@@ -120,7 +124,7 @@ def score_all(cfg: EvalConfig, experts, docs) -> list[str]:
 
     ex = make_executor(cfg.run, Path(cfg.job_dir) / "jobs", name="score_expert",
                        gpus_per_node=cfg.gpus_per_node, cpus_per_task=1, timeout_min=240,
-                       array_parallelism=len(experts))
+                       array_parallelism=len(experts), site=cfg.site)
     jobs = [ex.submit(_score_job, cfg.job_dir, name, str(e.weights or e.run_dir), cfg.batch_tokens)
             for name, e in zip(names, experts)]
     wait_for(jobs, what="expert scoring")

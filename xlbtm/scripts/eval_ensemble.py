@@ -11,6 +11,7 @@ reuses those scores. Writes OUT/result.json, OUT/report.md and OUT/ppl_by_langua
 from __future__ import annotations
 
 from xlbtm.cli import make_parser, run_script
+from xlbtm.launch.site import add_slurm_args, site_from_args
 from xlbtm.corpus import add_skip_bad_lines_arg
 from xlbtm.errors import UsageError
 
@@ -53,6 +54,7 @@ def build_parser():
     p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward pass")
     p.add_argument("--device", default=None, help="scoring device (default: cuda when available, else cpu)")
     add_skip_bad_lines_arg(p)
+    add_slurm_args(p)
     return p
 
 
@@ -71,7 +73,7 @@ def main(argv=None):
         topks=[k for group in (args.topk or [[-1]]) for k in group],
         cbtm_compat=args.cbtm_compat, max_valid_steps=args.max_valid_steps, run=args.run,
         dense_result=args.dense_result, batch_tokens=args.batch_tokens, device=args.device,
-        skip_bad_lines=args.skip_bad_lines,
+        skip_bad_lines=args.skip_bad_lines, site=site_from_args(args) if args.run == "slurm" else None,
     )
     result = run_eval(cfg)
     print(f"result_ppl {result['result_ppl']:.4f}  ({result['documents']} documents, {result['tokens']} tokens) "
