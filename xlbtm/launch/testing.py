@@ -50,13 +50,9 @@ class SlurmCluster:
 
     def state(self, job_id: str) -> str | None:
         """slurmctld's state of a job (PENDING, RUNNING, COMPLETING, ...), None when it does not know it."""
-        r = _run(["scontrol", "-o", "show", "job", str(job_id)])
-        if r.returncode != 0:
-            return None
-        for tok in r.stdout.split():
-            if tok.startswith("JobState="):
-                return tok.split("=", 1)[1]
-        return None
+        from xlbtm.launch.wait import scheduler_state
+
+        return scheduler_state(str(job_id))
 
     def wait_state(self, job_id: str, states: set[str] | tuple[str, ...], timeout: float = 120) -> str:
         end = time.monotonic() + timeout

@@ -90,7 +90,7 @@ def _is_debug(job) -> bool:
     return isinstance(job, DebugJob)
 
 
-def _scheduler_state(job_id: str) -> str | None:
+def scheduler_state(job_id: str) -> str | None:
     """Ask slurmctld directly (it keeps finished jobs for MinJobAge). None when it does not know the job."""
     try:
         r = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=30)
@@ -197,7 +197,7 @@ def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknow
                 # after the grace period, ask slurmctld, which knows live jobs and recently ended ones.
                 first = unknown_since.setdefault(i, time.monotonic())
                 if time.monotonic() - first > unknown_grace_s:
-                    sched = _scheduler_state(job.job_id)
+                    sched = scheduler_state(job.job_id)
                     if sched is None or sched.upper() not in _ACTIVE - {"PREEMPTED"}:
                         state = sched or f"VANISHED (sacct says {state}, scontrol does not know the job)"
                         ended = True
