@@ -72,6 +72,43 @@ def _model_and_args(cfg: TrainConfig, resuming: bool, info_args: dict | None, to
     return model, args, seed_info
 
 
+def _materialize(args, device):
+    """A model built on the meta device, then allocated directly on `device` (no host copy)."""
+    from xlbtm.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(args)
+    model.to_empty(device=device)
+    model.init_weights()  # also fills non-persistent buffers (sinusoidal positions)
+    return model
+
+
+def _build_model(cfg: TrainConfig, resuming: bool, info_args: dict | None, tok, rank: int, world: int, device):
+    """(model on `device`, args, full state dict to broadcast from rank 0 or None).
+
+    Only rank 0 reads the seed (host memory: one copy per node, not one per GPU); the other ranks allocate
+    their model on the device and receive the weights after parallelization. A resumed run reads nothing:
+    the DCP checkpoint overwrites the freshly allocated weights."""
+    import torch.distributed as dist
+
+    from xlbtm.models import ModelArgs
+
+    if resuming and info_args is not None:
+        return _materialize(ModelArgs.from_dict(info_args), device), ModelArgs.from_dict(info_args), None
+    if world == 1:
+        model, args, _ = _model_and_args(cfg, False, None, tok)
+        return model.to(device), args, None
+    full_sd, obj = None, [None]
+    if rank == 0:
+        seed_model, args, _ = _model_and_args(cfg, False, None, tok)
+        full_sd = seed_model.state_dict()
+        del seed_model
+        obj = [args.to_dict()]
+    dist.broadcast_object_list(obj, src=0)
+    args = ModelArgs.from_dict(obj[0])
+    return _materialize(args, device), args, full_sd if rank == 0 else {}
+
+
 def _forward_loss(model, inputs, targets, pad_id: int):
     """Summed token cross-entropy (fp32) and the number of target tokens."""
     logits = model(inputs, None)
@@ -157,7 +194,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
     # ---- model (+ expert.json), parallelize, optimizer, resume
     ckpt = latest_checkpoint(run_dir)
     info_args = read_expert_info(run_dir).model_args if ckpt is not None else None
-    model, args, _ = _model_and_args(cfg, ckpt is not None, info_args, tok)
+    model, args, full_sd = _build_model(cfg, ckpt is not None, info_args, tok, rank, world, device)
     if args.vocab_size < tok.vocab_size:
         raise InputError(f"model vocabulary ({args.vocab_size}) is smaller than the tokenizer's ({tok.vocab_size})",
                          cfg.seed_model)
@@ -170,8 +207,13 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
                   "valid_subset": cfg.valid_subset, "train_tokens": len(train_ds.stream),
                   "tokens_per_sample": cfg.tokens_per_sample, "dp": dims.dp, "tp": dims.tp,
                   "config": cfg.to_dict()}))
-    model.to(device)
     parallelize(model, mesh, device_type=device.type, ac=cfg.activation_checkpointing, compile=cfg.compile)
+    if full_sd is not None:  # rank 0 holds the seed: scatter it into every rank's shards
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, full_sd if rank == 0 else {},
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        del full_sd
     model.train()
     optimizer = build_optimizer(model, cfg, device.type)
     step, position = 0, 0
