@@ -1,0 +1,111 @@
+import re
+
+import numpy as np
+import pytest
+
+from xlbtm.cluster.featurize import Lsa, SubwordFeaturizer, WordFeaturizer, top_terms, word_tokens
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from xlbtm.cluster.train import sample_documents
+    from xlbtm.demo_corpus import write_demo_corpus
+
+    d = tmp_path_factory.mktemp("demo")
+    write_demo_corpus(d, n_train=300, n_valid=30, seed=0)
+    return d, sample_documents(d / "train", None)
+
+
+def test_word_tokens_match_sklearn_pattern_and_split_cjk():
+    texts = ["Hello, World! x_y 12ab a", "Überall ÉCOLE straße 3 bits/s", "日本語のテキスト abc中文", ""]
+    h, doc, starts, lens, joined = word_tokens(texts)
+    toks = [joined[s:s + n] for s, n in zip(starts, lens)]
+    pat = re.compile(r"(?u)\b\w\w+\b")
+    assert toks[:4] == pat.findall(texts[0].lower())
+    assert [t for t, d in zip(toks, doc) if d == 1] == pat.findall(texts[1].lower())
+    # CJK: one token per Han/kana character; Latin runs stay words even when glued to CJK
+    assert [t for t, d in zip(toks, doc) if d == 2] == list("日本語のテキスト") + ["abc", "中", "文"]
+    # same token -> same hash, different token -> different hash
+    by = {}
+    for t, x in zip(toks, h.tolist()):
+        assert by.setdefault(t, x) == x
+    assert len(set(by.values())) == len(by)
+
+
+def test_word_featurizer_equals_sklearn_pipeline(demo):
+    """Our vectorized tokenizer + embedding-bag projection == sklearn TfidfVectorizer + SVD + normalize."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    _, s = demo
+    f = WordFeaturizer().fit(s.texts, s.langs, seed=0)
+    assert f.lsa.dim == 100 and f.vocab[0] == "[UNK]"
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    assert not set(f.vocab) & ENGLISH_STOP_WORDS and not any(w[:1].isdigit() for w in f.vocab[1:])
+    texts = [t for t, lang in zip(s.texts, s.langs) if lang != "zh"][:60]  # sklearn's \w\w+ keeps CJK runs whole
+    vec = TfidfVectorizer(vocabulary={w: i for i, w in enumerate(f.vocab)})
+    vec.fit(texts[:2])
+    vec.idf_ = f.lsa.idf.astype(np.float64)
+    ref = normalize(vec.transform(texts) @ f.lsa.components.T.astype(np.float64))
+    np.testing.assert_allclose(f.transform(texts), ref, atol=2e-5)
+
+
+def test_featurize_token_ids_is_linear_in_counts_and_incremental():
+    rng = np.random.default_rng(0)
+    lsa = Lsa(idf=rng.uniform(1, 3, 50).astype(np.float32), components=rng.normal(size=(8, 50)).astype(np.float32))
+    ids = [[1, 2, 2, 7], [7, 2, 1, 2], [], [3]]
+    x = lsa.featurize_token_ids(ids)
+    np.testing.assert_allclose(x[0], x[1], atol=1e-6)  # bag of words
+    assert np.allclose(x[2], 0)  # empty -> zero features
+    np.testing.assert_allclose(np.linalg.norm(x[[0, 3]], axis=1), 1, atol=1e-5)
+    # incremental: running sum of projection rows, normalized
+    s = np.zeros(8)
+    for t in ids[0]:
+        s += lsa.projection[t]
+    np.testing.assert_allclose(s / np.linalg.norm(s), x[0], atol=1e-5)
+    # the explicit tf-idf formula
+    tf = np.bincount(ids[0], minlength=50) * lsa.idf
+    z = lsa.components @ tf
+    np.testing.assert_allclose(z / np.linalg.norm(z), x[0], atol=1e-5)
+    with pytest.raises(ValueError, match="out of range"):
+        lsa.featurize_token_ids([[50]])
+
+
+@pytest.fixture(scope="module")
+def sp_tokenizer(demo, tmp_path_factory):
+    from xlbtm.tokenizer import load_tokenizer, train_sentencepiece
+
+    _, s = demo
+    d = train_sentencepiece(s.texts, tmp_path_factory.mktemp("tok") / "tok", vocab_size=600, seed=0)
+    return load_tokenizer(d)
+
+
+def test_subword_featurizer_fast_path_matches_reference(demo, sp_tokenizer):
+    _, s = demo
+    fast = SubwordFeaturizer(sp_tokenizer).fit(s.texts, seed=0)
+    ref = SubwordFeaturizer(sp_tokenizer, fast=False)
+    ref.lsa = fast.lsa
+    a = fast.transform(s.texts[:50])
+    b = ref.transform(s.texts[:50])
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(b, fast.lsa.featurize_token_ids(sp_tokenizer.encode_batch(s.texts[:50])), atol=1e-6)
+    assert fast.lsa.vocab_size == sp_tokenizer.vocab_size
+    terms = top_terms(fast, np.eye(3, fast.lsa.dim, dtype=np.float32), n=5)
+    assert len(terms) == 3 and all(len(t) == 5 for t in terms)
+
+
+def test_word_stop_words_per_language():
+    rng = np.random.default_rng(0)
+    texts, langs = [], []
+    for i in range(60):  # language xx: "zork" is in every document -> a learned stop word
+        texts.append("zork " + " ".join(f"w{rng.integers(30)}x" for _ in range(8)) + " alpha 42 and")
+        langs.append("xx")
+    for i in range(10):  # language yy has too few documents to learn stop words from
+        texts.append("blip " + " ".join(f"v{rng.integers(30)}y" for _ in range(8)))
+        langs.append("yy")
+    f = WordFeaturizer(min_df=1).fit(texts, langs)
+    assert "zork" in f.stop_words and "zork" not in f.vocab
+    assert "blip" in f.vocab and "and" not in f.vocab and "42" not in f.vocab
+    g = WordFeaturizer(min_df=1).fit(texts, None)  # without langs: only English + numbers
+    assert "zork" in g.vocab
