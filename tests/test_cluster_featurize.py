@@ -44,7 +44,7 @@ def test_word_featurizer_equals_sklearn_pipeline(demo):
 
     assert not set(f.vocab) & ENGLISH_STOP_WORDS and not any(w[:1].isdigit() for w in f.vocab[1:])
     texts = [t for t, lang in zip(s.texts, s.langs) if lang != "zh"][:60]  # sklearn's \w\w+ keeps CJK runs whole
-    vec = TfidfVectorizer(vocabulary={w: i for i, w in enumerate(f.vocab)})
+    vec = TfidfVectorizer(vocabulary={("\x00unk" if i == 0 else w): i for i, w in enumerate(f.vocab)})
     vec.fit(texts[:2])
     vec.idf_ = f.lsa.idf.astype(np.float64)
     ref = normalize(vec.transform(texts) @ f.lsa.components.T.astype(np.float64))

@@ -44,13 +44,19 @@ FALLBACKS = {"msa": "zsm", "fas": "pes", "ara": "arb", "zho": "cmn", "nor": "nob
 
 
 def _data_dir() -> Path:
-    import importlib.util
+    """lang2vec's data dir, found through the installed distribution's file list (not `find_spec`: the wheel
+    also installs a `bin/lang2vec.py` script that shadows the package when `bin/` is on sys.path)."""
+    import importlib.metadata as md
 
-    spec = importlib.util.find_spec("lang2vec")
-    if spec is None or not spec.submodule_search_locations:
+    try:
+        dist = md.distribution("lang2vec")
+    except md.PackageNotFoundError:
         raise UsageError("the 'lang2vec' package is not installed (pip install lang2vec); typological "
-                         "clustering reads its URIEL data files")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+                         "clustering reads its URIEL data files") from None
+    for f in dist.files or []:
+        if f.name == "feature_averages.npz" and f.parts[0] == "lang2vec":
+            return Path(dist.locate_file(f)).parent
+    raise UsageError("the installed lang2vec has no data/feature_averages.npz; reinstall lang2vec")
 
 
 @lru_cache(maxsize=1)
