@@ -174,6 +174,17 @@ def test_train_experts_dry_run_prints_plan_and_writes_nothing(demo, tmp_path, ca
     assert not ser.exists()
 
 
+def test_local_runs_in_waves_sized_by_the_machine(monkeypatch):
+    from xlbtm.train.experts import LaunchSpec, local_slots
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert len(local_slots(LaunchSpec(run="local", num_nodes=1, num_gpus=2, device="cpu"))) == 4
+    assert len(local_slots(LaunchSpec(run="local", num_nodes=1, num_gpus=16, device="cpu"))) == 1
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 8)
+    assert local_slots(LaunchSpec(run="local", num_nodes=1, num_gpus=4, device="cuda")) == [(0, 1, 2, 3),
+                                                                                          (4, 5, 6, 7)]
+
+
 @pytest.mark.parametrize("bad, msg", [
     (["--tensor-parallel-size", "3", "--num-gpus", "2"], "--tensor-parallel-size"),
     (["--train-cluster", "5"], "--train-cluster"),

@@ -90,8 +90,8 @@ def build_parser():
 
 def main(argv=None):
     from xlbtm.train.experts import (ExpertPlan, LaunchSpec, binarized_dir_for, detect_device, ensure_binarized,
-                                     experts_root, parse_cluster_list, resolve_clusters_dir, resolve_data_dir,
-                                     submit)
+                                     experts_root, local_slots, parse_cluster_list, resolve_clusters_dir,
+                                     resolve_data_dir, submit)
 
     args = build_parser().parse_args(argv)
     K = args.num_clusters
@@ -162,6 +162,10 @@ def main(argv=None):
           f"= {world} tasks, dp={dp} tp={args.tensor_parallel_size}; {gbs} samples x {args.tokens_per_sample} "
           f"tokens per step = {gbs * args.tokens_per_sample} tokens/step, {args.max_steps} steps")
     print(f"  launch: --run {args.run}, device {device}; site: {site.describe()}")
+    if args.run == "local":
+        slots = local_slots(spec)
+        print(f"  local: {len(slots)} expert(s) at a time"
+              + (f" on GPUs {', '.join(map(str, slots))}" if slots[0] is not None else f" ({os.cpu_count()} CPU cores)"))
     from xlbtm.parallel.checkpoint import latest_checkpoint
 
     for p in plans:
@@ -173,16 +177,29 @@ def main(argv=None):
 
     splits = [args.train_subset] + ([args.valid_subset] if args.valid_subset else [])
     ensure_binarized(data_dir, bin_dir, tok, clusters_dir, K, splits, args.binarize_workers, args.allow_unassigned)
-    jobs = submit(plans, spec, site)
-    for p, j in zip(plans, jobs):
-        print(f"cluster {p.cluster}: job {j.job_id}; logs {j.paths.stdout} / {j.paths.stderr}; "
-              f"metrics {p.run_dir / 'train_log.jsonl'}", flush=True)
-    if args.no_wait and args.run == "slurm":
-        print("submitted; rerun the same command to resume after a failure")
-        return 0
     from xlbtm.launch.wait import wait_for
 
-    results = wait_for(jobs, what="train_experts")
+    def status(ps, js):
+        for p, j in zip(ps, js):
+            print(f"cluster {p.cluster}: job {j.job_id}; logs {j.paths.stdout} / {j.paths.stderr}; "
+                  f"metrics {p.run_dir / 'train_log.jsonl'}", flush=True)
+
+    if args.run == "local":
+        # waves: never more concurrent experts than GPU sets (or CPU cores / G) on this machine
+        slots = local_slots(spec)
+        results = []
+        for i in range(0, len(plans), len(slots)):
+            wave = plans[i:i + len(slots)]
+            jobs = submit(wave, spec, site, visible_gpus=slots[:len(wave)])
+            status(wave, jobs)
+            results += wait_for(jobs, what="train_experts")
+    else:
+        jobs = submit(plans, spec, site)
+        status(plans, jobs)
+        if args.no_wait and args.run == "slurm":
+            print("submitted; rerun the same command to resume after a failure")
+            return 0
+        results = wait_for(jobs, what="train_experts")
     for p, r in zip(plans, results):
         vl = r.get("valid_loss") if isinstance(r, dict) else None
         print(f"cluster {p.cluster}: {r.get('status')} at step {r.get('step')}"

@@ -112,20 +112,49 @@ def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Pat
                     num_clusters=num_clusters, workers=workers, allow_unassigned=allow_unassigned).manifest
 
 
-def submit(plans: list[ExpertPlan], spec: LaunchSpec, site=None) -> list:
-    """One job per expert, submitted as one array; every job has num_nodes x num_gpus tasks."""
+def local_slots(spec: LaunchSpec) -> list[tuple[int, ...] | None]:
+    """How many experts a `--run local` machine trains at once, and on which GPUs.
+
+    submitit's LocalExecutor gives every job GPUs 0..G-1, so concurrent experts would share GPUs; instead
+    each concurrent job gets its own `visible_gpus`, and experts beyond the free slots wait for the next
+    wave. On CPU, one expert per G cores at a time."""
+    if spec.device == "cuda":
+        import torch
+
+        n = torch.cuda.device_count()
+        if n < spec.num_gpus:
+            raise UsageError(f"--num-gpus {spec.num_gpus} but this machine has {n} GPU(s)")
+        return [tuple(range(i * spec.num_gpus, (i + 1) * spec.num_gpus)) for i in range(n // spec.num_gpus)]
+    return [None] * max(1, (os.cpu_count() or 1) // spec.num_gpus)
+
+
+def _executor(plans: list[ExpertPlan], spec: LaunchSpec, site=None):
     from xlbtm.launch.executor import make_executor
+
+    root = plans[0].run_dir.parent
+    return make_executor(spec.run, root / "logs", name=f"xlbtm-{plans[0].cfg.run_name}", nodes=spec.num_nodes,
+                       tasks_per_node=spec.num_gpus, gpus_per_node=spec.num_gpus if spec.device == "cuda" else 0,
+                       cpus_per_task=spec.cpus_per_task or 1, timeout_min=spec.timeout_min, mem_gb=spec.mem_gb,
+                         site=site)
+
+
+def submit(plans: list[ExpertPlan], spec: LaunchSpec, site=None, visible_gpus: tuple[int, ...] | None = None) -> list:
+    """One job per expert, submitted as one array; every job has num_nodes x num_gpus tasks."""
     from xlbtm.train.job import ExpertJob
 
     if not plans:
         return []
-    root = plans[0].run_dir.parent
-    ex = make_executor(spec.run, root / "logs", name=f"xlbtm-{plans[0].cfg.run_name}", nodes=spec.num_nodes,
-                       tasks_per_node=spec.num_gpus, gpus_per_node=spec.num_gpus if spec.device == "cuda" else 0,
-                       cpus_per_task=spec.cpus_per_task or 1, timeout_min=spec.timeout_min, mem_gb=spec.mem_gb,
-                       site=site)
     if spec.run == "debug" and spec.num_nodes * spec.num_gpus > 1:
         raise UsageError("--run debug runs in this process: use --num-nodes 1 --num-gpus 1")
+    if visible_gpus is not None:  # one job per GPU set (local waves)
+        jobs = []
+        for p, gpus in zip(plans, visible_gpus):
+            ex = _executor(plans, spec, site)
+            if gpus is not None:
+                ex.update_parameters(visible_gpus=list(gpus))
+            jobs.append(ex.submit(ExpertJob(p.cfg.to_dict())))
+        return jobs
+    ex = _executor(plans, spec, site)
     with ex.batch():
         jobs = [ex.submit(ExpertJob(p.cfg.to_dict())) for p in plans]
     return jobs
