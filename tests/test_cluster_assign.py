@@ -1,0 +1,173 @@
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from xlbtm.cluster import assign as assign_mod
+from xlbtm.cluster.artifact import load_clusterer
+from xlbtm.cluster.files import iter_assignments, read_manifest
+from xlbtm.errors import InputError, UsageError
+
+
+def _write(path, docs):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The demo corpus re-split into 6 small train files (3 shards) + valid."""
+    from xlbtm.demo_corpus import write_demo_corpus
+
+    src = tmp_path_factory.mktemp("src")
+    write_demo_corpus(src, n_train=240, n_valid=30, seed=1)
+    docs = [json.loads(l) for p in sorted((src / "train").rglob("*.jsonl")) for l in p.read_text().splitlines()]
+    root = tmp_path_factory.mktemp("data")
+    for i in range(6):
+        _write(root / "train" / f"{i // 2:05d}" / f"part{i % 2}.jsonl", docs[i::6])
+    shutil.copytree(src / "valid", root / "valid")
+    return root
+
+
+@pytest.fixture(scope="module")
+def clusterer(corpus, tmp_path_factory):
+    from xlbtm.cluster.train import train_tfidf_clusterer
+
+    out = tmp_path_factory.mktemp("c") / "clusterer"
+    c, _ = train_tfidf_clusterer(corpus / "train", 4, out, balanced=True, featurizer="word", max_docs=200, seed=0)
+    return out
+
+
+def test_artifact_roundtrip_without_pickle(clusterer, corpus, monkeypatch):
+    def no_pickle(*a, **k):
+        raise AssertionError("pickle used while loading an artifact")
+
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    c = load_clusterer(clusterer)
+    assert c.kind == "tfidf" and c.num_clusters == 4 and c.featurizer_kind == "word"
+    assert {p.name for p in clusterer.iterdir()} == {"clusterer.json", "arrays.safetensors", "vocab.json"}
+    meta = json.loads((clusterer / "clusterer.json").read_text())
+    assert meta["balanced"] is True and meta["fit"]["num_docs"] == 200
+    assert max(meta["fit"]["sizes"]) - min(meta["fit"]["sizes"]) <= 1
+    texts = [json.loads(l)["text"] for l in (corpus / "valid" / "demo.jsonl").read_text().splitlines()]
+    p1 = c.predict(texts)
+    p2 = load_clusterer(clusterer).predict(texts)
+    np.testing.assert_array_equal(p1, p2)
+    feats = c.transform(texts)
+    np.testing.assert_array_equal(p1, c.distances(feats).argmin(1))
+    np.testing.assert_allclose(feats, c.featurize_token_ids(c.featurizer.encode(texts)), atol=1e-6)
+    assert c.projection.shape == (c.idf.shape[0], c.centroids.shape[1])
+    pb = c.predict_balanced(texts)
+    assert np.bincount(pb, minlength=4).max() - np.bincount(pb, minlength=4).min() <= 1
+    assert len(c.top_terms(5)) == 4
+
+
+def test_artifact_tampering_is_detected(clusterer, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(clusterer, bad)
+    meta = json.loads((bad / "clusterer.json").read_text())
+    meta["num_clusters"] = 5
+    (bad / "clusterer.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="fingerprint does not match"):
+        load_clusterer(bad)
+    shutil.rmtree(bad)
+    shutil.copytree(clusterer, bad)
+    with open(bad / "arrays.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(InputError, match="modified or is corrupt"):
+        load_clusterer(bad)
+    with pytest.raises(InputError, match="not a clusterer directory"):
+        load_clusterer(tmp_path)
+
+
+def test_assignment_resumes_after_a_crash_with_identical_outputs(corpus, clusterer, tmp_path, monkeypatch):
+    ref = tmp_path / "ref"
+    m = assign_mod.assign_corpus(corpus, clusterer, ref, "train", run="local", workers=1, num_clusters=4)
+    assert m["num_clusters"] == 4 and m["fingerprint"] == load_clusterer(clusterer).fingerprint
+    assert sum(m["splits"]["train"]["documents"]) == 240 == sum(m["documents"])
+    assert sum(m["splits"]["train"]["chars"]) == sum(sum(v["chars"]) for v in m["splits"]["train"]["lang"].values())
+    pairs = list(iter_assignments(ref, "train"))
+    assert len(pairs) == 240 and pairs[0][0] == "train/00000/part0.jsonl|0"
+    assert len({sp for sp, _ in pairs}) == 240
+
+    # crash after 3 files (an exception mid-way through the 4th file's writing)
+    out = tmp_path / "out"
+    real = assign_mod.assign_file
+    calls = {"n": 0}
+
+    def crashing(c, job, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated kill")
+        return real(c, job, **kw)
+
+    monkeypatch.setattr(assign_mod, "assign_file", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        assign_mod.assign_corpus(corpus, clusterer, out, "train", run="local", workers=1)
+    done = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jsonl"))
+    assert len(done) == 3 and not (out / "manifest.json").exists()
+    # a partial file left by a hard kill (temp name) and a stale finished file for a changed input
+    (out / "train/00001/.part1.jsonl.abc123.tmp").write_text('{"sp_id": "x|0", "cluster": 0}\n')
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")}
+
+    calls["n"] = -100
+    m2 = assign_mod.assign_corpus(corpus, clusterer, out, "train", run="local", workers=1)
+    assert calls["n"] == -100 + 3  # only the 3 unfinished files were redone
+    for p, t in mtimes.items():
+        assert p.stat().st_mtime_ns == t  # finished files untouched
+    assert not list(out.rglob("*.tmp"))
+    for p in ref.rglob("*.jsonl"):
+        assert (out / p.relative_to(ref)).read_bytes() == p.read_bytes()
+    assert m2["splits"] == m["splits"] | {}  # same counts
+    assert m2["splits"]["train"]["files"] == m["splits"]["train"]["files"]
+
+    # valid split into the same dir keeps train in the manifest
+    assign_mod.assign_corpus(corpus, clusterer, out, "valid", run="local", workers=1)
+    man = read_manifest(out)
+    assert set(man["splits"]) == {"train", "valid"}
+    assert sum(man["documents"]) == 240 + 30
+
+
+def test_local_process_pool_matches_in_process(corpus, clusterer, tmp_path):
+    a = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "a", "train", run="local", workers=2)
+    b = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "b", "train", run="local", workers=1)
+    assert a["splits"] == b["splits"]
+    assert list(iter_assignments(tmp_path / "a", "train")) == list(iter_assignments(tmp_path / "b", "train"))
+
+
+def test_assignment_bad_inputs(corpus, clusterer, tmp_path):
+    with pytest.raises(UsageError, match="--num-clusters 3 disagrees"):
+        assign_mod.assign_corpus(corpus, clusterer, tmp_path / "o", "train", num_clusters=3)
+    with pytest.raises(InputError, match="not a clusterer directory"):
+        assign_mod.assign_corpus(corpus, tmp_path, tmp_path / "o", "train")
+    with pytest.raises(InputError, match="directory not found"):
+        assign_mod.assign_corpus(corpus, clusterer, tmp_path / "o", "test")
+    bad = tmp_path / "bad"
+    _write(bad / "train" / "0" / "x.jsonl", [{"text": "fine"}])
+    with open(bad / "train" / "0" / "x.jsonl", "a") as f:
+        f.write('{"no_text": 1}\n')
+    with pytest.raises(InputError, match=r"x.jsonl:2: missing required field 'text'"):
+        assign_mod.assign_corpus(bad, clusterer, tmp_path / "o2", "train", workers=1)
+    assert not (tmp_path / "o2" / "train" / "0" / "x.jsonl").exists()  # nothing half-written
+    m = assign_mod.assign_corpus(bad, clusterer, tmp_path / "o3", "train", workers=1, skip_bad_lines=True)
+    assert m["splits"]["train"]["skipped_lines"] == 1 and sum(m["documents"]) == 1
+
+
+def test_typological_assignment_uses_lang(tmp_path):
+    from xlbtm.cluster.train import train_typological_clusterer
+
+    data = tmp_path / "d"
+    _write(data / "train" / "0" / "a.jsonl", [{"text": "a", "lang": "en"}, {"text": "b", "lang": "ru"},
+                                              {"text": "c", "lang": "uk"}, {"text": "d", "lang": "de"}])
+    c = train_typological_clusterer(["en", "de", "ru", "uk"], 2, tmp_path / "t", mode="xelm")
+    m = assign_mod.assign_corpus(data, tmp_path / "t", tmp_path / "o", "train", workers=1)
+    got = dict(iter_assignments(tmp_path / "o", "train"))
+    assert got["train/0/a.jsonl|1"] == got["train/0/a.jsonl|2"] == c.lang_to_cluster["ru"]
+    assert m["splits"]["train"]["lang"]["en"]["documents"][c.lang_to_cluster["en"]] == 1
+    _write(data / "train" / "0" / "a.jsonl", [{"text": "a", "lang": "en"}, {"text": "b"}])
+    with pytest.raises(InputError, match=r"a.jsonl:2: document train/0/a.jsonl\|1 has no 'lang'"):
+        assign_mod.assign_corpus(data, tmp_path / "t", tmp_path / "o", "train", workers=1)
