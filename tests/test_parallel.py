@@ -55,8 +55,9 @@ def test_tp2_matches_single_process(data_bin, reference, tmp_path):
 
 
 def test_update_freq_matches_bigger_batch(data_bin, reference, tmp_path):
+    """dp 2 x batch 1 x update-freq 2 (gradient sync skipped on the first micro-batch) == batch 4."""
     run = tmp_path / "uf2"
-    launch(1, base_cfg(run, data_bin, batch_size=2, update_freq=2))
+    launch(2, base_cfg(run, data_bin, batch_size=1, update_freq=2))
     _assert_same_run(run, reference)
 
 

@@ -195,6 +195,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
     ckpt = latest_checkpoint(run_dir)
     info_args = read_expert_info(run_dir).model_args if ckpt is not None else None
     model, args, full_sd = _build_model(cfg, ckpt is not None, info_args, tok, rank, world, device)
+    if cfg.tokens_per_sample > args.max_positions:
+        raise UsageError(f"--tokens-per-sample {cfg.tokens_per_sample} exceeds the model's max_positions "
+                         f"({args.max_positions})")
+    if ckpt is not None and read_expert_info(run_dir).tokenizer_fingerprint != tok.fingerprint:
+        raise InputError(f"this run was started with another tokenizer than {tok.path}; resume it with the same "
+                         f"--tokenizer or use a new --serialization-dir", run_dir / "expert.json")
     if args.vocab_size < tok.vocab_size:
         raise InputError(f"model vocabulary ({args.vocab_size}) is smaller than the tokenizer's ({tok.vocab_size})",
                          cfg.seed_model)
@@ -299,7 +305,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
         dist.all_reduce(ntok, group=dp_group)
         denom = float(ntok.item()) / dims.dp  # FSDP averages gradients over dp
         step_loss = 0.0
-        for x, y in micro:
+        for m, (x, y) in enumerate(micro):
+            # accumulate locally; reduce-scatter gradients only after the last micro-batch
+            model.set_requires_gradient_sync(m == len(micro) - 1)
             loss, _ = _forward_loss(model, x.to(device), y.to(device), tok.pad_id)
             (loss / denom).backward()
             step_loss += loss.item()
