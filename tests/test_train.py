@@ -290,6 +290,7 @@ def test_train_experts_slurm_two_experts_two_tasks(demo, tmp_path, slurm_cluster
     assert main(_slurm_argv(demo, ser, "--max-steps", "4", "--save-interval-updates", "2",
                             "--validate-interval-updates", "4")) == 0
     out = capsys.readouterr().out
+    assert "binarize: job" in out  # tokenizing runs as a SLURM job, not on the submitting node
     assert out.count("completed at step 4") == 2
     dirs = find_expert_dirs(ser)
     assert [read_expert_info(d).cluster for d in dirs] == [0, 1]

@@ -48,7 +48,8 @@ def build_parser():
     g.add_argument("--run-name", default=None, help="default: --data-name or 'run'")
     g.add_argument("--binarized-dir", default=None,
                    help="binarized data (default <serialization-dir>/<K>_clusters/data-bin/<data-name>.<tok hash>)")
-    g.add_argument("--binarize-workers", type=int, default=min(8, os.cpu_count() or 1))
+    g.add_argument("--binarize-workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="tokenizer processes; with --run slurm binarization is one job with this many CPUs (+1)")
     g.add_argument("--allow-unassigned", action="store_true",
                    help="drop documents without a cluster instead of stopping with an error")
 
@@ -176,7 +177,9 @@ def main(argv=None):
         return 0
 
     splits = [args.train_subset] + ([args.valid_subset] if args.valid_subset else [])
-    ensure_binarized(data_dir, bin_dir, tok, clusters_dir, K, splits, args.binarize_workers, args.allow_unassigned)
+    ensure_binarized(data_dir, bin_dir, tok, clusters_dir, K, splits, args.binarize_workers, args.allow_unassigned,
+                     clusterer_fp=clusterer_fp, run=args.run, site=site,
+                     job_dir=experts_root(args.serialization_dir, K) / "logs")
     from xlbtm.launch.wait import wait_for
 
     def status(ps, js):

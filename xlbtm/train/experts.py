@@ -104,12 +104,53 @@ def binarized_dir_for(serialization_dir, num_clusters: int, data_name: str | Non
     return experts_root(serialization_dir, num_clusters) / "data-bin" / f"{data_name or 'data'}.{tok_fingerprint[:12]}"
 
 
-def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Path | None, num_clusters: int,
-                     splits: list[str], workers: int, allow_unassigned: bool) -> dict:
-    from xlbtm.data.binarize import binarize
+def binarized_done(out_dir: Path, splits: list[str], tok_fingerprint: str, clusterer_fp: str | None) -> bool:
+    """True when every split is already binarized with this tokenizer and clusterer (nothing to do)."""
+    import json
 
-    return binarize(data_dir, out_dir, tokenizer, splits=splits, clusters_dir=clusters_dir,
+    for split in splits:
+        done = Path(out_dir) / split / "done.json"
+        if not done.is_file():
+            return False
+        d = json.loads(done.read_text())
+        if d.get("tokenizer_fingerprint") != tok_fingerprint or d.get("clusterer_fingerprint") != clusterer_fp:
+            return False
+    return (Path(out_dir) / "manifest.json").is_file()
+
+
+def binarize_from_paths(data_dir: str, out_dir: str, tokenizer_path: str, clusters_dir: str | None,
+                        num_clusters: int, splits: list[str], workers: int, allow_unassigned: bool) -> dict:
+    """Picklable entry point (paths only) so binarization can run as its own job."""
+    from xlbtm.cli import setup_logging
+    from xlbtm.data.binarize import binarize
+    from xlbtm.tokenizer import load_tokenizer
+
+    setup_logging("binarize")
+    return binarize(data_dir, out_dir, load_tokenizer(tokenizer_path), splits=splits, clusters_dir=clusters_dir,
                     num_clusters=num_clusters, workers=workers, allow_unassigned=allow_unassigned).manifest
+
+
+def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Path | None, num_clusters: int,
+                     splits: list[str], workers: int, allow_unassigned: bool, *, clusterer_fp: str | None = None,
+                     run: str = "local", site=None, job_dir: Path | None = None) -> None:
+    """Binarize what is missing: in this process (local/debug), or as one SLURM job with `workers` CPUs
+    (`--run slurm`: tokenizing a corpus is no work for a login node)."""
+    if binarized_done(out_dir, splits, tokenizer.fingerprint, clusterer_fp):
+        log.info(f"binarized data up to date: {out_dir}")
+        return
+    call = (str(data_dir), str(out_dir), str(tokenizer.path), None if clusters_dir is None else str(clusters_dir),
+            num_clusters, splits, workers, allow_unassigned)
+    if run != "slurm":
+        binarize_from_paths(*call)
+        return
+    from xlbtm.launch.executor import make_executor
+    from xlbtm.launch.wait import wait_for
+
+    ex = make_executor("slurm", job_dir or out_dir / "logs", name="xlbtm-binarize", cpus_per_task=max(1, workers + 1),
+                       timeout_min=24 * 60, site=site)
+    job = ex.submit(binarize_from_paths, *call)
+    print(f"binarize: job {job.job_id}; logs {job.paths.stdout} / {job.paths.stderr}", flush=True)
+    wait_for([job], what="binarize")
 
 
 def local_slots(spec: LaunchSpec) -> list[tuple[int, ...] | None]:
