@@ -48,6 +48,7 @@ def test_fsdp_dp2_matches_single_process(data_bin, reference, tmp_path):
     _assert_same_run(run, reference)
 
 
+@pytest.mark.slow  # ~10 s idle, ~27 s on a loaded 2-core machine (TP on gloo is many small collectives)
 def test_tp2_matches_single_process(data_bin, reference, tmp_path):
     run = tmp_path / "tp2"
     launch(2, base_cfg(run, data_bin, tensor_parallel_size=2))
@@ -68,6 +69,7 @@ def test_fsdp_x_tp_4_processes_matches_single_process(data_bin, reference, tmp_p
     _assert_same_run(run, reference)
 
 
+@pytest.mark.slow  # two launches
 def test_checkpoint_from_dp2_resumes_at_dp1(data_bin, reference, tmp_path):
     from xlbtm.parallel.checkpoint import latest_checkpoint, read_train_state
 

@@ -96,6 +96,7 @@ def uninterrupted(demo, tmp_path_factory):
     return run
 
 
+@pytest.mark.slow  # three launches (reference, killed, rerun)
 def test_sigkill_then_rerun_equals_uninterrupted_run(demo, uninterrupted, tmp_path):
     from xlbtm.parallel.checkpoint import latest_checkpoint
 
