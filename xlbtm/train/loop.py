@@ -148,6 +148,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
     from xlbtm.train.expert_dir import ExpertInfo, read_expert_info, write_expert_info
     from xlbtm.train.metrics import MetricLogger, mfu, peak_flops
     from xlbtm.train.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
+
     dims = ParallelDims.from_world(world, cfg.tensor_parallel_size)
     mesh = build_mesh(dims, device.type)
     dp_rank = mesh["dp"].get_local_rank()
@@ -195,6 +196,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
     ckpt = latest_checkpoint(run_dir)
     info_args = read_expert_info(run_dir).model_args if ckpt is not None else None
     model, args, full_sd = _build_model(cfg, ckpt is not None, info_args, tok, rank, world, device)
+    want = {"clm": "xglm", "mlm": "xlmr"}[cfg.objective]
+    if args.arch != want:
+        raise UsageError(f"--objective {cfg.objective} needs a {want} model, but the seed {cfg.seed_model} is "
+                         f"{args.arch}")
     if cfg.tokens_per_sample > args.max_positions:
         raise UsageError(f"--tokens-per-sample {cfg.tokens_per_sample} exceeds the model's max_positions "
                          f"({args.max_positions})")
