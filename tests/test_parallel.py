@@ -130,3 +130,17 @@ def test_mlm_dp2_matches_single_process(data_bin, tmp_path):
     launch(1, base_cfg(ref, data_bin, seed_model="debug-xlmr", objective="mlm"))
     launch(2, base_cfg(run, data_bin, seed_model="debug-xlmr", objective="mlm", batch_size=2))
     _assert_same_run(run, ref)
+
+
+def test_activation_checkpointing_with_fsdp_dp2_matches(data_bin, reference, tmp_path):
+    """AC recomputes each block in backward: FSDP must have re-gathered its (resharded) weights by then."""
+    run = tmp_path / "ac"
+    launch(2, base_cfg(run, data_bin, batch_size=2, activation_checkpointing=True))
+    _assert_same_run(run, reference)
+
+
+@pytest.mark.slow
+def test_compile_matches_eager(data_bin, reference, tmp_path):
+    run = tmp_path / "compiled"
+    launch(1, base_cfg(run, data_bin, compile=True))
+    _assert_same_run(run, reference, atol=5e-4)
