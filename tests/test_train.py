@@ -115,6 +115,11 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(demo, uninterrupted, tmp_pa
     wa, wb = final_weights(run), final_weights(uninterrupted)
     for k in wb:
         torch.testing.assert_close(wa[k], wb[k], atol=0, rtol=0, msg=k)  # bitwise: deterministic on CPU
+    from xlbtm.train.metrics import read_train_log
+
+    log = read_train_log(run)
+    assert [r["step"] for r in log if r["kind"] == "train"] == list(range(1, 31))  # killed run's extra steps dropped
+    assert train_losses(run) == train_losses(uninterrupted)
 
 
 def test_sigusr1_saves_and_exits_resumably(demo, uninterrupted, tmp_path):

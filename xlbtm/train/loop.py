@@ -279,6 +279,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
         return float(total[0] / max(total[1], 1))
 
     if ckpt is not None:
+        logger.truncate_after(step)
         logger.log({"kind": "resume", "step": step, "position": position, "checkpoint": ckpt.name,
                     "dp": dims.dp, "tp": dims.tp}, echo=False)
 

@@ -69,6 +69,18 @@ class MetricLogger:
                 if isinstance(v, (int, float)) and k != "step":
                     self.tb.add_scalar(f"{prefix}/{k}", v, step)
 
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records of steps after the checkpoint (a killed run logged them, the rerun will
+        log them again), so the log reads like one uninterrupted run; a torn last line is dropped too."""
+        if not self.enabled or not self.path.is_file():
+            return
+        from xlbtm.io import atomic_open
+
+        keep = [r for r in read_train_log(self.path.parent) if r.get("step", 0) <= step]
+        with atomic_open(self.path) as f:
+            for r in keep:
+                f.write(json.dumps(r) + "\n")
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -78,4 +90,10 @@ def read_train_log(run_dir: str | os.PathLike) -> list[dict]:
     p = Path(run_dir) / "train_log.jsonl"
     if not p.is_file():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    out = []
+    for line in p.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:  # a line torn by a kill mid-write
+            continue
+    return out
