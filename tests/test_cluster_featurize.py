@@ -104,8 +104,9 @@ def test_word_stop_words_per_language():
     for i in range(10):  # language yy has too few documents to learn stop words from
         texts.append("blip " + " ".join(f"v{rng.integers(30)}y" for _ in range(8)))
         langs.append("yy")
-    f = WordFeaturizer(min_df=1).fit(texts, langs)
+    f = WordFeaturizer(min_df=1, lang_stop_df=0.9).fit(texts, langs)
     assert "zork" in f.stop_words and "zork" not in f.vocab
     assert "blip" in f.vocab and "and" not in f.vocab and "42" not in f.vocab
-    g = WordFeaturizer(min_df=1).fit(texts, None)  # without langs: only English + numbers
+    g = WordFeaturizer(min_df=1, lang_stop_df=0.9).fit(texts, None)  # without langs: only English + numbers
     assert "zork" in g.vocab
+    assert "zork" in WordFeaturizer(min_df=1).fit(texts, langs).vocab  # learned stop words are opt-in
