@@ -171,3 +171,24 @@ def test_typological_assignment_uses_lang(tmp_path):
     _write(data / "train" / "0" / "a.jsonl", [{"text": "a", "lang": "en"}, {"text": "b"}])
     with pytest.raises(InputError, match=r"a.jsonl:2: document train/0/a.jsonl\|1 has no 'lang'"):
         assign_mod.assign_corpus(data, tmp_path / "t", tmp_path / "o", "train", workers=1)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_slurm_job_arrays_match_local_and_report_failures(corpus, clusterer, tmp_path, slurm_cluster):
+    from xlbtm.launch import JobFailedError
+
+    ref = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "local", "train", run="local", workers=1)
+    m = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "slurm", "train", run="slurm",
+                                 job_dir=tmp_path / "jobs", max_array_tasks=3)  # 6 files -> 3 tasks x 2 files
+    assert m["splits"] == ref["splits"]
+    assert list(iter_assignments(tmp_path / "slurm", "train")) == list(iter_assignments(tmp_path / "local", "train"))
+    # a bad line fails its array task; the error names the job and its log
+    bad = tmp_path / "bad"
+    _write(bad / "train" / "0" / "x.jsonl", [{"text": "fine"}])
+    with open(bad / "train" / "0" / "x.jsonl", "a") as f:
+        f.write("{broken\n")
+    with pytest.raises(JobFailedError) as e:
+        assign_mod.assign_corpus(bad, clusterer, tmp_path / "o", "train", run="slurm", job_dir=tmp_path / "jobs2")
+    msg = str(e.value)
+    assert "x.jsonl:2" in msg and str(tmp_path / "jobs2") in msg
