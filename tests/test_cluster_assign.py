@@ -192,3 +192,25 @@ def test_slurm_job_arrays_match_local_and_report_failures(corpus, clusterer, tmp
         assign_mod.assign_corpus(bad, clusterer, tmp_path / "o", "train", run="slurm", job_dir=tmp_path / "jobs2")
     msg = str(e.value)
     assert "x.jsonl:2" in msg and str(tmp_path / "jobs2") in msg
+
+
+def test_assignment_memory_is_flat_in_corpus_size(clusterer, tmp_path):
+    import tracemalloc
+
+    c = load_clusterer(clusterer)
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+
+    def peak(n):
+        p = tmp_path / f"in{n}" / "train" / "0" / "a.jsonl"
+        _write(p, [{"text": " ".join(rng.choice(words, 80)), "lang": "en"} for _ in range(n)])
+        job = assign_mod.FileJob(str(p), "train/0/a.jsonl", str(tmp_path / f"out{n}.jsonl"),
+                                 assign_mod.input_signature(p))
+        tracemalloc.start()
+        assign_mod.assign_file(c, job, batch_size=64)
+        _, pk = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        return pk
+
+    small, big = peak(300), peak(3000)
+    assert big < 1.5 * small, (small, big)
