@@ -110,3 +110,25 @@ def test_word_stop_words_per_language():
     g = WordFeaturizer(min_df=1, lang_stop_df=0.9).fit(texts, None)  # without langs: only English + numbers
     assert "zork" in g.vocab
     assert "zork" in WordFeaturizer(min_df=1).fit(texts, langs).vocab  # learned stop words are opt-in
+
+
+def test_subword_clusterer_artifact_carries_tokenizer_and_router_arrays(demo, sp_tokenizer, tmp_path):
+    from xlbtm.cluster.artifact import load_clusterer
+    from xlbtm.cluster.train import train_tfidf_clusterer
+    from xlbtm.errors import InputError
+    from xlbtm.tokenizer import load_tokenizer, train_sentencepiece
+
+    d, s = demo
+    c, _ = train_tfidf_clusterer(d / "train", 3, tmp_path / "c", featurizer="subword", tokenizer=sp_tokenizer.path,
+                                 max_docs=120, seed=0)
+    c2 = load_clusterer(tmp_path / "c")  # tokenizer comes from the artifact's own copy
+    assert c2.featurizer_kind == "subword" and c2.tokenizer_fingerprint == sp_tokenizer.fingerprint
+    assert c2.tokenizer.fingerprint == sp_tokenizer.fingerprint
+    np.testing.assert_array_equal(c.predict(s.texts[:40]), c2.predict(s.texts[:40]))
+    # what the router needs: features from token ids == features from text
+    ids = sp_tokenizer.encode_batch(s.texts[:10])
+    np.testing.assert_allclose(c2.featurize_token_ids(ids), c2.transform(s.texts[:10]), atol=1e-4)
+    assert c2.idf.shape == (sp_tokenizer.vocab_size,) and c2.components.shape[1] == sp_tokenizer.vocab_size
+    other = load_tokenizer(train_sentencepiece(s.texts[:100], tmp_path / "other", vocab_size=300, seed=1))
+    with pytest.raises(InputError, match="does not match"):
+        load_clusterer(tmp_path / "c", tokenizer=other)

@@ -217,8 +217,12 @@ def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.
             write_json(tmp / VOCAB, vocab, indent=0)
             files[VOCAB] = sha256_file(tmp / VOCAB)
         if tokenizer_dir is not None:
-            shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR,
-                            ignore=shutil.ignore_patterns(".*", "__pycache__"))
+            if Path(tokenizer_dir).is_file():  # a bare sentencepiece model file
+                (tmp / TOKENIZER_DIR).mkdir()
+                shutil.copy2(tokenizer_dir, tmp / TOKENIZER_DIR / Path(tokenizer_dir).name)
+            else:
+                shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR,
+                                ignore=shutil.ignore_patterns(".*", "__pycache__"))
         meta = {"format": FORMAT, **meta, "files": files}
         meta["fingerprint"] = _fingerprint(meta)
         write_json(tmp / META, meta)
