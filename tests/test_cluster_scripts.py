@@ -78,3 +78,20 @@ def test_cluster_cli_errors(tmp_path, capsys):
                         ["--data-dir", str(tmp_path), "--path-to-clusterer", str(tmp_path / "none"),
                          "--output-prefix", str(tmp_path / "o"), "--split", "train", "--run", "local"]) == 2
     assert "not a clusterer directory" in capsys.readouterr().err
+
+
+def test_tiny_corpus_n_equals_k(tmp_path):
+    """c-BTM needs ~50k documents; any N >= K works here."""
+    from xlbtm.cluster.artifact import load_clusterer
+
+    p = tmp_path / "d" / "train" / "0" / "a.jsonl"
+    p.parent.mkdir(parents=True)
+    p.write_text("".join(json.dumps({"text": t}) + "\n" for t in
+                         ["alpha beta gamma alpha", "delta epsilon zeta delta", "eta theta iota eta"]))
+    rc = main_wrapper("train_clusterer", train_clusterer.main,
+                      ["--data-dir", str(tmp_path / "d"), "--num-clusters", "3", "--balanced", "--featurizer", "word",
+                       "--output-dir", str(tmp_path / "c")])
+    assert rc == 0
+    c = load_clusterer(tmp_path / "c")
+    assert c.meta["fit"]["sizes"] == [1, 1, 1] and c.lsa.dim == 2  # SVD rank <= N - 1
+    assert c.predict(["alpha beta"]).shape == (1,)

@@ -401,7 +401,14 @@ class WordFeaturizer:
                 ldf = np.diff(counts[rows].tocsc().indptr)
                 stop |= ldf > self.lang_stop_df * rows.size
         self.stop_words = sorted(w for w, s_ in zip(words, stop) if s_)
-        ok = np.nonzero(~stop & (df >= self.min_df))[0]
+        # min_df drops one-off terms (typos, ids) from large samples; tiny samples keep every term
+        min_df = self.min_df if len(texts) >= 1000 else 1
+        ok = np.nonzero(~stop & (df >= min_df))[0]
+        if ok.size < 2:
+            from xlbtm.errors import UsageError
+
+            raise UsageError(f"the {len(texts)} sampled documents have {ok.size} usable word(s) after stop words; "
+                             f"TF-IDF + SVD needs at least 2 (more documents, or --featurizer subword)")
         freq = np.asarray(counts.sum(0)).ravel()
         ok = ok[np.argsort(-freq[ok], kind="stable")][: self.max_vocab]
         ok = np.sort(ok)  # deterministic id order: by hash
