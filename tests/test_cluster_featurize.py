@@ -132,3 +132,18 @@ def test_subword_clusterer_artifact_carries_tokenizer_and_router_arrays(demo, sp
     other = load_tokenizer(train_sentencepiece(s.texts[:100], tmp_path / "other", vocab_size=300, seed=1))
     with pytest.raises(InputError, match="does not match"):
         load_clusterer(tmp_path / "c", tokenizer=other)
+
+
+def test_chunked_fit_and_transform_equal_single_chunk(demo, monkeypatch):
+    import xlbtm.cluster.featurize as fz
+
+    _, s = demo
+    texts, langs = s.texts[:150], s.langs[:150]
+    a = WordFeaturizer(min_df=1).fit(texts, langs, seed=0)
+    xa = a.transform(texts)
+    monkeypatch.setattr(fz, "CHUNK", 7)
+    b = WordFeaturizer(min_df=1).fit(texts, langs, seed=0)
+    assert a.vocab == b.vocab
+    np.testing.assert_allclose(a.lsa.idf, b.lsa.idf, rtol=1e-6)
+    np.testing.assert_allclose(np.abs(a.lsa.components), np.abs(b.lsa.components), atol=1e-4)
+    np.testing.assert_allclose(a.transform(texts), xa, atol=1e-6)  # transform itself chunked at 7

@@ -101,6 +101,15 @@ class Lsa:
         return z.numpy()
 
 
+CHUNK = 1024  # documents per featurization chunk: bounds memory whatever the number of texts
+
+
+def _chunks(texts: Sequence[str], n: int | None = None):
+    n = n or CHUNK
+    for i in range(0, len(texts), n):
+        yield texts[i:i + n]
+
+
 def count_matrix(ids: Sequence[Sequence[int]], vocab_size: int):
     """Raw term counts [n, V] as scipy CSR."""
     import scipy.sparse as sp
@@ -206,12 +215,16 @@ class SubwordFeaturizer:
 
     def fit(self, texts: Sequence[str], langs: Sequence[str | None] | None = None, *, seed: int = 0,
             n_components: int = SVD_DIM) -> "SubwordFeaturizer":
-        ids = self.encode(texts)
-        self.lsa = fit_lsa(count_matrix(ids, self.tokenizer.vocab_size), n_components, seed)
+        import scipy.sparse as sp
+
+        v = self.tokenizer.vocab_size
+        counts = sp.vstack([count_matrix(self.encode(c), v) for c in _chunks(texts)]).tocsr()
+        self.lsa = fit_lsa(counts, n_components, seed)
         return self
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        return self.lsa.featurize_flat(*self.encode_flat(texts))
+        parts = [self.lsa.featurize_flat(*self.encode_flat(c)) for c in _chunks(texts)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.lsa.dim), dtype=np.float32)
 
     def term(self, i: int) -> str:
         return self.tokenizer.id_to_token(int(i)) or f"<{i}>"
@@ -385,11 +398,26 @@ class WordFeaturizer:
             n_components: int = SVD_DIM) -> "WordFeaturizer":
         import scipy.sparse as sp
 
-        h, doc, starts, lens, joined = word_tokens(texts)
-        uniq, first, inv = np.unique(h, return_index=True, return_inverse=True)
-        words = [joined[s:s + n] for s, n in zip(starts[first].tolist(), lens[first].tolist())]
-        counts = sp.csr_matrix((np.ones(h.size), (doc, inv)), shape=(len(texts), uniq.size))
-        counts.sum_duplicates()
+        # per chunk: counts over the chunk's own terms; then one global term index (sorted hashes)
+        parts = []
+        for c in _chunks(texts):
+            h, doc, starts, lens, joined = word_tokens(c)
+            uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
+            m = sp.csr_matrix((np.ones(h.size, dtype=np.float32), (doc, inv)), shape=(len(c), uh.size))
+            m.sum_duplicates()
+            words_c = [joined[a:a + n] for a, n in zip(starts[first].tolist(), lens[first].tolist())]
+            parts.append((uh, m, words_c))
+        uniq = np.unique(np.concatenate([p[0] for p in parts])) if parts else np.zeros(0, np.uint64)
+        words: list[str | None] = [None] * uniq.size
+        blocks = []
+        for uh, m, words_c in parts:
+            gidx = np.searchsorted(uniq, uh)
+            for j, w in zip(gidx.tolist(), words_c):
+                if words[j] is None:
+                    words[j] = w
+            m = m.tocoo()
+            blocks.append(sp.csr_matrix((m.data, (m.row, gidx[m.col])), shape=(m.shape[0], uniq.size)))
+        counts = sp.vstack(blocks).tocsr()
         df = np.diff(counts.tocsc().indptr)
         stop = np.array([w in _english_stop_words() or w[:1].isdigit() for w in words], dtype=bool)
         if langs is not None and self.lang_stop_df < 1.0:
@@ -420,8 +448,8 @@ class WordFeaturizer:
         return self
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        ids, offsets = self._tok.encode_flat(texts)
-        return self.lsa.featurize_flat(ids, offsets)
+        parts = [self.lsa.featurize_flat(*self._tok.encode_flat(c)) for c in _chunks(texts)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.lsa.dim), dtype=np.float32)
 
     def term(self, i: int) -> str:
         return self.vocab[int(i)]
