@@ -25,7 +25,7 @@ def build_parser():
     p.add_argument("--split", required=True, help="train, valid or valid/<subset>")
     p.add_argument("--run", choices=["local", "slurm"], default="local",
                    help="local: process pool on this machine; slurm: submitit job arrays (waits for them)")
-    p.add_argument("--job-dir", default=None, help="submitit logs for --run slurm (default: O/jobs)")
+    p.add_argument("--job-dir", default=None, help="submitit logs for --run slurm; O/jobs when not given")
     add_skip_bad_lines_arg(p)
     return p
 

@@ -28,10 +28,11 @@ def build_parser():
     p.add_argument("--output-dir", required=True, help="clusterer directory to write (or to read with --eval)")
     p.add_argument("--featurizer", choices=["word", "subword"], default="subword",
                    help="subword: TF-IDF over the seed tokenizer's ids (needs --tokenizer); word: c-BTM-style words")
-    p.add_argument("--tokenizer", default=None, help="seed tokenizer dir (HF / sentencepiece) for --featurizer subword")
+    p.add_argument("--tokenizer", default=None, help="seed tokenizer dir (HF / sentencepiece) for --featurizer subword; with --typological: count "
+                        "tokens (not characters) per language for --typology-mode balanced")
     p.add_argument("--max-docs", type=int, default=None,
-                   help="fit on at most N documents drawn evenly across all files (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+                   help="fit on at most N documents drawn evenly across all files; all when not given")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling, SVD and k-means++ init")
     p.add_argument("--eval", action="store_true",
                    help="print cluster sizes, top terms and lang mix per cluster (after training; alone: for an "
                         "existing clusterer in --output-dir on --data-dir) and write eval.json")
