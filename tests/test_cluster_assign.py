@@ -214,3 +214,22 @@ def test_assignment_memory_is_flat_in_corpus_size(clusterer, tmp_path):
 
     small, big = peak(300), peak(3000)
     assert big < 1.5 * small, (small, big)
+
+
+def test_sample_documents_even_across_shards_and_deterministic(tmp_path):
+    from xlbtm.cluster.train import sample_documents
+
+    for s in range(3):
+        _write(tmp_path / "train" / str(s) / "a.jsonl", [{"text": f"s{s} d{i}", "lang": "en"} for i in range(100)])
+    a = sample_documents(tmp_path, 30, seed=1)
+    assert len(a.texts) == 30 == len(set(a.texts)) and a.total_docs == 300
+    per_shard = [sum(t.startswith(f"s{s} ") for t in a.texts) for s in range(3)]
+    assert min(per_shard) >= 3  # drawn from every shard, not the first files only
+    assert sample_documents(tmp_path, 30, seed=1).texts == a.texts
+    assert sample_documents(tmp_path, 30, seed=2).texts != a.texts
+    with open(tmp_path / "train" / "2" / "a.jsonl", "a") as f:
+        f.write("not json\n" * 200)
+    with pytest.raises(InputError, match=r"a.jsonl:\d+: malformed JSON"):
+        sample_documents(tmp_path, 250, seed=0)
+    b = sample_documents(tmp_path, 250, seed=0, skip_bad_lines=True)
+    assert 0 < len(b.texts) < 250

@@ -61,16 +61,36 @@ def sample_documents(data_dir: str | os.PathLike, max_docs: int | None, seed: in
     for i, p in enumerate(files):
         if chosen is not None and not chosen[i]:
             continue
-        want = None if chosen is None else chosen[i]
-        for doc in iter_file(p, p.as_posix(), skip_bad_lines=skip_bad_lines, stats=stats):
-            if want is not None and int(doc.sp_id.rpartition("|")[2]) not in want:
-                continue
+        if chosen is None:
+            docs = iter_file(p, p.as_posix(), skip_bad_lines=skip_bad_lines, stats=stats)
+        else:
+            docs = _chosen_lines(p, chosen[i], skip_bad_lines, stats)  # parse only the chosen lines
+        for doc in docs:
             texts.append(doc.text)
             langs.append(doc.lang)
     if stats.skipped:
         log.warning(f"skipped {stats.skipped} bad lines (first: {stats.examples[0]})")
     log.info(f"sampled {len(texts)} of {total} documents from {len(files)} files")
     return Sample(texts, langs, total)
+
+
+def _chosen_lines(path: Path, want: set[int], skip_bad_lines: bool, stats) -> Iterator:
+    from xlbtm.corpus import open_binary, parse_line
+
+    try:
+        with open_binary(path) as f:
+            for i, raw in enumerate(f):
+                if i not in want:
+                    continue
+                raw = raw.rstrip(b"\r\n")
+                try:
+                    yield parse_line(raw, str(path), i, f"{path.as_posix()}|{i}")
+                except InputError as e:
+                    if not skip_bad_lines:
+                        raise
+                    stats.record_skip(str(e))
+    except (OSError, EOFError) as e:
+        raise InputError(f"cannot read file: {e}", path) from None
 
 
 # ----------------------------------------------------------------------------------------------------- tfidf
