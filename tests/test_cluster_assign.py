@@ -233,3 +233,16 @@ def test_sample_documents_even_across_shards_and_deterministic(tmp_path):
         sample_documents(tmp_path, 250, seed=0)
     b = sample_documents(tmp_path, 250, seed=0, skip_bad_lines=True)
     assert 0 < len(b.texts) < 250
+
+
+def test_cluster_files_of_removed_inputs_are_removed(clusterer, tmp_path):
+    data = tmp_path / "d"
+    docs = [{"text": "alpha beta gamma"}, {"text": "delta epsilon"}]
+    _write(data / "train" / "0" / "a.jsonl", docs)
+    _write(data / "train" / "1" / "b.jsonl", docs)
+    out = tmp_path / "o"
+    assign_mod.assign_corpus(data, clusterer, out, "train", workers=1)
+    (data / "train" / "1" / "b.jsonl").unlink()
+    m = assign_mod.assign_corpus(data, clusterer, out, "train", workers=1)
+    assert not (out / "train" / "1" / "b.jsonl").exists() and sum(m["documents"]) == 2
+    assert [sp for sp, _ in iter_assignments(out, "train")] == ["train/0/a.jsonl|0", "train/0/a.jsonl|1"]

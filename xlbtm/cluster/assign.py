@@ -130,6 +130,28 @@ def _clean_stale_tmp(out: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def _remove_orphans(output_prefix: Path, split: str, jobs: Sequence[FileJob]) -> None:
+    """Cluster files we wrote earlier for input files that no longer exist would be read back as part of
+    the split: remove them (only ours, recognized by their sidecar); warn about foreign ones."""
+    from xlbtm.cluster.files import stats_path
+    from xlbtm.corpus import find_jsonl_files
+
+    d = output_prefix / split
+    if not d.is_dir():
+        return
+    wanted = {Path(j.out).resolve() for j in jobs}
+    for f in find_jsonl_files(d):
+        if f.resolve() in wanted:
+            continue
+        side = stats_path(f)
+        if side.is_file():
+            log.warning(f"removing {f}: its input file is no longer in the corpus")
+            f.unlink()
+            side.unlink()
+        else:
+            log.warning(f"{f} does not match any input file of split '{split}' and will be read with it")
+
+
 def plan(data_dir, output_prefix, split: str, fingerprint: str) -> tuple[list[FileJob], list[FileJob]]:
     """(all file jobs of the split, the ones still to do)."""
     from xlbtm.cluster.files import cluster_file_path
@@ -169,6 +191,7 @@ def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: s
              f"({clusterer.kind}, K={clusterer.num_clusters})")
     for j in todo:
         _clean_stale_tmp(Path(j.out))
+    _remove_orphans(output_prefix, split, jobs)
     if todo:
         if run == "local":
             _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines)
