@@ -37,7 +37,7 @@ import itertools
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -460,5 +460,3 @@ def top_terms(featurizer, centroids: np.ndarray, n: int = 10) -> list[list[str]]
     scores = centroids @ featurizer.lsa.components  # [k, V]
     return [[featurizer.term(j) for j in np.argsort(-row, kind="stable")[:n]] for row in scores]
 
-
-TextsToIds = Callable[[Sequence[str]], list]

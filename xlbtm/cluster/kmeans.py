@@ -50,15 +50,6 @@ def sq_distances(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return d.clamp_min_(0.0)
 
 
-def capacities(n: int, k: int) -> torch.Tensor:
-    """Sizes differing by at most 1: the first n % k clusters get one more (`balanced_assign` decides which
-    clusters actually get the extra point)."""
-    q, r = divmod(n, k)
-    cap = torch.full((k,), q, dtype=torch.long)
-    cap[:r] += 1
-    return cap
-
-
 # ------------------------------------------------------------------------------------------------ k-means++
 
 def kmeans_plusplus(x: torch.Tensor, k: int, gen: torch.Generator, n_local_trials: int | None = None) -> torch.Tensor:
