@@ -174,7 +174,7 @@ def _chunks(items: list, n: int) -> list[list]:
 def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: str = "local",
                   num_clusters: int | None = None, job_dir=None, workers: int | None = None,
                   max_array_tasks: int = 128, batch_size: int = 512, skip_bad_lines: bool = False,
-                  timeout_min: int = 240) -> dict:
+                  timeout_min: int = 240, site=None) -> dict:
     """Assign a split; returns the manifest (also written to `<output_prefix>/manifest.json`)."""
     from xlbtm.cluster.artifact import load_clusterer
 
@@ -197,7 +197,7 @@ def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: s
             _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines)
         else:
             _run_slurm(clusterer_path, todo, job_dir or output_prefix / "jobs", max_array_tasks, batch_size,
-                       skip_bad_lines, timeout_min)
+                       skip_bad_lines, timeout_min, site)
     return write_split_manifest(output_prefix, split, jobs, clusterer, data_dir)
 
 
@@ -221,12 +221,13 @@ def _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines) -> Non
             raise
 
 
-def _run_slurm(clusterer_path, todo, job_dir, max_array_tasks, batch_size, skip_bad_lines, timeout_min) -> None:
+def _run_slurm(clusterer_path, todo, job_dir, max_array_tasks, batch_size, skip_bad_lines, timeout_min,
+               site=None) -> None:
     from xlbtm.launch import make_executor, wait_for
 
     tasks = _chunks(todo, max_array_tasks)
     ex = make_executor("slurm", job_dir, name="xlbtm-cluster", cpus_per_task=2, timeout_min=timeout_min,
-                       mem_gb=8, array_parallelism=max_array_tasks)
+                       mem_gb=8, array_parallelism=max_array_tasks, site=site)
     n = len(tasks)
     jobs = ex.map_array(run_task, [clusterer_path] * n, tasks, [batch_size] * n, [skip_bad_lines] * n)
     log.info(f"submitted {n} array tasks ({len(todo)} files); logs under {job_dir}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from xlbtm.cli import get_logger, make_parser, run_script
 from xlbtm.corpus import add_skip_bad_lines_arg
+from xlbtm.launch.site import add_slurm_args, site_from_args
 
 log = get_logger("cluster")
 
@@ -26,7 +27,10 @@ def build_parser():
     p.add_argument("--run", choices=["local", "slurm"], default="local",
                    help="local: process pool on this machine; slurm: submitit job arrays (waits for them)")
     p.add_argument("--job-dir", default=None, help="submitit logs for --run slurm; O/jobs when not given")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="processes for --run local (default: one per CPU core, at most one per file)")
     add_skip_bad_lines_arg(p)
+    add_slurm_args(p)
     return p
 
 
@@ -35,7 +39,9 @@ def main(argv=None):
     from xlbtm.cluster.assign import assign_corpus
 
     m = assign_corpus(args.data_dir, args.path_to_clusterer, args.output_prefix, args.split, run=args.run,
-                      num_clusters=args.num_clusters, job_dir=args.job_dir, skip_bad_lines=args.skip_bad_lines)
+                      num_clusters=args.num_clusters, job_dir=args.job_dir, workers=args.num_workers,
+                      skip_bad_lines=args.skip_bad_lines,
+                      site=site_from_args(args) if args.run == "slurm" else None)
     s = m["splits"][args.split]
     log.info(f"{args.split}: {sum(s['documents'])} documents -> {args.output_prefix}; per cluster: {s['documents']}")
     return 0
