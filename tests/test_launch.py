@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -294,16 +295,25 @@ def test_slurm_fixture_skips_or_fails_without_slurm(tmp_path, require):
         assert r.returncode == 0 and "1 skipped" in out and "Unable to contact slurm controller" in out, out
 
 
-def test_start_script_refuses_non_root():
+def test_start_script_refuses_non_root(tmp_path):
     """slurm/local/start.sh explains that it needs root instead of failing halfway."""
-    cmd = ["bash", str(REPO / "slurm/local/start.sh")]
-    if os.geteuid() == 0:
-        import shutil
+    import shutil
 
-        if shutil.which("runuser") is None:
-            pytest.skip("runuser not available to drop root")
-        cmd = ["runuser", "-u", "nobody", "--"] + cmd
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    # A world-readable copy: the checkout may sit under a 0700 directory that `nobody` cannot enter.
+    scratch = Path(tempfile.mkdtemp(prefix="xlbtm-start-"))
+    try:
+        scratch.chmod(0o755)
+        script = scratch / "start.sh"
+        shutil.copy(REPO / "slurm/local/start.sh", script)
+        script.chmod(0o755)
+        cmd = ["bash", str(script)]
+        if os.geteuid() == 0:
+            if shutil.which("runuser") is None:
+                pytest.skip("runuser not available to drop root")
+            cmd = ["runuser", "-u", "nobody", "--"] + cmd
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd="/")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     assert r.returncode == 1 and "must run as root" in r.stderr, r.stderr
 
 
