@@ -35,16 +35,22 @@ class QuickstartConfig:
     vocab_size: int = 2000
     tokens_per_sample: int = 128
     batch_size: int = 8
-    seed_steps: int = 150            # dense seed pre-training
-    expert_steps: int = 100          # per expert; the dense continuation gets K x this (compute-matched)
-    learning_rate: float = 3e-3
+    seed_steps: int = 400            # dense seed pre-training
+    expert_steps: int = 200          # per expert; the dense continuation gets K x this (compute-matched)
+    learning_rate: float = 5e-3
     max_valid_docs: int | None = None
     seed: int = 0
 
 
 def _run(stage: str, main: Callable[[Sequence[str] | None], int | None], argv: list[str]) -> None:
+    from xlbtm.cli import setup_logging
+
     log.info("$ python -m xlbtm.scripts.%s %s", stage, shlex.join(argv))
-    rc = main(argv)
+    setup_logging(stage)  # the stage's own lines carry its name, as when a user runs it
+    try:
+        rc = main(argv)
+    finally:
+        setup_logging("quickstart")
     if rc:
         raise RuntimeError(f"stage {stage} exited with status {rc}")
 
