@@ -180,6 +180,51 @@ def test_train_experts_dry_run_prints_plan_and_writes_nothing(demo, tmp_path, ca
     assert not ser.exists()
 
 
+def test_train_experts_request_defaults_are_the_flag_defaults():
+    """The library request and the CLI agree on every default (a drifted default would change the run)."""
+    from xlbtm.scripts.train_experts import build_parser
+    from xlbtm.train.experts import TrainExpertsRequest
+
+    req = TrainExpertsRequest.from_args(build_parser().parse_args(
+        ["--run", "debug", "--seed-model", "debug", "--num-clusters", "1", "--path-to-data", "D",
+         "--serialization-dir", "S", "--max-steps", "3"]))
+    assert req == TrainExpertsRequest(run="debug", seed_model="debug", num_clusters=1, path_to_data="D",
+                                      serialization_dir="S", max_steps=3, binarize_workers=req.binarize_workers,
+                                      site=req.site)
+
+
+def test_plan_experts_and_describe_plan_without_the_cli(demo, tmp_path, monkeypatch):
+    from xlbtm.errors import UsageError
+    from xlbtm.train.experts import (TrainExpertsRequest, all_completed, describe_plan, describe_results,
+                                     plan_experts)
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    root, data, tok, cdir = demo
+    req = TrainExpertsRequest(run="local", seed_model="debug", num_clusters=2, path_to_data=str(data),
+                              serialization_dir=str(tmp_path / "ser"), max_steps=5, tokenizer=str(tok),
+                              path_to_clusters_dir=str(cdir), data_name="demo", train_cluster="0-1",
+                              num_gpus=4, tensor_parallel_size=2, batch_size=3, update_freq=2,
+                              tokens_per_sample=16, device="cpu")
+    plan = plan_experts(req)
+    assert [e.cluster for e in plan.experts] == [0, 1] and plan.slots == [None, None]
+    assert plan.objective == "clm" and plan.clusterer_fp is not None and plan.dp == 2
+    cfg = plan.experts[1].cfg
+    assert (cfg.cluster, cfg.num_clusters, cfg.tensor_parallel_size, cfg.max_steps) == (1, 2, 2, 5)
+    assert cfg.run_dir == str((tmp_path / "ser" / "2_clusters" / "demo.cluster1").resolve())
+    assert cfg.data_dir.endswith(plan.tokenizer.fingerprint[:12]) and cfg.clusterer_fingerprint == plan.clusterer_fp
+    lines = describe_plan(plan)
+    assert "4 tasks, dp=2 tp=2; 12 samples x 16 tokens per step = 192 tokens/step, 5 steps" in lines[3]
+    assert lines[5] == "  local: 2 expert(s) at a time (8 CPU cores)" and len(lines) == 8
+    assert not (tmp_path / "ser").exists()  # planning writes nothing
+
+    res = [{"status": "completed", "step": 5, "valid_loss": 2.5}, {"status": "failed", "step": 2}]
+    assert describe_results(plan, res)[0].startswith("cluster 0: completed at step 5, valid loss 2.500 (base 2)")
+    assert not all_completed(res) and all_completed(res[:1])
+    req.tensor_parallel_size = 3
+    with pytest.raises(UsageError, match="--tensor-parallel-size 3"):
+        plan_experts(req)
+
+
 def test_local_runs_in_waves_sized_by_the_machine(monkeypatch):
     from xlbtm.train.experts import LaunchSpec, local_slots
 

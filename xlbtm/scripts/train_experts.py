@@ -13,10 +13,8 @@ from its `checkpoints/latest`. `--num-clusters 1` (no clusters dir) trains the d
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from xlbtm.cli import get_logger, make_parser, run_script
-from xlbtm.errors import UsageError
 
 log = get_logger("train_experts")
 
@@ -90,149 +88,23 @@ def build_parser():
 
 
 def main(argv=None):
-    from xlbtm.train.experts import (ExpertPlan, LaunchSpec, binarized_dir_for, detect_device, ensure_binarized,
-                                     experts_root, local_slots, parse_cluster_list, resolve_clusters_dir,
-                                     resolve_data_dir, submit)
+    from xlbtm.train.experts import (TrainExpertsRequest, all_completed, describe_plan, describe_results,
+                                     plan_experts, run_plan)
 
     args = build_parser().parse_args(argv)
-    K = args.num_clusters
-    if K < 1:
-        raise UsageError("--num-clusters must be >= 1")
-    if args.num_nodes < 1 or args.num_gpus < 1:
-        raise UsageError("--num-nodes and --num-gpus must be >= 1")
-    world = args.num_nodes * args.num_gpus
-    if world % args.tensor_parallel_size:
-        raise UsageError(f"--tensor-parallel-size {args.tensor_parallel_size} must divide --num-nodes x --num-gpus "
-                         f"({world})")
-    clusters = parse_cluster_list(args.train_cluster, K)
-    data_dir = resolve_data_dir(args.path_to_data, args.data_name)
-    clusters_dir, clusterer_fp = None, None
-    if K > 1 or args.path_to_clusters_dir:
-        if not args.path_to_clusters_dir:
-            raise UsageError("--num-clusters > 1 needs --path-to-clusters-dir")
-        if K > 1:
-            from xlbtm.cluster.files import read_manifest
-
-            clusters_dir = resolve_clusters_dir(args.path_to_clusters_dir, K, args.data_name)
-            man = read_manifest(clusters_dir)
-            if int(man["num_clusters"]) != K:
-                raise UsageError(f"--num-clusters {K} but {clusters_dir}/manifest.json has {man['num_clusters']}")
-            clusterer_fp = man["fingerprint"]
-
-    tok_path = _resolve_tokenizer(args)
-    from xlbtm.tokenizer import load_tokenizer
-
-    tok = load_tokenizer(tok_path)
-    objective = args.objective or _default_objective(args)
-    run_name = args.run_name or args.data_name or "run"
-    bin_dir = Path(args.binarized_dir) if args.binarized_dir else binarized_dir_for(
-        args.serialization_dir, K, args.data_name, tok.fingerprint)
-    device = detect_device(args.run, args.device)
-    from xlbtm.launch.site import site_from_args
-
-    site = site_from_args(args)
-    spec = LaunchSpec(run=args.run, num_nodes=args.num_nodes, num_gpus=args.num_gpus, device=device)
-
-    plans = []
-    for k in clusters:
-        run_dir = experts_root(args.serialization_dir, K) / f"{run_name}.cluster{k}"
-        from xlbtm.train.config import TrainConfig
-
-        cfg = TrainConfig(
-            run_dir=str(run_dir.resolve()), data_dir=str(bin_dir.resolve()), seed_model=args.seed_model,
-            cluster=k, num_clusters=K, clusterer_fingerprint=clusterer_fp, run_name=run_name,
-            model_size=args.model_size, tokenizer=str(Path(tok.path).resolve()), objective=objective,
-            train_subset=args.train_subset, valid_subset=args.valid_subset,
-            tokens_per_sample=args.tokens_per_sample, batch_size=args.batch_size, update_freq=args.update_freq,
-            max_steps=args.max_steps, learning_rate=args.learning_rate, end_learning_rate=args.end_learning_rate,
-            warmup_updates=args.warmup_updates, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
-            tensor_parallel_size=args.tensor_parallel_size,
-            activation_checkpointing=args.activation_checkpointing, compile=args.compile,
-            save_interval_updates=args.save_interval_updates,
-            validate_interval_updates=args.validate_interval_updates, max_valid_samples=args.max_valid_samples,
-            keep_checkpoints=args.keep_checkpoints, log_interval=args.log_interval, seed=args.seed,
-            tensorboard=args.tensorboard, dropout=args.dropout, device=device, progress_bar=False)
-        plans.append(ExpertPlan(k, run_dir, cfg))
-
-    dp = world // args.tensor_parallel_size
-    gbs = args.batch_size * dp * args.update_freq
-    print(f"plan: {len(plans)} expert(s) of K={K} ({objective}, seed {args.seed_model}), clusters {clusters}")
-    print(f"  data: {data_dir}  clusters: {clusters_dir or '(dense baseline: no filtering)'}")
-    print(f"  binarized: {bin_dir}  tokenizer: {tok.path}")
-    print(f"  per expert: {args.num_nodes} node(s) x {args.num_gpus} {'GPU' if device == 'cuda' else 'CPU worker'}(s) "
-          f"= {world} tasks, dp={dp} tp={args.tensor_parallel_size}; {gbs} samples x {args.tokens_per_sample} "
-          f"tokens per step = {gbs * args.tokens_per_sample} tokens/step, {args.max_steps} steps")
-    print(f"  launch: --run {args.run}, device {device}; site: {site.describe()}")
-    if args.run == "local":
-        slots = local_slots(spec)
-        print(f"  local: {len(slots)} expert(s) at a time"
-              + (f" on GPUs {', '.join(map(str, slots))}" if slots[0] is not None else f" ({os.cpu_count()} CPU cores)"))
-    from xlbtm.parallel.checkpoint import latest_checkpoint
-
-    for p in plans:
-        ck = latest_checkpoint(p.run_dir) if p.run_dir.exists() else None
-        print(f"  cluster {p.cluster}: {p.run_dir}" + (f" (resumes from {ck.name})" if ck else ""))
+    plan = plan_experts(TrainExpertsRequest.from_args(args))
+    for line in describe_plan(plan):
+        print(line)
     if args.dry_run:
         print("dry run: nothing binarized or submitted")
         return 0
-
-    splits = [args.train_subset] + ([args.valid_subset] if args.valid_subset else [])
-    ensure_binarized(data_dir, bin_dir, tok, clusters_dir, K, splits, args.binarize_workers, args.allow_unassigned,
-                     clusterer_fp=clusterer_fp, run=args.run, site=site,
-                     job_dir=experts_root(args.serialization_dir, K) / "logs")
-    from xlbtm.launch.wait import wait_for
-
-    def status(ps, js):
-        for p, j in zip(ps, js):
-            print(f"cluster {p.cluster}: job {j.job_id}; logs {j.paths.stdout} / {j.paths.stderr}; "
-                  f"metrics {p.run_dir / 'train_log.jsonl'}", flush=True)
-
-    if args.run == "local":
-        # waves: never more concurrent experts than GPU sets (or CPU cores / G) on this machine
-        slots = local_slots(spec)
-        results = []
-        for i in range(0, len(plans), len(slots)):
-            wave = plans[i:i + len(slots)]
-            jobs = submit(wave, spec, site, visible_gpus=slots[:len(wave)])
-            status(wave, jobs)
-            results += wait_for(jobs, what="train_experts")
-    else:
-        jobs = submit(plans, spec, site)
-        status(plans, jobs)
-        if args.no_wait and args.run == "slurm":
-            print("submitted; rerun the same command to resume after a failure")
-            return 0
-        results = wait_for(jobs, what="train_experts")
-    for p, r in zip(plans, results):
-        vl = r.get("valid_loss") if isinstance(r, dict) else None
-        print(f"cluster {p.cluster}: {r.get('status')} at step {r.get('step')}"
-              + (f", valid loss {vl:.3f} (base 2)" if vl is not None else "") + f" -> {p.run_dir}")
-    return 0 if all(isinstance(r, dict) and r.get("status") == "completed" for r in results) else 3
-
-
-def _resolve_tokenizer(args) -> str:
-    if args.tokenizer:
-        return args.tokenizer
-    seed = Path(args.seed_model)
-    for cand in ([seed] if seed.is_dir() else []) + ([seed.parent] if seed.is_file() else []):
-        if any((cand / f).is_file() for f in ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer_config.json")):
-            return str(cand)
-    raise UsageError("--tokenizer is required: the seed model does not carry a tokenizer "
-                     f"({args.seed_model})")
-
-
-def _default_objective(args) -> str:
-    from xlbtm.models import PRESETS
-
-    for name in (args.seed_model, args.model_size):
-        if name in PRESETS:
-            return "mlm" if PRESETS[name]["arch"] == "xlmr" else "clm"
-    cfg = Path(args.seed_model) / "config.json"
-    if cfg.is_file():
-        from xlbtm.io import read_json
-
-        return "mlm" if "roberta" in str(read_json(cfg).get("model_type", "")) else "clm"
-    return "clm"
+    results = run_plan(plan)
+    if results is None:  # --run slurm --no-wait
+        print("submitted; rerun the same command to resume after a failure")
+        return 0
+    for line in describe_results(plan, results):
+        print(line)
+    return 0 if all_completed(results) else 3
 
 
 if __name__ == "__main__":

@@ -1,15 +1,22 @@
 """Plan and launch the training of K experts: one submitit job per expert (an array), N x G tasks each.
 
-`plan_experts` resolves the corpus, clusters, tokenizer and binarized data and returns one `ExpertPlan`
-per cluster to train; `launch_experts` binarizes what is missing, then submits and (optionally) waits.
+    req = TrainExpertsRequest.from_args(args)   # or TrainExpertsRequest(run=..., seed_model=..., ...)
+    plan = plan_experts(req)                    # validates; resolves corpus, clusters, tokenizer, binarized dir
+    print("\n".join(describe_plan(plan)))
+    results = run_plan(plan)                    # binarize what is missing, submit, wait (None: --no-wait)
+    print("\n".join(describe_results(plan, results))); ok = all_completed(results)
+
+`xlbtm.scripts.train_experts` is exactly that sequence behind its flags.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
@@ -199,3 +206,276 @@ def submit(plans: list[ExpertPlan], spec: LaunchSpec, site=None, visible_gpus: t
     with ex.batch():
         jobs = [ex.submit(ExpertJob(p.cfg.to_dict())) for p in plans]
     return jobs
+
+
+# --------------------------------------------------------------------------- the train_experts command
+
+@dataclass
+class TrainExpertsRequest:
+    """Everything `train_experts` is asked to do; one field per flag (same names and defaults as the CLI)."""
+
+    run: str                                  # slurm | local | debug
+    seed_model: str                           # HF dir | metaseq/fairseq .pt | consolidated.pt | preset name
+    num_clusters: int                         # K; 1 = dense baseline
+    path_to_data: str
+    serialization_dir: str
+    max_steps: int
+    model_size: str | None = None
+    tokenizer: str | None = None              # default: the seed's own
+    objective: str | None = None              # clm | mlm; default from the seed's architecture
+    path_to_clusters_dir: str | None = None
+    train_cluster: str | None = None          # "1,3,5" / "0-3"; None = all
+    data_name: str | None = None
+    train_subset: str = "train"
+    valid_subset: str = "valid"
+    run_name: str | None = None               # default: data_name or "run"
+    binarized_dir: str | None = None
+    binarize_workers: int = 1
+    allow_unassigned: bool = False
+    # resources
+    num_nodes: int = 1
+    num_gpus: int = 1
+    tensor_parallel_size: int = 1
+    device: str = "auto"                      # auto | cuda | cpu
+    dry_run: bool = False
+    no_wait: bool = False
+    # optimization
+    learning_rate: float = 2e-4
+    end_learning_rate: float = 0.0
+    warmup_updates: int = 0
+    batch_size: int = 8
+    update_freq: int = 1
+    tokens_per_sample: int = 2048
+    weight_decay: float = 0.1
+    clip_norm: float = 1.0
+    dropout: float | None = None
+    seed: int = 1
+    activation_checkpointing: bool = False
+    compile: bool = False
+    # checkpoints and logging
+    save_interval_updates: int = 1000
+    validate_interval_updates: int = 1000
+    max_valid_samples: int | None = None
+    keep_checkpoints: int = 2
+    log_interval: int = 10
+    tensorboard: bool = False
+    site: Any = None                          # xlbtm.launch.site.SiteConfig; None = file + environment only
+
+    @classmethod
+    def from_args(cls, args) -> "TrainExpertsRequest":
+        """From `xlbtm.scripts.train_experts`'s parsed flags (SLURM flags resolved into a SiteConfig)."""
+        from xlbtm.launch.site import site_from_args
+
+        kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name != "site"}
+        return cls(**kw, site=site_from_args(args))
+
+
+@dataclass
+class TrainExpertsPlan:
+    """A validated request with everything resolved: one `ExpertPlan` (TrainConfig) per cluster to train."""
+
+    request: TrainExpertsRequest
+    clusters: list[int]
+    data_dir: Path
+    clusters_dir: Path | None                 # None: dense baseline (no filtering)
+    clusterer_fp: str | None
+    tokenizer: Any                            # xlbtm.tokenizer.Tokenizer
+    objective: str
+    run_name: str
+    bin_dir: Path
+    device: str                               # cuda | cpu
+    site: Any                                 # SiteConfig
+    spec: LaunchSpec
+    experts: list[ExpertPlan] = field(default_factory=list)
+    slots: list[tuple[int, ...] | None] | None = None  # --run local: one entry (GPU set) per concurrent expert
+
+    @property
+    def world(self) -> int:
+        return self.spec.num_nodes * self.spec.num_gpus
+
+    @property
+    def dp(self) -> int:
+        return self.world // self.request.tensor_parallel_size
+
+    @property
+    def global_batch_size(self) -> int:
+        r = self.request
+        return r.batch_size * self.dp * r.update_freq
+
+    @property
+    def job_dir(self) -> Path:
+        return experts_root(self.request.serialization_dir, self.request.num_clusters) / "logs"
+
+
+def resolve_tokenizer(seed_model: str, tokenizer: str | None = None) -> str:
+    """`--tokenizer`, else the seed's own (an HF dir, or the dir next to a .pt that carries one)."""
+    if tokenizer:
+        return tokenizer
+    seed = Path(seed_model)
+    for cand in ([seed] if seed.is_dir() else []) + ([seed.parent] if seed.is_file() else []):
+        if any((cand / f).is_file() for f in ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer_config.json")):
+            return str(cand)
+    raise UsageError("--tokenizer is required: the seed model does not carry a tokenizer "
+                     f"({seed_model})")
+
+
+def default_objective(seed_model: str, model_size: str | None = None) -> str:
+    """mlm for XLM-R seeds (preset or HF config), clm otherwise."""
+    from xlbtm.models import PRESETS
+
+    for name in (seed_model, model_size):
+        if name in PRESETS:
+            return "mlm" if PRESETS[name]["arch"] == "xlmr" else "clm"
+    cfg = Path(seed_model) / "config.json"
+    if cfg.is_file():
+        from xlbtm.io import read_json
+
+        return "mlm" if "roberta" in str(read_json(cfg).get("model_type", "")) else "clm"
+    return "clm"
+
+
+def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
+    """Validate the flag combination and resolve everything; reads inputs, writes nothing."""
+    K = req.num_clusters
+    if K < 1:
+        raise UsageError("--num-clusters must be >= 1")
+    if req.num_nodes < 1 or req.num_gpus < 1:
+        raise UsageError("--num-nodes and --num-gpus must be >= 1")
+    world = req.num_nodes * req.num_gpus
+    if world % req.tensor_parallel_size:
+        raise UsageError(f"--tensor-parallel-size {req.tensor_parallel_size} must divide --num-nodes x --num-gpus "
+                         f"({world})")
+    clusters = parse_cluster_list(req.train_cluster, K)
+    data_dir = resolve_data_dir(req.path_to_data, req.data_name)
+    clusters_dir, clusterer_fp = None, None
+    if K > 1 or req.path_to_clusters_dir:
+        if not req.path_to_clusters_dir:
+            raise UsageError("--num-clusters > 1 needs --path-to-clusters-dir")
+        if K > 1:
+            from xlbtm.cluster.files import read_manifest
+
+            clusters_dir = resolve_clusters_dir(req.path_to_clusters_dir, K, req.data_name)
+            man = read_manifest(clusters_dir)
+            if int(man["num_clusters"]) != K:
+                raise UsageError(f"--num-clusters {K} but {clusters_dir}/manifest.json has {man['num_clusters']}")
+            clusterer_fp = man["fingerprint"]
+
+    from xlbtm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(resolve_tokenizer(req.seed_model, req.tokenizer))
+    objective = req.objective or default_objective(req.seed_model, req.model_size)
+    run_name = req.run_name or req.data_name or "run"
+    bin_dir = Path(req.binarized_dir) if req.binarized_dir else binarized_dir_for(
+        req.serialization_dir, K, req.data_name, tok.fingerprint)
+    device = detect_device(req.run, req.device)
+    if req.site is not None:
+        site = req.site
+    else:
+        from xlbtm.launch.site import resolve_site
+
+        site = resolve_site()
+    spec = LaunchSpec(run=req.run, num_nodes=req.num_nodes, num_gpus=req.num_gpus, device=device)
+
+    experts = []
+    for k in clusters:
+        run_dir = experts_root(req.serialization_dir, K) / f"{run_name}.cluster{k}"
+        cfg = TrainConfig(
+            run_dir=str(run_dir.resolve()), data_dir=str(bin_dir.resolve()), seed_model=req.seed_model,
+            cluster=k, num_clusters=K, clusterer_fingerprint=clusterer_fp, run_name=run_name,
+            model_size=req.model_size, tokenizer=str(Path(tok.path).resolve()), objective=objective,
+            train_subset=req.train_subset, valid_subset=req.valid_subset,
+            tokens_per_sample=req.tokens_per_sample, batch_size=req.batch_size, update_freq=req.update_freq,
+            max_steps=req.max_steps, learning_rate=req.learning_rate, end_learning_rate=req.end_learning_rate,
+            warmup_updates=req.warmup_updates, weight_decay=req.weight_decay, clip_norm=req.clip_norm,
+            tensor_parallel_size=req.tensor_parallel_size,
+            activation_checkpointing=req.activation_checkpointing, compile=req.compile,
+            save_interval_updates=req.save_interval_updates,
+            validate_interval_updates=req.validate_interval_updates, max_valid_samples=req.max_valid_samples,
+            keep_checkpoints=req.keep_checkpoints, log_interval=req.log_interval, seed=req.seed,
+            tensorboard=req.tensorboard, dropout=req.dropout, device=device, progress_bar=False)
+        experts.append(ExpertPlan(k, run_dir, cfg))
+    return TrainExpertsPlan(request=req, clusters=clusters, data_dir=data_dir, clusters_dir=clusters_dir,
+                            clusterer_fp=clusterer_fp, tokenizer=tok, objective=objective, run_name=run_name,
+                            bin_dir=bin_dir, device=device, site=site, spec=spec, experts=experts,
+                            slots=local_slots(spec) if req.run == "local" else None)
+
+
+def describe_plan(plan: TrainExpertsPlan) -> list[str]:
+    """The plan as printed by train_experts (and --dry-run): data, resources, launch, one line per expert."""
+    from xlbtm.parallel.checkpoint import latest_checkpoint
+
+    r, K = plan.request, plan.request.num_clusters
+    lines = [
+        f"plan: {len(plan.experts)} expert(s) of K={K} ({plan.objective}, seed {r.seed_model}), "
+        f"clusters {plan.clusters}",
+        f"  data: {plan.data_dir}  clusters: {plan.clusters_dir or '(dense baseline: no filtering)'}",
+        f"  binarized: {plan.bin_dir}  tokenizer: {plan.tokenizer.path}",
+        f"  per expert: {r.num_nodes} node(s) x {r.num_gpus} {'GPU' if plan.device == 'cuda' else 'CPU worker'}(s) "
+        f"= {plan.world} tasks, dp={plan.dp} tp={r.tensor_parallel_size}; {plan.global_batch_size} samples x "
+        f"{r.tokens_per_sample} tokens per step = {plan.global_batch_size * r.tokens_per_sample} tokens/step, "
+        f"{r.max_steps} steps",
+        f"  launch: --run {r.run}, device {plan.device}; site: {plan.site.describe()}",
+    ]
+    if plan.slots is not None:
+        slots = plan.slots
+        lines.append(f"  local: {len(slots)} expert(s) at a time"
+                     + (f" on GPUs {', '.join(map(str, slots))}" if slots[0] is not None
+                        else f" ({os.cpu_count()} CPU cores)"))
+    for p in plan.experts:
+        ck = latest_checkpoint(p.run_dir) if p.run_dir.exists() else None
+        lines.append(f"  cluster {p.cluster}: {p.run_dir}" + (f" (resumes from {ck.name})" if ck else ""))
+    return lines
+
+
+def _echo(line: str) -> None:
+    print(line, flush=True)  # status lines must show before the (long) wait
+
+
+def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list | None:
+    """Binarize what is missing, submit one job per expert and wait: the jobs' results, in plan order.
+
+    `--run local` goes in waves (never more concurrent experts than `plan.slots`). With
+    `no_wait` and `--run slurm` it returns None right after submitting. `echo` gets one status line per job
+    (its id, logs, metrics)."""
+    from xlbtm.launch.wait import wait_for
+
+    r = plan.request
+    splits = [r.train_subset] + ([r.valid_subset] if r.valid_subset else [])
+    ensure_binarized(plan.data_dir, plan.bin_dir, plan.tokenizer, plan.clusters_dir, r.num_clusters, splits,
+                     r.binarize_workers, r.allow_unassigned, clusterer_fp=plan.clusterer_fp, run=r.run,
+                     site=plan.site, job_dir=plan.job_dir)
+
+    def status(ps, js):
+        for p, j in zip(ps, js):
+            echo(f"cluster {p.cluster}: job {j.job_id}; logs {j.paths.stdout} / {j.paths.stderr}; "
+                 f"metrics {p.run_dir / 'train_log.jsonl'}")
+
+    if r.run == "local":
+        # waves: never more concurrent experts than GPU sets (or CPU cores / G) on this machine
+        slots = plan.slots
+        results = []
+        for i in range(0, len(plan.experts), len(slots)):
+            wave = plan.experts[i:i + len(slots)]
+            jobs = submit(wave, plan.spec, plan.site, visible_gpus=slots[:len(wave)])
+            status(wave, jobs)
+            results += wait_for(jobs, what="train_experts")
+        return results
+    jobs = submit(plan.experts, plan.spec, plan.site)
+    status(plan.experts, jobs)
+    if r.no_wait and r.run == "slurm":
+        return None
+    return wait_for(jobs, what="train_experts")
+
+
+def describe_results(plan: TrainExpertsPlan, results: list) -> list[str]:
+    """One line per expert: its final status, step and validation loss."""
+    lines = []
+    for p, res in zip(plan.experts, results):
+        vl = res.get("valid_loss") if isinstance(res, dict) else None
+        lines.append(f"cluster {p.cluster}: {res.get('status')} at step {res.get('step')}"
+                     + (f", valid loss {vl:.3f} (base 2)" if vl is not None else "") + f" -> {p.run_dir}")
+    return lines
+
+
+def all_completed(results: list) -> bool:
+    return all(isinstance(res, dict) and res.get("status") == "completed" for res in results)
