@@ -148,7 +148,10 @@ def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Pat
     call = (str(data_dir), str(out_dir), str(tokenizer.path), None if clusters_dir is None else str(clusters_dir),
             num_clusters, splits, workers, allow_unassigned)
     if run != "slurm":
-        binarize_from_paths(*call)
+        from xlbtm.data.binarize import binarize
+
+        binarize(data_dir, out_dir, tokenizer, splits=splits, clusters_dir=clusters_dir, num_clusters=num_clusters,
+                 workers=workers, allow_unassigned=allow_unassigned)
         return
     from xlbtm.launch.executor import make_executor
     from xlbtm.launch.wait import wait_for
