@@ -95,6 +95,37 @@ def test_subword_featurizer_fast_path_matches_reference(demo, sp_tokenizer):
     assert len(terms) == 3 and all(len(t) == 5 for t in terms)
 
 
+def test_subword_fast_path_is_bitwise_the_reference_and_old_sentencepiece_fallback(demo, sp_tokenizer,
+                                                                                    monkeypatch):
+    """The assignment path (sentencepiece int32 buffers straight into embedding_bag over projection rows
+    gathered in sentencepiece's id order) must give exactly featurize_token_ids(encode(texts)): cluster
+    files and the ensemble router both depend on it."""
+    _, s = demo
+    texts = s.texts[:60] + ["", "   ", "x"]
+    f = SubwordFeaturizer(sp_tokenizer).fit(s.texts, seed=0)
+    got = f.transform(texts)
+    assert f._fast, "the sentencepiece fast path was not taken"
+    ref = f.lsa.featurize_token_ids(f.encode(texts))
+    np.testing.assert_array_equal(got, ref)
+    sp, lut = f._fast
+    np.testing.assert_array_equal(f.lsa.projection_rows(lut).numpy(), f.lsa.projection[lut])
+    flat, offsets = f.encode_flat(texts)
+    assert [x.tolist() for x in np.split(flat, offsets[1:])] == f.encode(texts)
+    np.testing.assert_array_equal(f.lsa.featurize_flat(flat, offsets), ref)
+    # sentencepiece without return_type="numpy" (< 0.2.1): the list API, same features
+    encode = type(sp).encode
+
+    def old_encode(self, input, **kw):
+        if "return_type" in kw:
+            raise TypeError("Encode() got an unexpected keyword argument 'return_type'")
+        return encode(self, input, **kw)
+
+    monkeypatch.setattr(type(sp), "encode", old_encode)
+    np.testing.assert_array_equal(f.transform(texts), ref)
+    with pytest.raises(ValueError, match="out of range"):
+        f.lsa.projection_rows(np.array([f.lsa.vocab_size]))
+
+
 def test_word_stop_words_per_language():
     rng = np.random.default_rng(0)
     texts, langs = [], []

@@ -78,27 +78,40 @@ class Lsa:
         """[n, d] float32 L2-normalized features of id sequences (the reference the router must match)."""
         import torch
 
-        n = len(ids)
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=n)
-        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
+        flat, offsets = _flatten(ids)
         if flat.size and (flat.min() < 0 or flat.max() >= self.vocab_size):
             raise ValueError(f"token id out of range [0, {self.vocab_size}) (tokenizer does not match the "
                              f"clusterer?)")
-        offsets = np.zeros(n, dtype=np.int64)
-        np.cumsum(lengths[:-1], out=offsets[1:])
         return self.featurize_flat(flat, offsets)
 
-    def featurize_flat(self, flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-        """Same as `featurize_token_ids` for ids concatenated in `flat`, document i starting at offsets[i]."""
+    def featurize_flat(self, flat: np.ndarray, offsets: np.ndarray, projection=None) -> np.ndarray:
+        """Same as `featurize_token_ids` for ids concatenated in `flat`, document i starting at offsets[i].
+        `projection` (default: `projection_tensor()`) may be `projection_rows(lut)`, for ids in another
+        numbering: its rows are bitwise P[lut], so the sums (same rows, same order) are bitwise the same."""
         import torch
 
+        flat = np.asarray(flat)
+        offsets = np.asarray(offsets)
+        if flat.dtype != np.int32 or offsets.dtype != np.int32:  # embedding_bag: both int32 or both int64
+            flat, offsets = flat.astype(np.int64, copy=False), offsets.astype(np.int64, copy=False)
         with torch.no_grad():
-            z = torch.nn.functional.embedding_bag(torch.from_numpy(np.asarray(flat, dtype=np.int64)),
-                                                  self.projection_tensor(),
-                                                  torch.from_numpy(np.asarray(offsets, dtype=np.int64)),
-                                                  mode="sum")
+            z = torch.nn.functional.embedding_bag(torch.from_numpy(flat),
+                                                  self.projection_tensor() if projection is None else projection,
+                                                  torch.from_numpy(offsets), mode="sum")
             z = torch.nn.functional.normalize(z, dim=1)
         return z.numpy()
+
+    def projection_rows(self, lut: np.ndarray):
+        """P[lut] as a [len(lut), d] float32 tensor, computed from idf/components without materializing P
+        (the elementwise products are the same float32 operations, so the rows equal P's bitwise)."""
+        import torch
+
+        lut = np.asarray(lut, dtype=np.int64)
+        if lut.size and (lut.min() < 0 or lut.max() >= self.vocab_size):
+            raise ValueError(f"token id out of range [0, {self.vocab_size}) (tokenizer does not match the "
+                             f"clusterer?)")
+        p = (self.components[:, lut] * self.idf[lut][None, :]).T
+        return torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))
 
 
 CHUNK = 1024  # documents per featurization chunk: bounds memory whatever the number of texts
@@ -110,15 +123,30 @@ def _chunks(texts: Sequence[str], n: int | None = None):
         yield texts[i:i + n]
 
 
-def count_matrix(ids: Sequence[Sequence[int]], vocab_size: int):
-    """Raw term counts [n, V] as scipy CSR."""
+def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(concatenated ids int64, start offset of every sequence)."""
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
+    offsets = np.zeros(len(seqs), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=offsets[1:])
+    return flat, offsets
+
+
+def _num_threads() -> int:
+    """CPUs this process may use (a SLURM task's allocation, not the whole node)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def count_matrix(flat: np.ndarray, offsets: np.ndarray, vocab_size: int):
+    """Raw term counts [n, V] as scipy CSR, from ids concatenated in `flat` (document i from offsets[i])."""
     import scipy.sparse as sp
 
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lengths.sum()))
-    indptr = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=indptr[1:])
-    m = sp.csr_matrix((np.ones(flat.size, dtype=np.float64), flat, indptr), shape=(len(ids), vocab_size))
+    indptr = np.append(np.asarray(offsets, dtype=np.int64), np.int64(flat.size))
+    m = sp.csr_matrix((np.ones(flat.size, dtype=np.float64), np.asarray(flat, dtype=np.int64), indptr),
+                      shape=(len(offsets), vocab_size))
     m.sum_duplicates()
     return m
 
@@ -164,6 +192,7 @@ class SubwordFeaturizer:
         self.tokenizer = tokenizer  # xlbtm.tokenizer.Tokenizer
         self.lsa = lsa
         self._fast = None if fast else False  # None = not decided yet
+        self._sp_proj = None  # (lsa, P rows in sentencepiece id order)
 
     def _fast_encoder(self, probe: Sequence[str]):
         if self._fast is None:
@@ -198,32 +227,53 @@ class SubwordFeaturizer:
         return [lut[np.asarray(i, dtype=np.int64)].tolist() for i in sp.encode(list(texts))]
 
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [T] in the tokenizer's numbering, offsets [n]) of the concatenated encodings."""
         fast = self._fast_encoder(texts)
-        ids = sp_ids = None
         if fast is None:
-            ids = self.tokenizer.encode_batch(list(texts))
-        else:
-            sp_ids = fast[0].encode(list(texts), num_threads=os.cpu_count() or 1)
-        seqs = ids if ids is not None else sp_ids
+            return _flatten(self.tokenizer.encode_batch(list(texts)))
+        flat, offsets = self._sp_flat(fast[0], texts)
+        return fast[1][flat], offsets
+
+    @staticmethod
+    def _sp_flat(sp, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """sentencepiece ids (its own numbering) of a batch, concatenated, and per-text offsets. The C++
+        encoder returns int32 buffers (sentencepiece >= 0.2.1 `return_type="numpy"`): no Python int per
+        token, which was a third of the time of the list-of-lists API."""
+        texts = list(texts)
+        try:
+            seqs = sp.encode(texts, num_threads=_num_threads(), return_type="numpy")
+        except (TypeError, ValueError):  # older sentencepiece: lists of Python ints
+            return _flatten(sp.encode(texts, num_threads=_num_threads()))
         lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
-        flat = np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
-        if fast is not None:
-            flat = fast[1][flat]
+        flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int32)
         offsets = np.zeros(len(seqs), dtype=np.int64)
         np.cumsum(lengths[:-1], out=offsets[1:])
+        if flat.size < 2**31:
+            flat, offsets = flat.astype(np.int32, copy=False), offsets.astype(np.int32)
         return flat, offsets
+
+    def features(self, texts: Sequence[str]) -> np.ndarray:
+        """[n, d] features of one chunk. Fast path: the projection's rows are gathered once into
+        sentencepiece's id order (`projection_rows(lut)`), so ids go straight from the encoder into
+        embedding_bag without a per-token remapping; bitwise equal to featurize_token_ids(encode(texts))."""
+        fast = self._fast_encoder(texts)
+        if fast is None:
+            return self.lsa.featurize_flat(*self.encode_flat(texts))
+        if self._sp_proj is None or self._sp_proj[0] is not self.lsa:
+            self._sp_proj = (self.lsa, self.lsa.projection_rows(fast[1]))
+        return self.lsa.featurize_flat(*self._sp_flat(fast[0], texts), projection=self._sp_proj[1])
 
     def fit(self, texts: Sequence[str], langs: Sequence[str | None] | None = None, *, seed: int = 0,
             n_components: int = SVD_DIM) -> "SubwordFeaturizer":
         import scipy.sparse as sp
 
         v = self.tokenizer.vocab_size
-        counts = sp.vstack([count_matrix(self.encode(c), v) for c in _chunks(texts)]).tocsr()
+        counts = sp.vstack([count_matrix(*self.encode_flat(c), v) for c in _chunks(texts)]).tocsr()
         self.lsa = fit_lsa(counts, n_components, seed)
         return self
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
-        parts = [self.lsa.featurize_flat(*self.encode_flat(c)) for c in _chunks(texts)]
+        parts = [self.features(c) for c in _chunks(texts)]
         return np.concatenate(parts) if parts else np.zeros((0, self.lsa.dim), dtype=np.float32)
 
     def term(self, i: int) -> str:
