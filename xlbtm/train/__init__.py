@@ -3,7 +3,7 @@
     from xlbtm.train.config import TrainConfig          # everything one expert's run needs
     from xlbtm.train.loop import train_expert            # every rank calls it; resumes from checkpoints/latest
     from xlbtm.train.expert_dir import ExpertInfo, read_expert_info, write_expert_info, find_expert_dirs
-    from xlbtm.train.experts import ExpertPlan, LaunchSpec, submit, local_slots, ensure_binarized  # K jobs
+    from xlbtm.train.experts import TrainExpertsRequest, plan_experts, describe_plan, run_plan  # K jobs
 
 Modules: config (TrainConfig), optim (AdamW, polynomial decay, clipping), metrics (tokens/s, MFU, train_log),
 preemption (signal -> agreed save -> requeue), loop (the step), job (submitit callable), experts (K jobs).
