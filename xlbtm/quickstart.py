@@ -92,7 +92,8 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
 
     common = ["--path-to-data", str(data), "--tokenizer", str(tok), "--run", "local", "--num-gpus", "1",
               "--tokens-per-sample", str(cfg.tokens_per_sample), "--batch-size", str(cfg.batch_size),
-              "--learning-rate", str(cfg.learning_rate), "--seed", str(cfg.seed + 1)]
+              "--learning-rate", str(cfg.learning_rate), "--seed", str(cfg.seed + 1),
+              "--max-valid-samples", "256"]  # a progress signal, not the evaluation (that is stage 8)
 
     # 3. dense seed: a tiny XGLM trained from scratch on all data (stands in for a public XGLM checkpoint)
     seed_dir = out / "seed"
