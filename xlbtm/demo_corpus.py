@@ -24,8 +24,6 @@ import bisect
 import json
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 from xlbtm.errors import UsageError
@@ -198,7 +196,7 @@ def write_demo_corpus(out_dir: str | os.PathLike, n_train: int = 2000, n_valid: 
 
     Train documents are dealt round-robin over `num_shards` shard dirs (`00000`, `00001`, ...).
     """
-    from xlbtm.io import write_json
+    from xlbtm.io import atomic_dir, write_json
 
     if n_train < 1 or n_valid < 1:
         raise UsageError("--num-train-docs and --num-valid-docs must be >= 1")
@@ -227,10 +225,7 @@ def write_demo_corpus(out_dir: str | os.PathLike, n_train: int = 2000, n_valid: 
     }
 
     # Build beside the target, then swap it in: a failed run never leaves a half-written corpus.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
+    with atomic_dir(out_dir) as tmp:
         files = []
         for s in range(num_shards):
             rel = f"train/{s:05d}/demo.jsonl"
@@ -241,15 +236,5 @@ def write_demo_corpus(out_dir: str | os.PathLike, n_train: int = 2000, n_valid: 
         summary["files"] = files
         summary["bytes"] = sum((tmp / f).stat().st_size for f in files)
         write_json(tmp / "demo_corpus.json", summary)
-        old = None
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     summary["out_dir"] = str(out_dir)
     return summary

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -297,7 +295,7 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
     import sentencepiece as spm
 
     from xlbtm.cli import get_logger
-    from xlbtm.io import write_json
+    from xlbtm.io import atomic_dir, write_json
 
     if style not in ("xlmr", "xglm"):
         raise ValueError(f"style must be 'xlmr' or 'xglm', not {style!r}")
@@ -335,10 +333,7 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
             m.group(2), grown)
         model_bytes = _train(grown)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the result is an ordinary directory
-    try:
+    with atomic_dir(out_dir) as tmp:
         sp_path = tmp / "sentencepiece.bpe.model"
         sp_path.write_bytes(model_bytes)
         hf = tokenizer_from_sp_model(sp_path, style)
@@ -350,22 +345,7 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
             "sp_pieces": len(read_sp_model(sp_path).pieces), "vocab_size": len(hf), "seed": seed,
             "num_sentences": len(sentences), "character_coverage": character_coverage,
         })
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
-
-
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """Put the finished directory `tmp` at `final`; an existing `final` is swapped out, then deleted."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def sample_documents(texts: Iterable[str], k: int, seed: int = 0) -> list[str]:
