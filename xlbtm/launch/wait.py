@@ -207,8 +207,12 @@ def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknow
                 unknown_since.pop(i, None)
             if not ended:
                 continue
-            pending.discard(i)
             failure = _failure_of(job, state)
+            if failure is not None and _is_slurm(job) and _requeued(job):
+                # sacct still shows the attempt that ended, but slurmctld has already requeued the job
+                # (preemption, `scontrol requeue`, submitit's checkpoint): keep waiting for the next attempt
+                continue
+            pending.discard(i)
             if failure is None:
                 r = job.results()
                 results[i] = r if all_tasks else r[0]
@@ -226,6 +230,11 @@ def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknow
                 log.info("%s: %d/%d done, %d failed; still waiting for %s", what, len(jobs) - len(pending),
                          len(jobs), len(failures), _states_summary([jobs[i] for i in sorted(pending)]))
             time.sleep(poll_s)
+
+
+def _requeued(job) -> bool:
+    sched = scheduler_state(job.job_id)
+    return sched is not None and sched.upper() in _ACTIVE - {"PREEMPTED", "COMPLETING"}
 
 
 def _state(job) -> str:
