@@ -145,8 +145,6 @@ def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Pat
     if binarized_done(out_dir, splits, tokenizer.fingerprint, clusterer_fp):
         log.info(f"binarized data up to date: {out_dir}")
         return
-    call = (str(data_dir), str(out_dir), str(tokenizer.path), None if clusters_dir is None else str(clusters_dir),
-            num_clusters, splits, workers, allow_unassigned)
     if run != "slurm":
         from xlbtm.data.binarize import binarize
 
@@ -158,7 +156,9 @@ def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Pat
 
     ex = make_executor("slurm", job_dir or out_dir / "logs", name="xlbtm-binarize", cpus_per_task=max(1, workers + 1),
                        timeout_min=24 * 60, site=site)
-    job = ex.submit(binarize_from_paths, *call)
+    job = ex.submit(binarize_from_paths, str(data_dir), str(out_dir), str(tokenizer.path),
+                    None if clusters_dir is None else str(clusters_dir), num_clusters, splits, workers,
+                    allow_unassigned)
     print(f"binarize: job {job.job_id}; logs {job.paths.stdout} / {job.paths.stderr}", flush=True)
     wait_for([job], what="binarize")
 
