@@ -88,6 +88,24 @@ def test_checkpoint_from_dp2_resumes_at_dp1(data_bin, reference, tmp_path):
     _assert_same_run(run, reference, steps=(3, 4))
 
 
+@pytest.mark.slow  # two launches
+def test_checkpoint_from_one_process_resumes_on_fsdp_dp2(data_bin, reference, tmp_path):
+    """One CPU process trains without FSDP (nothing to shard); its plain-tensor DCP checkpoint must reshard
+    into an FSDP dp=2 mesh and continue exactly like the uninterrupted single-process run."""
+    import shutil
+
+    from xlbtm.parallel.checkpoint import latest_checkpoint
+
+    run = tmp_path / "dp1_then_dp2"
+    launch(1, base_cfg(run, data_bin, save_interval_updates=2))
+    shutil.rmtree(run / "checkpoints" / "step_4")
+    (run / "checkpoints" / "latest").write_text("step_2\n")
+    (run / "train_log.jsonl").unlink()
+    launch(2, base_cfg(run, data_bin, batch_size=2))
+    assert latest_checkpoint(run).name == "step_4"
+    _assert_same_run(run, reference, steps=(3, 4))
+
+
 def test_checkpoint_layout_latest_pointer_and_keep_last_two(data_bin, tmp_path):
     from xlbtm.models import build_model, get_preset
     from xlbtm.parallel.checkpoint import latest_checkpoint, read_model_state

@@ -110,11 +110,10 @@ def _build_model(cfg: TrainConfig, resuming: bool, info_args: dict | None, tok, 
 
 
 def _forward_loss(model, inputs, targets, pad_id: int):
-    """Summed token cross-entropy (fp32) and the number of target tokens."""
+    """Summed token cross-entropy (fp32), left on the device (callers count targets on the host batch)."""
     logits = model(inputs, None)
-    loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
                            ignore_index=-100, reduction="sum")
-    return loss, int((targets != -100).sum())
 
 
 # -------------------------------------------------------------------------------------------------- train
@@ -219,6 +218,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
                   "tokens_per_sample": cfg.tokens_per_sample, "dp": dims.dp, "tp": dims.tp,
                   "config": cfg.to_dict()}))
     parallelize(model, mesh, device_type=device.type, ac=cfg.activation_checkpointing, compile=cfg.compile)
+    from torch.distributed.fsdp import FSDPModule
+
+    fsdp = isinstance(model, FSDPModule)  # not on a 1-process fp32 mesh, where it would shard nothing
     if full_sd is not None:  # rank 0 holds the seed: scatter it into every rank's shards
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
@@ -271,9 +273,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
                 idx = [i for i in rank_indices(b * per, 0, dp_rank, dims.dp, cfg.batch_size) if i < n]
                 # every rank runs the same number of forwards (FSDP collectives); empty ones count zero
                 x, y = collate(valid_ds, Sampler(len(valid_ds), 0, shuffle=False), idx or [0])
-                loss, ntok = _forward_loss(model, x.to(device), y.to(device), tok.pad_id)
+                loss = _forward_loss(model, x.to(device), y.to(device), tok.pad_id)
                 if idx:
-                    total += torch.tensor([loss.item(), ntok], dtype=torch.float64, device=device)
+                    total[0] += loss.detach()
+                    total[1] += int((y != -100).sum())
         dist.all_reduce(total, group=dp_group)
         model.train()
         return float(total[0] / max(total[1], 1))
@@ -306,32 +309,37 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
         micro = [collate(train_ds, sampler, rank_indices(position, m, dp_rank, dims.dp, cfg.batch_size))
                  for m in range(cfg.update_freq)]
         # normalize by the step's GLOBAL target count, so the gradient is the same mean over tokens whatever
-        # the DP degree / micro-batching (MLM target counts differ per sample)
-        ntok = torch.tensor([sum(int((y != -100).sum()) for _, y in micro)], dtype=torch.float64, device=device)
-        dist.all_reduce(ntok, group=dp_group)
-        denom = float(ntok.item()) / dims.dp  # FSDP averages gradients over dp
-        step_loss = 0.0
+        # the DP degree / micro-batching (MLM target counts differ per sample). Counted on the host batch;
+        # across ranks it stays a device tensor: nothing on the step path waits for the device.
+        denom = sum(int((y != -100).sum()) for _, y in micro) / dims.dp  # FSDP averages gradients over dp
+        if dims.dp > 1:
+            ntok = torch.tensor([denom * dims.dp], dtype=torch.float64, device=device)
+            dist.all_reduce(ntok, group=dp_group)
+            denom = (ntok[0] / dims.dp).float()
         for m, (x, y) in enumerate(micro):
-            # accumulate locally; reduce-scatter gradients only after the last micro-batch
-            model.set_requires_gradient_sync(m == len(micro) - 1)
-            loss, _ = _forward_loss(model, x.to(device), y.to(device), tok.pad_id)
+            if fsdp:  # accumulate locally; reduce-scatter gradients only after the last micro-batch
+                model.set_requires_gradient_sync(m == len(micro) - 1)
+            loss = _forward_loss(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True),
+                                 tok.pad_id)
             (loss / denom).backward()
-            step_loss += loss.item()
+            loss_acc[0] += loss.detach()
         gnorm = clip_grad_norm(model.parameters(), cfg.clip_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         position += samples_per_step
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_time += time.perf_counter() - t0
-        loss_acc += torch.tensor([step_loss, ntok.item() / dims.dp], dtype=torch.float64, device=device)
+        loss_acc[1] += denom
         steps_since += 1
+        log_now = step % cfg.log_interval == 0 or step == cfg.max_steps
+        if log_now:  # the only host read of the step path: once per log interval
+            dist.all_reduce(loss_acc, group=dp_group)
+            loss_sum, tok_sum = loss_acc.tolist()
+            gnorm = float(gnorm)
+        train_time += time.perf_counter() - t0
         if bar is not None:
             bar.update(1)
-        if step % cfg.log_interval == 0 or step == cfg.max_steps:
-            dist.all_reduce(loss_acc, group=dp_group)
-            train_loss = float(loss_acc[0] / max(loss_acc[1], 1)) / math.log(2)
+        if log_now:
+            train_loss = loss_sum / max(tok_sum, 1) / math.log(2)
             tps = tokens_per_step * steps_since / max(train_time, 1e-9)
             logger.log({"kind": "train", "step": step, "loss": train_loss, "ppl": 2 ** train_loss, "lr": lr,
                         "gnorm": gnorm, "tokens_per_s": tps, "mfu": mfu(fpt, tps / world, peak),

@@ -35,13 +35,17 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 @torch.no_grad()
-def clip_grad_norm(params, max_norm: float) -> float:
+def clip_grad_norm(params, max_norm: float) -> torch.Tensor:
     """Global grad norm over FSDP / TP DTensors with ONE all-reduce; clips in place when max_norm > 0.
 
     Each rank sums the squares of its local shards, divided by how many ranks hold a copy of that shard
     (mesh dims where the grad is replicated, plus ranks outside its mesh, e.g. the TP group for params that
     are only FSDP-sharded), so the world-wide sum counts every element exactly once. This also works where
     `torch.nn.utils.clip_grad_norm_` cannot mix DTensors of different meshes.
+
+    Returns the norm as a 0-dim float64 tensor on the grads' device and never reads it on the host: the
+    clip factor min(1, max_norm / norm) is applied on the device (x1.0 is exact when nothing is clipped),
+    so the step path has no host sync. The loop reads the norm only at its log interval.
     """
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor
@@ -50,8 +54,9 @@ def clip_grad_norm(params, max_norm: float) -> float:
     world = dist.get_world_size() if dist.is_initialized() else 1
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return 0.0
+        return torch.zeros((), dtype=torch.float64)
     total_sq = torch.zeros((), dtype=torch.float64, device=grads[0].device)
+    locals_ = []
     for g in grads:
         if isinstance(g, DTensor):
             shards = 1
@@ -61,12 +66,13 @@ def clip_grad_norm(params, max_norm: float) -> float:
             local = g.to_local()
         else:
             shards, local = 1, g
+        locals_.append(local)
         total_sq += local.double().pow(2).sum() / (world // shards)
     if world > 1:
         dist.all_reduce(total_sq)
-    total = math.sqrt(float(total_sq))
-    if max_norm > 0 and total > max_norm:
-        coef = max_norm / (total + 1e-6)
-        for g in grads:
-            g.mul_(coef)
+    total = total_sq.sqrt()
+    if max_norm > 0:
+        coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for local in locals_:
+            local.mul_(coef.to(local.dtype))
     return total

@@ -40,8 +40,8 @@ class PreemptionHandler:
         import torch
         import torch.distributed as dist
 
-        if not dist.is_initialized():
-            return self.flag
+        if not dist.is_initialized() or dist.get_world_size(group) == 1:
+            return self.flag  # nobody to agree with: no collective, no host sync
         t = torch.tensor([1 if self.flag else 0], dtype=torch.int32, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
         return bool(t.item())
