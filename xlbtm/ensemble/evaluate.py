@@ -200,6 +200,12 @@ def run_eval(cfg: EvalConfig) -> dict:
         sweep.append(_summarize(mixed.numpy(), docs, doc_cluster, top, K, temperature, topk))
 
     first = sweep[0]
+    oracle = None
+    if K > 1:  # the best single expert per document: the ceiling of document-level routing, for every mixture
+        _, best = mixing.oracle(logp, docs.offsets)
+        top = best[doc_of_token]
+        o = _summarize(logp.gather(0, top.view(1, -1))[0].numpy(), docs, doc_cluster, top, K, None, -1)
+        oracle = {"result_ppl": o["result_ppl"], "per_language": o["per_language"]}
     result = {
         "dataset": cfg.data_subset,
         "ensemble_type": cfg.ensemble_type,
@@ -209,6 +215,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         "per_language": first["per_language"],
         "per_cluster": first["per_cluster"],
         "top_expert": first["top_expert"],
+        "oracle": oracle,
         "settings": {
             "temperature": first["temperature"], "topk": first["topk"], "cbtm_compat": cfg.cbtm_compat,
             "num_experts": K, "objective": objective, "max_tokens": max_tokens,

@@ -4,6 +4,7 @@ result.json keys (stable; c-BTM readers look for `result_ppl`):
     dataset, ensemble_type, result_ppl, tokens, documents,
     per_language: {lang: {ppl, tokens, documents}}, per_cluster: {k: {ppl, tokens, documents}},
     top_expert: {k: fraction of scored tokens where expert k carried the most weight},
+    oracle: {result_ppl, per_language} of the best single expert per document (K > 1; else null),
     settings: {temperature, topk, cbtm_compat, ...}, sweep: [{temperature, topk, result_ppl, per_language}]
 """
 
@@ -59,6 +60,10 @@ def render_markdown(result: dict, dense: dict | None = None) -> str:
         d, e = dense.get("result_ppl"), result.get("result_ppl")
         md.append(f"\nDense baseline: ppl {_fmt(d)}; ensemble {_fmt(e)}"
                   + (f" ({100 * (e - d) / d:+.1f}%)\n" if d and e else "\n"))
+    oracle = result.get("oracle")
+    if oracle:
+        md.append(f"\nOracle (the best single expert per document, an upper bound on document-level routing): "
+                  f"ppl {_fmt(oracle.get('result_ppl'))}\n")
     sweep = result.get("sweep") or []
     if len(sweep) > 1:
         md.append("\n## Sweep\n\n")

@@ -66,6 +66,9 @@ def build_parser():
     g.add_argument("--end-learning-rate", type=float, default=0.0)
     g.add_argument("--warmup-updates", type=int, default=0)
     g.add_argument("--max-steps", "--max-update", dest="max_steps", type=int, required=True)
+    g.add_argument("--step-allocation", choices=["equal", "proportional"], default="equal",
+                   help="equal: every expert trains --max-steps; proportional: the K x --max-steps total is shared "
+                        "by each cluster's training tokens (printed in the plan); the dense baseline is unchanged")
     g.add_argument("--batch-size", type=int, default=8, help="samples per GPU (data-parallel rank) per micro-step")
     g.add_argument("--update-freq", type=int, default=1, help="gradient accumulation micro-steps")
     g.add_argument("--tokens-per-sample", type=int, default=2048)

@@ -232,6 +232,7 @@ class TrainExpertsRequest:
     train_subset: str = "train"
     valid_subset: str = "valid"
     run_name: str | None = None               # default: data_name or "run"
+    step_allocation: str = "equal"            # equal | proportional: K x max_steps shared by training tokens
     binarized_dir: str | None = None
     binarize_workers: int = 1
     allow_unassigned: bool = False
@@ -342,6 +343,8 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     K = req.num_clusters
     if K < 1:
         raise UsageError("--num-clusters must be >= 1")
+    if req.step_allocation not in STEP_ALLOCATIONS:
+        raise UsageError(f"--step-allocation must be one of {', '.join(STEP_ALLOCATIONS)}")
     if req.num_nodes < 1 or req.num_gpus < 1:
         raise UsageError("--num-nodes and --num-gpus must be >= 1")
     world = req.num_nodes * req.num_gpus
@@ -403,6 +406,53 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
                             slots=local_slots(spec) if req.run == "local" else None)
 
 
+STEP_ALLOCATIONS = ("equal", "proportional")
+
+
+def allocate_steps(total_steps: int, weights: list[int]) -> list[int]:
+    """Split `total_steps` over clusters in proportion to `weights` (training tokens), each >= 1, summing
+    exactly to the total (largest remainders get the leftover steps; ties go to the lower cluster id)."""
+    K = len(weights)
+    if total_steps < K:
+        raise UsageError(f"--step-allocation proportional needs at least one step per expert ({K})")
+    if sum(weights) <= 0:
+        return [total_steps // K + (1 if k < total_steps % K else 0) for k in range(K)]
+    spare = total_steps - K  # one step each first, the rest by share
+    exact = [spare * w / sum(weights) for w in weights]
+    steps = [1 + int(x) for x in exact]
+    order = sorted(range(K), key=lambda k: (-(exact[k] - int(exact[k])), k))
+    for k in order[:total_steps - sum(steps)]:
+        steps[k] += 1
+    return steps
+
+
+def apply_step_allocation(plan: "TrainExpertsPlan") -> list[str] | None:
+    """`--step-allocation proportional`: give each expert its share of K x --max-steps by the training tokens
+    of its cluster (from the binarized manifest), in place. Returns the lines describing it, or None when
+    the allocation is equal (or the data is not binarized yet)."""
+    r = plan.request
+    if r.step_allocation == "equal" or r.num_clusters == 1:
+        return None
+    from xlbtm.data.binarize import MANIFEST, read_binarized_manifest
+
+    if not (plan.bin_dir / MANIFEST).is_file():
+        return None
+    tokens = read_binarized_manifest(plan.bin_dir)["splits"].get(r.train_subset, {}).get("tokens")
+    if not tokens or len(tokens) != r.num_clusters:
+        return None
+    steps = allocate_steps(r.num_clusters * r.max_steps, [int(t) for t in tokens])
+    total = sum(tokens)
+    lines = [f"step allocation: proportional to training tokens, {sum(steps)} steps in all "
+             f"(= K x --max-steps {r.max_steps})"]
+    for p in plan.experts:
+        p.cfg.max_steps = steps[p.cluster]
+        # the same schedule shape: warm-up stays the same fraction of the expert's own steps
+        p.cfg.warmup_updates = int(r.warmup_updates * steps[p.cluster] / max(r.max_steps, 1))
+        lines.append(f"  cluster {p.cluster}: {steps[p.cluster]} steps ({100 * tokens[p.cluster] / max(total, 1):.1f}% "
+                     f"of the tokens)")
+    return lines
+
+
 def describe_plan(plan: TrainExpertsPlan) -> list[str]:
     """The plan as printed by train_experts (and --dry-run): data, resources, launch, one line per expert."""
     from xlbtm.parallel.checkpoint import latest_checkpoint
@@ -416,7 +466,8 @@ def describe_plan(plan: TrainExpertsPlan) -> list[str]:
         f"  per expert: {r.num_nodes} node(s) x {r.num_gpus} {'GPU' if plan.device == 'cuda' else 'CPU worker'}(s) "
         f"= {plan.world} tasks, dp={plan.dp} tp={r.tensor_parallel_size}; {plan.global_batch_size} samples x "
         f"{r.tokens_per_sample} tokens per step = {plan.global_batch_size * r.tokens_per_sample} tokens/step, "
-        f"{r.max_steps} steps",
+        f"{r.max_steps} steps" + ("" if r.step_allocation == "equal" or K == 1 else
+                                  f" on average ({r.step_allocation} allocation of {K * r.max_steps})"),
         f"  launch: --run {r.run}, device {plan.device}; site: {plan.site.describe()}",
     ]
     if plan.slots is not None:
@@ -424,6 +475,11 @@ def describe_plan(plan: TrainExpertsPlan) -> list[str]:
         lines.append(f"  local: {len(slots)} expert(s) at a time"
                      + (f" on GPUs {', '.join(map(str, slots))}" if slots[0] is not None
                         else f" ({os.cpu_count()} CPU cores)"))
+    alloc = apply_step_allocation(plan)
+    if alloc:
+        lines += alloc
+    elif r.step_allocation != "equal" and K > 1:
+        lines.append(f"step allocation: {r.step_allocation} (computed from the binarized token counts)")
     for p in plan.experts:
         ck = latest_checkpoint(p.run_dir) if p.run_dir.exists() else None
         lines.append(f"  cluster {p.cluster}: {p.run_dir}" + (f" (resumes from {ck.name})" if ck else ""))
@@ -447,6 +503,9 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
     ensure_binarized(plan.data_dir, plan.bin_dir, plan.tokenizer, plan.clusters_dir, r.num_clusters, splits,
                      r.binarize_workers, r.allow_unassigned, clusterer_fp=plan.clusterer_fp, run=r.run,
                      site=plan.site, job_dir=plan.job_dir)
+    alloc = apply_step_allocation(plan)
+    for line in alloc or []:
+        echo(line)
 
     def status(ps, js):
         for p, j in zip(ps, js):

@@ -1,0 +1,85 @@
+"""The scaling study: step allocation, crossover, and a tiny end-to-end study with every artifact checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def test_allocate_steps_is_proportional_exact_and_never_zero():
+    from xlbtm.train.experts import allocate_steps
+
+    steps = allocate_steps(400, [300, 100, 0, 600])
+    assert sum(steps) == 400 and min(steps) >= 1
+    assert steps[3] > steps[0] > steps[1] > steps[2] == 1
+    assert abs(steps[3] / steps[0] - 2.0) < 0.05
+    assert allocate_steps(4, [10, 10, 10, 10]) == [1, 1, 1, 1]
+    assert allocate_steps(10, [1, 1, 1]) == [4, 3, 3]  # leftover to the lowest cluster id on ties
+    assert allocate_steps(9, [0, 0, 0]) == [3, 3, 3]
+    from xlbtm.errors import UsageError
+
+    with pytest.raises(UsageError):
+        allocate_steps(2, [1, 1, 1])
+
+
+def _pt(steps, ens, dense):
+    return {"expert_steps": steps, "dense_train_tokens": steps * 4 * 1000, "ensemble_ppl": ens, "dense_ppl": dense,
+            "relative": ens / dense - 1}
+
+
+def test_crossover_interpolates_between_losing_and_winning_budgets():
+    from xlbtm.study.scaling import crossover
+
+    assert crossover([_pt(100, 12, 10), _pt(300, 11, 10)]) is None
+    x = crossover([_pt(100, 11, 10), _pt(300, 9, 10)])  # +10% then -10%: halfway in log tokens
+    assert x["between"] == [100, 300] and not x["before_first"]
+    assert abs(x["expert_steps"] - (100 * 300) ** 0.5) < 1e-6
+    assert crossover([_pt(100, 9, 10)])["before_first"]
+
+
+@pytest.mark.slow
+def test_scaling_study_end_to_end_tiny_budgets(tmp_path):
+    out = tmp_path / "study out"
+    cmd = [sys.executable, "-m", "xlbtm.scripts.scaling_study", "--out", str(out), "--num-clusters", "2",
+           "--num-train-docs", "240", "--num-valid-docs", "30", "--vocab-size", "600", "--seed-steps", "6",
+           "--budgets", "3,6", "--tokens-per-sample", "64", "--batch-size", "4",
+           "--step-allocation", "proportional", "--warmup-fraction", "0.25"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "budget 3: ensemble ppl" in p.stdout and "budget 6: ensemble ppl" in p.stdout
+
+    study = json.loads((out / "study.json").read_text())
+    assert [pt["expert_steps"] for pt in study["points"]] == [3, 6]
+    bin_manifest = next((out / "budget_3" / "models" / "2_clusters" / "data-bin").glob("*/manifest.json"))
+    cluster_tokens = json.loads(bin_manifest.read_text())["splits"]["train"]["tokens"]
+    for pt in study["points"]:
+        # compute-matched for real: the same optimizer steps and the same training tokens on both sides
+        assert sum(pt["expert_steps_per_cluster"]) == pt["dense_steps"] == 2 * pt["expert_steps"]
+        assert pt["ensemble_train_tokens"] == pt["dense_train_tokens"] == pt["dense_steps"] * 4 * 64
+        assert pt["expert_train_tokens"] == [s * 4 * 64 for s in pt["expert_steps_per_cluster"]]
+        bigger = max(range(2), key=lambda k: cluster_tokens[k])
+        assert pt["expert_steps_per_cluster"][bigger] >= pt["expert_steps_per_cluster"][1 - bigger]
+        for key in ("ensemble_ppl", "dense_ppl", "oracle_ppl"):
+            assert pt[key] > 1
+        langs = set(study["languages"])
+        assert set(pt["per_language"]) == langs
+        assert pt["languages_won"] == sum(v["ensemble"] < v["dense"] for v in pt["per_language"].values())
+        # the point's own reports exist and say the same numbers
+        res = json.loads((out / f"budget_{pt['expert_steps']}" / "eval" / "ensemble" / "result.json").read_text())
+        assert res["result_ppl"] == pt["ensemble_ppl"] and res["oracle"]["result_ppl"] == pt["oracle_ppl"]
+        log = [json.loads(l) for l in (out / f"budget_{pt['expert_steps']}" / "models" / "1_clusters" /
+                                       "dense.cluster0" / "train_log.jsonl").read_text().splitlines()]
+        assert max(r["step"] for r in log) == pt["dense_steps"]
+    md = (out / "study.md").read_text()
+    assert "| 3 | 6 |" in md and "| 6 | 12 |" in md and "per language" in md.lower()
+    assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a rerun reuses every finished stage and point: no training job starts again
+    p2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p2.returncode == 0, p2.stderr[-4000:]
+    assert "already evaluated" in p2.stderr + p2.stdout
+    assert "$ python -m xlbtm.scripts.train_experts" not in p2.stderr + p2.stdout
+    assert json.loads((out / "study.json").read_text())["points"] == study["points"]

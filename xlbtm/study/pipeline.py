@@ -1,0 +1,279 @@
+"""The stages of an ensemble-vs-dense comparison, as a user would type them (shared by quickstart and study).
+
+    prep = prepare(cfg)                         # corpus -> tokenizer -> dense seed -> clusterer -> assignment
+    point = run_point(cfg, prep, 300, out_dir)  # K experts x 300 steps + dense x K*300 steps, consolidated,
+                                                #   evaluated (ensemble, oracle, dense) -> point.json
+
+Each stage calls the same `python -m xlbtm.scripts.<name>` entry point a user runs (in this process, with the
+argv shown in the log). Every stage resumes by itself (training from `latest`, assignment per file) and a
+finished stage is skipped, so rerunning after a crash continues instead of starting over.
+
+Compute matching (DESIGN.md): the dense model gets K x the expert steps at the same tokens per step, from
+the same seed, on the union of the clusters' data, with the same schedule shape (warm-up the same fraction
+of its steps, linear decay to 0) and the same evaluation. `point.json` records the training tokens each
+side really consumed (from the checkpoints' sample positions), so the claim is checked, not assumed.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from xlbtm.cli import get_logger
+from xlbtm.errors import UsageError
+
+log = get_logger("study")
+
+CLUSTERINGS = ("tfidf", "typological")
+
+
+@dataclass
+class PipelineConfig:
+    """Everything both sides of the comparison share (the quickstart and the study extend it)."""
+
+    out: str
+    data_dir: str | None = None          # None = generate the demo corpus
+    num_clusters: int = 4
+    clustering: str = "tfidf"            # tfidf: subword TF-IDF + balanced k-means, routed by the prefix;
+                                         # typological: languages grouped by URIEL, routed by `lang` (X-ELM)
+    num_train_docs: int = 2000           # demo corpus size
+    num_valid_docs: int = 200
+    vocab_size: int = 2000
+    model_size: str = "debug"            # preset of the seed trained from scratch
+    tokens_per_sample: int = 128
+    batch_size: int = 8
+    seed_steps: int = 400                # dense seed pre-training
+    learning_rate: float = 5e-3
+    warmup_fraction: float = 0.0         # of each run's own steps (experts and dense alike)
+    step_allocation: str = "equal"       # equal | proportional (to each cluster's training tokens)
+    temperature: float = 0.1
+    max_valid_docs: int | None = None
+    seed: int = 0
+    run: str = "local"                   # local | slurm (every training, assignment and scoring job)
+
+    def __post_init__(self):
+        if self.num_clusters < 2:
+            raise UsageError("--num-clusters must be >= 2 for an ensemble (the dense model is trained anyway)")
+        if self.clustering not in CLUSTERINGS:
+            raise UsageError(f"--clustering must be one of {', '.join(CLUSTERINGS)}")
+        if self.step_allocation not in ("equal", "proportional"):
+            raise UsageError("--step-allocation must be equal or proportional")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise UsageError("--warmup-fraction must be in [0, 1)")
+        if self.seed_steps < 1:
+            raise UsageError("--seed-steps must be >= 1")
+
+
+@dataclass
+class Prepared:
+    """The artifacts every budget point shares."""
+
+    out: Path
+    data: Path
+    tokenizer: Path
+    seed_checkpoint: Path
+    clusterer: Path
+    clusters: Path
+    languages: list[str] = field(default_factory=list)
+
+
+def run_stage(stage: str, main: Callable[[Sequence[str] | None], int | None], argv: list[str]) -> None:
+    """Run one entry point in this process, logging the command line a user would type."""
+    from xlbtm.cli import setup_logging
+
+    log.info("$ python -m xlbtm.scripts.%s %s", stage, shlex.join(argv))
+    setup_logging(stage)  # the stage's own lines carry its name, as when a user runs it
+    try:
+        rc = main(argv)
+    finally:
+        setup_logging("study")
+    if rc:
+        raise RuntimeError(f"stage {stage} exited with status {rc}")
+
+
+def _train_args(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int) -> list[str]:
+    interval = str(max(steps // 2, 1))
+    return ["--path-to-data", str(prep_data), "--tokenizer", str(tok), "--run", cfg.run, "--num-gpus", "1",
+            "--tokens-per-sample", str(cfg.tokens_per_sample), "--batch-size", str(cfg.batch_size),
+            "--learning-rate", str(cfg.learning_rate), "--seed", str(cfg.seed + 1),
+            "--max-steps", str(steps), "--warmup-updates", str(int(cfg.warmup_fraction * steps)),
+            "--save-interval-updates", interval, "--validate-interval-updates", interval,
+            "--max-valid-samples", "256"]  # a progress signal, not the evaluation
+
+
+def _languages(data: Path, split: str = "train") -> list[str]:
+    from xlbtm.corpus import Corpus
+
+    return sorted({d.lang for d in Corpus(data).iter_documents(split) if d.lang})
+
+
+def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log.info(what)) -> Prepared:
+    """Corpus, tokenizer, dense seed, clusterer and the assignment of train and valid (each skipped when done)."""
+    from xlbtm.scripts import cluster, consolidate, train_clusterer, train_experts
+    from xlbtm.tokenizer import train_tokenizer_from_corpus
+
+    out = Path(cfg.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    K = cfg.num_clusters
+
+    if cfg.data_dir is None:
+        from xlbtm.demo_corpus import write_demo_corpus
+
+        data = out / "data"
+        stage(f"demo corpus: {cfg.num_train_docs} train / {cfg.num_valid_docs} valid documents -> {data}")
+        if not (data / "demo_corpus.json").is_file():
+            summary = write_demo_corpus(data, n_train=cfg.num_train_docs, n_valid=cfg.num_valid_docs, seed=cfg.seed)
+            log.info("languages: %s", ", ".join(summary["languages"]))
+    else:
+        data = Path(cfg.data_dir).resolve()
+        stage(f"corpus: {data}")
+
+    tok = out / "tokenizer"
+    stage(f"SentencePiece tokenizer ({cfg.vocab_size} pieces) -> {tok}")
+    if not (tok / "tokenizer.json").is_file():
+        train_tokenizer_from_corpus(data, tok, vocab_size=cfg.vocab_size, seed=cfg.seed, style="xglm")
+
+    # a tiny XGLM trained from scratch on all data: stands in for a public XGLM checkpoint
+    seed_dir = out / "seed"
+    seed_run = seed_dir / "1_clusters" / "seed.cluster0"
+    seed_ckpt = seed_run / "consolidated.pt"
+    stage(f"dense seed: {cfg.model_size} XGLM, {cfg.seed_steps} steps -> {seed_dir}")
+    if not seed_ckpt.is_file():
+        argv = _train_args(cfg, data, tok, cfg.seed_steps)
+        argv[argv.index("--warmup-updates") + 1] = str(cfg.seed_steps // 10)  # from scratch: always warm up
+        run_stage("train_experts", train_experts.main, argv + [
+            "--seed-model", cfg.model_size, "--num-clusters", "1", "--serialization-dir", str(seed_dir),
+            "--run-name", "seed"])
+        run_stage("consolidate", consolidate.main, [str(seed_run)])
+
+    clusterer = out / "clusterer"
+    languages = _languages(data)
+    if cfg.clustering == "typological":
+        stage(f"clusterer: typological (URIEL, balanced by tokens), K={K}, languages {','.join(languages)} -> "
+              f"{clusterer}")
+        argv = ["--typological", "--typology-mode", "balanced", "--langs", ",".join(languages),
+                "--num-clusters", str(K), "--data-dir", str(data / "train"), "--tokenizer", str(tok),
+                "--output-dir", str(clusterer)]
+    else:
+        stage(f"clusterer: subword TF-IDF + balanced k-means, K={K} -> {clusterer}")
+        argv = ["--data-dir", str(data / "train"), "--num-clusters", str(K), "--balanced", "--featurizer",
+                "subword", "--tokenizer", str(tok), "--output-dir", str(clusterer), "--seed", str(cfg.seed)]
+    if not (clusterer / "clusterer.json").is_file():
+        run_stage("train_clusterer", train_clusterer.main, argv)
+
+    clusters = out / "clusters"
+    stage(f"assign train and valid documents to clusters -> {clusters}")
+    for split in ("train", "valid"):
+        run_stage("cluster", cluster.main, [
+            "--data-dir", str(data), "--path-to-clusterer", str(clusterer), "--num-clusters", str(K),
+            "--output-prefix", str(clusters), "--split", split, "--run", cfg.run])
+    return Prepared(out, data, tok, seed_ckpt, clusterer, clusters, languages)
+
+
+def _consumed_tokens(run_dir: Path, tokens_per_sample: int) -> int:
+    """Training tokens a run really consumed: its checkpointed sample position x tokens per sample."""
+    from xlbtm.parallel.checkpoint import latest_checkpoint, read_train_state
+
+    ck = latest_checkpoint(run_dir)
+    return 0 if ck is None else int(read_train_state(ck)["position"]) * tokens_per_sample
+
+
+def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir: Path,
+              stage: Callable[[str], None] = lambda what: log.info(what), hf_export: bool = False) -> dict:
+    """K experts x `expert_steps` and the dense model x K*`expert_steps`, consolidated and evaluated.
+
+    Returns (and writes `point_dir/point.json`, last) the ensemble, oracle and dense perplexities overall
+    and per language, and the training tokens each side consumed. A point whose point.json exists is read back.
+    `hf_export`: also export expert 0 as a Hugging Face dir (the quickstart shows that stage too).
+    """
+    from xlbtm.io import read_json, write_json
+    from xlbtm.scripts import consolidate, eval_ensemble, train_experts
+
+    import dataclasses
+
+    point_dir = Path(point_dir)
+    done = point_dir / "point.json"
+    # what the point depends on (not where it is written or what else the study runs)
+    key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "budgets", "run", "expert_steps")}
+    key["expert_steps"] = expert_steps
+    if done.is_file():
+        old = read_json(done)
+        if old.get("key") == key:
+            log.info(f"budget {expert_steps} steps/expert: already evaluated ({done})")
+            return old
+        log.info(f"{done} was made with other settings; evaluating again")
+    K = cfg.num_clusters
+    models = point_dir / "models"
+    dense_steps = K * expert_steps
+    t0 = time.time()
+    stage(f"{K} experts x {expert_steps} steps ({cfg.step_allocation} allocation), dense x {dense_steps} steps "
+          f"-> {models}")
+    run_stage("train_experts", train_experts.main, _train_args(cfg, prep.data, prep.tokenizer, expert_steps) + [
+        "--seed-model", str(prep.seed_checkpoint), "--num-clusters", str(K),
+        "--path-to-clusters-dir", str(prep.clusters), "--serialization-dir", str(models), "--run-name", "demo",
+        "--step-allocation", cfg.step_allocation])
+    run_stage("train_experts", train_experts.main, _train_args(cfg, prep.data, prep.tokenizer, dense_steps) + [
+        "--seed-model", str(prep.seed_checkpoint), "--num-clusters", "1", "--serialization-dir", str(models),
+        "--run-name", "dense"])
+    train_s = time.time() - t0
+
+    expert_dirs = sorted((models / f"{K}_clusters").glob("demo.cluster*"))
+    dense_run = models / "1_clusters" / "dense.cluster0"
+    stage(f"consolidate {len(expert_dirs)} experts and the dense model")
+    for i, d in enumerate(expert_dirs + [dense_run]):
+        hf = ["--hf"] if hf_export and i == 0 else []
+        if not (d / "consolidated.pt").is_file() or (hf and not (d / "hf").is_dir()):
+            run_stage("consolidate", consolidate.main, [str(d)] + hf)
+
+    eval_dir = point_dir / "eval"
+    stage(f"evaluate the ensemble ({'prefix' if cfg.clustering == 'tfidf' else 'lang'} routing), the oracle and "
+          f"the dense model -> {eval_dir}")
+    limit = ["--max-valid-steps", str(cfg.max_valid_docs)] if cfg.max_valid_docs else []
+    run = ["--run", cfg.run] if cfg.run == "slurm" else []
+    run_stage("eval_ensemble", eval_ensemble.main, [
+        "--data-dir", str(prep.data), "--data-subset", "valid", "--model-paths", str(dense_run),
+        "--ensemble-type", "dense", "--job-dir", str(eval_dir / "dense")] + limit + run)
+    ens_type = ["--ensemble-type", "clustering", "--temperature", str(cfg.temperature), "--topk", "-1"] \
+        if cfg.clustering == "tfidf" else ["--ensemble-type", "lang"]
+    run_stage("eval_ensemble", eval_ensemble.main, [
+        "--data-dir", str(prep.data), "--data-subset", "valid", "--path-to-clusterer", str(prep.clusterer),
+        "--experts-dir", str(models / f"{K}_clusters")] + ens_type + [
+        "--job-dir", str(eval_dir / "ensemble"), "--dense-result", str(eval_dir / "dense" / "result.json")]
+        + limit + run)
+
+    ens = read_json(eval_dir / "ensemble" / "result.json")
+    dense = read_json(eval_dir / "dense" / "result.json")
+    oracle = ens.get("oracle") or {}
+    per_language = {}
+    for lang, d in dense["per_language"].items():
+        e = ens["per_language"].get(lang, {})
+        per_language[lang] = {"dense": d["ppl"], "ensemble": e.get("ppl"),
+                              "oracle": oracle.get("per_language", {}).get(lang, {}).get("ppl"),
+                              "tokens": d["tokens"]}
+    wins = sum(1 for v in per_language.values() if v["ensemble"] is not None and v["ensemble"] < v["dense"])
+    expert_tokens = [_consumed_tokens(d, cfg.tokens_per_sample) for d in expert_dirs]
+    point = {
+        "key": key,
+        "expert_steps": expert_steps,
+        "dense_steps": dense_steps,
+        "expert_steps_per_cluster": [read_json(d / "expert.json")["data"]["config"]["max_steps"]
+                                     for d in expert_dirs],
+        "ensemble_train_tokens": sum(expert_tokens),
+        "expert_train_tokens": expert_tokens,
+        "dense_train_tokens": _consumed_tokens(dense_run, cfg.tokens_per_sample),
+        "ensemble_ppl": ens["result_ppl"],
+        "oracle_ppl": oracle.get("result_ppl"),
+        "dense_ppl": dense["result_ppl"],
+        "relative": ens["result_ppl"] / dense["result_ppl"] - 1.0,
+        "languages_won": wins,
+        "languages": len(per_language),
+        "per_language": per_language,
+        "eval_tokens": dense["tokens"],
+        "train_seconds": round(train_s, 1),
+        "ensemble_report": str(eval_dir / "ensemble" / "report.md"),
+    }
+    write_json(done, point)
+    return point
