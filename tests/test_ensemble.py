@@ -360,6 +360,66 @@ def test_cached_clm_scores_equal_a_plain_forward(tiny, tmp_path):
         np.testing.assert_allclose(lp[docs.offsets[d]:docs.offsets[d + 1]], ref.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_clm_windows_cover_every_target_once():
+    from xlbtm.ensemble.scoring import clm_windows
+
+    for length, window, stride in [(1, 8, 8), (8, 8, 8), (9, 8, 8), (100, 16, 16), (100, 16, 5), (37, 10, 1)]:
+        seen = []
+        for a, e, f in clm_windows(length, window, stride):
+            assert e - a <= window and a <= f < e
+            assert f - a >= min(window - stride, a)  # later windows keep >= window - stride tokens of context
+            seen += range(f, e)
+        assert seen == list(range(length))
+    with pytest.raises(ValueError):
+        clm_windows(10, 4, 5)
+
+
+@pytest.mark.parametrize("stride", [None, 5])
+def test_long_documents_are_scored_whole_in_windows_of_the_trained_context(tiny, tmp_path, stride):
+    """A document longer than the window is scored completely; each target's log-prob is a plain forward over
+    exactly the context its window gives it (so nothing is cut, and no position past the window is used)."""
+    from xlbtm.ensemble.experts import read_expert
+    from xlbtm.ensemble.scoring import clm_windows, load_docs, prepare_docs, read_scores, score_expert
+
+    model, args = make_expert(tmp_path / "e", tiny["tok"], 0, 1, seed=3, fingerprint=None, max_positions=64)
+    docs = prepare_docs(tmp_path / "job", tiny["data"], "valid", tiny["tok"], max_tokens=None, max_docs=6)
+    lengths = np.diff(docs.offsets)
+    window = 16
+    assert lengths.max() > 3 * window  # the fixture really has documents longer than a window
+    score_expert(tmp_path / "job", "dense", read_expert(tmp_path / "e"), load_docs(tmp_path / "job"),
+                 batch_tokens=64, window=window, stride=stride)
+    lp = read_scores(tmp_path / "job", "dense")
+    assert len(lp) == lengths.sum()
+    for d in range(docs.num_docs):
+        x = torch.from_numpy(docs.doc(d))
+        stream = torch.cat([torch.tensor([args.eos_id]), x])
+        ref = np.zeros(len(x))
+        for a, e, f in clm_windows(len(x), window, stride or window):
+            with torch.no_grad():
+                out = torch.log_softmax(model(stream[a:e][None]).float(), -1)[0]
+            ref[f:e] = out[torch.arange(f - a, e - a), x[f:e]].numpy()
+        np.testing.assert_allclose(lp[docs.offsets[d]:docs.offsets[d + 1]], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_eval_scores_in_the_experts_trained_context_by_default(tiny, tmp_path):
+    """The default window is expert.json's tokens_per_sample (here 16 of 64 positions): a wider --context-window
+    gives other scores, and the settings say which window was used."""
+    from xlbtm.io import read_json, write_json
+
+    ser = tmp_path / "ser"
+    make_expert(ser / "dense.cluster0", tiny["tok"], 0, 1, seed=3, fingerprint=None, max_positions=64)
+    info = read_json(ser / "dense.cluster0" / "expert.json")
+    info["data"] = {"tokens_per_sample": 16}
+    write_json(ser / "dense.cluster0" / "expert.json", info)
+    a = _eval(tiny, tmp_path / "a", ensemble_type="dense", experts_dir=str(ser))
+    b = _eval(tiny, tmp_path / "b", ensemble_type="dense", experts_dir=str(ser), context_window=64)
+    assert a["settings"]["context_window"] == 16 and a["settings"]["stride"] == 16
+    assert b["settings"]["context_window"] == 64
+    assert a["tokens"] == b["tokens"] and a["result_ppl"] != pytest.approx(b["result_ppl"], rel=1e-6)
+    with pytest.raises(UsageError):
+        _eval(tiny, tmp_path / "c", ensemble_type="dense", experts_dir=str(ser), context_window=65)
+
+
 def test_identical_experts_give_the_dense_ppl_end_to_end(tiny, fake_clusterer, tmp_path):
     model, _ = make_expert(tmp_path / "dense", tiny["tok"], 0, 1, seed=5, fingerprint=None)
     sd = model.state_dict()

@@ -48,6 +48,8 @@ class EvalConfig:
     run: str | None = None              # None: score in this process; local|slurm: one job per expert
     dense_result: str | None = None
     batch_tokens: int = 8192
+    context_window: int | None = None   # CLM: tokens per scoring window (None: the experts' trained context)
+    stride: int | None = None           # CLM: window step (None: = window, c-BTM's non-overlapping blocks)
     device: str | None = None
     skip_bad_lines: bool = False
     gpus_per_node: int = 0
@@ -64,6 +66,10 @@ class EvalConfig:
             raise UsageError("--temperature values must be > 0")
         if self.max_valid_steps is not None and self.max_valid_steps <= 0:
             raise UsageError("--max-valid-steps must be positive")
+        if self.context_window is not None and self.context_window <= 0:
+            raise UsageError("--context-window must be positive")
+        if self.stride is not None and (self.stride <= 0 or (self.context_window and self.stride > self.context_window)):
+            raise UsageError("--stride must be in [1, --context-window]")
 
 
 def resolve(cfg: EvalConfig):
@@ -103,8 +109,24 @@ def _load_clusterer(path):
     return load_clusterer(path)
 
 
+def scoring_window(cfg: EvalConfig, experts) -> tuple[int, int]:
+    """(window, stride) for CLM scoring: --context-window, else the context the experts trained with
+    (expert.json's tokens_per_sample; max_positions for imported models), never past max_positions: a
+    position no expert trained on is out of distribution for every side of the comparison alike."""
+    max_pos = min(int(e.info["model_args"]["max_positions"]) for e in experts)
+    trained = [int(e.info.get("data", {}).get("tokens_per_sample") or max_pos) for e in experts]
+    window = cfg.context_window or min(trained)
+    if window > max_pos:
+        raise UsageError(f"--context-window {window} exceeds the experts' {max_pos} positions")
+    stride = cfg.stride or window
+    if stride > window:
+        raise UsageError(f"--stride {stride} exceeds the context window {window}")
+    return window, stride
+
+
 def score_all(cfg: EvalConfig, experts, docs) -> list[str]:
     """Score each model once; returns the cache names in expert order."""
+    window, stride = scoring_window(cfg, experts)
     from xlbtm.ensemble.scoring import score_expert
 
     if cfg.ensemble_type == "average":
@@ -113,30 +135,34 @@ def score_all(cfg: EvalConfig, experts, docs) -> list[str]:
 
         key = sha256_json({"average": [e.fingerprint() for e in experts]})
         score_expert(cfg.job_dir, "average", experts[0], docs, state=average_states(experts),
-                     device=cfg.device, batch_tokens=cfg.batch_tokens, weights_key=key)
+                     device=cfg.device, batch_tokens=cfg.batch_tokens, weights_key=key, window=window,
+                     stride=stride)
         return ["average"]
     names = ["dense" if cfg.ensemble_type == "dense" else f"expert{e.cluster}" for e in experts]
     if cfg.run is None:
         for name, e in zip(names, experts):
-            score_expert(cfg.job_dir, name, e, docs, device=cfg.device, batch_tokens=cfg.batch_tokens)
+            score_expert(cfg.job_dir, name, e, docs, device=cfg.device, batch_tokens=cfg.batch_tokens,
+                         window=window, stride=stride)
         return names
     from xlbtm.launch import make_executor, wait_for
 
     ex = make_executor(cfg.run, Path(cfg.job_dir) / "jobs", name="score_expert",
                        gpus_per_node=cfg.gpus_per_node, cpus_per_task=1, timeout_min=240,
                        array_parallelism=len(experts), site=cfg.site)
-    jobs = [ex.submit(_score_job, cfg.job_dir, name, str(e.weights or e.run_dir), cfg.batch_tokens)
+    jobs = [ex.submit(_score_job, cfg.job_dir, name, str(e.weights or e.run_dir), cfg.batch_tokens, window, stride)
             for name, e in zip(names, experts)]
     wait_for(jobs, what="expert scoring")
     return names
 
 
-def _score_job(job_dir: str, name: str, expert_path: str, batch_tokens: int) -> str:
+def _score_job(job_dir: str, name: str, expert_path: str, batch_tokens: int, window: int | None = None,
+               stride: int | None = None) -> str:
     """One scoring job (local process or SLURM array element); reads the shared docs from the job dir."""
     from xlbtm.ensemble.experts import read_expert
     from xlbtm.ensemble.scoring import score_expert
 
-    return str(score_expert(job_dir, name, read_expert(expert_path), batch_tokens=batch_tokens))
+    return str(score_expert(job_dir, name, read_expert(expert_path), batch_tokens=batch_tokens, window=window,
+                            stride=stride))
 
 
 def run_eval(cfg: EvalConfig) -> dict:
@@ -149,7 +175,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     experts, clusterer, tokenizer = resolve(cfg)
     objective = experts[0].objective
     max_pos = min(int(e.info["model_args"]["max_positions"]) for e in experts)
-    max_tokens = max_pos if objective == "clm" else max_pos - 1  # MLM: <s> takes a position
+    # CLM reads whole documents in windows (scoring_window); MLM reads one window, <s> takes a position
+    max_tokens = None if objective == "clm" else max_pos - 1
     Path(cfg.job_dir).mkdir(parents=True, exist_ok=True)
     docs = prepare_docs(cfg.job_dir, cfg.data_dir, cfg.data_subset, tokenizer, max_tokens,
                         cfg.max_valid_steps, cfg.skip_bad_lines)
@@ -219,6 +246,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         "settings": {
             "temperature": first["temperature"], "topk": first["topk"], "cbtm_compat": cfg.cbtm_compat,
             "num_experts": K, "objective": objective, "max_tokens": max_tokens,
+            "context_window": scoring_window(cfg, experts)[0] if objective == "clm" else None,
+            "stride": scoring_window(cfg, experts)[1] if objective == "clm" else None,
             "max_valid_steps": cfg.max_valid_steps, "data_dir": str(cfg.data_dir),
             "clusterer": cfg.path_to_clusterer,
             "clusterer_fingerprint": getattr(clusterer, "fingerprint", None),

@@ -10,8 +10,12 @@ Scoring an expert is the only expensive step; it runs once per expert (one proce
 array element each) and is skipped when its cache matches. Every --temperature / --topk setting then reuses
 the same caches.
 
-One document per sample (c-BTM's eval: no packing across documents). CLM: input `</s> t_0 .. t_{L-2}`,
-targets `t_0 .. t_{L-1}` (the trainer's `</s>`-separated streams), L = the model's max_positions.
+One document per sample (c-BTM's eval: no packing across documents). CLM: the document is read as the
+trainer's `</s>`-separated stream `</s> t_0 .. t_{L-1}` and scored whole, in windows of the context the
+experts were trained with (`window`, default their tokens_per_sample): window i feeds stream positions
+[i*stride, i*stride + window) and scores the targets no earlier window scored, so every token is predicted
+exactly once and never from a position the model did not train on (`clm_windows`). stride = window
+(the default) is c-BTM's non-overlapping blocks; a smaller stride gives later tokens more context.
 MLM: pseudo-perplexity. Input `<s> t_0 .. t_{L-2}`; the scored positions are split into MLM_GROUPS
 deterministic groups (position i in group i % MLM_GROUPS); one forward pass per group masks that group, so
 each token is predicted exactly once with ~1/MLM_GROUPS of the document masked (close to the 15% the
@@ -60,9 +64,10 @@ class EvalDocs:
         return self.meta["fingerprint"]
 
 
-def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, max_tokens: int,
+def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, max_tokens: int | None,
                  max_docs: int | None = None, skip_bad_lines: bool = False) -> EvalDocs:
-    """Tokenize the eval split once (cached in the job dir); documents truncated to `max_tokens` targets."""
+    """Tokenize the eval split once (cached in the job dir); documents truncated to `max_tokens` targets
+    (None: whole documents, which CLM scoring reads in windows), the truncation counted in the log."""
     from xlbtm.corpus import Corpus
 
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
@@ -73,6 +78,10 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
         docs.append(doc)
     ids = tokenizer.encode_batch([d.text for d in docs])
     kept = [(d, x[:max_tokens]) for d, x in zip(docs, ids) if len(x) > 0]  # empty documents predict nothing
+    cut = sum(len(x) for x in ids) - sum(len(x) for _, x in kept)
+    if cut:
+        log.warning(f"{cut} tokens of {sum(len(x) > (max_tokens or 0) for x in ids)} documents beyond the "
+                    f"{max_tokens} positions a masked LM reads are not scored")
     if len(kept) < len(docs):
         log.info(f"skipping {len(docs) - len(kept)} documents that tokenize to nothing")
     if not kept:
@@ -84,7 +93,7 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
     sp_ids = [d.sp_id for d, _ in kept]
     langs = [d.lang or "null" for d, _ in kept]
     meta = {"dataset": subset, "data_dir": str(Path(data_dir).resolve()), "documents": len(kept),
-            "tokens": int(offsets[-1]), "max_tokens": int(max_tokens),
+            "tokens": int(offsets[-1]), "max_tokens": None if max_tokens is None else int(max_tokens),
             "tokenizer_fingerprint": tokenizer.fingerprint}
     meta["fingerprint"] = sha256_json({**meta, "sp_ids": sp_ids,
                                        "tokens_sha": _sha(tokens)})
@@ -142,10 +151,12 @@ def read_scores(job_dir, name: str) -> np.ndarray:
 
 
 def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, state: dict | None = None,
-                 device: str | None = None, batch_tokens: int = 8192, weights_key: str | None = None) -> Path:
+                 device: str | None = None, batch_tokens: int = 8192, weights_key: str | None = None,
+                 window: int | None = None, stride: int | None = None) -> Path:
     """Score every eval token with one expert and cache the log-probs; a matching cache is reused.
 
     `state` replaces the expert's weights (the parameter-averaged model); `weights_key` then names them.
+    CLM: `window` / `stride` as in `clm_windows` (default: the model's max_positions, non-overlapping).
     """
     import torch
 
@@ -153,16 +164,24 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
 
     docs = docs or load_docs(job_dir)
     path = score_cache_path(job_dir, name)
-    key = sha256_json({"docs": docs.fingerprint, "weights": weights_key or expert.fingerprint(),
-                       "objective": expert.objective, "mlm_groups": MLM_GROUPS})
+    key = {"docs": docs.fingerprint, "weights": weights_key or expert.fingerprint(), "objective": expert.objective,
+           "mlm_groups": MLM_GROUPS}
+    if expert.objective == "clm":
+        key.update(window=window, stride=stride)
+    key = sha256_json(key)
     if _cache_ok(path, key):
         log.info(f"{name}: cached scores found, skipping")
         return path
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, args = load_model(expert, state)
-    if docs.meta["max_tokens"] > args.max_positions:
+    if expert.objective == "mlm" and docs.meta["max_tokens"] > args.max_positions:
         raise InputError(f"documents were truncated to {docs.meta['max_tokens']} tokens but this model takes "
                          f"{args.max_positions} positions", expert.run_dir)
+    window = window or args.max_positions
+    stride = stride or window
+    if window > args.max_positions:
+        raise InputError(f"context window {window} exceeds this model's {args.max_positions} positions",
+                         expert.run_dir)
     model.to(device)
     if expert.objective == "mlm":
         mask_id = args.extra.get("mask_id") if isinstance(args.extra, dict) else None
@@ -173,7 +192,7 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
             mask_id = load_tokenizer(expert.info["tokenizer"]).mask_id
         lp = _score_mlm(model, args, docs, device, batch_tokens, int(mask_id))
     else:
-        lp = _score_clm(model, args, docs, device, batch_tokens)
+        lp = _score_clm(model, args, docs, device, batch_tokens, window, stride)
     _save_npz(path, logprobs=lp.astype(np.float32))
     write_json(path.with_suffix(".json"), {"key": key, "expert": str(expert.run_dir), "name": name,
                                            "tokens": int(len(lp)), "ppl": float(np.exp(-lp.mean()))})
@@ -222,25 +241,50 @@ def _gather_logprobs(model, inp, pad, targets, need=None):
     return out
 
 
-def _score_clm(model, args, docs: EvalDocs, device, batch_tokens) -> np.ndarray:
+def clm_windows(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows over a document's stream `</s> t_0 .. t_{length-1}` as (start, end, first_scored).
+
+    Window (a, e, f) feeds stream positions [a, e) (stream position 0 is the `</s>`, position i > 0 is
+    t_{i-1}), predicts t_a .. t_{e-1}, and scores t_f .. t_{e-1}: each target exactly once, with at least
+    `window - stride` tokens of context after the first window.
+    """
+    if not 0 < stride <= window:
+        raise ValueError(f"stride must be in [1, window={window}], got {stride}")
+    out, a, done = [], 0, 0
+    while done < length:
+        e = min(a + window, length)
+        out.append((a, e, done))
+        done, a = e, a + stride
+    return out
+
+
+def _score_clm(model, args, docs: EvalDocs, device, batch_tokens, window: int, stride: int) -> np.ndarray:
     import torch
 
     out = np.zeros(len(docs.tokens), dtype=np.float64)
-    lengths = np.diff(docs.offsets)
+    rows = [(d, a, e, f) for d in range(docs.num_docs)
+            for a, e, f in clm_windows(int(docs.offsets[d + 1] - docs.offsets[d]), window, stride)]
+    lengths = np.asarray([e - a for _, a, e, _ in rows], dtype=np.int64)
     with torch.inference_mode():
         for batch in _batches(lengths, batch_tokens):
             T = int(lengths[batch].max())
             inp = torch.full((len(batch), T), args.pad_id, dtype=torch.long)
             tgt = torch.zeros((len(batch), T), dtype=torch.long)
-            for i, d in enumerate(batch):
+            for i, r in enumerate(batch):
+                d, a, e, _ = rows[r]
                 x = torch.from_numpy(docs.doc(d))
-                inp[i, 0] = args.eos_id
-                inp[i, 1:len(x)] = x[:-1]
-                tgt[i, :len(x)] = x
+                if a == 0:
+                    inp[i, 0] = args.eos_id
+                    inp[i, 1:e] = x[:e - 1]
+                else:
+                    inp[i, :e - a] = x[a - 1:e - 1]
+                tgt[i, :e - a] = x[a:e]
             pad = torch.arange(T)[None, :] >= torch.from_numpy(lengths[batch])[:, None]
             lp = _gather_logprobs(model, inp.to(device), pad.to(device), tgt.to(device)).cpu().double()
-            for i, d in enumerate(batch):
-                out[docs.offsets[d]:docs.offsets[d + 1]] = lp[i, :lengths[d]].numpy()
+            for i, r in enumerate(batch):
+                d, a, e, f = rows[r]
+                o = int(docs.offsets[d])
+                out[o + f:o + e] = lp[i, f - a:e - a].numpy()
     return out
 
 

@@ -52,6 +52,12 @@ def build_parser():
     p.add_argument("--dense-result", default=None,
                    help="result.json (or its dir) of the dense baseline, compared per language in report.md")
     p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward pass")
+    p.add_argument("--context-window", type=int, default=None,
+                   help="causal LMs: tokens per scoring window (default: the context the experts were trained "
+                        "with, expert.json tokens_per_sample); documents are scored whole, window by window")
+    p.add_argument("--stride", type=int, default=None,
+                   help="causal LMs: step between windows (default: the window, c-BTM's non-overlapping blocks; "
+                        "smaller gives every later token at least window - stride tokens of context)")
     p.add_argument("--device", default=None, help="scoring device (default: cuda when available, else cpu)")
     add_skip_bad_lines_arg(p)
     add_slurm_args(p)
@@ -73,6 +79,7 @@ def main(argv=None):
         topks=[k for group in (args.topk or [[-1]]) for k in group],
         cbtm_compat=args.cbtm_compat, max_valid_steps=args.max_valid_steps, run=args.run,
         dense_result=args.dense_result, batch_tokens=args.batch_tokens, device=args.device,
+        context_window=args.context_window, stride=args.stride,
         skip_bad_lines=args.skip_bad_lines, site=site_from_args(args) if args.run == "slurm" else None,
     )
     result = run_eval(cfg)
