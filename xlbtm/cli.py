@@ -31,6 +31,8 @@ class _StageFilter(logging.Filter):
 
 def setup_logging(stage: str, level: int | str | None = None) -> logging.Logger:
     """Configure the root `xlbtm` logger once per process; later calls only change the stage name."""
+    global _STAGE
+    _STAGE = stage
     level = level or os.environ.get("XLBTM_LOG_LEVEL", "INFO")
     logger = logging.getLogger("xlbtm")
     logger.setLevel(level)
@@ -44,6 +46,14 @@ def setup_logging(stage: str, level: int | str | None = None) -> logging.Logger:
     logger.addHandler(handler)
     logger.propagate = False
     return logger
+
+
+_STAGE: str | None = None
+
+
+def current_stage() -> str | None:
+    """The stage name log lines carry now (None before `setup_logging`)."""
+    return _STAGE
 
 
 def get_logger(name: str) -> logging.Logger:

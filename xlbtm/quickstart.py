@@ -25,7 +25,7 @@ log = get_logger("quickstart")
 @dataclass
 class QuickstartConfig(PipelineConfig):
     out: str = "quickstart_out"
-    expert_steps: int = 200          # per expert; the dense continuation gets K x this (compute-matched)
+    expert_steps: int = 900          # per expert; the dense continuation gets K x this (compute-matched)
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:

@@ -39,16 +39,21 @@ class PipelineConfig:
     num_clusters: int = 4
     clustering: str = "tfidf"            # tfidf: subword TF-IDF + balanced k-means, routed by the prefix;
                                          # typological: languages grouped by URIEL, routed by `lang` (X-ELM)
-    num_train_docs: int = 2000           # demo corpus size
+    num_train_docs: int = 8000           # demo corpus size (~1.5M tokens: the runs stay near 2 epochs)
     num_valid_docs: int = 200
     vocab_size: int = 2000
     model_size: str = "debug"            # preset of the seed trained from scratch
     tokens_per_sample: int = 128
     batch_size: int = 8
-    seed_steps: int = 400                # dense seed pre-training
+    # dense seed pre-training. The method branches experts from a seed that already knows what all languages
+    # share (c-BTM: OPT; X-ELM: XGLM); a barely trained seed leaves that to every expert separately and the
+    # dense model wins (benchmarks/FIDELITY.md: 900 seed steps +3.6%, 3,000 steps -4.0% at 900 steps/expert)
+    seed_steps: int = 3000
     learning_rate: float = 5e-3
     warmup_fraction: float = 0.0         # of each run's own steps (experts and dense alike)
-    step_allocation: str = "equal"       # equal | proportional (to each cluster's training tokens)
+    # equal | proportional to each cluster's training tokens: nearest-centroid assignment makes clusters
+    # unequal, and equal steps overtrain the small ones (FIDELITY.md: a 10% cluster ran 25 epochs)
+    step_allocation: str = "proportional"
     temperature: float = 0.1
     max_valid_docs: int | None = None
     seed: int = 0
@@ -82,14 +87,15 @@ class Prepared:
 
 def run_stage(stage: str, main: Callable[[Sequence[str] | None], int | None], argv: list[str]) -> None:
     """Run one entry point in this process, logging the command line a user would type."""
-    from xlbtm.cli import setup_logging
+    from xlbtm.cli import current_stage, setup_logging
 
+    outer = current_stage() or "study"
     log.info("$ python -m xlbtm.scripts.%s %s", stage, shlex.join(argv))
     setup_logging(stage)  # the stage's own lines carry its name, as when a user runs it
     try:
         rc = main(argv)
     finally:
-        setup_logging("study")
+        setup_logging(outer)
     if rc:
         raise RuntimeError(f"stage {stage} exited with status {rc}")
 
