@@ -83,3 +83,17 @@ def test_scaling_study_end_to_end_tiny_budgets(tmp_path):
     assert "already evaluated" in p2.stderr + p2.stdout
     assert "$ python -m xlbtm.scripts.train_experts" not in p2.stderr + p2.stdout
     assert json.loads((out / "study.json").read_text())["points"] == study["points"]
+
+    # an existing seed (here the first study's) instead of one trained from scratch: its tokenizer is used
+    seed = out / "seed" / "1_clusters" / "seed.cluster0" / "consolidated.pt"
+    out2 = tmp_path / "given seed"
+    cmd2 = [sys.executable, "-m", "xlbtm.scripts.scaling_study", "--out", str(out2), "--num-clusters", "2",
+            "--data-dir", str(out / "data"), "--seed-model", str(seed), "--tokenizer", str(out / "tokenizer"),
+            "--budgets", "2", "--tokens-per-sample", "64", "--batch-size", "4"]
+    p3 = subprocess.run(cmd2, capture_output=True, text=True, timeout=600)
+    assert p3.returncode == 0, p3.stderr[-4000:]
+    assert not (out2 / "seed").exists() and not (out2 / "tokenizer").exists()
+    s2 = json.loads((out2 / "study.json").read_text())
+    assert s2["points"][0]["dense_train_tokens"] == s2["points"][0]["ensemble_train_tokens"] == 4 * 4 * 64
+    info = json.loads((out2 / "budget_2" / "models" / "1_clusters" / "dense.cluster0" / "expert.json").read_text())
+    assert info["seed_model"] == str(seed)

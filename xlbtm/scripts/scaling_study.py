@@ -37,6 +37,10 @@ def add_pipeline_args(p, d) -> None:
     p.add_argument("--num-train-docs", type=int, default=d.num_train_docs, help="demo corpus: train documents")
     p.add_argument("--num-valid-docs", type=int, default=d.num_valid_docs, help="demo corpus: valid documents")
     p.add_argument("--vocab-size", type=int, default=d.vocab_size, help="SentencePiece vocabulary size")
+    p.add_argument("--seed-model", default=None,
+                   help="an existing seed (HF dir, metaseq/fairseq or xlbtm .pt) instead of training one from scratch "
+                        "for --seed-steps; its tokenizer is used")
+    p.add_argument("--tokenizer", default=None, help="with --seed-model: its tokenizer dir (default: the seed's own)")
     p.add_argument("--model-size", default=d.model_size, help="preset of the seed model trained from scratch")
     p.add_argument("--tokens-per-sample", type=int, default=d.tokens_per_sample)
     p.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -42,6 +42,8 @@ class PipelineConfig:
     num_train_docs: int = 8000           # demo corpus size (~1.5M tokens: the runs stay near 2 epochs)
     num_valid_docs: int = 200
     vocab_size: int = 2000
+    seed_model: str | None = None        # an existing seed (HF dir, metaseq/xlbtm .pt); None = train one
+    tokenizer: str | None = None         # with seed_model: its tokenizer (default: the seed's own)
     model_size: str = "debug"            # preset of the seed trained from scratch
     tokens_per_sample: int = 128
     batch_size: int = 8
@@ -118,12 +120,10 @@ def _languages(data: Path, split: str = "train") -> list[str]:
 
 def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log.info(what)) -> Prepared:
     """Corpus, tokenizer, dense seed, clusterer and the assignment of train and valid (each skipped when done)."""
-    from xlbtm.scripts import cluster, consolidate, train_clusterer, train_experts
     from xlbtm.tokenizer import train_tokenizer_from_corpus
 
     out = Path(cfg.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    K = cfg.num_clusters
 
     if cfg.data_dir is None:
         from xlbtm.demo_corpus import write_demo_corpus
@@ -137,13 +137,27 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
         data = Path(cfg.data_dir).resolve()
         stage(f"corpus: {data}")
 
-    tok = out / "tokenizer"
-    stage(f"SentencePiece tokenizer ({cfg.vocab_size} pieces) -> {tok}")
-    if not (tok / "tokenizer.json").is_file():
-        train_tokenizer_from_corpus(data, tok, vocab_size=cfg.vocab_size, seed=cfg.seed, style="xglm")
+    if cfg.seed_model:
+        from xlbtm.train.experts import resolve_tokenizer
 
-    # a tiny XGLM trained from scratch on all data: stands in for a public XGLM checkpoint
-    seed_dir = out / "seed"
+        tok = Path(resolve_tokenizer(cfg.seed_model, cfg.tokenizer)).resolve()
+        stage(f"tokenizer: {tok} (the seed's)")
+        seed_ckpt = Path(cfg.seed_model).resolve()
+        stage(f"dense seed: {seed_ckpt} (given)")
+    else:
+        tok = out / "tokenizer"
+        stage(f"SentencePiece tokenizer ({cfg.vocab_size} pieces) -> {tok}")
+        if not (tok / "tokenizer.json").is_file():
+            train_tokenizer_from_corpus(data, tok, vocab_size=cfg.vocab_size, seed=cfg.seed, style="xglm")
+        seed_ckpt = _train_seed(cfg, data, tok, out / "seed", stage)
+    clusterer, clusters, languages = _cluster(cfg, data, tok, out, stage)
+    return Prepared(out, data, tok, seed_ckpt, clusterer, clusters, languages)
+
+
+def _train_seed(cfg: PipelineConfig, data: Path, tok: Path, seed_dir: Path, stage) -> Path:
+    """A tiny XGLM trained from scratch on all data: stands in for a public XGLM checkpoint."""
+    from xlbtm.scripts import consolidate, train_experts
+
     seed_run = seed_dir / "1_clusters" / "seed.cluster0"
     seed_ckpt = seed_run / "consolidated.pt"
     stage(f"dense seed: {cfg.model_size} XGLM, {cfg.seed_steps} steps -> {seed_dir}")
@@ -154,7 +168,14 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
             "--seed-model", cfg.model_size, "--num-clusters", "1", "--serialization-dir", str(seed_dir),
             "--run-name", "seed"])
         run_stage("consolidate", consolidate.main, [str(seed_run)])
+    return seed_ckpt
 
+
+def _cluster(cfg: PipelineConfig, data: Path, tok: Path, out: Path, stage) -> tuple[Path, Path, list[str]]:
+    """Fit the clusterer (tf-idf or typological) and assign train and valid; (clusterer, clusters, languages)."""
+    from xlbtm.scripts import cluster, train_clusterer
+
+    K = cfg.num_clusters
     clusterer = out / "clusterer"
     languages = _languages(data)
     if cfg.clustering == "typological":
@@ -176,7 +197,7 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
         run_stage("cluster", cluster.main, [
             "--data-dir", str(data), "--path-to-clusterer", str(clusterer), "--num-clusters", str(K),
             "--output-prefix", str(clusters), "--split", split, "--run", cfg.run])
-    return Prepared(out, data, tok, seed_ckpt, clusterer, clusters, languages)
+    return clusterer, clusters, languages
 
 
 def _consumed_tokens(run_dir: Path, tokens_per_sample: int) -> int:
