@@ -22,6 +22,114 @@ from xlbtm.errors import InputError
 LATEST = "latest"
 
 
+# --------------------------------------------------------------------------- reading without running code
+# torch's DCP reader runs code from the checkpoint in two places: `FileSystemReader.read_metadata` is a plain
+# `pickle.load` of `.metadata`, and `DefaultLoadPlanner.load_bytes` (non-tensor entries such as the optimizer's
+# param_groups) is `torch.load(weights_only=False)`. A crafted checkpoint would execute on resume, consolidate
+# and eval. Every xlbtm read goes through the two classes below instead: `.metadata` admits only the DCP
+# metadata classes and the torch types they hold; byte entries use `torch.load(weights_only=True)` (plain
+# Python values). Tensor data (`.distcp`) is already read with `weights_only=True` by torch.
+
+_METADATA_MODULE = "torch.distributed.checkpoint.metadata"
+_METADATA_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"),
+                     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+                     ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+
+
+def _metadata_unpickler(f, path: Path):
+    import importlib
+    import pickle
+
+    class _Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if module == _METADATA_MODULE:  # classes defined there, not what it happens to import
+                obj = getattr(importlib.import_module(module), name, None)
+                if isinstance(obj, type) and obj.__module__ == module:
+                    return obj
+            elif module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+                return getattr(torch, name)
+            elif (module, name) in _METADATA_GLOBALS:
+                return super().find_class(module, name)
+            raise InputError(f"refusing to read this checkpoint: its DCP metadata references {module}.{name}, "
+                             "which is not a checkpoint metadata type (a crafted file could run code); "
+                             "was it written by torch.distributed.checkpoint?", path)
+
+    return _Unpickler(f)
+
+
+def _safe_reader(checkpoint_dir: str | os.PathLike):
+    """A DCP `FileSystemReader` whose `.metadata` is read with the restricted unpickler above."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+    class _SafeFileSystemReader(FileSystemReader):
+        def read_metadata(self, *args, **kwargs) -> Metadata:
+            path = Path(self._get_metadata_path(kwargs.get("rank")))
+            if not path.is_file():
+                if kwargs.get("rank") is not None:  # DCP probes for per-rank metadata and falls back
+                    raise FileNotFoundError(path)
+                raise InputError("not a DCP checkpoint (no .metadata)", path.parent)
+            with open(path, "rb") as f:
+                try:
+                    metadata = _metadata_unpickler(f, path).load()
+                except InputError:
+                    raise
+                except Exception as e:  # truncated or garbled file
+                    raise InputError(f"unreadable DCP metadata ({type(e).__name__}: {e})", path) from None
+            if not isinstance(metadata, Metadata):
+                raise InputError(f"DCP metadata is a {type(metadata).__name__}, not a Metadata", path)
+            if getattr(metadata, "storage_meta", None) is None:  # as torch's reader does
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return _SafeFileSystemReader(str(checkpoint_dir))
+
+
+def _safe_planner(checkpoint_dir: str | os.PathLike):
+    """DCP's default load planner, with non-tensor entries read by `torch.load(weights_only=True)`."""
+    import pickle
+
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint._traverse import set_element
+
+    class _SafeLoadPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value) -> None:
+            fqn = read_item.dest_index.fqn
+            try:
+                obj = torch.load(value, weights_only=True)
+            except pickle.UnpicklingError as e:
+                raise InputError(f"refusing to read checkpoint entry {fqn!r}: it holds more than plain values "
+                                 f"({str(e).splitlines()[0]})", checkpoint_dir) from None
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[fqn], obj)
+            else:
+                self.state_dict[fqn] = obj
+
+    return _SafeLoadPlanner()
+
+
+def dcp_load(state: dict, checkpoint_dir: str | os.PathLike, *, no_dist: bool = False) -> None:
+    """`torch.distributed.checkpoint.load` into `state`, in place, without running code from the files."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    read_dcp_metadata(checkpoint_dir)  # refuse a bad .metadata here, before DCP folds the error into its own
+    try:
+        dcp.load(state, storage_reader=_safe_reader(checkpoint_dir), planner=_safe_planner(checkpoint_dir),
+                 no_dist=no_dist)
+    except CheckpointException as e:  # DCP wraps each rank's exception; ours is the one-line answer
+        for exc, _ in e.failures.values():
+            if isinstance(exc, InputError):
+                raise exc from None
+        raise
+
+
+def read_dcp_metadata(checkpoint_dir: str | os.PathLike):
+    """The `Metadata` of a DCP checkpoint dir, read with the restricted unpickler."""
+    return _safe_reader(checkpoint_dir).read_metadata()
+
+
 def _ckpt_root(run_or_ckpt_dir: str | os.PathLike) -> Path:
     p = Path(run_or_ckpt_dir)
     return p if p.name == "checkpoints" else p / "checkpoints"
@@ -98,13 +206,12 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, model, optimizer=None) -> dict:
     """Collective: load model (+ optimizer) in place, resharding to the current mesh; returns train_state."""
     import json
 
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     ckpt_dir = Path(ckpt_dir)
     keys = json.loads((ckpt_dir / "train_state.json").read_text()).keys()
     state = _state(model, optimizer, {k: 0 for k in keys})
-    dcp.load(state, checkpoint_id=str(ckpt_dir))
+    dcp_load(state, ckpt_dir)
     set_model_state_dict(model, state["model"])
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, state["optimizer"])
@@ -119,13 +226,12 @@ def read_train_state(ckpt_dir: str | os.PathLike) -> dict:
 
 def read_model_state(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Full (unsharded) model tensors on CPU from a DCP checkpoint; one process, no process group needed."""
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     checkpoint_dir = Path(checkpoint_dir)
     if not (checkpoint_dir / ".metadata").is_file():
         raise InputError("not a DCP checkpoint (no .metadata)", checkpoint_dir)
-    meta = dcp.FileSystemReader(str(checkpoint_dir)).read_metadata()
+    meta = read_dcp_metadata(checkpoint_dir)
     model = {}
     for key, md in meta.state_dict_metadata.items():
         if key.startswith("model.") and isinstance(md, TensorStorageMetadata):
@@ -137,5 +243,5 @@ def read_model_state(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tenso
 
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=str(checkpoint_dir), no_dist=True)
+        dcp_load(state, checkpoint_dir, no_dist=True)
     return state["model"]

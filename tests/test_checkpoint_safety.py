@@ -1,0 +1,116 @@
+"""A crafted DCP checkpoint must not run code: `.metadata` and non-tensor entries are read without it."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from xlbtm.errors import InputError
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
+
+class _Payload:
+    """Unpickling this runs `open(marker, "w")`: proof that a loader executed code from the file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _real_checkpoint(tmp_path):
+    """A DCP checkpoint as training writes it (model + AdamW state, whose param_groups are byte entries)."""
+    from xlbtm.models import build_model, get_preset
+    from xlbtm.parallel.checkpoint import save_checkpoint
+    from xlbtm.train.config import TrainConfig
+    from xlbtm.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model(get_preset("debug", vocab_size=64, max_positions=16))
+    opt = build_optimizer(model, TrainConfig(run_dir="-", data_dir="-", seed_model="debug"), "cpu")
+    model(torch.randint(4, 64, (2, 8)), None).sum().backward()
+    opt.step()
+    ck = save_checkpoint(tmp_path / "run", 1, model, opt, {"step": 1, "position": 2, "seed": 1})
+    return ck, model, opt
+
+
+def test_real_checkpoints_still_load_through_the_safe_reader(tmp_path):
+    from xlbtm.parallel.checkpoint import load_checkpoint, read_model_state
+
+    ck, model, opt = _real_checkpoint(tmp_path)
+    state = read_model_state(ck)
+    for k, v in model.state_dict().items():
+        if k in state:
+            torch.testing.assert_close(state[k], v)
+    assert load_checkpoint(ck, model, opt) == {"step": 1, "position": 2, "seed": 1}
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)  # a byte entry, read back as a plain value
+
+
+def test_crafted_metadata_pickle_is_refused_and_never_runs(tmp_path):
+    from xlbtm.parallel.checkpoint import load_checkpoint, read_model_state
+
+    ck, model, opt = _real_checkpoint(tmp_path)
+    marker = tmp_path / "pwned"
+    (ck / ".metadata").write_bytes(pickle.dumps(_Payload(marker)))
+    for load in (lambda: read_model_state(ck), lambda: load_checkpoint(ck, model, opt)):
+        with pytest.raises(InputError) as e:
+            load()
+        assert "io.open" in str(e.value) and ".metadata" in str(e.value)
+    assert not marker.exists()
+
+
+def test_payload_hidden_inside_real_metadata_is_refused(tmp_path):
+    """The payload nested in an otherwise genuine Metadata object (as a storage_data value)."""
+    from xlbtm.parallel.checkpoint import read_dcp_metadata, read_model_state
+
+    ck, _, _ = _real_checkpoint(tmp_path)
+    md = read_dcp_metadata(ck)
+    key = next(iter(md.storage_data))
+    md.storage_data[key] = _Payload(tmp_path / "pwned")
+    (ck / ".metadata").write_bytes(pickle.dumps(md))
+    with pytest.raises(InputError, match="io.open"):
+        read_model_state(ck)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_crafted_byte_entry_is_refused_and_never_runs(tmp_path):
+    """A non-tensor entry (optimizer param_groups) replaced by a pickled payload in its .distcp file."""
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    from xlbtm.parallel.checkpoint import load_checkpoint, read_dcp_metadata
+
+    ck, model, opt = _real_checkpoint(tmp_path)
+    md = read_dcp_metadata(ck)
+    fqn = next(k for k, v in md.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata))
+    index = next(i for i in md.storage_data if i.fqn == fqn)
+    info = md.storage_data[index]
+    shard = ck / info.relative_path
+    buf = io.BytesIO()
+    torch.save(_Payload(tmp_path / "pwned"), buf)  # what DCP's writer stores for a byte entry: torch.save
+    payload = buf.getvalue()
+    data = shard.read_bytes()
+    # splice the payload in place of the entry and point the metadata at it
+    shard.write_bytes(data + payload)
+    info.offset, info.length = len(data), len(payload)
+    (ck / ".metadata").write_bytes(pickle.dumps(md))
+    with pytest.raises(InputError) as e:
+        load_checkpoint(ck, model, opt)
+    assert fqn in str(e.value)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_metadata_is_one_clear_error(tmp_path):
+    from xlbtm.parallel.checkpoint import read_model_state
+
+    ck, _, _ = _real_checkpoint(tmp_path)
+    data = (ck / ".metadata").read_bytes()
+    (ck / ".metadata").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="unreadable DCP metadata"):
+        read_model_state(ck)
+    shutil.rmtree(ck)
