@@ -142,8 +142,9 @@ def test_local_process_pool_matches_in_process(corpus, clusterer, tmp_path):
 def test_assignment_bad_inputs(corpus, clusterer, tmp_path):
     with pytest.raises(UsageError, match="--num-clusters 3 disagrees"):
         assign_mod.assign_corpus(corpus, clusterer, tmp_path / "o", "train", num_clusters=3)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="not a clusterer directory"):
-        assign_mod.assign_corpus(corpus, tmp_path, tmp_path / "o", "train")
+        assign_mod.assign_corpus(corpus, tmp_path / "empty", tmp_path / "o", "train")
     with pytest.raises(InputError, match="directory not found"):
         assign_mod.assign_corpus(corpus, clusterer, tmp_path / "o", "test")
     bad = tmp_path / "bad"

@@ -75,7 +75,7 @@ def test_train_clusterer_errors(demo, tmp_path, capsys, argv, msg):
 
 def test_cluster_cli_errors(tmp_path, capsys):
     assert main_wrapper("cluster", cluster_script.main,
-                        ["--data-dir", str(tmp_path), "--path-to-clusterer", str(tmp_path / "none"),
+                        ["--data-dir", str(tmp_path / "data"), "--path-to-clusterer", str(tmp_path / "none"),
                          "--output-prefix", str(tmp_path / "o"), "--split", "train", "--run", "local"]) == 2
     assert "not a clusterer directory" in capsys.readouterr().err
 

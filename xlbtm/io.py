@@ -16,6 +16,35 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def refuse_overlap(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """Stop before anything is written when an output path is, contains, or lies inside an input path.
+
+    `outputs` / `inputs` map the flag a user typed to its path (None: not given; a value that names no
+    existing path, like a preset name, is skipped for inputs). Paths are compared resolved, symlinks followed,
+    so `--output-prefix data/../data` or a link to the corpus is caught too. One wrong flag must not
+    overwrite a corpus, a clusterer or a checkpoint with the stage's output.
+    """
+    from xlbtm.errors import UsageError
+
+    resolved_inputs = [(flag, str(path), Path(path).resolve()) for flag, path in inputs.items()
+                       if path is not None and str(path) and os.path.exists(path)]
+    for oflag, opath in outputs.items():
+        if opath is None or not str(opath):
+            continue
+        out = Path(opath).resolve()
+        for iflag, ipath, inp in resolved_inputs:
+            if out == inp:
+                what = "is"
+            elif inp.is_relative_to(out):
+                what = "contains"
+            elif out.is_relative_to(inp):
+                what = "lies inside"
+            else:
+                continue
+            raise UsageError(f"{oflag} {opath} {what} {iflag} {ipath}: writing there would overwrite that input; "
+                             f"choose an output outside it")
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -368,6 +368,9 @@ def train_tokenizer_from_corpus(data_dir: str | os.PathLike, out_dir: str | os.P
                                 vocab_size: int = 8000, sample_docs: int = 20000, seed: int = 0,
                                 style: str = "xlmr", skip_bad_lines: bool = False) -> Path:
     """`train_sentencepiece` on a uniform sample of `sample_docs` documents of a corpus split."""
+    from xlbtm.io import refuse_overlap
+
+    refuse_overlap({"--out": out_dir}, {"--data-dir": data_dir})
     from xlbtm.corpus import Corpus
 
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)

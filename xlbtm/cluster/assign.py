@@ -176,6 +176,10 @@ def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: s
                   max_array_tasks: int = 128, batch_size: int = 512, skip_bad_lines: bool = False,
                   timeout_min: int = 240, site=None) -> dict:
     """Assign a split; returns the manifest (also written to `<output_prefix>/manifest.json`)."""
+    from xlbtm.io import refuse_overlap
+
+    refuse_overlap({"--output-prefix": output_prefix, "--job-dir": job_dir},
+                   {"--data-dir": data_dir, "--path-to-clusterer": clusterer_path})
     from xlbtm.cluster.artifact import load_clusterer
 
     clusterer_path = str(Path(clusterer_path).resolve())

@@ -100,6 +100,9 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
                           max_docs: int | None = None, seed: int = 0, skip_bad_lines: bool = False,
                           max_iter: int = 100, tol: float = 1e-4, device=None, sample: Sample | None = None):
     """Fit featurizer + k-means on a sample and save the artifact; returns (clusterer, sample)."""
+    from xlbtm.io import refuse_overlap
+
+    refuse_overlap({"--output-dir": output_dir}, {"--data-dir": data_dir, "--tokenizer": tokenizer})
     from xlbtm.cluster.artifact import load_clusterer, save_clusterer
     from xlbtm.cluster.featurize import SVD_DIM, SubwordFeaturizer, WordFeaturizer
     from xlbtm.cluster.kmeans import fit_kmeans
@@ -192,6 +195,9 @@ def train_typological_clusterer(langs: Sequence[str], num_clusters: int, output_
                                 data_dir=None, tokenizer=None, skip_bad_lines: bool = False):
     from xlbtm.cluster.artifact import load_clusterer, save_clusterer
     from xlbtm.cluster import typology
+    from xlbtm.io import refuse_overlap
+
+    refuse_overlap({"--output-dir": output_dir}, {"--data-dir": data_dir, "--tokenizer": tokenizer})
 
     langs = [lang.strip() for lang in langs if lang.strip()]
     if not langs:

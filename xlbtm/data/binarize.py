@@ -125,8 +125,10 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
     every document goes to cluster 0 of K=1.
     """
     from xlbtm.corpus import Corpus
-    from xlbtm.io import read_json, write_json
+    from xlbtm.io import read_json, refuse_overlap, write_json
 
+    refuse_overlap({"--output-dir": out_dir}, {"--path-to-data": data_dir, "--path-to-clusters-dir": clusters_dir,
+                                               "--tokenizer": getattr(tokenizer, "path", None)})
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     clusterer_fp = None
     if clusters_dir is not None:

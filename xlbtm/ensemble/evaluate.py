@@ -172,6 +172,11 @@ def run_eval(cfg: EvalConfig) -> dict:
     from xlbtm.ensemble.report import load_result, write_outputs
     from xlbtm.ensemble.scoring import MLM_GROUPS, compute_routing, prepare_docs, read_scores
 
+    from xlbtm.io import refuse_overlap
+
+    refuse_overlap({"--job-dir": cfg.job_dir}, {
+        "--data-dir": cfg.data_dir, "--path-to-clusterer": cfg.path_to_clusterer, "--experts-dir": cfg.experts_dir,
+        "--dense-result": cfg.dense_result, **{f"--model-paths {m}": m for m in cfg.model_paths}})
     experts, clusterer, tokenizer = resolve(cfg)
     objective = experts[0].objective
     max_pos = min(int(e.info["model_args"]["max_positions"]) for e in experts)

@@ -28,6 +28,7 @@ from xlbtm.errors import UsageError
 log = get_logger("study")
 
 CLUSTERINGS = ("tfidf", "typological")
+WRITTEN = ("tokenizer", "seed", "clusterer", "clusters", "models", "eval")  # what the stages write under --out
 
 
 @dataclass
@@ -134,7 +135,11 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
             summary = write_demo_corpus(data, n_train=cfg.num_train_docs, n_valid=cfg.num_valid_docs, seed=cfg.seed)
             log.info("languages: %s", ", ".join(summary["languages"]))
     else:
+        from xlbtm.io import refuse_overlap
+
         data = Path(cfg.data_dir).resolve()
+        # the corpus may sit inside --out (the demo corpus a first run generated), not under what stages write
+        refuse_overlap({f"--out ({sub}/)": out / sub for sub in WRITTEN}, {"--data-dir": cfg.data_dir})
         stage(f"corpus: {data}")
 
     if cfg.seed_model:

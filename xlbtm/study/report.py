@@ -26,7 +26,7 @@ def render_markdown(study: dict) -> str:
     c = study["config"]
     pts = study["points"]
     K = c["num_clusters"]
-    routing = "prefix cluster posterior, T=%s" % c["temperature"] if c["clustering"] == "tfidf" else "by `lang`"
+    routing = ("by the prefix's cluster posterior, T=%s" % c["temperature"]) if c["clustering"] == "tfidf" else "by `lang`"
     md = [f"# Scaling study: {K} experts vs the compute-matched dense model\n\n",
           f"Corpus `{study['data']}` ({len(study['languages'])} languages); {c['clustering']} clusters, "
           f"ensemble routed {routing}; seed: {c['model_size']} x {c['seed_steps']} steps; "

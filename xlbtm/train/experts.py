@@ -400,6 +400,13 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
             keep_checkpoints=req.keep_checkpoints, log_interval=req.log_interval, seed=req.seed,
             tensorboard=req.tensorboard, dropout=req.dropout, device=device, progress_bar=False)
         experts.append(ExpertPlan(k, run_dir, cfg))
+    from xlbtm.io import refuse_overlap
+
+    # what training writes (each expert's run dir, the binarized data) must not touch what it reads
+    refuse_overlap({"--binarized-dir" if req.binarized_dir else "--serialization-dir (binarized data)": bin_dir,
+                    **{f"--serialization-dir (cluster {p.cluster})": p.run_dir for p in experts}},
+                   {"--path-to-data": data_dir, "--path-to-clusters-dir": clusters_dir, "--seed-model": req.seed_model,
+                    "--tokenizer": tok.path})
     return TrainExpertsPlan(request=req, clusters=clusters, data_dir=data_dir, clusters_dir=clusters_dir,
                             clusterer_fp=clusterer_fp, tokenizer=tok, objective=objective, run_name=run_name,
                             bin_dir=bin_dir, device=device, site=site, spec=spec, experts=experts,
