@@ -315,3 +315,42 @@ def test_get_many_returns_input_order(demo):
     assert c.get_many(ids) == [c.get(s) for s in ids]
     with pytest.raises(InputError):
         c.get_many(["nope"])
+
+
+def _doc_lines(path, n, tag):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps({"text": f"{tag} {i}"}) + "\n" for i in range(n)))
+
+
+def test_symlink_loops_and_second_links_are_read_once(tmp_path):
+    """A link back to an ancestor (a loop) and a second link to a shard must not feed documents again."""
+    from xlbtm.corpus import Corpus
+
+    root = tmp_path / "data"
+    _doc_lines(root / "train" / "0" / "a.jsonl", 3, "a")
+    _doc_lines(root / "train" / "1" / "b.jsonl", 2, "b")
+    os.symlink(root / "train", root / "train" / "1" / "loop")        # loop: train/1/loop/1/loop/...
+    os.symlink(root / "train" / "0", root / "train" / "2")           # the same shard under a second name
+    os.symlink(root / "train" / "0" / "a.jsonl", root / "train" / "1" / "a-again.jsonl")
+    corpus = Corpus(root)
+    files = [corpus.rel(f) for f in corpus.files("train")]
+    assert files == ["train/0/a.jsonl", "train/1/b.jsonl"]
+    texts = [d.text for d in corpus.iter_documents("train")]
+    assert sorted(texts) == sorted([f"a {i}" for i in range(3)] + [f"b {i}" for i in range(2)])
+
+
+def test_dangling_shard_link_and_jsonl_gz_pairs_are_errors(tmp_path):
+    import gzip
+
+    from xlbtm.corpus import Corpus
+
+    root = tmp_path / "data"
+    _doc_lines(root / "train" / "0" / "a.jsonl", 2, "a")
+    os.symlink(tmp_path / "gone", root / "train" / "1")
+    with pytest.raises(InputError, match="dangling symlink"):
+        Corpus(root).files("train")
+    os.unlink(root / "train" / "1")
+    with gzip.open(root / "train" / "0" / "a.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": "other"}) + "\n")
+    with pytest.raises(InputError, match="a.jsonl and a.jsonl.gz"):
+        Corpus(root).files("train")

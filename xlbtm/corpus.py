@@ -91,16 +91,54 @@ def find_jsonl_files(root: str | os.PathLike) -> list[Path]:
         raise InputError("directory not found (check --data-dir and the split name)", root)
     # os.walk(followlinks=True): shard dirs are often symlinks into other storage, and Path.rglob
     # (Python < 3.13) does not descend into symlinked directories. Hidden files/dirs (ours: temp files,
-    # line indexes) are not data.
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+    # line indexes) are not data. Every directory and file is taken once by its identity (device, inode):
+    # a symlink loop or a second link to a shard would otherwise feed the same documents again.
+    def unreadable(err: OSError) -> None:
+        raise InputError(f"cannot read this directory ({err.strerror}); fix its permissions or remove it from "
+                         "the corpus", err.filename)
+
+    seen_dirs = {_identity(root)}
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
+        keep = []
+        for d in sorted(dirnames, key=natural_key):
+            if d.startswith("."):
+                continue
+            ident = _identity(Path(dirpath) / d)
+            if ident not in seen_dirs:  # a loop back to an ancestor, or a second link to a visited dir
+                seen_dirs.add(ident)
+                keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             p = Path(dirpath) / name
-            if not name.startswith(".") and is_jsonl(p) and p.is_file():
-                files.append(p)
-    files.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
+            if name.startswith("."):
+                continue
+            if p.is_symlink() and not p.exists():
+                raise InputError(f"dangling symlink (its target {os.readlink(p)} does not exist); restore the "
+                                 "target or remove the link", p)
+            if is_jsonl(p) and p.is_file():
+                found.append(p)
+    found.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
+    files, seen_files = [], {}
+    for p in found:
+        ident = _identity(p)
+        if ident in seen_files:  # the same file under two names: read it once, under its first name
+            continue
+        seen_files[ident] = p
+        files.append(p)
+    stems: dict[Path, Path] = {}
+    for p in files:  # a.jsonl and a.jsonl.gz would write the same cluster file and sp_ids
+        stem = p.parent / p.name.removesuffix(".gz")
+        if stem in stems:
+            raise InputError(f"both {stems[stem].name} and {p.name} are in this shard; they map to the same "
+                             "cluster file and sp_ids: keep one of them", p.parent)
+        stems[stem] = p
     return files
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = os.stat(path)  # follows symlinks: the identity of what the path names
+    return st.st_dev, st.st_ino
 
 
 def split_files(data_dir: str | os.PathLike, split: str) -> list[Path]:
