@@ -528,6 +528,12 @@ def test_eval_script_flags_and_errors(tiny, fake_clusterer, tmp_path, capsys):
     with pytest.raises(UsageError):
         eval_ensemble.main(argv[:4] + ["--model-paths", paths, "--ensemble-type", "clustering",
                                        "--job-dir", str(tmp_path / "j2"), "--batch-tokens", "0"])
+    for flag, value in (("--temperature", "nan"), ("--temperature", "0"), ("--topk", "0"), ("--topk", "-2")):
+        bad = argv[:6] + ["--model-paths", paths, "--ensemble-type", "clustering", "--job-dir",
+                          str(tmp_path / "j3"), flag, value]
+        assert main_wrapper("eval_ensemble", eval_ensemble.main, bad) == 2
+        err = capsys.readouterr().err
+        assert flag in err and len(err.strip().splitlines()) == 1, err
     del info
 
 

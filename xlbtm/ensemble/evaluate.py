@@ -62,8 +62,10 @@ class EvalConfig:
             raise UsageError("give exactly one of --model-paths and --experts-dir")
         if self.ensemble_type in ("clustering", "lang") and not self.path_to_clusterer:
             raise UsageError(f"--ensemble-type {self.ensemble_type} needs --path-to-clusterer")
-        if any(t <= 0 for t in self.temperatures):
-            raise UsageError("--temperature values must be > 0")
+        if any(not (0 < t < float("inf")) for t in self.temperatures):  # also catches nan
+            raise UsageError(f"--temperature values must be finite and > 0, got {self.temperatures}")
+        if any(k == 0 or k < -1 for k in self.topks):
+            raise UsageError(f"--topk takes -1 (every expert) or a count >= 1, got {self.topks}")
         if self.max_valid_steps is not None and self.max_valid_steps <= 0:
             raise UsageError("--max-valid-steps must be positive")
         if self.context_window is not None and self.context_window <= 0:
@@ -203,6 +205,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     elif clusterer is not None and cfg.ensemble_type != "dense":
         doc_cluster = _predict_docs(clusterer, cfg, docs)
 
+    if any(k > K for k in cfg.topks) and cfg.ensemble_type == "clustering":
+        log.info(f"--topk above the {K} experts keeps every expert (as -1)")
     sweep = []
     settings_list = [(t, k) for t in cfg.temperatures for k in cfg.topks] \
         if cfg.ensemble_type == "clustering" else [(None, -1)]
