@@ -240,6 +240,11 @@ def test_local_runs_in_waves_sized_by_the_machine(monkeypatch):
     (["--tensor-parallel-size", "3", "--num-gpus", "2"], "--tensor-parallel-size"),
     (["--train-cluster", "5"], "--train-cluster"),
     (["--num-clusters", "3"], "--num-clusters"),
+    (["--train-cluster", ""], "--train-cluster is empty"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--tokens-per-sample", "0"], "--tokens-per-sample"),
+    (["--learning-rate", "nan"], "--learning-rate"),
+    (["--step-allocation", "proportional", "--max-steps", "0"], "--max-steps"),
 ])
 def test_train_experts_bad_flags_exit_2(demo, tmp_path, capsys, bad, msg):
     from xlbtm.cli import main_wrapper

@@ -45,8 +45,10 @@ class LaunchSpec:
 
 def parse_cluster_list(value: str | None, num_clusters: int) -> list[int]:
     """`--train-cluster 1,3,5` (also ranges `0-3`); None = all clusters."""
-    if value is None or value == "":
+    if value is None:
         return list(range(num_clusters))
+    if not str(value).strip(" ,"):  # an unset shell variable, say: training every expert is not what was meant
+        raise UsageError("--train-cluster is empty; leave the flag out to train every cluster")
     out: list[int] = []
     for part in str(value).split(","):
         part = part.strip()
@@ -343,6 +345,12 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     K = req.num_clusters
     if K < 1:
         raise UsageError("--num-clusters must be >= 1")
+    for flag, value in (("--batch-size", req.batch_size), ("--update-freq", req.update_freq),
+                        ("--tokens-per-sample", req.tokens_per_sample), ("--max-steps", req.max_steps)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if not 0 < req.learning_rate < float("inf"):
+        raise UsageError(f"--learning-rate must be finite and > 0, got {req.learning_rate}")
     if req.step_allocation not in STEP_ALLOCATIONS:
         raise UsageError(f"--step-allocation must be one of {', '.join(STEP_ALLOCATIONS)}")
     if req.num_nodes < 1 or req.num_gpus < 1:
