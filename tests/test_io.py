@@ -27,6 +27,20 @@ def test_written_files_get_the_umask_mode(tmp_path):
     assert read_json(tmp_path / "a.json") == {"x": 1}
 
 
+def test_safetensors_artifacts_get_the_umask_mode_too(tmp_path):
+    """safetensors' save_file creates its file 0600; clusterers and HF dirs live on shared clusters."""
+    from xlbtm.models import build_model, get_preset
+    from xlbtm.models.hf import save_hf
+
+    args = get_preset("debug", vocab_size=64)
+    old = os.umask(0o022)
+    try:
+        save_hf(build_model(args), args, tmp_path / "hf")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "hf" / "model.safetensors").stat().st_mode) == 0o644
+
+
 def test_read_json_names_file_and_line(tmp_path):
     p = tmp_path / "bad.json"
     p.write_text('{\n  "a": 1,\n  oops\n}\n')
