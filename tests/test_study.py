@@ -97,3 +97,21 @@ def test_scaling_study_end_to_end_tiny_budgets(tmp_path):
     assert s2["points"][0]["dense_train_tokens"] == s2["points"][0]["ensemble_train_tokens"] == 4 * 4 * 64
     info = json.loads((out2 / "budget_2" / "models" / "1_clusters" / "dense.cluster0" / "expert.json").read_text())
     assert info["seed_model"] == str(seed)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_scaling_study_on_slurm(tmp_path, slurm_cluster, monkeypatch, capsys):
+    """Every stage of the study as SLURM jobs (seed, assignment arrays, experts, dense, scoring)."""
+    from xlbtm.scripts.scaling_study import main
+
+    monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_cluster.partition)
+    out = tmp_path / "study"
+    assert main(["--out", str(out), "--num-clusters", "2", "--num-train-docs", "120", "--num-valid-docs", "12",
+                 "--vocab-size", "400", "--seed-steps", "4", "--budgets", "2", "--tokens-per-sample", "32",
+                 "--batch-size", "2", "--run", "slurm"]) == 0
+    printed = capsys.readouterr().out
+    assert "budget 2: ensemble ppl" in printed and printed.count("completed at step") >= 4  # seed, 2 experts, dense
+    pt = json.loads((out / "study.json").read_text())["points"][0]
+    assert pt["ensemble_train_tokens"] == pt["dense_train_tokens"] == 4 * 2 * 32
+    assert any((out / "budget_2" / "eval" / "ensemble" / "jobs").iterdir())  # scored by SLURM jobs
