@@ -354,3 +354,28 @@ def test_dangling_shard_link_and_jsonl_gz_pairs_are_errors(tmp_path):
         f.write(json.dumps({"text": "other"}) + "\n")
     with pytest.raises(InputError, match="a.jsonl and a.jsonl.gz"):
         Corpus(root).files("train")
+
+
+def test_hostile_lines_are_one_clear_error(tmp_path):
+    """Deeply nested JSON, a lone surrogate, corrupt deflate data: `path:line: what`, never a traceback."""
+    from xlbtm.corpus import iter_file
+
+    cases = {
+        "deep.jsonl": ('{"text": "ok"}\n' + "[" * 100000 + "]" * 100000 + "\n", 2, "nested too deeply"),
+        "surrogate.jsonl": ('{"text": "ok"}\n{"text": "bad \\ud800 here"}\n', 2, "lone surrogate"),
+    }
+    for name, (content, line, msg) in cases.items():
+        f = tmp_path / name
+        f.write_text(content)
+        with pytest.raises(InputError, match=f"{name}:{line}: .*{msg}"):
+            list(iter_file(f))
+        docs = list(iter_file(f, skip_bad_lines=True))  # or counted and skipped
+        assert [d.text for d in docs] == ["ok"]
+    gz = tmp_path / "corrupt.jsonl.gz"
+    data = bytearray(gzip.compress(("".join(json.dumps({"text": f"doc {i} " * 50}) + "\n"
+                                            for i in range(200))).encode()))
+    for k in range(40, len(data) - 40, 7):  # scribble over the deflate stream, keep the header
+        data[k] ^= 0x5A
+    gz.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="corrupt.jsonl.gz:[0-9]+: cannot read file"):
+        list(iter_file(gz))

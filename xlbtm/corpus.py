@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Iterator
@@ -182,6 +183,9 @@ def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
         obj = json.loads(s)
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON: {e.msg} at column {e.colno}", path, lineno) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply (expected a flat object with a 'text' field)", path, lineno) \
+            from None
     if not isinstance(obj, dict):
         raise InputError(f"expected a JSON object, got {type(obj).__name__}", path, lineno)
     if "text" not in obj:
@@ -189,6 +193,12 @@ def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
     text = obj["text"]
     if not isinstance(text, str):
         raise InputError(f"field 'text' must be a string, got {type(text).__name__}", path, lineno)
+    if b"\\ud" in raw or b"\\uD" in raw:  # only a \uXXXX escape can smuggle in a lone surrogate
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"field 'text' holds a lone surrogate (\\u{ord(text[e.start]):04x}) at character "
+                             f"{e.start}: not valid Unicode text", path, lineno) from None
     lang = obj.get("lang")
     doc_id = obj.get("id")
     url = obj.get("url")
@@ -208,6 +218,7 @@ def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines
     rel = path.as_posix() if rel is None else rel
     shown = str(path)
     stats = stats if stats is not None else ReadStats()
+    i = -1
     try:
         with open_binary(path) as f:
             for i, raw in enumerate(f):
@@ -230,10 +241,10 @@ def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines
                     continue
                 stats.documents += 1
                 yield doc
-    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError; a truncated gzip raises EOFError
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncated: EOFError; corrupt: zlib
         if isinstance(e, FileNotFoundError):
             raise InputError("file not found", path) from None
-        raise InputError(f"cannot read file: {e}", path) from None
+        raise InputError(f"cannot read file: {e or type(e).__name__}", path, i + 2) from None
 
 
 class Corpus:
