@@ -420,6 +420,36 @@ def test_eval_scores_in_the_experts_trained_context_by_default(tiny, tmp_path):
         _eval(tiny, tmp_path / "c", ensemble_type="dense", experts_dir=str(ser), context_window=65)
 
 
+def test_stale_consolidated_pt_is_not_scored_over_newer_checkpoints(tiny, tmp_path):
+    """Training went on after consolidation: eval scores the newest checkpoint and says so."""
+    import time
+
+    import torch.distributed.checkpoint as dcp
+
+    from xlbtm.ensemble.experts import read_expert
+
+    run = tmp_path / "e"
+    make_expert(run, tiny["tok"], 0, 1, seed=3, fingerprint=None, consolidated=True)
+    assert read_expert(run).source().name == "consolidated.pt"
+    time.sleep(0.01)
+    model, _ = make_expert(tmp_path / "other", tiny["tok"], 0, 1, seed=4, fingerprint=None)
+    step = run / "checkpoints" / "step_20"
+    dcp.save({"model": model.state_dict()}, checkpoint_id=str(step), no_dist=True)
+    (run / "checkpoints" / "latest").write_text("step_20")
+    import logging
+
+    seen = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("xlbtm.ensemble")  # the xlbtm logger may not propagate to pytest's handler
+    logger.addHandler(handler)
+    try:
+        src = read_expert(run).source()
+    finally:
+        logger.removeHandler(handler)
+    assert src == step and any("re-run consolidate" in m for m in seen)
+
+
 def test_identical_experts_give_the_dense_ppl_end_to_end(tiny, fake_clusterer, tmp_path):
     model, _ = make_expert(tmp_path / "dense", tiny["tok"], 0, 1, seed=5, fingerprint=None)
     sd = model.state_dict()

@@ -10,8 +10,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
 from xlbtm.io import read_json, sha256_json
+
+log = get_logger("ensemble")
 
 EXPERT_JSON = "expert.json"
 CONSOLIDATED = "consolidated.pt"
@@ -39,11 +42,19 @@ class Expert:
         """The file/dir the weights come from: consolidated.pt when present, else the latest DCP checkpoint."""
         if self.weights is not None:
             return self.weights
-        c = self.run_dir / CONSOLIDATED
-        if c.is_file():
-            return c
-        from xlbtm.parallel.checkpoint import latest_checkpoint
+        from xlbtm.parallel.checkpoint import LATEST, latest_checkpoint
 
+        c = self.run_dir / CONSOLIDATED
+        pointer = self.run_dir / "checkpoints" / LATEST
+        if c.is_file():
+            # training went on after consolidating: score what it ended with, not the stale file
+            if pointer.is_file() and pointer.stat().st_mtime_ns > c.stat().st_mtime_ns:
+                ck = latest_checkpoint(self.run_dir)
+                if not getattr(self, "_warned_stale", False):
+                    log.warning(f"{c} is older than {ck.name}; scoring {ck} (re-run consolidate to refresh it)")
+                    self._warned_stale = True
+                return ck
+            return c
         ck = latest_checkpoint(self.run_dir)
         if ck is None:
             raise InputError("expert has neither consolidated.pt nor a finished checkpoint "
