@@ -122,6 +122,25 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(demo, uninterrupted, tmp_pa
     assert train_losses(run) == train_losses(uninterrupted)
 
 
+@pytest.mark.slow  # two launches
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(demo, uninterrupted, tmp_path):
+    """A disk fault truncated the newest checkpoint's .metadata: the rerun resumes from the one before it (with a
+    warning) and still ends bitwise equal to the uninterrupted run."""
+    root = demo[0]
+    run = tmp_path / "faulty"
+    cfg = base_cfg(run, root / "bin", max_steps=30, save_interval_updates=5)
+    launch(1, cfg)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step_30"
+    meta = run / "checkpoints" / "step_30" / ".metadata"
+    meta.write_bytes(meta.read_bytes()[:100])
+    _, outs = launch(1, cfg)
+    assert "trying an older checkpoint" in outs[0] and "resumed from" in outs[0] and "step_25" in outs[0]
+    assert result_of(outs[0])["step"] == 30
+    wa, wb = final_weights(run), final_weights(uninterrupted)
+    for k in wb:
+        torch.testing.assert_close(wa[k], wb[k], atol=0, rtol=0, msg=k)
+
+
 def test_sigusr1_saves_and_exits_resumably(demo, uninterrupted, tmp_path):
     from xlbtm.parallel.checkpoint import latest_checkpoint
 

@@ -218,6 +218,33 @@ def load_checkpoint(ckpt_dir: str | os.PathLike, model, optimizer=None) -> dict:
     return {k: int(v) for k, v in state["train_state"].items()}
 
 
+def load_newest_readable(run_dir: str | os.PathLike, model, optimizer=None) -> tuple[Path, dict]:
+    """Collective: `load_checkpoint` of `latest`; when that checkpoint is unreadable (a truncated `.metadata`
+    or shard after a disk fault), the next older complete step, with a warning. Returns (checkpoint, train_state).
+    Every rank sees the same failure (DCP gathers errors), so all ranks fall back together."""
+    from xlbtm.cli import get_logger
+
+    first = latest_checkpoint(run_dir)
+    if first is None:
+        raise InputError("no checkpoint to resume from", _ckpt_root(run_dir))
+    older = sorted((p for p in _ckpt_root(run_dir).glob("step_*") if p.is_dir() and p.name[5:].isdigit()
+                    and int(p.name[5:]) < int(first.name[5:]) and (p / ".metadata").is_file()),
+                   key=lambda p: -int(p.name[5:]))
+    error = None
+    for ck in [first] + older:
+        try:
+            return ck, load_checkpoint(ck, model, optimizer)
+        except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: try the one before it
+            from torch.distributed.checkpoint.api import CheckpointException
+
+            if not isinstance(e, (InputError, CheckpointException, OSError, ValueError, RuntimeError)):
+                raise
+            error = error or e
+            get_logger("train").warning(f"cannot load {ck} ({str(e).splitlines()[0][:200]}); trying an older "
+                                        "checkpoint")
+    raise InputError(f"no readable checkpoint ({error})", _ckpt_root(run_dir))
+
+
 def read_train_state(ckpt_dir: str | os.PathLike) -> dict:
     from xlbtm.io import read_json
 

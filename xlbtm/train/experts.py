@@ -349,8 +349,8 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
                         ("--tokens-per-sample", req.tokens_per_sample), ("--max-steps", req.max_steps)):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
-    if not 0 < req.learning_rate < float("inf"):
-        raise UsageError(f"--learning-rate must be finite and > 0, got {req.learning_rate}")
+    if not 0 <= req.learning_rate < float("inf"):  # 0 is allowed: a run that only evaluates its seed
+        raise UsageError(f"--learning-rate must be finite and >= 0, got {req.learning_rate}")
     if req.step_allocation not in STEP_ALLOCATIONS:
         raise UsageError(f"--step-allocation must be one of {', '.join(STEP_ALLOCATIONS)}")
     if req.num_nodes < 1 or req.num_gpus < 1:

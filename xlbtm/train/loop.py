@@ -141,7 +141,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
 
     from xlbtm.data.binarize import bin_path, idx_path, read_binarized_manifest
     from xlbtm.data.dataset import CLMDataset, MLMDataset, Sampler, TokenStream, collate, rank_indices
-    from xlbtm.parallel.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from xlbtm.parallel.checkpoint import latest_checkpoint, load_newest_readable, save_checkpoint
     from xlbtm.parallel.mesh import ParallelDims, build_mesh
     from xlbtm.parallel.parallelize import parallelize
     from xlbtm.train.expert_dir import ExpertInfo, read_expert_info, write_expert_info
@@ -231,7 +231,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
     optimizer = build_optimizer(model, cfg, device.type)
     step, position = 0, 0
     if ckpt is not None:
-        st = load_checkpoint(ckpt, model, optimizer)
+        ckpt, st = load_newest_readable(run_dir, model, optimizer)  # falls back past a corrupt newest step
         step, position = st["step"], st["position"]
         if is_main:
             log.info(f"resumed from {ckpt} (step {step}, sample {position})")
