@@ -133,8 +133,24 @@ def test_assignment_resumes_after_a_crash_with_identical_outputs(corpus, cluster
 
 
 def test_local_process_pool_matches_in_process(corpus, clusterer, tmp_path):
-    a = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "a", "train", run="local", workers=2)
-    b = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "b", "train", run="local", workers=1)
+    import logging
+
+    seen = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("xlbtm.cluster")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        a = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "a", "train", run="local", workers=2)
+        b = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "b", "train", run="local", workers=1)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+    n = 6  # the fixture's train files
+    for done in range(1, n + 1):  # per-file progress, in both modes
+        assert sum(m.startswith(f"assigned {done}/{n} files") for m in seen) == 2, seen
     assert a["splits"] == b["splits"]
     assert list(iter_assignments(tmp_path / "a", "train")) == list(iter_assignments(tmp_path / "b", "train"))
 

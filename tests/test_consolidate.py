@@ -78,6 +78,36 @@ def test_consolidate_hf_dir_loads_in_transformers(tiny, tmp_path):  # noqa: F811
     assert tok.convert_tokens_to_ids("</s>") == 2
 
 
+def test_disk_full_during_hf_export_is_one_line_and_leaves_the_old_dir(tiny, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """ENOSPC while the weights are written: one line naming the path, exit 2; the previous hf/ is intact and no
+    temporary file or directory is left behind."""
+    import errno
+
+    import safetensors.torch
+
+    from xlbtm.cli import main_wrapper
+    from xlbtm.scripts import consolidate as script
+
+    run = tmp_path / "r.cluster0"
+    _trained(tiny["tok"], run, seed=2)
+    assert script.main([str(run), "--hf"]) == 0
+    before = {p.name: p.read_bytes() for p in (run / "hf").iterdir()}
+    listing = sorted(p.name for p in run.iterdir())
+
+    def full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", filename)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    assert main_wrapper("consolidate", script.main, [str(run), "--hf"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and "no space left on device" in err[0], err
+    assert err[0].rstrip().split(": ")[-1].startswith(str(run / "hf" / "model.safetensors")), err
+    assert {p.name: p.read_bytes() for p in (run / "hf").iterdir()} == before
+    assert sorted(p.name for p in run.iterdir()) == listing  # no .hf.*.tmp left
+
+
 def test_consolidate_errors_are_clear(tiny, tmp_path):  # noqa: F811
     from xlbtm.cli import main_wrapper
     from xlbtm.scripts import consolidate as script

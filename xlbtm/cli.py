@@ -85,6 +85,15 @@ def main_wrapper(stage: str, main: Callable[[Sequence[str] | None], int | None],
     except XlbtmError as e:
         print(f"xlbtm {stage}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # writers use temp names (xlbtm.io), so nothing half-written is left under a final name
+        print(f"xlbtm {stage}: error: no space left on device: {e.filename or '(unknown path)'}; free space or "
+              f"choose another output directory, then rerun (finished work is kept)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"xlbtm {stage}: interrupted", file=sys.stderr)
         return 130

@@ -45,6 +45,17 @@ def refuse_overlap(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
                              f"choose an output outside it")
 
 
+def _named_after(e: BaseException, tmp: Path, final: Path) -> BaseException:
+    """An OSError about a temporary path, re-aimed at the final path the user asked for (it is what the
+    error line should name: `no space left on device: out/hf/model.safetensors`, not `.hf.x1y2.tmp/...`)."""
+    name = getattr(e, "filename", None)
+    if isinstance(e, OSError) and name and str(name).startswith(str(tmp)):
+        renamed = OSError(e.errno, e.strerror, str(final) + str(name)[len(str(tmp)):])
+        renamed.__cause__ = e
+        return renamed
+    return e
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -67,10 +78,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         # again: some writers (safetensors' save_file) replace the file and create it 0600
         os.chmod(tmp_path, mode)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        raise
+        raise _named_after(e, tmp_path, path)
 
 
 @contextlib.contextmanager
@@ -104,9 +115,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        raise _named_after(e, tmp, path)
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:

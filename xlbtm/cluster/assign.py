@@ -206,19 +206,29 @@ def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: s
 
 
 def _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines) -> None:
+    import time
+
     workers = min(len(todo), workers or os.cpu_count() or 1)
+    t0 = time.time()
+
+    def progress(done: int, job) -> None:  # long corpora: one line per finished file
+        log.info(f"assigned {done}/{len(todo)} files ({time.time() - t0:.0f} s): {job.rel}")
+
     if workers <= 1:
-        run_task(clusterer_path, todo, batch_size, skip_bad_lines)
+        for i, j in enumerate(todo, 1):
+            run_task(clusterer_path, [j], batch_size, skip_bad_lines)
+            progress(i, j)
         return
     import concurrent.futures as cf
     import multiprocessing as mp
 
     # spawn, not fork: the parent has torch / tokenizer threads, which fork does not copy safely
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(run_task, clusterer_path, [j], batch_size, skip_bad_lines) for j in todo]
+        futs = {pool.submit(run_task, clusterer_path, [j], batch_size, skip_bad_lines): j for j in todo}
         try:
-            for fut in cf.as_completed(futs):
+            for i, fut in enumerate(cf.as_completed(futs), 1):
                 fut.result()  # re-raises a worker's InputError here
+                progress(i, futs[fut])
         except BaseException:
             for f in futs:
                 f.cancel()

@@ -111,8 +111,12 @@ def consolidate_metaseq(path: Path, dtype: str | None = None, hf: bool = False) 
 
 
 def _save_hf(state, args, out_dir: Path, tokenizer_dir, dtype) -> Path:
+    """The run's `hf/` is xlbtm's own: built in a temporary dir and swapped in whole, so a crash or a full disk
+    never leaves a config without weights (or the old weights with a new config) for transformers to load."""
+    from xlbtm.io import atomic_dir
     from xlbtm.models.hf import save_hf
 
-    p = save_hf(state, args, out_dir, tokenizer_dir=tokenizer_dir, dtype=dtype)
-    log.info(f"hf -> {p}")
-    return p
+    with atomic_dir(out_dir) as tmp:
+        save_hf(state, args, tmp, tokenizer_dir=tokenizer_dir, dtype=dtype)
+    log.info(f"hf -> {out_dir}")
+    return Path(out_dir)
