@@ -126,9 +126,9 @@ def scoring_window(cfg: EvalConfig, experts) -> tuple[int, int]:
     return window, stride
 
 
-def score_all(cfg: EvalConfig, experts, docs) -> list[str]:
-    """Score each model once; returns the cache names in expert order."""
-    window, stride = scoring_window(cfg, experts)
+def score_all(cfg: EvalConfig, experts, docs, window: int | None = None, stride: int | None = None) -> list[str]:
+    """Score each model once; returns the cache names in expert order. `window` / `stride`: CLM scoring
+    windows (`scoring_window`)."""
     from xlbtm.ensemble.scoring import score_expert
 
     if cfg.ensemble_type == "average":
@@ -188,7 +188,8 @@ def run_eval(cfg: EvalConfig) -> dict:
     docs = prepare_docs(cfg.job_dir, cfg.data_dir, cfg.data_subset, tokenizer, max_tokens,
                         cfg.max_valid_steps, cfg.skip_bad_lines)
     log.info(f"{docs.num_docs} documents, {len(docs.tokens)} tokens; {len(experts)} expert(s), {objective}")
-    names = score_all(cfg, experts, docs)
+    window, stride = scoring_window(cfg, experts) if objective == "clm" else (None, None)
+    names = score_all(cfg, experts, docs, window, stride)
     logp = torch.from_numpy(np.stack([read_scores(cfg.job_dir, n) for n in names]).astype(np.float64))
     K, N = logp.shape
     lengths = np.diff(docs.offsets)
@@ -207,6 +208,11 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     if any(k > K for k in cfg.topks) and cfg.ensemble_type == "clustering":
         log.info(f"--topk above the {K} experts keeps every expert (as -1)")
+    oracle_lp = oracle_top = None
+    if K > 1:  # the best single expert per document: the ceiling of document-level routing, for every mixture
+        _, best = mixing.oracle(logp, docs.offsets)
+        oracle_top = best[doc_of_token]
+        oracle_lp = logp.gather(0, oracle_top.view(1, -1))[0]
     sweep = []
     settings_list = [(t, k) for t in cfg.temperatures for k in cfg.topks] \
         if cfg.ensemble_type == "clustering" else [(None, -1)]
@@ -228,19 +234,15 @@ def run_eval(cfg: EvalConfig) -> dict:
             mixed = mixing.mix(logp, mixing.one_hot_log_weights(which, K))
             top = which
         elif cfg.ensemble_type == "oracle":
-            _, best = mixing.oracle(logp, docs.offsets)
-            top = best[doc_of_token]
-            mixed = logp.gather(0, top.view(1, -1))[0]
+            mixed, top = oracle_lp, oracle_top
         else:
             raise AssertionError(cfg.ensemble_type)
         sweep.append(_summarize(mixed.numpy(), docs, doc_cluster, top, K, temperature, topk))
 
     first = sweep[0]
     oracle = None
-    if K > 1:  # the best single expert per document: the ceiling of document-level routing, for every mixture
-        _, best = mixing.oracle(logp, docs.offsets)
-        top = best[doc_of_token]
-        o = _summarize(logp.gather(0, top.view(1, -1))[0].numpy(), docs, doc_cluster, top, K, None, -1)
+    if K > 1:
+        o = _summarize(oracle_lp.numpy(), docs, doc_cluster, oracle_top, K, None, -1)
         oracle = {"result_ppl": o["result_ppl"], "per_language": o["per_language"]}
     result = {
         "dataset": cfg.data_subset,
@@ -255,8 +257,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         "settings": {
             "temperature": first["temperature"], "topk": first["topk"], "cbtm_compat": cfg.cbtm_compat,
             "num_experts": K, "objective": objective, "max_tokens": max_tokens,
-            "context_window": scoring_window(cfg, experts)[0] if objective == "clm" else None,
-            "stride": scoring_window(cfg, experts)[1] if objective == "clm" else None,
+            "context_window": window, "stride": stride,
             "max_valid_steps": cfg.max_valid_steps, "data_dir": str(cfg.data_dir),
             "clusterer": cfg.path_to_clusterer,
             "clusterer_fingerprint": getattr(clusterer, "fingerprint", None),

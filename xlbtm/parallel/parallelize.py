@@ -87,7 +87,7 @@ def parallelize(model: nn.Module, mesh, *, device_type: str, ac: bool = False, c
     FSDP is skipped where it would do nothing: one process in the whole mesh and fp32 parameters (it would
     shard over one rank and cast nothing, yet its hooks and copies cost ~15% of a small model's step).
     Checkpoints do not care: DCP saves plain FQN-keyed tensors either way and reshards on load, so a run
-    started on one CPU process resumes on an FSDP mesh and back (tests/test_train.py)."""
+    started on one CPU process resumes on an FSDP mesh and back (tests/test_parallel.py)."""
     if mesh["tp"].size() > 1:
         apply_tp(model, mesh["tp"])
     if ac:

@@ -223,6 +223,7 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     """
     from xlbtm.io import read_json, write_json
     from xlbtm.scripts import consolidate, eval_ensemble, train_experts
+    from xlbtm.train.expert_dir import read_expert_info
 
     import dataclasses
 
@@ -291,8 +292,7 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
         "key": key,
         "expert_steps": expert_steps,
         "dense_steps": dense_steps,
-        "expert_steps_per_cluster": [read_json(d / "expert.json")["data"]["config"]["max_steps"]
-                                     for d in expert_dirs],
+        "expert_steps_per_cluster": [read_expert_info(d).data["config"]["max_steps"] for d in expert_dirs],
         "ensemble_train_tokens": sum(expert_tokens),
         "expert_train_tokens": expert_tokens,
         "dense_train_tokens": _consumed_tokens(dense_run, cfg.tokens_per_sample),

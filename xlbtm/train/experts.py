@@ -294,6 +294,7 @@ class TrainExpertsPlan:
     spec: LaunchSpec
     experts: list[ExpertPlan] = field(default_factory=list)
     slots: list[tuple[int, ...] | None] | None = None  # --run local: one entry (GPU set) per concurrent expert
+    allocation: list[str] | None = None       # --step-allocation proportional, once applied: its description
 
     @property
     def world(self) -> int:
@@ -415,10 +416,12 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
                     **{f"--serialization-dir (cluster {p.cluster})": p.run_dir for p in experts}},
                    {"--path-to-data": data_dir, "--path-to-clusters-dir": clusters_dir, "--seed-model": req.seed_model,
                     "--tokenizer": tok.path})
-    return TrainExpertsPlan(request=req, clusters=clusters, data_dir=data_dir, clusters_dir=clusters_dir,
+    plan = TrainExpertsPlan(request=req, clusters=clusters, data_dir=data_dir, clusters_dir=clusters_dir,
                             clusterer_fp=clusterer_fp, tokenizer=tok, objective=objective, run_name=run_name,
                             bin_dir=bin_dir, device=device, site=site, spec=spec, experts=experts,
                             slots=local_slots(spec) if req.run == "local" else None)
+    plan.allocation = apply_step_allocation(plan)  # None until the data is binarized (run_plan applies it then)
+    return plan
 
 
 STEP_ALLOCATIONS = ("equal", "proportional")
@@ -490,9 +493,8 @@ def describe_plan(plan: TrainExpertsPlan) -> list[str]:
         lines.append(f"  local: {len(slots)} expert(s) at a time"
                      + (f" on GPUs {', '.join(map(str, slots))}" if slots[0] is not None
                         else f" ({os.cpu_count()} CPU cores)"))
-    alloc = apply_step_allocation(plan)
-    if alloc:
-        lines += alloc
+    if plan.allocation:
+        lines += plan.allocation
     elif r.step_allocation != "equal" and K > 1:
         lines.append(f"step allocation: {r.step_allocation} (computed from the binarized token counts)")
     for p in plan.experts:
@@ -518,9 +520,10 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
     ensure_binarized(plan.data_dir, plan.bin_dir, plan.tokenizer, plan.clusters_dir, r.num_clusters, splits,
                      r.binarize_workers, r.allow_unassigned, clusterer_fp=plan.clusterer_fp, run=r.run,
                      site=plan.site, job_dir=plan.job_dir)
-    alloc = apply_step_allocation(plan)
-    for line in alloc or []:
-        echo(line)
+    if plan.allocation is None:
+        plan.allocation = apply_step_allocation(plan)
+        for line in plan.allocation or []:
+            echo(line)
 
     def status(ps, js):
         for p, j in zip(ps, js):
