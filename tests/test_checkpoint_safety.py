@@ -114,3 +114,49 @@ def test_truncated_metadata_is_one_clear_error(tmp_path):
     with pytest.raises(InputError, match="unreadable DCP metadata"):
         read_model_state(ck)
     shutil.rmtree(ck)
+
+
+def test_a_save_that_fails_half_way_never_moves_latest(tmp_path, monkeypatch):
+    """DCP dies after writing part of step 2 (disk full, a killed writer): `latest` still names the complete
+    step 1, a resume loads it, and the next save of step 2 replaces the half-written files."""
+    import torch.distributed.checkpoint.filesystem as fs
+
+    from xlbtm.parallel.checkpoint import latest_checkpoint, load_newest_readable, save_checkpoint
+
+    ck1, model, opt = _real_checkpoint(tmp_path)
+    real_write = fs._write_item
+    calls = []
+
+    def write_then_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(fs, "_write_item", write_then_fail)
+    with pytest.raises(OSError, match="No space left"):  # DCP's wrapper unwrapped: the CLI's one line
+        save_checkpoint(tmp_path / "run", 2, model, opt, {"step": 2, "position": 4, "seed": 1})
+    assert len(calls) > 3  # it did fail part-way, after writing some items
+    assert latest_checkpoint(tmp_path / "run") == ck1
+    assert not (tmp_path / "run" / "checkpoints" / "step_2").exists()
+    assert not list((tmp_path / "run" / "checkpoints").glob(".step_*"))  # nothing half-written left
+    ck, st = load_newest_readable(tmp_path / "run", model, opt)
+    assert ck == ck1 and st["step"] == 1
+    monkeypatch.setattr(fs, "_write_item", real_write)
+    ck2 = save_checkpoint(tmp_path / "run", 2, model, opt, {"step": 2, "position": 4, "seed": 1})
+    assert latest_checkpoint(tmp_path / "run") == ck2
+    assert not list((tmp_path / "run" / "checkpoints").glob(".step_*"))
+
+
+def test_truncated_shard_of_the_newest_checkpoint_falls_back(tmp_path):
+    """A truncated `.distcp` (not just `.metadata`) fails inside DCP, whose CheckpointException is a
+    BaseException: the fallback must still see it and load the step before."""
+    from xlbtm.parallel.checkpoint import latest_checkpoint, load_newest_readable, save_checkpoint
+
+    ck1, model, opt = _real_checkpoint(tmp_path)
+    ck2 = save_checkpoint(tmp_path / "run", 2, model, opt, {"step": 2, "position": 4, "seed": 1})
+    assert latest_checkpoint(tmp_path / "run") == ck2
+    for shard in ck2.glob("*.distcp"):
+        shard.write_bytes(shard.read_bytes()[:200])
+    ck, st = load_newest_readable(tmp_path / "run", model, opt)
+    assert ck == ck1 and st["step"] == 1

@@ -95,3 +95,48 @@ def test_tiny_corpus_n_equals_k(tmp_path):
     c = load_clusterer(tmp_path / "c")
     assert c.meta["fit"]["sizes"] == [1, 1, 1] and c.lsa.dim == 2  # SVD rank <= N - 1
     assert c.predict(["alpha beta"]).shape == (1,)
+
+
+
+def test_sampling_reads_lines_like_the_corpus_reader(tmp_path):
+    """Files with a UTF-8 BOM, CRLF line ends, blank and whitespace-only lines and no final newline: the
+    sampled documents (sp_ids, texts, langs) are exactly the ones `xlbtm.corpus.iter_file` yields there."""
+    import gzip
+
+    from xlbtm.cluster.train import _chosen_lines, sample_documents
+    from xlbtm.corpus import BOM, ReadStats, iter_file
+
+    def body(tag: bytes) -> tuple[bytes, int]:
+        lines = [b'{"text": "%s0 first", "lang": "en"}', b"", b'{"text": "%s2 zwei", "lang": "de"}', b"   \t",
+                 b'{"text": "%s4 no lang"}', b"", b'{"text": "%s6 \xc3\xbc", "lang": "fr"}', b'{"text": "%s7 last"}']
+        lines = [x.replace(b"%s", tag) for x in lines]
+        return BOM + b"\r\n".join(lines[:5]) + b"\n" + b"\n".join(lines[5:7]) + b"\r\n" + lines[7], len(lines)
+
+    d = tmp_path / "train"
+    (d / "0").mkdir(parents=True)
+    (d / "1").mkdir()
+    files = [d / "0" / "a.jsonl", d / "1" / "b.jsonl.gz"]
+    data, n_lines = body(b"a")
+    files[0].write_bytes(data)
+    files[1].write_bytes(gzip.compress(body(b"b")[0]))
+
+    def line(doc) -> int:
+        return int(doc.sp_id.rsplit("|", 1)[1])
+
+    for p in files:
+        ref = list(iter_file(p, p.as_posix()))
+        assert [line(doc) for doc in ref] == [0, 2, 4, 6, 7]
+        for want in [set(range(n_lines)), {0, 1, 3, 7}, {1, 3, 5}, {6}]:
+            got = list(_chosen_lines(p, want, False, ReadStats()))
+            assert got == [doc for doc in ref if line(doc) in want], want  # same sp_ids, texts, langs
+
+    ref = [(doc.text, doc.lang) for p in files for doc in iter_file(p, p.as_posix())]
+    full = sample_documents(tmp_path, None)
+    assert list(zip(full.texts, full.langs)) == ref
+    for seed in range(4):  # fewer than all lines: the chosen-lines path
+        s = sample_documents(tmp_path, 2 * n_lines - 3, seed=seed)
+        assert s.total_docs == 2 * n_lines
+        picked = list(zip(s.texts, s.langs))
+        rest = iter(ref)
+        assert all(x in rest for x in picked), picked  # an ordered subset of the reader's documents
+        assert len(picked) >= len(ref) - 3

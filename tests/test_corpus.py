@@ -379,3 +379,37 @@ def test_hostile_lines_are_one_clear_error(tmp_path):
     gz.write_bytes(bytes(data))
     with pytest.raises(InputError, match="corrupt.jsonl.gz:[0-9]+: cannot read file"):
         list(iter_file(gz))
+
+
+def test_a_50_mb_line_is_refused_while_streaming_past_it(tmp_path, monkeypatch):
+    """One huge line (a dump without newlines) is refused with path:line and the limit, in bounded memory,
+    and with --skip-bad-lines the documents after it keep their sp_ids. Random access refuses it too."""
+    import tracemalloc
+
+    f = tmp_path / "train" / "big.jsonl"
+    f.parent.mkdir(parents=True)
+    with open(f, "wb") as out:
+        out.write(b'{"text": "before"}\n{"text": "')
+        for _ in range(50):
+            out.write(b"x" * 1_000_000)
+        out.write(b'"}\n{"text": "after"}\n')
+    assert corpus_mod.MAX_DOCUMENT_BYTES == 16 << 20  # the documented default
+    tracemalloc.start()
+    with pytest.raises(InputError, match=r"big.jsonl:2: line of 50.0 MB is over the 16 MiB limit.*"
+                                         r"XLBTM_MAX_DOCUMENT_BYTES"):
+        list(iter_file(f))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 40 << 20, f"peak {peak / 2 ** 20:.0f} MiB"  # the 50 MB line was never held whole
+
+    stats = corpus_mod.ReadStats()
+    docs = list(iter_file(f, "train/big.jsonl", skip_bad_lines=True, stats=stats))
+    assert [(d.sp_id, d.text) for d in docs] == [("train/big.jsonl|0", "before"), ("train/big.jsonl|2", "after")]
+    assert stats.skipped == 1
+    c = Corpus(tmp_path)
+    assert c.get("train/big.jsonl|2").text == "after"
+    with pytest.raises(InputError, match="big.jsonl:2: line of 50.0 MB"):
+        c.get("train/big.jsonl|1")
+    c.close()
+    monkeypatch.setattr(corpus_mod, "MAX_DOCUMENT_BYTES", 64 << 20)  # the limit is a setting, not a constant
+    assert [d.text[:3] for d in iter_file(f)] == ["bef", "xxx", "aft"]

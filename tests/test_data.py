@@ -184,3 +184,98 @@ def test_sampler_is_a_seeded_permutation_per_epoch_and_dp_split_is_exact():
     dp2 = sorted(i for m in range(2) for r in range(2) for i in rank_indices(40, m, r, 2, 2))
     dp1 = sorted(i for m in range(2) for i in rank_indices(40, m, 0, 1, 4))
     assert dp2 == dp1 == list(range(40, 48))
+
+
+# ------------------------------------------------------------------------------------------- stale inputs
+
+def _copy_demo(demo, tmp_path):
+    import shutil
+
+    root, data, tok, cdir = demo
+    shutil.copytree(data, tmp_path / "corpus")
+    shutil.copytree(cdir, tmp_path / "clusters")
+    return tmp_path / "corpus", tok, tmp_path / "clusters"
+
+
+def test_documents_added_after_binarizing_are_binarized_on_rerun(demo, tmp_path, caplog):
+    """done.json records every input file's identity: a file added (or rewritten) since binarizing
+    redoes the split, so the new documents are trained on instead of silently ignored."""
+    import json
+    import logging
+
+    from xlbtm.cluster.files import cluster_file_path, write_cluster_file
+    from xlbtm.corpus import Corpus
+    from xlbtm.data.binarize import binarize
+
+    data, tok, cdir = _copy_demo(demo, tmp_path)
+    first = binarize(data, tmp_path / "bin", tok, clusters_dir=cdir, workers=0)
+    n0 = first.manifest["splits"]["train"]["documents"]
+    assert binarize(data, tmp_path / "bin", tok, clusters_dir=cdir, workers=0).skipped_splits == ["train", "valid"]
+
+    new = data / "train" / "00009" / "extra.jsonl"
+    new.parent.mkdir(parents=True)
+    new.write_text("".join(json.dumps({"text": f"new document {i} " * 5, "lang": "en"}) + "\n" for i in range(7)))
+    rel = Corpus(data).rel(new)
+    write_cluster_file(cluster_file_path(cdir, rel), [(f"{rel}|{i}", 1) for i in range(7)])
+    logging.getLogger("xlbtm.data").addHandler(caplog.handler)
+    try:
+        again = binarize(data, tmp_path / "bin", tok, clusters_dir=cdir, workers=0)
+    finally:
+        logging.getLogger("xlbtm.data").removeHandler(caplog.handler)
+    assert again.skipped_splits == ["valid"]  # valid's files did not change
+    assert again.manifest["splits"]["train"]["documents"] == [n0[0], n0[1] + 7]
+    assert "re-binarizing split 'train'" in caplog.text and "train/00009/extra.jsonl" in caplog.text
+
+    # an old done.json (no recorded inputs) is redone once, then skipped
+    done = tmp_path / "bin" / "valid" / "done.json"
+    d = json.loads(done.read_text())
+    del d["inputs"]
+    done.write_text(json.dumps(d))
+    assert binarize(data, tmp_path / "bin", tok, clusters_dir=cdir, workers=0).skipped_splits == ["train"]
+    assert binarize(data, tmp_path / "bin", tok, clusters_dir=cdir, workers=0).skipped_splits == ["train", "valid"]
+
+
+def test_train_experts_rebinarizes_a_split_whose_cluster_files_changed(demo, tmp_path):
+    from xlbtm.data.binarize import split_inputs
+    from xlbtm.train.experts import binarized_done
+    from xlbtm.data.binarize import binarize
+
+    data, tok, cdir = _copy_demo(demo, tmp_path)
+    binarize(data, tmp_path / "bin", tok, clusters_dir=cdir, workers=0)
+    assert binarized_done(tmp_path / "bin", ["train", "valid"], tok.fingerprint, "test-fp", data, cdir)
+    f = sorted((cdir / "valid").rglob("*.jsonl"))[0]
+    f.write_text(f.read_text())  # re-clustered: same name, new mtime
+    import os
+
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    assert not binarized_done(tmp_path / "bin", ["train", "valid"], tok.fingerprint, "test-fp", data, cdir)
+    assert split_inputs(data, "valid", cdir)["clusters"][0][0] == f.relative_to(cdir).as_posix()
+
+
+def test_cluster_files_of_another_clusterer_are_refused(demo, tmp_path):
+    """Re-clustering `train` with a new clusterer drops `valid` from the manifest; its files on disk are the
+    old clusterer's and must not be binarized as the new one's."""
+    import json
+
+    from xlbtm.cluster.files import iter_assignments, stats_path
+    from xlbtm.data.binarize import binarize
+    from xlbtm.errors import InputError
+
+    data, tok, cdir = _copy_demo(demo, tmp_path)
+    m = json.loads((cdir / "manifest.json").read_text())
+    m["splits"] = {"train": {}}  # valid was dropped: another clusterer wrote train
+    (cdir / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(InputError, match=r"split 'valid' is not in this manifest.*--split valid"):
+        binarize(data, tmp_path / "bin", tok, clusters_dir=cdir, workers=0)
+    assert not (tmp_path / "bin" / "valid" / "done.json").exists()
+
+    # a single file whose sidecar names another clusterer
+    m["splits"] = {"train": {}, "valid": {}}
+    (cdir / "manifest.json").write_text(json.dumps(m))
+    f = sorted((cdir / "train").rglob("*.jsonl"))[-1]
+    stats_path(f).write_text(json.dumps({"fingerprint": "old-clusterer"}))
+    with pytest.raises(InputError, match=rf"{f.name}: cluster file was made by clusterer old-clust"):
+        list(iter_assignments(cdir, "train"))
+    stats_path(f).write_text(json.dumps({"fingerprint": "test-fp"}))
+    assert len(list(iter_assignments(cdir, "train"))) > 0

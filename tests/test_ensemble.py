@@ -671,3 +671,76 @@ def test_lang_routing_with_a_real_typological_clusterer(tiny, tmp_path):
     with pytest.raises(UsageError, match="typological"):
         _eval(tiny, tmp_path / "j2", ensemble_type="clustering", path_to_clusterer=str(tmp_path / "typo"),
               experts_dir=str(tmp_path / "ens"), max_valid_steps=2)
+
+
+def test_per_language_ppl_is_token_weighted(tiny, fake_clusterer, tmp_path):
+    """Per-language (and per-cluster) perplexities are exp(token-mean NLL) of their tokens, so they recombine
+    into the overall one: sum_l tokens_l * log(ppl_l) == N * log(ppl). Documents of one language differ in
+    length here (79..601 tokens), so a mean over per-document losses would break the identity."""
+    from xlbtm.ensemble.report import load_result
+    from xlbtm.ensemble.scoring import load_docs, read_scores
+
+    for k in range(2):
+        make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=80 + k)
+    job = tmp_path / "job"
+    _eval(tiny, job, ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(tmp_path / "ens"),
+          max_valid_steps=12, temperatures=[0.5])
+    res = load_result(job)  # what result.json says
+    docs = load_docs(job)
+    lengths = np.diff(docs.offsets)
+    assert len(set(docs.langs)) < docs.num_docs  # some language has several documents ...
+    assert any(len({int(lengths[d]) for d in range(docs.num_docs) if docs.langs[d] == lg}) > 1
+               for lg in set(docs.langs))  # ... of different lengths
+    N = res["tokens"]
+
+    def check(groups, ppl):
+        assert sum(v["tokens"] for v in groups.values()) == N
+        total = sum(v["tokens"] * math.log(v["ppl"]) for v in groups.values())
+        assert total == pytest.approx(N * math.log(ppl), rel=1e-9)
+
+    check(res["per_language"], res["result_ppl"])
+    check(res["per_cluster"], res["result_ppl"])
+    check(res["oracle"]["per_language"], res["oracle"]["result_ppl"])
+    for s in res["sweep"]:
+        check(s["per_language"], s["result_ppl"])
+    # and each language's ppl is its own tokens' mean NLL (oracle: the best expert's summed log-prob per doc)
+    lp = np.stack([read_scores(job, f"expert{k}") for k in range(2)]).astype(np.float64)
+    best = np.add.reduceat(lp, docs.offsets[:-1], axis=1).max(0)
+    for lg, v in res["oracle"]["per_language"].items():
+        sel = [d for d in range(docs.num_docs) if docs.langs[d] == lg]
+        assert v["ppl"] == pytest.approx(math.exp(-best[sel].sum() / lengths[sel].sum()), rel=1e-9)
+
+
+def test_mlm_clustering_routes_by_the_whole_document(tiny, fake_clusterer, tmp_path):
+    """MLM experts read the whole unmasked document, so every token of a document is mixed with that
+    document's posterior: the router applied to the full document text, not to the prefix before the token."""
+    from xlbtm.corpus import Corpus
+    from xlbtm.ensemble.scoring import load_docs, read_scores
+
+    # max_positions above the longest of these documents: nothing is truncated, "whole" is unambiguous
+    for k in range(2):
+        make_expert(tmp_path / "ens" / f"m.cluster{k}", tiny["tok"], k, 2, seed=90 + k, objective="mlm",
+                    max_positions=640)
+    job = tmp_path / "job"
+    temps = [0.05, 0.5]
+    res = _eval(tiny, job, ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(tmp_path / "ens"),
+                max_valid_steps=6, temperatures=temps)
+    assert res["settings"]["objective"] == "mlm"
+    docs = load_docs(job)
+    texts = [d.text for d in itertools.islice(Corpus(tiny["data"]).iter_documents("valid"), 6)]
+    router = routing.router_from_clusterer(fake_clusterer("C"), tiny["tok"])
+    lp = np.stack([read_scores(job, f"expert{k}") for k in range(2)]).astype(np.float64)
+    posts = []
+    for d, text in enumerate(texts):
+        ids = tiny["tok"].encode(text)
+        np.testing.assert_array_equal(docs.doc(d), ids)  # scored whole
+        sq, empty = router.document_distances(ids)
+        assert not empty
+        posts.append(sq)
+    for T, s in zip(temps, res["sweep"]):
+        total = 0.0
+        for d, sq in enumerate(posts):
+            logw = torch.log_softmax(torch.from_numpy(-sq / T), 0).numpy()
+            seg = lp[:, docs.offsets[d]:docs.offsets[d + 1]]
+            total += float(np.logaddexp(logw[0] + seg[0], logw[1] + seg[1]).sum())
+        assert s["result_ppl"] == pytest.approx(math.exp(-total / lp.shape[1]), rel=1e-9), T

@@ -65,18 +65,22 @@ def test_unflatten_matches_fairscale(tmp_path, parts, shards):
         assert torch.equal(ours["decoder.output_projection.weight"], ours["decoder.embed_tokens.weight"])
 
 
+def _assert_same_weights(ck, model, args):
+    want = xlbtm_to_fairseq(model.state_dict(), args)
+    assert set(ck.model) == set(want)
+    for k, v in want.items():
+        if "_float_tensor" in k:
+            continue
+        assert torch.equal(ck.model[k], v), k
+
+
 def test_sharded_load_reconstructs_exact_state(tmp_path):
     args = _args(vocab_size=102)
     m = _model(args, seed=1)
     write_sharded_checkpoint(tmp_path / "checkpoint_last", m.state_dict(), args, model_parts=2, shards=2)
     ck = load_metaseq_checkpoint(tmp_path / "checkpoint_last")  # prefix form
     assert ck.num_model_parts == 2 and ck.num_shards == 2 and len(ck.files) == 4
-    want = xlbtm_to_fairseq(m.state_dict(), args)
-    assert set(ck.model) == set(want)
-    for k, v in want.items():
-        if "_float_tensor" in k:
-            continue
-        assert torch.equal(ck.model[k], v), k
+    _assert_same_weights(ck, m, args)
     assert ck.cfg["decoder_attention_heads"] == 4  # read from an argparse.Namespace via the allow-list
     # the directory and any single shard name find the same set
     assert load_metaseq_checkpoint(tmp_path).files == ck.files
@@ -135,3 +139,20 @@ def test_safe_load_allows_namespace_and_refuses_other_objects(tmp_path):
 class _Meter:  # stands in for fairseq's meter classes, which must never be unpickled
     def __init__(self):
         self.val = 1.0
+
+
+def test_many_parts_and_shards_are_joined_in_numeric_order(tmp_path):
+    """11 model parts x 12 FSDP shards: `model_part-10` / `shard10` sort before `-2` by name, so only a
+    numeric order gives back the original weights."""
+    parts, shards = 11, 12
+    # every model-parallel split dimension divisible by 11 (torch.chunk would otherwise make fewer parts)
+    args = _args(vocab_size=110, d_model=22, n_heads=2, ffn_dim=33, n_layers=1, max_positions=16)
+    m = _model(args, seed=3)
+    files = write_sharded_checkpoint(tmp_path / "checkpoint_last", m.state_dict(), args, model_parts=parts,
+                                     shards=shards)
+    assert len(files) == parts * shards and any("-model_part-10-shard11.pt" in f.name for f in files)
+    ck = load_metaseq_checkpoint(tmp_path / "checkpoint_last")
+    assert ck.num_model_parts == parts and ck.num_shards == shards
+    _assert_same_weights(ck, m, args)
+    assert [f.name for f in ck.files] == [f"checkpoint_last-model_part-{mp}-shard{dp}.pt"
+                                          for mp in range(parts) for dp in range(shards)]

@@ -29,6 +29,10 @@ from xlbtm.errors import InputError
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 BOM = b"\xef\xbb\xbf"  # some editors/exporters start UTF-8 files with it; json.loads rejects it
+# One document (line) may not exceed this many bytes. Every stage holds a document whole (JSON parse,
+# tokenization, tf-idf), at ~100x its size in the worst case; a stray multi-GB line (a dump without
+# newlines) must be refused while it streams past, not after it has filled memory.
+MAX_DOCUMENT_BYTES = int(os.environ.get("XLBTM_MAX_DOCUMENT_BYTES", 16 << 20))
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,34 @@ def relative_name(path: Path, data_dir: Path) -> str:
 
 # --------------------------------------------------------------------------------------------- line parsing
 
+def iter_raw_lines(f: IO[bytes], limit: int | None = None) -> Iterator[tuple[bytes | None, int]]:
+    """`(line, size in bytes)` for every line of a binary stream, newline included. A line longer than
+    `limit` (default MAX_DOCUMENT_BYTES) is streamed past in bounded chunks and yielded as `(None, size)`,
+    so memory never holds more than `limit` bytes of it."""
+    limit = MAX_DOCUMENT_BYTES if limit is None else limit
+    while True:
+        raw = f.readline(limit + 2)  # room for the line's own \r\n
+        if not raw:
+            return
+        size = len(raw)
+        if size == limit + 2 and not raw.endswith(b"\n"):  # cut off by the limit: stream past the rest
+            while not raw.endswith(b"\n"):
+                raw = f.readline(1 << 20)
+                if not raw:
+                    break
+                size += len(raw)
+            yield None, size
+        elif len(raw.rstrip(b"\r\n")) > limit:
+            yield None, size
+        else:
+            yield raw, size
+
+
+def too_long(size: int) -> str:
+    return (f"line of {size / 1e6:.1f} MB is over the {MAX_DOCUMENT_BYTES / 2 ** 20:g} MiB limit for one document: "
+            "split the document, or raise the limit with XLBTM_MAX_DOCUMENT_BYTES")
+
+
 def open_binary(path: Path) -> IO[bytes]:
     if path.name.endswith(".gz"):
         # GzipFile's own line iteration is slow (small reads); a 1 MiB buffer on top makes it ~1.5x faster
@@ -212,8 +244,10 @@ def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
 
 
 def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines: bool = False,
-              stats: ReadStats | None = None) -> Iterator[Document]:
-    """Stream the documents of one file. `rel` is the sp_id path (defaults to `path` as given)."""
+              stats: ReadStats | None = None, lines: set[int] | None = None) -> Iterator[Document]:
+    """Stream the documents of one file. `rel` is the sp_id path (defaults to `path` as given). `lines`:
+    only these 0-based lines are parsed (a sample), the others are passed over unread; reading stops after
+    the last of them."""
     path = Path(path)
     rel = path.as_posix() if rel is None else rel
     shown = str(path)
@@ -221,8 +255,18 @@ def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines
     i = -1
     try:
         with open_binary(path) as f:
-            for i, raw in enumerate(f):
-                stats.bytes += len(raw)
+            last = None if lines is None else max(lines, default=-1)
+            for i, (raw, size) in enumerate(iter_raw_lines(f)):
+                if last is not None and (i > last or i not in lines):
+                    if i > last:
+                        break
+                    continue
+                stats.bytes += size
+                if raw is None:
+                    if not skip_bad_lines:
+                        raise InputError(too_long(size), shown, i + 1)
+                    stats.record_skip(str(InputError(too_long(size), shown, i + 1)))
+                    continue
                 if raw.endswith(b"\n"):
                     raw = raw[:-1]
                     if raw.endswith(b"\r"):
@@ -402,8 +446,8 @@ class LineIndex:
         offsets = [0]
         pos = 0
         with open_binary(path) as f:
-            for raw in f:
-                pos += len(raw)
+            for _, size in iter_raw_lines(f):  # a huge line streams past: offsets need sizes only
+                pos += size
                 offsets.append(pos)
         return np.asarray(offsets, dtype=np.uint64)
 
@@ -448,6 +492,8 @@ class LineIndex:
         if not 0 <= line < len(self):
             raise InputError(f"line index {line} out of range (file has {len(self)} lines)", self.path)
         start, end = int(self.offsets[line]), int(self.offsets[line + 1])
+        if end - start > MAX_DOCUMENT_BYTES + 2:  # (+ the line's own \r\n)
+            raise InputError(too_long(end - start), self.path, line + 1)
         if self._fh is None or self._pid != os.getpid():  # reopen after fork: never share a file offset
             self._fh = open_binary(self.path)
             self._pid = os.getpid()

@@ -153,6 +153,32 @@ def iter_assignments(clusters_dir: str | os.PathLike, split: str) -> Iterator[tu
     """Every `(sp_id, cluster)` of a split, file by file in corpus order. Streams; checks K from the manifest
     when there is one (c-BTM dirs without a manifest are read as-is)."""
     clusters_dir = Path(clusters_dir)
-    k = read_manifest(clusters_dir)["num_clusters"] if (clusters_dir / MANIFEST).is_file() else None
+    if not (clusters_dir / MANIFEST).is_file():
+        for path in cluster_files(clusters_dir, split):
+            yield from read_cluster_file(path)
+        return
+    m = read_manifest(clusters_dir)
+    if isinstance(m.get("splits"), dict) and split not in m["splits"]:
+        # xlbtm.scripts.cluster drops a split from the manifest when another clusterer writes the dir: its
+        # files on disk are from the old clusterer and must not be read as this one's
+        raise InputError(f"split '{split}' is not in this manifest: its cluster files were made by another "
+                         f"clusterer, or never finished. Re-run xlbtm.scripts.cluster --split {split} with "
+                         f"--path-to-clusterer {m.get('clusterer', '<the clusterer>')}", clusters_dir / MANIFEST)
     for path in cluster_files(clusters_dir, split):
-        yield from read_cluster_file(path, k)
+        check_clusterer(path, m["fingerprint"], split)
+        yield from read_cluster_file(path, m["num_clusters"])
+
+
+def check_clusterer(path: Path, fingerprint: str, split: str) -> None:
+    """A cluster file whose sidecar names another clusterer than the manifest is stale: refuse it."""
+    side = stats_path(path)
+    if not side.is_file():  # c-BTM files and hand-made ones have no sidecar: nothing to compare
+        return
+    try:
+        got = json.loads(side.read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        raise InputError("unreadable cluster-file sidecar; re-run xlbtm.scripts.cluster to rewrite it", side) \
+            from None
+    if got != fingerprint:
+        raise InputError(f"cluster file was made by clusterer {str(got)[:12]}, not by this dir's clusterer "
+                         f"{fingerprint[:12]} (manifest.json): re-run xlbtm.scripts.cluster --split {split}", path)

@@ -4,9 +4,10 @@
 - Lloyd iterations. With `balanced=True` the assignment step is a *balanced* assignment: cluster sizes are
   floor(n/k) or ceil(n/k) (they differ by at most 1), solved as a transportation problem: annealed Sinkhorn
   duals, an exact-size repair, then negative-cycle canceling on the k-node residual graph (min-cost-flow
-  optimality: no negative cycle left means optimal). The tests check the cost against scipy's
-  linear_sum_assignment (within 1%). Duals are kept between Lloyd iterations (warm start), so later
-  iterations cost a few Sinkhorn sweeps more than a plain nearest-centroid step.
+  optimality: no negative cycle left means optimal). The tests check the cost against the exact optimum
+  from scipy's linear_sum_assignment (to 1e-9, on fixtures where Sinkhorn + repair alone fall short).
+  Duals are kept between Lloyd iterations (warm start), so later iterations cost a few Sinkhorn sweeps
+  more than a plain nearest-centroid step.
 - stop when the squared centroid shift summed over centroids is <= tol * mean feature variance (sklearn's
   rule) or after `max_iter` iterations.
 - deterministic for a seed on a given device (stable sorts, no atomics-dependent reductions on CPU).

@@ -75,22 +75,11 @@ def sample_documents(data_dir: str | os.PathLike, max_docs: int | None, seed: in
 
 
 def _chosen_lines(path: Path, want: set[int], skip_bad_lines: bool, stats) -> Iterator:
-    from xlbtm.corpus import open_binary, parse_line
+    """The documents on the chosen 0-based lines of one file, read by the corpus reader, so BOMs, CRLF,
+    blank lines (never documents), over-long lines and sp_ids are exactly what every other stage sees."""
+    from xlbtm.corpus import iter_file
 
-    try:
-        with open_binary(path) as f:
-            for i, raw in enumerate(f):
-                if i not in want:
-                    continue
-                raw = raw.rstrip(b"\r\n")
-                try:
-                    yield parse_line(raw, str(path), i, f"{path.as_posix()}|{i}")
-                except InputError as e:
-                    if not skip_bad_lines:
-                        raise
-                    stats.record_skip(str(e))
-    except (OSError, EOFError) as e:
-        raise InputError(f"cannot read file: {e}", path) from None
+    return iter_file(path, path.as_posix(), skip_bad_lines=skip_bad_lines, stats=stats, lines=want)
 
 
 # ----------------------------------------------------------------------------------------------------- tfidf

@@ -5,12 +5,15 @@ Layout of a binarized dir:
     <out>/manifest.json                   tokenizer + clusterer fingerprints, K, tokens per cluster and language
     <out>/<split>/cluster<k>.bin          uint32 token stream: for every document `</s> tok tok ...`
     <out>/<split>/cluster<k>.idx          int64 offsets of the documents into the stream (n_docs + 1 entries)
-    <out>/<split>/done.json               this split's part of the manifest; written last (the resume marker)
+    <out>/<split>/done.json               this split's part of the manifest, with the identity of its inputs;
+                                          written last (the resume marker)
 
 Each document is stored as `</s>` followed by its tokens, so the concatenated stream already has `</s>`
 between documents (the XGLM / metaseq convention) and CLM blocks are plain slices of the memmap.
 
-Resumable at split granularity: a split with `done.json` whose fingerprints match is skipped; a split
+Resumable at split granularity: a split with `done.json` whose fingerprints and inputs (every corpus and
+cluster file of the split by path, size and mtime) match is skipped; one whose inputs changed -- documents
+added, a file rewritten, the split re-clustered -- is redone, with a warning naming what changed. A split
 interrupted half-way is redone from scratch (its files are only renamed into place at the end).
 Documents without a cluster are an error (count + examples) unless `allow_unassigned=True`.
 """
@@ -112,6 +115,59 @@ def load_assignments(clusters_dir: Path, split: str, data_dir: Path) -> dict[str
     return out
 
 
+# ------------------------------------------------------------------------------------------- up to date?
+
+DONE = "done.json"
+
+
+def split_inputs(data_dir: str | os.PathLike, split: str, clusters_dir: str | os.PathLike | None) -> dict:
+    """What a split is binarized from, by identity: `[relative path, size, mtime_ns]` of every corpus file
+    of the split and of every cluster file it is routed by."""
+    from xlbtm.corpus import Corpus, relative_name
+
+    def ident(path: Path, root: Path) -> list:
+        st = path.stat()
+        return [relative_name(path, root), st.st_size, st.st_mtime_ns]
+
+    out = {"corpus": [ident(p, Path(data_dir)) for p in Corpus(data_dir).files(split)]}
+    if clusters_dir is not None:
+        from xlbtm.cluster.files import cluster_files
+
+        out["clusters"] = [ident(p, Path(clusters_dir)) for p in cluster_files(clusters_dir, split)]
+    return out
+
+
+def _what_changed(old: dict, new: dict) -> str:
+    parts = []
+    for kind in ("corpus", "clusters"):
+        a = {e[0]: e[1:] for e in old.get(kind, [])}
+        b = {e[0]: e[1:] for e in new.get(kind, [])}
+        added, removed = sorted(set(b) - set(a)), sorted(set(a) - set(b))
+        changed = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+        for n, word in ((added, "added"), (removed, "removed"), (changed, "changed")):
+            if n:
+                parts.append(f"{len(n)} {kind} file(s) {word} (e.g. {n[0]})")
+    return "; ".join(parts) or "input files changed"
+
+
+def split_status(out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clusterer_fp: str | None,
+                 inputs: dict) -> tuple[dict | None, str]:
+    """`(done.json, "")` when `split` is binarized from exactly these inputs, else `(None, why not)`."""
+    from xlbtm.io import read_json
+
+    done = split_dir(out_dir, split) / DONE
+    if not done.is_file():
+        return None, "not binarized yet"
+    d = read_json(done)
+    if d.get("tokenizer_fingerprint") != tokenizer_fp or d.get("clusterer_fingerprint") != clusterer_fp:
+        return None, "binarized with another tokenizer or clusterer"
+    if d.get("inputs") is None:  # written before inputs were recorded: redo once to record them
+        return None, "binarized by an older xlbtm that did not record its input files"
+    if d["inputs"] != inputs:
+        return None, _what_changed(d["inputs"], inputs)
+    return d, ""
+
+
 # ------------------------------------------------------------------------------------------- binarize
 
 def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer, *,
@@ -166,15 +222,15 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
     pool = None
     try:
         for split in splits:
-            done = split_dir(out_dir, split) / "done.json"
-            if done.is_file():
-                d = read_json(done)
-                if d.get("tokenizer_fingerprint") == header["tokenizer_fingerprint"] and \
-                        d.get("clusterer_fingerprint") == clusterer_fp:
-                    manifest["splits"][split] = d["stats"]
-                    skipped.append(split)
-                    log.info(f"binarize: split '{split}' already done ({done}), skipping")
-                    continue
+            inputs = split_inputs(data_dir, split, clusters_dir)
+            d, why = split_status(out_dir, split, header["tokenizer_fingerprint"], clusterer_fp, inputs)
+            if d is not None:
+                manifest["splits"][split] = d["stats"]
+                skipped.append(split)
+                log.info(f"binarize: split '{split}' already done ({split_dir(out_dir, split) / DONE}), skipping")
+                continue
+            if why != "not binarized yet":
+                log.warning(f"binarize: re-binarizing split '{split}': {why}")
             if workers > 0 and pool is None:
                 import multiprocessing as mp
 
@@ -182,8 +238,9 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
             stats = _binarize_split(corpus, split, out_dir, tokenizer, num_clusters,
                                     None if clusters_dir is None else Path(clusters_dir),
                                     pool, batch_size, allow_unassigned)
-            write_json(done, {"tokenizer_fingerprint": header["tokenizer_fingerprint"],
-                              "clusterer_fingerprint": clusterer_fp, "stats": stats})
+            write_json(split_dir(out_dir, split) / DONE, {
+                "tokenizer_fingerprint": header["tokenizer_fingerprint"], "clusterer_fingerprint": clusterer_fp,
+                "inputs": inputs, "stats": stats})
             manifest["splits"][split] = stats
             write_json(manifest_path, manifest)
     finally:

@@ -130,6 +130,15 @@ def _failure_of(job, state: str) -> JobFailure | None:
     return None
 
 
+def _run_debug_job(job) -> Any:
+    """Run a `--run debug` job in this process. Not `job.results()`: on any error submitit's DebugJob opens
+    `pdb.post_mortem()`, which hangs a script or CI run at a prompt nobody answers; the error is raised
+    (and reported as a job failure) instead."""
+    if getattr(job, "cancelled", False):
+        raise RuntimeError(f"job {job.job_id} was cancelled")
+    return job._submission.result()
+
+
 def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, status_every_s: float = 60.0,
              unknown_grace_s: float = 90.0, fail_fast: bool = False, all_tasks: bool = False) -> list:
     """Wait until every job ended; return their results in order, or raise `JobFailedError`.
@@ -147,7 +156,7 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
     if all(_is_debug(j) for j in jobs):
         for i, job in enumerate(jobs):
             try:
-                r = job.results()
+                r = [_run_debug_job(job)]
                 results[i] = r if all_tasks else r[0]
             except Exception as e:  # noqa: BLE001 - any job error becomes a JobFailure
                 import traceback

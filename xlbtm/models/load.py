@@ -105,6 +105,43 @@ def load_seed(spec: str | os.PathLike, model_size: str | None = None, vocab_size
     return model, args, info
 
 
+def seed_args(spec: str | os.PathLike, model_size: str | None = None, vocab_size: int | None = None) -> ModelArgs:
+    """The ModelArgs `load_seed` would give, checked the same way, read as cheaply as the format allows:
+    presets and Hugging Face dirs from their config (plus the weights' safetensors header), other
+    checkpoints by loading them once. For refusing a bad seed before any job is queued."""
+    from xlbtm.models.presets import PRESETS, get_preset
+
+    spec_s = str(spec)
+    if spec_s in PRESETS and not Path(spec_s).exists():
+        return get_preset(spec_s, vocab_size=vocab_size)
+    path = Path(spec)
+    if not (path.is_dir() and (path / "config.json").is_file()):
+        return load_seed(spec, model_size=model_size, vocab_size=vocab_size, dtype=None)[1]
+    from xlbtm.io import read_json
+    from xlbtm.models.adapters import args_from_hf_config
+
+    try:
+        args = args_from_hf_config(read_json(path / "config.json"))
+    except (KeyError, ValueError) as e:
+        raise InputError(f"unsupported config.json: {e}", path / "config.json") from None
+    weights = [path / n for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                  "pytorch_model.bin.index.json") if (path / n).is_file()]
+    if not weights:
+        raise InputError("no model.safetensors, pytorch_model.bin or sharded index found", path)
+    if weights[0].name == "model.safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(weights[0]), "pt") as f:
+                f.keys()
+        except (SafetensorError, OSError) as e:
+            raise InputError(f"unreadable safetensors file: {e}", weights[0]) from None
+    if vocab_size is not None and vocab_size > args.vocab_size:
+        raise UsageError(f"the tokenizer has {vocab_size} tokens but the seed model {spec_s} only "
+                         f"{args.vocab_size}: use the seed's own tokenizer")
+    return args
+
+
 def _load_checkpoint(path: Path, model_size: str | None):
     """Tell an xlbtm consolidated.pt from a metaseq/fairseq checkpoint without loading shards twice."""
     from metaseq_ext.convert import metaseq_to_xlbtm

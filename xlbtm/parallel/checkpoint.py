@@ -118,11 +118,24 @@ def dcp_load(state: dict, checkpoint_dir: str | os.PathLike, *, no_dist: bool = 
     try:
         dcp.load(state, storage_reader=_safe_reader(checkpoint_dir), planner=_safe_planner(checkpoint_dir),
                  no_dist=no_dist)
-    except CheckpointException as e:  # DCP wraps each rank's exception; ours is the one-line answer
-        for exc, _ in e.failures.values():
-            if isinstance(exc, InputError):
-                raise exc from None
-        raise
+    except CheckpointException as e:
+        raise _unwrapped(e) from None
+
+
+def _unwrapped(e: BaseException) -> BaseException:
+    """DCP wraps each rank's exception in a CheckpointException, which is a BaseException (past every
+    `except Exception`) with a multi-rank traceback for a message. Ours (an InputError) or the OS's (disk
+    full) is the one-line answer; anything else becomes a RuntimeError carrying DCP's text."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    if not isinstance(e, CheckpointException):
+        return e
+    failures = [exc for exc, _ in e.failures.values()]
+    for kind in (InputError, OSError):
+        for exc in failures:
+            if isinstance(exc, kind):
+                return exc
+    return RuntimeError(str(e))
 
 
 def read_dcp_metadata(checkpoint_dir: str | os.PathLike):
@@ -185,7 +198,14 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, tra
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
-    dcp.save(_state(model, optimizer, train_state), checkpoint_id=str(tmp))
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        dcp.save(_state(model, optimizer, train_state), checkpoint_id=str(tmp))
+    except CheckpointException as e:  # every rank sees it (DCP gathers the errors): all clean up and stop
+        if _is_rank0():
+            shutil.rmtree(tmp, ignore_errors=True)  # `latest` still names the last complete step
+        raise _unwrapped(e) from None
     _barrier()
     if _is_rank0():
         write_json(tmp / "train_state.json", {k: int(v) for k, v in train_state.items()})
@@ -235,9 +255,7 @@ def load_newest_readable(run_dir: str | os.PathLike, model, optimizer=None) -> t
         try:
             return ck, load_checkpoint(ck, model, optimizer)
         except Exception as e:  # noqa: BLE001 -- any unreadable checkpoint: try the one before it
-            from torch.distributed.checkpoint.api import CheckpointException
-
-            if not isinstance(e, (InputError, CheckpointException, OSError, ValueError, RuntimeError)):
+            if not isinstance(e, (InputError, OSError, ValueError, RuntimeError)):  # (dcp_load unwraps DCP's)
                 raise
             error = error or e
             get_logger("train").warning(f"cannot load {ck} ({str(e).splitlines()[0][:200]}); trying an older "

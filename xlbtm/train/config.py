@@ -60,3 +60,16 @@ class TrainConfig:
     @property
     def tokens_per_step_per_rank(self) -> int:
         return self.batch_size * self.update_freq * self.tokens_per_sample
+
+
+def check_model_fits(arch: str, max_positions: int, objective: str, tokens_per_sample: int, seed_model: str) -> None:
+    """The model can be trained as asked: its architecture matches the objective and a sample fits its
+    positions. (Checked by the driver before anything is queued, and again by the trainer.)"""
+    from xlbtm.errors import UsageError
+
+    want = {"clm": "xglm", "mlm": "xlmr"}[objective]
+    if arch != want:
+        raise UsageError(f"--objective {objective} needs a {want} model, but the seed {seed_model} is {arch}")
+    if tokens_per_sample > max_positions:
+        raise UsageError(f"--tokens-per-sample {tokens_per_sample} exceeds the model's max_positions "
+                         f"({max_positions}); lower it to at most {max_positions}")

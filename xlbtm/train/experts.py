@@ -113,18 +113,20 @@ def binarized_dir_for(serialization_dir, num_clusters: int, data_name: str | Non
     return experts_root(serialization_dir, num_clusters) / "data-bin" / f"{data_name or 'data'}.{tok_fingerprint[:12]}"
 
 
-def binarized_done(out_dir: Path, splits: list[str], tok_fingerprint: str, clusterer_fp: str | None) -> bool:
-    """True when every split is already binarized with this tokenizer and clusterer (nothing to do)."""
-    import json
+def binarized_done(out_dir: Path, splits: list[str], tok_fingerprint: str, clusterer_fp: str | None,
+                   data_dir: Path, clusters_dir: Path | None) -> bool:
+    """True when every split is binarized with this tokenizer and clusterer from exactly the files that are
+    there now (nothing to do); a stale split is named in a warning."""
+    from xlbtm.data.binarize import MANIFEST, split_inputs, split_status
 
     for split in splits:
-        done = Path(out_dir) / split / "done.json"
-        if not done.is_file():
+        d, why = split_status(out_dir, split, tok_fingerprint, clusterer_fp,
+                              split_inputs(data_dir, split, clusters_dir))
+        if d is None:
+            if why != "not binarized yet":
+                log.warning(f"binarized split '{split}' in {out_dir} is out of date ({why}): re-binarizing it")
             return False
-        d = json.loads(done.read_text())
-        if d.get("tokenizer_fingerprint") != tok_fingerprint or d.get("clusterer_fingerprint") != clusterer_fp:
-            return False
-    return (Path(out_dir) / "manifest.json").is_file()
+    return (Path(out_dir) / MANIFEST).is_file()
 
 
 def binarize_from_paths(data_dir: str, out_dir: str, tokenizer_path: str, clusters_dir: str | None,
@@ -144,7 +146,7 @@ def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Pat
                      run: str = "local", site=None, job_dir: Path | None = None) -> None:
     """Binarize what is missing: in this process (local/debug), or as one SLURM job with `workers` CPUs
     (`--run slurm`: tokenizing a corpus is no work for a login node)."""
-    if binarized_done(out_dir, splits, tokenizer.fingerprint, clusterer_fp):
+    if binarized_done(out_dir, splits, tokenizer.fingerprint, clusterer_fp, data_dir, clusters_dir):
         log.info(f"binarized data up to date: {out_dir}")
         return
     if run != "slurm":
@@ -416,12 +418,47 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
                     **{f"--serialization-dir (cluster {p.cluster})": p.run_dir for p in experts}},
                    {"--path-to-data": data_dir, "--path-to-clusters-dir": clusters_dir, "--seed-model": req.seed_model,
                     "--tokenizer": tok.path})
+    check_experts_startable(req, tok, objective, experts)
     plan = TrainExpertsPlan(request=req, clusters=clusters, data_dir=data_dir, clusters_dir=clusters_dir,
                             clusterer_fp=clusterer_fp, tokenizer=tok, objective=objective, run_name=run_name,
                             bin_dir=bin_dir, device=device, site=site, spec=spec, experts=experts,
                             slots=local_slots(spec) if req.run == "local" else None)
     plan.allocation = apply_step_allocation(plan)  # None until the data is binarized (run_plan applies it then)
     return plan
+
+
+def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, experts: list[ExpertPlan]) -> None:
+    """What a job would otherwise find out only after queueing and binarizing: a run dir another trainer
+    holds, a resume with another tokenizer, a seed that does not load or does not fit the objective or
+    --tokens-per-sample. (`--dry-run` plans too, so it catches the same.)"""
+    from xlbtm.models import ModelArgs
+    from xlbtm.models.load import seed_args
+    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.train.config import check_model_fits
+    from xlbtm.train.expert_dir import EXPERT_JSON, RunLock, read_expert_info
+
+    fresh = False
+    for p in experts:
+        if not p.run_dir.is_dir():
+            fresh = True
+            continue
+        held = RunLock(p.run_dir).held_by_other()
+        if held:
+            raise UsageError(f"cluster {p.cluster}: {held}; wait for it to finish (or stop it), or train into "
+                             "another --serialization-dir")
+        if latest_checkpoint(p.run_dir) is None:
+            fresh = True
+            continue
+        info = read_expert_info(p.run_dir)  # a resume: the run's own model and tokenizer
+        if info.tokenizer_fingerprint != tok.fingerprint:
+            raise UsageError(f"cluster {p.cluster}: {p.run_dir / EXPERT_JSON} was started with the tokenizer "
+                             f"{info.tokenizer}, not {tok.path}; resume with that --tokenizer or train into "
+                             "another --serialization-dir")
+        args = ModelArgs.from_dict(info.model_args)
+        check_model_fits(args.arch, args.max_positions, objective, req.tokens_per_sample, str(p.run_dir))
+    if fresh:
+        args = seed_args(req.seed_model, req.model_size, tok.vocab_size)
+        check_model_fits(args.arch, args.max_positions, objective, req.tokens_per_sample, req.seed_model)
 
 
 STEP_ALLOCATIONS = ("equal", "proportional")
@@ -513,6 +550,7 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
     `--run local` goes in waves (never more concurrent experts than `plan.slots`). With
     `no_wait` and `--run slurm` it returns None right after submitting. `echo` gets one status line per job
     (its id, logs, metrics)."""
+    from xlbtm.launch.lifeline import jobs_die_with_this_process
     from xlbtm.launch.wait import wait_for
 
     r = plan.request
@@ -536,7 +574,8 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
         results = []
         for i in range(0, len(plan.experts), len(slots)):
             wave = plan.experts[i:i + len(slots)]
-            jobs = submit(wave, plan.spec, plan.site, visible_gpus=slots[:len(wave)])
+            with jobs_die_with_this_process():
+                jobs = submit(wave, plan.spec, plan.site, visible_gpus=slots[:len(wave)])
             status(wave, jobs)
             results += wait_for(jobs, what="train_experts")
         return results

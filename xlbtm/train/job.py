@@ -14,10 +14,12 @@ class ExpertJob:
 
     def __call__(self) -> dict:
         from xlbtm.cli import setup_logging
+        from xlbtm.launch.lifeline import watch_driver
         from xlbtm.train.config import TrainConfig
         from xlbtm.train.loop import train_expert
 
         setup_logging("train")
+        watch_driver()  # `--run local`: stop when the driver is killed (no orphan trainers)
         result = train_expert(TrainConfig.from_dict(self.cfg_dict))
         return dataclasses.asdict(result)
 

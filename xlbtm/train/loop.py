@@ -125,15 +125,33 @@ def train_expert(cfg: TrainConfig) -> TrainResult:
     from xlbtm.train.preemption import PreemptionHandler
 
     rank, world, device, own_group = _init_distributed(cfg.device)
+    from xlbtm.train.expert_dir import RunLock
+
+    lock = RunLock(cfg.run_dir)
     preempt = PreemptionHandler().install()
     try:
+        _hold_run_lock(lock, rank)
         return _train(cfg, rank, world, device, preempt)
     finally:
+        lock.release()
         preempt.uninstall()
         if own_group:  # e.g. `--run debug` trains in the caller's process: leave no process group behind
             from xlbtm.launch.distributed import destroy_distributed
 
             destroy_distributed()
+
+
+def _hold_run_lock(lock, rank: int) -> None:
+    """Rank 0 locks the run dir; every rank learns the outcome (so none waits in a collective for a rank 0
+    that stopped) and all stop together when another trainer holds it."""
+    import torch.distributed as dist
+
+    why = [lock.acquire() if rank == 0 else None]
+    if dist.get_world_size() > 1:
+        dist.broadcast_object_list(why, src=0)
+    if why[0] is not None:
+        raise UsageError(f"{why[0]}: wait for it to finish (or stop it), or train into another "
+                         "--serialization-dir")
 
 
 def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainResult:
@@ -195,16 +213,19 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
     ckpt = latest_checkpoint(run_dir)
     info_args = read_expert_info(run_dir).model_args if ckpt is not None else None
     model, args, full_sd = _build_model(cfg, ckpt is not None, info_args, tok, rank, world, device)
-    want = {"clm": "xglm", "mlm": "xlmr"}[cfg.objective]
-    if args.arch != want:
-        raise UsageError(f"--objective {cfg.objective} needs a {want} model, but the seed {cfg.seed_model} is "
-                         f"{args.arch}")
-    if cfg.tokens_per_sample > args.max_positions:
-        raise UsageError(f"--tokens-per-sample {cfg.tokens_per_sample} exceeds the model's max_positions "
-                         f"({args.max_positions})")
-    if ckpt is not None and read_expert_info(run_dir).tokenizer_fingerprint != tok.fingerprint:
-        raise InputError(f"this run was started with another tokenizer than {tok.path}; resume it with the same "
-                         f"--tokenizer or use a new --serialization-dir", run_dir / "expert.json")
+    from xlbtm.train.config import check_model_fits
+
+    check_model_fits(args.arch, args.max_positions, cfg.objective, cfg.tokens_per_sample, cfg.seed_model)
+    if ckpt is not None:
+        started = read_expert_info(run_dir)
+        if started.tokenizer_fingerprint != tok.fingerprint:
+            raise InputError(f"this run was started with another tokenizer than {tok.path}; resume it with the "
+                             f"same --tokenizer or use a new --serialization-dir", run_dir / "expert.json")
+        was = started.data.get("train_tokens")
+        if is_main and was is not None and was != len(train_ds.stream):
+            log.warning(f"the training data of cluster {cfg.cluster} changed since this run started ({was} -> "
+                        f"{len(train_ds.stream)} tokens): resuming on the new data, so the batches from here on "
+                        "differ from those of an uninterrupted run")
     if args.vocab_size < tok.vocab_size:
         raise InputError(f"model vocabulary ({args.vocab_size}) is smaller than the tokenizer's ({tok.vocab_size})",
                          cfg.seed_model)
