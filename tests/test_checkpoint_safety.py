@@ -160,3 +160,53 @@ def test_truncated_shard_of_the_newest_checkpoint_falls_back(tmp_path):
         shard.write_bytes(shard.read_bytes()[:200])
     ck, st = load_newest_readable(tmp_path / "run", model, opt)
     assert ck == ck1 and st["step"] == 1
+
+
+@pytest.mark.parametrize("where", ["consolidated.pt", "metaseq.pt", "pytorch_model.bin"])
+def test_payload_in_any_torch_file_a_user_passes_never_runs(tmp_path, where):
+    """--seed-model / --model-paths take .pt files and HF dirs from other people: each reaches its loader
+    through the same entry point users type, and the payload is refused, not run."""
+    from xlbtm.models import build_model, get_preset
+    from xlbtm.models.hf import save_hf
+    from xlbtm.models.load import load_seed
+
+    marker = tmp_path / "pwned"
+    evil = {"model": {"w": torch.ones(2)}, "extra": _Payload(marker)}
+    if where == "pytorch_model.bin":
+        target = tmp_path / "hf"
+        save_hf(build_model(get_preset("debug")), get_preset("debug"), target)
+        (target / "model.safetensors").unlink()
+        torch.save(evil, target / "pytorch_model.bin")
+    else:
+        target = tmp_path / where
+        if where == "consolidated.pt":
+            evil["xlbtm"] = {"format": "xlbtm-consolidated/1"}
+        torch.save(evil, target)
+    with pytest.raises(InputError) as e:
+        load_seed(target)
+    assert "io.open" in str(e.value) or "_Payload" in str(e.value)
+    assert not marker.exists()
+
+
+def test_payload_in_a_tensor_shard_never_runs(tmp_path):
+    """The .distcp entry of a *tensor* replaced by a pickled payload (tensors are read with weights_only)."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from xlbtm.parallel.checkpoint import read_dcp_metadata, read_model_state
+
+    ck, _, _ = _real_checkpoint(tmp_path)
+    md = read_dcp_metadata(ck)
+    fqn = next(k for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)
+               and k.startswith("model."))
+    index = next(i for i in md.storage_data if i.fqn == fqn)
+    info = md.storage_data[index]
+    shard = ck / info.relative_path
+    buf = io.BytesIO()
+    torch.save(_Payload(tmp_path / "pwned"), buf)
+    data = shard.read_bytes()
+    shard.write_bytes(data + buf.getvalue())
+    info.offset, info.length = len(data), len(buf.getvalue())
+    (ck / ".metadata").write_bytes(pickle.dumps(md))
+    with pytest.raises(InputError, match="unreadable DCP checkpoint"):  # torch's weights_only reader refused it
+        read_model_state(ck)
+    assert not (tmp_path / "pwned").exists()

@@ -119,13 +119,20 @@ def dcp_load(state: dict, checkpoint_dir: str | os.PathLike, *, no_dist: bool = 
         dcp.load(state, storage_reader=_safe_reader(checkpoint_dir), planner=_safe_planner(checkpoint_dir),
                  no_dist=no_dist)
     except CheckpointException as e:
-        raise _unwrapped(e) from None
+        inner = _unwrapped(e)
+        if isinstance(inner, InputError):
+            raise inner from None
+        lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
+        # torch's weights_only refusal is a page of advice; the line naming the object is the answer
+        first = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(inner).__name__)
+        raise InputError(f"unreadable DCP checkpoint (a truncated or corrupt shard?): {first[:300]}",
+                         checkpoint_dir) from None
 
 
 def _unwrapped(e: BaseException) -> BaseException:
     """DCP wraps each rank's exception in a CheckpointException, which is a BaseException (past every
     `except Exception`) with a multi-rank traceback for a message. Ours (an InputError) or the OS's (disk
-    full) is the one-line answer; anything else becomes a RuntimeError carrying DCP's text."""
+    full) is the one-line answer; else the first rank's own exception."""
     from torch.distributed.checkpoint.api import CheckpointException
 
     if not isinstance(e, CheckpointException):
@@ -135,7 +142,7 @@ def _unwrapped(e: BaseException) -> BaseException:
         for exc in failures:
             if isinstance(exc, kind):
                 return exc
-    return RuntimeError(str(e))
+    return failures[0] if failures and isinstance(failures[0], Exception) else RuntimeError(str(e))
 
 
 def read_dcp_metadata(checkpoint_dir: str | os.PathLike):
