@@ -232,3 +232,59 @@ def test_too_long_sequence_is_clear_error():
     args = _tiny("xglm", max_positions=8)
     with pytest.raises(ValueError, match="max_positions"):
         build_model(args)(torch.ones(1, 9, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------------------- chunked loss
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest tensor any op produces (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("preset", ["debug", "debug-xlmr"])
+def test_chunked_loss_equals_plain_cross_entropy_and_never_holds_the_logits(preset, monkeypatch):
+    """model(x, targets=y) == sum-CE of model(x) in value and in every parameter's gradient, fp32, with
+    chunks that split the batch unevenly and ignored targets in them; no op ever makes a [tokens, V] tensor."""
+    import torch.nn.functional as F
+
+    import xlbtm.models.loss as loss_mod
+
+    V, B, T = 2003, 3, 37
+    torch.manual_seed(0)
+    model = build_model(get_preset(preset, vocab_size=V, dropout=0.0, attention_dropout=0.0,
+                                   activation_dropout=0.0))
+    x = torch.randint(4, V, (B, T))
+    y = torch.roll(x, -1, dims=1)
+    y[:, -3:] = -100
+    if preset == "debug-xlmr":
+        y[torch.rand(B, T) < 0.8] = -100  # MLM: most positions are not targets
+    plain = F.cross_entropy(model(x).float().view(-1, V), y.view(-1), ignore_index=-100, reduction="sum")
+    plain.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+
+    monkeypatch.setattr(loss_mod, "CHUNK_BYTES", 4 * V * 10)  # 10 tokens per chunk: 12 chunks, the last of 1
+    assert loss_mod.chunk_tokens(V) == 10
+    with _LargestTensor() as seen:
+        chunked = model(x, None, targets=y)
+        chunked.backward()
+    n = int((y != -100).sum())
+    torch.testing.assert_close(chunked / n, plain.detach() / n, atol=1e-6, rtol=1e-6)
+    assert set(ref) == {n for n, p in model.named_parameters() if p.grad is not None}
+    for name, g in ref.items():
+        torch.testing.assert_close(dict(model.named_parameters())[name].grad, g, atol=1e-6, rtol=1e-5, msg=name)
+    d = model.args.d_model
+    assert B * T > d and seen.largest == V * d, seen.largest  # the [V, D] weight (grad); logits: 10 x V at most
+
+    with torch.no_grad():  # validation: the same value, no gradient work
+        torch.testing.assert_close(model(x, None, targets=y), chunked.detach())

@@ -15,6 +15,7 @@ from torch import nn
 
 from xlbtm.models.attention import Attention, make_attn_mask, sinusoidal_table
 from xlbtm.models.config import ModelArgs
+from xlbtm.models.loss import linear_cross_entropy
 
 POS_OFFSET = 2  # fairseq: positions start at padding_idx + 1
 
@@ -94,6 +95,12 @@ class XGLM(nn.Module):
         """Tied output projection: logits = h @ embed_tokens.weight^T."""
         return F.linear(h, self.embed_tokens.weight)
 
-    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [B, T] long, padding_mask [B, T] bool (True = pad) or None -> logits [B, T, V]."""
-        return self.output(self.forward_hidden(tokens, padding_mask))
+    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] long, padding_mask [B, T] bool (True = pad) or None -> logits [B, T, V].
+        With `targets` [B, T] (-100 = ignored): the summed cross-entropy (fp32) instead, computed without
+        ever holding the [B, T, V] logits (`xlbtm.models.loss`)."""
+        h = self.forward_hidden(tokens, padding_mask)
+        if targets is None:
+            return self.output(h)
+        return linear_cross_entropy(h, self.embed_tokens.weight, targets)

@@ -13,6 +13,7 @@ from torch import nn
 
 from xlbtm.models.attention import Attention, make_attn_mask
 from xlbtm.models.config import ModelArgs
+from xlbtm.models.loss import linear_cross_entropy
 
 
 class EncoderBlock(nn.Module):
@@ -47,6 +48,10 @@ class LMHead(nn.Module):
     def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         h = self.layer_norm(F.gelu(self.dense(h)))
         return F.linear(h, weight, self.bias)
+
+    def loss(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The summed cross-entropy of `forward`'s logits, without holding them (`xlbtm.models.loss`)."""
+        return linear_cross_entropy(self.layer_norm(F.gelu(self.dense(h))), weight, targets, self.bias)
 
 
 class XLMR(nn.Module):
@@ -109,6 +114,11 @@ class XLMR(nn.Module):
     def output(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(h, self.embed_tokens.weight)
 
-    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [B, T] long, padding_mask [B, T] bool (True = pad) or None -> MLM logits [B, T, V]."""
-        return self.output(self.forward_hidden(tokens, padding_mask))
+    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] long, padding_mask [B, T] bool (True = pad) or None -> MLM logits [B, T, V].
+        With `targets` [B, T] (-100 = not masked): the summed cross-entropy (fp32) instead, without the logits."""
+        h = self.forward_hidden(tokens, padding_mask)
+        if targets is None:
+            return self.output(h)
+        return self.lm_head.loss(h, self.embed_tokens.weight, targets)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
@@ -109,11 +108,10 @@ def _build_model(cfg: TrainConfig, resuming: bool, info_args: dict | None, tok, 
     return _materialize(args, device), args, full_sd if rank == 0 else {}
 
 
-def _forward_loss(model, inputs, targets, pad_id: int):
-    """Summed token cross-entropy (fp32), left on the device (callers count targets on the host batch)."""
-    logits = model(inputs, None)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
-                           ignore_index=-100, reduction="sum")
+def _forward_loss(model, inputs, targets):
+    """Summed token cross-entropy (fp32), left on the device (callers count targets on the host batch).
+    The model computes it chunk by chunk from its hidden states: no [B, T, V] logits are ever held."""
+    return model(inputs, None, targets=targets)
 
 
 # -------------------------------------------------------------------------------------------------- train
@@ -294,7 +292,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
                 idx = [i for i in rank_indices(b * per, 0, dp_rank, dims.dp, cfg.batch_size) if i < n]
                 # every rank runs the same number of forwards (FSDP collectives); empty ones count zero
                 x, y = collate(valid_ds, Sampler(len(valid_ds), 0, shuffle=False), idx or [0])
-                loss = _forward_loss(model, x.to(device), y.to(device), tok.pad_id)
+                loss = _forward_loss(model, x.to(device), y.to(device))
                 if idx:
                     total[0] += loss.detach()
                     total[1] += int((y != -100).sum())
@@ -340,8 +338,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device, preempt) -> TrainRes
         for m, (x, y) in enumerate(micro):
             if fsdp:  # accumulate locally; reduce-scatter gradients only after the last micro-batch
                 model.set_requires_gradient_sync(m == len(micro) - 1)
-            loss = _forward_loss(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True),
-                                 tok.pad_id)
+            loss = _forward_loss(model, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
             (loss / denom).backward()
             loss_acc[0] += loss.detach()
         gnorm = clip_grad_norm(model.parameters(), cfg.clip_norm)
