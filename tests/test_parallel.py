@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from train_helpers import base_cfg, final_weights, launch, make_demo_data, train_losses
+from train_helpers import base_cfg, final_weights, launch, make_demo_data, train_gnorms, train_losses
 
 pytestmark = pytest.mark.distributed
 
@@ -36,6 +36,10 @@ def _assert_same_run(run, ref, atol=1e-4, steps=(1, 2, 3, 4)):
     for s in a:
         assert abs(a[s] - b[s]) < 1e-4, (s, a[s], b[s])
     assert b[1] != b[4]  # it actually trained
+    # the same gradient norm, so clipping (active: clip_norm 0.5) scaled the same gradients alike
+    ga, gb = train_gnorms(run), train_gnorms(ref)
+    for s in a:
+        assert abs(ga[s] - gb[s]) < 1e-5 * gb[s], (s, ga[s], gb[s])
     wa, wb = final_weights(run), final_weights(ref)
     assert wa.keys() == wb.keys()
     for k in wa:
@@ -162,3 +166,90 @@ def test_compile_matches_eager(data_bin, reference, tmp_path):
     run = tmp_path / "compiled"
     launch(1, base_cfg(run, data_bin, compile=True))
     _assert_same_run(run, reference, atol=5e-4)
+
+
+def test_mlm_tp2_matches_single_process(data_bin, tmp_path):
+    """XLM-R under TP: the vocab-parallel embedding, its tied decoder and the sharded vocab bias."""
+    ref, run = tmp_path / "mlm1", tmp_path / "mlmtp"
+    launch(1, base_cfg(ref, data_bin, seed_model="debug-xlmr", objective="mlm"))
+    launch(2, base_cfg(run, data_bin, seed_model="debug-xlmr", objective="mlm", tensor_parallel_size=2))
+    _assert_same_run(run, ref)
+
+
+VOCAB_PARALLEL = r"""
+import json, torch, torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
+from xlbtm.models import build_model, get_preset
+from xlbtm.parallel.loss_parallel import vocab_parallel_cross_entropy
+from xlbtm.parallel.mesh import ParallelDims, build_mesh
+from xlbtm.parallel.parallelize import parallelize
+import xlbtm.models.loss as loss_mod
+
+dist.init_process_group("gloo")
+mesh = init_device_mesh("cpu", (2,), mesh_dim_names=("tp",))
+out = {}
+V, D, N = 1001, 24, 57  # an odd vocabulary: shards of 501 and 500 rows
+loss_mod.CHUNK_BYTES = 4 * 501 * 10  # 10 tokens per chunk: 6 chunks, the last of 7
+torch.manual_seed(0)  # the same tensors on both ranks
+h = torch.randn(N, D, requires_grad=True)
+w = torch.randn(V, D) * 0.3
+b = torch.randn(V) * 0.1
+t = torch.randint(0, V, (N,))
+t[::5] = -100
+wp, bp = w.clone().requires_grad_(), b.clone().requires_grad_()
+plain = F.cross_entropy(F.linear(h, wp, bp), t, ignore_index=-100, reduction="sum")
+plain.backward()
+ref = (plain.item(), h.grad.clone(), wp.grad.clone(), bp.grad.clone())
+h.grad = None
+wd = torch.nn.Parameter(distribute_tensor(w, mesh, [Shard(0)]))
+bd = torch.nn.Parameter(distribute_tensor(b, mesh, [Shard(0)]))
+loss = vocab_parallel_cross_entropy(h, wd, t, bd)
+loss.backward()
+out["loss"] = [loss.item(), ref[0]]
+out["dh"] = (h.grad - ref[1]).abs().max().item()
+out["dw"] = (wd.grad.full_tensor() - ref[2]).abs().max().item()
+out["db"] = (bd.grad.full_tensor() - ref[3]).abs().max().item()
+out["w_local"] = list(wd.to_local().shape)
+
+# a parallelized model: the embedding (and XLM-R's vocab bias) hold half of the vocabulary rows
+world_mesh = build_mesh(ParallelDims.from_world(2, 2), "cpu")
+for preset in ("debug", "debug-xlmr"):
+    m = build_model(get_preset(preset, vocab_size=V))
+    parallelize(m, world_mesh, device_type="cpu", fsdp=False)
+    out[preset] = {"embed": list(m.embed_tokens.weight.to_local().shape),
+                   "bias": list(m.lm_head.bias.to_local().shape) if preset == "debug-xlmr" else None,
+                   "loss_fn": m.loss_fn.__name__}
+if dist.get_rank() == 0:
+    print("RESULT", json.dumps(out), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_vocab_parallel_loss_equals_plain_and_shards_the_embedding(tmp_path):
+    """Loss and dh / dW / db of the vocabulary-parallel loss equal the plain full-vocabulary computation,
+    with an odd vocabulary (uneven shards), ignored targets and several chunks; under TP=2 the embedding and
+    XLM-R's vocab bias hold their half of the rows."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from train_helpers import REPO, free_port
+
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", VOCAB_PARALLEL], cwd=REPO, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
+                                       WORLD_SIZE="2", LOCAL_RANK=str(r), OMP_NUM_THREADS="1"))
+             for r in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+    res = json.loads([ln for ln in outs[0].splitlines() if ln.startswith("RESULT ")][0][7:])
+    got, want = res["loss"]
+    assert abs(got - want) < 1e-5 * abs(want), res
+    assert res["dh"] < 1e-5 and res["dw"] < 1e-5 and res["db"] < 1e-5, res
+    assert res["w_local"] == [501, 24]
+    assert res["debug"] == {"embed": [501, 64], "bias": None, "loss_fn": "vocab_parallel_cross_entropy"}
+    assert res["debug-xlmr"] == {"embed": [501, 64], "bias": [501], "loss_fn": "vocab_parallel_cross_entropy"}

@@ -90,9 +90,10 @@ def _wait_for_step(run_dir, step, procs, timeout=120):
 
 @pytest.fixture(scope="module")
 def uninterrupted(demo, tmp_path_factory):
+    """The reference of the resume tests; dropout 0.1, so only an exact RNG restore resumes bitwise."""
     root = demo[0]
     run = tmp_path_factory.mktemp("full") / "run"
-    launch(1, base_cfg(run, root / "bin", max_steps=30, save_interval_updates=5))
+    launch(1, base_cfg(run, root / "bin", max_steps=30, dropout=0.1, save_interval_updates=5))
     return run
 
 
@@ -102,7 +103,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(demo, uninterrupted, tmp_pa
 
     root = demo[0]
     run = tmp_path / "killed"
-    cfg = base_cfg(run, root / "bin", max_steps=30, save_interval_updates=5)
+    cfg = base_cfg(run, root / "bin", max_steps=30, dropout=0.1, save_interval_updates=5)
     procs = launch(1, cfg, wait=False)
     _wait_for_step(run, 7, procs)
     procs[0].send_signal(signal.SIGKILL)
@@ -128,7 +129,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(demo, uninte
     warning) and still ends bitwise equal to the uninterrupted run."""
     root = demo[0]
     run = tmp_path / "faulty"
-    cfg = base_cfg(run, root / "bin", max_steps=30, save_interval_updates=5)
+    cfg = base_cfg(run, root / "bin", max_steps=30, dropout=0.1, save_interval_updates=5)
     launch(1, cfg)
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_30"
     meta = run / "checkpoints" / "step_30" / ".metadata"
@@ -146,7 +147,7 @@ def test_sigusr1_saves_and_exits_resumably(demo, uninterrupted, tmp_path):
 
     root = demo[0]
     run = tmp_path / "preempted"
-    cfg = base_cfg(run, root / "bin", max_steps=30, save_interval_updates=1000)  # no periodic saves
+    cfg = base_cfg(run, root / "bin", max_steps=30, dropout=0.1, save_interval_updates=1000)  # no periodic saves
     procs = launch(1, cfg, wait=False)
     _wait_for_step(run, 3, procs)
     procs[0].send_signal(signal.SIGUSR1)

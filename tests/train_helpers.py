@@ -101,6 +101,13 @@ def train_losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_train_log(run_dir) if r["kind"] == "train"}
 
 
+def train_gnorms(run_dir) -> dict[int, float]:
+    """The logged gradient norm (before clipping) of every step."""
+    from xlbtm.train.metrics import read_train_log
+
+    return {r["step"]: r["gnorm"] for r in read_train_log(run_dir) if r["kind"] == "train"}
+
+
 def final_weights(run_dir):
     from xlbtm.parallel.checkpoint import latest_checkpoint, read_model_state
 

@@ -52,6 +52,8 @@ class XGLM(nn.Module):
                              persistent=False)
         self.layers = nn.ModuleList(DecoderBlock(args) for _ in range(args.n_layers))
         self.layer_norm = nn.LayerNorm(args.d_model, eps=args.layer_norm_eps)
+        # (h, weight, targets, bias=None) -> summed CE; a vocabulary-parallel one under TP (xlbtm.parallel)
+        self.loss_fn = linear_cross_entropy
         self.init_weights()
 
     @torch.no_grad()
@@ -103,4 +105,4 @@ class XGLM(nn.Module):
         h = self.forward_hidden(tokens, padding_mask)
         if targets is None:
             return self.output(h)
-        return linear_cross_entropy(h, self.embed_tokens.weight, targets)
+        return self.loss_fn(h, self.embed_tokens.weight, targets)

@@ -45,13 +45,12 @@ class LMHead(nn.Module):
         self.layer_norm = nn.LayerNorm(args.d_model, eps=args.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(args.vocab_size))
 
-    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        h = self.layer_norm(F.gelu(self.dense(h)))
-        return F.linear(h, weight, self.bias)
+    def transform(self, h: torch.Tensor) -> torch.Tensor:
+        """What the tied decoder projects: LayerNorm(GELU(dense(h)))."""
+        return self.layer_norm(F.gelu(self.dense(h)))
 
-    def loss(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The summed cross-entropy of `forward`'s logits, without holding them (`xlbtm.models.loss`)."""
-        return linear_cross_entropy(self.layer_norm(F.gelu(self.dense(h))), weight, targets, self.bias)
+    def forward(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(h), weight, self.bias)
 
 
 class XLMR(nn.Module):
@@ -67,6 +66,8 @@ class XLMR(nn.Module):
         self.emb_layer_norm = nn.LayerNorm(d, eps=args.layer_norm_eps)
         self.layers = nn.ModuleList(EncoderBlock(args) for _ in range(args.n_layers))
         self.lm_head = LMHead(args)
+        # (h, weight, targets, bias=None) -> summed CE; a vocabulary-parallel one under TP (xlbtm.parallel)
+        self.loss_fn = linear_cross_entropy
         self.init_weights()
 
     def init_buffers(self) -> None:
@@ -121,4 +122,4 @@ class XLMR(nn.Module):
         h = self.forward_hidden(tokens, padding_mask)
         if targets is None:
             return self.output(h)
-        return self.lm_head.loss(h, self.embed_tokens.weight, targets)
+        return self.loss_fn(self.lm_head.transform(h), self.embed_tokens.weight, targets, self.lm_head.bias)
