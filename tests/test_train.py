@@ -88,6 +88,20 @@ def _wait_for_step(run_dir, step, procs, timeout=120):
     raise AssertionError("timed out waiting for training steps")
 
 
+def _wait_for_save_in_flight(run_dir, procs, timeout=60):
+    """The temp dir of a checkpoint being written (`.step_<n>.tmp`, n >= 10), polled every millisecond."""
+    root = run_dir / "checkpoints"
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        for p in root.glob(".step_*.tmp"):
+            if int(p.name[6:-4]) >= 10:
+                return p
+        if any(p.poll() is not None for p in procs):
+            raise AssertionError("run ended before a save could be interrupted")
+        time.sleep(0.001)
+    raise AssertionError("timed out waiting for a save in flight")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(demo, tmp_path_factory):
     """The reference of the resume tests; dropout 0.1, so only an exact RNG restore resumes bitwise."""
@@ -106,11 +120,17 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(demo, uninterrupted, tmp_pa
     cfg = base_cfg(run, root / "bin", max_steps=30, dropout=0.1, save_interval_updates=5)
     procs = launch(1, cfg, wait=False)
     _wait_for_step(run, 7, procs)
+    # land the kill inside a (background) save: as soon as the next checkpoint's temp dir appears
+    in_flight = _wait_for_save_in_flight(run, procs)
     procs[0].send_signal(signal.SIGKILL)
     procs[0].wait()
     assert procs[0].returncode == -signal.SIGKILL
     ck = latest_checkpoint(run)
     assert ck is not None and 5 <= int(ck.name[5:]) < 30  # killed mid-way, after at least one save
+    # the save was cut short (it takes far longer than the 1 ms between seeing its temp dir and the kill):
+    # `latest` names an older, complete step and the cut one was never published
+    assert in_flight.exists() and int(ck.name[5:]) < int(in_flight.name[6:-4])
+    assert not (run / "checkpoints" / in_flight.name[1:-4]).exists()
     _, outs = launch(1, cfg)  # the same command again
     assert result_of(outs[0]) ["status"] == "completed" and result_of(outs[0])["step"] == 30
     wa, wb = final_weights(run), final_weights(uninterrupted)
@@ -438,3 +458,95 @@ def test_branch_from_hf_seed_uses_its_weights_and_tokenizer(demo, tmp_path, caps
     assert set(got) == set(seed.state_dict())
     for k, v in seed.state_dict().items():
         torch.testing.assert_close(got[k], v, atol=0, rtol=0, msg=k)
+
+
+# ------------------------------------------------------------------------------------- Trainer pieces
+
+def test_trainer_pieces_alone_equal_a_hand_written_step(demo, tmp_path):
+    """build_data / build_model / build_optimizer / train_step / validate / state_dict, called one by one
+    in this process: one train_step equals a hand-written step (mean CE over targets, clip, AdamW) on a copy
+    of the model, and validate equals the hand-computed validation loss."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from xlbtm.data.dataset import Sampler, collate
+    from xlbtm.launch.distributed import destroy_distributed, init_distributed
+    from xlbtm.train.config import TrainConfig
+    from xlbtm.train.optim import lr_at
+    from xlbtm.train.trainer import Trainer
+
+    root = demo[0]
+    cfg = TrainConfig.from_dict(base_cfg(tmp_path / "run", root / "bin", clip_norm=0.05, max_valid_samples=6,
+                                         warmup_updates=0))
+    init_distributed(device="cpu", init_single=True)
+    try:
+        t = Trainer(cfg, 0, 1, torch.device("cpu"))
+        t.run_dir.mkdir(parents=True)
+        t.build_data()
+        t.build_model()
+        t.build_optimizer()
+        assert (t.run_dir / "expert.json").is_file() and t.state_dict() == {"step": 0, "position": 0, "seed": 1}
+        ref = copy.deepcopy(t.model)
+        micro = t.step_batches(0)
+        gnorm = float(t.train_step(micro))
+        assert t.state_dict() == {"step": 1, "position": 4, "seed": 1}
+
+        (x, y), = micro
+        loss = F.cross_entropy(ref(x, None).view(-1, ref.args.vocab_size), y.view(-1), ignore_index=-100)
+        loss.backward()
+        ref_norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.clip_norm)
+        assert abs(gnorm - float(ref_norm)) < 1e-5 * float(ref_norm) and gnorm > cfg.clip_norm  # clipping active
+        decay = [p for p in ref.parameters() if p.ndim >= 2]
+        rest = [p for p in ref.parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                 {"params": rest, "weight_decay": 0.0}], lr=lr_at(1, cfg), betas=cfg.adam_betas,
+                                eps=cfg.adam_eps)
+        opt.step()
+        got = dict(t.model.named_parameters())
+        for name, p in ref.named_parameters():
+            torch.testing.assert_close(got[name].detach(), p.detach(), atol=1e-6, rtol=1e-5, msg=name)
+
+        vx, vy = collate(t.valid_ds, Sampler(len(t.valid_ds), 0, shuffle=False), list(range(4)))
+        vx2, vy2 = collate(t.valid_ds, Sampler(len(t.valid_ds), 0, shuffle=False), [4, 5])
+        t.model.eval()
+        with torch.no_grad():
+            total = sum(F.cross_entropy(t.model(a, None).view(-1, ref.args.vocab_size), b.view(-1),
+                                        ignore_index=-100, reduction="sum") for a, b in ((vx, vy), (vx2, vy2)))
+        t.model.train()
+        n = int((vy != -100).sum() + (vy2 != -100).sum())
+        assert abs(t.validate() - float(total) / n) < 1e-5
+
+        t.load_state_dict({"step": 7, "position": 28, "seed": 1})
+        assert t.state_dict()["step"] == 7 and t.step_batches(28)[0][0].shape == x.shape
+    finally:
+        destroy_distributed()
+
+
+def test_prefetcher_yields_in_order_ahead_and_hands_over_errors():
+    import threading
+
+    from xlbtm.data.prefetch import Prefetcher
+
+    seen = []
+
+    def make(position):
+        seen.append(position)
+        if position == 40:
+            raise ValueError("bad batch at 40")
+        return [position]
+
+    p = Prefetcher(make, 10, 10, depth=2)
+    assert [p.next(), p.next()] == [[10], [20]]
+    t0 = time.time()
+    while len(seen) < 4 and time.time() - t0 < 5:  # it works ahead of the consumer, at most `depth` steps
+        time.sleep(0.01)
+    assert seen[:4] == [10, 20, 30, 40]
+    assert p.next() == [30]
+    with pytest.raises(ValueError, match="bad batch at 40"):
+        p.next()
+    p.close()
+    q = Prefetcher(lambda pos: [pos], 0, 1, depth=1)
+    assert q.next() == [0]
+    q.close()
+    assert not any(th.name == "xlbtm-prefetch" and th.is_alive() for th in threading.enumerate())

@@ -191,22 +191,43 @@ def _state(model, optimizer, train_state: dict) -> dict:
     return state
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, train_state: dict,
-                    keep: int = 2) -> Path:
-    """Collective: every rank calls it. Returns the final `step_<n>` dir."""
-    import torch.distributed.checkpoint as dcp
-
-    from xlbtm.io import atomic_open, write_json
-
-    root = _ckpt_root(run_dir)
-    final = root / f"step_{step}"
+def _begin_save(root: Path, step: int) -> Path:
+    """Collective: a fresh temp dir for step `step` (a killed earlier attempt's files are dropped)."""
     tmp = root / f".step_{step}.tmp"
     if _is_rank0():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
+    return tmp
+
+
+def _publish(root: Path, step: int, train_state: dict, keep: int) -> Path:
+    """Rank 0, once every rank has written step `step`: rename it into place, then point `latest` at it (only
+    now is it complete), then prune to the newest `keep`."""
+    from xlbtm.io import atomic_open, write_json
+
+    tmp, final = root / f".step_{step}.tmp", root / f"step_{step}"
+    write_json(tmp / "train_state.json", {k: int(v) for k, v in train_state.items()})
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    with atomic_open(root / LATEST) as f:
+        f.write(final.name + "\n")
+    steps = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
+                   key=lambda p: int(p.name[5:]))
+    for old in steps[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, train_state: dict,
+                    keep: int = 2) -> Path:
+    """Collective: every rank calls it; returns when step `step` is published. Returns its `step_<n>` dir."""
+    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
+    root = _ckpt_root(run_dir)
+    tmp = _begin_save(root, step)
     try:
         dcp.save(_state(model, optimizer, train_state), checkpoint_id=str(tmp))
     except CheckpointException as e:  # every rank sees it (DCP gathers the errors): all clean up and stop
@@ -214,19 +235,59 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, tra
             shutil.rmtree(tmp, ignore_errors=True)  # `latest` still names the last complete step
         raise _unwrapped(e) from None
     _barrier()
-    if _is_rank0():
-        write_json(tmp / "train_state.json", {k: int(v) for k, v in train_state.items()})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        with atomic_open(root / LATEST) as f:  # only now is step_<n> complete
-            f.write(final.name + "\n")
-        steps = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
-                       key=lambda p: int(p.name[5:]))
-        for old in steps[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+    final = _publish(root, step, train_state, keep) if _is_rank0() else root / f"step_{step}"
     _barrier()
     return final
+
+
+class AsyncCheckpointer:
+    """Checkpoints written while training goes on (`dcp.async_save`): `save` copies the state to host
+    memory (staging) and returns; a background thread writes it. A step is published (renamed into place,
+    `latest`) by rank 0 only once DCP has finished on every rank -- its coordinator writes `.metadata` after
+    gathering every rank's writes -- so `latest` never names a checkpoint a kill -9 could have cut short.
+
+    One save in flight at a time: the next `save` waits for the previous one. `poll()` after each step
+    publishes a finished save without waiting; `wait()` blocks until the pending one is published. The
+    background writes coordinate on their own gloo group, never on the training group's collectives."""
+
+    def __init__(self, run_dir: str | os.PathLike, keep: int = 2):
+        import torch.distributed as dist
+
+        self.root, self.keep = _ckpt_root(run_dir), keep
+        self._group = dist.new_group(backend="gloo") if dist.is_initialized() else None  # collective
+        self._pending = None
+
+    def save(self, step: int, model, optimizer, train_state: dict) -> None:
+        """Collective: start saving step `step` (after publishing the previous save)."""
+        import torch.distributed.checkpoint as dcp
+
+        self.wait()
+        tmp = _begin_save(self.root, step)
+        fut = dcp.async_save(_state(model, optimizer, train_state), checkpoint_id=str(tmp),
+                             process_group=self._group)
+        self._pending = (getattr(fut, "upload_completion", fut), step, dict(train_state), tmp)
+
+    def poll(self) -> None:
+        if self._pending is not None and self._pending[0].done():
+            self._complete()
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            self._complete()
+
+    def _complete(self) -> None:
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        fut, step, train_state, tmp = self._pending
+        self._pending = None
+        try:
+            fut.result()
+        except CheckpointException as e:
+            if _is_rank0():
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise _unwrapped(e) from None
+        if _is_rank0():
+            _publish(self.root, step, train_state, self.keep)
 
 
 def load_checkpoint(ckpt_dir: str | os.PathLike, model, optimizer=None) -> dict:

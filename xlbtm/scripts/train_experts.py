@@ -84,6 +84,9 @@ def build_parser():
     g.add_argument("--validate-interval-updates", type=int, default=1000)
     g.add_argument("--max-valid-samples", type=int, default=None)
     g.add_argument("--keep-checkpoints", type=int, default=2)
+    g.add_argument("--sync-checkpoints", action="store_true",
+                   help="write checkpoints while training waits (default: in the background, published only "
+                        "once complete, so `latest` never names a half-written one)")
     g.add_argument("--log-interval", type=int, default=10)
     g.add_argument("--tensorboard", action="store_true")
     add_slurm_args(p)

@@ -39,6 +39,7 @@ class TrainConfig:
     validate_interval_updates: int = 1000
     max_valid_samples: int | None = None  # cap on validation samples (None = the whole valid split)
     keep_checkpoints: int = 2
+    sync_checkpoints: bool = False        # True: training waits for each checkpoint (default: async save)
     log_interval: int = 10
     seed: int = 1
     tensorboard: bool = False

@@ -265,6 +265,7 @@ class TrainExpertsRequest:
     validate_interval_updates: int = 1000
     max_valid_samples: int | None = None
     keep_checkpoints: int = 2
+    sync_checkpoints: bool = False
     log_interval: int = 10
     tensorboard: bool = False
     site: Any = None                          # xlbtm.launch.site.SiteConfig; None = file + environment only
@@ -408,7 +409,8 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
             activation_checkpointing=req.activation_checkpointing, compile=req.compile,
             save_interval_updates=req.save_interval_updates,
             validate_interval_updates=req.validate_interval_updates, max_valid_samples=req.max_valid_samples,
-            keep_checkpoints=req.keep_checkpoints, log_interval=req.log_interval, seed=req.seed,
+            keep_checkpoints=req.keep_checkpoints, sync_checkpoints=req.sync_checkpoints,
+            log_interval=req.log_interval, seed=req.seed,
             tensorboard=req.tensorboard, dropout=req.dropout, device=device, progress_bar=False)
         experts.append(ExpertPlan(k, run_dir, cfg))
     from xlbtm.io import refuse_overlap

@@ -1,0 +1,422 @@
+"""The `Trainer` of ONE expert on this rank: data, model, optimizer, one step, validation, state, the loop.
+
+Built in order by `Trainer.build` (data -> model -> optimizer -> resume), each piece a method that can be
+called and tested alone. Batches and the schedule are functions of (seed, step, global sample index), so a
+resumed run -- also at another data-parallel degree -- continues with exactly the samples and learning
+rates an uninterrupted run would have used. Dropout masks are seeded by (seed, step, dp rank): a resume on
+the same layout is bitwise exact (tests/test_train.py kills a run with dropout 0.1 and checks), while one at
+another DP degree draws other masks for the same samples (the same distribution; exactness there would need
+a random stream per sample, also inside fused attention).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xlbtm.cli import get_logger
+from xlbtm.errors import InputError
+from xlbtm.train.config import TrainConfig
+
+log = get_logger("train")
+
+
+@dataclass
+class TrainResult:
+    status: str                  # "completed" | "preempted"
+    step: int
+    run_dir: str
+    valid_loss: float | None = None
+
+
+def step_seed(seed: int, step: int, dp_rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, dp_rank]).generate_state(1)[0])
+
+
+def forward_loss(model, inputs, targets):
+    """Summed token cross-entropy (fp32), left on the device (callers count targets on the host batch).
+    The model computes it chunk by chunk from its hidden states: no [B, T, V] logits are ever held."""
+    return model(inputs, None, targets=targets)
+
+
+# ------------------------------------------------------------------------------------------- the model
+
+def _seed_model(cfg: TrainConfig, tok):
+    """The seed as a full model on CPU, identical on every rank (seeded), plus its ModelArgs."""
+    from xlbtm.models import build_model, load_seed
+
+    torch.manual_seed(cfg.seed)  # preset seeds: the same random init on every rank
+    # presets take the tokenizer's vocabulary; checkpoints must cover it
+    model, args, _ = load_seed(cfg.seed_model, model_size=cfg.model_size, vocab_size=tok.vocab_size)
+    if cfg.dropout is not None and cfg.dropout != args.dropout:
+        # the models read their dropout rates from ModelArgs at build time: rebuild with the override
+        import dataclasses
+
+        args = dataclasses.replace(args, dropout=cfg.dropout, attention_dropout=cfg.dropout,
+                                   activation_dropout=cfg.dropout)
+        sd = model.state_dict()
+        model = build_model(args)
+        model.load_state_dict(sd)
+    return model, args
+
+
+def _materialize(args, device):
+    """A model built on the meta device, then allocated directly on `device` (no host copy)."""
+    from xlbtm.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(args)
+    model.to_empty(device=device)
+    model.init_weights()  # also fills non-persistent buffers (sinusoidal positions)
+    return model
+
+
+class Trainer:
+    """One expert's training run as seen by this rank (every rank of the process group makes one)."""
+
+    def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
+        from xlbtm.parallel.mesh import ParallelDims, build_mesh
+
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        self.dims = ParallelDims.from_world(world, cfg.tensor_parallel_size)
+        self.mesh = build_mesh(self.dims, device.type)
+        self.dp_rank = self.mesh["dp"].get_local_rank()
+        self.dp_group = self.mesh["dp"].get_group()
+        self.is_main = rank == 0
+        self.run_dir = Path(cfg.run_dir)
+        self.step, self.position = 0, 0
+        self.resumed_from: Path | None = None  # the checkpoint this run continued from
+        self._async = None  # AsyncCheckpointer, made at the first background save
+        self.samples_per_step = cfg.batch_size * self.dims.dp * cfg.update_freq
+        # loss and target sums since the last log: on the device, read once per log interval
+        self.loss_acc = torch.zeros(2, dtype=torch.float64, device=device)
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, rank: int, world: int, device: torch.device) -> "Trainer":
+        t = cls(cfg, rank, world, device)
+        if t.is_main:
+            t.run_dir.mkdir(parents=True, exist_ok=True)
+        t.build_data()
+        t.build_model()
+        t.build_optimizer()
+        t.resume()
+        return t
+
+    # ---------------------------------------------------------------------------------------- data
+    def build_data(self) -> None:
+        """Tokenizer, train / valid datasets of this cluster and the sampler; checks the binarized dir."""
+        from xlbtm.data.binarize import bin_path, idx_path, read_binarized_manifest
+        from xlbtm.data.dataset import CLMDataset, MLMDataset, Sampler, TokenStream
+        from xlbtm.tokenizer import load_tokenizer
+
+        cfg = self.cfg
+        bman = read_binarized_manifest(cfg.data_dir)
+        if bman["num_clusters"] != cfg.num_clusters:
+            raise InputError(f"binarized data has {bman['num_clusters']} clusters, run expects "
+                             f"{cfg.num_clusters}", cfg.data_dir)
+        if cfg.clusterer_fingerprint is None:
+            cfg.clusterer_fingerprint = bman.get("clusterer_fingerprint")
+        elif bman.get("clusterer_fingerprint") not in (None, cfg.clusterer_fingerprint):
+            raise InputError(f"binarized data comes from clusterer {bman['clusterer_fingerprint']}, the run "
+                             f"expects {cfg.clusterer_fingerprint}", cfg.data_dir)
+        tok_path = cfg.tokenizer or bman["tokenizer"]
+        self.tok = tok = load_tokenizer(tok_path)
+        if tok.fingerprint != bman["tokenizer_fingerprint"]:
+            raise InputError(f"binarized data was made with another tokenizer than {tok_path}", cfg.data_dir)
+
+        def dataset(split):
+            s = TokenStream(bin_path(cfg.data_dir, split, cfg.cluster), idx_path(cfg.data_dir, split, cfg.cluster))
+            if cfg.objective == "clm":
+                return CLMDataset(s, cfg.tokens_per_sample)
+            return MLMDataset(s, cfg.tokens_per_sample, vocab_size=tok.vocab_size, mask_id=tok.mask_id,
+                              bos_id=tok.bos_id, seed=cfg.seed)
+
+        self.train_ds = dataset(cfg.train_subset)
+        if len(self.train_ds) == 0:
+            raise InputError(f"cluster {cfg.cluster} has fewer than {cfg.tokens_per_sample + 1} training tokens",
+                             bin_path(cfg.data_dir, cfg.train_subset, cfg.cluster))
+        self.valid_ds = dataset(cfg.valid_subset) if cfg.valid_subset else None
+        self.sampler = Sampler(len(self.train_ds), cfg.seed)
+
+    # --------------------------------------------------------------------------------------- model
+    def build_model(self) -> None:
+        """The model on this rank's device, parallelized; the seed's weights (or, on resume, the shape the
+        run started with: the checkpoint overwrites the weights). Writes expert.json on a fresh start."""
+        import torch.distributed as dist
+
+        from xlbtm.models import ModelArgs
+        from xlbtm.parallel.checkpoint import latest_checkpoint
+        from xlbtm.parallel.parallelize import parallelize
+        from xlbtm.train.config import check_model_fits
+        from xlbtm.train.expert_dir import ExpertInfo, read_expert_info, write_expert_info
+
+        cfg, tok, device = self.cfg, self.tok, self.device
+        started = read_expert_info(self.run_dir) if latest_checkpoint(self.run_dir) is not None else None
+        full_sd = None
+        if started is not None:
+            # a resume reads nothing: the DCP checkpoint overwrites the freshly allocated weights
+            args = ModelArgs.from_dict(started.model_args)
+            model = _materialize(args, device)
+        elif self.world == 1:
+            model, args = _seed_model(cfg, tok)
+            model = model.to(device)
+        else:
+            # only rank 0 reads the seed (host memory: one copy per node, not one per GPU); the others
+            # allocate on the device and receive the weights after parallelization
+            obj = [None]
+            if self.is_main:
+                seed_model, args = _seed_model(cfg, tok)
+                full_sd = seed_model.state_dict()
+                del seed_model
+                obj = [args.to_dict()]
+            dist.broadcast_object_list(obj, src=0)
+            args = ModelArgs.from_dict(obj[0])
+            model = _materialize(args, device)
+            full_sd = full_sd if self.is_main else {}
+        check_model_fits(args.arch, args.max_positions, cfg.objective, cfg.tokens_per_sample, cfg.seed_model)
+        if started is not None:
+            if started.tokenizer_fingerprint != tok.fingerprint:
+                raise InputError(f"this run was started with another tokenizer than {tok.path}; resume it with "
+                                 "the same --tokenizer or use a new --serialization-dir", self.run_dir / "expert.json")
+            was = started.data.get("train_tokens")
+            if self.is_main and was is not None and was != len(self.train_ds.stream):
+                log.warning(f"the training data of cluster {cfg.cluster} changed since this run started ({was} -> "
+                            f"{len(self.train_ds.stream)} tokens): resuming on the new data, so the batches from "
+                            "here on differ from those of an uninterrupted run")
+        if args.vocab_size < tok.vocab_size:
+            raise InputError(f"model vocabulary ({args.vocab_size}) is smaller than the tokenizer's "
+                             f"({tok.vocab_size})", cfg.seed_model)
+        if self.is_main and started is None:
+            write_expert_info(self.run_dir, ExpertInfo(
+                cluster=cfg.cluster, num_clusters=cfg.num_clusters, clusterer_fingerprint=cfg.clusterer_fingerprint,
+                objective=cfg.objective, model_args=args.to_dict(), tokenizer=str(Path(tok.path).resolve()),
+                tokenizer_fingerprint=tok.fingerprint, seed_model=cfg.seed_model, run_name=cfg.run_name,
+                data={"binarized": str(Path(cfg.data_dir).resolve()), "train_subset": cfg.train_subset,
+                      "valid_subset": cfg.valid_subset, "train_tokens": len(self.train_ds.stream),
+                      "tokens_per_sample": cfg.tokens_per_sample, "dp": self.dims.dp, "tp": self.dims.tp,
+                      "config": cfg.to_dict()}))
+        parallelize(model, self.mesh, device_type=device.type, ac=cfg.activation_checkpointing, compile=cfg.compile)
+        from torch.distributed.fsdp import FSDPModule
+
+        self.fsdp = isinstance(model, FSDPModule)  # not on a 1-process fp32 mesh, where it would shard nothing
+        if full_sd is not None:  # rank 0 holds the seed: scatter it into every rank's shards
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            set_model_state_dict(model, full_sd if self.is_main else {},
+                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+            del full_sd
+        model.train()
+        self.model, self.args = model, args
+
+    def build_optimizer(self) -> None:
+        from xlbtm.train.optim import build_optimizer
+
+        self.optimizer = build_optimizer(self.model, self.cfg, self.device.type)
+
+    # ------------------------------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Where the run is, besides the model and optimizer (what a checkpoint's train_state.json holds)."""
+        return {"step": self.step, "position": self.position, "seed": self.cfg.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.position = int(state["step"]), int(state["position"])
+
+    def resume(self) -> None:
+        """Collective: continue from the newest readable checkpoint, if the run has one."""
+        from xlbtm.parallel.checkpoint import latest_checkpoint, load_newest_readable
+
+        if latest_checkpoint(self.run_dir) is None:
+            if self.is_main:
+                log.info(f"branched from seed {self.cfg.seed_model} (fresh optimizer and schedule)")
+            return
+        self.resumed_from, st = load_newest_readable(self.run_dir, self.model, self.optimizer)
+        self.load_state_dict(st)
+        if self.is_main:
+            log.info(f"resumed from {self.resumed_from} (step {self.step}, sample {self.position})")
+
+    def save(self) -> None:
+        """Collective: checkpoint the current step (model, optimizer, state_dict()); in the background
+        unless --sync-checkpoints (then `finish_saves` publishes it)."""
+        from xlbtm.parallel.checkpoint import AsyncCheckpointer, save_checkpoint
+
+        if self.cfg.sync_checkpoints:
+            save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.state_dict(),
+                            keep=self.cfg.keep_checkpoints)
+            return
+        if self._async is None:
+            self._async = AsyncCheckpointer(self.run_dir, keep=self.cfg.keep_checkpoints)
+        self._async.save(self.step, self.model, self.optimizer, self.state_dict())
+
+    def finish_saves(self, wait: bool = True) -> None:
+        """Publish a background save that has finished (`wait`: block until the pending one has)."""
+        if self._async is not None:
+            self._async.wait() if wait else self._async.poll()
+
+    # ------------------------------------------------------------------------------------------- step
+    def step_batches(self, position: int) -> list:
+        """This rank's micro-batches of the step whose first global sample is `position` (CPU tensors)."""
+        from xlbtm.data.dataset import collate, rank_indices
+
+        return [collate(self.train_ds, self.sampler,
+                        rank_indices(position, m, self.dp_rank, self.dims.dp, self.cfg.batch_size))
+                for m in range(self.cfg.update_freq)]
+
+    def train_step(self, micro: list) -> torch.Tensor:
+        """One optimizer step on this rank's micro-batches; returns the gradient norm (before clipping) as a
+        device tensor. Nothing here waits for the device."""
+        import torch.distributed as dist
+
+        from xlbtm.train.optim import clip_grad_norm, lr_at, set_lr
+
+        cfg, device = self.cfg, self.device
+        torch.manual_seed(step_seed(cfg.seed, self.step, self.dp_rank))
+        set_lr(self.optimizer, lr_at(self.step + 1, cfg))
+        # normalize by the step's GLOBAL target count, so the gradient is the same mean over tokens whatever
+        # the DP degree / micro-batching (MLM target counts differ per sample). Counted on the host batch;
+        # across ranks it stays a device tensor: nothing on the step path waits for the device.
+        denom = sum(int((y != -100).sum()) for _, y in micro) / self.dims.dp  # FSDP averages gradients over dp
+        if self.dims.dp > 1:
+            ntok = torch.tensor([denom * self.dims.dp], dtype=torch.float64, device=device)
+            dist.all_reduce(ntok, group=self.dp_group)
+            denom = (ntok[0] / self.dims.dp).float()
+        for m, (x, y) in enumerate(micro):
+            if self.fsdp:  # accumulate locally; reduce-scatter gradients only after the last micro-batch
+                self.model.set_requires_gradient_sync(m == len(micro) - 1)
+            loss = forward_loss(self.model, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            (loss / denom).backward()
+            self.loss_acc[0] += loss.detach()
+        gnorm = clip_grad_norm(self.model.parameters(), cfg.clip_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.position += self.samples_per_step
+        self.loss_acc[1] += denom
+        return gnorm
+
+    def validate(self) -> float | None:
+        """Collective: mean token loss (nats) on the valid split (at most max_valid_samples samples)."""
+        import torch.distributed as dist
+
+        from xlbtm.data.dataset import Sampler, collate, rank_indices
+
+        cfg, valid_ds = self.cfg, self.valid_ds
+        if valid_ds is None or len(valid_ds) == 0:
+            return None
+        self.model.eval()
+        n = len(valid_ds) if cfg.max_valid_samples is None else min(len(valid_ds), cfg.max_valid_samples)
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
+        per = self.dims.dp * cfg.batch_size
+        with torch.no_grad():
+            for b in range(math.ceil(n / per)):
+                idx = [i for i in rank_indices(b * per, 0, self.dp_rank, self.dims.dp, cfg.batch_size) if i < n]
+                # every rank runs the same number of forwards (FSDP collectives); empty ones count zero
+                x, y = collate(valid_ds, Sampler(len(valid_ds), 0, shuffle=False), idx or [0])
+                loss = forward_loss(self.model, x.to(self.device), y.to(self.device))
+                if idx:
+                    total[0] += loss.detach()
+                    total[1] += int((y != -100).sum())
+        dist.all_reduce(total, group=self.dp_group)
+        self.model.train()
+        return float(total[0] / max(total[1], 1))
+
+    # ------------------------------------------------------------------------------------------- loop
+    def fit(self, preempt) -> TrainResult:
+        """Train to max_steps: log, validate and checkpoint at their intervals, stop (saved) on preemption."""
+        import torch.distributed as dist
+
+        from xlbtm.data.prefetch import Prefetcher
+        from xlbtm.models import flops_per_token
+        from xlbtm.train.metrics import MetricLogger, mfu, peak_flops
+        from xlbtm.train.optim import lr_at
+
+        cfg, dims = self.cfg, self.dims
+        fpt = flops_per_token(self.args, cfg.tokens_per_sample)
+        peak = peak_flops(self.device)
+        logger = MetricLogger(self.run_dir, self.is_main, cfg.tensorboard)
+        bar = None
+        show_bar = cfg.progress_bar if cfg.progress_bar is not None else sys.stdout.isatty()
+        if self.is_main and show_bar:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        echo = bar is None
+        saved_step = self.step if self.resumed_from is not None else -1
+
+        def save_once():
+            nonlocal saved_step
+            if saved_step != self.step:
+                saved_step = self.step
+                self.save()
+
+        def log_valid(step: int) -> float | None:
+            vl = self.validate()
+            if vl is not None:
+                bits = vl / math.log(2)
+                logger.log({"kind": "valid", "step": step, "loss": bits, "ppl": 2 ** bits,
+                            "subset": cfg.valid_subset}, echo=echo)
+                return bits
+            return None
+
+        if self.resumed_from is not None:
+            logger.truncate_after(self.step)
+            logger.log({"kind": "resume", "step": self.step, "position": self.position,
+                        "checkpoint": self.resumed_from.name, "dp": dims.dp, "tp": dims.tp}, echo=False)
+        tokens_per_step = self.samples_per_step * cfg.tokens_per_sample
+        valid_loss, status = None, "completed"
+        train_time, steps_since = 0.0, 0  # time inside train steps only (not validation / saving)
+        if self.step == 0 and cfg.validate_interval_updates and cfg.max_steps > 0:
+            log_valid(0)  # the seed's loss on this cluster: the baseline the expert should beat
+        prefetch = Prefetcher(self.step_batches, self.position, self.samples_per_step,
+                              pin=self.device.type == "cuda")
+        try:
+            while self.step < cfg.max_steps:
+                if preempt.agreed(self.device):
+                    status = "preempted"
+                    break
+                t0 = time.perf_counter()
+                gnorm = self.train_step(prefetch.next())
+                self.finish_saves(wait=False)
+                steps_since += 1
+                step = self.step
+                log_now = step % cfg.log_interval == 0 or step == cfg.max_steps
+                if log_now:  # the only host read of the step path: once per log interval
+                    dist.all_reduce(self.loss_acc, group=self.dp_group)
+                    loss_sum, tok_sum = self.loss_acc.tolist()
+                    gnorm = float(gnorm)
+                train_time += time.perf_counter() - t0
+                if bar is not None:
+                    bar.update(1)
+                if log_now:
+                    train_loss = loss_sum / max(tok_sum, 1) / math.log(2)
+                    tps = tokens_per_step * steps_since / max(train_time, 1e-9)
+                    logger.log({"kind": "train", "step": step, "loss": train_loss, "ppl": 2 ** train_loss,
+                                "lr": lr_at(step, cfg), "gnorm": gnorm, "tokens_per_s": tps,
+                                "mfu": mfu(fpt, tps / self.world, peak),
+                                "epoch": self.sampler.epoch(self.position), "position": self.position}, echo=echo)
+                    self.loss_acc.zero_()
+                    train_time, steps_since = 0.0, 0
+                if cfg.validate_interval_updates and (step % cfg.validate_interval_updates == 0
+                                                      or step == cfg.max_steps):
+                    bits = log_valid(step)
+                    valid_loss = bits if bits is not None else valid_loss
+                if cfg.save_interval_updates and step % cfg.save_interval_updates == 0 and step < cfg.max_steps:
+                    save_once()
+        finally:
+            prefetch.close()
+        save_once()
+        self.finish_saves()  # the last checkpoint is published before the run reports its result
+        if bar is not None:
+            bar.close()
+        logger.close()
+        if status == "preempted":
+            if self.is_main:
+                log.info(f"preempted: saved step {self.step} to {self.run_dir}/checkpoints; rerun the same "
+                         "command to resume")
+            preempt.hand_over(self.is_main)
+        return TrainResult(status, self.step, str(self.run_dir), valid_loss)
