@@ -215,12 +215,28 @@ out["w_local"] = list(wd.to_local().shape)
 
 # a parallelized model: the embedding (and XLM-R's vocab bias) hold half of the vocabulary rows
 world_mesh = build_mesh(ParallelDims.from_world(2, 2), "cpu")
+import copy
 for preset in ("debug", "debug-xlmr"):
+    torch.manual_seed(1)
     m = build_model(get_preset(preset, vocab_size=V))
+    plain_model = copy.deepcopy(m)
     parallelize(m, world_mesh, device_type="cpu", fsdp=False)
+    seen = {}
+    for name in ("self_attn_layer_norm", "fc1"):  # sequence parallel: the residual stream holds T/2 tokens
+        getattr(m.layers[0], name).register_forward_hook(
+            lambda mod, inp, o, name=name: seen.setdefault(  # this rank's part of the module's input
+                name, list(getattr(inp[0], "to_local", lambda: inp[0])().shape)) and None)  # (None: keep o)
+    x = torch.randint(4, V, (2, 12))
+    y = torch.roll(x, -1, dims=1)
+    loss = m(x, None, targets=y)
+    loss.backward()
+    ref = plain_model(x, None, targets=y)
+    ref.backward()
+    g = m.layers[0].self_attn_layer_norm.weight.grad  # summed over both halves of the sequence
     out[preset] = {"embed": list(m.embed_tokens.weight.to_local().shape),
                    "bias": list(m.lm_head.bias.to_local().shape) if preset == "debug-xlmr" else None,
-                   "loss_fn": m.loss_fn.__name__}
+                   "loss_fn": m.loss_fn.__name__, "seen": seen, "loss": [loss.item(), ref.item()],
+                   "norm_grad": (g.full_tensor() - plain_model.layers[0].self_attn_layer_norm.weight.grad).abs().max().item()}
 if dist.get_rank() == 0:
     print("RESULT", json.dumps(out), flush=True)
 dist.barrier()
@@ -232,7 +248,8 @@ os._exit(0)  # not destroy_process_group(): with two meshes' subgroups, gloo's t
 def test_vocab_parallel_loss_equals_plain_and_shards_the_embedding(tmp_path):
     """Loss and dh / dW / db of the vocabulary-parallel loss equal the plain full-vocabulary computation,
     with an odd vocabulary (uneven shards), ignored targets and several chunks; under TP=2 the embedding and
-    XLM-R's vocab bias hold their half of the rows."""
+    XLM-R's vocab bias hold their half of the rows, the blocks' norms see half of the sequence (sequence
+    parallel), and the loss and a sequence-parallel norm's gradient equal the unparallelized model's."""
     import json
     import os
     import subprocess
@@ -253,5 +270,9 @@ def test_vocab_parallel_loss_equals_plain_and_shards_the_embedding(tmp_path):
     assert abs(got - want) < 1e-5 * abs(want), res
     assert res["dh"] < 1e-5 and res["dw"] < 1e-5 and res["db"] < 1e-5, res
     assert res["w_local"] == [501, 24]
-    assert res["debug"] == {"embed": [501, 64], "bias": None, "loss_fn": "vocab_parallel_cross_entropy"}
-    assert res["debug-xlmr"] == {"embed": [501, 64], "bias": [501], "loss_fn": "vocab_parallel_cross_entropy"}
+    for preset, bias in (("debug", None), ("debug-xlmr", [501])):
+        r = res[preset]
+        assert (r["embed"], r["bias"], r["loss_fn"]) == ([501, 64], bias, "vocab_parallel_cross_entropy")
+        # the norm sees its half of the 12 tokens; fc1 (after the all-gather) the whole sequence
+        assert r["seen"] == {"self_attn_layer_norm": [2, 6, 64], "fc1": [2, 12, 64]}, r
+        assert abs(r["loss"][0] - r["loss"][1]) < 1e-5 * abs(r["loss"][1]) and r["norm_grad"] < 1e-5, r

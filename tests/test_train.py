@@ -285,6 +285,7 @@ def test_local_runs_in_waves_sized_by_the_machine(monkeypatch):
     (["--tokens-per-sample", "0"], "--tokens-per-sample"),
     (["--learning-rate", "nan"], "--learning-rate"),
     (["--step-allocation", "proportional", "--max-steps", "0"], "--max-steps"),
+    (["--tensor-parallel-size", "3", "--num-gpus", "3", "--tokens-per-sample", "32"], "divisible by --tensor-par"),
 ])
 def test_train_experts_bad_flags_exit_2(demo, tmp_path, capsys, bad, msg):
     from xlbtm.cli import main_wrapper
@@ -550,3 +551,34 @@ def test_prefetcher_yields_in_order_ahead_and_hands_over_errors():
     assert q.next() == [0]
     q.close()
     assert not any(th.name == "xlbtm-prefetch" and th.is_alive() for th in threading.enumerate())
+
+
+def test_training_flags_reach_the_expert_config_by_name(demo, tmp_path):
+    """One source of defaults (TrainConfig -> request -> flags) and every training flag passed through by name:
+    AdamW betas / eps and the LR power are settable, an unknown config key is refused, not dropped."""
+    import dataclasses
+
+    from xlbtm.errors import UsageError
+    from xlbtm.scripts.train_experts import build_parser
+    from xlbtm.train.config import TrainConfig
+    from xlbtm.train.experts import TrainExpertsRequest, plan_experts
+
+    from xlbtm.train.config import TrainingSettings
+
+    shared = {f.name for f in dataclasses.fields(TrainingSettings)}
+    assert shared <= {f.name for f in dataclasses.fields(TrainConfig)}
+    assert shared <= {f.name for f in dataclasses.fields(TrainExpertsRequest)}
+    assert {"learning_rate", "adam_betas", "adam_eps", "power", "sync_checkpoints"} <= shared
+    root, data, tok, cdir = demo
+    args = build_parser().parse_args(_argv(root, data, tok, cdir, tmp_path / "ser", "--run", "local", "--adam-betas",
+                                           "(0.9, 0.98)", "--adam-eps", "1e-8", "--power", "2",
+                                           "--sync-checkpoints", "--weight-decay", "0.01"))
+    cfg = plan_experts(TrainExpertsRequest.from_args(args)).experts[0].cfg
+    assert (cfg.adam_betas, cfg.adam_eps, cfg.power, cfg.sync_checkpoints, cfg.weight_decay) == \
+        ((0.9, 0.98), 1e-8, 2.0, True, 0.01)
+    assert (cfg.max_steps, cfg.batch_size, cfg.tokens_per_sample, cfg.learning_rate) == (6, 4, 32, 3e-3)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(UsageError, match="unknown training setting.*adam_beta1"):
+        TrainConfig.from_dict(dict(cfg.to_dict(), adam_beta1=0.8))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--adam-betas", "0.9"])

@@ -14,26 +14,38 @@ import torch.nn as nn
 
 
 def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
-    """Megatron-style TP: q/k/v and fc1 column-wise, out_proj and fc2 row-wise inside each block; the token
-    embedding vocabulary-parallel (rows sharded, lookups masked and summed), and with it the tied output
-    projection and the loss (`loss_parallel.vocab_parallel_cross_entropy`; XLM-R's vocab bias sharded the
-    same way). At XGLM's 256k vocabulary the embedding is ~46% of the matmul weights of xglm-564M.
+    """Megatron-style TP with sequence parallelism, as torchtitan does it:
 
-    The attention reshapes with `view(B, T, -1, head_dim)`, so fewer local heads just work; norms and
-    positions stay replicated.
+    - inside each block q/k/v and fc1 column-wise, out_proj and fc2 row-wise; between them the residual
+      stream, its LayerNorms and dropouts are split along the sequence (each rank T/tp tokens): the row-wise
+      layers reduce-scatter into that split, and the attention / fc1 inputs are all-gathered from it;
+    - the token embedding vocabulary-parallel (rows sharded, lookups masked and summed), and with it the
+      tied output projection and the loss (`loss_parallel.vocab_parallel_cross_entropy`; XLM-R's vocab bias
+      sharded the same way). At XGLM's 256k vocabulary the embedding is ~46% of xglm-564M's matmul weights;
+    - what lies between the embedding and the first block (positions, scaling, XLM-R's embedding norm) and
+      after the last one (XGLM's final norm) runs on the whole sequence, replicated.
+
+    The attention reshapes with `view(B, T, -1, head_dim)`, so fewer local heads just work. The sequence
+    must split evenly: tokens per sample divisible by the TP degree.
     """
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleOutput,
+                                                   RowwiseParallel, SequenceParallel, parallelize_module)
 
     from xlbtm.parallel.loss_parallel import vocab_parallel_cross_entropy
 
+    seq = Shard(1)
     plan = {
+        "self_attn_layer_norm": SequenceParallel(use_local_output=True),
+        "final_layer_norm": SequenceParallel(use_local_output=True),
+        "self_attn": PrepareModuleInput(input_layouts=(seq, None), desired_input_layouts=(Replicate(), None),
+                                        use_local_output=True),
         "self_attn.q_proj": ColwiseParallel(),
         "self_attn.k_proj": ColwiseParallel(),
         "self_attn.v_proj": ColwiseParallel(),
-        "self_attn.out_proj": RowwiseParallel(),
-        "fc1": ColwiseParallel(),
-        "fc2": RowwiseParallel(),
+        "self_attn.out_proj": RowwiseParallel(output_layouts=seq),
+        "fc1": ColwiseParallel(input_layouts=seq),
+        "fc2": RowwiseParallel(output_layouts=seq),
     }
     for block in model.layers:
         attn = block.self_attn
@@ -43,6 +55,10 @@ def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
 
             raise UsageError(f"--tensor-parallel-size {tp_mesh.size()} must divide the number of heads ({n_heads})")
         parallelize_module(block, tp_mesh, plan)
+    parallelize_module(model.layers[0], tp_mesh, PrepareModuleInput(
+        input_layouts=(Replicate(), None), desired_input_layouts=(seq, None), use_local_output=True))
+    parallelize_module(model.layers[-1], tp_mesh, PrepareModuleOutput(
+        output_layouts=seq, desired_output_layouts=Replicate(), use_local_output=True))
     parallelize_module(model.embed_tokens, tp_mesh, RowwiseParallel(input_layouts=Replicate(),
                                                                     output_layouts=Replicate()))
     lm_head = getattr(model, "lm_head", None)

@@ -6,8 +6,44 @@ import dataclasses
 from dataclasses import dataclass
 
 
-@dataclass
-class TrainConfig:
+@dataclass(kw_only=True)
+class TrainingSettings:
+    """How every expert of a run is trained: the settings `train_experts` takes as flags of the same names
+    (`--learning-rate` -> learning_rate), with their defaults. Both `TrainConfig` (one expert's run) and
+    `xlbtm.train.experts.TrainExpertsRequest` (the command) extend it, so each setting and its default exist
+    once, and the request hands them to each expert's config by name."""
+
+    train_subset: str = "train"
+    valid_subset: str = "valid"
+    tokens_per_sample: int = 2048
+    batch_size: int = 8                   # per data-parallel rank, per micro-step (c-BTM --batch-size)
+    update_freq: int = 1                  # micro-steps accumulated per optimizer step
+    learning_rate: float = 2e-4
+    end_learning_rate: float = 0.0
+    warmup_updates: int = 0
+    power: float = 1.0                    # polynomial decay exponent (1 = linear)
+    weight_decay: float = 0.1
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-6
+    clip_norm: float = 1.0                # 0 disables clipping
+    dropout: float | None = None          # override the seed's dropout (None = keep)
+    seed: int = 1
+    tensor_parallel_size: int = 1
+    activation_checkpointing: bool = False
+    compile: bool = False
+    save_interval_updates: int = 1000
+    validate_interval_updates: int = 1000
+    max_valid_samples: int | None = None  # cap on validation samples (None = the whole valid split)
+    keep_checkpoints: int = 2
+    sync_checkpoints: bool = False        # True: training waits for each checkpoint (default: async save)
+    log_interval: int = 10
+    tensorboard: bool = False
+
+
+@dataclass(kw_only=True)
+class TrainConfig(TrainingSettings):
+    """ONE expert's run: the shared settings plus what the launcher resolved for this expert."""
+
     run_dir: str                          # <serialization_dir>/<K>_clusters/<run>.cluster<i>
     data_dir: str                         # binarized dir (xlbtm.data.binarize layout)
     seed_model: str                       # HF dir | metaseq/fairseq .pt | consolidated.pt | preset name
@@ -18,32 +54,7 @@ class TrainConfig:
     model_size: str | None = None         # preset naming the architecture when the seed does not
     tokenizer: str | None = None
     objective: str = "clm"                # "clm" | "mlm"
-    train_subset: str = "train"
-    valid_subset: str = "valid"
-    tokens_per_sample: int = 2048
-    batch_size: int = 8                   # per data-parallel rank, per micro-step (c-BTM --batch-size)
-    update_freq: int = 1                  # micro-steps accumulated per optimizer step
     max_steps: int = 1000
-    learning_rate: float = 2e-4
-    end_learning_rate: float = 0.0
-    warmup_updates: int = 0
-    power: float = 1.0                    # polynomial decay exponent (1 = linear)
-    weight_decay: float = 0.1
-    adam_betas: tuple[float, float] = (0.9, 0.95)
-    adam_eps: float = 1e-6
-    clip_norm: float = 1.0                # 0 disables clipping
-    tensor_parallel_size: int = 1
-    activation_checkpointing: bool = False
-    compile: bool = False
-    save_interval_updates: int = 1000
-    validate_interval_updates: int = 1000
-    max_valid_samples: int | None = None  # cap on validation samples (None = the whole valid split)
-    keep_checkpoints: int = 2
-    sync_checkpoints: bool = False        # True: training waits for each checkpoint (default: async save)
-    log_interval: int = 10
-    seed: int = 1
-    tensorboard: bool = False
-    dropout: float | None = None          # override the seed's dropout (None = keep)
     progress_bar: bool | None = None      # None = when stdout is a terminal
     device: str | None = None             # "cuda" | "cpu" | None (cuda when visible)
 
@@ -52,10 +63,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """The inverse of to_dict. An unknown key is an error, not silently dropped: it is a setting this
+        version would not apply (a typo, or a config from a newer xlbtm)."""
         names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in names}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            from xlbtm.errors import UsageError
+
+            raise UsageError(f"unknown training setting(s) {', '.join(unknown)}: not a field of TrainConfig "
+                             "(written by another xlbtm version?)")
+        d = dict(d)
         if "adam_betas" in d:
-            d["adam_betas"] = tuple(d["adam_betas"])
+            d["adam_betas"] = tuple(d["adam_betas"])  # JSON gives a list
         return cls(**d)
 
     @property

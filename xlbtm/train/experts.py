@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
-from xlbtm.train.config import TrainConfig
+from xlbtm.train.config import TrainConfig, TrainingSettings
 
 log = get_logger("train")
 
@@ -217,9 +217,10 @@ def submit(plans: list[ExpertPlan], spec: LaunchSpec, site=None, visible_gpus: t
 
 # --------------------------------------------------------------------------- the train_experts command
 
-@dataclass
-class TrainExpertsRequest:
-    """Everything `train_experts` is asked to do; one field per flag (same names and defaults as the CLI)."""
+@dataclass(kw_only=True)
+class TrainExpertsRequest(TrainingSettings):
+    """Everything `train_experts` is asked to do; one field per flag (same names and defaults as the CLI).
+    The training settings (optimization, checkpoints, logging) are TrainingSettings', shared with TrainConfig."""
 
     run: str                                  # slurm | local | debug
     seed_model: str                           # HF dir | metaseq/fairseq .pt | consolidated.pt | preset name
@@ -233,41 +234,17 @@ class TrainExpertsRequest:
     path_to_clusters_dir: str | None = None
     train_cluster: str | None = None          # "1,3,5" / "0-3"; None = all
     data_name: str | None = None
-    train_subset: str = "train"
-    valid_subset: str = "valid"
     run_name: str | None = None               # default: data_name or "run"
     step_allocation: str = "equal"            # equal | proportional: K x max_steps shared by training tokens
     binarized_dir: str | None = None
-    binarize_workers: int = 1
+    binarize_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
     allow_unassigned: bool = False
     # resources
     num_nodes: int = 1
     num_gpus: int = 1
-    tensor_parallel_size: int = 1
     device: str = "auto"                      # auto | cuda | cpu
     dry_run: bool = False
     no_wait: bool = False
-    # optimization
-    learning_rate: float = 2e-4
-    end_learning_rate: float = 0.0
-    warmup_updates: int = 0
-    batch_size: int = 8
-    update_freq: int = 1
-    tokens_per_sample: int = 2048
-    weight_decay: float = 0.1
-    clip_norm: float = 1.0
-    dropout: float | None = None
-    seed: int = 1
-    activation_checkpointing: bool = False
-    compile: bool = False
-    # checkpoints and logging
-    save_interval_updates: int = 1000
-    validate_interval_updates: int = 1000
-    max_valid_samples: int | None = None
-    keep_checkpoints: int = 2
-    sync_checkpoints: bool = False
-    log_interval: int = 10
-    tensorboard: bool = False
     site: Any = None                          # xlbtm.launch.site.SiteConfig; None = file + environment only
 
     @classmethod
@@ -363,6 +340,9 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     if world % req.tensor_parallel_size:
         raise UsageError(f"--tensor-parallel-size {req.tensor_parallel_size} must divide --num-nodes x --num-gpus "
                          f"({world})")
+    if req.tokens_per_sample % req.tensor_parallel_size:
+        raise UsageError(f"--tokens-per-sample {req.tokens_per_sample} must be divisible by --tensor-parallel-size "
+                         f"{req.tensor_parallel_size} (sequence parallelism splits every sample evenly)")
     clusters = parse_cluster_list(req.train_cluster, K)
     data_dir = resolve_data_dir(req.path_to_data, req.data_name)
     clusters_dir, clusterer_fp = None, None
@@ -394,24 +374,16 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
         site = resolve_site()
     spec = LaunchSpec(run=req.run, num_nodes=req.num_nodes, num_gpus=req.num_gpus, device=device)
 
+    # the training settings pass through by name (none copied by hand); the rest is resolved here
+    shared = {f.name: getattr(req, f.name) for f in dataclasses.fields(TrainingSettings)}
     experts = []
     for k in clusters:
         run_dir = experts_root(req.serialization_dir, K) / f"{run_name}.cluster{k}"
-        cfg = TrainConfig(
-            run_dir=str(run_dir.resolve()), data_dir=str(bin_dir.resolve()), seed_model=req.seed_model,
-            cluster=k, num_clusters=K, clusterer_fingerprint=clusterer_fp, run_name=run_name,
-            model_size=req.model_size, tokenizer=str(Path(tok.path).resolve()), objective=objective,
-            train_subset=req.train_subset, valid_subset=req.valid_subset,
-            tokens_per_sample=req.tokens_per_sample, batch_size=req.batch_size, update_freq=req.update_freq,
-            max_steps=req.max_steps, learning_rate=req.learning_rate, end_learning_rate=req.end_learning_rate,
-            warmup_updates=req.warmup_updates, weight_decay=req.weight_decay, clip_norm=req.clip_norm,
-            tensor_parallel_size=req.tensor_parallel_size,
-            activation_checkpointing=req.activation_checkpointing, compile=req.compile,
-            save_interval_updates=req.save_interval_updates,
-            validate_interval_updates=req.validate_interval_updates, max_valid_samples=req.max_valid_samples,
-            keep_checkpoints=req.keep_checkpoints, sync_checkpoints=req.sync_checkpoints,
-            log_interval=req.log_interval, seed=req.seed,
-            tensorboard=req.tensorboard, dropout=req.dropout, device=device, progress_bar=False)
+        cfg = TrainConfig(**shared, run_dir=str(run_dir.resolve()), data_dir=str(bin_dir.resolve()),
+                          seed_model=req.seed_model, model_size=req.model_size, max_steps=req.max_steps,
+                          cluster=k, num_clusters=K, clusterer_fingerprint=clusterer_fp, run_name=run_name,
+                          tokenizer=str(Path(tok.path).resolve()), objective=objective, device=device,
+                          progress_bar=False)
         experts.append(ExpertPlan(k, run_dir, cfg))
     from xlbtm.io import refuse_overlap
 

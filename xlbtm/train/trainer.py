@@ -85,6 +85,11 @@ class Trainer:
 
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.dims = ParallelDims.from_world(world, cfg.tensor_parallel_size)
+        if cfg.tokens_per_sample % self.dims.tp:
+            from xlbtm.errors import UsageError
+
+            raise UsageError(f"--tokens-per-sample {cfg.tokens_per_sample} must be divisible by "
+                             f"--tensor-parallel-size {self.dims.tp} (sequence parallelism splits samples evenly)")
         self.mesh = build_mesh(self.dims, device.type)
         self.dp_rank = self.mesh["dp"].get_local_rank()
         self.dp_group = self.mesh["dp"].get_group()
