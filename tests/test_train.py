@@ -569,6 +569,14 @@ def test_training_flags_reach_the_expert_config_by_name(demo, tmp_path):
     assert shared <= {f.name for f in dataclasses.fields(TrainConfig)}
     assert shared <= {f.name for f in dataclasses.fields(TrainExpertsRequest)}
     assert {"learning_rate", "adam_betas", "adam_eps", "power", "sync_checkpoints"} <= shared
+    # the flags are generated from TrainingSettings: every flag name users type stays exactly as it was
+    flags = {o for a in build_parser()._actions for o in a.option_strings}
+    assert {"--train-subset", "--valid-subset", "--learning-rate", "--lr", "--end-learning-rate", "--warmup-updates",
+            "--max-steps", "--max-update", "--batch-size", "--update-freq", "--tokens-per-sample", "--weight-decay",
+            "--clip-norm", "--dropout", "--seed", "--activation-checkpointing", "--compile", "--save-interval-updates",
+            "--validate-interval-updates", "--max-valid-samples", "--keep-checkpoints", "--log-interval",
+            "--tensorboard", "--tensor-parallel-size", "--model-parallel", "--binarize-workers", "--num-nodes",
+            "--num-gpus", "--step-allocation", "--sync-checkpoints", "--adam-betas", "--adam-eps", "--power"} <= flags
     root, data, tok, cdir = demo
     args = build_parser().parse_args(_argv(root, data, tok, cdir, tmp_path / "ser", "--run", "local", "--adam-betas",
                                            "(0.9, 0.98)", "--adam-eps", "1e-8", "--power", "2",

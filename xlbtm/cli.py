@@ -29,6 +29,20 @@ class _StageFilter(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is emitted, not the stream it was made with: a
+    redirected or replaced stderr (an in-process `--run debug` job, a test's capture) must not leave the
+    logger writing into a closed file."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(stage: str, level: int | str | None = None) -> logging.Logger:
     """Configure the root `xlbtm` logger once per process; later calls only change the stage name."""
     global _STAGE
@@ -39,7 +53,7 @@ def setup_logging(stage: str, level: int | str | None = None) -> logging.Logger:
     for h in list(logger.handlers):
         if getattr(h, "_xlbtm", False):
             logger.removeHandler(h)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler._xlbtm = True  # type: ignore[attr-defined]
     handler.setFormatter(logging.Formatter(LOG_FORMAT, DATE_FORMAT))
     handler.addFilter(_StageFilter(stage))
@@ -107,3 +121,25 @@ def main_wrapper(stage: str, main: Callable[[Sequence[str] | None], int | None],
 def run_script(stage: str, main: Callable[[Sequence[str] | None], int | None]) -> None:
     """`if __name__ == "__main__": run_script("cluster", main)` at the bottom of every script."""
     sys.exit(main_wrapper(stage, main))
+
+
+def add_settings_args(parser: argparse.ArgumentParser, settings_cls, groups: dict | None = None) -> dict:
+    """One flag per field of a settings dataclass whose metadata names a help group (see
+    `xlbtm.train.config.setting`): `--field-name` plus its aliases, type from the metadata or the default,
+    booleans as store_true, defaults from the dataclass. Returns the argument groups by name, so a script can
+    add its own flags to them. The flags are generated, so they and the library cannot drift apart."""
+    import dataclasses
+
+    groups = {} if groups is None else groups
+    for f in dataclasses.fields(settings_cls):
+        meta = f.metadata
+        if "group" not in meta:
+            continue
+        g = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        names = ["--" + f.name.replace("_", "-"), *meta["flags"]]
+        if isinstance(f.default, bool):
+            g.add_argument(*names, dest=f.name, action="store_true", default=f.default, help=meta["help"])
+        else:
+            g.add_argument(*names, dest=f.name, type=meta["type"] or type(f.default), default=f.default,
+                           help=meta["help"])
+    return groups

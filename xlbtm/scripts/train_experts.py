@@ -12,7 +12,6 @@ from its `checkpoints/latest`. `--num-clusters 1` (no clusters dir) trains the d
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 from xlbtm.cli import get_logger, make_parser, run_script
@@ -29,19 +28,10 @@ def _default(name: str):
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-def _betas(text: str) -> tuple[float, float]:
-    """`0.9,0.98` or metaseq's `(0.9, 0.98)`."""
-    try:
-        b = tuple(float(x) for x in text.strip().strip("()").split(","))
-    except ValueError:
-        b = ()
-    if len(b) != 2 or not all(0 <= x < 1 for x in b):
-        raise argparse.ArgumentTypeError(f"expected two numbers in [0, 1) like 0.9,0.98, got {text!r}")
-    return b
-
-
 def build_parser():
+    from xlbtm.cli import add_settings_args
     from xlbtm.launch.site import add_slurm_args
+    from xlbtm.train.config import TrainingSettings
 
     p = make_parser("train_experts", __doc__.split("\n\n")[0])
     g = p.add_argument_group("what to train")
@@ -60,8 +50,6 @@ def build_parser():
     g.add_argument("--train-cluster", default=None, help="only these clusters, e.g. 1,3,5 (default: all)")
     g.add_argument("--data-name", default=None, help="dataset name (corpus at <path-to-data>/<data-name> if present)")
     g.add_argument("--path-to-data", required=True, help="jsonl corpus root (train/<shard>/*.jsonl, valid/...)")
-    g.add_argument("--train-subset", default=_default("train_subset"))
-    g.add_argument("--valid-subset", default=_default("valid_subset"))
     g.add_argument("--serialization-dir", required=True,
                    help="experts go to <serialization-dir>/<K>_clusters/<run-name>.cluster<i>/")
     g.add_argument("--run-name", default=None, help="default: --data-name or 'run'")
@@ -72,51 +60,22 @@ def build_parser():
     g.add_argument("--allow-unassigned", action="store_true",
                    help="drop documents without a cluster instead of stopping with an error")
 
-    g = p.add_argument_group("resources")
-    g.add_argument("--num-nodes", type=int, default=_default("num_nodes"))
-    g.add_argument("--num-gpus", type=int, default=_default("num_gpus"), help="GPUs (tasks) per node; CPU workers without GPUs")
-    g.add_argument("--tensor-parallel-size", "--model-parallel", dest="tensor_parallel_size", type=int,
-                   default=_default("tensor_parallel_size"),
-                   help="tensor-parallel degree (divides nodes x gpus); the rest is FSDP data parallel")
-    g.add_argument("--device", choices=["auto", "cuda", "cpu"], default=_default("device"),
+    r = p.add_argument_group("resources")
+    r.add_argument("--num-nodes", type=int, default=_default("num_nodes"))
+    r.add_argument("--num-gpus", type=int, default=_default("num_gpus"),
+                   help="GPUs (tasks) per node; CPU workers without GPUs")
+    r.add_argument("--device", choices=["auto", "cuda", "cpu"], default=_default("device"),
                    help="auto: cuda when GPUs are visible locally / offered by SLURM partitions")
-    g.add_argument("--dry-run", action="store_true", help="print the plan and the resources, submit nothing")
-    g.add_argument("--no-wait", action="store_true", help="submit and return (slurm); default waits for the jobs")
+    r.add_argument("--dry-run", action="store_true", help="print the plan and the resources, submit nothing")
+    r.add_argument("--no-wait", action="store_true", help="submit and return (slurm); default waits for the jobs")
 
-    g = p.add_argument_group("optimization")
-    g.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float,
-                   default=_default("learning_rate"))
-    g.add_argument("--end-learning-rate", type=float, default=_default("end_learning_rate"))
-    g.add_argument("--warmup-updates", type=int, default=_default("warmup_updates"))
-    g.add_argument("--max-steps", "--max-update", dest="max_steps", type=int, required=True)
-    g.add_argument("--step-allocation", choices=["equal", "proportional"], default=_default("step_allocation"),
+    o = p.add_argument_group("optimization")
+    o.add_argument("--max-steps", "--max-update", dest="max_steps", type=int, required=True)
+    o.add_argument("--step-allocation", choices=["equal", "proportional"], default=_default("step_allocation"),
                    help="equal: every expert trains --max-steps; proportional: the K x --max-steps total is shared "
                         "by each cluster's training tokens (printed in the plan); the dense baseline is unchanged")
-    g.add_argument("--batch-size", type=int, default=_default("batch_size"), help="samples per GPU (data-parallel rank) per micro-step")
-    g.add_argument("--update-freq", type=int, default=_default("update_freq"), help="gradient accumulation micro-steps")
-    g.add_argument("--tokens-per-sample", type=int, default=_default("tokens_per_sample"))
-    g.add_argument("--power", type=float, default=_default("power"),
-                   help="exponent of the polynomial LR decay after warmup (metaseq's; 1 = linear)")
-    g.add_argument("--adam-betas", type=_betas, default=_default("adam_betas"), help="AdamW betas, e.g. 0.9,0.98")
-    g.add_argument("--adam-eps", type=float, default=_default("adam_eps"))
-    g.add_argument("--weight-decay", type=float, default=_default("weight_decay"))
-    g.add_argument("--clip-norm", type=float, default=_default("clip_norm"))
-    g.add_argument("--dropout", type=float, default=None, help="override the seed's dropout")
-    g.add_argument("--seed", type=int, default=_default("seed"))
-    g.add_argument("--activation-checkpointing", action="store_true")
-    g.add_argument("--compile", action="store_true", help="torch.compile each block")
-
-    g = p.add_argument_group("checkpoints and logging")
-    g.add_argument("--save-interval-updates", type=int, default=_default("save_interval_updates"))
-    g.add_argument("--validate-interval-updates", type=int,
-                   default=_default("validate_interval_updates"))
-    g.add_argument("--max-valid-samples", type=int, default=_default("max_valid_samples"))
-    g.add_argument("--keep-checkpoints", type=int, default=_default("keep_checkpoints"))
-    g.add_argument("--sync-checkpoints", action="store_true",
-                   help="write checkpoints while training waits (default: in the background, published only "
-                        "once complete, so `latest` never names a half-written one)")
-    g.add_argument("--log-interval", type=int, default=_default("log_interval"))
-    g.add_argument("--tensorboard", action="store_true")
+    # the training settings: generated from TrainingSettings (flag names, defaults and help live there)
+    add_settings_args(p, TrainingSettings, {"what to train": g, "resources": r, "optimization": o})
     add_slurm_args(p)
     return p
 

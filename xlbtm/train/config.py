@@ -3,41 +3,68 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+def setting(default, group: str, help: str = "", *, flags: tuple[str, ...] = (), type=None):
+    """A field of TrainingSettings that is also a `train_experts` flag: `--<name>` (plus `flags`, aliases),
+    in the help `group`, parsed with `type` (default: the default's type; store_true for booleans)."""
+    return field(default=default, metadata={"group": group, "help": help, "flags": flags, "type": type})
+
+
+def _betas(text: str) -> tuple[float, float]:
+    """`0.9,0.98` or metaseq's `(0.9, 0.98)`."""
+    import argparse
+
+    try:
+        b = tuple(float(x) for x in text.strip().strip("()").split(","))
+    except ValueError:
+        b = ()
+    if len(b) != 2 or not all(0 <= x < 1 for x in b):
+        raise argparse.ArgumentTypeError(f"expected two numbers in [0, 1) like 0.9,0.98, got {text!r}")
+    return b
+
+
+OPT, CKPT, RES, DATA = "optimization", "checkpoints and logging", "resources", "what to train"
 
 
 @dataclass(kw_only=True)
 class TrainingSettings:
     """How every expert of a run is trained: the settings `train_experts` takes as flags of the same names
-    (`--learning-rate` -> learning_rate), with their defaults. Both `TrainConfig` (one expert's run) and
-    `xlbtm.train.experts.TrainExpertsRequest` (the command) extend it, so each setting and its default exist
-    once, and the request hands them to each expert's config by name."""
+    (`--learning-rate` -> learning_rate), generated from these fields (`xlbtm.cli.add_settings_args`), with
+    these defaults. Both `TrainConfig` (one expert's run, stored in its expert.json) and
+    `xlbtm.train.experts.TrainExpertsRequest` (the command) extend it, so each setting, its flag and its
+    default exist once, and the request hands them to each expert's config by name."""
 
-    train_subset: str = "train"
-    valid_subset: str = "valid"
-    tokens_per_sample: int = 2048
-    batch_size: int = 8                   # per data-parallel rank, per micro-step (c-BTM --batch-size)
-    update_freq: int = 1                  # micro-steps accumulated per optimizer step
-    learning_rate: float = 2e-4
-    end_learning_rate: float = 0.0
-    warmup_updates: int = 0
-    power: float = 1.0                    # polynomial decay exponent (1 = linear)
-    weight_decay: float = 0.1
-    adam_betas: tuple[float, float] = (0.9, 0.95)
-    adam_eps: float = 1e-6
-    clip_norm: float = 1.0                # 0 disables clipping
-    dropout: float | None = None          # override the seed's dropout (None = keep)
-    seed: int = 1
-    tensor_parallel_size: int = 1
-    activation_checkpointing: bool = False
-    compile: bool = False
-    save_interval_updates: int = 1000
-    validate_interval_updates: int = 1000
-    max_valid_samples: int | None = None  # cap on validation samples (None = the whole valid split)
-    keep_checkpoints: int = 2
-    sync_checkpoints: bool = False        # True: training waits for each checkpoint (default: async save)
-    log_interval: int = 10
-    tensorboard: bool = False
+    train_subset: str = setting("train", DATA, "split to train on")
+    valid_subset: str = setting("valid", DATA, "split to validate on")
+    tokens_per_sample: int = setting(2048, OPT, "tokens per training sample (block)")
+    batch_size: int = setting(8, OPT, "samples per GPU (data-parallel rank) per micro-step")
+    update_freq: int = setting(1, OPT, "gradient accumulation micro-steps")
+    learning_rate: float = setting(2e-4, OPT, "peak learning rate", flags=("--lr",))
+    end_learning_rate: float = setting(0.0, OPT, "learning rate at the last step")
+    warmup_updates: int = setting(0, OPT, "linear warmup steps")
+    power: float = setting(1.0, OPT, "exponent of the polynomial LR decay after warmup (metaseq's; 1 = linear)")
+    weight_decay: float = setting(0.1, OPT, "AdamW weight decay (not on biases and norms)")
+    adam_betas: tuple[float, float] = setting((0.9, 0.95), OPT, "AdamW betas, e.g. 0.9,0.98", type=_betas)
+    adam_eps: float = setting(1e-6, OPT, "AdamW epsilon")
+    clip_norm: float = setting(1.0, OPT, "gradient-norm clipping (0: off)")
+    dropout: float | None = setting(None, OPT, "override the seed's dropout", type=float)
+    seed: int = setting(1, OPT, "seed of the data order, dropout and random inits")
+    tensor_parallel_size: int = setting(1, RES, "tensor-parallel degree (divides nodes x gpus); the rest is FSDP "
+                                        "data parallel", flags=("--model-parallel",))
+    activation_checkpointing: bool = setting(False, OPT, "recompute each block in backward (memory for time)")
+    compile: bool = setting(False, OPT, "torch.compile each block")
+    save_interval_updates: int = setting(1000, CKPT, "checkpoint every N steps (and at the end)")
+    validate_interval_updates: int = setting(1000, CKPT, "validate every N steps (0: never)")
+    max_valid_samples: int | None = setting(None, CKPT, "cap on validation samples (default: the whole split)",
+                                            type=int)
+    keep_checkpoints: int = setting(2, CKPT, "checkpoints kept per expert")
+    sync_checkpoints: bool = setting(False, CKPT, "write checkpoints while training waits (default: in the "
+                                     "background, published only once complete, so `latest` never names a "
+                                     "half-written one)")
+    log_interval: int = setting(10, CKPT, "log every N steps")
+    tensorboard: bool = setting(False, CKPT, "also write TensorBoard events")
 
 
 @dataclass(kw_only=True)
