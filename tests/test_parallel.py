@@ -276,3 +276,21 @@ def test_vocab_parallel_loss_equals_plain_and_shards_the_embedding(tmp_path):
         # the norm sees its half of the 12 tokens; fc1 (after the all-gather) the whole sequence
         assert r["seen"] == {"self_attn_layer_norm": [2, 6, 64], "fc1": [2, 12, 64]}, r
         assert abs(r["loss"][0] - r["loss"][1]) < 1e-5 * abs(r["loss"][1]) and r["norm_grad"] < 1e-5, r
+
+
+def test_dropout_masks_follow_samples_across_dp_degrees_and_resumes(data_bin, tmp_path):
+    """Dropout 0.1 everywhere (embedding, residual, activation, attention): a sample's masks come from its
+    global index, so dp=2 x batch 2 trains exactly what one process x batch 4 does, and a dp=2 run resumed
+    on one process continues it exactly. (With masks from a per-rank RNG both would drift apart.)"""
+    import shutil
+
+    ref, dp2, resumed = tmp_path / "ref", tmp_path / "dp2", tmp_path / "resumed"
+    launch(1, base_cfg(ref, data_bin, dropout=0.1))
+    launch(2, base_cfg(dp2, data_bin, dropout=0.1, batch_size=2))
+    _assert_same_run(dp2, ref)
+    launch(2, base_cfg(resumed, data_bin, dropout=0.1, batch_size=2, save_interval_updates=2))
+    shutil.rmtree(resumed / "checkpoints" / "step_4")
+    (resumed / "checkpoints" / "latest").write_text("step_2\n")
+    (resumed / "train_log.jsonl").unlink()
+    launch(1, base_cfg(resumed, data_bin, dropout=0.1, batch_size=4))
+    _assert_same_run(resumed, ref, steps=(3, 4))

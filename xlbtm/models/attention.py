@@ -7,16 +7,18 @@ are recovered with `view(B, T, -1, head_dim)`: a rank holding a column shard jus
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from xlbtm.models.dropout import attention as sdpa
 
 
 class Attention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, causal: bool = False):
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, causal: bool = False, site: int = 0):
         super().__init__()
         self.head_dim = d_model // n_heads
         self.dropout = dropout
         self.causal = causal
+        self.site = site  # dropout site (xlbtm.models.dropout): fixed per layer
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
@@ -28,12 +30,13 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(
+        y = sdpa(
             q, k, v,
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             # with an explicit mask the causal part is already inside it
             is_causal=self.causal and attn_mask is None,
+            site=self.site,
         )
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.out_proj(y)

@@ -15,29 +15,31 @@ from torch import nn
 
 from xlbtm.models.attention import Attention, make_attn_mask, sinusoidal_table
 from xlbtm.models.config import ModelArgs
+from xlbtm.models.dropout import dropout
 from xlbtm.models.loss import linear_cross_entropy
 
 POS_OFFSET = 2  # fairseq: positions start at padding_idx + 1
 
 
 class DecoderBlock(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, layer_id: int = 0):
         super().__init__()
         d = args.d_model
+        self.site = 1 + 4 * layer_id  # its dropout sites: site .. site + 3 (xlbtm.models.dropout)
         self.dropout = args.dropout
         self.activation_dropout = args.activation_dropout
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=args.layer_norm_eps)
-        self.self_attn = Attention(d, args.n_heads, args.attention_dropout, causal=True)
+        self.self_attn = Attention(d, args.n_heads, args.attention_dropout, causal=True, site=self.site + 3)
         self.final_layer_norm = nn.LayerNorm(d, eps=args.layer_norm_eps)
         self.fc1 = nn.Linear(d, args.ffn_dim)
         self.fc2 = nn.Linear(args.ffn_dim, d)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.self_attn(self.self_attn_layer_norm(x), attn_mask)
-        x = x + F.dropout(h, self.dropout, self.training)
+        x = x + dropout(h, self.dropout, self.training, self.site)
         h = F.gelu(self.fc1(self.final_layer_norm(x)))
-        h = self.fc2(F.dropout(h, self.activation_dropout, self.training))
-        return x + F.dropout(h, self.dropout, self.training)
+        h = self.fc2(dropout(h, self.activation_dropout, self.training, self.site + 1))
+        return x + dropout(h, self.dropout, self.training, self.site + 2)
 
 
 class XGLM(nn.Module):
@@ -50,7 +52,7 @@ class XGLM(nn.Module):
         # Deterministic, not trained, not saved: recomputed by init_weights() (meta-device friendly).
         self.register_buffer("embed_positions", torch.empty(args.max_positions + POS_OFFSET, args.d_model),
                              persistent=False)
-        self.layers = nn.ModuleList(DecoderBlock(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(DecoderBlock(args, i) for i in range(args.n_layers))
         self.layer_norm = nn.LayerNorm(args.d_model, eps=args.layer_norm_eps)
         # (h, weight, targets, bias=None) -> summed CE; a vocabulary-parallel one under TP (xlbtm.parallel)
         self.loss_fn = linear_cross_entropy
@@ -87,7 +89,7 @@ class XGLM(nn.Module):
             raise ValueError(f"sequence length {T} exceeds max_positions={self.args.max_positions}")
         x = self.embed_tokens(tokens) * self.embed_scale
         x = x + self.embed_positions[POS_OFFSET:POS_OFFSET + T].to(x.dtype)
-        x = F.dropout(x, self.args.dropout, self.training)
+        x = dropout(x, self.args.dropout, self.training, site=0)
         mask = make_attn_mask(padding_mask, causal=True)
         for layer in self.layers:
             x = layer(x, mask)

@@ -13,16 +13,18 @@ from torch import nn
 
 from xlbtm.models.attention import Attention, make_attn_mask
 from xlbtm.models.config import ModelArgs
+from xlbtm.models.dropout import dropout
 from xlbtm.models.loss import linear_cross_entropy
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, layer_id: int = 0):
         super().__init__()
         d = args.d_model
+        self.site = 1 + 4 * layer_id  # its dropout sites: site .. site + 3 (xlbtm.models.dropout)
         self.dropout = args.dropout
         self.activation_dropout = args.activation_dropout
-        self.self_attn = Attention(d, args.n_heads, args.attention_dropout, causal=False)
+        self.self_attn = Attention(d, args.n_heads, args.attention_dropout, causal=False, site=self.site + 3)
         self.self_attn_layer_norm = nn.LayerNorm(d, eps=args.layer_norm_eps)
         self.fc1 = nn.Linear(d, args.ffn_dim)
         self.fc2 = nn.Linear(args.ffn_dim, d)
@@ -30,10 +32,10 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.self_attn(x, attn_mask)
-        x = self.self_attn_layer_norm(x + F.dropout(h, self.dropout, self.training))
+        x = self.self_attn_layer_norm(x + dropout(h, self.dropout, self.training, self.site))
         h = F.gelu(self.fc1(x))
-        h = self.fc2(F.dropout(h, self.activation_dropout, self.training))
-        return self.final_layer_norm(x + F.dropout(h, self.dropout, self.training))
+        h = self.fc2(dropout(h, self.activation_dropout, self.training, self.site + 1))
+        return self.final_layer_norm(x + dropout(h, self.dropout, self.training, self.site + 2))
 
 
 class LMHead(nn.Module):
@@ -64,7 +66,7 @@ class XLMR(nn.Module):
         # HF keeps a 1-row token-type table; always type 0, so it is a constant added to every token.
         self.token_type_embed = nn.Embedding(args.type_vocab_size, d) if args.type_vocab_size > 0 else None
         self.emb_layer_norm = nn.LayerNorm(d, eps=args.layer_norm_eps)
-        self.layers = nn.ModuleList(EncoderBlock(args) for _ in range(args.n_layers))
+        self.layers = nn.ModuleList(EncoderBlock(args, i) for i in range(args.n_layers))
         self.lm_head = LMHead(args)
         # (h, weight, targets, bias=None) -> summed CE; a vocabulary-parallel one under TP (xlbtm.parallel)
         self.loss_fn = linear_cross_entropy
@@ -106,7 +108,7 @@ class XLMR(nn.Module):
         if self.token_type_embed is not None:
             x = x + self.token_type_embed.weight[0]
         x = x + self.embed_positions(self.positions(tokens))
-        x = F.dropout(self.emb_layer_norm(x), self.args.dropout, self.training)
+        x = dropout(self.emb_layer_norm(x), self.args.dropout, self.training, site=0)
         mask = make_attn_mask(padding_mask, causal=False)
         for layer in self.layers:
             x = layer(x, mask)

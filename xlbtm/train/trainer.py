@@ -1,12 +1,10 @@
 """The `Trainer` of ONE expert on this rank: data, model, optimizer, one step, validation, state, the loop.
 
 Built in order by `Trainer.build` (data -> model -> optimizer -> resume), each piece a method that can be
-called and tested alone. Batches and the schedule are functions of (seed, step, global sample index), so a
-resumed run -- also at another data-parallel degree -- continues with exactly the samples and learning
-rates an uninterrupted run would have used. Dropout masks are seeded by (seed, step, dp rank): a resume on
-the same layout is bitwise exact (tests/test_train.py kills a run with dropout 0.1 and checks), while one at
-another DP degree draws other masks for the same samples (the same distribution; exactness there would need
-a random stream per sample, also inside fused attention).
+called and tested alone. Batches, dropout masks and the schedule are functions of (seed, step, global sample
+index) -- each sample's masks come from its own seed (`sample_seed`, `xlbtm.models.dropout`) -- so a resumed
+run, also at another data-parallel degree, continues with exactly the samples, masks and learning rates an
+uninterrupted run would have used (tests/test_train.py and tests/test_parallel.py check both with dropout 0.1).
 """
 
 from __future__ import annotations
@@ -36,7 +34,14 @@ class TrainResult:
 
 
 def step_seed(seed: int, step: int, dp_rank: int) -> int:
+    """The global RNG's seed for a step (whatever draws from it outside the per-sample dropout)."""
     return int(np.random.SeedSequence([seed, step, dp_rank]).generate_state(1)[0])
+
+
+def sample_seed(seed: int, global_index: int) -> int:
+    """The dropout seed of one training sample (`xlbtm.models.dropout`): a function of the run's seed and
+    the sample's global index only, so it is the same at any data-parallel degree and after any resume."""
+    return int(np.random.SeedSequence([seed, 0x44524F50, global_index]).generate_state(1)[0])
 
 
 def forward_loss(model, inputs, targets):
@@ -277,6 +282,8 @@ class Trainer:
         device tensor. Nothing here waits for the device."""
         import torch.distributed as dist
 
+        from xlbtm.data.dataset import rank_indices
+        from xlbtm.models.dropout import sample_seeds
         from xlbtm.train.optim import clip_grad_norm, lr_at, set_lr
 
         cfg, device = self.cfg, self.device
@@ -293,8 +300,12 @@ class Trainer:
         for m, (x, y) in enumerate(micro):
             if self.fsdp:  # accumulate locally; reduce-scatter gradients only after the last micro-batch
                 self.model.set_requires_gradient_sync(m == len(micro) - 1)
-            loss = forward_loss(self.model, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-            (loss / denom).backward()
+            # dropout masks follow the samples (their global index), not the rank or micro-batch they are in;
+            # backward too: activation checkpointing recomputes the forward there
+            idx = rank_indices(self.position, m, self.dp_rank, self.dims.dp, cfg.batch_size)
+            with sample_seeds([sample_seed(cfg.seed, g) for g in idx]):
+                loss = forward_loss(self.model, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                (loss / denom).backward()
             self.loss_acc[0] += loss.detach()
         gnorm = clip_grad_norm(self.model.parameters(), cfg.clip_norm)
         self.optimizer.step()
