@@ -16,7 +16,7 @@ def build_parser():
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    from metaseq_ext.consolidated import save_consolidated
+    from xlbtm.formats.consolidated import save_consolidated
     from xlbtm.models.hf import load_hf
 
     sd, args = load_hf(a.hf_dir)

@@ -18,7 +18,7 @@ def build_parser():
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    from metaseq_ext.consolidated import save_consolidated
+    from xlbtm.formats.consolidated import save_consolidated
     from metaseq_ext.convert import metaseq_to_xlbtm
 
     sd, args, info = metaseq_to_xlbtm(a.checkpoint, model_size=a.model_size)

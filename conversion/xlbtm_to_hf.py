@@ -18,7 +18,7 @@ def build_parser():
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    from metaseq_ext.consolidated import load_consolidated
+    from xlbtm.formats.consolidated import load_consolidated
     from xlbtm.models.hf import save_hf
 
     sd, args, _ = load_consolidated(a.checkpoint)

@@ -19,7 +19,7 @@ def build_parser():
 
 def main(argv=None):
     a = build_parser().parse_args(argv)
-    from metaseq_ext.consolidated import load_consolidated, save_consolidated
+    from xlbtm.formats.consolidated import load_consolidated, save_consolidated
     from xlbtm.models.hf import load_hf
 
     src = Path(a.checkpoint)

@@ -5,7 +5,7 @@
 `path` is either
   - an xlbtm expert run dir: the latest DCP checkpoint (`checkpoints/latest`) is read in one process, model
     tensors only (no optimizer state), and written as `<run>/consolidated.pt` in metaseq's layout
-    (`model` with unfused `decoder.*` keys, `cfg` with the model args) via metaseq_ext.consolidated;
+    (`model` with unfused `decoder.*` keys, `cfg` with the model args) via xlbtm.formats.consolidated;
     `hf=True` also writes `<run>/hf/` (weights + config + the expert's tokenizer);
   - a metaseq/c-BTM checkpoint (sharded `checkpoint_last-model_part-0-shard0.pt` files, a prefix or their
     directory): FSDP shards and model-parallel parts are joined by metaseq_ext and written as
@@ -56,7 +56,7 @@ def consolidate(path: str | os.PathLike, dtype: str | None = None, hf: bool = Fa
 
 
 def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
-    from metaseq_ext.consolidated import save_consolidated
+    from xlbtm.formats.consolidated import save_consolidated
     from xlbtm.io import read_json
     from xlbtm.models import ModelArgs, build_model
     from xlbtm.parallel.checkpoint import latest_checkpoint, read_model_state
@@ -93,7 +93,7 @@ def build_model_keys(args, build_model) -> list[str]:
 
 
 def consolidate_metaseq(path: Path, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
-    from metaseq_ext.consolidated import save_consolidated
+    from xlbtm.formats.consolidated import save_consolidated
     from metaseq_ext.convert import metaseq_to_xlbtm
 
     state, args, info = metaseq_to_xlbtm(path)

@@ -81,7 +81,7 @@ def read_expert(path: str | os.PathLike) -> Expert:
     ej = run_dir / EXPERT_JSON
     if not ej.is_file() and weights is not None:
         # a consolidated.pt moved away from its run dir still carries its expert.json (see consolidate.py)
-        from metaseq_ext.consolidated import load_consolidated
+        from xlbtm.formats.consolidated import load_consolidated
 
         _, _, extra = load_consolidated(weights)
         info = extra.get("expert") if isinstance(extra, dict) else None
@@ -166,7 +166,7 @@ def load_state(expert: Expert) -> dict:
     """The expert's plain (unsharded) state dict on CPU, from consolidated.pt or the latest DCP step."""
     src = expert.source()
     if src.is_file():
-        from metaseq_ext.consolidated import load_consolidated
+        from xlbtm.formats.consolidated import load_consolidated
 
         state, _, _ = load_consolidated(src)
         return state

@@ -154,7 +154,7 @@ def _load_checkpoint(path: Path, model_size: str | None):
 
         ck = safe_torch_load(path)
         if isinstance(ck, dict) and isinstance(ck.get("xlbtm"), dict):
-            from metaseq_ext.consolidated import load_consolidated
+            from xlbtm.formats.consolidated import load_consolidated
 
             del ck
             sd, args, extra = load_consolidated(path)

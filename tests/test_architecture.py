@@ -1,0 +1,92 @@
+"""The dependency direction of docs/ARCHITECTURE.md holds for every import in the tree (also imports inside
+functions): a module imports its own layer and the ones below, never above; the known exceptions are listed
+and must still exist (remove one from the list when its import goes)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from train_helpers import REPO
+
+LAYERS = {
+    "xlbtm.errors": 0, "xlbtm.io": 0, "xlbtm.cli": 0,
+    "xlbtm.corpus": 1, "xlbtm.tokenizer": 1, "xlbtm.demo_corpus": 1, "xlbtm.models": 1, "xlbtm.formats": 1,
+    "xlbtm.launch": 1,
+    "xlbtm.cluster": 2, "xlbtm.data": 2, "xlbtm.parallel": 2,
+    "xlbtm.train": 3, "xlbtm.ensemble": 3,
+    "xlbtm.study": 4, "xlbtm.quickstart": 4,
+    "xlbtm.scripts": 5,
+}
+# (importer, imported): debts of issue #14, each to be removed with its import
+KNOWN = {("xlbtm.models", "metaseq_ext"), ("xlbtm.formats", "metaseq_ext"), ("xlbtm.ensemble", "metaseq_ext"),
+         ("xlbtm.study", "xlbtm.scripts")}
+
+
+def _unit(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] == "xlbtm" and len(parts) > 1:
+        return "xlbtm." + parts[1]
+    return parts[0] if parts[0] in ("metaseq_ext", "conversion", "tests") else None
+
+
+def _edges() -> set[tuple[str, str, str]]:
+    out = set()
+    for root in ("xlbtm", "metaseq_ext"):
+        for path in (REPO / root).rglob("*.py"):
+            rel = path.relative_to(REPO).with_suffix("")
+            src = _unit(".".join(rel.parts)) if rel.parts[0] == "xlbtm" and len(rel.parts) > 1 else rel.parts[0]
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else \
+                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                for name in names:
+                    dst = _unit(name)
+                    if dst and dst != src:
+                        out.add((src, dst, str(rel)))
+    return out
+
+
+def test_every_import_points_down_the_layers():
+    edges = _edges()
+    assert all(src in LAYERS or src == "metaseq_ext" for src, _, _ in edges), "a new package: add it to LAYERS"
+    bad, seen_known = [], set()
+    for src, dst, where in sorted(edges):
+        if (src, dst) in KNOWN:
+            seen_known.add((src, dst))
+            continue
+        if dst in ("tests", "conversion"):
+            bad.append(f"{where}: the library imports {dst}")
+        elif src == "metaseq_ext":
+            if dst == "metaseq_ext" or LAYERS.get(dst, 9) > 2:
+                bad.append(f"{where}: metaseq_ext reaches up to {dst}")
+        elif dst == "metaseq_ext":
+            bad.append(f"{where}: {src} imports metaseq_ext (foreign formats depend on xlbtm, not the reverse)")
+        elif LAYERS[dst] > LAYERS[src]:
+            bad.append(f"{where}: {src} (layer {LAYERS[src]}) imports {dst} (layer {LAYERS[dst]})")
+    assert not bad, "\n".join(bad)
+    assert seen_known == KNOWN, f"gone, remove from KNOWN and docs/ARCHITECTURE.md: {sorted(KNOWN - seen_known)}"
+
+
+def test_the_architecture_page_names_every_package():
+    page = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    for unit in LAYERS:
+        assert f"`{unit}`" in page, unit
+
+
+def test_xlbtm_command_dispatches_to_the_scripts(capsys):
+    """`xlbtm <command>` (the console script in pyproject.toml) is `python -m xlbtm.scripts.<command>`."""
+    import tomllib
+
+    from xlbtm.scripts.__main__ import commands, main
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"xlbtm": "xlbtm.scripts.__main__:main"}
+    assert {"train_clusterer", "cluster", "train_experts", "consolidate", "eval_ensemble", "quickstart"} <= \
+        set(commands())
+    assert main(["--help"]) == 0 and "train_experts" in capsys.readouterr().out
+    assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
+    import pytest
+
+    with pytest.raises(SystemExit) as e:  # the same flags and argparse errors as the module
+        main(["train-experts", "--run", "debug"])
+    assert e.value.code == 2 and "--seed-model" in capsys.readouterr().err

@@ -1,0 +1,10 @@
+"""One home for xlbtm's own on-disk formats: each has one reader and one writer here, with a version field.
+
+    consolidated   consolidated.pt: one expert's weights in metaseq's layout (+ the xlbtm header)
+
+Still defined next to the code that writes them, to move here (issue #14): expert.json
+(`xlbtm.train.expert_dir`), the binarized manifest and done.json (`xlbtm.data.binarize`), cluster files and
+their manifest / sidecars (`xlbtm.cluster.files`), the clusterer artifact (`xlbtm.cluster.artifact`), the DCP
+checkpoint layout and `latest` (`xlbtm.parallel.checkpoint`). Foreign formats (metaseq / fairseq shards, Hugging
+Face dirs) are read and written by `metaseq_ext` and `xlbtm.models.hf`.
+"""
