@@ -19,8 +19,7 @@ LAYERS = {
     "xlbtm.scripts": 5,
 }
 # (importer, imported): debts of issue #14, each to be removed with its import
-KNOWN = {("xlbtm.models", "metaseq_ext"), ("xlbtm.formats", "metaseq_ext"), ("xlbtm.ensemble", "metaseq_ext"),
-         ("xlbtm.study", "xlbtm.scripts")}
+KNOWN = {("xlbtm.models", "metaseq_ext"), ("xlbtm.formats", "metaseq_ext"), ("xlbtm.ensemble", "metaseq_ext")}
 
 
 def _unit(module: str) -> str | None:

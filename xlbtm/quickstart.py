@@ -1,7 +1,7 @@
 """The whole pipeline on one machine, as a user would type it, stage by stage.
 
-Each stage calls the same `python -m xlbtm.scripts.<name>` entry point a user runs (in this process, with
-the argv shown in the log), so the quickstart is also a living example of the command lines:
+Each stage calls the library function behind a `python -m xlbtm.scripts.<name>` command, in this process, and
+logs that command with its flags, so the quickstart is also a living example of the command lines:
 
   demo corpus -> tokenizer -> dense seed -> clusterer (K) -> assign train/valid -> K experts + a
   compute-matched dense continuation -> consolidate -> HF export -> evaluate ensemble vs dense -> report.

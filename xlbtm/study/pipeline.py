@@ -4,9 +4,10 @@
     point = run_point(cfg, prep, 300, out_dir)  # K experts x 300 steps + dense x K*300 steps, consolidated,
                                                 #   evaluated (ensemble, oracle, dense) -> point.json
 
-Each stage calls the same `python -m xlbtm.scripts.<name>` entry point a user runs (in this process, with the
-argv shown in the log). Every stage resumes by itself (training from `latest`, assignment per file) and a
-finished stage is skipped, so rerunning after a crash continues instead of starting over.
+Each stage calls the library function behind a `python -m xlbtm.scripts.<name>` command, in this process, and
+logs that command with the same flags, so a user can rerun any stage by hand. Every stage resumes by itself
+(training from `latest`, assignment per file) and a finished stage is skipped, so rerunning after a crash
+continues instead of starting over.
 
 Compute matching (DESIGN.md): the dense model gets K x the expert steps at the same tokens per step, from
 the same seed, on the union of the clusters' data, with the same schedule shape (warm-up the same fraction
@@ -20,7 +21,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import UsageError
@@ -88,29 +89,82 @@ class Prepared:
     languages: list[str] = field(default_factory=list)
 
 
-def run_stage(stage: str, main: Callable[[Sequence[str] | None], int | None], argv: list[str]) -> None:
-    """Run one entry point in this process, logging the command line a user would type."""
+def command(stage: str, flags: dict, *positional) -> str:
+    """The command line a user would type for this stage: `--flag value`, booleans as bare flags."""
+    parts = [str(p) for p in positional]
+    for flag, value in flags.items():
+        if value is None or value is False:
+            continue
+        parts += [flag] if value is True else [flag, str(value)]
+    return f"python -m xlbtm.scripts.{stage} {shlex.join(parts)}"
+
+
+def run_stage(stage: str, cmd: str, call: Callable[[], Any]) -> Any:
+    """Run one stage in this process, logging the command that does the same from a shell."""
     from xlbtm.cli import current_stage, setup_logging
 
     outer = current_stage() or "study"
-    log.info("$ python -m xlbtm.scripts.%s %s", stage, shlex.join(argv))
+    log.info("$ %s", cmd)
     setup_logging(stage)  # the stage's own lines carry its name, as when a user runs it
     try:
-        rc = main(argv)
+        return call()
     finally:
         setup_logging(outer)
-    if rc:
-        raise RuntimeError(f"stage {stage} exited with status {rc}")
 
 
-def _train_args(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int) -> list[str]:
-    interval = str(max(steps // 2, 1))
-    return ["--path-to-data", str(prep_data), "--tokenizer", str(tok), "--run", cfg.run, "--num-gpus", "1",
-            "--tokens-per-sample", str(cfg.tokens_per_sample), "--batch-size", str(cfg.batch_size),
-            "--learning-rate", str(cfg.learning_rate), "--seed", str(cfg.seed + 1),
-            "--max-steps", str(steps), "--warmup-updates", str(int(cfg.warmup_fraction * steps)),
-            "--save-interval-updates", interval, "--validate-interval-updates", interval,
-            "--max-valid-samples", "256"]  # a progress signal, not the evaluation
+def train_experts(flags: dict) -> list:
+    """`train_experts` with these flags (names as on the command line): plan, print the plan, train, print
+    the results; raises unless every expert completed."""
+    from xlbtm.train.experts import (TrainExpertsRequest, all_completed, describe_plan, describe_results,
+                                     plan_experts, run_plan)
+
+    def call():
+        plan = plan_experts(TrainExpertsRequest(**{f[2:].replace("-", "_"): v for f, v in flags.items()}))
+        for line in describe_plan(plan):
+            print(line, flush=True)
+        results = run_plan(plan)
+        for line in describe_results(plan, results):
+            print(line, flush=True)
+        if not all_completed(results):
+            raise RuntimeError("stage train_experts: not every expert completed (see the lines above)")
+        return results
+
+    return run_stage("train_experts", command("train_experts", flags), call)
+
+
+def consolidate(run_dir: Path, hf: bool = False) -> None:
+    from xlbtm.ensemble.consolidate import consolidate as consolidate_run
+
+    run_stage("consolidate", command("consolidate", {"--hf": hf}, run_dir), lambda: consolidate_run(run_dir, hf=hf))
+
+
+def evaluate(flags: dict) -> dict:
+    """`eval_ensemble` with these flags: the result (as written to --job-dir/result.json)."""
+    from xlbtm.ensemble.evaluate import EvalConfig, run_eval
+
+    def call():
+        res = run_eval(EvalConfig(
+            data_dir=flags["--data-dir"], data_subset=flags["--data-subset"], job_dir=flags["--job-dir"],
+            ensemble_type=flags["--ensemble-type"], path_to_clusterer=flags.get("--path-to-clusterer"),
+            model_paths=[m for m in str(flags.get("--model-paths") or "").split(",") if m],
+            experts_dir=flags.get("--experts-dir"), temperatures=[flags.get("--temperature", 0.1)],
+            topks=[flags.get("--topk", -1)], max_valid_steps=flags.get("--max-valid-steps"), run=flags.get("--run"),
+            dense_result=flags.get("--dense-result")))
+        log.info(f"result_ppl {res['result_ppl']:.4f} ({res['documents']} documents, {res['tokens']} tokens) -> "
+                 f"{flags['--job-dir']}/result.json")
+        return res
+
+    return run_stage("eval_ensemble", command("eval_ensemble", flags), call)
+
+
+def _train_flags(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int) -> dict:
+    interval = max(steps // 2, 1)
+    return {"--path-to-data": str(prep_data), "--tokenizer": str(tok), "--run": cfg.run, "--num-gpus": 1,
+            "--tokens-per-sample": cfg.tokens_per_sample, "--batch-size": cfg.batch_size,
+            "--learning-rate": cfg.learning_rate, "--seed": cfg.seed + 1,
+            "--max-steps": steps, "--warmup-updates": int(cfg.warmup_fraction * steps),
+            "--save-interval-updates": interval, "--validate-interval-updates": interval,
+            "--max-valid-samples": 256}  # a progress signal, not the evaluation
 
 
 def _languages(data: Path, split: str = "train") -> list[str]:
@@ -161,24 +215,22 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
 
 def _train_seed(cfg: PipelineConfig, data: Path, tok: Path, seed_dir: Path, stage) -> Path:
     """A tiny XGLM trained from scratch on all data: stands in for a public XGLM checkpoint."""
-    from xlbtm.scripts import consolidate, train_experts
-
     seed_run = seed_dir / "1_clusters" / "seed.cluster0"
     seed_ckpt = seed_run / "consolidated.pt"
     stage(f"dense seed: {cfg.model_size} XGLM, {cfg.seed_steps} steps -> {seed_dir}")
     if not seed_ckpt.is_file():
-        argv = _train_args(cfg, data, tok, cfg.seed_steps)
-        argv[argv.index("--warmup-updates") + 1] = str(cfg.seed_steps // 10)  # from scratch: always warm up
-        run_stage("train_experts", train_experts.main, argv + [
-            "--seed-model", cfg.model_size, "--num-clusters", "1", "--serialization-dir", str(seed_dir),
-            "--run-name", "seed"])
-        run_stage("consolidate", consolidate.main, [str(seed_run)])
+        flags = _train_flags(cfg, data, tok, cfg.seed_steps)
+        flags["--warmup-updates"] = cfg.seed_steps // 10  # from scratch: always warm up
+        train_experts({**flags, "--seed-model": cfg.model_size, "--num-clusters": 1,
+                       "--serialization-dir": str(seed_dir), "--run-name": "seed"})
+        consolidate(seed_run)
     return seed_ckpt
 
 
 def _cluster(cfg: PipelineConfig, data: Path, tok: Path, out: Path, stage) -> tuple[Path, Path, list[str]]:
     """Fit the clusterer (tf-idf or typological) and assign train and valid; (clusterer, clusters, languages)."""
-    from xlbtm.scripts import cluster, train_clusterer
+    from xlbtm.cluster.assign import assign_corpus
+    from xlbtm.cluster.train import train_tfidf_clusterer, train_typological_clusterer
 
     K = cfg.num_clusters
     clusterer = out / "clusterer"
@@ -186,22 +238,31 @@ def _cluster(cfg: PipelineConfig, data: Path, tok: Path, out: Path, stage) -> tu
     if cfg.clustering == "typological":
         stage(f"clusterer: typological (URIEL, balanced by tokens), K={K}, languages {','.join(languages)} -> "
               f"{clusterer}")
-        argv = ["--typological", "--typology-mode", "balanced", "--langs", ",".join(languages),
-                "--num-clusters", str(K), "--data-dir", str(data / "train"), "--tokenizer", str(tok),
-                "--output-dir", str(clusterer)]
+        flags = {"--typological": True, "--typology-mode": "balanced", "--langs": ",".join(languages),
+                 "--num-clusters": K, "--data-dir": str(data / "train"), "--tokenizer": str(tok),
+                 "--output-dir": str(clusterer)}
+
+        def fit():
+            return train_typological_clusterer(languages, K, clusterer, mode="balanced", data_dir=data / "train",
+                                               tokenizer=tok)
     else:
         stage(f"clusterer: subword TF-IDF + balanced k-means, K={K} -> {clusterer}")
-        argv = ["--data-dir", str(data / "train"), "--num-clusters", str(K), "--balanced", "--featurizer",
-                "subword", "--tokenizer", str(tok), "--output-dir", str(clusterer), "--seed", str(cfg.seed)]
+        flags = {"--data-dir": str(data / "train"), "--num-clusters": K, "--balanced": True, "--featurizer": "subword",
+                 "--tokenizer": str(tok), "--output-dir": str(clusterer), "--seed": cfg.seed}
+
+        def fit():
+            return train_tfidf_clusterer(data / "train", K, clusterer, balanced=True, featurizer="subword",
+                                         tokenizer=tok, seed=cfg.seed)
     if not (clusterer / "clusterer.json").is_file():
-        run_stage("train_clusterer", train_clusterer.main, argv)
+        run_stage("train_clusterer", command("train_clusterer", flags), fit)
 
     clusters = out / "clusters"
     stage(f"assign train and valid documents to clusters -> {clusters}")
     for split in ("train", "valid"):
-        run_stage("cluster", cluster.main, [
-            "--data-dir", str(data), "--path-to-clusterer", str(clusterer), "--num-clusters", str(K),
-            "--output-prefix", str(clusters), "--split", split, "--run", cfg.run])
+        flags = {"--data-dir": str(data), "--path-to-clusterer": str(clusterer), "--num-clusters": K,
+                 "--output-prefix": str(clusters), "--split": split, "--run": cfg.run}
+        run_stage("cluster", command("cluster", flags),
+                  lambda split=split: assign_corpus(data, clusterer, clusters, split, run=cfg.run, num_clusters=K))
     return clusterer, clusters, languages
 
 
@@ -222,7 +283,6 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     `hf_export`: also export expert 0 as a Hugging Face dir (the quickstart shows that stage too).
     """
     from xlbtm.io import read_json, write_json
-    from xlbtm.scripts import consolidate, eval_ensemble, train_experts
     from xlbtm.train.expert_dir import read_expert_info
 
     import dataclasses
@@ -244,40 +304,37 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     t0 = time.time()
     stage(f"{K} experts x {expert_steps} steps ({cfg.step_allocation} allocation), dense x {dense_steps} steps "
           f"-> {models}")
-    run_stage("train_experts", train_experts.main, _train_args(cfg, prep.data, prep.tokenizer, expert_steps) + [
-        "--seed-model", str(prep.seed_checkpoint), "--num-clusters", str(K),
-        "--path-to-clusters-dir", str(prep.clusters), "--serialization-dir", str(models), "--run-name", "demo",
-        "--step-allocation", cfg.step_allocation])
-    run_stage("train_experts", train_experts.main, _train_args(cfg, prep.data, prep.tokenizer, dense_steps) + [
-        "--seed-model", str(prep.seed_checkpoint), "--num-clusters", "1", "--serialization-dir", str(models),
-        "--run-name", "dense"])
+    train_experts({**_train_flags(cfg, prep.data, prep.tokenizer, expert_steps),
+                   "--seed-model": str(prep.seed_checkpoint), "--num-clusters": K,
+                   "--path-to-clusters-dir": str(prep.clusters), "--serialization-dir": str(models),
+                   "--run-name": "demo", "--step-allocation": cfg.step_allocation})
+    train_experts({**_train_flags(cfg, prep.data, prep.tokenizer, dense_steps),
+                   "--seed-model": str(prep.seed_checkpoint), "--num-clusters": 1,
+                   "--serialization-dir": str(models), "--run-name": "dense"})
     train_s = time.time() - t0
 
     expert_dirs = sorted((models / f"{K}_clusters").glob("demo.cluster*"))
     dense_run = models / "1_clusters" / "dense.cluster0"
     stage(f"consolidate {len(expert_dirs)} experts and the dense model")
     for i, d in enumerate(expert_dirs + [dense_run]):
-        hf = ["--hf"] if hf_export and i == 0 else []
+        hf = hf_export and i == 0
         if not (d / "consolidated.pt").is_file() or (hf and not (d / "hf").is_dir()):
-            run_stage("consolidate", consolidate.main, [str(d)] + hf)
+            consolidate(d, hf=hf)
 
     eval_dir = point_dir / "eval"
     stage(f"evaluate the ensemble ({'prefix' if cfg.clustering == 'tfidf' else 'lang'} routing), the oracle and "
           f"the dense model -> {eval_dir}")
-    limit = ["--max-valid-steps", str(cfg.max_valid_docs)] if cfg.max_valid_docs else []
-    run = ["--run", cfg.run] if cfg.run == "slurm" else []
-    run_stage("eval_ensemble", eval_ensemble.main, [
-        "--data-dir", str(prep.data), "--data-subset", "valid", "--model-paths", str(dense_run),
-        "--ensemble-type", "dense", "--job-dir", str(eval_dir / "dense")] + limit + run)
-    ens_type = ["--ensemble-type", "clustering", "--temperature", str(cfg.temperature), "--topk", "-1"] \
-        if cfg.clustering == "tfidf" else ["--ensemble-type", "lang"]
-    run_stage("eval_ensemble", eval_ensemble.main, [
-        "--data-dir", str(prep.data), "--data-subset", "valid", "--path-to-clusterer", str(prep.clusterer),
-        "--experts-dir", str(models / f"{K}_clusters")] + ens_type + [
-        "--job-dir", str(eval_dir / "ensemble"), "--dense-result", str(eval_dir / "dense" / "result.json")]
-        + limit + run)
+    common = {"--data-dir": str(prep.data), "--data-subset": "valid"}
+    tail = {"--max-valid-steps": cfg.max_valid_docs or None, "--run": cfg.run if cfg.run == "slurm" else None}
+    evaluate({**common, "--model-paths": str(dense_run), "--ensemble-type": "dense",
+              "--job-dir": str(eval_dir / "dense"), **tail})
+    ens_type = {"--ensemble-type": "clustering", "--temperature": cfg.temperature, "--topk": -1} \
+        if cfg.clustering == "tfidf" else {"--ensemble-type": "lang"}
+    evaluate({**common, "--path-to-clusterer": str(prep.clusterer), "--experts-dir": str(models / f"{K}_clusters"),
+              **ens_type, "--job-dir": str(eval_dir / "ensemble"),
+              "--dense-result": str(eval_dir / "dense" / "result.json"), **tail})
 
-    ens = read_json(eval_dir / "ensemble" / "result.json")
+    ens = read_json(eval_dir / "ensemble" / "result.json")  # what the reports say, read back
     dense = read_json(eval_dir / "dense" / "result.json")
     oracle = ens.get("oracle") or {}
     per_language = {}
