@@ -1,9 +1,10 @@
-"""Converter CLIs (thin wrappers over xlbtm.models / metaseq_ext); each has `--help`:
+"""Deprecated converter CLIs, kept as aliases for a release; use `python -m xlbtm.scripts.convert --from X --to Y`
+(`xlbtm convert ...`), which takes the same flags:
 
-    python -m conversion.metaseq_to_hf     metaseq/fairseq XGLM or XLM-R (shards, MP parts, one file) -> HF dir
-    python -m conversion.xlmr_to_hf        fairseq XLM-R model.pt -> HF XLMRobertaForMaskedLM dir
-    python -m conversion.metaseq_to_xlbtm  metaseq/fairseq checkpoint -> consolidated.pt (xlbtm seed)
-    python -m conversion.hf_to_xlbtm       HF dir -> consolidated.pt (xlbtm seed)
-    python -m conversion.xlbtm_to_hf       consolidated.pt -> HF dir (safetensors) [+ tokenizer]
-    python -m conversion.xlbtm_to_metaseq  consolidated.pt or HF dir -> metaseq consolidated.pt
+    python -m conversion.metaseq_to_hf     = --from metaseq --to hf
+    python -m conversion.xlmr_to_hf        = --from fairseq --to hf --arch xlmr
+    python -m conversion.metaseq_to_xlbtm  = --from metaseq --to xlbtm
+    python -m conversion.hf_to_xlbtm       = --from hf --to xlbtm
+    python -m conversion.xlbtm_to_hf       = --from xlbtm --to hf
+    python -m conversion.xlbtm_to_metaseq  = --from xlbtm --to metaseq
 """

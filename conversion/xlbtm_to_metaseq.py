@@ -1,35 +1,11 @@
-"""xlbtm checkpoint (consolidated.pt, or a Hugging Face dir) -> metaseq consolidated.pt
-(`model` with unfused decoder.* / encoder.sentence_encoder.* keys, `cfg` with the model args)."""
+"""Deprecated alias (kept for a release): `python -m xlbtm.scripts.convert --from xlbtm --to metaseq`, same flags."""
 
-from __future__ import annotations
-
-from pathlib import Path
-
-from conversion._common import add_dtype_arg, make_parser, report, torch_dtype
-from xlbtm.cli import get_logger, run_script
-
-
-def build_parser():
-    p = make_parser("xlbtm_to_metaseq", __doc__)
-    p.add_argument("--checkpoint", required=True, help="xlbtm consolidated.pt or Hugging Face directory")
-    p.add_argument("--out", required=True, help="output metaseq consolidated .pt")
-    add_dtype_arg(p)
-    return p
+from xlbtm.cli import run_script
+from xlbtm.scripts.convert import main as _convert
 
 
 def main(argv=None):
-    a = build_parser().parse_args(argv)
-    from xlbtm.formats.consolidated import load_consolidated, save_consolidated
-    from xlbtm.models.hf import load_hf
-
-    src = Path(a.checkpoint)
-    if src.is_dir():
-        sd, args = load_hf(src)
-        extra = {}
-    else:
-        sd, args, extra = load_consolidated(src)
-    save_consolidated(a.out, sd, args, extra=extra, dtype=torch_dtype(a.dtype))
-    report(get_logger("convert"), "metaseq consolidated checkpoint", args, a.out)
+    return _convert(argv, fixed={"--from": "xlbtm", "--to": "metaseq"}, prog="python -m conversion.xlbtm_to_metaseq")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,12 @@
-"""fairseq XLM-R checkpoint (model.pt with encoder.sentence_encoder.* keys) -> Hugging Face
-XLMRobertaForMaskedLM directory (config.json + model.safetensors [+ tokenizer])."""
+"""Deprecated alias (kept for a release): `python -m xlbtm.scripts.convert --from fairseq --to hf`, same flags."""
 
-from __future__ import annotations
-
-import conversion.metaseq_to_hf as _impl
 from xlbtm.cli import run_script
+from xlbtm.scripts.convert import main as _convert
 
 
 def main(argv=None):
-    _impl.ARCH = "xlmr"
-    p = _impl.build_parser()
-    p.prog = "python -m conversion.xlmr_to_hf"
-    p.description = __doc__
-    try:
-        p.parse_args(argv)  # parse here so --help and usage errors name this tool
-        return _impl.main(argv)
-    finally:
-        _impl.ARCH = None
+    return _convert(argv, fixed={"--from": "fairseq", "--to": "hf", "--arch": "xlmr"},
+                    prog="python -m conversion.xlmr_to_hf")
 
 
 if __name__ == "__main__":

@@ -273,3 +273,36 @@ def test_plain_fairseq_xglm_file_fp16(tmp_path):
     assert info["kind"] == "metaseq" and args == a.replace(extra={})
     assert model.embed_tokens.weight.dtype == torch.float32
     torch.testing.assert_close(model.embed_tokens.weight, m.embed_tokens.weight.half().float())
+
+
+def test_one_convert_command_for_every_pair(tmp_path, capsys):
+    """`python -m xlbtm.scripts.convert --from X --to Y` (also `xlbtm convert`): metaseq shards -> HF ->
+    xlbtm -> metaseq keeps the logits bit for bit; --arch refuses another architecture; bad flags exit 2."""
+    from metaseq_ext.writer import write_sharded_checkpoint
+    from xlbtm.cli import main_wrapper
+    from xlbtm.formats.consolidated import load_consolidated
+    from xlbtm.scripts.__main__ import main as xlbtm_main
+    from xlbtm.scripts.convert import main
+
+    a = _args()
+    m = _model(a, seed=8)
+    write_sharded_checkpoint(tmp_path / "ms" / "checkpoint_last", m.state_dict(), a, model_parts=2, shards=2)
+    assert main(["--from", "metaseq", "--to", "hf", "--input", str(tmp_path / "ms"), "--out", str(tmp_path / "hf")]) == 0
+    assert xlbtm_main(["convert", "--from", "hf", "--to", "xlbtm", "--input", str(tmp_path / "hf"),
+                       "--out", str(tmp_path / "seed.pt")]) == 0
+    assert main(["--from", "xlbtm", "--to", "metaseq", "--input", str(tmp_path / "seed.pt"),
+                 "--out", str(tmp_path / "back.pt"), "--dtype", "fp32"]) == 0
+    sd, args, extra = load_consolidated(tmp_path / "back.pt")
+    assert args == a and extra["source_format"] == "hf"
+    for k, v in m.state_dict().items():
+        assert torch.equal(sd[k], v), k
+    x = _tokens(a)
+    with torch.no_grad():
+        torch.testing.assert_close(_hf_logits(_hf_from_dir(tmp_path / "hf", "xglm"), x), m(x), atol=1e-5, rtol=0)
+    capsys.readouterr()
+    rc = main_wrapper("convert", main, ["--from", "metaseq", "--to", "hf", "--arch", "xlmr", "--input",
+                                        str(tmp_path / "ms"), "--out", str(tmp_path / "hf2")])
+    assert rc == 2 and "xglm checkpoint, not xlmr" in capsys.readouterr().err and not (tmp_path / "hf2").exists()
+    rc = main_wrapper("convert", main, ["--from", "hf", "--to", "hf", "--input", str(tmp_path / "hf"),
+                                        "--out", str(tmp_path / "hf" / "inner")])
+    assert rc == 2 and "--out" in capsys.readouterr().err  # an output inside the input is refused

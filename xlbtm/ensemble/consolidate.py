@@ -22,19 +22,8 @@ from xlbtm.errors import InputError
 
 log = get_logger("consolidate")
 
-DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 # wrappers that torch.compile / activation checkpointing may leave in parameter names
 _WRAPPER_PARTS = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
-
-
-def _dtype(name: str | None):
-    import torch
-
-    if name is None:
-        return None
-    if name not in DTYPES:
-        raise InputError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
-    return getattr(torch, DTYPES[name])
 
 
 def clean_keys(state: dict) -> dict:
@@ -57,6 +46,7 @@ def consolidate(path: str | os.PathLike, dtype: str | None = None, hf: bool = Fa
 
 def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
     from xlbtm.formats.consolidated import save_consolidated
+    from xlbtm.formats.convert import torch_dtype
     from xlbtm.io import read_json
     from xlbtm.models import ModelArgs, build_model
     from xlbtm.parallel.checkpoint import latest_checkpoint, read_model_state
@@ -74,7 +64,7 @@ def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf:
     if missing or unexpected:
         raise InputError(f"checkpoint does not match model_args in expert.json: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}", ckpt)
-    td = _dtype(dtype)
+    td = torch_dtype(dtype)
     out = {"consolidated": run_dir / "consolidated.pt"}
     extra = {"expert": info, "step": ckpt.name, "source": str(ckpt)}
     save_consolidated(out["consolidated"], state, args, extra=extra, dtype=td)
@@ -94,11 +84,12 @@ def build_model_keys(args, build_model) -> list[str]:
 
 def consolidate_metaseq(path: Path, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
     from xlbtm.formats.consolidated import save_consolidated
+    from xlbtm.formats.convert import torch_dtype
     from metaseq_ext.convert import metaseq_to_xlbtm
 
     state, args, info = metaseq_to_xlbtm(path)
     d = path if path.is_dir() else path.parent
-    td = _dtype(dtype)
+    td = torch_dtype(dtype)
     out = {"consolidated": d / "consolidated.pt"}
     save_consolidated(out["consolidated"], state, args, extra={"source": info}, dtype=td)
     log.info(f"{path}: {info.get('model_parts')} model part(s) x {info.get('shards')} shard(s) -> {out['consolidated']}")

@@ -1,6 +1,7 @@
 """One home for xlbtm's own on-disk formats: each has one reader and one writer here, with a version field.
 
     consolidated   consolidated.pt: one expert's weights in metaseq's layout (+ the xlbtm header)
+    convert        between xlbtm, metaseq / fairseq and Hugging Face: a reader per source, a writer per target
 
 Still defined next to the code that writes them, to move here (issue #14): expert.json
 (`xlbtm.train.expert_dir`), the binarized manifest and done.json (`xlbtm.data.binarize`), cluster files and

@@ -85,8 +85,8 @@ def resolve_clusters_dir(path: str, num_clusters: int, data_name: str | None) ->
     for cand in cands:
         if (cand / "manifest.json").is_file() or (cand / "train").is_dir():
             return cand
-    raise InputError("no cluster files found (expected manifest.json; run xlbtm.scripts.cluster and "
-                     "xlbtm.scripts.assign first)", root)
+    raise InputError("no cluster files found (expected manifest.json; run xlbtm.scripts.train_clusterer and "
+                     "then xlbtm.scripts.cluster first)", root)
 
 
 def detect_device(run: str, requested: str = "auto") -> str:

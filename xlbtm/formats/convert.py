@@ -1,0 +1,90 @@
+"""Convert a model between xlbtm, metaseq / fairseq and Hugging Face: one reader per source, one writer per
+target, and `convert` joining them (what `python -m xlbtm.scripts.convert --from X --to Y` runs).
+
+    sources: hf (config.json + safetensors / bin), metaseq and fairseq (single file, FSDP shards and/or
+             model-parallel parts, fairseq XLM-R model.pt), xlbtm (consolidated.pt)
+    targets: hf, metaseq and xlbtm (both write consolidated.pt: metaseq's layout with the xlbtm header, so
+             metaseq tooling and xlbtm both read it)
+
+Every reader goes through xlbtm's safe loaders (nothing is unpickled beyond tensors and plain values).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SOURCES = ("hf", "metaseq", "fairseq", "xlbtm")
+TARGETS = ("hf", "metaseq", "xlbtm")
+DTYPES = {"keep": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def torch_dtype(name: str | None):
+    """`--dtype` of convert / consolidate -> a torch dtype (None / "keep": as stored)."""
+    import torch
+
+    from xlbtm.errors import UsageError
+
+    if name is None or DTYPES.get(name, "") is None:
+        return None
+    if name not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, DTYPES[name])
+
+
+def read_model(kind: str, path: str | os.PathLike, model_size: str | None = None) -> tuple[dict, object, dict]:
+    """(xlbtm state dict, ModelArgs, provenance) of the model at `path` in format `kind`."""
+    from xlbtm.errors import UsageError
+
+    path = Path(path)
+    if kind == "hf" or (kind == "xlbtm" and path.is_dir() and (path / "config.json").is_file()):
+        from xlbtm.models.hf import load_hf
+
+        sd, args = load_hf(path)
+        return sd, args, {"source": str(path), "source_format": "hf"}
+    if kind in ("metaseq", "fairseq"):
+        from metaseq_ext.convert import metaseq_to_xlbtm
+
+        sd, args, info = metaseq_to_xlbtm(path, model_size=model_size)
+        return sd, args, {"source": str(path), "source_format": info["kind"], "model_parts": info["model_parts"],
+                          "shards": info["shards"], "files": len(info["files"])}
+    if kind == "xlbtm":
+        from xlbtm.formats.consolidated import load_consolidated
+
+        sd, args, extra = load_consolidated(path)
+        return sd, args, extra
+    raise UsageError(f"--from must be one of {', '.join(SOURCES)}, got {kind!r}")
+
+
+def write_model(kind: str, sd: dict, args, out: str | os.PathLike, *, extra: dict | None = None,
+                tokenizer: str | os.PathLike | None = None, dtype=None) -> Path:
+    from xlbtm.errors import UsageError
+
+    if kind == "hf":
+        from xlbtm.models.hf import save_hf
+
+        return Path(save_hf(sd, args, out, tokenizer_dir=tokenizer, dtype=dtype))
+    if kind in ("metaseq", "xlbtm"):
+        from xlbtm.formats.consolidated import save_consolidated
+
+        return Path(save_consolidated(out, sd, args, extra=extra, dtype=dtype))
+    raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {kind!r}")
+
+
+def convert(source: str, path: str | os.PathLike, target: str, out: str | os.PathLike, *,
+            model_size: str | None = None, tokenizer: str | os.PathLike | None = None, dtype: str | None = None,
+            arch: str | None = None) -> tuple[object, Path, dict]:
+    """Read `path` as `source`, write it to `out` as `target`; `arch` refuses another architecture.
+    Returns (ModelArgs, the written path, provenance)."""
+    from xlbtm.errors import InputError, UsageError
+    from xlbtm.io import refuse_overlap
+
+    if source not in SOURCES:
+        raise UsageError(f"--from must be one of {', '.join(SOURCES)}, got {source!r}")
+    if target not in TARGETS:
+        raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {target!r}")
+    refuse_overlap({"--out": out}, {"--input": path, "--tokenizer": tokenizer})
+    sd, args, extra = read_model(source, path, model_size)
+    if arch is not None and args.arch != arch:
+        raise InputError(f"this is a {args.arch} checkpoint, not {arch}; drop --arch or convert another file", path)
+    return args, write_model(target, sd, args, out, extra=extra, tokenizer=tokenizer, dtype=torch_dtype(dtype)), extra
