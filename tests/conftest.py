@@ -32,7 +32,7 @@ def _xlbtm_cache(tmp_path_factory, monkeypatch):
 # --- real SLURM (slurm/local/start.sh) -----------------------------------------------------------------
 @pytest.fixture(scope="session")
 def _slurm_session():
-    from xlbtm.launch.testing import REQUIRE_ENV, SlurmCluster, require_slurm, slurm_status
+    from slurm_helpers import REQUIRE_ENV, SlurmCluster, require_slurm, slurm_status
 
     ok, info = slurm_status()
     if not ok:
@@ -48,7 +48,7 @@ def slurm_cluster(_slurm_session, request):
 
     Also makes the requesting test module's functions picklable by value, so jobs can run
     functions defined in the test file (the job's python does not have tests/ on sys.path).
-    Returns an `xlbtm.launch.testing.SlurmCluster` (.partition, .state(id), .requeue(id), .release(id)).
+    Returns a `slurm_helpers.SlurmCluster` (.partition, .state(id), .requeue(id), .release(id)).
     """
     import cloudpickle
 

@@ -134,7 +134,7 @@ def test_tiny_corpus_trains(tmp_path):
 
 
 def test_sample_documents_is_uniform_deterministic_and_ordered():
-    from xlbtm.tokenizer import sample_documents
+    from xlbtm.tokenizer import reservoir_sample as sample_documents
 
     a = sample_documents((str(i) for i in range(1000)), 100, seed=1)
     assert a == sample_documents((str(i) for i in range(1000)), 100, seed=1)

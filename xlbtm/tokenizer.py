@@ -348,8 +348,10 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
     return out_dir
 
 
-def sample_documents(texts: Iterable[str], k: int, seed: int = 0) -> list[str]:
-    """A uniform sample of k texts from a stream (reservoir sampling), in stream order; deterministic."""
+def reservoir_sample(texts: Iterable[str], k: int, seed: int = 0) -> list[str]:
+    """A uniform sample of k texts from a stream (reservoir sampling), in stream order; deterministic.
+    (Sampling documents from corpus files for clustering is `xlbtm.cluster.train.sample_documents`: it reads
+    only the chosen lines; the tokenizer's sample streams the split once.)"""
     import random
 
     rng = random.Random(f"xlbtm-tokenizer-sample|{seed}")
@@ -374,5 +376,5 @@ def train_tokenizer_from_corpus(data_dir: str | os.PathLike, out_dir: str | os.P
     from xlbtm.corpus import Corpus
 
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
-    texts = sample_documents((d.text for d in corpus.iter_documents(split)), sample_docs, seed)
+    texts = reservoir_sample((d.text for d in corpus.iter_documents(split)), sample_docs, seed)
     return train_sentencepiece(texts, out_dir, vocab_size=vocab_size, seed=seed, style=style)

@@ -201,15 +201,12 @@ def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.
     """Write an artifact directory atomically (built in a temp dir, then renamed). Returns the fingerprint."""
     from safetensors.numpy import save_file
 
-    from xlbtm.io import sha256_file, write_json
+    from xlbtm.io import atomic_dir, sha256_file, write_json
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
+    if out_dir.exists() and not (out_dir / META).is_file() and any(out_dir.iterdir()):
+        raise UsageError(f"--output-dir {out_dir} exists and is not a clusterer directory; refusing to overwrite it")
+    with atomic_dir(out_dir) as tmp:  # readers see the old artifact or the new one, never a half-written one
         files = {}
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / ARRAYS))
         files[ARRAYS] = sha256_file(tmp / ARRAYS)
@@ -226,19 +223,6 @@ def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.
         meta = {"format": FORMAT, **meta, "files": files}
         meta["fingerprint"] = _fingerprint(meta)
         write_json(tmp / META, meta)
-        if out_dir.exists():
-            if not (out_dir / META).is_file() and any(out_dir.iterdir()):
-                raise UsageError(f"--output-dir {out_dir} exists and is not a clusterer directory; "
-                                 f"refusing to overwrite it")
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return meta["fingerprint"]
 
 

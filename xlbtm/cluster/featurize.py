@@ -12,8 +12,8 @@ Two ways to turn text into term ids, one linear model on top:
   `#NUMBER`, which c-BTM also stops). For the other languages, idf already down-weights function words;
   learned per-language stop words are available (`WordFeaturizer(lang_stop_df=0.9)`: every term in more
   than 90% of the sampled documents of some language with >= 20 documents, when the fit documents carry
-  `lang`), off by default because they cost language purity: NMI vs `lang` on manpages K=8 drops from
-  0.733 to 0.708 (c-BTM baseline 0.719; see benchmarks/BENCHMARKS.md).
+  `lang`), off by default because they cost language purity (NMI vs `lang`: benchmarks/BENCHMARKS.md,
+  Clustering).
 - `subword` (default): the seed tokenizer's token ids. Language-agnostic, handles CJK, and the ensemble
   router can update a prefix's features token by token.
 
@@ -181,8 +181,8 @@ def fit_lsa(counts, n_components: int = SVD_DIM, seed: int = 0, zero_columns: np
 
 class SubwordFeaturizer:
     """TF-IDF over the seed tokenizer's ids. When the tokenizer dir holds the SentencePiece model, encoding
-    goes through the sentencepiece C++ library (~10x faster than the HF Rust unigram encoder on 2 cores)
-    with ids mapped to the tokenizer's ids; it is checked against `tokenizer.encode_batch` on the first
+    goes through the sentencepiece C++ library (faster than the HF Rust unigram encoder: BENCHMARKS.md,
+    Clustering) with ids mapped to the tokenizer's ids; it is checked against `tokenizer.encode_batch` on the first
     texts it sees and dropped if more than 2% of them differ (ties between equal-score segmentations of
     symbol runs can differ; their TF-IDF effect is negligible)."""
 

@@ -48,7 +48,8 @@ def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf:
     from xlbtm.formats.consolidated import save_consolidated
     from xlbtm.formats.convert import torch_dtype
     from xlbtm.io import read_json
-    from xlbtm.models import ModelArgs, build_model
+    from xlbtm.models import ModelArgs
+    from xlbtm.models.load import check_state_fits
     from xlbtm.parallel.checkpoint import latest_checkpoint, read_model_state
 
     run_dir = Path(run_dir)
@@ -59,11 +60,7 @@ def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf:
     args = ModelArgs.from_dict(info["model_args"])
     state = clean_keys(read_model_state(ckpt))
     # the state must fit the model expert.json describes, or every reader downstream fails later and vaguer
-    expected = set(build_model_keys(args, build_model))
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise InputError(f"checkpoint does not match model_args in expert.json: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}", ckpt)
+    check_state_fits(state, args, ckpt)
     td = torch_dtype(dtype)
     out = {"consolidated": run_dir / "consolidated.pt"}
     extra = {"expert": info, "step": ckpt.name, "source": str(ckpt)}
@@ -72,14 +69,6 @@ def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf:
     if hf:
         out["hf"] = _save_hf(state, args, run_dir / "hf", info.get("tokenizer"), td)
     return out
-
-
-def build_model_keys(args, build_model) -> list[str]:
-    """State-dict keys of the plain model, built on the meta device (no memory, no init)."""
-    import torch
-
-    with torch.device("meta"):
-        return list(build_model(args).state_dict())
 
 
 def consolidate_metaseq(path: Path, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:

@@ -178,16 +178,12 @@ def load_state(expert: Expert) -> dict:
 
 def load_model(expert: Expert, state: dict | None = None):
     """(model in eval mode, ModelArgs) for an expert; `state` overrides the weights (parameter averaging)."""
-    from xlbtm.models import ModelArgs, build_model
+    from xlbtm.models import ModelArgs
+    from xlbtm.models.load import model_from_state_dict
 
     args = ModelArgs.from_dict(expert.info["model_args"])
-    model = build_model(args)
     sd = load_state(expert) if state is None else state
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise InputError(f"checkpoint does not fit the model in expert.json: missing {list(missing)[:5]}, "
-                         f"unexpected {list(unexpected)[:5]}", expert.source())
-    return model.eval(), args
+    return model_from_state_dict(sd, args, where=expert.source()).eval(), args  # (scored in fp32)
 
 
 def average_states(experts: list[Expert], weights: list[float] | None = None) -> dict:

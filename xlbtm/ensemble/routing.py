@@ -54,11 +54,14 @@ def log_weights(sqdist: torch.Tensor, temperature: float, *, topk: int = -1, cbt
 
 
 def squared_distances(h: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """||h_i - c_k||^2 for rows of h [N, d] and centroids [K, d] -> [N, K], clipped at 0 (rounding)."""
-    h = np.asarray(h, dtype=np.float64)
-    c = np.asarray(centroids, dtype=np.float64)
-    d = (h * h).sum(1, keepdims=True) - 2.0 * h @ c.T + (c * c).sum(1)[None, :]
-    return np.maximum(d, 0.0)
+    """||h_i - c_k||^2 for rows of h [N, d] and centroids [K, d] -> [N, K] float64: k-means' own
+    `sq_distances`, so routing and clustering measure distance the same way."""
+    import torch
+
+    from xlbtm.cluster.kmeans import sq_distances
+
+    return sq_distances(torch.from_numpy(np.asarray(h, dtype=np.float64)),
+                        torch.from_numpy(np.asarray(centroids, dtype=np.float64))).numpy()
 
 
 # ---------------------------------------------------------------------------- linear subword featurizer

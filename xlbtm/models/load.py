@@ -15,23 +15,34 @@ from xlbtm.models.config import ModelArgs
 log = logging.getLogger("xlbtm.models")
 
 
-def model_from_state_dict(sd: dict, args: ModelArgs, dtype: torch.dtype | None = torch.float32,
-                          where: str | None = None):
-    """Build on the meta device and adopt the tensors (no second copy, no wasted random init)."""
+def check_state_fits(sd: dict, args: ModelArgs, where=None, model=None) -> None:
+    """The state dict has exactly the plain model's keys and shapes (checked on the meta device, no memory);
+    else one InputError naming `where`."""
     from xlbtm.models import build_model
 
-    with torch.device("meta"):
-        model = build_model(args)
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
+    if model is None:
+        with torch.device("meta"):
+            model = build_model(args)
+    ref = model.state_dict()
+    missing, unexpected = sorted(set(ref) - set(sd)), sorted(set(sd) - set(ref))
     if missing or unexpected:
         raise InputError(f"weights do not fit a {args.arch} model with these args: missing {missing[:5]}"
                          f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
                          f"{'...' if len(unexpected) > 5 else ''}", where)
-    ref = model.state_dict()
     bad = [f"{k}: {tuple(v.shape)} vs {tuple(ref[k].shape)}" for k, v in sd.items() if v.shape != ref[k].shape]
     if bad:
         raise InputError("tensor shapes do not match the architecture: " + "; ".join(bad[:5]), where)
+
+
+def model_from_state_dict(sd: dict, args: ModelArgs, dtype: torch.dtype | None = torch.float32,
+                          where: str | None = None):
+    """The one way to make a model from weights: built on the meta device, checked (`check_state_fits`),
+    then adopting the tensors (no second copy, no wasted random init)."""
+    from xlbtm.models import build_model
+
+    with torch.device("meta"):
+        model = build_model(args)
+    check_state_fits(sd, args, where, model)
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     # assign=True adopts the tensors: give each parameter its own storage (no views of fused qkv)

@@ -1,4 +1,5 @@
-"""Helpers for tests that run against a real SLURM (slurm/local/start.sh); used by tests/conftest.py.
+"""Helpers for tests that run against a real SLURM (slurm/local/start.sh); used by tests/conftest.py only,
+so it lives with the tests, not in the library.
 
 `slurm_status()` says whether a controller and accounting answer; `SlurmCluster` wraps the few
 scontrol/squeue calls tests need: job state, and releasing a requeued job at once (SLURM holds a
