@@ -306,3 +306,26 @@ def test_one_convert_command_for_every_pair(tmp_path, capsys):
     rc = main_wrapper("convert", main, ["--from", "hf", "--to", "hf", "--input", str(tmp_path / "hf"),
                                         "--out", str(tmp_path / "hf" / "inner")])
     assert rc == 2 and "--out" in capsys.readouterr().err  # an output inside the input is refused
+
+
+def test_expert_json_has_one_reader_and_old_files_still_read(tmp_path):
+    """expert.json through xlbtm.formats.expert only: an expert.json as the first release wrote it (no `data`)
+    reads, the ensemble's reader and the trainer's agree, and a foreign format or a missing field is one error."""
+    import json
+
+    from xlbtm.ensemble.experts import read_expert
+    from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
+
+    old = {"format": "xlbtm-expert/1", "cluster": 3, "num_clusters": 8, "clusterer_fingerprint": "abc",
+           "objective": "clm", "model_args": _args().to_dict(), "tokenizer": "/tok", "tokenizer_fingerprint": "t",
+           "seed_model": "xglm-564M", "run_name": "c4"}
+    (tmp_path / EXPERT_JSON).write_text(json.dumps(old))
+    info = read_expert_info(tmp_path)
+    assert (info.cluster, info.num_clusters, info.data) == (3, 8, {})
+    assert read_expert(tmp_path).info == info.to_dict()
+    (tmp_path / EXPERT_JSON).write_text(json.dumps({k: v for k, v in old.items() if k != "model_args"}))
+    with pytest.raises(InputError, match="expert.json lacks model_args"):
+        read_expert(tmp_path)
+    (tmp_path / EXPERT_JSON).write_text(json.dumps({**old, "format": "metaseq"}))
+    with pytest.raises(InputError, match="not an xlbtm expert.json"):
+        read_expert(tmp_path)

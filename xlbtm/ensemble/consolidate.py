@@ -37,7 +37,9 @@ def clean_keys(state: dict) -> dict:
 
 def consolidate(path: str | os.PathLike, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
     path = Path(path)
-    if (path / "expert.json").is_file():
+    from xlbtm.formats.expert import EXPERT_JSON
+
+    if (path / EXPERT_JSON).is_file():
         return consolidate_expert(path, dtype, hf)
     if path.exists() or path.parent.is_dir():
         return consolidate_metaseq(path, dtype, hf)
@@ -47,13 +49,13 @@ def consolidate(path: str | os.PathLike, dtype: str | None = None, hf: bool = Fa
 def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
     from xlbtm.formats.consolidated import save_consolidated
     from xlbtm.formats.convert import torch_dtype
-    from xlbtm.io import read_json
+    from xlbtm.formats.expert import read_expert_info
     from xlbtm.models import ModelArgs
     from xlbtm.models.load import check_state_fits
     from xlbtm.parallel.checkpoint import latest_checkpoint, read_model_state
 
     run_dir = Path(run_dir)
-    info = read_json(run_dir / "expert.json")
+    info = read_expert_info(run_dir).to_dict()
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise InputError("no finished checkpoint (checkpoints/latest is missing); nothing to consolidate", run_dir)

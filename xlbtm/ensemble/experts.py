@@ -12,11 +12,11 @@ from pathlib import Path
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
-from xlbtm.io import read_json, sha256_json
+from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, read_expert_info
+from xlbtm.io import sha256_json
 
 log = get_logger("ensemble")
 
-EXPERT_JSON = "expert.json"
 CONSOLIDATED = "consolidated.pt"
 
 
@@ -86,15 +86,11 @@ def read_expert(path: str | os.PathLike) -> Expert:
         _, _, extra = load_consolidated(weights)
         info = extra.get("expert") if isinstance(extra, dict) else None
         if isinstance(info, dict) and "cluster" in info:
-            return Expert(run_dir, info, weights)
+            return Expert(run_dir, ExpertInfo.from_dict(info, weights).to_dict(), weights)
     if not ej.is_file():
         raise InputError(f"no {EXPERT_JSON} here, so the expert's cluster is unknown (xlbtm matches experts to "
                          "clusters by metadata, never by folder order)", run_dir)
-    info = read_json(ej)
-    for key in ("cluster", "num_clusters", "model_args"):
-        if key not in info:
-            raise InputError(f"{EXPERT_JSON} lacks '{key}'", ej)
-    return Expert(run_dir, info, weights)
+    return Expert(run_dir, read_expert_info(run_dir).to_dict(), weights)
 
 
 def find_experts(root: str | os.PathLike) -> list[Expert]:

@@ -12,65 +12,15 @@ Expert order comes from expert.json (`cluster`), never from sorting folder names
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from xlbtm.errors import InputError
-
-FORMAT = "xlbtm-expert/1"
-EXPERT_JSON = "expert.json"
-
-
-@dataclass
-class ExpertInfo:
-    cluster: int
-    num_clusters: int
-    clusterer_fingerprint: str | None  # None for the dense baseline (K=1)
-    objective: str                     # "clm" | "mlm"
-    model_args: dict                   # ModelArgs.to_dict()
-    tokenizer: str                     # absolute path of the HF tokenizer dir
-    tokenizer_fingerprint: str
-    seed_model: str
-    run_name: str
-    data: dict = field(default_factory=dict)
-    format: str = FORMAT
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {"format": d.pop("format"), **d}
-
-    @classmethod
-    def from_dict(cls, d: dict, path=None) -> "ExpertInfo":
-        if d.get("format") != FORMAT:
-            raise InputError(f"not an xlbtm expert.json (format {d.get('format')!r}, expected {FORMAT!r})", path)
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = [n for n in names if n not in d and n not in ("data",)]
-        if missing:
-            raise InputError(f"expert.json lacks {', '.join(sorted(missing))}", path)
-        return cls(**{k: v for k, v in d.items() if k in names})
+# expert.json's one reader and writer live with the other formats; part of this module's API (run dirs)
+from xlbtm.formats.expert import EXPERT_JSON, FORMAT, ExpertInfo, read_expert_info, write_expert_info  # noqa: F401
 
 
 def expert_run_dir(serialization_dir: str | os.PathLike, num_clusters: int, run_name: str, cluster: int) -> Path:
     return Path(serialization_dir) / f"{num_clusters}_clusters" / f"{run_name}.cluster{cluster}"
-
-
-def write_expert_info(run_dir: str | os.PathLike, info: ExpertInfo) -> Path:
-    from xlbtm.io import write_json
-
-    path = Path(run_dir) / EXPERT_JSON
-    write_json(path, info.to_dict())
-    return path
-
-
-def read_expert_info(run_dir: str | os.PathLike) -> ExpertInfo:
-    from xlbtm.io import read_json
-
-    path = Path(run_dir) / EXPERT_JSON
-    if not path.is_file():
-        raise InputError("expert.json not found: not an expert run directory", path)
-    return ExpertInfo.from_dict(read_json(path), path)
 
 
 def find_expert_dirs(root: str | os.PathLike) -> list[Path]:
