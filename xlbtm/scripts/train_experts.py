@@ -20,9 +20,9 @@ log = get_logger("train_experts")
 
 
 def _default(name: str):
-    """A flag's default is the request's (xlbtm.train.experts.TrainExpertsRequest), whose training defaults are
+    """A flag's default is the request's (xlbtm.train.plan.TrainExpertsRequest), whose training defaults are
     TrainConfig's: one source, so the CLI and the library cannot drift apart."""
-    from xlbtm.train.experts import TrainExpertsRequest
+    from xlbtm.train.plan import TrainExpertsRequest
 
     f = {f.name: f for f in dataclasses.fields(TrainExpertsRequest)}[name]
     return f.default_factory() if f.default is dataclasses.MISSING else f.default

@@ -197,7 +197,7 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
         stage(f"corpus: {data}")
 
     if cfg.seed_model:
-        from xlbtm.train.experts import resolve_tokenizer
+        from xlbtm.train.plan import resolve_tokenizer
 
         tok = Path(resolve_tokenizer(cfg.seed_model, cfg.tokenizer)).resolve()
         stage(f"tokenizer: {tok} (the seed's)")

@@ -33,7 +33,7 @@ class TrainingSettings:
     """How every expert of a run is trained: the settings `train_experts` takes as flags of the same names
     (`--learning-rate` -> learning_rate), generated from these fields (`xlbtm.cli.add_settings_args`), with
     these defaults. Both `TrainConfig` (one expert's run, stored in its expert.json) and
-    `xlbtm.train.experts.TrainExpertsRequest` (the command) extend it, so each setting, its flag and its
+    `xlbtm.train.plan.TrainExpertsRequest` (the command) extend it, so each setting, its flag and its
     default exist once, and the request hands them to each expert's config by name."""
 
     train_subset: str = setting("train", DATA, "split to train on")

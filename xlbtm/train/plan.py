@@ -1,0 +1,420 @@
+"""What `train_experts` is asked (`TrainExpertsRequest`, one field per flag) and what it will do
+(`plan_experts` -> `TrainExpertsPlan`: one TrainConfig per expert, everything resolved and validated before
+anything is binarized or queued; `describe_plan` says it in words). Running a plan: `xlbtm.train.experts`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xlbtm.cli import get_logger
+from xlbtm.errors import InputError, UsageError
+from xlbtm.train.config import TrainConfig, TrainingSettings
+
+log = get_logger("train")
+
+
+@dataclass
+class ExpertPlan:
+    cluster: int
+    run_dir: Path
+    cfg: TrainConfig
+
+
+@dataclass
+class LaunchSpec:
+    run: str                     # slurm | local | debug
+    num_nodes: int
+    num_gpus: int                # tasks per node (GPUs, or CPU workers without GPUs)
+    device: str                  # cuda | cpu
+    timeout_min: int = 60 * 24
+    mem_gb: float | None = None
+    cpus_per_task: int | None = None
+
+
+def parse_cluster_list(value: str | None, num_clusters: int) -> list[int]:
+    """`--train-cluster 1,3,5` (also ranges `0-3`); None = all clusters."""
+    if value is None:
+        return list(range(num_clusters))
+    if not str(value).strip(" ,"):  # an unset shell variable, say: training every expert is not what was meant
+        raise UsageError("--train-cluster is empty; leave the flag out to train every cluster")
+    out: list[int] = []
+    for part in str(value).split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = part.split("-")
+                out.extend(range(int(a), int(b) + 1))
+            elif part:
+                out.append(int(part))
+        except ValueError:
+            raise UsageError(f"--train-cluster: expected comma-separated cluster ids like 1,3,5, got {value!r}") \
+                from None
+    bad = [k for k in out if not 0 <= k < num_clusters]
+    if bad:
+        raise UsageError(f"--train-cluster: cluster(s) {bad} out of range for --num-clusters {num_clusters}")
+    return sorted(set(out))
+
+
+def resolve_data_dir(path_to_data: str, data_name: str | None) -> Path:
+    """c-BTM passes a data root plus a dataset name; accept `<root>/<name>` or `<root>` itself."""
+    root = Path(path_to_data)
+    for cand in ([root / data_name] if data_name else []) + [root]:
+        if (cand / "train").is_dir():
+            return cand
+    raise InputError("no 'train' split found (expected <path-to-data>[/<data-name>]/train/...)", root)
+
+
+def resolve_clusters_dir(path: str, num_clusters: int, data_name: str | None) -> Path:
+    """The dir holding manifest.json; also accept c-BTM's `<clusters>/<data-name>/<K>` nesting."""
+    root = Path(path)
+    cands = [root, root / str(num_clusters)]
+    if data_name:
+        cands += [root / data_name / str(num_clusters), root / data_name]
+    for cand in cands:
+        if (cand / "manifest.json").is_file() or (cand / "train").is_dir():
+            return cand
+    raise InputError("no cluster files found (expected manifest.json; run xlbtm.scripts.train_clusterer and "
+                     "then xlbtm.scripts.cluster first)", root)
+
+
+def detect_device(run: str, requested: str = "auto") -> str:
+    """cuda | cpu. `auto`: local runs use cuda when this machine sees a GPU; SLURM runs use cuda when some
+    partition offers GPU gres (login nodes often have no GPU themselves)."""
+    if requested in ("cuda", "cpu"):
+        return requested
+    if run == "slurm":
+        try:
+            out = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True, timeout=20).stdout
+            return "cuda" if "gpu" in out else "cpu"
+        except (OSError, subprocess.TimeoutExpired):
+            return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def experts_root(serialization_dir: str | os.PathLike, num_clusters: int) -> Path:
+    return Path(serialization_dir) / f"{num_clusters}_clusters"
+
+
+def binarized_dir_for(serialization_dir, num_clusters: int, data_name: str | None, tok_fingerprint: str) -> Path:
+    return experts_root(serialization_dir, num_clusters) / "data-bin" / f"{data_name or 'data'}.{tok_fingerprint[:12]}"
+
+
+def local_slots(spec: LaunchSpec) -> list[tuple[int, ...] | None]:
+    """How many experts a `--run local` machine trains at once, and on which GPUs.
+
+    submitit's LocalExecutor gives every job GPUs 0..G-1, so concurrent experts would share GPUs; instead
+    each concurrent job gets its own `visible_gpus`, and experts beyond the free slots wait for the next
+    wave. On CPU, one expert per G cores at a time."""
+    if spec.device == "cuda":
+        import torch
+
+        n = torch.cuda.device_count()
+        if n < spec.num_gpus:
+            raise UsageError(f"--num-gpus {spec.num_gpus} but this machine has {n} GPU(s)")
+        return [tuple(range(i * spec.num_gpus, (i + 1) * spec.num_gpus)) for i in range(n // spec.num_gpus)]
+    return [None] * max(1, (os.cpu_count() or 1) // spec.num_gpus)
+
+
+@dataclass(kw_only=True)
+class TrainExpertsRequest(TrainingSettings):
+    """Everything `train_experts` is asked to do; one field per flag (same names and defaults as the CLI).
+    The training settings (optimization, checkpoints, logging) are TrainingSettings', shared with TrainConfig."""
+
+    run: str                                  # slurm | local | debug
+    seed_model: str                           # HF dir | metaseq/fairseq .pt | consolidated.pt | preset name
+    num_clusters: int                         # K; 1 = dense baseline
+    path_to_data: str
+    serialization_dir: str
+    max_steps: int
+    model_size: str | None = None
+    tokenizer: str | None = None              # default: the seed's own
+    objective: str | None = None              # clm | mlm; default from the seed's architecture
+    path_to_clusters_dir: str | None = None
+    train_cluster: str | None = None          # "1,3,5" / "0-3"; None = all
+    data_name: str | None = None
+    run_name: str | None = None               # default: data_name or "run"
+    step_allocation: str = "equal"            # equal | proportional: K x max_steps shared by training tokens
+    binarized_dir: str | None = None
+    binarize_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
+    allow_unassigned: bool = False
+    # resources
+    num_nodes: int = 1
+    num_gpus: int = 1
+    device: str = "auto"                      # auto | cuda | cpu
+    dry_run: bool = False
+    no_wait: bool = False
+    site: Any = None                          # xlbtm.launch.site.SiteConfig; None = file + environment only
+
+    @classmethod
+    def from_args(cls, args) -> "TrainExpertsRequest":
+        """From `xlbtm.scripts.train_experts`'s parsed flags (SLURM flags resolved into a SiteConfig)."""
+        from xlbtm.launch.site import site_from_args
+
+        kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name != "site"}
+        return cls(**kw, site=site_from_args(args))
+
+
+@dataclass
+class TrainExpertsPlan:
+    """A validated request with everything resolved: one `ExpertPlan` (TrainConfig) per cluster to train."""
+
+    request: TrainExpertsRequest
+    clusters: list[int]
+    data_dir: Path
+    clusters_dir: Path | None                 # None: dense baseline (no filtering)
+    clusterer_fp: str | None
+    tokenizer: Any                            # xlbtm.tokenizer.Tokenizer
+    objective: str
+    run_name: str
+    bin_dir: Path
+    device: str                               # cuda | cpu
+    site: Any                                 # SiteConfig
+    spec: LaunchSpec
+    experts: list[ExpertPlan] = field(default_factory=list)
+    slots: list[tuple[int, ...] | None] | None = None  # --run local: one entry (GPU set) per concurrent expert
+    allocation: list[str] | None = None       # --step-allocation proportional, once applied: its description
+
+    @property
+    def world(self) -> int:
+        return self.spec.num_nodes * self.spec.num_gpus
+
+    @property
+    def dp(self) -> int:
+        return self.world // self.request.tensor_parallel_size
+
+    @property
+    def global_batch_size(self) -> int:
+        r = self.request
+        return r.batch_size * self.dp * r.update_freq
+
+    @property
+    def job_dir(self) -> Path:
+        return experts_root(self.request.serialization_dir, self.request.num_clusters) / "logs"
+
+
+def resolve_tokenizer(seed_model: str, tokenizer: str | None = None) -> str:
+    """`--tokenizer`, else the seed's own (an HF dir, or the dir next to a .pt that carries one)."""
+    if tokenizer:
+        return tokenizer
+    seed = Path(seed_model)
+    for cand in ([seed] if seed.is_dir() else []) + ([seed.parent] if seed.is_file() else []):
+        if any((cand / f).is_file() for f in ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer_config.json")):
+            return str(cand)
+    raise UsageError("--tokenizer is required: the seed model does not carry a tokenizer "
+                     f"({seed_model})")
+
+
+def default_objective(seed_model: str, model_size: str | None = None) -> str:
+    """mlm for XLM-R seeds (preset or HF config), clm otherwise."""
+    from xlbtm.models import PRESETS
+
+    for name in (seed_model, model_size):
+        if name in PRESETS:
+            return "mlm" if PRESETS[name]["arch"] == "xlmr" else "clm"
+    cfg = Path(seed_model) / "config.json"
+    if cfg.is_file():
+        from xlbtm.io import read_json
+
+        return "mlm" if "roberta" in str(read_json(cfg).get("model_type", "")) else "clm"
+    return "clm"
+
+
+def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
+    """Validate the flag combination and resolve everything; reads inputs, writes nothing."""
+    K = req.num_clusters
+    if K < 1:
+        raise UsageError("--num-clusters must be >= 1")
+    for flag, value in (("--batch-size", req.batch_size), ("--update-freq", req.update_freq),
+                        ("--tokens-per-sample", req.tokens_per_sample), ("--max-steps", req.max_steps)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if not 0 <= req.learning_rate < float("inf"):  # 0 is allowed: a run that only evaluates its seed
+        raise UsageError(f"--learning-rate must be finite and >= 0, got {req.learning_rate}")
+    if req.step_allocation not in STEP_ALLOCATIONS:
+        raise UsageError(f"--step-allocation must be one of {', '.join(STEP_ALLOCATIONS)}")
+    if req.num_nodes < 1 or req.num_gpus < 1:
+        raise UsageError("--num-nodes and --num-gpus must be >= 1")
+    world = req.num_nodes * req.num_gpus
+    if world % req.tensor_parallel_size:
+        raise UsageError(f"--tensor-parallel-size {req.tensor_parallel_size} must divide --num-nodes x --num-gpus "
+                         f"({world})")
+    if req.tokens_per_sample % req.tensor_parallel_size:
+        raise UsageError(f"--tokens-per-sample {req.tokens_per_sample} must be divisible by --tensor-parallel-size "
+                         f"{req.tensor_parallel_size} (sequence parallelism splits every sample evenly)")
+    clusters = parse_cluster_list(req.train_cluster, K)
+    data_dir = resolve_data_dir(req.path_to_data, req.data_name)
+    clusters_dir, clusterer_fp = None, None
+    if K > 1 or req.path_to_clusters_dir:
+        if not req.path_to_clusters_dir:
+            raise UsageError("--num-clusters > 1 needs --path-to-clusters-dir")
+        if K > 1:
+            from xlbtm.cluster.files import read_manifest
+
+            clusters_dir = resolve_clusters_dir(req.path_to_clusters_dir, K, req.data_name)
+            man = read_manifest(clusters_dir)
+            if int(man["num_clusters"]) != K:
+                raise UsageError(f"--num-clusters {K} but {clusters_dir}/manifest.json has {man['num_clusters']}")
+            clusterer_fp = man["fingerprint"]
+
+    from xlbtm.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(resolve_tokenizer(req.seed_model, req.tokenizer))
+    objective = req.objective or default_objective(req.seed_model, req.model_size)
+    run_name = req.run_name or req.data_name or "run"
+    bin_dir = Path(req.binarized_dir) if req.binarized_dir else binarized_dir_for(
+        req.serialization_dir, K, req.data_name, tok.fingerprint)
+    device = detect_device(req.run, req.device)
+    if req.site is not None:
+        site = req.site
+    else:
+        from xlbtm.launch.site import resolve_site
+
+        site = resolve_site()
+    spec = LaunchSpec(run=req.run, num_nodes=req.num_nodes, num_gpus=req.num_gpus, device=device)
+
+    # the training settings pass through by name (none copied by hand); the rest is resolved here
+    shared = {f.name: getattr(req, f.name) for f in dataclasses.fields(TrainingSettings)}
+    experts = []
+    for k in clusters:
+        run_dir = experts_root(req.serialization_dir, K) / f"{run_name}.cluster{k}"
+        cfg = TrainConfig(**shared, run_dir=str(run_dir.resolve()), data_dir=str(bin_dir.resolve()),
+                          seed_model=req.seed_model, model_size=req.model_size, max_steps=req.max_steps,
+                          cluster=k, num_clusters=K, clusterer_fingerprint=clusterer_fp, run_name=run_name,
+                          tokenizer=str(Path(tok.path).resolve()), objective=objective, device=device,
+                          progress_bar=False)
+        experts.append(ExpertPlan(k, run_dir, cfg))
+    from xlbtm.io import refuse_overlap
+
+    # what training writes (each expert's run dir, the binarized data) must not touch what it reads
+    refuse_overlap({"--binarized-dir" if req.binarized_dir else "--serialization-dir (binarized data)": bin_dir,
+                    **{f"--serialization-dir (cluster {p.cluster})": p.run_dir for p in experts}},
+                   {"--path-to-data": data_dir, "--path-to-clusters-dir": clusters_dir, "--seed-model": req.seed_model,
+                    "--tokenizer": tok.path})
+    check_experts_startable(req, tok, objective, experts)
+    plan = TrainExpertsPlan(request=req, clusters=clusters, data_dir=data_dir, clusters_dir=clusters_dir,
+                            clusterer_fp=clusterer_fp, tokenizer=tok, objective=objective, run_name=run_name,
+                            bin_dir=bin_dir, device=device, site=site, spec=spec, experts=experts,
+                            slots=local_slots(spec) if req.run == "local" else None)
+    plan.allocation = apply_step_allocation(plan)  # None until the data is binarized (run_plan applies it then)
+    return plan
+
+
+def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, experts: list[ExpertPlan]) -> None:
+    """What a job would otherwise find out only after queueing and binarizing: a run dir another trainer
+    holds, a resume with another tokenizer, a seed that does not load or does not fit the objective or
+    --tokens-per-sample. (`--dry-run` plans too, so it catches the same.)"""
+    from xlbtm.models import ModelArgs
+    from xlbtm.models.load import seed_args
+    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.train.config import check_model_fits
+    from xlbtm.train.expert_dir import EXPERT_JSON, RunLock, read_expert_info
+
+    fresh = False
+    for p in experts:
+        if not p.run_dir.is_dir():
+            fresh = True
+            continue
+        held = RunLock(p.run_dir).held_by_other()
+        if held:
+            raise UsageError(f"cluster {p.cluster}: {held}; wait for it to finish (or stop it), or train into "
+                             "another --serialization-dir")
+        if latest_checkpoint(p.run_dir) is None:
+            fresh = True
+            continue
+        info = read_expert_info(p.run_dir)  # a resume: the run's own model and tokenizer
+        if info.tokenizer_fingerprint != tok.fingerprint:
+            raise UsageError(f"cluster {p.cluster}: {p.run_dir / EXPERT_JSON} was started with the tokenizer "
+                             f"{info.tokenizer}, not {tok.path}; resume with that --tokenizer or train into "
+                             "another --serialization-dir")
+        args = ModelArgs.from_dict(info.model_args)
+        check_model_fits(args.arch, args.max_positions, objective, req.tokens_per_sample, str(p.run_dir))
+    if fresh:
+        args = seed_args(req.seed_model, req.model_size, tok.vocab_size)
+        check_model_fits(args.arch, args.max_positions, objective, req.tokens_per_sample, req.seed_model)
+
+
+STEP_ALLOCATIONS = ("equal", "proportional")
+
+
+def allocate_steps(total_steps: int, weights: list[int]) -> list[int]:
+    """Split `total_steps` over clusters in proportion to `weights` (training tokens), each >= 1, summing
+    exactly to the total (largest remainders get the leftover steps; ties go to the lower cluster id)."""
+    K = len(weights)
+    if total_steps < K:
+        raise UsageError(f"--step-allocation proportional needs at least one step per expert ({K})")
+    if sum(weights) <= 0:
+        return [total_steps // K + (1 if k < total_steps % K else 0) for k in range(K)]
+    spare = total_steps - K  # one step each first, the rest by share
+    exact = [spare * w / sum(weights) for w in weights]
+    steps = [1 + int(x) for x in exact]
+    order = sorted(range(K), key=lambda k: (-(exact[k] - int(exact[k])), k))
+    for k in order[:total_steps - sum(steps)]:
+        steps[k] += 1
+    return steps
+
+
+def apply_step_allocation(plan: "TrainExpertsPlan") -> list[str] | None:
+    """`--step-allocation proportional`: give each expert its share of K x --max-steps by the training tokens
+    of its cluster (from the binarized manifest), in place. Returns the lines describing it, or None when
+    the allocation is equal (or the data is not binarized yet)."""
+    r = plan.request
+    if r.step_allocation == "equal" or r.num_clusters == 1:
+        return None
+    from xlbtm.data.binarize import MANIFEST, read_binarized_manifest
+
+    if not (plan.bin_dir / MANIFEST).is_file():
+        return None
+    tokens = read_binarized_manifest(plan.bin_dir)["splits"].get(r.train_subset, {}).get("tokens")
+    if not tokens or len(tokens) != r.num_clusters:
+        return None
+    steps = allocate_steps(r.num_clusters * r.max_steps, [int(t) for t in tokens])
+    total = sum(tokens)
+    lines = [f"step allocation: proportional to training tokens, {sum(steps)} steps in all "
+             f"(= K x --max-steps {r.max_steps})"]
+    for p in plan.experts:
+        p.cfg.max_steps = steps[p.cluster]
+        # the same schedule shape: warm-up stays the same fraction of the expert's own steps
+        p.cfg.warmup_updates = int(r.warmup_updates * steps[p.cluster] / max(r.max_steps, 1))
+        lines.append(f"  cluster {p.cluster}: {steps[p.cluster]} steps ({100 * tokens[p.cluster] / max(total, 1):.1f}% "
+                     f"of the tokens)")
+    return lines
+
+
+def describe_plan(plan: TrainExpertsPlan) -> list[str]:
+    """The plan as printed by train_experts (and --dry-run): data, resources, launch, one line per expert."""
+    from xlbtm.parallel.checkpoint import latest_checkpoint
+
+    r, K = plan.request, plan.request.num_clusters
+    lines = [
+        f"plan: {len(plan.experts)} expert(s) of K={K} ({plan.objective}, seed {r.seed_model}), "
+        f"clusters {plan.clusters}",
+        f"  data: {plan.data_dir}  clusters: {plan.clusters_dir or '(dense baseline: no filtering)'}",
+        f"  binarized: {plan.bin_dir}  tokenizer: {plan.tokenizer.path}",
+        f"  per expert: {r.num_nodes} node(s) x {r.num_gpus} {'GPU' if plan.device == 'cuda' else 'CPU worker'}(s) "
+        f"= {plan.world} tasks, dp={plan.dp} tp={r.tensor_parallel_size}; {plan.global_batch_size} samples x "
+        f"{r.tokens_per_sample} tokens per step = {plan.global_batch_size * r.tokens_per_sample} tokens/step, "
+        f"{r.max_steps} steps" + ("" if r.step_allocation == "equal" or K == 1 else
+                                  f" on average ({r.step_allocation} allocation of {K * r.max_steps})"),
+        f"  launch: --run {r.run}, device {plan.device}; site: {plan.site.describe()}",
+    ]
+    if plan.slots is not None:
+        slots = plan.slots
+        lines.append(f"  local: {len(slots)} expert(s) at a time"
+                     + (f" on GPUs {', '.join(map(str, slots))}" if slots[0] is not None
+                        else f" ({os.cpu_count()} CPU cores)"))
+    if plan.allocation:
+        lines += plan.allocation
+    elif r.step_allocation != "equal" and K > 1:
+        lines.append(f"step allocation: {r.step_allocation} (computed from the binarized token counts)")
+    for p in plan.experts:
+        ck = latest_checkpoint(p.run_dir) if p.run_dir.exists() else None
+        lines.append(f"  cluster {p.cluster}: {p.run_dir}" + (f" (resumes from {ck.name})" if ck else ""))
+    return lines
