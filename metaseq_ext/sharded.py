@@ -127,6 +127,13 @@ def glue_model_parallel(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch
 
 
 # ------------------------------------------------------------------------------------ file finding
+def is_shard_name(name: str) -> bool:
+    """True for `<prefix>-model_part-<m>[-shard<n>].pt` / `<prefix>-shard<n>.pt`: one piece of a sharded
+    metaseq checkpoint, not a whole single-file one."""
+    m = _NAME_RE.match(name)
+    return m is not None and (m.group("mp") is not None or m.group("dp") is not None)
+
+
 def find_checkpoint_files(path: str | Path) -> dict[int, dict[int, Path]]:
     """{model_part: {shard: file}} for a file, a shard file, a directory or a filename prefix."""
     path = Path(path)

@@ -156,10 +156,9 @@ def seed_args(spec: str | os.PathLike, model_size: str | None = None, vocab_size
 def _load_checkpoint(path: Path, model_size: str | None):
     """Tell an xlbtm consolidated.pt from a metaseq/fairseq checkpoint without loading shards twice."""
     from metaseq_ext.convert import metaseq_to_xlbtm
-    from metaseq_ext.sharded import _NAME_RE
+    from metaseq_ext.sharded import is_shard_name
 
-    m = _NAME_RE.match(path.name) if path.suffix == ".pt" else None
-    sharded = not path.is_file() or (m is not None and (m.group("mp") is not None or m.group("dp") is not None))
+    sharded = not path.is_file() or (path.suffix == ".pt" and is_shard_name(path.name))
     if not sharded:
         from xlbtm.models.safe_load import safe_torch_load
 
