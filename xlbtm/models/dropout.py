@@ -9,6 +9,10 @@ Outside it (evaluation, or a model used without the trainer) this is plain `F.dr
 
 A site is a fixed number per dropout call in the model (layer index and position in the block), so a block
 recomputed by activation checkpointing draws exactly the masks of its forward.
+
+Exact across data-parallel layouts, not across tensor-parallel ones: under TP each rank draws a row's mask for
+the part it holds (its heads; under sequence parallelism its tokens) from the same seed, so with dropout > 0
+a TP run draws other (still independent of the batch) masks than a 1-rank run.
 """
 
 from __future__ import annotations
