@@ -62,7 +62,10 @@ def bench_routing(args) -> dict:
 
     rng = np.random.default_rng(0)
     V, d, K, T = args.vocab, 100, 16, 1024
-    f = LinearFeaturizer(1 + 5 * rng.random(V), rng.standard_normal((d, V)).astype(np.float32))
+    from xlbtm.cluster.featurize import Lsa
+
+    f = LinearFeaturizer(Lsa(idf=(1 + 5 * rng.random(V)).astype(np.float32),
+                             components=rng.standard_normal((d, V)).astype(np.float32)))
     cents = rng.standard_normal((K, d))
     cents /= np.linalg.norm(cents, axis=1, keepdims=True)
     router = Router(cents, featurizer=f)

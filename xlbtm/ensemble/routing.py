@@ -9,13 +9,13 @@ with h_j the L2-normalized featurization of the prefix tokens [0, j) and c_k the
 Why this is cheap for the subword featurizer: TF-IDF (+ its own L2 norm) followed by the SVD projection is
 linear in the term counts up to a positive scalar, and that scalar disappears in the final normalization:
 
-    h_j = normalize( sum_{t in prefix} tf_weight(t) * idf[t] * components[:, t] )
+    h_j = normalize( sum_{t in prefix} idf[t] * components[:, t] )
 
 so one running d-dim sum per document gives every h_j in O(T*d) instead of re-featurizing each of the T
-prefixes (O(T^2) tokens). Sublinear tf (1 + log n) is handled by adding the increment f(n) - f(n-1) for the
-n-th occurrence of a token; binary tf by counting only the first occurrence.
+prefixes (O(T^2) tokens). The rows idf[t] * components[:, t] are the clusterer's own (`Lsa.projection`): the
+router reads the clusterer's model, it does not rebuild one (raw counts, as the clusterer is fit).
 
-Empty prefix (j = 0), or a prefix whose featurization is the zero vector (only ignored tokens): xlbtm gives
+Empty prefix (j = 0), or a prefix whose featurization is the zero vector (only unknown tokens): xlbtm gives
 every expert the same weight (uniform), since the clusterer has seen nothing. `cbtm_compat` instead does what
 c-BTM does: the zero vector is kept, so the weights are softmax(-||c_k||^4 / T).
 
@@ -25,7 +25,6 @@ squares them again: softmax(-(||h - c_k||^2)^2 / T) (kernelmachine/cbtm, metaseq
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
@@ -66,98 +65,47 @@ def squared_distances(h: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- linear subword featurizer
 
-@dataclass
 class LinearFeaturizer:
-    """TF-IDF over token ids followed by an SVD projection; everything routing needs from the clusterer.
-
-    idf: [V]; components: [d, V] (TruncatedSVD.components_); tf: "raw" | "sublinear" | "binary";
-    ignore_ids: token ids the featurizer drops (specials, stopwords), they never change h.
-    dtype: "float32" (default, like the clusterer's reference featurizer: half the memory at V = 256k and
-    ~2x faster) or "float64".
+    """The clusterer's own linear model (`xlbtm.cluster.featurize.Lsa`: raw-count TF-IDF, then its SVD), read
+    the way routing needs it: one projection row per token (idf folded in), so a prefix's features are the
+    normalized running sum of its tokens' rows. Token ids outside the clusterer's vocabulary add nothing.
+    dtype: "float32" (default, the clusterer's own: half the memory at V = 256k) or "float64".
     """
 
-    idf: np.ndarray
-    components: np.ndarray
-    tf: str = "raw"
-    ignore_ids: frozenset = field(default_factory=frozenset)
-    dtype: str = "float32"
-
-    def __post_init__(self):
+    def __init__(self, lsa, dtype: str = "float32"):
         import torch
 
-        if self.tf not in ("raw", "sublinear", "binary"):
-            raise ValueError(f"unknown tf weighting {self.tf!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        self.idf = np.asarray(self.idf, dtype=np.float64)
-        comps = np.asarray(self.components)
-        if comps.ndim != 2 or comps.shape[1] != self.idf.shape[0]:
-            raise ValueError(f"components {comps.shape} do not match idf {self.idf.shape}")
-        # one row per token, idf folded in: a document's tokens are then a contiguous row gather (the
-        # column gather from [d, V] is strided and ~50x slower at V = 256k)
-        rows = (comps.T * self.idf[:, None]).astype(self.dtype)
-        self.rows = torch.from_numpy(np.ascontiguousarray(rows))
-        self.components = comps
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.lsa, self.dtype = lsa, dtype
+        if dtype == "float32":
+            self.rows = lsa.projection_tensor()  # [V, d] contiguous: a document is a row gather
+        else:
+            p = (np.asarray(lsa.components, dtype=np.float64) * np.asarray(lsa.idf, dtype=np.float64)[None, :]).T
+            self.rows = torch.from_numpy(np.ascontiguousarray(p))
 
     @property
-    def _ignore_arr(self) -> np.ndarray:
-        return np.fromiter(self.ignore_ids, dtype=np.int64, count=len(self.ignore_ids))
+    def idf(self) -> np.ndarray:
+        return self.lsa.idf
+
+    @property
+    def components(self) -> np.ndarray:
+        return self.lsa.components
 
     @property
     def dim(self) -> int:
         return int(self.rows.shape[1])
 
-    def _increments(self, token_ids: Sequence[int]) -> np.ndarray:
-        """How much each position adds to the (unnormalized) tf of its token: [T] float."""
-        ids = np.asarray(token_ids, dtype=np.int64)
-        inc = np.ones(len(ids), dtype=np.float64)
-        V = self.idf.shape[0]
-        bad = (ids < 0) | (ids >= V)
-        if self.ignore_ids:
-            bad |= np.isin(ids, self._ignore_arr)
-        inc[bad] = 0.0
-        if self.tf != "raw":
-            # occurrence number n of each token (1-based) -> f(n) - f(n-1)
-            seen: dict[int, int] = {}
-            for i, t in enumerate(ids.tolist()):
-                if inc[i] == 0.0:
-                    continue
-                n = seen.get(t, 0) + 1
-                seen[t] = n
-                if self.tf == "binary":
-                    inc[i] = 1.0 if n == 1 else 0.0
-                else:  # sublinear: f(n) = 1 + log n
-                    inc[i] = 1.0 if n == 1 else float(np.log(n) - np.log(n - 1))
-        return inc
-
     def contributions(self, token_ids: Sequence[int]):
-        """[T, d] torch: what each position adds to the running sum (idf[t] * components[:, t] * tf increment)."""
+        """[T, d] torch: what each position adds to the running sum (its token's row; 0 outside the vocabulary)."""
         import torch
 
         ids = np.asarray(token_ids, dtype=np.int64)
-        inc = self._increments(ids)
-        safe = torch.from_numpy(np.where(inc != 0.0, ids, 0))
-        contrib = self.rows[safe]
-        if not (inc == 1.0).all():
-            contrib *= torch.from_numpy(inc).to(contrib.dtype)[:, None]
+        known = (ids >= 0) & (ids < self.rows.shape[0])
+        contrib = self.rows[torch.from_numpy(np.where(known, ids, 0))]
+        if not known.all():
+            contrib *= torch.from_numpy(known).to(contrib.dtype)[:, None]
         return contrib
-
-    def prefix_sums(self, token_ids: Sequence[int]) -> np.ndarray:
-        """Unnormalized projections of every prefix [0, j), j = 0..T -> [T+1, d] (row 0 is the empty prefix)."""
-        import torch
-
-        c = self.contributions(token_ids)
-        out = torch.zeros((c.shape[0] + 1, c.shape[1]), dtype=c.dtype)
-        torch.cumsum(c, 0, out=out[1:])
-        return out.numpy().astype(np.float64)
-
-    def prefix_features(self, token_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(h [T+1, d] L2-normalized prefix featurizations, empty [T+1] bool where the projection is zero)."""
-        p = self.prefix_sums(token_ids)
-        norm = np.linalg.norm(p, axis=1, keepdims=True)
-        empty = norm[:, 0] <= 1e-12
-        h = np.where(empty[:, None], 0.0, p / np.where(empty[:, None], 1.0, norm))
-        return h, empty
 
     def featurize(self, token_ids: Sequence[int]) -> np.ndarray:
         """The whole sequence's normalized featurization [d] (zero vector when nothing counts)."""
@@ -175,7 +123,7 @@ class Router:
     context available when predicting token j). `document_distances` uses the whole document (MLM experts,
     which see the unmasked document).
 
-    Either `featurizer` (a LinearFeaturizer: incremental, O(T*d)) or `featurize_many` (id sequences ->
+    Either `featurizer` (a LinearFeaturizer over the clusterer's Lsa: incremental, O(T*d)) or `featurize_many` (id sequences ->
     [n, d] normalized features; every prefix is featurized from scratch in one batched call, O(T^2), for
     featurizers that are not linear in the token counts, e.g. word TF-IDF over decoded text).
     """
@@ -258,8 +206,7 @@ def router_from_clusterer(clusterer, tokenizer=None) -> Router:
             raise InputError(f"the clusterer was fit on the ids of another tokenizer (fingerprint {want[:12]}) "
                              f"than the experts' ({tokenizer.fingerprint[:12]}); its subword features cannot "
                              "route these experts' tokens", getattr(clusterer, "path", None))
-        lf = LinearFeaturizer(np.asarray(clusterer.idf), np.asarray(clusterer.components))
-        return Router(np.asarray(centroids), featurizer=lf)
+        return Router(np.asarray(centroids), featurizer=LinearFeaturizer(clusterer.lsa))
     if tokenizer is None:
         raise ValueError(f"a {kind} clusterer featurizes text: routing needs the experts' tokenizer to decode")
 
