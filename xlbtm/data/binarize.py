@@ -1,12 +1,7 @@
 """Binarize a corpus into per-cluster, per-split token streams (tokenize every document once).
 
-Layout of a binarized dir:
-
-    <out>/manifest.json                   tokenizer + clusterer fingerprints, K, tokens per cluster and language
-    <out>/<split>/cluster<k>.bin          uint32 token stream: for every document `</s> tok tok ...`
-    <out>/<split>/cluster<k>.idx          int64 offsets of the documents into the stream (n_docs + 1 entries)
-    <out>/<split>/done.json               this split's part of the manifest, with the identity of its inputs;
-                                          written last (the resume marker)
+The layout, its manifest and each split's done.json are `xlbtm.formats.binarized` (their one reader and
+writer).
 
 Each document is stored as `</s>` followed by its tokens, so the concatenated stream already has `</s>`
 between documents (the XGLM / metaseq convention) and CLM blocks are plain slices of the memmap.
@@ -30,22 +25,9 @@ from xlbtm.errors import InputError, UsageError
 
 log = get_logger("data")
 
-FORMAT = "xlbtm-binarized/1"
-DTYPE = "uint32"
-MANIFEST = "manifest.json"
-
-
-def split_dir(out_dir: str | os.PathLike, split: str) -> Path:
-    return Path(out_dir) / split
-
-
-def bin_path(out_dir: str | os.PathLike, split: str, cluster: int) -> Path:
-    return split_dir(out_dir, split) / f"cluster{cluster}.bin"
-
-
-def idx_path(out_dir: str | os.PathLike, split: str, cluster: int) -> Path:
-    return split_dir(out_dir, split) / f"cluster{cluster}.idx"
-
+# the layout and its one reader / writer (xlbtm.formats.binarized); part of this module's API
+from xlbtm.formats.binarized import (DONE, DTYPE, FORMAT, MANIFEST, bin_path, idx_path,  # noqa: E402,F401
+                                     read_binarized_manifest, split_dir, split_status, write_done, write_manifest)
 
 @dataclass
 class BinarizeResult:
@@ -117,9 +99,6 @@ def load_assignments(clusters_dir: Path, split: str, data_dir: Path) -> dict[str
 
 # ------------------------------------------------------------------------------------------- up to date?
 
-DONE = "done.json"
-
-
 def split_inputs(data_dir: str | os.PathLike, split: str, clusters_dir: str | os.PathLike | None) -> dict:
     """What a split is binarized from, by identity: `[relative path, size, mtime_ns]` of every corpus file
     of the split and of every cluster file it is routed by."""
@@ -137,37 +116,6 @@ def split_inputs(data_dir: str | os.PathLike, split: str, clusters_dir: str | os
     return out
 
 
-def _what_changed(old: dict, new: dict) -> str:
-    parts = []
-    for kind in ("corpus", "clusters"):
-        a = {e[0]: e[1:] for e in old.get(kind, [])}
-        b = {e[0]: e[1:] for e in new.get(kind, [])}
-        added, removed = sorted(set(b) - set(a)), sorted(set(a) - set(b))
-        changed = sorted(k for k in set(a) & set(b) if a[k] != b[k])
-        for n, word in ((added, "added"), (removed, "removed"), (changed, "changed")):
-            if n:
-                parts.append(f"{len(n)} {kind} file(s) {word} (e.g. {n[0]})")
-    return "; ".join(parts) or "input files changed"
-
-
-def split_status(out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clusterer_fp: str | None,
-                 inputs: dict) -> tuple[dict | None, str]:
-    """`(done.json, "")` when `split` is binarized from exactly these inputs, else `(None, why not)`."""
-    from xlbtm.io import read_json
-
-    done = split_dir(out_dir, split) / DONE
-    if not done.is_file():
-        return None, "not binarized yet"
-    d = read_json(done)
-    if d.get("tokenizer_fingerprint") != tokenizer_fp or d.get("clusterer_fingerprint") != clusterer_fp:
-        return None, "binarized with another tokenizer or clusterer"
-    if d.get("inputs") is None:  # written before inputs were recorded: redo once to record them
-        return None, "binarized by an older xlbtm that did not record its input files"
-    if d["inputs"] != inputs:
-        return None, _what_changed(d["inputs"], inputs)
-    return d, ""
-
-
 # ------------------------------------------------------------------------------------------- binarize
 
 def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer, *,
@@ -181,7 +129,7 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
     every document goes to cluster 0 of K=1.
     """
     from xlbtm.corpus import Corpus
-    from xlbtm.io import read_json, refuse_overlap, write_json
+    from xlbtm.io import refuse_overlap
 
     refuse_overlap({"--output-dir": out_dir}, {"--path-to-data": data_dir, "--path-to-clusters-dir": clusters_dir,
                                                "--tokenizer": getattr(tokenizer, "path", None)})
@@ -209,7 +157,7 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
     manifest_path = out_dir / MANIFEST
     manifest = dict(header, splits={})
     if manifest_path.is_file():
-        old = read_json(manifest_path)
+        old = read_binarized_manifest(out_dir)
         for key in ("tokenizer_fingerprint", "clusterer_fingerprint", "num_clusters"):
             if old.get(key) != header[key]:
                 raise InputError(f"binarized data here was made with another {key} ({old.get(key)!r} != "
@@ -238,16 +186,14 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
             stats = _binarize_split(corpus, split, out_dir, tokenizer, num_clusters,
                                     None if clusters_dir is None else Path(clusters_dir),
                                     pool, batch_size, allow_unassigned)
-            write_json(split_dir(out_dir, split) / DONE, {
-                "tokenizer_fingerprint": header["tokenizer_fingerprint"], "clusterer_fingerprint": clusterer_fp,
-                "inputs": inputs, "stats": stats})
+            write_done(out_dir, split, header["tokenizer_fingerprint"], clusterer_fp, inputs, stats)
             manifest["splits"][split] = stats
-            write_json(manifest_path, manifest)
+            write_manifest(out_dir, manifest)
     finally:
         if pool is not None:
             pool.terminate()
             pool.join()
-    write_json(manifest_path, manifest)
+    write_manifest(out_dir, manifest)
     return BinarizeResult(out_dir, manifest, skipped)
 
 
@@ -323,15 +269,3 @@ def _binarize_split(corpus, split: str, out_dir: Path, tokenizer, K: int, cluste
     stats = {"documents": docs, "tokens": toks, "lang": langs, "unassigned": unassigned}
     log.info(f"binarize: split '{split}': {sum(docs)} documents, {sum(toks)} tokens in {K} clusters -> {sdir}")
     return stats
-
-
-def read_binarized_manifest(out_dir: str | os.PathLike) -> dict:
-    from xlbtm.io import read_json
-
-    p = Path(out_dir) / MANIFEST
-    if not p.is_file():
-        raise InputError("binarized manifest not found (run xlbtm.scripts.binarize first)", p)
-    m = read_json(p)
-    if m.get("format") != FORMAT:
-        raise InputError(f"not an xlbtm binarized dir (format {m.get('format')!r})", p)
-    return m

@@ -28,7 +28,8 @@ def binarized_done(out_dir: Path, splits: list[str], tok_fingerprint: str, clust
                    data_dir: Path, clusters_dir: Path | None) -> bool:
     """True when every split is binarized with this tokenizer and clusterer from exactly the files that are
     there now (nothing to do); a stale split is named in a warning."""
-    from xlbtm.data.binarize import MANIFEST, split_inputs, split_status
+    from xlbtm.data.binarize import split_inputs
+    from xlbtm.formats.binarized import MANIFEST, split_status
 
     for split in splits:
         d, why = split_status(out_dir, split, tok_fingerprint, clusterer_fp,

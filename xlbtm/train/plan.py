@@ -368,7 +368,7 @@ def apply_step_allocation(plan: "TrainExpertsPlan") -> list[str] | None:
     r = plan.request
     if r.step_allocation == "equal" or r.num_clusters == 1:
         return None
-    from xlbtm.data.binarize import MANIFEST, read_binarized_manifest
+    from xlbtm.formats.binarized import MANIFEST, read_binarized_manifest
 
     if not (plan.bin_dir / MANIFEST).is_file():
         return None

@@ -121,7 +121,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------- data
     def build_data(self) -> None:
         """Tokenizer, train / valid datasets of this cluster and the sampler; checks the binarized dir."""
-        from xlbtm.data.binarize import bin_path, idx_path, read_binarized_manifest
+        from xlbtm.formats.binarized import bin_path, idx_path, read_binarized_manifest
         from xlbtm.data.dataset import CLMDataset, MLMDataset, Sampler, TokenStream
         from xlbtm.tokenizer import load_tokenizer
 
