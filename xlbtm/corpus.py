@@ -257,15 +257,17 @@ def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines
         with open_binary(path) as f:
             last = None if lines is None else max(lines, default=-1)
             for i, (raw, size) in enumerate(iter_raw_lines(f)):
-                if last is not None and (i > last or i not in lines):
+                if lines is not None:
                     if i > last:
                         break
-                    continue
+                    if i not in lines:
+                        continue
                 stats.bytes += size
                 if raw is None:
+                    err = InputError(too_long(size), shown, i + 1)
                     if not skip_bad_lines:
-                        raise InputError(too_long(size), shown, i + 1)
-                    stats.record_skip(str(InputError(too_long(size), shown, i + 1)))
+                        raise err
+                    stats.record_skip(str(err))
                     continue
                 if raw.endswith(b"\n"):
                     raw = raw[:-1]

@@ -22,12 +22,11 @@ from typing import Iterator, Sequence
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.binarized import (DONE, DTYPE, FORMAT, MANIFEST, NOT_BINARIZED, bin_path, idx_path,
+                                     read_binarized_manifest, split_dir, split_status, write_done, write_manifest)
 
 log = get_logger("data")
 
-# the layout and its one reader / writer (xlbtm.formats.binarized); part of this module's API
-from xlbtm.formats.binarized import (DONE, DTYPE, FORMAT, MANIFEST, bin_path, idx_path,  # noqa: E402,F401
-                                     read_binarized_manifest, split_dir, split_status, write_done, write_manifest)
 
 @dataclass
 class BinarizeResult:
@@ -177,7 +176,7 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
                 skipped.append(split)
                 log.info(f"binarize: split '{split}' already done ({split_dir(out_dir, split) / DONE}), skipping")
                 continue
-            if why != "not binarized yet":
+            if why != NOT_BINARIZED:
                 log.warning(f"binarize: re-binarizing split '{split}': {why}")
             if workers > 0 and pool is None:
                 import multiprocessing as mp

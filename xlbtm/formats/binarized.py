@@ -20,6 +20,7 @@ FORMAT = "xlbtm-binarized/1"
 DTYPE = "uint32"
 MANIFEST = "manifest.json"
 DONE = "done.json"
+NOT_BINARIZED = "not binarized yet"  # split_status's reason when there is nothing to be stale (a first run)
 
 
 def split_dir(out_dir: str | os.PathLike, split: str) -> Path:
@@ -54,7 +55,7 @@ def split_status(out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clus
 
     done = split_dir(out_dir, split) / DONE
     if not done.is_file():
-        return None, "not binarized yet"
+        return None, NOT_BINARIZED
     d = read_json(done)
     if d.get("tokenizer_fingerprint") != tokenizer_fp or d.get("clusterer_fingerprint") != clusterer_fp:
         return None, "binarized with another tokenizer or clusterer"

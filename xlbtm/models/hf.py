@@ -71,6 +71,11 @@ def save_hf(model_or_state, args: ModelArgs, out_dir: str | os.PathLike, tokeniz
     return out
 
 
+# what a Hugging Face dir may hold its weights in, in the order they are looked for
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin.index.json",
+                "pytorch_model.bin")
+
+
 def _read_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -92,17 +97,24 @@ def _read_weights(path: Path) -> dict:
     raise InputError("no model.safetensors, pytorch_model.bin or sharded index found", path)
 
 
+def read_hf_args(path: str | os.PathLike) -> ModelArgs:
+    """The ModelArgs of a transformers XGLM / XLM-R directory, from its config.json alone."""
+    from xlbtm.io import read_json
+    from xlbtm.models.adapters import args_from_hf_config
+
+    cfg_path = Path(path) / "config.json"
+    try:
+        return args_from_hf_config(read_json(cfg_path))
+    except (KeyError, ValueError) as e:
+        raise InputError(f"unsupported config.json: {e}", cfg_path) from None
+
+
 def load_hf(path: str | os.PathLike) -> tuple[dict, ModelArgs]:
     """(xlbtm_state_dict, args) from a transformers XGLM / XLM-R directory."""
-    from xlbtm.io import read_json
-    from xlbtm.models.adapters import args_from_hf_config, hf_to_xlbtm
+    from xlbtm.models.adapters import hf_to_xlbtm
 
     path = Path(path)
-    cfg = read_json(path / "config.json")
-    try:
-        args = args_from_hf_config(cfg)
-    except (KeyError, ValueError) as e:
-        raise InputError(f"unsupported config.json: {e}", path / "config.json") from None
+    args = read_hf_args(path)
     try:
         sd = hf_to_xlbtm(_read_weights(path), args.arch)
     except KeyError as e:

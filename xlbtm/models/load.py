@@ -101,9 +101,7 @@ def load_seed(spec: str | os.PathLike, model_size: str | None = None, vocab_size
             raise UsageError(f"--seed-model {spec_s!r} is not a preset ({', '.join(PRESETS)}), a Hugging Face "
                              "directory or a checkpoint file")
         kind, sd, args, extra = _load_checkpoint(path, model_size)
-    if vocab_size is not None and vocab_size > args.vocab_size:
-        raise UsageError(f"the tokenizer has {vocab_size} tokens but the seed model {spec_s} only "
-                         f"{args.vocab_size}: use the seed's own tokenizer")
+    _check_vocab(spec_s, args, vocab_size)
     if model_size is not None and kind in ("hf", "xlbtm"):
         ref = get_preset(model_size)
         diff = [k for k in ("arch", "d_model", "n_layers", "n_heads", "ffn_dim") if getattr(ref, k) != getattr(args, k)]
@@ -128,15 +126,10 @@ def seed_args(spec: str | os.PathLike, model_size: str | None = None, vocab_size
     path = Path(spec)
     if not (path.is_dir() and (path / "config.json").is_file()):
         return load_seed(spec, model_size=model_size, vocab_size=vocab_size, dtype=None)[1]
-    from xlbtm.io import read_json
-    from xlbtm.models.adapters import args_from_hf_config
+    from xlbtm.models.hf import WEIGHT_FILES, read_hf_args
 
-    try:
-        args = args_from_hf_config(read_json(path / "config.json"))
-    except (KeyError, ValueError) as e:
-        raise InputError(f"unsupported config.json: {e}", path / "config.json") from None
-    weights = [path / n for n in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                                  "pytorch_model.bin.index.json") if (path / n).is_file()]
+    args = read_hf_args(path)
+    weights = [path / n for n in WEIGHT_FILES if (path / n).is_file()]
     if not weights:
         raise InputError("no model.safetensors, pytorch_model.bin or sharded index found", path)
     if weights[0].name == "model.safetensors":
@@ -147,10 +140,15 @@ def seed_args(spec: str | os.PathLike, model_size: str | None = None, vocab_size
                 f.keys()
         except (SafetensorError, OSError) as e:
             raise InputError(f"unreadable safetensors file: {e}", weights[0]) from None
-    if vocab_size is not None and vocab_size > args.vocab_size:
-        raise UsageError(f"the tokenizer has {vocab_size} tokens but the seed model {spec_s} only "
-                         f"{args.vocab_size}: use the seed's own tokenizer")
+    _check_vocab(spec_s, args, vocab_size)
     return args
+
+
+def _check_vocab(spec: str, args: ModelArgs, vocab_size: int | None) -> None:
+    """A checkpoint must cover the tokenizer's vocabulary (presets take the tokenizer's instead)."""
+    if vocab_size is not None and vocab_size > args.vocab_size:
+        raise UsageError(f"the tokenizer has {vocab_size} tokens but the seed model {spec} only "
+                         f"{args.vocab_size}: use the seed's own tokenizer")
 
 
 def _load_checkpoint(path: Path, model_size: str | None):

@@ -29,13 +29,13 @@ def binarized_done(out_dir: Path, splits: list[str], tok_fingerprint: str, clust
     """True when every split is binarized with this tokenizer and clusterer from exactly the files that are
     there now (nothing to do); a stale split is named in a warning."""
     from xlbtm.data.binarize import split_inputs
-    from xlbtm.formats.binarized import MANIFEST, split_status
+    from xlbtm.formats.binarized import MANIFEST, NOT_BINARIZED, split_status
 
     for split in splits:
         d, why = split_status(out_dir, split, tok_fingerprint, clusterer_fp,
                               split_inputs(data_dir, split, clusters_dir))
         if d is None:
-            if why != "not binarized yet":
+            if why != NOT_BINARIZED:
                 log.warning(f"binarized split '{split}' in {out_dir} is out of date ({why}): re-binarizing it")
             return False
     return (Path(out_dir) / MANIFEST).is_file()
