@@ -331,3 +331,13 @@ def test_local_executor_keeps_the_given_gpus(tmp_path, monkeypatch):
     assert tuple(ex.parameters["visible_gpus"]) == (4, 5)
     with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES"):
         make_executor("local", tmp_path / "jobs", name="g", gpus_per_node=3, site=site)
+
+
+def test_job_ports_avoid_the_ephemeral_range():
+    """The rendezvous port every task derives from the job id is the same for all tasks, differs between
+    jobs, and lies below Linux's ephemeral range, where srun's own sockets could already hold it."""
+    from xlbtm.launch.distributed import _port_for
+
+    ports = [_port_for(str(j)) for j in range(2000)]
+    assert all(20000 <= p < 32768 for p in ports)
+    assert _port_for("540") == _port_for("540") and len(set(ports)) > 1500

@@ -48,8 +48,10 @@ class DistInfo:
 
 def _port_for(job_id: str) -> int:
     # Same idea as submitit: every task of a job derives the same port from the job id, with no
-    # communication; different jobs (and array elements) get different ports.
-    return random.Random(f"xlbtm-{job_id}").randint(20000, 60000)
+    # communication; different jobs (and array elements) get different ports. Below Linux's ephemeral range
+    # (32768-60999): a port in it can already be taken by any outgoing socket, srun's own listeners included
+    # (seen: rank 0's store failed with EADDRINUSE against srun, and rank 1 waited out the store timeout).
+    return random.Random(f"xlbtm-{job_id}").randint(20000, 32767)
 
 
 def _single_node_addr(hostnames: list[str]) -> str:
