@@ -82,7 +82,8 @@ def main():
     import torch
     from sklearn.metrics import normalized_mutual_info_score as nmi
 
-    from xlbtm.cluster.featurize import SubwordFeaturizer, WordFeaturizer, _class_table
+    from xlbtm.cluster.featurize import SubwordFeaturizer, WordFeaturizer
+    from xlbtm.cluster.words import _class_table
     from xlbtm.cluster.kmeans import fit_kmeans
     from xlbtm.cluster.train import sample_documents
     from xlbtm.tokenizer import load_tokenizer, train_sentencepiece

@@ -35,9 +35,9 @@ def recompute_prefix(f, ids):
     H = np.zeros((T, f.dim))
     for j in range(1, T):
         uniq, counts = np.unique(ids[:j], return_counts=True)
-        x = counts * f.idf[uniq]
+        x = counts * f.lsa.idf[uniq]
         x = x / np.linalg.norm(x)
-        p = f.components[:, uniq] @ x
+        p = f.lsa.components[:, uniq] @ x
         H[j] = p / np.linalg.norm(p)
     return H
 
@@ -48,13 +48,13 @@ def recompute_sparse_batched(f, ids):
     import scipy.sparse as sp
     from sklearn.preprocessing import normalize
 
-    T, V = len(ids), f.idf.shape[0]
+    T, V = len(ids), f.lsa.idf.shape[0]
     rows = np.repeat(np.arange(T), np.arange(T))  # row j holds the prefix [0, j)
     cols = np.concatenate([ids[:j] for j in range(T)])
     X = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(T, V))
     X.sum_duplicates()
-    X = normalize(X.multiply(f.idf[None, :]).tocsr())
-    return normalize(np.asarray(X @ f.components.T))
+    X = normalize(X.multiply(f.lsa.idf[None, :]).tocsr())
+    return normalize(np.asarray(X @ f.lsa.components.T))
 
 
 def bench_routing(args) -> dict:
@@ -85,7 +85,7 @@ def bench_routing(args) -> dict:
     try:  # the clusterer's reference featurizer (embedding_bag over the prefixes), all prefixes in one call
         from xlbtm.cluster.featurize import Lsa
 
-        lsa = Lsa(idf=f.idf.astype(np.float32), components=np.asarray(f.components, dtype=np.float32))
+        lsa = Lsa(idf=f.lsa.idf.astype(np.float32), components=np.asarray(f.lsa.components, dtype=np.float32))
         baselines["clusterer reference Lsa.featurize_token_ids, all prefixes batched"] = \
             lambda _f, ids: lsa.featurize_token_ids([ids[:j].tolist() for j in range(len(ids))])
     except ImportError:

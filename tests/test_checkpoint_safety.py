@@ -121,7 +121,8 @@ def test_a_save_that_fails_half_way_never_moves_latest(tmp_path, monkeypatch):
     step 1, a resume loads it, and the next save of step 2 replaces the half-written files."""
     import torch.distributed.checkpoint.filesystem as fs
 
-    from xlbtm.parallel.checkpoint import latest_checkpoint, load_newest_readable, save_checkpoint
+    from xlbtm.formats.checkpoints import latest_checkpoint
+    from xlbtm.parallel.checkpoint import load_newest_readable, save_checkpoint
 
     ck1, model, opt = _real_checkpoint(tmp_path)
     real_write = fs._write_item
@@ -151,7 +152,8 @@ def test_a_save_that_fails_half_way_never_moves_latest(tmp_path, monkeypatch):
 def test_truncated_shard_of_the_newest_checkpoint_falls_back(tmp_path):
     """A truncated `.distcp` (not just `.metadata`) fails inside DCP, whose CheckpointException is a
     BaseException: the fallback must still see it and load the step before."""
-    from xlbtm.parallel.checkpoint import latest_checkpoint, load_newest_readable, save_checkpoint
+    from xlbtm.formats.checkpoints import latest_checkpoint
+    from xlbtm.parallel.checkpoint import load_newest_readable, save_checkpoint
 
     ck1, model, opt = _real_checkpoint(tmp_path)
     ck2 = save_checkpoint(tmp_path / "run", 2, model, opt, {"step": 2, "position": 4, "seed": 1})
@@ -167,8 +169,8 @@ def test_payload_in_any_torch_file_a_user_passes_never_runs(tmp_path, where):
     """--seed-model / --model-paths take .pt files and HF dirs from other people: each reaches its loader
     through the same entry point users type, and the payload is refused, not run."""
     from xlbtm.models import build_model, get_preset
-    from xlbtm.models.hf import save_hf
-    from xlbtm.models.load import load_seed
+    from xlbtm.formats.hf import save_hf
+    from xlbtm.formats.seed import load_seed
 
     marker = tmp_path / "pwned"
     evil = {"model": {"w": torch.ones(2)}, "extra": _Payload(marker)}

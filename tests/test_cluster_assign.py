@@ -7,7 +7,7 @@ import pytest
 
 from xlbtm.cluster import assign as assign_mod
 from xlbtm.cluster.artifact import load_clusterer
-from xlbtm.cluster.files import iter_assignments, read_manifest
+from xlbtm.formats.clusters import iter_assignments, read_manifest
 from xlbtm.errors import InputError, UsageError
 
 

@@ -3,7 +3,8 @@ import re
 import numpy as np
 import pytest
 
-from xlbtm.cluster.featurize import Lsa, SubwordFeaturizer, WordFeaturizer, top_terms, word_tokens
+from xlbtm.cluster.featurize import Lsa, SubwordFeaturizer, WordFeaturizer, top_terms
+from xlbtm.cluster.words import word_tokens
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from xlbtm.cluster import files
+from xlbtm.formats import clusters as files
 from xlbtm.errors import InputError
 
 

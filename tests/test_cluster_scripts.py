@@ -104,7 +104,7 @@ def test_sampling_reads_lines_like_the_corpus_reader(tmp_path):
     import gzip
 
     from xlbtm.cluster.train import _chosen_lines, sample_documents
-    from xlbtm.corpus import BOM, ReadStats, iter_file
+    from xlbtm.corpus.reader import BOM, ReadStats, iter_file
 
     def body(tag: bytes) -> tuple[bytes, int]:
         lines = [b'{"text": "%s0 first", "lang": "en"}', b"", b'{"text": "%s2 zwei", "lang": "de"}', b"   \t",

@@ -39,7 +39,7 @@ def _trained(tok, run_dir, seed=0):
 
 
 def test_consolidate_reproduces_trained_logits(tiny, tmp_path):  # noqa: F811
-    from metaseq_ext.consolidated import load_consolidated
+    from xlbtm.formats.consolidated import load_consolidated
     from xlbtm.models import build_model
     from xlbtm.models.safe_load import safe_torch_load
     from xlbtm.scripts import consolidate as script
@@ -160,8 +160,8 @@ def test_shell_script_spaces_skips_and_failures(tiny, tmp_path, runner):  # noqa
 
 def test_consolidate_metaseq_sharded_dir(tmp_path):
     """c-BTM's sharded `checkpoint_last-model_part-*-shard*.pt` -> one consolidated.pt with the same logits."""
-    from metaseq_ext.consolidated import load_consolidated
-    from metaseq_ext.writer import write_sharded_checkpoint
+    from xlbtm.formats.consolidated import load_consolidated
+    from metaseq_writer import write_sharded_checkpoint
     from xlbtm.models import ModelArgs, build_model
     from xlbtm.scripts import consolidate as script
 

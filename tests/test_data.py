@@ -80,7 +80,7 @@ def test_binarize_parallel_workers_give_identical_bytes(demo, binarized, tmp_pat
 def test_unassigned_documents_are_an_error_unless_allowed(demo, tmp_path):
     import shutil
 
-    from xlbtm.cluster.files import cluster_files
+    from xlbtm.formats.clusters import cluster_files
     from xlbtm.data.binarize import binarize
     from xlbtm.errors import InputError
 
@@ -102,7 +102,7 @@ def test_binarize_cli_reports_unassigned_with_exit_2(demo, tmp_path, capsys):
     import shutil
 
     from xlbtm.cli import main_wrapper
-    from xlbtm.cluster.files import cluster_files
+    from xlbtm.formats.clusters import cluster_files
     from xlbtm.scripts.binarize import main
 
     root, data, tok, cdir = demo
@@ -203,7 +203,7 @@ def test_documents_added_after_binarizing_are_binarized_on_rerun(demo, tmp_path,
     import json
     import logging
 
-    from xlbtm.cluster.files import cluster_file_path, write_cluster_file
+    from xlbtm.formats.clusters import cluster_file_path, write_cluster_file
     from xlbtm.corpus import Corpus
     from xlbtm.data.binarize import binarize
 
@@ -258,7 +258,7 @@ def test_cluster_files_of_another_clusterer_are_refused(demo, tmp_path):
     old clusterer's and must not be binarized as the new one's."""
     import json
 
-    from xlbtm.cluster.files import iter_assignments, stats_path
+    from xlbtm.formats.clusters import iter_assignments, stats_path
     from xlbtm.data.binarize import binarize
     from xlbtm.errors import InputError
 

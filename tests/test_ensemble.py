@@ -108,16 +108,16 @@ def _toy_featurizer(V=40, d=6, K=3, seed=0, dtype="float64"):
 
 def _scratch_featurize(f: routing.LinearFeaturizer, ids):
     """sklearn's pipeline written out: counts -> *idf -> l2 norm -> SVD -> l2 norm (unknown ids count 0)."""
-    V = f.idf.shape[0]
+    V = f.lsa.idf.shape[0]
     counts = np.zeros(V)
     for t in ids:
         if 0 <= t < V:
             counts[t] += 1
-    x = counts * f.idf
+    x = counts * f.lsa.idf
     n = np.linalg.norm(x)
     if n == 0:
         return np.zeros(f.dim)
-    p = f.components @ (x / n)
+    p = f.lsa.components @ (x / n)
     return p / np.linalg.norm(p)
 
 
@@ -256,7 +256,7 @@ def make_expert(run_dir: Path, tok, cluster: int, K: int, *, seed: int, fingerpr
         "tokenizer_fingerprint": tok.fingerprint, "seed_model": "debug", "run_name": run_dir.name, "data": {}})
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if consolidated:
-        from metaseq_ext.consolidated import save_consolidated
+        from xlbtm.formats.consolidated import save_consolidated
 
         save_consolidated(run_dir / "consolidated.pt", sd, args)
     else:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from xlbtm.errors import InputError, UsageError
-from xlbtm.models import ModelArgs, build_model, load_seed
+from xlbtm.formats.seed import load_seed
+from xlbtm.models import ModelArgs, build_model
 from xlbtm.models.adapters import hf_to_xlbtm, xlbtm_to_fairseq
 
 
@@ -46,7 +47,7 @@ def _hf_logits(hf, x):
 
 @pytest.mark.parametrize("arch", ["xglm", "xlmr"])
 def test_save_hf_loads_in_transformers_with_parity(tmp_path, arch):
-    from xlbtm.models.hf import save_hf
+    from xlbtm.formats.hf import save_hf
 
     args = _args(arch)
     m = _model(args)
@@ -61,9 +62,9 @@ def test_save_hf_loads_in_transformers_with_parity(tmp_path, arch):
 @pytest.mark.parametrize("arch", ["xglm", "xlmr"])
 def test_hf_to_xlbtm_to_hf_is_exact(tmp_path, arch):
     """HF model -> save_pretrained -> xlbtm (load_hf) -> consolidated.pt -> save_hf -> HF: identical logits."""
-    from metaseq_ext.consolidated import load_consolidated, save_consolidated
+    from xlbtm.formats.consolidated import load_consolidated, save_consolidated
     from xlbtm.models.adapters import hf_config
-    from xlbtm.models.hf import load_hf, save_hf
+    from xlbtm.formats.hf import load_hf, save_hf
 
     args = _args(arch)
     from transformers import XGLMForCausalLM, XLMRobertaForMaskedLM
@@ -86,7 +87,7 @@ def test_hf_to_xlbtm_to_hf_is_exact(tmp_path, arch):
 
 @pytest.mark.parametrize("arch", ["xglm", "xlmr"])
 def test_consolidated_round_trip_and_plain_torch_load(tmp_path, arch):
-    from metaseq_ext.consolidated import load_consolidated, save_consolidated
+    from xlbtm.formats.consolidated import load_consolidated, save_consolidated
 
     args = _args(arch)
     m = _model(args)
@@ -107,8 +108,8 @@ def test_consolidated_round_trip_and_plain_torch_load(tmp_path, arch):
 def test_metaseq_sharded_to_hf_preserves_logits_exactly(tmp_path):
     """metaseq 2 MP parts x 2 FSDP shards -> (CLI) HF dir: same logits as the HF model of the same weights."""
     from conversion.metaseq_to_hf import main
-    from metaseq_ext.writer import write_sharded_checkpoint
-    from xlbtm.models.hf import save_hf
+    from metaseq_writer import write_sharded_checkpoint
+    from xlbtm.formats.hf import save_hf
 
     args = _args()
     m = _model(args, seed=4)
@@ -142,7 +143,7 @@ def test_fairseq_xlmr_to_hf_cli(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(_hf_logits(hf, x), m(x), atol=1e-5, rtol=0)
     # the XLM-R converter refuses an XGLM checkpoint with a clear message
-    from metaseq_ext.writer import write_sharded_checkpoint
+    from metaseq_writer import write_sharded_checkpoint
 
     xa = _args()
     write_sharded_checkpoint(tmp_path / "g", _model(xa).state_dict(), xa, model_parts=1, shards=1)
@@ -151,9 +152,9 @@ def test_fairseq_xlmr_to_hf_cli(tmp_path):
 
 
 def test_load_seed_every_kind(tmp_path):
-    from metaseq_ext.consolidated import save_consolidated
-    from metaseq_ext.writer import write_sharded_checkpoint
-    from xlbtm.models.hf import save_hf
+    from xlbtm.formats.consolidated import save_consolidated
+    from metaseq_writer import write_sharded_checkpoint
+    from xlbtm.formats.hf import save_hf
 
     model, args, info = load_seed("debug", vocab_size=300)
     assert info["kind"] == "preset" and args.vocab_size == 300 and model.embed_tokens.weight.shape[0] == 300
@@ -207,7 +208,7 @@ def test_converter_clis_chain(tmp_path):
     """HF -> xlbtm seed -> metaseq consolidated -> HF, all via the CLIs; errors exit 2 with one line."""
     from conversion import hf_to_xlbtm, xlbtm_to_hf, xlbtm_to_metaseq
     from xlbtm.cli import main_wrapper
-    from xlbtm.models.hf import save_hf
+    from xlbtm.formats.hf import save_hf
 
     a = _args()
     m = _model(a, seed=7)
@@ -230,7 +231,7 @@ def test_converter_clis_chain(tmp_path):
 def test_save_hf_with_tokenizer(tmp_path):
     from transformers import AutoTokenizer
 
-    from xlbtm.models.hf import save_hf
+    from xlbtm.formats.hf import save_hf
     from xlbtm.tokenizer import load_tokenizer, train_sentencepiece
 
     texts = [f"hello world number {i} bonjour le monde {i * 7} hola mundo" for i in range(200)]
@@ -278,7 +279,7 @@ def test_plain_fairseq_xglm_file_fp16(tmp_path):
 def test_one_convert_command_for_every_pair(tmp_path, capsys):
     """`python -m xlbtm.scripts.convert --from X --to Y` (also `xlbtm convert`): metaseq shards -> HF ->
     xlbtm -> metaseq keeps the logits bit for bit; --arch refuses another architecture; bad flags exit 2."""
-    from metaseq_ext.writer import write_sharded_checkpoint
+    from metaseq_writer import write_sharded_checkpoint
     from xlbtm.cli import main_wrapper
     from xlbtm.formats.consolidated import load_consolidated
     from xlbtm.scripts.__main__ import main as xlbtm_main

@@ -6,8 +6,8 @@ import argparse
 import pytest
 import torch
 
-from metaseq_ext.sharded import consolidate_shard_weights, find_checkpoint_files, load_metaseq_checkpoint
-from metaseq_ext.writer import flatten_and_shard, split_model_parallel, write_sharded_checkpoint
+from xlbtm.formats.metaseq import consolidate_shard_weights, find_checkpoint_files, load_metaseq_checkpoint
+from metaseq_writer import flatten_and_shard, split_model_parallel, write_sharded_checkpoint
 from xlbtm.errors import InputError
 from xlbtm.models import ModelArgs, build_model
 from xlbtm.models.adapters import xlbtm_to_fairseq
@@ -156,3 +156,15 @@ def test_many_parts_and_shards_are_joined_in_numeric_order(tmp_path):
     _assert_same_weights(ck, m, args)
     assert [f.name for f in ck.files] == [f"checkpoint_last-model_part-{mp}-shard{dp}.pt"
                                           for mp in range(parts) for dp in range(shards)]
+
+
+def test_deprecated_metaseq_ext_names_still_import():
+    """metaseq_ext's readers moved to xlbtm.formats; the old module names stay for one release."""
+    import metaseq_ext.consolidated as old_consolidated
+    import metaseq_ext.convert as old_convert
+    import metaseq_ext.sharded as old_sharded
+    from xlbtm.formats import consolidated, metaseq
+
+    assert old_sharded.load_metaseq_checkpoint is metaseq.load_metaseq_checkpoint
+    assert old_convert.metaseq_to_xlbtm is metaseq.metaseq_to_xlbtm
+    assert old_consolidated.save_consolidated is consolidated.save_consolidated

@@ -75,7 +75,7 @@ def test_fsdp_x_tp_4_processes_matches_single_process(data_bin, reference, tmp_p
 
 @pytest.mark.slow  # two launches
 def test_checkpoint_from_dp2_resumes_at_dp1(data_bin, reference, tmp_path):
-    from xlbtm.parallel.checkpoint import latest_checkpoint, read_train_state
+    from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 
     import shutil
 
@@ -98,7 +98,7 @@ def test_checkpoint_from_one_process_resumes_on_fsdp_dp2(data_bin, reference, tm
     into an FSDP dp=2 mesh and continue exactly like the uninterrupted single-process run."""
     import shutil
 
-    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.formats.checkpoints import latest_checkpoint
 
     run = tmp_path / "dp1_then_dp2"
     launch(1, base_cfg(run, data_bin, save_interval_updates=2))
@@ -112,8 +112,9 @@ def test_checkpoint_from_one_process_resumes_on_fsdp_dp2(data_bin, reference, tm
 
 def test_checkpoint_layout_latest_pointer_and_keep_last_two(data_bin, tmp_path):
     from xlbtm.models import build_model, get_preset
-    from xlbtm.parallel.checkpoint import latest_checkpoint, read_model_state
-    from xlbtm.train.expert_dir import read_expert_info
+    from xlbtm.formats.checkpoints import latest_checkpoint
+    from xlbtm.parallel.checkpoint import read_model_state
+    from xlbtm.formats.expert import read_expert_info
 
     run = tmp_path / "keep"
     launch(1, base_cfg(run, data_bin, max_steps=5, save_interval_updates=1))

@@ -51,7 +51,7 @@ sys.stdin.read()
 
 def test_a_second_trainer_on_a_run_dir_stops_and_names_the_holder(demo, tmp_path, capsys):
     from xlbtm.errors import UsageError
-    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.formats.checkpoints import latest_checkpoint
     from xlbtm.scripts.train_experts import main
     from xlbtm.train.config import TrainConfig
     from xlbtm.train.loop import train_expert
@@ -69,7 +69,7 @@ def test_a_second_trainer_on_a_run_dir_stops_and_names_the_holder(demo, tmp_path
         assert f"cluster 0: {run} is being trained by pid {holder.pid} on " in err
         assert "another --serialization-dir" in err
         # the trainer itself (a job started anyway, e.g. submitted twice) stops before touching the run
-        from xlbtm.train.expert_dir import read_expert_info
+        from xlbtm.formats.expert import read_expert_info
 
         cfg = TrainConfig.from_dict(dict(read_expert_info(run).data["config"], max_steps=4, keep_checkpoints=1))
         with pytest.raises(UsageError, match=f"is being trained by pid {holder.pid}"):
@@ -166,7 +166,7 @@ def test_settings_a_job_would_find_later_are_refused_before_queueing(demo, tmp_p
 
     # an HF seed whose weights are corrupt: named before anything is binarized
     from xlbtm.models import build_model, get_preset
-    from xlbtm.models.hf import save_hf
+    from xlbtm.formats.hf import save_hf
 
     hf = tmp_path / "hf"
     save_hf(build_model(get_preset("debug")), get_preset("debug"), hf, tokenizer_dir=tok)

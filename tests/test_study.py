@@ -10,7 +10,7 @@ import pytest
 
 
 def test_allocate_steps_is_proportional_exact_and_never_zero():
-    from xlbtm.train.experts import allocate_steps
+    from xlbtm.train.plan import allocate_steps
 
     steps = allocate_steps(400, [300, 100, 0, 600])
     assert sum(steps) == 400 and min(steps) >= 1

@@ -54,8 +54,8 @@ def test_optimizer_is_adamw_with_cbtm_betas_and_no_decay_on_vectors():
 
 def test_expert_info_roundtrip_and_order_from_expert_json(tmp_path):
     from xlbtm.errors import InputError
-    from xlbtm.train.expert_dir import (ExpertInfo, expert_run_dir, find_expert_dirs, read_expert_info,
-                                        write_expert_info)
+    from xlbtm.formats.expert import ExpertInfo, read_expert_info, write_expert_info
+    from xlbtm.train.expert_dir import expert_run_dir, find_expert_dirs
 
     dirs = []
     for k in (10, 2, 1):  # folder names sort as 1, 10, 2; expert order must be 1, 2, 10
@@ -113,7 +113,7 @@ def uninterrupted(demo, tmp_path_factory):
 
 @pytest.mark.slow  # three launches (reference, killed, rerun)
 def test_sigkill_then_rerun_equals_uninterrupted_run(demo, uninterrupted, tmp_path):
-    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.formats.checkpoints import latest_checkpoint
 
     root = demo[0]
     run = tmp_path / "killed"
@@ -163,7 +163,7 @@ def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(demo, uninte
 
 
 def test_sigusr1_saves_and_exits_resumably(demo, uninterrupted, tmp_path):
-    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.formats.checkpoints import latest_checkpoint
 
     root = demo[0]
     run = tmp_path / "preempted"
@@ -191,7 +191,7 @@ def test_mlm_expert_trains(demo, tmp_path):
                                  validate_interval_updates=12, learning_rate=1e-2))
     losses = train_losses(run)
     assert losses[12] < losses[1]
-    from xlbtm.train.expert_dir import read_expert_info
+    from xlbtm.formats.expert import read_expert_info
 
     info = read_expert_info(run)
     assert info.objective == "mlm" and info.model_args["arch"] == "xlmr"
@@ -223,7 +223,7 @@ def test_train_experts_dry_run_prints_plan_and_writes_nothing(demo, tmp_path, ca
 def test_train_experts_request_defaults_are_the_flag_defaults():
     """The library request and the CLI agree on every default (a drifted default would change the run)."""
     from xlbtm.scripts.train_experts import build_parser
-    from xlbtm.train.experts import TrainExpertsRequest
+    from xlbtm.train.plan import TrainExpertsRequest
 
     req = TrainExpertsRequest.from_args(build_parser().parse_args(
         ["--run", "debug", "--seed-model", "debug", "--num-clusters", "1", "--path-to-data", "D",
@@ -235,8 +235,8 @@ def test_train_experts_request_defaults_are_the_flag_defaults():
 
 def test_plan_experts_and_describe_plan_without_the_cli(demo, tmp_path, monkeypatch):
     from xlbtm.errors import UsageError
-    from xlbtm.train.experts import (TrainExpertsRequest, all_completed, describe_plan, describe_results,
-                                     plan_experts)
+    from xlbtm.train.experts import all_completed, describe_results
+    from xlbtm.train.plan import TrainExpertsRequest, describe_plan, plan_experts
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     root, data, tok, cdir = demo
@@ -266,7 +266,7 @@ def test_plan_experts_and_describe_plan_without_the_cli(demo, tmp_path, monkeypa
 
 
 def test_local_runs_in_waves_sized_by_the_machine(monkeypatch):
-    from xlbtm.train.experts import LaunchSpec, local_slots
+    from xlbtm.train.plan import LaunchSpec, local_slots
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert len(local_slots(LaunchSpec(run="local", num_nodes=1, num_gpus=2, device="cpu"))) == 4
@@ -302,9 +302,9 @@ def test_train_experts_bad_flags_exit_2(demo, tmp_path, capsys, bad, msg):
 
 
 def test_train_experts_debug_dense_baseline_and_resume(demo, tmp_path, capsys):
-    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.formats.checkpoints import latest_checkpoint
     from xlbtm.scripts.train_experts import main
-    from xlbtm.train.expert_dir import read_expert_info
+    from xlbtm.formats.expert import read_expert_info
 
     root, data, tok, cdir = demo
     ser = tmp_path / "ser"
@@ -328,7 +328,7 @@ def test_train_experts_debug_dense_baseline_and_resume(demo, tmp_path, capsys):
 @pytest.mark.slow
 def test_train_experts_local_two_experts_on_manpages(manpages_dir, tmp_path, capsys):
     """Real corpus, 2 experts (by language group), tiny model, one local submitit job per expert."""
-    from xlbtm.cluster.files import cluster_file_path, write_cluster_file, write_manifest
+    from xlbtm.formats.clusters import cluster_file_path, write_cluster_file, write_manifest
     from xlbtm.corpus import Corpus
     from xlbtm.scripts.train_experts import main
     from xlbtm.tokenizer import train_sentencepiece
@@ -378,7 +378,7 @@ def _slurm_argv(demo, ser, *extra):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_train_experts_slurm_two_experts_two_tasks(demo, tmp_path, slurm_cluster, monkeypatch, capsys):
-    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.formats.checkpoints import latest_checkpoint
     from xlbtm.scripts.train_experts import main
     from xlbtm.train.expert_dir import find_expert_dirs, read_expert_info
 
@@ -402,7 +402,7 @@ def test_train_experts_slurm_requeue_resumes(demo, tmp_path, slurm_cluster, monk
     """`scontrol requeue` (SIGTERM) mid-run: the ranks agree, save, exit; SLURM reruns the job, which resumes."""
     import re
 
-    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.formats.checkpoints import latest_checkpoint
     from xlbtm.scripts.train_experts import main
     from xlbtm.train.metrics import read_train_log
 
@@ -435,10 +435,10 @@ def test_train_experts_slurm_requeue_resumes(demo, tmp_path, slurm_cluster, monk
 def test_branch_from_hf_seed_uses_its_weights_and_tokenizer(demo, tmp_path, capsys):
     """An HF seed dir carries its tokenizer (no --tokenizer needed); with lr 0 the expert equals the seed."""
     from xlbtm.models import build_model, get_preset
-    from xlbtm.models.hf import save_hf
+    from xlbtm.formats.hf import save_hf
     from xlbtm.scripts.train_experts import main
     from xlbtm.tokenizer import load_tokenizer
-    from xlbtm.train.expert_dir import read_expert_info
+    from xlbtm.formats.expert import read_expert_info
 
     root, data, tok, cdir = demo
     torch.manual_seed(123)
@@ -561,7 +561,7 @@ def test_training_flags_reach_the_expert_config_by_name(demo, tmp_path):
     from xlbtm.errors import UsageError
     from xlbtm.scripts.train_experts import build_parser
     from xlbtm.train.config import TrainConfig
-    from xlbtm.train.experts import TrainExpertsRequest, plan_experts
+    from xlbtm.train.plan import TrainExpertsRequest, plan_experts
 
     from xlbtm.train.config import TrainingSettings
 

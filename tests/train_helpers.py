@@ -31,7 +31,7 @@ def free_port() -> int:
 
 def make_demo_data(root: Path, *, n_train: int = 120, n_valid: int = 24, clusters: int = 2):
     """Demo corpus, tokenizer, cluster files (cluster = line index % K) under `root`; returns paths."""
-    from xlbtm.cluster.files import cluster_file_path, write_cluster_file, write_manifest
+    from xlbtm.formats.clusters import cluster_file_path, write_cluster_file, write_manifest
     from xlbtm.corpus import Corpus
     from xlbtm.demo_corpus import write_demo_corpus
     from xlbtm.tokenizer import train_sentencepiece
@@ -109,6 +109,7 @@ def train_gnorms(run_dir) -> dict[int, float]:
 
 
 def final_weights(run_dir):
-    from xlbtm.parallel.checkpoint import latest_checkpoint, read_model_state
+    from xlbtm.formats.checkpoints import latest_checkpoint
+    from xlbtm.parallel.checkpoint import read_model_state
 
     return read_model_state(latest_checkpoint(run_dir))

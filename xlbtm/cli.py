@@ -143,3 +143,11 @@ def add_settings_args(parser: argparse.ArgumentParser, settings_cls, groups: dic
             g.add_argument(*names, dest=f.name, type=meta["type"] or type(f.default), default=f.default,
                            help=meta["help"])
     return groups
+
+
+def add_skip_bad_lines_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--skip-bad-lines", action="store_true",
+        help="skip malformed lines (bad JSON, missing/non-string 'text', invalid UTF-8) and report how many "
+             "were skipped, instead of stopping at the first one with exit status 2",
+    )

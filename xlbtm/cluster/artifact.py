@@ -1,15 +1,5 @@
-"""Clusterer artifacts: one directory format for TF-IDF and typological clusterers. No pickle anywhere.
-
-    <dir>/clusterer.json        kind, num_clusters, featurizer, params, tokenizer fingerprint, file hashes,
-                                and `fingerprint` = sha256 of all of that (so it covers the arrays' bytes)
-    <dir>/arrays.safetensors    tfidf: idf [V], components [d, V], centroids [K, d]
-                                typological: features [L, F] (NaN = missing URIEL value)
-    <dir>/vocab.json            word featurizer: the term of every id (id 0 = [UNK])
-    <dir>/tokenizer/            subword featurizer: a copy of the seed tokenizer dir (its fingerprint is in
-                                clusterer.json and checked on load)
-
-`load_clusterer(path)` verifies the file hashes and the fingerprint, so a modified or truncated artifact is
-an error, never silently different clusters.
+"""Clusterers as objects: TF-IDF (nearest centroid on LSA features) and typological (by language). Their one
+on-disk format, reader and writer are `xlbtm.formats.clusterer`.
 
 For the ensemble router (subword): `c.idf`, `c.components`, `c.centroids`, `c.projection` (= idf[:, None] *
 components.T) and `c.featurize_token_ids(ids)` (the reference; see `xlbtm.cluster.featurize`). Distances
@@ -19,20 +9,12 @@ are squared Euclidean between L2-normalized features and (unnormalized) centroid
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from xlbtm.errors import InputError, UsageError
-
-FORMAT = "xlbtm-clusterer/1"
-META = "clusterer.json"
-ARRAYS = "arrays.safetensors"
-VOCAB = "vocab.json"
-TOKENIZER_DIR = "tokenizer"
-
 
 # -------------------------------------------------------------------------------------------- documents
 
@@ -108,6 +90,8 @@ class TfidfClusterer:
 
             if self.path is None:
                 raise UsageError("this clusterer has no tokenizer attached")
+            from xlbtm.formats.clusterer import TOKENIZER_DIR
+
             tok = load_tokenizer(self.path / TOKENIZER_DIR)
             self._check_tokenizer(tok)
             self._tokenizer = tok
@@ -188,88 +172,18 @@ class TypologicalClusterer:
     predict_balanced = predict  # language groups are fixed; balance comes from how they were formed
 
 
-# ----------------------------------------------------------------------------------------------- save/load
-
-def _fingerprint(meta: dict) -> str:
-    from xlbtm.io import sha256_json
-
-    return sha256_json({k: v for k, v in meta.items() if k != "fingerprint"})
-
-
-def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray], *,
-                   vocab: list[str] | None = None, tokenizer_dir: str | os.PathLike | None = None) -> str:
-    """Write an artifact directory atomically (built in a temp dir, then renamed). Returns the fingerprint."""
-    from safetensors.numpy import save_file
-
-    from xlbtm.io import atomic_dir, sha256_file, write_json
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not (out_dir / META).is_file() and any(out_dir.iterdir()):
-        raise UsageError(f"--output-dir {out_dir} exists and is not a clusterer directory; refusing to overwrite it")
-    with atomic_dir(out_dir) as tmp:  # readers see the old artifact or the new one, never a half-written one
-        files = {}
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / ARRAYS))
-        files[ARRAYS] = sha256_file(tmp / ARRAYS)
-        if vocab is not None:
-            write_json(tmp / VOCAB, vocab, indent=0)
-            files[VOCAB] = sha256_file(tmp / VOCAB)
-        if tokenizer_dir is not None:
-            if Path(tokenizer_dir).is_file():  # a bare sentencepiece model file
-                (tmp / TOKENIZER_DIR).mkdir()
-                shutil.copy2(tokenizer_dir, tmp / TOKENIZER_DIR / Path(tokenizer_dir).name)
-            else:
-                shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR,
-                                ignore=shutil.ignore_patterns(".*", "__pycache__"))
-        meta = {"format": FORMAT, **meta, "files": files}
-        meta["fingerprint"] = _fingerprint(meta)
-        write_json(tmp / META, meta)
-    return meta["fingerprint"]
-
-
-def read_meta(path: str | os.PathLike) -> dict:
-    from xlbtm.io import read_json
-
-    path = Path(path)
-    if not (path / META).is_file():
-        raise InputError(f"not a clusterer directory (no {META}; train one with xlbtm.scripts.train_clusterer)",
-                         path)
-    meta = read_json(path / META)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise InputError(f"unknown clusterer format {meta.get('format') if isinstance(meta, dict) else None!r} "
-                         f"(expected {FORMAT})", path / META)
-    return meta
-
+# ------------------------------------------------------------------------------------------------ load
 
 def load_clusterer(path: str | os.PathLike, tokenizer=None, *, verify: bool = True):
-    """Load a TfidfClusterer or TypologicalClusterer. Never executes code from the artifact (json +
-    safetensors only). With `verify`, file hashes and the fingerprint must match clusterer.json."""
-    from safetensors.numpy import load_file
-
-    from xlbtm.io import read_json, sha256_file
+    """Load a TfidfClusterer or TypologicalClusterer from its artifact dir (`xlbtm.formats.clusterer`)."""
+    from xlbtm.formats.clusterer import META, read_clusterer
 
     path = Path(path)
-    meta = read_meta(path)
-    for key in ("kind", "num_clusters", "fingerprint", "files"):
-        if key not in meta:
-            raise InputError(f"clusterer.json lacks '{key}'", path / META)
-    if verify:
-        for name, digest in meta["files"].items():
-            f = path / name
-            if not f.is_file():
-                raise InputError(f"clusterer file {name} is missing", path)
-            if sha256_file(f) != digest:
-                raise InputError(f"clusterer file {name} was modified or is corrupt (sha256 mismatch)", f)
-        if _fingerprint(meta) != meta["fingerprint"]:
-            raise InputError("clusterer.json was edited: its fingerprint does not match its content", path / META)
-    try:
-        arrays = load_file(str(path / ARRAYS))
-    except Exception as e:  # safetensors raises its own error types for truncated/garbled files
-        raise InputError(f"cannot read arrays: {e}", path / ARRAYS) from None
+    meta, arrays, vocab = read_clusterer(path, verify=verify)
     if meta["kind"] == "typological":
         return TypologicalClusterer(meta, arrays.get("features"), path)
     if meta["kind"] != "tfidf":
         raise InputError(f"unknown clusterer kind {meta['kind']!r}", path / META)
-    vocab = read_json(path / VOCAB) if meta.get("featurizer") == "word" else None
     c = TfidfClusterer(meta, arrays["idf"], arrays["components"], arrays["centroids"], path, vocab)
     if tokenizer is not None:
         if meta.get("featurizer") != "subword":

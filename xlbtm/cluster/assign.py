@@ -1,7 +1,7 @@
 """Assign every document of a corpus split to a cluster (step 2 of the pipeline), in parallel jobs.
 
 Per input file `<data>/<split>/<shard>/<f>.jsonl[.gz]` one output `<out>/<split>/<shard>/<f>.jsonl` with
-`{"sp_id", "cluster"}` lines (see `xlbtm.cluster.files`), written atomically, then a hidden per-file stats
+`{"sp_id", "cluster"}` lines (see `xlbtm.formats.clusters`), written atomically, then a hidden per-file stats
 sidecar. Re-running skips files whose sidecar matches the clusterer fingerprint and the input file (size +
 mtime) and redoes the rest, so a killed run resumes. Workers stream their files in batches, so memory stays
 flat as the corpus grows; the manifest is aggregated from the sidecars at the end (K x languages numbers).
@@ -39,19 +39,11 @@ def input_signature(path: Path) -> dict:
 
 
 def is_done(job: FileJob, fingerprint: str) -> bool:
-    from xlbtm.cluster.files import stats_path
+    from xlbtm.formats.clusters import read_sidecar
 
-    out = Path(job.out)
-    sp = stats_path(out)
-    if not (out.is_file() and sp.is_file()):
-        return False
-    try:
-        import json
-
-        s = json.loads(sp.read_text())
-    except (OSError, ValueError):
-        return False
-    return s.get("fingerprint") == fingerprint and s.get("input") == job.signature and s.get("rel") == job.rel
+    s = read_sidecar(job.out) if Path(job.out).is_file() else None
+    return s is not None and s.get("fingerprint") == fingerprint and s.get("input") == job.signature \
+        and s.get("rel") == job.rel
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -70,9 +62,9 @@ def _get_clusterer(path: str):
 
 def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_lines: bool = False) -> dict:
     """Cluster one file; writes the cluster file and then its sidecar. Returns the sidecar dict."""
-    from xlbtm.cluster.files import format_line, stats_path
     from xlbtm.corpus import ReadStats, iter_file
-    from xlbtm.io import atomic_open, write_json
+    from xlbtm.formats.clusters import format_line, write_sidecar
+    from xlbtm.io import atomic_open
 
     k = clusterer.num_clusters
     docs_per = [0] * k
@@ -103,7 +95,7 @@ def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_line
             flush(batch, f)
     side = {"fingerprint": clusterer.fingerprint, "rel": job.rel, "input": job.signature,
             "documents": docs_per, "chars": chars_per, "lang": by_lang, "skipped_lines": stats.skipped}
-    write_json(stats_path(job.out), side, indent=0)
+    write_sidecar(job.out, side)
     return side
 
 
@@ -133,7 +125,7 @@ def _clean_stale_tmp(out: Path) -> None:
 def _remove_orphans(output_prefix: Path, split: str, jobs: Sequence[FileJob]) -> None:
     """Cluster files we wrote earlier for input files that no longer exist would be read back as part of
     the split: remove them (only ours, recognized by their sidecar); warn about foreign ones."""
-    from xlbtm.cluster.files import stats_path
+    from xlbtm.formats.clusters import stats_path
     from xlbtm.corpus import find_jsonl_files
 
     d = output_prefix / split
@@ -154,7 +146,7 @@ def _remove_orphans(output_prefix: Path, split: str, jobs: Sequence[FileJob]) ->
 
 def plan(data_dir, output_prefix, split: str, fingerprint: str) -> tuple[list[FileJob], list[FileJob]]:
     """(all file jobs of the split, the ones still to do)."""
-    from xlbtm.cluster.files import cluster_file_path
+    from xlbtm.formats.clusters import cluster_file_path
     from xlbtm.corpus import Corpus
 
     corpus = Corpus(data_dir)
@@ -250,10 +242,8 @@ def _run_slurm(clusterer_path, todo, job_dir, max_array_tasks, batch_size, skip_
 
 def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob], clusterer, data_dir) -> dict:
     """Aggregate the split's sidecars into manifest.json (adding/replacing this split's entry)."""
-    import json
-
-    from xlbtm.cluster.files import MANIFEST, FORMAT, stats_path, write_manifest
     from xlbtm.errors import InputError
+    from xlbtm.formats.clusters import FORMAT, MANIFEST, read_manifest, read_sidecar, write_manifest
 
     k = clusterer.num_clusters
     docs = [0] * k
@@ -261,11 +251,10 @@ def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob
     langs: dict[str, dict[str, list[int]]] = defaultdict(lambda: {"documents": [0] * k, "chars": [0] * k})
     skipped = 0
     for j in jobs:
-        sp = stats_path(j.out)
         if not is_done(j, clusterer.fingerprint):
             raise InputError("cluster file is missing or stale after assignment (was the input modified "
                              "meanwhile?)", j.out)
-        s = json.loads(sp.read_text())
+        s = read_sidecar(j.out, strict=True)
         skipped += s.get("skipped_lines", 0)
         for i in range(k):
             docs[i] += s["documents"][i]
@@ -280,8 +269,8 @@ def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob
     manifest = None
     if path.is_file():
         try:
-            manifest = json.loads(path.read_text())
-        except ValueError:
+            manifest = read_manifest(output_prefix)
+        except InputError:  # a broken manifest is rebuilt from the sidecars, its other splits dropped
             manifest = None
         if manifest and manifest.get("fingerprint") != clusterer.fingerprint:
             log.warning(f"{path} was written for another clusterer; dropping its other splits")

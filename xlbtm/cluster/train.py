@@ -25,7 +25,7 @@ class Sample:
 
 
 def _count_lines(path: Path) -> int:
-    from xlbtm.corpus import open_binary
+    from xlbtm.corpus.reader import open_binary
 
     n = 0
     last = b"\n"
@@ -92,7 +92,8 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
     from xlbtm.io import refuse_overlap
 
     refuse_overlap({"--output-dir": output_dir}, {"--data-dir": data_dir, "--tokenizer": tokenizer})
-    from xlbtm.cluster.artifact import load_clusterer, save_clusterer
+    from xlbtm.cluster.artifact import load_clusterer
+    from xlbtm.formats.clusterer import save_clusterer
     from xlbtm.cluster.featurize import SVD_DIM, SubwordFeaturizer, WordFeaturizer
     from xlbtm.cluster.kmeans import fit_kmeans
 
@@ -182,7 +183,8 @@ def _count_batch(batch, tokenizer, counts) -> None:
 
 def train_typological_clusterer(langs: Sequence[str], num_clusters: int, output_dir, *, mode: str = "balanced",
                                 data_dir=None, tokenizer=None, skip_bad_lines: bool = False):
-    from xlbtm.cluster.artifact import load_clusterer, save_clusterer
+    from xlbtm.cluster.artifact import load_clusterer
+    from xlbtm.formats.clusterer import save_clusterer
     from xlbtm.cluster import typology
     from xlbtm.io import refuse_overlap
 

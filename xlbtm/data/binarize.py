@@ -83,7 +83,7 @@ def _parallel_encode(pool, batches: Iterator[list]) -> Iterator[tuple[list, list
 
 def load_assignments(clusters_dir: Path, split: str, data_dir: Path) -> dict[str, int]:
     """sp_id (relative to data_dir) -> cluster for a split; c-BTM absolute sp_ids are normalized."""
-    from xlbtm.cluster.files import iter_assignments
+    from xlbtm.formats.clusters import iter_assignments
     from xlbtm.corpus import resolve_sp_id
 
     out: dict[str, int] = {}
@@ -109,7 +109,7 @@ def split_inputs(data_dir: str | os.PathLike, split: str, clusters_dir: str | os
 
     out = {"corpus": [ident(p, Path(data_dir)) for p in Corpus(data_dir).files(split)]}
     if clusters_dir is not None:
-        from xlbtm.cluster.files import cluster_files
+        from xlbtm.formats.clusters import cluster_files
 
         out["clusters"] = [ident(p, Path(clusters_dir)) for p in cluster_files(clusters_dir, split)]
     return out
@@ -135,7 +135,7 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     clusterer_fp = None
     if clusters_dir is not None:
-        from xlbtm.cluster.files import read_manifest
+        from xlbtm.formats.clusters import read_manifest
 
         cm = read_manifest(clusters_dir)
         k_file = int(cm["num_clusters"])

@@ -8,7 +8,7 @@
     (`model` with unfused `decoder.*` keys, `cfg` with the model args) via xlbtm.formats.consolidated;
     `hf=True` also writes `<run>/hf/` (weights + config + the expert's tokenizer);
   - a metaseq/c-BTM checkpoint (sharded `checkpoint_last-model_part-0-shard0.pt` files, a prefix or their
-    directory): FSDP shards and model-parallel parts are joined by metaseq_ext and written as
+    directory): FSDP shards and model-parallel parts are joined by xlbtm.formats.metaseq and written as
     `<dir>/consolidated.pt`.
 """
 
@@ -52,7 +52,8 @@ def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf:
     from xlbtm.formats.expert import read_expert_info
     from xlbtm.models import ModelArgs
     from xlbtm.models.load import check_state_fits
-    from xlbtm.parallel.checkpoint import latest_checkpoint, read_model_state
+    from xlbtm.formats.checkpoints import latest_checkpoint
+    from xlbtm.parallel.checkpoint import read_model_state
 
     run_dir = Path(run_dir)
     info = read_expert_info(run_dir).to_dict()
@@ -76,7 +77,7 @@ def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf:
 def consolidate_metaseq(path: Path, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
     from xlbtm.formats.consolidated import save_consolidated
     from xlbtm.formats.convert import torch_dtype
-    from metaseq_ext.convert import metaseq_to_xlbtm
+    from xlbtm.formats.metaseq import metaseq_to_xlbtm
 
     state, args, info = metaseq_to_xlbtm(path)
     d = path if path.is_dir() else path.parent
@@ -96,7 +97,7 @@ def _save_hf(state, args, out_dir: Path, tokenizer_dir, dtype) -> Path:
     """The run's `hf/` is xlbtm's own: built in a temporary dir and swapped in whole, so a crash or a full disk
     never leaves a config without weights (or the old weights with a new config) for transformers to load."""
     from xlbtm.io import atomic_dir
-    from xlbtm.models.hf import save_hf
+    from xlbtm.formats.hf import save_hf
 
     with atomic_dir(out_dir) as tmp:
         save_hf(state, args, tmp, tokenizer_dir=tokenizer_dir, dtype=dtype)

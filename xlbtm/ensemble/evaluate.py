@@ -14,7 +14,6 @@ Ensemble types:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from pathlib import Path

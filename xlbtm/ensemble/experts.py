@@ -42,7 +42,7 @@ class Expert:
         """The file/dir the weights come from: consolidated.pt when present, else the latest DCP checkpoint."""
         if self.weights is not None:
             return self.weights
-        from xlbtm.parallel.checkpoint import LATEST, latest_checkpoint
+        from xlbtm.formats.checkpoints import LATEST, latest_checkpoint
 
         c = self.run_dir / CONSOLIDATED
         pointer = self.run_dir / "checkpoints" / LATEST

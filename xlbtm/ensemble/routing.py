@@ -85,14 +85,6 @@ class LinearFeaturizer:
             self.rows = torch.from_numpy(np.ascontiguousarray(p))
 
     @property
-    def idf(self) -> np.ndarray:
-        return self.lsa.idf
-
-    @property
-    def components(self) -> np.ndarray:
-        return self.lsa.components
-
-    @property
     def dim(self) -> int:
         return int(self.rows.shape[1])
 

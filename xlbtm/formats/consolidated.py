@@ -72,7 +72,7 @@ def load_consolidated(path: str | os.PathLike) -> tuple[dict, ModelArgs, dict[st
         raise InputError("not a consolidated checkpoint (no 'model' entry)", path)
     meta = ck.get("xlbtm")
     if not isinstance(meta, dict):
-        from metaseq_ext.convert import metaseq_to_xlbtm
+        from xlbtm.formats.metaseq import metaseq_to_xlbtm
 
         sd, args, _ = metaseq_to_xlbtm(path)
         return sd, args, {}

@@ -32,18 +32,34 @@ def torch_dtype(name: str | None):
     return getattr(torch, DTYPES[name])
 
 
+def detect_format(path: Path) -> tuple[str, Path]:
+    """("hf" | "xlbtm" | "metaseq", what to read) for a model path; a dir holding consolidated.pt reads that."""
+    from xlbtm.formats.metaseq import is_shard_name
+    from xlbtm.models.safe_load import safe_torch_load
+
+    if path.is_dir() and (path / "config.json").is_file():
+        return "hf", path
+    if path.is_dir() and (path / "consolidated.pt").is_file():
+        path = path / "consolidated.pt"
+    if path.is_file() and not (path.suffix == ".pt" and is_shard_name(path.name)):
+        ck = safe_torch_load(path)  # (shards are never whole xlbtm files: not loaded twice)
+        if isinstance(ck, dict) and isinstance(ck.get("xlbtm"), dict):
+            return "xlbtm", path
+    return "metaseq", path
+
+
 def read_model(kind: str, path: str | os.PathLike, model_size: str | None = None) -> tuple[dict, object, dict]:
     """(xlbtm state dict, ModelArgs, provenance) of the model at `path` in format `kind`."""
     from xlbtm.errors import UsageError
 
     path = Path(path)
     if kind == "hf" or (kind == "xlbtm" and path.is_dir() and (path / "config.json").is_file()):
-        from xlbtm.models.hf import load_hf
+        from xlbtm.formats.hf import load_hf
 
         sd, args = load_hf(path)
         return sd, args, {"source": str(path), "source_format": "hf"}
     if kind in ("metaseq", "fairseq"):
-        from metaseq_ext.convert import metaseq_to_xlbtm
+        from xlbtm.formats.metaseq import metaseq_to_xlbtm
 
         sd, args, info = metaseq_to_xlbtm(path, model_size=model_size)
         return sd, args, {"source": str(path), "source_format": info["kind"], "model_parts": info["model_parts"],
@@ -61,7 +77,7 @@ def write_model(kind: str, sd: dict, args, out: str | os.PathLike, *, extra: dic
     from xlbtm.errors import UsageError
 
     if kind == "hf":
-        from xlbtm.models.hf import save_hf
+        from xlbtm.formats.hf import save_hf
 
         return Path(save_hf(sd, args, out, tokenizer_dir=tokenizer, dtype=dtype))
     if kind in ("metaseq", "xlbtm"):

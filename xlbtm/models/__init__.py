@@ -1,6 +1,6 @@
-"""Models: plain nn.Modules (XGLM decoder, XLM-R encoder), presets, parameter/FLOP counts, seed loading.
+"""Models: plain nn.Modules (XGLM decoder, XLM-R encoder), presets, parameter/FLOP counts, building from weights.
 
-    from xlbtm.models import ModelArgs, build_model, get_preset, num_params, flops_per_token, load_seed
+    from xlbtm.models import ModelArgs, build_model, get_preset, num_params, flops_per_token
 
 No distributed code lives here: tensor parallel / FSDP are applied from outside by module name
 (`model.layers[i].self_attn.{q,k,v,out}_proj`, `.fc1`, `.fc2`).
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
 __all__ = ["ModelArgs", "PRESETS", "get_preset", "preset_names", "build_model", "num_params",
-           "flops_per_token", "matmul_params", "load_seed"]
+           "flops_per_token", "matmul_params"]
 
 
 def build_model(args: ModelArgs) -> "nn.Module":
@@ -71,11 +71,3 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> float:
     T x T score matrix, as in PaLM's MFU accounting (the causal mask is not discounted).
     """
     return 6.0 * matmul_params(args) + 12.0 * args.n_layers * args.d_model * seq_len
-
-
-def load_seed(spec, model_size: str | None = None, vocab_size: int | None = None):
-    """(model, args, info) from an HF dir, a metaseq/fairseq .pt (or shard prefix), an xlbtm
-    consolidated.pt, or a preset name (random init). See xlbtm.models.load."""
-    from xlbtm.models.load import load_seed as _load_seed
-
-    return _load_seed(spec, model_size=model_size, vocab_size=vocab_size)

@@ -1,18 +1,12 @@
-"""--seed-model: build a model from a preset, an HF dir, a metaseq/fairseq checkpoint or consolidated.pt."""
+"""Weights into a model: the one builder from a state dict, and the check that a state dict fits its args.
+Reading the weights from a file is `xlbtm.formats` (`seed.load_seed` reads any format)."""
 
 from __future__ import annotations
 
-import logging
-import os
-from pathlib import Path
-from typing import Any
-
 import torch
 
-from xlbtm.errors import InputError, UsageError
+from xlbtm.errors import InputError
 from xlbtm.models.config import ModelArgs
-
-log = logging.getLogger("xlbtm.models")
 
 
 def check_state_fits(sd: dict, args: ModelArgs, where=None, model=None) -> None:
@@ -46,8 +40,6 @@ def model_from_state_dict(sd: dict, args: ModelArgs, dtype: torch.dtype | None =
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     # assign=True adopts the tensors: give each parameter its own storage (no views of fused qkv)
-    from xlbtm.models.hf import own_storage
-
     sd = own_storage(sd)
     model.load_state_dict(sd, assign=True, strict=True)
     if hasattr(model, "init_buffers"):
@@ -55,120 +47,20 @@ def model_from_state_dict(sd: dict, args: ModelArgs, dtype: torch.dtype | None =
     return model
 
 
-def _describe(kind: str, path, args: ModelArgs, model, extra: dict | None = None) -> dict[str, Any]:
-    from xlbtm.models import num_params
-
-    info = {"kind": kind, "path": None if path is None else str(path), "arch": args.arch,
-            "num_params": num_params(model), "vocab_size": args.vocab_size, "model_args": args.to_dict()}
-    info.update(extra or {})
-    return info
-
-
-def load_seed(spec: str | os.PathLike, model_size: str | None = None, vocab_size: int | None = None,
-              dtype: torch.dtype | None = torch.float32):
-    """(model, args, info).
-
-    spec: a preset name (random init; `vocab_size` sets its vocabulary), a Hugging Face directory, a
-    metaseq/fairseq .pt (single file, one shard of `<prefix>-model_part-M-shardN.pt`, or the prefix),
-    an xlbtm consolidated.pt, or a directory holding one of those. `model_size` (preset name) gives the
-    architecture of checkpoints without a cfg and is checked against those with one. `vocab_size`
-    (the tokenizer's) must not exceed a checkpoint's vocabulary.
-    """
-    from xlbtm.models import build_model
-    from xlbtm.models.presets import PRESETS, get_preset
-
-    spec_s = str(spec)
-    if spec_s in PRESETS and not Path(spec_s).exists():
-        args = get_preset(spec_s, vocab_size=vocab_size)
-        model = build_model(args)
-        if dtype is not None:
-            model = model.to(dtype)
-        info = _describe("preset", None, args, model, {"preset": spec_s})
-        log.info("seed model: preset %s (random init), %s params", spec_s, f"{info['num_params']:,}")
-        return model, args, info
-
-    path = Path(spec)
-    extra: dict[str, Any] = {}
-    if path.is_dir() and (path / "config.json").is_file():
-        from xlbtm.models.hf import load_hf
-
-        sd, args = load_hf(path)
-        kind = "hf"
-    else:
-        if path.is_dir() and (path / "consolidated.pt").is_file():
-            path = path / "consolidated.pt"
-        if not path.exists() and not (path.parent.is_dir() and any(path.parent.glob(path.name + "*.pt"))):
-            raise UsageError(f"--seed-model {spec_s!r} is not a preset ({', '.join(PRESETS)}), a Hugging Face "
-                             "directory or a checkpoint file")
-        kind, sd, args, extra = _load_checkpoint(path, model_size)
-    _check_vocab(spec_s, args, vocab_size)
-    if model_size is not None and kind in ("hf", "xlbtm"):
-        ref = get_preset(model_size)
-        diff = [k for k in ("arch", "d_model", "n_layers", "n_heads", "ffn_dim") if getattr(ref, k) != getattr(args, k)]
-        if diff:
-            raise UsageError(f"--model-size {model_size} disagrees with {spec_s} on {', '.join(diff)}")
-    model = model_from_state_dict(sd, args, dtype=dtype, where=str(path))
-    info = _describe(kind, path, args, model, extra)
-    log.info("seed model: %s checkpoint %s (%s, d=%d, %d layers), %s params", kind, path, args.arch,
-             args.d_model, args.n_layers, f"{info['num_params']:,}")
-    return model, args, info
-
-
-def seed_args(spec: str | os.PathLike, model_size: str | None = None, vocab_size: int | None = None) -> ModelArgs:
-    """The ModelArgs `load_seed` would give, checked the same way, read as cheaply as the format allows:
-    presets and Hugging Face dirs from their config (plus the weights' safetensors header), other
-    checkpoints by loading them once. For refusing a bad seed before any job is queued."""
-    from xlbtm.models.presets import PRESETS, get_preset
-
-    spec_s = str(spec)
-    if spec_s in PRESETS and not Path(spec_s).exists():
-        return get_preset(spec_s, vocab_size=vocab_size)
-    path = Path(spec)
-    if not (path.is_dir() and (path / "config.json").is_file()):
-        return load_seed(spec, model_size=model_size, vocab_size=vocab_size, dtype=None)[1]
-    from xlbtm.models.hf import WEIGHT_FILES, read_hf_args
-
-    args = read_hf_args(path)
-    weights = [path / n for n in WEIGHT_FILES if (path / n).is_file()]
-    if not weights:
-        raise InputError("no model.safetensors, pytorch_model.bin or sharded index found", path)
-    if weights[0].name == "model.safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(weights[0]), "pt") as f:
-                f.keys()
-        except (SafetensorError, OSError) as e:
-            raise InputError(f"unreadable safetensors file: {e}", weights[0]) from None
-    _check_vocab(spec_s, args, vocab_size)
-    return args
-
-
-def _check_vocab(spec: str, args: ModelArgs, vocab_size: int | None) -> None:
-    """A checkpoint must cover the tokenizer's vocabulary (presets take the tokenizer's instead)."""
-    if vocab_size is not None and vocab_size > args.vocab_size:
-        raise UsageError(f"the tokenizer has {vocab_size} tokens but the seed model {spec} only "
-                         f"{args.vocab_size}: use the seed's own tokenizer")
-
-
-def _load_checkpoint(path: Path, model_size: str | None):
-    """Tell an xlbtm consolidated.pt from a metaseq/fairseq checkpoint without loading shards twice."""
-    from metaseq_ext.convert import metaseq_to_xlbtm
-    from metaseq_ext.sharded import is_shard_name
-
-    sharded = not path.is_file() or (path.suffix == ".pt" and is_shard_name(path.name))
-    if not sharded:
-        from xlbtm.models.safe_load import safe_torch_load
-
-        ck = safe_torch_load(path)
-        if isinstance(ck, dict) and isinstance(ck.get("xlbtm"), dict):
-            from xlbtm.formats.consolidated import load_consolidated
-
-            del ck
-            sd, args, extra = load_consolidated(path)
-            return "xlbtm", sd, args, {"extra": extra}
-        del ck
-    sd, args, info = metaseq_to_xlbtm(path, model_size=model_size)
-    kind = info.pop("kind")
-    info.pop("path", None)
-    return kind, sd, args, info
+def own_storage(tensors: dict) -> dict:
+    """CPU contiguous tensors that each own their storage: safetensors refuses shared storage (views from
+    unfused qkv, tied copies), and adopted parameters should not alias each other. Copies only those."""
+    seen, out = set(), {}
+    for k, t in tensors.items():
+        if hasattr(t, "full_tensor"):
+            t = t.full_tensor()
+        t = t.detach().to("cpu").contiguous()
+        st = t.untyped_storage()
+        key = st.data_ptr()
+        if key in seen or st.nbytes() != t.numel() * t.element_size():
+            t = t.clone()
+            st = t.untyped_storage()
+            key = st.data_ptr()
+        seen.add(key)
+        out[k] = t
+    return out

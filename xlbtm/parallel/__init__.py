@@ -2,6 +2,6 @@
 
     from xlbtm.parallel.mesh import ParallelDims, build_mesh               # ("dp", "tp") device mesh
     from xlbtm.parallel.parallelize import parallelize, apply_tp, apply_fsdp, apply_ac, apply_compile
-    from xlbtm.parallel.checkpoint import (save_checkpoint, load_checkpoint, latest_checkpoint,
-                                           read_model_state, read_train_state)
+    from xlbtm.parallel.checkpoint import save_checkpoint, load_checkpoint, read_model_state
+    (the layout around them, `latest` and train_state.json: xlbtm.formats.checkpoints)
 """

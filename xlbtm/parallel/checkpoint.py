@@ -1,12 +1,11 @@
 """Sharded checkpoints with torch.distributed.checkpoint (DCP): resharding-safe save / load / read.
 
-Layout (contract 5): `<run>/checkpoints/step_<n>/` is a DCP dir with top-level keys
+Each `<run>/checkpoints/step_<n>/` (the layout, `latest` and train_state.json: `xlbtm.formats.checkpoints`)
+is a DCP dir with top-level keys
   "model"       plain parameter FQNs (from `get_model_state_dict` on the parallelized model)
   "optimizer"   `get_optimizer_state_dict` (FQN-keyed, so it reshards too)
   "train_state" scalar int64 tensors: step, position (global sample index), seed, ...
-plus `train_state.json` (a readable copy). `<run>/checkpoints/latest` holds `step_<n>`; it is written
-atomically and only after every rank finished writing that step, so a crash mid-save leaves the previous
-checkpoint as `latest`. Only the newest `keep` step dirs are kept.
+Only the newest `keep` step dirs are kept.
 """
 
 from __future__ import annotations
@@ -18,8 +17,8 @@ from pathlib import Path
 import torch
 
 from xlbtm.errors import InputError
-
-LATEST = "latest"
+from xlbtm.formats.checkpoints import checkpoint_root, latest_checkpoint, publish, read_train_state, staging_dir, \
+    step_dirs
 
 
 # --------------------------------------------------------------------------- reading without running code
@@ -150,24 +149,6 @@ def read_dcp_metadata(checkpoint_dir: str | os.PathLike):
     return _safe_reader(checkpoint_dir).read_metadata()
 
 
-def _ckpt_root(run_or_ckpt_dir: str | os.PathLike) -> Path:
-    p = Path(run_or_ckpt_dir)
-    return p if p.name == "checkpoints" else p / "checkpoints"
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The checkpoint `checkpoints/latest` points to, or None when the run has none yet."""
-    root = _ckpt_root(run_dir)
-    pointer = root / LATEST
-    if not pointer.is_file():
-        return None
-    name = pointer.read_text().strip()
-    path = root / name
-    if not name.startswith("step_") or not (path / ".metadata").is_file():
-        raise InputError(f"'latest' points to {name!r}, which is not a complete DCP checkpoint", pointer)
-    return path
-
-
 def _is_rank0() -> bool:
     import torch.distributed as dist
 
@@ -193,31 +174,12 @@ def _state(model, optimizer, train_state: dict) -> dict:
 
 def _begin_save(root: Path, step: int) -> Path:
     """Collective: a fresh temp dir for step `step` (a killed earlier attempt's files are dropped)."""
-    tmp = root / f".step_{step}.tmp"
+    tmp = staging_dir(root, step)
     if _is_rank0():
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier()
     return tmp
-
-
-def _publish(root: Path, step: int, train_state: dict, keep: int) -> Path:
-    """Rank 0, once every rank has written step `step`: rename it into place, then point `latest` at it (only
-    now is it complete), then prune to the newest `keep`."""
-    from xlbtm.io import atomic_open, write_json
-
-    tmp, final = root / f".step_{step}.tmp", root / f"step_{step}"
-    write_json(tmp / "train_state.json", {k: int(v) for k, v in train_state.items()})
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    with atomic_open(root / LATEST) as f:
-        f.write(final.name + "\n")
-    steps = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()),
-                   key=lambda p: int(p.name[5:]))
-    for old in steps[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, train_state: dict,
@@ -226,7 +188,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, tra
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
-    root = _ckpt_root(run_dir)
+    root = checkpoint_root(run_dir)
     tmp = _begin_save(root, step)
     try:
         dcp.save(_state(model, optimizer, train_state), checkpoint_id=str(tmp))
@@ -235,7 +197,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, tra
             shutil.rmtree(tmp, ignore_errors=True)  # `latest` still names the last complete step
         raise _unwrapped(e) from None
     _barrier()
-    final = _publish(root, step, train_state, keep) if _is_rank0() else root / f"step_{step}"
+    final = publish(root, step, train_state, keep) if _is_rank0() else root / f"step_{step}"
     _barrier()
     return final
 
@@ -253,7 +215,7 @@ class AsyncCheckpointer:
     def __init__(self, run_dir: str | os.PathLike, keep: int = 2):
         import torch.distributed as dist
 
-        self.root, self.keep = _ckpt_root(run_dir), keep
+        self.root, self.keep = checkpoint_root(run_dir), keep
         self._group = dist.new_group(backend="gloo") if dist.is_initialized() else None  # collective
         self._pending = None
 
@@ -287,17 +249,15 @@ class AsyncCheckpointer:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise _unwrapped(e) from None
         if _is_rank0():
-            _publish(self.root, step, train_state, self.keep)
+            publish(self.root, step, train_state, self.keep)
 
 
 def load_checkpoint(ckpt_dir: str | os.PathLike, model, optimizer=None) -> dict:
     """Collective: load model (+ optimizer) in place, resharding to the current mesh; returns train_state."""
-    import json
-
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     ckpt_dir = Path(ckpt_dir)
-    keys = json.loads((ckpt_dir / "train_state.json").read_text()).keys()
+    keys = read_train_state(ckpt_dir).keys()
     state = _state(model, optimizer, {k: 0 for k in keys})
     dcp_load(state, ckpt_dir)
     set_model_state_dict(model, state["model"])
@@ -314,10 +274,8 @@ def load_newest_readable(run_dir: str | os.PathLike, model, optimizer=None) -> t
 
     first = latest_checkpoint(run_dir)
     if first is None:
-        raise InputError("no checkpoint to resume from", _ckpt_root(run_dir))
-    older = sorted((p for p in _ckpt_root(run_dir).glob("step_*") if p.is_dir() and p.name[5:].isdigit()
-                    and int(p.name[5:]) < int(first.name[5:]) and (p / ".metadata").is_file()),
-                   key=lambda p: -int(p.name[5:]))
+        raise InputError("no checkpoint to resume from", checkpoint_root(run_dir))
+    older = [p for p in reversed(step_dirs(run_dir, complete=True)) if int(p.name[5:]) < int(first.name[5:])]
     error = None
     for ck in [first] + older:
         try:
@@ -328,13 +286,7 @@ def load_newest_readable(run_dir: str | os.PathLike, model, optimizer=None) -> t
             error = error or e
             get_logger("train").warning(f"cannot load {ck} ({str(e).splitlines()[0][:200]}); trying an older "
                                         "checkpoint")
-    raise InputError(f"no readable checkpoint ({error})", _ckpt_root(run_dir))
-
-
-def read_train_state(ckpt_dir: str | os.PathLike) -> dict:
-    from xlbtm.io import read_json
-
-    return read_json(Path(ckpt_dir) / "train_state.json")
+    raise InputError(f"no readable checkpoint ({error})", checkpoint_root(run_dir))
 
 
 def read_model_state(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tensor]:

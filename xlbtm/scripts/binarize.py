@@ -15,7 +15,7 @@ from xlbtm.cli import make_parser, run_script
 
 
 def build_parser():
-    from xlbtm.corpus import add_skip_bad_lines_arg
+    from xlbtm.cli import add_skip_bad_lines_arg
 
     p = make_parser("binarize", __doc__.split("\n\n")[0])
     p.add_argument("--path-to-data", "--data-dir", dest="data_dir", required=True, help="jsonl corpus root")

@@ -9,8 +9,7 @@ finished files (same clusterer fingerprint, unchanged input) and redoes the rest
 
 from __future__ import annotations
 
-from xlbtm.cli import get_logger, make_parser, run_script
-from xlbtm.corpus import add_skip_bad_lines_arg
+from xlbtm.cli import add_skip_bad_lines_arg, get_logger, make_parser, run_script
 from xlbtm.launch.site import add_slurm_args, site_from_args
 
 log = get_logger("cluster")

@@ -53,5 +53,20 @@ def main(argv=None, *, fixed: dict | None = None, prog: str | None = None):
     return 0
 
 
+def deprecated_alias(module: str, fixed: dict):
+    """`main` of a deprecated `python -m conversion.<name>` (= this command with `fixed` flags pinned); runs it
+    when that module is run as a script (`module` is its `__name__`, `__spec__.name` names it in --help)."""
+    import sys
+
+    name = sys.modules[module].__spec__.name
+
+    def alias_main(argv=None):
+        return main(argv, fixed=fixed, prog=f"python -m {name}")
+
+    if module == "__main__":
+        run_script("convert", alias_main)
+    return alias_main
+
+
 if __name__ == "__main__":
     run_script("convert", main)

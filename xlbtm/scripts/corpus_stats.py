@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 
-from xlbtm.cli import get_logger, make_parser, run_script
-from xlbtm.corpus import add_skip_bad_lines_arg
+from xlbtm.cli import add_skip_bad_lines_arg, get_logger, make_parser, run_script
 
 STAGE = "corpus_stats"
 

@@ -10,9 +10,8 @@ reuses those scores. Writes OUT/result.json, OUT/report.md and OUT/ppl_by_langua
 
 from __future__ import annotations
 
-from xlbtm.cli import make_parser, run_script
+from xlbtm.cli import add_skip_bad_lines_arg, make_parser, run_script
 from xlbtm.launch.site import add_slurm_args, site_from_args
-from xlbtm.corpus import add_skip_bad_lines_arg
 from xlbtm.errors import UsageError
 
 

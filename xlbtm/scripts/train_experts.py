@@ -81,8 +81,8 @@ def build_parser():
 
 
 def main(argv=None):
-    from xlbtm.train.experts import (TrainExpertsRequest, all_completed, describe_plan, describe_results,
-                                     plan_experts, run_plan)
+    from xlbtm.train.experts import all_completed, describe_results, run_plan
+    from xlbtm.train.plan import TrainExpertsRequest, describe_plan, plan_experts
 
     args = build_parser().parse_args(argv)
     plan = plan_experts(TrainExpertsRequest.from_args(args))

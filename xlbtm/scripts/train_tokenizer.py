@@ -6,8 +6,7 @@ For demos and tests that train from scratch; real runs use the seed model's own 
 
 from __future__ import annotations
 
-from xlbtm.cli import get_logger, make_parser, run_script
-from xlbtm.corpus import add_skip_bad_lines_arg
+from xlbtm.cli import add_skip_bad_lines_arg, get_logger, make_parser, run_script
 
 STAGE = "train_tokenizer"
 

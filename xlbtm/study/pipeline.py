@@ -115,8 +115,8 @@ def run_stage(stage: str, cmd: str, call: Callable[[], Any]) -> Any:
 def train_experts(flags: dict) -> list:
     """`train_experts` with these flags (names as on the command line): plan, print the plan, train, print
     the results; raises unless every expert completed."""
-    from xlbtm.train.experts import (TrainExpertsRequest, all_completed, describe_plan, describe_results,
-                                     plan_experts, run_plan)
+    from xlbtm.train.experts import all_completed, describe_results, run_plan
+    from xlbtm.train.plan import TrainExpertsRequest, describe_plan, plan_experts
 
     def call():
         plan = plan_experts(TrainExpertsRequest(**{f[2:].replace("-", "_"): v for f, v in flags.items()}))
@@ -268,7 +268,7 @@ def _cluster(cfg: PipelineConfig, data: Path, tok: Path, out: Path, stage) -> tu
 
 def _consumed_tokens(run_dir: Path, tokens_per_sample: int) -> int:
     """Training tokens a run really consumed: its checkpointed sample position x tokens per sample."""
-    from xlbtm.parallel.checkpoint import latest_checkpoint, read_train_state
+    from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 
     ck = latest_checkpoint(run_dir)
     return 0 if ck is None else int(read_train_state(ck)["position"]) * tokens_per_sample
@@ -283,7 +283,7 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     `hf_export`: also export expert 0 as a Hugging Face dir (the quickstart shows that stage too).
     """
     from xlbtm.io import read_json, write_json
-    from xlbtm.train.expert_dir import read_expert_info
+    from xlbtm.formats.expert import read_expert_info
 
     import dataclasses
 

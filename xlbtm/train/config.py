@@ -104,10 +104,6 @@ class TrainConfig(TrainingSettings):
             d["adam_betas"] = tuple(d["adam_betas"])  # JSON gives a list
         return cls(**d)
 
-    @property
-    def tokens_per_step_per_rank(self) -> int:
-        return self.batch_size * self.update_freq * self.tokens_per_sample
-
 
 def check_model_fits(arch: str, max_positions: int, objective: str, tokens_per_sample: int, seed_model: str) -> None:
     """The model can be trained as asked: its architecture matches the objective and a sample fits its

@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-# expert.json's one reader and writer live with the other formats; part of this module's API (run dirs)
-from xlbtm.formats.expert import EXPERT_JSON, FORMAT, ExpertInfo, read_expert_info, write_expert_info  # noqa: F401
+from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
 
 
 def expert_run_dir(serialization_dir: str | os.PathLike, num_clusters: int, run_name: str, cluster: int) -> Path:

@@ -17,9 +17,7 @@ from typing import Any, Callable
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import UsageError
-from xlbtm.train.plan import (ExpertPlan, LaunchSpec, TrainExpertsPlan, TrainExpertsRequest,  # noqa: F401
-                              allocate_steps, apply_step_allocation, describe_plan, local_slots, plan_experts,
-                              resolve_tokenizer)
+from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_step_allocation
 
 log = get_logger("train")
 

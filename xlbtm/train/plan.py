@@ -256,7 +256,7 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
         if not req.path_to_clusters_dir:
             raise UsageError("--num-clusters > 1 needs --path-to-clusters-dir")
         if K > 1:
-            from xlbtm.cluster.files import read_manifest
+            from xlbtm.formats.clusters import read_manifest
 
             clusters_dir = resolve_clusters_dir(req.path_to_clusters_dir, K, req.data_name)
             man = read_manifest(clusters_dir)
@@ -312,10 +312,11 @@ def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, exper
     holds, a resume with another tokenizer, a seed that does not load or does not fit the objective or
     --tokens-per-sample. (`--dry-run` plans too, so it catches the same.)"""
     from xlbtm.models import ModelArgs
-    from xlbtm.models.load import seed_args
-    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.formats.seed import seed_args
+    from xlbtm.formats.checkpoints import latest_checkpoint
     from xlbtm.train.config import check_model_fits
-    from xlbtm.train.expert_dir import EXPERT_JSON, RunLock, read_expert_info
+    from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
+    from xlbtm.train.expert_dir import RunLock
 
     fresh = False
     for p in experts:
@@ -390,7 +391,7 @@ def apply_step_allocation(plan: "TrainExpertsPlan") -> list[str] | None:
 
 def describe_plan(plan: TrainExpertsPlan) -> list[str]:
     """The plan as printed by train_experts (and --dry-run): data, resources, launch, one line per expert."""
-    from xlbtm.parallel.checkpoint import latest_checkpoint
+    from xlbtm.formats.checkpoints import latest_checkpoint
 
     r, K = plan.request, plan.request.num_clusters
     lines = [

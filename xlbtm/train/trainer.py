@@ -50,38 +50,6 @@ def forward_loss(model, inputs, targets):
     return model(inputs, None, targets=targets)
 
 
-# ------------------------------------------------------------------------------------------- the model
-
-def _seed_model(cfg: TrainConfig, tok):
-    """The seed as a full model on CPU, identical on every rank (seeded), plus its ModelArgs."""
-    from xlbtm.models import build_model, load_seed
-
-    torch.manual_seed(cfg.seed)  # preset seeds: the same random init on every rank
-    # presets take the tokenizer's vocabulary; checkpoints must cover it
-    model, args, _ = load_seed(cfg.seed_model, model_size=cfg.model_size, vocab_size=tok.vocab_size)
-    if cfg.dropout is not None and cfg.dropout != args.dropout:
-        # the models read their dropout rates from ModelArgs at build time: rebuild with the override
-        import dataclasses
-
-        args = dataclasses.replace(args, dropout=cfg.dropout, attention_dropout=cfg.dropout,
-                                   activation_dropout=cfg.dropout)
-        sd = model.state_dict()
-        model = build_model(args)
-        model.load_state_dict(sd)
-    return model, args
-
-
-def _materialize(args, device):
-    """A model built on the meta device, then allocated directly on `device` (no host copy)."""
-    from xlbtm.models import build_model
-
-    with torch.device("meta"):
-        model = build_model(args)
-    model.to_empty(device=device)
-    model.init_weights()  # also fills non-persistent buffers (sinusoidal positions)
-    return model
-
-
 class Trainer:
     """One expert's training run as seen by this rank (every rank of the process group makes one)."""
 
@@ -158,37 +126,21 @@ class Trainer:
     def build_model(self) -> None:
         """The model on this rank's device, parallelized; the seed's weights (or, on resume, the shape the
         run started with: the checkpoint overwrites the weights). Writes expert.json on a fresh start."""
-        import torch.distributed as dist
-
+        from xlbtm.formats.checkpoints import latest_checkpoint
+        from xlbtm.formats.expert import ExpertInfo, read_expert_info, write_expert_info
         from xlbtm.models import ModelArgs
-        from xlbtm.parallel.checkpoint import latest_checkpoint
         from xlbtm.parallel.parallelize import parallelize
         from xlbtm.train.config import check_model_fits
-        from xlbtm.train.expert_dir import ExpertInfo, read_expert_info, write_expert_info
+        from xlbtm.train.seeding import materialize, model_on_rank
 
         cfg, tok, device = self.cfg, self.tok, self.device
         started = read_expert_info(self.run_dir) if latest_checkpoint(self.run_dir) is not None else None
-        full_sd = None
         if started is not None:
             # a resume reads nothing: the DCP checkpoint overwrites the freshly allocated weights
             args = ModelArgs.from_dict(started.model_args)
-            model = _materialize(args, device)
-        elif self.world == 1:
-            model, args = _seed_model(cfg, tok)
-            model = model.to(device)
+            model, full_sd = materialize(args, device), None
         else:
-            # only rank 0 reads the seed (host memory: one copy per node, not one per GPU); the others
-            # allocate on the device and receive the weights after parallelization
-            obj = [None]
-            if self.is_main:
-                seed_model, args = _seed_model(cfg, tok)
-                full_sd = seed_model.state_dict()
-                del seed_model
-                obj = [args.to_dict()]
-            dist.broadcast_object_list(obj, src=0)
-            args = ModelArgs.from_dict(obj[0])
-            model = _materialize(args, device)
-            full_sd = full_sd if self.is_main else {}
+            model, args, full_sd = model_on_rank(cfg, tok, device, self.world, self.is_main)
         check_model_fits(args.arch, args.max_positions, cfg.objective, cfg.tokens_per_sample, cfg.seed_model)
         if started is not None:
             if started.tokenizer_fingerprint != tok.fingerprint:
@@ -239,7 +191,8 @@ class Trainer:
 
     def resume(self) -> None:
         """Collective: continue from the newest readable checkpoint, if the run has one."""
-        from xlbtm.parallel.checkpoint import latest_checkpoint, load_newest_readable
+        from xlbtm.formats.checkpoints import latest_checkpoint
+        from xlbtm.parallel.checkpoint import load_newest_readable
 
         if latest_checkpoint(self.run_dir) is None:
             if self.is_main:

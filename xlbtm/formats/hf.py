@@ -15,25 +15,7 @@ import torch
 
 from xlbtm.errors import InputError
 from xlbtm.models.config import ModelArgs
-
-
-def own_storage(tensors: dict) -> dict:
-    """CPU contiguous tensors that each own their storage: safetensors refuses shared storage (views from
-    unfused qkv, tied copies), and adopted parameters should not alias each other. Copies only those."""
-    seen, out = set(), {}
-    for k, t in tensors.items():
-        if hasattr(t, "full_tensor"):
-            t = t.full_tensor()
-        t = t.detach().to("cpu").contiguous()
-        st = t.untyped_storage()
-        key = st.data_ptr()
-        if key in seen or st.nbytes() != t.numel() * t.element_size():
-            t = t.clone()
-            st = t.untyped_storage()
-            key = st.data_ptr()
-        seen.add(key)
-        out[k] = t
-    return out
+from xlbtm.models.load import own_storage
 
 
 def save_hf(model_or_state, args: ModelArgs, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,

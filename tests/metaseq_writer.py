@@ -1,11 +1,10 @@
-"""Write a model as metaseq would have saved it mid-training: FSDP-flattened shards x model-parallel parts.
+"""Write a model as metaseq would have saved it mid-training: FSDP-flattened shards x model-parallel parts
+(the fixtures of the metaseq reader's tests, `xlbtm.formats.metaseq`).
 
-It ships with the library, not the tests, on purpose: a user migrating from c-BTM / X-ELM can make a small
-metaseq-layout checkpoint of a known model to check their own metaseq tooling (or xlbtm's readers) against,
-without a metaseq install. The tests use it to produce `<prefix>-model_part-<mp>-shard<dp>.pt` files in the
-layout fairscale/metaseq write (flat_param_0 per FSDP-wrapped layer and for the root, torch.chunk
-sharding with end padding, fairscale `local_metadata_dict()` shard_metadata, fused K,V,Q qkv_proj per
-model part, vocab-parallel embeddings, `cfg` holding an argparse.Namespace like legacy checkpoints).
+`<prefix>-model_part-<mp>-shard<dp>.pt` files in the layout fairscale/metaseq write: flat_param_0 per
+FSDP-wrapped layer and for the root, torch.chunk sharding with end padding, fairscale `local_metadata_dict()`
+shard_metadata, fused K,V,Q qkv_proj per model part, vocab-parallel embeddings, `cfg` holding an
+argparse.Namespace like legacy checkpoints.
 """
 
 from __future__ import annotations

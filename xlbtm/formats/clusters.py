@@ -6,7 +6,10 @@ Layout (c-BTM format, mirroring the corpus):
     <clusters>/manifest.json                     clusterer fingerprint, K, per-cluster counts (see below)
     <clusters>/<split>/<shard>/.<file>.jsonl.stats.json
                                                  per-file sidecar (counts + fingerprints) that makes assignment
-                                                 resumable; written after the cluster file, both atomically
+                                                 resumable; written after the cluster file, both atomically:
+                                                 {"format": "xlbtm-cluster-sidecar/1", "fingerprint", "rel",
+                                                  "input": {"size", "mtime_ns"}, "documents": [..K],
+                                                  "chars": [..K], "lang": {...}, "skipped_lines"}
 
 A corpus file `train/00000/a.jsonl.gz` maps to `<clusters>/train/00000/a.jsonl` (cluster files are never gzipped).
 
@@ -30,7 +33,8 @@ manifest.json:
       }
     }
 Assigning another split into the same `<clusters>` dir adds/replaces that split's entry; the fingerprint must
-match (one clusterer per clusters dir).
+match (one clusterer per clusters dir). Files written before the version fields existed (a sidecar without
+"format") read as version 1; an unknown version is refused.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from xlbtm.errors import InputError
 
 MANIFEST = "manifest.json"
 FORMAT = "xlbtm-clusters/1"
+SIDECAR_FORMAT = "xlbtm-cluster-sidecar/1"
 
 
 # ------------------------------------------------------------------------------------------------ paths
@@ -93,6 +98,15 @@ def write_cluster_file(path: str | os.PathLike, assignments: Iterable[tuple[str,
     return n
 
 
+def write_sidecar(cluster_file: str | os.PathLike, side: dict) -> Path:
+    """The cluster file's sidecar, written after the file itself (so a sidecar vouches for a complete file)."""
+    from xlbtm.io import write_json
+
+    path = stats_path(cluster_file)
+    write_json(path, {"format": SIDECAR_FORMAT, **side}, indent=0)
+    return path
+
+
 def write_manifest(clusters_dir: str | os.PathLike, manifest: dict) -> Path:
     from xlbtm.io import write_json
 
@@ -114,6 +128,9 @@ def read_manifest(clusters_dir: str | os.PathLike) -> dict:
     m = read_json(path)
     if not isinstance(m, dict) or "num_clusters" not in m or "fingerprint" not in m:
         raise InputError("not an xlbtm cluster manifest (needs 'num_clusters' and 'fingerprint')", path)
+    if m.get("format", FORMAT) != FORMAT:
+        raise InputError(f"cluster manifest format {m['format']!r} is not one this xlbtm reads ({FORMAT}): "
+                         "re-run xlbtm.scripts.cluster, or use the xlbtm that wrote it", path)
     return m
 
 
@@ -149,6 +166,24 @@ def read_cluster_file(path: str | os.PathLike, num_clusters: int | None = None) 
             yield str(obj["sp_id"]), k
 
 
+def read_sidecar(cluster_file: str | os.PathLike, strict: bool = False) -> dict | None:
+    """The sidecar of a cluster file, or None when it has none. An unreadable one is None too (the file is
+    redone), or with `strict` an InputError naming it."""
+    path = stats_path(cluster_file)
+    if not path.is_file():
+        return None
+    try:
+        side = json.loads(path.read_text())
+        if not isinstance(side, dict) or side.get("format", SIDECAR_FORMAT) != SIDECAR_FORMAT:
+            raise ValueError(side.get("format") if isinstance(side, dict) else "not an object")
+    except (OSError, ValueError):
+        if strict:
+            raise InputError("unreadable cluster-file sidecar; re-run xlbtm.scripts.cluster to rewrite it",
+                             path) from None
+        return None
+    return side
+
+
 def iter_assignments(clusters_dir: str | os.PathLike, split: str) -> Iterator[tuple[str, int]]:
     """Every `(sp_id, cluster)` of a split, file by file in corpus order. Streams; checks K from the manifest
     when there is one (c-BTM dirs without a manifest are read as-is)."""
@@ -171,14 +206,10 @@ def iter_assignments(clusters_dir: str | os.PathLike, split: str) -> Iterator[tu
 
 def check_clusterer(path: Path, fingerprint: str, split: str) -> None:
     """A cluster file whose sidecar names another clusterer than the manifest is stale: refuse it."""
-    side = stats_path(path)
-    if not side.is_file():  # c-BTM files and hand-made ones have no sidecar: nothing to compare
+    side = read_sidecar(path, strict=True)
+    if side is None:  # c-BTM files and hand-made ones have no sidecar: nothing to compare
         return
-    try:
-        got = json.loads(side.read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        raise InputError("unreadable cluster-file sidecar; re-run xlbtm.scripts.cluster to rewrite it", side) \
-            from None
+    got = side.get("fingerprint")
     if got != fingerprint:
         raise InputError(f"cluster file was made by clusterer {str(got)[:12]}, not by this dir's clusterer "
                          f"{fingerprint[:12]} (manifest.json): re-run xlbtm.scripts.cluster --split {split}", path)

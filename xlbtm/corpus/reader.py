@@ -1,0 +1,181 @@
+"""Reading one corpus file: lines streamed in bounded memory, each parsed into a `Document` with its sp_id.
+
+Errors name `path:line` with a 1-based line number (what an editor shows); sp_ids use the 0-based index
+(what c-BTM uses). Blank lines count as lines, so sp_ids never shift when a line is skipped.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterator
+
+from xlbtm.errors import InputError
+
+BOM = b"\xef\xbb\xbf"  # some editors/exporters start UTF-8 files with it; json.loads rejects it
+# One document (line) may not exceed this many bytes. Every stage holds a document whole (JSON parse,
+# tokenization, tf-idf), at ~100x its size in the worst case; a stray multi-GB line (a dump without
+# newlines) must be refused while it streams past, not after it has filled memory.
+MAX_DOCUMENT_BYTES = int(os.environ.get("XLBTM_MAX_DOCUMENT_BYTES", 16 << 20))
+
+
+@dataclass(frozen=True)
+class Document:
+    sp_id: str
+    text: str
+    lang: str | None = None
+    id: str | None = None
+    url: str | None = None
+
+
+@dataclass
+class ReadStats:
+    """What a reader saw: documents, bytes, and the lines it skipped (with `skip_bad_lines`)."""
+
+    documents: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    blank: int = 0  # whitespace-only lines: not documents, not errors
+    examples: list[str] = field(default_factory=list)  # first few skipped lines, as `path:line: why`
+
+    def record_skip(self, message: str) -> None:
+        self.skipped += 1
+        if len(self.examples) < 5:
+            self.examples.append(message)
+
+    def summary(self) -> str:
+        s = f"{self.documents} documents, {self.bytes / 1e6:.1f} MB"
+        if self.skipped:
+            s += f"; skipped {self.skipped} bad lines (first: {self.examples[0]})"
+        return s
+
+
+def iter_raw_lines(f: IO[bytes], limit: int | None = None) -> Iterator[tuple[bytes | None, int]]:
+    """`(line, size in bytes)` for every line of a binary stream, newline included. A line longer than
+    `limit` (default MAX_DOCUMENT_BYTES) is streamed past in bounded chunks and yielded as `(None, size)`,
+    so memory never holds more than `limit` bytes of it."""
+    limit = MAX_DOCUMENT_BYTES if limit is None else limit
+    while True:
+        raw = f.readline(limit + 2)  # room for the line's own \r\n
+        if not raw:
+            return
+        size = len(raw)
+        if size == limit + 2 and not raw.endswith(b"\n"):  # cut off by the limit: stream past the rest
+            while not raw.endswith(b"\n"):
+                raw = f.readline(1 << 20)
+                if not raw:
+                    break
+                size += len(raw)
+            yield None, size
+        elif len(raw.rstrip(b"\r\n")) > limit:
+            yield None, size
+        else:
+            yield raw, size
+
+
+def too_long(size: int) -> str:
+    return (f"line of {size / 1e6:.1f} MB is over the {MAX_DOCUMENT_BYTES / 2 ** 20:g} MiB limit for one document: "
+            "split the document, or raise the limit with XLBTM_MAX_DOCUMENT_BYTES")
+
+
+def open_binary(path: Path) -> IO[bytes]:
+    if path.name.endswith(".gz"):
+        # GzipFile's own line iteration is slow (small reads); a 1 MiB buffer on top makes it ~1.5x faster
+        return io.BufferedReader(gzip.open(path, "rb"), buffer_size=1 << 20)
+    return open(path, "rb")
+
+
+def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
+    """Parse one raw line; raises InputError naming `path:line` (1-based) on anything malformed."""
+    lineno = line_index + 1
+    try:
+        s = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"invalid UTF-8 at byte {e.start} of the line", path, lineno) from None
+    if not s.strip():
+        raise InputError("empty line (expected a JSON object with a 'text' field)", path, lineno)
+    try:
+        obj = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON: {e.msg} at column {e.colno}", path, lineno) from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply (expected a flat object with a 'text' field)", path, lineno) \
+            from None
+    if not isinstance(obj, dict):
+        raise InputError(f"expected a JSON object, got {type(obj).__name__}", path, lineno)
+    if "text" not in obj:
+        raise InputError("missing required field 'text'", path, lineno)
+    text = obj["text"]
+    if not isinstance(text, str):
+        raise InputError(f"field 'text' must be a string, got {type(text).__name__}", path, lineno)
+    if b"\\ud" in raw or b"\\uD" in raw:  # only a \uXXXX escape can smuggle in a lone surrogate
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InputError(f"field 'text' holds a lone surrogate (\\u{ord(text[e.start]):04x}) at character "
+                             f"{e.start}: not valid Unicode text", path, lineno) from None
+    lang = obj.get("lang")
+    doc_id = obj.get("id")
+    url = obj.get("url")
+    return Document(
+        sp_id=sp_id,
+        text=text,
+        lang=lang if isinstance(lang, str) else None,
+        id=None if doc_id is None else str(doc_id),
+        url=url if isinstance(url, str) else None,
+    )
+
+
+def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines: bool = False,
+              stats: ReadStats | None = None, lines: set[int] | None = None) -> Iterator[Document]:
+    """Stream the documents of one file. `rel` is the sp_id path (defaults to `path` as given). `lines`:
+    only these 0-based lines are parsed (a sample), the others are passed over unread; reading stops after
+    the last of them."""
+    path = Path(path)
+    rel = path.as_posix() if rel is None else rel
+    shown = str(path)
+    stats = stats if stats is not None else ReadStats()
+    i = -1
+    try:
+        with open_binary(path) as f:
+            last = None if lines is None else max(lines, default=-1)
+            for i, (raw, size) in enumerate(iter_raw_lines(f)):
+                if lines is not None:
+                    if i > last:
+                        break
+                    if i not in lines:
+                        continue
+                stats.bytes += size
+                if raw is None:
+                    err = InputError(too_long(size), shown, i + 1)
+                    if not skip_bad_lines:
+                        raise err
+                    stats.record_skip(str(err))
+                    continue
+                if raw.endswith(b"\n"):
+                    raw = raw[:-1]
+                    if raw.endswith(b"\r"):
+                        raw = raw[:-1]
+                if i == 0 and raw.startswith(BOM):
+                    raw = raw[len(BOM):]
+                if not raw.strip():  # a blank line is not a document (e.g. a trailing newline); its index stays
+                    stats.blank += 1
+                    continue
+                try:
+                    doc = parse_line(raw, shown, i, f"{rel}|{i}")
+                except InputError as e:
+                    if not skip_bad_lines:
+                        raise
+                    stats.record_skip(str(e))
+                    continue
+                stats.documents += 1
+                yield doc
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; truncated: EOFError; corrupt: zlib
+        if isinstance(e, FileNotFoundError):
+            raise InputError("file not found", path) from None
+        raise InputError(f"cannot read file: {e or type(e).__name__}", path, i + 2) from None
