@@ -14,7 +14,7 @@ LAYERS = {
     "xlbtm.corpus": 1, "xlbtm.tokenizer": 1, "xlbtm.demo_corpus": 1, "xlbtm.models": 1, "xlbtm.launch": 1,
     "xlbtm.formats": 2, "xlbtm.cluster": 2, "xlbtm.data": 2, "xlbtm.parallel": 2,
     "xlbtm.train": 3, "xlbtm.ensemble": 3,
-    "xlbtm.study": 4, "xlbtm.quickstart": 4,
+    "xlbtm.study": 4, "xlbtm.quickstart": 4, "xlbtm.grow": 4,
     "xlbtm.scripts": 5,
 }
 # (importer, imported): known debts, each to be removed with its import (none today)

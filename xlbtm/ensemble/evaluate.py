@@ -80,9 +80,12 @@ def resolve(cfg: EvalConfig):
     clusterer = _load_clusterer(cfg.path_to_clusterer) if cfg.path_to_clusterer else None
     experts = find_experts(cfg.experts_dir) if cfg.experts_dir else [read_expert(p) for p in cfg.model_paths]
     dense = cfg.ensemble_type == "dense"
-    experts = match_experts(experts, num_clusters=None if dense or clusterer is None else clusterer.num_clusters,
-                            clusterer_fingerprint=None if dense or clusterer is None else clusterer.fingerprint,
-                            dense=dense)
+    by_clusterer = not dense and clusterer is not None
+    from xlbtm.cluster.extend import lineage
+
+    experts = match_experts(experts, num_clusters=clusterer.num_clusters if by_clusterer else None,
+                            clusterer_fingerprint=clusterer.fingerprint if by_clusterer else None, dense=dense,
+                            lineage=lineage(clusterer) if by_clusterer else None)
     if cfg.ensemble_type == "clustering" and getattr(clusterer, "centroids", None) is None:
         raise UsageError(f"--ensemble-type clustering routes by distance to centroids, but {cfg.path_to_clusterer} "
                          f"is a {getattr(clusterer, 'kind', '?')} clusterer without them (typological: use "

@@ -104,9 +104,12 @@ def find_experts(root: str | os.PathLike) -> list[Expert]:
 
 
 def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_fingerprint: str | None,
-                  dense: bool = False) -> list[Expert]:
+                  dense: bool = False, lineage: dict[str, int] | None = None) -> list[Expert]:
     """Order experts by cluster id and check they form one complete, consistent ensemble.
 
+    `lineage` ({fingerprint: K} of the clusterers the given one extends, `xlbtm.cluster.extend.lineage`): an
+    expert trained on an ancestor's K clusters is the expert of that cluster id here (the extension keeps
+    clusters 0..K-1 and adds new ones after them).
     Errors: a cluster without an expert, two experts for one cluster, experts trained for another K or
     another clusterer, different tokenizers or objectives.
     """
@@ -116,24 +119,30 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
         if len(experts) != 1:
             raise UsageError(f"--ensemble-type dense evaluates one model; got {len(experts)}")
         return experts
-    Ks = {int(e.info["num_clusters"]) for e in experts}
-    if len(Ks) != 1:
-        raise InputError(f"experts were trained for different numbers of clusters {sorted(Ks)}: "
-                         + ", ".join(f"{e.run_dir} (K={e.info['num_clusters']})" for e in experts))
-    K = Ks.pop()
-    if num_clusters is not None and K != num_clusters:
-        raise InputError(f"experts were trained for K={K} clusters but the clusterer has {num_clusters}",
-                         experts[0].run_dir / EXPERT_JSON)
-    fps = {e.info.get("clusterer_fingerprint") for e in experts}
-    if len(fps) > 1:
-        raise InputError("experts were trained on clusters of different clusterers: "
-                         + ", ".join(f"{e.run_dir}={str(e.info.get('clusterer_fingerprint'))[:12]}" for e in experts))
-    if clusterer_fingerprint is not None:
+    if clusterer_fingerprint is None:
+        Ks = {int(e.info["num_clusters"]) for e in experts}
+        if len(Ks) != 1:
+            raise InputError(f"experts were trained for different numbers of clusters {sorted(Ks)}: "
+                             + ", ".join(f"{e.run_dir} (K={e.info['num_clusters']})" for e in experts))
+        fps = {e.info.get("clusterer_fingerprint") for e in experts}
+        if len(fps) > 1:
+            raise InputError("experts were trained on clusters of different clusterers: " + ", ".join(
+                f"{e.run_dir}={str(e.info.get('clusterer_fingerprint'))[:12]}" for e in experts))
+        K = Ks.pop()
+        if num_clusters is not None and K != num_clusters:
+            raise InputError(f"experts were trained for K={K} clusters but the clusterer has {num_clusters}",
+                             experts[0].run_dir / EXPERT_JSON)
+    else:
+        K = num_clusters
+        known = {**(lineage or {}), clusterer_fingerprint: num_clusters}
         for e in experts:
             fp = e.info.get("clusterer_fingerprint")
-            if fp != clusterer_fingerprint:
+            if fp not in known:
                 raise InputError(f"expert was trained on clusters of another clusterer (fingerprint {str(fp)[:12]} "
                                  f"!= --path-to-clusterer {clusterer_fingerprint[:12]})", e.run_dir / EXPERT_JSON)
+            if int(e.info["num_clusters"]) != known[fp]:
+                raise InputError(f"experts were trained for K={e.info['num_clusters']} clusters but the clusterer "
+                                 f"has {known[fp]}", e.run_dir / EXPERT_JSON)
     by_cluster: dict[int, Expert] = {}
     for e in experts:
         if e.cluster in by_cluster:

@@ -2,7 +2,7 @@
 config it was trained with. Written atomically by the trainer when the run starts; read by training (resume),
 consolidation and evaluation, always through `read_expert_info`.
 
-Version: `format` is "xlbtm-expert/1"; fields added later are optional (`data`), so older files still read.
+Version: `format` is "xlbtm-expert/1"; fields added later are optional (`data`, `init`), so older files still read.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class ExpertInfo:
     seed_model: str
     run_name: str
     data: dict = field(default_factory=dict)
+    init: dict = field(default_factory=dict)  # a grown expert's start: {"method", "parent", ...} (add_experts)
     format: str = FORMAT
 
     def to_dict(self) -> dict:
@@ -41,7 +42,7 @@ class ExpertInfo:
         if d.get("format") != FORMAT:
             raise InputError(f"not an xlbtm expert.json (format {d.get('format')!r}, expected {FORMAT!r})", path)
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = [n for n in names if n not in d and n not in ("data",)]
+        missing = [n for n in names if n not in d and n not in ("data", "init")]
         if missing:
             raise InputError(f"expert.json lacks {', '.join(sorted(missing))}", path)
         return cls(**{k: v for k, v in d.items() if k in names})

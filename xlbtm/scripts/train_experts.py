@@ -29,14 +29,8 @@ def _default(name: str):
 
 
 def build_parser():
-    from xlbtm.cli import add_settings_args
-    from xlbtm.launch.site import add_slurm_args
-    from xlbtm.train.config import TrainingSettings
-
     p = make_parser("train_experts", __doc__.split("\n\n")[0])
     g = p.add_argument_group("what to train")
-    g.add_argument("--run", choices=["slurm", "local", "debug"], required=True,
-                   help="slurm: one job per expert; local: the same jobs as local processes; debug: in this process")
     g.add_argument("--seed-model", required=True,
                    help="HF dir, metaseq/fairseq .pt, xlbtm consolidated.pt, or a preset name for a random init "
                         "(e.g. debug)")
@@ -53,6 +47,19 @@ def build_parser():
     g.add_argument("--serialization-dir", required=True,
                    help="experts go to <serialization-dir>/<K>_clusters/<run-name>.cluster<i>/")
     g.add_argument("--run-name", default=None, help="default: --data-name or 'run'")
+    add_training_args(p, g)
+    return p
+
+
+def add_training_args(p, g) -> None:
+    """The flags of how experts train (launch, binarization, resources, optimization, the TrainingSettings,
+    SLURM): train_experts' and, under the same names, add_experts'. `g` is the parser's "what to train" group."""
+    from xlbtm.cli import add_settings_args
+    from xlbtm.launch.site import add_slurm_args
+    from xlbtm.train.config import TrainingSettings
+
+    g.add_argument("--run", choices=["slurm", "local", "debug"], required=True,
+                   help="slurm: one job per expert; local: the same jobs as local processes; debug: in this process")
     g.add_argument("--binarized-dir", default=None,
                    help="binarized data (default <serialization-dir>/<K>_clusters/data-bin/<data-name>.<tok hash>)")
     g.add_argument("--binarize-workers", type=int, default=_default("binarize_workers"),
@@ -77,7 +84,6 @@ def build_parser():
     # the training settings: generated from TrainingSettings (flag names, defaults and help live there)
     add_settings_args(p, TrainingSettings, {"what to train": g, "resources": r, "optimization": o})
     add_slurm_args(p)
-    return p
 
 
 def main(argv=None):

@@ -84,6 +84,7 @@ class TrainConfig(TrainingSettings):
     max_steps: int = 1000
     progress_bar: bool | None = None      # None = when stdout is a terminal
     device: str | None = None             # "cuda" | "cpu" | None (cuda when visible)
+    init: dict | None = None              # where the seed came from when not the plain seed (add_experts)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

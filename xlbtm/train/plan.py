@@ -152,13 +152,17 @@ class TrainExpertsRequest(TrainingSettings):
     dry_run: bool = False
     no_wait: bool = False
     site: Any = None                          # xlbtm.launch.site.SiteConfig; None = file + environment only
+    # not flags: set by add_experts
+    experts_dir: str | None = None            # run dirs go here instead of <serialization_dir>/<K>_clusters
+    init: dict | None = None                  # recorded in expert.json: how the seed was chosen
 
     @classmethod
     def from_args(cls, args) -> "TrainExpertsRequest":
         """From `xlbtm.scripts.train_experts`'s parsed flags (SLURM flags resolved into a SiteConfig)."""
         from xlbtm.launch.site import site_from_args
 
-        kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name != "site"}
+        kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if f.name not in ("site", "experts_dir", "init")}
         return cls(**kw, site=site_from_args(args))
 
 
@@ -197,7 +201,12 @@ class TrainExpertsPlan:
 
     @property
     def job_dir(self) -> Path:
-        return experts_root(self.request.serialization_dir, self.request.num_clusters) / "logs"
+        return self.experts_dir / "logs"
+
+    @property
+    def experts_dir(self) -> Path:
+        r = self.request
+        return Path(r.experts_dir) if r.experts_dir else experts_root(r.serialization_dir, r.num_clusters)
 
 
 def resolve_tokenizer(seed_model: str, tokenizer: str | None = None) -> str:
@@ -283,13 +292,14 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     # the training settings pass through by name (none copied by hand); the rest is resolved here
     shared = {f.name: getattr(req, f.name) for f in dataclasses.fields(TrainingSettings)}
     experts = []
+    root = Path(req.experts_dir) if req.experts_dir else experts_root(req.serialization_dir, K)
     for k in clusters:
-        run_dir = experts_root(req.serialization_dir, K) / f"{run_name}.cluster{k}"
+        run_dir = root / f"{run_name}.cluster{k}"
         cfg = TrainConfig(**shared, run_dir=str(run_dir.resolve()), data_dir=str(bin_dir.resolve()),
                           seed_model=req.seed_model, model_size=req.model_size, max_steps=req.max_steps,
                           cluster=k, num_clusters=K, clusterer_fingerprint=clusterer_fp, run_name=run_name,
                           tokenizer=str(Path(tok.path).resolve()), objective=objective, device=device,
-                          progress_bar=False)
+                          progress_bar=False, init=req.init)
         experts.append(ExpertPlan(k, run_dir, cfg))
     from xlbtm.io import refuse_overlap
 

@@ -159,6 +159,7 @@ class Trainer:
                 cluster=cfg.cluster, num_clusters=cfg.num_clusters, clusterer_fingerprint=cfg.clusterer_fingerprint,
                 objective=cfg.objective, model_args=args.to_dict(), tokenizer=str(Path(tok.path).resolve()),
                 tokenizer_fingerprint=tok.fingerprint, seed_model=cfg.seed_model, run_name=cfg.run_name,
+                init=dict(cfg.init or {}),
                 data={"binarized": str(Path(cfg.data_dir).resolve()), "train_subset": cfg.train_subset,
                       "valid_subset": cfg.valid_subset, "train_tokens": len(self.train_ds.stream),
                       "tokens_per_sample": cfg.tokens_per_sample, "dp": self.dims.dp, "tp": self.dims.tp,

@@ -1,0 +1,173 @@
+"""add_experts (X-ELM's HMR): the extended clusterer keeps every old language's cluster, each new expert starts
+from the init it names (checked bitwise with a zero learning rate), trains through the normal path into the
+experts dir, records its init, and the grown ensemble evaluates; bad input is one error with nothing written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from xlbtm.cli import main_wrapper
+from xlbtm.errors import UsageError
+
+pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+
+OLD_LANGS = ("en", "de", "ru", "el")
+NEW_LANGS = ("ar", "zh")
+TRAIN = ["--run", "debug", "--max-steps", "2", "--batch-size", "2", "--tokens-per-sample", "32",
+         "--save-interval-updates", "2", "--validate-interval-updates", "0", "--log-interval", "1",
+         "--binarize-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def grown_base(tmp_path_factory):
+    """Two typological experts trained on four languages; a corpus with two more."""
+    from xlbtm.cluster.assign import assign_corpus
+    from xlbtm.cluster.train import train_typological_clusterer
+    from xlbtm.corpus import Corpus
+    from xlbtm.demo_corpus import write_demo_corpus
+    from xlbtm.scripts.train_experts import main as train_main
+    from xlbtm.tokenizer import train_sentencepiece
+
+    root = tmp_path_factory.mktemp("grow")
+    old_data, new_data = root / "old", root / "new"
+    write_demo_corpus(old_data, n_train=80, n_valid=16, langs=OLD_LANGS)
+    write_demo_corpus(new_data, n_train=120, n_valid=24, langs=OLD_LANGS + NEW_LANGS, seed=1)
+    tok = root / "tok"
+    train_sentencepiece([d.text for d in Corpus(new_data).iter_documents("train")], tok, vocab_size=300)
+    clusterer = root / "typo2"
+    train_typological_clusterer(list(OLD_LANGS), 2, clusterer)
+    for split in ("train", "valid"):
+        assign_corpus(old_data, clusterer, root / "clusters", split)
+    ser = root / "ser"
+    assert train_main(["--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir",
+                       str(root / "clusters"), "--num-clusters", "2", "--path-to-data", str(old_data),
+                       "--serialization-dir", str(ser), "--run-name", "typo", "--learning-rate", "3e-3",
+                       *TRAIN]) == 0
+    return {"root": root, "new_data": new_data, "clusterer": clusterer, "experts": ser / "2_clusters", "tok": tok}
+
+
+def _grow(base, tmp_path, init: str, lr: str = "0", langs=NEW_LANGS):
+    """add_experts on a copy of the experts dir (each test grows its own)."""
+    from xlbtm.scripts.add_experts import main
+
+    experts = tmp_path / "ser" / "2_clusters"
+    shutil.copytree(base["experts"], experts, ignore=shutil.ignore_patterns("grown", "consolidated.pt"))
+    out = tmp_path / "typo2+new"
+    argv = ["--experts-dir", str(experts), "--path-to-clusterer", str(base["clusterer"]), "--langs", ",".join(langs),
+            "--path-to-data", str(base["new_data"]), "--init", init, "--output-clusterer", str(out),
+            "--learning-rate", lr, *TRAIN]
+    return main_wrapper("add_experts", main, argv), experts, out, argv
+
+
+def _weights(run_dir):
+    from train_helpers import final_weights
+
+    return final_weights(run_dir)
+
+
+def test_nearest_init_extends_the_clusterer_and_trains_into_the_experts_dir(grown_base, tmp_path):
+    from xlbtm.cluster.artifact import load_clusterer
+    from xlbtm.cluster.typology import cosine_distances, language_features
+    from xlbtm.ensemble.evaluate import EvalConfig, run_eval
+    from xlbtm.formats.expert import read_expert_info
+    from xlbtm.scripts.add_experts import main
+
+    rc, experts, out, argv = _grow(grown_base, tmp_path, "nearest")
+    assert rc == 0
+    old, ext = load_clusterer(grown_base["clusterer"]), load_clusterer(out)
+    # every old language keeps its cluster; the new ones get clusters 2 and 3, in the order given
+    assert ext.lang_to_cluster == {**old.lang_to_cluster, "ar": 2, "zh": 3}
+    assert ext.num_clusters == 4 and ext.fingerprint != old.fingerprint
+    assert ext.meta["lineage"] == {old.fingerprint: 2}
+    docs = [{"text": "x", "lang": lang} for lang in OLD_LANGS]
+    assert ext.predict(docs).tolist() == old.predict(docs).tolist()
+
+    # the parent is the cluster with the nearest language (single linkage over URIEL cosine distances)
+    feats, _ = language_features(list(OLD_LANGS) + list(NEW_LANGS))
+    d = cosine_distances(feats)
+    for i, lang in enumerate(NEW_LANGS):
+        per_cluster = [min(d[len(OLD_LANGS) + i, j] for j, x in enumerate(OLD_LANGS) if old.lang_to_cluster[x] == k)
+                       for k in range(2)]
+        info = read_expert_info(experts / f"typo.cluster{2 + i}")
+        want = int(np.argmin(per_cluster))
+        assert (info.cluster, info.num_clusters, info.clusterer_fingerprint) == (2 + i, 4, ext.fingerprint)
+        assert info.init["method"] == "nearest" and info.init["parent_cluster"] == want
+        assert info.init["distance"] == pytest.approx(per_cluster[want])
+        assert info.init["parent"] == str(experts / f"typo.cluster{want}")
+        assert info.init["root_seed_model"] == "debug"
+        # with learning rate 0 the new expert is its parent, bitwise
+        new, parent = _weights(experts / f"typo.cluster{2 + i}"), _weights(experts / f"typo.cluster{want}")
+        assert new.keys() == parent.keys() and all(torch.equal(new[k], parent[k]) for k in new)
+
+    # old and new experts evaluate as one ensemble under the extended clusterer
+    res = run_eval(EvalConfig(data_dir=str(grown_base["new_data"]), data_subset="valid", job_dir=str(tmp_path / "ev"),
+                              ensemble_type="lang", path_to_clusterer=str(out), experts_dir=str(experts)))
+    assert res["settings"]["num_experts"] == 4 and set(res["per_cluster"]) == {"0", "1", "2", "3"}
+    assert set(res["per_language"]) == set(OLD_LANGS + NEW_LANGS)
+
+    # a rerun resumes (nothing new to train); another --init on the same dir is refused, not silently resumed
+    latest = (experts / "typo.cluster2" / "checkpoints" / "latest").read_text()
+    assert main_wrapper("add_experts", main, argv) == 0
+    assert (experts / "typo.cluster2" / "checkpoints" / "latest").read_text() == latest
+    argv[argv.index("--init") + 1] = "seed"
+    assert main_wrapper("add_experts", main, argv) == 2
+
+
+@pytest.mark.parametrize("init", ["seed", "expert:1"])
+def test_seed_and_expert_inits(grown_base, tmp_path, init):
+    from xlbtm.formats.expert import read_expert_info
+    from xlbtm.models import build_model, get_preset
+
+    rc, experts, _, _ = _grow(grown_base, tmp_path, init, langs=("zh",))
+    assert rc == 0
+    info = read_expert_info(experts / "typo.cluster2")
+    new = _weights(experts / "typo.cluster2")
+    if init == "seed":
+        assert info.init["method"] == "seed" and info.seed_model == "debug" and info.init["parent"] is None
+        torch.manual_seed(1)  # the trainer's --seed (default 1): the experts' own random start
+        ref = build_model(get_preset("debug", vocab_size=new["embed_tokens.weight"].shape[0])).state_dict()
+        trained = _weights(experts / "typo.cluster0")
+        assert any(not torch.equal(trained[k], ref[k]) for k in ref)  # (the experts moved away from it)
+    else:
+        assert info.init["method"] == "expert" and info.init["parent_cluster"] == 1
+        ref = _weights(experts / "typo.cluster1")
+    assert all(torch.equal(new[k], ref[k]) for k in ref)
+
+
+def test_bad_input_is_one_error_and_writes_nothing(grown_base, tmp_path, capsys):
+    for langs, init, message in ((("en",), "nearest", "'en' is already covered by cluster"),
+                                 (("zz",), "nearest", "'zz' has no URIEL"),
+                                 (("zh", "zh"), "nearest", "lists a language twice"),
+                                 (("zh",), "expert:7", "--init must be nearest, average, seed or expert:K")):
+        rc, experts, out, _ = _grow(grown_base, tmp_path / f"bad{len(list(tmp_path.iterdir()))}", init, langs=langs)
+        assert rc == 2 and message in capsys.readouterr().err
+        assert not out.exists() and not (experts / "typo.cluster2").exists() and not (experts / "grown").exists()
+
+
+def test_tfidf_extension_adds_fitted_centroids_and_keeps_the_featurizer(tmp_path):
+    from xlbtm.cluster.extend import extend_tfidf, lineage
+    from xlbtm.cluster.train import train_tfidf_clusterer
+    from xlbtm.corpus import Corpus
+    from xlbtm.demo_corpus import write_demo_corpus
+
+    data = tmp_path / "data"
+    write_demo_corpus(data, n_train=300, n_valid=8, langs=("en", "de", "ru", "zh"))
+    docs = list(Corpus(data).iter_documents("train"))
+    # (fitted on every language's text: a featurizer that never saw a language's terms cannot place it)
+    old, _ = train_tfidf_clusterer(data, 2, tmp_path / "old", featurizer="word")
+    by_lang = {lang: [d.text for d in docs if d.lang == lang] for lang in ("ru", "zh")}
+    ext = extend_tfidf(old, by_lang, tmp_path / "ext")
+    assert ext.num_clusters == 4 and lineage(ext) == {old.fingerprint: 2, ext.fingerprint: 4}
+    assert np.array_equal(ext.idf, old.idf) and np.array_equal(ext.components, old.components)
+    assert np.array_equal(ext.centroids[:2], old.centroids)
+    for i, lang in enumerate(("ru", "zh")):
+        np.testing.assert_allclose(ext.centroids[2 + i], old.transform(by_lang[lang]).mean(0), atol=1e-6)
+        assert (ext.predict(by_lang[lang]) == 2 + i).mean() > 0.9, lang
+    assert ext.meta["added_langs"] == {"ru": 2, "zh": 3}
+    with pytest.raises(UsageError, match="'zh' is already covered by cluster 3"):
+        extend_tfidf(ext, {"zh": by_lang["zh"]}, tmp_path / "ext2")

@@ -1,0 +1,222 @@
+"""Grow an ensemble with experts for new languages (X-ELM's hierarchical multi-round training, HMR).
+
+    grown = add_experts(AddExpertsRequest(experts_dir=..., path_to_clusterer=..., langs=["pl", "cs"],
+                                          path_to_data=..., output_clusterer=..., init="nearest", train=req))
+
+1. The clusterer is extended with one new cluster per language (`xlbtm.cluster.extend`): clusters 0..K-1 are
+   the old ones, K.. the new languages in the order given.
+2. Each new expert starts from
+     nearest    the existing expert closest to the language: typological clusterers by URIEL distance to the
+                cluster's nearest language (single linkage, the distance X-ELM's clustering uses), TF-IDF ones
+                by the distance between the language's new centroid and the old centroids (X-ELM);
+     average    the parameter average of all experts weighted by their posterior on a sample of the
+                language's documents (BTM; `xlbtm.ensemble.merge`);
+     seed       the seed the experts were branched from;
+     expert:K   expert K.
+3. It trains on the language's documents (of --path-to-data, by their `lang`) through the normal training path (`xlbtm.train`: local or SLURM,
+   resumable: rerunning the command continues), into the same experts dir, and its expert.json records
+   `init` (method, parent, weights, distance).
+`eval_ensemble --experts-dir <experts> --path-to-clusterer <extended>` then evaluates old and new experts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xlbtm.cli import get_logger
+from xlbtm.errors import InputError, UsageError
+
+log = get_logger("add_experts")
+
+INITS = ("nearest", "average", "seed", "expert:K")
+
+
+@dataclass
+class AddExpertsRequest:
+    experts_dir: str                # the <K>_clusters dir of the experts to grow
+    path_to_clusterer: str          # their clusterer
+    langs: list[str]
+    path_to_data: str               # a corpus holding the new languages' documents (others are ignored)
+    output_clusterer: str           # where the extended clusterer goes
+    train: object                   # xlbtm.train.plan.TrainExpertsRequest: the training flags (seed etc. set here)
+    init: str = "nearest"
+    max_docs_per_lang: int = 2000   # documents per language for a TF-IDF centroid and the posterior weights
+
+
+@dataclass
+class GrownExpert:
+    lang: str
+    cluster: int
+    init: dict
+    run_dir: Path
+
+
+def parse_init(value: str, num_clusters: int) -> tuple[str, int | None]:
+    if value in ("nearest", "average", "seed"):
+        return value, None
+    if value.startswith("expert:") and value[7:].isdigit() and int(value[7:]) < num_clusters:
+        return "expert", int(value[7:])
+    raise UsageError(f"--init must be nearest, average, seed or expert:K with K < {num_clusters}, got {value!r}")
+
+
+def root_seed(info: dict) -> str:
+    """The seed an expert (or the expert it grew from) was branched from."""
+    return (info.get("init") or {}).get("root_seed_model") or info["seed_model"]
+
+
+def nearest_cluster(old, extended, lang: str) -> tuple[int, float]:
+    """(cluster of `old` closest to `lang`, its distance); see the module docstring."""
+    K = old.num_clusters
+    if old.kind == "typological":
+        from xlbtm.cluster import typology
+
+        langs = list(old.lang_to_cluster)
+        feats, _ = typology.language_features(langs + [lang])
+        d = typology.cosine_distances(feats)[-1, :-1]
+        per = [min(d[i] for i, x in enumerate(langs) if old.lang_to_cluster[x] == k) for k in range(K)]
+    else:
+        new = extended.centroids[extended.meta["added_langs"][lang]]
+        per = list(((old.centroids - new[None, :]) ** 2).sum(1))
+    k = int(np.argmin(per))
+    return k, float(per[k])
+
+
+def _seed_file(expert) -> Path:
+    """The expert's weights as a file `--seed-model` reads: consolidated.pt (consolidated first when the
+    expert has only its DCP checkpoint, or the consolidated file is older than it)."""
+    src = expert.source()
+    if src.is_file():
+        return src
+    from xlbtm.ensemble.consolidate import consolidate_expert
+
+    return consolidate_expert(expert.run_dir)["consolidated"]
+
+
+def _average_seed(experts, req: AddExpertsRequest, lang: str, out: Path) -> tuple[Path, list[float]]:
+    from xlbtm.ensemble.merge import average_states, posterior_weights
+    from xlbtm.formats.consolidated import save_consolidated
+    from xlbtm.models import ModelArgs
+
+    weights = posterior_weights(experts, req.path_to_data, req.train.train_subset, langs={lang},
+                                max_docs=req.max_docs_per_lang, job_dir=out.parent / "posterior")
+    args = ModelArgs.from_dict(experts[0].info["model_args"])
+    save_consolidated(out, average_states(experts, weights), args,
+                      extra={"merged_from": [str(e.run_dir) for e in experts], "weights": weights})
+    return out, weights
+
+
+def choose_init(req: AddExpertsRequest, experts, old, extended, lang: str, work: Path) -> tuple[str, dict]:
+    """(the --seed-model of the new expert, the `init` record of its expert.json)."""
+    method, which = parse_init(req.init, old.num_clusters)
+    seeds = {root_seed(e.info) for e in experts}
+    if len(seeds) != 1:
+        raise InputError(f"the experts were branched from different seeds ({', '.join(sorted(seeds))}); growing "
+                         "needs one ensemble from one seed", req.experts_dir)
+    init = {"method": method, "lang": lang, "root_seed_model": seeds.pop()}
+    if method == "seed":
+        return init["root_seed_model"], {**init, "parent": None}
+    if method == "average":
+        path, weights = _average_seed(experts, req, lang, work / "init" / lang / "consolidated.pt")
+        return str(path), {**init, "parent": [str(e.run_dir) for e in experts], "weights": weights}
+    if method == "nearest":
+        which, dist = nearest_cluster(old, extended, lang)
+        init["distance"] = dist
+    parent = experts[which]
+    return str(_seed_file(parent)), {**init, "parent": str(parent.run_dir), "parent_cluster": which}
+
+
+def _check_not_grown_otherwise(run_dir: Path, method: str, parent=...) -> None:
+    """A rerun resumes the new expert; one with another --init would silently resume the first one instead."""
+    from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
+
+    if not (run_dir / EXPERT_JSON).is_file():
+        return
+    had = read_expert_info(run_dir).init
+    if had.get("method") != method or (parent is not ... and had.get("parent") != parent):
+        raise UsageError(f"{run_dir} was already grown with --init {had.get('method')} (parent "
+                         f"{had.get('parent')}); to compare inits, grow a copy of --experts-dir")
+
+
+def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path, clusterer,
+                       splits: list[str]) -> dict[str, list[int]]:
+    """Cluster files giving each new language's documents its new cluster (a new expert trains on its
+    language, X-ELM); documents of other languages get none (training drops them). {split: docs per cluster}."""
+    from xlbtm.corpus import Corpus
+    from xlbtm.formats.clusters import FORMAT, cluster_file_path, write_cluster_file, write_manifest
+
+    corpus, K = Corpus(data_dir), clusterer.num_clusters
+    counts = {}
+    for split in splits:
+        n = [0] * K
+        for f in corpus.files(split):
+            pairs = [(d.sp_id, lang_to_cluster[d.lang]) for d in corpus.iter_file(f) if d.lang in lang_to_cluster]
+            for _, k in pairs:
+                n[k] += 1
+            write_cluster_file(cluster_file_path(out_dir, corpus.rel(f)), pairs)
+        counts[split] = n
+    write_manifest(out_dir, {"format": FORMAT, "fingerprint": clusterer.fingerprint, "num_clusters": K,
+                             "kind": "language", "clusterer": str(clusterer.path),
+                             "data_dir": str(Path(data_dir).resolve()), "documents": [sum(c[k] for c in counts.values()) for k in range(K)],
+                             "splits": {s: {"documents": c} for s, c in counts.items()}})
+    return counts
+
+
+def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
+    from xlbtm.cluster.artifact import load_clusterer
+    from xlbtm.cluster.extend import extend_clusterer, lineage
+    from xlbtm.ensemble.experts import find_experts, match_experts
+    from xlbtm.train.experts import all_completed, describe_results, run_plan
+    from xlbtm.train.plan import describe_plan, plan_experts
+
+    experts_dir = Path(req.experts_dir)
+    old = load_clusterer(req.path_to_clusterer)
+    # the experts of the old clusterer (and its ancestors); experts grown from it before (a rerun) are not theirs
+    known = lineage(old)
+    experts = match_experts([e for e in find_experts(experts_dir) if e.info.get("clusterer_fingerprint") in known],
+                            num_clusters=old.num_clusters, clusterer_fingerprint=old.fingerprint, lineage=known)
+    parse_init(req.init, old.num_clusters)  # a bad --init fails before anything is written
+    ext = extend_clusterer(old, req.langs, req.output_clusterer, data_dir=req.path_to_data,
+                           max_docs=req.max_docs_per_lang)
+    K0, K = old.num_clusters, ext.num_clusters
+    new_langs = list(ext.meta["extends"]["langs"])
+    work = experts_dir / "grown" / ext.fingerprint[:12]
+    clusters = work / "clusters"
+    splits = ["train"] + (["valid"] if (Path(req.path_to_data) / "valid").is_dir() else [])
+    counts = assign_by_language(req.path_to_data, {lang: K0 + i for i, lang in enumerate(new_langs)}, clusters,
+                                ext, splits)
+    empty = [lang for i, lang in enumerate(new_langs) if counts["train"][K0 + i] == 0]
+    if empty:
+        raise InputError(f"no training documents with lang {', '.join(empty)}", req.path_to_data)
+    info0 = experts[0].info
+    grown = []
+    for i, lang in enumerate(new_langs):
+        k = K0 + i
+        _check_not_grown_otherwise(experts_dir / f"{info0['run_name']}.cluster{k}", parse_init(req.init, K0)[0])
+        seed, init = choose_init(req, experts, old, ext, lang, work)
+        _check_not_grown_otherwise(experts_dir / f"{info0['run_name']}.cluster{k}", init["method"], init.get("parent"))
+        log.info(f"{lang}: cluster {k}, init {init['method']} from {init.get('parent') or seed}")
+        treq = dataclasses.replace(
+            req.train, seed_model=seed, num_clusters=K, path_to_clusters_dir=str(clusters), train_cluster=str(k),
+            serialization_dir=str(experts_dir.parent), experts_dir=str(experts_dir), path_to_data=req.path_to_data,
+            tokenizer=info0["tokenizer"], objective=info0["objective"], run_name=info0["run_name"], init=init,
+            binarized_dir=req.train.binarized_dir or str(work / "data-bin"), model_size=None, allow_unassigned=True)
+        plan = plan_experts(treq)
+        for line in describe_plan(plan):
+            print(line)
+        if treq.dry_run:
+            print("dry run: the clusterer is extended and the corpus assigned; nothing trained")
+            continue
+        results = run_plan(plan)
+        if results is None:  # --dry-run / --no-wait
+            continue
+        for line in describe_results(plan, results):
+            print(line)
+        if not all_completed(results):
+            raise InputError(f"the {lang} expert did not finish; rerun the same command to resume it",
+                             plan.experts[0].run_dir)
+        grown.append(GrownExpert(lang, k, init, plan.experts[0].run_dir))
+    return grown
