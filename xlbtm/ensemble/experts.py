@@ -154,8 +154,6 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
     unknown = sorted(k for k in exclude if not 0 <= k < K)
     if unknown:
         raise UsageError(f"--exclude-experts: no cluster {unknown} in this K={K} ensemble (ids are 0..{K - 1})")
-    if len(exclude) >= K:
-        raise UsageError(f"--exclude-experts excludes all {K} experts; keep at least one")
     missing = [k for k in range(K) if k not in by_cluster and k not in exclude]
     if missing:
         raise InputError(f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); "
