@@ -73,7 +73,7 @@ def test_excluding_an_expert_equals_an_ensemble_built_without_it(tiny, clusterer
     assert set(excl["top_expert"]) == {"0", "2"}  # reported under cluster ids, not row positions
     assert excl["top_expert"]["2"] == pytest.approx(ref["top_expert"]["1"])
     assert "Excluded experts" in (tmp_path / "j_excl" / "report.md").read_text()
-    for et in ("uniform", "oracle"):  # the other mixtures are over the remaining experts too
+    for et in ("uniform", "oracle", "average"):  # the other mixtures are over the remaining experts too
         a = _eval(tiny, tmp_path / f"e_{et}", ensemble_type=et, experts_dir=str(full), exclude_experts=[1],
                   max_valid_steps=8)
         b = _eval(tiny, tmp_path / f"r_{et}", ensemble_type=et, experts_dir=str(ref_dir), max_valid_steps=8)

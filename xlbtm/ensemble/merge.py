@@ -18,6 +18,7 @@ share tokenizer, objective and architecture; anything else is refused before any
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -68,7 +69,8 @@ def check_mergeable(experts: list) -> None:
     for e in experts[1:]:
         for key, what in checks.items():
             if value(e, key) != value(first, key):
-                detail = "" if key == "model_args" else f": {str(value(e, key))[:48]!r} != {str(value(first, key))[:48]!r}"
+                mine, theirs = (str(value(x, key))[:48] for x in (e, first))
+                detail = "" if key == "model_args" else f": {mine!r} != {theirs!r}"
                 raise InputError(f"cannot merge: another {what} than {first.run_dir / EXPERT_JSON}{detail}",
                                  e.run_dir / EXPERT_JSON)
 
@@ -101,13 +103,19 @@ def parse_weights(spec: str, n: int) -> list[float] | str:
     except ValueError:
         raise UsageError(f"--weights takes uniform, posterior or comma-separated numbers like 0.5,0.3,0.2; "
                          f"got {spec!r}") from None
+    check_weights(w, n)
+    return w
+
+
+def check_weights(w: list[float], n: int) -> None:
+    """n finite, non-negative weights summing to 1 (within WEIGHT_SUM_TOL); else a UsageError naming --weights."""
+    shown = ",".join(f"{x:g}" for x in w)
     if len(w) != n:
         raise UsageError(f"--weights gives {len(w)} weight(s) for {n} expert(s) (one per expert, in cluster order)")
     if any(not math.isfinite(x) or x < 0 for x in w):
-        raise UsageError(f"--weights must be finite and non-negative, got {spec}")
+        raise UsageError(f"--weights must be finite and non-negative, got {shown}")
     if abs(sum(w) - 1.0) > WEIGHT_SUM_TOL:
-        raise UsageError(f"--weights must sum to 1 (within {WEIGHT_SUM_TOL:g}), got {spec} (sum {sum(w):.8g})")
-    return w
+        raise UsageError(f"--weights must sum to 1 (within {WEIGHT_SUM_TOL:g}), got {shown} (sum {sum(w):.8g})")
 
 
 def resolve_weights(spec: str, experts: list, *, data_dir=None, subset: str = "valid", max_docs: int | None = None,
@@ -155,8 +163,10 @@ def posterior_weights(experts: list, data_dir, subset: str, *, langs: set[str] |
         raise UsageError("--max-docs must be positive")
     tokenizer = load_expert_tokenizer(experts[0])
     window, stride = scoring_window(experts)
-    with tempfile.TemporaryDirectory(prefix="xlbtm-posterior-") as tmp:
-        job = Path(job_dir) if job_dir is not None else Path(tmp)
+    cache = contextlib.nullcontext(job_dir) if job_dir is not None else \
+        tempfile.TemporaryDirectory(prefix="xlbtm-posterior-")
+    with cache as job:
+        job = Path(job)
         job.mkdir(parents=True, exist_ok=True)
         docs = prepare_docs(job, data_dir, subset, tokenizer, None, max_docs, langs=langs)
         per_doc = []
@@ -234,10 +244,7 @@ def merge_experts(experts: list, weights: list[float], output_dir: str | os.Path
     from xlbtm.models import ModelArgs
 
     check_mergeable(experts)
-    if len(weights) != len(experts):
-        raise UsageError(f"--weights gives {len(weights)} weight(s) for {len(experts)} expert(s)")
-    if any(not math.isfinite(x) or x < 0 for x in weights) or abs(sum(weights) - 1.0) > WEIGHT_SUM_TOL:
-        raise UsageError(f"--weights must be non-negative and sum to 1, got {weights}")
+    check_weights(list(weights), len(experts))
     out = Path(output_dir)
     check_output_dir(out, experts)
     ref = experts[0].info

@@ -65,7 +65,9 @@ def main(argv=None):
     parse_weights(args.weights, len(experts))  # a bad --weights fails before any scoring
     if args.data_dir is not None and args.weights.strip() != "posterior":
         raise UsageError("--data-dir is only read by --weights posterior")
-    check_output_dir(args.output_dir, experts, {"--data-dir": args.data_dir, "--job-dir": args.job_dir})
+    # not inside --experts-dir either: the next find_experts there would take the merge for an expert
+    check_output_dir(args.output_dir, experts, {"--experts-dir": args.experts_dir, "--data-dir": args.data_dir,
+                                                "--job-dir": args.job_dir})
     if args.job_dir is not None:
         from xlbtm.io import refuse_overlap
 
