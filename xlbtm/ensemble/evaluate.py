@@ -189,8 +189,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     names = score_all(cfg, experts, docs, window, stride)
     logp = torch.from_numpy(np.stack([read_scores(cfg.job_dir, n) for n in names]).astype(np.float64))
     K, N = logp.shape
-    # the cluster id of each row of logp: with --exclude-experts, row k is no longer cluster k
-    clusters = [0] if names == ["average"] else [e.cluster for e in experts]
+    # the cluster id of each row of logp: with --exclude-experts, row k is no longer cluster k (one model
+    # -- dense, average -- is row 0, as always)
+    clusters = list(range(K)) if cfg.ensemble_type in ("dense", "average") else [e.cluster for e in experts]
     lengths = np.diff(docs.offsets)
     doc_of_token = torch.from_numpy(np.repeat(np.arange(docs.num_docs), lengths))
 

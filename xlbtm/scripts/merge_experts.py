@@ -1,4 +1,4 @@
-"""Merge experts into one model by parameter averaging (c-BTM's --average, BTM's posterior-weighted average).
+r"""Merge experts into one model by parameter averaging (c-BTM's --average, BTM's posterior-weighted average).
 
     python -m xlbtm.scripts.merge_experts --experts-dir RUNS/8_clusters --output-dir MERGED
     python -m xlbtm.scripts.merge_experts --experts-dir RUNS/8_clusters --experts 0,2,5 \
@@ -33,7 +33,7 @@ def build_parser():
     p = make_parser("merge_experts", __doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--experts-dir", required=True, help="directory holding the expert run dirs (expert.json)")
     p.add_argument("--experts", type=_cluster_ids, default=None, metavar="IDS",
-                   help="cluster ids of the experts to merge, e.g. 0,2 (default: every expert found)")
+                   help="cluster ids of the experts to merge, e.g. 0,2; unset: every expert found")
     p.add_argument("--weights", default="uniform",
                    help="uniform | posterior | comma-separated weights, one per selected expert in cluster order, "
                         "non-negative and summing to 1")
