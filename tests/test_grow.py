@@ -4,7 +4,6 @@ experts dir, records its init, and the grown ensemble evaluates; bad input is on
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -118,8 +117,8 @@ def test_nearest_init_extends_the_clusterer_and_trains_into_the_experts_dir(grow
     assert main_wrapper("add_experts", main, argv) == 2
 
 
-@pytest.mark.parametrize("init", ["seed", "expert:1"])
-def test_seed_and_expert_inits(grown_base, tmp_path, init):
+@pytest.mark.parametrize("init", ["seed", "expert:1", "average"])
+def test_seed_expert_and_average_inits(grown_base, tmp_path, init):
     from xlbtm.formats.expert import read_expert_info
     from xlbtm.models import build_model, get_preset
 
@@ -133,9 +132,18 @@ def test_seed_and_expert_inits(grown_base, tmp_path, init):
         ref = build_model(get_preset("debug", vocab_size=new["embed_tokens.weight"].shape[0])).state_dict()
         trained = _weights(experts / "typo.cluster0")
         assert any(not torch.equal(trained[k], ref[k]) for k in ref)  # (the experts moved away from it)
-    else:
+    elif init == "expert:1":
         assert info.init["method"] == "expert" and info.init["parent_cluster"] == 1
         ref = _weights(experts / "typo.cluster1")
+    else:  # BTM: the experts' average weighted by their posterior on zh documents (recomputed here)
+        from xlbtm.ensemble.experts import find_experts
+        from xlbtm.ensemble.merge import average_states, posterior_weights
+
+        old = sorted((e for e in find_experts(experts) if e.cluster < 2), key=lambda e: e.cluster)
+        w = posterior_weights(old, grown_base["new_data"], "train", langs={"zh"}, max_docs=2000)
+        assert info.init["method"] == "average" and info.init["weights"] == pytest.approx(w, abs=1e-9)
+        assert abs(sum(w) - 1) < 1e-9 and info.init["parent"] == [str(e.run_dir) for e in old]
+        ref = average_states(old, w)
     assert all(torch.equal(new[k], ref[k]) for k in ref)
 
 

@@ -63,11 +63,6 @@ def parse_init(value: str, num_clusters: int) -> tuple[str, int | None]:
     raise UsageError(f"--init must be nearest, average, seed or expert:K with K < {num_clusters}, got {value!r}")
 
 
-def root_seed(info: dict) -> str:
-    """The seed an expert (or the expert it grew from) was branched from."""
-    return (info.get("init") or {}).get("root_seed_model") or info["seed_model"]
-
-
 def nearest_cluster(old, extended, lang: str) -> tuple[int, float]:
     """(cluster of `old` closest to `lang`, its distance); see the module docstring."""
     K = old.num_clusters
@@ -111,6 +106,8 @@ def _average_seed(experts, req: AddExpertsRequest, lang: str, out: Path) -> tupl
 
 def choose_init(req: AddExpertsRequest, experts, old, extended, lang: str, work: Path) -> tuple[str, dict]:
     """(the --seed-model of the new expert, the `init` record of its expert.json)."""
+    from xlbtm.ensemble.merge import root_seed
+
     method, which = parse_init(req.init, old.num_clusters)
     seeds = {root_seed(e.info) for e in experts}
     if len(seeds) != 1:

@@ -9,7 +9,13 @@ Ensemble types:
   lang        hard routing of the whole document by its `lang` through a typological clusterer
   oracle      the best single expert per document (an upper bound on document-level routing)
   dense       one model (K = 1)
-  average     one model whose parameters are the uniform average of the experts' (c-BTM's --average)
+  average     one model whose parameters are the uniform average of the experts' (c-BTM's --average; the
+              same code as merge_experts --weights uniform, xlbtm.ensemble.merge)
+
+`exclude_experts` (--exclude-experts 2,5) switches experts off (data opt-out): they are neither loaded nor
+scored, and every mixture is over the remaining experts with its weights renormalized (clustering: the prefix
+posterior over the remaining centroids; lang: documents of an excluded language get the uniform mixture of the
+remaining experts).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from xlbtm.cli import get_logger
-from xlbtm.errors import InputError, UsageError
+from xlbtm.errors import UsageError
 
 log = get_logger("ensemble")
 
@@ -53,6 +59,7 @@ class EvalConfig:
     skip_bad_lines: bool = False
     gpus_per_node: int = 0
     site: "SiteConfig | None" = None    # SLURM site settings (file < env < flags); None = file + env only
+    exclude_experts: list[int] = field(default_factory=list)  # cluster ids switched off (data opt-out)
 
     def __post_init__(self):
         if self.ensemble_type not in ENSEMBLE_TYPES:
@@ -71,11 +78,13 @@ class EvalConfig:
             raise UsageError("--context-window must be positive")
         if self.stride is not None and (self.stride <= 0 or (self.context_window and self.stride > self.context_window)):
             raise UsageError("--stride must be in [1, --context-window]")
+        if self.exclude_experts and self.ensemble_type == "dense":
+            raise UsageError("--exclude-experts switches experts of an ensemble off; --ensemble-type dense has one")
 
 
 def resolve(cfg: EvalConfig):
-    """(experts ordered by cluster, clusterer or None, tokenizer)."""
-    from xlbtm.ensemble.experts import find_experts, match_experts, read_expert
+    """(experts ordered by cluster, the excluded ones left out; clusterer or None; tokenizer)."""
+    from xlbtm.ensemble.experts import find_experts, load_expert_tokenizer, match_experts, read_expert
 
     clusterer = _load_clusterer(cfg.path_to_clusterer) if cfg.path_to_clusterer else None
     experts = find_experts(cfg.experts_dir) if cfg.experts_dir else [read_expert(p) for p in cfg.model_paths]
@@ -85,7 +94,7 @@ def resolve(cfg: EvalConfig):
 
     experts = match_experts(experts, num_clusters=clusterer.num_clusters if by_clusterer else None,
                             clusterer_fingerprint=clusterer.fingerprint if by_clusterer else None, dense=dense,
-                            lineage=lineage(clusterer) if by_clusterer else None)
+                            lineage=lineage(clusterer) if by_clusterer else None, exclude=cfg.exclude_experts)
     if cfg.ensemble_type == "clustering" and getattr(clusterer, "centroids", None) is None:
         raise UsageError(f"--ensemble-type clustering routes by distance to centroids, but {cfg.path_to_clusterer} "
                          f"is a {getattr(clusterer, 'kind', '?')} clusterer without them (typological: use "
@@ -93,18 +102,7 @@ def resolve(cfg: EvalConfig):
     if cfg.ensemble_type == "lang" and getattr(clusterer, "kind", None) != "typological":
         raise UsageError(f"--ensemble-type lang routes by language and needs a typological clusterer; "
                          f"{cfg.path_to_clusterer} is of kind {getattr(clusterer, 'kind', '?')!r}")
-    from xlbtm.tokenizer import load_tokenizer
-
-    tok_path = experts[0].info.get("tokenizer")
-    if not tok_path:
-        raise InputError("expert.json names no tokenizer", experts[0].run_dir / "expert.json")
-    tokenizer = load_tokenizer(tok_path)
-    want = experts[0].info.get("tokenizer_fingerprint")
-    if want and tokenizer.fingerprint != want:
-        raise InputError(f"tokenizer at {tok_path} changed since the experts were trained (fingerprint "
-                         f"{tokenizer.fingerprint[:12]} != {str(want)[:12]} in expert.json)",
-                         experts[0].run_dir / "expert.json")
-    return experts, clusterer, tokenizer
+    return experts, clusterer, load_expert_tokenizer(experts[0])
 
 
 def _load_clusterer(path):
@@ -113,16 +111,16 @@ def _load_clusterer(path):
     return load_clusterer(path)
 
 
-def scoring_window(cfg: EvalConfig, experts) -> tuple[int, int]:
+def scoring_window(experts, context_window: int | None = None, stride: int | None = None) -> tuple[int, int]:
     """(window, stride) for CLM scoring: --context-window, else the context the experts trained with
     (expert.json's tokens_per_sample; max_positions for imported models), never past max_positions: a
     position no expert trained on is out of distribution for every side of the comparison alike."""
     max_pos = min(int(e.info["model_args"]["max_positions"]) for e in experts)
     trained = [int(e.info.get("data", {}).get("tokens_per_sample") or max_pos) for e in experts]
-    window = cfg.context_window or min(trained)
+    window = context_window or min(trained)
     if window > max_pos:
         raise UsageError(f"--context-window {window} exceeds the experts' {max_pos} positions")
-    stride = cfg.stride or window
+    stride = stride or window
     if stride > window:
         raise UsageError(f"--stride {stride} exceeds the context window {window}")
     return window, stride
@@ -134,7 +132,7 @@ def score_all(cfg: EvalConfig, experts, docs, window: int | None = None, stride:
     from xlbtm.ensemble.scoring import score_expert
 
     if cfg.ensemble_type == "average":
-        from xlbtm.ensemble.experts import average_states
+        from xlbtm.ensemble.merge import average_states
         from xlbtm.io import sha256_json
 
         key = sha256_json({"average": [e.fingerprint() for e in experts]})
@@ -190,10 +188,13 @@ def run_eval(cfg: EvalConfig) -> dict:
     docs = prepare_docs(cfg.job_dir, cfg.data_dir, cfg.data_subset, tokenizer, max_tokens,
                         cfg.max_valid_steps, cfg.skip_bad_lines)
     log.info(f"{docs.num_docs} documents, {len(docs.tokens)} tokens; {len(experts)} expert(s), {objective}")
-    window, stride = scoring_window(cfg, experts) if objective == "clm" else (None, None)
+    window, stride = scoring_window(experts, cfg.context_window, cfg.stride) if objective == "clm" else (None, None)
     names = score_all(cfg, experts, docs, window, stride)
     logp = torch.from_numpy(np.stack([read_scores(cfg.job_dir, n) for n in names]).astype(np.float64))
     K, N = logp.shape
+    # the cluster id of each row of logp: with --exclude-experts, row k is no longer cluster k (one model
+    # -- dense, average -- is row 0, as always)
+    clusters = list(range(K)) if cfg.ensemble_type in ("dense", "average") else [e.cluster for e in experts]
     lengths = np.diff(docs.offsets)
     doc_of_token = torch.from_numpy(np.repeat(np.arange(docs.num_docs), lengths))
 
@@ -205,6 +206,11 @@ def run_eval(cfg: EvalConfig) -> dict:
         if objective == "mlm":  # MLM experts see the unmasked document: one posterior per document
             route["token_sqdist"] = np.repeat(route["doc_sqdist"], lengths, axis=0)
             route["token_empty"] = np.repeat(route["doc_empty"], lengths)
+    token_sqdist = None
+    if route is not None:
+        # the posterior over the remaining centroids only: dropping the excluded columns before the softmax
+        # renormalizes it (and top-k picks among the remaining); the cache keeps all K columns
+        token_sqdist = route["token_sqdist"][:, clusters] if cfg.exclude_experts else route["token_sqdist"]
     elif clusterer is not None and cfg.ensemble_type != "dense":
         doc_cluster = _predict_docs(clusterer, cfg, docs)
 
@@ -224,7 +230,7 @@ def run_eval(cfg: EvalConfig) -> dict:
             mixed = logp[0]
             top = torch.zeros(N, dtype=torch.long)
         elif cfg.ensemble_type == "clustering":
-            log_w = routing.log_weights(torch.from_numpy(route["token_sqdist"]), temperature, topk=topk,
+            log_w = routing.log_weights(torch.from_numpy(token_sqdist), temperature, topk=topk,
                                         cbtm_compat=cfg.cbtm_compat,
                                         empty=torch.from_numpy(route["token_empty"]))
             mixed = mixing.mix(logp, log_w)
@@ -232,19 +238,18 @@ def run_eval(cfg: EvalConfig) -> dict:
         elif cfg.ensemble_type == "uniform":
             mixed = mixing.mix(logp, mixing.uniform_log_weights(K, N))
         elif cfg.ensemble_type == "lang":
-            which = torch.from_numpy(doc_cluster)[doc_of_token]
-            mixed = mixing.mix(logp, mixing.one_hot_log_weights(which, K))
-            top = which
+            log_w, top = _hard_log_weights(doc_cluster, clusters, doc_of_token)
+            mixed = mixing.mix(logp, log_w)
         elif cfg.ensemble_type == "oracle":
             mixed, top = oracle_lp, oracle_top
         else:
             raise AssertionError(cfg.ensemble_type)
-        sweep.append(_summarize(mixed.numpy(), docs, doc_cluster, top, K, temperature, topk))
+        sweep.append(_summarize(mixed.numpy(), docs, doc_cluster, top, clusters, temperature, topk))
 
     first = sweep[0]
     oracle = None
     if K > 1:
-        o = _summarize(oracle_lp.numpy(), docs, doc_cluster, oracle_top, K, None, -1)
+        o = _summarize(oracle_lp.numpy(), docs, doc_cluster, oracle_top, clusters, None, -1)
         oracle = {"result_ppl": o["result_ppl"], "per_language": o["per_language"]}
     result = {
         "dataset": cfg.data_subset,
@@ -258,7 +263,8 @@ def run_eval(cfg: EvalConfig) -> dict:
         "oracle": oracle,
         "settings": {
             "temperature": first["temperature"], "topk": first["topk"], "cbtm_compat": cfg.cbtm_compat,
-            "num_experts": K, "objective": objective, "max_tokens": max_tokens,
+            "num_experts": K, "excluded_experts": sorted(set(cfg.exclude_experts)),
+            "objective": objective, "max_tokens": max_tokens,
             "context_window": window, "stride": stride,
             "max_valid_steps": cfg.max_valid_steps, "data_dir": str(cfg.data_dir),
             "clusterer": cfg.path_to_clusterer,
@@ -276,6 +282,29 @@ def run_eval(cfg: EvalConfig) -> dict:
     for s in sweep[1:]:
         log.info(f"  T={s['temperature']} topk={s['topk']}: ppl {s['result_ppl']:.3f}")
     return result
+
+
+def _hard_log_weights(doc_cluster: np.ndarray, clusters: list[int], doc_of_token):
+    """Hard routing (lang) of each document to the expert of its cluster -> (log weights [K, N], the chosen
+    row per token, -1 where none). A document whose cluster is excluded has no expert of its own: it gets
+    the uniform mixture of the remaining experts (never a silent reroute to some other single expert)."""
+    import math
+
+    import torch
+
+    from xlbtm.ensemble.mixing import one_hot_log_weights
+
+    row_of = {c: k for k, c in enumerate(clusters)}
+    doc_row = np.asarray([row_of.get(int(c), -1) for c in doc_cluster], dtype=np.int64)
+    orphans = doc_row < 0
+    if orphans.any():
+        log.warning(f"{int(orphans.sum())} documents belong to excluded cluster(s) "
+                    f"{sorted({int(c) for c in doc_cluster[orphans]})}; they get the uniform mixture of the "
+                    f"remaining {len(clusters)} experts")
+    which = torch.from_numpy(doc_row)[doc_of_token]
+    log_w = one_hot_log_weights(which.clamp_min(0), len(clusters))
+    log_w[:, which < 0] = -math.log(len(clusters))
+    return log_w, which
 
 
 def _predict_docs(clusterer, cfg: EvalConfig, docs) -> np.ndarray:
@@ -298,7 +327,9 @@ def _predict_docs(clusterer, cfg: EvalConfig, docs) -> np.ndarray:
     return np.asarray(clusterer.predict(full), dtype=np.int64)
 
 
-def _summarize(mixed: np.ndarray, docs, doc_cluster, top, K: int, temperature, topk) -> dict:
+def _summarize(mixed: np.ndarray, docs, doc_cluster, top, clusters: list[int], temperature, topk) -> dict:
+    """`top`: per token the row of the expert that carried the most weight (-1: none did), reported under
+    that expert's cluster id (`clusters[row]`)."""
     from xlbtm.ensemble.mixing import perplexity
 
     lengths = np.diff(docs.offsets)
@@ -314,8 +345,9 @@ def _summarize(mixed: np.ndarray, docs, doc_cluster, top, K: int, temperature, t
 
     top_share = None
     if top is not None:
-        counts = np.bincount(top.numpy(), minlength=K)
-        top_share = {str(k): float(c / max(len(mixed), 1)) for k, c in enumerate(counts)}
+        t = top.numpy()
+        counts = np.bincount(t[t >= 0], minlength=len(clusters))
+        top_share = {str(clusters[k]): float(c / max(len(mixed), 1)) for k, c in enumerate(counts)}
     return {
         "temperature": temperature, "topk": topk,
         "result_ppl": perplexity(float(mixed.sum()), len(mixed)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
@@ -104,21 +105,33 @@ def find_experts(root: str | os.PathLike) -> list[Expert]:
 
 
 def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_fingerprint: str | None,
-                  dense: bool = False, lineage: dict[str, int] | None = None) -> list[Expert]:
+                  dense: bool = False, lineage: dict[str, int] | None = None,
+                  exclude: Collection[int] = ()) -> list[Expert]:
     """Order experts by cluster id and check they form one complete, consistent ensemble.
 
     `lineage` ({fingerprint: K} of the clusterers the given one extends, `xlbtm.cluster.extend.lineage`): an
     expert trained on an ancestor's K clusters is the expert of that cluster id here (the extension keeps
     clusters 0..K-1 and adds new ones after them).
+    `exclude` (cluster ids, `--exclude-experts`): those experts are switched off (data opt-out). They are
+    dropped before any check and may be missing altogether (their run dirs deleted); the result holds the
+    remaining experts only, still ordered by cluster id (so position != cluster id once one is excluded).
+
     Errors: a cluster without an expert, two experts for one cluster, experts trained for another K or
-    another clusterer, different tokenizers or objectives.
+    another clusterer, different tokenizers or objectives; an excluded id outside [0, K), or every expert
+    excluded (UsageError, naming --exclude-experts).
     """
     if not experts:
         raise UsageError("no experts given (--model-paths or --experts-dir)")
     if dense:
+        if exclude:
+            raise UsageError("--exclude-experts switches experts of an ensemble off; --ensemble-type dense has one")
         if len(experts) != 1:
             raise UsageError(f"--ensemble-type dense evaluates one model; got {len(experts)}")
         return experts
+    exclude = set(exclude)
+    experts = [e for e in experts if e.cluster not in exclude]
+    if not experts:
+        raise UsageError(f"--exclude-experts {','.join(map(str, sorted(exclude)))} leaves no expert to evaluate")
     if clusterer_fingerprint is None:
         Ks = {int(e.info["num_clusters"]) for e in experts}
         if len(Ks) != 1:
@@ -148,11 +161,14 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
         if e.cluster in by_cluster:
             raise InputError(f"two experts for cluster {e.cluster}: {by_cluster[e.cluster].run_dir} and {e.run_dir}")
         by_cluster[e.cluster] = e
-    missing = [k for k in range(K) if k not in by_cluster]
+    unknown = sorted(k for k in exclude if not 0 <= k < K)
+    if unknown:
+        raise UsageError(f"--exclude-experts: no cluster {unknown} in this K={K} ensemble (ids are 0..{K - 1})")
+    missing = [k for k in range(K) if k not in by_cluster and k not in exclude]
     if missing:
         raise InputError(f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); "
                          "train or list them (--model-paths / --experts-dir)")
-    ordered = [by_cluster[k] for k in range(K)]
+    ordered = [by_cluster[k] for k in range(K) if k not in exclude]
     check_compatible(ordered)
     return ordered
 
@@ -191,17 +207,17 @@ def load_model(expert: Expert, state: dict | None = None):
     return model_from_state_dict(sd, args, where=expert.source()).eval(), args  # (scored in fp32)
 
 
-def average_states(experts: list[Expert], weights: list[float] | None = None) -> dict:
-    """Parameter average of the experts (c-BTM's `--average`), uniform unless `weights` are given."""
-    import torch
+def load_expert_tokenizer(expert: Expert):
+    """The tokenizer expert.json names, checked against the fingerprint the expert was trained with."""
+    from xlbtm.tokenizer import load_tokenizer
 
-    w = weights or [1.0 / len(experts)] * len(experts)
-    avg: dict = {}
-    for e, wi in zip(experts, w):
-        for k, v in load_state(e).items():
-            if not torch.is_floating_point(v):
-                avg.setdefault(k, v)
-                continue
-            acc = avg.get(k)
-            avg[k] = v.to(torch.float32) * wi if acc is None else acc + v.to(torch.float32) * wi
-    return avg
+    ej = expert.run_dir / EXPERT_JSON
+    tok_path = expert.info.get("tokenizer")
+    if not tok_path:
+        raise InputError("expert.json names no tokenizer", ej)
+    tokenizer = load_tokenizer(tok_path)
+    want = expert.info.get("tokenizer_fingerprint")
+    if want and tokenizer.fingerprint != want:
+        raise InputError(f"tokenizer at {tok_path} changed since the experts were trained (fingerprint "
+                         f"{tokenizer.fingerprint[:12]} != {str(want)[:12]} in expert.json)", ej)
+    return tokenizer

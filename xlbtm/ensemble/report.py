@@ -5,7 +5,8 @@ result.json keys (stable; c-BTM readers look for `result_ppl`):
     per_language: {lang: {ppl, tokens, documents}}, per_cluster: {k: {ppl, tokens, documents}},
     top_expert: {k: fraction of scored tokens where expert k carried the most weight},
     oracle: {result_ppl, per_language} of the best single expert per document (K > 1; else null),
-    settings: {temperature, topk, cbtm_compat, ...}, sweep: [{temperature, topk, result_ppl, per_language}]
+    settings: {temperature, topk, cbtm_compat, num_experts, excluded_experts (cluster ids switched off), ...},
+    sweep: [{temperature, topk, result_ppl, per_language}]
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def render_markdown(result: dict, dense: dict | None = None) -> str:
           _table(["ensemble", "experts", "temperature", "topk", "documents", "tokens", "ppl"],
                  [[result.get("ensemble_type"), s.get("num_experts"), s.get("temperature"), s.get("topk"),
                    result.get("documents"), result.get("tokens"), result.get("result_ppl")]])]
+    if s.get("excluded_experts"):
+        md.append(f"\nExcluded experts (switched off, not scored; the mixture is renormalized over the remaining "
+                  f"{s.get('num_experts')}): {', '.join(map(str, s['excluded_experts']))}\n")
     if dense is not None:
         d, e = dense.get("result_ppl"), result.get("result_ppl")
         md.append(f"\nDense baseline: ppl {_fmt(d)}; ensemble {_fmt(e)}"

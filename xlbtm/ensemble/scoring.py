@@ -64,9 +64,11 @@ class EvalDocs:
 
 
 def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, max_tokens: int | None,
-                 max_docs: int | None = None, skip_bad_lines: bool = False) -> EvalDocs:
+                 max_docs: int | None = None, skip_bad_lines: bool = False, *,
+                 langs: set[str] | None = None) -> EvalDocs:
     """Tokenize the eval split once (cached in the job dir); documents truncated to `max_tokens` targets
-    (None: whole documents, which CLM scoring reads in windows), the truncation counted in the log."""
+    (None: whole documents, which CLM scoring reads in windows), the truncation counted in the log.
+    `langs`: keep only documents whose `lang` is one of them (`max_docs` then counts those)."""
     from xlbtm.corpus import Corpus
 
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
@@ -74,7 +76,8 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
     for doc in corpus.iter_documents(subset):
         if max_docs is not None and len(docs) >= max_docs:
             break
-        docs.append(doc)
+        if langs is None or doc.lang in langs:
+            docs.append(doc)
     ids = tokenizer.encode_batch([d.text for d in docs])
     kept = [(d, x[:max_tokens]) for d, x in zip(docs, ids) if len(x) > 0]  # empty documents predict nothing
     cut = sum(len(x) for x in ids) - sum(len(x) for _, x in kept)
@@ -84,7 +87,8 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
     if len(kept) < len(docs):
         log.info(f"skipping {len(docs) - len(kept)} documents that tokenize to nothing")
     if not kept:
-        raise InputError(f"no scorable documents in split '{subset}'", Path(data_dir) / subset)
+        only = f" in languages {sorted(langs)}" if langs is not None else ""
+        raise InputError(f"no scorable documents{only} in split '{subset}'", Path(data_dir) / subset)
     lengths = np.array([len(x) for _, x in kept], dtype=np.int64)
     offsets = np.zeros(len(kept) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
@@ -94,6 +98,8 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
     meta = {"dataset": subset, "data_dir": str(Path(data_dir).resolve()), "documents": len(kept),
             "tokens": int(offsets[-1]), "max_tokens": None if max_tokens is None else int(max_tokens),
             "tokenizer_fingerprint": tokenizer.fingerprint}
+    if langs is not None:  # (only then: the fingerprint of unfiltered documents stays what it was)
+        meta["langs"] = sorted(langs)
     meta["fingerprint"] = sha256_json({**meta, "sp_ids": sp_ids,
                                        "tokens_sha": _sha(tokens)})
     out = EvalDocs(tokens, offsets, sp_ids, langs, meta)

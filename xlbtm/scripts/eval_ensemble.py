@@ -10,6 +10,8 @@ reuses those scores. Writes OUT/result.json, OUT/report.md and OUT/ppl_by_langua
 
 from __future__ import annotations
 
+import argparse
+
 from xlbtm.cli import add_skip_bad_lines_arg, make_parser, run_script
 from xlbtm.launch.site import add_slurm_args, site_from_args
 from xlbtm.errors import UsageError
@@ -21,6 +23,13 @@ def _floats(s: str) -> list[float]:
 
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _cluster_ids(s: str) -> list[int]:
+    try:
+        return _ints(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated cluster ids like 2,5, got {s!r}") from None
 
 
 def build_parser():
@@ -41,6 +50,11 @@ def build_parser():
                    help="experts kept per token, default -1 (all); several values sweep on the cached scores")
     p.add_argument("--ensemble-type", default="clustering",
                    choices=["clustering", "uniform", "lang", "oracle", "dense", "average"])
+    p.add_argument("--exclude-experts", type=_cluster_ids, default=[], metavar="IDS",
+                   help="cluster ids of experts to switch off (data opt-out), e.g. 2,5: they are not loaded or "
+                        "scored (their run dirs may be gone) and every mixture is renormalized over the remaining "
+                        "experts; documents a lang ensemble would send to an excluded expert get the uniform "
+                        "mixture of the rest. Reported in result.json settings.excluded_experts")
     p.add_argument("--cbtm-compat", action="store_true",
                    help="c-BTM's weights: softmax(-dist^2 / T) with dist already a squared distance")
     p.add_argument("--max-valid-steps", type=int, default=None,
@@ -78,7 +92,7 @@ def main(argv=None):
         topks=[k for group in (args.topk or [[-1]]) for k in group],
         cbtm_compat=args.cbtm_compat, max_valid_steps=args.max_valid_steps, run=args.run,
         dense_result=args.dense_result, batch_tokens=args.batch_tokens, device=args.device,
-        context_window=args.context_window, stride=args.stride,
+        context_window=args.context_window, stride=args.stride, exclude_experts=args.exclude_experts,
         skip_bad_lines=args.skip_bad_lines, site=site_from_args(args) if args.run == "slurm" else None,
     )
     result = run_eval(cfg)
