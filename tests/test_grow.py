@@ -4,6 +4,7 @@ experts dir, records its init, and the grown ensemble evaluates; bad input is on
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -148,6 +149,16 @@ def test_seed_expert_and_average_inits(grown_base, tmp_path, init):
 
 
 def test_bad_input_is_one_error_and_writes_nothing(grown_base, tmp_path, capsys):
+    from xlbtm.scripts.add_experts import main
+
+    rc, experts, out, argv = _grow(grown_base, tmp_path / "seeds", "nearest", langs=("zh",))  # (grows zh)
+    info = json.loads((experts / "typo.cluster1" / "expert.json").read_text())
+    (experts / "typo.cluster1" / "expert.json").write_text(json.dumps({**info, "seed_model": "other-seed"}))
+    shutil.rmtree(out)
+    argv[argv.index("--langs") + 1] = "ar"
+    assert main_wrapper("add_experts", main, argv) == 2 and "different seeds" in capsys.readouterr().err
+    assert not out.exists() and not (experts / "typo.cluster3").exists()
+
     for langs, init, message in ((("en",), "nearest", "'en' is already covered by cluster"),
                                  (("zz",), "nearest", "'zz' has no URIEL"),
                                  (("zh", "zh"), "nearest", "lists a language twice"),

@@ -104,16 +104,20 @@ def _average_seed(experts, req: AddExpertsRequest, lang: str, out: Path) -> tupl
     return out, weights
 
 
-def choose_init(req: AddExpertsRequest, experts, old, extended, lang: str, work: Path) -> tuple[str, dict]:
-    """(the --seed-model of the new expert, the `init` record of its expert.json)."""
+def one_root_seed(experts, where) -> str:
     from xlbtm.ensemble.merge import root_seed
 
-    method, which = parse_init(req.init, old.num_clusters)
     seeds = {root_seed(e.info) for e in experts}
     if len(seeds) != 1:
         raise InputError(f"the experts were branched from different seeds ({', '.join(sorted(seeds))}); growing "
-                         "needs one ensemble from one seed", req.experts_dir)
-    init = {"method": method, "lang": lang, "root_seed_model": seeds.pop()}
+                         "needs one ensemble from one seed", where)
+    return seeds.pop()
+
+
+def choose_init(req: AddExpertsRequest, experts, old, extended, lang: str, work: Path) -> tuple[str, dict]:
+    """(the --seed-model of the new expert, the `init` record of its expert.json)."""
+    method, which = parse_init(req.init, old.num_clusters)
+    init = {"method": method, "lang": lang, "root_seed_model": one_root_seed(experts, req.experts_dir)}
     if method == "seed":
         return init["root_seed_model"], {**init, "parent": None}
     if method == "average":
@@ -175,7 +179,9 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
     known = lineage(old)
     experts = match_experts([e for e in find_experts(experts_dir) if e.info.get("clusterer_fingerprint") in known],
                             num_clusters=old.num_clusters, clusterer_fingerprint=old.fingerprint, lineage=known)
-    parse_init(req.init, old.num_clusters)  # a bad --init fails before anything is written
+    # what can be refused is refused before anything is written
+    parse_init(req.init, old.num_clusters)
+    one_root_seed(experts, experts_dir)
     ext = extend_clusterer(old, req.langs, req.output_clusterer, data_dir=req.path_to_data,
                            max_docs=req.max_docs_per_lang)
     K0, K = old.num_clusters, ext.num_clusters
