@@ -112,8 +112,11 @@ def test_nearest_init_extends_the_clusterer_and_trains_into_the_experts_dir(grow
 
     # a rerun resumes (nothing new to train); another --init on the same dir is refused, not silently resumed
     latest = (experts / "typo.cluster2" / "checkpoints" / "latest").read_text()
+    done = sorted(experts.glob("grown/*/data-bin/*/done.json"))
+    stamps = [p.stat().st_mtime_ns for p in done]
     assert main_wrapper("add_experts", main, argv) == 0
     assert (experts / "typo.cluster2" / "checkpoints" / "latest").read_text() == latest
+    assert done and [p.stat().st_mtime_ns for p in done] == stamps  # nothing binarized again
     argv[argv.index("--init") + 1] = "seed"
     assert main_wrapper("add_experts", main, argv) == 2
 

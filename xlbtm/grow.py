@@ -145,11 +145,18 @@ def _check_not_grown_otherwise(run_dir: Path, method: str, parent=...) -> None:
 def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path, clusterer,
                        splits: list[str]) -> dict[str, list[int]]:
     """Cluster files giving each new language's documents its new cluster (a new expert trains on its
-    language, X-ELM); documents of other languages get none (training drops them). {split: docs per cluster}."""
+    language, X-ELM); documents of other languages get none (training drops them). {split: docs per cluster}.
+    A rerun on the same corpus files keeps the files (so the binarized data is not redone)."""
     from xlbtm.corpus import Corpus
-    from xlbtm.formats.clusters import FORMAT, cluster_file_path, write_cluster_file, write_manifest
+    from xlbtm.formats.clusters import FORMAT, MANIFEST, cluster_file_path, read_manifest, write_cluster_file, \
+        write_manifest
 
     corpus, K = Corpus(data_dir), clusterer.num_clusters
+    inputs = {s: [[corpus.rel(f), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus.files(s)] for s in splits}
+    if (out_dir / MANIFEST).is_file():
+        m = read_manifest(out_dir)
+        if m["fingerprint"] == clusterer.fingerprint and m.get("inputs") == inputs:
+            return {s: m["splits"][s]["documents"] for s in splits}
     counts = {}
     for split in splits:
         n = [0] * K
@@ -161,7 +168,8 @@ def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path,
         counts[split] = n
     write_manifest(out_dir, {"format": FORMAT, "fingerprint": clusterer.fingerprint, "num_clusters": K,
                              "kind": "language", "clusterer": str(clusterer.path),
-                             "data_dir": str(Path(data_dir).resolve()), "documents": [sum(c[k] for c in counts.values()) for k in range(K)],
+                             "data_dir": str(Path(data_dir).resolve()), "inputs": inputs,
+                             "documents": [sum(c[k] for c in counts.values()) for k in range(K)],
                              "splits": {s: {"documents": c} for s, c in counts.items()}})
     return counts
 
