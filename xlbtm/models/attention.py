@@ -24,12 +24,17 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x [B, T, D]; attn_mask bool [B, 1, T, T] (True = may attend) or None (plain causal / full)."""
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                kv: "LayerKV | None" = None) -> torch.Tensor:
+        """x [B, T, D]; attn_mask bool [B, 1, T, T] (True = may attend) or None (plain causal / full).
+        With `kv` (incremental decoding): the new keys / values are appended to the cached ones and the
+        queries attend over both; attn_mask is then [B, 1, T, S + T] and must be given."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        if kv is not None:
+            k, v = kv.extend(k, v)
         y = sdpa(
             q, k, v,
             attn_mask=attn_mask,
@@ -40,6 +45,57 @@ class Attention(nn.Module):
         )
         y = y.transpose(1, 2).reshape(B, T, -1)
         return self.out_proj(y)
+
+
+class LayerKV:
+    """One layer's cached keys and values [B, H, S, hd] (S = tokens fed so far)."""
+
+    def __init__(self):
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k is not None:
+            k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
+        self.k, self.v = k, v
+        return k, v
+
+
+class KVCache:
+    """Keys / values of every layer for incremental decoding with a causal model (`XGLM.forward(cache=)`).
+
+    `pad` [B, S] marks the cached positions that are padding (never attended to); `lengths` [B] counts each
+    row's real tokens so far, which gives the next token its position (left-padded rows start at position 0
+    like unpadded ones). Feeding a sequence in several chunks gives the same states as feeding it at once.
+    """
+
+    def __init__(self, n_layers: int):
+        self.layers = [LayerKV() for _ in range(n_layers)]
+        self.pad: torch.Tensor | None = None
+        self.lengths: torch.Tensor | None = None
+
+    @property
+    def seq_len(self) -> int:
+        return 0 if self.pad is None else int(self.pad.shape[1])
+
+    def step_mask(self, new_pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(positions [B, T] of the new tokens, attention mask [B, 1, T, S + T]) for `new_pad` [B, T] (True =
+        pad); records the new tokens as cached. Every query may attend to itself (no all-masked rows)."""
+        B, T = new_pad.shape
+        dev = new_pad.device
+        if self.pad is None:
+            self.pad = torch.zeros(B, 0, dtype=torch.bool, device=dev)
+            self.lengths = torch.zeros(B, dtype=torch.long, device=dev)
+        S = self.seq_len
+        real = (~new_pad).long()
+        positions = self.lengths[:, None] + torch.cumsum(real, 1) - real
+        key_pad = torch.cat([self.pad, new_pad], dim=1)
+        q_idx = torch.arange(T, device=dev)[:, None] + S
+        k_idx = torch.arange(S + T, device=dev)[None, :]
+        keep = (~key_pad)[:, None, None, :] & (k_idx <= q_idx)[None, None]
+        keep = keep | (k_idx == q_idx)[None, None]
+        self.pad, self.lengths = key_pad, self.lengths + real.sum(1)
+        return positions, keep
 
 
 def make_attn_mask(padding_mask: torch.Tensor | None, causal: bool) -> torch.Tensor | None:
