@@ -67,7 +67,8 @@ class MixtureLM:
     window: int = 2048           # most positions one forward reads (the experts' trained context)
     device: str = "cpu"
     batch_size: int = 16
-    stats: dict = field(default_factory=lambda: {"expert_forwards": [], "rows": 0})
+    # counters for tests and benchmarks: experts run per scoring batch, rows and tokens scored
+    stats: dict = field(default_factory=lambda: {"expert_forwards": [], "rows": 0, "scored_tokens": 0})
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -248,6 +249,7 @@ class MixtureLM:
                     out[order[s + j]] = (float(mixed[o:o + n].sum()), bool(greedy[o:o + n].all()))
                     o += n
         self.stats["rows"] += len(rows)
+        self.stats["scored_tokens"] += sum(len(r.tgt) - r.first for r in rows)
         return out  # type: ignore[return-value]
 
     def _logprobs(self, model, inp, pad, need) -> torch.Tensor:
