@@ -45,7 +45,7 @@ def _evaluate(model, tasks, model_args=None):
     from lm_eval.tasks import TaskManager
 
     return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=tasks, log_samples=True,
-                                   task_manager=TaskManager(include_path=str(TASKS)), batch_size=4, device="cpu")
+                                   task_manager=TaskManager(include_path=str(TASKS), include_defaults=False), batch_size=4, device="cpu")
 
 
 def _eval_ensemble_docs(ens, tmp_path, texts, **kw):
