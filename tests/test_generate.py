@@ -182,6 +182,22 @@ def test_stop_sequences_and_max_tokens(ens):
         lm.generate([p], max_new_tokens=64)  # no room left in the 64 positions
 
 
+def test_scoring_agrees_with_generation(ens):
+    """The greedy continuation is greedy under route=prefix scoring (generation routes by the growing prefix);
+    one changed token is not; an empty continuation scores 0; the log-likelihood of a continuation is the sum of
+    its tokens' mixture log-probs."""
+    lm = _lm(ens)
+    p = ens["tok"].encode(PROMPTS[0])
+    g = lm.generate([p], max_new_tokens=8)[0].ids
+    other = g[:3] + [g[3] + 1] + g[4:]
+    (ll, greedy), (ll2, greedy2), (ll0, greedy0) = lm.loglikelihood([(p, g), (p, other), (p, [])], route="prefix")
+    assert greedy and not greedy2 and (ll0, greedy0) == (0.0, True)
+    parts = [lm.loglikelihood([(p + g[:j], g[j:j + 1])], route="prefix")[0][0] for j in range(len(g))]
+    assert ll == pytest.approx(sum(parts), abs=1e-6)
+    ctx = lm.loglikelihood([(p, g)], route="context")[0][0]
+    assert ctx != pytest.approx(ll, abs=1e-3)  # the two routings differ once the continuation moves the posterior
+
+
 def test_routing_prefix_state_equals_router_distances(ens):
     from xlbtm.ensemble.routing import router_from_clusterer
 
@@ -250,3 +266,18 @@ def test_generate_script_errors(ens, tmp_path, capsys):
     assert rc == 2 and "clusterer" in err  # two experts, nothing to route them by
     rc, _, err = _run(base + ["--prompt", "x", "--max-new-tokens", "0"], capsys)
     assert rc == 2 and "--max-new-tokens" in err
+
+
+def test_lm_eval_command_without_the_extra_is_one_clear_line(monkeypatch, capsys):
+    import sys
+
+    from xlbtm.cli import main_wrapper
+    from xlbtm.scripts.lm_eval import main
+
+    monkeypatch.delitem(sys.modules, "xlbtm.ensemble.harness", raising=False)
+    for name in [m for m in sys.modules if m == "lm_eval" or m.startswith("lm_eval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if not installed
+    assert main_wrapper("lm_eval", main, ["--model", "xlbtm"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'xlbtm[eval]'" in err and len(err.strip().splitlines()) == 1

@@ -69,9 +69,10 @@ class XlbtmLM(LM):
         self.lm = MixtureLM.load(experts_dir=experts_dir, model_paths=[str(model_path)] if model_path else None,
                                  clusterer=clusterer, ensemble_type=ensemble_type, temperature=float(temperature),
                                  topk=int(topk), cbtm_compat=bool(cbtm_compat), device=device,
-                                 context_window=context_window, batch_size=_batch_size(batch_size),
+                                 context_window=None if context_window is None else int(context_window),
+                                 batch_size=_batch_size(batch_size),
                                  purpose="lm-eval")
-        self.route, self.stride, self.seed = route, stride, int(seed)
+        self.route, self.stride, self.seed = route, None if stride is None else int(stride), int(seed)
         self.max_gen_toks = int(max_gen_toks)
         self._device = self.lm.device
         log.info(f"xlbtm: {self.lm.num_models} model(s), {self.lm.ensemble_type}, T={self.lm.temperature} "

@@ -86,7 +86,8 @@ def main(argv=None):
                         model_paths=[m for m in (args.model_paths or "").split(",") if m] or None,
                         clusterer=args.path_to_clusterer, ensemble_type=args.ensemble_type,
                         temperature=args.temperature, topk=args.topk, device=args.device, purpose="generation")
-    names = [f"expert{e.cluster}" if lm.num_models > 1 else e.name for e in lm.experts][:lm.num_models]
+    names = ["average"] if lm.ensemble_type == "average" else \
+        [f"expert{e.cluster}" if lm.num_models > 1 else e.name for e in lm.experts]
     results = []
     for s in range(0, len(prompts), args.batch_size):
         batch = prompts[s:s + args.batch_size]
