@@ -182,7 +182,7 @@ def test_stop_sequences_and_max_tokens(ens):
         lm.generate([p], max_new_tokens=64)  # no room left in the 64 positions
 
 
-def test_scoring_agrees_with_generation(ens):
+def test_scoring_agrees_with_generation(ens, monkeypatch):
     """The greedy continuation is greedy under route=prefix scoring (generation routes by the growing prefix);
     one changed token is not; an empty continuation scores 0; the log-likelihood of a continuation is the sum of
     its tokens' mixture log-probs."""
@@ -194,6 +194,11 @@ def test_scoring_agrees_with_generation(ens):
     assert greedy and not greedy2 and (ll0, greedy0) == (0.0, True)
     parts = [lm.loglikelihood([(p + g[:j], g[j:j + 1])], route="prefix")[0][0] for j in range(len(g))]
     assert ll == pytest.approx(sum(parts), abs=1e-6)
+    import xlbtm.ensemble.mixture as mixture
+
+    monkeypatch.setattr(mixture, "LOGIT_ELEMENTS", 3 * lm.args.vocab_size)  # the mixture formed 3 positions at a time
+    assert lm.loglikelihood([(p, g), (p, other)], route="prefix") == [(pytest.approx(ll, abs=1e-5), True),
+                                                                      (pytest.approx(ll2, abs=1e-5), False)]
     ctx = lm.loglikelihood([(p, g)], route="context")[0][0]
     assert ctx != pytest.approx(ll, abs=1e-3)  # the two routings differ once the continuation moves the posterior
 

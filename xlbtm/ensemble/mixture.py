@@ -40,7 +40,7 @@ log = get_logger("ensemble")
 
 ROUTES = ("context", "prefix")
 LM_TYPES = ("clustering", "uniform", "dense", "average")
-LOGIT_ROWS = 2048  # positions per output-projection chunk (as scoring.LOGIT_ROWS)
+LOGIT_ELEMENTS = 1 << 26  # logits per chunk when the mixture's full distribution is formed (256 MiB fp32)
 
 
 @dataclass
@@ -206,16 +206,22 @@ class MixtureLM:
                 rows.append(Row(stream[a:e], ids[a:e], f - a, sq[f:e], em[f:e]))
                 owner.append(d)
         out = [0.0] * len(docs)
-        for d, (lp, _) in zip(owner, self._score(rows)):
+        for d, (lp, _) in zip(owner, self._score(rows, greedy=False)):
             out[d] += lp
         return out
 
-    def _score(self, rows: list[Row]) -> list[tuple[float, bool]]:
+    def _score(self, rows: list[Row], greedy: bool = True) -> list[tuple[float, bool]]:
+        """(summed ensemble log-prob of the scored targets, all of them the mixture's argmax) per row.
+
+        Without `greedy` (whole documents) each expert's target log-probs come from eval_ensemble's own
+        `_gather_logprobs` (no [positions, V] tensor is kept); with it, the mixture's full distribution is formed
+        chunk by chunk (LOGIT_ELEMENTS logits at a time) for the argmax."""
         from xlbtm.ensemble import mixing
+        from xlbtm.ensemble.scoring import _gather_logprobs
 
         out: list[tuple[float, bool] | None] = [None] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i].inp))
-        pad_id = self.args.pad_id
+        pad_id, dev, V = self.args.pad_id, self.device, self.args.vocab_size
         with torch.inference_mode():
             for s in range(0, len(order), self.batch_size):
                 batch = [rows[i] for i in order[s:s + self.batch_size]]
@@ -233,31 +239,35 @@ class MixtureLM:
                 M = log_w.shape[1]
                 targets = tgt[need]
                 lp_tgt = torch.zeros((self.num_models, M), dtype=torch.float64)
-                mixed_full = None
                 active = [k for k in range(self.num_models) if bool(torch.isfinite(log_w[k]).any())]
                 self.stats["expert_forwards"].append(len(active))
-                for k in active:
-                    lp = self._logprobs(self.models[k], inp, pad, need)  # [M, V] float64 on CPU
-                    lp_tgt[k] = lp.gather(1, targets[:, None])[:, 0]
-                    term = lp + log_w[k][:, None]
-                    mixed_full = term if mixed_full is None else torch.logaddexp(mixed_full, term)
+                is_greedy = torch.zeros(M, dtype=torch.bool)
+                if not greedy:
+                    for k in active:
+                        lp = _gather_logprobs(self.models[k], inp.to(dev), pad.to(dev), tgt.to(dev), need.to(dev))
+                        lp_tgt[k] = lp[need.to(dev)].cpu().double()
+                else:
+                    hidden = {k: self.models[k].forward_hidden(inp.to(dev), pad.to(dev))[need.to(dev)]
+                              for k in active}
+                    step = max(1, LOGIT_ELEMENTS // V)
+                    for c in range(0, M, step):
+                        sl = slice(c, min(c + step, M))
+                        acc = None
+                        for k in active:
+                            lp = torch.log_softmax(self.models[k].output(hidden[k][sl]).float(), dim=-1)
+                            lp_tgt[k, sl] = lp.gather(1, targets[sl, None].to(dev))[:, 0].cpu().double()
+                            term = lp + log_w[k, sl].to(device=dev, dtype=lp.dtype)[:, None]
+                            acc = term if acc is None else torch.logaddexp(acc, term)
+                        is_greedy[sl] = acc.argmax(1).cpu() == targets[sl]
                 mixed = mixing.mix(lp_tgt, log_w)  # the ensemble's log-prob of every scored token
-                greedy = (mixed_full.argmax(1) == targets) if M else torch.zeros(0, dtype=torch.bool)
                 o = 0
                 for j, r in enumerate(batch):
                     n = len(r.tgt) - r.first
-                    out[order[s + j]] = (float(mixed[o:o + n].sum()), bool(greedy[o:o + n].all()))
+                    out[order[s + j]] = (float(mixed[o:o + n].sum()), bool(is_greedy[o:o + n].all()))
                     o += n
         self.stats["rows"] += len(rows)
         self.stats["scored_tokens"] += sum(len(r.tgt) - r.first for r in rows)
         return out  # type: ignore[return-value]
-
-    def _logprobs(self, model, inp, pad, need) -> torch.Tensor:
-        """log-softmax [M, V] at the `need` positions (row-major), in chunks of LOGIT_ROWS positions."""
-        h = model.forward_hidden(inp.to(self.device), pad.to(self.device))[need.to(self.device)]
-        parts = [torch.log_softmax(model.output(h[s:s + LOGIT_ROWS]).float(), dim=-1).cpu().double()
-                 for s in range(0, h.shape[0], LOGIT_ROWS)]
-        return torch.cat(parts) if parts else torch.zeros((0, self.args.vocab_size), dtype=torch.float64)
 
     # ------------------------------------------------------------------------------------------- generation
     def generate(self, prompts: Sequence[Sequence[int]], **kw):
