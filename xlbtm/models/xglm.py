@@ -35,7 +35,9 @@ class DecoderBlock(nn.Module):
         self.fc2 = nn.Linear(args.ffn_dim, d)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv=None) -> torch.Tensor:
-        h = self.self_attn(self.self_attn_layer_norm(x), attn_mask, kv)
+        # kv only when decoding: tensor parallel's input hooks expect exactly (x, attn_mask) in training
+        h = self.self_attn(self.self_attn_layer_norm(x), attn_mask) if kv is None else \
+            self.self_attn(self.self_attn_layer_norm(x), attn_mask, kv)
         x = x + dropout(h, self.dropout, self.training, self.site)
         h = F.gelu(self.fc1(self.final_layer_norm(x)))
         h = self.fc2(dropout(h, self.activation_dropout, self.training, self.site + 1))
