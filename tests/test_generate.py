@@ -206,6 +206,19 @@ def test_scoring_agrees_with_generation(ens, monkeypatch):
     assert ctx != pytest.approx(ll, abs=1e-3)  # the two routings differ once the continuation moves the posterior
 
 
+def test_top1_scoring_runs_each_request_through_its_own_expert_only(ens):
+    lm = _lm(ens, topk=1)
+    tok = ens["tok"]
+    reqs = [(tok.encode(p), tok.encode(" und so weiter")) for p in PROMPTS]
+    batched = lm.loglikelihood(reqs)
+    assert lm.stats["expert_forwards"] == [2]  # the batch mixes clusters: both experts ran ...
+    assert lm.stats["expert_rows"] == len(reqs)  # ... each on its own requests only
+    lm.batch_size = 1
+    assert [x for x, _ in lm.loglikelihood(reqs)] == pytest.approx([x for x, _ in batched], abs=1e-5)
+    single = [_lm(ens, topk=-1, temperature=1e-4).loglikelihood([r])[0][0] for r in reqs]  # ~hard routing
+    assert [x for x, _ in batched] == pytest.approx(single, abs=1e-4)
+
+
 @pytest.mark.parametrize("featurizer", ["subword", "word"])
 def test_routing_prefix_state_equals_router_distances(ens, tmp_path, featurizer):
     """Generation's incremental routing state gives eval_ensemble's per-prefix distances (subword: a running

@@ -21,7 +21,8 @@ Routing of a continuation (`route`):
   t_<j (context plus the continuation so far), exactly eval_ensemble's per-token weights.
 Whole documents (`loglikelihood_rolling`) have no separate context: every token is routed by its prefix.
 
-Top-k routing skips the experts no request of a batch needs: with topk=1 one expert runs per request.
+Top-k routing runs an expert only on the requests (rows of a batch) that give it weight: with topk=1 and route
+"context", one expert reads each request.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ class MixtureLM:
     window: int = 2048           # most positions one forward reads (the experts' trained context)
     device: str = "cpu"
     batch_size: int = 16
-    # counters for tests and benchmarks: experts run per scoring batch, rows and tokens scored
-    stats: dict = field(default_factory=lambda: {"expert_forwards": [], "rows": 0, "scored_tokens": 0})
+    # counters for tests and benchmarks: experts run per scoring batch, (expert, row) forwards, rows and tokens
+    stats: dict = field(default_factory=lambda: {"expert_forwards": [], "expert_rows": 0, "rows": 0,
+                                                 "scored_tokens": 0})
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
@@ -238,26 +240,41 @@ class MixtureLM:
                                          np.concatenate([r.empty for r in batch]))  # [K, M], row-major order
                 M = log_w.shape[1]
                 targets = tgt[need]
+                row_of = torch.nonzero(need)[:, 0]  # the batch row of every scored position
                 lp_tgt = torch.zeros((self.num_models, M), dtype=torch.float64)
-                active = [k for k in range(self.num_models) if bool(torch.isfinite(log_w[k]).any())]
-                self.stats["expert_forwards"].append(len(active))
+                # expert k runs on the rows where it has weight (top-k: a row's own experts only)
+                runs = {}
+                for k in range(self.num_models):
+                    hit = torch.zeros(len(batch), dtype=torch.long).index_add_(
+                        0, row_of, torch.isfinite(log_w[k]).long()) > 0
+                    if bool(hit.any()):
+                        runs[k] = (torch.nonzero(hit)[:, 0], hit[row_of])  # (rows, their scored positions)
+                self.stats["expert_forwards"].append(len(runs))
+                self.stats["expert_rows"] += sum(len(r) for r, _ in runs.values())
                 is_greedy = torch.zeros(M, dtype=torch.bool)
                 if not greedy:
-                    for k in active:
-                        lp = _gather_logprobs(self.models[k], inp.to(dev), pad.to(dev), tgt.to(dev), need.to(dev))
-                        lp_tgt[k] = lp[need.to(dev)].cpu().double()
+                    for k, (R, pos) in runs.items():
+                        lp = _gather_logprobs(self.models[k], inp[R].to(dev), pad[R].to(dev), tgt[R].to(dev),
+                                              need[R].to(dev))
+                        lp_tgt[k, pos] = lp[need[R].to(dev)].cpu().double()
                 else:
-                    hidden = {k: self.models[k].forward_hidden(inp.to(dev), pad.to(dev))[need.to(dev)]
-                              for k in active}
+                    hidden = {k: self.models[k].forward_hidden(inp[R].to(dev), pad[R].to(dev))[need[R].to(dev)]
+                              for k, (R, _) in runs.items()}
+                    index = {k: torch.cumsum(pos.long(), 0) - 1 for k, (_, pos) in runs.items()}
                     step = max(1, LOGIT_ELEMENTS // V)
                     for c in range(0, M, step):
                         sl = slice(c, min(c + step, M))
-                        acc = None
-                        for k in active:
-                            lp = torch.log_softmax(self.models[k].output(hidden[k][sl]).float(), dim=-1)
-                            lp_tgt[k, sl] = lp.gather(1, targets[sl, None].to(dev))[:, 0].cpu().double()
-                            term = lp + log_w[k, sl].to(device=dev, dtype=lp.dtype)[:, None]
-                            acc = term if acc is None else torch.logaddexp(acc, term)
+                        acc = torch.full((sl.stop - sl.start, V), float("-inf"), device=dev)
+                        for k, (_, pos) in runs.items():
+                            here = pos[sl]
+                            if not bool(here.any()):
+                                continue
+                            lp = torch.log_softmax(self.models[k].output(hidden[k][index[k][sl][here]]).float(), -1)
+                            lp_tgt[k, c + torch.nonzero(here)[:, 0]] = \
+                                lp.gather(1, targets[sl][here][:, None].to(dev))[:, 0].cpu().double()
+                            term = lp + log_w[k, sl][here].to(device=dev, dtype=lp.dtype)[:, None]
+                            h = here.to(dev)
+                            acc[h] = torch.logaddexp(acc[h], term)
                         is_greedy[sl] = acc.argmax(1).cpu() == targets[sl]
                 mixed = mixing.mix(lp_tgt, log_w)  # the ensemble's log-prob of every scored token
                 o = 0
