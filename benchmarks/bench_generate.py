@@ -89,19 +89,19 @@ def main(argv=None):
             for b in batches:
                 prompts = [prompts_all[(i + rep) % len(prompts_all)] for i in range(b)]
                 for name, lm in setups.items():
-                    lm.stats["gen_expert_steps"] = []
+                    lm.stats["gen_expert_rows"] = []
                     t0 = time.perf_counter()
                     gens = lm.generate(prompts, max_new_tokens=a.new_tokens, stop_at_eos=False)
                     dt = time.perf_counter() - t0
                     assert all(len(g.ids) == a.new_tokens for g in gens)
                     if rep:
                         best[name, b] = min(best[name, b], dt)
-                        active[name, b] = float(np.mean(lm.stats["gen_expert_steps"]))
+                        active[name, b] = float(np.mean(lm.stats["gen_expert_rows"])) / b
         arch = env["args"]
         print(f"XGLM d={arch.d_model} layers={arch.n_layers} ffn={arch.ffn_dim} vocab={arch.vocab_size}; prompt "
               f"{a.prompt_tokens} tokens, {a.new_tokens} new tokens, greedy; min of {a.repeats}; "
               f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, 1 thread\n")
-        print("| setup | batch | tokens/s | experts run per token | vs one model |")
+        print("| setup | batch | tokens/s | expert forwards per token | vs one model |")
         print("|---|---:|---:|---:|---:|")
         for b in batches:
             base = b * a.new_tokens / best["one model (dense)", b]

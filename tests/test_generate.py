@@ -72,6 +72,32 @@ def test_kv_cache_left_padded_rows_equal_their_unpadded_forward():
             m.forward_hidden(torch.randint(3, 97, (3, 40)), cache=cache)
 
 
+def test_kv_cache_feeding_some_rows_equals_their_full_forward():
+    """Rows fed at different steps (an expert skips the rows routed elsewhere, then catches them up)."""
+    m = _model(2)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(3, 97, (3, 20), generator=g)
+    full = m(x)
+    with torch.no_grad():
+        cache = m.new_cache(batch_size=3)
+        first = m.output(m.forward_hidden(x[:, :8], cache=cache))
+        got = {b: [first[b]] for b in range(3)}
+        fed = [8, 8, 8]
+        for rows, upto in (([0, 2], 9), ([0], 10), ([1, 2], 12), ([0, 1, 2], 13), ([1], 20), ([0, 2], 20)):
+            n = [upto - fed[b] for b in rows]
+            T = max(n)
+            tok = torch.full((len(rows), T), m.args.pad_id)
+            pad = torch.ones((len(rows), T), dtype=torch.bool)
+            for i, b in enumerate(rows):
+                tok[i, T - n[i]:], pad[i, T - n[i]:] = x[b, fed[b]:upto], False
+            out = m.output(m.forward_hidden(tok, pad, cache=cache, rows=torch.tensor(rows)))
+            for i, b in enumerate(rows):
+                got[b].append(out[i, T - n[i]:])
+                fed[b] = upto
+    for b in range(3):
+        torch.testing.assert_close(torch.cat(got[b]), full[b], atol=1e-5, rtol=0)
+
+
 # ------------------------------------------------------------------------------------- mixture decoding
 
 def _reference(lm, prompt, n, sample=False, seed=0):
@@ -113,6 +139,10 @@ def test_cached_greedy_equals_uncached_mixture_argmax(ens, topk):
         lm.stats["gen_expert_steps"].clear()
         lm.generate(prompts[:1], max_new_tokens=24)
         assert set(lm.stats["gen_expert_steps"]) == {1}  # only the top expert ran
+        lm.stats["gen_expert_rows"].clear()
+        gens = lm.generate(prompts, max_new_tokens=24)
+        alive = [sum(len(g.weights) > t for g in gens) for t in range(len(lm.stats["gen_expert_rows"]))]
+        assert lm.stats["gen_expert_rows"] == alive  # in a batch too: one expert per row and token
     else:
         assert any(0.01 < g.weights[0, 0] < 0.99 for g in gens)  # both experts really mix
 

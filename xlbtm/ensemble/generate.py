@@ -11,9 +11,9 @@ with w(prefix) the cluster posterior of the prompt plus the tokens generated so 
 one O(d) update per generated token for the subword featurizer) and top-k renormalized. Greedy decoding takes
 the argmax of the mixture, sampling draws from it (at `sampling_temperature`, seeded).
 
-Only the experts in some row's top-k run at a step. An expert keeps its own KV cache; one that enters the
-top-k later first reads the tokens it missed in one chunk (prefill), so its states are exactly those of an
-expert that had run all along. The model reads `</s> prompt` (as eval_ensemble reads a text); prompts longer
+An expert runs only on the rows whose top-k holds it (top-1: one expert per row and token). It keeps its own KV
+cache; a row routed to it later first reads the tokens it missed in one chunk (prefill), so its states are
+exactly those of an expert that had read the row all along. The model reads `</s> prompt` (as eval_ensemble reads a text); prompts longer
 than the window minus `max_new_tokens` keep their last tokens for the model (routing reads the whole prompt).
 Rows of a batch are left-padded; positions count each row's real tokens.
 """
@@ -78,43 +78,56 @@ def generate(lm, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop:
         pad[b, P - len(s):] = False
     states = [lm.router.prefix_state(p) for p in prompts] if lm.router is not None else None
     caches: list = [None] * K
-    fed = [0] * K                                  # columns of `seq` each expert has read
+    fed = torch.zeros((K, B), dtype=torch.long)    # columns of `seq` expert k has read, per row
     gen: list[list[int]] = [[] for _ in range(B)]
     weights: list[list[np.ndarray]] = [[] for _ in range(B)]
     finish = [""] * B
     texts = [""] * B
     gen_rng = torch.Generator().manual_seed(int(seed)) if sample else None
     lm.stats.setdefault("gen_expert_steps", [])
+    lm.stats.setdefault("gen_expert_rows", [])
     with torch.inference_mode():
         for _ in range(max_new_tokens):
-            alive = [b for b in range(B) if not finish[b]]
+            alive = torch.tensor([b for b in range(B) if not finish[b]], dtype=torch.long)
             if states is not None:
                 d = [s.distances() for s in states]
                 log_w = lm.log_weights(np.stack([x for x, _ in d]), np.asarray([e for _, e in d]))
             else:
                 log_w = lm.log_weights(np.zeros((B, K)), np.ones(B, dtype=bool))  # [K, B]
-            active = [k for k in range(K) if bool(torch.isfinite(log_w[k, alive]).any())]
-            lm.stats["gen_expert_steps"].append(len(active))
-            mixed = None
+            mixed = torch.full((B, a.vocab_size), float("-inf"), dtype=torch.float64)
             L = seq.shape[1]
-            for k in active:
+            n_experts = n_rows = 0
+            for k in range(K):
+                R = alive[torch.isfinite(log_w[k, alive])]  # the rows that route to expert k now
+                if not len(R):
+                    continue
                 model = lm.models[k]
                 if caches[k] is None:
-                    caches[k] = model.new_cache()
-                h = model.forward_hidden(seq[:, fed[k]:L].to(dev), pad[:, fed[k]:L].to(dev), cache=caches[k])
-                fed[k] = L
+                    caches[k] = model.new_cache(batch_size=B)
+                # each row reads the columns it has not read yet (one; more after being routed elsewhere)
+                n = L - fed[k, R]
+                T = int(n.max())
+                cols = (L - T + torch.arange(T))[None, :]
+                late = cols < (L - n)[:, None]                 # columns this row has already read
+                tokens = torch.where(late, a.pad_id, seq[R][:, L - T:])
+                tok_pad = late | pad[R][:, L - T:]
+                h = model.forward_hidden(tokens.to(dev), tok_pad.to(dev), cache=caches[k], rows=R.to(dev))
+                fed[k, R] = L
                 lp = torch.log_softmax(model.output(h[:, -1]).float(), dim=-1).cpu().double()
-                term = lp + log_w[k][:, None]
-                mixed = term if mixed is None else torch.logaddexp(mixed, term)
+                mixed[R] = torch.logaddexp(mixed[R], lp + log_w[k, R][:, None])
+                n_experts, n_rows = n_experts + 1, n_rows + len(R)
+            lm.stats["gen_expert_steps"].append(n_experts)
+            lm.stats["gen_expert_rows"].append(n_rows)
+            nxt = torch.zeros(B, dtype=torch.long)
             if sample:
-                probs = torch.softmax(mixed / sampling_temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=gen_rng)[:, 0]
+                probs = torch.softmax(mixed[alive] / sampling_temperature, dim=-1)
+                nxt[alive] = torch.multinomial(probs, 1, generator=gen_rng)[:, 0]
             else:
-                nxt = mixed.argmax(-1)
+                nxt[alive] = mixed[alive].argmax(-1)
             col = torch.full((B,), a.pad_id, dtype=torch.long)
             col_pad = torch.ones(B, dtype=torch.bool)
             w = log_w.exp().T.numpy()
-            for b in alive:
+            for b in alive.tolist():
                 t = int(nxt[b])
                 weights[b].append(w[b])
                 if stop_at_eos and t == a.eos_id:

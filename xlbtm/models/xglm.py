@@ -84,19 +84,20 @@ class XGLM(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def new_cache(self) -> KVCache:
+    def new_cache(self, batch_size: int | None = None) -> KVCache:
         """An empty KV cache for incremental decoding: `forward_hidden(tokens, pad, cache=c)` feeds the next
-        tokens of every row (inference only)."""
-        return KVCache(len(self.layers))
+        tokens of every row (inference only); with `batch_size`, `rows=` may feed some rows only."""
+        return KVCache(len(self.layers), batch_size)
 
     def forward_hidden(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                       cache: KVCache | None = None) -> torch.Tensor:
+                       cache: KVCache | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states [B, T, D] (after the last LayerNorm), before the output projection.
 
         With `cache`, `tokens` continue the rows fed so far (their keys / values are kept in the cache);
-        positions count each row's real tokens, so a left-padded row is positioned like an unpadded one."""
+        positions count each row's real tokens, so a left-padded row is positioned like an unpadded one.
+        `rows` (long [R]): `tokens` [R, T] continue those rows of the cache only."""
         if cache is not None:
-            return self._forward_cached(tokens, padding_mask, cache)
+            return self._forward_cached(tokens, padding_mask, cache, rows)
         B, T = tokens.shape
         if T > self.args.max_positions:
             raise ValueError(f"sequence length {T} exceeds max_positions={self.args.max_positions}")
@@ -108,14 +109,11 @@ class XGLM(nn.Module):
             x = layer(x, mask)
         return self.layer_norm(x)
 
-    def _forward_cached(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None,
-                        cache: KVCache) -> torch.Tensor:
+    def _forward_cached(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None, cache: KVCache,
+                        rows: torch.Tensor | None = None) -> torch.Tensor:
         if padding_mask is None:
             padding_mask = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
-        done = 0 if cache.lengths is None else int(cache.lengths.max())
-        if done + int((~padding_mask).sum(1).max()) > self.args.max_positions:
-            raise ValueError(f"sequence length exceeds max_positions={self.args.max_positions}")
-        positions, mask = cache.step_mask(padding_mask)
+        positions, mask = cache.step_mask(padding_mask, rows, self.args.max_positions)
         x = self.embed_tokens(tokens) * self.embed_scale
         x = x + self.embed_positions[POS_OFFSET + positions].to(x.dtype)
         x = dropout(x, self.args.dropout, self.training, site=0)
