@@ -249,6 +249,20 @@ def test_top1_scoring_runs_each_request_through_its_own_expert_only(ens):
     assert [x for x, _ in batched] == pytest.approx(single, abs=1e-4)
 
 
+def test_bfloat16_experts_score_and_generate_close_to_float32(ens):
+    tok = ens["tok"]
+    reqs = [(tok.encode(p), tok.encode(" und so weiter")) for p in PROMPTS]
+    full, half = _lm(ens), _lm(ens, dtype="bfloat16")
+    assert next(half.models[0].parameters()).dtype == torch.bfloat16
+    a, b = [x for x, _ in full.loglikelihood(reqs)], [x for x, _ in half.loglikelihood(reqs)]
+    assert b == pytest.approx(a, rel=0.05)
+    assert len(half.generate([reqs[0][0]], max_new_tokens=8)[0].ids) == 8
+    from xlbtm.errors import UsageError
+
+    with pytest.raises(UsageError, match="dtype"):
+        _lm(ens, dtype="int8")
+
+
 @pytest.mark.parametrize("featurizer", ["subword", "word"])
 def test_routing_prefix_state_equals_router_distances(ens, tmp_path, featurizer):
     """Generation's incremental routing state gives eval_ensemble's per-prefix distances (subword: a running

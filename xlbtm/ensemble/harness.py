@@ -14,8 +14,9 @@ so `xlbtm.scripts.lm_eval` registers this one and then runs lm-eval's own comman
 
 model_args: experts_dir (or model_path: one expert run dir / consolidated.pt), clusterer, ensemble_type
 (clustering | uniform | dense | average), temperature, topk, route (context | prefix), stride (rolling
-windows), context_window, cbtm_compat, seed (sampling), max_gen_toks. What each request computes is
-`xlbtm.ensemble.mixture` (loglikelihood, loglikelihood_rolling) and `xlbtm.ensemble.generate`.
+windows), context_window, cbtm_compat, seed (sampling), max_gen_toks, dtype (float32 | bfloat16 | float16).
+What each request computes is `xlbtm.ensemble.mixture` (loglikelihood, loglikelihood_rolling) and
+`xlbtm.ensemble.generate`.
 
 This is the only module of xlbtm that imports lm_eval.
 """
@@ -55,23 +56,22 @@ class XlbtmLM(LM):
     def __init__(self, experts_dir: str | None = None, clusterer: str | None = None, ensemble_type: str | None = None,
                  temperature: float = 0.1, topk: int = -1, model_path: str | None = None, route: str = "context",
                  stride: int | None = None, context_window: int | None = None, cbtm_compat: bool = False,
-                 seed: int = 0, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, batch_size=None, max_batch_size=None,
-                 device: str | None = None, **unknown):
+                 seed: int = 0, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, dtype: str = "float32", batch_size=None,
+                 max_batch_size=None, device: str | None = None, **unknown):
         super().__init__()
         from xlbtm.ensemble.mixture import ROUTES, MixtureLM
 
         if unknown:
             raise UsageError(f"unknown --model_args key(s) {sorted(unknown)} for --model xlbtm; known: experts_dir, "
                              "model_path, clusterer, ensemble_type, temperature, topk, route, stride, context_window, "
-                             "cbtm_compat, seed, max_gen_toks")
+                             "cbtm_compat, seed, max_gen_toks, dtype")
         if route not in ROUTES:
             raise UsageError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         self.lm = MixtureLM.load(experts_dir=experts_dir, model_paths=[str(model_path)] if model_path else None,
                                  clusterer=clusterer, ensemble_type=ensemble_type, temperature=float(temperature),
                                  topk=int(topk), cbtm_compat=bool(cbtm_compat), device=device,
                                  context_window=None if context_window is None else int(context_window),
-                                 batch_size=_batch_size(batch_size),
-                                 purpose="lm-eval")
+                                 batch_size=_batch_size(batch_size), dtype=str(dtype), purpose="lm-eval")
         self.route, self.stride, self.seed = route, None if stride is None else int(stride), int(seed)
         self.max_gen_toks = int(max_gen_toks)
         self._device = self.lm.device

@@ -41,6 +41,7 @@ log = get_logger("ensemble")
 
 ROUTES = ("context", "prefix")
 LM_TYPES = ("clustering", "uniform", "dense", "average")
+DTYPES = ("float32", "bfloat16", "float16")
 LOGIT_ELEMENTS = 1 << 26  # logits per chunk when the mixture's full distribution is formed (256 MiB fp32)
 
 
@@ -77,10 +78,13 @@ class MixtureLM:
     def load(cls, *, experts_dir: str | None = None, model_paths: Sequence[str] | None = None,
              clusterer: str | None = None, ensemble_type: str | None = None, temperature: float = 0.1,
              topk: int = -1, cbtm_compat: bool = False, device: str | None = None,
-             context_window: int | None = None, batch_size: int = 16, purpose: str = "scoring") -> "MixtureLM":
+             context_window: int | None = None, batch_size: int = 16, dtype: str = "float32",
+             purpose: str = "scoring") -> "MixtureLM":
         """Experts from `experts_dir` (or explicit run dirs / consolidated.pt files in `model_paths`), routed by
         the clusterer artifact at `clusterer`. `ensemble_type` default: clustering with a clusterer, dense for
-        a single model. `purpose` only words the error for masked-LM experts ("generation", "lm-eval")."""
+        a single model. `dtype`: the experts' weights (float32, or bfloat16 / float16 to halve GPU memory;
+        log-probabilities are always computed in float32). `purpose` only words the error for masked-LM experts
+        ("generation", "lm-eval")."""
         from xlbtm.ensemble.evaluate import resolve_ensemble, window_for
         from xlbtm.ensemble.experts import average_states, load_model
 
@@ -98,6 +102,8 @@ class MixtureLM:
             raise UsageError(f"topk takes -1 (every expert) or a count >= 1, got {topk}")
         if batch_size <= 0:
             raise UsageError(f"batch_size must be positive, got {batch_size}")
+        if dtype not in DTYPES:
+            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         try:
             experts, clus, tokenizer = resolve_ensemble(ensemble_type, clusterer if ensemble_type == "clustering"
                                                         else None, experts_dir, list(model_paths or []))
@@ -122,7 +128,7 @@ class MixtureLM:
         else:
             loaded = [load_model(e) for e in experts]
             models, args = [m for m, _ in loaded], loaded[0][1]
-        models = [m.to(device) for m in models]
+        models = [m.to(device=device, dtype=getattr(torch, dtype)) for m in models]
         router = None
         if ensemble_type == "clustering" and len(models) > 1:
             from xlbtm.ensemble.routing import router_from_clusterer

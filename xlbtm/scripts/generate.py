@@ -38,6 +38,8 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="with --sample: random seed")
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the experts' weights (bfloat16 halves GPU memory)")
     return p
 
 
@@ -85,7 +87,8 @@ def main(argv=None):
     lm = MixtureLM.load(experts_dir=args.experts_dir,
                         model_paths=[m for m in (args.model_paths or "").split(",") if m] or None,
                         clusterer=args.path_to_clusterer, ensemble_type=args.ensemble_type,
-                        temperature=args.temperature, topk=args.topk, device=args.device, purpose="generation")
+                        temperature=args.temperature, topk=args.topk, device=args.device, dtype=args.dtype,
+                        purpose="generation")
     names = ["average"] if lm.ensemble_type == "average" else \
         [f"expert{e.cluster}" if lm.num_models > 1 else e.name for e in lm.experts]
     results = []
