@@ -76,27 +76,21 @@ class EvalConfig:
 
 def resolve(cfg: EvalConfig):
     """(experts ordered by cluster, clusterer or None, tokenizer)."""
-    return resolve_ensemble(cfg.ensemble_type, cfg.path_to_clusterer, cfg.experts_dir, cfg.model_paths)
-
-
-def resolve_ensemble(ensemble_type: str, path_to_clusterer: str | None, experts_dir: str | None,
-                     model_paths: list[str] | None = None):
-    """`resolve` without an EvalConfig (generation, lm-eval): (experts, clusterer or None, tokenizer)."""
     from xlbtm.ensemble.experts import find_experts, match_experts, read_expert
 
-    clusterer = _load_clusterer(path_to_clusterer) if path_to_clusterer else None
-    experts = find_experts(experts_dir) if experts_dir else [read_expert(p) for p in model_paths or []]
-    dense = ensemble_type == "dense"
+    clusterer = _load_clusterer(cfg.path_to_clusterer) if cfg.path_to_clusterer else None
+    experts = find_experts(cfg.experts_dir) if cfg.experts_dir else [read_expert(p) for p in cfg.model_paths]
+    dense = cfg.ensemble_type == "dense"
     experts = match_experts(experts, num_clusters=None if dense or clusterer is None else clusterer.num_clusters,
                             clusterer_fingerprint=None if dense or clusterer is None else clusterer.fingerprint,
                             dense=dense)
-    if ensemble_type == "clustering" and getattr(clusterer, "centroids", None) is None:
-        raise UsageError(f"--ensemble-type clustering routes by distance to centroids, but {path_to_clusterer} "
+    if cfg.ensemble_type == "clustering" and getattr(clusterer, "centroids", None) is None:
+        raise UsageError(f"--ensemble-type clustering routes by distance to centroids, but {cfg.path_to_clusterer} "
                          f"is a {getattr(clusterer, 'kind', '?')} clusterer without them (typological: use "
                          "--ensemble-type lang)")
-    if ensemble_type == "lang" and getattr(clusterer, "kind", None) != "typological":
+    if cfg.ensemble_type == "lang" and getattr(clusterer, "kind", None) != "typological":
         raise UsageError(f"--ensemble-type lang routes by language and needs a typological clusterer; "
-                         f"{path_to_clusterer} is of kind {getattr(clusterer, 'kind', '?')!r}")
+                         f"{cfg.path_to_clusterer} is of kind {getattr(clusterer, 'kind', '?')!r}")
     from xlbtm.tokenizer import load_tokenizer
 
     tok_path = experts[0].info.get("tokenizer")
@@ -121,17 +115,12 @@ def scoring_window(cfg: EvalConfig, experts) -> tuple[int, int]:
     """(window, stride) for CLM scoring: --context-window, else the context the experts trained with
     (expert.json's tokens_per_sample; max_positions for imported models), never past max_positions: a
     position no expert trained on is out of distribution for every side of the comparison alike."""
-    return window_for(experts, cfg.context_window, cfg.stride)
-
-
-def window_for(experts, context_window: int | None = None, stride: int | None = None) -> tuple[int, int]:
-    """`scoring_window` from the two settings alone."""
     max_pos = min(int(e.info["model_args"]["max_positions"]) for e in experts)
     trained = [int(e.info.get("data", {}).get("tokens_per_sample") or max_pos) for e in experts]
-    window = context_window or min(trained)
+    window = cfg.context_window or min(trained)
     if window > max_pos:
         raise UsageError(f"--context-window {window} exceeds the experts' {max_pos} positions")
-    stride = stride or window
+    stride = cfg.stride or window
     if stride > window:
         raise UsageError(f"--stride {stride} exceeds the context window {window}")
     return window, stride

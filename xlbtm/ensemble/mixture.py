@@ -85,7 +85,7 @@ class MixtureLM:
         a single model. `dtype`: the experts' weights (float32, or bfloat16 / float16 to halve GPU memory;
         log-probabilities are always computed in float32). `purpose` only words the error for masked-LM experts
         ("generation", "lm-eval")."""
-        from xlbtm.ensemble.evaluate import resolve_ensemble, window_for
+        from xlbtm.ensemble.evaluate import EvalConfig, resolve, scoring_window
         from xlbtm.ensemble.experts import average_states, load_model
 
         if bool(experts_dir) == bool(model_paths):
@@ -104,9 +104,12 @@ class MixtureLM:
             raise UsageError(f"batch_size must be positive, got {batch_size}")
         if dtype not in DTYPES:
             raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        # eval_ensemble's own resolution (experts matched to clusters, clusterer and tokenizer checks); no data set
+        cfg = EvalConfig(data_dir="", data_subset="", job_dir="", ensemble_type=ensemble_type,
+                         path_to_clusterer=clusterer if ensemble_type == "clustering" else None,
+                         experts_dir=experts_dir, model_paths=list(model_paths or []), context_window=context_window)
         try:
-            experts, clus, tokenizer = resolve_ensemble(ensemble_type, clusterer if ensemble_type == "clustering"
-                                                        else None, experts_dir, list(model_paths or []))
+            experts, clus, tokenizer = resolve(cfg)
         except UsageError as e:
             if defaulted and ensemble_type == "dense" and "evaluates one model" in str(e):
                 raise UsageError(f"several experts but no clusterer to route them: give clusterer= "
@@ -121,7 +124,7 @@ class MixtureLM:
                              "(clm) experts: a masked LM has no left-to-right probabilities to score or "
                              "generate with")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        window, _ = window_for(experts, context_window)
+        window, _ = scoring_window(cfg, experts)
         if ensemble_type == "average":
             model, args = load_model(experts[0], average_states(experts))
             models = [model]
