@@ -6,7 +6,7 @@ CONSTRAINT := $(CURDIR)/.ci/constraints.txt
 
 install:
 	python3 -m venv .venv
-	PIP_CONSTRAINT=$(CONSTRAINT) .venv/bin/pip install -e '.[dev]'
+	PIP_CONSTRAINT=$(CONSTRAINT) .venv/bin/pip install -e '.[dev,eval]'
 
 demo:
 	$(PY) -m xlbtm.scripts.quickstart

@@ -155,18 +155,28 @@ class Router:
             P = torch.zeros_like(contrib)
             if T > 1:
                 torch.cumsum(contrib[:-1], 0, out=P[1:])
-            C = self._centroids_t(P.dtype)
-            norm = torch.linalg.vector_norm(P, dim=1)
-            empty = norm <= 1e-12
-            c2 = (C * C).sum(1)
-            dots = (P @ C.T) / torch.where(empty, torch.ones_like(norm), norm)[:, None]
-            d = torch.where(empty[:, None], c2[None, :], 1.0 - 2.0 * dots + c2[None, :])
-            return d.clamp_min_(0.0).numpy().astype(np.float64), empty.numpy()
+            return self._sum_distances(P)
         ids = list(np.asarray(token_ids).tolist())
         h = np.asarray(self.featurize_many([ids[:j] for j in range(T)]), dtype=np.float64) if T \
             else np.zeros((0, self.centroids.shape[1]))
         empty = np.linalg.norm(h, axis=1) <= 1e-6
         return squared_distances(h, self.centroids), empty
+
+    def _sum_distances(self, P) -> tuple[np.ndarray, np.ndarray]:
+        """(sqdist [n, K], empty [n]) of the running sums P [n, d] (linear featurizer)."""
+        import torch
+
+        C = self._centroids_t(P.dtype)
+        norm = torch.linalg.vector_norm(P, dim=1)
+        empty = norm <= 1e-12
+        c2 = (C * C).sum(1)
+        dots = (P @ C.T) / torch.where(empty, torch.ones_like(norm), norm)[:, None]
+        d = torch.where(empty[:, None], c2[None, :], 1.0 - 2.0 * dots + c2[None, :])
+        return d.clamp_min_(0.0).numpy().astype(np.float64), empty.numpy()
+
+    def prefix_state(self, token_ids: Sequence[int] = ()) -> "PrefixState":
+        """The routing state of a growing prefix (generation): `push` tokens, read `distances()`."""
+        return PrefixState(self, token_ids)
 
     def document_distances(self, token_ids: Sequence[int]) -> tuple[np.ndarray, bool]:
         if self.featurizer is not None:
@@ -175,6 +185,38 @@ class Router:
             h = np.asarray(self.featurize_many([list(np.asarray(token_ids).tolist())]), dtype=np.float64)[0]
         empty = bool(np.linalg.norm(h) <= 1e-6)
         return squared_distances(h[None, :], self.centroids)[0], empty
+
+
+class PrefixState:
+    """Squared distances of one growing prefix to the centroids, updated as tokens are appended.
+
+    Linear featurizer: the running sum of the tokens' rows, O(d) per pushed token, and `distances()` reads it
+    through the same formula as `Router.distances` (row j of that equals `distances()` after pushing
+    ids[:j]). Other featurizers re-featurize the whole prefix on every `distances()` call.
+    """
+
+    def __init__(self, router: Router, token_ids: Sequence[int] = ()):
+        self.router = router
+        self.ids: list[int] = []
+        f = router.featurizer
+        self.sum = None if f is None else f.rows.new_zeros(f.dim)
+        self.push(token_ids)
+
+    def push(self, token_ids: Sequence[int]) -> None:
+        ids = [int(t) for t in token_ids]
+        if not ids:
+            return
+        self.ids.extend(ids)
+        if self.sum is not None:
+            self.sum += self.router.featurizer.contributions(ids).sum(0)
+
+    def distances(self) -> tuple[np.ndarray, bool]:
+        """(sqdist [K] float64, empty) of the prefix pushed so far."""
+        if self.sum is not None:
+            d, empty = self.router._sum_distances(self.sum[None, :])
+            return d[0], bool(empty[0])
+        h = np.asarray(self.router.featurize_many([list(self.ids)]), dtype=np.float64)
+        return squared_distances(h, self.router.centroids)[0], bool(np.linalg.norm(h[0]) <= 1e-6)
 
 
 def router_from_clusterer(clusterer, tokenizer=None) -> Router:

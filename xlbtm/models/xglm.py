@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlbtm.models.attention import Attention, make_attn_mask, sinusoidal_table
+from xlbtm.models.attention import Attention, KVCache, make_attn_mask, sinusoidal_table
 from xlbtm.models.config import ModelArgs
 from xlbtm.models.dropout import dropout
 from xlbtm.models.loss import linear_cross_entropy
@@ -34,8 +34,10 @@ class DecoderBlock(nn.Module):
         self.fc1 = nn.Linear(d, args.ffn_dim)
         self.fc2 = nn.Linear(args.ffn_dim, d)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.self_attn(self.self_attn_layer_norm(x), attn_mask)
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv=None) -> torch.Tensor:
+        # kv only when decoding: tensor parallel's input hooks expect exactly (x, attn_mask) in training
+        h = self.self_attn(self.self_attn_layer_norm(x), attn_mask) if kv is None else \
+            self.self_attn(self.self_attn_layer_norm(x), attn_mask, kv)
         x = x + dropout(h, self.dropout, self.training, self.site)
         h = F.gelu(self.fc1(self.final_layer_norm(x)))
         h = self.fc2(dropout(h, self.activation_dropout, self.training, self.site + 1))
@@ -82,8 +84,20 @@ class XGLM(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_hidden(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Final hidden states [B, T, D] (after the last LayerNorm), before the output projection."""
+    def new_cache(self, batch_size: int | None = None) -> KVCache:
+        """An empty KV cache for incremental decoding: `forward_hidden(tokens, pad, cache=c)` feeds the next
+        tokens of every row (inference only); with `batch_size`, `rows=` may feed some rows only."""
+        return KVCache(len(self.layers), batch_size)
+
+    def forward_hidden(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                       cache: KVCache | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states [B, T, D] (after the last LayerNorm), before the output projection.
+
+        With `cache`, `tokens` continue the rows fed so far (their keys / values are kept in the cache);
+        positions count each row's real tokens, so a left-padded row is positioned like an unpadded one.
+        `rows` (long [R]): `tokens` [R, T] continue those rows of the cache only."""
+        if cache is not None:
+            return self._forward_cached(tokens, padding_mask, cache, rows)
         B, T = tokens.shape
         if T > self.args.max_positions:
             raise ValueError(f"sequence length {T} exceeds max_positions={self.args.max_positions}")
@@ -93,6 +107,18 @@ class XGLM(nn.Module):
         mask = make_attn_mask(padding_mask, causal=True)
         for layer in self.layers:
             x = layer(x, mask)
+        return self.layer_norm(x)
+
+    def _forward_cached(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None, cache: KVCache,
+                        rows: torch.Tensor | None = None) -> torch.Tensor:
+        if padding_mask is None:
+            padding_mask = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+        positions, mask = cache.step_mask(padding_mask, rows, self.args.max_positions)
+        x = self.embed_tokens(tokens) * self.embed_scale
+        x = x + self.embed_positions[POS_OFFSET + positions].to(x.dtype)
+        x = dropout(x, self.args.dropout, self.training, site=0)
+        for layer, kv in zip(self.layers, cache.layers):
+            x = layer(x, mask, kv)
         return self.layer_norm(x)
 
     def output(self, h: torch.Tensor) -> torch.Tensor:
