@@ -15,6 +15,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
+from xlbtm.io import write_json
 from xlbtm.errors import InputError, UsageError
 from xlbtm.launch import (JobFailedError, add_slurm_args, init_distributed, make_executor, resolve_site,
                           site_from_args, wait_for)
@@ -63,14 +64,14 @@ def count_to(state_path, n):
     st = json.loads(p.read_text()) if p.exists() else {"i": 0, "starts": 0, "updates": [], "pid": 0}
     st["starts"] += 1
     st["pid"] = os.getpid()
-    p.write_text(json.dumps(st))
+    write_json(p, st)  # atomic: the test polls this file
     while st["i"] < n:
         if stop["flag"]:
             requeue_and_exit()
         time.sleep(0.2)
         st["i"] += 1
         st["updates"].append(st["i"])
-        p.write_text(json.dumps(st))
+        write_json(p, st)  # atomic: the test polls this file
     return st
 
 

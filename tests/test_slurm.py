@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from xlbtm.io import write_json
 from xlbtm.launch import JobFailedError, make_executor, resolve_site, wait_for
 
 pytestmark = pytest.mark.slurm
@@ -61,14 +62,14 @@ def count_to(state_path, n, step_s=0.25):
     p = Path(state_path)
     st = json.loads(p.read_text()) if p.exists() else {"i": 0, "starts": 0, "updates": []}
     st["starts"] += 1
-    p.write_text(json.dumps(st))
+    write_json(p, st)  # atomic: the test polls this file
     while st["i"] < n:
         if stop["flag"]:
             requeue_and_exit()
         time.sleep(step_s)
         st["i"] += 1
         st["updates"].append(st["i"])
-        p.write_text(json.dumps(st))
+        write_json(p, st)  # atomic: the test polls this file
     return st
 
 
@@ -79,11 +80,11 @@ class Counter:
         p = Path(state_path)
         st = json.loads(p.read_text()) if p.exists() else {"i": 0, "starts": 0}
         st["starts"] += 1
-        p.write_text(json.dumps(st))
+        write_json(p, st)  # atomic: the test polls this file
         while st["i"] < n:
             time.sleep(0.25)
             st["i"] += 1
-            p.write_text(json.dumps(st))
+            write_json(p, st)  # atomic: the test polls this file
         return st
 
     def checkpoint(self, *args, **kwargs):
