@@ -15,8 +15,8 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
-from xlbtm.io import write_json
 from xlbtm.errors import InputError, UsageError
+from xlbtm.io import write_json
 from xlbtm.launch import (JobFailedError, add_slurm_args, init_distributed, make_executor, resolve_site,
                           site_from_args, wait_for)
 from xlbtm.launch.site import parse_time_min
