@@ -169,14 +169,14 @@ if [ "$NODES" = 1 ]; then
   NODE_NAMES=(localhost)
   CTLD_ADDR=127.0.0.1
   NODE_LINE="NodeName=localhost NodeAddr=127.0.0.1 NodeHostname=localhost"
-  PART_NODES=localhost
+  PART_NODES=localhost PART_EXTRA=""
   SLURMD_PID="$RUN_DIR/slurmd.pid" SLURMD_LOG="$LOG_DIR/slurmd.log" SLURMD_SPOOL="$STATE_DIR/slurmd"
 else
   NODE_NAMES=()
   for i in $(seq 1 "$NODES"); do NODE_NAMES+=("node$i"); done
   CTLD_ADDR=$HOST_ADDR
   NODE_LINE="NodeName=node[1-$NODES] NodeAddr=$NET.[11-1$NODES]"
-  PART_NODES="node[1-$NODES]"
+  PART_NODES="node[1-$NODES]" PART_EXTRA=" LLN=YES"
   # %n: SLURM's node name, so every slurmd of this machine has its own PID file, log and spool dir.
   SLURMD_PID="$RUN_DIR/slurmd-%n.pid" SLURMD_LOG="$LOG_DIR/slurmd-%n.log" SLURMD_SPOOL="$STATE_DIR/slurmd-%n"
 fi
@@ -230,7 +230,7 @@ render() {  # render TEMPLATE DEST MODE
   { echo "# $MARKER"; sed -e "s|@CTLD_HOST@|$CTLD_HOST|g" -e "s|@CTLD_ADDR@|$CTLD_ADDR|g" \
       -e "s|@STATE_DIR@|$STATE_DIR|g" -e "s|@RUN_DIR@|$RUN_DIR|g" -e "s|@LOG_DIR@|$LOG_DIR|g" \
       -e "s|@SLURMD_PID@|$SLURMD_PID|g" -e "s|@SLURMD_LOG@|$SLURMD_LOG|g" -e "s|@SLURMD_SPOOL@|$SLURMD_SPOOL|g" \
-      -e "s|@NODE_LINE@|$NODE_LINE|g" -e "s|@PART_NODES@|$PART_NODES|g" -e "s|@CPUS@|$CPUS|g" \
+      -e "s|@NODE_LINE@|$NODE_LINE|g" -e "s|@PART_NODES@|$PART_NODES|g" -e "s|@PART_EXTRA@|$PART_EXTRA|g" -e "s|@CPUS@|$CPUS|g" \
       -e "s|@MEM_MB@|$MEM_MB|g" -e "s|@PARTITION@|$PARTITION|g" -e "s|@DB_PASS@|$DB_PASS|g" "$1"; } > "$tmp"
   chmod "$3" "$tmp"
   if [ -f "$2" ] && cmp -s "$tmp" "$2"; then

@@ -5,6 +5,11 @@ purged records) stays "UNKNOWN", a job preempted without requeue stays "PREEMPTE
 only every few minutes. `wait_for` forces a state refresh every `poll_s`, asks `scontrol` when sacct has
 nothing (or one of those states) for longer than `unknown_grace_s`, and treats a job that slurmctld does not
 know as running (and that left no result) as failed.
+
+A node that fails under a job (NODE_FAIL: it went down, or was set DOWN) makes SLURM requeue the job, which
+then waits, possibly forever, for nodes that are gone. `wait_for` reports such a job as failed (state
+NODE_FAIL, with its log) and cancels the requeued copy, so that the rerun of the command (which resumes
+from the last checkpoint, on the nodes that are left) is the one way on.
 """
 
 from __future__ import annotations
@@ -104,6 +109,36 @@ def scheduler_state(job_id: str) -> str | None:
     return None
 
 
+def node_failure(job_id: str) -> str | None:
+    """The nodes of an attempt of the job that ended NODE_FAIL (`sacct -D`: every attempt), else None."""
+    try:
+        r = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "State,NodeList", "-j", job_id],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in r.stdout.splitlines():
+        state, _, nodes = line.partition("|")
+        if state.strip().upper().startswith("NODE_FAIL"):
+            return nodes.strip() or "?"
+    return None
+
+
+def _node_failed(job, nodes: str) -> JobFailure:
+    """Report a job SLURM requeued after a node failure; cancel the requeued copy (see the module doc)."""
+    try:
+        subprocess.run(["scancel", job.job_id], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    sub = _sub_jobs(job)[0]
+    stderr, stdout = sub.paths.stderr, sub.paths.stdout
+    tail = _tail(stderr) or _tail(stdout) or "(no log lines)"
+    return JobFailure(job.job_id, f"NODE_FAIL (nodes {nodes})",
+                      f"a node of the job failed (nodes {nodes}); SLURM requeued the job, xlbtm cancelled the "
+                      "requeued copy: rerun the command to resume from the last checkpoint (with fewer "
+                      f"--num-nodes if the node stays down); last log lines:\n{tail}",
+                      _existing(stderr), _existing(stdout))
+
+
 def _sub_jobs(job) -> list:
     return list(job._sub_jobs) if getattr(job, "_sub_jobs", None) else [job]
 
@@ -192,6 +227,7 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
 def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknown_grace_s, fail_fast,
           all_tasks) -> None:
     unknown_since: dict[int, float] = {}
+    ran: set[int] = set()  # jobs seen running: back to pending means requeued (preemption or node failure)
     last_status = time.monotonic()
     while pending:
         watchers = {id(type(j).watcher): type(j).watcher for j in jobs if _is_slurm(j)}
@@ -214,6 +250,21 @@ def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknow
                         unknown_since[i] = time.monotonic()  # slurmctld knows it: keep waiting
             else:
                 unknown_since.pop(i, None)
+            head = state.split(" ")[0].upper()
+            if not ended and _is_slurm(job):
+                if head == "RUNNING":
+                    ran.add(i)
+                elif head == "NODE_FAIL" or (i in ran and head in ("PENDING", "REQUEUED")):
+                    ran.discard(i)  # one sacct look per requeue
+                    nodes = node_failure(job.job_id)
+                    if nodes is not None:
+                        failure = _node_failed(job, nodes)
+                        pending.discard(i)
+                        log.error("%s: %s", what, failure.render())
+                        failures.append((i, failure))
+                        if fail_fast:
+                            break
+                        continue
             if not ended:
                 continue
             failure = _failure_of(job, state)
