@@ -230,22 +230,24 @@ def test_node_down_mid_job_fails_with_log_then_rerun_on_remaining_node_resumes(s
 def test_cluster_job_array_spreads_over_both_nodes_and_equals_local(slurm_two_nodes, tmp_path, monkeypatch):
     """`cluster --run slurm`: the array's tasks land on both nodes (sacct) and the assignments equal
     `--run local`."""
-    from xlbtm.cluster.assign import assign_corpus, iter_assignments
-    from xlbtm.cluster.typological import train_typological_clusterer
+    from xlbtm.cluster.train import train_typological_clusterer
+    from xlbtm.formats.clusters import iter_assignments
+    from xlbtm.scripts.cluster import main
 
     data = tmp_path / "d"
     langs = ["en", "de", "ru", "uk"]
-    for shard in range(4):
+    for shard in range(4):  # 4 files -> a 4-task array
         p = data / "train" / str(shard) / "a.jsonl"
         p.parent.mkdir(parents=True)
         p.write_text("".join(json.dumps({"text": f"t{shard}{i}", "lang": langs[(shard + i) % 4]}) + "\n"
                              for i in range(6)))
     train_typological_clusterer(langs, 2, tmp_path / "c", mode="xelm")
     monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_two_nodes.partition)
-    assign_corpus(data, tmp_path / "c", tmp_path / "local", "train", run="local", workers=1)
+    argv = ["--data-dir", str(data), "--path-to-clusterer", str(tmp_path / "c"), "--split", "train"]
+    assert main([*argv, "--output-prefix", str(tmp_path / "local"), "--run", "local", "--num-workers", "1"]) == 0
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
-    assign_corpus(data, tmp_path / "c", tmp_path / "slurm", "train", run="slurm", job_dir=tmp_path / "jobs",
-                  max_array_tasks=4)
+    assert main([*argv, "--output-prefix", str(tmp_path / "slurm"), "--run", "slurm",
+                 "--job-dir", str(tmp_path / "jobs")]) == 0
     assert list(iter_assignments(tmp_path / "slurm", "train")) == list(iter_assignments(tmp_path / "local", "train"))
     nodes = _sacct_nodes([], name="xlbtm-cluster", since=since, want=4)
     assert len(nodes) == 4 and set(nodes.values()) == {"node1", "node2"}, nodes

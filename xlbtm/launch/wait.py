@@ -109,18 +109,22 @@ def scheduler_state(job_id: str) -> str | None:
     return None
 
 
-def node_failure(job_id: str) -> str | None:
-    """The nodes of an attempt of the job that ended NODE_FAIL (`sacct -D`: every attempt), else None."""
+def node_failures(job_ids: Sequence[str]) -> dict[str, str]:
+    """{job id: nodes} for the jobs with an attempt that ended NODE_FAIL (`sacct -D` lists every attempt of
+    a requeued job; one call for all of them)."""
+    if not job_ids:
+        return {}
     try:
-        r = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "State,NodeList", "-j", job_id],
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State,NodeList", "-j", ",".join(job_ids)],
+                           capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return None
+        return {}
+    found: dict[str, str] = {}
     for line in r.stdout.splitlines():
-        state, _, nodes = line.partition("|")
-        if state.strip().upper().startswith("NODE_FAIL"):
-            return nodes.strip() or "?"
-    return None
+        parts = line.split("|")
+        if len(parts) == 3 and parts[1].strip().upper().startswith("NODE_FAIL"):
+            found.setdefault(parts[0].strip(), parts[2].strip() or "?")
+    return found
 
 
 def _node_failed(job, nodes: str) -> JobFailure:
@@ -233,38 +237,23 @@ def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknow
         watchers = {id(type(j).watcher): type(j).watcher for j in jobs if _is_slurm(j)}
         for w in watchers.values():
             w.update()  # one sacct call for all jobs, every poll (submitit alone waits up to 10 min)
+        seen: dict[int, tuple[str, bool]] = {}
+        for i in sorted(pending):
+            seen[i] = _observe(jobs[i], i, unknown_since, unknown_grace_s)
+        node_failed = node_failures(_node_fail_suspects(jobs, seen, ran))
         for i in sorted(pending):
             job = jobs[i]
-            state = _state(job)
-            ended = job.done()
-            if not ended and _is_slurm(job) and state.split(" ")[0].upper() in _DOUBTFUL:
-                # sacct has nothing (or a state that may be final, e.g. PREEMPTED without requeue):
-                # after the grace period, ask slurmctld, which knows live jobs and recently ended ones.
-                first = unknown_since.setdefault(i, time.monotonic())
-                if time.monotonic() - first > unknown_grace_s:
-                    sched = scheduler_state(job.job_id)
-                    if sched is None or sched.upper() not in _ACTIVE - {"PREEMPTED"}:
-                        state = sched or f"VANISHED (sacct says {state}, scontrol does not know the job)"
-                        ended = True
-                    else:
-                        unknown_since[i] = time.monotonic()  # slurmctld knows it: keep waiting
-            else:
-                unknown_since.pop(i, None)
-            head = state.split(" ")[0].upper()
-            if not ended and _is_slurm(job):
-                if head == "RUNNING":
-                    ran.add(i)
-                elif head == "NODE_FAIL" or (i in ran and head in ("PENDING", "REQUEUED")):
-                    ran.discard(i)  # one sacct look per requeue
-                    nodes = node_failure(job.job_id)
-                    if nodes is not None:
-                        failure = _node_failed(job, nodes)
-                        pending.discard(i)
-                        log.error("%s: %s", what, failure.render())
-                        failures.append((i, failure))
-                        if fail_fast:
-                            break
-                        continue
+            state, ended = seen[i]
+            if job.job_id in node_failed:
+                # before its result: a job SLURM killed for a node failure may still have written one
+                # (the trainer saves on SIGTERM and returns "preempted"), and its requeued copy waits on
+                pending.discard(i)
+                failure = _node_failed(job, node_failed[job.job_id])
+                log.error("%s: %s", what, failure.render())
+                failures.append((i, failure))
+                if fail_fast:
+                    break
+                continue
             if not ended:
                 continue
             failure = _failure_of(job, state)
@@ -290,6 +279,41 @@ def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknow
                 log.info("%s: %d/%d done, %d failed; still waiting for %s", what, len(jobs) - len(pending),
                          len(jobs), len(failures), _states_summary([jobs[i] for i in sorted(pending)]))
             time.sleep(poll_s)
+
+
+def _observe(job, i: int, unknown_since: dict[int, float], unknown_grace_s: float) -> tuple[str, bool]:
+    """(state, ended) of a job this poll. sacct has nothing (or a state that may be final, e.g. PREEMPTED
+    without requeue): after the grace period, ask slurmctld, which knows live jobs and recently ended ones."""
+    state = _state(job)
+    ended = job.done()
+    if not ended and _is_slurm(job) and state.split(" ")[0].upper() in _DOUBTFUL:
+        first = unknown_since.setdefault(i, time.monotonic())
+        if time.monotonic() - first > unknown_grace_s:
+            sched = scheduler_state(job.job_id)
+            if sched is None or sched.upper() not in _ACTIVE - {"PREEMPTED"}:
+                state = sched or f"VANISHED (sacct says {state}, scontrol does not know the job)"
+                ended = True
+            else:
+                unknown_since[i] = time.monotonic()  # slurmctld knows it: keep waiting
+    else:
+        unknown_since.pop(i, None)
+    return state, ended
+
+
+def _node_fail_suspects(jobs, seen: dict[int, tuple[str, bool]], ran: set[int]) -> list[str]:
+    """SLURM jobs whose history may hold a NODE_FAIL: ended ones, and ones back to pending after running
+    (requeued: by a preemption, or by a node failure). Each requeue is looked at once."""
+    ids = []
+    for i, (state, ended) in seen.items():
+        if not _is_slurm(jobs[i]):
+            continue
+        head = state.split(" ")[0].upper()
+        if head == "RUNNING" and not ended:
+            ran.add(i)
+        elif ended or head == "NODE_FAIL" or (i in ran and head in ("PENDING", "REQUEUED")):
+            ran.discard(i)
+            ids.append(jobs[i].job_id)
+    return ids
 
 
 def _requeued(job) -> bool:
