@@ -60,6 +60,21 @@ def node_addr(name: str) -> str | None:
     return next((f.split("=", 1)[1] for f in r.stdout.split() if f.startswith("NodeAddr=")), None)
 
 
+def sacct_nodes(job_ids: list[str], *, name: str | None = None, since: str | None = None, want: int | None = None,
+                 timeout: float = 60) -> dict[str, str]:
+    """NodeList of each completed job (by id, or by job name since a time), from accounting (which lags a
+    little behind the jobs' end)."""
+    sel = ["-j", ",".join(job_ids)] if job_ids else ["--name", name, "-S", since]
+    want = want or len(job_ids)
+    end = time.monotonic() + timeout
+    while True:
+        out = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,NodeList,State", *sel]).stdout
+        rows = {r[0]: r[1] for r in (ln.split("|") for ln in out.splitlines()) if len(r) == 3 and r[2] == "COMPLETED"}
+        if len(rows) >= want or time.monotonic() > end:
+            return rows
+        time.sleep(1)
+
+
 @dataclass
 class SlurmCluster:
     partition: str

@@ -383,7 +383,8 @@ def test_resolve_node_addr_uses_the_cluster_mapping(monkeypatch):
 
     addrs = {"node1": None, "vm": "127.0.0.1", "gpu7": "10.1.2.7"}
     monkeypatch.setattr(distributed, "_resolves_to", lambda name: addrs.get(name))
-    monkeypatch.setattr(distributed, "_scontrol_node_addr", lambda name: {"node1": "10.77.0.11", "vm": "10.0.0.5"}.get(name))
+    node_addrs = {"node1": "10.77.0.11", "vm": "10.0.0.5"}
+    monkeypatch.setattr(distributed, "_scontrol_node_addr", lambda name: node_addrs.get(name))
     assert distributed.resolve_node_addr("node1") == "10.77.0.11"
     assert distributed.resolve_node_addr("vm") == "10.0.0.5"  # its own /etc/hosts maps it to loopback
     assert distributed.resolve_node_addr("gpu7") == "gpu7"  # resolves: no controller call needed

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import time
 
 import pytest
 import torch
 
+from slurm_helpers import sacct_nodes
 from train_helpers import final_weights, make_demo_data, train_losses
 from xlbtm.launch import make_executor, resolve_site, wait_for
 
@@ -47,22 +47,6 @@ def rendezvous_report():
 def _executor(tmp_path, **kw):
     kw.setdefault("timeout_min", 10)
     return make_executor("slurm", tmp_path / "jobs", name="xlbtm-mn", site=resolve_site(), **kw)
-
-
-def _sacct_nodes(job_ids: list[str], *, name: str | None = None, since: str | None = None, want: int | None = None,
-                 timeout: float = 60) -> dict[str, str]:
-    """NodeList of each completed job (by id, or by job name since a time), from accounting (which lags a
-    little behind the jobs' end)."""
-    sel = ["-j", ",".join(job_ids)] if job_ids else ["--name", name, "-S", since]
-    want = want or len(job_ids)
-    end = time.monotonic() + timeout
-    while True:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,NodeList,State", *sel],
-                             capture_output=True, text=True, check=True).stdout
-        rows = {r[0]: r[1] for r in (ln.split("|") for ln in out.splitlines()) if len(r) == 3 and r[2] == "COMPLETED"}
-        if len(rows) >= want or time.monotonic() > end:
-            return rows
-        time.sleep(1)
 
 
 # ---------------------------------------------------------------------------------------------- rendezvous
@@ -140,7 +124,7 @@ def test_train_experts_across_two_nodes_equals_one_node(slurm_two_nodes, mn_demo
     two, one = (tmp_path / d / "2_clusters" / "demo.cluster1" for d in ("two", "one"))
     info = read_expert_info(two).data
     assert (info["dp"], info.get("tp", 1)) == ((2, 1) if tp == 1 else (1, 2)), info
-    nodes = _sacct_nodes([job])[job]
+    nodes = sacct_nodes([job])[job]
     assert nodes in ("node[1-2]", "node1,node2"), nodes  # really on both nodes
     _assert_same_run(two, one)
 
@@ -249,5 +233,5 @@ def test_cluster_job_array_spreads_over_both_nodes_and_equals_local(slurm_two_no
     assert main([*argv, "--output-prefix", str(tmp_path / "slurm"), "--run", "slurm",
                  "--job-dir", str(tmp_path / "jobs")]) == 0
     assert list(iter_assignments(tmp_path / "slurm", "train")) == list(iter_assignments(tmp_path / "local", "train"))
-    nodes = _sacct_nodes([], name="xlbtm-cluster", since=since, want=4)
+    nodes = sacct_nodes([], name="xlbtm-cluster", since=since, want=4)
     assert len(nodes) == 4 and set(nodes.values()) == {"node1", "node2"}, nodes
