@@ -17,8 +17,9 @@ test:
 test-fast:
 	$(PY) -m pytest -q tests -m "not slow and not slurm"
 
+# make slurm-up [NODES=2]: one node "localhost", or node1..N in network namespaces (slurm/local/README.md)
 slurm-up:
-	sudo -E bash slurm/local/start.sh || bash slurm/local/start.sh
+	sudo -E bash slurm/local/start.sh $(if $(NODES),--nodes $(NODES)) || bash slurm/local/start.sh $(if $(NODES),--nodes $(NODES))
 
 slurm-down:
 	bash slurm/local/stop.sh

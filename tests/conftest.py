@@ -54,3 +54,38 @@ def slurm_cluster(_slurm_session, request):
 
     cloudpickle.register_pickle_by_value(request.module)
     return _slurm_session
+
+
+@pytest.fixture
+def slurm_two_nodes(slurm_cluster):
+    """`slurm_cluster` with at least two nodes (`start.sh --nodes 2`), or skip; FAIL instead when
+    XLBTM_REQUIRE_SLURM_NODES >= 2 (CI). Every node is back up before and after the test."""
+    from slurm_helpers import REQUIRE_NODES_ENV, required_nodes
+
+    nodes = slurm_cluster.nodes
+    if len(nodes) < 2:
+        why = f"needs a SLURM with 2 nodes, partition {slurm_cluster.partition} has {nodes}; " \
+              "run: sudo bash slurm/local/start.sh --nodes 2"
+        if required_nodes() >= 2:
+            pytest.fail(f"{REQUIRE_NODES_ENV}={required_nodes()} but {why}")
+        pytest.skip(why)
+    yield slurm_cluster
+    _resume_nodes(slurm_cluster)
+
+
+def _resume_nodes(cluster) -> None:
+    """A test that took a node down must not leave it down for the next one."""
+    import subprocess
+    import time
+
+    end = time.monotonic() + 60
+    while time.monotonic() < end:
+        out = subprocess.run(["sinfo", "-h", "-N", "-p", cluster.partition, "-o", "%N %T"],
+                             capture_output=True, text=True).stdout.split("\n")
+        down = [ln.split()[0] for ln in out if ln.strip() and not ln.split()[1].rstrip("*").startswith(
+            ("idle", "mixed", "alloc", "completing"))]
+        if not down:
+            return
+        for node in down:
+            subprocess.run(["scontrol", "update", f"NodeName={node}", "State=RESUME"], capture_output=True)
+        time.sleep(1)

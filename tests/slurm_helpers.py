@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass
 
 REQUIRE_ENV = "XLBTM_REQUIRE_SLURM"
+# CI sets it to the node count the cluster must have (2 for `start.sh --nodes 2`): multi-node tests then fail
+# instead of skipping on a smaller cluster.
+REQUIRE_NODES_ENV = "XLBTM_REQUIRE_SLURM_NODES"
 
 
 def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess:
@@ -43,6 +46,33 @@ def slurm_status() -> tuple[bool, str]:
     if a.returncode != 0:
         return False, f"sacct fails ({(a.stderr or a.stdout).strip()[:200]}); submitit needs slurmdbd accounting"
     return True, default
+
+
+def partition_nodes(partition: str) -> list[str]:
+    """The partition's node names (sinfo), e.g. ["node1", "node2"] or ["localhost"]."""
+    r = _run(["sinfo", "-h", "-N", "-p", partition, "-o", "%N"])
+    return sorted(set(r.stdout.split())) if r.returncode == 0 else []
+
+
+def node_addr(name: str) -> str | None:
+    """NodeAddr of a node as slurmctld knows it."""
+    r = _run(["scontrol", "show", "node", name, "-o"])
+    return next((f.split("=", 1)[1] for f in r.stdout.split() if f.startswith("NodeAddr=")), None)
+
+
+def sacct_nodes(job_ids: list[str], *, name: str | None = None, since: str | None = None, want: int | None = None,
+                 timeout: float = 60) -> dict[str, str]:
+    """NodeList of each completed job (by id, or by job name since a time), from accounting (which lags a
+    little behind the jobs' end)."""
+    sel = ["-j", ",".join(job_ids)] if job_ids else ["--name", name, "-S", since]
+    want = want or len(job_ids)
+    end = time.monotonic() + timeout
+    while True:
+        out = _run(["sacct", "-n", "-X", "-P", "-o", "JobID,NodeList,State", *sel]).stdout
+        rows = {r[0]: r[1] for r in (ln.split("|") for ln in out.splitlines()) if len(r) == 3 and r[2] == "COMPLETED"}
+        if len(rows) >= want or time.monotonic() > end:
+            return rows
+        time.sleep(1)
 
 
 @dataclass
@@ -81,5 +111,26 @@ class SlurmCluster:
             self.release(job_id)
 
 
+    @property
+    def nodes(self) -> list[str]:
+        return partition_nodes(self.partition)
+
+    def set_node_state(self, node: str, state: str, reason: str = "xlbtm test") -> None:
+        """`scontrol update NodeName=node State=...` (DOWN needs a reason; RESUME brings it back)."""
+        cmd = ["scontrol", "update", f"NodeName={node}", f"State={state}"]
+        if state.upper() in ("DOWN", "DRAIN"):
+            cmd.append(f"Reason={reason}")
+        r = _run(cmd)
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+
+
 def require_slurm() -> bool:
     return os.environ.get(REQUIRE_ENV, "") == "1"
+
+
+def required_nodes() -> int:
+    try:
+        return int(os.environ.get(REQUIRE_NODES_ENV, "0") or 0)
+    except ValueError:
+        return 0

@@ -342,3 +342,84 @@ def test_job_ports_avoid_the_ephemeral_range():
     ports = [_port_for(str(j)) for j in range(2000)]
     assert all(20000 <= p < 32768 for p in ports)
     assert _port_for("540") == _port_for("540") and len(set(ports)) > 1500
+
+
+# ---------------------------------------------------------------------------------------------- multi-node units
+@pytest.mark.parametrize("nodelist, hosts", [
+    ("node[1-2]", ["node1", "node2"]), ("gpu[01-03,07],cpu5", ["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]),
+    ("localhost", ["localhost"]), ("", [])])
+def test_parse_node_list(nodelist, hosts):
+    from xlbtm.launch.distributed import parse_node_list
+
+    assert parse_node_list(nodelist) == hosts
+
+
+@pytest.mark.parametrize("spec, counts", [("2(x3),1", [2, 2, 2, 1]), ("4", [4]), ("1,3", [1, 3])])
+def test_parse_tasks_per_node(spec, counts):
+    from xlbtm.launch.distributed import parse_tasks_per_node
+
+    assert parse_tasks_per_node(spec) == counts
+
+
+def test_srun_env_local_world_size_is_per_node(monkeypatch):
+    """An uneven step (3 tasks on the first node, 1 on the second): LOCAL_WORLD_SIZE is this node's count."""
+    from xlbtm.launch import distributed
+
+    monkeypatch.setattr(distributed, "resolve_node_addr", lambda name: f"addr-of-{name}")
+    for k, v in dict(SLURM_PROCID="3", SLURM_STEP_ID="0", SLURM_JOB_ID="77", SLURM_STEP_NUM_TASKS="4",
+                     SLURM_STEP_NUM_NODES="2", SLURM_STEP_NODELIST="node[1-2]", SLURM_LOCALID="0", SLURM_NODEID="1",
+                     SLURM_STEP_TASKS_PER_NODE="3,1").items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("XLBTM_MASTER_PORT", raising=False)
+    env = distributed._env_from_srun()
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("3", "4", "0", "1")
+    assert env["MASTER_ADDR"] == "addr-of-node1"
+    monkeypatch.setenv("SLURM_NODEID", "0")
+    assert distributed._env_from_srun()["LOCAL_WORLD_SIZE"] == "3"
+
+
+def test_resolve_node_addr_uses_the_cluster_mapping(monkeypatch):
+    """A node name that resolves nowhere, or only to loopback, is looked up in slurmctld (NodeAddr)."""
+    from xlbtm.launch import distributed
+
+    addrs = {"node1": None, "vm": "127.0.0.1", "gpu7": "10.1.2.7"}
+    monkeypatch.setattr(distributed, "_resolves_to", lambda name: addrs.get(name))
+    node_addrs = {"node1": "10.77.0.11", "vm": "10.0.0.5"}
+    monkeypatch.setattr(distributed, "_scontrol_node_addr", lambda name: node_addrs.get(name))
+    assert distributed.resolve_node_addr("node1") == "10.77.0.11"
+    assert distributed.resolve_node_addr("vm") == "10.0.0.5"  # its own /etc/hosts maps it to loopback
+    assert distributed.resolve_node_addr("gpu7") == "gpu7"  # resolves: no controller call needed
+    assert distributed.resolve_node_addr("ghost") == "ghost"  # nothing knows it: the name, with a warning
+
+
+def test_scontrol_node_addr_parses_nodeaddr(tmp_path, monkeypatch):
+    from xlbtm.launch.distributed import _scontrol_node_addr
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "scontrol").write_text("#!/bin/sh\necho 'NodeName=node2 Arch=x86_64 CoresPerSocket=1 NodeAddr=10.77.0.12 "
+                                   "NodeHostName=node2 Version=22.05.8'\n")
+    (fake / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    assert _scontrol_node_addr("node2") == "10.77.0.12"
+
+
+def test_gloo_interface_is_the_one_towards_master():
+    from xlbtm.launch.distributed import _gloo_interface, _interface_with
+
+    assert _gloo_interface("127.0.0.1") is None  # one node: gloo's own choice (loopback) is right
+    assert _interface_with("127.0.0.1") in ("lo", "lo0")
+
+
+def test_node_failures_reads_every_attempt(tmp_path, monkeypatch):
+    """sacct -D lists a requeued job's attempts: one that ended NODE_FAIL marks the job."""
+    from xlbtm.launch.wait import node_failures
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sacct").write_text("#!/bin/sh\nprintf '671|NODE_FAIL|node[1-2]\\n671|PENDING|None assigned\\n"
+                                "672_1|COMPLETED|node1\\n672_2|REQUEUED|node2\\n'\n")
+    (fake / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    assert node_failures(["671", "672_1", "672_2"]) == {"671": "node[1-2]"}
+    assert node_failures([]) == {}

@@ -207,10 +207,15 @@ def test_start_script_is_idempotent(slurm_cluster):
     if os.geteuid() != 0:
         pytest.skip("start.sh needs root")
     repo = Path(__file__).resolve().parents[1]
-    r = subprocess.run(["bash", str(repo / "slurm/local/start.sh")], capture_output=True, text=True, timeout=300)
+    nodes = slurm_cluster.nodes  # the mode that runs: start.sh without --nodes would switch to one node
+    mode = [] if nodes == ["localhost"] else ["--nodes", str(len(nodes))]
+    r = subprocess.run(["bash", str(repo / "slurm/local/start.sh"), *mode], capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    for daemon in ("munged", "mariadb", "slurmdbd", "slurmctld", "slurmd"):
+    for daemon in ("munged", "mariadb", "slurmdbd", "slurmctld"):
         assert f"{daemon} already running" in r.stdout, r.stdout
+    for node in nodes:
+        assert "slurmd already running" + ("" if node == "localhost" else f" ({node})") in r.stdout, r.stdout
     assert "ready in" in r.stdout
 
 

@@ -1,17 +1,37 @@
 #!/usr/bin/env bash
-# Bring up a real single-node SLURM on this (Debian/Ubuntu) machine, as root:
+# Bring up a real SLURM on this (Debian/Ubuntu) machine, as root:
 #   munged -> mariadbd -> slurmdbd -> slurmctld -> slurmd (node "localhost", partition "debug").
+# With --nodes N (2..9): N compute nodes node1..nodeN, each a network namespace xlbtm-nodeI of its own
+# (address 10.77.0.1I on the private bridge xlbtm-br0, host side 10.77.0.1) running its own slurmd, so
+# multi-node jobs really talk across the bridge (see README.md, "Two nodes").
+# Usage: bash slurm/local/start.sh [--nodes N]      (default: $XLBTM_SLURM_LOCAL_NODES or 1)
 # Installs slurm-wlm, slurmdbd, munge and mariadb-server with apt when they are missing.
 # Idempotent: daemons already running (found through their PID files) are left alone.
 # No systemd needed: every daemon is started directly and stopped by its PID file (see stop.sh).
 #
 # Environment knobs (all optional):
-#   XLBTM_SLURM_LOCAL_CPUS       CPUs the node advertises (default: max(8, nproc); oversubscribed on purpose)
+#   XLBTM_SLURM_LOCAL_NODES      number of nodes when --nodes is not given (default: 1, node "localhost")
+#   XLBTM_SLURM_LOCAL_CPUS       CPUs each node advertises (default: max(8, nproc); oversubscribed on purpose)
 #   XLBTM_SLURM_LOCAL_PARTITION  partition name (default: debug)
 #   XLBTM_SLURM_LOCAL_FORCE=1    overwrite an /etc/slurm/slurm.conf that this script did not write
 #   XLBTM_SLURM_LOCAL_REINSTALL=1  run the apt install step even when the binaries are present
-# Exit status: 0 when the cluster answers (a 2-task srun ran), 1 otherwise (with the reason on stderr).
+# Exit status: 0 when the cluster answers (a 2-task srun ran, on two nodes when N > 1), 1 otherwise
+# (with the reason on stderr).
 set -euo pipefail
+
+NODES="${XLBTM_SLURM_LOCAL_NODES:-1}"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --nodes) NODES="${2:-}"; shift 2 || { echo "slurm/local: error: --nodes needs a number" >&2; exit 1; } ;;
+    --nodes=*) NODES="${1#--nodes=}"; shift ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) echo "slurm/local: error: unknown argument $1 (usage: start.sh [--nodes N])" >&2; exit 1 ;;
+  esac
+done
+case "$NODES" in
+  [1-9]) ;;
+  *) echo "slurm/local: error: --nodes must be 1..9 (got '$NODES')" >&2; exit 1 ;;
+esac
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 STATE_DIR=/var/lib/xlbtm-slurm
@@ -23,6 +43,10 @@ PARTITION="${XLBTM_SLURM_LOCAL_PARTITION:-debug}"
 NPROC=$(nproc)
 CPUS="${XLBTM_SLURM_LOCAL_CPUS:-$(( NPROC > 8 ? NPROC : 8 ))}"
 T0=$(date +%s)
+# Two-node mode's private network (only these names and addresses are ever created or used).
+BRIDGE=xlbtm-br0
+NET=10.77.0
+HOST_ADDR=$NET.1
 
 say() { echo "slurm/local: $*"; }
 die() { echo "slurm/local: error: $*" >&2; exit 1; }
@@ -50,12 +74,26 @@ wait_until() {
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and starts system daemons); try: sudo bash $0"
 
+# Switching between one node and N nodes changes the node names, their addresses and the controller's:
+# stop the running cluster first (an older start.sh wrote no mode file: that was one node).
+if [ -d "$STATE_DIR" ]; then
+  was=$(cat "$STATE_DIR/nodes" 2>/dev/null || echo 1)
+  if [ "$was" != "$NODES" ] && pid_alive "$RUN_DIR/slurmctld.pid" slurmctld; then
+    say "switching from $was to $NODES node(s): stopping the running cluster first"
+    bash "$HERE/stop.sh" >/dev/null || die "stop.sh failed while switching modes"
+  fi
+fi
+
 # ---------------------------------------------------------------------------------------------- install
 need_install=${XLBTM_SLURM_LOCAL_REINSTALL:-0}
 for bin in /usr/sbin/slurmctld /usr/sbin/slurmd /usr/sbin/slurmdbd /usr/sbin/munged /usr/sbin/mariadbd \
            /usr/bin/sbatch /usr/bin/sacct /usr/bin/sacctmgr /usr/bin/mysqladmin; do
   [ -x "$bin" ] || need_install=1
 done
+extra_pkgs=""
+if [ "$NODES" -gt 1 ] && ! command -v ip >/dev/null 2>&1; then
+  need_install=1; extra_pkgs="iproute2"  # ip netns / ip link: the nodes' namespaces and bridge
+fi
 if [ "$need_install" = 1 ]; then
   command -v apt-get >/dev/null 2>&1 || die "SLURM is not installed and apt-get is not available; install slurm-wlm, slurmdbd, munge and mariadb-server yourself"
   say "installing slurm-wlm slurmdbd munge mariadb-server with apt (a few minutes at most)"
@@ -70,7 +108,7 @@ if [ "$need_install" = 1 ]; then
   rc=0
   apt-get update -q >/dev/null || rc=$?
   [ "$rc" = 0 ] || { [ "$own_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d; die "apt-get update failed (no network or no apt sources?)"; }
-  apt-get install -y -q --no-install-recommends slurm-wlm slurmdbd slurm-client munge mariadb-server >/dev/null || rc=$?
+  apt-get install -y -q --no-install-recommends slurm-wlm slurmdbd slurm-client munge mariadb-server $extra_pkgs >/dev/null || rc=$?
   [ "$own_policy" = 0 ] || rm -f /usr/sbin/policy-rc.d
   [ "$rc" = 0 ] || die "apt-get install failed (exit $rc)"
   say "install took $(( $(date +%s) - t )) s"
@@ -124,14 +162,75 @@ GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
 FLUSH PRIVILEGES;
 SQL
 
+# ---------------------------------------------------------------------------------------------- nodes
+# One node: "localhost" on loopback, exactly as before. N nodes: node1..nodeN, one network namespace each;
+# slurmctld then listens where the namespaces reach it (the bridge's host side) instead of 127.0.0.1.
+if [ "$NODES" = 1 ]; then
+  NODE_NAMES=(localhost)
+  CTLD_ADDR=127.0.0.1
+  NODE_LINE="NodeName=localhost NodeAddr=127.0.0.1 NodeHostname=localhost"
+  PART_NODES=localhost PART_EXTRA=""
+  SLURMD_PID="$RUN_DIR/slurmd.pid" SLURMD_LOG="$LOG_DIR/slurmd.log" SLURMD_SPOOL="$STATE_DIR/slurmd"
+else
+  NODE_NAMES=()
+  for i in $(seq 1 "$NODES"); do NODE_NAMES+=("node$i"); done
+  CTLD_ADDR=$HOST_ADDR
+  NODE_LINE="NodeName=node[1-$NODES] NodeAddr=$NET.[11-1$NODES]"
+  PART_NODES="node[1-$NODES]" PART_EXTRA=" LLN=YES"
+  # %n: SLURM's node name, so every slurmd of this machine has its own PID file, log and spool dir.
+  SLURMD_PID="$RUN_DIR/slurmd-%n.pid" SLURMD_LOG="$LOG_DIR/slurmd-%n.log" SLURMD_SPOOL="$STATE_DIR/slurmd-%n"
+fi
+node_pidfile() { echo "${SLURMD_PID//%n/$1}"; }
+node_log() { echo "${SLURMD_LOG//%n/$1}"; }
+
+# netns_up: the bridge (host side $HOST_ADDR) and, per node, namespace xlbtm-nodeI with a veth pair whose
+# inside end is eth0 at $NET.1I; loopback up inside (one-node jobs rendezvous on 127.0.0.1 there).
+# Each step runs only when its result is missing, so a second run changes nothing.
+netns_up() {
+  local i ns veth addr
+  command -v ip >/dev/null 2>&1 || die "--nodes $NODES needs the ip command (apt-get install iproute2)"
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge || die "could not create bridge $BRIDGE (no CAP_NET_ADMIN?)"
+  fi
+  # (tests on captured output, not `ip | grep -q`: with pipefail, grep's early exit fails the pipe)
+  [[ "$(ip -o addr show dev "$BRIDGE")" == *"inet $HOST_ADDR/24 "* ]] || ip addr add "$HOST_ADDR/24" dev "$BRIDGE"
+  ip link set "$BRIDGE" up
+  for i in $(seq 1 "$NODES"); do
+    ns=xlbtm-node$i veth=xlbtm-n$i addr=$NET.1$i
+    [ -e "/run/netns/$ns" ] || ip netns add "$ns" || die "could not create network namespace $ns"
+    if ! ip -n "$ns" link show eth0 >/dev/null 2>&1; then
+      ip link del "$veth" >/dev/null 2>&1 || true  # a half-made pair from an interrupted run
+      ip link add "$veth" type veth peer name eth0 netns "$ns" || die "could not create veth pair $veth"
+    fi
+    ip link set "$veth" master "$BRIDGE" up
+    [[ "$(ip -n "$ns" -o addr show dev eth0)" == *"inet $addr/24 "* ]] || ip -n "$ns" addr add "$addr/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+  done
+  # Where br_netfilter is loaded (Docker hosts, CI runners), bridged frames go through iptables' FORWARD
+  # chain, often with policy DROP: let traffic between our own nodes through (stop.sh removes the rule).
+  if [ "$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || echo 0)" = 1 ] \
+     && command -v iptables >/dev/null 2>&1; then
+    iptables -C FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT 2>/dev/null \
+      || iptables -I FORWARD -i "$BRIDGE" -o "$BRIDGE" -j ACCEPT \
+      || say "warning: could not add an iptables FORWARD rule for $BRIDGE; nodes may not reach each other"
+  fi
+}
+if [ "$NODES" -gt 1 ]; then
+  netns_up
+fi
+echo "$NODES" > "$STATE_DIR/nodes"  # stop.sh and a later start.sh read the mode from here
+
 # ---------------------------------------------------------------------------------------------- configs
 CTLD_HOST=$(hostname -s 2>/dev/null || hostname)
 MEM_MB=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.9}' /proc/meminfo)
 render() {  # render TEMPLATE DEST MODE
   local tmp
   tmp=$(mktemp "$2.XXXXXX")
-  { echo "# $MARKER"; sed -e "s|@CTLD_HOST@|$CTLD_HOST|g" -e "s|@STATE_DIR@|$STATE_DIR|g" \
-      -e "s|@RUN_DIR@|$RUN_DIR|g" -e "s|@LOG_DIR@|$LOG_DIR|g" -e "s|@CPUS@|$CPUS|g" \
+  { echo "# $MARKER"; sed -e "s|@CTLD_HOST@|$CTLD_HOST|g" -e "s|@CTLD_ADDR@|$CTLD_ADDR|g" \
+      -e "s|@STATE_DIR@|$STATE_DIR|g" -e "s|@RUN_DIR@|$RUN_DIR|g" -e "s|@LOG_DIR@|$LOG_DIR|g" \
+      -e "s|@SLURMD_PID@|$SLURMD_PID|g" -e "s|@SLURMD_LOG@|$SLURMD_LOG|g" -e "s|@SLURMD_SPOOL@|$SLURMD_SPOOL|g" \
+      -e "s|@NODE_LINE@|$NODE_LINE|g" -e "s|@PART_NODES@|$PART_NODES|g" -e "s|@PART_EXTRA@|$PART_EXTRA|g" -e "s|@CPUS@|$CPUS|g" \
       -e "s|@MEM_MB@|$MEM_MB|g" -e "s|@PARTITION@|$PARTITION|g" -e "s|@DB_PASS@|$DB_PASS|g" "$1"; } > "$tmp"
   chmod "$3" "$tmp"
   if [ -f "$2" ] && cmp -s "$tmp" "$2"; then
@@ -174,22 +273,54 @@ fi
 wait_until 60 slurmctld bash -c 'scontrol ping | grep -q UP' || die "slurmctld does not answer (see $LOG_DIR/slurmctld.log)"
 
 # ---------------------------------------------------------------------------------------------- slurmd
-if pid_alive "$RUN_DIR/slurmd.pid" slurmd; then
-  say "slurmd already running"
-else
-  # The hostname may not resolve: the node is called localhost, whatever this machine's name is.
-  /usr/sbin/slurmd -N localhost || die "slurmd failed to start (see $LOG_DIR/slurmd.log)"
-fi
-node_ready() { sinfo -h -n localhost -o %T | grep -qE '^(idle|mixed|allocated|completing)'; }
-if ! wait_until 30 slurmd node_ready; then
-  # A node left DOWN/DRAINED by an earlier unclean stop comes back with an explicit resume.
-  scontrol update nodename=localhost state=resume >/dev/null 2>&1 || true
-  wait_until 30 slurmd node_ready || die "node localhost is not ready: $(sinfo -h -N -o '%N %T %E') (see $LOG_DIR/slurmd.log)"
+# start_slurmd NODE: one node, one slurmd; in N-node mode inside the node's namespace, so the node's jobs
+# inherit its network (their sockets are on the bridge at the node's address, not on this machine's).
+start_slurmd() {
+  local node=$1 i
+  if pid_alive "$(node_pidfile "$node")" slurmd; then
+    say "slurmd already running ($node)"
+  elif [ "$NODES" = 1 ]; then
+    # The hostname may not resolve: the node is called localhost, whatever this machine's name is.
+    /usr/sbin/slurmd -N localhost || die "slurmd failed to start (see $(node_log "$node"))"
+  else
+    i=${node#node}
+    mkdir -p "${SLURMD_SPOOL//%n/$node}"
+    # nsenter --net, not `ip netns exec`: the latter remounts /sys, hiding /sys/fs/cgroup from slurmd.
+    nsenter --net="/run/netns/xlbtm-node$i" /usr/sbin/slurmd -N "$node" || die "slurmd $node failed to start (see $(node_log "$node"))"
+  fi
+}
+for node in "${NODE_NAMES[@]}"; do
+  start_slurmd "$node"
+done
+all_nodes_ready() {
+  local node
+  for node in "${NODE_NAMES[@]}"; do
+    sinfo -h -n "$node" -o %T | grep -qE '^(idle|mixed|allocated|completing)' || return 1
+  done
+}
+if ! wait_until 30 slurmd all_nodes_ready; then
+  # A node left DOWN/DRAINED by an earlier unclean stop (or a test) comes back with an explicit resume.
+  for node in "${NODE_NAMES[@]}"; do
+    scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+  done
+  wait_until 30 slurmd all_nodes_ready \
+    || die "nodes not ready: $(sinfo -h -N -o '%N %T %E' | tr '\n' ';') (see $(node_log "${NODE_NAMES[0]}"))"
 fi
 
 # ---------------------------------------------------------------------------------------------- smoke test
-out=$(timeout 120 srun -p "$PARTITION" -N 1 -n 2 -t 2 bash -c 'echo $SLURM_PROCID' 2>&1 | sort | tr '\n' ' ') \
-  || die "a 2-task srun failed: $out"
-[ "$out" = "0 1 " ] || die "a 2-task srun printed '$out' instead of '0 1'"
-say "ready in $(( $(date +%s) - T0 )) s: partition $PARTITION, node localhost with $CPUS CPUs, ${MEM_MB} MB; logs in $LOG_DIR"
+if [ "$NODES" = 1 ]; then
+  out=$(timeout 120 srun -p "$PARTITION" -N 1 -n 2 -t 2 bash -c 'echo $SLURM_PROCID' 2>&1 | sort | tr '\n' ' ') \
+    || die "a 2-task srun failed: $out"
+  [ "$out" = "0 1 " ] || die "a 2-task srun printed '$out' instead of '0 1'"
+else
+  # node2's namespace reaches node1's slurmd across the bridge (not only the host): what rendezvous needs.
+  ip netns exec xlbtm-node2 timeout 10 bash -c "exec 3<>/dev/tcp/$NET.11/6818" 2>/dev/null \
+    || die "node2 cannot reach node1 ($NET.11:6818) across $BRIDGE (a firewall on bridged traffic?)"
+  want=$(for i in $(seq 1 "$NODES"); do printf '%s:node%s ' $((i - 1)) "$i"; done)
+  out=$(timeout 120 srun -p "$PARTITION" -N "$NODES" -n "$NODES" --ntasks-per-node=1 -t 2 \
+        bash -c 'echo $SLURM_PROCID:$SLURMD_NODENAME' 2>&1 | sort | tr '\n' ' ') \
+    || die "a $NODES-node srun failed: $out"
+  [ "$out" = "$want" ] || die "a $NODES-node srun printed '$out' instead of '$want'"
+fi
+say "ready in $(( $(date +%s) - T0 )) s: partition $PARTITION, node(s) ${NODE_NAMES[*]} with $CPUS CPUs each, ${MEM_MB} MB; logs in $LOG_DIR"
 sinfo

@@ -11,6 +11,11 @@ Where the rank comes from, in order:
   4. a plain `srun` step (SLURM_PROCID / SLURM_NTASKS), e.g. from the sbatch templates in slurm/sbatch/;
   5. otherwise one process (no process group unless `init_single=True`).
 NCCL when the device is a GPU, gloo on CPU (override with `backend=` or $XLBTM_DIST_BACKEND).
+
+Across nodes, MASTER_ADDR is the first node's address through the cluster's own mapping (`resolve_node_addr`:
+the name if it resolves to a non-loopback address, else slurmctld's NodeAddr), the port is derived from the
+job id (every task computes the same one), LOCAL_RANK / LOCAL_WORLD_SIZE are per node, and gloo binds the
+interface that routes to MASTER_ADDR unless $GLOO_SOCKET_IFNAME says otherwise.
 """
 
 from __future__ import annotations
@@ -59,6 +64,110 @@ def _single_node_addr(hostnames: list[str]) -> str:
     return "127.0.0.1" if len(set(hostnames)) <= 1 else hostnames[0]
 
 
+def parse_node_list(nodelist: str) -> list[str]:
+    """SLURM's compact node list ("node[1-2]", "gpu[01-03,07],cpu5") as host names, in SLURM's order."""
+    from submitit.slurm.slurm import _parse_node_list
+
+    return _parse_node_list(nodelist) if nodelist else []
+
+
+def parse_tasks_per_node(spec: str) -> list[int]:
+    """$SLURM_TASKS_PER_NODE ("2(x3),1") as one count per node: [2, 2, 2, 1]."""
+    counts: list[int] = []
+    for part in filter(None, spec.split(",")):
+        n, _, rep = part.partition("(x")
+        counts += [int(n)] * (int(rep.rstrip(")")) if rep else 1)
+    return counts
+
+
+def _resolves_to(name: str) -> str | None:
+    try:
+        infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError):
+        return None
+    return infos[0][4][0] if infos else None
+
+
+def _scontrol_node_addr(name: str) -> str | None:
+    """NodeAddr of a node as slurmctld knows it (`scontrol show node NAME -o`), None when not available."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "node", name, "-o"], capture_output=True, text=True,
+                             timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for field in out.split():
+        if field.startswith("NodeAddr="):
+            return field[len("NodeAddr="):] or None
+    return None
+
+
+def resolve_node_addr(name: str) -> str:
+    """An address of node `name` that every node of the job can connect to (the rendezvous' MASTER_ADDR).
+
+    A SLURM node name need not resolve anywhere (the cluster maps it with NodeAddr=), and a name that
+    resolves to loopback (a machine's own name in its /etc/hosts) is useless to the other nodes. So: the
+    name when it resolves to a non-loopback address (cheap, no controller call); else slurmctld's NodeAddr
+    for it; else the name itself, with a warning (rendezvous will say if it cannot connect).
+    """
+    addr = _resolves_to(name)
+    if addr is not None and not addr.startswith("127."):
+        return name
+    node_addr = _scontrol_node_addr(name)
+    if node_addr and node_addr != name:
+        log.debug("node %s: NodeAddr %s (from scontrol)", name, node_addr)
+        return node_addr
+    log.warning("node %s resolves to %s and slurmctld gives no other NodeAddr: using the name as MASTER_ADDR",
+                name, addr or "nothing")
+    return name
+
+
+def _local_addr_towards(addr: str) -> str | None:
+    """This process's source address for packets to `addr` (a UDP connect sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((addr, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return None
+
+
+def _interface_with(ip: str) -> str | None:
+    """The network interface holding IPv4 address `ip` (Linux: SIOCGIFADDR per interface)."""
+    import fcntl
+    import struct
+
+    for _, name in socket.if_nameindex():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                raw = fcntl.ioctl(s.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))  # SIOCGIFADDR
+            except OSError:
+                continue
+        if socket.inet_ntoa(raw[20:24]) == ip:
+            return name
+    return None
+
+
+def _gloo_interface(master_addr: str) -> str | None:
+    """The interface gloo must use to reach the other nodes: the one that routes to MASTER_ADDR.
+
+    By default gloo binds the address this machine's hostname resolves to, and falls back to loopback: a
+    hostname mapped to 127.0.0.1 (containers, CI, nodes that share a host's /etc/hosts) then makes every
+    rank advertise an address the other nodes cannot reach, and the first collective hangs.
+    """
+    addr = _resolves_to(master_addr)
+    if addr is None or addr.startswith("127."):
+        return None
+    local = _local_addr_towards(addr)
+    if local is None or local.startswith("127."):
+        return None
+    try:
+        return _interface_with(local)
+    except (OSError, ImportError):  # not Linux
+        return None
+
+
 def _env_from_submitit() -> dict[str, str] | None:
     if os.environ.get("SUBMITIT_EXECUTOR") not in ("slurm", "local"):
         return None
@@ -74,7 +183,8 @@ def _env_from_submitit() -> dict[str, str] | None:
     return {
         "RANK": str(tde.rank), "WORLD_SIZE": str(tde.world_size), "LOCAL_RANK": str(tde.local_rank),
         "LOCAL_WORLD_SIZE": str(tde.local_world_size),
-        "MASTER_ADDR": _single_node_addr(nodes) if tde._job_env.num_nodes == 1 else tde.master_addr,
+        # submitit's master_addr is the first node's *name*, which may resolve nowhere (or to loopback)
+        "MASTER_ADDR": _single_node_addr(nodes) if tde._job_env.num_nodes == 1 else resolve_node_addr(nodes[0]),
         "MASTER_PORT": str(_port_for(job_id)),
     }
 
@@ -86,19 +196,27 @@ def _env_from_srun() -> dict[str, str] | None:
     nnodes = int(os.environ.get("SLURM_STEP_NUM_NODES", os.environ.get("SLURM_JOB_NUM_NODES", "1")))
     nodelist = os.environ.get("SLURM_STEP_NODELIST", os.environ.get("SLURM_JOB_NODELIST", ""))
     try:
-        from submitit.slurm.slurm import _parse_node_list
-
-        hosts = _parse_node_list(nodelist) if nodelist else [socket.gethostname()]
+        hosts = parse_node_list(nodelist) or [socket.gethostname()]
     except Exception:  # noqa: BLE001
         hosts = [socket.gethostname()]
     job_id = os.environ.get("SLURM_JOB_ID", "0") + "." + os.environ.get("SLURM_STEP_ID", "0")
     return {
         "RANK": os.environ["SLURM_PROCID"], "WORLD_SIZE": str(ntasks),
         "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
-        "LOCAL_WORLD_SIZE": str(max(1, ntasks // max(1, nnodes))),
-        "MASTER_ADDR": _single_node_addr(hosts) if nnodes == 1 else hosts[0],
+        "LOCAL_WORLD_SIZE": str(_local_world_size(ntasks, nnodes)),
+        "MASTER_ADDR": _single_node_addr(hosts) if nnodes == 1 else resolve_node_addr(hosts[0]),
         "MASTER_PORT": os.environ.get("XLBTM_MASTER_PORT") or str(_port_for(job_id)),
     }
+
+
+def _local_world_size(ntasks: int, nnodes: int) -> int:
+    """Tasks on this node: uneven steps ("3,1") differ per node, so read this node's entry."""
+    spec = os.environ.get("SLURM_STEP_TASKS_PER_NODE", os.environ.get("SLURM_TASKS_PER_NODE", ""))
+    try:
+        counts = parse_tasks_per_node(spec)
+        return counts[int(os.environ.get("SLURM_NODEID", "0"))]
+    except (ValueError, IndexError):
+        return max(1, ntasks // max(1, nnodes))
 
 
 def _pick_device(local_rank: int, device: str | None):
@@ -166,6 +284,11 @@ def init_distributed(backend: str | None = None, *, device: str | None = None, t
         log.debug("init_process_group(%s) rank %d/%d via %s:%s (%s)", be, rank, world,
                   env.get("MASTER_ADDR"), env.get("MASTER_PORT"), source)
         kwargs: dict[str, Any] = {}
+        if be == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ:
+            ifname = _gloo_interface(env.get("MASTER_ADDR", "127.0.0.1"))
+            if ifname is not None:
+                os.environ["GLOO_SOCKET_IFNAME"] = ifname
+                log.debug("gloo over %s (the interface towards MASTER_ADDR)", ifname)
         if be == "nccl":
             kwargs["device_id"] = dev
         dist.init_process_group(be, init_method="env://", rank=rank, world_size=world, timeout=timeout,

@@ -5,6 +5,11 @@ purged records) stays "UNKNOWN", a job preempted without requeue stays "PREEMPTE
 only every few minutes. `wait_for` forces a state refresh every `poll_s`, asks `scontrol` when sacct has
 nothing (or one of those states) for longer than `unknown_grace_s`, and treats a job that slurmctld does not
 know as running (and that left no result) as failed.
+
+A node that fails under a job (NODE_FAIL: it went down, or was set DOWN) makes SLURM requeue the job, which
+then waits, possibly forever, for nodes that are gone. `wait_for` reports such a job as failed (state
+NODE_FAIL, with its log) and cancels the requeued copy, so that the rerun of the command (which resumes
+from the last checkpoint, on the nodes that are left) is the one way on.
 """
 
 from __future__ import annotations
@@ -104,6 +109,40 @@ def scheduler_state(job_id: str) -> str | None:
     return None
 
 
+def node_failures(job_ids: Sequence[str]) -> dict[str, str]:
+    """{job id: nodes} for the jobs with an attempt that ended NODE_FAIL (`sacct -D` lists every attempt of
+    a requeued job; one call for all of them)."""
+    if not job_ids:
+        return {}
+    try:
+        r = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State,NodeList", "-j", ",".join(job_ids)],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    found: dict[str, str] = {}
+    for line in r.stdout.splitlines():
+        parts = line.split("|")
+        if len(parts) == 3 and parts[1].strip().upper().startswith("NODE_FAIL"):
+            found.setdefault(parts[0].strip(), parts[2].strip() or "?")
+    return found
+
+
+def _node_failed(job, nodes: str) -> JobFailure:
+    """Report a job SLURM requeued after a node failure; cancel the requeued copy (see the module doc)."""
+    try:
+        subprocess.run(["scancel", job.job_id], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    sub = _sub_jobs(job)[0]
+    stderr, stdout = sub.paths.stderr, sub.paths.stdout
+    tail = _tail(stderr) or _tail(stdout) or "(no log lines)"
+    return JobFailure(job.job_id, f"NODE_FAIL (nodes {nodes})",
+                      f"a node of the job failed (nodes {nodes}); SLURM requeued the job, xlbtm cancelled the "
+                      "requeued copy: rerun the command to resume from the last checkpoint (with fewer "
+                      f"--num-nodes if the node stays down); last log lines:\n{tail}",
+                      _existing(stderr), _existing(stdout))
+
+
 def _sub_jobs(job) -> list:
     return list(job._sub_jobs) if getattr(job, "_sub_jobs", None) else [job]
 
@@ -192,28 +231,29 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
 def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknown_grace_s, fail_fast,
           all_tasks) -> None:
     unknown_since: dict[int, float] = {}
+    ran: set[int] = set()  # jobs seen running: back to pending means requeued (preemption or node failure)
     last_status = time.monotonic()
     while pending:
         watchers = {id(type(j).watcher): type(j).watcher for j in jobs if _is_slurm(j)}
         for w in watchers.values():
             w.update()  # one sacct call for all jobs, every poll (submitit alone waits up to 10 min)
+        seen: dict[int, tuple[str, bool]] = {}
+        for i in sorted(pending):
+            seen[i] = _observe(jobs[i], i, unknown_since, unknown_grace_s)
+        node_failed = node_failures(_node_fail_suspects(jobs, seen, ran))
         for i in sorted(pending):
             job = jobs[i]
-            state = _state(job)
-            ended = job.done()
-            if not ended and _is_slurm(job) and state.split(" ")[0].upper() in _DOUBTFUL:
-                # sacct has nothing (or a state that may be final, e.g. PREEMPTED without requeue):
-                # after the grace period, ask slurmctld, which knows live jobs and recently ended ones.
-                first = unknown_since.setdefault(i, time.monotonic())
-                if time.monotonic() - first > unknown_grace_s:
-                    sched = scheduler_state(job.job_id)
-                    if sched is None or sched.upper() not in _ACTIVE - {"PREEMPTED"}:
-                        state = sched or f"VANISHED (sacct says {state}, scontrol does not know the job)"
-                        ended = True
-                    else:
-                        unknown_since[i] = time.monotonic()  # slurmctld knows it: keep waiting
-            else:
-                unknown_since.pop(i, None)
+            state, ended = seen[i]
+            if job.job_id in node_failed:
+                # before its result: a job SLURM killed for a node failure may still have written one
+                # (the trainer saves on SIGTERM and returns "preempted"), and its requeued copy waits on
+                pending.discard(i)
+                failure = _node_failed(job, node_failed[job.job_id])
+                log.error("%s: %s", what, failure.render())
+                failures.append((i, failure))
+                if fail_fast:
+                    break
+                continue
             if not ended:
                 continue
             failure = _failure_of(job, state)
@@ -239,6 +279,41 @@ def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknow
                 log.info("%s: %d/%d done, %d failed; still waiting for %s", what, len(jobs) - len(pending),
                          len(jobs), len(failures), _states_summary([jobs[i] for i in sorted(pending)]))
             time.sleep(poll_s)
+
+
+def _observe(job, i: int, unknown_since: dict[int, float], unknown_grace_s: float) -> tuple[str, bool]:
+    """(state, ended) of a job this poll. sacct has nothing (or a state that may be final, e.g. PREEMPTED
+    without requeue): after the grace period, ask slurmctld, which knows live jobs and recently ended ones."""
+    state = _state(job)
+    ended = job.done()
+    if not ended and _is_slurm(job) and state.split(" ")[0].upper() in _DOUBTFUL:
+        first = unknown_since.setdefault(i, time.monotonic())
+        if time.monotonic() - first > unknown_grace_s:
+            sched = scheduler_state(job.job_id)
+            if sched is None or sched.upper() not in _ACTIVE - {"PREEMPTED"}:
+                state = sched or f"VANISHED (sacct says {state}, scontrol does not know the job)"
+                ended = True
+            else:
+                unknown_since[i] = time.monotonic()  # slurmctld knows it: keep waiting
+    else:
+        unknown_since.pop(i, None)
+    return state, ended
+
+
+def _node_fail_suspects(jobs, seen: dict[int, tuple[str, bool]], ran: set[int]) -> list[str]:
+    """SLURM jobs whose history may hold a NODE_FAIL: ended ones, and ones back to pending after running
+    (requeued: by a preemption, or by a node failure). Each requeue is looked at once."""
+    ids = []
+    for i, (state, ended) in seen.items():
+        if not _is_slurm(jobs[i]):
+            continue
+        head = state.split(" ")[0].upper()
+        if head == "RUNNING" and not ended:
+            ran.add(i)
+        elif ended or head == "NODE_FAIL" or (i in ran and head in ("PENDING", "REQUEUED")):
+            ran.discard(i)
+            ids.append(jobs[i].job_id)
+    return ids
 
 
 def _requeued(job) -> bool:
