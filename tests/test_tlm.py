@@ -346,6 +346,7 @@ def test_mlm_tlm_resume_is_exact(corpora, tmp_path, capsys):
     ({"--num-clusters": "2"}, "parallel data is not clustered"),
     ({"--objective": "mlm"}, "--parallel-data is only read by --objective tlm or mlm+tlm"),
     ({"--objective": "mlm+tlm", "--tlm-ratio": "1.5"}, "--tlm-ratio must be in [0, 1]"),
+    ({"--parallel-data": "EMPTY"}, "expected --parallel-data <dir>/train/"),
 ])
 def test_tlm_bad_flags_exit_2(corpora, tmp_path, capsys, change, msg):
     from xlbtm.cli import main_wrapper
@@ -357,7 +358,7 @@ def test_tlm_bad_flags_exit_2(corpora, tmp_path, capsys, change, msg):
             i = argv.index(flag)
             del argv[i:i + 2]
         if value is not None:
-            argv += [flag, str(corpora[2]) if value == "MONO" else value]
+            argv += [flag, {"MONO": str(corpora[2]), "EMPTY": str(tmp_path)}.get(value, value)]
     if change.get("--objective") in ("mlm", "mlm+tlm"):
         argv += ["--path-to-data", str(corpora[2])]
     assert main_wrapper("train_experts", main, argv) == 2

@@ -217,15 +217,15 @@ class MLMTLMDataset:
             from xlbtm.errors import UsageError
 
             raise UsageError(f"--tlm-ratio must be in [0, 1], got {tlm_ratio}")
+        if len(tlm) == 0:
+            raise InputError("no translation pairs to mix in (--objective mlm+tlm)", tlm.pairs.src.bin_path.parent)
         self.mlm, self.tlm, self.ratio, self.seed = mlm, tlm, float(tlm_ratio), seed
-        self.tlm_sampler = Sampler(len(tlm), seed + 1) if len(tlm) else None
+        self.tlm_sampler = Sampler(len(tlm), seed + 1)  # its own permutation of the packed pairs
 
     def __len__(self) -> int:
         return len(self.mlm)
 
     def is_tlm(self, global_index: int) -> bool:
-        if self.tlm_sampler is None:
-            return False
         return bool(np.random.default_rng([self.seed, 0x4D4958, global_index]).random() < self.ratio)
 
     def get(self, i: int, global_index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

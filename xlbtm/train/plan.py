@@ -343,7 +343,10 @@ def resolve_objective_data(req: TrainExpertsRequest, objective: str) -> tuple[Pa
         if not req.parallel_data:
             raise UsageError(f"--objective {objective} needs --parallel-data (translation pairs: "
                              "<dir>/train/<shard>/*.jsonl of {\"src\", \"tgt\", \"src_lang\", \"tgt_lang\"})")
-        parallel_dir = resolve_data_dir(req.parallel_data, None)
+        parallel_dir = Path(req.parallel_data)
+        if not (parallel_dir / "train").is_dir():
+            raise InputError("no 'train' split found (expected --parallel-data <dir>/train/<shard>/*.jsonl)",
+                             parallel_dir)
         if objective == "tlm" and req.num_clusters > 1:
             raise UsageError("--objective tlm with --num-clusters > 1: parallel data is not clustered, so every "
                              "expert would train on the same pairs; use --num-clusters 1, or --objective mlm+tlm")
