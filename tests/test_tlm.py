@@ -76,8 +76,8 @@ def test_parallel_reader_reads_pairs_with_sp_ids(tmp_path):
 
     d = tmp_path / "train" / "00000"
     d.mkdir(parents=True)
-    (d / "de.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"src": "house", "tgt": "Haus", "src_lang": "en", "tgt_lang": "de"}\n'
-                                 b"\n" + b'{"src": "tree", "tgt": "Baum"}\n')
+    first = b'{"src": "house", "tgt": "Haus", "src_lang": "en", "tgt_lang": "de"}\n'
+    (d / "de.jsonl").write_bytes(b"\xef\xbb\xbf" + first + b"\n" + b'{"src": "tree", "tgt": "Baum"}\n')
     corpus = Corpus(tmp_path)
     got = list(corpus.iter_pairs("train"))
     assert [(p.sp_id, p.src, p.tgt, p.src_lang, p.tgt_lang) for p in got] == [
@@ -363,6 +363,17 @@ def test_tlm_bad_flags_exit_2(corpora, tmp_path, capsys, change, msg):
         argv += ["--path-to-data", str(corpora[2])]
     assert main_wrapper("train_experts", main, argv) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_path_to_data_is_required_unless_the_objective_is_tlm(corpora, tmp_path, capsys):
+    from xlbtm.cli import main_wrapper
+    from xlbtm.scripts.train_experts import main
+
+    argv = _argv(corpora, tmp_path / "s", "tlm", "--dry-run")
+    i = argv.index("--objective")
+    argv[i + 1] = "mlm+tlm"  # _argv adds --path-to-data only for objectives other than tlm
+    assert main_wrapper("train_experts", main, argv) == 2
+    assert "--path-to-data is required with --objective mlm+tlm" in capsys.readouterr().err
 
 
 GETTEXT = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "gettext"

@@ -11,6 +11,9 @@ cluster file of the split by path, size and mtime) match is skipped; one whose i
 added, a file rewritten, the split re-clustered -- is redone, with a warning naming what changed. A split
 interrupted half-way is redone from scratch (its files are only renamed into place at the end).
 Documents without a cluster are an error (count + examples) unless `allow_unassigned=True`.
+
+Parallel data (`binarize_pairs`): one pair stream per split (`xlbtm.formats.pairs`), not clustered, resumable
+the same way (done.json with the identity of its input files).
 """
 
 from __future__ import annotations
