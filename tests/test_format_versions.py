@@ -106,3 +106,20 @@ def test_run_dir_checkpoint_expert_json_and_consolidated(v1):
         read_train_state(ck)
     _edit(run / "expert.json", data=None)  # the first release wrote no `data`
     assert read_expert_info(run).data == {}
+
+
+def test_binarized_pairs(v1):
+    from xlbtm.data.dataset import PairStream
+    from xlbtm.formats.binarized import split_status
+    from xlbtm.formats.pairs import read_pairs_manifest
+
+    d = v1 / "pairs"
+    m = read_pairs_manifest(d)
+    assert m["tokenizer_fingerprint"] == "fp-tok" and m["splits"]["train"]["pairs"] == 2
+    done, why = split_status(d, "train", "fp-tok", None, {"corpus": [["train/00000/de.jsonl", 90, 1]]})
+    assert why == "" and done["stats"]["tokens"] == {"src": 3, "tgt": 4}
+    ps = PairStream(d, "train")
+    assert len(ps) == 2 and [a.tolist() for a in ps.pair(1)] == [[7], [9, 10, 11]]
+    _edit(d / "manifest.json", format="xlbtm-pairs/2")
+    with pytest.raises(InputError, match="not xlbtm binarized parallel data"):
+        read_pairs_manifest(d)

@@ -8,7 +8,7 @@ from typing import Iterator
 
 from xlbtm.corpus.files import relative_name, split_files
 from xlbtm.corpus.index import LineIndex
-from xlbtm.corpus.reader import Document, ReadStats, iter_file, parse_line
+from xlbtm.corpus.reader import Document, Pair, ReadStats, iter_file, iter_pairs, parse_line
 from xlbtm.corpus.sp_ids import resolve_sp_id
 from xlbtm.errors import InputError
 
@@ -40,6 +40,15 @@ class Corpus:
 
     def iter_file(self, path: Path) -> Iterator[Document]:
         return iter_file(path, self.rel(path), skip_bad_lines=self.skip_bad_lines, stats=self.stats)
+
+    def iter_pairs(self, split: str) -> Iterator[Pair]:
+        """All translation pairs of a split of parallel data (same layout, `{"src", "tgt", "src_lang",
+        "tgt_lang"}` per line), in file order; a split without a single pair is an error."""
+        before = self.stats.documents
+        for path in self.files(split):
+            yield from iter_pairs(path, self.rel(path), skip_bad_lines=self.skip_bad_lines, stats=self.stats)
+        if self.stats.documents == before:
+            raise InputError(f"split '{split}' has no translation pairs", self.data_dir / split)
 
     # random access ------------------------------------------------------------------------------------
     def index(self, rel: str) -> "LineIndex":

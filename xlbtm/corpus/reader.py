@@ -33,6 +33,17 @@ class Document:
     url: str | None = None
 
 
+@dataclass(frozen=True)
+class Pair:
+    """One line of parallel data: a source text and its translation."""
+
+    sp_id: str
+    src: str
+    tgt: str
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+
+
 @dataclass
 class ReadStats:
     """What a reader saw: documents, bytes, and the lines it skipped (with `skip_bad_lines`)."""
@@ -90,35 +101,47 @@ def open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
-    """Parse one raw line; raises InputError naming `path:line` (1-based) on anything malformed."""
-    lineno = line_index + 1
+def _parse_object(raw: bytes, path: str, lineno: int, expected: str) -> dict:
+    """One raw line as a JSON object; InputError naming `path:line` otherwise."""
     try:
         s = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"invalid UTF-8 at byte {e.start} of the line", path, lineno) from None
     if not s.strip():
-        raise InputError("empty line (expected a JSON object with a 'text' field)", path, lineno)
+        raise InputError(f"empty line (expected a JSON object with {expected})", path, lineno)
     try:
         obj = json.loads(s)
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON: {e.msg} at column {e.colno}", path, lineno) from None
     except RecursionError:
-        raise InputError("JSON nested too deeply (expected a flat object with a 'text' field)", path, lineno) \
+        raise InputError(f"JSON nested too deeply (expected a flat object with {expected})", path, lineno) \
             from None
     if not isinstance(obj, dict):
         raise InputError(f"expected a JSON object, got {type(obj).__name__}", path, lineno)
-    if "text" not in obj:
-        raise InputError("missing required field 'text'", path, lineno)
-    text = obj["text"]
+    return obj
+
+
+def _text_field(obj: dict, name: str, raw: bytes, path: str, lineno: int) -> str:
+    """The required string field `name`, checked for lone surrogates (not valid Unicode text)."""
+    if name not in obj:
+        raise InputError(f"missing required field '{name}'", path, lineno)
+    text = obj[name]
     if not isinstance(text, str):
-        raise InputError(f"field 'text' must be a string, got {type(text).__name__}", path, lineno)
+        raise InputError(f"field '{name}' must be a string, got {type(text).__name__}", path, lineno)
     if b"\\ud" in raw or b"\\uD" in raw:  # only a \uXXXX escape can smuggle in a lone surrogate
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise InputError(f"field 'text' holds a lone surrogate (\\u{ord(text[e.start]):04x}) at character "
+            raise InputError(f"field '{name}' holds a lone surrogate (\\u{ord(text[e.start]):04x}) at character "
                              f"{e.start}: not valid Unicode text", path, lineno) from None
+    return text
+
+
+def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
+    """Parse one raw line; raises InputError naming `path:line` (1-based) on anything malformed."""
+    lineno = line_index + 1
+    obj = _parse_object(raw, path, lineno, "a 'text' field")
+    text = _text_field(obj, "text", raw, path, lineno)
     lang = obj.get("lang")
     doc_id = obj.get("id")
     url = obj.get("url")
@@ -131,11 +154,41 @@ def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
     )
 
 
+def parse_pair_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Pair:
+    """Parse one line of parallel data (`{"src", "tgt", "src_lang", "tgt_lang"}`); InputError naming
+    `path:line` on anything malformed, including an empty (or whitespace-only) side: a pair with nothing
+    to translate teaches nothing and would make an example without one of its sides."""
+    lineno = line_index + 1
+    obj = _parse_object(raw, path, lineno, "'src' and 'tgt' fields")
+    src = _text_field(obj, "src", raw, path, lineno)
+    tgt = _text_field(obj, "tgt", raw, path, lineno)
+    for name, text in (("src", src), ("tgt", tgt)):
+        if not text.strip():
+            raise InputError(f"field '{name}' is empty: a translation pair needs text on both sides", path, lineno)
+    langs = [obj.get(k) for k in ("src_lang", "tgt_lang")]
+    return Pair(sp_id=sp_id, src=src, tgt=tgt, src_lang=langs[0] if isinstance(langs[0], str) else None,
+                tgt_lang=langs[1] if isinstance(langs[1], str) else None)
+
+
 def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines: bool = False,
               stats: ReadStats | None = None, lines: set[int] | None = None) -> Iterator[Document]:
     """Stream the documents of one file. `rel` is the sp_id path (defaults to `path` as given). `lines`:
     only these 0-based lines are parsed (a sample), the others are passed over unread; reading stops after
     the last of them."""
+    return _iter_parsed(path, rel, parse_line, skip_bad_lines=skip_bad_lines, stats=stats, lines=lines)
+
+
+def iter_pairs(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines: bool = False,
+               stats: ReadStats | None = None) -> Iterator[Pair]:
+    """Stream the translation pairs of one parallel-data file (same lines, limits, errors and sp_ids as
+    `iter_file`; `stats.documents` counts pairs)."""
+    return _iter_parsed(path, rel, parse_pair_line, skip_bad_lines=skip_bad_lines, stats=stats)
+
+
+def _iter_parsed(path, rel, parse, *, skip_bad_lines: bool, stats: ReadStats | None,
+                 lines: set[int] | None = None) -> Iterator:
+    """The one line loop of every jsonl reader: bounded lines, BOM, blank lines, `parse(raw, path, index,
+    sp_id)` per line, skipping (and counting) bad lines with `skip_bad_lines`."""
     path = Path(path)
     rel = path.as_posix() if rel is None else rel
     shown = str(path)
@@ -167,7 +220,7 @@ def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines
                     stats.blank += 1
                     continue
                 try:
-                    doc = parse_line(raw, shown, i, f"{rel}|{i}")
+                    doc = parse(raw, shown, i, f"{rel}|{i}")
                 except InputError as e:
                     if not skip_bad_lines:
                         raise

@@ -11,6 +11,9 @@ cluster file of the split by path, size and mtime) match is skipped; one whose i
 added, a file rewritten, the split re-clustered -- is redone, with a warning naming what changed. A split
 interrupted half-way is redone from scratch (its files are only renamed into place at the end).
 Documents without a cluster are an error (count + examples) unless `allow_unassigned=True`.
+
+Parallel data (`binarize_pairs`): one pair stream per split (`xlbtm.formats.pairs`), not clustered, resumable
+the same way (done.json with the identity of its input files).
 """
 
 from __future__ import annotations
@@ -268,3 +271,77 @@ def _binarize_split(corpus, split: str, out_dir: Path, tokenizer, K: int, cluste
     stats = {"documents": docs, "tokens": toks, "lang": langs, "unassigned": unassigned}
     log.info(f"binarize: split '{split}': {sum(docs)} documents, {sum(toks)} tokens in {K} clusters -> {sdir}")
     return stats
+
+
+# ------------------------------------------------------------------------------------ parallel data
+
+def binarize_pairs(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer, *,
+                   splits: Sequence[str] = ("train",), batch_size: int = 256,
+                   skip_bad_lines: bool = False) -> dict:
+    """Tokenize each split of parallel data (`<data>/<split>/<shard>/*.jsonl` of `{"src", "tgt", ...}`) into
+    one pair stream per split (`xlbtm.formats.pairs`); returns the manifest. A split that is already done
+    from exactly these files is skipped, one whose files changed is redone (with a warning), as `binarize`
+    does. Tokenized in this process: parallel data is usually small next to the monolingual corpus."""
+    import numpy as np
+
+    from xlbtm.corpus import Corpus
+    from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST, SIDES, read_pairs_manifest, side_paths, \
+        write_pairs_manifest
+    from xlbtm.io import atomic_path, refuse_overlap
+
+    refuse_overlap({"--binarized-dir (parallel data)": out_dir}, {"--parallel-data": data_dir,
+                                                                   "--tokenizer": getattr(tokenizer, "path", None)})
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    header = {"data_dir": str(data_dir.resolve()), "tokenizer": str(tokenizer.path),
+              "tokenizer_fingerprint": tokenizer.fingerprint}
+    manifest = dict(header, splits={})
+    if (out_dir / PAIRS_MANIFEST).is_file():
+        old = read_pairs_manifest(out_dir)
+        if old.get("tokenizer_fingerprint") != tokenizer.fingerprint:
+            raise InputError("binarized parallel data here was made with another tokenizer; delete this directory "
+                             "or choose another --binarized-dir", out_dir / PAIRS_MANIFEST)
+        manifest["splits"] = dict(old.get("splits", {}))
+    corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
+    for split in splits:
+        inputs = split_inputs(data_dir, split, None)
+        d, why = split_status(out_dir, split, tokenizer.fingerprint, None, inputs)
+        if d is not None:
+            manifest["splits"][split] = d["stats"]
+            log.info(f"binarize: parallel split '{split}' already done, skipping")
+            continue
+        if why != NOT_BINARIZED:
+            log.warning(f"binarize: re-binarizing parallel split '{split}': {why}")
+        split_dir(out_dir, split).mkdir(parents=True, exist_ok=True)
+        lengths = {s: [] for s in SIDES}
+        langs: dict[str, int] = {}
+        tmp = {s: side_paths(out_dir, split, s)[0].with_name(f".{s}.bin.tmp") for s in SIDES}
+        files = {s: open(tmp[s], "wb") for s in SIDES}
+        try:
+            for batch in _batches(corpus.iter_pairs(split), batch_size):
+                for side in SIDES:
+                    for ids in tokenizer.encode_batch([getattr(p, side) for p in batch]):
+                        files[side].write(np.asarray(ids, dtype=np.uint32).tobytes())
+                        lengths[side].append(len(ids))
+                for p in batch:
+                    key = f"{p.src_lang or 'null'}-{p.tgt_lang or 'null'}"
+                    langs[key] = langs.get(key, 0) + 1
+        finally:
+            for f in files.values():
+                f.close()
+        for side in SIDES:
+            offsets = np.zeros(len(lengths[side]) + 1, dtype=np.int64)
+            np.cumsum(np.asarray(lengths[side], dtype=np.int64), out=offsets[1:])
+            bin_file, idx_file = side_paths(out_dir, split, side)
+            with atomic_path(idx_file) as t:
+                with open(t, "wb") as f:
+                    f.write(offsets.tobytes())
+            os.replace(tmp[side], bin_file)
+        stats = {"pairs": len(lengths["src"]), "tokens": {s: int(sum(lengths[s])) for s in SIDES}, "langs": langs}
+        write_done(out_dir, split, tokenizer.fingerprint, None, inputs, stats)
+        manifest["splits"][split] = stats
+        write_pairs_manifest(out_dir, manifest)
+        log.info(f"binarize: parallel split '{split}': {stats['pairs']} pairs -> {split_dir(out_dir, split)}")
+    write_pairs_manifest(out_dir, manifest)
+    if corpus.stats.skipped:
+        log.warning(f"binarize: parallel data: {corpus.stats.summary()}")
+    return manifest

@@ -1,4 +1,5 @@
-"""Samples from a binarized token stream: packed CLM blocks, MLM-masked blocks, deterministic order.
+"""Samples from a binarized token stream: packed CLM blocks, MLM-masked blocks, TLM-masked packed translation
+pairs, the MLM+TLM mix, deterministic order.
 
 The data position of a run is ONE integer: the global sample index `g` (samples consumed so far by all
 data-parallel ranks together). Sample `g` is item `perm_e[g % N]` of epoch `e = g // N`, where `perm_e` is a
@@ -84,17 +85,154 @@ class MLMDataset:
         body = np.asarray(self.stream.tokens[i * self.body:(i + 1) * self.body], dtype=np.int64)
         tokens = np.concatenate([[self.bos_id], body])
         rng = np.random.default_rng([self.seed, 0x4D4C4D, global_index])
-        cand = ~np.isin(tokens, self.special)
-        chosen = cand & (rng.random(len(tokens)) < self.mask_prob)
-        if cand.any() and not chosen.any():  # at least one target per sample keeps the loss defined
-            chosen[rng.choice(np.flatnonzero(cand))] = True
-        targets = np.where(chosen, tokens, self.IGNORE)
-        r = rng.random(len(tokens))
-        inputs = tokens.copy()
-        inputs[chosen & (r < 0.8)] = self.mask_id
-        rand_pos = chosen & (r >= 0.8) & (r < 0.9)
-        inputs[rand_pos] = rng.integers(4, self.vocab_size, size=int(rand_pos.sum()))
-        return inputs, targets
+        return bert_mask(tokens, ~np.isin(tokens, self.special), rng, self.mask_prob, self.mask_id, self.vocab_size)
+
+
+def bert_mask(tokens: np.ndarray, cand: np.ndarray, rng, mask_prob: float, mask_id: int,
+              vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """BERT masking of the `cand` positions of `tokens`: each a target with probability `mask_prob` (at least
+    one per sample, so the loss is defined); of the targets 80% become `mask_id`, 10% a random token, 10%
+    stay. Returns (inputs, targets), targets IGNORE where not chosen. MLM and TLM samples mask alike."""
+    chosen = cand & (rng.random(len(tokens)) < mask_prob)
+    if cand.any() and not chosen.any():  # at least one target per sample keeps the loss defined
+        chosen[rng.choice(np.flatnonzero(cand))] = True
+    targets = np.where(chosen, tokens, MLMDataset.IGNORE)
+    r = rng.random(len(tokens))
+    inputs = tokens.copy()
+    inputs[chosen & (r < 0.8)] = mask_id
+    rand_pos = chosen & (r >= 0.8) & (r < 0.9)
+    inputs[rand_pos] = rng.integers(4, vocab_size, size=int(rand_pos.sum()))
+    return inputs, targets
+
+
+def default_positions(length: int, pad_id: int) -> np.ndarray:
+    """The positions XLM-R gives an unpadded sample (fairseq's make_positions): pad_id + 1, pad_id + 2, ..."""
+    return np.arange(pad_id + 1, pad_id + 1 + length, dtype=np.int64)
+
+
+class PairStream:
+    """One split of binarized parallel data (`xlbtm.formats.pairs`): pair i is (src side i, tgt side i)."""
+
+    def __init__(self, pairs_dir: str | os.PathLike, split: str):
+        from xlbtm.formats.pairs import side_paths
+
+        self.src = TokenStream(*side_paths(pairs_dir, split, "src"))
+        self.tgt = TokenStream(*side_paths(pairs_dir, split, "tgt"))
+        if self.src.offsets is None or self.tgt.offsets is None or self.src.num_docs != self.tgt.num_docs:
+            raise InputError("the src and tgt sides of this split do not hold the same number of pairs; "
+                             "binarize it again", self.src.bin_path.parent)
+
+    def __len__(self) -> int:
+        return self.src.num_docs
+
+    def pair(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.src.doc(i), self.tgt.doc(i)
+
+
+class TLMDataset:
+    """Translation language modeling (XLM, Conneau & Lample 2019) samples of `tokens_per_sample` tokens.
+
+    Each pair is laid out as XLM-R pairs are, `<s> src </s> </s> tgt </s>`, with positions restarting at
+    the second side (`</s> tgt </s>` counts from 0 again, as in XLM's TLM), both offset by pad_id + 1 like
+    every XLM-R position. Consecutive pairs are packed greedily into one sample while they fit (the whole
+    sample attends to all of it, as RoBERTa's packed documents do; each pair's positions restart per side),
+    and the rest of the sample is padding (token and position pad_id, never a target; the trainer masks it
+    out of attention). A pair longer than a sample is truncated: each side keeps a prefix, the sample's room
+    shared in proportion to the sides' lengths, at least one token each. Masks: MLMDataset's (`bert_mask`,
+    same probability, 80/10/10) on the tokens of BOTH sides, never on `<s>`, `</s>` or padding, from a rng
+    seeded by (seed, global sample index) only, so resumes and DP degrees see the same masks. Samples
+    are (inputs, targets, positions)."""
+
+    SPECIALS = 4  # <s> </s> </s> </s> per pair
+
+    def __init__(self, pairs: PairStream, tokens_per_sample: int, *, vocab_size: int, mask_id: int,
+                 bos_id: int = 0, pad_id: int = 1, eos_id: int = 2, special_ids=(0, 1, 2, 3), seed: int = 0,
+                 mask_prob: float = 0.15):
+        if mask_id is None:
+            raise InputError("the tokenizer has no <mask> token; it cannot train a masked LM", pairs.src.bin_path)
+        self.pairs, self.tps = pairs, int(tokens_per_sample)
+        self.budget = self.tps - self.SPECIALS  # room for the two sides of one pair
+        if self.budget < 2:
+            from xlbtm.errors import UsageError
+
+            raise UsageError(f"--tokens-per-sample {self.tps} is too small for TLM: a pair needs at least "
+                             f"{self.SPECIALS + 2} tokens")
+        self.vocab_size, self.mask_id = vocab_size, mask_id
+        self.bos_id, self.pad_id, self.eos_id = bos_id, pad_id, eos_id
+        self.special = np.asarray(sorted(set(special_ids) | {mask_id, bos_id, pad_id, eos_id}), dtype=np.int64)
+        self.seed, self.mask_prob = seed, mask_prob
+        ls = np.diff(pairs.src.offsets) if len(pairs) else np.zeros(0, np.int64)
+        lt = np.diff(pairs.tgt.offsets) if len(pairs) else np.zeros(0, np.int64)
+        cost = (np.minimum(ls + lt, self.budget) + self.SPECIALS).tolist()
+        starts, fill = [], self.tps
+        for i, c in enumerate(cost):  # greedy, in stream order: sample k holds pairs starts[k]..starts[k+1]-1
+            if fill + c > self.tps:
+                starts.append(i)
+                fill = 0
+            fill += c
+        self.starts = np.asarray(starts + [len(cost)], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    def sides(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Pair j's two sides as they go into a sample (truncated to fit one sample if need be)."""
+        src, tgt = self.pairs.pair(j)
+        ls, lt = len(src), len(tgt)
+        if ls + lt > self.budget:
+            ks = min(ls, max(1, min(self.budget - 1, round(self.budget * ls / (ls + lt)))))
+            kt = min(lt, self.budget - ks)
+            ks = min(ls, self.budget - kt)
+            src, tgt = src[:ks], tgt[:kt]
+        return src, tgt
+
+    def get(self, i: int, global_index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        tokens = np.full(self.tps, self.pad_id, dtype=np.int64)
+        positions = np.full(self.tps, self.pad_id, dtype=np.int64)
+        at, first = 0, self.pad_id + 1
+        for j in range(int(self.starts[i]), int(self.starts[i + 1])):
+            src, tgt = self.sides(j)
+            for part in ([self.bos_id], src, [self.eos_id]), ([self.eos_id], tgt, [self.eos_id]):
+                seq = np.concatenate([np.asarray(p, dtype=np.int64) for p in part])
+                tokens[at:at + len(seq)] = seq
+                positions[at:at + len(seq)] = np.arange(first, first + len(seq))
+                at += len(seq)
+        rng = np.random.default_rng([self.seed, 0x544C4D, global_index])
+        inputs, targets = bert_mask(tokens, ~np.isin(tokens, self.special), rng, self.mask_prob, self.mask_id,
+                                    self.vocab_size)
+        return inputs, targets, positions
+
+
+class MLMTLMDataset:
+    """`--objective mlm+tlm`: sample g is a TLM sample with probability `tlm_ratio`, else an MLM one.
+
+    The choice is a pure function of (seed, g) (`is_tlm`), so a resumed run draws the same mix. MLM samples
+    keep the run's epoch (this dataset's length and items are the MLM stream's, so the MLM share sees what
+    an MLM run would at those indices); TLM samples walk their own per-epoch permutation of the packed pairs
+    at the same global index. Every sample is (inputs, targets, positions): MLM ones get XLM-R's default
+    positions, so the two kinds stack into one batch."""
+
+    def __init__(self, mlm: MLMDataset, tlm: TLMDataset, tlm_ratio: float, seed: int):
+        if not 0.0 <= tlm_ratio <= 1.0:
+            from xlbtm.errors import UsageError
+
+            raise UsageError(f"--tlm-ratio must be in [0, 1], got {tlm_ratio}")
+        if len(tlm) == 0:
+            raise InputError("no translation pairs to mix in (--objective mlm+tlm)", tlm.pairs.src.bin_path.parent)
+        self.mlm, self.tlm, self.ratio, self.seed = mlm, tlm, float(tlm_ratio), seed
+        self.tlm_sampler = Sampler(len(tlm), seed + 1)  # its own permutation of the packed pairs
+
+    def __len__(self) -> int:
+        return len(self.mlm)
+
+    def is_tlm(self, global_index: int) -> bool:
+        return bool(np.random.default_rng([self.seed, 0x4D4958, global_index]).random() < self.ratio)
+
+    def get(self, i: int, global_index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.is_tlm(global_index):
+            return self.tlm.get(self.tlm_sampler.item(global_index), global_index)
+        x, y = self.mlm.get(i, global_index)
+        return x, y, default_positions(len(x), self.tlm.pad_id)
 
 
 class Sampler:
@@ -126,8 +264,8 @@ def rank_indices(position: int, micro: int, dp_rank: int, dp_size: int, batch_si
 
 
 def collate(dataset, sampler: Sampler, indices: list[int]):
-    """Stack the samples of `indices` into (inputs, targets) LongTensors [B, T]."""
+    """Stack the samples of `indices` into (inputs, targets[, positions]) LongTensors [B, T]."""
     import torch
 
-    xs, ys = zip(*(dataset.get(sampler.item(g), g) for g in indices))
-    return torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
+    fields = zip(*(dataset.get(sampler.item(g), g) for g in indices))
+    return tuple(torch.from_numpy(np.stack(f)) for f in fields)

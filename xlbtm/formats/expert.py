@@ -23,7 +23,7 @@ class ExpertInfo:
     cluster: int
     num_clusters: int
     clusterer_fingerprint: str | None  # None for the dense baseline (K=1)
-    objective: str                     # "clm" | "mlm"
+    objective: str                     # "clm" | "mlm": how it is scored (TLM-trained: "mlm"; see data.config)
     model_args: dict                   # ModelArgs.to_dict()
     tokenizer: str                     # absolute path of the HF tokenizer dir
     tokenizer_fingerprint: str

@@ -99,15 +99,17 @@ class XLMR(nn.Module):
         real = tokens.ne(self.args.pad_id).int()
         return (torch.cumsum(real, dim=1).type_as(real) * real).long() + self.args.pad_id
 
-    def forward_hidden(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder output [B, T, D] (before the LM head)."""
+    def forward_hidden(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
+                       positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder output [B, T, D] (before the LM head). `positions` [B, T]: explicit rows of the position
+        table (HF's position_ids), e.g. TLM's restarting at a pair's second side; default from the tokens."""
         T = tokens.shape[1]
         if T > self.args.max_positions:
             raise ValueError(f"sequence length {T} exceeds max_positions={self.args.max_positions}")
         x = self.embed_tokens(tokens)
         if self.token_type_embed is not None:
             x = x + self.token_type_embed.weight[0]
-        x = x + self.embed_positions(self.positions(tokens))
+        x = x + self.embed_positions(self.positions(tokens) if positions is None else positions)
         x = dropout(self.emb_layer_norm(x), self.args.dropout, self.training, site=0)
         mask = make_attn_mask(padding_mask, causal=False)
         for layer in self.layers:
@@ -118,10 +120,11 @@ class XLMR(nn.Module):
         return self.lm_head(h, self.embed_tokens.weight)
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None) -> torch.Tensor:
+                targets: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T] long, padding_mask [B, T] bool (True = pad) or None -> MLM logits [B, T, V].
-        With `targets` [B, T] (-100 = not masked): the summed cross-entropy (fp32) instead, without the logits."""
-        h = self.forward_hidden(tokens, padding_mask)
+        With `targets` [B, T] (-100 = not masked): the summed cross-entropy (fp32) instead, without the logits.
+        `positions`: see forward_hidden."""
+        h = self.forward_hidden(tokens, padding_mask, positions)
         if targets is None:
             return self.output(h)
         return self.loss_fn(self.lm_head.transform(h), self.embed_tokens.weight, targets, self.lm_head.bias)

@@ -37,13 +37,18 @@ def build_parser():
     g.add_argument("--model-size", default=None, help="preset naming the architecture when the seed does not")
     g.add_argument("--tokenizer", default=None,
                    help="HF tokenizer dir (default: the seed's own; required with a preset seed)")
-    g.add_argument("--objective", choices=["clm", "mlm"], default=None,
-                   help="clm (XGLM) or mlm (XLM-R); default from the seed's architecture")
+    g.add_argument("--objective", choices=["clm", "mlm", "tlm", "mlm+tlm"], default=None,
+                   help="clm (XGLM), or for XLM-R: mlm, tlm (translation LM on --parallel-data only) or mlm+tlm "
+                        "(--tlm-ratio of the samples TLM); default from the seed's architecture (clm or mlm)")
     g.add_argument("--path-to-clusters-dir", default=None, help="cluster files + manifest.json (not for K=1)")
     g.add_argument("--num-clusters", type=int, required=True, help="K; 1 = dense baseline (no filtering)")
     g.add_argument("--train-cluster", default=None, help="only these clusters, e.g. 1,3,5 (default: all)")
     g.add_argument("--data-name", default=None, help="dataset name (corpus at <path-to-data>/<data-name> if present)")
-    g.add_argument("--path-to-data", required=True, help="jsonl corpus root (train/<shard>/*.jsonl, valid/...)")
+    g.add_argument("--path-to-data", default=None,
+                   help="jsonl corpus root (train/<shard>/*.jsonl, valid/...); required unless --objective tlm")
+    g.add_argument("--parallel-data", default=None,
+                   help="translation pairs for --objective tlm / mlm+tlm: train/<shard>/*.jsonl [, valid/...] of "
+                        '{"src", "tgt", "src_lang", "tgt_lang"}; not clustered: every expert reads all pairs')
     g.add_argument("--serialization-dir", required=True,
                    help="experts go to <serialization-dir>/<K>_clusters/<run-name>.cluster<i>/")
     g.add_argument("--run-name", default=None, help="default: --data-name or 'run'")

@@ -38,6 +38,8 @@ class TrainingSettings:
 
     train_subset: str = setting("train", DATA, "split to train on")
     valid_subset: str = setting("valid", DATA, "split to validate on")
+    tlm_ratio: float = setting(0.5, DATA, "--objective mlm+tlm: the share of samples that are TLM (translation "
+                               "pairs from --parallel-data); the rest are MLM (--path-to-data)")
     tokens_per_sample: int = setting(2048, OPT, "tokens per training sample (block)")
     batch_size: int = setting(8, OPT, "samples per GPU (data-parallel rank) per micro-step")
     update_freq: int = setting(1, OPT, "gradient accumulation micro-steps")
@@ -80,7 +82,8 @@ class TrainConfig(TrainingSettings):
     run_name: str = "run"
     model_size: str | None = None         # preset naming the architecture when the seed does not
     tokenizer: str | None = None
-    objective: str = "clm"                # "clm" | "mlm"
+    objective: str = "clm"                # one of OBJECTIVES
+    pairs_dir: str | None = None          # binarized parallel data (xlbtm.formats.pairs): tlm, mlm+tlm
     max_steps: int = 1000
     progress_bar: bool | None = None      # None = when stdout is a terminal
     device: str | None = None             # "cuda" | "cpu" | None (cuda when visible)
@@ -106,14 +109,37 @@ class TrainConfig(TrainingSettings):
         return cls(**d)
 
 
+# training objective -> the architecture it trains. TLM (XLM's translation LM) is an XLM-R objective.
+OBJECTIVES = {"clm": "xglm", "mlm": "xlmr", "tlm": "xlmr", "mlm+tlm": "xlmr"}
+
+
+def uses_pairs(objective: str) -> bool:
+    """The objective reads parallel data (--parallel-data)."""
+    return "tlm" in objective
+
+
+def uses_monolingual(objective: str) -> bool:
+    """The objective reads the clustered monolingual corpus (--path-to-data)."""
+    return objective != "tlm"
+
+
+def model_kind(objective: str) -> str:
+    """What an expert trained with `objective` is, as expert.json's `objective` records it and the ensemble
+    scores it: a causal LM ("clm") or a masked LM ("mlm"; TLM-trained experts are masked LMs too)."""
+    return "clm" if objective == "clm" else "mlm"
+
+
 def check_model_fits(arch: str, max_positions: int, objective: str, tokens_per_sample: int, seed_model: str) -> None:
     """The model can be trained as asked: its architecture matches the objective and a sample fits its
     positions. (Checked by the driver before anything is queued, and again by the trainer.)"""
     from xlbtm.errors import UsageError
 
-    want = {"clm": "xglm", "mlm": "xlmr"}[objective]
+    if objective not in OBJECTIVES:
+        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    want = OBJECTIVES[objective]
     if arch != want:
-        raise UsageError(f"--objective {objective} needs a {want} model, but the seed {seed_model} is {arch}")
+        why = " (translation language modeling trains XLM-R experts only)" if uses_pairs(objective) else ""
+        raise UsageError(f"--objective {objective} needs a {want} model, but the seed {seed_model} is {arch}{why}")
     if tokens_per_sample > max_positions:
         raise UsageError(f"--tokens-per-sample {tokens_per_sample} exceeds the model's max_positions "
                          f"({max_positions}); lower it to at most {max_positions}")

@@ -28,8 +28,10 @@ def _init_distributed(device: str | None):
 
 def train_expert(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) one expert; every rank of its process group calls this."""
-    if cfg.objective not in ("clm", "mlm"):
-        raise UsageError(f"--objective must be clm or mlm, got {cfg.objective!r}")
+    from xlbtm.train.config import OBJECTIVES
+
+    if cfg.objective not in OBJECTIVES:
+        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}")
     from xlbtm.train.preemption import PreemptionHandler
 
     rank, world, device, own_group = _init_distributed(cfg.device)

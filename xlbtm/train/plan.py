@@ -14,6 +14,7 @@ from typing import Any
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.pairs import pairs_dir_for
 from xlbtm.train.config import TrainConfig, TrainingSettings
 
 log = get_logger("train")
@@ -131,12 +132,13 @@ class TrainExpertsRequest(TrainingSettings):
     run: str                                  # slurm | local | debug
     seed_model: str                           # HF dir | metaseq/fairseq .pt | consolidated.pt | preset name
     num_clusters: int                         # K; 1 = dense baseline
-    path_to_data: str
     serialization_dir: str
     max_steps: int
     model_size: str | None = None
     tokenizer: str | None = None              # default: the seed's own
-    objective: str | None = None              # clm | mlm; default from the seed's architecture
+    path_to_data: str | None = None           # the jsonl corpus; required unless objective is tlm
+    objective: str | None = None              # clm | mlm | tlm | mlm+tlm; default from the seed's architecture
+    parallel_data: str | None = None          # translation pairs (jsonl) for tlm / mlm+tlm; not clustered
     path_to_clusters_dir: str | None = None
     train_cluster: str | None = None          # "1,3,5" / "0-3"; None = all
     data_name: str | None = None
@@ -172,7 +174,7 @@ class TrainExpertsPlan:
 
     request: TrainExpertsRequest
     clusters: list[int]
-    data_dir: Path
+    data_dir: Path | None                     # None: --objective tlm (parallel data only)
     clusters_dir: Path | None                 # None: dense baseline (no filtering)
     clusterer_fp: str | None
     tokenizer: Any                            # xlbtm.tokenizer.Tokenizer
@@ -185,6 +187,7 @@ class TrainExpertsPlan:
     experts: list[ExpertPlan] = field(default_factory=list)
     slots: list[tuple[int, ...] | None] | None = None  # --run local: one entry (GPU set) per concurrent expert
     allocation: list[str] | None = None       # --step-allocation proportional, once applied: its description
+    parallel_dir: Path | None = None          # --parallel-data (tlm, mlm+tlm): every expert reads all its pairs
 
     @property
     def world(self) -> int:
@@ -259,7 +262,8 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
         raise UsageError(f"--tokens-per-sample {req.tokens_per_sample} must be divisible by --tensor-parallel-size "
                          f"{req.tensor_parallel_size} (sequence parallelism splits every sample evenly)")
     clusters = parse_cluster_list(req.train_cluster, K)
-    data_dir = resolve_data_dir(req.path_to_data, req.data_name)
+    objective = req.objective or default_objective(req.seed_model, req.model_size)
+    data_dir, parallel_dir = resolve_objective_data(req, objective)
     clusters_dir, clusterer_fp = None, None
     if K > 1 or req.path_to_clusters_dir:
         if not req.path_to_clusters_dir:
@@ -276,7 +280,6 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     from xlbtm.tokenizer import load_tokenizer
 
     tok = load_tokenizer(resolve_tokenizer(req.seed_model, req.tokenizer))
-    objective = req.objective or default_objective(req.seed_model, req.model_size)
     run_name = req.run_name or req.data_name or "run"
     bin_dir = Path(req.binarized_dir) if req.binarized_dir else binarized_dir_for(
         req.serialization_dir, K, req.data_name, tok.fingerprint)
@@ -299,22 +302,57 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
                           seed_model=req.seed_model, model_size=req.model_size, max_steps=req.max_steps,
                           cluster=k, num_clusters=K, clusterer_fingerprint=clusterer_fp, run_name=run_name,
                           tokenizer=str(Path(tok.path).resolve()), objective=objective, device=device,
-                          progress_bar=False, init=req.init)
+                          progress_bar=False, init=req.init,
+                          pairs_dir=None if parallel_dir is None else str(pairs_dir_for(bin_dir).resolve()))
         experts.append(ExpertPlan(k, run_dir, cfg))
     from xlbtm.io import refuse_overlap
 
     # what training writes (each expert's run dir, the binarized data) must not touch what it reads
     refuse_overlap({"--binarized-dir" if req.binarized_dir else "--serialization-dir (binarized data)": bin_dir,
                     **{f"--serialization-dir (cluster {p.cluster})": p.run_dir for p in experts}},
-                   {"--path-to-data": data_dir, "--path-to-clusters-dir": clusters_dir, "--seed-model": req.seed_model,
-                    "--tokenizer": tok.path})
+                   {"--path-to-data": data_dir, "--parallel-data": parallel_dir, "--path-to-clusters-dir": clusters_dir,
+                    "--seed-model": req.seed_model, "--tokenizer": tok.path})
     check_experts_startable(req, tok, objective, experts)
     plan = TrainExpertsPlan(request=req, clusters=clusters, data_dir=data_dir, clusters_dir=clusters_dir,
                             clusterer_fp=clusterer_fp, tokenizer=tok, objective=objective, run_name=run_name,
                             bin_dir=bin_dir, device=device, site=site, spec=spec, experts=experts,
-                            slots=local_slots(spec) if req.run == "local" else None)
+                            slots=local_slots(spec) if req.run == "local" else None, parallel_dir=parallel_dir)
     plan.allocation = apply_step_allocation(plan)  # None until the data is binarized (run_plan applies it then)
     return plan
+
+
+def resolve_objective_data(req: TrainExpertsRequest, objective: str) -> tuple[Path | None, Path | None]:
+    """(monolingual corpus, parallel data) the objective trains on, each None when it reads none: clm / mlm
+    read --path-to-data, tlm --parallel-data only, mlm+tlm both. A flag the objective would not read is an
+    error, not silently ignored."""
+    from xlbtm.train.config import OBJECTIVES, uses_monolingual, uses_pairs
+
+    if objective not in OBJECTIVES:
+        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if not 0.0 <= req.tlm_ratio <= 1.0:
+        raise UsageError(f"--tlm-ratio must be in [0, 1], got {req.tlm_ratio}")
+    data_dir = parallel_dir = None
+    if uses_monolingual(objective):
+        if not req.path_to_data:
+            raise UsageError(f"--path-to-data is required with --objective {objective}")
+        data_dir = resolve_data_dir(req.path_to_data, req.data_name)
+    elif req.path_to_data:
+        raise UsageError("--objective tlm trains on --parallel-data only; leave out --path-to-data, or use "
+                         "--objective mlm+tlm to train on both")
+    if uses_pairs(objective):
+        if not req.parallel_data:
+            raise UsageError(f"--objective {objective} needs --parallel-data (translation pairs: "
+                             "<dir>/train/<shard>/*.jsonl of {\"src\", \"tgt\", \"src_lang\", \"tgt_lang\"})")
+        parallel_dir = Path(req.parallel_data)
+        if not (parallel_dir / "train").is_dir():
+            raise InputError("no 'train' split found (expected --parallel-data <dir>/train/<shard>/*.jsonl)",
+                             parallel_dir)
+        if objective == "tlm" and req.num_clusters > 1:
+            raise UsageError("--objective tlm with --num-clusters > 1: parallel data is not clustered, so every "
+                             "expert would train on the same pairs; use --num-clusters 1, or --objective mlm+tlm")
+    elif req.parallel_data:
+        raise UsageError(f"--parallel-data is only read by --objective tlm or mlm+tlm, not {objective}")
+    return data_dir, parallel_dir
 
 
 def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, experts: list[ExpertPlan]) -> None:
@@ -407,7 +445,8 @@ def describe_plan(plan: TrainExpertsPlan) -> list[str]:
     lines = [
         f"plan: {len(plan.experts)} expert(s) of K={K} ({plan.objective}, seed {r.seed_model}), "
         f"clusters {plan.clusters}",
-        f"  data: {plan.data_dir}  clusters: {plan.clusters_dir or '(dense baseline: no filtering)'}",
+        f"  data: {plan.data_dir or '(none: parallel data only)'}  "
+        f"clusters: {plan.clusters_dir or '(dense baseline: no filtering)'}",
         f"  binarized: {plan.bin_dir}  tokenizer: {plan.tokenizer.path}",
         f"  per expert: {r.num_nodes} node(s) x {r.num_gpus} {'GPU' if plan.device == 'cuda' else 'CPU worker'}(s) "
         f"= {plan.world} tasks, dp={plan.dp} tp={r.tensor_parallel_size}; {plan.global_batch_size} samples x "
@@ -416,6 +455,9 @@ def describe_plan(plan: TrainExpertsPlan) -> list[str]:
                                   f" on average ({r.step_allocation} allocation of {K * r.max_steps})"),
         f"  launch: --run {r.run}, device {plan.device}; site: {plan.site.describe()}",
     ]
+    if plan.parallel_dir is not None:
+        lines.append(f"  parallel data: {plan.parallel_dir} (every expert reads all pairs"
+                     + (f"; {r.tlm_ratio:g} of the samples TLM)" if plan.objective == "mlm+tlm" else ")"))
     if plan.slots is not None:
         slots = plan.slots
         lines.append(f"  local: {len(slots)} expert(s) at a time"

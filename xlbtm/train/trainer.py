@@ -44,10 +44,13 @@ def sample_seed(seed: int, global_index: int) -> int:
     return int(np.random.SeedSequence([seed, 0x44524F50, global_index]).generate_state(1)[0])
 
 
-def forward_loss(model, inputs, targets):
+def forward_loss(model, inputs, targets, positions=None, padding_mask=None):
     """Summed token cross-entropy (fp32), left on the device (callers count targets on the host batch).
-    The model computes it chunk by chunk from its hidden states: no [B, T, V] logits are ever held."""
-    return model(inputs, None, targets=targets)
+    The model computes it chunk by chunk from its hidden states: no [B, T, V] logits are ever held.
+    `positions` / `padding_mask`: TLM batches' (explicit positions, padded samples); None otherwise."""
+    if positions is None:
+        return model(inputs, padding_mask, targets=targets)
+    return model(inputs, padding_mask, targets=targets, positions=positions)
 
 
 class Trainer:
@@ -88,39 +91,81 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- data
     def build_data(self) -> None:
-        """Tokenizer, train / valid datasets of this cluster and the sampler; checks the binarized dir."""
+        """Tokenizer, train / valid datasets of this cluster and the sampler; checks the binarized dirs.
+
+        clm / mlm read the cluster's monolingual stream; tlm the binarized pairs (`cfg.pairs_dir`, the same
+        for every expert: parallel data is not clustered); mlm+tlm both, validating on the MLM share only
+        (so its valid loss compares with an mlm expert's)."""
         from xlbtm.formats.binarized import bin_path, idx_path, read_binarized_manifest
-        from xlbtm.data.dataset import CLMDataset, MLMDataset, Sampler, TokenStream
+        from xlbtm.data.dataset import CLMDataset, MLMDataset, MLMTLMDataset, PairStream, Sampler, TLMDataset, \
+            TokenStream
         from xlbtm.tokenizer import load_tokenizer
+        from xlbtm.train.config import uses_monolingual, uses_pairs
 
         cfg = self.cfg
-        bman = read_binarized_manifest(cfg.data_dir)
-        if bman["num_clusters"] != cfg.num_clusters:
-            raise InputError(f"binarized data has {bman['num_clusters']} clusters, run expects "
-                             f"{cfg.num_clusters}", cfg.data_dir)
-        if cfg.clusterer_fingerprint is None:
-            cfg.clusterer_fingerprint = bman.get("clusterer_fingerprint")
-        elif bman.get("clusterer_fingerprint") not in (None, cfg.clusterer_fingerprint):
-            raise InputError(f"binarized data comes from clusterer {bman['clusterer_fingerprint']}, the run "
-                             f"expects {cfg.clusterer_fingerprint}", cfg.data_dir)
-        tok_path = cfg.tokenizer or bman["tokenizer"]
-        self.tok = tok = load_tokenizer(tok_path)
-        if tok.fingerprint != bman["tokenizer_fingerprint"]:
-            raise InputError(f"binarized data was made with another tokenizer than {tok_path}", cfg.data_dir)
+        manifests = []  # (manifest, where): every binarized input must be made with this run's tokenizer
+        if uses_monolingual(cfg.objective):
+            bman = read_binarized_manifest(cfg.data_dir)
+            if bman["num_clusters"] != cfg.num_clusters:
+                raise InputError(f"binarized data has {bman['num_clusters']} clusters, run expects "
+                                 f"{cfg.num_clusters}", cfg.data_dir)
+            if cfg.clusterer_fingerprint is None:
+                cfg.clusterer_fingerprint = bman.get("clusterer_fingerprint")
+            elif bman.get("clusterer_fingerprint") not in (None, cfg.clusterer_fingerprint):
+                raise InputError(f"binarized data comes from clusterer {bman['clusterer_fingerprint']}, the run "
+                                 f"expects {cfg.clusterer_fingerprint}", cfg.data_dir)
+            manifests.append((bman, cfg.data_dir))
+        pman = None
+        if uses_pairs(cfg.objective):
+            from xlbtm.formats.pairs import read_pairs_manifest
 
-        def dataset(split):
+            if not cfg.pairs_dir:
+                raise InputError(f"--objective {cfg.objective} needs binarized parallel data (pairs_dir)",
+                                 cfg.run_dir)
+            pman = read_pairs_manifest(cfg.pairs_dir)
+            manifests.append((pman, cfg.pairs_dir))
+        tok_path = cfg.tokenizer or manifests[0][0]["tokenizer"]
+        self.tok = tok = load_tokenizer(tok_path)
+        for man, where in manifests:
+            if tok.fingerprint != man["tokenizer_fingerprint"]:
+                raise InputError(f"binarized data was made with another tokenizer than {tok_path}", where)
+
+        def mono(split):
             s = TokenStream(bin_path(cfg.data_dir, split, cfg.cluster), idx_path(cfg.data_dir, split, cfg.cluster))
             if cfg.objective == "clm":
                 return CLMDataset(s, cfg.tokens_per_sample)
             return MLMDataset(s, cfg.tokens_per_sample, vocab_size=tok.vocab_size, mask_id=tok.mask_id,
                               bos_id=tok.bos_id, seed=cfg.seed)
 
-        self.train_ds = dataset(cfg.train_subset)
-        if len(self.train_ds) == 0:
-            raise InputError(f"cluster {cfg.cluster} has fewer than {cfg.tokens_per_sample + 1} training tokens",
-                             bin_path(cfg.data_dir, cfg.train_subset, cfg.cluster))
-        self.valid_ds = dataset(cfg.valid_subset) if cfg.valid_subset else None
+        def tlm(split):
+            return TLMDataset(PairStream(cfg.pairs_dir, split), cfg.tokens_per_sample, vocab_size=tok.vocab_size,
+                              mask_id=tok.mask_id, bos_id=tok.bos_id, pad_id=tok.pad_id, eos_id=tok.eos_id,
+                              seed=cfg.seed)
+
+        if cfg.objective == "tlm":
+            self.train_ds = tlm(cfg.train_subset)
+            if len(self.train_ds) == 0:
+                raise InputError("no translation pairs to train on", cfg.pairs_dir)
+            has_valid = cfg.valid_subset and cfg.valid_subset in pman.get("splits", {})
+            self.valid_ds = tlm(cfg.valid_subset) if has_valid else None
+        else:
+            self.train_ds = mono(cfg.train_subset)
+            if len(self.train_ds) == 0:
+                raise InputError(f"cluster {cfg.cluster} has fewer than {cfg.tokens_per_sample + 1} training "
+                                 "tokens", bin_path(cfg.data_dir, cfg.train_subset, cfg.cluster))
+            if cfg.objective == "mlm+tlm":
+                self.train_ds = MLMTLMDataset(self.train_ds, tlm(cfg.train_subset), cfg.tlm_ratio, cfg.seed)
+            self.valid_ds = mono(cfg.valid_subset) if cfg.valid_subset else None
         self.sampler = Sampler(len(self.train_ds), cfg.seed)
+
+    def train_tokens(self) -> int:
+        """Tokens of the training data (recorded in expert.json; a resume on changed data warns)."""
+        from xlbtm.data.dataset import MLMTLMDataset, TLMDataset
+
+        ds = self.train_ds
+        parts = [ds.mlm, ds.tlm] if isinstance(ds, MLMTLMDataset) else [ds]
+        return sum(len(p.pairs.src) + len(p.pairs.tgt) if isinstance(p, TLMDataset) else len(p.stream)
+                   for p in parts)
 
     # --------------------------------------------------------------------------------------- model
     def build_model(self) -> None:
@@ -147,21 +192,26 @@ class Trainer:
                 raise InputError(f"this run was started with another tokenizer than {tok.path}; resume it with "
                                  "the same --tokenizer or use a new --serialization-dir", self.run_dir / "expert.json")
             was = started.data.get("train_tokens")
-            if self.is_main and was is not None and was != len(self.train_ds.stream):
+            if self.is_main and was is not None and was != self.train_tokens():
                 log.warning(f"the training data of cluster {cfg.cluster} changed since this run started ({was} -> "
-                            f"{len(self.train_ds.stream)} tokens): resuming on the new data, so the batches from "
+                            f"{self.train_tokens()} tokens): resuming on the new data, so the batches from "
                             "here on differ from those of an uninterrupted run")
         if args.vocab_size < tok.vocab_size:
             raise InputError(f"model vocabulary ({args.vocab_size}) is smaller than the tokenizer's "
                              f"({tok.vocab_size})", cfg.seed_model)
         if self.is_main and started is None:
+            from xlbtm.train.config import model_kind
+
+            # `objective` is what the expert is (scored as): a TLM-trained one is a masked LM; how it was
+            # trained is data.config.objective
             write_expert_info(self.run_dir, ExpertInfo(
                 cluster=cfg.cluster, num_clusters=cfg.num_clusters, clusterer_fingerprint=cfg.clusterer_fingerprint,
-                objective=cfg.objective, model_args=args.to_dict(), tokenizer=str(Path(tok.path).resolve()),
+                objective=model_kind(cfg.objective), model_args=args.to_dict(), tokenizer=str(Path(tok.path).resolve()),
                 tokenizer_fingerprint=tok.fingerprint, seed_model=cfg.seed_model, run_name=cfg.run_name,
                 init=dict(cfg.init or {}),
                 data={"binarized": str(Path(cfg.data_dir).resolve()), "train_subset": cfg.train_subset,
-                      "valid_subset": cfg.valid_subset, "train_tokens": len(self.train_ds.stream),
+                      "valid_subset": cfg.valid_subset, "train_tokens": self.train_tokens(),
+                      "pairs": None if cfg.pairs_dir is None else str(Path(cfg.pairs_dir).resolve()),
                       "tokens_per_sample": cfg.tokens_per_sample, "dp": self.dims.dp, "tp": self.dims.tp,
                       "config": cfg.to_dict()}))
         parallelize(model, self.mesh, device_type=device.type, ac=cfg.activation_checkpointing, compile=cfg.compile)
@@ -246,19 +296,19 @@ class Trainer:
         # normalize by the step's GLOBAL target count, so the gradient is the same mean over tokens whatever
         # the DP degree / micro-batching (MLM target counts differ per sample). Counted on the host batch;
         # across ranks it stays a device tensor: nothing on the step path waits for the device.
-        denom = sum(int((y != -100).sum()) for _, y in micro) / self.dims.dp  # FSDP averages gradients over dp
+        denom = sum(int((b[1] != -100).sum()) for b in micro) / self.dims.dp  # FSDP averages gradients over dp
         if self.dims.dp > 1:
             ntok = torch.tensor([denom * self.dims.dp], dtype=torch.float64, device=device)
             dist.all_reduce(ntok, group=self.dp_group)
             denom = (ntok[0] / self.dims.dp).float()
-        for m, (x, y) in enumerate(micro):
+        for m, batch in enumerate(micro):
             if self.fsdp:  # accumulate locally; reduce-scatter gradients only after the last micro-batch
                 self.model.set_requires_gradient_sync(m == len(micro) - 1)
             # dropout masks follow the samples (their global index), not the rank or micro-batch they are in;
             # backward too: activation checkpointing recomputes the forward there
             idx = rank_indices(self.position, m, self.dp_rank, self.dims.dp, cfg.batch_size)
             with sample_seeds([sample_seed(cfg.seed, g) for g in idx]):
-                loss = forward_loss(self.model, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+                loss = self.batch_loss(batch)
                 (loss / denom).backward()
             self.loss_acc[0] += loss.detach()
         gnorm = clip_grad_norm(self.model.parameters(), cfg.clip_norm)
@@ -268,6 +318,18 @@ class Trainer:
         self.position += self.samples_per_step
         self.loss_acc[1] += denom
         return gnorm
+
+    def batch_loss(self, batch) -> torch.Tensor:
+        """forward_loss of one collated (inputs, targets[, positions]) batch, moved to the device. TLM batches
+        carry positions and end in padding: the pads are masked out of attention (when there are any)."""
+        x, y, *pos = batch
+        dev = self.device
+        if not pos:
+            return forward_loss(self.model, x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+        pad = x.eq(self.args.pad_id)  # on the host batch: nothing waits for the device
+        pad = pad.to(dev, non_blocking=True) if bool(pad.any()) else None
+        return forward_loss(self.model, x.to(dev, non_blocking=True), y.to(dev, non_blocking=True),
+                            positions=pos[0].to(dev, non_blocking=True), padding_mask=pad)
 
     def validate(self) -> float | None:
         """Collective: mean token loss (nats) on the valid split (at most max_valid_samples samples)."""
@@ -286,11 +348,11 @@ class Trainer:
             for b in range(math.ceil(n / per)):
                 idx = [i for i in rank_indices(b * per, 0, self.dp_rank, self.dims.dp, cfg.batch_size) if i < n]
                 # every rank runs the same number of forwards (FSDP collectives); empty ones count zero
-                x, y = collate(valid_ds, Sampler(len(valid_ds), 0, shuffle=False), idx or [0])
-                loss = forward_loss(self.model, x.to(self.device), y.to(self.device))
+                batch = collate(valid_ds, Sampler(len(valid_ds), 0, shuffle=False), idx or [0])
+                loss = self.batch_loss(batch)
                 if idx:
                     total[0] += loss.detach()
-                    total[1] += int((y != -100).sum())
+                    total[1] += int((batch[1] != -100).sum())
         dist.all_reduce(total, group=self.dp_group)
         self.model.train()
         return float(total[0] / max(total[1], 1))

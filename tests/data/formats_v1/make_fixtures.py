@@ -65,6 +65,8 @@ def main() -> None:
                                          "clusterer_fingerprint": "fp-clusterer", "num_clusters": 2,
                                          "splits": {"train": {"tokens": [4, 5]}}})
 
+    write_pairs_fixture()
+
     args = ModelArgs(**ARGS)
     torch.manual_seed(0)
     model = build_model(args)
@@ -75,6 +77,23 @@ def main() -> None:
                                       data={"train_tokens": 5}))
     save_checkpoint(run, 2, model, None, {"step": 2, "position": 8, "seed": 1})
     save_consolidated(run / "consolidated.pt", model.state_dict(), args, extra={"step": "step_2"})
+
+
+def write_pairs_fixture() -> None:
+    """Binarized parallel data (xlbtm-pairs/1; added with #18, written on its own: the files above predate it)."""
+    from xlbtm.formats.binarized import write_done
+    from xlbtm.formats.pairs import side_paths, write_pairs_manifest
+
+    pairs = HERE / "pairs"
+    (pairs / "train").mkdir(parents=True)
+    for side, seqs in (("src", [[5, 6], [7]]), ("tgt", [[8], [9, 10, 11]])):
+        b, i = side_paths(pairs, "train", side)
+        np.concatenate(seqs).astype(np.uint32).tofile(b)
+        np.cumsum([0] + [len(x) for x in seqs]).astype(np.int64).tofile(i)
+    stats = {"pairs": 2, "tokens": {"src": 3, "tgt": 4}, "langs": {"en-de": 2}}
+    write_done(pairs, "train", "fp-tok", None, {"corpus": [["train/00000/de.jsonl", 90, 1]]}, stats)
+    write_pairs_manifest(pairs, {"data_dir": "/pairs", "tokenizer": "/tok", "tokenizer_fingerprint": "fp-tok",
+                                 "splits": {"train": stats}})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,58 @@
+"""The binarized parallel data (what `binarize_pairs` writes, what TLM training reads): one pair stream per split.
+
+    <pairs>/manifest.json          format, data dir, tokenizer + its fingerprint, pairs / tokens per split
+    <pairs>/<split>/src.bin        uint32 tokens of every pair's source side, concatenated (no specials)
+    <pairs>/<split>/src.idx        int64 offsets of the pairs into src.bin (n_pairs + 1 entries)
+    <pairs>/<split>/tgt.bin, .idx  the same for the target sides: pair i is (src[i], tgt[i])
+    <pairs>/<split>/done.json      the split's stats and the identity of its inputs; written last
+
+Sides are stored without special tokens: the TLM example layout (`<s> src </s></s> tgt </s>`) and the packing
+into samples are the dataset's (`xlbtm.data.dataset.TLMDataset`), so they can change without re-tokenizing.
+Pairs are not clustered (yet): every expert of a run reads the same pairs. Training puts this dir at
+`<binarized dir>/parallel`. done.json is the binarized dir's (`xlbtm.formats.binarized.write_done` /
+`split_status`, with no clusterer), so "is this split up to date" has one answer for both.
+
+Version: `format` is "xlbtm-pairs/1".
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from xlbtm.errors import InputError
+
+FORMAT = "xlbtm-pairs/1"
+MANIFEST = "manifest.json"
+SIDES = ("src", "tgt")
+
+
+def pairs_dir_for(binarized_dir: str | os.PathLike) -> Path:
+    """Where a run's binarized pairs live: next to its monolingual streams."""
+    return Path(binarized_dir) / "parallel"
+
+
+def side_paths(pairs_dir: str | os.PathLike, split: str, side: str) -> tuple[Path, Path]:
+    """(`.bin`, `.idx`) of one side of a split."""
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    d = Path(pairs_dir) / split
+    return d / f"{side}.bin", d / f"{side}.idx"
+
+
+def write_pairs_manifest(pairs_dir: str | os.PathLike, manifest: dict) -> None:
+    from xlbtm.io import write_json
+
+    write_json(Path(pairs_dir) / MANIFEST, {**manifest, "format": FORMAT})
+
+
+def read_pairs_manifest(pairs_dir: str | os.PathLike) -> dict:
+    from xlbtm.io import read_json
+
+    p = Path(pairs_dir) / MANIFEST
+    if not p.is_file():
+        raise InputError("binarized parallel data not found (train_experts --parallel-data binarizes it)", p)
+    m = read_json(p)
+    if m.get("format") != FORMAT:
+        raise InputError(f"not xlbtm binarized parallel data (format {m.get('format')!r})", p)
+    return m
