@@ -230,6 +230,7 @@ def main():
     ap.add_argument("--num-clusters", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--gettext-per-lang", type=int, default=1000)
+    ap.add_argument("--corpora", default="manpages,gettext tgt,manpages-unequal", help="nmi part: which corpora")
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
     import warnings
@@ -251,7 +252,8 @@ def main():
     else:
         ut, ul, small = unequal(texts, langs)
         print(f"manpages-unequal: subsampled 1 in 10: {', '.join(small)}", flush=True)
-        part_nmi(args, tok, {"manpages": (texts, langs), "gettext tgt": (gt, gl), "manpages-unequal": (ut, ul)})
+        corpora = {"manpages": (texts, langs), "gettext tgt": (gt, gl), "manpages-unequal": (ut, ul)}
+        part_nmi(args, tok, {c: corpora[c] for c in args.corpora.split(",")})
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
