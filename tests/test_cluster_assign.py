@@ -151,8 +151,56 @@ def test_local_process_pool_matches_in_process(corpus, clusterer, tmp_path):
     n = 6  # the fixture's train files
     for done in range(1, n + 1):  # per-file progress, in both modes
         assert sum(m.startswith(f"assigned {done}/{n} files") for m in seen) == 2, seen
+    last = [m for m in seen if m.startswith(f"assigned {n}/{n} files")]
+    assert all(", 240 docs, " in m and " docs/s (" in m for m in last), last
     assert a["splits"] == b["splits"]
     assert list(iter_assignments(tmp_path / "a", "train")) == list(iter_assignments(tmp_path / "b", "train"))
+
+
+def _capture(monkeypatch):
+    import logging
+
+    seen = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("xlbtm.cluster")
+    logger.addHandler(handler)
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    return seen, lambda: logger.removeHandler(handler)
+
+
+def test_progress_is_throttled_on_many_files(monkeypatch):
+    seen, stop = _capture(monkeypatch)
+    now = [0.0]
+    try:
+        p = assign_mod.Progress(100, every_s=5.0, clock=lambda: now[0])
+        for i in range(100):
+            now[0] += 0.5  # a file every half second: a line every 5 s, plus the first and the last
+            p.add(1, 10, f"f{i}")
+    finally:
+        stop()
+    assert len(seen) == 1 + 10, seen
+    assert seen[0] == "assigned 1/100 files, 10 docs, 20 docs/s (0 s): f0"
+    assert seen[-1] == "assigned 100/100 files, 1,000 docs, 20 docs/s (50 s): f99"
+
+
+def test_slurm_progress_per_array_task(corpus, clusterer, tmp_path, monkeypatch):
+    """--run slurm logs files done / total and docs/s as array tasks finish (in-process debug executor
+    standing in for SLURM: the driver code is the same)."""
+    import xlbtm.launch as launch
+
+    real = launch.make_executor
+    monkeypatch.setattr(launch, "make_executor", lambda run, job_dir, **kw: real("debug", job_dir, **kw))
+    seen, stop = _capture(monkeypatch)
+    try:
+        m = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "o", "train", run="slurm",
+                                     job_dir=tmp_path / "jobs", max_array_tasks=3)
+    finally:
+        stop()
+    assert sum(m["documents"]) == 240
+    lines = [s for s in seen if s.startswith("assigned ")]
+    assert [s.split(",")[0] for s in lines] == ["assigned 2/6 files", "assigned 4/6 files", "assigned 6/6 files"]
+    assert ", 240 docs, " in lines[-1] and "docs/s" in lines[-1] and "(3/3 tasks)" in lines[-1], lines
 
 
 def test_assignment_bad_inputs(corpus, clusterer, tmp_path):

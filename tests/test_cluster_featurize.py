@@ -179,3 +179,14 @@ def test_chunked_fit_and_transform_equal_single_chunk(demo, monkeypatch):
     np.testing.assert_allclose(a.lsa.idf, b.lsa.idf, rtol=1e-6)
     np.testing.assert_allclose(np.abs(a.lsa.components), np.abs(b.lsa.components), atol=1e-4)
     np.testing.assert_allclose(a.transform(texts), xa, atol=1e-6)  # transform itself chunked at 7
+
+
+def test_fast_path_agreement_counts_tokens_not_documents():
+    """The sentencepiece/HF agreement check compares bags of ids (what TF-IDF sees): a reordered or locally
+    re-segmented long document costs its few differing tokens, not a whole document's vote."""
+    from xlbtm.cluster.featurize import _bag_difference
+
+    assert _bag_difference([[1, 2, 3], [4]], [[1, 2, 3], [4]]) == 0
+    assert _bag_difference([[1, 2]], [[2, 1]]) == 0
+    assert _bag_difference([[1, 2, 3], [4]], [[1, 2, 3], [4, 4]]) == 1
+    assert _bag_difference([[5, 6]], [[7]]) == 3

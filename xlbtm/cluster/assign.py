@@ -100,17 +100,48 @@ def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_line
 
 
 def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512,
-             skip_bad_lines: bool = False) -> int:
-    """One pool/array task: cluster its files (skipping ones finished meanwhile). Returns #files done."""
+             skip_bad_lines: bool = False) -> dict:
+    """One pool/array task: cluster its files (skipping ones finished meanwhile). Returns
+    {"files": files clustered, "documents": their documents}, for the driver's progress line."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     c = _get_clusterer(clusterer_path)
-    done = 0
+    done = docs = 0
     for job in jobs:
         if is_done(job, c.fingerprint):
             continue
-        assign_file(c, job, batch_size=batch_size, skip_bad_lines=skip_bad_lines)
+        side = assign_file(c, job, batch_size=batch_size, skip_bad_lines=skip_bad_lines)
         done += 1
-    return done
+        docs += sum(side["documents"])
+    return {"files": done, "documents": docs}
+
+
+class Progress:
+    """`assigned 12/40 files, 51,200 docs, 3,900 docs/s (13 s): <what>` as files complete. docs/s is over the
+    whole job so far (start-up and reading included): what a user waits for. Small runs (<= `every_file`
+    files) log every completion; larger ones at most every `every_s` seconds, and always the last."""
+
+    def __init__(self, total_files: int, *, every_s: float = 5.0, every_file: int = 20, clock=None):
+        import time
+
+        self.total = total_files
+        self.every_s = every_s
+        self.every_file = every_file
+        self.clock = clock or time.monotonic
+        self.t0 = self.clock()
+        self.last = None  # when the last line was logged
+        self.files = self.docs = 0
+
+    def add(self, files: int, docs: int, what: str) -> None:
+        self.files += files
+        self.docs += docs
+        now = self.clock()
+        due = self.total <= self.every_file or self.files >= self.total or self.last is None \
+            or now - self.last >= self.every_s
+        if due:
+            self.last = now
+            dt = now - self.t0
+            rate = f"{self.docs / dt:,.0f} docs/s" if dt > 0 else "- docs/s"
+            log.info(f"assigned {self.files}/{self.total} files, {self.docs:,} docs, {rate} ({dt:.0f} s): {what}")
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -198,18 +229,16 @@ def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: s
 
 
 def _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines) -> None:
-    import time
-
     workers = min(len(todo), workers or os.cpu_count() or 1)
-    t0 = time.time()
+    progress = Progress(len(todo))
 
-    def progress(done: int, job) -> None:  # long corpora: one line per finished file
-        log.info(f"assigned {done}/{len(todo)} files ({time.time() - t0:.0f} s): {job.rel}")
+    def finished(job, result: dict) -> None:
+        # a file another run finished meanwhile still counts as done (with no documents of ours)
+        progress.add(1, result["documents"], job.rel)
 
     if workers <= 1:
-        for i, j in enumerate(todo, 1):
-            run_task(clusterer_path, [j], batch_size, skip_bad_lines)
-            progress(i, j)
+        for j in todo:
+            finished(j, run_task(clusterer_path, [j], batch_size, skip_bad_lines))
         return
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -218,9 +247,8 @@ def _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines) -> Non
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
         futs = {pool.submit(run_task, clusterer_path, [j], batch_size, skip_bad_lines): j for j in todo}
         try:
-            for i, fut in enumerate(cf.as_completed(futs), 1):
-                fut.result()  # re-raises a worker's InputError here
-                progress(i, futs[fut])
+            for fut in cf.as_completed(futs):
+                finished(futs[fut], fut.result())  # re-raises a worker's InputError here
         except BaseException:
             for f in futs:
                 f.cancel()
@@ -237,7 +265,14 @@ def _run_slurm(clusterer_path, todo, job_dir, max_array_tasks, batch_size, skip_
     n = len(tasks)
     jobs = ex.map_array(run_task, [clusterer_path] * n, tasks, [batch_size] * n, [skip_bad_lines] * n)
     log.info(f"submitted {n} array tasks ({len(todo)} files); logs under {job_dir}")
-    wait_for(jobs, what="cluster assignment")
+    progress = Progress(len(todo))
+    ended = [0]
+
+    def finished(i: int, result: dict) -> None:  # called by wait_for as each array task's result arrives
+        ended[0] += 1
+        progress.add(len(tasks[i]), result["documents"], f"array task {jobs[i].job_id} ({ended[0]}/{n} tasks)")
+
+    wait_for(jobs, what="cluster assignment", on_result=finished)
 
 
 def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob], clusterer, data_dir) -> dict:

@@ -130,6 +130,18 @@ def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     return flat, offsets
 
 
+def _bag_difference(a: Sequence[Sequence[int]], b: Sequence[Sequence[int]]) -> int:
+    """Tokens by which the bags of ids of paired sequences differ (L1 of the count vectors, summed)."""
+    from collections import Counter
+
+    total = 0
+    for x, y in zip(a, b):
+        if x != y:
+            cx, cy = Counter(x), Counter(y)
+            total += sum(((cx - cy) + (cy - cx)).values())
+    return total
+
+
 def _num_threads() -> int:
     """CPUs this process may use (a SLURM task's allocation, not the whole node)."""
     try:
@@ -181,8 +193,10 @@ class SubwordFeaturizer:
     """TF-IDF over the seed tokenizer's ids. When the tokenizer dir holds the SentencePiece model, encoding
     goes through the sentencepiece C++ library (faster than the HF Rust unigram encoder: BENCHMARKS.md,
     Clustering) with ids mapped to the tokenizer's ids; it is checked against `tokenizer.encode_batch` on the first
-    texts it sees and dropped if more than 2% of them differ (ties between equal-score segmentations of
-    symbol runs can differ; their TF-IDF effect is negligible)."""
+    texts it sees and dropped if their bags of ids (all TF-IDF sees) differ in more than 1% of the tokens (ties
+    between equal-score segmentations of symbol runs can differ; their TF-IDF effect is negligible). Counting
+    differing *documents* instead made the choice depend on document order: two long documents among the first
+    64 dropped the fast path for a whole 50k-document fit, ~50x slower (BENCHMARKS.md, Clustering at scale)."""
 
     kind = "subword"
 
@@ -210,8 +224,7 @@ class SubwordFeaturizer:
                         probe = list(probe[:64])
                         ref = self.tokenizer.encode_batch(probe)
                         got = [lut[np.asarray(i, dtype=np.int64)].tolist() for i in sp.encode(probe)]
-                        bad = sum(a != b for a, b in zip(got, ref))
-                        if bad <= 0.02 * len(probe):
+                        if _bag_difference(got, ref) <= 0.01 * max(1, sum(map(len, ref))):
                             self._fast = (sp, lut)
             except Exception:  # noqa: BLE001 - any problem: use the reference encoder
                 self._fast = False

@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import XlbtmError
@@ -179,12 +179,14 @@ def _run_debug_job(job) -> Any:
 
 
 def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, status_every_s: float = 60.0,
-             unknown_grace_s: float = 90.0, fail_fast: bool = False, all_tasks: bool = False) -> list:
+             unknown_grace_s: float = 90.0, fail_fast: bool = False, all_tasks: bool = False,
+             on_result: Callable[[int, Any], None] | None = None) -> list:
     """Wait until every job ended; return their results in order, or raise `JobFailedError`.
 
     A multi-task job's result is its task 0 result (`all_tasks=True`: the list over tasks).
     Failures are logged as soon as they are seen; the error is raised once all jobs ended
     (`fail_fast=True`: at the first failure, leaving the others running).
+    `on_result(i, result)` is called as each successful job's result is collected (progress reports).
     """
     jobs = list(jobs)
     if not jobs:
@@ -197,6 +199,8 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
             try:
                 r = [_run_debug_job(job)]
                 results[i] = r if all_tasks else r[0]
+                if on_result is not None:
+                    on_result(i, results[i])
             except Exception as e:  # noqa: BLE001 - any job error becomes a JobFailure
                 import traceback
 
@@ -214,7 +218,7 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
     pending = set(range(len(jobs)))
     try:
         _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknown_grace_s, fail_fast,
-              all_tasks)
+              all_tasks, on_result)
     except KeyboardInterrupt:
         if any(_is_slurm(jobs[i]) for i in pending):
             log.warning("%s: stopped waiting; %d SLURM job(s) keep running (%s); cancel them with: scancel %s",
@@ -229,7 +233,7 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
 
 
 def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknown_grace_s, fail_fast,
-          all_tasks) -> None:
+          all_tasks, on_result=None) -> None:
     unknown_since: dict[int, float] = {}
     ran: set[int] = set()  # jobs seen running: back to pending means requeued (preemption or node failure)
     last_status = time.monotonic()
@@ -266,6 +270,8 @@ def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknow
                 r = job.results()
                 results[i] = r if all_tasks else r[0]
                 log.debug("%s: job %s finished", what, job.job_id)
+                if on_result is not None:
+                    on_result(i, results[i])
                 continue
             log.error("%s: %s", what, failure.render())
             failures.append((i, failure))

@@ -4,7 +4,9 @@
         --split train|valid[/X] --run local|slurm [--job-dir J]
 
 Writes O/<split>/<shard>/<file>.jsonl ({"sp_id", "cluster"} lines) and O/manifest.json. Re-running skips
-finished files (same clusterer fingerprint, unchanged input) and redoes the rest.
+finished files (same clusterer fingerprint, unchanged input) and redoes the rest. Progress is logged as files
+(--run local) or array tasks (--run slurm) finish: files done / total, documents, docs/s of the whole job so far
+(every completion for up to 20 files, else at most every 5 s).
 """
 
 from __future__ import annotations
