@@ -185,6 +185,14 @@ def iter_pairs(path: str | os.PathLike, rel: str | None = None, *, skip_bad_line
     return _iter_parsed(path, rel, parse_pair_line, skip_bad_lines=skip_bad_lines, stats=stats)
 
 
+def iter_json_objects(path: str | os.PathLike, expected: str) -> Iterator[tuple[int, dict]]:
+    """`(1-based line, object)` of every non-blank line of a jsonl file that is not a corpus file (prompts, ...),
+    through the corpus reader's own line loop: bounded lines, BOM, invalid UTF-8 and bad JSON as one InputError
+    naming file:line. `expected` says what a line should hold, for those errors."""
+    return _iter_parsed(path, None, lambda raw, shown, i, _: (i + 1, _parse_object(raw, shown, i + 1, expected)),
+                        skip_bad_lines=False, stats=None)
+
+
 def _iter_parsed(path, rel, parse, *, skip_bad_lines: bool, stats: ReadStats | None,
                  lines: set[int] | None = None) -> Iterator:
     """The one line loop of every jsonl reader: bounded lines, BOM, blank lines, `parse(raw, path, index,

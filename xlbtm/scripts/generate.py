@@ -45,25 +45,19 @@ def build_parser():
 
 def read_prompts(path) -> list[str]:
     """The prompts of a jsonl file; a bad line is an InputError naming file and line."""
-    import json
     from pathlib import Path
+
+    from xlbtm.corpus.reader import iter_json_objects
 
     path = Path(path)
     if not path.is_file():
         raise InputError("--input file not found", path)
     out = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"not valid JSON ({e.msg})", path, i) from None
-            text = obj.get("prompt", obj.get("text")) if isinstance(obj, dict) else None
-            if not isinstance(text, str):
-                raise InputError('expected an object with a "prompt" (or "text") string', path, i)
-            out.append(text)
+    for line, obj in iter_json_objects(path, 'a "prompt" (or "text") string'):
+        text = obj.get("prompt", obj.get("text"))
+        if not isinstance(text, str):
+            raise InputError('expected an object with a "prompt" (or "text") string', path, line)
+        out.append(text)
     if not out:
         raise InputError("no prompts in --input", path)
     return out
