@@ -75,6 +75,16 @@ def count_to(state_path, n):
     return st
 
 
+def _fake_commands(tmp_path: Path, **scripts: str) -> Path:
+    """A bin dir holding one shell script per keyword (name -> body), to put first on PATH."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, body in scripts.items():
+        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / name).chmod(0o755)
+    return fake
+
+
 def _wait_file(path: Path, pred=lambda p: True, timeout=60.0):
     end = time.monotonic() + timeout
     while not (path.exists() and pred(path)):
@@ -280,11 +290,8 @@ def test_init_distributed_torchrun_env(tmp_path):
 @pytest.mark.parametrize("require", ["", "1"])
 def test_slurm_fixture_skips_or_fails_without_slurm(tmp_path, require):
     """No slurmctld: slurm tests skip with a reason; with XLBTM_REQUIRE_SLURM=1 they fail instead."""
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "sinfo").write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller' >&2\n"
-                                "exit 1\n")
-    (fake / "sinfo").chmod(0o755)
+    fake = _fake_commands(tmp_path, sinfo="echo 'slurm_load_partitions: Unable to contact slurm controller' >&2\n"
+                                          "exit 1")
     env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", XLBTM_REQUIRE_SLURM=require)
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         "tests/test_slurm.py::test_vanished_job_does_not_hang"],
@@ -395,11 +402,8 @@ def test_resolve_node_addr_uses_the_cluster_mapping(monkeypatch):
 def test_scontrol_node_addr_parses_nodeaddr(tmp_path, monkeypatch):
     from xlbtm.launch.distributed import _scontrol_node_addr
 
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "scontrol").write_text("#!/bin/sh\necho 'NodeName=node2 Arch=x86_64 CoresPerSocket=1 NodeAddr=10.77.0.12 "
-                                   "NodeHostName=node2 Version=22.05.8'\n")
-    (fake / "scontrol").chmod(0o755)
+    fake = _fake_commands(tmp_path, scontrol="echo 'NodeName=node2 Arch=x86_64 CoresPerSocket=1 NodeAddr=10.77.0.12 "
+                                             "NodeHostName=node2 Version=22.05.8'")
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     assert _scontrol_node_addr("node2") == "10.77.0.12"
 
@@ -415,11 +419,8 @@ def test_node_failures_reads_every_attempt(tmp_path, monkeypatch):
     """sacct -D lists a requeued job's attempts: one that ended NODE_FAIL marks the job."""
     from xlbtm.launch.wait import node_failures
 
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "sacct").write_text("#!/bin/sh\nprintf '671|NODE_FAIL|node[1-2]\\n671|PENDING|None assigned\\n"
-                                "672_1|COMPLETED|node1\\n672_2|REQUEUED|node2\\n'\n")
-    (fake / "sacct").chmod(0o755)
+    fake = _fake_commands(tmp_path, sacct="printf '671|NODE_FAIL|node[1-2]\\n671|PENDING|None assigned\\n"
+                                          "672_1|COMPLETED|node1\\n672_2|REQUEUED|node2\\n'")
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     assert node_failures(["671", "672_1", "672_2"]) == {"671": "node[1-2]"}
     assert node_failures([]) == {}
