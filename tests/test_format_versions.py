@@ -116,10 +116,11 @@ def test_binarized_pairs(v1):
     d = v1 / "pairs"
     m = read_pairs_manifest(d)
     assert m["tokenizer_fingerprint"] == "fp-tok" and m["splits"]["train"]["pairs"] == 2
+    assert m["num_clusters"] is None and m["clusterer_fingerprint"] is None  # version 1 had no clusters
     done, why = split_status(d, "train", "fp-tok", None, {"corpus": [["train/00000/de.jsonl", 90, 1]]})
     assert why == "" and done["stats"]["tokens"] == {"src": 3, "tgt": 4}
     ps = PairStream(d, "train")
     assert len(ps) == 2 and [a.tolist() for a in ps.pair(1)] == [[7], [9, 10, 11]]
-    _edit(d / "manifest.json", format="xlbtm-pairs/2")
+    _edit(d / "manifest.json", format="xlbtm-pairs/3")
     with pytest.raises(InputError, match="not xlbtm binarized parallel data"):
         read_pairs_manifest(d)

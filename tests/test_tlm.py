@@ -3,7 +3,6 @@ layout, packing, the MLM+TLM mix, XLM-R with explicit positions, and TLM / MLM+T
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -11,38 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-WORDS = {"en": "red green blue house tree water fire stone light night".split(),
-         "de": "rot gruen blau haus baum wasser feuer stein licht nacht".split(),
-         "fr": "rouge vert bleu maison arbre eau feu pierre lumiere nuit".split()}
-
-
-def _sentence(lang: str, i: int, n: int) -> str:
-    w = WORDS[lang]
-    return " ".join(w[(i * 3 + j * 7) % len(w)] for j in range(n))
-
-
-def write_pairs(root: Path, n: int = 40, split: str = "train") -> Path:
-    """A tiny English -> German / French corpus in the gettext layout: <root>/<split>/00000/<lang>.jsonl."""
-    d = root / split / "00000"
-    d.mkdir(parents=True, exist_ok=True)
-    for lang in ("de", "fr"):
-        with open(d / f"{lang}.jsonl", "w") as f:
-            for i in range(n):
-                k = 1 + i % 6
-                f.write(json.dumps({"src": _sentence("en", i, k), "tgt": _sentence(lang, i, k), "src_lang": "en",
-                                    "tgt_lang": lang, "domain": "test", "id": i}) + "\n")
-    return root
-
-
-def write_mono(root: Path, n: int = 60) -> Path:
-    for split, m in (("train", n), ("valid", 12)):
-        d = root / split / "00000"
-        d.mkdir(parents=True, exist_ok=True)
-        with open(d / "mono.jsonl", "w") as f:
-            for i in range(m):
-                lang = ("en", "de", "fr")[i % 3]
-                f.write(json.dumps({"text": _sentence(lang, i, 12), "lang": lang}) + "\n")
-    return root
+from parallel_helpers import WORDS, write_mono, write_pairs
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +102,7 @@ def test_binarized_pairs_hold_every_side_and_resume(corpora, binarized_pairs, ca
     root, pairs, _, tok_dir = corpora
     tok = load_tokenizer(tok_dir)
     man = read_pairs_manifest(binarized_pairs)
-    assert man["format"] == "xlbtm-pairs/1" and man["splits"]["train"]["pairs"] == 80
+    assert man["format"] == "xlbtm-pairs/2" and man["splits"]["train"]["pairs"] == 80
     assert man["splits"]["train"]["langs"] == {"en-de": 40, "en-fr": 40}
     ps = PairStream(binarized_pairs, "train")
     want = list(Corpus(pairs).iter_pairs("train"))
@@ -343,7 +311,7 @@ def test_mlm_tlm_resume_is_exact(corpora, tmp_path, capsys):
     ({"--seed-model": "debug"}, "needs a xlmr model, but the seed debug is xglm (translation language modeling"),
     ({"--parallel-data": None}, "needs --parallel-data"),
     ({"--path-to-data": "MONO"}, "leave out --path-to-data"),
-    ({"--num-clusters": "2"}, "parallel data is not clustered"),
+    ({"--num-clusters": "2"}, "needs --path-to-parallel-clusters-dir"),
     ({"--objective": "mlm"}, "--parallel-data is only read by --objective tlm or mlm+tlm"),
     ({"--objective": "mlm+tlm", "--tlm-ratio": "1.5"}, "--tlm-ratio must be in [0, 1]"),
     ({"--parallel-data": "EMPTY"}, "expected --parallel-data <dir>/train/"),

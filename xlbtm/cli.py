@@ -151,3 +151,13 @@ def add_skip_bad_lines_arg(parser: argparse.ArgumentParser) -> None:
         help="skip malformed lines (bad JSON, missing/non-string 'text', invalid UTF-8) and report how many "
              "were skipped, instead of stopping at the first one with exit status 2",
     )
+
+
+def add_parallel_side_arg(parser: argparse.ArgumentParser) -> None:
+    """`--parallel-side`, shared by train_clusterer and cluster: read the corpus as translation pairs."""
+    parser.add_argument(
+        "--parallel-side", choices=["src", "tgt", "both"], default=None,
+        help="the corpus is parallel data ({\"src\", \"tgt\", \"src_lang\", \"tgt_lang\"} lines): cluster each pair "
+             "by the text of this side (both: src and tgt together) and, for typological clusterers, by tgt_lang "
+             "(src_lang with src). tgt puts a pair with the expert of the language it translates into",
+    )

@@ -31,6 +31,7 @@ class FileJob:
     rel: str  # corpus-relative path (the sp_id prefix)
     out: str  # cluster file
     signature: dict  # {"size", "mtime_ns"} of the input
+    parallel_side: str | None = None  # parallel data: the side each pair is clustered by
 
 
 def input_signature(path: Path) -> dict:
@@ -43,7 +44,7 @@ def is_done(job: FileJob, fingerprint: str) -> bool:
 
     s = read_sidecar(job.out) if Path(job.out).is_file() else None
     return s is not None and s.get("fingerprint") == fingerprint and s.get("input") == job.signature \
-        and s.get("rel") == job.rel
+        and s.get("rel") == job.rel and s.get("parallel_side") == job.parallel_side
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -87,14 +88,16 @@ def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_line
 
     with atomic_open(job.out) as f:
         batch = []
-        for doc in iter_file(job.path, job.rel, skip_bad_lines=skip_bad_lines, stats=stats):
+        for doc in iter_file(job.path, job.rel, skip_bad_lines=skip_bad_lines, stats=stats,
+                             parallel_side=job.parallel_side):
             batch.append(doc)
             if len(batch) >= batch_size:
                 flush(batch, f)
         if batch:
             flush(batch, f)
     side = {"fingerprint": clusterer.fingerprint, "rel": job.rel, "input": job.signature,
-            "documents": docs_per, "chars": chars_per, "lang": by_lang, "skipped_lines": stats.skipped}
+            "documents": docs_per, "chars": chars_per, "lang": by_lang, "skipped_lines": stats.skipped,
+            **({"parallel_side": job.parallel_side} if job.parallel_side else {})}
     write_sidecar(job.out, side)
     return side
 
@@ -175,7 +178,8 @@ def _remove_orphans(output_prefix: Path, split: str, jobs: Sequence[FileJob]) ->
             log.warning(f"{f} does not match any input file of split '{split}' and will be read with it")
 
 
-def plan(data_dir, output_prefix, split: str, fingerprint: str) -> tuple[list[FileJob], list[FileJob]]:
+def plan(data_dir, output_prefix, split: str, fingerprint: str, parallel_side: str | None = None
+         ) -> tuple[list[FileJob], list[FileJob]]:
     """(all file jobs of the split, the ones still to do)."""
     from xlbtm.formats.clusters import cluster_file_path
     from xlbtm.corpus import Corpus
@@ -184,7 +188,8 @@ def plan(data_dir, output_prefix, split: str, fingerprint: str) -> tuple[list[Fi
     jobs = []
     for p in corpus.files(split):
         rel = corpus.rel(p)
-        jobs.append(FileJob(str(p), rel, str(cluster_file_path(output_prefix, rel)), input_signature(p)))
+        jobs.append(FileJob(str(p), rel, str(cluster_file_path(output_prefix, rel)), input_signature(p),
+                            parallel_side))
     todo = [j for j in jobs if not is_done(j, fingerprint)]
     return jobs, todo
 
@@ -197,8 +202,9 @@ def _chunks(items: list, n: int) -> list[list]:
 def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: str = "local",
                   num_clusters: int | None = None, job_dir=None, workers: int | None = None,
                   max_array_tasks: int = 128, batch_size: int = 512, skip_bad_lines: bool = False,
-                  timeout_min: int = 240, site=None) -> dict:
-    """Assign a split; returns the manifest (also written to `<output_prefix>/manifest.json`)."""
+                  timeout_min: int = 240, site=None, parallel_side: str | None = None) -> dict:
+    """Assign a split; returns the manifest (also written to `<output_prefix>/manifest.json`). `parallel_side`:
+    the corpus is parallel data, each pair clustered by that side (`xlbtm.corpus.reader.pair_as_document`)."""
     from xlbtm.io import refuse_overlap
 
     refuse_overlap({"--output-prefix": output_prefix, "--job-dir": job_dir},
@@ -213,7 +219,7 @@ def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: s
     if run not in ("local", "slurm"):
         raise UsageError(f"--run must be local or slurm, got {run!r}")
     output_prefix = Path(output_prefix)
-    jobs, todo = plan(data_dir, output_prefix, split, clusterer.fingerprint)
+    jobs, todo = plan(data_dir, output_prefix, split, clusterer.fingerprint, parallel_side)
     log.info(f"{split}: {len(jobs)} files, {len(jobs) - len(todo)} already done, {len(todo)} to do "
              f"({clusterer.kind}, K={clusterer.num_clusters})")
     for j in todo:
@@ -225,7 +231,7 @@ def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: s
         else:
             _run_slurm(clusterer_path, todo, job_dir or output_prefix / "jobs", max_array_tasks, batch_size,
                        skip_bad_lines, timeout_min, site)
-    return write_split_manifest(output_prefix, split, jobs, clusterer, data_dir)
+    return write_split_manifest(output_prefix, split, jobs, clusterer, data_dir, parallel_side)
 
 
 def _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines) -> None:
@@ -275,7 +281,8 @@ def _run_slurm(clusterer_path, todo, job_dir, max_array_tasks, batch_size, skip_
     wait_for(jobs, what="cluster assignment", on_result=finished)
 
 
-def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob], clusterer, data_dir) -> dict:
+def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob], clusterer, data_dir,
+                         parallel_side: str | None = None) -> dict:
     """Aggregate the split's sidecars into manifest.json (adding/replacing this split's entry)."""
     from xlbtm.errors import InputError
     from xlbtm.formats.clusters import FORMAT, MANIFEST, read_manifest, read_sidecar, write_manifest
@@ -310,6 +317,9 @@ def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob
         if manifest and manifest.get("fingerprint") != clusterer.fingerprint:
             log.warning(f"{path} was written for another clusterer; dropping its other splits")
             manifest = None
+        elif manifest and manifest.get("parallel_side") != parallel_side:
+            log.warning(f"{path} was written for another --parallel-side; dropping its other splits")
+            manifest = None
     splits = dict(manifest.get("splits", {})) if manifest else {}
     splits[split] = entry
     manifest = {
@@ -319,6 +329,7 @@ def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob
         "kind": clusterer.kind,
         "clusterer": str(clusterer.path),
         "data_dir": str(Path(data_dir).resolve()),
+        **({"parallel_side": parallel_side} if parallel_side else {}),
         "documents": [sum(s["documents"][i] for s in splits.values()) for i in range(k)],
         "chars": [sum(s["chars"][i] for s in splits.values()) for i in range(k)],
         "splits": dict(sorted(splits.items())),

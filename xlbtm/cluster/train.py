@@ -37,10 +37,11 @@ def _count_lines(path: Path) -> int:
 
 
 def sample_documents(data_dir: str | os.PathLike, max_docs: int | None, seed: int = 0, *,
-                     skip_bad_lines: bool = False) -> Sample:
+                     skip_bad_lines: bool = False, parallel_side: str | None = None) -> Sample:
     """At most `max_docs` documents drawn uniformly across every `*.jsonl[.gz]` below `data_dir` (a corpus root,
     a split or a shard dir). Two streaming passes: count lines (no JSON parsing), then parse only the chosen
-    lines. Memory: the chosen texts only."""
+    lines. Memory: the chosen texts only. `parallel_side`: the corpus is parallel data, read as that side
+    (`xlbtm.corpus.reader.pair_as_document`)."""
     from xlbtm.corpus import ReadStats, find_jsonl_files, iter_file
 
     files = find_jsonl_files(data_dir)
@@ -62,9 +63,9 @@ def sample_documents(data_dir: str | os.PathLike, max_docs: int | None, seed: in
         if chosen is not None and not chosen[i]:
             continue
         if chosen is None:
-            docs = iter_file(p, p.as_posix(), skip_bad_lines=skip_bad_lines, stats=stats)
+            docs = iter_file(p, p.as_posix(), skip_bad_lines=skip_bad_lines, stats=stats, parallel_side=parallel_side)
         else:
-            docs = _chosen_lines(p, chosen[i], skip_bad_lines, stats)  # parse only the chosen lines
+            docs = _chosen_lines(p, chosen[i], skip_bad_lines, stats, parallel_side)  # parse only the chosen lines
         for doc in docs:
             texts.append(doc.text)
             langs.append(doc.lang)
@@ -74,12 +75,14 @@ def sample_documents(data_dir: str | os.PathLike, max_docs: int | None, seed: in
     return Sample(texts, langs, total)
 
 
-def _chosen_lines(path: Path, want: set[int], skip_bad_lines: bool, stats) -> Iterator:
+def _chosen_lines(path: Path, want: set[int], skip_bad_lines: bool, stats, parallel_side: str | None = None
+                  ) -> Iterator:
     """The documents on the chosen 0-based lines of one file, read by the corpus reader, so BOMs, CRLF,
     blank lines (never documents), over-long lines and sp_ids are exactly what every other stage sees."""
     from xlbtm.corpus import iter_file
 
-    return iter_file(path, path.as_posix(), skip_bad_lines=skip_bad_lines, stats=stats, lines=want)
+    return iter_file(path, path.as_posix(), skip_bad_lines=skip_bad_lines, stats=stats, lines=want,
+                     parallel_side=parallel_side)
 
 
 # ----------------------------------------------------------------------------------------------------- tfidf
@@ -87,7 +90,7 @@ def _chosen_lines(path: Path, want: set[int], skip_bad_lines: bool, stats) -> It
 def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: bool = False,
                           featurizer: str = "subword", tokenizer: str | os.PathLike | None = None,
                           max_docs: int | None = None, seed: int = 0, skip_bad_lines: bool = False,
-                          max_iter: int = 100, tol: float = 1e-4, device=None, sample: Sample | None = None):
+                          parallel_side: str | None = None, max_iter: int = 100, tol: float = 1e-4, device=None, sample: Sample | None = None):
     """Fit featurizer + k-means on a sample and save the artifact; returns (clusterer, sample)."""
     from xlbtm.io import refuse_overlap
 
@@ -114,7 +117,8 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
     if max_docs is not None and max_docs < num_clusters:
         raise UsageError(f"--max-docs ({max_docs}) must be >= --num-clusters ({num_clusters})")
     if sample is None:
-        sample = sample_documents(data_dir, max_docs, seed, skip_bad_lines=skip_bad_lines)
+        sample = sample_documents(data_dir, max_docs, seed, skip_bad_lines=skip_bad_lines,
+                                  parallel_side=parallel_side)
     if len(sample.texts) < num_clusters:
         raise UsageError(f"only {len(sample.texts)} documents under --data-dir, fewer than --num-clusters "
                          f"({num_clusters})")
@@ -134,6 +138,7 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
         "balanced": balanced,
         "params": {"svd_dim": feat.lsa.dim, "requested_svd_dim": SVD_DIM, "seed": seed, "max_docs": max_docs,
                    "max_iter": max_iter, "tol": tol, "tf": "raw counts", "idf": "smooth (sklearn)",
+                   **({"parallel_side": parallel_side} if parallel_side else {}),
                    **({"min_df": feat.min_df, "max_vocab": feat.max_vocab, "lang_stop_df": feat.lang_stop_df,
                        "num_stop_words": len(feat.stop_words)} if featurizer == "word" else {})},
         "tokenizer": {"fingerprint": tok.fingerprint, "source": str(tokenizer),
@@ -151,8 +156,8 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
 
 # ------------------------------------------------------------------------------------------------ typology
 
-def language_token_counts(data_dir, langs: Sequence[str], tokenizer=None, *, skip_bad_lines: bool = False
-                          ) -> dict[str, int]:
+def language_token_counts(data_dir, langs: Sequence[str], tokenizer=None, *, skip_bad_lines: bool = False,
+                          parallel_side: str | None = None) -> dict[str, int]:
     """Per-language size of the corpus: tokenizer tokens when a tokenizer is given, else characters."""
     from xlbtm.corpus import ReadStats, find_jsonl_files, iter_file
 
@@ -160,7 +165,8 @@ def language_token_counts(data_dir, langs: Sequence[str], tokenizer=None, *, ski
     stats = ReadStats()
     for p in find_jsonl_files(data_dir):
         batch: list[tuple[str, str]] = []
-        for doc in iter_file(p, p.as_posix(), skip_bad_lines=skip_bad_lines, stats=stats):
+        for doc in iter_file(p, p.as_posix(), skip_bad_lines=skip_bad_lines, stats=stats,
+                             parallel_side=parallel_side):
             if doc.lang not in counts:
                 continue
             if tokenizer is None:
@@ -182,7 +188,8 @@ def _count_batch(batch, tokenizer, counts) -> None:
 
 
 def train_typological_clusterer(langs: Sequence[str], num_clusters: int, output_dir, *, mode: str = "balanced",
-                                data_dir=None, tokenizer=None, skip_bad_lines: bool = False):
+                                data_dir=None, tokenizer=None, skip_bad_lines: bool = False,
+                                parallel_side: str | None = None):
     from xlbtm.cluster.artifact import load_clusterer
     from xlbtm.formats.clusterer import save_clusterer
     from xlbtm.cluster import typology
@@ -205,7 +212,8 @@ def train_typological_clusterer(langs: Sequence[str], num_clusters: int, output_
                 from xlbtm.tokenizer import load_tokenizer
 
                 tok = load_tokenizer(tokenizer)
-            counts = language_token_counts(data_dir, langs, tok, skip_bad_lines=skip_bad_lines)
+            counts = language_token_counts(data_dir, langs, tok, skip_bad_lines=skip_bad_lines,
+                                           parallel_side=parallel_side)
             missing = [lang for lang in langs if counts[lang] == 0]
             if missing:
                 raise InputError(f"no documents with lang {', '.join(missing)} below --data-dir (check the "
@@ -226,7 +234,8 @@ def train_typological_clusterer(langs: Sequence[str], num_clusters: int, output_
                    "uriel_codes": codes, "objective": typology.BALANCED_OBJECTIVE if mode == "balanced" else
                    typology.XELM_PROCEDURE,
                    "weights": None if weights is None else {lang: float(w) for lang, w in zip(langs, weights)},
-                   "weight_unit": None if weights is None else ("tokens" if tokenizer else "characters")},
+                   "weight_unit": None if weights is None else ("tokens" if tokenizer else "characters"),
+                   **({"parallel_side": parallel_side} if parallel_side and weights is not None else {})},
         "tokenizer": None,
         "lang_to_cluster": lang_to_cluster,
     }

@@ -14,5 +14,5 @@ Errors name `path:line` with a 1-based line number (what an editor shows); sp_id
 from xlbtm.corpus.data_dir import Corpus, split_stats  # noqa: F401  (the package's API)
 from xlbtm.corpus.files import find_jsonl_files, natural_key, relative_name, split_files  # noqa: F401
 from xlbtm.corpus.index import LineIndex  # noqa: F401
-from xlbtm.corpus.reader import Document, Pair, ReadStats, iter_file, iter_pairs  # noqa: F401
+from xlbtm.corpus.reader import PARALLEL_SIDES, Document, Pair, ReadStats, iter_file, iter_pairs  # noqa: F401
 from xlbtm.corpus.sp_ids import parse_sp_id, resolve_sp_id  # noqa: F401

@@ -141,6 +141,9 @@ def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
     """Parse one raw line; raises InputError naming `path:line` (1-based) on anything malformed."""
     lineno = line_index + 1
     obj = _parse_object(raw, path, lineno, "a 'text' field")
+    if "text" not in obj and "src" in obj and "tgt" in obj:
+        raise InputError("missing required field 'text': this line is a translation pair (src, tgt); stages that "
+                         "cluster pairs take --parallel-side src|tgt|both", path, lineno)
     text = _text_field(obj, "text", raw, path, lineno)
     lang = obj.get("lang")
     doc_id = obj.get("id")
@@ -170,12 +173,33 @@ def parse_pair_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Pair:
                 tgt_lang=langs[1] if isinstance(langs[1], str) else None)
 
 
+PARALLEL_SIDES = ("src", "tgt", "both")
+
+
+def pair_as_document(pair: Pair, side: str) -> Document:
+    """A translation pair seen as one document, for clustering parallel data (`--parallel-side`): the text of
+    `side` (`both`: source, newline, target) and, as its language, the target's (the source's for `src`). A pair
+    is routed by the language it teaches, so its TLM examples train the expert of that language."""
+    if side not in PARALLEL_SIDES:
+        raise ValueError(f"side must be one of {PARALLEL_SIDES}, got {side!r}")
+    text = pair.src if side == "src" else pair.tgt if side == "tgt" else f"{pair.src}\n{pair.tgt}"
+    return Document(sp_id=pair.sp_id, text=text, lang=pair.src_lang if side == "src" else pair.tgt_lang)
+
+
 def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines: bool = False,
-              stats: ReadStats | None = None, lines: set[int] | None = None) -> Iterator[Document]:
+              stats: ReadStats | None = None, lines: set[int] | None = None,
+              parallel_side: str | None = None) -> Iterator[Document]:
     """Stream the documents of one file. `rel` is the sp_id path (defaults to `path` as given). `lines`:
     only these 0-based lines are parsed (a sample), the others are passed over unread; reading stops after
-    the last of them."""
-    return _iter_parsed(path, rel, parse_line, skip_bad_lines=skip_bad_lines, stats=stats, lines=lines)
+    the last of them. `parallel_side`: the file is parallel data, each pair read as `pair_as_document`."""
+    parse = parse_line if parallel_side is None else _pair_side_parser(parallel_side)
+    return _iter_parsed(path, rel, parse, skip_bad_lines=skip_bad_lines, stats=stats, lines=lines)
+
+
+def _pair_side_parser(side: str):
+    if side not in PARALLEL_SIDES:
+        raise ValueError(f"parallel_side must be one of {PARALLEL_SIDES}, got {side!r}")
+    return lambda raw, shown, i, sp_id: pair_as_document(parse_pair_line(raw, shown, i, sp_id), side)
 
 
 def iter_pairs(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines: bool = False,

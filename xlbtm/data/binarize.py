@@ -12,8 +12,8 @@ added, a file rewritten, the split re-clustered -- is redone, with a warning nam
 interrupted half-way is redone from scratch (its files are only renamed into place at the end).
 Documents without a cluster are an error (count + examples) unless `allow_unassigned=True`.
 
-Parallel data (`binarize_pairs`): one pair stream per split (`xlbtm.formats.pairs`), not clustered, resumable
-the same way (done.json with the identity of its input files).
+Parallel data (`binarize_pairs`): one pair stream per split (`xlbtm.formats.pairs`), or per split and cluster
+when routed by cluster files of the pairs (`cluster --parallel-side`); resumable the same way.
 """
 
 from __future__ import annotations
@@ -276,72 +276,121 @@ def _binarize_split(corpus, split: str, out_dir: Path, tokenizer, K: int, cluste
 # ------------------------------------------------------------------------------------ parallel data
 
 def binarize_pairs(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer, *,
-                   splits: Sequence[str] = ("train",), batch_size: int = 256,
-                   skip_bad_lines: bool = False) -> dict:
+                   splits: Sequence[str] = ("train",), clusters_dir: str | os.PathLike | None = None,
+                   batch_size: int = 256, allow_unassigned: bool = False, skip_bad_lines: bool = False) -> dict:
     """Tokenize each split of parallel data (`<data>/<split>/<shard>/*.jsonl` of `{"src", "tgt", ...}`) into
-    one pair stream per split (`xlbtm.formats.pairs`); returns the manifest. A split that is already done
-    from exactly these files is skipped, one whose files changed is redone (with a warning), as `binarize`
-    does. Tokenized in this process: parallel data is usually small next to the monolingual corpus."""
-    import numpy as np
-
+    pair streams (`xlbtm.formats.pairs`): one per split, or with `clusters_dir` (cluster files of these pairs,
+    from `cluster --parallel-side`) one per split and cluster; returns the manifest. A split that is already
+    done from exactly these files is skipped, one whose files changed is redone (with a warning), as
+    `binarize` does. Tokenized in this process: parallel data is usually small next to the monolingual corpus."""
     from xlbtm.corpus import Corpus
-    from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST, SIDES, read_pairs_manifest, side_paths, \
-        write_pairs_manifest
-    from xlbtm.io import atomic_path, refuse_overlap
+    from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST, read_pairs_manifest, write_pairs_manifest
+    from xlbtm.io import refuse_overlap
 
-    refuse_overlap({"--binarized-dir (parallel data)": out_dir}, {"--parallel-data": data_dir,
-                                                                   "--tokenizer": getattr(tokenizer, "path", None)})
+    refuse_overlap({"--binarized-dir (parallel data)": out_dir},
+                   {"--parallel-data": data_dir, "--path-to-parallel-clusters-dir": clusters_dir,
+                    "--tokenizer": getattr(tokenizer, "path", None)})
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    K, clusterer_fp = None, None
+    if clusters_dir is not None:
+        from xlbtm.formats.clusters import read_manifest
+
+        cm = read_manifest(clusters_dir)
+        K, clusterer_fp = int(cm["num_clusters"]), cm["fingerprint"]
     header = {"data_dir": str(data_dir.resolve()), "tokenizer": str(tokenizer.path),
-              "tokenizer_fingerprint": tokenizer.fingerprint}
+              "tokenizer_fingerprint": tokenizer.fingerprint, "num_clusters": K, "clusterer_fingerprint": clusterer_fp}
     manifest = dict(header, splits={})
     if (out_dir / PAIRS_MANIFEST).is_file():
         old = read_pairs_manifest(out_dir)
         if old.get("tokenizer_fingerprint") != tokenizer.fingerprint:
             raise InputError("binarized parallel data here was made with another tokenizer; delete this directory "
                              "or choose another --binarized-dir", out_dir / PAIRS_MANIFEST)
-        manifest["splits"] = dict(old.get("splits", {}))
+        if (old["clusterer_fingerprint"], old["num_clusters"]) == (clusterer_fp, K):
+            manifest["splits"] = dict(old.get("splits", {}))  # else every split is redone (done.json disagrees)
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
     for split in splits:
-        inputs = split_inputs(data_dir, split, None)
-        d, why = split_status(out_dir, split, tokenizer.fingerprint, None, inputs)
+        inputs = split_inputs(data_dir, split, clusters_dir)
+        d, why = split_status(out_dir, split, tokenizer.fingerprint, clusterer_fp, inputs)
         if d is not None:
             manifest["splits"][split] = d["stats"]
             log.info(f"binarize: parallel split '{split}' already done, skipping")
             continue
         if why != NOT_BINARIZED:
             log.warning(f"binarize: re-binarizing parallel split '{split}': {why}")
-        split_dir(out_dir, split).mkdir(parents=True, exist_ok=True)
-        lengths = {s: [] for s in SIDES}
-        langs: dict[str, int] = {}
-        tmp = {s: side_paths(out_dir, split, s)[0].with_name(f".{s}.bin.tmp") for s in SIDES}
-        files = {s: open(tmp[s], "wb") for s in SIDES}
-        try:
-            for batch in _batches(corpus.iter_pairs(split), batch_size):
-                for side in SIDES:
-                    for ids in tokenizer.encode_batch([getattr(p, side) for p in batch]):
-                        files[side].write(np.asarray(ids, dtype=np.uint32).tobytes())
-                        lengths[side].append(len(ids))
-                for p in batch:
-                    key = f"{p.src_lang or 'null'}-{p.tgt_lang or 'null'}"
-                    langs[key] = langs.get(key, 0) + 1
-        finally:
-            for f in files.values():
-                f.close()
-        for side in SIDES:
-            offsets = np.zeros(len(lengths[side]) + 1, dtype=np.int64)
-            np.cumsum(np.asarray(lengths[side], dtype=np.int64), out=offsets[1:])
-            bin_file, idx_file = side_paths(out_dir, split, side)
-            with atomic_path(idx_file) as t:
-                with open(t, "wb") as f:
-                    f.write(offsets.tobytes())
-            os.replace(tmp[side], bin_file)
-        stats = {"pairs": len(lengths["src"]), "tokens": {s: int(sum(lengths[s])) for s in SIDES}, "langs": langs}
-        write_done(out_dir, split, tokenizer.fingerprint, None, inputs, stats)
+        stats = _binarize_pairs_split(corpus, split, out_dir, tokenizer, K,
+                                      None if clusters_dir is None else Path(clusters_dir),
+                                      batch_size, allow_unassigned)
+        write_done(out_dir, split, tokenizer.fingerprint, clusterer_fp, inputs, stats)
         manifest["splits"][split] = stats
         write_pairs_manifest(out_dir, manifest)
-        log.info(f"binarize: parallel split '{split}': {stats['pairs']} pairs -> {split_dir(out_dir, split)}")
+        n = stats["pairs"] if K is None else sum(stats["pairs"])
+        log.info(f"binarize: parallel split '{split}': {n} pairs"
+                 + ("" if K is None else f" in {K} clusters {stats['pairs']}") + f" -> {split_dir(out_dir, split)}")
     write_pairs_manifest(out_dir, manifest)
     if corpus.stats.skipped:
         log.warning(f"binarize: parallel data: {corpus.stats.summary()}")
     return manifest
+
+
+def _binarize_pairs_split(corpus, split: str, out_dir: Path, tokenizer, K: int | None, clusters_dir: Path | None,
+                          batch_size: int, allow_unassigned: bool) -> dict:
+    """One split's pair streams (per cluster when `K`); temp names until every stream is complete."""
+    import numpy as np
+
+    from xlbtm.formats.pairs import SIDES, side_paths
+    from xlbtm.io import atomic_path
+
+    assign = None if clusters_dir is None else load_assignments(clusters_dir, split, corpus.data_dir)
+    streams = [None] if K is None else list(range(K))  # None: the one unclustered stream
+    split_dir(out_dir, split).mkdir(parents=True, exist_ok=True)
+    paths = {(c, s): side_paths(out_dir, split, s, c) for c in streams for s in SIDES}
+    tmp = {key: b.with_name(f".{b.name}.tmp") for key, (b, _) in paths.items()}
+    files = {key: open(t, "wb") for key, t in tmp.items()}
+    lengths = {key: [] for key in paths}
+    langs: dict[str, list[int]] = {}
+    unassigned, examples = 0, []
+
+    def routed():
+        nonlocal unassigned
+        for p in corpus.iter_pairs(split):
+            c = None if assign is None else assign.get(p.sp_id)
+            if assign is not None and c is None:
+                unassigned += 1
+                if len(examples) < 5:
+                    examples.append(p.sp_id)
+                continue
+            yield c, p
+
+    try:
+        for batch in _batches(routed(), batch_size):
+            for side in SIDES:
+                for (c, _), ids in zip(batch, tokenizer.encode_batch([getattr(p, side) for _, p in batch])):
+                    files[c, side].write(np.asarray(ids, dtype=np.uint32).tobytes())
+                    lengths[c, side].append(len(ids))
+            for c, p in batch:
+                key = f"{p.src_lang or 'null'}-{p.tgt_lang or 'null'}"
+                langs.setdefault(key, [0] * len(streams))[0 if c is None else c] += 1
+    finally:
+        for f in files.values():
+            f.close()
+    if unassigned and not allow_unassigned:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
+        raise InputError(f"{unassigned} pairs of split '{split}' have no cluster in {clusters_dir} (e.g. "
+                         f"{', '.join(examples)}); were these cluster files made from this parallel data with "
+                         "cluster --parallel-side? Pass --allow-unassigned to drop them", corpus.data_dir / split)
+    if unassigned:
+        log.warning(f"binarize: dropped {unassigned} unassigned pairs of split '{split}' (e.g. {', '.join(examples)})")
+    for key, (bin_file, idx_file) in paths.items():
+        offsets = np.zeros(len(lengths[key]) + 1, dtype=np.int64)
+        np.cumsum(np.asarray(lengths[key], dtype=np.int64), out=offsets[1:])
+        with atomic_path(idx_file) as t:
+            with open(t, "wb") as f:
+                f.write(offsets.tobytes())
+        os.replace(tmp[key], bin_file)
+    counts = {"pairs": [len(lengths[c, "src"]) for c in streams],
+              "tokens": {s: [int(sum(lengths[c, s])) for c in streams] for s in SIDES}, "langs": langs}
+    if K is None:  # unclustered stats are plain counts (the version-1 shape)
+        counts = {"pairs": counts["pairs"][0], "tokens": {s: v[0] for s, v in counts["tokens"].items()},
+                  "langs": {k: v[0] for k, v in langs.items()}}
+    return counts

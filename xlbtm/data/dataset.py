@@ -111,13 +111,14 @@ def default_positions(length: int, pad_id: int) -> np.ndarray:
 
 
 class PairStream:
-    """One split of binarized parallel data (`xlbtm.formats.pairs`): pair i is (src side i, tgt side i)."""
+    """One split of binarized parallel data (`xlbtm.formats.pairs`), all of it or one cluster's: pair i is (src
+    side i, tgt side i)."""
 
-    def __init__(self, pairs_dir: str | os.PathLike, split: str):
+    def __init__(self, pairs_dir: str | os.PathLike, split: str, cluster: int | None = None):
         from xlbtm.formats.pairs import side_paths
 
-        self.src = TokenStream(*side_paths(pairs_dir, split, "src"))
-        self.tgt = TokenStream(*side_paths(pairs_dir, split, "tgt"))
+        self.src = TokenStream(*side_paths(pairs_dir, split, "src", cluster))
+        self.tgt = TokenStream(*side_paths(pairs_dir, split, "tgt", cluster))
         if self.src.offsets is None or self.tgt.offsets is None or self.src.num_docs != self.tgt.num_docs:
             raise InputError("the src and tgt sides of this split do not hold the same number of pairs; "
                              "binarize it again", self.src.bin_path.parent)

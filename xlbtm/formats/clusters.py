@@ -9,7 +9,8 @@ Layout (c-BTM format, mirroring the corpus):
                                                  resumable; written after the cluster file, both atomically:
                                                  {"format": "xlbtm-cluster-sidecar/1", "fingerprint", "rel",
                                                   "input": {"size", "mtime_ns"}, "documents": [..K],
-                                                  "chars": [..K], "lang": {...}, "skipped_lines"}
+                                                  "chars": [..K], "lang": {...}, "skipped_lines"
+                                                  [, "parallel_side"]}
 
 A corpus file `train/00000/a.jsonl.gz` maps to `<clusters>/train/00000/a.jsonl` (cluster files are never gzipped).
 
@@ -21,6 +22,7 @@ manifest.json:
       "kind": "tfidf" | "typological",
       "clusterer": "<path of the clusterer dir>",
       "data_dir": "<corpus root>",
+      "parallel_side": "src" | "tgt" | "both",   # only for parallel data (cluster --parallel-side)
       "documents": [n_0, ..., n_{K-1}],       # summed over every split in the manifest
       "chars":     [c_0, ..., c_{K-1}],
       "splits": {
@@ -33,7 +35,9 @@ manifest.json:
       }
     }
 Assigning another split into the same `<clusters>` dir adds/replaces that split's entry; the fingerprint must
-match (one clusterer per clusters dir). Files written before the version fields existed (a sidecar without
+match (one clusterer per clusters dir). Parallel data (`--parallel-side`) is assigned pair by pair, with the
+pair's sp_id; the optional `parallel_side` fields say which side was read (absent: monolingual documents),
+so these files stay readable by any version-1 reader. Files written before the version fields existed (a sidecar without
 "format") read as version 1; an unknown version is refused.
 """
 

@@ -1,18 +1,22 @@
 """The binarized parallel data (what `binarize_pairs` writes, what TLM training reads): one pair stream per split.
 
-    <pairs>/manifest.json          format, data dir, tokenizer + its fingerprint, pairs / tokens per split
+    <pairs>/manifest.json          format, data dir, tokenizer + its fingerprint, clusterer fingerprint and K
+                                   (null when the pairs are not clustered), pairs / tokens per split
     <pairs>/<split>/src.bin        uint32 tokens of every pair's source side, concatenated (no specials)
     <pairs>/<split>/src.idx        int64 offsets of the pairs into src.bin (n_pairs + 1 entries)
     <pairs>/<split>/tgt.bin, .idx  the same for the target sides: pair i is (src[i], tgt[i])
+    <pairs>/<split>/cluster<k>.src.bin, ...   clustered pairs (train_experts --path-to-parallel-clusters-dir):
+                                   the same four files per cluster k, instead of the four above
     <pairs>/<split>/done.json      the split's stats and the identity of its inputs; written last
 
 Sides are stored without special tokens: the TLM example layout (`<s> src </s></s> tgt </s>`) and the packing
 into samples are the dataset's (`xlbtm.data.dataset.TLMDataset`), so they can change without re-tokenizing.
-Pairs are not clustered (yet): every expert of a run reads the same pairs. Training puts this dir at
-`<binarized dir>/parallel`. done.json is the binarized dir's (`xlbtm.formats.binarized.write_done` /
-`split_status`, with no clusterer), so "is this split up to date" has one answer for both.
+Unclustered pairs are read by every expert of a run; clustered ones (assigned by `cluster --parallel-side`) by
+the expert of their cluster only. Split stats are counts (`pairs`, `tokens.src`, `tokens.tgt`, `langs`), lists of
+K counts when clustered. Training puts this dir at `<binarized dir>/parallel`. done.json is the binarized dir's
+(`xlbtm.formats.binarized.write_done` / `split_status`), so "is this split up to date" has one answer for both.
 
-Version: `format` is "xlbtm-pairs/1".
+Version: `format` is "xlbtm-pairs/2" (version 1, read as well, had no clusters: `num_clusters` reads as null).
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from pathlib import Path
 
 from xlbtm.errors import InputError
 
-FORMAT = "xlbtm-pairs/1"
+FORMAT = "xlbtm-pairs/2"
+READABLE = ("xlbtm-pairs/1", FORMAT)
 MANIFEST = "manifest.json"
 SIDES = ("src", "tgt")
 
@@ -32,18 +37,22 @@ def pairs_dir_for(binarized_dir: str | os.PathLike) -> Path:
     return Path(binarized_dir) / "parallel"
 
 
-def side_paths(pairs_dir: str | os.PathLike, split: str, side: str) -> tuple[Path, Path]:
-    """(`.bin`, `.idx`) of one side of a split."""
+def side_paths(pairs_dir: str | os.PathLike, split: str, side: str, cluster: int | None = None
+               ) -> tuple[Path, Path]:
+    """(`.bin`, `.idx`) of one side of a split: of the pairs of `cluster`, or of all pairs (None) when the pairs
+    are not clustered."""
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     d = Path(pairs_dir) / split
-    return d / f"{side}.bin", d / f"{side}.idx"
+    stem = side if cluster is None else f"cluster{int(cluster)}.{side}"
+    return d / f"{stem}.bin", d / f"{stem}.idx"
 
 
 def write_pairs_manifest(pairs_dir: str | os.PathLike, manifest: dict) -> None:
     from xlbtm.io import write_json
 
-    write_json(Path(pairs_dir) / MANIFEST, {**manifest, "format": FORMAT})
+    write_json(Path(pairs_dir) / MANIFEST, {"num_clusters": None, "clusterer_fingerprint": None, **manifest,
+                                            "format": FORMAT})
 
 
 def read_pairs_manifest(pairs_dir: str | os.PathLike) -> dict:
@@ -53,6 +62,7 @@ def read_pairs_manifest(pairs_dir: str | os.PathLike) -> dict:
     if not p.is_file():
         raise InputError("binarized parallel data not found (train_experts --parallel-data binarizes it)", p)
     m = read_json(p)
-    if m.get("format") != FORMAT:
-        raise InputError(f"not xlbtm binarized parallel data (format {m.get('format')!r})", p)
-    return m
+    if m.get("format") not in READABLE:
+        raise InputError(f"not xlbtm binarized parallel data this version reads (format {m.get('format')!r}; "
+                         f"expected one of {', '.join(READABLE)})", p)
+    return {"num_clusters": None, "clusterer_fingerprint": None, **m}

@@ -7,11 +7,15 @@ Writes O/<split>/<shard>/<file>.jsonl ({"sp_id", "cluster"} lines) and O/manifes
 finished files (same clusterer fingerprint, unchanged input) and redoes the rest. Progress is logged as files
 (--run local) or array tasks (--run slurm) finish: files done / total, documents, docs/s of the whole job so far
 (every completion for up to 20 files, else at most every 5 s).
+
+Parallel data (`--parallel-side tgt`): pairs are assigned by their target side, with the clusterer the
+monolingual corpus was assigned with, and train_experts --path-to-parallel-clusters-dir routes each expert's
+TLM pairs by these files.
 """
 
 from __future__ import annotations
 
-from xlbtm.cli import add_skip_bad_lines_arg, get_logger, make_parser, run_script
+from xlbtm.cli import add_parallel_side_arg, add_skip_bad_lines_arg, get_logger, make_parser, run_script
 from xlbtm.launch.site import add_slurm_args, site_from_args
 
 log = get_logger("cluster")
@@ -31,6 +35,7 @@ def build_parser():
     p.add_argument("--num-workers", type=int, default=None,
                    help="processes for --run local (default: one per CPU core, at most one per file)")
     add_skip_bad_lines_arg(p)
+    add_parallel_side_arg(p)
     add_slurm_args(p)
     return p
 
@@ -41,7 +46,7 @@ def main(argv=None):
 
     m = assign_corpus(args.data_dir, args.path_to_clusterer, args.output_prefix, args.split, run=args.run,
                       num_clusters=args.num_clusters, job_dir=args.job_dir, workers=args.num_workers,
-                      skip_bad_lines=args.skip_bad_lines,
+                      skip_bad_lines=args.skip_bad_lines, parallel_side=args.parallel_side,
                       site=site_from_args(args) if args.run == "slurm" else None)
     s = m["splits"][args.split]
     log.info(f"{args.split}: {sum(s['documents'])} documents -> {args.output_prefix}; per cluster: {s['documents']}")

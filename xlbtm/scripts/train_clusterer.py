@@ -5,13 +5,15 @@
     python -m xlbtm.scripts.train_clusterer --typological [--typology-mode balanced|xelm] --langs en,fr,... \
         --num-clusters K --output-dir O [--data-dir D]
     python -m xlbtm.scripts.train_clusterer --eval --output-dir O --data-dir D     # evaluate an existing one
+
+With --parallel-side src|tgt|both, --data-dir holds translation pairs and each pair is read as that side.
 """
 
 from __future__ import annotations
 
 import json
 
-from xlbtm.cli import add_skip_bad_lines_arg, get_logger, make_parser, run_script
+from xlbtm.cli import add_parallel_side_arg, add_skip_bad_lines_arg, get_logger, make_parser, run_script
 from xlbtm.errors import UsageError
 
 log = get_logger("cluster")
@@ -41,6 +43,7 @@ def build_parser():
                         "balanced by token count, typologically close languages together")
     p.add_argument("--langs", default=None, help="comma-separated ISO 639-1 codes (with --typological)")
     add_skip_bad_lines_arg(p)
+    add_parallel_side_arg(p)
     return p
 
 
@@ -53,7 +56,8 @@ def _eval(clusterer, args, sample=None) -> None:
     if sample is None:
         if args.data_dir is None:
             raise UsageError("--eval needs --data-dir (the documents to evaluate on)")
-        sample = sample_documents(args.data_dir, args.max_docs, args.seed, skip_bad_lines=args.skip_bad_lines)
+        sample = sample_documents(args.data_dir, args.max_docs, args.seed, skip_bad_lines=args.skip_bad_lines,
+                                  parallel_side=args.parallel_side)
     ev = evaluate(clusterer, sample.texts, sample.langs)
     print(format_eval(ev))
     write_json(Path(args.output_dir) / "eval.json", ev)
@@ -79,7 +83,7 @@ def main(argv=None):
             log.info("--balanced is implied by --typology-mode balanced and ignored with --typological")
         c = train_typological_clusterer(args.langs.split(","), args.num_clusters, args.output_dir,
                                         mode=args.typology_mode, data_dir=args.data_dir, tokenizer=args.tokenizer,
-                                        skip_bad_lines=args.skip_bad_lines)
+                                        skip_bad_lines=args.skip_bad_lines, parallel_side=args.parallel_side)
         log.info(f"wrote {args.output_dir}: {describe(c)}")
         print(json.dumps(c.lang_to_cluster, ensure_ascii=False))
         if args.eval and args.data_dir:
@@ -91,7 +95,8 @@ def main(argv=None):
 
     c, sample = train_tfidf_clusterer(args.data_dir, args.num_clusters, args.output_dir, balanced=args.balanced,
                                       featurizer=args.featurizer, tokenizer=args.tokenizer,
-                                      max_docs=args.max_docs, seed=args.seed, skip_bad_lines=args.skip_bad_lines)
+                                      max_docs=args.max_docs, seed=args.seed, skip_bad_lines=args.skip_bad_lines,
+                                      parallel_side=args.parallel_side)
     log.info(f"wrote {args.output_dir}: {describe(c)}")
     if args.eval:
         _eval(c, args, sample)

@@ -48,7 +48,11 @@ def build_parser():
                    help="jsonl corpus root (train/<shard>/*.jsonl, valid/...); required unless --objective tlm")
     g.add_argument("--parallel-data", default=None,
                    help="translation pairs for --objective tlm / mlm+tlm: train/<shard>/*.jsonl [, valid/...] of "
-                        '{"src", "tgt", "src_lang", "tgt_lang"}; not clustered: every expert reads all pairs')
+                        '{"src", "tgt", "src_lang", "tgt_lang"}; with K > 1 routed by '
+                        "--path-to-parallel-clusters-dir, else every expert reads all pairs")
+    g.add_argument("--path-to-parallel-clusters-dir", default=None,
+                   help="cluster files of --parallel-data (cluster --parallel-side tgt, with the clusterer of "
+                        "--path-to-clusters-dir): each expert trains TLM on its own cluster's pairs (K > 1)")
     g.add_argument("--serialization-dir", required=True,
                    help="experts go to <serialization-dir>/<K>_clusters/<run-name>.cluster<i>/")
     g.add_argument("--run-name", default=None, help="default: --data-name or 'run'")

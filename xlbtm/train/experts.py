@@ -77,15 +77,17 @@ def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Pat
     wait_for([job], what="binarize")
 
 
-def ensure_pairs_binarized(parallel_dir: Path, bin_dir: Path, tokenizer, splits: list[str]) -> None:
+def ensure_pairs_binarized(parallel_dir: Path, bin_dir: Path, tokenizer, splits: list[str],
+                           clusters_dir: Path | None = None, allow_unassigned: bool = False) -> None:
     """Binarize the parallel data's splits (those it has: a valid split is optional) into
-    `<binarized dir>/parallel`, in this process (also with --run slurm: parallel data is small); splits
-    already binarized from the same files are skipped."""
+    `<binarized dir>/parallel`, per cluster with `clusters_dir`, in this process (also with --run slurm:
+    parallel data is small); splits already binarized from the same files are skipped."""
     from xlbtm.data.binarize import binarize_pairs
     from xlbtm.formats.pairs import pairs_dir_for
 
     have = [s for s in splits if (Path(parallel_dir) / s).is_dir()]
-    binarize_pairs(parallel_dir, pairs_dir_for(bin_dir), tokenizer, splits=have)
+    binarize_pairs(parallel_dir, pairs_dir_for(bin_dir), tokenizer, splits=have, clusters_dir=clusters_dir,
+                   allow_unassigned=allow_unassigned)
 
 
 def _executor(plans: list[ExpertPlan], spec: LaunchSpec, site=None):
@@ -140,7 +142,8 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
                          r.binarize_workers, r.allow_unassigned, clusterer_fp=plan.clusterer_fp, run=r.run,
                          site=plan.site, job_dir=plan.job_dir)
     if plan.parallel_dir is not None:
-        ensure_pairs_binarized(plan.parallel_dir, plan.bin_dir, plan.tokenizer, splits)
+        ensure_pairs_binarized(plan.parallel_dir, plan.bin_dir, plan.tokenizer, splits, plan.parallel_clusters_dir,
+                               r.allow_unassigned)
     if plan.allocation is None:
         plan.allocation = apply_step_allocation(plan)
         for line in plan.allocation or []:

@@ -138,7 +138,8 @@ class TrainExpertsRequest(TrainingSettings):
     tokenizer: str | None = None              # default: the seed's own
     path_to_data: str | None = None           # the jsonl corpus; required unless objective is tlm
     objective: str | None = None              # clm | mlm | tlm | mlm+tlm; default from the seed's architecture
-    parallel_data: str | None = None          # translation pairs (jsonl) for tlm / mlm+tlm; not clustered
+    parallel_data: str | None = None          # translation pairs (jsonl) for tlm / mlm+tlm
+    path_to_parallel_clusters_dir: str | None = None  # cluster files of the pairs; None: every expert reads all
     path_to_clusters_dir: str | None = None
     train_cluster: str | None = None          # "1,3,5" / "0-3"; None = all
     data_name: str | None = None
@@ -187,7 +188,8 @@ class TrainExpertsPlan:
     experts: list[ExpertPlan] = field(default_factory=list)
     slots: list[tuple[int, ...] | None] | None = None  # --run local: one entry (GPU set) per concurrent expert
     allocation: list[str] | None = None       # --step-allocation proportional, once applied: its description
-    parallel_dir: Path | None = None          # --parallel-data (tlm, mlm+tlm): every expert reads all its pairs
+    parallel_dir: Path | None = None          # --parallel-data (tlm, mlm+tlm)
+    parallel_clusters_dir: Path | None = None  # its cluster files; None: every expert reads all its pairs
 
     @property
     def world(self) -> int:
@@ -265,17 +267,27 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     objective = req.objective or default_objective(req.seed_model, req.model_size)
     data_dir, parallel_dir = resolve_objective_data(req, objective)
     clusters_dir, clusterer_fp = None, None
-    if K > 1 or req.path_to_clusters_dir:
+    if data_dir is not None and (K > 1 or req.path_to_clusters_dir):
         if not req.path_to_clusters_dir:
             raise UsageError("--num-clusters > 1 needs --path-to-clusters-dir")
         if K > 1:
-            from xlbtm.formats.clusters import read_manifest
-
-            clusters_dir = resolve_clusters_dir(req.path_to_clusters_dir, K, req.data_name)
-            man = read_manifest(clusters_dir)
-            if int(man["num_clusters"]) != K:
-                raise UsageError(f"--num-clusters {K} but {clusters_dir}/manifest.json has {man['num_clusters']}")
-            clusterer_fp = man["fingerprint"]
+            clusters_dir, clusterer_fp = read_clusters_dir(req.path_to_clusters_dir, K, req.data_name,
+                                                           "--path-to-clusters-dir", parallel=False)
+    elif data_dir is None and req.path_to_clusters_dir:
+        raise UsageError("--objective tlm reads no monolingual cluster files: leave out --path-to-clusters-dir "
+                         "(the pairs' own are --path-to-parallel-clusters-dir)")
+    parallel_clusters_dir = None
+    if req.path_to_parallel_clusters_dir:
+        if parallel_dir is None or K == 1:
+            raise UsageError("--path-to-parallel-clusters-dir routes the pairs of --parallel-data to experts: it "
+                             "needs --objective tlm or mlm+tlm and --num-clusters > 1")
+        parallel_clusters_dir, pair_fp = read_clusters_dir(req.path_to_parallel_clusters_dir, K, None,
+                                                           "--path-to-parallel-clusters-dir", parallel=True)
+        if clusterer_fp is not None and pair_fp != clusterer_fp:
+            raise UsageError(f"--path-to-parallel-clusters-dir was assigned by clusterer {pair_fp}, "
+                             f"--path-to-clusters-dir by {clusterer_fp}: assign both with the same clusterer, so "
+                             "expert k trains on cluster k of each")
+        clusterer_fp = pair_fp
 
     from xlbtm.tokenizer import load_tokenizer
 
@@ -311,14 +323,36 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     refuse_overlap({"--binarized-dir" if req.binarized_dir else "--serialization-dir (binarized data)": bin_dir,
                     **{f"--serialization-dir (cluster {p.cluster})": p.run_dir for p in experts}},
                    {"--path-to-data": data_dir, "--parallel-data": parallel_dir, "--path-to-clusters-dir": clusters_dir,
-                    "--seed-model": req.seed_model, "--tokenizer": tok.path})
+                    "--path-to-parallel-clusters-dir": parallel_clusters_dir, "--seed-model": req.seed_model,
+                    "--tokenizer": tok.path})
     check_experts_startable(req, tok, objective, experts)
     plan = TrainExpertsPlan(request=req, clusters=clusters, data_dir=data_dir, clusters_dir=clusters_dir,
                             clusterer_fp=clusterer_fp, tokenizer=tok, objective=objective, run_name=run_name,
                             bin_dir=bin_dir, device=device, site=site, spec=spec, experts=experts,
-                            slots=local_slots(spec) if req.run == "local" else None, parallel_dir=parallel_dir)
+                            slots=local_slots(spec) if req.run == "local" else None, parallel_dir=parallel_dir,
+                            parallel_clusters_dir=parallel_clusters_dir)
     plan.allocation = apply_step_allocation(plan)  # None until the data is binarized (run_plan applies it then)
     return plan
+
+
+def read_clusters_dir(path: str, K: int, data_name: str | None, flag: str, *, parallel: bool
+                      ) -> tuple[Path, str]:
+    """(the cluster files' dir, their clusterer's fingerprint), checked: K clusters, and made from translation
+    pairs (`cluster --parallel-side`) exactly when `parallel`."""
+    from xlbtm.formats.clusters import read_manifest
+
+    d = resolve_clusters_dir(path, K, data_name)
+    man = read_manifest(d)
+    if int(man["num_clusters"]) != K:
+        raise UsageError(f"--num-clusters {K} but {flag} {d}/manifest.json has {man['num_clusters']}")
+    side = man.get("parallel_side")
+    if parallel and not side:
+        raise UsageError(f"{flag} {d} holds cluster files of monolingual documents; assign the parallel data with "
+                         "`python -m xlbtm.scripts.cluster --parallel-side tgt ...`")
+    if side and not parallel:
+        raise UsageError(f"{flag} {d} holds cluster files of translation pairs (--parallel-side {side}); give them "
+                         "as --path-to-parallel-clusters-dir")
+    return d, man["fingerprint"]
 
 
 def resolve_objective_data(req: TrainExpertsRequest, objective: str) -> tuple[Path | None, Path | None]:
@@ -347,9 +381,10 @@ def resolve_objective_data(req: TrainExpertsRequest, objective: str) -> tuple[Pa
         if not (parallel_dir / "train").is_dir():
             raise InputError("no 'train' split found (expected --parallel-data <dir>/train/<shard>/*.jsonl)",
                              parallel_dir)
-        if objective == "tlm" and req.num_clusters > 1:
-            raise UsageError("--objective tlm with --num-clusters > 1: parallel data is not clustered, so every "
-                             "expert would train on the same pairs; use --num-clusters 1, or --objective mlm+tlm")
+        if objective == "tlm" and req.num_clusters > 1 and not req.path_to_parallel_clusters_dir:
+            raise UsageError("--objective tlm with --num-clusters > 1 needs --path-to-parallel-clusters-dir (cluster "
+                             "files of the pairs, from cluster --parallel-side tgt): else every expert would train "
+                             "on the same pairs")
     elif req.parallel_data:
         raise UsageError(f"--parallel-data is only read by --objective tlm or mlm+tlm, not {objective}")
     return data_dir, parallel_dir
@@ -412,16 +447,12 @@ def allocate_steps(total_steps: int, weights: list[int]) -> list[int]:
 
 def apply_step_allocation(plan: "TrainExpertsPlan") -> list[str] | None:
     """`--step-allocation proportional`: give each expert its share of K x --max-steps by the training tokens
-    of its cluster (from the binarized manifest), in place. Returns the lines describing it, or None when
+    of its cluster (from the binarized manifests), in place. Returns the lines describing it, or None when
     the allocation is equal (or the data is not binarized yet)."""
     r = plan.request
     if r.step_allocation == "equal" or r.num_clusters == 1:
         return None
-    from xlbtm.formats.binarized import MANIFEST, read_binarized_manifest
-
-    if not (plan.bin_dir / MANIFEST).is_file():
-        return None
-    tokens = read_binarized_manifest(plan.bin_dir)["splits"].get(r.train_subset, {}).get("tokens")
+    tokens = cluster_training_tokens(plan)
     if not tokens or len(tokens) != r.num_clusters:
         return None
     steps = allocate_steps(r.num_clusters * r.max_steps, [int(t) for t in tokens])
@@ -435,6 +466,29 @@ def apply_step_allocation(plan: "TrainExpertsPlan") -> list[str] | None:
         lines.append(f"  cluster {p.cluster}: {steps[p.cluster]} steps ({100 * tokens[p.cluster] / max(total, 1):.1f}% "
                      f"of the tokens)")
     return lines
+
+
+def cluster_training_tokens(plan: "TrainExpertsPlan") -> list[int] | None:
+    """Training tokens per cluster, from the binarized manifests (None until binarized): the monolingual
+    stream's, plus both sides of each cluster's pairs when the pairs are clustered."""
+    from xlbtm.formats.binarized import MANIFEST, read_binarized_manifest
+    from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST, pairs_dir_for, read_pairs_manifest
+
+    r, K = plan.request, plan.request.num_clusters
+    parts = []
+    if plan.data_dir is not None:
+        if not (plan.bin_dir / MANIFEST).is_file():
+            return None
+        parts.append(read_binarized_manifest(plan.bin_dir)["splits"].get(r.train_subset, {}).get("tokens"))
+    if plan.parallel_clusters_dir is not None:
+        pdir = pairs_dir_for(plan.bin_dir)
+        if not (pdir / PAIRS_MANIFEST).is_file():
+            return None
+        sides = read_pairs_manifest(pdir)["splits"].get(r.train_subset, {}).get("tokens", {})
+        parts += list(sides.values())
+    if not parts or any(not isinstance(t, list) or len(t) != K for t in parts):
+        return None
+    return [sum(int(t[k]) for t in parts) for k in range(K)]
 
 
 def describe_plan(plan: TrainExpertsPlan) -> list[str]:
@@ -456,7 +510,9 @@ def describe_plan(plan: TrainExpertsPlan) -> list[str]:
         f"  launch: --run {r.run}, device {plan.device}; site: {plan.site.describe()}",
     ]
     if plan.parallel_dir is not None:
-        lines.append(f"  parallel data: {plan.parallel_dir} (every expert reads all pairs"
+        routing = (f"each expert reads its cluster's pairs, {plan.parallel_clusters_dir}" if plan.parallel_clusters_dir
+                   else "every expert reads all pairs")
+        lines.append(f"  parallel data: {plan.parallel_dir} ({routing}"
                      + (f"; {r.tlm_ratio:g} of the samples TLM)" if plan.objective == "mlm+tlm" else ")"))
     if plan.slots is not None:
         slots = plan.slots

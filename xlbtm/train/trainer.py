@@ -93,9 +93,9 @@ class Trainer:
     def build_data(self) -> None:
         """Tokenizer, train / valid datasets of this cluster and the sampler; checks the binarized dirs.
 
-        clm / mlm read the cluster's monolingual stream; tlm the binarized pairs (`cfg.pairs_dir`, the same
-        for every expert: parallel data is not clustered); mlm+tlm both, validating on the MLM share only
-        (so its valid loss compares with an mlm expert's)."""
+        clm / mlm read the cluster's monolingual stream; tlm the binarized pairs (`cfg.pairs_dir`: the
+        cluster's own when the pairs were clustered, else all of them); mlm+tlm both, validating on the MLM
+        share only (so its valid loss compares with an mlm expert's)."""
         from xlbtm.formats.binarized import bin_path, idx_path, read_binarized_manifest
         from xlbtm.data.dataset import CLMDataset, MLMDataset, MLMTLMDataset, PairStream, Sampler, TLMDataset, \
             TokenStream
@@ -123,6 +123,15 @@ class Trainer:
                 raise InputError(f"--objective {cfg.objective} needs binarized parallel data (pairs_dir)",
                                  cfg.run_dir)
             pman = read_pairs_manifest(cfg.pairs_dir)
+            if pman["num_clusters"] is not None:  # clustered pairs: this expert reads its own cluster's
+                if pman["num_clusters"] != cfg.num_clusters:
+                    raise InputError(f"binarized pairs have {pman['num_clusters']} clusters, run expects "
+                                     f"{cfg.num_clusters}", cfg.pairs_dir)
+                if cfg.clusterer_fingerprint is None:
+                    cfg.clusterer_fingerprint = pman["clusterer_fingerprint"]
+                elif pman["clusterer_fingerprint"] != cfg.clusterer_fingerprint:
+                    raise InputError(f"binarized pairs come from clusterer {pman['clusterer_fingerprint']}, the "
+                                     f"run expects {cfg.clusterer_fingerprint}", cfg.pairs_dir)
             manifests.append((pman, cfg.pairs_dir))
         tok_path = cfg.tokenizer or manifests[0][0]["tokenizer"]
         self.tok = tok = load_tokenizer(tok_path)
@@ -138,7 +147,8 @@ class Trainer:
                               bos_id=tok.bos_id, seed=cfg.seed)
 
         def tlm(split):
-            return TLMDataset(PairStream(cfg.pairs_dir, split), cfg.tokens_per_sample, vocab_size=tok.vocab_size,
+            cluster = None if pman["num_clusters"] is None else cfg.cluster
+            return TLMDataset(PairStream(cfg.pairs_dir, split, cluster), cfg.tokens_per_sample, vocab_size=tok.vocab_size,
                               mask_id=tok.mask_id, bos_id=tok.bos_id, pad_id=tok.pad_id, eos_id=tok.eos_id,
                               seed=cfg.seed)
 
