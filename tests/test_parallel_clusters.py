@@ -252,3 +252,40 @@ def test_parallel_cluster_flags_are_checked_before_anything_runs(data, tmp_path,
     assert main_wrapper("train_experts", main, argv) == 2
     assert msg in capsys.readouterr().err
     assert not (tmp_path / "ser").exists()
+
+
+# ------------------------------------------------------------------------------------------- growing
+
+def test_add_experts_grows_mlm_tlm_experts_on_the_new_languages_pairs(data, tmp_path, capsys):
+    """A grown expert of a TLM ensemble keeps its objective and trains on the pairs into its language."""
+    from xlbtm.cli import main_wrapper
+    from xlbtm.formats.expert import read_expert_info
+    from xlbtm.scripts.add_experts import main as add_main
+    from xlbtm.scripts.train_experts import main as train_main
+
+    root, pairs, mono, tok, _ = data
+    ser = tmp_path / "ser"
+    assert train_main(_argv(data, ser, "mlm+tlm")) == 0
+    new = tmp_path / "new"  # es documents and en->es pairs, beside other languages' that must not be read
+    write_mono(new / "mono", n=30, langs=("es", "de"))
+    write_pairs(new / "pairs", n=20, langs=("es", "fr"))
+    grow = ["--experts-dir", str(ser / "2_clusters"), "--path-to-clusterer", str(root / "clusterer"), "--langs", "es",
+            "--path-to-data", str(new / "mono"), "--output-clusterer", str(tmp_path / "c+es"), "--init", "expert:0",
+            "--run", "debug", "--max-steps", "3", "--batch-size", "2", "--tokens-per-sample", "32",
+            "--binarize-workers", "0", "--save-interval-updates", "3"]
+    assert main_wrapper("add_experts", add_main, grow) == 2  # the ensemble trains on pairs: they are needed
+    assert "give --parallel-data" in capsys.readouterr().err
+    assert add_main(grow + ["--parallel-data", str(new / "pairs")]) == 0
+    info = read_expert_info(ser / "2_clusters" / "t.cluster2")
+    assert info.data["config"]["objective"] == "mlm+tlm" and info.init["method"] == "expert"
+    from xlbtm.formats.pairs import read_pairs_manifest
+
+    grown = ser / "2_clusters" / "grown"
+    pman = read_pairs_manifest(next(grown.glob("*/data-bin/parallel")))
+    assert pman["splits"]["train"]["pairs"][2] == 20 and sum(pman["splits"]["train"]["pairs"]) == 20  # es only
+    from xlbtm.formats.binarized import read_binarized_manifest
+
+    mman = read_binarized_manifest(next(grown.glob("*/data-bin")))
+    assert mman["splits"]["train"]["documents"] == [0, 0, 15]  # the 15 es documents, not the de ones
+    tokens = mman["splits"]["train"]["tokens"][2] + sum(pman["splits"]["train"]["tokens"][s][2] for s in ("src", "tgt"))
+    assert info.data["train_tokens"] == tokens

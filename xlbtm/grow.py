@@ -15,7 +15,8 @@
      expert:K   expert K.
 3. It trains on the language's documents (of --path-to-data, by their `lang`) through the normal training path (`xlbtm.train`: local or SLURM,
    resumable: rerunning the command continues), into the same experts dir, and its expert.json records
-   `init` (method, parent, weights, distance).
+   `init` (method, parent, weights, distance). With the experts' objective (or --objective) tlm / mlm+tlm it
+   trains on the pairs of --parallel-data that translate into the language (by `tgt_lang`) too.
 `eval_ensemble --experts-dir <experts> --path-to-clusterer <extended>` then evaluates old and new experts.
 """
 
@@ -45,6 +46,8 @@ class AddExpertsRequest:
     train: object                   # xlbtm.train.plan.TrainExpertsRequest: the training flags (seed etc. set here)
     init: str = "nearest"
     max_docs_per_lang: int = 2000   # documents per language for a TF-IDF centroid and the posterior weights
+    objective: str | None = None    # default: the objective the experts were trained with
+    parallel_data: str | None = None  # translation pairs (tlm, mlm+tlm): a new expert reads those into its language
 
 
 @dataclass
@@ -143,10 +146,11 @@ def _check_not_grown_otherwise(run_dir: Path, method: str, parent=...) -> None:
 
 
 def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path, clusterer,
-                       splits: list[str]) -> dict[str, list[int]]:
+                       splits: list[str], parallel_side: str | None = None) -> dict[str, list[int]]:
     """Cluster files giving each new language's documents its new cluster (a new expert trains on its
     language, X-ELM); documents of other languages get none (training drops them). {split: docs per cluster}.
-    A rerun on the same corpus files keeps the files (so the binarized data is not redone)."""
+    A rerun on the same corpus files keeps the files (so the binarized data is not redone). `parallel_side`:
+    the data are translation pairs, each by that side's language (`xlbtm.corpus.reader.pair_as_document`)."""
     from xlbtm.corpus import Corpus
     from xlbtm.formats.clusters import FORMAT, MANIFEST, cluster_file_path, read_manifest, write_cluster_file, \
         write_manifest
@@ -155,13 +159,15 @@ def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path,
     inputs = {s: [[corpus.rel(f), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus.files(s)] for s in splits}
     if (out_dir / MANIFEST).is_file():
         m = read_manifest(out_dir)
-        if m["fingerprint"] == clusterer.fingerprint and m.get("inputs") == inputs:
+        if m["fingerprint"] == clusterer.fingerprint and m.get("inputs") == inputs \
+                and m.get("parallel_side") == parallel_side:
             return {s: m["splits"][s]["documents"] for s in splits}
     counts = {}
     for split in splits:
         n = [0] * K
         for f in corpus.files(split):
-            pairs = [(d.sp_id, lang_to_cluster[d.lang]) for d in corpus.iter_file(f) if d.lang in lang_to_cluster]
+            pairs = [(d.sp_id, lang_to_cluster[d.lang]) for d in corpus.iter_file(f, parallel_side)
+                     if d.lang in lang_to_cluster]
             for _, k in pairs:
                 n[k] += 1
             write_cluster_file(cluster_file_path(out_dir, corpus.rel(f)), pairs)
@@ -169,9 +175,31 @@ def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path,
     write_manifest(out_dir, {"format": FORMAT, "fingerprint": clusterer.fingerprint, "num_clusters": K,
                              "kind": "language", "clusterer": str(clusterer.path),
                              "data_dir": str(Path(data_dir).resolve()), "inputs": inputs,
+                             **({"parallel_side": parallel_side} if parallel_side else {}),
                              "documents": [sum(c[k] for c in counts.values()) for k in range(K)],
                              "splits": {s: {"documents": c} for s, c in counts.items()}})
     return counts
+
+
+def grown_objective(req: AddExpertsRequest, info0: dict) -> tuple[str, set[str]]:
+    """(the new experts' objective, what it reads: "mono" and / or "pairs"): --objective, else the one the
+    experts were trained with (expert.json's `objective` is how they are scored; tlm experts score as mlm)."""
+    from xlbtm.train.config import OBJECTIVES, uses_monolingual, uses_pairs
+
+    trained = ((info0.get("data") or {}).get("config") or {}).get("objective") or info0["objective"]
+    objective = req.objective or trained
+    if objective not in OBJECTIVES:
+        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if OBJECTIVES[objective] != OBJECTIVES[trained]:
+        raise UsageError(f"--objective {objective} trains a {OBJECTIVES[objective]} model, but the experts are "
+                         f"{OBJECTIVES[trained]} (trained with {trained})")
+    reads = ({"mono"} if uses_monolingual(objective) else set()) | ({"pairs"} if uses_pairs(objective) else set())
+    if "pairs" in reads and not req.parallel_data:
+        raise UsageError(f"the new experts train with --objective {objective}: give --parallel-data (translation "
+                         "pairs; those whose tgt_lang is a new language train its expert)")
+    if "pairs" not in reads and req.parallel_data:
+        raise UsageError(f"--parallel-data is only read by --objective tlm or mlm+tlm, not {objective}")
+    return objective, reads
 
 
 def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
@@ -197,12 +225,22 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
     work = experts_dir / "grown" / ext.fingerprint[:12]
     clusters = work / "clusters"
     splits = ["train"] + (["valid"] if (Path(req.path_to_data) / "valid").is_dir() else [])
-    counts = assign_by_language(req.path_to_data, {lang: K0 + i for i, lang in enumerate(new_langs)}, clusters,
-                                ext, splits)
-    empty = [lang for i, lang in enumerate(new_langs) if counts["train"][K0 + i] == 0]
-    if empty:
-        raise InputError(f"no training documents with lang {', '.join(empty)}", req.path_to_data)
     info0 = experts[0].info
+    objective, reads = grown_objective(req, info0)
+    new_k = {lang: K0 + i for i, lang in enumerate(new_langs)}
+    if "mono" in reads:
+        counts = assign_by_language(req.path_to_data, new_k, clusters, ext, splits)
+        empty = [lang for lang in new_langs if counts["train"][new_k[lang]] == 0]
+        if empty:
+            raise InputError(f"no training documents with lang {', '.join(empty)}", req.path_to_data)
+    pair_clusters = None
+    if "pairs" in reads:
+        pair_clusters = work / "pair_clusters"
+        psplits = ["train"] + (["valid"] if (Path(req.parallel_data) / "valid").is_dir() else [])
+        counts = assign_by_language(req.parallel_data, new_k, pair_clusters, ext, psplits, parallel_side="tgt")
+        empty = [lang for lang in new_langs if counts["train"][new_k[lang]] == 0]
+        if empty:
+            raise InputError(f"no translation pairs with tgt_lang {', '.join(empty)}", req.parallel_data)
     grown = []
     for i, lang in enumerate(new_langs):
         k = K0 + i
@@ -211,9 +249,13 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
         _check_not_grown_otherwise(experts_dir / f"{info0['run_name']}.cluster{k}", init["method"], init.get("parent"))
         log.info(f"{lang}: cluster {k}, init {init['method']} from {init.get('parent') or seed}")
         treq = dataclasses.replace(
-            req.train, seed_model=seed, num_clusters=K, path_to_clusters_dir=str(clusters), train_cluster=str(k),
-            serialization_dir=str(experts_dir.parent), experts_dir=str(experts_dir), path_to_data=req.path_to_data,
-            tokenizer=info0["tokenizer"], objective=info0["objective"], run_name=info0["run_name"], init=init,
+            req.train, seed_model=seed, num_clusters=K, train_cluster=str(k),
+            path_to_clusters_dir=str(clusters) if "mono" in reads else None,
+            path_to_data=req.path_to_data if "mono" in reads else None,
+            parallel_data=req.parallel_data if "pairs" in reads else None,
+            path_to_parallel_clusters_dir=None if pair_clusters is None else str(pair_clusters),
+            serialization_dir=str(experts_dir.parent), experts_dir=str(experts_dir),
+            tokenizer=info0["tokenizer"], objective=objective, run_name=info0["run_name"], init=init,
             binarized_dir=req.train.binarized_dir or str(work / "data-bin"), model_size=None, allow_unassigned=True)
         plan = plan_experts(treq)
         for line in describe_plan(plan):

@@ -38,8 +38,9 @@ class Corpus:
         if self.stats.documents == before:
             raise InputError(f"split '{split}' has no documents", self.data_dir / split)
 
-    def iter_file(self, path: Path) -> Iterator[Document]:
-        return iter_file(path, self.rel(path), skip_bad_lines=self.skip_bad_lines, stats=self.stats)
+    def iter_file(self, path: Path, parallel_side: str | None = None) -> Iterator[Document]:
+        return iter_file(path, self.rel(path), skip_bad_lines=self.skip_bad_lines, stats=self.stats,
+                         parallel_side=parallel_side)
 
     def iter_pairs(self, split: str) -> Iterator[Pair]:
         """All translation pairs of a split of parallel data (same layout, `{"src", "tgt", "src_lang",

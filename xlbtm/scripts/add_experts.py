@@ -34,6 +34,12 @@ def build_parser():
     g.add_argument("--output-clusterer", required=True, help="directory for the extended clusterer")
     g.add_argument("--max-docs-per-lang", type=int, default=2000,
                    help="documents per new language for a TF-IDF centroid and the --init average posterior")
+    g.add_argument("--objective", choices=["clm", "mlm", "tlm", "mlm+tlm"], default=None,
+                   help="how the new experts train (default: as the experts were trained); tlm / mlm+tlm read "
+                        "--parallel-data")
+    g.add_argument("--parallel-data", default=None,
+                   help="translation pairs (train/<shard>/*.jsonl of {src, tgt, src_lang, tgt_lang}) for tlm / "
+                        "mlm+tlm experts: a new expert trains on the pairs whose tgt_lang is its language")
     add_training_args(p, g)
     return p
 
@@ -52,7 +58,7 @@ def main(argv=None):
     grown = add_experts(AddExpertsRequest(
         experts_dir=args.experts_dir, path_to_clusterer=args.path_to_clusterer, langs=args.langs.split(","),
         path_to_data=args.path_to_data, output_clusterer=args.output_clusterer, init=args.init, train=train,
-        max_docs_per_lang=args.max_docs_per_lang))
+        max_docs_per_lang=args.max_docs_per_lang, objective=args.objective, parallel_data=args.parallel_data))
     for g in grown:
         parent = g.init.get("parent")
         print(f"{g.lang}: cluster {g.cluster} ({g.init['method']}"
