@@ -266,8 +266,16 @@ def test_result_and_report_hold_retrieval_beside_dense_and_default_is_unchanged(
     assert "dense tgt->src" in md and "ensemble tgt->src" in md and "Each expert alone" in md
     de = f"| de | 6 | 0.333 | {r['per_language']['de']['accuracy']:.3f} | {e['retrieval']['per_language']['de']['accuracy']:.3f} |"
     assert de in md
-    # embeddings are cached: a rerun reads them
-    assert (tmp_path / "e" / "embeddings" / "expert0.npz").is_file()
+    assert "Not comparable" not in md
+    # another pool than the dense run's: the report says the numbers cannot be compared
+    assert main_wrapper("eval_ensemble", eval_ensemble.main, _argv(tiny, tmp_path / "e2", *ens, *pflags[:2])) == 0
+    assert "**Not comparable**" in (tmp_path / "e2" / "report.md").read_text()
+    # sentence vectors are cached per expert in the job dir: a rerun reads them instead of embedding again
+    cache = tmp_path / "e" / "embeddings" / "expert0.npz"
+    before = cache.stat().st_mtime_ns
+    assert main_wrapper("eval_ensemble", eval_ensemble.main, _argv(tiny, tmp_path / "e", *ens, *pflags)) == 0
+    assert cache.stat().st_mtime_ns == before
+    assert json.loads((tmp_path / "e" / "result.json").read_text())["retrieval"] == e["retrieval"]
 
 
 @pytest.mark.parametrize("line, why", [
