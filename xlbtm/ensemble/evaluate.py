@@ -67,7 +67,7 @@ class EvalConfig:
     # cross-lingual retrieval of encoder experts on parallel data (xlbtm.ensemble.retrieval); None: off
     parallel_data: str | None = None
     parallel_subset: str = "valid"
-    retrieval_batch_size: int = 1000    # candidate pool per language (DEFAULT_POOL)
+    retrieval_batch_size: int = 1000    # candidate pool: blocks of at most this many pairs of one language
     retrieval_max_pairs: int | None = None  # pairs per language (None: all)
 
     def __post_init__(self):

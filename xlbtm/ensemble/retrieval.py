@@ -55,7 +55,6 @@ from xlbtm.io import sha256_json, write_json
 
 log = get_logger("ensemble")
 
-DEFAULT_POOL = 1000
 LOG_EVERY = 2000  # sentences between progress lines
 
 
