@@ -16,6 +16,10 @@ Ensemble types:
 scored, and every mixture is over the remaining experts with its weights renormalized (clustering: the prefix
 posterior over the remaining centroids; lang: documents of an excluded language get the uniform mixture of the
 remaining experts).
+
+`parallel_data` (--parallel-data DIR) adds cross-lingual retrieval for encoder (masked-LM) experts: accuracy@1
+per language of tgt -> src nearest-neighbour search on mean-pooled sentence vectors, the ensemble's vector mixed
+by the same routing weights (xlbtm.ensemble.retrieval), reported as result.json's `retrieval`.
 """
 
 from __future__ import annotations
@@ -60,6 +64,11 @@ class EvalConfig:
     gpus_per_node: int = 0
     site: "SiteConfig | None" = None    # SLURM site settings (file < env < flags); None = file + env only
     exclude_experts: list[int] = field(default_factory=list)  # cluster ids switched off (data opt-out)
+    # cross-lingual retrieval of encoder experts on parallel data (xlbtm.ensemble.retrieval); None: off
+    parallel_data: str | None = None
+    parallel_subset: str = "valid"
+    retrieval_batch_size: int = 1000    # candidate pool: blocks of at most this many pairs of one language
+    retrieval_max_pairs: int | None = None  # pairs per language (None: all)
 
     def __post_init__(self):
         if self.ensemble_type not in ENSEMBLE_TYPES:
@@ -80,6 +89,15 @@ class EvalConfig:
             raise UsageError("--stride must be in [1, --context-window]")
         if self.exclude_experts and self.ensemble_type == "dense":
             raise UsageError("--exclude-experts switches experts of an ensemble off; --ensemble-type dense has one")
+        if self.parallel_data is not None:
+            if self.ensemble_type == "oracle":
+                raise UsageError("--parallel-data: retrieval has no oracle (the best expert by likelihood); run "
+                                 "it with another --ensemble-type (result.json's retrieval.experts holds every "
+                                 "single expert's accuracy)")
+            if self.retrieval_batch_size < 2:
+                raise UsageError("--retrieval-batch-size must be >= 2 (a pool of one candidate is always right)")
+            if self.retrieval_max_pairs is not None and self.retrieval_max_pairs <= 0:
+                raise UsageError("--retrieval-max-pairs must be positive")
 
 
 def resolve(cfg: EvalConfig):
@@ -178,10 +196,15 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     refuse_overlap({"--job-dir": cfg.job_dir}, {
         "--data-dir": cfg.data_dir, "--path-to-clusterer": cfg.path_to_clusterer, "--experts-dir": cfg.experts_dir,
-        "--dense-result": cfg.dense_result, **{f"--model-paths {m}": m for m in cfg.model_paths}})
+        "--dense-result": cfg.dense_result, "--parallel-data": cfg.parallel_data,
+        **{f"--model-paths {m}": m for m in cfg.model_paths}})
     experts, clusterer, tokenizer = resolve(cfg)
     objective = experts[0].objective
     max_pos = min(int(e.info["model_args"]["max_positions"]) for e in experts)
+    pairs = None
+    if cfg.parallel_data is not None:
+        # before any scoring: a causal ensemble or a bad pair line stops the run while nothing is spent
+        pairs = _load_pairs(cfg, objective, tokenizer, max_pos)
     # CLM reads whole documents in windows (scoring_window); MLM reads one window, <s> takes a position
     max_tokens = None if objective == "clm" else max_pos - 1
     Path(cfg.job_dir).mkdir(parents=True, exist_ok=True)
@@ -246,6 +269,13 @@ def run_eval(cfg: EvalConfig) -> dict:
             raise AssertionError(cfg.ensemble_type)
         sweep.append(_summarize(mixed.numpy(), docs, doc_cluster, top, clusters, temperature, topk))
 
+    retrieval = None
+    if pairs is not None:
+        from xlbtm.ensemble.retrieval import evaluate_retrieval
+
+        retrieval, per_setting = evaluate_retrieval(cfg, experts, clusterer, tokenizer, pairs, settings_list)
+        for s, r in zip(sweep, per_setting):
+            s["retrieval"] = r["accuracy"]
     first = sweep[0]
     oracle = None
     if K > 1:
@@ -273,15 +303,30 @@ def run_eval(cfg: EvalConfig) -> dict:
             "routing": ("incremental" if route is not None else None),
             "mlm_groups": None if objective == "clm" else MLM_GROUPS,
         },
-        "sweep": [{k: v for k, v in s.items() if k in ("temperature", "topk", "result_ppl", "per_language")}
+        "sweep": [{k: v for k, v in s.items() if k in ("temperature", "topk", "result_ppl", "per_language",
+                                                       "retrieval")}
                   for s in sweep],
     }
+    if retrieval is not None:  # (only then: results without --parallel-data keep their keys)
+        result["retrieval"] = retrieval
     dense = load_result(cfg.dense_result) if cfg.dense_result else None
     paths = write_outputs(cfg.job_dir, result, dense)
     log.info(f"{cfg.ensemble_type}: ppl {result['result_ppl']:.3f} over {N} tokens -> {paths['result']}")
     for s in sweep[1:]:
         log.info(f"  T={s['temperature']} topk={s['topk']}: ppl {s['result_ppl']:.3f}")
     return result
+
+
+def _load_pairs(cfg: EvalConfig, objective: str, tokenizer, max_pos: int):
+    """The tokenized --parallel-data pairs (xlbtm.ensemble.retrieval), refusing causal experts."""
+    from xlbtm.ensemble.retrieval import load_parallel
+
+    if objective != "mlm":
+        raise UsageError(f"--parallel-data: cross-lingual retrieval reads encoder (masked-LM) experts' "
+                         f"bidirectional states; these experts are {objective} (causal) models")
+    # one sentence is `<s> text </s>`: two of the positions are the specials
+    return load_parallel(cfg.parallel_data, cfg.parallel_subset, tokenizer, max_pos - 2,
+                         max_pairs=cfg.retrieval_max_pairs, skip_bad_lines=cfg.skip_bad_lines)
 
 
 def _hard_log_weights(doc_cluster: np.ndarray, clusters: list[int], doc_of_token):

@@ -6,7 +6,10 @@ result.json keys (stable; c-BTM readers look for `result_ppl`):
     top_expert: {k: fraction of scored tokens where expert k carried the most weight},
     oracle: {result_ppl, per_language} of the best single expert per document (K > 1; else null),
     settings: {temperature, topk, cbtm_compat, num_experts, excluded_experts (cluster ids switched off), ...},
-    sweep: [{temperature, topk, result_ppl, per_language}]
+    sweep: [{temperature, topk, result_ppl, per_language[, retrieval]}],
+    retrieval (only with --parallel-data; xlbtm.ensemble.retrieval): {accuracy (tgt -> src accuracy@1, share of
+        all pairs), src2tgt, pairs, per_language: {lang: {accuracy, src2tgt, pairs, pools, chance}},
+        experts: {k: {accuracy, per_language: {lang: accuracy}}} (each expert alone; K > 1, else null), settings}
 """
 
 from __future__ import annotations
@@ -71,8 +74,13 @@ def render_markdown(result: dict, dense: dict | None = None) -> str:
     sweep = result.get("sweep") or []
     if len(sweep) > 1:
         md.append("\n## Sweep\n\n")
-        md.append(_table(["temperature", "topk", "ppl"],
-                         [[r.get("temperature"), r.get("topk"), r.get("result_ppl")] for r in sweep]))
+        if any("retrieval" in r for r in sweep):
+            md.append(_table(["temperature", "topk", "ppl", "retrieval accuracy@1"],
+                             [[r.get("temperature"), r.get("topk"), r.get("result_ppl"), r.get("retrieval")]
+                              for r in sweep]))
+        else:
+            md.append(_table(["temperature", "topk", "ppl"],
+                             [[r.get("temperature"), r.get("topk"), r.get("result_ppl")] for r in sweep]))
     langs = result.get("per_language", {})
     if langs:
         md.append("\n## Per language\n\n")
@@ -88,6 +96,8 @@ def render_markdown(result: dict, dense: dict | None = None) -> str:
         else:
             md.append(_table(["lang", "documents", "tokens", "ppl"],
                              [[k, v["documents"], v["tokens"], v["ppl"]] for k, v in sorted(langs.items())]))
+    if result.get("retrieval"):
+        md.append(_retrieval_markdown(result, dense))
     clusters = result.get("per_cluster", {})
     if clusters:
         md.append("\n## Per cluster (documents grouped by the clusterer's assignment)\n\n")
@@ -95,6 +105,50 @@ def render_markdown(result: dict, dense: dict | None = None) -> str:
         md.append(_table(["cluster", "documents", "tokens", "ppl", "share of tokens where this expert led"],
                          [[k, v["documents"], v["tokens"], v["ppl"], top.get(k)]
                           for k, v in sorted(clusters.items(), key=lambda kv: int(kv[0]))]))
+    return "".join(md)
+
+
+def _retrieval_markdown(result: dict, dense: dict | None) -> str:
+    """The cross-lingual retrieval section: per language accuracy@1, beside the dense baseline's when its
+    result.json has one (--dense-result of a dense run with the same --parallel-data)."""
+    r = result["retrieval"]
+    st = r.get("settings", {})
+    md = ["\n## Cross-lingual retrieval (accuracy@1)\n\n",
+          f"For each translation pair of {st.get('parallel_data')}/{st.get('subset')}: is the target's vector nearest "
+          f"(cosine) to its own source among the sources of its pool (pairs of one language split into blocks of "
+          f"<= {st.get('pool_size')}; chance = 1 / block size; ties count as misses)? A sentence's vector is the "
+          "mean of the final hidden states over its text tokens (`<s> text </s>`, specials excluded), "
+          "L2-normalized; an ensemble's is the sum of its experts' unit vectors weighted by the routing weights "
+          "of that sentence (each side routed by its own text or language), renormalized.\n\n"]
+    dr = (dense or {}).get("retrieval") or None
+    if dr is not None:
+        md.append(f"Overall tgt -> src: dense {_fmt(dr.get('accuracy'))}, {result.get('ensemble_type')} "
+                  f"{_fmt(r.get('accuracy'))}; src -> tgt: dense {_fmt(dr.get('src2tgt'))}, "
+                  f"{result.get('ensemble_type')} {_fmt(r.get('src2tgt'))}\n\n")
+        other = {k: (dr.get("settings", {}).get(k), st.get(k))
+                 for k in ("parallel_data", "subset", "pool_size", "max_pairs_per_language")
+                 if dr.get("settings", {}).get(k) != st.get(k)}
+        if other:  # another pool or other pairs: accuracies are not comparable (chance differs)
+            md.append("**Not comparable**: the dense result's retrieval ran with other settings ("
+                      + ", ".join(f"{k} {d} vs {e}" for k, (d, e) in other.items()) + ").\n\n")
+        dl = dr.get("per_language", {})
+        rows = []
+        for lang, v in sorted(r.get("per_language", {}).items()):
+            d = dl.get(lang, {}).get("accuracy")
+            rows.append([lang, v["pairs"], v["chance"], d, v["accuracy"],
+                         None if d is None else f"{100 * (v['accuracy'] - d):+.1f} pts"])
+        md.append(_table(["lang", "pairs", "chance", "dense tgt->src", "ensemble tgt->src", "change"], rows))
+    else:
+        md.append(f"Overall: tgt -> src {_fmt(r.get('accuracy'))}, src -> tgt {_fmt(r.get('src2tgt'))} "
+                  f"({r.get('pairs')} pairs)\n\n")
+        md.append(_table(["lang", "pairs", "pools", "chance", "tgt->src", "src->tgt"],
+                         [[k, v["pairs"], v["pools"], v["chance"], v["accuracy"], v["src2tgt"]]
+                          for k, v in sorted(r.get("per_language", {}).items())]))
+    experts = r.get("experts") or {}
+    if experts:
+        md.append("\nEach expert alone (tgt -> src): "
+                  + ", ".join(f"expert {k} {_fmt(v['accuracy'])}"
+                              for k, v in sorted(experts.items(), key=lambda kv: int(kv[0]))) + "\n")
     return "".join(md)
 
 

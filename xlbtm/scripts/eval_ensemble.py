@@ -5,7 +5,8 @@
         --ensemble-type clustering --max-valid-steps 500 --job-dir OUT [--run local|slurm]
 
 Each expert scores the documents once (cached under OUT/scores/); every --temperature x --topk setting
-reuses those scores. Writes OUT/result.json, OUT/report.md and OUT/ppl_by_language.png.
+reuses those scores. Writes OUT/result.json, OUT/report.md and OUT/ppl_by_language.png. Encoder experts:
+`--parallel-data DIR` adds cross-lingual retrieval accuracy@1 per language (result.json `retrieval`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ def build_parser():
     p.add_argument("--stride", type=int, default=None,
                    help="causal LMs: step between windows (default: the window, c-BTM's non-overlapping blocks; "
                         "smaller gives every later token at least window - stride tokens of context)")
+    p.add_argument("--parallel-data", default=None, metavar="DIR",
+                   help="encoder (masked-LM) experts: also measure cross-lingual retrieval on the translation "
+                        "pairs of DIR/<--parallel-subset> ({src, tgt, src_lang, tgt_lang} jsonl): accuracy@1 per "
+                        "language of finding each tgt's own src by cosine of mean-pooled states, added to "
+                        "result.json (retrieval) and report.md")
+    p.add_argument("--parallel-subset", default="valid", help="split of --parallel-data (default valid)")
+    p.add_argument("--retrieval-batch-size", type=int, default=1000,
+                   help="candidate pool: each language's pairs are split into blocks of at most this many "
+                        "(near-equal size) and each tgt is matched against its block's sources (default 1000)")
+    p.add_argument("--retrieval-max-pairs", type=int, default=None,
+                   help="read at most this many pairs per language (the first in file order; default all)")
     p.add_argument("--device", default=None, help="scoring device (default: cuda when available, else cpu)")
     add_skip_bad_lines_arg(p)
     add_slurm_args(p)
@@ -93,11 +105,16 @@ def main(argv=None):
         cbtm_compat=args.cbtm_compat, max_valid_steps=args.max_valid_steps, run=args.run,
         dense_result=args.dense_result, batch_tokens=args.batch_tokens, device=args.device,
         context_window=args.context_window, stride=args.stride, exclude_experts=args.exclude_experts,
+        parallel_data=args.parallel_data, parallel_subset=args.parallel_subset.strip("/"),
+        retrieval_batch_size=args.retrieval_batch_size, retrieval_max_pairs=args.retrieval_max_pairs,
         skip_bad_lines=args.skip_bad_lines, site=site_from_args(args) if args.run == "slurm" else None,
     )
     result = run_eval(cfg)
     print(f"result_ppl {result['result_ppl']:.4f}  ({result['documents']} documents, {result['tokens']} tokens) "
           f"-> {args.job_dir}/result.json")
+    if "retrieval" in result:
+        r = result["retrieval"]
+        print(f"retrieval accuracy@1 {r['accuracy']:.4f} tgt->src, {r['src2tgt']:.4f} src->tgt ({r['pairs']} pairs)")
     return 0
 
 
