@@ -289,3 +289,21 @@ def test_add_experts_grows_mlm_tlm_experts_on_the_new_languages_pairs(data, tmp_
     assert mman["splits"]["train"]["documents"] == [0, 0, 15]  # the 15 es documents, not the de ones
     tokens = mman["splits"]["train"]["tokens"][2] + sum(pman["splits"]["train"]["tokens"][s][2] for s in ("src", "tgt"))
     assert info.data["train_tokens"] == tokens
+
+
+@pytest.mark.slurm
+def test_pairs_are_binarized_in_a_slurm_job(data, tmp_path, slurm_cluster, monkeypatch, capsys):
+    """--run slurm tokenizes the pairs in a job of their own, as the corpus is (not on the submitting node)."""
+    from xlbtm.formats.expert import read_expert_info
+    from xlbtm.scripts.train_experts import main
+
+    monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_cluster.partition)
+    argv = _argv(data, tmp_path / "ser", "tlm")
+    argv[argv.index("--run") + 1] = "slurm"
+    assert main(argv + ["--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "binarize pairs: job" in out and out.count("completed at step 3") == 2
+    for k in range(2):
+        assert read_expert_info(tmp_path / "ser" / "2_clusters" / f"t.cluster{k}").data["config"]["objective"] == "tlm"
+    assert main(argv + ["--device", "cpu"]) == 0  # a rerun finds the pairs binarized: no second job
+    assert "binarize pairs: job" not in capsys.readouterr().out

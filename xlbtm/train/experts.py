@@ -65,29 +65,60 @@ def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Pat
         binarize(data_dir, out_dir, tokenizer, splits=splits, clusters_dir=clusters_dir, num_clusters=num_clusters,
                  workers=workers, allow_unassigned=allow_unassigned)
         return
+    _binarize_job(binarize_from_paths, (str(data_dir), str(out_dir), str(tokenizer.path),
+                                        None if clusters_dir is None else str(clusters_dir), num_clusters, splits,
+                                        workers, allow_unassigned),
+                  "binarize", job_dir or out_dir / "logs", max(1, workers + 1), site)
+
+
+def _binarize_job(fn, args: tuple, what: str, job_dir: Path, cpus: int, site) -> None:
+    """Run `fn(*args)` as one SLURM job and wait for it (its log paths printed as it is queued)."""
     from xlbtm.launch.executor import make_executor
     from xlbtm.launch.wait import wait_for
 
-    ex = make_executor("slurm", job_dir or out_dir / "logs", name="xlbtm-binarize", cpus_per_task=max(1, workers + 1),
+    ex = make_executor("slurm", job_dir, name=f"xlbtm-{what.replace(' ', '-')}", cpus_per_task=cpus,
                        timeout_min=24 * 60, site=site)
-    job = ex.submit(binarize_from_paths, str(data_dir), str(out_dir), str(tokenizer.path),
-                    None if clusters_dir is None else str(clusters_dir), num_clusters, splits, workers,
-                    allow_unassigned)
-    print(f"binarize: job {job.job_id}; logs {job.paths.stdout} / {job.paths.stderr}", flush=True)
-    wait_for([job], what="binarize")
+    job = ex.submit(fn, *args)
+    print(f"{what}: job {job.job_id}; logs {job.paths.stdout} / {job.paths.stderr}", flush=True)
+    wait_for([job], what=what)
+
+
+def binarize_pairs_from_paths(parallel_dir: str, out_dir: str, tokenizer_path: str, splits: list[str],
+                              clusters_dir: str | None, allow_unassigned: bool) -> dict:
+    """Picklable entry point (paths only) so parallel data can be binarized as its own job."""
+    from xlbtm.cli import setup_logging
+    from xlbtm.data.binarize import binarize_pairs
+    from xlbtm.tokenizer import load_tokenizer
+
+    setup_logging("binarize")
+    return binarize_pairs(parallel_dir, out_dir, load_tokenizer(tokenizer_path), splits=splits,
+                          clusters_dir=clusters_dir, allow_unassigned=allow_unassigned)
 
 
 def ensure_pairs_binarized(parallel_dir: Path, bin_dir: Path, tokenizer, splits: list[str],
-                           clusters_dir: Path | None = None, allow_unassigned: bool = False) -> None:
+                           clusters_dir: Path | None = None, allow_unassigned: bool = False, *,
+                           clusterer_fp: str | None = None, run: str = "local", site=None,
+                           job_dir: Path | None = None) -> None:
     """Binarize the parallel data's splits (those it has: a valid split is optional) into
-    `<binarized dir>/parallel`, per cluster with `clusters_dir`, in this process (also with --run slurm:
-    parallel data is small); splits already binarized from the same files are skipped."""
-    from xlbtm.data.binarize import binarize_pairs
+    `<binarized dir>/parallel`, per cluster with `clusters_dir` (assigned by `clusterer_fp`): in this process, or
+    as a SLURM job with `--run slurm`, as the corpus is; splits already binarized from the same files are skipped."""
     from xlbtm.formats.pairs import pairs_dir_for
 
+    out = pairs_dir_for(bin_dir)
     have = [s for s in splits if (Path(parallel_dir) / s).is_dir()]
-    binarize_pairs(parallel_dir, pairs_dir_for(bin_dir), tokenizer, splits=have, clusters_dir=clusters_dir,
-                   allow_unassigned=allow_unassigned)
+    if binarized_done(out, have, tokenizer.fingerprint, clusterer_fp if clusters_dir else None, parallel_dir,
+                      clusters_dir):
+        log.info(f"binarized parallel data up to date: {out}")
+        return
+    if run != "slurm":
+        from xlbtm.data.binarize import binarize_pairs
+
+        binarize_pairs(parallel_dir, out, tokenizer, splits=have, clusters_dir=clusters_dir,
+                       allow_unassigned=allow_unassigned)
+        return
+    _binarize_job(binarize_pairs_from_paths, (str(parallel_dir), str(out), str(tokenizer.path), have,
+                                              None if clusters_dir is None else str(clusters_dir), allow_unassigned),
+                  "binarize pairs", job_dir or out / "logs", 1, site)
 
 
 def _executor(plans: list[ExpertPlan], spec: LaunchSpec, site=None):
@@ -143,7 +174,8 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
                          site=plan.site, job_dir=plan.job_dir)
     if plan.parallel_dir is not None:
         ensure_pairs_binarized(plan.parallel_dir, plan.bin_dir, plan.tokenizer, splits, plan.parallel_clusters_dir,
-                               r.allow_unassigned)
+                               r.allow_unassigned, clusterer_fp=plan.clusterer_fp, run=r.run, site=plan.site,
+                               job_dir=plan.job_dir)
     if plan.allocation is None:
         plan.allocation = apply_step_allocation(plan)
         for line in plan.allocation or []:
