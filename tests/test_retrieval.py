@@ -155,13 +155,13 @@ def test_constructed_encoder_per_language_accuracy_and_pools(tiny, mlm, fake_vec
 
 
 def test_each_side_is_routed_by_its_own_language(tiny, mlm, clusterers, fake_vectors, tmp_path):
-    """lang: English sources go to expert 0, German targets to expert 1, French ones to expert 0. Expert 1
-    is built to place meaning m where expert 0 places m + 1, so German retrieval through the ensemble
-    finds the wrong source every time while French is perfect; the uniform mixture recovers German."""
+    """--retrieval-routing own, lang: English sources go to expert 0, German targets to expert 1, French ones to
+    expert 0. Expert 1 is built to place meaning m where expert 0 places m + 1, so German retrieval through the
+    ensemble finds the wrong source every time while French is perfect; the uniform mixture recovers German."""
     par = write_parallel(tmp_path / "par")
     fake_vectors["expert0"] = lambda lang, m: _one_hot(m)
     fake_vectors["expert1"] = lambda lang, m: _one_hot(m + 1)
-    kw = dict(experts_dir=str(mlm / "ens"), parallel_data=str(par), retrieval_batch_size=10)
+    kw = dict(experts_dir=str(mlm / "ens"), parallel_data=str(par), retrieval_batch_size=10, retrieval_routing="own")
     lang = _eval(tiny, tmp_path / "l", ensemble_type="lang", path_to_clusterer="typo", **kw)["retrieval"]
     assert lang["per_language"]["de"]["accuracy"] == 0.0 and lang["per_language"]["fr"]["accuracy"] == 1.0
     assert lang["experts"] == {str(k): {"accuracy": 1.0, "per_language": {"de": 1.0, "fr": 1.0}} for k in (0, 1)}
@@ -173,7 +173,27 @@ def test_each_side_is_routed_by_its_own_language(tiny, mlm, clusterers, fake_vec
     assert ex["accuracy"] == 1.0 and ex["experts"] is None
 
 
-def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, clusterers, tmp_path):
+def test_target_routing_reads_both_sides_with_the_target_languages_expert(tiny, mlm, clusterers, fake_vectors,
+                                                                          tmp_path):
+    """The default --retrieval-routing target reads a pair's both sides with its target side's experts. Expert 0
+    places every meaning m at m + 1 (a space of its own, consistent across languages), expert 1 at m. lang
+    routing sends English to expert 0, German to expert 1, French to expert 0: target routing reads German pairs
+    with expert 1 and French with expert 0 (both consistent, all found); own routing reads German targets with
+    expert 1 but their English sources with expert 0, whose spaces disagree (none found)."""
+    par = write_parallel(tmp_path / "par")
+    fake_vectors["expert0"] = lambda lang, m: _one_hot((m + 1) % 10)
+    fake_vectors["expert1"] = lambda lang, m: _one_hot(m)
+    kw = dict(experts_dir=str(mlm / "ens"), parallel_data=str(par), retrieval_batch_size=10,
+              ensemble_type="lang", path_to_clusterer="typo")
+    tgt = _eval(tiny, tmp_path / "t", **kw)["retrieval"]
+    assert tgt["per_language"]["de"]["accuracy"] == 1.0 and tgt["per_language"]["fr"]["accuracy"] == 1.0
+    assert tgt["settings"]["routing"] == "target"
+    own = _eval(tiny, tmp_path / "o", retrieval_routing="own", **kw)["retrieval"]
+    assert own["per_language"]["de"]["accuracy"] == 0.0 and own["per_language"]["fr"]["accuracy"] == 1.0
+
+
+@pytest.mark.parametrize("routing", ["target", "own"])
+def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, clusterers, tmp_path, routing):
     """Real tiny encoders: every sentence's ensemble vector recomputed one sentence at a time (plain forward,
     mean pool, the router's whole-sentence posterior, softmax(-d/T), weighted sum, normalize), and the
     accuracy@1 recounted pair by pair, for every --temperature of the sweep."""
@@ -183,15 +203,16 @@ def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, cl
     par = write_parallel(tmp_path / "par", n=5)
     temps = [0.05, 1.0]
     res = _eval(tiny, tmp_path / "job", ensemble_type="clustering", path_to_clusterer="C",
-                experts_dir=str(mlm / "ens"), parallel_data=str(par), retrieval_batch_size=5, temperatures=temps)
+                experts_dir=str(mlm / "ens"), parallel_data=str(par), retrieval_batch_size=5, temperatures=temps,
+                retrieval_routing=routing)
     tok = tiny["tok"]
     models = [load_model(read_expert(mlm / "ens" / f"m.cluster{k}")) for k in range(2)]
     router = router_from_clusterer(clusterers["C"], tok)
     lines = [json.loads(x) for lang in ("de", "fr") for x in (par / "valid/00000" / f"{lang}.jsonl").open()]
 
-    def vec(text, T):
+    def vec(text, T, routed_by):
         ids = tok.encode(text)
-        sq, empty = router.document_distances(ids)
+        sq, empty = router.document_distances(tok.encode(routed_by))
         w = np.full(2, 0.5) if empty else np.exp(-sq / T) / np.exp(-sq / T).sum()
         out = 0
         for k, (model, args) in enumerate(models):
@@ -204,9 +225,9 @@ def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, cl
         hits = {}
         for lang in ("de", "fr"):
             rows = [x for x in lines if x["tgt_lang"] == lang]
-            S = [vec(x["src"], T) for x in rows]
+            S = [vec(x["src"], T, x["tgt" if routing == "target" else "src"]) for x in rows]
             for i, x in enumerate(rows):
-                t = vec(x["tgt"], T)
+                t = vec(x["tgt"], T, x["tgt"])
                 sims = [float(t @ v) for v in S]
                 hits.setdefault(lang, []).append(all(sims[i] > sims[j] for j in range(len(S)) if j != i))
         if T == temps[0]:

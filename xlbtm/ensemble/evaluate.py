@@ -69,6 +69,7 @@ class EvalConfig:
     parallel_subset: str = "valid"
     retrieval_batch_size: int = 1000    # candidate pool: blocks of at most this many pairs of one language
     retrieval_max_pairs: int | None = None  # pairs per language (None: all)
+    retrieval_routing: str = "target"   # target: both sides with the target side's weights; own: each its own
 
     def __post_init__(self):
         if self.ensemble_type not in ENSEMBLE_TYPES:
@@ -94,6 +95,8 @@ class EvalConfig:
                 raise UsageError("--parallel-data: retrieval has no oracle (the best expert by likelihood); run "
                                  "it with another --ensemble-type (result.json's retrieval.experts holds every "
                                  "single expert's accuracy)")
+            if self.retrieval_routing not in ("target", "own"):
+                raise UsageError(f"--retrieval-routing must be target or own, got {self.retrieval_routing!r}")
             if self.retrieval_batch_size < 2:
                 raise UsageError("--retrieval-batch-size must be >= 2 (a pool of one candidate is always right)")
             if self.retrieval_max_pairs is not None and self.retrieval_max_pairs <= 0:

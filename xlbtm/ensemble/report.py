@@ -119,7 +119,10 @@ def _retrieval_markdown(result: dict, dense: dict | None) -> str:
           f"<= {st.get('pool_size')}; chance = 1 / block size; ties count as misses)? A sentence's vector is the "
           "mean of the final hidden states over its text tokens (`<s> text </s>`, specials excluded), "
           "L2-normalized; an ensemble's is the sum of its experts' unit vectors weighted by the routing weights "
-          "of that sentence (each side routed by its own text or language), renormalized.\n\n"]
+          + ("of the pair's target side, for both sides (--retrieval-routing target: the experts of the pool's "
+             "language read its sources too)" if st.get("routing", "own") == "target" else
+             "of that sentence (--retrieval-routing own: each side routed by its own text or language)")
+          + ", renormalized.\n\n"]
     dr = (dense or {}).get("retrieval") or None
     if dr is not None:
         md.append(f"Overall tgt -> src: dense {_fmt(dr.get('accuracy'))}, {result.get('ensemble_type')} "

@@ -24,10 +24,16 @@ Ensemble. Expert k gives the normalized vector e_k(x); the ensemble's vector of 
 normalize(sum_k w_k(x) e_k(x)) with w(x) the routing weights eval_ensemble gives a document made of x alone:
 clustering: softmax(-||h(x) - c_k||^2 / T) of the whole sentence (as MLM scoring routes whole documents,
 --temperature / --topk / --cbtm-compat, uniform when x featurizes to nothing); lang: one-hot on the expert of
-the side's own language (`src_lang` / `tgt_lang`; uniform over the remaining experts when that expert is
-excluded); uniform: 1/K. Each side is routed by its own text (or language), so an English source and its
-German translation may be read by different experts -- which is what cross-lingual retrieval of an ensemble
-has to survive. Why a weighted sum of per-expert unit vectors: it is the representation counterpart of mixing
+the side's language (`src_lang` / `tgt_lang`; uniform over the remaining experts when that expert is
+excluded); uniform: 1/K. Which side's weights (--retrieval-routing):
+  target (default): both sides of a pair are read with the weights of its target side: the experts of the
+      language a pool is about encode its English candidates too. Experts trained apart from one seed drift
+      into spaces of their own, so a source and a target read by different experts are not comparable (in a
+      first run, 10 steps from the seed, the own-side lang ensemble was at chance in 8 of 11 languages where
+      every expert alone was above it); and it is the target language's expert that TLM aligned with English
+      (`cluster --parallel-side tgt` gives it those pairs).
+  own: each side routed by its own text (or language), as a document of that side would be scored.
+Why a weighted sum of per-expert unit vectors: it is the representation counterpart of mixing
 the experts' probabilities (the same weights, per sentence), normalizing first keeps one expert with larger
 hidden states from dominating, and experts branched from one seed model share its representation space.
 (Concatenating sqrt(w_k) e_k would not assume a shared space, but gives similarity 0 between a source and a
@@ -315,8 +321,10 @@ def evaluate_retrieval(cfg, experts, clusterer, tokenizer, ps: ParallelSet, sett
     per_setting, first = [], None
     for temperature, topk in settings:
         w = dict(temperature=temperature, topk=topk, cbtm_compat=cfg.cbtm_compat)
-        src = mix_vectors(src_v, side_weights(cfg.ensemble_type, src_route, clusters, len(ps), **w))
-        tgt = mix_vectors(tgt_v, side_weights(cfg.ensemble_type, tgt_route, clusters, len(ps), **w))
+        tgt_w = side_weights(cfg.ensemble_type, tgt_route, clusters, len(ps), **w)
+        src_w = tgt_w if cfg.retrieval_routing == "target" else \
+            side_weights(cfg.ensemble_type, src_route, clusters, len(ps), **w)
+        src, tgt = mix_vectors(src_v, src_w), mix_vectors(tgt_v, tgt_w)
         r = retrieval_accuracy(src, tgt, ps, pool)
         per_setting.append({"accuracy": r["accuracy"], "src2tgt": r["src2tgt"]})
         first = first or r
@@ -330,6 +338,7 @@ def evaluate_retrieval(cfg, experts, clusterer, tokenizer, ps: ParallelSet, sett
     out = {**first, "experts": experts_alone,
            "settings": {"parallel_data": str(cfg.parallel_data), "subset": cfg.parallel_subset,
                         "pool_size": pool, "max_pairs_per_language": cfg.retrieval_max_pairs,
+                        "routing": cfg.retrieval_routing,
                         "direction": "tgt->src (accuracy); src->tgt (src2tgt)",
                         "representation": "mean of final hidden states over the text tokens, L2-normalized; "
                                           "ensemble: routing-weighted sum of the experts' unit vectors"}}

@@ -81,6 +81,9 @@ def build_parser():
     p.add_argument("--retrieval-batch-size", type=int, default=1000,
                    help="candidate pool: each language's pairs are split into blocks of at most this many "
                         "(near-equal size) and each tgt is matched against its block's sources (default 1000)")
+    p.add_argument("--retrieval-routing", choices=["target", "own"], default="target",
+                   help="ensembles: target (default) reads both sides of a pair with the experts its target side "
+                        "is routed to (those of the pool's language); own routes each side by its own text / lang")
     p.add_argument("--retrieval-max-pairs", type=int, default=None,
                    help="read at most this many pairs per language (the first in file order; default all)")
     p.add_argument("--device", default=None, help="scoring device (default: cuda when available, else cpu)")
@@ -107,6 +110,7 @@ def main(argv=None):
         context_window=args.context_window, stride=args.stride, exclude_experts=args.exclude_experts,
         parallel_data=args.parallel_data, parallel_subset=args.parallel_subset.strip("/"),
         retrieval_batch_size=args.retrieval_batch_size, retrieval_max_pairs=args.retrieval_max_pairs,
+        retrieval_routing=args.retrieval_routing,
         skip_bad_lines=args.skip_bad_lines, site=site_from_args(args) if args.run == "slurm" else None,
     )
     result = run_eval(cfg)
