@@ -29,7 +29,7 @@ excluded); uniform: 1/K. Which side's weights (--retrieval-routing):
   target (default): both sides of a pair are read with the weights of its target side: the experts of the
       language a pool is about encode its English candidates too. Experts trained apart from one seed drift
       into spaces of their own, so a source and a target read by different experts are not comparable (in a
-      first run, 10 steps from the seed, the own-side lang ensemble was at chance in 8 of 11 languages where
+      first run, 10 steps from the seed, the own-side lang ensemble was at chance (0.02) in 7 of 11 languages where
       every expert alone was above it); and it is the target language's expert that TLM aligned with English
       (`cluster --parallel-side tgt` gives it those pairs).
   own: each side routed by its own text (or language), as a document of that side would be scored.
