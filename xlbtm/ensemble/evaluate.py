@@ -181,9 +181,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         "--dense-result": cfg.dense_result, **{f"--model-paths {m}": m for m in cfg.model_paths}})
     experts, clusterer, tokenizer = resolve(cfg)
     objective = experts[0].objective
-    max_pos = min(int(e.info["model_args"]["max_positions"]) for e in experts)
-    # CLM reads whole documents in windows (scoring_window); MLM reads one window, <s> takes a position
-    max_tokens = None if objective == "clm" else max_pos - 1
+    # CLM reads whole documents in windows (scoring_window); MLM reads one window of the same context the
+    # experts trained with (positions past it are untrained), <s> takes a position
+    max_tokens = None if objective == "clm" else scoring_window(experts, cfg.context_window)[0] - 1
     Path(cfg.job_dir).mkdir(parents=True, exist_ok=True)
     docs = prepare_docs(cfg.job_dir, cfg.data_dir, cfg.data_subset, tokenizer, max_tokens,
                         cfg.max_valid_steps, cfg.skip_bad_lines)
