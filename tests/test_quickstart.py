@@ -58,3 +58,71 @@ def test_quickstart_end_to_end(tmp_path):
     assert "Per language" in report and "dense" in report.lower()
     png = out / "eval" / "ensemble" / "ppl_by_language.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _tiny(out, *extra):
+    return [sys.executable, "-m", "xlbtm.scripts.quickstart", "--out", str(out), "--num-clusters", "2",
+            "--num-train-docs", "240", "--num-valid-docs", "30", "--vocab-size", "600",
+            "--seed-steps", "6", "--expert-steps", "4", "--tokens-per-sample", "64", "--batch-size", "4", *extra]
+
+
+def test_quickstart_mlm_end_to_end(tmp_path):
+    """--objective mlm: XLM-R seed, experts and dense model, scored by pseudo-perplexity; a rerun reuses every
+    stage; the same --out is refused to a clm run (and, by the same check, a clm one to an mlm run)."""
+    out = tmp_path / "mlm"
+    cmd = _tiny(out, "--objective", "mlm")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    headline = p.stdout.strip().splitlines()[-1]
+    assert headline.startswith("ensemble pseudo-ppl ") and "| dense pseudo-ppl " in headline, headline
+    assert "| K=2 | better in " in headline and "/6 languages |" in headline
+    logged = p.stdout + p.stderr
+    assert "--objective mlm" in logged and "--style xlmr" in logged  # the commands a user would type
+
+    # every model is an XLM-R trained with MLM: the seed, both experts, the dense model
+    runs = [out / "seed" / "1_clusters" / "seed.cluster0", out / "models" / "2_clusters" / "demo.cluster0",
+            out / "models" / "2_clusters" / "demo.cluster1", out / "models" / "1_clusters" / "dense.cluster0"]
+    for run in runs:
+        info = json.loads((run / "expert.json").read_text())
+        assert info["objective"] == "mlm" and info["model_args"]["arch"] == "xlmr", run
+        assert info["data"]["config"]["objective"] == "mlm"
+    assert json.loads((out / "tokenizer" / "xlbtm_tokenizer.json").read_text())["style"] == "xlmr"
+
+    # scored by pseudo-perplexity, reading the 64-position context the models trained with (<s> + 63)
+    for name in ("ensemble", "dense"):
+        res = json.loads((out / "eval" / name / "result.json").read_text())
+        assert res["settings"]["objective"] == "mlm" and res["settings"]["mlm_groups"]
+        assert res["settings"]["max_tokens"] == 63 and res["result_ppl"] > 1
+    assert json.loads((out / "eval" / "ensemble" / "result.json").read_text())["oracle"]["result_ppl"] > 1
+
+    # compute matching in corpus tokens: an MLM sample is <s> + 63 of them
+    pt = json.loads((out / "point.json").read_text())
+    assert pt["objective"] == "mlm" and pt["metric"] == "pseudo-ppl" and pt["key"]["objective"] == "mlm"
+    assert pt["ensemble_train_tokens"] == pt["dense_train_tokens"] == pt["dense_steps"] * 4 * 63
+    assert headline.startswith(f"ensemble pseudo-ppl {pt['ensemble_ppl']:.2f} | dense pseudo-ppl "
+                               f"{pt['dense_ppl']:.2f}")
+
+    # the HF export is a masked LM
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    hf_dir = runs[1] / "hf"
+    model = AutoModelForMaskedLM.from_pretrained(hf_dir)
+    tok = AutoTokenizer.from_pretrained(hf_dir)
+    ids = tok(f"a {tok.mask_token} c", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+    # a rerun reuses every finished stage: nothing trains or scores again, the headline is the same
+    p2 = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p2.returncode == 0, p2.stderr[-4000:]
+    assert "already evaluated" in p2.stderr + p2.stdout
+    assert "$ python -m xlbtm.scripts.train_experts" not in p2.stderr + p2.stdout
+    assert p2.stdout.strip().splitlines()[-1].split(" | ")[:4] == headline.split(" | ")[:4]
+
+    # the same --out with the other objective: refused before anything is written (exit 2, one line)
+    before = sorted(str(f) for f in out.rglob("*"))
+    p3 = subprocess.run(_tiny(out), capture_output=True, text=True, timeout=300)
+    assert p3.returncode == 2, p3.stderr[-2000:]
+    assert "needs its own --out" in p3.stderr and "--objective clm" in p3.stderr
+    assert sorted(str(f) for f in out.rglob("*")) == before

@@ -115,3 +115,84 @@ def test_scaling_study_on_slurm(tmp_path, slurm_cluster, monkeypatch, capsys):
     pt = json.loads((out / "study.json").read_text())["points"][0]
     assert pt["ensemble_train_tokens"] == pt["dense_train_tokens"] == 4 * 2 * 32
     assert any((out / "budget_2" / "eval" / "ensemble" / "jobs").iterdir())  # scored by SLURM jobs
+
+
+def test_objective_picks_the_seed_preset_and_refuses_a_mismatched_one():
+    from xlbtm.errors import UsageError
+    from xlbtm.scripts.quickstart import build_parser
+    from xlbtm.quickstart import QuickstartConfig
+    from xlbtm.study.pipeline import _train_flags
+
+    clm = QuickstartConfig(**vars(build_parser().parse_args([])))
+    assert clm.objective == "clm" and clm.model_size == "debug"  # today's default, unchanged
+    mlm = QuickstartConfig(**vars(build_parser().parse_args(["--objective", "mlm"])))
+    assert mlm.model_size == "debug-xlmr"
+    assert _train_flags(mlm, "d", "t", 10)["--objective"] == "mlm"  # passed through to train_experts
+    with pytest.raises(UsageError, match="--model-size debug is an xglm preset"):
+        QuickstartConfig(objective="mlm", model_size="debug")
+    with pytest.raises(UsageError, match="--objective"):
+        QuickstartConfig(objective="tlm")
+
+
+def _fake_run(run_dir, objective):
+    from xlbtm.formats.expert import ExpertInfo, write_expert_info
+
+    run_dir.mkdir(parents=True)
+    write_expert_info(run_dir, ExpertInfo(cluster=0, num_clusters=1, clusterer_fingerprint=None, objective=objective,
+                                          model_args={}, tokenizer="tok", tokenizer_fingerprint="f",
+                                          seed_model="debug", run_name="x"))
+
+
+def test_a_clm_seed_is_never_reused_for_mlm(tmp_path):
+    from xlbtm.errors import UsageError
+    from xlbtm.study.pipeline import prepare
+    from xlbtm.study.scaling import StudyConfig
+
+    out = tmp_path / "out"
+    _fake_run(out / "seed" / "1_clusters" / "seed.cluster0", "clm")
+    with pytest.raises(UsageError, match=r"seed\.cluster0/expert\.json: .* holds clm runs; --objective mlm needs "
+                                         r"its own --out"):
+        prepare(StudyConfig(out=str(out), objective="mlm"))
+    assert sorted(p.name for p in out.iterdir()) == ["seed"]  # refused before the corpus or tokenizer
+
+
+def test_a_clm_point_is_never_reused_for_mlm(tmp_path):
+    """point.json is keyed by the settings, objective included (keys written before it existed read as clm);
+    a point whose key differs is redone, and a clm expert in its models/ is refused rather than resumed."""
+    import dataclasses
+
+    from xlbtm.errors import UsageError
+    from xlbtm.io import write_json
+    from xlbtm.study.pipeline import Prepared, run_point
+    from xlbtm.study.scaling import StudyConfig
+
+    # the same settings but for the objective (a given seed: model_size is not resolved per objective)
+    clm = StudyConfig(out=str(tmp_path), num_clusters=2, seed_model="s", model_size="m")
+    old_key = {k: v for k, v in dataclasses.asdict(clm).items() if k not in ("out", "budgets", "run", "objective")}
+    point = tmp_path / "budget_3"
+    write_json(point / "point.json", {"key": {**old_key, "expert_steps": 3}, "ensemble_ppl": 9.0})
+    _fake_run(point / "models" / "2_clusters" / "demo.cluster0", "clm")
+    prep = Prepared(tmp_path, tmp_path, tmp_path, tmp_path, tmp_path, tmp_path)
+    assert run_point(clm, prep, 3, point)["ensemble_ppl"] == 9.0  # an old clm point is still reused by clm
+    mlm = dataclasses.replace(clm, objective="mlm")
+    with pytest.raises(UsageError, match=r"demo\.cluster0/expert\.json: .* holds clm runs"):
+        run_point(mlm, prep, 3, point)
+
+
+def test_study_report_names_the_metric():
+    from xlbtm.study.report import render_markdown
+
+    pt = {"expert_steps": 3, "dense_steps": 6, "ensemble_train_tokens": 1512, "dense_train_tokens": 1512,
+          "dense_ppl": 20.0, "ensemble_ppl": 19.0, "oracle_ppl": 18.0, "relative": -0.05, "languages_won": 1,
+          "languages": 1, "per_language": {"en": {"dense": 20.0, "ensemble": 19.0, "oracle": 18.0, "tokens": 9}}}
+    study = {"config": {"num_clusters": 2, "clustering": "tfidf", "temperature": 0.1, "model_size": "debug-xlmr",
+                        "seed_steps": 6, "learning_rate": 5e-3, "warmup_fraction": 0.0,
+                        "step_allocation": "equal", "objective": "mlm"},
+             "points": [pt], "data": "d", "languages": ["en"], "tokens_per_step": 252, "crossover": None,
+             "seconds": 1.0}
+    md = render_markdown(study)
+    assert "| dense pseudo-ppl | ensemble pseudo-ppl | oracle pseudo-ppl |" in md
+    assert "pseudo-perplexity (masked LM) change" in md
+    del study["config"]["objective"]  # a study written before --objective: clm, perplexity
+    md = render_markdown(study)
+    assert "| dense ppl | ensemble ppl | oracle ppl |" in md and "pseudo" not in md

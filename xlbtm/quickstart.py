@@ -6,6 +6,8 @@ logs that command with its flags, so the quickstart is also a living example of 
   demo corpus -> tokenizer -> dense seed -> clusterer (K) -> assign train/valid -> K experts + a
   compute-matched dense continuation -> consolidate -> HF export -> evaluate ensemble vs dense -> report.
 
+`objective="mlm"` runs the same with XLM-R (masked LM) models, scored by pseudo-perplexity.
+
 It is one point of the scaling study (`xlbtm.study`): the same stages, one budget, laid out flat in --out.
 Stages whose outputs already exist are resumed by the stages themselves (training resumes from `latest`,
 assignment skips finished files), so rerunning after a crash continues instead of starting over.
@@ -17,7 +19,7 @@ import time
 from dataclasses import dataclass
 
 from xlbtm.cli import get_logger
-from xlbtm.study.pipeline import PipelineConfig, prepare, run_point
+from xlbtm.study.pipeline import PipelineConfig, metric_name, prepare, run_point
 
 log = get_logger("quickstart")
 
@@ -49,10 +51,12 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         "languages_won": point["languages_won"],
         "languages": point["languages"],
         "num_clusters": cfg.num_clusters,
+        "objective": cfg.objective,
+        "metric": metric_name(cfg.objective),  # what the *_ppl numbers are: ppl, or MLM pseudo-ppl
         "seconds": round(time.time() - t0, 1),
         "out": str(prep.out),
     }
-    log.info("done in %.0f s. ensemble ppl %.2f vs dense %.2f (K=%d, compute-matched; better in %d of %d "
-             "languages). report: %s", summary["seconds"], summary["ensemble_ppl"], summary["dense_ppl"],
+    log.info("done in %.0f s. ensemble %s %.2f vs dense %.2f (K=%d, compute-matched; better in %d of %d "
+             "languages). report: %s", summary["seconds"], summary["metric"], summary["ensemble_ppl"], summary["dense_ppl"],
              cfg.num_clusters, summary["languages_won"], summary["languages"], summary["report"])
     return summary

@@ -130,7 +130,7 @@ def read_sp_model(model_path: Path):
     return proto
 
 
-def _detect_style(path: Path) -> str:
+def detect_style(path: Path) -> str:
     """'xglm' or 'xlmr' from config.json / tokenizer_config.json; XLM-R (with <mask>) when unknown."""
     for name, key in (("tokenizer_config.json", "tokenizer_class"), ("config.json", "model_type")):
         f = path / name
@@ -224,14 +224,14 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     if path.is_file():
         if not path.name.endswith(".model"):
             raise InputError("expected a tokenizer directory or a SentencePiece .model file", path)
-        hf = tokenizer_from_sp_model(path, _detect_style(path.parent))
+        hf = tokenizer_from_sp_model(path, detect_style(path.parent))
         _check_special_ids(hf, path)
         return Tokenizer(hf=hf, path=path)
     if not path.is_dir():
         raise InputError("tokenizer directory not found", path)
 
     sp_model = find_sp_model(path)
-    style = _detect_style(path)
+    style = detect_style(path)
     if not (path / "tokenizer.json").is_file():
         if sp_model is None:
             raise InputError(

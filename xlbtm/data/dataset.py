@@ -60,6 +60,18 @@ class CLMDataset:
         return block[:-1], block[1:]
 
 
+def corpus_tokens_per_sample(objective: str, tokens_per_sample: int) -> int:
+    """Corpus tokens one training sample of the monolingual stream consumes: a CLM block advances the stream by
+    `tokens_per_sample` (blocks overlap by one target token), an MLM sample is `<s>` + `tokens_per_sample - 1`
+    stream tokens. What "training tokens" means when two runs are compared at equal compute. (TLM samples are
+    translation pairs, not stream slices: refused rather than miscounted.)"""
+    if objective == "clm":
+        return int(tokens_per_sample)
+    if objective == "mlm":
+        return int(tokens_per_sample) - 1
+    raise ValueError(f"no stream token count for objective {objective!r}")
+
+
 class MLMDataset:
     """Blocks of `tokens_per_sample` tokens (`<s>` + stream slice) with BERT masking: 15% of the non-special
     positions are targets; of those 80% become `<mask>`, 10% a random token, 10% stay. The mask of a sample

@@ -203,13 +203,14 @@ def run_eval(cfg: EvalConfig) -> dict:
         **{f"--model-paths {m}": m for m in cfg.model_paths}})
     experts, clusterer, tokenizer = resolve(cfg)
     objective = experts[0].objective
-    max_pos = min(int(e.info["model_args"]["max_positions"]) for e in experts)
+    # CLM reads whole documents in windows (scoring_window); MLM reads one window of the same context the
+    # experts trained with (positions past it are untrained), <s> takes a position
+    trained = scoring_window(experts, cfg.context_window)[0]
+    max_tokens = None if objective == "clm" else trained - 1
     pairs = None
     if cfg.parallel_data is not None:
         # before any scoring: a causal ensemble or a bad pair line stops the run while nothing is spent
-        pairs = _load_pairs(cfg, objective, tokenizer, max_pos)
-    # CLM reads whole documents in windows (scoring_window); MLM reads one window, <s> takes a position
-    max_tokens = None if objective == "clm" else max_pos - 1
+        pairs = _load_pairs(cfg, objective, tokenizer, trained)
     Path(cfg.job_dir).mkdir(parents=True, exist_ok=True)
     docs = prepare_docs(cfg.job_dir, cfg.data_dir, cfg.data_subset, tokenizer, max_tokens,
                         cfg.max_valid_steps, cfg.skip_bad_lines)
@@ -320,7 +321,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     return result
 
 
-def _load_pairs(cfg: EvalConfig, objective: str, tokenizer, max_pos: int):
+def _load_pairs(cfg: EvalConfig, objective: str, tokenizer, context: int):
     """The tokenized --parallel-data pairs (xlbtm.ensemble.retrieval), refusing causal experts."""
     from xlbtm.ensemble.retrieval import load_parallel
 
@@ -328,7 +329,7 @@ def _load_pairs(cfg: EvalConfig, objective: str, tokenizer, max_pos: int):
         raise UsageError(f"--parallel-data: cross-lingual retrieval reads encoder (masked-LM) experts' "
                          f"bidirectional states; these experts are {objective} (causal) models")
     # one sentence is `<s> text </s>`: two of the positions are the specials
-    return load_parallel(cfg.parallel_data, cfg.parallel_subset, tokenizer, max_pos - 2,
+    return load_parallel(cfg.parallel_data, cfg.parallel_subset, tokenizer, context - 2,
                          max_pairs=cfg.retrieval_max_pairs, skip_bad_lines=cfg.skip_bad_lines)
 
 

@@ -5,9 +5,10 @@
 representation of its `tgt` nearest (cosine) to its own `src` among a fixed pool of candidate sources?
 
 Representation. One sentence is encoded alone, as XLM-R encodes one sentence: `<s> t_1 .. t_L </s>` (at most
-max_positions - 2 tokens of text). Its vector is the mean of the final hidden states (`forward_hidden`, before
-the LM head) over t_1 .. t_L -- `<s>`, `</s>` and padding excluded, since they look the same in every sentence
-and only pull all vectors together -- then L2-normalized, so a dot product is the cosine. (A text that
+the experts' trained context - 2 tokens of text, as eval reads documents). Its vector is the mean of the final
+hidden states (`forward_hidden`, before the LM head) over t_1 .. t_L -- `<s>`, `</s>` and padding excluded,
+since they look the same in every sentence and only pull all vectors together -- then L2-normalized, so a dot
+product is the cosine. (A text that
 tokenizes to nothing is pooled over `<s> </s>`.)
 
 Pools ("among the batch"). Pairs are grouped by `tgt_lang` (the per-language key; gettext is English -> X).

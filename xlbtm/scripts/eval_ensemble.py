@@ -68,7 +68,8 @@ def build_parser():
     p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward pass")
     p.add_argument("--context-window", type=int, default=None,
                    help="causal LMs: tokens per scoring window (default: the context the experts were trained "
-                        "with, expert.json tokens_per_sample); documents are scored whole, window by window")
+                        "with, expert.json tokens_per_sample); documents are scored whole, window by window. "
+                        "Masked LMs: the one window read per document (same default)")
     p.add_argument("--stride", type=int, default=None,
                    help="causal LMs: step between windows (default: the window, c-BTM's non-overlapping blocks; "
                         "smaller gives every later token at least window - stride tokens of context)")

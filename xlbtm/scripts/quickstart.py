@@ -24,7 +24,8 @@ def main(argv=None) -> int:
 
     summary = run_quickstart(QuickstartConfig(**vars(args)))
     print(f"report: {summary['report']}")
-    print(f"ensemble ppl {summary['ensemble_ppl']:.2f} | dense ppl {summary['dense_ppl']:.2f} "
+    m = summary["metric"]
+    print(f"ensemble {m} {summary['ensemble_ppl']:.2f} | dense {m} {summary['dense_ppl']:.2f} "
           f"| K={summary['num_clusters']} | better in {summary['languages_won']}/{summary['languages']} languages "
           f"| {summary['seconds']:.0f} s")
     return 0

@@ -26,6 +26,8 @@ def _ints(s: str) -> list[int]:
 
 def add_pipeline_args(p, d) -> None:
     """The flags the quickstart and the study share (defaults from the config dataclass `d`)."""
+    from xlbtm.study.pipeline import OBJECTIVES
+
     p.add_argument("--out", default=d.out, help="output directory for every artifact")
     p.add_argument("--data-dir", default=None,
                    help="your corpus (c-BTM layout: train/<shard>/*.jsonl, valid/*.jsonl); default: generate the "
@@ -41,7 +43,11 @@ def add_pipeline_args(p, d) -> None:
                    help="an existing seed (HF dir, metaseq/fairseq or xlbtm .pt) instead of training one from scratch "
                         "for --seed-steps; its tokenizer is used")
     p.add_argument("--tokenizer", default=None, help="with --seed-model: its tokenizer dir (default: the seed's own)")
-    p.add_argument("--model-size", default=d.model_size, help="preset of the seed model trained from scratch")
+    p.add_argument("--objective", choices=list(OBJECTIVES), default=d.objective,
+                   help="clm: XGLM seed, experts and dense model, scored by perplexity; mlm: XLM-R ones trained "
+                        "with masked LM, scored by pseudo-perplexity (passed to train_experts --objective)")
+    p.add_argument("--model-size", default=None,
+                   help="preset of the seed model trained from scratch (default: debug for clm, debug-xlmr for mlm)")
     p.add_argument("--tokens-per-sample", type=int, default=d.tokens_per_sample)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--seed-steps", type=int, default=d.seed_steps, help="training steps of the dense seed")
@@ -71,10 +77,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from xlbtm.study.scaling import STUDY_MD, run_study
 
+    from xlbtm.study.pipeline import metric_name
+
     study = run_study(StudyConfig(**vars(args)))
+    m = metric_name(args.objective)
     for p in study["points"]:
-        print(f"budget {p['expert_steps']}: ensemble ppl {p['ensemble_ppl']:.2f} | dense ppl {p['dense_ppl']:.2f} "
-              f"| oracle ppl {p['oracle_ppl'] or float('nan'):.2f} | wins {p['languages_won']}/{p['languages']} languages")
+        print(f"budget {p['expert_steps']}: ensemble {m} {p['ensemble_ppl']:.2f} | dense {m} {p['dense_ppl']:.2f} "
+              f"| oracle {m} {p['oracle_ppl'] or float('nan'):.2f} | wins {p['languages_won']}/{p['languages']} "
+              "languages")
     print(f"study: {study['config']['out']}/{STUDY_MD}")
     return 0
 

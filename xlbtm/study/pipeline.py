@@ -9,10 +9,16 @@ logs that command with the same flags, so a user can rerun any stage by hand. Ev
 (training from `latest`, assignment per file) and a finished stage is skipped, so rerunning after a crash
 continues instead of starting over.
 
+Objectives: `clm` (the default) trains XGLM seed, experts and dense model and scores them by perplexity;
+`mlm` trains XLM-R ones (masked LM) and scores them by pseudo-perplexity (each token predicted once with a
+share of the document masked, xlbtm.ensemble.scoring). One --out holds one objective: an artifact of the
+other (tokenizer style, seed, expert runs) is refused, never reused or overwritten.
+
 Compute matching (DESIGN.md): the dense model gets K x the expert steps at the same tokens per step, from
 the same seed, on the union of the clusters' data, with the same schedule shape (warm-up the same fraction
 of its steps, linear decay to 0) and the same evaluation. `point.json` records the training tokens each
-side really consumed (from the checkpoints' sample positions), so the claim is checked, not assumed.
+side really consumed (from the checkpoints' sample positions, in corpus tokens: an MLM sample is `<s>` +
+tokens_per_sample - 1 of them), so the claim is checked, not assumed.
 """
 
 from __future__ import annotations
@@ -30,6 +36,13 @@ log = get_logger("study")
 
 CLUSTERINGS = ("tfidf", "typological")
 WRITTEN = ("tokenizer", "seed", "clusterer", "clusters", "models", "eval")  # what the stages write under --out
+# --objective -> (seed preset trained from scratch by default, tokenizer style, architecture name, metric)
+OBJECTIVES = {"clm": ("debug", "xglm", "XGLM", "ppl"), "mlm": ("debug-xlmr", "xlmr", "XLM-R", "pseudo-ppl")}
+
+
+def metric_name(objective: str) -> str:
+    """How results of this objective are labelled: `ppl` (causal LM) or `pseudo-ppl` (masked LM)."""
+    return OBJECTIVES[objective][3]
 
 
 @dataclass
@@ -46,7 +59,7 @@ class PipelineConfig:
     vocab_size: int = 2000
     seed_model: str | None = None        # an existing seed (HF dir, metaseq/xlbtm .pt); None = train one
     tokenizer: str | None = None         # with seed_model: its tokenizer (default: the seed's own)
-    model_size: str = "debug"            # preset of the seed trained from scratch
+    model_size: str | None = None        # preset of the seed trained from scratch (None: the objective's debug one)
     tokens_per_sample: int = 128
     batch_size: int = 8
     # dense seed pre-training. The method branches experts from a seed that already knows what all languages
@@ -62,8 +75,22 @@ class PipelineConfig:
     max_valid_docs: int | None = None
     seed: int = 0
     run: str = "local"                   # local | slurm (every training, assignment and scoring job)
+    objective: str = "clm"               # clm: XGLM, perplexity; mlm: XLM-R, pseudo-perplexity (train_experts')
 
     def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
+        if self.model_size is None:
+            self.model_size = OBJECTIVES[self.objective][0]
+        elif self.seed_model is None:
+            from xlbtm.models import PRESETS
+            from xlbtm.train.config import OBJECTIVES as ARCH_OF
+
+            arch = PRESETS.get(self.model_size, {}).get("arch")
+            if arch is not None and arch != ARCH_OF[self.objective]:
+                raise UsageError(f"--model-size {self.model_size} is an {arch} preset, but --objective "
+                                 f"{self.objective} trains {ARCH_OF[self.objective]} (e.g. --model-size "
+                                 f"{OBJECTIVES[self.objective][0]})")
         if self.num_clusters < 2:
             raise UsageError("--num-clusters must be >= 2 for an ensemble (the dense model is trained anyway)")
         if self.clustering not in CLUSTERINGS:
@@ -162,7 +189,7 @@ def _train_flags(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int) ->
     return {"--path-to-data": str(prep_data), "--tokenizer": str(tok), "--run": cfg.run, "--num-gpus": 1,
             "--tokens-per-sample": cfg.tokens_per_sample, "--batch-size": cfg.batch_size,
             "--learning-rate": cfg.learning_rate, "--seed": cfg.seed + 1,
-            "--max-steps": steps, "--warmup-updates": int(cfg.warmup_fraction * steps),
+            "--max-steps": steps, "--warmup-updates": int(cfg.warmup_fraction * steps), "--objective": cfg.objective,
             "--save-interval-updates": interval, "--validate-interval-updates": interval,
             "--max-valid-samples": 256}  # a progress signal, not the evaluation
 
@@ -178,6 +205,8 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
     from xlbtm.tokenizer import train_tokenizer_from_corpus
 
     out = Path(cfg.out).resolve()
+    _refuse_other_objective(cfg, [out / "seed" / "1_clusters" / "seed.cluster0"],
+                            None if cfg.seed_model else out / "tokenizer")
     out.mkdir(parents=True, exist_ok=True)
 
     if cfg.data_dir is None:
@@ -205,19 +234,44 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
         stage(f"dense seed: {seed_ckpt} (given)")
     else:
         tok = out / "tokenizer"
-        stage(f"SentencePiece tokenizer ({cfg.vocab_size} pieces) -> {tok}")
+        style = OBJECTIVES[cfg.objective][1]
+        stage(f"SentencePiece tokenizer ({cfg.vocab_size} pieces, {style} style) -> {tok}")
         if not (tok / "tokenizer.json").is_file():
-            train_tokenizer_from_corpus(data, tok, vocab_size=cfg.vocab_size, seed=cfg.seed, style="xglm")
+            flags = {"--data-dir": str(data), "--out": str(tok), "--vocab-size": cfg.vocab_size, "--style": style,
+                     "--seed": cfg.seed}
+            run_stage("train_tokenizer", command("train_tokenizer", flags), lambda: train_tokenizer_from_corpus(
+                data, tok, vocab_size=cfg.vocab_size, seed=cfg.seed, style=style))
         seed_ckpt = _train_seed(cfg, data, tok, out / "seed", stage)
     clusterer, clusters, languages = _cluster(cfg, data, tok, out, stage)
     return Prepared(out, data, tok, seed_ckpt, clusterer, clusters, languages)
 
 
+def _refuse_other_objective(cfg: PipelineConfig, run_dirs: list[Path], tokenizer: Path | None = None) -> None:
+    """Stop (before anything is written) when --out already holds runs or a tokenizer of the other objective:
+    resuming an XGLM run as an XLM-R one cannot work, and silently reusing it would compare the wrong models."""
+    from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
+    from xlbtm.train.config import model_kind
+
+    want = model_kind(cfg.objective)
+    for run_dir in run_dirs:
+        if (run_dir / EXPERT_JSON).is_file() and read_expert_info(run_dir).objective != want:
+            raise UsageError(f"{run_dir / EXPERT_JSON}: --out {cfg.out} holds {read_expert_info(run_dir).objective} "
+                             f"runs; --objective {cfg.objective} needs its own --out (pass another one)")
+    if tokenizer is not None and (tokenizer / "tokenizer.json").is_file():
+        from xlbtm.tokenizer import detect_style
+
+        style = detect_style(tokenizer)
+        if style != OBJECTIVES[cfg.objective][1]:
+            raise UsageError(f"{tokenizer}: --out {cfg.out} holds an {style}-style tokenizer; --objective "
+                             f"{cfg.objective} needs its own --out (pass another one)")
+
+
 def _train_seed(cfg: PipelineConfig, data: Path, tok: Path, seed_dir: Path, stage) -> Path:
-    """A tiny XGLM trained from scratch on all data: stands in for a public XGLM checkpoint."""
+    """A tiny XGLM (clm) or XLM-R (mlm) trained from scratch on all data: stands in for a public checkpoint."""
     seed_run = seed_dir / "1_clusters" / "seed.cluster0"
     seed_ckpt = seed_run / "consolidated.pt"
-    stage(f"dense seed: {cfg.model_size} XGLM, {cfg.seed_steps} steps -> {seed_dir}")
+    stage(f"dense seed: {cfg.model_size} {OBJECTIVES[cfg.objective][2]} ({cfg.objective}), {cfg.seed_steps} steps "
+          f"-> {seed_dir}")
     if not seed_ckpt.is_file():
         flags = _train_flags(cfg, data, tok, cfg.seed_steps)
         flags["--warmup-updates"] = cfg.seed_steps // 10  # from scratch: always warm up
@@ -266,12 +320,14 @@ def _cluster(cfg: PipelineConfig, data: Path, tok: Path, out: Path, stage) -> tu
     return clusterer, clusters, languages
 
 
-def _consumed_tokens(run_dir: Path, tokens_per_sample: int) -> int:
-    """Training tokens a run really consumed: its checkpointed sample position x tokens per sample."""
+def _consumed_tokens(run_dir: Path, cfg: PipelineConfig) -> int:
+    """Training tokens a run really consumed: its checkpointed sample position x the corpus tokens per sample."""
+    from xlbtm.data.dataset import corpus_tokens_per_sample
     from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 
     ck = latest_checkpoint(run_dir)
-    return 0 if ck is None else int(read_train_state(ck)["position"]) * tokens_per_sample
+    per_sample = corpus_tokens_per_sample(cfg.objective, cfg.tokens_per_sample)
+    return 0 if ck is None else int(read_train_state(ck)["position"]) * per_sample
 
 
 def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir: Path,
@@ -294,13 +350,16 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     key["expert_steps"] = expert_steps
     if done.is_file():
         old = read_json(done)
-        if old.get("key") == key:
+        # points written before --objective existed were all clm; their keys lack it
+        if {"objective": "clm", **(old.get("key") or {})} == key:
             log.info(f"budget {expert_steps} steps/expert: already evaluated ({done})")
             return old
         log.info(f"{done} was made with other settings; evaluating again")
     K = cfg.num_clusters
     models = point_dir / "models"
     dense_steps = K * expert_steps
+    _refuse_other_objective(cfg, sorted((models / f"{K}_clusters").glob("demo.cluster*"))
+                            + [models / "1_clusters" / "dense.cluster0"])
     t0 = time.time()
     stage(f"{K} experts x {expert_steps} steps ({cfg.step_allocation} allocation), dense x {dense_steps} steps "
           f"-> {models}")
@@ -323,7 +382,7 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
 
     eval_dir = point_dir / "eval"
     stage(f"evaluate the ensemble ({'prefix' if cfg.clustering == 'tfidf' else 'lang'} routing), the oracle and "
-          f"the dense model -> {eval_dir}")
+          f"the dense model ({metric_name(cfg.objective)}) -> {eval_dir}")
     common = {"--data-dir": str(prep.data), "--data-subset": "valid"}
     tail = {"--max-valid-steps": cfg.max_valid_docs or None, "--run": cfg.run if cfg.run == "slurm" else None}
     evaluate({**common, "--model-paths": str(dense_run), "--ensemble-type": "dense",
@@ -344,15 +403,17 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
                               "oracle": oracle.get("per_language", {}).get(lang, {}).get("ppl"),
                               "tokens": d["tokens"]}
     wins = sum(1 for v in per_language.values() if v["ensemble"] is not None and v["ensemble"] < v["dense"])
-    expert_tokens = [_consumed_tokens(d, cfg.tokens_per_sample) for d in expert_dirs]
+    expert_tokens = [_consumed_tokens(d, cfg) for d in expert_dirs]
     point = {
         "key": key,
+        "objective": cfg.objective,
+        "metric": metric_name(cfg.objective),  # what the *_ppl fields are: ppl, or MLM pseudo-ppl
         "expert_steps": expert_steps,
         "dense_steps": dense_steps,
         "expert_steps_per_cluster": [read_expert_info(d).data["config"]["max_steps"] for d in expert_dirs],
         "ensemble_train_tokens": sum(expert_tokens),
         "expert_train_tokens": expert_tokens,
-        "dense_train_tokens": _consumed_tokens(dense_run, cfg.tokens_per_sample),
+        "dense_train_tokens": _consumed_tokens(dense_run, cfg),
         "ensemble_ppl": ens["result_ppl"],
         "oracle_ppl": oracle.get("result_ppl"),
         "dense_ppl": dense["result_ppl"],

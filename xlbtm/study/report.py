@@ -22,20 +22,29 @@ def _tokens(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
 
 
+def _metric(study: dict) -> tuple[str, str]:
+    """(short, long) name of what the study's *_ppl numbers are; studies before --objective were clm."""
+    if study["config"].get("objective", "clm") == "clm":
+        return "ppl", "perplexity"
+    return "pseudo-ppl", "pseudo-perplexity (masked LM)"
+
+
 def render_markdown(study: dict) -> str:
     c = study["config"]
     pts = study["points"]
     K = c["num_clusters"]
+    m, metric = _metric(study)
     routing = ("by the prefix's cluster posterior, T=%s" % c["temperature"]) if c["clustering"] == "tfidf" else "by `lang`"
     md = [f"# Scaling study: {K} experts vs the compute-matched dense model\n\n",
           f"Corpus `{study['data']}` ({len(study['languages'])} languages); {c['clustering']} clusters, "
-          f"ensemble routed {routing}; seed: {c['model_size']} x {c['seed_steps']} steps; "
+          f"ensemble routed {routing}; {c.get('objective', 'clm')} objective, scored by validation {metric}; "
+          f"seed: {c['model_size']} x {c['seed_steps']} steps; "
           f"{study['tokens_per_step']} tokens per step; lr {c['learning_rate']}, warm-up "
           f"{c['warmup_fraction']:.0%} of each run, linear decay; {c['step_allocation']} step allocation.\n\n"
           "Both sides branch from the same seed and consume the same training tokens (columns below, read "
           "from the checkpoints); the oracle picks the best expert per document (an upper bound on "
           "document-level routing).\n\n",
-          "| steps/expert | dense steps | train tokens (ensemble / dense) | dense ppl | ensemble ppl | oracle ppl "
+          f"| steps/expert | dense steps | train tokens (ensemble / dense) | dense {m} | ensemble {m} | oracle {m} "
           "| ensemble vs dense | languages won |\n|---:|---:|---|---:|---:|---:|---:|---:|\n"]
     for p in pts:
         md.append(f"| {p['expert_steps']} | {p['dense_steps']} | {_tokens(p['ensemble_train_tokens'])} / "
@@ -54,7 +63,7 @@ def render_markdown(study: dict) -> str:
                   f"{x['between'][0]} and {x['between'][1]} budgets).\n")
     langs = sorted({lang for p in pts for lang in p["per_language"]})
     if langs:
-        md.append("\n## Ensemble vs dense per language (relative perplexity change; negative = ensemble better)\n\n")
+        md.append(f"\n## Ensemble vs dense per language (relative {metric} change; negative = ensemble better)\n\n")
         md.append("| lang | eval tokens | " + " | ".join(f"{p['expert_steps']} steps" for p in pts) + " |\n")
         md.append("|---|---:|" + "---:|" * len(pts) + "\n")
         for lang in langs:
@@ -78,6 +87,7 @@ def plot_study(path: str | os.PathLike, study: dict) -> None:
     import matplotlib.pyplot as plt
 
     pts = study["points"]
+    m, metric = _metric(study)
     xs = [p["dense_train_tokens"] for p in pts]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     ax.plot(xs, [p["dense_ppl"] for p in pts], "o-", label="dense (compute-matched)")
@@ -90,7 +100,7 @@ def plot_study(path: str | os.PathLike, study: dict) -> None:
     if len(xs) > 1:
         ax.set_xscale("log")
     ax.set_xlabel("training tokens after the seed (each side)")
-    ax.set_ylabel("validation perplexity")
+    ax.set_ylabel(f"validation {metric}")
     ax.set_title("ensemble vs dense at equal compute")
     ax.legend(fontsize=8)
     langs = sorted({lang for p in pts for lang in p["per_language"]})
@@ -104,7 +114,7 @@ def plot_study(path: str | os.PathLike, study: dict) -> None:
     if len(xs) > 1:
         ax2.set_xscale("log")
     ax2.set_xlabel("training tokens after the seed (each side)")
-    ax2.set_ylabel("ensemble vs dense ppl, % (below 0: ensemble better)")
+    ax2.set_ylabel(f"ensemble vs dense {m}, % (below 0: ensemble better)")
     ax2.set_title("per language")
     if len(langs) <= 24:
         ax2.legend(fontsize=6, ncol=2)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import UsageError
-from xlbtm.study.pipeline import PipelineConfig, prepare, run_point
+from xlbtm.study.pipeline import PipelineConfig, metric_name, prepare, run_point
 
 log = get_logger("study")
 
@@ -65,6 +65,7 @@ def crossover(points: list[dict]) -> dict | None:
 
 
 def run_study(cfg: StudyConfig) -> dict:
+    from xlbtm.data.dataset import corpus_tokens_per_sample
     from xlbtm.io import write_json
     from xlbtm.study.report import render_markdown, plot_study
 
@@ -82,16 +83,17 @@ def run_study(cfg: StudyConfig) -> dict:
     for b in cfg.budgets:
         log.info(f"[{next(counter)}/{n_stages}] budget: {b} steps per expert, {cfg.num_clusters * b} dense steps")
         p = run_point(cfg, prep, b, point_dir(out, b), stage)
-        log.info(f"budget {b}: ensemble ppl {p['ensemble_ppl']:.2f} | dense ppl {p['dense_ppl']:.2f} | "
-                 f"oracle {p['oracle_ppl'] or float('nan'):.2f} | wins {p['languages_won']}/{p['languages']} "
-                 f"languages")
+        m = metric_name(cfg.objective)  # not p["metric"]: points written before it existed lack it
+        log.info(f"budget {b}: ensemble {m} {p['ensemble_ppl']:.2f} | dense {m} "
+                 f"{p['dense_ppl']:.2f} | oracle {p['oracle_ppl'] or float('nan'):.2f} | wins "
+                 f"{p['languages_won']}/{p['languages']} languages")
         points.append(p)
     study = {
         "format": "xlbtm-study/1",
         "config": {k: v for k, v in vars(cfg).items()},
         "data": str(prep.data),
         "languages": prep.languages,
-        "tokens_per_step": cfg.batch_size * cfg.tokens_per_sample,
+        "tokens_per_step": cfg.batch_size * corpus_tokens_per_sample(cfg.objective, cfg.tokens_per_sample),
         "points": points,
         "crossover": crossover(points),
         "seconds": round(time.time() - t0, 1),
