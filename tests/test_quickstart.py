@@ -126,3 +126,46 @@ def test_quickstart_mlm_end_to_end(tmp_path):
     assert p3.returncode == 2, p3.stderr[-2000:]
     assert "needs its own --out" in p3.stderr and "--objective clm" in p3.stderr
     assert sorted(str(f) for f in out.rglob("*")) == before
+
+
+def test_quickstart_mlm_with_parallel_data_trains_tlm_and_scores_retrieval(tmp_path):
+    """--objective mlm --parallel-data-dir: the pairs are assigned by their target side with the corpus'
+    clusterer, experts (their own cluster's pairs) and the dense model (all pairs) train MLM+TLM, and both are
+    scored for retrieval, side by side in point.json and the headline. The same --out is refused to an MLM-only
+    run (its finished MLM+TLM runs would be "resumed" as MLM)."""
+    from parallel_helpers import write_mono, write_pairs
+
+    mono = write_mono(tmp_path / "mono", n=120)
+    pairs = write_pairs(tmp_path / "pairs", n=40)
+    write_pairs(tmp_path / "pairs", n=10, split="valid")
+    out = tmp_path / "tlm"
+    cmd = _tiny(out, "--objective", "mlm", "--data-dir", str(mono), "--vocab-size", "80",
+                "--parallel-data-dir", str(pairs), "--tlm-ratio", "0.5")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    headline = p.stdout.strip().splitlines()[-1]
+    assert "| retrieval acc@1 ensemble " in headline and " dense " in headline.split("retrieval")[1], headline
+    logged = p.stdout + p.stderr
+    assert "--parallel-side tgt" in logged and "--path-to-parallel-clusters-dir" in logged
+
+    assert json.loads((out / "pair_clusters" / "manifest.json").read_text())["parallel_side"] == "tgt"
+    runs = {"demo.cluster0": 2, "demo.cluster1": 2, "dense.cluster0": 1}
+    for name, K in runs.items():
+        info = json.loads((out / "models" / f"{K}_clusters" / name / "expert.json").read_text())
+        assert info["data"]["config"]["objective"] == "mlm+tlm" and info["objective"] == "mlm"
+        assert info["data"]["pairs"]
+    pt = json.loads((out / "point.json").read_text())
+    assert pt["key"]["parallel_data_dir"] == str(pairs) and pt["ensemble_train_tokens"] == pt["dense_train_tokens"]
+    r = pt["retrieval"]
+    assert set(r["per_language"]) == {"de", "fr"} and 0 <= r["ensemble"] <= 1 and 0 <= r["dense"] <= 1
+    assert f"retrieval acc@1 ensemble {r['ensemble']:.3f} dense {r['dense']:.3f}" in headline
+    for name in ("ensemble", "dense"):
+        res = json.loads((out / "eval" / name / "result.json").read_text())
+        assert res["retrieval"]["pairs"] == 20 and res["retrieval"]["per_language"]["de"]["chance"] == 0.1
+
+    before = sorted(str(f) for f in out.rglob("*"))
+    p2 = subprocess.run(_tiny(out, "--objective", "mlm", "--data-dir", str(mono), "--vocab-size", "80"),
+                        capture_output=True, text=True, timeout=300)
+    assert p2.returncode == 2, p2.stderr[-2000:]
+    assert "trained with mlm+tlm" in p2.stderr and "needs its own --out" in p2.stderr
+    assert sorted(str(f) for f in out.rglob("*")) == before

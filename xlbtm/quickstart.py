@@ -6,7 +6,8 @@ logs that command with its flags, so the quickstart is also a living example of 
   demo corpus -> tokenizer -> dense seed -> clusterer (K) -> assign train/valid -> K experts + a
   compute-matched dense continuation -> consolidate -> HF export -> evaluate ensemble vs dense -> report.
 
-`objective="mlm"` runs the same with XLM-R (masked LM) models, scored by pseudo-perplexity.
+`objective="mlm"` runs the same with XLM-R (masked LM) models, scored by pseudo-perplexity; with
+`parallel_data_dir` they train MLM+TLM on translation pairs too and are scored for cross-lingual retrieval.
 
 It is one point of the scaling study (`xlbtm.study`): the same stages, one budget, laid out flat in --out.
 Stages whose outputs already exist are resumed by the stages themselves (training resumes from `latest`,
@@ -53,6 +54,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         "num_clusters": cfg.num_clusters,
         "objective": cfg.objective,
         "metric": metric_name(cfg.objective),  # what the *_ppl numbers are: ppl, or MLM pseudo-ppl
+        "retrieval": point.get("retrieval"),  # --parallel-data-dir: accuracy@1, ensemble and dense
         "seconds": round(time.time() - t0, 1),
         "out": str(prep.out),
     }

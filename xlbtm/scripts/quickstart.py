@@ -27,7 +27,9 @@ def main(argv=None) -> int:
     m = summary["metric"]
     print(f"ensemble {m} {summary['ensemble_ppl']:.2f} | dense {m} {summary['dense_ppl']:.2f} "
           f"| K={summary['num_clusters']} | better in {summary['languages_won']}/{summary['languages']} languages "
-          f"| {summary['seconds']:.0f} s")
+          + (f"| retrieval acc@1 ensemble {r['ensemble']:.3f} dense {r['dense']:.3f} "
+             if (r := summary.get("retrieval")) else "")
+          + f"| {summary['seconds']:.0f} s")
     return 0
 
 

@@ -46,6 +46,13 @@ def add_pipeline_args(p, d) -> None:
     p.add_argument("--objective", choices=list(OBJECTIVES), default=d.objective,
                    help="clm: XGLM seed, experts and dense model, scored by perplexity; mlm: XLM-R ones trained "
                         "with masked LM, scored by pseudo-perplexity (passed to train_experts --objective)")
+    p.add_argument("--parallel-data-dir", default=d.parallel_data_dir,
+                   help="with --objective mlm: translation pairs (<dir>/train[, valid]/<shard>/*.jsonl of {src, tgt, "
+                        "src_lang, tgt_lang}, e.g. ../shared/corpora/gettext): experts and the dense model train "
+                        "MLM+TLM (the pairs clustered by their target side), and both are scored for cross-lingual "
+                        "retrieval on the valid pairs")
+    p.add_argument("--tlm-ratio", type=float, default=d.tlm_ratio,
+                   help="with --parallel-data-dir: the share of training samples that are TLM (default 0.5)")
     p.add_argument("--model-size", default=None,
                    help="preset of the seed model trained from scratch (default: debug for clm, debug-xlmr for mlm)")
     p.add_argument("--tokens-per-sample", type=int, default=d.tokens_per_sample)

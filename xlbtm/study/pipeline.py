@@ -76,6 +76,10 @@ class PipelineConfig:
     seed: int = 0
     run: str = "local"                   # local | slurm (every training, assignment and scoring job)
     objective: str = "clm"               # clm: XGLM, perplexity; mlm: XLM-R, pseudo-perplexity (train_experts')
+    # translation pairs (objective mlm): experts and the dense model train MLM+TLM (--tlm-ratio of the samples
+    # TLM; the pairs clustered by their target side, like the corpus), and both are scored for retrieval too
+    parallel_data_dir: str | None = None
+    tlm_ratio: float = 0.5
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -91,6 +95,10 @@ class PipelineConfig:
                 raise UsageError(f"--model-size {self.model_size} is an {arch} preset, but --objective "
                                  f"{self.objective} trains {ARCH_OF[self.objective]} (e.g. --model-size "
                                  f"{OBJECTIVES[self.objective][0]})")
+        if self.parallel_data_dir is not None and self.objective != "mlm":
+            raise UsageError("--parallel-data-dir trains XLM-R experts with MLM+TLM: use it with --objective mlm")
+        if not 0.0 <= self.tlm_ratio <= 1.0:
+            raise UsageError(f"--tlm-ratio must be in [0, 1], got {self.tlm_ratio}")
         if self.num_clusters < 2:
             raise UsageError("--num-clusters must be >= 2 for an ensemble (the dense model is trained anyway)")
         if self.clustering not in CLUSTERINGS:
@@ -114,6 +122,8 @@ class Prepared:
     clusterer: Path
     clusters: Path
     languages: list[str] = field(default_factory=list)
+    pairs: Path | None = None            # --parallel-data-dir
+    pair_clusters: Path | None = None    # its assignment (cluster --parallel-side tgt)
 
 
 def command(stage: str, flags: dict, *positional) -> str:
@@ -176,7 +186,7 @@ def evaluate(flags: dict) -> dict:
             model_paths=[m for m in str(flags.get("--model-paths") or "").split(",") if m],
             experts_dir=flags.get("--experts-dir"), temperatures=[flags.get("--temperature", 0.1)],
             topks=[flags.get("--topk", -1)], max_valid_steps=flags.get("--max-valid-steps"), run=flags.get("--run"),
-            dense_result=flags.get("--dense-result")))
+            dense_result=flags.get("--dense-result"), parallel_data=flags.get("--parallel-data")))
         log.info(f"result_ppl {res['result_ppl']:.4f} ({res['documents']} documents, {res['tokens']} tokens) -> "
                  f"{flags['--job-dir']}/result.json")
         return res
@@ -185,6 +195,7 @@ def evaluate(flags: dict) -> dict:
 
 
 def _train_flags(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int) -> dict:
+    """The training flags every run of the pipeline shares (the seed's too: it trains with cfg.objective)."""
     interval = max(steps // 2, 1)
     return {"--path-to-data": str(prep_data), "--tokenizer": str(tok), "--run": cfg.run, "--num-gpus": 1,
             "--tokens-per-sample": cfg.tokens_per_sample, "--batch-size": cfg.batch_size,
@@ -243,20 +254,58 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
                 data, tok, vocab_size=cfg.vocab_size, seed=cfg.seed, style=style))
         seed_ckpt = _train_seed(cfg, data, tok, out / "seed", stage)
     clusterer, clusters, languages = _cluster(cfg, data, tok, out, stage)
-    return Prepared(out, data, tok, seed_ckpt, clusterer, clusters, languages)
+    pairs = pair_clusters = None
+    if cfg.parallel_data_dir is not None:
+        pairs, pair_clusters = _cluster_pairs(cfg, clusterer, out, stage)
+    return Prepared(out, data, tok, seed_ckpt, clusterer, clusters, languages, pairs, pair_clusters)
 
 
-def _refuse_other_objective(cfg: PipelineConfig, run_dirs: list[Path], tokenizer: Path | None = None) -> None:
+def _cluster_pairs(cfg: PipelineConfig, clusterer: Path, out: Path, stage) -> tuple[Path, Path]:
+    """Assign the translation pairs (each split there is) with the corpus' clusterer, by their target side:
+    a pair trains the expert of the language it translates into."""
+    from xlbtm.cluster.assign import assign_corpus
+    from xlbtm.io import refuse_overlap
+
+    pairs = Path(cfg.parallel_data_dir).resolve()
+    refuse_overlap({f"--out ({sub}/)": out / sub for sub in WRITTEN + ("pair_clusters",)},
+                   {"--parallel-data-dir": pairs})
+    if not (pairs / "train").is_dir():
+        from xlbtm.errors import InputError
+
+        raise InputError("no 'train' split (expected --parallel-data-dir <dir>/train/<shard>/*.jsonl of "
+                         '{"src", "tgt", "src_lang", "tgt_lang"})', pairs)
+    pair_clusters = out / "pair_clusters"
+    stage(f"assign the translation pairs of {pairs} by their target side -> {pair_clusters}")
+    for split in [s for s in ("train", "valid") if (pairs / s).is_dir()]:
+        flags = {"--data-dir": str(pairs), "--path-to-clusterer": str(clusterer), "--num-clusters": cfg.num_clusters,
+                 "--output-prefix": str(pair_clusters), "--split": split, "--run": cfg.run, "--parallel-side": "tgt"}
+        run_stage("cluster", command("cluster", flags), lambda split=split: assign_corpus(
+            pairs, clusterer, pair_clusters, split, run=cfg.run, num_clusters=cfg.num_clusters, parallel_side="tgt"))
+    return pairs, pair_clusters
+
+
+def _refuse_other_objective(cfg: PipelineConfig, run_dirs: list[Path], tokenizer: Path | None = None,
+                            trained: str | None = None) -> None:
     """Stop (before anything is written) when --out already holds runs or a tokenizer of the other objective:
-    resuming an XGLM run as an XLM-R one cannot work, and silently reusing it would compare the wrong models."""
+    resuming an XGLM run as an XLM-R one cannot work, and silently reusing it would compare the wrong models.
+    `trained`: the runs must also have been trained with this objective (mlm vs mlm+tlm: the same model, but a
+    finished MLM run would be "resumed" as MLM+TLM without training on a single pair)."""
     from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
     from xlbtm.train.config import model_kind
 
     want = model_kind(cfg.objective)
     for run_dir in run_dirs:
-        if (run_dir / EXPERT_JSON).is_file() and read_expert_info(run_dir).objective != want:
-            raise UsageError(f"{run_dir / EXPERT_JSON}: --out {cfg.out} holds {read_expert_info(run_dir).objective} "
+        if not (run_dir / EXPERT_JSON).is_file():
+            continue
+        info = read_expert_info(run_dir)
+        if info.objective != want:
+            raise UsageError(f"{run_dir / EXPERT_JSON}: --out {cfg.out} holds {info.objective} "
                              f"runs; --objective {cfg.objective} needs its own --out (pass another one)")
+        was = (info.data.get("config") or {}).get("objective", info.objective)
+        if was != (trained or cfg.objective):
+            raise UsageError(f"{run_dir / EXPERT_JSON}: --out {cfg.out} holds runs trained with {was}; "
+                             f"{'--parallel-data-dir (mlm+tlm)' if trained else f'--objective {cfg.objective}'} "
+                             "needs its own --out (pass another one)")
     if tokenizer is not None and (tokenizer / "tokenizer.json").is_file():
         from xlbtm.tokenizer import detect_style
 
@@ -321,7 +370,9 @@ def _cluster(cfg: PipelineConfig, data: Path, tok: Path, out: Path, stage) -> tu
 
 
 def _consumed_tokens(run_dir: Path, cfg: PipelineConfig) -> int:
-    """Training tokens a run really consumed: its checkpointed sample position x the corpus tokens per sample."""
+    """Training tokens a run really consumed: its checkpointed sample position x the corpus tokens per sample.
+    (MLM+TLM: the sample's text positions, <s> + tokens_per_sample - 1, whether MLM or TLM: a TLM sample packs
+    pairs and pads, so its slots, not its corpus tokens, are what both sides of the comparison spend alike.)"""
     from xlbtm.data.dataset import corpus_tokens_per_sample
     from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 
@@ -350,8 +401,8 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     key["expert_steps"] = expert_steps
     if done.is_file():
         old = read_json(done)
-        # points written before --objective existed were all clm; their keys lack it
-        if {"objective": "clm", **(old.get("key") or {})} == key:
+        # points written before --objective / --parallel-data-dir existed were clm without pairs; their keys lack them
+        if {"objective": "clm", "parallel_data_dir": None, "tlm_ratio": 0.5, **(old.get("key") or {})} == key:
             log.info(f"budget {expert_steps} steps/expert: already evaluated ({done})")
             return old
         log.info(f"{done} was made with other settings; evaluating again")
@@ -359,15 +410,18 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     models = point_dir / "models"
     dense_steps = K * expert_steps
     _refuse_other_objective(cfg, sorted((models / f"{K}_clusters").glob("demo.cluster*"))
-                            + [models / "1_clusters" / "dense.cluster0"])
+                            + [models / "1_clusters" / "dense.cluster0"], trained="mlm+tlm" if prep.pairs else None)
     t0 = time.time()
-    stage(f"{K} experts x {expert_steps} steps ({cfg.step_allocation} allocation), dense x {dense_steps} steps "
-          f"-> {models}")
-    train_experts({**_train_flags(cfg, prep.data, prep.tokenizer, expert_steps),
+    tlm = {} if prep.pairs is None else {"--objective": "mlm+tlm", "--parallel-data": str(prep.pairs),
+                                         "--tlm-ratio": cfg.tlm_ratio}
+    stage(f"{K} experts x {expert_steps} steps ({cfg.step_allocation} allocation), dense x {dense_steps} steps"
+          + (f", MLM+TLM ({cfg.tlm_ratio:g} of the samples TLM)" if tlm else "") + f" -> {models}")
+    train_experts({**_train_flags(cfg, prep.data, prep.tokenizer, expert_steps), **tlm,
+                   **({"--path-to-parallel-clusters-dir": str(prep.pair_clusters)} if tlm else {}),
                    "--seed-model": str(prep.seed_checkpoint), "--num-clusters": K,
                    "--path-to-clusters-dir": str(prep.clusters), "--serialization-dir": str(models),
                    "--run-name": "demo", "--step-allocation": cfg.step_allocation})
-    train_experts({**_train_flags(cfg, prep.data, prep.tokenizer, dense_steps),
+    train_experts({**_train_flags(cfg, prep.data, prep.tokenizer, dense_steps), **tlm,
                    "--seed-model": str(prep.seed_checkpoint), "--num-clusters": 1,
                    "--serialization-dir": str(models), "--run-name": "dense"})
     train_s = time.time() - t0
@@ -384,6 +438,8 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     stage(f"evaluate the ensemble ({'prefix' if cfg.clustering == 'tfidf' else 'lang'} routing), the oracle and "
           f"the dense model ({metric_name(cfg.objective)}) -> {eval_dir}")
     common = {"--data-dir": str(prep.data), "--data-subset": "valid"}
+    if prep.pairs is not None and (prep.pairs / "valid").is_dir():
+        common["--parallel-data"] = str(prep.pairs)  # cross-lingual retrieval on the valid pairs
     tail = {"--max-valid-steps": cfg.max_valid_docs or None, "--run": cfg.run if cfg.run == "slurm" else None}
     evaluate({**common, "--model-paths": str(dense_run), "--ensemble-type": "dense",
               "--job-dir": str(eval_dir / "dense"), **tail})
@@ -425,5 +481,12 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
         "train_seconds": round(train_s, 1),
         "ensemble_report": str(eval_dir / "ensemble" / "report.md"),
     }
+    if "retrieval" in ens:  # accuracy@1 (tgt -> src), ensemble beside dense, overall and per language
+        point["retrieval"] = {
+            "ensemble": ens["retrieval"]["accuracy"], "dense": dense["retrieval"]["accuracy"],
+            "per_language": {lang: {"ensemble": v["accuracy"],
+                                    "dense": dense["retrieval"]["per_language"].get(lang, {}).get("accuracy"),
+                                    "chance": v["chance"]}
+                             for lang, v in ens["retrieval"]["per_language"].items()}}
     write_json(done, point)
     return point
