@@ -109,8 +109,8 @@ def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512
 
     Threads, not processes: the clusterer (and the torch / tokenizer imports, ~1-2 CPU-s) is loaded once, and
     the featurizers spend most of their time in numpy, torch and sentencepiece calls that release the GIL
-    (BENCHMARKS.md, Clustering at scale). torch / BLAS / sentencepiece get CPUs // workers threads each, so
-    the threads never oversubscribe the cores (see `xlbtm.cluster.threads`)."""
+    (BENCHMARKS.md, Clustering at scale). torch / BLAS run single-threaded and sentencepiece gets
+    CPUs // workers threads per file, so the threads never oversubscribe the cores (`xlbtm.cluster.threads`)."""
     from xlbtm.cluster.threads import available_cpus, limit_threads
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -131,7 +131,9 @@ def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512
         if on_file is not None:
             on_file(job, max(n, 0))
 
-    with limit_threads(max(1, available_cpus() // workers)):
+    # torch / BLAS: one thread (per batch their ops are small, and OpenMP barriers stall on a busy machine:
+    # 2 threads doubled the CPU time of a 1-file run under load); sentencepiece: the CPUs left per file
+    with limit_threads(1, encoder=max(1, available_cpus() // workers)):
         if workers == 1:
             for job in jobs:
                 ended(job, one(job))

@@ -7,8 +7,8 @@ one process) a descheduled thread stalls every region: balanced k-means on 3,233
 
 - `available_cpus()`: the CPUs this process may use (its affinity mask, which SLURM and taskset set, and a
   cgroup CPU quota when there is one), not the machine's core count.
-- `limit_threads(n)`: torch intra-op threads, BLAS/OpenMP pools (threadpoolctl) and sentencepiece's encoder
-  threads set to n inside the block, restored after it.
+- `limit_threads(n, encoder=m)`: torch intra-op threads and BLAS/OpenMP pools (threadpoolctl) set to n, and
+  sentencepiece's encoder threads to m (default n) inside the block, restored after it.
 - `threads_for(elements)`: ops on fewer than `PARALLEL_MIN_ELEMENTS` values run on one thread. Below that an
   op takes well under a millisecond, less than a barrier costs when a core is busy, so the quiet case loses
   nothing measurable (k-means at 3k x 100: 0.3 s with 2 threads, 0.5 s with 1, under load) and the busy
@@ -53,7 +53,7 @@ def available_cpus() -> int:
 
 
 def current_threads() -> int:
-    """Threads one op may use now: the active `limit_threads` value, else `available_cpus()`."""
+    """Encoder threads one call may use now: the active `limit_threads` value, else `available_cpus()`."""
     return _CURRENT if _CURRENT is not None else available_cpus()
 
 
@@ -64,9 +64,10 @@ def threads_for(elements: int, limit: int | None = None) -> int:
 
 
 @contextmanager
-def limit_threads(n: int):
-    """torch / BLAS / OpenMP / sentencepiece use at most `n` threads inside the block (process-wide: call it
-    from the thread that starts the work, not from worker threads)."""
+def limit_threads(n: int, encoder: int | None = None):
+    """torch / BLAS / OpenMP use at most `n` threads inside the block, sentencepiece's encoder `encoder`
+    (default n; its threads are plain std::threads per call, no spinning barrier). Process-wide: call it from
+    the thread that starts the work, not from worker threads."""
     global _CURRENT
     import torch
     from threadpoolctl import threadpool_limits
@@ -74,7 +75,7 @@ def limit_threads(n: int):
     n = max(1, int(n))
     with _LOCK:
         saved, saved_torch = _CURRENT, torch.get_num_threads()
-        _CURRENT = n
+        _CURRENT = max(1, int(encoder)) if encoder is not None else n
         torch.set_num_threads(n)
     try:
         with threadpool_limits(limits=n):

@@ -30,8 +30,8 @@ def build_parser():
     p.add_argument("--job-dir", default=None, help="submitit logs for --run slurm; O/jobs when not given")
     p.add_argument("--num-workers", type=int, default=None,
                    help="files clustered at once for --run local, as threads of one process (default: one per CPU "
-                        "this process may use, at most one per file); torch / BLAS / sentencepiece get CPUs // N "
-                        "threads each")
+                        "this process may use, at most one per file); sentencepiece gets CPUs // N threads per file, "
+                        "torch / BLAS one")
     add_skip_bad_lines_arg(p)
     add_slurm_args(p)
     return p
