@@ -127,10 +127,15 @@ class WordTokenizer:
             self._max_probe = max(self._max_probe, p)
 
     def lookup(self, h: np.ndarray) -> np.ndarray:
-        ids = np.zeros(h.size, dtype=np.int64)
-        todo = np.arange(h.size)
         slot = (h >> self._shift).astype(np.int64)
-        for p in range(self._max_probe + 1):
+        # first probe over all tokens without index lists (most tokens end here: load <= 1/4)
+        tid = self._table_id[slot]
+        hit = self._table_h[slot] == h
+        ids = np.where(hit, tid, 0)
+        todo = np.nonzero(~hit & (tid > 0))[0]
+        for p in range(1, self._max_probe + 1):
+            if todo.size == 0:
+                break
             j = (slot[todo] + p) & self._mask
             tid = self._table_id[j]
             hit = (self._table_h[j] == h[todo]) & (tid > 0)
