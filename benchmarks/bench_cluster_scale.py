@@ -200,7 +200,7 @@ def part_scale(args, tok, texts):
 
 
 def _variant(spec: str) -> dict:
-    """`max_df=0.5+stop_digits` -> SubwordFeaturizer keyword arguments (the --subword-variants analysis)."""
+    """`max_df=1+stop_letterless=0` -> SubwordFeaturizer keyword arguments (the --subword-variants analysis)."""
     out = {}
     for kv in spec.split("+"):
         k, _, v = kv.partition("=")
@@ -374,8 +374,8 @@ def main():
     ap.add_argument("--assign-files", type=int, default=16)
     ap.add_argument("--assign-workers", default="default,1", help="assign part: --num-workers values")
     ap.add_argument("--rounds", type=int, default=3, help="assign part: interleaved rounds (best of)")
-    ap.add_argument("--subword-variants", default="", help="nmi part: extra SubwordFeaturizer settings to compare, "
-                    "comma-separated, e.g. max_df=0.5,stop_digits,max_df=0.5+stop_digits")
+    ap.add_argument("--subword-variants", default="", help="nmi part: other SubwordFeaturizer settings to compare, "
+                    "comma-separated, e.g. max_df=1+stop_letterless=0 (the defaults before #19),max_df=0.2")
     ap.add_argument("--corpora", default="manpages,gettext tgt,manpages-unequal", help="nmi part: which corpora")
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]

@@ -254,3 +254,26 @@ def test_subword_fast_path_decided_once_across_threads(demo, sp_tokenizer):
         parts = list(ex.map(g.transform, [s.texts[i:i + 10] for i in range(0, 80, 10)]))
     assert calls == [1] and g._fast
     np.testing.assert_array_equal(np.concatenate(parts), serial)
+
+
+def test_subword_leaves_out_letterless_and_everywhere_pieces(demo, sp_tokenizer):
+    """Default subword fit: pieces without a letter and pieces in > half of the documents get zero projection
+    rows (so a prefix's features are still a sum of rows: the router's update), the others are used."""
+    _, s = demo
+    f = SubwordFeaturizer(sp_tokenizer).fit(s.texts, seed=0)
+    tok = sp_tokenizer
+    ids = f.encode(s.texts)
+    df = np.zeros(tok.vocab_size)
+    for seq in ids:
+        df[list(set(seq))] += 1
+    letterless = np.array([not any(c.isalpha() for c in (tok.id_to_token(i) or "")) for i in range(tok.vocab_size)])
+    everywhere = df > 0.5 * len(ids)
+    assert letterless[df > 0].any() and everywhere.any()
+    stop = letterless | everywhere
+    assert f.num_stopped == int(stop.sum())
+    p = f.lsa.projection
+    assert not p[stop].any()
+    assert np.abs(p[(df > 0) & ~stop]).sum(1).min() > 0
+    np.testing.assert_array_equal(f.transform(s.texts[:20]), f.lsa.featurize_token_ids(ids[:20]))
+    old = SubwordFeaturizer(tok, max_df=1.0, stop_letterless=False).fit(s.texts, seed=0)
+    assert old.num_stopped == 0 and old.lsa.projection[letterless & (df > 0)].any()
