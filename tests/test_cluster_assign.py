@@ -132,7 +132,7 @@ def test_assignment_resumes_after_a_crash_with_identical_outputs(corpus, cluster
     assert sum(man["documents"]) == 240 + 30
 
 
-def test_local_process_pool_matches_in_process(corpus, clusterer, tmp_path):
+def test_local_threads_match_one_thread(corpus, clusterer, tmp_path):
     import logging
 
     seen = []
