@@ -107,9 +107,10 @@ def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512
     {"files": files clustered, "documents": their documents}; `on_file(job, documents)` is called in the
     calling thread as each file ends (a file finished by another run meanwhile counts with 0 documents).
 
-    Threads, not processes: the clusterer (and the torch / tokenizer imports, ~1-2 CPU-s) is loaded once, and
-    the featurizers spend most of their time in numpy, torch and sentencepiece calls that release the GIL
-    (BENCHMARKS.md, Clustering at scale). torch / BLAS run single-threaded and sentencepiece gets
+    Threads, not processes: the clusterer and the torch / tokenizer imports (1-3 CPU-s per process) are loaded
+    once. About half of the word featurizer's time (numpy, torch) and most of subword's (sentencepiece) run
+    without the GIL; json parsing and `str.lower` hold it, so on 2 quiet cores 2 threads give ~1.25x over one
+    (BENCHMARKS.md, Clustering at scale), at no extra CPU. torch / BLAS run single-threaded and sentencepiece gets
     CPUs // workers threads per file, so the threads never oversubscribe the cores (`xlbtm.cluster.threads`)."""
     from xlbtm.cluster.threads import available_cpus, limit_threads
 
@@ -258,14 +259,17 @@ def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: s
     _remove_orphans(output_prefix, split, jobs)
     if todo:
         if run == "local":
-            _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines)
+            _run_local(clusterer, todo, workers, batch_size, skip_bad_lines)
         else:
             _run_slurm(clusterer_path, todo, job_dir or output_prefix / "jobs", max_array_tasks, batch_size,
                        skip_bad_lines, timeout_min, site)
     return write_split_manifest(output_prefix, split, jobs, clusterer, data_dir)
 
 
-def _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines) -> None:
+def _run_local(clusterer, todo, workers, batch_size, skip_bad_lines) -> None:
+    clusterer_path = str(clusterer.path)
+    _CLUSTERER.clear()
+    _CLUSTERER[clusterer_path] = clusterer  # the one assign_corpus loaded and verified (never a stale cache)
     progress = Progress(len(todo))
     run_task(clusterer_path, todo, batch_size, skip_bad_lines, workers=workers,
              on_file=lambda job, docs: progress.add(1, docs, job.rel))
