@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -38,17 +39,19 @@ def number_normalizer(tokens):
     return ("#NUMBER" if token[0].isdigit() else token for token in tokens)
 
 
+class NumberNormalizingVectorizer(TfidfVectorizer):
+    # at module level so a fitted pipeline can be pickled: the whole-job benchmark (bench_cluster_scale.py
+    # --part assign) hands it to a separate process, as c-BTM's cluster step loads its tfidf.pkl
+    def build_tokenizer(self):
+        tokenize = super().build_tokenizer()
+        return lambda doc: list(number_normalizer(tokenize(doc)))
+
+
 def make_baseline(seed: int):
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction import text
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import Normalizer
-
-    class NumberNormalizingVectorizer(TfidfVectorizer):
-        def build_tokenizer(self):
-            tokenize = super().build_tokenizer()
-            return lambda doc: list(number_normalizer(tokenize(doc)))
 
     stop = list(text.ENGLISH_STOP_WORDS.union(["#NUMBER"]))
     return Pipeline([("tfidf", NumberNormalizingVectorizer(stop_words=stop)),

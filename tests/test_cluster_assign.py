@@ -132,7 +132,7 @@ def test_assignment_resumes_after_a_crash_with_identical_outputs(corpus, cluster
     assert sum(man["documents"]) == 240 + 30
 
 
-def test_local_process_pool_matches_in_process(corpus, clusterer, tmp_path):
+def test_local_threads_match_one_thread(corpus, clusterer, tmp_path):
     import logging
 
     seen = []
@@ -311,3 +311,44 @@ def test_cluster_files_of_removed_inputs_are_removed(clusterer, tmp_path):
     m = assign_mod.assign_corpus(data, clusterer, out, "train", workers=1)
     assert not (out / "train" / "1" / "b.jsonl").exists() and sum(m["documents"]) == 2
     assert [sp for sp, _ in iter_assignments(out, "train")] == ["train/0/a.jsonl|0", "train/0/a.jsonl|1"]
+
+
+def test_threaded_assignment_equals_in_process_predict_and_resumes(corpus, clusterer, tmp_path, monkeypatch):
+    """Files on 3 threads give exactly the clusterer's own predict() per file; a file that fails in one thread
+    stops the run without touching finished files, and the rerun redoes only the unfinished ones."""
+    from xlbtm.corpus import iter_file
+
+    c = load_clusterer(clusterer)
+    out = tmp_path / "out"
+    assign_mod.assign_corpus(corpus, clusterer, out, "train", run="local", workers=3)
+    for p in sorted((corpus / "train").rglob("*.jsonl")):
+        rel = p.relative_to(corpus).as_posix()
+        docs = list(iter_file(p, rel))
+        want = "".join(json.dumps({"sp_id": d.sp_id, "cluster": int(k)}) + "\n" for d, k in zip(docs, c.predict(docs)))
+        assert (out / rel).read_text() == want
+
+    out2 = tmp_path / "out2"
+    real = assign_mod.assign_file
+    seen = []
+
+    def failing(cl, job, **kw):
+        seen.append(job.rel)
+        if job.rel.endswith("00001/part0.jsonl"):
+            raise InputError("simulated bad file", job.path)
+        return real(cl, job, **kw)
+
+    monkeypatch.setattr(assign_mod, "assign_file", failing)
+    with pytest.raises(InputError, match="simulated"):
+        assign_mod.assign_corpus(corpus, clusterer, out2, "train", run="local", workers=2)
+    finished = {p.relative_to(out2).as_posix(): p.read_bytes() for p in out2.rglob("*.jsonl")}
+    assert "train/00001/part0.jsonl" not in finished and not list(out2.rglob("*.tmp"))
+    monkeypatch.setattr(assign_mod, "assign_file", real)
+    redone = []
+    monkeypatch.setattr(assign_mod, "assign_file", lambda cl, job, **kw: redone.append(job.rel) or real(cl, job, **kw))
+    assign_mod.assign_corpus(corpus, clusterer, out2, "train", run="local", workers=2)
+    assert sorted(redone) == sorted(set(f"train/{p.parent.name}/{p.name}" for p in (corpus / "train").rglob("*.jsonl"))
+                                    - set(finished))
+    for rel, data in finished.items():
+        assert (out2 / rel).read_bytes() == data == (out / rel).read_bytes()
+    for p in out.rglob("*.jsonl"):
+        assert (out2 / p.relative_to(out)).read_bytes() == p.read_bytes()

@@ -190,3 +190,90 @@ def test_fast_path_agreement_counts_tokens_not_documents():
     assert _bag_difference([[1, 2]], [[2, 1]]) == 0
     assert _bag_difference([[1, 2, 3], [4]], [[1, 2, 3], [4, 4]]) == 1
     assert _bag_difference([[5, 6]], [[7]]) == 3
+
+
+def _reference_word_tokens(texts):
+    """The word tokenizer's contract in plain Python, one token at a time: runs of >= 2 non-CJK word chars
+    and single CJK chars of the lowercased text; hash = fmix64(sum_j c_j M^j ^ len * MIX) mod 2^64."""
+    from xlbtm.cluster import words
+
+    mask = (1 << 64) - 1
+    table = words._class_table()
+    mult, mix = int(words._HASH_MULT), int(words._HASH_MIX)
+
+    def fmix(h):
+        for m in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, None):
+            h ^= h >> 33
+            if m is not None:
+                h = (h * m) & mask
+        return h
+
+    out = []
+    for d, text in enumerate(texts):
+        low, i = text.lower(), 0
+        while i < len(low):
+            c = table[ord(low[i])]
+            j = i + 1
+            if c == 1:
+                while j < len(low) and table[ord(low[j])] == 1:
+                    j += 1
+            if c == 2 or (c == 1 and j - i >= 2):
+                h = sum(ord(ch) * pow(mult, k, 1 << 64) for k, ch in enumerate(low[i:j])) & mask
+                out.append((d, low[i:j], fmix(h ^ ((j - i) * mix & mask))))
+            i = j
+    return out
+
+
+def test_word_tokens_equal_the_per_token_reference():
+    """The vectorized tokenizer (prefix-sum hashes, boundary masks) gives exactly the per-token reference's
+    tokens, documents and hashes: the vocabulary ids, so features and cluster files, depend on them."""
+    texts = ["Hello, World! x_y 12ab a", "ΑΣ ΟΔΟΣ İstanbul ß ǅ", "日本語のテキスト abc中文ab中", "", "a", "中",
+             "x\ny 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀ab9 __ a_b", "trailing word", "  "] * 3
+    for batch in (texts, texts[:1], texts[3:6], texts[6:7]):
+        h, doc, starts, lens, joined = word_tokens(batch)
+        got = [(int(d), joined[s:s + n], int(x)) for d, s, n, x in zip(doc, starts, lens, h)]
+        assert got == _reference_word_tokens(batch)
+        assert doc.dtype == np.int32 and h.dtype == np.uint64
+    h, doc, starts, lens, _ = word_tokens(["", "  ", "a"])
+    assert h.size == doc.size == starts.size == lens.size == 0
+
+
+def test_subword_fast_path_decided_once_across_threads(demo, sp_tokenizer):
+    """Assignment threads share one featurizer: they must all take the path decided on the first texts, and
+    give the serial features bitwise."""
+    import concurrent.futures as cf
+
+    _, s = demo
+    f = SubwordFeaturizer(sp_tokenizer).fit(s.texts, seed=0)
+    serial = f.transform(s.texts[:80])
+    g = SubwordFeaturizer(sp_tokenizer, lsa=f.lsa)
+    calls = []
+    decide = g._decide_fast
+    g._decide_fast = lambda probe: calls.append(1) or decide(probe)
+    with cf.ThreadPoolExecutor(4) as ex:
+        parts = list(ex.map(g.transform, [s.texts[i:i + 10] for i in range(0, 80, 10)]))
+    assert calls == [1] and g._fast
+    np.testing.assert_array_equal(np.concatenate(parts), serial)
+
+
+def test_subword_leaves_out_letterless_and_everywhere_pieces(demo, sp_tokenizer):
+    """Default subword fit: pieces without a letter and pieces in > half of the documents get zero projection
+    rows (so a prefix's features are still a sum of rows: the router's update), the others are used."""
+    _, s = demo
+    f = SubwordFeaturizer(sp_tokenizer).fit(s.texts, seed=0)
+    tok = sp_tokenizer
+    ids = f.encode(s.texts)
+    df = np.zeros(tok.vocab_size)
+    for seq in ids:
+        df[list(set(seq))] += 1
+    letterless = np.array([not any(c.isalpha() for c in (tok.id_to_token(i) or "")) for i in range(tok.vocab_size)])
+    everywhere = df > 0.5 * len(ids)
+    assert letterless[df > 0].any() and everywhere.any()
+    stop = letterless | everywhere
+    assert f.num_stopped == int(stop.sum())
+    p = f.lsa.projection
+    assert not p[stop].any()
+    assert np.abs(p[(df > 0) & ~stop]).sum(1).min() > 0
+    np.testing.assert_array_equal(f.transform(s.texts[:20]), f.lsa.featurize_token_ids(ids[:20]))
+    old = SubwordFeaturizer(tok, max_df=1.0, stop_letterless=False).fit(s.texts, seed=0)
+    assert old.num_stopped == 0 and old.lsa.projection[letterless & (df > 0)].any()

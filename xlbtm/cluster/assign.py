@@ -6,8 +6,9 @@ sidecar. Re-running skips files whose sidecar matches the clusterer fingerprint 
 mtime) and redoes the rest, so a killed run resumes. Workers stream their files in batches, so memory stays
 flat as the corpus grows; the manifest is aggregated from the sidecars at the end (K x languages numbers).
 
-`run="local"`: a process pool on this machine (one file per task). `run="slurm"`: a submitit job array via
-`xlbtm.launch.make_executor`, several files per array task; `wait_for` reports failures with log paths.
+`run="local"`: one process, files on a pool of threads (`run_task`: why threads). `run="slurm"`: a submitit job
+array via `xlbtm.launch.make_executor`, several files per array task (each on the task's CPUs as threads);
+`wait_for` reports failures with log paths.
 """
 
 from __future__ import annotations
@@ -103,18 +104,55 @@ def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_line
 
 
 def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512,
-             skip_bad_lines: bool = False) -> dict:
-    """One pool/array task: cluster its files (skipping ones finished meanwhile). Returns
-    {"files": files clustered, "documents": their documents}, for the driver's progress line."""
+             skip_bad_lines: bool = False, workers: int | None = None, on_file=None) -> dict:
+    """One local run or SLURM array task: cluster its files (skipping ones finished meanwhile) on `workers`
+    threads of this process (default: one per CPU this process may use, at most one per file). Returns
+    {"files": files clustered, "documents": their documents}; `on_file(job, documents)` is called in the
+    calling thread as each file ends (a file finished by another run meanwhile counts with 0 documents).
+
+    Threads, not processes: the clusterer and the torch / tokenizer imports (1-3 CPU-s per process) are loaded
+    once. About half of the word featurizer's time (numpy, torch) and most of subword's (sentencepiece) run
+    without the GIL; json parsing and `str.lower` hold it, so on 2 quiet cores 2 threads give ~1.25x over one
+    (BENCHMARKS.md, Clustering at scale), at no extra CPU. torch / BLAS run single-threaded and sentencepiece gets
+    CPUs // workers threads per file, so the threads never oversubscribe the cores (`xlbtm.cluster.threads`)."""
+    from xlbtm.cluster.threads import available_cpus, limit_threads
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     c = _get_clusterer(clusterer_path)
+    jobs = list(jobs)
+    workers = max(1, min(len(jobs), workers or available_cpus()))
     done = docs = 0
-    for job in jobs:
+
+    def one(job: FileJob) -> int:
         if is_done(job, c.fingerprint):
-            continue
-        side = assign_file(c, job, batch_size=batch_size, skip_bad_lines=skip_bad_lines)
-        done += 1
-        docs += sum(side["documents"])
+            return -1
+        return sum(assign_file(c, job, batch_size=batch_size, skip_bad_lines=skip_bad_lines)["documents"])
+
+    def ended(job: FileJob, n: int) -> None:
+        nonlocal done, docs
+        done += n >= 0
+        docs += max(n, 0)
+        if on_file is not None:
+            on_file(job, max(n, 0))
+
+    # torch / BLAS: one thread (per batch their ops are small, and OpenMP barriers stall on a busy machine:
+    # 2 threads doubled the CPU time of a 1-file run under load); sentencepiece: the CPUs left per file
+    with limit_threads(1, encoder=max(1, available_cpus() // workers)):
+        if workers == 1:
+            for job in jobs:
+                ended(job, one(job))
+        else:
+            import concurrent.futures as cf
+
+            if getattr(c, "featurizer_kind", None) is not None:
+                c.featurizer  # noqa: B018 - load the tokenizer / vocabulary once, before the threads share it
+            pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assign")
+            try:
+                futs = {pool.submit(one, j): j for j in jobs}
+                for fut in cf.as_completed(futs):
+                    ended(futs[fut], fut.result())  # re-raises a thread's InputError here
+            finally:  # on an error or Ctrl-C: files not started are dropped, running ones end (atomic writes)
+                pool.shutdown(wait=True, cancel_futures=True)
     return {"files": done, "documents": docs}
 
 
@@ -227,38 +265,20 @@ def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: s
     _remove_orphans(output_prefix, split, jobs)
     if todo:
         if run == "local":
-            _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines)
+            _run_local(clusterer, todo, workers, batch_size, skip_bad_lines)
         else:
             _run_slurm(clusterer_path, todo, job_dir or output_prefix / "jobs", max_array_tasks, batch_size,
                        skip_bad_lines, timeout_min, site)
     return write_split_manifest(output_prefix, split, jobs, clusterer, data_dir, parallel_side)
 
 
-def _run_local(clusterer_path, todo, workers, batch_size, skip_bad_lines) -> None:
-    workers = min(len(todo), workers or os.cpu_count() or 1)
+def _run_local(clusterer, todo, workers, batch_size, skip_bad_lines) -> None:
+    clusterer_path = str(clusterer.path)
+    _CLUSTERER.clear()
+    _CLUSTERER[clusterer_path] = clusterer  # the one assign_corpus loaded and verified (never a stale cache)
     progress = Progress(len(todo))
-
-    def finished(job, result: dict) -> None:
-        # a file another run finished meanwhile still counts as done (with no documents of ours)
-        progress.add(1, result["documents"], job.rel)
-
-    if workers <= 1:
-        for j in todo:
-            finished(j, run_task(clusterer_path, [j], batch_size, skip_bad_lines))
-        return
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    # spawn, not fork: the parent has torch / tokenizer threads, which fork does not copy safely
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futs = {pool.submit(run_task, clusterer_path, [j], batch_size, skip_bad_lines): j for j in todo}
-        try:
-            for fut in cf.as_completed(futs):
-                finished(futs[fut], fut.result())  # re-raises a worker's InputError here
-        except BaseException:
-            for f in futs:
-                f.cancel()
-            raise
+    run_task(clusterer_path, todo, batch_size, skip_bad_lines, workers=workers,
+             on_file=lambda job, docs: progress.add(1, docs, job.rel))
 
 
 def _run_slurm(clusterer_path, todo, job_dir, max_array_tasks, batch_size, skip_bad_lines, timeout_min,

@@ -140,7 +140,9 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
                    "max_iter": max_iter, "tol": tol, "tf": "raw counts", "idf": "smooth (sklearn)",
                    **({"parallel_side": parallel_side} if parallel_side else {}),
                    **({"min_df": feat.min_df, "max_vocab": feat.max_vocab, "lang_stop_df": feat.lang_stop_df,
-                       "num_stop_words": len(feat.stop_words)} if featurizer == "word" else {})},
+                       "num_stop_words": len(feat.stop_words)} if featurizer == "word" else
+                      {"max_df": feat.max_df, "stop_letterless": feat.stop_letterless,
+                       "num_stopped": feat.num_stopped})},
         "tokenizer": {"fingerprint": tok.fingerprint, "source": str(tokenizer),
                       "vocab_size": tok.vocab_size} if tok is not None else None,
         "fit": {"num_docs": len(sample.texts), "population": sample.total_docs, "inertia": km.inertia,

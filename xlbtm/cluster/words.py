@@ -13,7 +13,8 @@ _CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0x
 _HASH_MULT = np.uint64(0x100000001B3)
 _HASH_MIX = np.uint64(0x9E3779B97F4A7C15)
 _CLASS_TABLE: np.ndarray | None = None
-_POW = np.ones(1, dtype=np.uint64)
+_HASH_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))  # M * M^-1 = 1 (mod 2^64)
+_POWS = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
 
 
 def _class_table() -> np.ndarray:
@@ -30,14 +31,18 @@ def _class_table() -> np.ndarray:
     return _CLASS_TABLE
 
 
-def _powers(n: int) -> np.ndarray:
-    global _POW
-    if _POW.size < n:
-        m = max(n, 2 * _POW.size)
+def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(M^i, M^-i) mod 2^64 for i < n (at least; cached and grown): M is odd, so it has an inverse mod 2^64.
+    One tuple in one global, so a thread never sees the two arrays from different sizes."""
+    global _POWS
+    pows = _POWS
+    if pows[0].size < n:
+        m = max(n, 2 * pows[0].size)
         with np.errstate(over="ignore"):
-            _POW = np.cumprod(np.concatenate([[np.uint64(1)], np.full(m - 1, _HASH_MULT, dtype=np.uint64)]),
-                              dtype=np.uint64)
-    return _POW
+            pows = tuple(np.cumprod(np.concatenate([[np.uint64(1)], np.full(m - 1, base, dtype=np.uint64)]),
+                                    dtype=np.uint64) for base in (_HASH_MULT, _HASH_INV))
+        _POWS = pows
+    return pows
 
 
 def word_tokens(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
@@ -52,26 +57,29 @@ def word_tokens(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     joined = "\n".join(lowered)  # "\n" is not a word char: no token crosses documents
     cp = np.frombuffer(joined.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     cls = _class_table()[cp]
-    w = cls == 1
-    edge = np.diff(np.concatenate([[False], w, [False]]).astype(np.int8))
-    run_s = np.nonzero(edge == 1)[0]
-    run_e = np.nonzero(edge == -1)[0]
-    long = (run_e - run_s) >= 2
-    run_s, run_e = run_s[long], run_e[long]
-    cjk = np.nonzero(cls == 2)[0]
-    starts = np.concatenate([run_s, cjk])
-    lens = np.concatenate([run_e - run_s, np.ones(cjk.size, dtype=np.int64)])
-    order = np.argsort(starts, kind="stable")
-    starts, lens = starts[order], lens[order]
+    # Token boundaries as masks over positions, so starts and ends come out sorted (no argsort to merge the
+    # CJK tokens in): a token starts at a word char after a non-word char, or at any CJK char; it ends (one
+    # past) after its last char, the same way.
+    w = np.empty(cp.size + 2, dtype=bool)
+    w[0] = w[-1] = False
+    np.equal(cls, 1, out=w[1:-1])
+    cjk = np.zeros(cp.size + 1, dtype=bool)
+    np.equal(cls, 2, out=cjk[:-1])
+    starts = np.nonzero((w[1:] > w[:-1]) | cjk)[0]
+    ends = np.nonzero((w[1:] < w[:-1]) | np.concatenate([[False], cjk[:-1]]))[0]
+    lens = ends - starts
+    keep = (lens >= 2) | cjk[starts]  # word runs of one char are not tokens; a CJK char always is
+    starts, ends, lens = starts[keep], ends[keep], lens[keep]
     if starts.size:
-        first = np.zeros(starts.size, dtype=np.int64)
-        np.cumsum(lens[:-1], out=first[1:])
-        total = int(lens.sum())
-        within = np.arange(total, dtype=np.int64) - np.repeat(first, lens)
-        chars = cp[np.repeat(starts, lens) + within].astype(np.uint64)
+        # polynomial hash sum_j c[s+j] M^j of every token from prefix sums of c[i] M^i over the whole batch:
+        # (P[e] - P[s]) M^-s. The same values as summing each token's chars, with a few passes over the text
+        # instead of gathering every token's chars (the hash and so the vocabulary ids are unchanged).
+        pw, inv = _powers(cp.size + 1)
         with np.errstate(over="ignore"):
-            vals = chars * _powers(int(lens.max()))[within]
-            h = np.add.reduceat(vals, first)
+            pre = np.zeros(cp.size + 1, dtype=np.uint64)
+            np.multiply(cp, pw[:cp.size], out=pre[1:], dtype=np.uint64)
+            np.cumsum(pre, out=pre)
+            h = (pre[ends] - pre[starts]) * inv[starts]
             h ^= lens.astype(np.uint64) * _HASH_MIX
             # murmur3 fmix64: spread the bits so the top bits index a hash table well
             h ^= h >> np.uint64(33)
@@ -85,9 +93,7 @@ def word_tokens(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if len(texts) > 1:
         lengths = np.fromiter(map(len, lowered), dtype=np.int64, count=len(texts))
         doc_starts[1:] = np.cumsum(lengths[:-1] + 1)
-    marks = np.zeros(cp.size + 1, dtype=np.int32)
-    np.add.at(marks, doc_starts, 1)
-    doc = (np.cumsum(marks, dtype=np.int32) - 1)[starts]  # document of every token, no binary search
+    doc = np.searchsorted(doc_starts, starts, side="right").astype(np.int32) - 1  # document of every token
     return h, doc, starts, lens, joined
 
 
@@ -121,10 +127,15 @@ class WordTokenizer:
             self._max_probe = max(self._max_probe, p)
 
     def lookup(self, h: np.ndarray) -> np.ndarray:
-        ids = np.zeros(h.size, dtype=np.int64)
-        todo = np.arange(h.size)
         slot = (h >> self._shift).astype(np.int64)
-        for p in range(self._max_probe + 1):
+        # first probe over all tokens without index lists (most tokens end here: load <= 1/4)
+        tid = self._table_id[slot]
+        hit = self._table_h[slot] == h
+        ids = np.where(hit, tid, 0)
+        todo = np.nonzero(~hit & (tid > 0))[0]
+        for p in range(1, self._max_probe + 1):
+            if todo.size == 0:
+                break
             j = (slot[todo] + p) & self._mask
             tid = self._table_id[j]
             hit = (self._table_h[j] == h[todo]) & (tid > 0)

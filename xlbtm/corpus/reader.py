@@ -10,6 +10,7 @@ import gzip
 import io
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,7 @@ def _parse_object(raw: bytes, path: str, lineno: int, expected: str) -> dict:
         s = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"invalid UTF-8 at byte {e.start} of the line", path, lineno) from None
-    if not s.strip():
+    if not s or s.isspace():  # = not s.strip(), without copying the line
         raise InputError(f"empty line (expected a JSON object with {expected})", path, lineno)
     try:
         obj = json.loads(s)
@@ -121,6 +122,11 @@ def _parse_object(raw: bytes, path: str, lineno: int, expected: str) -> dict:
     return obj
 
 
+# `\ud...` / `\uD...`: one regex scan (3x faster than two `in` scans; the reader is the GIL-bound part of
+# cluster assignment, BENCHMARKS.md, Clustering at scale)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD]")
+
+
 def _text_field(obj: dict, name: str, raw: bytes, path: str, lineno: int) -> str:
     """The required string field `name`, checked for lone surrogates (not valid Unicode text)."""
     if name not in obj:
@@ -128,7 +134,7 @@ def _text_field(obj: dict, name: str, raw: bytes, path: str, lineno: int) -> str
     text = obj[name]
     if not isinstance(text, str):
         raise InputError(f"field '{name}' must be a string, got {type(text).__name__}", path, lineno)
-    if b"\\ud" in raw or b"\\uD" in raw:  # only a \uXXXX escape can smuggle in a lone surrogate
+    if _SURROGATE_ESCAPE.search(raw):  # only a \uXXXX escape can smuggle in a lone surrogate
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:
@@ -248,7 +254,7 @@ def _iter_parsed(path, rel, parse, *, skip_bad_lines: bool, stats: ReadStats | N
                         raw = raw[:-1]
                 if i == 0 and raw.startswith(BOM):
                     raw = raw[len(BOM):]
-                if not raw.strip():  # a blank line is not a document (e.g. a trailing newline); its index stays
+                if not raw or raw.isspace():  # blank: not a document (e.g. a trailing newline); its index stays
                     stats.blank += 1
                     continue
                 try:

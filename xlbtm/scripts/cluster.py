@@ -33,7 +33,9 @@ def build_parser():
                    help="local: process pool on this machine; slurm: submitit job arrays (waits for them)")
     p.add_argument("--job-dir", default=None, help="submitit logs for --run slurm; O/jobs when not given")
     p.add_argument("--num-workers", type=int, default=None,
-                   help="processes for --run local (default: one per CPU core, at most one per file)")
+                   help="files clustered at once for --run local, as threads of one process (default: one per CPU "
+                        "this process may use, at most one per file); sentencepiece gets CPUs // N threads per file, "
+                        "torch / BLAS one")
     add_skip_bad_lines_arg(p)
     add_parallel_side_arg(p)
     add_slurm_args(p)
