@@ -265,7 +265,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         elif cfg.ensemble_type == "uniform":
             mixed = mixing.mix(logp, mixing.uniform_log_weights(K, N))
         elif cfg.ensemble_type == "lang":
-            log_w, top = _hard_log_weights(doc_cluster, clusters, doc_of_token)
+            log_w, top = hard_log_weights(doc_cluster, clusters, doc_of_token)
             mixed = mixing.mix(logp, log_w)
         elif cfg.ensemble_type == "oracle":
             mixed, top = oracle_lp, oracle_top
@@ -333,7 +333,7 @@ def _load_pairs(cfg: EvalConfig, objective: str, tokenizer, context: int):
                          max_pairs=cfg.retrieval_max_pairs, skip_bad_lines=cfg.skip_bad_lines)
 
 
-def _hard_log_weights(doc_cluster: np.ndarray, clusters: list[int], doc_of_token):
+def hard_log_weights(doc_cluster: np.ndarray, clusters: list[int], doc_of_token):
     """Hard routing (lang) of each document to the expert of its cluster -> (log weights [K, N], the chosen
     row per token, -1 where none). A document whose cluster is excluded has no expert of its own: it gets
     the uniform mixture of the remaining experts (never a silent reroute to some other single expert)."""

@@ -119,14 +119,14 @@ def embed(model, args, id_lists: list[list[int]], *, device: str = "cpu", batch_
     import torch
     import torch.nn.functional as F
 
-    from xlbtm.ensemble.scoring import _batches
+    from xlbtm.ensemble.scoring import length_batches
 
     n = len(id_lists)
     text_len = np.asarray([len(x) for x in id_lists], dtype=np.int64)
     out = np.zeros((n, args.d_model), dtype=np.float32)
     done, shown = 0, 0
     with torch.inference_mode():
-        for batch in _batches(text_len + 2, batch_tokens):
+        for batch in length_batches(text_len + 2, batch_tokens):
             L = torch.from_numpy(text_len[batch])
             T = int(L.max()) + 2
             inp = torch.full((len(batch), T), args.pad_id, dtype=torch.long)
@@ -157,12 +157,12 @@ def expert_vectors(job_dir, name: str, expert, ps: ParallelSet, *, state: dict |
     import torch
 
     from xlbtm.ensemble.experts import load_model
-    from xlbtm.ensemble.scoring import _cache_ok, _save_npz
+    from xlbtm.ensemble.scoring import cache_ok, save_npz
 
     path = Path(job_dir) / "embeddings" / f"{name}.npz"
     key = sha256_json({"pairs": ps.fingerprint, "weights": weights_key or expert.fingerprint(),
                        "pooling": "mean-text-tokens/l2"})
-    if _cache_ok(path, key):
+    if cache_ok(path, key):
         with np.load(path, allow_pickle=False) as z:
             log.info(f"{name}: cached sentence vectors found, skipping")
             return z["src"], z["tgt"]
@@ -171,7 +171,7 @@ def expert_vectors(job_dir, name: str, expert, ps: ParallelSet, *, state: dict |
     model.to(device)
     both = embed(model, args, ps.src_ids + ps.tgt_ids, device=device, batch_tokens=batch_tokens, what=name)
     src, tgt = both[:len(ps)], both[len(ps):]
-    _save_npz(path, src=src, tgt=tgt)
+    save_npz(path, src=src, tgt=tgt)
     write_json(path.with_suffix(".json"), {"key": key, "name": name, "pairs": len(ps)})
     return src, tgt
 
@@ -234,9 +234,9 @@ def side_weights(ensemble_type: str, route: SideRoute, clusters: list[int], n: i
         log_w = routing.log_weights(torch.from_numpy(route.sqdist[:, clusters]), temperature, topk=topk,
                                     cbtm_compat=cbtm_compat, empty=torch.from_numpy(route.empty))
     elif ensemble_type == "lang":
-        from xlbtm.ensemble.evaluate import _hard_log_weights
+        from xlbtm.ensemble.evaluate import hard_log_weights
 
-        log_w, _ = _hard_log_weights(route.cluster, clusters, torch.arange(n))
+        log_w, _ = hard_log_weights(route.cluster, clusters, torch.arange(n))
     elif ensemble_type == "uniform":
         log_w = mixing.uniform_log_weights(K, n)
     else:

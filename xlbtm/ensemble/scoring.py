@@ -115,7 +115,7 @@ def _sha(a: np.ndarray) -> str:
 
 def save_docs(job_dir, docs: EvalDocs) -> None:
     job_dir = Path(job_dir)
-    _save_npz(job_dir / DOCS, tokens=docs.tokens, offsets=docs.offsets)
+    save_npz(job_dir / DOCS, tokens=docs.tokens, offsets=docs.offsets)
     write_json(job_dir / "docs.json", {**docs.meta, "sp_ids": docs.sp_ids, "langs": docs.langs})
 
 
@@ -128,7 +128,8 @@ def load_docs(job_dir) -> EvalDocs:
     return EvalDocs(tokens, offsets, sp_ids, langs, meta)
 
 
-def _save_npz(path: Path, **arrays) -> None:
+def save_npz(path: Path, **arrays) -> None:
+    """Arrays to `path` atomically (a cache file, read back with np.load(allow_pickle=False))."""
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -140,7 +141,8 @@ def score_cache_path(job_dir, name: str) -> Path:
     return Path(job_dir) / "scores" / f"{name}.npz"
 
 
-def _cache_ok(path: Path, key: str) -> bool:
+def cache_ok(path: Path, key: str) -> bool:
+    """The cache file `path` exists and its `.json` sidecar records `key` (what it was computed from)."""
     meta = path.with_suffix(".json")
     if not (path.is_file() and meta.is_file()):
         return False
@@ -174,7 +176,7 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
     if expert.objective == "clm":
         key.update(window=window, stride=stride)
     key = sha256_json(key)
-    if _cache_ok(path, key):
+    if cache_ok(path, key):
         log.info(f"{name}: cached scores found, skipping")
         return path
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -198,14 +200,14 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
         lp = _score_mlm(model, args, docs, device, batch_tokens, int(mask_id))
     else:
         lp = _score_clm(model, args, docs, device, batch_tokens, window, stride)
-    _save_npz(path, logprobs=lp.astype(np.float32))
+    save_npz(path, logprobs=lp.astype(np.float32))
     write_json(path.with_suffix(".json"), {"key": key, "expert": str(expert.run_dir), "name": name,
                                            "tokens": int(len(lp)), "ppl": float(np.exp(-lp.mean()))})
     log.info(f"{name}: scored {docs.num_docs} documents, {len(lp)} tokens, ppl {np.exp(-lp.mean()):.3f}")
     return path
 
 
-def _batches(lengths: np.ndarray, batch_tokens: int):
+def length_batches(lengths: np.ndarray, batch_tokens: int):
     """Documents grouped by similar length so padding stays small; each batch <= batch_tokens padded."""
     order = np.argsort(-lengths, kind="stable")
     batch: list[int] = []
@@ -271,7 +273,7 @@ def _score_clm(model, args, docs: EvalDocs, device, batch_tokens, window: int, s
             for a, e, f in clm_windows(int(docs.offsets[d + 1] - docs.offsets[d]), window, stride)]
     lengths = np.asarray([e - a for _, a, e, _ in rows], dtype=np.int64)
     with torch.inference_mode():
-        for batch in _batches(lengths, batch_tokens):
+        for batch in length_batches(lengths, batch_tokens):
             T = int(lengths[batch].max())
             inp = torch.full((len(batch), T), args.pad_id, dtype=torch.long)
             tgt = torch.zeros((len(batch), T), dtype=torch.long)
@@ -299,7 +301,7 @@ def _score_mlm(model, args, docs: EvalDocs, device, batch_tokens, mask_id: int) 
     out = np.zeros(len(docs.tokens), dtype=np.float64)
     lengths = np.diff(docs.offsets)
     with torch.inference_mode():
-        for batch in _batches(lengths + 1, max(batch_tokens // MLM_GROUPS, 1)):
+        for batch in length_batches(lengths + 1, max(batch_tokens // MLM_GROUPS, 1)):
             T = int(lengths[batch].max()) + 1  # <s> + document
             rows, tgts, where = [], [], []
             for d in batch:
@@ -333,7 +335,7 @@ def compute_routing(job_dir, clusterer, docs: EvalDocs, tokenizer=None) -> dict[
 
     path = Path(job_dir) / "routing.npz"
     key = sha256_json({"docs": docs.fingerprint, "clusterer": clusterer.fingerprint})
-    if _cache_ok(path, key):
+    if cache_ok(path, key):
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     router = router_from_clusterer(clusterer, tokenizer)
@@ -348,6 +350,6 @@ def compute_routing(job_dir, clusterer, docs: EvalDocs, tokenizer=None) -> dict[
         tok[s:e], tok_empty[s:e] = router.distances(ids)
         doc[d], doc_empty[d] = router.document_distances(ids)
     out = {"token_sqdist": tok, "token_empty": tok_empty, "doc_sqdist": doc, "doc_empty": doc_empty}
-    _save_npz(path, **out)
+    save_npz(path, **out)
     write_json(path.with_suffix(".json"), {"key": key, "incremental": router.incremental})
     return out
