@@ -63,6 +63,7 @@ def _eval(tiny, job, **kw):
     kw.setdefault("data_dir", str(tiny["data"]))
     kw.setdefault("data_subset", "valid")
     kw.setdefault("max_valid_steps", 3)
+    kw.setdefault("retrieval_centering", "none")  # the constructed encoders set raw cosines by hand
     return run_eval(EvalConfig(job_dir=str(job), **kw))
 
 
@@ -192,8 +193,9 @@ def test_target_routing_reads_both_sides_with_the_target_languages_expert(tiny, 
     assert own["per_language"]["de"]["accuracy"] == 0.0 and own["per_language"]["fr"]["accuracy"] == 1.0
 
 
-@pytest.mark.parametrize("routing", ["target", "own"])
-def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, clusterers, tmp_path, routing):
+@pytest.mark.parametrize("routing, centering", [("target", "pool"), ("own", "none")])
+def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, clusterers, tmp_path, routing,
+                                                                   centering):
     """Real tiny encoders: every sentence's ensemble vector recomputed one sentence at a time (plain forward,
     mean pool, the router's whole-sentence posterior, softmax(-d/T), weighted sum, normalize), and the
     accuracy@1 recounted pair by pair, for every --temperature of the sweep."""
@@ -204,7 +206,7 @@ def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, cl
     temps = [0.05, 1.0]
     res = _eval(tiny, tmp_path / "job", ensemble_type="clustering", path_to_clusterer="C",
                 experts_dir=str(mlm / "ens"), parallel_data=str(par), retrieval_batch_size=5, temperatures=temps,
-                retrieval_routing=routing)
+                retrieval_routing=routing, retrieval_centering=centering)
     tok = tiny["tok"]
     models = [load_model(read_expert(mlm / "ens" / f"m.cluster{k}")) for k in range(2)]
     router = router_from_clusterer(clusterers["C"], tok)
@@ -226,14 +228,34 @@ def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, cl
         for lang in ("de", "fr"):
             rows = [x for x in lines if x["tgt_lang"] == lang]
             S = [vec(x["src"], T, x["tgt" if routing == "target" else "src"]) for x in rows]
+            U = [vec(x["tgt"], T, x["tgt"]) for x in rows]
+            if centering == "pool":  # one pool per language here: center each side on its mean, renormalize
+                S, U = ([v / np.linalg.norm(v) for v in np.asarray(side) - np.mean(side, 0)] for side in (S, U))
             for i, x in enumerate(rows):
-                t = vec(x["tgt"], T, x["tgt"])
+                t = U[i]
                 sims = [float(t @ v) for v in S]
                 hits.setdefault(lang, []).append(all(sims[i] > sims[j] for j in range(len(S)) if j != i))
         if T == temps[0]:
             for lang, h in hits.items():
                 assert res["retrieval"]["per_language"][lang]["accuracy"] == pytest.approx(np.mean(h)), lang
         assert s["retrieval"] == pytest.approx(np.mean(sum(hits.values(), []))), T
+
+
+def test_centering_removes_the_direction_a_pool_shares(tiny, mlm, fake_vectors, tmp_path):
+    """Every vector carries one big shared direction (as trained encoders' mean-pooled states do) and its
+    meaning; even sources also a nuisance direction. Raw cosines are then decided by the norms: an even target
+    finds an odd source (100 / sqrt(101) > 101 / sqrt(110)), so half the pairs are missed. Centered on the
+    pool, the shared direction is gone and every target's own source is the only positive match."""
+    par = write_parallel(tmp_path / "par")
+    dim = N_MEANINGS + 2
+    big, nuisance = 10 * _one_hot(N_MEANINGS, dim), _one_hot(N_MEANINGS + 1, dim)
+    fake_vectors["dense"] = lambda lang, m: big + _one_hot(m, dim) + (3 * nuisance if m % 2 == 0 else 0)
+    fake_vectors["dense:tgt"] = lambda lang, m: big + _one_hot(m, dim)
+    kw = dict(ensemble_type="dense", model_paths=[str(mlm / "dense")], parallel_data=str(par), retrieval_batch_size=10)
+    raw = _eval(tiny, tmp_path / "raw", **kw)["retrieval"]
+    cen = _eval(tiny, tmp_path / "cen", retrieval_centering="pool", **kw)["retrieval"]
+    assert raw["accuracy"] == 0.5 and "uncentered" not in raw
+    assert cen["accuracy"] == 1.0 and cen["uncentered"]["accuracy"] == 0.5 and cen["settings"]["centering"] == "pool"
 
 
 def test_mixed_vectors_are_the_weighted_sum_renormalized():

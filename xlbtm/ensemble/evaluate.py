@@ -70,6 +70,7 @@ class EvalConfig:
     retrieval_batch_size: int = 1000    # candidate pool: blocks of at most this many pairs of one language
     retrieval_max_pairs: int | None = None  # pairs per language (None: all)
     retrieval_routing: str = "target"   # target: both sides with the target side's weights; own: each its own
+    retrieval_centering: str = "pool"   # pool: each side's vectors centered on their pool's mean; none: raw
 
     def __post_init__(self):
         if self.ensemble_type not in ENSEMBLE_TYPES:
@@ -95,6 +96,8 @@ class EvalConfig:
                 raise UsageError("--parallel-data: retrieval has no oracle (the best expert by likelihood); run "
                                  "it with another --ensemble-type (result.json's retrieval.experts holds every "
                                  "single expert's accuracy)")
+            if self.retrieval_centering not in ("pool", "none"):
+                raise UsageError(f"--retrieval-centering must be pool or none, got {self.retrieval_centering!r}")
             if self.retrieval_routing not in ("target", "own"):
                 raise UsageError(f"--retrieval-routing must be target or own, got {self.retrieval_routing!r}")
             if self.retrieval_batch_size < 2:

@@ -21,6 +21,14 @@ similar to its target than every other candidate: a tie counts as a miss, so a r
 everything to one vector scores 0, not 1/B by index luck. Candidates with the same text as the own source
 (duplicate sentences in a pool) are not competitors: retrieving an identical copy is not an error.
 
+Centering (--retrieval-centering pool, the default). Before the cosines, each side's vectors are centered on
+their pool's mean (one language, one side) and renormalized, as Libovicky et al. (2020, "On the language
+neutrality of multilingual BERT") do: mean-pooled states share one large direction (the language's own, and
+the anisotropy every trained encoder has), which otherwise decides the nearest neighbour. Measured on gettext
+(benchmarks/BENCHMARKS.md, "MLM+TLM vs MLM"): uncentered, a random-init debug-xlmr found 30% of 300-candidate
+pools (the lexical overlap of UI strings survives a random projection) and every trained one 0.5-2%, near the
+0.3% chance; `none` keeps the raw cosines. result.json's `uncentered` holds those beside the centered numbers.
+
 Ensemble. Expert k gives the normalized vector e_k(x); the ensemble's vector of a sentence x is
 normalize(sum_k w_k(x) e_k(x)) with w(x) the routing weights eval_ensemble gives a document made of x alone:
 clustering: softmax(-||h(x) - c_k||^2 / T) of the whole sentence (as MLM scoring routes whole documents,
@@ -274,13 +282,24 @@ def pool_hits(src: np.ndarray, tgt: np.ndarray, src_text=None, tgt_text=None) ->
     return hits(sim, src_text), hits(sim.T, tgt_text)
 
 
-def retrieval_accuracy(src: np.ndarray, tgt: np.ndarray, ps: ParallelSet, pool_size: int) -> dict:
+def center(vectors: np.ndarray) -> np.ndarray:
+    """Unit rows minus their mean, renormalized: what is left once the direction every sentence of the pool
+    shares is taken out (a row equal to the mean stays zero, and matches nothing)."""
+    v = vectors.astype(np.float64) - vectors.astype(np.float64).mean(0, keepdims=True)
+    norm = np.linalg.norm(v, axis=1, keepdims=True)
+    return (v / np.where(norm > 0, norm, 1.0)).astype(np.float32)
+
+
+def retrieval_accuracy(src: np.ndarray, tgt: np.ndarray, ps: ParallelSet, pool_size: int,
+                       centering: bool = True) -> dict:
     """{accuracy, src2tgt, pairs, per_language: {lang: {accuracy, src2tgt, pairs, pools, chance}}}: accuracy
-    is tgt -> src accuracy@1; the overall numbers are shares of all pairs."""
+    is tgt -> src accuracy@1; the overall numbers are shares of all pairs. `centering`: each side's vectors are
+    centered on their pool's mean first (see the module docstring)."""
     per: dict[str, dict] = {}
     t2s_all = s2t_all = 0
     for lg, idx in pools(ps.langs, pool_size):
-        t2s, s2t = pool_hits(src[idx], tgt[idx], [ps.pairs[i].src for i in idx], [ps.pairs[i].tgt for i in idx])
+        s, t = (center(src[idx]), center(tgt[idx])) if centering else (src[idx], tgt[idx])
+        t2s, s2t = pool_hits(s, t, [ps.pairs[i].src for i in idx], [ps.pairs[i].tgt for i in idx])
         r = per.setdefault(lg, {"hits": 0, "s2t": 0, "pairs": 0, "pools": 0, "chance": 0.0})
         r["hits"] += int(t2s.sum())
         r["s2t"] += int(s2t.sum())
@@ -305,6 +324,7 @@ def evaluate_retrieval(cfg, experts, clusterer, tokenizer, ps: ParallelSet, sett
     """
     # the cluster id of each model's vectors (one model -- dense, average -- is row 0)
     clusters = [0] if cfg.ensemble_type in ("dense", "average") else [e.cluster for e in experts]
+    centering = cfg.retrieval_centering == "pool"
     K = len(clusters)
     pool = cfg.retrieval_batch_size
     kw = dict(device=cfg.device, batch_tokens=cfg.batch_tokens)
@@ -326,20 +346,23 @@ def evaluate_retrieval(cfg, experts, clusterer, tokenizer, ps: ParallelSet, sett
         src_w = tgt_w if cfg.retrieval_routing == "target" else \
             side_weights(cfg.ensemble_type, src_route, clusters, len(ps), **w)
         src, tgt = mix_vectors(src_v, src_w), mix_vectors(tgt_v, tgt_w)
-        r = retrieval_accuracy(src, tgt, ps, pool)
+        r = retrieval_accuracy(src, tgt, ps, pool, centering)
+        if first is None and centering:  # what centering changed, on the first setting
+            raw = retrieval_accuracy(src, tgt, ps, pool, False)
+            r["uncentered"] = {"accuracy": raw["accuracy"], "src2tgt": raw["src2tgt"]}
         per_setting.append({"accuracy": r["accuracy"], "src2tgt": r["src2tgt"]})
         first = first or r
     experts_alone = None
     if K > 1:  # every expert on its own: which one carries the ensemble's retrieval
         experts_alone = {}
         for k, c in enumerate(clusters):
-            r = retrieval_accuracy(src_v[k], tgt_v[k], ps, pool)
+            r = retrieval_accuracy(src_v[k], tgt_v[k], ps, pool, centering)
             experts_alone[str(c)] = {"accuracy": r["accuracy"],
                                      "per_language": {lg: v["accuracy"] for lg, v in r["per_language"].items()}}
     out = {**first, "experts": experts_alone,
            "settings": {"parallel_data": str(cfg.parallel_data), "subset": cfg.parallel_subset,
                         "pool_size": pool, "max_pairs_per_language": cfg.retrieval_max_pairs,
-                        "routing": cfg.retrieval_routing,
+                        "routing": cfg.retrieval_routing, "centering": cfg.retrieval_centering,
                         "direction": "tgt->src (accuracy); src->tgt (src2tgt)",
                         "representation": "mean of final hidden states over the text tokens, L2-normalized; "
                                           "ensemble: routing-weighted sum of the experts' unit vectors"}}

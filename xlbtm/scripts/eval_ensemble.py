@@ -85,6 +85,9 @@ def build_parser():
     p.add_argument("--retrieval-routing", choices=["target", "own"], default="target",
                    help="ensembles: target (default) reads both sides of a pair with the experts its target side "
                         "is routed to (those of the pool's language); own routes each side by its own text / lang")
+    p.add_argument("--retrieval-centering", choices=["pool", "none"], default="pool",
+                   help="pool (default): center each side's sentence vectors on their pool's mean before the "
+                        "cosines (removes the direction all of a language's sentences share); none: raw cosines")
     p.add_argument("--retrieval-max-pairs", type=int, default=None,
                    help="read at most this many pairs per language (the first in file order; default all)")
     p.add_argument("--device", default=None, help="scoring device (default: cuda when available, else cpu)")
@@ -111,7 +114,7 @@ def main(argv=None):
         context_window=args.context_window, stride=args.stride, exclude_experts=args.exclude_experts,
         parallel_data=args.parallel_data, parallel_subset=args.parallel_subset.strip("/"),
         retrieval_batch_size=args.retrieval_batch_size, retrieval_max_pairs=args.retrieval_max_pairs,
-        retrieval_routing=args.retrieval_routing,
+        retrieval_routing=args.retrieval_routing, retrieval_centering=args.retrieval_centering,
         skip_bad_lines=args.skip_bad_lines, site=site_from_args(args) if args.run == "slurm" else None,
     )
     result = run_eval(cfg)
