@@ -313,6 +313,10 @@ def test_result_and_report_hold_retrieval_beside_dense_and_default_is_unchanged(
     # another pool than the dense run's: the report says the numbers cannot be compared
     assert main_wrapper("eval_ensemble", eval_ensemble.main, _argv(tiny, tmp_path / "e2", *ens, *pflags[:2])) == 0
     assert "**Not comparable**" in (tmp_path / "e2" / "report.md").read_text()
+    # raw cosines against the dense run's centered ones: not comparable either
+    assert main_wrapper("eval_ensemble", eval_ensemble.main, _argv(tiny, tmp_path / "e3", *ens, *pflags,
+                                                                  "--retrieval-centering", "none")) == 0
+    assert "centering pool vs none" in (tmp_path / "e3" / "report.md").read_text()
     # sentence vectors are cached per expert in the job dir: a rerun reads them instead of embedding again
     cache = tmp_path / "e" / "embeddings" / "expert0.npz"
     before = cache.stat().st_mtime_ns

@@ -129,9 +129,9 @@ def _retrieval_markdown(result: dict, dense: dict | None) -> str:
                   f"{_fmt(r.get('accuracy'))}; src -> tgt: dense {_fmt(dr.get('src2tgt'))}, "
                   f"{result.get('ensemble_type')} {_fmt(r.get('src2tgt'))}\n\n")
         other = {k: (dr.get("settings", {}).get(k), st.get(k))
-                 for k in ("parallel_data", "subset", "pool_size", "max_pairs_per_language")
+                 for k in ("parallel_data", "subset", "pool_size", "max_pairs_per_language", "centering")
                  if dr.get("settings", {}).get(k) != st.get(k)}
-        if other:  # another pool or other pairs: accuracies are not comparable (chance differs)
+        if other:  # another pool, other pairs or raw cosines: accuracies are not comparable
             md.append("**Not comparable**: the dense result's retrieval ran with other settings ("
                       + ", ".join(f"{k} {d} vs {e}" for k, (d, e) in other.items()) + ").\n\n")
         dl = dr.get("per_language", {})
