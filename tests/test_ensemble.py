@@ -746,3 +746,18 @@ def test_mlm_clustering_routes_by_the_whole_document(tiny, fake_clusterer, tmp_p
             seg = lp[:, docs.offsets[d]:docs.offsets[d + 1]]
             total += float(np.logaddexp(logw[0] + seg[0], logw[1] + seg[1]).sum())
         assert s["result_ppl"] == pytest.approx(math.exp(-total / lp.shape[1]), rel=1e-9), T
+
+
+def test_report_labels_say_pseudo_ppl_for_masked_lm_results():
+    """result.json keeps c-BTM's `result_ppl` / `ppl` keys; report.md says what they measure."""
+    from xlbtm.ensemble.report import render_markdown
+
+    def result(objective):
+        return {"dataset": "d", "ensemble_type": "clustering", "result_ppl": 9.5, "tokens": 10, "documents": 2,
+                "settings": {"objective": objective, "num_experts": 2},
+                "per_language": {"de": {"ppl": 9.5, "tokens": 10, "documents": 2}}}
+
+    mlm = render_markdown(result("mlm"), dense=result("mlm"))
+    assert "| dense pseudo-ppl | ensemble pseudo-ppl |" in mlm and "Dense baseline: pseudo-ppl" in mlm
+    clm = render_markdown(result("clm"), dense=result("clm"))
+    assert "| dense ppl | ensemble ppl |" in clm and "pseudo" not in clm

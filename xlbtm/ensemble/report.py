@@ -54,10 +54,17 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def metric_label(result: dict) -> str:
+    """What `result_ppl` and every `ppl` of this result measure: `ppl` (causal LM) or `pseudo-ppl` (masked LM: each
+    token predicted with part of the document masked). The keys keep c-BTM's names; the labels say which."""
+    return "pseudo-ppl" if result.get("settings", {}).get("objective") == "mlm" else "ppl"
+
+
 def render_markdown(result: dict, dense: dict | None = None) -> str:
     s = result.get("settings", {})
+    m = metric_label(result)
     md = [f"# Ensemble evaluation: {result.get('dataset')}\n",
-          _table(["ensemble", "experts", "temperature", "topk", "documents", "tokens", "ppl"],
+          _table(["ensemble", "experts", "temperature", "topk", "documents", "tokens", m],
                  [[result.get("ensemble_type"), s.get("num_experts"), s.get("temperature"), s.get("topk"),
                    result.get("documents"), result.get("tokens"), result.get("result_ppl")]])]
     if s.get("excluded_experts"):
@@ -65,21 +72,21 @@ def render_markdown(result: dict, dense: dict | None = None) -> str:
                   f"{s.get('num_experts')}): {', '.join(map(str, s['excluded_experts']))}\n")
     if dense is not None:
         d, e = dense.get("result_ppl"), result.get("result_ppl")
-        md.append(f"\nDense baseline: ppl {_fmt(d)}; ensemble {_fmt(e)}"
+        md.append(f"\nDense baseline: {m} {_fmt(d)}; ensemble {_fmt(e)}"
                   + (f" ({100 * (e - d) / d:+.1f}%)\n" if d and e else "\n"))
     oracle = result.get("oracle")
     if oracle:
         md.append(f"\nOracle (the best single expert per document, an upper bound on document-level routing): "
-                  f"ppl {_fmt(oracle.get('result_ppl'))}\n")
+                  f"{m} {_fmt(oracle.get('result_ppl'))}\n")
     sweep = result.get("sweep") or []
     if len(sweep) > 1:
         md.append("\n## Sweep\n\n")
         if any("retrieval" in r for r in sweep):
-            md.append(_table(["temperature", "topk", "ppl", "retrieval accuracy@1"],
+            md.append(_table(["temperature", "topk", m, "retrieval accuracy@1"],
                              [[r.get("temperature"), r.get("topk"), r.get("result_ppl"), r.get("retrieval")]
                               for r in sweep]))
         else:
-            md.append(_table(["temperature", "topk", "ppl"],
+            md.append(_table(["temperature", "topk", m],
                              [[r.get("temperature"), r.get("topk"), r.get("result_ppl")] for r in sweep]))
     langs = result.get("per_language", {})
     if langs:
@@ -92,9 +99,9 @@ def render_markdown(result: dict, dense: dict | None = None) -> str:
                 delta = 100 * (v["ppl"] - dp) / dp if dp else None
                 rows.append([lang, v["documents"], v["tokens"], dp, v["ppl"],
                              None if delta is None else f"{delta:+.1f}%"])
-            md.append(_table(["lang", "documents", "tokens", "dense ppl", "ensemble ppl", "change"], rows))
+            md.append(_table(["lang", "documents", "tokens", f"dense {m}", f"ensemble {m}", "change"], rows))
         else:
-            md.append(_table(["lang", "documents", "tokens", "ppl"],
+            md.append(_table(["lang", "documents", "tokens", m],
                              [[k, v["documents"], v["tokens"], v["ppl"]] for k, v in sorted(langs.items())]))
     if result.get("retrieval"):
         md.append(_retrieval_markdown(result, dense))
@@ -102,7 +109,7 @@ def render_markdown(result: dict, dense: dict | None = None) -> str:
     if clusters:
         md.append("\n## Per cluster (documents grouped by the clusterer's assignment)\n\n")
         top = result.get("top_expert") or {}
-        md.append(_table(["cluster", "documents", "tokens", "ppl", "share of tokens where this expert led"],
+        md.append(_table(["cluster", "documents", "tokens", m, "share of tokens where this expert led"],
                          [[k, v["documents"], v["tokens"], v["ppl"], top.get(k)]
                           for k, v in sorted(clusters.items(), key=lambda kv: int(kv[0]))]))
     return "".join(md)
@@ -176,8 +183,9 @@ def plot_languages(path: str | os.PathLike, result: dict, dense: dict | None = N
         ax.bar(xs, ens, width=0.6)
     ax.set_xticks(xs)
     ax.set_xticklabels(langs, rotation=60, fontsize=8)
-    ax.set_ylabel("perplexity")
-    ax.set_title(f"{result.get('dataset')}: {result.get('ensemble_type')} (ppl {_fmt(result.get('result_ppl'))})")
+    m = metric_label(result)
+    ax.set_ylabel("pseudo-perplexity" if m == "pseudo-ppl" else "perplexity")
+    ax.set_title(f"{result.get('dataset')}: {result.get('ensemble_type')} ({m} {_fmt(result.get('result_ppl'))})")
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
