@@ -99,6 +99,58 @@ def load_assignments(clusters_dir: Path, split: str, data_dir: Path) -> dict[str
     return out
 
 
+class Unassigned:
+    """Documents (or pairs) without a cluster, counted, with a few sp_ids to show."""
+
+    def __init__(self):
+        self.count, self.examples = 0, []
+
+    def add(self, sp_id: str) -> None:
+        self.count += 1
+        if len(self.examples) < 5:
+            self.examples.append(sp_id)
+
+    def check(self, what: str, split: str, clusters_dir, question: str, allowed: bool, temp_files, where) -> None:
+        """None without a cluster, or `allowed` (a warning); else the split's temp files are removed and one
+        InputError says how many, which, and `question` (what to check)."""
+        if not self.count:
+            return
+        shown = ", ".join(self.examples)
+        if not allowed:
+            for t in temp_files:
+                Path(t).unlink(missing_ok=True)
+            raise InputError(f"{self.count} {what} of split '{split}' have no cluster in {clusters_dir} "
+                             f"(e.g. {shown}); {question} Pass --allow-unassigned to drop them", where)
+        log.warning(f"binarize: dropped {self.count} unassigned {what} of split '{split}' (e.g. {shown})")
+
+
+def route(items, assign: dict[str, int] | None, unassigned: Unassigned, default):
+    """(cluster, item) of every item by its sp_id; without assignments (`assign` None) every item's cluster is
+    `default`. Items the assignments do not name are counted in `unassigned` and left out."""
+    for item in items:
+        if assign is None:
+            yield default, item
+            continue
+        k = assign.get(item.sp_id)
+        if k is None:
+            unassigned.add(item.sp_id)
+            continue
+        yield k, item
+
+
+def write_offsets(idx_file: Path, lengths: list[int]) -> None:
+    """The `.idx` of a stream (int64 offsets, n + 1 entries) from its items' lengths, atomically."""
+    import numpy as np
+
+    from xlbtm.io import atomic_path
+
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
+    with atomic_path(idx_file) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(offsets.tobytes())
+
+
 # ------------------------------------------------------------------------------------------- up to date?
 
 def split_inputs(data_dir: str | os.PathLike, split: str, clusters_dir: str | os.PathLike | None) -> dict:
@@ -203,26 +255,14 @@ def _binarize_split(corpus, split: str, out_dir: Path, tokenizer, K: int, cluste
                     pool, batch_size: int, allow_unassigned: bool) -> dict:
     import numpy as np
 
-    from xlbtm.io import atomic_path
-
     assign = None if clusters_dir is None else load_assignments(clusters_dir, split, corpus.data_dir)
     sdir = split_dir(out_dir, split)
     sdir.mkdir(parents=True, exist_ok=True)
 
-    unassigned, examples = 0, []
+    unassigned = Unassigned()
 
     def routed() -> Iterator[tuple[int, str | None, str]]:
-        nonlocal unassigned
-        for doc in corpus.iter_documents(split):
-            if assign is None:
-                k = 0
-            else:
-                k = assign.get(doc.sp_id)
-                if k is None:
-                    unassigned += 1
-                    if len(examples) < 5:
-                        examples.append(doc.sp_id)
-                    continue
+        for k, doc in route(corpus.iter_documents(split), assign, unassigned, default=0):
             yield k, doc.lang, doc.text
 
     # all clusters' streams are written in one pass over the split; temp names until the split is complete
@@ -252,23 +292,12 @@ def _binarize_split(corpus, split: str, out_dir: Path, tokenizer, K: int, cluste
     finally:
         for f in fbins:
             f.close()
-    if unassigned and not allow_unassigned:
-        for p in tmp_bins:
-            p.unlink(missing_ok=True)
-        raise InputError(f"{unassigned} documents of split '{split}' have no cluster in {clusters_dir} "
-                         f"(e.g. {', '.join(examples)}); were the cluster files made for this corpus? "
-                         f"Pass --allow-unassigned to drop them", corpus.data_dir / split)
-    if unassigned:
-        log.warning(f"binarize: dropped {unassigned} unassigned documents of split '{split}' "
-                    f"(e.g. {', '.join(examples)})")
+    unassigned.check("documents", split, clusters_dir, "were the cluster files made for this corpus?",
+                     allow_unassigned, tmp_bins, corpus.data_dir / split)
     for k in range(K):
-        offsets = np.zeros(len(lengths[k]) + 1, dtype=np.int64)
-        np.cumsum(np.asarray(lengths[k], dtype=np.int64), out=offsets[1:])
-        with atomic_path(idx_path(out_dir, split, k)) as tmp:
-            with open(tmp, "wb") as f:
-                f.write(offsets.tobytes())
+        write_offsets(idx_path(out_dir, split, k), lengths[k])
         os.replace(tmp_bins[k], bin_path(out_dir, split, k))
-    stats = {"documents": docs, "tokens": toks, "lang": langs, "unassigned": unassigned}
+    stats = {"documents": docs, "tokens": toks, "lang": langs, "unassigned": unassigned.count}
     log.info(f"binarize: split '{split}': {sum(docs)} documents, {sum(toks)} tokens in {K} clusters -> {sdir}")
     return stats
 
@@ -338,7 +367,6 @@ def _binarize_pairs_split(corpus, split: str, out_dir: Path, tokenizer, K: int |
     import numpy as np
 
     from xlbtm.formats.pairs import SIDES, side_paths
-    from xlbtm.io import atomic_path
 
     assign = None if clusters_dir is None else load_assignments(clusters_dir, split, corpus.data_dir)
     streams = [None] if K is None else list(range(K))  # None: the one unclustered stream
@@ -348,21 +376,9 @@ def _binarize_pairs_split(corpus, split: str, out_dir: Path, tokenizer, K: int |
     files = {key: open(t, "wb") for key, t in tmp.items()}
     lengths = {key: [] for key in paths}
     langs: dict[str, list[int]] = {}
-    unassigned, examples = 0, []
-
-    def routed():
-        nonlocal unassigned
-        for p in corpus.iter_pairs(split):
-            c = None if assign is None else assign.get(p.sp_id)
-            if assign is not None and c is None:
-                unassigned += 1
-                if len(examples) < 5:
-                    examples.append(p.sp_id)
-                continue
-            yield c, p
-
+    unassigned = Unassigned()
     try:
-        for batch in _batches(routed(), batch_size):
+        for batch in _batches(route(corpus.iter_pairs(split), assign, unassigned, default=None), batch_size):
             for side in SIDES:
                 for (c, _), ids in zip(batch, tokenizer.encode_batch([getattr(p, side) for _, p in batch])):
                     files[c, side].write(np.asarray(ids, dtype=np.uint32).tobytes())
@@ -373,20 +389,10 @@ def _binarize_pairs_split(corpus, split: str, out_dir: Path, tokenizer, K: int |
     finally:
         for f in files.values():
             f.close()
-    if unassigned and not allow_unassigned:
-        for t in tmp.values():
-            t.unlink(missing_ok=True)
-        raise InputError(f"{unassigned} pairs of split '{split}' have no cluster in {clusters_dir} (e.g. "
-                         f"{', '.join(examples)}); were these cluster files made from this parallel data with "
-                         "cluster --parallel-side? Pass --allow-unassigned to drop them", corpus.data_dir / split)
-    if unassigned:
-        log.warning(f"binarize: dropped {unassigned} unassigned pairs of split '{split}' (e.g. {', '.join(examples)})")
+    unassigned.check("pairs", split, clusters_dir, "were these cluster files made from this parallel data with "
+                     "cluster --parallel-side?", allow_unassigned, tmp.values(), corpus.data_dir / split)
     for key, (bin_file, idx_file) in paths.items():
-        offsets = np.zeros(len(lengths[key]) + 1, dtype=np.int64)
-        np.cumsum(np.asarray(lengths[key], dtype=np.int64), out=offsets[1:])
-        with atomic_path(idx_file) as t:
-            with open(t, "wb") as f:
-                f.write(offsets.tobytes())
+        write_offsets(idx_file, lengths[key])
         os.replace(tmp[key], bin_file)
     counts = {"pairs": [len(lengths[c, "src"]) for c in streams],
               "tokens": {s: [int(sum(lengths[c, s])) for c in streams] for s in SIDES}, "langs": langs}

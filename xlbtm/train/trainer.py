@@ -106,14 +106,7 @@ class Trainer:
         manifests = []  # (manifest, where): every binarized input must be made with this run's tokenizer
         if uses_monolingual(cfg.objective):
             bman = read_binarized_manifest(cfg.data_dir)
-            if bman["num_clusters"] != cfg.num_clusters:
-                raise InputError(f"binarized data has {bman['num_clusters']} clusters, run expects "
-                                 f"{cfg.num_clusters}", cfg.data_dir)
-            if cfg.clusterer_fingerprint is None:
-                cfg.clusterer_fingerprint = bman.get("clusterer_fingerprint")
-            elif bman.get("clusterer_fingerprint") not in (None, cfg.clusterer_fingerprint):
-                raise InputError(f"binarized data comes from clusterer {bman['clusterer_fingerprint']}, the run "
-                                 f"expects {cfg.clusterer_fingerprint}", cfg.data_dir)
+            self._check_routing(bman, "binarized data", cfg.data_dir)
             manifests.append((bman, cfg.data_dir))
         pman = None
         if uses_pairs(cfg.objective):
@@ -124,14 +117,7 @@ class Trainer:
                                  cfg.run_dir)
             pman = read_pairs_manifest(cfg.pairs_dir)
             if pman["num_clusters"] is not None:  # clustered pairs: this expert reads its own cluster's
-                if pman["num_clusters"] != cfg.num_clusters:
-                    raise InputError(f"binarized pairs have {pman['num_clusters']} clusters, run expects "
-                                     f"{cfg.num_clusters}", cfg.pairs_dir)
-                if cfg.clusterer_fingerprint is None:
-                    cfg.clusterer_fingerprint = pman["clusterer_fingerprint"]
-                elif pman["clusterer_fingerprint"] != cfg.clusterer_fingerprint:
-                    raise InputError(f"binarized pairs come from clusterer {pman['clusterer_fingerprint']}, the "
-                                     f"run expects {cfg.clusterer_fingerprint}", cfg.pairs_dir)
+                self._check_routing(pman, "binarized parallel data", cfg.pairs_dir)
             manifests.append((pman, cfg.pairs_dir))
         tok_path = cfg.tokenizer or manifests[0][0]["tokenizer"]
         self.tok = tok = load_tokenizer(tok_path)
@@ -148,8 +134,8 @@ class Trainer:
 
         def tlm(split):
             cluster = None if pman["num_clusters"] is None else cfg.cluster
-            return TLMDataset(PairStream(cfg.pairs_dir, split, cluster), cfg.tokens_per_sample, vocab_size=tok.vocab_size,
-                              mask_id=tok.mask_id, bos_id=tok.bos_id, pad_id=tok.pad_id, eos_id=tok.eos_id,
+            return TLMDataset(PairStream(cfg.pairs_dir, split, cluster), cfg.tokens_per_sample,
+                              vocab_size=tok.vocab_size, mask_id=tok.mask_id, bos_id=tok.bos_id, pad_id=tok.pad_id, eos_id=tok.eos_id,
                               seed=cfg.seed)
 
         if cfg.objective == "tlm":
@@ -167,6 +153,19 @@ class Trainer:
                 self.train_ds = MLMTLMDataset(self.train_ds, tlm(cfg.train_subset), cfg.tlm_ratio, cfg.seed)
             self.valid_ds = mono(cfg.valid_subset) if cfg.valid_subset else None
         self.sampler = Sampler(len(self.train_ds), cfg.seed)
+
+    def _check_routing(self, manifest: dict, what: str, where) -> None:
+        """A binarized manifest was routed for this run: K clusters, by the run's clusterer (the config takes
+        the manifest's when it names none; a manifest without one, the dense baseline, matches any)."""
+        cfg = self.cfg
+        if manifest["num_clusters"] != cfg.num_clusters:
+            raise InputError(f"{what} has {manifest['num_clusters']} clusters, run expects {cfg.num_clusters}",
+                             where)
+        fp = manifest.get("clusterer_fingerprint")
+        if cfg.clusterer_fingerprint is None:
+            cfg.clusterer_fingerprint = fp
+        elif fp not in (None, cfg.clusterer_fingerprint):
+            raise InputError(f"{what} comes from clusterer {fp}, the run expects {cfg.clusterer_fingerprint}", where)
 
     def train_tokens(self) -> int:
         """Tokens of the training data (recorded in expert.json; a resume on changed data warns)."""
