@@ -54,10 +54,15 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def metric_name(objective: str) -> str:
+    """How perplexities of models of this objective are labelled: `ppl` (causal LM) or `pseudo-ppl` (masked LM:
+    each token predicted with part of the document masked). result.json keeps c-BTM's `*ppl` keys either way."""
+    return "pseudo-ppl" if objective == "mlm" else "ppl"
+
+
 def metric_label(result: dict) -> str:
-    """What `result_ppl` and every `ppl` of this result measure: `ppl` (causal LM) or `pseudo-ppl` (masked LM: each
-    token predicted with part of the document masked). The keys keep c-BTM's names; the labels say which."""
-    return "pseudo-ppl" if result.get("settings", {}).get("objective") == "mlm" else "ppl"
+    """What `result_ppl` and every `ppl` of this result measure (`metric_name` of its experts' objective)."""
+    return metric_name(result.get("settings", {}).get("objective"))
 
 
 def render_markdown(result: dict, dense: dict | None = None) -> str:

@@ -30,19 +30,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 from xlbtm.cli import get_logger
+from xlbtm.ensemble.report import metric_name  # the study labels its numbers as eval does
 from xlbtm.errors import UsageError
 
 log = get_logger("study")
 
 CLUSTERINGS = ("tfidf", "typological")
 WRITTEN = ("tokenizer", "seed", "clusterer", "clusters", "models", "eval")  # what the stages write under --out
-# --objective -> (seed preset trained from scratch by default, tokenizer style, architecture name, metric)
-OBJECTIVES = {"clm": ("debug", "xglm", "XGLM", "ppl"), "mlm": ("debug-xlmr", "xlmr", "XLM-R", "pseudo-ppl")}
-
-
-def metric_name(objective: str) -> str:
-    """How results of this objective are labelled: `ppl` (causal LM) or `pseudo-ppl` (masked LM)."""
-    return OBJECTIVES[objective][3]
+# --objective -> (seed preset trained from scratch by default, tokenizer style, architecture name)
+OBJECTIVES = {"clm": ("debug", "xglm", "XGLM"), "mlm": ("debug-xlmr", "xlmr", "XLM-R")}
 
 
 @dataclass
