@@ -386,9 +386,7 @@ def main():
     warnings.filterwarnings("ignore")
     import torch
 
-    from xlbtm.cluster.words import _class_table
 
-    _class_table()  # one-time table build, not part of any timing
     texts, langs = manpages()
     gt, gl = gettext_tgt(args.gettext_per_lang)
     tok = subword_tokenizer(texts + gt)

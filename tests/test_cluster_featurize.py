@@ -52,6 +52,31 @@ def test_word_featurizer_equals_sklearn_pipeline(demo):
     np.testing.assert_allclose(f.transform(texts), ref, atol=2e-5)
 
 
+def test_featurize_flat_sums_rows_in_token_order_like_embedding_bag():
+    """featurize_flat sums each document's projection rows in float32, in token order (scipy CSR of ones),
+    bitwise what the torch embedding_bag it replaced gave (so clusterers fitted before keep their clusters),
+    at a size where any other summation order (pairwise, float64, sorted ids) rounds differently."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    v, d, n = 3000, 100, 64
+    lsa = Lsa(idf=rng.uniform(1, 9, v).astype(np.float32), components=rng.normal(size=(d, v)).astype(np.float32))
+    lengths = rng.integers(0, 2000, n)
+    lengths[5] = 0  # an empty document
+    flat = rng.integers(0, v, int(lengths.sum())).astype(np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int32)
+    got = lsa.featurize_flat(flat, offsets)
+    bag = torch.nn.functional.embedding_bag(torch.from_numpy(flat), torch.from_numpy(lsa.projection),
+                                            torch.from_numpy(offsets), mode="sum").numpy()
+    norm = np.sqrt(np.einsum("ij,ij->i", bag, bag))
+    want = bag / np.maximum(norm, np.float32(1e-12))[:, None]
+    np.testing.assert_array_equal(got, want)
+    within = np.concatenate([np.sort(flat[o:o + k]) for o, k in zip(offsets, lengths)]).astype(np.int32)
+    assert not np.array_equal(got, lsa.featurize_flat(within, offsets))  # same bags, other order: other bits
+    assert np.all(got[5] == 0)
+    np.testing.assert_allclose(got, torch.nn.functional.normalize(torch.from_numpy(bag), dim=1).numpy(), atol=1e-6)
+
+
 def test_featurize_token_ids_is_linear_in_counts_and_incremental():
     rng = np.random.default_rng(0)
     lsa = Lsa(idf=rng.uniform(1, 3, 50).astype(np.float32), components=rng.normal(size=(8, 50)).astype(np.float32))
@@ -109,7 +134,7 @@ def test_subword_fast_path_is_bitwise_the_reference_and_old_sentencepiece_fallba
     ref = f.lsa.featurize_token_ids(f.encode(texts))
     np.testing.assert_array_equal(got, ref)
     sp, lut = f._fast
-    np.testing.assert_array_equal(f.lsa.projection_rows(lut).numpy(), f.lsa.projection[lut])
+    np.testing.assert_array_equal(f.lsa.projection_rows(lut), f.lsa.projection[lut])
     flat, offsets = f.encode_flat(texts)
     assert [x.tolist() for x in np.split(flat, offsets[1:])] == f.encode(texts)
     np.testing.assert_array_equal(f.lsa.featurize_flat(flat, offsets), ref)
@@ -198,7 +223,12 @@ def _reference_word_tokens(texts):
     from xlbtm.cluster import words
 
     mask = (1 << 64) - 1
-    table = words._class_table()
+
+    def char_class(ch):  # 0 = not \\w, 1 = \\w, 2 = CJK (a token of its own)
+        if not (ch.isalnum() or ch == "_"):
+            return 0
+        return 2 if any(lo <= ord(ch) <= hi for lo, hi in words._CJK_RANGES) else 1
+
     mult, mix = int(words._HASH_MULT), int(words._HASH_MIX)
 
     def fmix(h):
@@ -212,10 +242,10 @@ def _reference_word_tokens(texts):
     for d, text in enumerate(texts):
         low, i = text.lower(), 0
         while i < len(low):
-            c = table[ord(low[i])]
+            c = char_class(low[i])
             j = i + 1
             if c == 1:
-                while j < len(low) and table[ord(low[j])] == 1:
+                while j < len(low) and char_class(low[j]) == 1:
                     j += 1
             if c == 2 or (c == 1 and j - i >= 2):
                 h = sum(ord(ch) * pow(mult, k, 1 << 64) for k, ch in enumerate(low[i:j])) & mask
@@ -277,3 +307,48 @@ def test_subword_leaves_out_letterless_and_everywhere_pieces(demo, sp_tokenizer)
     np.testing.assert_array_equal(f.transform(s.texts[:20]), f.lsa.featurize_token_ids(ids[:20]))
     old = SubwordFeaturizer(tok, max_df=1.0, stop_letterless=False).fit(s.texts, seed=0)
     assert old.num_stopped == 0 and old.lsa.projection[letterless & (df > 0)].any()
+
+
+def test_subword_clusterer_records_its_encoder_and_assignment_loads_no_hf_tokenizer(demo, sp_tokenizer, tmp_path):
+    """A subword fit that took sentencepiece's fast path records it (clusterer.json `encoder`, `sp_to_id`,
+    the model's sha256); a loaded clusterer then featurizes with exactly that encoder without loading the HF
+    tokenizer, and the `cluster` command imports neither transformers nor torch (1.7 + 1 CPU-s a process)."""
+    import json
+    import subprocess
+    import sys
+
+    from xlbtm.cluster.artifact import load_clusterer
+    from xlbtm.cluster.train import train_tfidf_clusterer
+    from xlbtm.errors import InputError
+
+    d, s = demo
+    fitted, _ = train_tfidf_clusterer(d / "train", 3, tmp_path / "c", featurizer="subword",
+                                      tokenizer=sp_tokenizer.path, seed=0)
+    meta = json.loads((tmp_path / "c" / "clusterer.json").read_text())
+    assert meta["encoder"] == {"kind": "sentencepiece", "model": "tokenizer/sentencepiece.bpe.model"}
+    assert "tokenizer/sentencepiece.bpe.model" in meta["files"]
+    c = load_clusterer(tmp_path / "c")
+    f = c.featurizer
+    assert f._fast and callable(f._tokenizer), "the recorded encoder was not used, or the HF tokenizer was loaded"
+    np.testing.assert_array_equal(c.transform(s.texts[:40]), fitted.transform(s.texts[:40]))
+    np.testing.assert_array_equal(f.sentencepiece_ids, fitted.featurizer.sentencepiece_ids)
+    assert callable(f._tokenizer)
+    assert c.top_terms(3) and not callable(f._tokenizer)  # terms need the tokenizer: loaded then, not before
+
+    code = ("import runpy, sys; sys.argv = ['cluster', '--data-dir', sys.argv[1], '--path-to-clusterer', "
+            "sys.argv[2], '--output-prefix', sys.argv[3], '--split', 'train']\n"
+            "try:\n    runpy.run_module('xlbtm.scripts.cluster', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(d), str(tmp_path / "c"), str(tmp_path / "a")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+    want = fitted.predict(s.docs if hasattr(s, "docs") else s.texts)
+    got = [json.loads(line)["cluster"] for p in sorted((tmp_path / "a" / "train").rglob("*.jsonl"))
+           for line in p.read_text().splitlines()]
+    assert sorted(got) == sorted(want.tolist()) and len(got) == len(s.texts)
+
+    model = tmp_path / "c" / "tokenizer" / "sentencepiece.bpe.model"
+    model.write_bytes(model.read_bytes() + b"\0")
+    with pytest.raises(InputError, match="sentencepiece.bpe.model was modified"):
+        load_clusterer(tmp_path / "c")

@@ -52,10 +52,14 @@ def test_kmeans_runs_single_threaded_unless_large(monkeypatch, big):
     assert torch.get_num_threads() == before
 
 
-def test_assignment_threads_get_their_share_of_the_cpus(tmp_path, monkeypatch):
-    """`cluster --num-workers 2` on 4 CPUs: two files at a time, torch / BLAS one thread, sentencepiece 2."""
+def test_assignment_workers_get_their_share_of_the_cpus(tmp_path, monkeypatch):
+    """`cluster --num-workers 2` on 4 CPUs: two files at a time in two forked worker processes, torch / BLAS
+    one thread each, sentencepiece 2."""
     import json
-    import threading
+    import os
+    import time
+
+    from threadpoolctl import threadpool_info
 
     from xlbtm.cluster import assign as assign_mod
     from xlbtm.cluster.featurize import _num_threads
@@ -71,27 +75,26 @@ def test_assignment_threads_get_their_share_of_the_cpus(tmp_path, monkeypatch):
         p.write_text("\n".join(docs[i::4]) + "\n")
     train_tfidf_clusterer(tmp_path / "data" / "train", 3, tmp_path / "c", featurizer="word", seed=0)
     monkeypatch.setattr(threads, "available_cpus", lambda: 4)
-    seen, running, peak = [], [0], [0]
-    lock = threading.Lock()
     real = assign_mod.assign_file
+    log = tmp_path / "spy.jsonl"
 
-    def spy(c, job, **kw):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        seen.append((torch.get_num_threads(), _num_threads()))
-        try:
-            import time
-
-            time.sleep(0.2)  # let the other thread start
-            return real(c, job, **kw)
-        finally:
-            with lock:
-                running[0] -= 1
+    def spy(c, job, **kw):  # runs in the worker processes: reports through a file
+        t0 = time.monotonic()
+        blas = sorted({i["num_threads"] for i in threadpool_info()})
+        time.sleep(0.3)  # let the other worker start
+        out = real(c, job, **kw)
+        with open(log, "a") as f:
+            f.write(json.dumps({"pid": os.getpid(), "t0": t0, "t1": time.monotonic(), "blas": blas,
+                                "torch": torch.get_num_threads(), "encoder": _num_threads()}) + "\n")
+        return out
 
     monkeypatch.setattr(assign_mod, "assign_file", spy)
     a = assign_mod.assign_corpus(tmp_path / "data", tmp_path / "c", tmp_path / "a", "train", workers=2)
-    assert seen == [(1, 2)] * 4 and peak[0] == 2
+    seen = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(seen) == 4 and len({s["pid"] for s in seen}) == 2 and os.getpid() not in {s["pid"] for s in seen}
+    assert all(s["blas"] == [1] and s["torch"] == 1 and s["encoder"] == 2 for s in seen)
+    peak = max(sum(o["t0"] <= s["t0"] < o["t1"] for o in seen) for s in seen)
+    assert peak == 2
     monkeypatch.setattr(assign_mod, "assign_file", real)
     b = assign_mod.assign_corpus(tmp_path / "data", tmp_path / "c", tmp_path / "b", "train", workers=1)
     assert a["splits"] == b["splits"]

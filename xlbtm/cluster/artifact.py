@@ -49,7 +49,8 @@ class TfidfClusterer:
     kind = "tfidf"
 
     def __init__(self, meta: dict, idf: np.ndarray, components: np.ndarray, centroids: np.ndarray,
-                 path: Path | None = None, vocab: list[str] | None = None, tokenizer=None):
+                 path: Path | None = None, vocab: list[str] | None = None, tokenizer=None,
+                 sp_to_id: np.ndarray | None = None):
         from xlbtm.cluster.featurize import Lsa
 
         self.meta = meta
@@ -63,6 +64,8 @@ class TfidfClusterer:
         self.vocab = vocab
         self._tokenizer = tokenizer
         self._featurizer = None
+        # subword: sentencepiece ids -> ours, when the fit recorded its encoder (`xlbtm.formats.clusterer`)
+        self.sp_to_id = sp_to_id if (meta.get("encoder") or {}).get("kind") == "sentencepiece" else None
 
     # arrays the router needs ----------------------------------------------------------------------------
     @property
@@ -110,6 +113,17 @@ class TfidfClusterer:
 
             if self.featurizer_kind == "word":
                 self._featurizer = WordFeaturizer(vocab=self.vocab, lsa=self.lsa)
+            elif self._tokenizer is None and self.sp_to_id is not None and self.path is not None:
+                # the encoder the fit used, recorded in the artifact: no HF tokenizer (and no transformers
+                # import) unless something asks for it (top terms)
+                import sentencepiece as spm
+
+                sp = spm.SentencePieceProcessor(model_file=str(self.path / self.meta["encoder"]["model"]))
+                if sp.get_piece_size() != self.sp_to_id.size:
+                    raise InputError(f"sentencepiece model has {sp.get_piece_size()} pieces, the clusterer's "
+                                     f"sp_to_id {self.sp_to_id.size}", self.path)
+                self._featurizer = SubwordFeaturizer(lambda: self.tokenizer, lsa=self.lsa,
+                                                     sentencepiece=(sp, self.sp_to_id))
             else:
                 self._featurizer = SubwordFeaturizer(self.tokenizer, lsa=self.lsa)
         return self._featurizer
@@ -119,11 +133,9 @@ class TfidfClusterer:
 
     def distances(self, feats: np.ndarray) -> np.ndarray:
         """[n, K] squared Euclidean distances between features and centroids."""
-        from xlbtm.cluster.kmeans import sq_distances
-        import torch
+        from xlbtm.cluster.distance import sq_distances
 
-        return sq_distances(torch.from_numpy(np.asarray(feats, dtype=np.float32)),
-                            torch.from_numpy(self.centroids)).numpy()
+        return sq_distances(np.asarray(feats, dtype=np.float32), self.centroids)
 
     def predict(self, texts_or_docs: Iterable) -> np.ndarray:
         """Nearest-centroid cluster of every text/document (c-BTM's rule), int64 [n]."""
@@ -184,7 +196,8 @@ def load_clusterer(path: str | os.PathLike, tokenizer=None, *, verify: bool = Tr
         return TypologicalClusterer(meta, arrays.get("features"), path)
     if meta["kind"] != "tfidf":
         raise InputError(f"unknown clusterer kind {meta['kind']!r}", path / META)
-    c = TfidfClusterer(meta, arrays["idf"], arrays["components"], arrays["centroids"], path, vocab)
+    c = TfidfClusterer(meta, arrays["idf"], arrays["components"], arrays["centroids"], path, vocab,
+                       sp_to_id=arrays.get("sp_to_id"))
     if tokenizer is not None:
         if meta.get("featurizer") != "subword":
             raise UsageError("--tokenizer is only used by subword clusterers")

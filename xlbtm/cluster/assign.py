@@ -6,9 +6,9 @@ sidecar. Re-running skips files whose sidecar matches the clusterer fingerprint 
 mtime) and redoes the rest, so a killed run resumes. Workers stream their files in batches, so memory stays
 flat as the corpus grows; the manifest is aggregated from the sidecars at the end (K x languages numbers).
 
-`run="local"`: one process, files on a pool of threads (`run_task`: why threads). `run="slurm"`: a submitit job
-array via `xlbtm.launch.make_executor`, several files per array task (each on the task's CPUs as threads);
-`wait_for` reports failures with log paths.
+`run="local"`: files on worker processes forked from the command's process (`_worker_pool`: why).
+`run="slurm"`: a submitit job array via `xlbtm.launch.make_executor`, several files per array task (on the
+task's CPUs, forked the same way); `wait_for` reports failures with log paths.
 """
 
 from __future__ import annotations
@@ -103,18 +103,62 @@ def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_line
     return side
 
 
+def _assign_job(clusterer_path: str, job: FileJob, batch_size: int, skip_bad_lines: bool) -> int:
+    """One file in a worker: its documents, or -1 when another run finished it meanwhile."""
+    c = _get_clusterer(clusterer_path)
+    if is_done(job, c.fingerprint):
+        return -1
+    return sum(assign_file(c, job, batch_size=batch_size, skip_bad_lines=skip_bad_lines)["documents"])
+
+
+def _warm_up(c, jobs: Sequence[FileJob], parallel_side: str | None) -> None:
+    """Featurize the first documents once before the workers start, so the tokenizer or vocabulary is loaded
+    and every lazy decision (the subword encoder, the word tokenizer's character table) is made here, once,
+    and inherited by every forked worker instead of being made by each on its own first file."""
+    if getattr(c, "featurizer_kind", None) is None:
+        return
+    from xlbtm.corpus import iter_file
+
+    first = []
+    for job in jobs:
+        try:
+            for doc in iter_file(job.path, job.rel, skip_bad_lines=True, parallel_side=parallel_side):
+                first.append(doc)
+                if len(first) >= 64:
+                    break
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by its own worker, with its line
+            pass
+        if len(first) >= 64:
+            break
+    c.transform(first)
+
+
+def _worker_pool(workers: int):
+    """Worker processes forked from this one where the OS can fork (Linux, macOS), else threads.
+
+    Why processes: about half of an assignment's CPU time holds the GIL (json parsing, `str.lower`, the
+    per-document loop), so threads of one process gave only 1.1-1.3x on 2 cores (BENCHMARKS.md, Clustering
+    at scale). Why fork: a forked worker inherits the loaded clusterer, tokenizer and imports, so it starts
+    in milliseconds and loads nothing twice (a spawned one paid 1-3 CPU-s). Safe here: the assignment path
+    never imports torch (no OpenMP pool to inherit) and BLAS runs single-threaded (`limit_threads`)."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    if "fork" in mp.get_all_start_methods():
+        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"))
+    return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assign")
+
+
 def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512,
              skip_bad_lines: bool = False, workers: int | None = None, on_file=None) -> dict:
     """One local run or SLURM array task: cluster its files (skipping ones finished meanwhile) on `workers`
-    threads of this process (default: one per CPU this process may use, at most one per file). Returns
-    {"files": files clustered, "documents": their documents}; `on_file(job, documents)` is called in the
-    calling thread as each file ends (a file finished by another run meanwhile counts with 0 documents).
+    worker processes forked from this one (default: one per CPU this process may use, at most one per file;
+    `_worker_pool`: why processes, why fork). Returns {"files": files clustered, "documents": their
+    documents}; `on_file(job, documents)` is called in the calling thread as each file ends (a file finished
+    by another run meanwhile counts with 0 documents). BLAS runs single-threaded and sentencepiece gets
+    CPUs // workers threads per file, so the workers never oversubscribe the cores (`xlbtm.cluster.threads`)."""
+    import concurrent.futures as cf
 
-    Threads, not processes: the clusterer and the torch / tokenizer imports (1-3 CPU-s per process) are loaded
-    once. About half of the word featurizer's time (numpy, torch) and most of subword's (sentencepiece) run
-    without the GIL; json parsing and `str.lower` hold it, so on 2 quiet cores 2 threads give ~1.25x over one
-    (BENCHMARKS.md, Clustering at scale), at no extra CPU. torch / BLAS run single-threaded and sentencepiece gets
-    CPUs // workers threads per file, so the threads never oversubscribe the cores (`xlbtm.cluster.threads`)."""
     from xlbtm.cluster.threads import available_cpus, limit_threads
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -123,11 +167,6 @@ def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512
     workers = max(1, min(len(jobs), workers or available_cpus()))
     done = docs = 0
 
-    def one(job: FileJob) -> int:
-        if is_done(job, c.fingerprint):
-            return -1
-        return sum(assign_file(c, job, batch_size=batch_size, skip_bad_lines=skip_bad_lines)["documents"])
-
     def ended(job: FileJob, n: int) -> None:
         nonlocal done, docs
         done += n >= 0
@@ -135,22 +174,19 @@ def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512
         if on_file is not None:
             on_file(job, max(n, 0))
 
-    # torch / BLAS: one thread (per batch their ops are small, and OpenMP barriers stall on a busy machine:
-    # 2 threads doubled the CPU time of a 1-file run under load); sentencepiece: the CPUs left per file
+    # BLAS: one thread (per batch its ops are small, and OpenMP barriers stall on a busy machine: 2 threads
+    # doubled the CPU time of a 1-file run under load); sentencepiece: the CPUs left per worker
     with limit_threads(1, encoder=max(1, available_cpus() // workers)):
         if workers == 1:
             for job in jobs:
-                ended(job, one(job))
+                ended(job, _assign_job(clusterer_path, job, batch_size, skip_bad_lines))
         else:
-            import concurrent.futures as cf
-
-            if getattr(c, "featurizer_kind", None) is not None:
-                c.featurizer  # noqa: B018 - load the tokenizer / vocabulary once, before the threads share it
-            pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assign")
+            _warm_up(c, jobs, jobs[0].parallel_side if jobs else None)
+            pool = _worker_pool(workers)
             try:
-                futs = {pool.submit(one, j): j for j in jobs}
+                futs = {pool.submit(_assign_job, clusterer_path, j, batch_size, skip_bad_lines): j for j in jobs}
                 for fut in cf.as_completed(futs):
-                    ended(futs[fut], fut.result())  # re-raises a thread's InputError here
+                    ended(futs[fut], fut.result())  # re-raises a worker's InputError here
             finally:  # on an error or Ctrl-C: files not started are dropped, running ones end (atomic writes)
                 pool.shutdown(wait=True, cancel_futures=True)
     return {"files": done, "documents": docs}

@@ -64,16 +64,16 @@ class Lsa:
 
     @property
     def projection(self) -> np.ndarray:
-        """P = idf[:, None] * components.T, [V, d] float32: features = normalize(sum of P rows)."""
-        return self.projection_tensor().numpy()
+        """P = idf[:, None] * components.T, [V, d] float32 C-contiguous: features = normalize(sum of P rows)."""
+        if self._proj is None:
+            self._proj = np.ascontiguousarray((self.components * self.idf[None, :]).T, dtype=np.float32)
+        return self._proj
 
     def projection_tensor(self):
+        """`projection` as a torch tensor sharing its memory (the ensemble router's row gathers)."""
         import torch
 
-        if self._proj is None:
-            p = (self.components * self.idf[None, :]).T
-            self._proj = torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))
-        return self._proj
+        return torch.from_numpy(self.projection)
 
     def featurize_token_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """[n, d] float32 L2-normalized features of id sequences (the reference the router must match)."""
@@ -83,34 +83,40 @@ class Lsa:
                              f"clusterer?)")
         return self.featurize_flat(flat, offsets)
 
-    def featurize_flat(self, flat: np.ndarray, offsets: np.ndarray, projection=None) -> np.ndarray:
+    def featurize_flat(self, flat: np.ndarray, offsets: np.ndarray, projection: np.ndarray | None = None
+                       ) -> np.ndarray:
         """Same as `featurize_token_ids` for ids concatenated in `flat`, document i starting at offsets[i].
-        `projection` (default: `projection_tensor()`) may be `projection_rows(lut)`, for ids in another
-        numbering: its rows are bitwise P[lut], so the sums (same rows, same order) are bitwise the same."""
-        import torch
+        `projection` (default: `projection`) may be `projection_rows(lut)`, for ids in another numbering: its
+        rows are bitwise P[lut], so the sums (same rows, same order) are bitwise the same.
 
+        The row sums are a CSR matrix of ones times P (scipy, single-threaded C++): each document's rows are
+        added in token order in float32, bitwise what torch's embedding_bag(mode="sum") gives (checked in the
+        tests), without importing torch, which costs an assignment process ~1 CPU-s (BENCHMARKS.md, Clustering
+        at scale)."""
+        import scipy.sparse as sp
+
+        proj = self.projection if projection is None else projection
         flat = np.asarray(flat)
         offsets = np.asarray(offsets)
-        if flat.dtype != np.int32 or offsets.dtype != np.int32:  # embedding_bag: both int32 or both int64
-            flat, offsets = flat.astype(np.int64, copy=False), offsets.astype(np.int64, copy=False)
-        with torch.no_grad():
-            z = torch.nn.functional.embedding_bag(torch.from_numpy(flat),
-                                                  self.projection_tensor() if projection is None else projection,
-                                                  torch.from_numpy(offsets), mode="sum")
-            z = torch.nn.functional.normalize(z, dim=1)
-        return z.numpy()
+        index = np.int32 if flat.size < 2**31 else np.int64
+        indptr = np.empty(offsets.size + 1, dtype=index)
+        indptr[:-1] = offsets
+        indptr[-1] = flat.size
+        ones = sp.csr_matrix((np.ones(flat.size, dtype=np.float32), flat.astype(index, copy=False), indptr),
+                             shape=(offsets.size, proj.shape[0]))
+        z = np.asarray(ones @ proj, dtype=np.float32)
+        norm = np.sqrt(np.einsum("ij,ij->i", z, z))
+        z /= np.maximum(norm, np.float32(1e-12))[:, None]  # an empty document stays all-zero
+        return z
 
-    def projection_rows(self, lut: np.ndarray):
-        """P[lut] as a [len(lut), d] float32 tensor, computed from idf/components without materializing P
+    def projection_rows(self, lut: np.ndarray) -> np.ndarray:
+        """P[lut] as a [len(lut), d] float32 array, computed from idf/components without materializing P
         (the elementwise products are the same float32 operations, so the rows equal P's bitwise)."""
-        import torch
-
         lut = np.asarray(lut, dtype=np.int64)
         if lut.size and (lut.min() < 0 or lut.max() >= self.vocab_size):
             raise ValueError(f"token id out of range [0, {self.vocab_size}) (tokenizer does not match the "
                              f"clusterer?)")
-        p = (self.components[:, lut] * self.idf[lut][None, :]).T
-        return torch.from_numpy(np.ascontiguousarray(p, dtype=np.float32))
+        return np.ascontiguousarray((self.components[:, lut] * self.idf[lut][None, :]).T, dtype=np.float32)
 
 
 CHUNK = 1024  # documents per featurization chunk: bounds memory whatever the number of texts
@@ -205,16 +211,32 @@ class SubwordFeaturizer:
     kind = "subword"
 
     def __init__(self, tokenizer, lsa: Lsa | None = None, *, fast: bool = True, max_df: float = 0.5,
-                 stop_letterless: bool = True):
-        self.tokenizer = tokenizer  # xlbtm.tokenizer.Tokenizer
+                 stop_letterless: bool = True, sentencepiece: tuple | None = None):
+        """`tokenizer`: an `xlbtm.tokenizer.Tokenizer`, or a function that loads it when first needed.
+        `sentencepiece`: (processor, its ids -> ours) decided when the clusterer was fitted (its artifact
+        records it): the fast path without a new check, so assignment never loads the HF tokenizer (and
+        transformers, ~1.7 CPU-s per process) and every job encodes as the fit did."""
+        self._tokenizer = tokenizer
         self.lsa = lsa
         self.max_df = max_df
         self.stop_letterless = stop_letterless
         self.num_stopped = 0
-        self._fast = None if fast else False  # None = not decided yet
+        self._fast = sentencepiece if sentencepiece is not None else (None if fast else False)  # None: undecided
         self._sp_proj = None  # (lsa, P rows in sentencepiece id order)
         # assignment threads share one featurizer: one decision (on the first texts), seen by all of them
         self._lock = threading.Lock()
+
+    @property
+    def tokenizer(self):
+        if callable(self._tokenizer):
+            self._tokenizer = self._tokenizer()
+        return self._tokenizer
+
+    @property
+    def sentencepiece_ids(self) -> np.ndarray | None:
+        """The fast path's map from sentencepiece ids to ours once it was taken (what a fitted clusterer
+        records), else None."""
+        return self._fast[1] if self._fast else None
 
     def _fast_encoder(self, probe: Sequence[str]):
         if self._fast is None:

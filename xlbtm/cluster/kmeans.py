@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from xlbtm.cluster.distance import sq_distances  # noqa: F401 - re-exported: k-means' distance
 from xlbtm.errors import UsageError
 
 
@@ -43,12 +44,6 @@ def _as_tensor(x, device=None) -> torch.Tensor:
 
 def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def sq_distances(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """[n, k] squared Euclidean distances (clamped at 0 against rounding)."""
-    d = (x * x).sum(1, keepdim=True) - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
-    return d.clamp_min_(0.0)
 
 
 # ------------------------------------------------------------------------------------------------ k-means++

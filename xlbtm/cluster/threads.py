@@ -18,6 +18,7 @@ one process) a descheduled thread stalls every region: balanced k-means on 3,233
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,18 +70,20 @@ def limit_threads(n: int, encoder: int | None = None):
     (default n; its threads are plain std::threads per call, no spinning barrier). Process-wide: call it from
     the thread that starts the work, not from worker threads."""
     global _CURRENT
-    import torch
     from threadpoolctl import threadpool_limits
 
     n = max(1, int(n))
+    torch = sys.modules.get("torch")  # only when already imported: assignment never imports it (1 CPU-s)
     with _LOCK:
-        saved, saved_torch = _CURRENT, torch.get_num_threads()
+        saved, saved_torch = _CURRENT, torch.get_num_threads() if torch is not None else None
         _CURRENT = max(1, int(encoder)) if encoder is not None else n
-        torch.set_num_threads(n)
+        if torch is not None:
+            torch.set_num_threads(n)
     try:
         with threadpool_limits(limits=n):
             yield n
     finally:
         with _LOCK:
             _CURRENT = saved
-            torch.set_num_threads(saved_torch)
+            if torch is not None:
+                torch.set_num_threads(saved_torch)

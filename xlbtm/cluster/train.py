@@ -151,6 +151,14 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
                 "seconds": round(t2 - t0, 2)},
     }
     arrays = {"idf": feat.lsa.idf, "components": feat.lsa.components, "centroids": km.centroids}
+    sp_ids = feat.sentencepiece_ids if featurizer == "subword" else None
+    if sp_ids is not None:  # the fit took sentencepiece's fast path: assignment encodes the same way
+        from xlbtm.formats.clusterer import TOKENIZER_DIR
+        from xlbtm.tokenizer import find_sp_model
+
+        model = find_sp_model(Path(tok.path)) if Path(tok.path).is_dir() else Path(tok.path)
+        meta["encoder"] = {"kind": "sentencepiece", "model": f"{TOKENIZER_DIR}/{model.name}"}
+        arrays["sp_to_id"] = np.asarray(sp_ids, dtype=np.int64)
     save_clusterer(output_dir, meta, arrays, vocab=getattr(feat, "vocab", None) if featurizer == "word" else None,
                    tokenizer_dir=tok.path if tok is not None else None)
     return load_clusterer(output_dir, tokenizer=tok), sample

@@ -55,12 +55,9 @@ def log_weights(sqdist: torch.Tensor, temperature: float, *, topk: int = -1, cbt
 def squared_distances(h: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """||h_i - c_k||^2 for rows of h [N, d] and centroids [K, d] -> [N, K] float64: k-means' own
     `sq_distances`, so routing and clustering measure distance the same way."""
-    import torch
+    from xlbtm.cluster.distance import sq_distances
 
-    from xlbtm.cluster.kmeans import sq_distances
-
-    return sq_distances(torch.from_numpy(np.asarray(h, dtype=np.float64)),
-                        torch.from_numpy(np.asarray(centroids, dtype=np.float64))).numpy()
+    return sq_distances(np.asarray(h, dtype=np.float64), np.asarray(centroids, dtype=np.float64))
 
 
 # ---------------------------------------------------------------------------- linear subword featurizer

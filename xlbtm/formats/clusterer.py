@@ -7,6 +7,9 @@
     <dir>/vocab.json            word featurizer: the term of every id (id 0 = [UNK])
     <dir>/tokenizer/            subword featurizer: a copy of the seed tokenizer dir (its fingerprint is in
                                 clusterer.json and checked on load)
+    clusterer.json `encoder`    subword, when the fit encoded with sentencepiece's C++ library (the fast
+                                path): {"kind": "sentencepiece", "model": "tokenizer/<file>"}; the model's
+                                sha256 is in `files` and its ids -> ours are the array `sp_to_id` [pieces]
 
 `read_clusterer(path)` verifies the file hashes and the fingerprint, so a modified or truncated artifact is
 an error, never silently different clusters. The objects built from it are `xlbtm.cluster.artifact`'s.
@@ -59,6 +62,9 @@ def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.
             else:
                 shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR,
                                 ignore=shutil.ignore_patterns(".*", "__pycache__"))
+        model = (meta.get("encoder") or {}).get("model")
+        if model is not None:  # the sentencepiece model assignment encodes with: verified like the arrays
+            files[model] = sha256_file(tmp / model)
         meta = {"format": FORMAT, **meta, "files": files}
         meta["fingerprint"] = _fingerprint(meta)
         write_json(tmp / META, meta)
