@@ -30,12 +30,12 @@ def build_parser():
     p.add_argument("--output-prefix", required=True, help="clusters dir to write")
     p.add_argument("--split", required=True, help="train, valid or valid/<subset>")
     p.add_argument("--run", choices=["local", "slurm"], default="local",
-                   help="local: process pool on this machine; slurm: submitit job arrays (waits for them)")
+                   help="local: worker processes on this machine; slurm: submitit job arrays (waits for them)")
     p.add_argument("--job-dir", default=None, help="submitit logs for --run slurm; O/jobs when not given")
     p.add_argument("--num-workers", type=int, default=None,
-                   help="files clustered at once for --run local, as threads of one process (default: one per CPU "
-                        "this process may use, at most one per file); sentencepiece gets CPUs // N threads per file, "
-                        "torch / BLAS one")
+                   help="files clustered at once for --run local, on worker processes forked from this one "
+                        "(default: one per CPU this process may use, at most one per file); sentencepiece gets "
+                        "CPUs // N threads per file, BLAS one")
     add_skip_bad_lines_arg(p)
     add_parallel_side_arg(p)
     add_slurm_args(p)
