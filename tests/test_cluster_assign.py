@@ -132,7 +132,7 @@ def test_assignment_resumes_after_a_crash_with_identical_outputs(corpus, cluster
     assert sum(man["documents"]) == 240 + 30
 
 
-def test_local_threads_match_one_thread(corpus, clusterer, tmp_path):
+def test_local_workers_match_one_worker(corpus, clusterer, tmp_path):
     import logging
 
     seen = []
@@ -220,6 +220,12 @@ def test_assignment_bad_inputs(corpus, clusterer, tmp_path):
     assert not (tmp_path / "o2" / "train" / "0" / "x.jsonl").exists()  # nothing half-written
     m = assign_mod.assign_corpus(bad, clusterer, tmp_path / "o3", "train", workers=1, skip_bad_lines=True)
     assert m["splits"]["train"]["skipped_lines"] == 1 and sum(m["documents"]) == 1
+    # the same bad line in a worker process: the error arrives whole (file and line), no temp file is left
+    _write(bad / "train" / "1" / "y.jsonl", [{"text": "also fine"}] * 3)
+    with pytest.raises(InputError, match=r"x.jsonl:2: missing required field 'text'") as e:
+        assign_mod.assign_corpus(bad, clusterer, tmp_path / "o4", "train", workers=2)
+    assert e.value.path.endswith("x.jsonl") and e.value.line == 2
+    assert not list((tmp_path / "o4").rglob("*.tmp")) and not (tmp_path / "o4" / "train" / "0" / "x.jsonl").exists()
 
 
 def test_typological_assignment_uses_lang(tmp_path):
@@ -313,9 +319,9 @@ def test_cluster_files_of_removed_inputs_are_removed(clusterer, tmp_path):
     assert [sp for sp, _ in iter_assignments(out, "train")] == ["train/0/a.jsonl|0", "train/0/a.jsonl|1"]
 
 
-def test_threaded_assignment_equals_in_process_predict_and_resumes(corpus, clusterer, tmp_path, monkeypatch):
-    """Files on 3 threads give exactly the clusterer's own predict() per file; a file that fails in one thread
-    stops the run without touching finished files, and the rerun redoes only the unfinished ones."""
+def test_worker_processes_equal_in_process_predict_and_resumes(corpus, clusterer, tmp_path, monkeypatch):
+    """Files on 3 forked workers give exactly the clusterer's own predict() per file; a file that fails in one
+    worker stops the run without touching finished files, and the rerun redoes only the unfinished ones."""
     from xlbtm.corpus import iter_file
 
     c = load_clusterer(clusterer)
