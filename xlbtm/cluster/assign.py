@@ -181,7 +181,10 @@ def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512
             for job in jobs:
                 ended(job, _assign_job(clusterer_path, job, batch_size, skip_bad_lines))
         else:
+            import gc
+
             _warm_up(c, jobs, jobs[0].parallel_side if jobs else None)
+            gc.freeze()  # forked workers share this heap: a collection in them would touch (so copy) its pages
             pool = _worker_pool(workers)
             try:
                 futs = {pool.submit(_assign_job, clusterer_path, j, batch_size, skip_bad_lines): j for j in jobs}
@@ -189,6 +192,7 @@ def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512
                     ended(futs[fut], fut.result())  # re-raises a worker's InputError here
             finally:  # on an error or Ctrl-C: files not started are dropped, running ones end (atomic writes)
                 pool.shutdown(wait=True, cancel_futures=True)
+                gc.unfreeze()
     return {"files": done, "documents": docs}
 
 
