@@ -139,8 +139,9 @@ def _worker_pool(workers: int):
     Why processes: about half of an assignment's CPU time holds the GIL (json parsing, `str.lower`, the
     per-document loop), so threads of one process gave only 1.1-1.3x on 2 cores (BENCHMARKS.md, Clustering
     at scale). Why fork: a forked worker inherits the loaded clusterer, tokenizer and imports, so it starts
-    in milliseconds and loads nothing twice (a spawned one paid 1-3 CPU-s). Safe here: the assignment path
-    never imports torch (no OpenMP pool to inherit) and BLAS runs single-threaded (`limit_threads`)."""
+    in milliseconds and loads nothing twice (a spawned one paid 1-3 CPU-s). Safe here: the workers never call
+    torch (assignment is numpy / scipy; the `cluster` command does not even import it), so an OpenMP pool a
+    calling program may hold is never touched in them, and BLAS runs single-threaded (`limit_threads`)."""
     import concurrent.futures as cf
     import multiprocessing as mp
 
