@@ -358,3 +358,53 @@ def test_worker_processes_equal_in_process_predict_and_resumes(corpus, clusterer
         assert (out2 / rel).read_bytes() == data == (out / rel).read_bytes()
     for p in out.rglob("*.jsonl"):
         assert (out2 / p.relative_to(out)).read_bytes() == p.read_bytes()
+
+
+def _processes_with(marker: str) -> list[int]:
+    import os
+
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="needs /proc (Linux)")
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_a_killed_command_leaves_no_worker_behind_and_the_rerun_finishes(corpus, clusterer, tmp_path, sig):
+    """`kill` of the command (no cleanup runs in it) must not leave its forked workers waiting on the pool's
+    queue forever (they did, before PR_SET_PDEATHSIG); their half-written files are temp files the rerun
+    removes, and the rerun's cluster files equal an uninterrupted run's."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = f"xlbtm-kill-test-{sig}-{tmp_path.name}"
+    out = tmp_path / "out"
+    code = ("import sys, time\nfrom xlbtm.cluster import assign\nreal = assign.assign_file\n"
+            "def slow(c, job, **kw):\n    time.sleep(0.5)\n    return real(c, job, **kw)\n"
+            "assign.assign_file = slow\n"
+            "assign.assign_corpus(sys.argv[1], sys.argv[2], sys.argv[3], 'train', workers=2)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(corpus), str(clusterer), str(out), marker])
+    deadline = time.monotonic() + 60
+    while len(_processes_with(marker)) < 3 and time.monotonic() < deadline:  # the command and its 2 workers
+        time.sleep(0.05)
+    assert len(_processes_with(marker)) == 3, "the workers did not start"
+    proc.send_signal(getattr(signal, sig))
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_with(marker) == [], "workers outlived the killed command"
+    assign_mod.assign_corpus(corpus, clusterer, out, "train", workers=2)
+    assert not list(out.rglob("*.tmp"))
+    ref = tmp_path / "ref"
+    assign_mod.assign_corpus(corpus, clusterer, ref, "train", workers=1)
+    assert list(iter_assignments(out, "train")) == list(iter_assignments(ref, "train"))
