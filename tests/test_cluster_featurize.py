@@ -330,6 +330,7 @@ def test_subword_clusterer_records_its_encoder_and_assignment_loads_no_hf_tokeni
     c = load_clusterer(tmp_path / "c")
     f = c.featurizer
     assert f._fast and callable(f._tokenizer), "the recorded encoder was not used, or the HF tokenizer was loaded"
+    assert f.sentencepiece_model == tmp_path / "c" / "tokenizer" / "sentencepiece.bpe.model"  # the artifact's copy
     np.testing.assert_array_equal(c.transform(s.texts[:40]), fitted.transform(s.texts[:40]))
     np.testing.assert_array_equal(f.sentencepiece_ids, fitted.featurizer.sentencepiece_ids)
     assert callable(f._tokenizer)

@@ -116,14 +116,9 @@ class TfidfClusterer:
             elif self._tokenizer is None and self.sp_to_id is not None and self.path is not None:
                 # the encoder the fit used, recorded in the artifact: no HF tokenizer (and no transformers
                 # import) unless something asks for it (top terms)
-                import sentencepiece as spm
-
-                sp = spm.SentencePieceProcessor(model_file=str(self.path / self.meta["encoder"]["model"]))
-                if sp.get_piece_size() != self.sp_to_id.size:
-                    raise InputError(f"sentencepiece model has {sp.get_piece_size()} pieces, the clusterer's "
-                                     f"sp_to_id {self.sp_to_id.size}", self.path)
-                self._featurizer = SubwordFeaturizer(lambda: self.tokenizer, lsa=self.lsa,
-                                                     sentencepiece=(sp, self.sp_to_id))
+                self._featurizer = SubwordFeaturizer(
+                    lambda: self.tokenizer, lsa=self.lsa,
+                    sentencepiece=(self.path / self.meta["encoder"]["model"], self.sp_to_id))
             else:
                 self._featurizer = SubwordFeaturizer(self.tokenizer, lsa=self.lsa)
         return self._featurizer

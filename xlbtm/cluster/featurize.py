@@ -215,7 +215,7 @@ class SubwordFeaturizer:
     def __init__(self, tokenizer, lsa: Lsa | None = None, *, fast: bool = True, max_df: float = 0.5,
                  stop_letterless: bool = True, sentencepiece: tuple | None = None):
         """`tokenizer`: an `xlbtm.tokenizer.Tokenizer`, or a function that loads it when first needed.
-        `sentencepiece`: (processor, its ids -> ours) decided when the clusterer was fitted (its artifact
+        `sentencepiece`: (model file, its ids -> ours) decided when the clusterer was fitted (its artifact
         records it): the fast path without a new check, so assignment never loads the HF tokenizer (and
         transformers, ~1.7 CPU-s per process) and every job encodes as the fit did."""
         self._tokenizer = tokenizer
@@ -223,7 +223,17 @@ class SubwordFeaturizer:
         self.max_df = max_df
         self.stop_letterless = stop_letterless
         self.num_stopped = 0
-        self._fast = sentencepiece if sentencepiece is not None else (None if fast else False)  # None: undecided
+        self.sentencepiece_model: Path | None = None  # the model file of the fast path, once taken
+        self._fast = None if fast else False  # None: undecided
+        if sentencepiece is not None:
+            model, lut = sentencepiece
+            sp = self._load_sentencepiece(model)
+            if sp.get_piece_size() != len(lut):
+                from xlbtm.errors import InputError
+
+                raise InputError(f"sentencepiece model has {sp.get_piece_size()} pieces, the clusterer's "
+                                 f"sp_to_id {len(lut)}", model)
+            self._fast = (sp, np.asarray(lut))
         self._sp_proj = None  # (lsa, P rows in sentencepiece id order)
         # assignment threads share one featurizer: one decision (on the first texts), seen by all of them
         self._lock = threading.Lock()
@@ -247,17 +257,21 @@ class SubwordFeaturizer:
                     self._fast = self._decide_fast(probe)
         return self._fast or None
 
+    def _load_sentencepiece(self, model: Path):
+        import sentencepiece as spm
+
+        self.sentencepiece_model = Path(model)
+        return spm.SentencePieceProcessor(model_file=str(model))
+
     def _decide_fast(self, probe: Sequence[str]):
         """(sentencepiece processor, its ids -> ours) when its bags of ids agree with the tokenizer's, else False."""
         fast = False
         try:
-            import sentencepiece as spm
-
             from xlbtm.tokenizer import find_sp_model
 
             model = find_sp_model(Path(self.tokenizer.path))
             if model is not None:
-                sp = spm.SentencePieceProcessor(model_file=str(model))
+                sp = self._load_sentencepiece(model)
                 lut = np.array([self.tokenizer.token_to_id(sp.id_to_piece(i)) for i in
                                 range(sp.get_piece_size())], dtype=object)
                 if all(v is not None for v in lut):
@@ -269,6 +283,8 @@ class SubwordFeaturizer:
                         fast = (sp, lut)
         except Exception:  # noqa: BLE001 - any problem: use the reference encoder
             fast = False
+        if not fast:
+            self.sentencepiece_model = None
         return fast
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:

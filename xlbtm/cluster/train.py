@@ -154,10 +154,9 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
     sp_ids = feat.sentencepiece_ids if featurizer == "subword" else None
     if sp_ids is not None:  # the fit took sentencepiece's fast path: assignment encodes the same way
         from xlbtm.formats.clusterer import TOKENIZER_DIR
-        from xlbtm.tokenizer import find_sp_model
 
-        model = find_sp_model(Path(tok.path)) if Path(tok.path).is_dir() else Path(tok.path)
-        meta["encoder"] = {"kind": "sentencepiece", "model": f"{TOKENIZER_DIR}/{model.name}"}
+        # the tokenizer dir is copied whole into the artifact, so the model keeps its file name there
+        meta["encoder"] = {"kind": "sentencepiece", "model": f"{TOKENIZER_DIR}/{feat.sentencepiece_model.name}"}
         arrays["sp_to_id"] = np.asarray(sp_ids, dtype=np.int64)
     save_clusterer(output_dir, meta, arrays, vocab=getattr(feat, "vocab", None) if featurizer == "word" else None,
                    tokenizer_dir=tok.path if tok is not None else None)
