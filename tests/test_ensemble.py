@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from tolerance import ppl_rel_tol
+
 from xlbtm.ensemble import mixing, routing
 
 # DCP warns that it runs without a process group: single-process save/load is what these tests do
@@ -578,8 +580,8 @@ def test_run_local_scores_experts_as_separate_jobs(tiny, fake_clusterer, tmp_pat
     kw = dict(ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(tmp_path / "ens"),
               max_valid_steps=4, temperatures=[0.2])
     ref = _eval(tiny, tmp_path / "inproc", **kw)
-    res = _eval(tiny, tmp_path / "local", run="local", **kw)
-    assert res["result_ppl"] == pytest.approx(ref["result_ppl"], rel=1e-6)
+    res = _eval(tiny, tmp_path / "local", run="local", **kw)  # jobs with their own CPU thread counts
+    assert res["result_ppl"] == pytest.approx(ref["result_ppl"], rel=ppl_rel_tol(ref["result_ppl"]))
     assert list((tmp_path / "local" / "jobs").rglob("*_log.out"))  # the jobs really ran through submitit
 
 
@@ -592,8 +594,8 @@ def test_run_slurm_scores_experts_as_an_array(tiny, fake_clusterer, tmp_path, sl
     kw = dict(ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(tmp_path / "ens"),
               max_valid_steps=4, temperatures=[0.2])
     ref = _eval(tiny, tmp_path / "inproc", **kw)
-    res = _eval(tiny, tmp_path / "slurm", run="slurm", **kw)
-    assert res["result_ppl"] == pytest.approx(ref["result_ppl"], rel=1e-6)
+    res = _eval(tiny, tmp_path / "slurm", run="slurm", **kw)  # on another node, with its own thread count
+    assert res["result_ppl"] == pytest.approx(ref["result_ppl"], rel=ppl_rel_tol(ref["result_ppl"]))
     metas = [json.loads(p.read_text()) for p in (tmp_path / "slurm" / "scores").glob("*.json")]
     assert sorted(m["name"] for m in metas) == ["expert0", "expert1"]
 

@@ -6,6 +6,8 @@ import argparse
 import pytest
 import torch
 
+from tolerance import tensor_tol
+
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.seed import load_seed
 from xlbtm.models import ModelArgs, build_model
@@ -56,7 +58,7 @@ def test_save_hf_loads_in_transformers_with_parity(tmp_path, arch):
     hf = _hf_from_dir(tmp_path / "hf", arch)
     x = _tokens(args)
     with torch.no_grad():
-        torch.testing.assert_close(m(x), _hf_logits(hf, x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(m(x), ref := _hf_logits(hf, x), **tensor_tol(ref))
 
 
 @pytest.mark.parametrize("arch", ["xglm", "xlmr"])
@@ -120,7 +122,7 @@ def test_metaseq_sharded_to_hf_preserves_logits_exactly(tmp_path):
     a = _hf_logits(_hf_from_dir(tmp_path / "hf", "xglm"), x)
     assert torch.equal(a, _hf_logits(_hf_from_dir(tmp_path / "ref", "xglm"), x))
     with torch.no_grad():
-        torch.testing.assert_close(a, m(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(a, m(x), **tensor_tol(a))
 
 
 def test_fairseq_xlmr_to_hf_cli(tmp_path):
@@ -141,7 +143,7 @@ def test_fairseq_xlmr_to_hf_cli(tmp_path):
     hf = _hf_from_dir(tmp_path / "hf", "xlmr")
     x = _tokens(args)
     with torch.no_grad():
-        torch.testing.assert_close(_hf_logits(hf, x), m(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ref := _hf_logits(hf, x), m(x), **tensor_tol(ref))
     # the XLM-R converter refuses an XGLM checkpoint with a clear message
     from metaseq_writer import write_sharded_checkpoint
 
@@ -299,7 +301,7 @@ def test_one_convert_command_for_every_pair(tmp_path, capsys):
         assert torch.equal(sd[k], v), k
     x = _tokens(a)
     with torch.no_grad():
-        torch.testing.assert_close(_hf_logits(_hf_from_dir(tmp_path / "hf", "xglm"), x), m(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ref := _hf_logits(_hf_from_dir(tmp_path / "hf", "xglm"), x), m(x), **tensor_tol(ref))
     capsys.readouterr()
     rc = main_wrapper("convert", main, ["--from", "metaseq", "--to", "hf", "--arch", "xlmr", "--input",
                                         str(tmp_path / "ms"), "--out", str(tmp_path / "hf2")])

@@ -75,13 +75,36 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"xlbtm.{name}")
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default once: appended as `(default: X)` unless the help already says it, and not at all
+    for flags whose default means "not given" (None, False): 123 flags said `(default: None)` before."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.required or action.default in (None, False, [], argparse.SUPPRESS)
+                or "default" in text or "%(default)" in text):
+            return text
+        return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
+
+
+# How the user typed the command, for --help and usage lines: `xlbtm <name>` when dispatched by `xlbtm`
+# (xlbtm.scripts.__main__ sets it), else `python -m xlbtm.scripts.<name>`.
+_INVOKED_AS: str | None = None
+
+
+def set_invoked_as(prefix: str | None) -> None:
+    """`xlbtm` or `python -m xlbtm.scripts`: the words before the command name in usage lines."""
+    global _INVOKED_AS
+    _INVOKED_AS = prefix
+
+
+def prog_name(stage: str) -> str:
+    return f"{_INVOKED_AS} {stage}" if _INVOKED_AS else f"python -m xlbtm.scripts.{stage}"
 
 
 def make_parser(stage: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
-        prog=f"python -m xlbtm.scripts.{stage}",
+        prog=prog_name(stage),
         description=description,
         epilog=epilog,
         formatter_class=_HelpFormatter,

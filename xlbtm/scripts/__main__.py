@@ -6,7 +6,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+from pathlib import Path
 from typing import Sequence
+
+from xlbtm.cli import main_wrapper, set_invoked_as
 
 
 def commands() -> list[str]:
@@ -21,8 +24,6 @@ def _first_line(name: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from xlbtm.cli import main_wrapper
-
     argv = list(sys.argv[1:] if argv is None else argv)
     names = commands()
     if not argv or argv[0] in ("-h", "--help"):
@@ -35,7 +36,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in names:
         print(f"xlbtm: error: unknown command {argv[0]!r}; one of: {', '.join(names)}", file=sys.stderr)
         return 2
-    return main_wrapper(name, importlib.import_module(f"xlbtm.scripts.{name}").main, argv[1:])
+    # usage lines name the command as the user typed it
+    set_invoked_as("python -m xlbtm.scripts" if Path(sys.argv[0]).name == "__main__.py" else "xlbtm")
+    try:
+        return main_wrapper(name, importlib.import_module(f"xlbtm.scripts.{name}").main, argv[1:])
+    finally:
+        set_invoked_as(None)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,12 @@ def build_parser():
     p.add_argument("--topk", nargs="+", type=_ints, default=None,
                    help="experts kept per token, default -1 (all); several values sweep on the cached scores")
     p.add_argument("--ensemble-type", default="clustering",
-                   choices=["clustering", "uniform", "lang", "oracle", "dense", "average"])
+                   choices=["clustering", "uniform", "lang", "oracle", "dense", "average"],
+                   help="how experts are mixed. clustering: by the cluster posterior of each token's prefix "
+                        "(c-BTM; needs --path-to-clusterer with centroids); lang: by each document's language "
+                        "label through a typological clusterer (X-ELM); uniform: equal weights; oracle: each "
+                        "document scored by its best expert (an upper bound, not a method); dense: one model "
+                        "(--model-paths of one run); average: one model whose weights are the experts' mean")
     p.add_argument("--exclude-experts", type=_cluster_ids, default=[], metavar="IDS",
                    help="cluster ids of experts to switch off (data opt-out), e.g. 2,5: they are not loaded or "
                         "scored (their run dirs may be gone) and every mixture is renormalized over the remaining "

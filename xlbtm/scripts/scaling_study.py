@@ -55,8 +55,9 @@ def add_pipeline_args(p, d) -> None:
                    help="with --parallel-data-dir: the share of training samples that are TLM (default 0.5)")
     p.add_argument("--model-size", default=None,
                    help="preset of the seed model trained from scratch (default: debug for clm, debug-xlmr for mlm)")
-    p.add_argument("--tokens-per-sample", type=int, default=d.tokens_per_sample)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--tokens-per-sample", type=int, default=d.tokens_per_sample,
+                   help="tokens per training sample, for the seed, the experts and the dense model alike")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="samples per training step")
     p.add_argument("--seed-steps", type=int, default=d.seed_steps, help="training steps of the dense seed")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate,
                    help="peak learning rate of experts and dense alike (the seed's too)")
@@ -66,7 +67,8 @@ def add_pipeline_args(p, d) -> None:
                    help="experts' share of the K x steps: equal, or proportional to each cluster's training tokens")
     p.add_argument("--temperature", type=float, default=d.temperature, help="routing temperature (tfidf)")
     p.add_argument("--max-valid-docs", type=int, default=None, help="evaluate at most this many valid documents")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the demo corpus, the clusterer, data order and initializations")
     p.add_argument("--run", choices=["local", "slurm"], default=d.run,
                    help="where training, assignment and scoring jobs run")
 

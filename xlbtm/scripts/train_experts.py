@@ -77,7 +77,7 @@ def add_training_args(p, g) -> None:
                    help="drop documents without a cluster instead of stopping with an error")
 
     r = p.add_argument_group("resources")
-    r.add_argument("--num-nodes", type=int, default=_default("num_nodes"))
+    r.add_argument("--num-nodes", type=int, default=_default("num_nodes"), help="nodes per expert job")
     r.add_argument("--num-gpus", type=int, default=_default("num_gpus"),
                    help="GPUs (tasks) per node; CPU workers without GPUs")
     r.add_argument("--device", choices=["auto", "cuda", "cpu"], default=_default("device"),
@@ -86,7 +86,8 @@ def add_training_args(p, g) -> None:
     r.add_argument("--no-wait", action="store_true", help="submit and return (slurm); default waits for the jobs")
 
     o = p.add_argument_group("optimization")
-    o.add_argument("--max-steps", "--max-update", dest="max_steps", type=int, required=True)
+    o.add_argument("--max-steps", "--max-update", dest="max_steps", type=int, required=True,
+                   help="optimizer steps per expert (metaseq's --max-update)")
     o.add_argument("--step-allocation", choices=["equal", "proportional"], default=_default("step_allocation"),
                    help="equal: every expert trains --max-steps; proportional: the K x --max-steps total is shared "
                         "by each cluster's training tokens (printed in the plan); the dense baseline is unchanged")
