@@ -259,7 +259,8 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
             path_to_parallel_clusters_dir=None if pair_clusters is None else str(pair_clusters),
             serialization_dir=str(experts_dir.parent), experts_dir=str(experts_dir),
             tokenizer=info0.tokenizer, objective=objective, run_name=info0.run_name, init=init,
-            binarized_dir=req.train.binarized_dir or str(RunLayout(work).data_bin), model_size=None, allow_unassigned=True)
+            binarized_dir=req.train.binarized_dir or str(RunLayout(work).data_bin),
+            model_size=None, allow_unassigned=True)
         plan = plan_experts(treq)
         for line in describe_plan(plan):
             print(line)
