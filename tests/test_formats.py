@@ -332,3 +332,49 @@ def test_expert_json_has_one_reader_and_old_files_still_read(tmp_path):
     (tmp_path / EXPERT_JSON).write_text(json.dumps({**old, "format": "metaseq"}))
     with pytest.raises(InputError, match="not an xlbtm expert.json"):
         read_expert(tmp_path)
+
+
+def _expert_info(k: int, K: int, run_name: str = "demo", **kw):
+    from xlbtm.formats.expert import ExpertInfo
+
+    return ExpertInfo(cluster=k, num_clusters=K, clusterer_fingerprint="fp", objective="clm",
+                      model_args={"arch": "xglm"}, tokenizer="/t", tokenizer_fingerprint="tf", seed_model="debug",
+                      run_name=run_name, **kw)
+
+
+def test_run_layout_names_every_path_of_an_experts_dir(tmp_path):
+    """formats.layout owns `<serialization_dir>/<K>_clusters/<run>.cluster<k>/` and what lies in it."""
+    from xlbtm.formats.layout import RunLayout, checkpoints_dir, consolidated_path, hf_dir, train_log_path
+
+    layout = RunLayout.of(tmp_path, 12)
+    run = layout.run_dir("c4", 3)
+    assert layout.root == tmp_path / "12_clusters" and run == tmp_path / "12_clusters" / "c4.cluster3"
+    assert (consolidated_path(run), hf_dir(run), checkpoints_dir(run), train_log_path(run)) == \
+        (run / "consolidated.pt", run / "hf", run / "checkpoints", run / "train_log.jsonl")
+    assert layout.logs_dir == layout.root / "logs"
+    assert layout.binarized_dir("c4", "0123456789abcdef") == layout.root / "data-bin" / "c4.0123456789ab"
+    assert layout.binarized_dir(None, "0123456789abcdef") == layout.root / "data-bin" / "data.0123456789ab"
+    assert layout.grown_dir("fedcba9876543210") == layout.root / "grown" / "fedcba987654"
+
+
+def test_experts_are_listed_by_their_cluster_index_never_by_folder_name_at_K_12(tmp_path):
+    """At K >= 10 folder names sort cluster10 before cluster2; the listing follows expert.json's index and
+    hands out the typed ExpertInfo."""
+    from xlbtm.ensemble.experts import find_experts
+    from xlbtm.formats.expert import ExpertInfo, write_expert_info
+    from xlbtm.formats.layout import RunLayout, find_expert_dirs, list_experts
+
+    layout = RunLayout.of(tmp_path, 12)
+    for k in (5, 11, 0, 10, 2, 1, 3, 4, 6, 7, 8, 9):
+        write_expert_info(layout.run_dir("demo", k), _expert_info(k, 12))
+    layout.binarized_dir("demo", "0123456789abcdef").mkdir(parents=True)  # not an expert
+    names = [f"demo.cluster{k}" for k in range(12)]
+    assert sorted(names) != names  # what name order would give
+    found = list_experts(layout.root)
+    assert [e.info.cluster for e in found] == list(range(12))
+    assert [e.run_dir.name for e in found] == names and all(isinstance(e.info, ExpertInfo) for e in found)
+    assert [p.name for p in find_expert_dirs(tmp_path)] == names  # from the serialization dir too
+    assert layout.experts() == found
+    assert [e.cluster for e in find_experts(layout.root)] == list(range(12))
+    assert list_experts(layout.run_dir("demo", 10)) == [found[10]]  # a run dir lists itself
+    assert list_experts(tmp_path / "missing") == []

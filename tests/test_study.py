@@ -143,6 +143,36 @@ def _fake_run(run_dir, objective):
                                           seed_model="debug", run_name="x"))
 
 
+def test_point_json_lists_per_cluster_in_cluster_order_at_K_12(tmp_path):
+    """expert_steps_per_cluster / expert_train_tokens are in cluster order (expert.json's index): at K >= 10
+    sorting the run dirs by name put cluster10 and cluster11 before cluster2."""
+    from xlbtm.data.dataset import corpus_tokens_per_sample
+    from xlbtm.formats.checkpoints import checkpoint_root, publish, staging_dir
+    from xlbtm.formats.expert import ExpertInfo, write_expert_info
+    from xlbtm.formats.layout import RunLayout, train_log_path
+    from xlbtm.study.pipeline import expert_runs, expert_training
+    from xlbtm.study.scaling import StudyConfig
+
+    cfg = StudyConfig(out=str(tmp_path), num_clusters=12, seed_model="s", model_size="m")
+    models = tmp_path / "budget_3" / "models"
+    for k in range(12):
+        run = RunLayout.of(models, 12).run_dir("demo", k)
+        write_expert_info(run, ExpertInfo(cluster=k, num_clusters=12, clusterer_fingerprint="fp", objective="clm",
+                                          model_args={}, tokenizer="tok", tokenizer_fingerprint="f",
+                                          seed_model="s", run_name="demo", data={"config": {"max_steps": 100 + k}}))
+        root = checkpoint_root(run)
+        staging_dir(root, 100 + k).mkdir(parents=True)
+        (staging_dir(root, 100 + k) / ".metadata").write_bytes(b"")
+        publish(root, 100 + k, {"step": 100 + k, "position": 10 * (k + 1), "seed": 0}, keep=1)
+        train_log_path(run).write_text(json.dumps({"kind": "train", "step": 100 + k}) + "\n")
+    per_sample = corpus_tokens_per_sample(cfg.objective, cfg.tokens_per_sample)
+    rec = expert_training(models, cfg)
+    assert rec["expert_steps_per_cluster"] == [100 + k for k in range(12)]
+    assert rec["expert_train_tokens"] == [10 * (k + 1) * per_sample for k in range(12)]
+    assert rec["ensemble_train_tokens"] == sum(rec["expert_train_tokens"])
+    assert [p.name for p in expert_runs(models, 12)] == [f"demo.cluster{k}" for k in range(12)]
+
+
 def test_a_clm_seed_is_never_reused_for_mlm(tmp_path):
     from xlbtm.errors import UsageError
     from xlbtm.study.pipeline import prepare

@@ -30,6 +30,8 @@ import numpy as np
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.expert import ExpertInfo
+from xlbtm.formats.layout import CONSOLIDATED, RunLayout
 
 log = get_logger("add_experts")
 
@@ -101,7 +103,7 @@ def _average_seed(experts, req: AddExpertsRequest, lang: str, out: Path) -> tupl
 
     weights = posterior_weights(experts, req.path_to_data, req.train.train_subset, langs={lang},
                                 max_docs=req.max_docs_per_lang, job_dir=out.parent / "posterior")
-    args = ModelArgs.from_dict(experts[0].info["model_args"])
+    args = ModelArgs.from_dict(experts[0].meta.model_args)
     save_consolidated(out, average_states(experts, weights), args,
                       extra={"merged_from": [str(e.run_dir) for e in experts], "weights": weights})
     return out, weights
@@ -110,7 +112,7 @@ def _average_seed(experts, req: AddExpertsRequest, lang: str, out: Path) -> tupl
 def one_root_seed(experts, where) -> str:
     from xlbtm.ensemble.merge import root_seed
 
-    seeds = {root_seed(e.info) for e in experts}
+    seeds = {root_seed(e.meta) for e in experts}
     if len(seeds) != 1:
         raise InputError(f"the experts were branched from different seeds ({', '.join(sorted(seeds))}); growing "
                          "needs one ensemble from one seed", where)
@@ -124,7 +126,7 @@ def choose_init(req: AddExpertsRequest, experts, old, extended, lang: str, work:
     if method == "seed":
         return init["root_seed_model"], {**init, "parent": None}
     if method == "average":
-        path, weights = _average_seed(experts, req, lang, work / "init" / lang / "consolidated.pt")
+        path, weights = _average_seed(experts, req, lang, work / "init" / lang / CONSOLIDATED)
         return str(path), {**init, "parent": [str(e.run_dir) for e in experts], "weights": weights}
     if method == "nearest":
         which, dist = nearest_cluster(old, extended, lang)
@@ -181,12 +183,12 @@ def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path,
     return counts
 
 
-def grown_objective(req: AddExpertsRequest, info0: dict) -> tuple[str, set[str]]:
+def grown_objective(req: AddExpertsRequest, info0: ExpertInfo) -> tuple[str, set[str]]:
     """(the new experts' objective, what it reads: "mono" and / or "pairs"): --objective, else the one the
     experts were trained with (expert.json's `objective` is how they are scored; tlm experts score as mlm)."""
     from xlbtm.train.config import OBJECTIVES, uses_monolingual, uses_pairs
 
-    trained = ((info0.get("data") or {}).get("config") or {}).get("objective") or info0["objective"]
+    trained = ((info0.data or {}).get("config") or {}).get("objective") or info0.objective
     objective = req.objective or trained
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -210,10 +212,11 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
     from xlbtm.train.plan import describe_plan, plan_experts
 
     experts_dir = Path(req.experts_dir)
+    layout = RunLayout(experts_dir)
     old = load_clusterer(req.path_to_clusterer)
     # the experts of the old clusterer (and its ancestors); experts grown from it before (a rerun) are not theirs
     known = lineage(old)
-    experts = match_experts([e for e in find_experts(experts_dir) if e.info.get("clusterer_fingerprint") in known],
+    experts = match_experts([e for e in find_experts(experts_dir) if e.meta.clusterer_fingerprint in known],
                             num_clusters=old.num_clusters, clusterer_fingerprint=old.fingerprint, lineage=known)
     # what can be refused is refused before anything is written
     parse_init(req.init, old.num_clusters)
@@ -222,10 +225,10 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
                            max_docs=req.max_docs_per_lang)
     K0, K = old.num_clusters, ext.num_clusters
     new_langs = list(ext.meta["extends"]["langs"])
-    work = experts_dir / "grown" / ext.fingerprint[:12]
+    work = layout.grown_dir(ext.fingerprint)
     clusters = work / "clusters"
     splits = ["train"] + (["valid"] if (Path(req.path_to_data) / "valid").is_dir() else [])
-    info0 = experts[0].info
+    info0 = experts[0].meta
     objective, reads = grown_objective(req, info0)
     new_k = {lang: K0 + i for i, lang in enumerate(new_langs)}
     if "mono" in reads:
@@ -244,9 +247,9 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
     grown = []
     for i, lang in enumerate(new_langs):
         k = K0 + i
-        _check_not_grown_otherwise(experts_dir / f"{info0['run_name']}.cluster{k}", parse_init(req.init, K0)[0])
+        _check_not_grown_otherwise(layout.run_dir(info0.run_name, k), parse_init(req.init, K0)[0])
         seed, init = choose_init(req, experts, old, ext, lang, work)
-        _check_not_grown_otherwise(experts_dir / f"{info0['run_name']}.cluster{k}", init["method"], init.get("parent"))
+        _check_not_grown_otherwise(layout.run_dir(info0.run_name, k), init["method"], init.get("parent"))
         log.info(f"{lang}: cluster {k}, init {init['method']} from {init.get('parent') or seed}")
         treq = dataclasses.replace(
             req.train, seed_model=seed, num_clusters=K, train_cluster=str(k),
@@ -255,8 +258,9 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
             parallel_data=req.parallel_data if "pairs" in reads else None,
             path_to_parallel_clusters_dir=None if pair_clusters is None else str(pair_clusters),
             serialization_dir=str(experts_dir.parent), experts_dir=str(experts_dir),
-            tokenizer=info0["tokenizer"], objective=objective, run_name=info0["run_name"], init=init,
-            binarized_dir=req.train.binarized_dir or str(work / "data-bin"), model_size=None, allow_unassigned=True)
+            tokenizer=info0.tokenizer, objective=objective, run_name=info0.run_name, init=init,
+            binarized_dir=req.train.binarized_dir or str(RunLayout(work).data_bin),
+            model_size=None, allow_unassigned=True)
         plan = plan_experts(treq)
         for line in describe_plan(plan):
             print(line)

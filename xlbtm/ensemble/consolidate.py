@@ -19,6 +19,8 @@ from pathlib import Path
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError
+from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
+from xlbtm.formats.layout import consolidated_path, hf_dir
 
 log = get_logger("consolidate")
 
@@ -37,8 +39,6 @@ def clean_keys(state: dict) -> dict:
 
 def consolidate(path: str | os.PathLike, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
     path = Path(path)
-    from xlbtm.formats.expert import EXPERT_JSON
-
     if (path / EXPERT_JSON).is_file():
         return consolidate_expert(path, dtype, hf)
     if path.exists() or path.parent.is_dir():
@@ -49,28 +49,27 @@ def consolidate(path: str | os.PathLike, dtype: str | None = None, hf: bool = Fa
 def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
     from xlbtm.formats.consolidated import save_consolidated
     from xlbtm.formats.convert import torch_dtype
-    from xlbtm.formats.expert import read_expert_info
     from xlbtm.models import ModelArgs
     from xlbtm.models.load import check_state_fits
     from xlbtm.formats.checkpoints import latest_checkpoint
     from xlbtm.parallel.checkpoint import read_model_state
 
     run_dir = Path(run_dir)
-    info = read_expert_info(run_dir).to_dict()
+    info = read_expert_info(run_dir)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise InputError("no finished checkpoint (checkpoints/latest is missing); nothing to consolidate", run_dir)
-    args = ModelArgs.from_dict(info["model_args"])
+    args = ModelArgs.from_dict(info.model_args)
     state = clean_keys(read_model_state(ckpt))
     # the state must fit the model expert.json describes, or every reader downstream fails later and vaguer
     check_state_fits(state, args, ckpt)
     td = torch_dtype(dtype)
-    out = {"consolidated": run_dir / "consolidated.pt"}
-    extra = {"expert": info, "step": ckpt.name, "source": str(ckpt)}
+    out = {"consolidated": consolidated_path(run_dir)}
+    extra = {"expert": info.to_dict(), "step": ckpt.name, "source": str(ckpt)}
     save_consolidated(out["consolidated"], state, args, extra=extra, dtype=td)
     log.info(f"{run_dir}: {ckpt.name} -> {out['consolidated']}")
     if hf:
-        out["hf"] = _save_hf(state, args, run_dir / "hf", info.get("tokenizer"), td)
+        out["hf"] = _save_hf(state, args, hf_dir(run_dir), info.tokenizer, td)
     return out
 
 
@@ -82,14 +81,14 @@ def consolidate_metaseq(path: Path, dtype: str | None = None, hf: bool = False) 
     state, args, info = metaseq_to_xlbtm(path)
     d = path if path.is_dir() else path.parent
     td = torch_dtype(dtype)
-    out = {"consolidated": d / "consolidated.pt"}
+    out = {"consolidated": consolidated_path(d)}
     save_consolidated(out["consolidated"], state, args, extra={"source": info}, dtype=td)
     log.info(f"{path}: {info.get('model_parts')} model part(s) x {info.get('shards')} shard(s) -> {out['consolidated']}")
     if hf:
         tok = d if (d / "sentencepiece.bpe.model").is_file() or (d / "tokenizer.json").is_file() else None
         if tok is None:
-            log.warning(f"no tokenizer beside {path}; {d / 'hf'} gets weights and config only")
-        out["hf"] = _save_hf(state, args, d / "hf", tok, td)
+            log.warning(f"no tokenizer beside {path}; {hf_dir(d)} gets weights and config only")
+        out["hf"] = _save_hf(state, args, hf_dir(d), tok, td)
     return out
 
 

@@ -139,8 +139,8 @@ def scoring_window(experts, context_window: int | None = None, stride: int | Non
     """(window, stride) for CLM scoring: --context-window, else the context the experts trained with
     (expert.json's tokens_per_sample; max_positions for imported models), never past max_positions: a
     position no expert trained on is out of distribution for every side of the comparison alike."""
-    max_pos = min(int(e.info["model_args"]["max_positions"]) for e in experts)
-    trained = [int(e.info.get("data", {}).get("tokens_per_sample") or max_pos) for e in experts]
+    max_pos = min(int(e.meta.model_args["max_positions"]) for e in experts)
+    trained = [int(e.meta.data.get("tokens_per_sample") or max_pos) for e in experts]
     window = context_window or min(trained)
     if window > max_pos:
         raise UsageError(f"--context-window {window} exceeds the experts' {max_pos} positions")

@@ -13,40 +13,43 @@ from typing import Collection
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.checkpoints import LATEST, checkpoint_root, latest_checkpoint
 from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, read_expert_info
+from xlbtm.formats.layout import consolidated_path, list_experts
 from xlbtm.io import sha256_json
 
 log = get_logger("ensemble")
-
-CONSOLIDATED = "consolidated.pt"
 
 
 @dataclass
 class Expert:
     run_dir: Path              # the expert run dir (holds expert.json)
-    info: dict                 # expert.json
+    meta: ExpertInfo           # expert.json
     weights: Path | None = None  # an explicit consolidated.pt, else the run dir's (or its latest DCP step)
 
     @property
+    def info(self) -> dict:
+        """expert.json as a plain dict (a copy; xlbtm itself reads the typed `meta`)."""
+        return self.meta.to_dict()
+
+    @property
     def cluster(self) -> int:
-        return int(self.info["cluster"])
+        return int(self.meta.cluster)
 
     @property
     def objective(self) -> str:
-        return self.info.get("objective", "clm")
+        return self.meta.objective
 
     @property
     def name(self) -> str:
-        return self.info.get("run_name") or self.run_dir.name
+        return self.meta.run_name or self.run_dir.name
 
     def source(self) -> Path:
         """The file/dir the weights come from: consolidated.pt when present, else the latest DCP checkpoint."""
         if self.weights is not None:
             return self.weights
-        from xlbtm.formats.checkpoints import LATEST, latest_checkpoint
-
-        c = self.run_dir / CONSOLIDATED
-        pointer = self.run_dir / "checkpoints" / LATEST
+        c = consolidated_path(self.run_dir)
+        pointer = checkpoint_root(self.run_dir) / LATEST
         if c.is_file():
             # training went on after consolidating: score what it ended with, not the stale file
             if pointer.is_file() and pointer.stat().st_mtime_ns > c.stat().st_mtime_ns:
@@ -87,21 +90,22 @@ def read_expert(path: str | os.PathLike) -> Expert:
         _, _, extra = load_consolidated(weights)
         info = extra.get("expert") if isinstance(extra, dict) else None
         if isinstance(info, dict) and "cluster" in info:
-            return Expert(run_dir, ExpertInfo.from_dict(info, weights).to_dict(), weights)
+            return Expert(run_dir, ExpertInfo.from_dict(info, weights), weights)
     if not ej.is_file():
         raise InputError(f"no {EXPERT_JSON} here, so the expert's cluster is unknown (xlbtm matches experts to "
                          "clusters by metadata, never by folder order)", run_dir)
-    return Expert(run_dir, read_expert_info(run_dir).to_dict(), weights)
+    return Expert(run_dir, read_expert_info(run_dir), weights)
 
 
 def find_experts(root: str | os.PathLike) -> list[Expert]:
+    """The experts below `root`, ordered by expert.json's (num_clusters, cluster) (`formats.layout`)."""
     root = Path(root)
     if not root.is_dir():
         raise InputError("--experts-dir not found", root)
-    dirs = sorted({p.parent for p in root.rglob(EXPERT_JSON)})
-    if not dirs:
+    found = list_experts(root)
+    if not found:
         raise InputError(f"no expert run dirs ({EXPERT_JSON}) below this directory", root)
-    return [read_expert(d) for d in dirs]
+    return [Expert(e.run_dir, e.info) for e in found]
 
 
 def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_fingerprint: str | None,
@@ -133,14 +137,14 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
     if not experts:
         raise UsageError(f"--exclude-experts {','.join(map(str, sorted(exclude)))} leaves no expert to evaluate")
     if clusterer_fingerprint is None:
-        Ks = {int(e.info["num_clusters"]) for e in experts}
+        Ks = {int(e.meta.num_clusters) for e in experts}
         if len(Ks) != 1:
             raise InputError(f"experts were trained for different numbers of clusters {sorted(Ks)}: "
-                             + ", ".join(f"{e.run_dir} (K={e.info['num_clusters']})" for e in experts))
-        fps = {e.info.get("clusterer_fingerprint") for e in experts}
+                             + ", ".join(f"{e.run_dir} (K={e.meta.num_clusters})" for e in experts))
+        fps = {e.meta.clusterer_fingerprint for e in experts}
         if len(fps) > 1:
             raise InputError("experts were trained on clusters of different clusterers: " + ", ".join(
-                f"{e.run_dir}={str(e.info.get('clusterer_fingerprint'))[:12]}" for e in experts))
+                f"{e.run_dir}={str(e.meta.clusterer_fingerprint)[:12]}" for e in experts))
         K = Ks.pop()
         if num_clusters is not None and K != num_clusters:
             raise InputError(f"experts were trained for K={K} clusters but the clusterer has {num_clusters}",
@@ -149,12 +153,12 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
         K = num_clusters
         known = {**(lineage or {}), clusterer_fingerprint: num_clusters}
         for e in experts:
-            fp = e.info.get("clusterer_fingerprint")
+            fp = e.meta.clusterer_fingerprint
             if fp not in known:
                 raise InputError(f"expert was trained on clusters of another clusterer (fingerprint {str(fp)[:12]} "
                                  f"!= --path-to-clusterer {clusterer_fingerprint[:12]})", e.run_dir / EXPERT_JSON)
-            if int(e.info["num_clusters"]) != known[fp]:
-                raise InputError(f"experts were trained for K={e.info['num_clusters']} clusters but the clusterer "
+            if int(e.meta.num_clusters) != known[fp]:
+                raise InputError(f"experts were trained for K={e.meta.num_clusters} clusters but the clusterer "
                                  f"has {known[fp]}", e.run_dir / EXPERT_JSON)
     by_cluster: dict[int, Expert] = {}
     for e in experts:
@@ -174,10 +178,10 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
 
 
 def check_compatible(experts: list[Expert]) -> None:
-    tok = {e.info.get("tokenizer_fingerprint") for e in experts}
+    tok = {e.meta.tokenizer_fingerprint for e in experts}
     if len(tok) > 1:
         raise InputError("experts use different tokenizers (tokenizer_fingerprint differs): "
-                         + ", ".join(f"{e.run_dir}={str(e.info.get('tokenizer_fingerprint'))[:12]}" for e in experts))
+                         + ", ".join(f"{e.run_dir}={str(e.meta.tokenizer_fingerprint)[:12]}" for e in experts))
     obj = {e.objective for e in experts}
     if len(obj) > 1:
         raise InputError(f"experts mix objectives {sorted(obj)}; an ensemble scores one kind (clm or mlm)")
@@ -202,7 +206,7 @@ def load_model(expert: Expert, state: dict | None = None):
     from xlbtm.models import ModelArgs
     from xlbtm.models.load import model_from_state_dict
 
-    args = ModelArgs.from_dict(expert.info["model_args"])
+    args = ModelArgs.from_dict(expert.meta.model_args)
     sd = load_state(expert) if state is None else state
     return model_from_state_dict(sd, args, where=expert.source()).eval(), args  # (scored in fp32)
 
@@ -212,11 +216,11 @@ def load_expert_tokenizer(expert: Expert):
     from xlbtm.tokenizer import load_tokenizer
 
     ej = expert.run_dir / EXPERT_JSON
-    tok_path = expert.info.get("tokenizer")
+    tok_path = expert.meta.tokenizer
     if not tok_path:
         raise InputError("expert.json names no tokenizer", ej)
     tokenizer = load_tokenizer(tok_path)
-    want = expert.info.get("tokenizer_fingerprint")
+    want = expert.meta.tokenizer_fingerprint
     if want and tokenizer.fingerprint != want:
         raise InputError(f"tokenizer at {tok_path} changed since the experts were trained (fingerprint "
                          f"{tokenizer.fingerprint[:12]} != {str(want)[:12]} in expert.json)", ej)

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
-from xlbtm.formats.expert import EXPERT_JSON
+from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo
+from xlbtm.formats.layout import consolidated_path, hf_dir
 
 log = get_logger("merge")
 
@@ -53,10 +54,10 @@ def select_experts(experts: list, clusters: list[int] | None = None) -> list:
     return [by_cluster[k] for k in sorted(clusters)]
 
 
-def root_seed(info: dict) -> str:
+def root_seed(info: ExpertInfo) -> str:
     """The seed an expert was branched from; for one grown by add_experts (whose --seed-model was another
     expert's weights), the seed that expert came from (expert.json `init.root_seed_model`)."""
-    return (info.get("init") or {}).get("root_seed_model") or info["seed_model"]
+    return (info.init or {}).get("root_seed_model") or info.seed_model
 
 
 def check_mergeable(experts: list) -> None:
@@ -69,7 +70,8 @@ def check_mergeable(experts: list) -> None:
               "model_args": "architecture (model_args)"}
 
     def value(e, key):
-        return e.objective if key == "objective" else root_seed(e.info) if key == "seed_model" else e.info.get(key)
+        return e.objective if key == "objective" else root_seed(e.meta) if key == "seed_model" \
+            else getattr(e.meta, key)
 
     first = experts[0]
     for e in experts[1:]:
@@ -244,7 +246,7 @@ def merge_experts(experts: list, weights: list[float], output_dir: str | os.Path
     that is, holds or lies inside an expert, or an existing non-empty dir that is not an earlier merge.
     """
     from xlbtm.formats.consolidated import save_consolidated
-    from xlbtm.formats.expert import ExpertInfo, write_expert_info
+    from xlbtm.formats.expert import write_expert_info
     from xlbtm.formats.hf import save_hf
     from xlbtm.io import atomic_dir
     from xlbtm.models import ModelArgs
@@ -253,22 +255,22 @@ def merge_experts(experts: list, weights: list[float], output_dir: str | os.Path
     check_weights(list(weights), len(experts))
     out = Path(output_dir)
     check_output_dir(out, experts)
-    ref = experts[0].info
-    args = ModelArgs.from_dict(ref["model_args"])
+    ref = experts[0].meta
+    args = ModelArgs.from_dict(ref.model_args)
     state = average_states(experts, weights)
     sources = [str(e.weights or e.run_dir) for e in experts]
     data = {"merged_from": sources, "clusters": [e.cluster for e in experts], "weights": list(map(float, weights)),
             "weights_method": method}
-    trained = [e.info.get("data", {}).get("tokens_per_sample") for e in experts]
+    trained = [e.meta.data.get("tokens_per_sample") for e in experts]
     if all(trained):  # eval scores in windows of the trained context: the experts' shortest
         data["tokens_per_sample"] = min(int(t) for t in trained)
     info = ExpertInfo(cluster=0, num_clusters=1, clusterer_fingerprint=None, objective=experts[0].objective,
-                      model_args=ref["model_args"], tokenizer=ref["tokenizer"],
-                      tokenizer_fingerprint=ref["tokenizer_fingerprint"], seed_model=ref["seed_model"],
+                      model_args=ref.model_args, tokenizer=ref.tokenizer,
+                      tokenizer_fingerprint=ref.tokenizer_fingerprint, seed_model=ref.seed_model,
                       run_name=run_name, data=data)
     with atomic_dir(out) as tmp:
-        save_consolidated(tmp / "consolidated.pt", state, args, extra={"expert": info.to_dict()})
-        save_hf(state, args, tmp / "hf", tokenizer_dir=ref["tokenizer"])
+        save_consolidated(consolidated_path(tmp), state, args, extra={"expert": info.to_dict()})
+        save_hf(state, args, hf_dir(tmp), tokenizer_dir=ref.tokenizer)
         write_expert_info(tmp, info)
     log.info(f"merged {len(experts)} experts ({method} weights) -> {out}")
-    return {"consolidated": out / "consolidated.pt", "hf": out / "hf", "expert": out / EXPERT_JSON}
+    return {"consolidated": consolidated_path(out), "hf": hf_dir(out), "expert": out / EXPERT_JSON}

@@ -192,11 +192,10 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
     model.to(device)
     if expert.objective == "mlm":
         mask_id = args.extra.get("mask_id") if isinstance(args.extra, dict) else None
-        mask_id = expert.info.get("mask_id", mask_id)
         if mask_id is None:
             from xlbtm.tokenizer import load_tokenizer
 
-            mask_id = load_tokenizer(expert.info["tokenizer"]).mask_id
+            mask_id = load_tokenizer(expert.meta.tokenizer).mask_id
         lp = _score_mlm(model, args, docs, device, batch_tokens, int(mask_id))
     else:
         lp = _score_clm(model, args, docs, device, batch_tokens, window, stride)

@@ -10,4 +10,6 @@
                  train_state.json
     expert       expert.json
     consolidated consolidated.pt
+    layout       where a serialization dir puts them: <K>_clusters/<run>.cluster<k>/ (consolidated.pt,
+                 hf/, checkpoints/, train_log.jsonl), logs/, data-bin/; experts listed by expert.json's cluster
 """

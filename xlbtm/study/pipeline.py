@@ -32,6 +32,9 @@ from typing import Any, Callable
 from xlbtm.cli import get_logger
 from xlbtm.ensemble.report import metric_name  # the study labels its numbers as eval does
 from xlbtm.errors import UsageError
+from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
+from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
+from xlbtm.formats.layout import RunLayout, consolidated_path, find_expert_dirs, hf_dir
 
 log = get_logger("study")
 
@@ -39,6 +42,8 @@ CLUSTERINGS = ("tfidf", "typological")
 WRITTEN = ("tokenizer", "seed", "clusterer", "clusters", "models", "eval")  # what the stages write under --out
 # --objective -> (seed preset trained from scratch by default, tokenizer style, architecture name)
 OBJECTIVES = {"clm": ("debug", "xglm", "XGLM"), "mlm": ("debug-xlmr", "xlmr", "XLM-R")}
+# the run names of the pipeline's trainings (each the only run of its K below its serialization dir)
+SEED_RUN, EXPERTS_RUN, DENSE_RUN = "seed", "demo", "dense"
 
 
 @dataclass
@@ -212,7 +217,7 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
     from xlbtm.tokenizer import train_tokenizer_from_corpus
 
     out = Path(cfg.out).resolve()
-    _refuse_other_objective(cfg, [out / "seed" / "1_clusters" / "seed.cluster0"],
+    _refuse_other_objective(cfg, [_seed_run(out / "seed")],
                             None if cfg.seed_model else out / "tokenizer")
     out.mkdir(parents=True, exist_ok=True)
 
@@ -286,7 +291,6 @@ def _refuse_other_objective(cfg: PipelineConfig, run_dirs: list[Path], tokenizer
     resuming an XGLM run as an XLM-R one cannot work, and silently reusing it would compare the wrong models.
     `trained`: the runs must also have been trained with this objective (mlm vs mlm+tlm: the same model, but a
     finished MLM run would be "resumed" as MLM+TLM without training on a single pair)."""
-    from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
     from xlbtm.train.config import model_kind
 
     want = model_kind(cfg.objective)
@@ -311,17 +315,31 @@ def _refuse_other_objective(cfg: PipelineConfig, run_dirs: list[Path], tokenizer
                              f"{cfg.objective} needs its own --out (pass another one)")
 
 
+def _seed_run(seed_dir: Path) -> Path:
+    return RunLayout.of(seed_dir, 1).run_dir(SEED_RUN, 0)
+
+
+def _dense_run(models: Path) -> Path:
+    return RunLayout.of(models, 1).run_dir(DENSE_RUN, 0)
+
+
+def expert_runs(models: Path, num_clusters: int) -> list[Path]:
+    """The ensemble's run dirs below `models` (`<K>_clusters/`), in cluster order: by expert.json's index,
+    never by folder name (`demo.cluster10` sorts before `demo.cluster2`)."""
+    return find_expert_dirs(RunLayout.of(models, num_clusters).root)
+
+
 def _train_seed(cfg: PipelineConfig, data: Path, tok: Path, seed_dir: Path, stage) -> Path:
     """A tiny XGLM (clm) or XLM-R (mlm) trained from scratch on all data: stands in for a public checkpoint."""
-    seed_run = seed_dir / "1_clusters" / "seed.cluster0"
-    seed_ckpt = seed_run / "consolidated.pt"
+    seed_run = _seed_run(seed_dir)
+    seed_ckpt = consolidated_path(seed_run)
     stage(f"dense seed: {cfg.model_size} {OBJECTIVES[cfg.objective][2]} ({cfg.objective}), {cfg.seed_steps} steps "
           f"-> {seed_dir}")
     if not seed_ckpt.is_file():
         flags = _train_flags(cfg, data, tok, cfg.seed_steps)
         flags["--warmup-updates"] = cfg.seed_steps // 10  # from scratch: always warm up
         train_experts({**flags, "--seed-model": cfg.model_size, "--num-clusters": 1,
-                       "--serialization-dir": str(seed_dir), "--run-name": "seed"})
+                       "--serialization-dir": str(seed_dir), "--run-name": SEED_RUN})
         consolidate(seed_run)
     return seed_ckpt
 
@@ -370,11 +388,19 @@ def _consumed_tokens(run_dir: Path, cfg: PipelineConfig) -> int:
     (MLM+TLM: the sample's text positions, <s> + tokens_per_sample - 1, whether MLM or TLM: a TLM sample packs
     pairs and pads, so its slots, not its corpus tokens, are what both sides of the comparison spend alike.)"""
     from xlbtm.data.dataset import corpus_tokens_per_sample
-    from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 
     ck = latest_checkpoint(run_dir)
     per_sample = corpus_tokens_per_sample(cfg.objective, cfg.tokens_per_sample)
     return 0 if ck is None else int(read_train_state(ck)["position"]) * per_sample
+
+
+def expert_training(models: Path, cfg: PipelineConfig) -> dict:
+    """point.json's record of what the K experts below `models` trained, per cluster in cluster order: the
+    steps each was given (expert.json) and the training tokens each consumed (its latest checkpoint)."""
+    expert_dirs = expert_runs(models, cfg.num_clusters)
+    tokens = [_consumed_tokens(d, cfg) for d in expert_dirs]
+    return {"expert_steps_per_cluster": [read_expert_info(d).data["config"]["max_steps"] for d in expert_dirs],
+            "ensemble_train_tokens": sum(tokens), "expert_train_tokens": tokens}
 
 
 def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir: Path,
@@ -386,7 +412,6 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     `hf_export`: also export expert 0 as a Hugging Face dir (the quickstart shows that stage too).
     """
     from xlbtm.io import read_json, write_json
-    from xlbtm.formats.expert import read_expert_info
 
     import dataclasses
 
@@ -405,8 +430,8 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     K = cfg.num_clusters
     models = point_dir / "models"
     dense_steps = K * expert_steps
-    _refuse_other_objective(cfg, sorted((models / f"{K}_clusters").glob("demo.cluster*"))
-                            + [models / "1_clusters" / "dense.cluster0"], trained="mlm+tlm" if prep.pairs else None)
+    _refuse_other_objective(cfg, expert_runs(models, K) + [_dense_run(models)],
+                            trained="mlm+tlm" if prep.pairs else None)
     t0 = time.time()
     tlm = {} if prep.pairs is None else {"--objective": "mlm+tlm", "--parallel-data": str(prep.pairs),
                                          "--tlm-ratio": cfg.tlm_ratio}
@@ -416,18 +441,18 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
                    **({"--path-to-parallel-clusters-dir": str(prep.pair_clusters)} if tlm else {}),
                    "--seed-model": str(prep.seed_checkpoint), "--num-clusters": K,
                    "--path-to-clusters-dir": str(prep.clusters), "--serialization-dir": str(models),
-                   "--run-name": "demo", "--step-allocation": cfg.step_allocation})
+                   "--run-name": EXPERTS_RUN, "--step-allocation": cfg.step_allocation})
     train_experts({**_train_flags(cfg, prep.data, prep.tokenizer, dense_steps), **tlm,
                    "--seed-model": str(prep.seed_checkpoint), "--num-clusters": 1,
-                   "--serialization-dir": str(models), "--run-name": "dense"})
+                   "--serialization-dir": str(models), "--run-name": DENSE_RUN})
     train_s = time.time() - t0
 
-    expert_dirs = sorted((models / f"{K}_clusters").glob("demo.cluster*"))
-    dense_run = models / "1_clusters" / "dense.cluster0"
+    expert_dirs = expert_runs(models, K)
+    dense_run = _dense_run(models)
     stage(f"consolidate {len(expert_dirs)} experts and the dense model")
     for i, d in enumerate(expert_dirs + [dense_run]):
         hf = hf_export and i == 0
-        if not (d / "consolidated.pt").is_file() or (hf and not (d / "hf").is_dir()):
+        if not consolidated_path(d).is_file() or (hf and not hf_dir(d).is_dir()):
             consolidate(d, hf=hf)
 
     eval_dir = point_dir / "eval"
@@ -441,7 +466,7 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
               "--job-dir": str(eval_dir / "dense"), **tail})
     ens_type = {"--ensemble-type": "clustering", "--temperature": cfg.temperature, "--topk": -1} \
         if cfg.clustering == "tfidf" else {"--ensemble-type": "lang"}
-    evaluate({**common, "--path-to-clusterer": str(prep.clusterer), "--experts-dir": str(models / f"{K}_clusters"),
+    evaluate({**common, "--path-to-clusterer": str(prep.clusterer), "--experts-dir": str(RunLayout.of(models, K).root),
               **ens_type, "--job-dir": str(eval_dir / "ensemble"),
               "--dense-result": str(eval_dir / "dense" / "result.json"), **tail})
 
@@ -455,16 +480,13 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
                               "oracle": oracle.get("per_language", {}).get(lang, {}).get("ppl"),
                               "tokens": d["tokens"]}
     wins = sum(1 for v in per_language.values() if v["ensemble"] is not None and v["ensemble"] < v["dense"])
-    expert_tokens = [_consumed_tokens(d, cfg) for d in expert_dirs]
     point = {
         "key": key,
         "objective": cfg.objective,
         "metric": metric_name(cfg.objective),  # what the *_ppl fields are: ppl, or MLM pseudo-ppl
         "expert_steps": expert_steps,
         "dense_steps": dense_steps,
-        "expert_steps_per_cluster": [read_expert_info(d).data["config"]["max_steps"] for d in expert_dirs],
-        "ensemble_train_tokens": sum(expert_tokens),
-        "expert_train_tokens": expert_tokens,
+        **expert_training(models, cfg),
         "dense_train_tokens": _consumed_tokens(dense_run, cfg),
         "ensemble_ppl": ens["result_ppl"],
         "oracle_ppl": oracle.get("result_ppl"),

@@ -3,7 +3,8 @@
     from xlbtm.train.config import TrainConfig          # everything one expert's run needs
     from xlbtm.train.loop import train_expert            # every rank calls it; resumes from checkpoints/latest
     from xlbtm.formats.expert import ExpertInfo, read_expert_info, write_expert_info   # expert.json
-    from xlbtm.train.expert_dir import find_expert_dirs, expert_run_dir
+    from xlbtm.formats.layout import RunLayout, list_experts     # <ser>/<K>_clusters/<run>.cluster<k>/
+    from xlbtm.train.expert_dir import RunLock                   # one trainer per run dir
     from xlbtm.train.plan import TrainExpertsRequest, plan_experts, describe_plan   # what K jobs will do
     from xlbtm.train.experts import run_plan, describe_results                     # running them
 

@@ -1,13 +1,8 @@
-"""Expert run directories (contract 5): `<serialization_dir>/<K>_clusters/<run>.cluster<i>/`.
+"""Expert run directories (contract 5): `<serialization_dir>/<K>_clusters/<run>.cluster<i>/`, laid out by
+`xlbtm.formats.layout` (RunLayout: the paths; list_experts / find_expert_dirs: the experts below a dir, ordered
+by expert.json's cluster, never by folder name). This module adds the run's lock:
 
-    expert.json            what this expert is (written atomically when the run starts)
     .lock                  held (flock) by the process training the run; names its host / pid / job id
-    checkpoints/step_<n>/  DCP checkpoints; checkpoints/latest -> `step_<n>` (written last)
-    train_log.jsonl        one JSON object per logged step / validation
-    logs/                  submitit stdout/stderr of the job
-    consolidated.pt, hf/   after consolidation
-
-Expert order comes from expert.json (`cluster`), never from sorting folder names.
 """
 
 from __future__ import annotations
@@ -15,23 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
+from xlbtm.formats.expert import read_expert_info  # noqa: F401  (re-exported)
+from xlbtm.formats.layout import RunLayout, find_expert_dirs  # noqa: F401  (find_expert_dirs: re-exported)
 
 
 def expert_run_dir(serialization_dir: str | os.PathLike, num_clusters: int, run_name: str, cluster: int) -> Path:
-    return Path(serialization_dir) / f"{num_clusters}_clusters" / f"{run_name}.cluster{cluster}"
-
-
-def find_expert_dirs(root: str | os.PathLike) -> list[Path]:
-    """Expert run dirs below `root` (or `root` itself), ordered by (num_clusters, cluster) from expert.json."""
-    root = Path(root)
-    if (root / EXPERT_JSON).is_file():
-        return [root]
-    found = []
-    for p in root.rglob(EXPERT_JSON):
-        info = read_expert_info(p.parent)
-        found.append(((info.num_clusters, info.cluster, str(p.parent)), p.parent))
-    return [d for _, d in sorted(found)]
+    return RunLayout.of(serialization_dir, num_clusters).run_dir(run_name, cluster)
 
 
 LOCK = ".lock"

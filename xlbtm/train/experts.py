@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import UsageError
+from xlbtm.formats.layout import RunLayout, train_log_path
 from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_step_allocation
 
 log = get_logger("train")
@@ -124,8 +125,8 @@ def ensure_pairs_binarized(parallel_dir: Path, bin_dir: Path, tokenizer, splits:
 def _executor(plans: list[ExpertPlan], spec: LaunchSpec, site=None):
     from xlbtm.launch.executor import make_executor
 
-    root = plans[0].run_dir.parent
-    return make_executor(spec.run, root / "logs", name=f"xlbtm-{plans[0].cfg.run_name}", nodes=spec.num_nodes,
+    logs = RunLayout(plans[0].run_dir.parent).logs_dir
+    return make_executor(spec.run, logs, name=f"xlbtm-{plans[0].cfg.run_name}", nodes=spec.num_nodes,
                        tasks_per_node=spec.num_gpus, gpus_per_node=spec.num_gpus if spec.device == "cuda" else 0,
                        cpus_per_task=spec.cpus_per_task or 1, timeout_min=spec.timeout_min, mem_gb=spec.mem_gb,
                          site=site)
@@ -184,7 +185,7 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
     def status(ps, js):
         for p, j in zip(ps, js):
             echo(f"cluster {p.cluster}: job {j.job_id}; logs {j.paths.stdout} / {j.paths.stderr}; "
-                 f"metrics {p.run_dir / 'train_log.jsonl'}")
+                 f"metrics {train_log_path(p.run_dir)}")
 
     if r.run == "local":
         # waves: never more concurrent experts than GPU sets (or CPU cores / G) on this machine

@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from xlbtm.formats.layout import train_log_path
+
 # dense bf16 peak FLOP/s per device (no sparsity); MFU is reported against these
 PEAK_FLOPS = {
     "H100": 989e12, "H200": 989e12, "GH200": 989e12, "H800": 989e12,
@@ -38,7 +40,7 @@ class MetricLogger:
 
     def __init__(self, run_dir: str | os.PathLike, enabled: bool, tensorboard: bool = False):
         self.enabled = enabled
-        self.path = Path(run_dir) / "train_log.jsonl"
+        self.path = train_log_path(run_dir)
         self.tb = None
         if enabled and tensorboard:
             try:
@@ -87,7 +89,7 @@ class MetricLogger:
 
 
 def read_train_log(run_dir: str | os.PathLike) -> list[dict]:
-    p = Path(run_dir) / "train_log.jsonl"
+    p = train_log_path(run_dir)
     if not p.is_file():
         return []
     out = []

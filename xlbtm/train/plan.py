@@ -14,6 +14,7 @@ from typing import Any
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.layout import RunLayout
 from xlbtm.formats.pairs import pairs_dir_for
 from xlbtm.train.config import TrainConfig, TrainingSettings
 
@@ -100,12 +101,10 @@ def detect_device(run: str, requested: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def experts_root(serialization_dir: str | os.PathLike, num_clusters: int) -> Path:
-    return Path(serialization_dir) / f"{num_clusters}_clusters"
-
-
-def binarized_dir_for(serialization_dir, num_clusters: int, data_name: str | None, tok_fingerprint: str) -> Path:
-    return experts_root(serialization_dir, num_clusters) / "data-bin" / f"{data_name or 'data'}.{tok_fingerprint[:12]}"
+def experts_layout(experts_dir: str | None, serialization_dir: str | os.PathLike, num_clusters: int) -> RunLayout:
+    """Where the experts go: `--experts-dir` (add_experts: the grown ensemble's dir), else
+    `<serialization_dir>/<K>_clusters`."""
+    return RunLayout(Path(experts_dir)) if experts_dir else RunLayout.of(serialization_dir, num_clusters)
 
 
 def local_slots(spec: LaunchSpec) -> list[tuple[int, ...] | None]:
@@ -206,12 +205,12 @@ class TrainExpertsPlan:
 
     @property
     def job_dir(self) -> Path:
-        return self.experts_dir / "logs"
+        return RunLayout(self.experts_dir).logs_dir
 
     @property
     def experts_dir(self) -> Path:
         r = self.request
-        return Path(r.experts_dir) if r.experts_dir else experts_root(r.serialization_dir, r.num_clusters)
+        return experts_layout(r.experts_dir, r.serialization_dir, r.num_clusters).root
 
 
 def resolve_tokenizer(seed_model: str, tokenizer: str | None = None) -> str:
@@ -293,8 +292,8 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
 
     tok = load_tokenizer(resolve_tokenizer(req.seed_model, req.tokenizer))
     run_name = req.run_name or req.data_name or "run"
-    bin_dir = Path(req.binarized_dir) if req.binarized_dir else binarized_dir_for(
-        req.serialization_dir, K, req.data_name, tok.fingerprint)
+    bin_dir = Path(req.binarized_dir) if req.binarized_dir else \
+        RunLayout.of(req.serialization_dir, K).binarized_dir(req.data_name, tok.fingerprint)
     device = detect_device(req.run, req.device)
     if req.site is not None:
         site = req.site
@@ -307,9 +306,9 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     # the training settings pass through by name (none copied by hand); the rest is resolved here
     shared = {f.name: getattr(req, f.name) for f in dataclasses.fields(TrainingSettings)}
     experts = []
-    root = Path(req.experts_dir) if req.experts_dir else experts_root(req.serialization_dir, K)
+    layout = experts_layout(req.experts_dir, req.serialization_dir, K)
     for k in clusters:
-        run_dir = root / f"{run_name}.cluster{k}"
+        run_dir = layout.run_dir(run_name, k)
         cfg = TrainConfig(**shared, run_dir=str(run_dir.resolve()), data_dir=str(bin_dir.resolve()),
                           seed_model=req.seed_model, model_size=req.model_size, max_steps=req.max_steps,
                           cluster=k, num_clusters=K, clusterer_fingerprint=clusterer_fp, run_name=run_name,
