@@ -164,7 +164,7 @@ def add_settings_args(parser: argparse.ArgumentParser, settings_cls, groups: dic
             g.add_argument(*names, dest=f.name, action="store_true", default=f.default, help=meta["help"])
         else:
             g.add_argument(*names, dest=f.name, type=meta["type"] or type(f.default), default=f.default,
-                           help=meta["help"])
+                           choices=meta.get("choices"), help=meta["help"])
     return groups
 
 

@@ -1,4 +1,4 @@
-"""Balanced k-means in torch (GPU when there is one, CPU otherwise).
+"""Balanced k-means in torch (GPU when there is one, CPU otherwise: `xlbtm.runtime.resolve_device`).
 
 - init: k-means++ (greedy, 2 + log k local trials per center, like scikit-learn), from a seeded generator.
 - Lloyd iterations. With `balanced=True` the assignment step is a *balanced* assignment: cluster sizes are
@@ -26,6 +26,7 @@ import torch
 
 from xlbtm.cluster.distance import sq_distances  # noqa: F401 - re-exported: k-means' distance
 from xlbtm.errors import UsageError
+from xlbtm.runtime import resolve_device
 
 
 @dataclass
@@ -43,7 +44,8 @@ def _as_tensor(x, device=None) -> torch.Tensor:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """`xlbtm.runtime.resolve_device`'s: $XLBTM_DEVICE, else cuda when visible, else cpu."""
+    return torch.device(resolve_device())
 
 
 # ------------------------------------------------------------------------------------------------ k-means++

@@ -14,7 +14,8 @@ so `xlbtm.scripts.lm_eval` registers this one and then runs lm-eval's own comman
 
 model_args: experts_dir (or model_path: one expert run dir / consolidated.pt), clusterer, ensemble_type
 (clustering | uniform | dense | average), temperature, topk, route (context | prefix), stride (rolling
-windows), context_window, cbtm_compat, seed (sampling), max_gen_toks, dtype (float32 | bfloat16 | float16).
+windows), context_window, cbtm_compat, seed (sampling), max_gen_toks, dtype (float32 | bfloat16 | float16,
+or fp32 | bf16 | fp16), device (default: $XLBTM_DEVICE, else cuda when available).
 What each request computes is `xlbtm.ensemble.mixture` (loglikelihood, loglikelihood_rolling) and
 `xlbtm.ensemble.generate`.
 

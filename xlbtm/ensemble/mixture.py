@@ -36,12 +36,12 @@ import torch
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
+from xlbtm.runtime import resolve_device, resolve_dtype
 
 log = get_logger("ensemble")
 
 ROUTES = ("context", "prefix")
 LM_TYPES = ("clustering", "uniform", "dense", "average")
-DTYPES = ("float32", "bfloat16", "float16")
 LOGIT_ELEMENTS = 1 << 26  # logits per chunk when the mixture's full distribution is formed (256 MiB fp32)
 
 
@@ -82,9 +82,10 @@ class MixtureLM:
              purpose: str = "scoring") -> "MixtureLM":
         """Experts from `experts_dir` (or explicit run dirs / consolidated.pt files in `model_paths`), routed by
         the clusterer artifact at `clusterer`. `ensemble_type` default: clustering with a clusterer, dense for
-        a single model. `dtype`: the experts' weights (float32, or bfloat16 / float16 to halve GPU memory;
-        log-probabilities are always computed in float32). `purpose` only words the error for masked-LM experts
-        ("generation", "lm-eval")."""
+        a single model. `dtype`: the experts' weights (float32, or bfloat16 / float16 to halve GPU memory; any
+        spelling `xlbtm.runtime.resolve_dtype` takes: fp32, bf16, fp16 too). `device`: `resolve_device`'s
+        (None: $XLBTM_DEVICE, else cuda when visible, else cpu). Log-probabilities are always computed in
+        float32. `purpose` only words the error for masked-LM experts ("generation", "lm-eval")."""
         from xlbtm.ensemble.evaluate import EvalConfig, resolve, scoring_window
         from xlbtm.ensemble.experts import load_model
         from xlbtm.ensemble.merge import average_states
@@ -103,8 +104,7 @@ class MixtureLM:
             raise UsageError(f"topk takes -1 (every expert) or a count >= 1, got {topk}")
         if batch_size <= 0:
             raise UsageError(f"batch_size must be positive, got {batch_size}")
-        if dtype not in DTYPES:
-            raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        weights_dtype = resolve_dtype(dtype)
         # eval_ensemble's own resolution (experts matched to clusters, clusterer and tokenizer checks); no data set
         cfg = EvalConfig(data_dir="", data_subset="", job_dir="", ensemble_type=ensemble_type,
                          path_to_clusterer=clusterer if ensemble_type == "clustering" else None,
@@ -124,7 +124,7 @@ class MixtureLM:
             raise UsageError(f"{experts[0].run_dir} is a masked LM (objective {objective}); {purpose} needs causal "
                              "(clm) experts: a masked LM has no left-to-right probabilities to score or "
                              "generate with")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve_device(device)
         window, _ = scoring_window(experts, cfg.context_window)
         if ensemble_type == "average":
             model, args = load_model(experts[0], average_states(experts))
@@ -132,7 +132,7 @@ class MixtureLM:
         else:
             loaded = [load_model(e) for e in experts]
             models, args = [m for m, _ in loaded], loaded[0][1]
-        models = [m.to(device=device, dtype=getattr(torch, dtype)) for m in models]
+        models = [m.to(device=device, dtype=weights_dtype) for m in models]
         router = None
         if ensemble_type == "clustering" and len(models) > 1:
             from xlbtm.ensemble.routing import router_from_clusterer

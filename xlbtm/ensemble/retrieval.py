@@ -67,6 +67,7 @@ import numpy as np
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError
 from xlbtm.io import sha256_json, write_json
+from xlbtm.runtime import resolve_device
 
 log = get_logger("ensemble")
 
@@ -162,8 +163,6 @@ def expert_vectors(job_dir, name: str, expert, ps: ParallelSet, *, state: dict |
                    batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """(src [n, D], tgt [n, D]) of one model, cached in job_dir/embeddings/<name>.npz (key: the pairs and
     the weights; `state` / `weights_key` as in score_expert, for the parameter-averaged model)."""
-    import torch
-
     from xlbtm.ensemble.experts import load_model
     from xlbtm.ensemble.scoring import cache_ok, save_npz
 
@@ -174,7 +173,7 @@ def expert_vectors(job_dir, name: str, expert, ps: ParallelSet, *, state: dict |
         with np.load(path, allow_pickle=False) as z:
             log.info(f"{name}: cached sentence vectors found, skipping")
             return z["src"], z["tgt"]
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     model, args = load_model(expert, state)
     model.to(device)
     both = embed(model, args, ps.src_ids + ps.tgt_ids, device=device, batch_tokens=batch_tokens, what=name)

@@ -34,6 +34,7 @@ import numpy as np
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError
 from xlbtm.io import atomic_path, read_json, sha256_json, write_json
+from xlbtm.runtime import resolve_device
 
 log = get_logger("ensemble")
 
@@ -165,8 +166,6 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
     `state` replaces the expert's weights (the parameter-averaged model); `weights_key` then names them.
     CLM: `window` / `stride` as in `clm_windows` (default: the model's max_positions, non-overlapping).
     """
-    import torch
-
     from xlbtm.ensemble.experts import load_model
 
     docs = docs or load_docs(job_dir)
@@ -179,7 +178,7 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
     if cache_ok(path, key):
         log.info(f"{name}: cached scores found, skipping")
         return path
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     model, args = load_model(expert, state)
     if expert.objective == "mlm" and docs.meta["max_tokens"] > args.max_positions:
         raise InputError(f"documents were truncated to {docs.meta['max_tokens']} tokens but this model takes "

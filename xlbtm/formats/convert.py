@@ -14,22 +14,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from xlbtm.runtime import resolve_dtype
+
 SOURCES = ("hf", "metaseq", "fairseq", "xlbtm")
 TARGETS = ("hf", "metaseq", "xlbtm")
-DTYPES = {"keep": None, "fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def torch_dtype(name: str | None):
-    """`--dtype` of convert / consolidate -> a torch dtype (None / "keep": as stored)."""
-    import torch
-
-    from xlbtm.errors import UsageError
-
-    if name is None or DTYPES.get(name, "") is None:
+    """`--dtype` of convert / consolidate -> a torch dtype (None / "keep": as stored); any spelling of
+    `xlbtm.runtime.resolve_dtype` (fp32 | float32, bf16 | bfloat16, fp16 | float16)."""
+    if name is None or str(name).strip().lower() == "keep":
         return None
-    if name not in DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
-    return getattr(torch, DTYPES[name])
+    return resolve_dtype(name)
 
 
 def detect_format(path: Path) -> tuple[str, Path]:

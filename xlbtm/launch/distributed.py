@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from xlbtm.cli import get_logger
+from xlbtm.runtime import resolve_device
 
 log = get_logger("launch")
 
@@ -220,16 +221,17 @@ def _local_world_size(ntasks: int, nnodes: int) -> int:
 
 
 def _pick_device(local_rank: int, device: str | None):
+    """This rank's torch device (`xlbtm.runtime.resolve_device`: `device` > $XLBTM_DEVICE > cuda when
+    visible > cpu); plain "cuda" is the GPU of the local rank."""
     import torch
 
-    kind = device or os.environ.get("XLBTM_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    kind = resolve_device(device)
     if kind == "cuda":
-        n = torch.cuda.device_count()
-        if n == 0:
-            raise RuntimeError("device cuda requested but no GPU is visible")
-        d = torch.device("cuda", local_rank % n)
+        d = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(d)
         return d
+    if kind.startswith("cuda:"):
+        torch.cuda.set_device(torch.device(kind))
     return torch.device(kind)
 
 
@@ -237,8 +239,8 @@ def init_distributed(backend: str | None = None, *, device: str | None = None, t
                      init_single: bool = False) -> DistInfo:
     """Find this process's rank, pick its device, and join the process group. Idempotent.
 
-    `device`: "cuda" | "cpu" (default: cuda when a GPU is visible). `init_single=True` also creates a
-    1-process group when running alone (DeviceMesh/FSDP need one). `timeout_s` bounds collectives
+    `device`: "cuda" | "cpu" (default: $XLBTM_DEVICE, else cuda when a GPU is visible). `init_single=True`
+    also creates a 1-process group when running alone (DeviceMesh/FSDP need one). `timeout_s` bounds collectives
     (default $XLBTM_DIST_TIMEOUT_S or 1800 s).
     """
     import torch.distributed as dist

@@ -8,9 +8,10 @@ Parameter FQNs never change (no wrapper modules), so DCP state dicts use the pla
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn as nn
+
+from xlbtm.runtime import resolve_precision
 
 
 def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
@@ -107,23 +108,29 @@ def apply_fsdp(model: nn.Module, dp_mesh, *, param_dtype: torch.dtype = torch.fl
     return model
 
 
-def parallelize(model: nn.Module, mesh, *, device_type: str, ac: bool = False, compile: bool = False,
-                fsdp: bool = True) -> nn.Module:
-    """TP (when the mesh's tp size > 1) -> AC -> compile -> FSDP over dp. bf16 params / fp32 reductions on
-    GPU, fp32 on CPU.
+def parallelize(model: nn.Module, mesh, *, device_type: str, precision: str | None = None, ac: bool = False,
+                compile: bool = False, fsdp: bool = True) -> nn.Module:
+    """TP (when the mesh's tp size > 1) -> AC -> compile -> FSDP over dp.
+
+    `precision` (`xlbtm.runtime.resolve_precision`; None = bf16-mixed on GPU, fp32 on CPU): bf16-mixed is
+    FSDP2's MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32) on any device (CPU over gloo too):
+    the sharded parameters, their gradients and the optimizer state stay fp32 (so DCP checkpoints hold fp32
+    master weights whatever the precision, and a run resumes in the other one), each block computes with a
+    bf16 copy gathered just in time, and gradients are reduced in fp32. The loss is summed in fp32
+    (`xlbtm.models.loss`). fp32 casts nothing.
 
     FSDP is skipped where it would do nothing: one process in the whole mesh and fp32 parameters (it would
     shard over one rank and cast nothing, yet its hooks and copies cost ~15% of a small model's step).
     Checkpoints do not care: DCP saves plain FQN-keyed tensors either way and reshards on load, so a run
     started on one CPU process resumes on an FSDP mesh and back (tests/test_parallel.py)."""
+    mixed = resolve_precision(precision, device_type) == "bf16-mixed"
     if mesh["tp"].size() > 1:
         apply_tp(model, mesh["tp"])
     if ac:
         apply_ac(model)
     if compile:
         apply_compile(model)
-    bf16 = device_type == "cuda"
-    if fsdp and (mesh.size() > 1 or bf16):
-        apply_fsdp(model, mesh["dp"], param_dtype=torch.bfloat16 if bf16 else torch.float32,
+    if fsdp and (mesh.size() > 1 or mixed):
+        apply_fsdp(model, mesh["dp"], param_dtype=torch.bfloat16 if mixed else torch.float32,
                    reduce_dtype=torch.float32)
     return model

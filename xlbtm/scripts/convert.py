@@ -11,12 +11,17 @@ metaseq sources: a single .pt, one shard of <prefix>-model_part-M-shardN.pt, the
 from __future__ import annotations
 
 from xlbtm.cli import get_logger, make_parser, run_script
+from xlbtm.runtime import dtype_arg
 
 log = get_logger("convert")
 
 
+def _dtype(text: str) -> str:
+    return "keep" if text.strip().lower() == "keep" else dtype_arg(text)
+
+
 def build_parser(prog: str | None = None):
-    from xlbtm.formats.convert import DTYPES, SOURCES, TARGETS
+    from xlbtm.formats.convert import SOURCES, TARGETS
 
     p = make_parser("convert", __doc__.split("\n\n")[0])
     if prog:
@@ -31,8 +36,9 @@ def build_parser(prog: str | None = None):
     p.add_argument("--model-size", default=None,
                    help="preset giving the architecture when a metaseq checkpoint has no cfg (e.g. xglm-564M)")
     p.add_argument("--arch", choices=["xglm", "xlmr"], default=None, help="refuse a checkpoint of another architecture")
-    p.add_argument("--dtype", choices=list(DTYPES), default="keep",
-                   help="cast floating-point weights when writing (keep = as stored)")
+    p.add_argument("--dtype", type=_dtype, default="keep",
+                   help="cast floating-point weights when writing: fp32 | bf16 | fp16 (or float32 | bfloat16 | "
+                        "float16); keep = as stored")
     return p
 
 

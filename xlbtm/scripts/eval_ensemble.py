@@ -95,7 +95,9 @@ def build_parser():
                         "cosines (removes the direction all of a language's sentences share); none: raw cosines")
     p.add_argument("--retrieval-max-pairs", type=int, default=None,
                    help="read at most this many pairs per language (the first in file order; default all)")
-    p.add_argument("--device", default=None, help="scoring device (default: cuda when available, else cpu)")
+    p.add_argument("--device", default=None,
+                   help="scoring device: cpu | cuda | cuda:<n> (default: $XLBTM_DEVICE, else cuda when available, "
+                        "else cpu)")
     add_skip_bad_lines_arg(p)
     add_slurm_args(p)
     return p

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from xlbtm.cli import make_parser, run_script
 from xlbtm.errors import InputError, UsageError
+from xlbtm.runtime import dtype_arg
 
 
 def build_parser():
@@ -37,9 +38,11 @@ def build_parser():
     p.add_argument("--sampling-temperature", type=float, default=1.0, help="with --sample: softmax temperature")
     p.add_argument("--seed", type=int, default=0, help="with --sample: random seed")
     p.add_argument("--batch-size", type=int, default=8, help="prompts generated together")
-    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="the experts' weights (bfloat16 halves GPU memory)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:<n> (default: $XLBTM_DEVICE, else cuda when "
+                   "available, else cpu)")
+    p.add_argument("--dtype", default="float32", type=dtype_arg,
+                   help="the experts' weights: float32 | bfloat16 | float16 (or fp32 | bf16 | fp16; bfloat16 halves "
+                        "GPU memory)")
     return p
 
 

@@ -45,7 +45,9 @@ def build_parser():
                    help="--weights posterior: cache the tokenized documents and per-expert scores here (an "
                         "eval_ensemble job dir of the same split is reused); default: a temporary dir")
     p.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per forward pass (posterior)")
-    p.add_argument("--device", default=None, help="scoring device (default: cuda when available, else cpu)")
+    p.add_argument("--device", default=None,
+                   help="scoring device: cpu | cuda | cuda:<n> (default: $XLBTM_DEVICE, else cuda when available, "
+                        "else cpu)")
     p.add_argument("--output-dir", required=True,
                    help="where the merged model goes: consolidated.pt, hf/, expert.json (replaced whole)")
     return p

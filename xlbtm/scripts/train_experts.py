@@ -81,7 +81,8 @@ def add_training_args(p, g) -> None:
     r.add_argument("--num-gpus", type=int, default=_default("num_gpus"),
                    help="GPUs (tasks) per node; CPU workers without GPUs")
     r.add_argument("--device", choices=["auto", "cuda", "cpu"], default=_default("device"),
-                   help="auto: cuda when GPUs are visible locally / offered by SLURM partitions")
+                   help="auto: $XLBTM_DEVICE if set, else cuda when GPUs are visible locally / offered by SLURM "
+                        "partitions")
     r.add_argument("--dry-run", action="store_true", help="print the plan and the resources, submit nothing")
     r.add_argument("--no-wait", action="store_true", help="submit and return (slurm); default waits for the jobs")
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
+
+from xlbtm.runtime import PRECISIONS
 
 
-def setting(default, group: str, help: str = "", *, flags: tuple[str, ...] = (), type=None):
+def setting(default, group: str, help: str = "", *, flags: tuple[str, ...] = (), type=None,
+            choices: tuple | None = None):
     """A field of TrainingSettings that is also a `train_experts` flag: `--<name>` (plus `flags`, aliases),
-    in the help `group`, parsed with `type` (default: the default's type; store_true for booleans)."""
-    return field(default=default, metadata={"group": group, "help": help, "flags": flags, "type": type})
+    in the help `group`, parsed with `type` (default: the default's type; store_true for booleans), limited
+    to `choices` when given."""
+    return field(default=default, metadata={"group": group, "help": help, "flags": flags, "type": type,
+                                            "choices": choices})
 
 
 def _betas(text: str) -> tuple[float, float]:
@@ -57,6 +63,10 @@ class TrainingSettings:
                                         "data parallel", flags=("--model-parallel",))
     activation_checkpointing: bool = setting(False, OPT, "recompute each block in backward (memory for time)")
     compile: bool = setting(False, OPT, "torch.compile each block")
+    precision: Literal["fp32", "bf16-mixed"] | None = setting(
+        None, OPT, "fp32, or bf16-mixed: bf16 compute with fp32 master weights, optimizer state and gradient "
+        "reductions (FSDP2 mixed precision, on any device). Default: bf16-mixed on GPUs, fp32 on CPUs",
+        type=str, choices=PRECISIONS)
     save_interval_updates: int = setting(1000, CKPT, "checkpoint every N steps (and at the end)")
     validate_interval_updates: int = setting(1000, CKPT, "validate every N steps (0: never)")
     max_valid_samples: int | None = setting(None, CKPT, "cap on validation samples (default: the whole split)",

@@ -16,6 +16,7 @@ from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.layout import RunLayout
 from xlbtm.formats.pairs import pairs_dir_for
+from xlbtm.runtime import requested_device, resolve_device
 from xlbtm.train.config import TrainConfig, TrainingSettings
 
 log = get_logger("train")
@@ -86,19 +87,19 @@ def resolve_clusters_dir(path: str, num_clusters: int, data_name: str | None) ->
 
 
 def detect_device(run: str, requested: str = "auto") -> str:
-    """cuda | cpu. `auto`: local runs use cuda when this machine sees a GPU; SLURM runs use cuda when some
-    partition offers GPU gres (login nodes often have no GPU themselves)."""
-    if requested in ("cuda", "cpu"):
-        return requested
+    """cuda | cpu (`xlbtm.runtime`'s policy): --device, else $XLBTM_DEVICE, else local runs use cuda when
+    this machine sees a GPU, and SLURM runs use cuda when some partition offers GPU gres (login nodes often
+    have no GPU themselves, so a --device cuda for SLURM is not checked here)."""
     if run == "slurm":
+        asked = requested_device(requested)
+        if asked is not None:
+            return asked.split(":")[0]
         try:
             out = subprocess.run(["sinfo", "-h", "-o", "%G"], capture_output=True, text=True, timeout=20).stdout
             return "cuda" if "gpu" in out else "cpu"
         except (OSError, subprocess.TimeoutExpired):
             return "cuda"
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(requested).split(":")[0]  # each rank takes the GPU of its local rank
 
 
 def experts_layout(experts_dir: str | None, serialization_dir: str | os.PathLike, num_clusters: int) -> RunLayout:

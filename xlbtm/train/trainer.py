@@ -20,6 +20,7 @@ import torch
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError
+from xlbtm.runtime import resolve_precision
 from xlbtm.train.config import TrainConfig
 
 log = get_logger("train")
@@ -67,6 +68,7 @@ class Trainer:
             raise UsageError(f"--tokens-per-sample {cfg.tokens_per_sample} must be divisible by "
                              f"--tensor-parallel-size {self.dims.tp} (sequence parallelism splits samples evenly)")
         self.mesh = build_mesh(self.dims, device.type)
+        self.precision = resolve_precision(cfg.precision, device.type)  # fp32 | bf16-mixed
         self.dp_rank = self.mesh["dp"].get_local_rank()
         self.dp_group = self.mesh["dp"].get_group()
         self.is_main = rank == 0
@@ -222,8 +224,9 @@ class Trainer:
                       "valid_subset": cfg.valid_subset, "train_tokens": self.train_tokens(),
                       "pairs": None if cfg.pairs_dir is None else str(Path(cfg.pairs_dir).resolve()),
                       "tokens_per_sample": cfg.tokens_per_sample, "dp": self.dims.dp, "tp": self.dims.tp,
-                      "config": cfg.to_dict()}))
-        parallelize(model, self.mesh, device_type=device.type, ac=cfg.activation_checkpointing, compile=cfg.compile)
+                      "precision": self.precision, "config": cfg.to_dict()}))
+        parallelize(model, self.mesh, device_type=device.type, precision=self.precision,
+                    ac=cfg.activation_checkpointing, compile=cfg.compile)
         from torch.distributed.fsdp import FSDPModule
 
         self.fsdp = isinstance(model, FSDPModule)  # not on a 1-process fp32 mesh, where it would shard nothing
@@ -407,7 +410,8 @@ class Trainer:
         if self.resumed_from is not None:
             logger.truncate_after(self.step)
             logger.log({"kind": "resume", "step": self.step, "position": self.position,
-                        "checkpoint": self.resumed_from.name, "dp": dims.dp, "tp": dims.tp}, echo=False)
+                        "checkpoint": self.resumed_from.name, "dp": dims.dp, "tp": dims.tp,
+                        "precision": self.precision}, echo=False)
         tokens_per_step = self.samples_per_step * cfg.tokens_per_sample
         valid_loss, status = None, "completed"
         train_time, steps_since = 0.0, 0  # time inside train steps only (not validation / saving)
