@@ -10,7 +10,7 @@ import ast
 from train_helpers import REPO
 
 LAYERS = {
-    "xlbtm.errors": 0, "xlbtm.io": 0, "xlbtm.cli": 0, "xlbtm.runtime": 0,
+    "xlbtm.errors": 0, "xlbtm.io": 0, "xlbtm.cli": 0, "xlbtm.config": 0, "xlbtm.runtime": 0,
     "xlbtm.corpus": 1, "xlbtm.tokenizer": 1, "xlbtm.demo_corpus": 1, "xlbtm.models": 1, "xlbtm.launch": 1,
     "xlbtm.formats": 2, "xlbtm.cluster": 2, "xlbtm.data": 2, "xlbtm.parallel": 2,
     "xlbtm.train": 3, "xlbtm.ensemble": 3,

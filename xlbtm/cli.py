@@ -146,28 +146,6 @@ def run_script(stage: str, main: Callable[[Sequence[str] | None], int | None]) -
     sys.exit(main_wrapper(stage, main))
 
 
-def add_settings_args(parser: argparse.ArgumentParser, settings_cls, groups: dict | None = None) -> dict:
-    """One flag per field of a settings dataclass whose metadata names a help group (see
-    `xlbtm.train.config.setting`): `--field-name` plus its aliases, type from the metadata or the default,
-    booleans as store_true, defaults from the dataclass. Returns the argument groups by name, so a script can
-    add its own flags to them. The flags are generated, so they and the library cannot drift apart."""
-    import dataclasses
-
-    groups = {} if groups is None else groups
-    for f in dataclasses.fields(settings_cls):
-        meta = f.metadata
-        if "group" not in meta:
-            continue
-        g = groups.get(meta["group"]) or groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        names = ["--" + f.name.replace("_", "-"), *meta["flags"]]
-        if isinstance(f.default, bool):
-            g.add_argument(*names, dest=f.name, action="store_true", default=f.default, help=meta["help"])
-        else:
-            g.add_argument(*names, dest=f.name, type=meta["type"] or type(f.default), default=f.default,
-                           choices=meta.get("choices"), help=meta["help"])
-    return groups
-
-
 def add_skip_bad_lines_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-bad-lines", action="store_true",

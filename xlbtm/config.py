@@ -75,13 +75,15 @@ def _help(f: dataclasses.Field, choices: tuple | None) -> str:
     return text
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, groups: dict | None = None) -> dict:
-    """One flag per `option` field of `cls`. Returns the help groups by name (a script may add its own flags)."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, groups: dict | None = None, *,
+                    skip: typing.Collection[str] = ()) -> dict:
+    """One flag per `option` field of `cls` (but those named in `skip`: a command that sets them itself).
+    Returns the help groups by name (a script may add its own flags to them)."""
     groups = {} if groups is None else groups
     hints = typing.get_type_hints(cls)
     exclusive: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        if not is_option(f):
+        if not is_option(f) or f.name in skip:
             continue
         meta = f.metadata
         target: Any = parser

@@ -20,6 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import typing
+from typing import Literal
 
 from xlbtm.errors import UsageError
 
@@ -28,7 +30,8 @@ DEVICES = ("cpu", "cuda")  # "cuda:<n>" names one GPU
 # every accepted spelling -> the canonical (torch) name
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": "float16", "float16": "float16"}
-PRECISIONS = ("fp32", "bf16-mixed")
+Precision = Literal["fp32", "bf16-mixed"]  # training: --precision (TrainingSettings.precision)
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 _NO_REQUEST = (None, "", "auto")
 
 

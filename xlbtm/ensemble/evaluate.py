@@ -24,87 +24,15 @@ by the same routing weights (xlbtm.ensemble.retrieval), reported as result.json'
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
 
 from xlbtm.cli import get_logger
+from xlbtm.ensemble.config import EvalConfig
 from xlbtm.errors import UsageError
 
 log = get_logger("ensemble")
-
-if TYPE_CHECKING:
-    from xlbtm.launch.site import SiteConfig
-
-ENSEMBLE_TYPES = ("clustering", "uniform", "lang", "oracle", "dense", "average")
-
-
-@dataclass
-class EvalConfig:
-    data_dir: str
-    data_subset: str
-    job_dir: str
-    ensemble_type: str = "clustering"
-    path_to_clusterer: str | None = None
-    model_paths: list[str] = field(default_factory=list)
-    experts_dir: str | None = None
-    temperatures: list[float] = field(default_factory=lambda: [0.1])
-    topks: list[int] = field(default_factory=lambda: [-1])
-    cbtm_compat: bool = False
-    max_valid_steps: int | None = None  # documents (one document per step)
-    run: str | None = None              # None: score in this process; local|slurm: one job per expert
-    dense_result: str | None = None
-    batch_tokens: int = 8192
-    context_window: int | None = None   # CLM: tokens per scoring window (None: the experts' trained context)
-    stride: int | None = None           # CLM: window step (None: = window, c-BTM's non-overlapping blocks)
-    device: str | None = None
-    skip_bad_lines: bool = False
-    gpus_per_node: int = 0
-    site: "SiteConfig | None" = None    # SLURM site settings (file < env < flags); None = file + env only
-    exclude_experts: list[int] = field(default_factory=list)  # cluster ids switched off (data opt-out)
-    # cross-lingual retrieval of encoder experts on parallel data (xlbtm.ensemble.retrieval); None: off
-    parallel_data: str | None = None
-    parallel_subset: str = "valid"
-    retrieval_batch_size: int = 1000    # candidate pool: blocks of at most this many pairs of one language
-    retrieval_max_pairs: int | None = None  # pairs per language (None: all)
-    retrieval_routing: str = "target"   # target: both sides with the target side's weights; own: each its own
-    retrieval_centering: str = "pool"   # pool: each side's vectors centered on their pool's mean; none: raw
-
-    def __post_init__(self):
-        if self.ensemble_type not in ENSEMBLE_TYPES:
-            raise UsageError(f"--ensemble-type must be one of {', '.join(ENSEMBLE_TYPES)}")
-        if bool(self.model_paths) == bool(self.experts_dir):
-            raise UsageError("give exactly one of --model-paths and --experts-dir")
-        if self.ensemble_type in ("clustering", "lang") and not self.path_to_clusterer:
-            raise UsageError(f"--ensemble-type {self.ensemble_type} needs --path-to-clusterer")
-        if any(not (0 < t < float("inf")) for t in self.temperatures):  # also catches nan
-            raise UsageError(f"--temperature values must be finite and > 0, got {self.temperatures}")
-        if any(k == 0 or k < -1 for k in self.topks):
-            raise UsageError(f"--topk takes -1 (every expert) or a count >= 1, got {self.topks}")
-        if self.max_valid_steps is not None and self.max_valid_steps <= 0:
-            raise UsageError("--max-valid-steps must be positive")
-        if self.context_window is not None and self.context_window <= 0:
-            raise UsageError("--context-window must be positive")
-        if self.stride is not None and (self.stride <= 0 or (self.context_window and self.stride > self.context_window)):
-            raise UsageError("--stride must be in [1, --context-window]")
-        if self.exclude_experts and self.ensemble_type == "dense":
-            raise UsageError("--exclude-experts switches experts of an ensemble off; --ensemble-type dense has one")
-        if self.parallel_data is not None:
-            if self.ensemble_type == "oracle":
-                raise UsageError("--parallel-data: retrieval has no oracle (the best expert by likelihood); run "
-                                 "it with another --ensemble-type (result.json's retrieval.experts holds every "
-                                 "single expert's accuracy)")
-            if self.retrieval_centering not in ("pool", "none"):
-                raise UsageError(f"--retrieval-centering must be pool or none, got {self.retrieval_centering!r}")
-            if self.retrieval_routing not in ("target", "own"):
-                raise UsageError(f"--retrieval-routing must be target or own, got {self.retrieval_routing!r}")
-            if self.retrieval_batch_size < 2:
-                raise UsageError("--retrieval-batch-size must be >= 2 (a pool of one candidate is always right)")
-            if self.retrieval_max_pairs is not None and self.retrieval_max_pairs <= 0:
-                raise UsageError("--retrieval-max-pairs must be positive")
-
 
 def resolve(cfg: EvalConfig):
     """(experts ordered by cluster, the excluded ones left out; clusterer or None; tokenizer)."""

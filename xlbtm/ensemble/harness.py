@@ -33,6 +33,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from xlbtm.cli import get_logger
+from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, DEFAULT_TOPK
 from xlbtm.errors import UsageError
 
 log = get_logger("ensemble")
@@ -55,7 +56,7 @@ def _batch_size(value) -> int:
 @register_model("xlbtm")
 class XlbtmLM(LM):
     def __init__(self, experts_dir: str | None = None, clusterer: str | None = None, ensemble_type: str | None = None,
-                 temperature: float = 0.1, topk: int = -1, model_path: str | None = None, route: str = "context",
+                 temperature: float = DEFAULT_TEMPERATURE, topk: int = DEFAULT_TOPK, model_path: str | None = None, route: str = "context",
                  stride: int | None = None, context_window: int | None = None, cbtm_compat: bool = False,
                  seed: int = 0, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, dtype: str = "float32", batch_size=None,
                  max_batch_size=None, device: str | None = None, **unknown):

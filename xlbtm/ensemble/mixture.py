@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from xlbtm.cli import get_logger
+from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, DEFAULT_TOPK
 from xlbtm.errors import InputError, UsageError
 from xlbtm.runtime import resolve_device, resolve_dtype
 
@@ -63,8 +64,8 @@ class MixtureLM:
     experts: list                # xlbtm.ensemble.experts.Expert, ordered by cluster
     router: object = None        # xlbtm.ensemble.routing.Router (clustering) or None
     ensemble_type: str = "clustering"
-    temperature: float = 0.1
-    topk: int = -1
+    temperature: float = DEFAULT_TEMPERATURE
+    topk: int = DEFAULT_TOPK
     cbtm_compat: bool = False
     window: int = 2048           # most positions one forward reads (the experts' trained context)
     device: str = "cpu"
@@ -76,8 +77,8 @@ class MixtureLM:
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
     def load(cls, *, experts_dir: str | None = None, model_paths: Sequence[str] | None = None,
-             clusterer: str | None = None, ensemble_type: str | None = None, temperature: float = 0.1,
-             topk: int = -1, cbtm_compat: bool = False, device: str | None = None,
+             clusterer: str | None = None, ensemble_type: str | None = None,
+             temperature: float = DEFAULT_TEMPERATURE, topk: int = DEFAULT_TOPK, cbtm_compat: bool = False, device: str | None = None,
              context_window: int | None = None, batch_size: int = 16, dtype: str = "float32",
              purpose: str = "scoring") -> "MixtureLM":
         """Experts from `experts_dir` (or explicit run dirs / consolidated.pt files in `model_paths`), routed by

@@ -17,8 +17,9 @@ import os
 import shlex
 import subprocess
 import sys
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import UsageError
@@ -26,7 +27,9 @@ from xlbtm.launch.site import SiteConfig, resolve_site
 
 log = get_logger("launch")
 
-RUN_MODES = ("slurm", "local", "debug")
+RunMode = Literal["slurm", "local", "debug"]  # --run: a SLURM job array, local processes, in this process
+JobRunMode = Literal["local", "slurm"]          # commands whose jobs are always separate processes
+RUN_MODES: tuple[str, ...] = typing.get_args(RunMode)
 
 
 def _mem_str(mem_gb: float) -> str:

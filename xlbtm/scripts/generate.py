@@ -12,6 +12,7 @@ the prompt plus the text generated so far (updated token by token); --topk 1 run
 from __future__ import annotations
 
 from xlbtm.cli import make_parser, run_script
+from xlbtm.ensemble.config import DEFAULT_TEMPERATURE
 from xlbtm.errors import InputError, UsageError
 from xlbtm.runtime import dtype_arg
 
@@ -32,7 +33,7 @@ def build_parser():
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
     p.add_argument("--stop", action="append", default=[],
                    help="stop sequence (repeatable); the text is cut before it")
-    p.add_argument("--temperature", type=float, default=0.1, help="routing temperature")
+    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help="routing temperature")
     p.add_argument("--topk", type=int, default=-1, help="experts run per token (-1: all)")
     p.add_argument("--sample", action="store_true", help="sample from the mixture instead of greedy decoding")
     p.add_argument("--sampling-temperature", type=float, default=1.0, help="with --sample: softmax temperature")

@@ -30,11 +30,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from xlbtm.cli import get_logger
+from xlbtm.config import render_command
+from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, EvalConfig
 from xlbtm.ensemble.report import metric_name  # the study labels its numbers as eval does
 from xlbtm.errors import UsageError
 from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
 from xlbtm.formats.layout import RunLayout, consolidated_path, find_expert_dirs, hf_dir
+from xlbtm.train.plan import TrainExpertsRequest
 
 log = get_logger("study")
 
@@ -72,7 +75,7 @@ class PipelineConfig:
     # equal | proportional to each cluster's training tokens: nearest-centroid assignment makes clusters
     # unequal, and equal steps overtrain the small ones (FIDELITY.md: a 10% cluster ran 25 epochs)
     step_allocation: str = "proportional"
-    temperature: float = 0.1
+    temperature: float = DEFAULT_TEMPERATURE
     max_valid_docs: int | None = None
     seed: int = 0
     run: str = "local"                   # local | slurm (every training, assignment and scoring job)
@@ -150,14 +153,14 @@ def run_stage(stage: str, cmd: str, call: Callable[[], Any]) -> Any:
         setup_logging(outer)
 
 
-def train_experts(flags: dict) -> list:
-    """`train_experts` with these flags (names as on the command line): plan, print the plan, train, print
-    the results; raises unless every expert completed."""
+def train_experts(req: TrainExpertsRequest) -> list:
+    """`train_experts` as asked: plan, print the plan, train, print the results; raises unless every expert
+    completed. The log shows the command line that does the same (rendered from the request, never parsed)."""
     from xlbtm.train.experts import all_completed, describe_results, run_plan
-    from xlbtm.train.plan import TrainExpertsRequest, describe_plan, plan_experts
+    from xlbtm.train.plan import describe_plan, plan_experts
 
     def call():
-        plan = plan_experts(TrainExpertsRequest(**{f[2:].replace("-", "_"): v for f, v in flags.items()}))
+        plan = plan_experts(req)
         for line in describe_plan(plan):
             print(line, flush=True)
         results = run_plan(plan)
@@ -167,7 +170,7 @@ def train_experts(flags: dict) -> list:
             raise RuntimeError("stage train_experts: not every expert completed (see the lines above)")
         return results
 
-    return run_stage("train_experts", command("train_experts", flags), call)
+    return run_stage("train_experts", render_command("train_experts", req), call)
 
 
 def consolidate(run_dir: Path, hf: bool = False) -> None:
@@ -176,34 +179,30 @@ def consolidate(run_dir: Path, hf: bool = False) -> None:
     run_stage("consolidate", command("consolidate", {"--hf": hf}, run_dir), lambda: consolidate_run(run_dir, hf=hf))
 
 
-def evaluate(flags: dict) -> dict:
-    """`eval_ensemble` with these flags: the result (as written to --job-dir/result.json)."""
-    from xlbtm.ensemble.evaluate import EvalConfig, run_eval
+def evaluate(cfg: EvalConfig) -> dict:
+    """`eval_ensemble` as configured: the result (as written to <job_dir>/result.json)."""
+    from xlbtm.ensemble.evaluate import run_eval
 
     def call():
-        res = run_eval(EvalConfig(
-            data_dir=flags["--data-dir"], data_subset=flags["--data-subset"], job_dir=flags["--job-dir"],
-            ensemble_type=flags["--ensemble-type"], path_to_clusterer=flags.get("--path-to-clusterer"),
-            model_paths=[m for m in str(flags.get("--model-paths") or "").split(",") if m],
-            experts_dir=flags.get("--experts-dir"), temperatures=[flags.get("--temperature", 0.1)],
-            topks=[flags.get("--topk", -1)], max_valid_steps=flags.get("--max-valid-steps"), run=flags.get("--run"),
-            dense_result=flags.get("--dense-result"), parallel_data=flags.get("--parallel-data")))
+        res = run_eval(cfg)
         log.info(f"result_ppl {res['result_ppl']:.4f} ({res['documents']} documents, {res['tokens']} tokens) -> "
-                 f"{flags['--job-dir']}/result.json")
+                 f"{cfg.job_dir}/result.json")
         return res
 
-    return run_stage("eval_ensemble", command("eval_ensemble", flags), call)
+    return run_stage("eval_ensemble", render_command("eval_ensemble", cfg), call)
 
 
-def _train_flags(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int) -> dict:
-    """The training flags every run of the pipeline shares (the seed's too: it trains with cfg.objective)."""
+def _train_request(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int, **what) -> TrainExpertsRequest:
+    """A training request with the settings every run of the pipeline shares (the seed's too: it trains with
+    cfg.objective), and `what` it trains (seed, K, dirs...)."""
     interval = max(steps // 2, 1)
-    return {"--path-to-data": str(prep_data), "--tokenizer": str(tok), "--run": cfg.run, "--num-gpus": 1,
-            "--tokens-per-sample": cfg.tokens_per_sample, "--batch-size": cfg.batch_size,
-            "--learning-rate": cfg.learning_rate, "--seed": cfg.seed + 1,
-            "--max-steps": steps, "--warmup-updates": int(cfg.warmup_fraction * steps), "--objective": cfg.objective,
-            "--save-interval-updates": interval, "--validate-interval-updates": interval,
-            "--max-valid-samples": 256}  # a progress signal, not the evaluation
+    shared = dict(path_to_data=str(prep_data), tokenizer=str(tok), run=cfg.run, num_gpus=1,
+                  tokens_per_sample=cfg.tokens_per_sample, batch_size=cfg.batch_size,
+                  learning_rate=cfg.learning_rate, seed=cfg.seed + 1, max_steps=steps,
+                  warmup_updates=int(cfg.warmup_fraction * steps), objective=cfg.objective,
+                  save_interval_updates=interval, validate_interval_updates=interval,
+                  max_valid_samples=256)  # a progress signal, not the evaluation
+    return TrainExpertsRequest(**{**shared, **what})
 
 
 def _languages(data: Path, split: str = "train") -> list[str]:
@@ -336,10 +335,9 @@ def _train_seed(cfg: PipelineConfig, data: Path, tok: Path, seed_dir: Path, stag
     stage(f"dense seed: {cfg.model_size} {OBJECTIVES[cfg.objective][2]} ({cfg.objective}), {cfg.seed_steps} steps "
           f"-> {seed_dir}")
     if not seed_ckpt.is_file():
-        flags = _train_flags(cfg, data, tok, cfg.seed_steps)
-        flags["--warmup-updates"] = cfg.seed_steps // 10  # from scratch: always warm up
-        train_experts({**flags, "--seed-model": cfg.model_size, "--num-clusters": 1,
-                       "--serialization-dir": str(seed_dir), "--run-name": SEED_RUN})
+        train_experts(_train_request(cfg, data, tok, cfg.seed_steps, seed_model=cfg.model_size, num_clusters=1,
+                                     serialization_dir=str(seed_dir), run_name=SEED_RUN,
+                                     warmup_updates=cfg.seed_steps // 10))  # from scratch: always warm up
         consolidate(seed_run)
     return seed_ckpt
 
@@ -433,18 +431,18 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     _refuse_other_objective(cfg, expert_runs(models, K) + [_dense_run(models)],
                             trained="mlm+tlm" if prep.pairs else None)
     t0 = time.time()
-    tlm = {} if prep.pairs is None else {"--objective": "mlm+tlm", "--parallel-data": str(prep.pairs),
-                                         "--tlm-ratio": cfg.tlm_ratio}
+    tlm = {} if prep.pairs is None else {"objective": "mlm+tlm", "parallel_data": str(prep.pairs),
+                                         "tlm_ratio": cfg.tlm_ratio}
     stage(f"{K} experts x {expert_steps} steps ({cfg.step_allocation} allocation), dense x {dense_steps} steps"
           + (f", MLM+TLM ({cfg.tlm_ratio:g} of the samples TLM)" if tlm else "") + f" -> {models}")
-    train_experts({**_train_flags(cfg, prep.data, prep.tokenizer, expert_steps), **tlm,
-                   **({"--path-to-parallel-clusters-dir": str(prep.pair_clusters)} if tlm else {}),
-                   "--seed-model": str(prep.seed_checkpoint), "--num-clusters": K,
-                   "--path-to-clusters-dir": str(prep.clusters), "--serialization-dir": str(models),
-                   "--run-name": EXPERTS_RUN, "--step-allocation": cfg.step_allocation})
-    train_experts({**_train_flags(cfg, prep.data, prep.tokenizer, dense_steps), **tlm,
-                   "--seed-model": str(prep.seed_checkpoint), "--num-clusters": 1,
-                   "--serialization-dir": str(models), "--run-name": DENSE_RUN})
+    train_experts(_train_request(
+        cfg, prep.data, prep.tokenizer, expert_steps, **tlm,
+        **({"path_to_parallel_clusters_dir": str(prep.pair_clusters)} if tlm else {}),
+        seed_model=str(prep.seed_checkpoint), num_clusters=K, path_to_clusters_dir=str(prep.clusters),
+        serialization_dir=str(models), run_name=EXPERTS_RUN, step_allocation=cfg.step_allocation))
+    train_experts(_train_request(cfg, prep.data, prep.tokenizer, dense_steps, **tlm,
+                                 seed_model=str(prep.seed_checkpoint), num_clusters=1,
+                                 serialization_dir=str(models), run_name=DENSE_RUN))
     train_s = time.time() - t0
 
     expert_dirs = expert_runs(models, K)
@@ -458,17 +456,18 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     eval_dir = point_dir / "eval"
     stage(f"evaluate the ensemble ({'prefix' if cfg.clustering == 'tfidf' else 'lang'} routing), the oracle and "
           f"the dense model ({metric_name(cfg.objective)}) -> {eval_dir}")
-    common = {"--data-dir": str(prep.data), "--data-subset": "valid"}
-    if prep.pairs is not None and (prep.pairs / "valid").is_dir():
-        common["--parallel-data"] = str(prep.pairs)  # cross-lingual retrieval on the valid pairs
-    tail = {"--max-valid-steps": cfg.max_valid_docs or None, "--run": cfg.run if cfg.run == "slurm" else None}
-    evaluate({**common, "--model-paths": str(dense_run), "--ensemble-type": "dense",
-              "--job-dir": str(eval_dir / "dense"), **tail})
-    ens_type = {"--ensemble-type": "clustering", "--temperature": cfg.temperature, "--topk": -1} \
-        if cfg.clustering == "tfidf" else {"--ensemble-type": "lang"}
-    evaluate({**common, "--path-to-clusterer": str(prep.clusterer), "--experts-dir": str(RunLayout.of(models, K).root),
-              **ens_type, "--job-dir": str(eval_dir / "ensemble"),
-              "--dense-result": str(eval_dir / "dense" / "result.json"), **tail})
+    common = dict(data_dir=str(prep.data), data_subset="valid", max_valid_steps=cfg.max_valid_docs or None,
+                  run=cfg.run if cfg.run == "slurm" else None,
+                  # cross-lingual retrieval on the valid pairs
+                  parallel_data=str(prep.pairs) if prep.pairs is not None and (prep.pairs / "valid").is_dir()
+                  else None)
+    evaluate(EvalConfig(**common, model_paths=[str(dense_run)], ensemble_type="dense",
+                        job_dir=str(eval_dir / "dense")))
+    routing = dict(ensemble_type="clustering", temperatures=[cfg.temperature]) if cfg.clustering == "tfidf" \
+        else dict(ensemble_type="lang")
+    evaluate(EvalConfig(**common, **routing, path_to_clusterer=str(prep.clusterer),
+                        experts_dir=str(RunLayout.of(models, K).root), job_dir=str(eval_dir / "ensemble"),
+                        dense_result=str(eval_dir / "dense" / "result.json")))
 
     ens = read_json(eval_dir / "ensemble" / "result.json")  # what the reports say, read back
     dense = read_json(eval_dir / "dense" / "result.json")

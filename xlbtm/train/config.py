@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from typing import Literal
 
-from xlbtm.runtime import PRECISIONS
+from xlbtm.config import option
+from xlbtm.runtime import Precision
 
 
 def setting(default, group: str, help: str = "", *, flags: tuple[str, ...] = (), type=None,
-            choices: tuple | None = None):
-    """A field of TrainingSettings that is also a `train_experts` flag: `--<name>` (plus `flags`, aliases),
-    in the help `group`, parsed with `type` (default: the default's type; store_true for booleans), limited
-    to `choices` when given."""
-    return field(default=default, metadata={"group": group, "help": help, "flags": flags, "type": type,
-                                            "choices": choices})
+            choices_help: dict[str, str] | None = None):
+    """A field of TrainingSettings that is also a `train_experts` flag (`xlbtm.config.option` in a help
+    `group`): `--<name>` plus `flags` (aliases), parsed with `type` (default: from the field's type; store_true
+    for booleans; choices from a Literal type)."""
+    return option(default, help, group=group, aliases=flags, type=type, choices_help=choices_help)
 
 
 def _betas(text: str) -> tuple[float, float]:
@@ -37,7 +38,7 @@ OPT, CKPT, RES, DATA = "optimization", "checkpoints and logging", "resources", "
 @dataclass(kw_only=True)
 class TrainingSettings:
     """How every expert of a run is trained: the settings `train_experts` takes as flags of the same names
-    (`--learning-rate` -> learning_rate), generated from these fields (`xlbtm.cli.add_settings_args`), with
+    (`--learning-rate` -> learning_rate), generated from these fields (`xlbtm.config.add_config_args`), with
     these defaults. Both `TrainConfig` (one expert's run, stored in its expert.json) and
     `xlbtm.train.plan.TrainExpertsRequest` (the command) extend it, so each setting, its flag and its
     default exist once, and the request hands them to each expert's config by name."""
@@ -63,10 +64,9 @@ class TrainingSettings:
                                         "data parallel", flags=("--model-parallel",))
     activation_checkpointing: bool = setting(False, OPT, "recompute each block in backward (memory for time)")
     compile: bool = setting(False, OPT, "torch.compile each block")
-    precision: Literal["fp32", "bf16-mixed"] | None = setting(
+    precision: Precision | None = setting(
         None, OPT, "fp32, or bf16-mixed: bf16 compute with fp32 master weights, optimizer state and gradient "
-        "reductions (FSDP2 mixed precision, on any device). Default: bf16-mixed on GPUs, fp32 on CPUs",
-        type=str, choices=PRECISIONS)
+        "reductions (FSDP2 mixed precision, on any device). Default: bf16-mixed on GPUs, fp32 on CPUs")
     save_interval_updates: int = setting(1000, CKPT, "checkpoint every N steps (and at the end)")
     validate_interval_updates: int = setting(1000, CKPT, "validate every N steps (0: never)")
     max_valid_samples: int | None = setting(None, CKPT, "cap on validation samples (default: the whole split)",
@@ -92,7 +92,7 @@ class TrainConfig(TrainingSettings):
     run_name: str = "run"
     model_size: str | None = None         # preset naming the architecture when the seed does not
     tokenizer: str | None = None
-    objective: str = "clm"                # one of OBJECTIVES
+    objective: Objective = "clm"
     pairs_dir: str | None = None          # binarized parallel data (xlbtm.formats.pairs): tlm, mlm+tlm
     max_steps: int = 1000
     progress_bar: bool | None = None      # None = when stdout is a terminal
@@ -120,7 +120,9 @@ class TrainConfig(TrainingSettings):
 
 
 # training objective -> the architecture it trains. TLM (XLM's translation LM) is an XLM-R objective.
+Objective = Literal["clm", "mlm", "tlm", "mlm+tlm"]
 OBJECTIVES = {"clm": "xglm", "mlm": "xlmr", "tlm": "xlmr", "mlm+tlm": "xlmr"}
+assert tuple(OBJECTIVES) == typing.get_args(Objective)  # one list of objectives: the type's
 
 
 def uses_pairs(objective: str) -> bool:

@@ -10,14 +10,17 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from xlbtm.cli import get_logger
+from xlbtm.config import config_from_args, option
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.layout import RunLayout
 from xlbtm.formats.pairs import pairs_dir_for
+from xlbtm.launch.executor import RunMode
+from xlbtm.launch.site import site_from_args
 from xlbtm.runtime import requested_device, resolve_device
-from xlbtm.train.config import TrainConfig, TrainingSettings
+from xlbtm.train.config import DATA, OPT, RES, Objective, TrainConfig, TrainingSettings
 
 log = get_logger("train")
 
@@ -129,44 +132,77 @@ class TrainExpertsRequest(TrainingSettings):
     """Everything `train_experts` is asked to do; one field per flag (same names and defaults as the CLI).
     The training settings (optimization, checkpoints, logging) are TrainingSettings', shared with TrainConfig."""
 
-    run: str                                  # slurm | local | debug
-    seed_model: str                           # HF dir | metaseq/fairseq .pt | consolidated.pt | preset name
-    num_clusters: int                         # K; 1 = dense baseline
-    serialization_dir: str
-    max_steps: int
-    model_size: str | None = None
-    tokenizer: str | None = None              # default: the seed's own
-    path_to_data: str | None = None           # the jsonl corpus; required unless objective is tlm
-    objective: str | None = None              # clm | mlm | tlm | mlm+tlm; default from the seed's architecture
-    parallel_data: str | None = None          # translation pairs (jsonl) for tlm / mlm+tlm
-    path_to_parallel_clusters_dir: str | None = None  # cluster files of the pairs; None: every expert reads all
-    path_to_clusters_dir: str | None = None
-    train_cluster: str | None = None          # "1,3,5" / "0-3"; None = all
-    data_name: str | None = None
-    run_name: str | None = None               # default: data_name or "run"
-    step_allocation: str = "equal"            # equal | proportional: K x max_steps shared by training tokens
-    binarized_dir: str | None = None
-    binarize_workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1))
-    allow_unassigned: bool = False
+    # what to train
+    seed_model: str = option(
+        help="HF dir, metaseq/fairseq .pt, xlbtm consolidated.pt, or a preset name for a random init (e.g. debug)",
+        group=DATA)
+    model_size: str | None = option(None, "preset naming the architecture when the seed does not", group=DATA)
+    tokenizer: str | None = option(None, "HF tokenizer dir (default: the seed's own; required with a preset seed)",
+                                   group=DATA)
+    objective: Objective | None = option(
+        None, "what the experts learn; default from the seed's architecture (clm or mlm)", group=DATA,
+        choices_help={"clm": "causal LM (XGLM)", "mlm": "masked LM (XLM-R)",
+                      "tlm": "translation LM on --parallel-data only (XLM-R)",
+                      "mlm+tlm": "--tlm-ratio of the samples TLM, the rest MLM (XLM-R)"})
+    path_to_clusters_dir: str | None = option(None, "cluster files + manifest.json (not for K=1)", group=DATA)
+    num_clusters: int = option(help="K; 1 = dense baseline (no filtering)", group=DATA)
+    train_cluster: str | None = option(None, "only these clusters, e.g. 1,3,5 or 0-3 (default: all)", group=DATA)
+    data_name: str | None = option(None, "dataset name (corpus at <path-to-data>/<data-name> if present)",
+                                   group=DATA)
+    path_to_data: str | None = option(
+        None, "jsonl corpus root (train/<shard>/*.jsonl, valid/...); required unless --objective tlm", group=DATA,
+        aliases=("--data-dir",))
+    parallel_data: str | None = option(
+        None, "translation pairs for --objective tlm / mlm+tlm: train/<shard>/*.jsonl [, valid/...] of "
+              '{"src", "tgt", "src_lang", "tgt_lang"}; with K > 1 routed by --path-to-parallel-clusters-dir, else '
+              "every expert reads all pairs", group=DATA)
+    path_to_parallel_clusters_dir: str | None = option(
+        None, "cluster files of --parallel-data (cluster --parallel-side tgt, with the clusterer of "
+              "--path-to-clusters-dir): each expert trains TLM on its own cluster's pairs (K > 1)", group=DATA)
+    serialization_dir: str = option(
+        help="experts go to <serialization-dir>/<K>_clusters/<run-name>.cluster<i>/", group=DATA,
+        aliases=("--output-dir",))
+    run_name: str | None = option(None, "default: --data-name or 'run'", group=DATA)
+    run: RunMode = option(help="where the experts train", group=DATA, choices_help={
+        "slurm": "one job per expert", "local": "the same jobs as local processes", "debug": "in this process"})
+    binarized_dir: str | None = option(
+        None, "binarized data (default <serialization-dir>/<K>_clusters/data-bin/<data-name>.<tok hash>)", group=DATA)
+    binarize_workers: int = option(
+        help="tokenizer processes; with --run slurm binarization is one job with this many CPUs (+1)", group=DATA,
+        default_factory=lambda: min(8, os.cpu_count() or 1))
+    allow_unassigned: bool = option(False, "drop documents without a cluster instead of stopping with an error",
+                                    group=DATA)
     # resources
-    num_nodes: int = 1
-    num_gpus: int = 1
-    device: str = "auto"                      # auto | cuda | cpu
-    dry_run: bool = False
-    no_wait: bool = False
+    num_nodes: int = option(1, "nodes per expert job", group=RES)
+    num_gpus: int = option(1, "GPUs (tasks) per node; CPU workers without GPUs", group=RES)
+    device: Literal["auto", "cuda", "cpu"] = option(
+        "auto", "auto: $XLBTM_DEVICE, else cuda when GPUs are visible locally / offered by SLURM partitions",
+        group=RES)
+    dry_run: bool = option(False, "print the plan and the resources, submit nothing", group=RES)
+    no_wait: bool = option(False, "submit and return (slurm); default waits for the jobs", group=RES)
+    # optimization
+    max_steps: int = option(help="optimizer steps per expert (metaseq's --max-update)", group=OPT,
+                            aliases=("--max-update",))
+    step_allocation: Literal["equal", "proportional"] = option(
+        "equal", "how the K x --max-steps are shared", group=OPT, choices_help={
+            "equal": "every expert trains --max-steps",
+            "proportional": "the K x --max-steps total is shared by each cluster's training tokens (printed in "
+                            "the plan); the dense baseline is unchanged"})
     site: Any = None                          # xlbtm.launch.site.SiteConfig; None = file + environment only
     # not flags: set by add_experts
     experts_dir: str | None = None            # run dirs go here instead of <serialization_dir>/<K>_clusters
     init: dict | None = None                  # recorded in expert.json: how the seed was chosen
 
+    # what a command that trains experts into an existing ensemble (add_experts) decides itself
+    WHAT_TO_TRAIN: ClassVar[frozenset[str]] = frozenset({
+        "seed_model", "model_size", "tokenizer", "objective", "path_to_clusters_dir", "num_clusters",
+        "train_cluster", "data_name", "path_to_data", "parallel_data", "path_to_parallel_clusters_dir",
+        "serialization_dir", "run_name"})
+
     @classmethod
     def from_args(cls, args) -> "TrainExpertsRequest":
         """From `xlbtm.scripts.train_experts`'s parsed flags (SLURM flags resolved into a SiteConfig)."""
-        from xlbtm.launch.site import site_from_args
-
-        kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-              if f.name not in ("site", "experts_dir", "init")}
-        return cls(**kw, site=site_from_args(args))
+        return config_from_args(cls, args, site=site_from_args(args))
 
 
 @dataclass
