@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
-from pathlib import Path
 from typing import Sequence
 
 from xlbtm.cli import main_wrapper, set_invoked_as
@@ -23,7 +22,8 @@ def _first_line(name: str) -> str:
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, invoked_as: str = "xlbtm") -> int:
+    """`invoked_as`: the words before the command name in usage lines (the console script is `xlbtm`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     names = commands()
     if not argv or argv[0] in ("-h", "--help"):
@@ -36,8 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in names:
         print(f"xlbtm: error: unknown command {argv[0]!r}; one of: {', '.join(names)}", file=sys.stderr)
         return 2
-    # usage lines name the command as the user typed it
-    set_invoked_as("python -m xlbtm.scripts" if Path(sys.argv[0]).name == "__main__.py" else "xlbtm")
+    set_invoked_as(invoked_as)  # usage lines name the command as the user typed it
     try:
         return main_wrapper(name, importlib.import_module(f"xlbtm.scripts.{name}").main, argv[1:])
     finally:
@@ -45,4 +44,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(invoked_as="python -m xlbtm.scripts"))
