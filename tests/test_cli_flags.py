@@ -51,13 +51,20 @@ def test_each_commands_flags_are_the_frozen_ones():
 
 
 def test_the_contract_flags_of_cbtm_and_the_aliases_are_there():
-    """c-BTM's names stay, and a corpus / an output directory has the same name in every command that reads
-    or writes one."""
+    """c-BTM's names stay, and a user who learned one command can guess the next: a corpus is `--data-dir` and
+    `--path-to-data` in every command that reads one; the directory a command writes is `--output-dir` too,
+    beside its own c-BTM / metaseq name (`--serialization-dir`, `--output-prefix`, `--out`, eval's `--job-dir`)."""
     t = flag_table()
-    for name in ("train_experts", "eval_ensemble"):
-        assert {"--data-dir", "--path-to-data", "--output-dir"} <= set(t[name]), name
-    assert t["train_experts"]["--data-dir"] == t["train_experts"]["--path-to-data"] == "path_to_data"
-    assert t["eval_ensemble"]["--data-dir"] == t["eval_ensemble"]["--path-to-data"] == "data_dir"
+    corpus_readers = [n for n, flags in t.items() if {"--data-dir", "--path-to-data"} & set(flags)]
+    assert len(corpus_readers) >= 10, corpus_readers
+    for name in corpus_readers:
+        assert {"--data-dir", "--path-to-data"} <= set(t[name]), name
+        assert t[name]["--data-dir"] == t[name]["--path-to-data"], name
+    for name, own in [("train_experts", "--serialization-dir"), ("cluster", "--output-prefix"),
+                      ("eval_ensemble", "--job-dir"), ("quickstart", "--out"), ("scaling_study", "--out"),
+                      ("train_tokenizer", "--out"), ("make_demo_corpus", "--out"), ("binarize", "--output-dir"),
+                      ("train_clusterer", "--output-dir"), ("merge_experts", "--output-dir")]:
+        assert t[name]["--output-dir"] == t[name][own], name
     assert {"--max-update", "--model-parallel", "--lr", "--num-clusters", "--path-to-clusters-dir",
             "--serialization-dir", "--seed-model"} <= set(t["train_experts"])
     assert {"--job-dir", "--path-to-clusterer", "--experts-dir", "--temperature", "--topk", "--ensemble-type",

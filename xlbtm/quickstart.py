@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from xlbtm.cli import get_logger
+from xlbtm.config import option
 from xlbtm.study.pipeline import PipelineConfig, metric_name, prepare, run_point
 
 log = get_logger("quickstart")
@@ -27,8 +28,9 @@ log = get_logger("quickstart")
 
 @dataclass
 class QuickstartConfig(PipelineConfig):
-    out: str = "quickstart_out"
-    expert_steps: int = 900          # per expert; the dense continuation gets K x this (compute-matched)
+    out: str = option("quickstart_out", "output directory for every artifact", aliases=("--output-dir",))
+    expert_steps: int = option(
+        900, "steps per expert; the dense continuation gets K x this many (compute-matched)")
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:

@@ -25,7 +25,7 @@ def build_parser():
     g.add_argument("--experts-dir", required=True, help="the experts to grow: the <K>_clusters dir train_experts wrote")
     g.add_argument("--path-to-clusterer", required=True, help="the clusterer the experts were trained on")
     g.add_argument("--langs", required=True, help="the new languages, comma-separated (e.g. pl,cs): one expert each")
-    g.add_argument("--path-to-data", required=True,
+    g.add_argument("--path-to-data", "--data-dir", dest="path_to_data", required=True,
                    help="corpus holding the new languages' documents (documents of other languages are ignored)")
     g.add_argument("--init", default="nearest",
                    help="where each new expert starts: nearest (the typologically closest expert, X-ELM), average "

@@ -23,11 +23,11 @@ log = get_logger("cluster")
 
 def build_parser():
     p = make_parser("cluster", __doc__.splitlines()[0])
-    p.add_argument("--data-dir", required=True, help="corpus root (<data>/<split>/<shard>/*.jsonl[.gz])")
+    p.add_argument("--data-dir", "--path-to-data", dest="data_dir", required=True, help="corpus root (<data>/<split>/<shard>/*.jsonl[.gz])")
     p.add_argument("--path-to-clusterer", required=True, help="clusterer dir from xlbtm.scripts.train_clusterer")
     p.add_argument("--num-clusters", type=int, default=None,
                    help="accepted for c-BTM compatibility; must agree with the clusterer")
-    p.add_argument("--output-prefix", required=True, help="clusters dir to write")
+    p.add_argument("--output-prefix", "--output-dir", dest="output_prefix", required=True, help="clusters dir to write")
     p.add_argument("--split", required=True, help="train, valid or valid/<subset>")
     p.add_argument("--run", choices=["local", "slurm"], default="local",
                    help="local: worker processes on this machine; slurm: submitit job arrays (waits for them)")

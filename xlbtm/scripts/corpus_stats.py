@@ -15,7 +15,7 @@ STAGE = "corpus_stats"
 
 def build_parser():
     p = make_parser(STAGE, __doc__)
-    p.add_argument("--data-dir", required=True, help="corpus root holding <split>/<shard>/*.jsonl[.gz]")
+    p.add_argument("--data-dir", "--path-to-data", dest="data_dir", required=True, help="corpus root holding <split>/<shard>/*.jsonl[.gz]")
     p.add_argument("--split", action="append",
                    help="split to read (train, valid, valid/<subset>); repeat for several (default: train)")
     p.add_argument("--json", action="store_true", help="print one JSON object per split instead of a table")

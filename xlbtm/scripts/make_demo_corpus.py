@@ -11,7 +11,7 @@ def build_parser():
     from xlbtm.demo_corpus import DEFAULT_LANGS, LANGUAGES
 
     p = make_parser(STAGE, __doc__)
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", "--output-dir", dest="out", required=True,
                    help="output data dir; gets train/<shard>/demo.jsonl and valid/demo.jsonl "
                         "(an earlier demo corpus there is replaced; any other non-empty dir is refused)")
     p.add_argument("--num-train-docs", type=int, default=2000, help="number of train documents")

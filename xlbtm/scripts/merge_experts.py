@@ -37,7 +37,7 @@ def build_parser():
     p.add_argument("--weights", default="uniform",
                    help="uniform | posterior | comma-separated weights, one per selected expert in cluster order, "
                         "non-negative and summing to 1")
-    p.add_argument("--data-dir", default=None, help="corpus root whose held-out documents give --weights posterior")
+    p.add_argument("--data-dir", "--path-to-data", dest="data_dir", default=None, help="corpus root whose held-out documents give --weights posterior")
     p.add_argument("--data-subset", default="valid", help="split for --weights posterior: valid or valid/<subset>")
     p.add_argument("--max-docs", type=int, default=None,
                    help="--weights posterior: use at most this many documents of the split")

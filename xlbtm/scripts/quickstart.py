@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 from xlbtm.cli import make_parser, run_script
-from xlbtm.quickstart import QuickstartConfig
+from xlbtm.config import add_config_args, config_from_args
+from xlbtm.quickstart import QuickstartConfig, run_quickstart
 
 
 def build_parser():
-    from xlbtm.scripts.scaling_study import add_pipeline_args
-
-    d = QuickstartConfig()
     p = make_parser("quickstart", __doc__ + "\n\nEvery stage is logged with the exact command a user would type. "
                     "For the ensemble-vs-dense curve over several budgets, see `python -m xlbtm.scripts.scaling_study`.")
-    add_pipeline_args(p, d)
-    p.add_argument("--expert-steps", type=int, default=d.expert_steps,
-                   help="steps per expert; the dense continuation gets K x this many (compute-matched)")
+    add_config_args(p, QuickstartConfig)  # every flag, its default and help: QuickstartConfig's fields
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from xlbtm.quickstart import run_quickstart
-
-    summary = run_quickstart(QuickstartConfig(**vars(args)))
+    summary = run_quickstart(config_from_args(QuickstartConfig, args))
     print(f"report: {summary['report']}")
     m = summary["metric"]
     print(f"ensemble {m} {summary['ensemble_ppl']:.2f} | dense {m} {summary['dense_ppl']:.2f} "

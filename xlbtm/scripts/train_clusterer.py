@@ -21,7 +21,7 @@ log = get_logger("cluster")
 
 def build_parser():
     p = make_parser("train_clusterer", __doc__.splitlines()[0])
-    p.add_argument("--data-dir", default=None,
+    p.add_argument("--data-dir", "--path-to-data", dest="data_dir", default=None,
                    help="corpus root, split or shard dir: every *.jsonl[.gz] below it is used")
     p.add_argument("--num-clusters", type=int, default=None, help="K")
     p.add_argument("--balanced", action="store_true",

@@ -13,9 +13,9 @@ STAGE = "train_tokenizer"
 
 def build_parser():
     p = make_parser(STAGE, __doc__)
-    p.add_argument("--data-dir", required=True, help="corpus root holding <split>/<shard>/*.jsonl[.gz]")
+    p.add_argument("--data-dir", "--path-to-data", dest="data_dir", required=True, help="corpus root holding <split>/<shard>/*.jsonl[.gz]")
     p.add_argument("--split", default="train", help="split to sample documents from")
-    p.add_argument("--out", required=True, help="output tokenizer directory (replaced if it exists)")
+    p.add_argument("--out", "--output-dir", dest="out", required=True, help="output tokenizer directory (replaced if it exists)")
     p.add_argument("--vocab-size", type=int, default=8000,
                    help="target SentencePiece vocabulary (soft limit; grown if the scripts need more characters)")
     p.add_argument("--sample-docs", type=int, default=20000, help="documents sampled uniformly from the split")

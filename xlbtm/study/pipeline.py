@@ -24,24 +24,27 @@ tokens_per_sample - 1 of them), so the claim is checked, not assumed.
 from __future__ import annotations
 
 import shlex
+import typing
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from xlbtm.cli import get_logger
-from xlbtm.config import render_command
+from xlbtm.config import option, render_command
 from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, EvalConfig
 from xlbtm.ensemble.report import metric_name  # the study labels its numbers as eval does
 from xlbtm.errors import UsageError
 from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
+from xlbtm.launch.executor import JobRunMode
 from xlbtm.formats.layout import RunLayout, consolidated_path, find_expert_dirs, hf_dir
 from xlbtm.train.plan import TrainExpertsRequest
 
 log = get_logger("study")
 
-CLUSTERINGS = ("tfidf", "typological")
+Clustering = Literal["tfidf", "typological"]
+CLUSTERINGS: tuple[str, ...] = typing.get_args(Clustering)
 WRITTEN = ("tokenizer", "seed", "clusterer", "clusters", "models", "eval")  # what the stages write under --out
 # --objective -> (seed preset trained from scratch by default, tokenizer style, architecture name)
 OBJECTIVES = {"clm": ("debug", "xglm", "XGLM"), "mlm": ("debug-xlmr", "xlmr", "XLM-R")}
@@ -53,37 +56,52 @@ SEED_RUN, EXPERTS_RUN, DENSE_RUN = "seed", "demo", "dense"
 class PipelineConfig:
     """Everything both sides of the comparison share (the quickstart and the study extend it)."""
 
-    out: str
-    data_dir: str | None = None          # None = generate the demo corpus
-    num_clusters: int = 4
-    clustering: str = "tfidf"            # tfidf: subword TF-IDF + balanced k-means, routed by the prefix;
-                                         # typological: languages grouped by URIEL, routed by `lang` (X-ELM)
-    num_train_docs: int = 8000           # demo corpus size (~1.5M tokens: the runs stay near 2 epochs)
-    num_valid_docs: int = 200
-    vocab_size: int = 2000
-    seed_model: str | None = None        # an existing seed (HF dir, metaseq/xlbtm .pt); None = train one
-    tokenizer: str | None = None         # with seed_model: its tokenizer (default: the seed's own)
-    model_size: str | None = None        # preset of the seed trained from scratch (None: the objective's debug one)
-    tokens_per_sample: int = 128
-    batch_size: int = 8
+    out: str = option(help="output directory for every artifact", aliases=("--output-dir",))
+    data_dir: str | None = option(
+        None, "your corpus (c-BTM layout: train/<shard>/*.jsonl, valid/*.jsonl); default: generate the demo corpus",
+        aliases=("--path-to-data",))
+    num_clusters: int = option(4, "K experts")
+    clustering: Clustering = option("tfidf", "how the corpus is split into clusters, and how the ensemble routes",
+                                    choices_help={
+        "tfidf": "subword TF-IDF + balanced k-means, ensemble routed by the prefix's cluster posterior (c-BTM)",
+        "typological": "languages grouped by URIEL, routed by `lang` (X-ELM)"})
+    # demo corpus size (~1.5M tokens: the runs stay near 2 epochs)
+    num_train_docs: int = option(8000, "demo corpus: train documents")
+    num_valid_docs: int = option(200, "demo corpus: valid documents")
+    vocab_size: int = option(2000, "SentencePiece vocabulary size")
+    seed_model: str | None = option(
+        None, "an existing seed (HF dir, metaseq/fairseq or xlbtm .pt) instead of training one from scratch for "
+              "--seed-steps; its tokenizer is used")
+    tokenizer: str | None = option(None, "with --seed-model: its tokenizer dir (default: the seed's own)")
+    model_size: str | None = option(
+        None, "preset of the seed model trained from scratch (default: debug for clm, debug-xlmr for mlm)")
+    tokens_per_sample: int = option(
+        128, "tokens per training sample, for the seed, the experts and the dense model alike")
+    batch_size: int = option(8, "samples per training step")
     # dense seed pre-training. The method branches experts from a seed that already knows what all languages
     # share (c-BTM: OPT; X-ELM: XGLM); a barely trained seed leaves that to every expert separately and the
     # dense model wins (benchmarks/FIDELITY.md: 900 seed steps +3.6%, 3,000 steps -4.0% at 900 steps/expert)
-    seed_steps: int = 3000
-    learning_rate: float = 5e-3
-    warmup_fraction: float = 0.0         # of each run's own steps (experts and dense alike)
-    # equal | proportional to each cluster's training tokens: nearest-centroid assignment makes clusters
-    # unequal, and equal steps overtrain the small ones (FIDELITY.md: a 10% cluster ran 25 epochs)
-    step_allocation: str = "proportional"
-    temperature: float = DEFAULT_TEMPERATURE
-    max_valid_docs: int | None = None
-    seed: int = 0
-    run: str = "local"                   # local | slurm (every training, assignment and scoring job)
-    objective: str = "clm"               # clm: XGLM, perplexity; mlm: XLM-R, pseudo-perplexity (train_experts')
-    # translation pairs (objective mlm): experts and the dense model train MLM+TLM (--tlm-ratio of the samples
-    # TLM; the pairs clustered by their target side, like the corpus), and both are scored for retrieval too
-    parallel_data_dir: str | None = None
-    tlm_ratio: float = 0.5
+    seed_steps: int = option(3000, "training steps of the dense seed")
+    learning_rate: float = option(5e-3, "peak learning rate of experts and dense alike (the seed's too)")
+    warmup_fraction: float = option(
+        0.0, "linear warm-up over this fraction of each run's steps (same shape on both sides)")
+    # nearest-centroid assignment makes clusters unequal, and equal steps overtrain the small ones (FIDELITY.md:
+    # a 10% cluster ran 25 epochs)
+    step_allocation: Literal["equal", "proportional"] = option(
+        "proportional", "experts' share of the K x steps: equal, or proportional to each cluster's training tokens")
+    temperature: float = option(DEFAULT_TEMPERATURE, "routing temperature (tfidf)")
+    max_valid_docs: int | None = option(None, "evaluate at most this many valid documents")
+    seed: int = option(0, "seed of the demo corpus, the clusterer, data order and initializations")
+    run: JobRunMode = option("local", "where training, assignment and scoring jobs run")
+    objective: Literal["clm", "mlm"] = option(
+        "clm", "what the seed, experts and dense model learn (passed to train_experts --objective)", choices_help={
+            "clm": "XGLM models, scored by perplexity",
+            "mlm": "XLM-R models trained with masked LM, scored by pseudo-perplexity"})
+    parallel_data_dir: str | None = option(
+        None, "with --objective mlm: translation pairs (<dir>/train[, valid]/<shard>/*.jsonl of {src, tgt, "
+              "src_lang, tgt_lang}): experts and the dense model train MLM+TLM (the pairs clustered by their target "
+              "side), and both are scored for cross-lingual retrieval on the valid pairs")
+    tlm_ratio: float = option(0.5, "with --parallel-data-dir: the share of training samples that are TLM")
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:

@@ -12,12 +12,14 @@ finished points are read back from their point.json, unfinished training resumes
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from xlbtm.cli import get_logger
+from xlbtm.config import option
 from xlbtm.errors import UsageError
 from xlbtm.study.pipeline import PipelineConfig, metric_name, prepare, run_point
 
@@ -28,10 +30,19 @@ STUDY_MD = "study.md"
 STUDY_PNG = "study.png"
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 @dataclass
 class StudyConfig(PipelineConfig):
-    out: str = "study_out"
-    budgets: list[int] = field(default_factory=lambda: [100, 300, 900])  # steps per expert
+    out: str = option("study_out", "output directory for every artifact", aliases=("--output-dir",))
+    budgets: list[int] = option(help="steps per expert at each point, comma-separated (dense: K x each)",
+                                default_factory=lambda: [100, 300, 900], type=_ints,
+                                render=lambda v: [",".join(map(str, v))])
 
     def __post_init__(self):
         super().__post_init__()
