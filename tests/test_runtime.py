@@ -87,6 +87,27 @@ def test_every_device_decision_goes_through_the_policy(gpus):
     assert detect_device("slurm") == "cpu" and detect_device("slurm", "cuda") == "cuda"
 
 
+def test_every_command_that_computes_takes_device_and_the_env(gpus, tmp_path, capsys):
+    """`--device` (or $XLBTM_DEVICE) reaches every command that computes: a cuda request on a machine without a
+    GPU is one line and exit 2 before anything is written, for the clusterer's k-means as for the rest."""
+    from xlbtm.cli import main_wrapper
+    from xlbtm.demo_corpus import write_demo_corpus
+    from xlbtm.scripts import train_clusterer
+
+    gpus(0)
+    data = tmp_path / "data"
+    write_demo_corpus(data, n_train=40, n_valid=4, seed=0)
+    argv = ["--data-dir", str(data), "--num-clusters", "2", "--featurizer", "word", "--output-dir",
+            str(tmp_path / "c")]
+    assert main_wrapper("train_clusterer", train_clusterer.main, [*argv, "--device", "cuda"]) == 2
+    assert "no GPU" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    gpus(0).setenv(DEVICE_ENV, "cuda")
+    assert main_wrapper("train_clusterer", train_clusterer.main, argv) == 2
+    assert "no GPU" in capsys.readouterr().err and not (tmp_path / "c").exists()
+    assert main_wrapper("train_clusterer", train_clusterer.main, [*argv, "--device", "cpu"]) == 0  # flag wins
+    assert (tmp_path / "c" / "clusterer.json").is_file()
+
+
 @pytest.mark.parametrize("names,want", [(("fp32", "float32", "FP32", " Float32 "), torch.float32),
                                         (("bf16", "bfloat16", "BF16"), torch.bfloat16),
                                         (("fp16", "float16", "Float16"), torch.float16)])

@@ -231,7 +231,7 @@ def fit_kmeans(x, k: int, *, balanced: bool = True, max_iter: int = 100, tol: fl
 
     from contextlib import nullcontext
 
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(resolve_device(device))  # the flag, else $XLBTM_DEVICE, else cuda when visible
     x = _as_tensor(x, device)
     with limit_threads(threads_for(x.numel())) if device.type == "cpu" else nullcontext():
         return _fit(x, k, balanced, max_iter, tol, seed, device)

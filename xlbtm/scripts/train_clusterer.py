@@ -42,6 +42,9 @@ def build_parser():
                    help="xelm: X-ELM's greedy pairwise merging (K = #langs / 2^m); balanced: any K, groups "
                         "balanced by token count, typologically close languages together")
     p.add_argument("--langs", default=None, help="comma-separated ISO 639-1 codes (with --typological)")
+    p.add_argument("--device", default=None,
+                   help="k-means device: cpu | cuda | cuda:<n> (default: $XLBTM_DEVICE, else cuda when available, "
+                        "else cpu)")
     add_skip_bad_lines_arg(p)
     add_parallel_side_arg(p)
     return p
@@ -96,7 +99,7 @@ def main(argv=None):
     c, sample = train_tfidf_clusterer(args.data_dir, args.num_clusters, args.output_dir, balanced=args.balanced,
                                       featurizer=args.featurizer, tokenizer=args.tokenizer,
                                       max_docs=args.max_docs, seed=args.seed, skip_bad_lines=args.skip_bad_lines,
-                                      parallel_side=args.parallel_side)
+                                      parallel_side=args.parallel_side, device=args.device)
     log.info(f"wrote {args.output_dir}: {describe(c)}")
     if args.eval:
         _eval(c, args, sample)
