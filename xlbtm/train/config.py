@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
+
+from xlbtm.errors import UsageError
 
 
 def setting(default, group: str, help: str = "", *, flags: tuple[str, ...] = (), type=None):
@@ -14,8 +17,6 @@ def setting(default, group: str, help: str = "", *, flags: tuple[str, ...] = (),
 
 def _betas(text: str) -> tuple[float, float]:
     """`0.9,0.98` or metaseq's `(0.9, 0.98)`."""
-    import argparse
-
     try:
         b = tuple(float(x) for x in text.strip().strip("()").split(","))
     except ValueError:
@@ -99,8 +100,6 @@ class TrainConfig(TrainingSettings):
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            from xlbtm.errors import UsageError
-
             raise UsageError(f"unknown training setting(s) {', '.join(unknown)}: not a field of TrainConfig "
                              "(written by another xlbtm version?)")
         d = dict(d)
@@ -132,8 +131,6 @@ def model_kind(objective: str) -> str:
 def check_model_fits(arch: str, max_positions: int, objective: str, tokens_per_sample: int, seed_model: str) -> None:
     """The model can be trained as asked: its architecture matches the objective and a sample fits its
     positions. (Checked by the driver before anything is queued, and again by the trainer.)"""
-    from xlbtm.errors import UsageError
-
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     want = OBJECTIVES[objective]

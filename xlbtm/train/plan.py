@@ -14,9 +14,20 @@ from typing import Any
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.binarized import MANIFEST, read_binarized_manifest
+from xlbtm.formats.checkpoints import latest_checkpoint
+from xlbtm.formats.clusters import read_manifest
+from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
 from xlbtm.formats.layout import RunLayout
-from xlbtm.formats.pairs import pairs_dir_for
-from xlbtm.train.config import TrainConfig, TrainingSettings
+from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST
+from xlbtm.formats.pairs import pairs_dir_for, read_pairs_manifest
+from xlbtm.formats.seed import seed_args
+from xlbtm.io import read_json, refuse_overlap
+from xlbtm.launch.site import resolve_site, site_from_args
+from xlbtm.models import PRESETS, ModelArgs
+from xlbtm.tokenizer import load_tokenizer
+from xlbtm.train.config import OBJECTIVES, TrainConfig, TrainingSettings, check_model_fits, uses_monolingual, uses_pairs
+from xlbtm.train.expert_dir import RunLock
 
 log = get_logger("train")
 
@@ -161,8 +172,6 @@ class TrainExpertsRequest(TrainingSettings):
     @classmethod
     def from_args(cls, args) -> "TrainExpertsRequest":
         """From `xlbtm.scripts.train_experts`'s parsed flags (SLURM flags resolved into a SiteConfig)."""
-        from xlbtm.launch.site import site_from_args
-
         kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
               if f.name not in ("site", "experts_dir", "init")}
         return cls(**kw, site=site_from_args(args))
@@ -227,15 +236,11 @@ def resolve_tokenizer(seed_model: str, tokenizer: str | None = None) -> str:
 
 def default_objective(seed_model: str, model_size: str | None = None) -> str:
     """mlm for XLM-R seeds (preset or HF config), clm otherwise."""
-    from xlbtm.models import PRESETS
-
     for name in (seed_model, model_size):
         if name in PRESETS:
             return "mlm" if PRESETS[name]["arch"] == "xlmr" else "clm"
     cfg = Path(seed_model) / "config.json"
     if cfg.is_file():
-        from xlbtm.io import read_json
-
         return "mlm" if "roberta" in str(read_json(cfg).get("model_type", "")) else "clm"
     return "clm"
 
@@ -288,8 +293,6 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
                              "expert k trains on cluster k of each")
         clusterer_fp = pair_fp
 
-    from xlbtm.tokenizer import load_tokenizer
-
     tok = load_tokenizer(resolve_tokenizer(req.seed_model, req.tokenizer))
     run_name = req.run_name or req.data_name or "run"
     bin_dir = Path(req.binarized_dir) if req.binarized_dir else \
@@ -298,8 +301,6 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     if req.site is not None:
         site = req.site
     else:
-        from xlbtm.launch.site import resolve_site
-
         site = resolve_site()
     spec = LaunchSpec(run=req.run, num_nodes=req.num_nodes, num_gpus=req.num_gpus, device=device)
 
@@ -316,7 +317,6 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
                           progress_bar=False, init=req.init,
                           pairs_dir=None if parallel_dir is None else str(pairs_dir_for(bin_dir).resolve()))
         experts.append(ExpertPlan(k, run_dir, cfg))
-    from xlbtm.io import refuse_overlap
 
     # what training writes (each expert's run dir, the binarized data) must not touch what it reads
     refuse_overlap({"--binarized-dir" if req.binarized_dir else "--serialization-dir (binarized data)": bin_dir,
@@ -338,8 +338,6 @@ def read_clusters_dir(path: str, K: int, data_name: str | None, flag: str, *, pa
                       ) -> tuple[Path, str]:
     """(the cluster files' dir, their clusterer's fingerprint), checked: K clusters, and made from translation
     pairs (`cluster --parallel-side`) exactly when `parallel`."""
-    from xlbtm.formats.clusters import read_manifest
-
     d = resolve_clusters_dir(path, K, data_name)
     man = read_manifest(d)
     if int(man["num_clusters"]) != K:
@@ -358,8 +356,6 @@ def resolve_objective_data(req: TrainExpertsRequest, objective: str) -> tuple[Pa
     """(monolingual corpus, parallel data) the objective trains on, each None when it reads none: clm / mlm
     read --path-to-data, tlm --parallel-data only, mlm+tlm both. A flag the objective would not read is an
     error, not silently ignored."""
-    from xlbtm.train.config import OBJECTIVES, uses_monolingual, uses_pairs
-
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if not 0.0 <= req.tlm_ratio <= 1.0:
@@ -393,13 +389,6 @@ def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, exper
     """What a job would otherwise find out only after queueing and binarizing: a run dir another trainer
     holds, a resume with another tokenizer, a seed that does not load or does not fit the objective or
     --tokens-per-sample. (`--dry-run` plans too, so it catches the same.)"""
-    from xlbtm.models import ModelArgs
-    from xlbtm.formats.seed import seed_args
-    from xlbtm.formats.checkpoints import latest_checkpoint
-    from xlbtm.train.config import check_model_fits
-    from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
-    from xlbtm.train.expert_dir import RunLock
-
     fresh = False
     for p in experts:
         if not p.run_dir.is_dir():
@@ -470,9 +459,6 @@ def apply_step_allocation(plan: "TrainExpertsPlan") -> list[str] | None:
 def cluster_training_tokens(plan: "TrainExpertsPlan") -> list[int] | None:
     """Training tokens per cluster, from the binarized manifests (None until binarized): the monolingual
     stream's, plus both sides of each cluster's pairs when the pairs are clustered."""
-    from xlbtm.formats.binarized import MANIFEST, read_binarized_manifest
-    from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST, pairs_dir_for, read_pairs_manifest
-
     r, K = plan.request, plan.request.num_clusters
     parts = []
     if plan.data_dir is not None:
@@ -492,8 +478,6 @@ def cluster_training_tokens(plan: "TrainExpertsPlan") -> list[int] | None:
 
 def describe_plan(plan: TrainExpertsPlan) -> list[str]:
     """The plan as printed by train_experts (and --dry-run): data, resources, launch, one line per expert."""
-    from xlbtm.formats.checkpoints import latest_checkpoint
-
     r, K = plan.request, plan.request.num_clusters
     lines = [
         f"plan: {len(plan.experts)} expert(s) of K={K} ({plan.objective}, seed {r.seed_model}), "
