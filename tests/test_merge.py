@@ -215,10 +215,10 @@ def test_merge_library_refusals(tiny, tmp_path, monkeypatch):
         merge_experts(mlm, [0.7, 0.7], tmp_path / "out", method="explicit")
     assert not (tmp_path / "out").exists()
     # a non-floating buffer that differs cannot be averaged
-    from xlbtm.ensemble import experts as ex
+    from xlbtm.ensemble import merge as merge_mod
 
     states = [{"w": torch.ones(2), "n": torch.tensor([1])}, {"w": torch.zeros(2), "n": torch.tensor([2])}]
-    monkeypatch.setattr(ex, "load_state", lambda e: states[mlm.index(e)])
+    monkeypatch.setattr(merge_mod, "load_state", lambda e: states[mlm.index(e)])
     with pytest.raises(InputError, match="non-floating tensor n"):
         average_states(mlm)
     states[1]["n"] = torch.tensor([1])

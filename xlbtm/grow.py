@@ -29,9 +29,29 @@ from pathlib import Path
 import numpy as np
 
 from xlbtm.cli import get_logger
+from xlbtm.cluster import typology
+from xlbtm.cluster.artifact import load_clusterer
+from xlbtm.cluster.extend import extend_clusterer, lineage
+from xlbtm.corpus import Corpus
+from xlbtm.ensemble.consolidate import consolidate_expert
+from xlbtm.ensemble.experts import find_experts, match_experts
+from xlbtm.ensemble.merge import average_states, posterior_weights, root_seed
 from xlbtm.errors import InputError, UsageError
-from xlbtm.formats.expert import ExpertInfo
+from xlbtm.formats.clusters import (
+    FORMAT,
+    MANIFEST,
+    cluster_file_path,
+    read_manifest,
+    write_cluster_file,
+    write_manifest,
+)
+from xlbtm.formats.consolidated import save_consolidated
+from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, read_expert_info
 from xlbtm.formats.layout import CONSOLIDATED, RunLayout
+from xlbtm.models import ModelArgs
+from xlbtm.train.config import OBJECTIVES, uses_monolingual, uses_pairs
+from xlbtm.train.experts import all_completed, describe_results, run_plan
+from xlbtm.train.plan import describe_plan, plan_experts
 
 log = get_logger("add_experts")
 
@@ -72,8 +92,6 @@ def nearest_cluster(old, extended, lang: str) -> tuple[int, float]:
     """(cluster of `old` closest to `lang`, its distance); see the module docstring."""
     K = old.num_clusters
     if old.kind == "typological":
-        from xlbtm.cluster import typology
-
         langs = list(old.lang_to_cluster)
         feats, _ = typology.language_features(langs + [lang])
         d = typology.cosine_distances(feats)[-1, :-1]
@@ -91,16 +109,11 @@ def _seed_file(expert) -> Path:
     src = expert.source()
     if src.is_file():
         return src
-    from xlbtm.ensemble.consolidate import consolidate_expert
 
     return consolidate_expert(expert.run_dir)["consolidated"]
 
 
 def _average_seed(experts, req: AddExpertsRequest, lang: str, out: Path) -> tuple[Path, list[float]]:
-    from xlbtm.ensemble.merge import average_states, posterior_weights
-    from xlbtm.formats.consolidated import save_consolidated
-    from xlbtm.models import ModelArgs
-
     weights = posterior_weights(experts, req.path_to_data, req.train.train_subset, langs={lang},
                                 max_docs=req.max_docs_per_lang, job_dir=out.parent / "posterior")
     args = ModelArgs.from_dict(experts[0].meta.model_args)
@@ -110,8 +123,6 @@ def _average_seed(experts, req: AddExpertsRequest, lang: str, out: Path) -> tupl
 
 
 def one_root_seed(experts, where) -> str:
-    from xlbtm.ensemble.merge import root_seed
-
     seeds = {root_seed(e.meta) for e in experts}
     if len(seeds) != 1:
         raise InputError(f"the experts were branched from different seeds ({', '.join(sorted(seeds))}); growing "
@@ -137,8 +148,6 @@ def choose_init(req: AddExpertsRequest, experts, old, extended, lang: str, work:
 
 def _check_not_grown_otherwise(run_dir: Path, method: str, parent=...) -> None:
     """A rerun resumes the new expert; one with another --init would silently resume the first one instead."""
-    from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
-
     if not (run_dir / EXPERT_JSON).is_file():
         return
     had = read_expert_info(run_dir).init
@@ -153,10 +162,6 @@ def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path,
     language, X-ELM); documents of other languages get none (training drops them). {split: docs per cluster}.
     A rerun on the same corpus files keeps the files (so the binarized data is not redone). `parallel_side`:
     the data are translation pairs, each by that side's language (`xlbtm.corpus.reader.pair_as_document`)."""
-    from xlbtm.corpus import Corpus
-    from xlbtm.formats.clusters import FORMAT, MANIFEST, cluster_file_path, read_manifest, write_cluster_file, \
-        write_manifest
-
     corpus, K = Corpus(data_dir), clusterer.num_clusters
     inputs = {s: [[corpus.rel(f), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus.files(s)] for s in splits}
     if (out_dir / MANIFEST).is_file():
@@ -186,8 +191,6 @@ def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path,
 def grown_objective(req: AddExpertsRequest, info0: ExpertInfo) -> tuple[str, set[str]]:
     """(the new experts' objective, what it reads: "mono" and / or "pairs"): --objective, else the one the
     experts were trained with (expert.json's `objective` is how they are scored; tlm experts score as mlm)."""
-    from xlbtm.train.config import OBJECTIVES, uses_monolingual, uses_pairs
-
     trained = ((info0.data or {}).get("config") or {}).get("objective") or info0.objective
     objective = req.objective or trained
     if objective not in OBJECTIVES:
@@ -205,12 +208,6 @@ def grown_objective(req: AddExpertsRequest, info0: ExpertInfo) -> tuple[str, set
 
 
 def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
-    from xlbtm.cluster.artifact import load_clusterer
-    from xlbtm.cluster.extend import extend_clusterer, lineage
-    from xlbtm.ensemble.experts import find_experts, match_experts
-    from xlbtm.train.experts import all_completed, describe_results, run_plan
-    from xlbtm.train.plan import describe_plan, plan_experts
-
     experts_dir = Path(req.experts_dir)
     layout = RunLayout(experts_dir)
     old = load_clusterer(req.path_to_clusterer)

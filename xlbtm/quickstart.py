@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from xlbtm.cli import get_logger
 from xlbtm.config import option
@@ -35,8 +36,6 @@ class QuickstartConfig(PipelineConfig):
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:
     """Run every stage; returns the headline numbers and where the report is."""
-    from pathlib import Path
-
     t0 = time.time()
     counter = iter(range(1, 100))
 

@@ -19,8 +19,17 @@ from pathlib import Path
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError
+from xlbtm.formats.checkpoints import latest_checkpoint
+from xlbtm.formats.consolidated import save_consolidated
+from xlbtm.formats.convert import torch_dtype
 from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
+from xlbtm.formats.hf import save_hf
 from xlbtm.formats.layout import consolidated_path, hf_dir
+from xlbtm.formats.metaseq import metaseq_to_xlbtm
+from xlbtm.io import atomic_dir
+from xlbtm.models import ModelArgs
+from xlbtm.models.load import check_state_fits
+from xlbtm.parallel.checkpoint import read_model_state
 
 log = get_logger("consolidate")
 
@@ -47,13 +56,6 @@ def consolidate(path: str | os.PathLike, dtype: str | None = None, hf: bool = Fa
 
 
 def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
-    from xlbtm.formats.consolidated import save_consolidated
-    from xlbtm.formats.convert import torch_dtype
-    from xlbtm.models import ModelArgs
-    from xlbtm.models.load import check_state_fits
-    from xlbtm.formats.checkpoints import latest_checkpoint
-    from xlbtm.parallel.checkpoint import read_model_state
-
     run_dir = Path(run_dir)
     info = read_expert_info(run_dir)
     ckpt = latest_checkpoint(run_dir)
@@ -74,10 +76,6 @@ def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf:
 
 
 def consolidate_metaseq(path: Path, dtype: str | None = None, hf: bool = False) -> dict[str, Path]:
-    from xlbtm.formats.consolidated import save_consolidated
-    from xlbtm.formats.convert import torch_dtype
-    from xlbtm.formats.metaseq import metaseq_to_xlbtm
-
     state, args, info = metaseq_to_xlbtm(path)
     d = path if path.is_dir() else path.parent
     td = torch_dtype(dtype)
@@ -95,9 +93,6 @@ def consolidate_metaseq(path: Path, dtype: str | None = None, hf: bool = False) 
 def _save_hf(state, args, out_dir: Path, tokenizer_dir, dtype) -> Path:
     """The run's `hf/` is xlbtm's own: built in a temporary dir and swapped in whole, so a crash or a full disk
     never leaves a config without weights (or the old weights with a new config) for transformers to load."""
-    from xlbtm.io import atomic_dir
-    from xlbtm.formats.hf import save_hf
-
     with atomic_dir(out_dir) as tmp:
         save_hf(state, args, tmp, tokenizer_dir=tokenizer_dir, dtype=dtype)
     log.info(f"hf -> {out_dir}")

@@ -27,22 +27,33 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from xlbtm.cli import get_logger
+from xlbtm.cluster.artifact import load_clusterer
+from xlbtm.cluster.extend import lineage
+from xlbtm.corpus import Corpus
+from xlbtm.ensemble import mixing, routing
 from xlbtm.ensemble.config import EvalConfig
+from xlbtm.ensemble.experts import find_experts, load_expert_tokenizer, match_experts, read_expert
+from xlbtm.ensemble.merge import average_states
+from xlbtm.ensemble.mixing import perplexity
+from xlbtm.ensemble.report import load_result, write_outputs
+from xlbtm.ensemble.retrieval import evaluate_retrieval, load_parallel
+from xlbtm.ensemble.routing import hard_log_weights, router_from_clusterer
+from xlbtm.ensemble.scoring import MLM_GROUPS, compute_routing, prepare_docs, read_scores, score_expert, scoring_window
 from xlbtm.errors import UsageError
+from xlbtm.io import refuse_overlap, sha256_json
+from xlbtm.launch import make_executor, wait_for
 
 log = get_logger("ensemble")
 
 def resolve(cfg: EvalConfig):
     """(experts ordered by cluster, the excluded ones left out; clusterer or None; tokenizer)."""
-    from xlbtm.ensemble.experts import find_experts, load_expert_tokenizer, match_experts, read_expert
-
     clusterer = _load_clusterer(cfg.path_to_clusterer) if cfg.path_to_clusterer else None
     experts = find_experts(cfg.experts_dir) if cfg.experts_dir else [read_expert(p) for p in cfg.model_paths]
     dense = cfg.ensemble_type == "dense"
     by_clusterer = not dense and clusterer is not None
-    from xlbtm.cluster.extend import lineage
 
     experts = match_experts(experts, num_clusters=clusterer.num_clusters if by_clusterer else None,
                             clusterer_fingerprint=clusterer.fingerprint if by_clusterer else None, dense=dense,
@@ -58,35 +69,13 @@ def resolve(cfg: EvalConfig):
 
 
 def _load_clusterer(path):
-    from xlbtm.cluster.artifact import load_clusterer
-
     return load_clusterer(path)
-
-
-def scoring_window(experts, context_window: int | None = None, stride: int | None = None) -> tuple[int, int]:
-    """(window, stride) for CLM scoring: --context-window, else the context the experts trained with
-    (expert.json's tokens_per_sample; max_positions for imported models), never past max_positions: a
-    position no expert trained on is out of distribution for every side of the comparison alike."""
-    max_pos = min(int(e.meta.model_args["max_positions"]) for e in experts)
-    trained = [int(e.meta.data.get("tokens_per_sample") or max_pos) for e in experts]
-    window = context_window or min(trained)
-    if window > max_pos:
-        raise UsageError(f"--context-window {window} exceeds the experts' {max_pos} positions")
-    stride = stride or window
-    if stride > window:
-        raise UsageError(f"--stride {stride} exceeds the context window {window}")
-    return window, stride
 
 
 def score_all(cfg: EvalConfig, experts, docs, window: int | None = None, stride: int | None = None) -> list[str]:
     """Score each model once; returns the cache names in expert order. `window` / `stride`: CLM scoring
     windows (`scoring_window`)."""
-    from xlbtm.ensemble.scoring import score_expert
-
     if cfg.ensemble_type == "average":
-        from xlbtm.ensemble.merge import average_states
-        from xlbtm.io import sha256_json
-
         key = sha256_json({"average": [e.fingerprint() for e in experts]})
         score_expert(cfg.job_dir, "average", experts[0], docs, state=average_states(experts),
                      device=cfg.device, batch_tokens=cfg.batch_tokens, weights_key=key, window=window,
@@ -98,7 +87,6 @@ def score_all(cfg: EvalConfig, experts, docs, window: int | None = None, stride:
             score_expert(cfg.job_dir, name, e, docs, device=cfg.device, batch_tokens=cfg.batch_tokens,
                          window=window, stride=stride)
         return names
-    from xlbtm.launch import make_executor, wait_for
 
     ex = make_executor(cfg.run, Path(cfg.job_dir) / "jobs", name="score_expert",
                        gpus_per_node=cfg.gpus_per_node, cpus_per_task=1, timeout_min=240,
@@ -112,22 +100,11 @@ def score_all(cfg: EvalConfig, experts, docs, window: int | None = None, stride:
 def _score_job(job_dir: str, name: str, expert_path: str, batch_tokens: int, window: int | None = None,
                stride: int | None = None) -> str:
     """One scoring job (local process or SLURM array element); reads the shared docs from the job dir."""
-    from xlbtm.ensemble.experts import read_expert
-    from xlbtm.ensemble.scoring import score_expert
-
     return str(score_expert(job_dir, name, read_expert(expert_path), batch_tokens=batch_tokens, window=window,
                             stride=stride))
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    import torch
-
-    from xlbtm.ensemble import mixing, routing
-    from xlbtm.ensemble.report import load_result, write_outputs
-    from xlbtm.ensemble.scoring import MLM_GROUPS, compute_routing, prepare_docs, read_scores
-
-    from xlbtm.io import refuse_overlap
-
     refuse_overlap({"--job-dir": cfg.job_dir}, {
         "--data-dir": cfg.data_dir, "--path-to-clusterer": cfg.path_to_clusterer, "--experts-dir": cfg.experts_dir,
         "--dense-result": cfg.dense_result, "--parallel-data": cfg.parallel_data,
@@ -206,8 +183,6 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     retrieval = None
     if pairs is not None:
-        from xlbtm.ensemble.retrieval import evaluate_retrieval
-
         retrieval, per_setting = evaluate_retrieval(cfg, experts, clusterer, tokenizer, pairs, settings_list)
         for s, r in zip(sweep, per_setting):
             s["retrieval"] = r["accuracy"]
@@ -254,8 +229,6 @@ def run_eval(cfg: EvalConfig) -> dict:
 
 def _load_pairs(cfg: EvalConfig, objective: str, tokenizer, context: int):
     """The tokenized --parallel-data pairs (xlbtm.ensemble.retrieval), refusing causal experts."""
-    from xlbtm.ensemble.retrieval import load_parallel
-
     if objective != "mlm":
         raise UsageError(f"--parallel-data: cross-lingual retrieval reads encoder (masked-LM) experts' "
                          f"bidirectional states; these experts are {objective} (causal) models")
@@ -264,35 +237,9 @@ def _load_pairs(cfg: EvalConfig, objective: str, tokenizer, context: int):
                          max_pairs=cfg.retrieval_max_pairs, skip_bad_lines=cfg.skip_bad_lines)
 
 
-def hard_log_weights(doc_cluster: np.ndarray, clusters: list[int], doc_of_token):
-    """Hard routing (lang) of each document to the expert of its cluster -> (log weights [K, N], the chosen
-    row per token, -1 where none). A document whose cluster is excluded has no expert of its own: it gets
-    the uniform mixture of the remaining experts (never a silent reroute to some other single expert)."""
-    import math
-
-    import torch
-
-    from xlbtm.ensemble.mixing import one_hot_log_weights
-
-    row_of = {c: k for k, c in enumerate(clusters)}
-    doc_row = np.asarray([row_of.get(int(c), -1) for c in doc_cluster], dtype=np.int64)
-    orphans = doc_row < 0
-    if orphans.any():
-        log.warning(f"{int(orphans.sum())} documents belong to excluded cluster(s) "
-                    f"{sorted({int(c) for c in doc_cluster[orphans]})}; they get the uniform mixture of the "
-                    f"remaining {len(clusters)} experts")
-    which = torch.from_numpy(doc_row)[doc_of_token]
-    log_w = one_hot_log_weights(which.clamp_min(0), len(clusters))
-    log_w[:, which < 0] = -math.log(len(clusters))
-    return log_w, which
-
-
 def _predict_docs(clusterer, cfg: EvalConfig, docs) -> np.ndarray:
     """The clusterer's hard assignment of every eval document: nearest centroid of the whole document (the
     same featurization routing uses), or `predict` for clusterers without centroids (typological: `lang`)."""
-    from xlbtm.corpus import Corpus
-    from xlbtm.ensemble.routing import router_from_clusterer
-
     if getattr(clusterer, "kind", None) != "typological":
         try:
             router = router_from_clusterer(clusterer)
@@ -310,8 +257,6 @@ def _predict_docs(clusterer, cfg: EvalConfig, docs) -> np.ndarray:
 def _summarize(mixed: np.ndarray, docs, doc_cluster, top, clusters: list[int], temperature, topk) -> dict:
     """`top`: per token the row of the expert that carried the most weight (-1: none did), reported under
     that expert's cluster id (`clusters[row]`)."""
-    from xlbtm.ensemble.mixing import perplexity
-
     lengths = np.diff(docs.offsets)
     doc_lp = np.add.reduceat(mixed, docs.offsets[:-1]) if len(mixed) else np.zeros(0)
 

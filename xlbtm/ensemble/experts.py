@@ -12,11 +12,17 @@ from pathlib import Path
 from typing import Collection
 
 from xlbtm.cli import get_logger
+from xlbtm.ensemble.consolidate import clean_keys
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.checkpoints import LATEST, checkpoint_root, latest_checkpoint
+from xlbtm.formats.consolidated import load_consolidated
 from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, read_expert_info
 from xlbtm.formats.layout import consolidated_path, list_experts
 from xlbtm.io import sha256_json
+from xlbtm.models import ModelArgs
+from xlbtm.models.load import model_from_state_dict
+from xlbtm.parallel.checkpoint import read_model_state
+from xlbtm.tokenizer import load_tokenizer
 
 log = get_logger("ensemble")
 
@@ -85,7 +91,6 @@ def read_expert(path: str | os.PathLike) -> Expert:
     ej = run_dir / EXPERT_JSON
     if not ej.is_file() and weights is not None:
         # a consolidated.pt moved away from its run dir still carries its expert.json (see consolidate.py)
-        from xlbtm.formats.consolidated import load_consolidated
 
         _, _, extra = load_consolidated(weights)
         info = extra.get("expert") if isinstance(extra, dict) else None
@@ -191,21 +196,14 @@ def load_state(expert: Expert) -> dict:
     """The expert's plain (unsharded) state dict on CPU, from consolidated.pt or the latest DCP step."""
     src = expert.source()
     if src.is_file():
-        from xlbtm.formats.consolidated import load_consolidated
-
         state, _, _ = load_consolidated(src)
         return state
-    from xlbtm.ensemble.consolidate import clean_keys
-    from xlbtm.parallel.checkpoint import read_model_state
 
     return clean_keys(read_model_state(src))
 
 
 def load_model(expert: Expert, state: dict | None = None):
     """(model in eval mode, ModelArgs) for an expert; `state` overrides the weights (parameter averaging)."""
-    from xlbtm.models import ModelArgs
-    from xlbtm.models.load import model_from_state_dict
-
     args = ModelArgs.from_dict(expert.meta.model_args)
     sd = load_state(expert) if state is None else state
     return model_from_state_dict(sd, args, where=expert.source()).eval(), args  # (scored in fp32)
@@ -213,8 +211,6 @@ def load_model(expert: Expert, state: dict | None = None):
 
 def load_expert_tokenizer(expert: Expert):
     """The tokenizer expert.json names, checked against the fingerprint the expert was trained with."""
-    from xlbtm.tokenizer import load_tokenizer
-
     ej = expert.run_dir / EXPERT_JSON
     tok_path = expert.meta.tokenizer
     if not tok_path:

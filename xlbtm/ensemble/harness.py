@@ -34,6 +34,7 @@ from lm_eval.api.registry import register_model
 
 from xlbtm.cli import get_logger
 from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, DEFAULT_TOPK
+from xlbtm.ensemble.mixture import ROUTES, MixtureLM
 from xlbtm.errors import UsageError
 
 log = get_logger("ensemble")
@@ -61,7 +62,6 @@ class XlbtmLM(LM):
                  seed: int = 0, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, dtype: str = "float32", batch_size=None,
                  max_batch_size=None, device: str | None = None, **unknown):
         super().__init__()
-        from xlbtm.ensemble.mixture import ROUTES, MixtureLM
 
         if unknown:
             raise UsageError(f"unknown --model_args key(s) {sorted(unknown)} for --model xlbtm; known: experts_dir, "

@@ -24,10 +24,20 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import torch
+
 from xlbtm.cli import get_logger
+from xlbtm.ensemble.experts import load_expert_tokenizer, load_state
+from xlbtm.ensemble.mixing import doc_sums
+from xlbtm.ensemble.scoring import prepare_docs, read_scores, score_expert, scoring_window
 from xlbtm.errors import InputError, UsageError
-from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo
+from xlbtm.formats.consolidated import save_consolidated
+from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, write_expert_info
+from xlbtm.formats.hf import save_hf
 from xlbtm.formats.layout import consolidated_path, hf_dir
+from xlbtm.io import atomic_dir, read_json, refuse_overlap
+from xlbtm.models import ModelArgs
 
 log = get_logger("merge")
 
@@ -87,8 +97,6 @@ def check_output_dir(output_dir, experts: list, inputs: dict | None = None) -> N
     """Before anything is computed or written: refuse an --output-dir that is, holds or lies inside an expert
     (or another input, `inputs`: flag -> path), or an existing non-empty dir that is not an earlier merge
     (the output dir is replaced whole)."""
-    from xlbtm.io import read_json, refuse_overlap
-
     out = Path(output_dir)
     refuse_overlap({"--output-dir": out}, {**{f"expert {e.run_dir}": e.run_dir for e in experts}, **(inputs or {})})
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -155,14 +163,6 @@ def posterior_weights(experts: list, data_dir, subset: str, *, langs: set[str] |
     per-expert scores (an eval job dir's caches are reused when they match); None: a temporary dir, removed
     after. Causal LMs only: a masked LM's pseudo-likelihood is not a likelihood, so its "posterior" is not one.
     """
-    import numpy as np
-    import torch
-
-    from xlbtm.ensemble.evaluate import scoring_window
-    from xlbtm.ensemble.experts import load_expert_tokenizer
-    from xlbtm.ensemble.mixing import doc_sums
-    from xlbtm.ensemble.scoring import prepare_docs, read_scores, score_expert
-
     check_mergeable(experts)
     if experts[0].objective != "clm":
         raise UsageError(f"--weights posterior needs causal LMs (their likelihood of a document); these experts "
@@ -199,10 +199,6 @@ def average_states(experts: list, weights: list[float] | None = None) -> dict:
     expert with weight 1.0 comes back bit for bit. Other tensors (integer buffers) must be equal in every
     expert and are copied. States are loaded one at a time: memory is the sum plus one expert.
     """
-    import torch
-
-    from xlbtm.ensemble.experts import load_state
-
     w = list(weights) if weights is not None else [1.0 / len(experts)] * len(experts)
     if len(w) != len(experts):
         raise ValueError(f"{len(w)} weights for {len(experts)} experts")
@@ -245,12 +241,6 @@ def merge_experts(experts: list, weights: list[float], output_dir: str | os.Path
     The dir is built beside `output_dir` and renamed into place when complete. Refused: an `output_dir`
     that is, holds or lies inside an expert, or an existing non-empty dir that is not an earlier merge.
     """
-    from xlbtm.formats.consolidated import save_consolidated
-    from xlbtm.formats.expert import write_expert_info
-    from xlbtm.formats.hf import save_hf
-    from xlbtm.io import atomic_dir
-    from xlbtm.models import ModelArgs
-
     check_mergeable(experts)
     check_weights(list(weights), len(experts))
     out = Path(output_dir)

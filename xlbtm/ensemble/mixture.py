@@ -35,7 +35,14 @@ import numpy as np
 import torch
 
 from xlbtm.cli import get_logger
-from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, DEFAULT_TOPK
+from xlbtm.ensemble import mixing, routing
+from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, DEFAULT_TOPK, EvalConfig
+from xlbtm.ensemble.evaluate import resolve
+from xlbtm.ensemble.experts import load_model
+from xlbtm.ensemble.generate import generate
+from xlbtm.ensemble.merge import average_states
+from xlbtm.ensemble.routing import router_from_clusterer
+from xlbtm.ensemble.scoring import _gather_logprobs, clm_windows, scoring_window
 from xlbtm.errors import InputError, UsageError
 from xlbtm.runtime import resolve_device, resolve_dtype
 
@@ -87,10 +94,6 @@ class MixtureLM:
         spelling `xlbtm.runtime.resolve_dtype` takes: fp32, bf16, fp16 too). `device`: `resolve_device`'s
         (None: $XLBTM_DEVICE, else cuda when visible, else cpu). Log-probabilities are always computed in
         float32. `purpose` only words the error for masked-LM experts ("generation", "lm-eval")."""
-        from xlbtm.ensemble.evaluate import EvalConfig, resolve, scoring_window
-        from xlbtm.ensemble.experts import load_model
-        from xlbtm.ensemble.merge import average_states
-
         if bool(experts_dir) == bool(model_paths):
             raise UsageError("give exactly one of experts_dir (--experts-dir) and model_path(s)")
         defaulted = ensemble_type is None
@@ -136,8 +139,6 @@ class MixtureLM:
         models = [m.to(device=device, dtype=weights_dtype) for m in models]
         router = None
         if ensemble_type == "clustering" and len(models) > 1:
-            from xlbtm.ensemble.routing import router_from_clusterer
-
             router = router_from_clusterer(clus, tokenizer)
         return cls(models=models, args=args, tokenizer=tokenizer, experts=experts, router=router,
                    ensemble_type=ensemble_type, temperature=float(temperature), topk=int(topk),
@@ -157,8 +158,6 @@ class MixtureLM:
 
     def log_weights(self, sqdist: np.ndarray, empty: np.ndarray) -> torch.Tensor:
         """[N, K] distances -> [K, N] float64 log routing weights (`routing.log_weights` for clustering)."""
-        from xlbtm.ensemble import mixing, routing
-
         K, N = self.num_models, len(sqdist)
         if K == 1:
             return torch.zeros((1, N), dtype=torch.float64)
@@ -205,8 +204,6 @@ class MixtureLM:
         """log p(document) per token-id document, every token scored exactly once: windows of `window`
         positions every `stride` (default: the window; smaller gives later tokens more context), as
         eval_ensemble's `clm_windows`; each token routed by its prefix."""
-        from xlbtm.ensemble.scoring import clm_windows
-
         stride = stride or self.window
         if not 0 < stride <= self.window:
             raise UsageError(f"stride must be in [1, {self.window}] (the context window), got {stride}")
@@ -229,9 +226,6 @@ class MixtureLM:
         Without `greedy` (whole documents) each expert's target log-probs come from eval_ensemble's own
         `_gather_logprobs` (no [positions, V] tensor is kept); with it, the mixture's full distribution is formed
         chunk by chunk (LOGIT_ELEMENTS logits at a time) for the argmax."""
-        from xlbtm.ensemble import mixing
-        from xlbtm.ensemble.scoring import _gather_logprobs
-
         out: list[tuple[float, bool] | None] = [None] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i].inp))
         pad_id, dev, V = self.args.pad_id, self.device, self.args.vocab_size
@@ -300,6 +294,4 @@ class MixtureLM:
     # ------------------------------------------------------------------------------------------- generation
     def generate(self, prompts: Sequence[Sequence[int]], **kw):
         """See `xlbtm.ensemble.generate.generate`."""
-        from xlbtm.ensemble.generate import generate
-
         return generate(self, prompts, **kw)

@@ -63,8 +63,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from xlbtm.cli import get_logger
+from xlbtm.corpus import Corpus, Document
+from xlbtm.ensemble import mixing, routing
+from xlbtm.ensemble.experts import load_model
+from xlbtm.ensemble.merge import average_states
+from xlbtm.ensemble.routing import hard_log_weights, router_from_clusterer
+from xlbtm.ensemble.scoring import cache_ok, length_batches, save_npz
 from xlbtm.errors import InputError
 from xlbtm.io import sha256_json, write_json
 from xlbtm.runtime import resolve_device
@@ -92,8 +100,6 @@ def load_parallel(data_dir, split: str, tokenizer, max_tokens: int, *, max_pairs
                   skip_bad_lines: bool = False) -> ParallelSet:
     """The pairs of `data_dir/split` (at most `max_pairs` per language, the first in file order), each side
     tokenized and cut to `max_tokens` text tokens. Bad lines: InputError naming file:line (or skipped)."""
-    from xlbtm.corpus import Corpus
-
     if not Path(data_dir).is_dir():
         raise InputError("--parallel-data directory not found", data_dir)
     if not (Path(data_dir) / split).is_dir():  # (the corpus' own message would point at --data-dir)
@@ -125,11 +131,6 @@ def embed(model, args, id_lists: list[list[int]], *, device: str = "cpu", batch_
           what: str = "") -> np.ndarray:
     """[n, D] float32: each `<s> ids </s>` encoded alone, final hidden states mean-pooled over the text
     tokens (specials and padding excluded), L2-normalized. Batched by similar length (<= batch_tokens padded)."""
-    import torch
-    import torch.nn.functional as F
-
-    from xlbtm.ensemble.scoring import length_batches
-
     n = len(id_lists)
     text_len = np.asarray([len(x) for x in id_lists], dtype=np.int64)
     out = np.zeros((n, args.d_model), dtype=np.float32)
@@ -163,9 +164,6 @@ def expert_vectors(job_dir, name: str, expert, ps: ParallelSet, *, state: dict |
                    batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray]:
     """(src [n, D], tgt [n, D]) of one model, cached in job_dir/embeddings/<name>.npz (key: the pairs and
     the weights; `state` / `weights_key` as in score_expert, for the parameter-averaged model)."""
-    from xlbtm.ensemble.experts import load_model
-    from xlbtm.ensemble.scoring import cache_ok, save_npz
-
     path = Path(job_dir) / "embeddings" / f"{name}.npz"
     key = sha256_json({"pairs": ps.fingerprint, "weights": weights_key or expert.fingerprint(),
                        "pooling": "mean-text-tokens/l2"})
@@ -205,8 +203,6 @@ class SideRoute:
 def route_sides(ensemble_type: str, clusterer, tokenizer, ps: ParallelSet) -> tuple[SideRoute, SideRoute]:
     """(src, tgt) routing inputs: each side routed by its own text (clustering) or language (lang)."""
     if ensemble_type == "clustering":
-        from xlbtm.ensemble.routing import router_from_clusterer
-
         router = router_from_clusterer(clusterer, tokenizer)
         out = []
         for ids in (ps.src_ids, ps.tgt_ids):
@@ -214,8 +210,6 @@ def route_sides(ensemble_type: str, clusterer, tokenizer, ps: ParallelSet) -> tu
             out.append(SideRoute(sqdist=np.stack([d for d, _ in got]), empty=np.asarray([e for _, e in got])))
         return out[0], out[1]
     if ensemble_type == "lang":
-        from xlbtm.corpus import Document
-
         def side(texts, langs):
             return SideRoute(cluster=np.asarray(clusterer.predict(
                 [Document(sp_id=p.sp_id, text=t, lang=lg) for p, t, lg in zip(ps.pairs, texts, langs)]),
@@ -230,10 +224,6 @@ def side_weights(ensemble_type: str, route: SideRoute, clusters: list[int], n: i
                  topk: int = -1, cbtm_compat: bool = False) -> np.ndarray:
     """[n, K] routing weights of one side for one setting (K = len(clusters), the remaining experts): the
     same functions eval_ensemble mixes probabilities with."""
-    import torch
-
-    from xlbtm.ensemble import mixing, routing
-
     K = len(clusters)
     if K == 1:
         return np.ones((n, 1))
@@ -241,8 +231,6 @@ def side_weights(ensemble_type: str, route: SideRoute, clusters: list[int], n: i
         log_w = routing.log_weights(torch.from_numpy(route.sqdist[:, clusters]), temperature, topk=topk,
                                     cbtm_compat=cbtm_compat, empty=torch.from_numpy(route.empty))
     elif ensemble_type == "lang":
-        from xlbtm.ensemble.evaluate import hard_log_weights
-
         log_w, _ = hard_log_weights(route.cluster, clusters, torch.arange(n))
     elif ensemble_type == "uniform":
         log_w = mixing.uniform_log_weights(K, n)
@@ -328,8 +316,6 @@ def evaluate_retrieval(cfg, experts, clusterer, tokenizer, ps: ParallelSet, sett
     pool = cfg.retrieval_batch_size
     kw = dict(device=cfg.device, batch_tokens=cfg.batch_tokens)
     if cfg.ensemble_type == "average":
-        from xlbtm.ensemble.merge import average_states
-
         vecs = [expert_vectors(cfg.job_dir, "average", experts[0], ps, state=average_states(experts),
                                weights_key=sha256_json({"average": [e.fingerprint() for e in experts]}), **kw)]
     else:

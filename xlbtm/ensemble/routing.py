@@ -25,11 +25,18 @@ squares them again: softmax(-(||h - c_k||^2)^2 / T) (kernelmachine/cbtm, metaseq
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from xlbtm.cli import get_logger
+from xlbtm.cluster.distance import sq_distances
+from xlbtm.ensemble.mixing import one_hot_log_weights, topk_renormalize
+from xlbtm.errors import InputError
+
+log = get_logger("ensemble")
 
 # ------------------------------------------------------------------------------------------ weights
 
@@ -40,8 +47,6 @@ def log_weights(sqdist: torch.Tensor, temperature: float, *, topk: int = -1, cbt
     `empty` ([N] bool) marks positions whose prefix featurizes to zero; they get uniform weights (xlbtm) or
     c-BTM's weights from the zero vector (`cbtm_compat`).
     """
-    from xlbtm.ensemble.mixing import topk_renormalize
-
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     d = sqdist.to(torch.float64)
@@ -55,9 +60,24 @@ def log_weights(sqdist: torch.Tensor, temperature: float, *, topk: int = -1, cbt
 def squared_distances(h: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """||h_i - c_k||^2 for rows of h [N, d] and centroids [K, d] -> [N, K] float64: k-means' own
     `sq_distances`, so routing and clustering measure distance the same way."""
-    from xlbtm.cluster.distance import sq_distances
-
     return sq_distances(np.asarray(h, dtype=np.float64), np.asarray(centroids, dtype=np.float64))
+
+
+def hard_log_weights(doc_cluster: np.ndarray, clusters: list[int], doc_of_token):
+    """Hard routing (lang) of each document to the expert of its cluster -> (log weights [K, N], the chosen
+    row per token, -1 where none). A document whose cluster is excluded has no expert of its own: it gets
+    the uniform mixture of the remaining experts (never a silent reroute to some other single expert)."""
+    row_of = {c: k for k, c in enumerate(clusters)}
+    doc_row = np.asarray([row_of.get(int(c), -1) for c in doc_cluster], dtype=np.int64)
+    orphans = doc_row < 0
+    if orphans.any():
+        log.warning(f"{int(orphans.sum())} documents belong to excluded cluster(s) "
+                    f"{sorted({int(c) for c in doc_cluster[orphans]})}; they get the uniform mixture of the "
+                    f"remaining {len(clusters)} experts")
+    which = torch.from_numpy(doc_row)[doc_of_token]
+    log_w = one_hot_log_weights(which.clamp_min(0), len(clusters))
+    log_w[:, which < 0] = -math.log(len(clusters))
+    return log_w, which
 
 
 # ---------------------------------------------------------------------------- linear subword featurizer
@@ -70,8 +90,6 @@ class LinearFeaturizer:
     """
 
     def __init__(self, lsa, dtype: str = "float32"):
-        import torch
-
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
         self.lsa, self.dtype = lsa, dtype
@@ -87,8 +105,6 @@ class LinearFeaturizer:
 
     def contributions(self, token_ids: Sequence[int]):
         """[T, d] torch: what each position adds to the running sum (its token's row; 0 outside the vocabulary)."""
-        import torch
-
         ids = np.asarray(token_ids, dtype=np.int64)
         known = (ids >= 0) & (ids < self.rows.shape[0])
         contrib = self.rows[torch.from_numpy(np.where(known, ids, 0))]
@@ -130,8 +146,6 @@ class Router:
         return self.centroids.shape[0]
 
     def _centroids_t(self, dtype):
-        import torch
-
         cache = self.__dict__.setdefault("_ct", {})
         if dtype not in cache:
             cache[dtype] = torch.from_numpy(self.centroids).to(dtype)
@@ -144,8 +158,6 @@ class Router:
     def distances(self, token_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         T = len(token_ids)
         if self.featurizer is not None:
-            import torch
-
             # running sums P_j of the prefixes [0, j) (row 0: empty), then
             # ||h - c||^2 = 1 - 2 (P . c) / ||P|| + ||c||^2 with h = P / ||P||: no [T, d] division needed
             contrib = self.featurizer.contributions(token_ids)
@@ -161,8 +173,6 @@ class Router:
 
     def _sum_distances(self, P) -> tuple[np.ndarray, np.ndarray]:
         """(sqdist [n, K], empty [n]) of the running sums P [n, d] (linear featurizer)."""
-        import torch
-
         C = self._centroids_t(P.dtype)
         norm = torch.linalg.vector_norm(P, dim=1)
         empty = norm <= 1e-12
@@ -224,8 +234,6 @@ def router_from_clusterer(clusterer, tokenizer=None) -> Router:
     Word featurizer: each prefix is decoded to text and featurized by the clusterer (exact, O(T^2)).
     A clusterer without centroids (typological) cannot route by prefix.
     """
-    from xlbtm.errors import InputError
-
     centroids = getattr(clusterer, "centroids", None)
     if centroids is None:
         raise ValueError(f"clusterer of kind {getattr(clusterer, 'kind', '?')!r} has no centroids; "

@@ -24,17 +24,23 @@ experts trained with). MLM routing uses the whole unmasked document.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from xlbtm.cli import get_logger
-from xlbtm.errors import InputError
+from xlbtm.corpus import Corpus
+from xlbtm.ensemble.experts import load_model
+from xlbtm.ensemble.routing import router_from_clusterer
+from xlbtm.errors import InputError, UsageError
 from xlbtm.io import atomic_path, read_json, sha256_json, write_json
 from xlbtm.runtime import resolve_device
+from xlbtm.tokenizer import load_tokenizer
 
 log = get_logger("ensemble")
 
@@ -70,8 +76,6 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
     """Tokenize the eval split once (cached in the job dir); documents truncated to `max_tokens` targets
     (None: whole documents, which CLM scoring reads in windows), the truncation counted in the log.
     `langs`: keep only documents whose `lang` is one of them (`max_docs` then counts those)."""
-    from xlbtm.corpus import Corpus
-
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
     docs = []
     for doc in corpus.iter_documents(subset):
@@ -109,8 +113,6 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
 
 
 def _sha(a: np.ndarray) -> str:
-    import hashlib
-
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
@@ -166,8 +168,6 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
     `state` replaces the expert's weights (the parameter-averaged model); `weights_key` then names them.
     CLM: `window` / `stride` as in `clm_windows` (default: the model's max_positions, non-overlapping).
     """
-    from xlbtm.ensemble.experts import load_model
-
     docs = docs or load_docs(job_dir)
     path = score_cache_path(job_dir, name)
     key = {"docs": docs.fingerprint, "weights": weights_key or expert.fingerprint(), "objective": expert.objective,
@@ -192,8 +192,6 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
     if expert.objective == "mlm":
         mask_id = args.extra.get("mask_id") if isinstance(args.extra, dict) else None
         if mask_id is None:
-            from xlbtm.tokenizer import load_tokenizer
-
             mask_id = load_tokenizer(expert.meta.tokenizer).mask_id
         lp = _score_mlm(model, args, docs, device, batch_tokens, int(mask_id))
     else:
@@ -203,6 +201,21 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
                                            "tokens": int(len(lp)), "ppl": float(np.exp(-lp.mean()))})
     log.info(f"{name}: scored {docs.num_docs} documents, {len(lp)} tokens, ppl {np.exp(-lp.mean()):.3f}")
     return path
+
+
+def scoring_window(experts, context_window: int | None = None, stride: int | None = None) -> tuple[int, int]:
+    """(window, stride) for CLM scoring: --context-window, else the context the experts trained with
+    (expert.json's tokens_per_sample; max_positions for imported models), never past max_positions: a
+    position no expert trained on is out of distribution for every side of the comparison alike."""
+    max_pos = min(int(e.meta.model_args["max_positions"]) for e in experts)
+    trained = [int(e.meta.data.get("tokens_per_sample") or max_pos) for e in experts]
+    window = context_window or min(trained)
+    if window > max_pos:
+        raise UsageError(f"--context-window {window} exceeds the experts' {max_pos} positions")
+    stride = stride or window
+    if stride > window:
+        raise UsageError(f"--stride {stride} exceeds the context window {window}")
+    return window, stride
 
 
 def length_batches(lengths: np.ndarray, batch_tokens: int):
@@ -227,8 +240,6 @@ def _gather_logprobs(model, inp, pad, targets, need=None):
     Logits are only made for the needed positions, in chunks, so a 256k vocabulary never materializes a
     [B, T, V] tensor (MLM only needs the masked ~1/7 of the positions).
     """
-    import torch
-
     need = ~pad if need is None else need
     if not (hasattr(model, "forward_hidden") and hasattr(model, "output")):
         logits = model(inp, pad).float()
@@ -264,8 +275,6 @@ def clm_windows(length: int, window: int, stride: int) -> list[tuple[int, int, i
 
 
 def _score_clm(model, args, docs: EvalDocs, device, batch_tokens, window: int, stride: int) -> np.ndarray:
-    import torch
-
     out = np.zeros(len(docs.tokens), dtype=np.float64)
     rows = [(d, a, e, f) for d in range(docs.num_docs)
             for a, e, f in clm_windows(int(docs.offsets[d + 1] - docs.offsets[d]), window, stride)]
@@ -294,8 +303,6 @@ def _score_clm(model, args, docs: EvalDocs, device, batch_tokens, window: int, s
 
 
 def _score_mlm(model, args, docs: EvalDocs, device, batch_tokens, mask_id: int) -> np.ndarray:
-    import torch
-
     out = np.zeros(len(docs.tokens), dtype=np.float64)
     lengths = np.diff(docs.offsets)
     with torch.inference_mode():
@@ -329,8 +336,6 @@ def _score_mlm(model, args, docs: EvalDocs, device, batch_tokens, mask_id: int) 
 
 def compute_routing(job_dir, clusterer, docs: EvalDocs, tokenizer=None) -> dict[str, np.ndarray]:
     """Squared distances per token (prefix [0, j)) and per document, cached in routing.npz."""
-    from xlbtm.ensemble.routing import router_from_clusterer
-
     path = Path(job_dir) / "routing.npz"
     key = sha256_json({"docs": docs.fingerprint, "clusterer": clusterer.fingerprint})
     if cache_ok(path, key):

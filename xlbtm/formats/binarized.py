@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from xlbtm.errors import InputError
+from xlbtm.io import read_json, write_json
 
 FORMAT = "xlbtm-binarized/1"
 DTYPE = "uint32"
@@ -51,8 +52,6 @@ def _what_changed(old: dict, new: dict) -> str:
 def split_status(out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clusterer_fp: str | None,
                  inputs: dict) -> tuple[dict | None, str]:
     """`(done.json, "")` when `split` is binarized from exactly these inputs, else `(None, why not)`."""
-    from xlbtm.io import read_json
-
     done = split_dir(out_dir, split) / DONE
     if not done.is_file():
         return None, NOT_BINARIZED
@@ -69,22 +68,16 @@ def split_status(out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clus
 def write_done(out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clusterer_fp: str | None, inputs: dict,
                stats: dict) -> None:
     """The split's resume marker (written after its streams are in place)."""
-    from xlbtm.io import write_json
-
     write_json(split_dir(out_dir, split) / DONE, {"tokenizer_fingerprint": tokenizer_fp,
                                                   "clusterer_fingerprint": clusterer_fp, "inputs": inputs,
                                                   "stats": stats})
 
 
 def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> None:
-    from xlbtm.io import write_json
-
     write_json(Path(out_dir) / MANIFEST, {**manifest, "format": FORMAT})
 
 
 def read_binarized_manifest(out_dir: str | os.PathLike) -> dict:
-    from xlbtm.io import read_json
-
     p = Path(out_dir) / MANIFEST
     if not p.is_file():
         raise InputError("binarized manifest not found (run xlbtm.scripts.binarize first)", p)

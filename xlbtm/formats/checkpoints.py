@@ -20,6 +20,7 @@ import shutil
 from pathlib import Path
 
 from xlbtm.errors import InputError
+from xlbtm.io import atomic_open, read_json, write_json
 
 FORMAT = "xlbtm-checkpoint/1"
 LATEST = "latest"
@@ -59,8 +60,6 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 def publish(root: Path, step: int, train_state: dict, keep: int) -> Path:
     """Once every rank has written step `step` into its staging dir: rename it into place, then point `latest`
     at it (only now is it complete), then prune to the newest `keep`."""
-    from xlbtm.io import atomic_open, write_json
-
     tmp, final = staging_dir(root, step), root / f"step_{step}"
     write_json(tmp / TRAIN_STATE, {"format": FORMAT, **{k: int(v) for k, v in train_state.items()}})
     if final.exists():
@@ -76,8 +75,6 @@ def publish(root: Path, step: int, train_state: dict, keep: int) -> Path:
 
 def read_train_state(ckpt_dir: str | os.PathLike) -> dict[str, int]:
     """The train_state scalars of a `step_<n>` dir (without the format field)."""
-    from xlbtm.io import read_json
-
     path = Path(ckpt_dir) / TRAIN_STATE
     state = read_json(path)
     if not isinstance(state, dict) or state.get("format", FORMAT) != FORMAT:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from xlbtm.errors import InputError, UsageError
+from xlbtm.io import atomic_dir, read_json, sha256_file, sha256_json, write_json
 
 FORMAT = "xlbtm-clusterer/1"
 META = "clusterer.json"
@@ -33,8 +34,6 @@ TOKENIZER_DIR = "tokenizer"
 
 
 def _fingerprint(meta: dict) -> str:
-    from xlbtm.io import sha256_json
-
     return sha256_json({k: v for k, v in meta.items() if k != "fingerprint"})
 
 
@@ -42,8 +41,6 @@ def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.
                    vocab: list[str] | None = None, tokenizer_dir: str | os.PathLike | None = None) -> str:
     """Write an artifact directory atomically (built in a temp dir, then renamed). Returns the fingerprint."""
     from safetensors.numpy import save_file
-
-    from xlbtm.io import atomic_dir, sha256_file, write_json
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not (out_dir / META).is_file() and any(out_dir.iterdir()):
@@ -72,8 +69,6 @@ def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.
 
 
 def read_meta(path: str | os.PathLike) -> dict:
-    from xlbtm.io import read_json
-
     path = Path(path)
     if not (path / META).is_file():
         raise InputError(f"not a clusterer directory (no {META}; train one with xlbtm.scripts.train_clusterer)",
@@ -90,8 +85,6 @@ def read_clusterer(path: str | os.PathLike, *, verify: bool = True) -> tuple[dic
     """(meta, arrays, vocab) of an artifact dir. Never executes code from it (json + safetensors only). With
     `verify`, file hashes and the fingerprint must match clusterer.json."""
     from safetensors.numpy import load_file
-
-    from xlbtm.io import read_json, sha256_file
 
     path = Path(path)
     meta = read_meta(path)

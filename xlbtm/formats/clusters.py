@@ -48,7 +48,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from xlbtm.corpus import find_jsonl_files
 from xlbtm.errors import InputError
+from xlbtm.io import atomic_open, read_json, write_json
 
 MANIFEST = "manifest.json"
 FORMAT = "xlbtm-clusters/1"
@@ -73,8 +75,6 @@ def stats_path(cluster_file: str | os.PathLike) -> Path:
 
 def cluster_files(clusters_dir: str | os.PathLike, split: str) -> list[Path]:
     """The cluster files of a split in corpus order (numeric shard order)."""
-    from xlbtm.corpus import find_jsonl_files
-
     d = Path(clusters_dir) / split
     if not d.is_dir():
         raise InputError(f"no cluster files for split '{split}' (run xlbtm.scripts.cluster with --split {split})", d)
@@ -92,8 +92,6 @@ def format_line(sp_id: str, cluster: int) -> str:
 
 def write_cluster_file(path: str | os.PathLike, assignments: Iterable[tuple[str, int]]) -> int:
     """Write `(sp_id, cluster)` pairs atomically; returns the number of lines written. Streams (flat memory)."""
-    from xlbtm.io import atomic_open
-
     n = 0
     with atomic_open(path) as f:
         for sp_id, k in assignments:
@@ -104,16 +102,12 @@ def write_cluster_file(path: str | os.PathLike, assignments: Iterable[tuple[str,
 
 def write_sidecar(cluster_file: str | os.PathLike, side: dict) -> Path:
     """The cluster file's sidecar, written after the file itself (so a sidecar vouches for a complete file)."""
-    from xlbtm.io import write_json
-
     path = stats_path(cluster_file)
     write_json(path, {"format": SIDECAR_FORMAT, **side}, indent=0)
     return path
 
 
 def write_manifest(clusters_dir: str | os.PathLike, manifest: dict) -> Path:
-    from xlbtm.io import write_json
-
     path = Path(clusters_dir) / MANIFEST
     write_json(path, manifest)
     return path
@@ -123,8 +117,6 @@ def write_manifest(clusters_dir: str | os.PathLike, manifest: dict) -> Path:
 
 def read_manifest(clusters_dir: str | os.PathLike) -> dict:
     """The manifest of a clusters dir; a missing or malformed one is an InputError naming the file."""
-    from xlbtm.io import read_json
-
     path = Path(clusters_dir) / MANIFEST
     if not path.is_file():
         raise InputError("cluster manifest not found (was xlbtm.scripts.cluster run to completion for this "

@@ -17,7 +17,12 @@ from typing import Any
 
 import torch
 
+from xlbtm.errors import InputError
+from xlbtm.formats.metaseq import metaseq_to_xlbtm
+from xlbtm.io import atomic_path
+from xlbtm.models.adapters import detect_fairseq_arch, fairseq_to_xlbtm, xlbtm_to_fairseq
 from xlbtm.models.config import ModelArgs
+from xlbtm.models.safe_load import safe_torch_load
 
 FORMAT = "xlbtm-consolidated-v1"
 
@@ -32,9 +37,6 @@ def save_consolidated(path: str | os.PathLike, xlbtm_state_dict: dict, args: Mod
                       extra: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write an xlbtm state dict (keys as in build_model(args).state_dict()) as a metaseq consolidated.pt.
     `extra` must hold plain Python values (json-like); `dtype` optionally casts floating tensors."""
-    from xlbtm.io import atomic_path
-    from xlbtm.models.adapters import xlbtm_to_fairseq
-
     sd = {}
     for k, v in xlbtm_state_dict.items():
         v = _plain(v)
@@ -63,17 +65,11 @@ def save_consolidated(path: str | os.PathLike, xlbtm_state_dict: dict, args: Mod
 def load_consolidated(path: str | os.PathLike) -> tuple[dict, ModelArgs, dict[str, Any]]:
     """(xlbtm_state_dict, args, extra). Also reads a plain metaseq/fairseq consolidated checkpoint
     (then args come from its cfg and extra is {})."""
-    from xlbtm.errors import InputError
-    from xlbtm.models.adapters import detect_fairseq_arch, fairseq_to_xlbtm
-    from xlbtm.models.safe_load import safe_torch_load
-
     ck = safe_torch_load(path)
     if not isinstance(ck, dict) or "model" not in ck:
         raise InputError("not a consolidated checkpoint (no 'model' entry)", path)
     meta = ck.get("xlbtm")
     if not isinstance(meta, dict):
-        from xlbtm.formats.metaseq import metaseq_to_xlbtm
-
         sd, args, _ = metaseq_to_xlbtm(path)
         return sd, args, {}
     if meta.get("format") != FORMAT:

@@ -14,6 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.consolidated import load_consolidated, save_consolidated
+from xlbtm.formats.hf import load_hf, save_hf
+from xlbtm.formats.metaseq import is_shard_name, metaseq_to_xlbtm
+from xlbtm.io import refuse_overlap
+from xlbtm.models.safe_load import safe_torch_load
 from xlbtm.runtime import resolve_dtype
 
 SOURCES = ("hf", "metaseq", "fairseq", "xlbtm")
@@ -30,9 +36,6 @@ def torch_dtype(name: str | None):
 
 def detect_format(path: Path) -> tuple[str, Path]:
     """("hf" | "xlbtm" | "metaseq", what to read) for a model path; a dir holding consolidated.pt reads that."""
-    from xlbtm.formats.metaseq import is_shard_name
-    from xlbtm.models.safe_load import safe_torch_load
-
     if path.is_dir() and (path / "config.json").is_file():
         return "hf", path
     if path.is_dir() and (path / "consolidated.pt").is_file():
@@ -46,23 +49,15 @@ def detect_format(path: Path) -> tuple[str, Path]:
 
 def read_model(kind: str, path: str | os.PathLike, model_size: str | None = None) -> tuple[dict, object, dict]:
     """(xlbtm state dict, ModelArgs, provenance) of the model at `path` in format `kind`."""
-    from xlbtm.errors import UsageError
-
     path = Path(path)
     if kind == "hf" or (kind == "xlbtm" and path.is_dir() and (path / "config.json").is_file()):
-        from xlbtm.formats.hf import load_hf
-
         sd, args = load_hf(path)
         return sd, args, {"source": str(path), "source_format": "hf"}
     if kind in ("metaseq", "fairseq"):
-        from xlbtm.formats.metaseq import metaseq_to_xlbtm
-
         sd, args, info = metaseq_to_xlbtm(path, model_size=model_size)
         return sd, args, {"source": str(path), "source_format": info["kind"], "model_parts": info["model_parts"],
                           "shards": info["shards"], "files": len(info["files"])}
     if kind == "xlbtm":
-        from xlbtm.formats.consolidated import load_consolidated
-
         sd, args, extra = load_consolidated(path)
         return sd, args, extra
     raise UsageError(f"--from must be one of {', '.join(SOURCES)}, got {kind!r}")
@@ -70,15 +65,9 @@ def read_model(kind: str, path: str | os.PathLike, model_size: str | None = None
 
 def write_model(kind: str, sd: dict, args, out: str | os.PathLike, *, extra: dict | None = None,
                 tokenizer: str | os.PathLike | None = None, dtype=None) -> Path:
-    from xlbtm.errors import UsageError
-
     if kind == "hf":
-        from xlbtm.formats.hf import save_hf
-
         return Path(save_hf(sd, args, out, tokenizer_dir=tokenizer, dtype=dtype))
     if kind in ("metaseq", "xlbtm"):
-        from xlbtm.formats.consolidated import save_consolidated
-
         return Path(save_consolidated(out, sd, args, extra=extra, dtype=dtype))
     raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {kind!r}")
 
@@ -88,9 +77,6 @@ def convert(source: str, path: str | os.PathLike, target: str, out: str | os.Pat
             arch: str | None = None) -> tuple[object, Path, dict]:
     """Read `path` as `source`, write it to `out` as `target`; `arch` refuses another architecture.
     Returns (ModelArgs, the written path, provenance)."""
-    from xlbtm.errors import InputError, UsageError
-    from xlbtm.io import refuse_overlap
-
     if source not in SOURCES:
         raise UsageError(f"--from must be one of {', '.join(SOURCES)}, got {source!r}")
     if target not in TARGETS:

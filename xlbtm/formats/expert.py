@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlbtm.errors import InputError
+from xlbtm.io import read_json, write_json
 
 FORMAT = "xlbtm-expert/1"
 EXPERT_JSON = "expert.json"
@@ -49,16 +50,12 @@ class ExpertInfo:
 
 
 def write_expert_info(run_dir: str | os.PathLike, info: ExpertInfo) -> Path:
-    from xlbtm.io import write_json
-
     path = Path(run_dir) / EXPERT_JSON
     write_json(path, info.to_dict())
     return path
 
 
 def read_expert_info(run_dir: str | os.PathLike) -> ExpertInfo:
-    from xlbtm.io import read_json
-
     path = Path(run_dir) / EXPERT_JSON
     if not path.is_file():
         raise InputError("expert.json not found: not an expert run directory", path)

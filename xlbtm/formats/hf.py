@@ -14,8 +14,12 @@ from pathlib import Path
 import torch
 
 from xlbtm.errors import InputError
+from xlbtm.io import atomic_open, atomic_path, read_json
+from xlbtm.models.adapters import args_from_hf_config, hf_config, hf_to_xlbtm, xlbtm_to_hf
 from xlbtm.models.config import ModelArgs
 from xlbtm.models.load import own_storage
+from xlbtm.models.safe_load import safe_torch_load
+from xlbtm.tokenizer import load_tokenizer
 
 
 def save_hf(model_or_state, args: ModelArgs, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
@@ -27,17 +31,12 @@ def save_hf(model_or_state, args: ModelArgs, out_dir: str | os.PathLike, tokeniz
     """
     from safetensors.torch import save_file
 
-    from xlbtm.io import atomic_open, atomic_path
-    from xlbtm.models.adapters import hf_config, xlbtm_to_hf
-
     sd = model_or_state.state_dict() if hasattr(model_or_state, "state_dict") else dict(model_or_state)
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer_dir is not None:
-        from xlbtm.tokenizer import load_tokenizer
-
         tok = load_tokenizer(tokenizer_dir)
         if tok.vocab_size > args.vocab_size:
             raise InputError(f"tokenizer has {tok.vocab_size} tokens but the model only {args.vocab_size}",
@@ -61,8 +60,6 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 def _read_weights(path: Path) -> dict:
     from safetensors.torch import load_file
 
-    from xlbtm.models.safe_load import safe_torch_load
-
     if (path / "model.safetensors").is_file():
         return load_file(str(path / "model.safetensors"))
     for index_name, loader in (("model.safetensors.index.json", lambda p: load_file(str(p))),
@@ -81,9 +78,6 @@ def _read_weights(path: Path) -> dict:
 
 def read_hf_args(path: str | os.PathLike) -> ModelArgs:
     """The ModelArgs of a transformers XGLM / XLM-R directory, from its config.json alone."""
-    from xlbtm.io import read_json
-    from xlbtm.models.adapters import args_from_hf_config
-
     cfg_path = Path(path) / "config.json"
     try:
         return args_from_hf_config(read_json(cfg_path))
@@ -93,8 +87,6 @@ def read_hf_args(path: str | os.PathLike) -> ModelArgs:
 
 def load_hf(path: str | os.PathLike) -> tuple[dict, ModelArgs]:
     """(xlbtm_state_dict, args) from a transformers XGLM / XLM-R directory."""
-    from xlbtm.models.adapters import hf_to_xlbtm
-
     path = Path(path)
     args = read_hf_args(path)
     try:

@@ -16,6 +16,7 @@ else replicated; metaseq fuses q/k/v per part as `qkv_proj` stacked in K, V, Q o
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ from typing import Any
 import torch
 
 from xlbtm.errors import InputError, UsageError
-from xlbtm.models.adapters import split_fused_qkv
+from xlbtm.models.adapters import detect_fairseq_arch, fairseq_to_xlbtm, infer_fairseq_sizes, split_fused_qkv
 from xlbtm.models.config import ModelArgs
+from xlbtm.models.presets import get_preset
+from xlbtm.models.safe_load import safe_torch_load
 
 log = logging.getLogger("xlbtm.formats")
 
@@ -171,8 +174,6 @@ def find_checkpoint_files(path: str | Path) -> dict[int, dict[int, Path]]:
 
 
 def _cfg_model(ckpt: dict) -> dict | None:
-    import argparse
-
     cfg = ckpt.get("cfg")
     m = None
     if isinstance(cfg, dict):
@@ -186,8 +187,6 @@ def _cfg_model(ckpt: dict) -> dict | None:
 
 def load_metaseq_checkpoint(path: str | Path) -> MetaseqCheckpoint:
     """Read any metaseq/fairseq checkpoint layout into one full, unfused state dict (metaseq names)."""
-    from xlbtm.models.safe_load import safe_torch_load
-
     files = find_checkpoint_files(path)
     parts, first, all_files = [], None, []
     n_dp = 1
@@ -228,9 +227,6 @@ def args_from_metaseq(model_sd: dict, cfg: dict | None, arch: str, model_size: s
                       where: Path | None = None) -> ModelArgs:
     """ModelArgs from the checkpoint's cfg; `model_size` (a preset) supplies the architecture when the
     cfg is absent, and must agree with the tensor shapes when given."""
-    from xlbtm.models.adapters import infer_fairseq_sizes
-    from xlbtm.models.presets import get_preset
-
     sizes = infer_fairseq_sizes(model_sd, arch)
     args = None
     if cfg:
@@ -265,8 +261,6 @@ def args_from_metaseq(model_sd: dict, cfg: dict | None, arch: str, model_size: s
 
 def metaseq_to_xlbtm(path: str | Path, model_size: str | None = None) -> tuple[dict, ModelArgs, dict[str, Any]]:
     """(xlbtm_state_dict, args, info) from a metaseq/fairseq checkpoint file, shard, prefix or directory."""
-    from xlbtm.models.adapters import detect_fairseq_arch, fairseq_to_xlbtm
-
     ck = load_metaseq_checkpoint(path)
     arch = detect_fairseq_arch(ck.model)
     if arch is None:

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 
 from xlbtm.errors import InputError
+from xlbtm.io import read_json, write_json
 
 FORMAT = "xlbtm-pairs/2"
 READABLE = ("xlbtm-pairs/1", FORMAT)
@@ -49,15 +50,11 @@ def side_paths(pairs_dir: str | os.PathLike, split: str, side: str, cluster: int
 
 
 def write_pairs_manifest(pairs_dir: str | os.PathLike, manifest: dict) -> None:
-    from xlbtm.io import write_json
-
     write_json(Path(pairs_dir) / MANIFEST, {"num_clusters": None, "clusterer_fingerprint": None, **manifest,
                                             "format": FORMAT})
 
 
 def read_pairs_manifest(pairs_dir: str | os.PathLike) -> dict:
-    from xlbtm.io import read_json
-
     p = Path(pairs_dir) / MANIFEST
     if not p.is_file():
         raise InputError("binarized parallel data not found (train_experts --parallel-data binarizes it)", p)

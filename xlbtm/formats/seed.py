@@ -10,15 +10,17 @@ from typing import Any
 import torch
 
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.convert import detect_format, read_model
+from xlbtm.formats.hf import WEIGHT_FILES, read_hf_args
+from xlbtm.models import build_model, num_params
 from xlbtm.models.config import ModelArgs
 from xlbtm.models.load import model_from_state_dict
+from xlbtm.models.presets import PRESETS, get_preset
 
 log = logging.getLogger("xlbtm.models")
 
 
 def _describe(kind: str, path, args: ModelArgs, model, extra: dict | None = None) -> dict[str, Any]:
-    from xlbtm.models import num_params
-
     info = {"kind": kind, "path": None if path is None else str(path), "arch": args.arch,
             "num_params": num_params(model), "vocab_size": args.vocab_size, "model_args": args.to_dict()}
     info.update(extra or {})
@@ -35,9 +37,6 @@ def load_seed(spec: str | os.PathLike, model_size: str | None = None, vocab_size
     architecture of checkpoints without a cfg and is checked against those with one. `vocab_size`
     (the tokenizer's) must not exceed a checkpoint's vocabulary.
     """
-    from xlbtm.models import build_model
-    from xlbtm.models.presets import PRESETS, get_preset
-
     spec_s = str(spec)
     if spec_s in PRESETS and not Path(spec_s).exists():
         args = get_preset(spec_s, vocab_size=vocab_size)
@@ -47,8 +46,6 @@ def load_seed(spec: str | os.PathLike, model_size: str | None = None, vocab_size
         info = _describe("preset", None, args, model, {"preset": spec_s})
         log.info("seed model: preset %s (random init), %s params", spec_s, f"{info['num_params']:,}")
         return model, args, info
-
-    from xlbtm.formats.convert import detect_format, read_model
 
     path = Path(spec)
     if not path.exists() and not (path.parent.is_dir() and any(path.parent.glob(path.name + "*.pt"))):
@@ -77,15 +74,12 @@ def seed_args(spec: str | os.PathLike, model_size: str | None = None, vocab_size
     """The ModelArgs `load_seed` would give, checked the same way, read as cheaply as the format allows:
     presets and Hugging Face dirs from their config (plus the weights' safetensors header), other
     checkpoints by loading them once. For refusing a bad seed before any job is queued."""
-    from xlbtm.models.presets import PRESETS, get_preset
-
     spec_s = str(spec)
     if spec_s in PRESETS and not Path(spec_s).exists():
         return get_preset(spec_s, vocab_size=vocab_size)
     path = Path(spec)
     if not (path.is_dir() and (path / "config.json").is_file()):
         return load_seed(spec, model_size=model_size, vocab_size=vocab_size, dtype=None)[1]
-    from xlbtm.formats.hf import WEIGHT_FILES, read_hf_args
 
     args = read_hf_args(path)
     weights = [path / n for n in WEIGHT_FILES if (path / n).is_file()]

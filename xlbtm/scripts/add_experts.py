@@ -49,7 +49,7 @@ def main(argv=None):
 
     from xlbtm.grow import AddExpertsRequest, add_experts
     from xlbtm.launch.site import site_from_args
-    from xlbtm.train.plan import TrainExpertsRequest
+    from xlbtm.train.config import TrainExpertsRequest
 
     args = build_parser().parse_args(argv)
     # the training flags as train_experts takes them; what to train (seed, clusters, dirs) add_experts sets

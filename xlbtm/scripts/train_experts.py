@@ -15,7 +15,7 @@ from __future__ import annotations
 from xlbtm.cli import get_logger, make_parser, run_script
 from xlbtm.config import add_config_args
 from xlbtm.launch.site import add_slurm_args
-from xlbtm.train.plan import TrainExpertsRequest
+from xlbtm.train.config import TrainExpertsRequest
 
 log = get_logger("train_experts")
 

@@ -23,6 +23,7 @@ tokens_per_sample - 1 of them), so the claim is checked, not assumed.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import typing
 import time
@@ -30,16 +31,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from xlbtm.cli import get_logger
+from xlbtm.cli import current_stage, get_logger, setup_logging
 from xlbtm.config import option, render_command
+from xlbtm.cluster.assign import assign_corpus
+from xlbtm.corpus import Corpus
+from xlbtm.demo_corpus import write_demo_corpus
 from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, EvalConfig
 from xlbtm.ensemble.report import metric_name  # the study labels its numbers as eval does
-from xlbtm.errors import UsageError
+from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
-from xlbtm.launch.executor import JobRunMode
 from xlbtm.formats.layout import RunLayout, consolidated_path, find_expert_dirs, hf_dir
-from xlbtm.train.plan import TrainExpertsRequest
+from xlbtm.launch.executor import JobRunMode
+from xlbtm.io import read_json, refuse_overlap, write_json
+from xlbtm.models import PRESETS
+from xlbtm.tokenizer import detect_style, train_tokenizer_from_corpus
+from xlbtm.train.config import OBJECTIVES as ARCH_OF
+from xlbtm.train.config import TrainExpertsRequest, model_kind
 
 log = get_logger("study")
 
@@ -109,9 +117,6 @@ class PipelineConfig:
         if self.model_size is None:
             self.model_size = OBJECTIVES[self.objective][0]
         elif self.seed_model is None:
-            from xlbtm.models import PRESETS
-            from xlbtm.train.config import OBJECTIVES as ARCH_OF
-
             arch = PRESETS.get(self.model_size, {}).get("arch")
             if arch is not None and arch != ARCH_OF[self.objective]:
                 raise UsageError(f"--model-size {self.model_size} is an {arch} preset, but --objective "
@@ -160,8 +165,6 @@ def command(stage: str, flags: dict, *positional) -> str:
 
 def run_stage(stage: str, cmd: str, call: Callable[[], Any]) -> Any:
     """Run one stage in this process, logging the command that does the same from a shell."""
-    from xlbtm.cli import current_stage, setup_logging
-
     outer = current_stage() or "study"
     log.info("$ %s", cmd)
     setup_logging(stage)  # the stage's own lines carry its name, as when a user runs it
@@ -224,31 +227,23 @@ def _train_request(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int, 
 
 
 def _languages(data: Path, split: str = "train") -> list[str]:
-    from xlbtm.corpus import Corpus
-
     return sorted({d.lang for d in Corpus(data).iter_documents(split) if d.lang})
 
 
 def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log.info(what)) -> Prepared:
     """Corpus, tokenizer, dense seed, clusterer and the assignment of train and valid (each skipped when done)."""
-    from xlbtm.tokenizer import train_tokenizer_from_corpus
-
     out = Path(cfg.out).resolve()
     _refuse_other_objective(cfg, [_seed_run(out / "seed")],
                             None if cfg.seed_model else out / "tokenizer")
     out.mkdir(parents=True, exist_ok=True)
 
     if cfg.data_dir is None:
-        from xlbtm.demo_corpus import write_demo_corpus
-
         data = out / "data"
         stage(f"demo corpus: {cfg.num_train_docs} train / {cfg.num_valid_docs} valid documents -> {data}")
         if not (data / "demo_corpus.json").is_file():
             summary = write_demo_corpus(data, n_train=cfg.num_train_docs, n_valid=cfg.num_valid_docs, seed=cfg.seed)
             log.info("languages: %s", ", ".join(summary["languages"]))
     else:
-        from xlbtm.io import refuse_overlap
-
         data = Path(cfg.data_dir).resolve()
         # the corpus may sit inside --out (the demo corpus a first run generated), not under what stages write
         refuse_overlap({f"--out ({sub}/)": out / sub for sub in WRITTEN}, {"--data-dir": cfg.data_dir})
@@ -281,15 +276,10 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
 def _cluster_pairs(cfg: PipelineConfig, clusterer: Path, out: Path, stage) -> tuple[Path, Path]:
     """Assign the translation pairs (each split there is) with the corpus' clusterer, by their target side:
     a pair trains the expert of the language it translates into."""
-    from xlbtm.cluster.assign import assign_corpus
-    from xlbtm.io import refuse_overlap
-
     pairs = Path(cfg.parallel_data_dir).resolve()
     refuse_overlap({f"--out ({sub}/)": out / sub for sub in WRITTEN + ("pair_clusters",)},
                    {"--parallel-data-dir": pairs})
     if not (pairs / "train").is_dir():
-        from xlbtm.errors import InputError
-
         raise InputError("no 'train' split (expected --parallel-data-dir <dir>/train/<shard>/*.jsonl of "
                          '{"src", "tgt", "src_lang", "tgt_lang"})', pairs)
     pair_clusters = out / "pair_clusters"
@@ -308,8 +298,6 @@ def _refuse_other_objective(cfg: PipelineConfig, run_dirs: list[Path], tokenizer
     resuming an XGLM run as an XLM-R one cannot work, and silently reusing it would compare the wrong models.
     `trained`: the runs must also have been trained with this objective (mlm vs mlm+tlm: the same model, but a
     finished MLM run would be "resumed" as MLM+TLM without training on a single pair)."""
-    from xlbtm.train.config import model_kind
-
     want = model_kind(cfg.objective)
     for run_dir in run_dirs:
         if not (run_dir / EXPERT_JSON).is_file():
@@ -324,8 +312,6 @@ def _refuse_other_objective(cfg: PipelineConfig, run_dirs: list[Path], tokenizer
                              f"{'--parallel-data-dir (mlm+tlm)' if trained else f'--objective {cfg.objective}'} "
                              "needs its own --out (pass another one)")
     if tokenizer is not None and (tokenizer / "tokenizer.json").is_file():
-        from xlbtm.tokenizer import detect_style
-
         style = detect_style(tokenizer)
         if style != OBJECTIVES[cfg.objective][1]:
             raise UsageError(f"{tokenizer}: --out {cfg.out} holds an {style}-style tokenizer; --objective "
@@ -362,7 +348,6 @@ def _train_seed(cfg: PipelineConfig, data: Path, tok: Path, seed_dir: Path, stag
 
 def _cluster(cfg: PipelineConfig, data: Path, tok: Path, out: Path, stage) -> tuple[Path, Path, list[str]]:
     """Fit the clusterer (tf-idf or typological) and assign train and valid; (clusterer, clusters, languages)."""
-    from xlbtm.cluster.assign import assign_corpus
     from xlbtm.cluster.train import train_tfidf_clusterer, train_typological_clusterer
 
     K = cfg.num_clusters
@@ -427,10 +412,6 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     and per language, and the training tokens each side consumed. A point whose point.json exists is read back.
     `hf_export`: also export expert 0 as a Hugging Face dir (the quickstart shows that stage too).
     """
-    from xlbtm.io import read_json, write_json
-
-    import dataclasses
-
     point_dir = Path(point_dir)
     done = point_dir / "point.json"
     # what the point depends on (not where it is written or what else the study runs)

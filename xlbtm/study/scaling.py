@@ -21,7 +21,9 @@ from pathlib import Path
 from xlbtm.cli import get_logger
 from xlbtm.config import option
 from xlbtm.errors import UsageError
+from xlbtm.io import atomic_open, write_json
 from xlbtm.study.pipeline import PipelineConfig, metric_name, prepare, run_point
+from xlbtm.study.report import plot_study, render_markdown
 
 log = get_logger("study")
 
@@ -77,8 +79,6 @@ def crossover(points: list[dict]) -> dict | None:
 
 def run_study(cfg: StudyConfig) -> dict:
     from xlbtm.data.dataset import corpus_tokens_per_sample
-    from xlbtm.io import write_json
-    from xlbtm.study.report import render_markdown, plot_study
 
     t0 = time.time()
     out = Path(cfg.out).resolve()
@@ -111,7 +111,6 @@ def run_study(cfg: StudyConfig) -> dict:
     }
     log.info(f"[{next(counter)}/{n_stages}] report")
     write_json(out / STUDY_JSON, study)
-    from xlbtm.io import atomic_open
 
     with atomic_open(out / STUDY_MD) as f:
         f.write(render_markdown(study))

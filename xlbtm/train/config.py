@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from xlbtm.config import option
+from xlbtm.config import config_from_args, option
+from xlbtm.errors import UsageError
+from xlbtm.launch.executor import RunMode
+from xlbtm.launch.site import site_from_args
 from xlbtm.runtime import Precision
 
 
@@ -21,8 +26,6 @@ def setting(default, group: str, help: str = "", *, flags: tuple[str, ...] = (),
 
 def _betas(text: str) -> tuple[float, float]:
     """`0.9,0.98` or metaseq's `(0.9, 0.98)`."""
-    import argparse
-
     try:
         b = tuple(float(x) for x in text.strip().strip("()").split(","))
     except ValueError:
@@ -109,8 +112,6 @@ class TrainConfig(TrainingSettings):
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            from xlbtm.errors import UsageError
-
             raise UsageError(f"unknown training setting(s) {', '.join(unknown)}: not a field of TrainConfig "
                              "(written by another xlbtm version?)")
         d = dict(d)
@@ -123,6 +124,84 @@ class TrainConfig(TrainingSettings):
 Objective = Literal["clm", "mlm", "tlm", "mlm+tlm"]
 OBJECTIVES = {"clm": "xglm", "mlm": "xlmr", "tlm": "xlmr", "mlm+tlm": "xlmr"}
 assert tuple(OBJECTIVES) == typing.get_args(Objective)  # one list of objectives: the type's
+
+
+@dataclass(kw_only=True)
+class TrainExpertsRequest(TrainingSettings):
+    """Everything `train_experts` is asked to do; one field per flag (same names and defaults as the CLI).
+    The training settings (optimization, checkpoints, logging) are TrainingSettings', shared with TrainConfig."""
+
+    # what to train
+    seed_model: str = option(
+        help="HF dir, metaseq/fairseq .pt, xlbtm consolidated.pt, or a preset name for a random init (e.g. debug)",
+        group=DATA)
+    model_size: str | None = option(None, "preset naming the architecture when the seed does not", group=DATA)
+    tokenizer: str | None = option(None, "HF tokenizer dir (default: the seed's own; required with a preset seed)",
+                                   group=DATA)
+    objective: Objective | None = option(
+        None, "what the experts learn; default from the seed's architecture (clm or mlm)", group=DATA,
+        choices_help={"clm": "causal LM (XGLM)", "mlm": "masked LM (XLM-R)",
+                      "tlm": "translation LM on --parallel-data only (XLM-R)",
+                      "mlm+tlm": "--tlm-ratio of the samples TLM, the rest MLM (XLM-R)"})
+    path_to_clusters_dir: str | None = option(None, "cluster files + manifest.json (not for K=1)", group=DATA)
+    num_clusters: int = option(help="K; 1 = dense baseline (no filtering)", group=DATA)
+    train_cluster: str | None = option(None, "only these clusters, e.g. 1,3,5 or 0-3 (default: all)", group=DATA)
+    data_name: str | None = option(None, "dataset name (corpus at <path-to-data>/<data-name> if present)",
+                                   group=DATA)
+    path_to_data: str | None = option(
+        None, "jsonl corpus root (train/<shard>/*.jsonl, valid/...); required unless --objective tlm", group=DATA,
+        aliases=("--data-dir",))
+    parallel_data: str | None = option(
+        None, "translation pairs for --objective tlm / mlm+tlm: train/<shard>/*.jsonl [, valid/...] of "
+              '{"src", "tgt", "src_lang", "tgt_lang"}; with K > 1 routed by --path-to-parallel-clusters-dir, else '
+              "every expert reads all pairs", group=DATA)
+    path_to_parallel_clusters_dir: str | None = option(
+        None, "cluster files of --parallel-data (cluster --parallel-side tgt, with the clusterer of "
+              "--path-to-clusters-dir): each expert trains TLM on its own cluster's pairs (K > 1)", group=DATA)
+    serialization_dir: str = option(
+        help="experts go to <serialization-dir>/<K>_clusters/<run-name>.cluster<i>/", group=DATA,
+        aliases=("--output-dir",))
+    run_name: str | None = option(None, "default: --data-name or 'run'", group=DATA)
+    run: RunMode = option(help="where the experts train", group=DATA, choices_help={
+        "slurm": "one job per expert", "local": "the same jobs as local processes", "debug": "in this process"})
+    binarized_dir: str | None = option(
+        None, "binarized data (default <serialization-dir>/<K>_clusters/data-bin/<data-name>.<tok hash>)", group=DATA)
+    binarize_workers: int = option(
+        help="tokenizer processes; with --run slurm binarization is one job with this many CPUs (+1)", group=DATA,
+        default_factory=lambda: min(8, os.cpu_count() or 1))
+    allow_unassigned: bool = option(False, "drop documents without a cluster instead of stopping with an error",
+                                    group=DATA)
+    # resources
+    num_nodes: int = option(1, "nodes per expert job", group=RES)
+    num_gpus: int = option(1, "GPUs (tasks) per node; CPU workers without GPUs", group=RES)
+    device: Literal["auto", "cuda", "cpu"] = option(
+        "auto", "auto: $XLBTM_DEVICE, else cuda when GPUs are visible locally / offered by SLURM partitions",
+        group=RES)
+    dry_run: bool = option(False, "print the plan and the resources, submit nothing", group=RES)
+    no_wait: bool = option(False, "submit and return (slurm); default waits for the jobs", group=RES)
+    # optimization
+    max_steps: int = option(help="optimizer steps per expert (metaseq's --max-update)", group=OPT,
+                            aliases=("--max-update",))
+    step_allocation: Literal["equal", "proportional"] = option(
+        "equal", "how the K x --max-steps are shared", group=OPT, choices_help={
+            "equal": "every expert trains --max-steps",
+            "proportional": "the K x --max-steps total is shared by each cluster's training tokens (printed in "
+                            "the plan); the dense baseline is unchanged"})
+    site: Any = None                          # xlbtm.launch.site.SiteConfig; None = file + environment only
+    # not flags: set by add_experts
+    experts_dir: str | None = None            # run dirs go here instead of <serialization_dir>/<K>_clusters
+    init: dict | None = None                  # recorded in expert.json: how the seed was chosen
+
+    # what a command that trains experts into an existing ensemble (add_experts) decides itself
+    WHAT_TO_TRAIN: ClassVar[frozenset[str]] = frozenset({
+        "seed_model", "model_size", "tokenizer", "objective", "path_to_clusters_dir", "num_clusters",
+        "train_cluster", "data_name", "path_to_data", "parallel_data", "path_to_parallel_clusters_dir",
+        "serialization_dir", "run_name"})
+
+    @classmethod
+    def from_args(cls, args) -> "TrainExpertsRequest":
+        """From `xlbtm.scripts.train_experts`'s parsed flags (SLURM flags resolved into a SiteConfig)."""
+        return config_from_args(cls, args, site=site_from_args(args))
 
 
 def uses_pairs(objective: str) -> bool:
@@ -144,8 +223,6 @@ def model_kind(objective: str) -> str:
 def check_model_fits(arch: str, max_positions: int, objective: str, tokens_per_sample: int, seed_model: str) -> None:
     """The model can be trained as asked: its architecture matches the objective and a sample fits its
     positions. (Checked by the driver before anything is queued, and again by the trainer.)"""
-    from xlbtm.errors import UsageError
-
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     want = OBJECTIVES[objective]

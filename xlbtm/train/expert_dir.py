@@ -7,9 +7,13 @@ by expert.json's cluster, never by folder name). This module adds the run's lock
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
+import socket
 from pathlib import Path
 
+from xlbtm.cli import get_logger
 from xlbtm.formats.expert import read_expert_info  # noqa: F401  (re-exported)
 from xlbtm.formats.layout import RunLayout, find_expert_dirs  # noqa: F401  (find_expert_dirs: re-exported)
 
@@ -36,10 +40,6 @@ class RunLock:
 
     def acquire(self) -> str | None:
         """Take the lock; returns None, or why not (who holds it) without taking it."""
-        import fcntl
-        import json
-        import socket
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -48,7 +48,6 @@ class RunLock:
             os.close(fd)
             return f"{self.path.parent} is being trained by {self.holder()}"
         except OSError as e:  # e.g. ENOLCK on an NFS mount without a lock daemon
-            from xlbtm.cli import get_logger
 
             os.close(fd)
             get_logger("train").warning(f"cannot lock {self.path} ({e.strerror}): a second trainer on this run "
@@ -63,8 +62,6 @@ class RunLock:
 
     def holder(self) -> str:
         """Who holds the lock, in words (the lock file's contents)."""
-        import json
-
         try:
             h = json.loads(self.path.read_text())
             return f"pid {h['pid']} on {h['host']}" + (f" (job {h['job_id']})" if h.get("job_id") else "")
@@ -81,8 +78,6 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
-            import fcntl
-
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

@@ -15,9 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from xlbtm.cli import get_logger
+from xlbtm.cli import get_logger, setup_logging
+from xlbtm.data.binarize import binarize, binarize_pairs, split_inputs
 from xlbtm.errors import UsageError
+from xlbtm.formats.binarized import MANIFEST, NOT_BINARIZED, split_status
 from xlbtm.formats.layout import RunLayout, train_log_path
+from xlbtm.formats.pairs import pairs_dir_for
+from xlbtm.launch.executor import make_executor
+from xlbtm.launch.lifeline import jobs_die_with_this_process
+from xlbtm.launch.wait import wait_for
+from xlbtm.tokenizer import load_tokenizer
+from xlbtm.train.job import ExpertJob
 from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_step_allocation
 
 log = get_logger("train")
@@ -27,9 +35,6 @@ def binarized_done(out_dir: Path, splits: list[str], tok_fingerprint: str, clust
                    data_dir: Path, clusters_dir: Path | None) -> bool:
     """True when every split is binarized with this tokenizer and clusterer from exactly the files that are
     there now (nothing to do); a stale split is named in a warning."""
-    from xlbtm.data.binarize import split_inputs
-    from xlbtm.formats.binarized import MANIFEST, NOT_BINARIZED, split_status
-
     for split in splits:
         d, why = split_status(out_dir, split, tok_fingerprint, clusterer_fp,
                               split_inputs(data_dir, split, clusters_dir))
@@ -43,10 +48,6 @@ def binarized_done(out_dir: Path, splits: list[str], tok_fingerprint: str, clust
 def binarize_from_paths(data_dir: str, out_dir: str, tokenizer_path: str, clusters_dir: str | None,
                         num_clusters: int, splits: list[str], workers: int, allow_unassigned: bool) -> dict:
     """Picklable entry point (paths only) so binarization can run as its own job."""
-    from xlbtm.cli import setup_logging
-    from xlbtm.data.binarize import binarize
-    from xlbtm.tokenizer import load_tokenizer
-
     setup_logging("binarize")
     return binarize(data_dir, out_dir, load_tokenizer(tokenizer_path), splits=splits, clusters_dir=clusters_dir,
                     num_clusters=num_clusters, workers=workers, allow_unassigned=allow_unassigned).manifest
@@ -61,8 +62,6 @@ def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Pat
         log.info(f"binarized data up to date: {out_dir}")
         return
     if run != "slurm":
-        from xlbtm.data.binarize import binarize
-
         binarize(data_dir, out_dir, tokenizer, splits=splits, clusters_dir=clusters_dir, num_clusters=num_clusters,
                  workers=workers, allow_unassigned=allow_unassigned)
         return
@@ -74,9 +73,6 @@ def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Pat
 
 def _binarize_job(fn, args: tuple, what: str, job_dir: Path, cpus: int, site) -> None:
     """Run `fn(*args)` as one SLURM job and wait for it (its log paths printed as it is queued)."""
-    from xlbtm.launch.executor import make_executor
-    from xlbtm.launch.wait import wait_for
-
     ex = make_executor("slurm", job_dir, name=f"xlbtm-{what.replace(' ', '-')}", cpus_per_task=cpus,
                        timeout_min=24 * 60, site=site)
     job = ex.submit(fn, *args)
@@ -87,10 +83,6 @@ def _binarize_job(fn, args: tuple, what: str, job_dir: Path, cpus: int, site) ->
 def binarize_pairs_from_paths(parallel_dir: str, out_dir: str, tokenizer_path: str, splits: list[str],
                               clusters_dir: str | None, allow_unassigned: bool) -> dict:
     """Picklable entry point (paths only) so parallel data can be binarized as its own job."""
-    from xlbtm.cli import setup_logging
-    from xlbtm.data.binarize import binarize_pairs
-    from xlbtm.tokenizer import load_tokenizer
-
     setup_logging("binarize")
     return binarize_pairs(parallel_dir, out_dir, load_tokenizer(tokenizer_path), splits=splits,
                           clusters_dir=clusters_dir, allow_unassigned=allow_unassigned)
@@ -103,8 +95,6 @@ def ensure_pairs_binarized(parallel_dir: Path, bin_dir: Path, tokenizer, splits:
     """Binarize the parallel data's splits (those it has: a valid split is optional) into
     `<binarized dir>/parallel`, per cluster with `clusters_dir` (assigned by `clusterer_fp`): in this process, or
     as a SLURM job with `--run slurm`, as the corpus is; splits already binarized from the same files are skipped."""
-    from xlbtm.formats.pairs import pairs_dir_for
-
     out = pairs_dir_for(bin_dir)
     have = [s for s in splits if (Path(parallel_dir) / s).is_dir()]
     if binarized_done(out, have, tokenizer.fingerprint, clusterer_fp if clusters_dir else None, parallel_dir,
@@ -112,8 +102,6 @@ def ensure_pairs_binarized(parallel_dir: Path, bin_dir: Path, tokenizer, splits:
         log.info(f"binarized parallel data up to date: {out}")
         return
     if run != "slurm":
-        from xlbtm.data.binarize import binarize_pairs
-
         binarize_pairs(parallel_dir, out, tokenizer, splits=have, clusters_dir=clusters_dir,
                        allow_unassigned=allow_unassigned)
         return
@@ -123,8 +111,6 @@ def ensure_pairs_binarized(parallel_dir: Path, bin_dir: Path, tokenizer, splits:
 
 
 def _executor(plans: list[ExpertPlan], spec: LaunchSpec, site=None):
-    from xlbtm.launch.executor import make_executor
-
     logs = RunLayout(plans[0].run_dir.parent).logs_dir
     return make_executor(spec.run, logs, name=f"xlbtm-{plans[0].cfg.run_name}", nodes=spec.num_nodes,
                        tasks_per_node=spec.num_gpus, gpus_per_node=spec.num_gpus if spec.device == "cuda" else 0,
@@ -134,8 +120,6 @@ def _executor(plans: list[ExpertPlan], spec: LaunchSpec, site=None):
 
 def submit(plans: list[ExpertPlan], spec: LaunchSpec, site=None, visible_gpus: tuple[int, ...] | None = None) -> list:
     """One job per expert, submitted as one array; every job has num_nodes x num_gpus tasks."""
-    from xlbtm.train.job import ExpertJob
-
     if not plans:
         return []
     if spec.run == "debug" and spec.num_nodes * spec.num_gpus > 1:
@@ -164,9 +148,6 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
     `--run local` goes in waves (never more concurrent experts than `plan.slots`). With
     `no_wait` and `--run slurm` it returns None right after submitting. `echo` gets one status line per job
     (its id, logs, metrics)."""
-    from xlbtm.launch.lifeline import jobs_die_with_this_process
-    from xlbtm.launch.wait import wait_for
-
     r = plan.request
     splits = [r.train_subset] + ([r.valid_subset] if r.valid_subset else [])
     if plan.data_dir is not None:

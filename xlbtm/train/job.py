@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from xlbtm.cli import setup_logging
+from xlbtm.launch.lifeline import watch_driver
+from xlbtm.train.config import TrainConfig
+from xlbtm.train.loop import train_expert
+
 
 class ExpertJob:
     """Picklable, and `submitit.helpers.Checkpointable`-compatible: on a timeout signal submitit calls
@@ -13,11 +18,6 @@ class ExpertJob:
         self.cfg_dict = cfg_dict
 
     def __call__(self) -> dict:
-        from xlbtm.cli import setup_logging
-        from xlbtm.launch.lifeline import watch_driver
-        from xlbtm.train.config import TrainConfig
-        from xlbtm.train.loop import train_expert
-
         setup_logging("train")
         watch_driver()  # `--run local`: stop when the driver is killed (no orphan trainers)
         result = train_expert(TrainConfig.from_dict(self.cfg_dict))

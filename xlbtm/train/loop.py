@@ -9,17 +9,17 @@ from __future__ import annotations
 import torch
 
 from xlbtm.errors import UsageError
-from xlbtm.train.config import TrainConfig
+from xlbtm.launch.distributed import destroy_distributed, init_distributed
+from xlbtm.train.config import OBJECTIVES, TrainConfig
+from xlbtm.train.expert_dir import RunLock
+from xlbtm.train.preemption import PreemptionHandler
 from xlbtm.train.trainer import Trainer, TrainResult
-
 
 # ------------------------------------------------------------------------------------------ process group
 
 def _init_distributed(device: str | None):
     """(rank, world_size, device) from the launch layer (submitit, torchrun, srun or alone); a single process
     still gets a 1-rank group so the same mesh / FSDP code path runs everywhere."""
-    from xlbtm.launch.distributed import init_distributed
-
     info = init_distributed(device=device, init_single=True)
     return info.rank, info.world_size, torch.device(info.device), info.source != "existing"
 
@@ -28,14 +28,10 @@ def _init_distributed(device: str | None):
 
 def train_expert(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) one expert; every rank of its process group calls this."""
-    from xlbtm.train.config import OBJECTIVES
-
     if cfg.objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {cfg.objective!r}")
-    from xlbtm.train.preemption import PreemptionHandler
 
     rank, world, device, own_group = _init_distributed(cfg.device)
-    from xlbtm.train.expert_dir import RunLock
 
     lock = RunLock(cfg.run_dir)
     preempt = PreemptionHandler().install()
@@ -46,7 +42,6 @@ def train_expert(cfg: TrainConfig) -> TrainResult:
         lock.release()
         preempt.uninstall()
         if own_group:  # e.g. `--run debug` trains in the caller's process: leave no process group behind
-            from xlbtm.launch.distributed import destroy_distributed
 
             destroy_distributed()
 

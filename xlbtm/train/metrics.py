@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from xlbtm.formats.layout import train_log_path
+from xlbtm.io import atomic_open
 
 # dense bf16 peak FLOP/s per device (no sparsity); MFU is reported against these
 PEAK_FLOPS = {
@@ -76,7 +77,6 @@ class MetricLogger:
         log them again), so the log reads like one uninterrupted run; a torn last line is dropped too."""
         if not self.enabled or not self.path.is_file():
             return
-        from xlbtm.io import atomic_open
 
         keep = [r for r in read_train_log(self.path.parent) if r.get("step", 0) <= step]
         with atomic_open(self.path) as f:

@@ -10,17 +10,33 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from xlbtm.cli import get_logger
-from xlbtm.config import config_from_args, option
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.binarized import MANIFEST, read_binarized_manifest
+from xlbtm.formats.checkpoints import latest_checkpoint
+from xlbtm.formats.clusters import read_manifest
+from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
 from xlbtm.formats.layout import RunLayout
-from xlbtm.formats.pairs import pairs_dir_for
-from xlbtm.launch.executor import RunMode
-from xlbtm.launch.site import site_from_args
+from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST
+from xlbtm.formats.pairs import pairs_dir_for, read_pairs_manifest
+from xlbtm.formats.seed import seed_args
+from xlbtm.io import read_json, refuse_overlap
+from xlbtm.launch.site import resolve_site
+from xlbtm.models import PRESETS, ModelArgs
 from xlbtm.runtime import requested_device, resolve_device
-from xlbtm.train.config import DATA, OPT, RES, Objective, TrainConfig, TrainingSettings
+from xlbtm.tokenizer import load_tokenizer
+from xlbtm.train.config import (
+    OBJECTIVES,
+    TrainConfig,
+    TrainExpertsRequest,
+    TrainingSettings,
+    check_model_fits,
+    uses_monolingual,
+    uses_pairs,
+)
+from xlbtm.train.expert_dir import RunLock
 
 log = get_logger("train")
 
@@ -127,84 +143,6 @@ def local_slots(spec: LaunchSpec) -> list[tuple[int, ...] | None]:
     return [None] * max(1, (os.cpu_count() or 1) // spec.num_gpus)
 
 
-@dataclass(kw_only=True)
-class TrainExpertsRequest(TrainingSettings):
-    """Everything `train_experts` is asked to do; one field per flag (same names and defaults as the CLI).
-    The training settings (optimization, checkpoints, logging) are TrainingSettings', shared with TrainConfig."""
-
-    # what to train
-    seed_model: str = option(
-        help="HF dir, metaseq/fairseq .pt, xlbtm consolidated.pt, or a preset name for a random init (e.g. debug)",
-        group=DATA)
-    model_size: str | None = option(None, "preset naming the architecture when the seed does not", group=DATA)
-    tokenizer: str | None = option(None, "HF tokenizer dir (default: the seed's own; required with a preset seed)",
-                                   group=DATA)
-    objective: Objective | None = option(
-        None, "what the experts learn; default from the seed's architecture (clm or mlm)", group=DATA,
-        choices_help={"clm": "causal LM (XGLM)", "mlm": "masked LM (XLM-R)",
-                      "tlm": "translation LM on --parallel-data only (XLM-R)",
-                      "mlm+tlm": "--tlm-ratio of the samples TLM, the rest MLM (XLM-R)"})
-    path_to_clusters_dir: str | None = option(None, "cluster files + manifest.json (not for K=1)", group=DATA)
-    num_clusters: int = option(help="K; 1 = dense baseline (no filtering)", group=DATA)
-    train_cluster: str | None = option(None, "only these clusters, e.g. 1,3,5 or 0-3 (default: all)", group=DATA)
-    data_name: str | None = option(None, "dataset name (corpus at <path-to-data>/<data-name> if present)",
-                                   group=DATA)
-    path_to_data: str | None = option(
-        None, "jsonl corpus root (train/<shard>/*.jsonl, valid/...); required unless --objective tlm", group=DATA,
-        aliases=("--data-dir",))
-    parallel_data: str | None = option(
-        None, "translation pairs for --objective tlm / mlm+tlm: train/<shard>/*.jsonl [, valid/...] of "
-              '{"src", "tgt", "src_lang", "tgt_lang"}; with K > 1 routed by --path-to-parallel-clusters-dir, else '
-              "every expert reads all pairs", group=DATA)
-    path_to_parallel_clusters_dir: str | None = option(
-        None, "cluster files of --parallel-data (cluster --parallel-side tgt, with the clusterer of "
-              "--path-to-clusters-dir): each expert trains TLM on its own cluster's pairs (K > 1)", group=DATA)
-    serialization_dir: str = option(
-        help="experts go to <serialization-dir>/<K>_clusters/<run-name>.cluster<i>/", group=DATA,
-        aliases=("--output-dir",))
-    run_name: str | None = option(None, "default: --data-name or 'run'", group=DATA)
-    run: RunMode = option(help="where the experts train", group=DATA, choices_help={
-        "slurm": "one job per expert", "local": "the same jobs as local processes", "debug": "in this process"})
-    binarized_dir: str | None = option(
-        None, "binarized data (default <serialization-dir>/<K>_clusters/data-bin/<data-name>.<tok hash>)", group=DATA)
-    binarize_workers: int = option(
-        help="tokenizer processes; with --run slurm binarization is one job with this many CPUs (+1)", group=DATA,
-        default_factory=lambda: min(8, os.cpu_count() or 1))
-    allow_unassigned: bool = option(False, "drop documents without a cluster instead of stopping with an error",
-                                    group=DATA)
-    # resources
-    num_nodes: int = option(1, "nodes per expert job", group=RES)
-    num_gpus: int = option(1, "GPUs (tasks) per node; CPU workers without GPUs", group=RES)
-    device: Literal["auto", "cuda", "cpu"] = option(
-        "auto", "auto: $XLBTM_DEVICE, else cuda when GPUs are visible locally / offered by SLURM partitions",
-        group=RES)
-    dry_run: bool = option(False, "print the plan and the resources, submit nothing", group=RES)
-    no_wait: bool = option(False, "submit and return (slurm); default waits for the jobs", group=RES)
-    # optimization
-    max_steps: int = option(help="optimizer steps per expert (metaseq's --max-update)", group=OPT,
-                            aliases=("--max-update",))
-    step_allocation: Literal["equal", "proportional"] = option(
-        "equal", "how the K x --max-steps are shared", group=OPT, choices_help={
-            "equal": "every expert trains --max-steps",
-            "proportional": "the K x --max-steps total is shared by each cluster's training tokens (printed in "
-                            "the plan); the dense baseline is unchanged"})
-    site: Any = None                          # xlbtm.launch.site.SiteConfig; None = file + environment only
-    # not flags: set by add_experts
-    experts_dir: str | None = None            # run dirs go here instead of <serialization_dir>/<K>_clusters
-    init: dict | None = None                  # recorded in expert.json: how the seed was chosen
-
-    # what a command that trains experts into an existing ensemble (add_experts) decides itself
-    WHAT_TO_TRAIN: ClassVar[frozenset[str]] = frozenset({
-        "seed_model", "model_size", "tokenizer", "objective", "path_to_clusters_dir", "num_clusters",
-        "train_cluster", "data_name", "path_to_data", "parallel_data", "path_to_parallel_clusters_dir",
-        "serialization_dir", "run_name"})
-
-    @classmethod
-    def from_args(cls, args) -> "TrainExpertsRequest":
-        """From `xlbtm.scripts.train_experts`'s parsed flags (SLURM flags resolved into a SiteConfig)."""
-        return config_from_args(cls, args, site=site_from_args(args))
-
-
 @dataclass
 class TrainExpertsPlan:
     """A validated request with everything resolved: one `ExpertPlan` (TrainConfig) per cluster to train."""
@@ -264,15 +202,11 @@ def resolve_tokenizer(seed_model: str, tokenizer: str | None = None) -> str:
 
 def default_objective(seed_model: str, model_size: str | None = None) -> str:
     """mlm for XLM-R seeds (preset or HF config), clm otherwise."""
-    from xlbtm.models import PRESETS
-
     for name in (seed_model, model_size):
         if name in PRESETS:
             return "mlm" if PRESETS[name]["arch"] == "xlmr" else "clm"
     cfg = Path(seed_model) / "config.json"
     if cfg.is_file():
-        from xlbtm.io import read_json
-
         return "mlm" if "roberta" in str(read_json(cfg).get("model_type", "")) else "clm"
     return "clm"
 
@@ -325,8 +259,6 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
                              "expert k trains on cluster k of each")
         clusterer_fp = pair_fp
 
-    from xlbtm.tokenizer import load_tokenizer
-
     tok = load_tokenizer(resolve_tokenizer(req.seed_model, req.tokenizer))
     run_name = req.run_name or req.data_name or "run"
     bin_dir = Path(req.binarized_dir) if req.binarized_dir else \
@@ -335,8 +267,6 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     if req.site is not None:
         site = req.site
     else:
-        from xlbtm.launch.site import resolve_site
-
         site = resolve_site()
     spec = LaunchSpec(run=req.run, num_nodes=req.num_nodes, num_gpus=req.num_gpus, device=device)
 
@@ -353,7 +283,6 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
                           progress_bar=False, init=req.init,
                           pairs_dir=None if parallel_dir is None else str(pairs_dir_for(bin_dir).resolve()))
         experts.append(ExpertPlan(k, run_dir, cfg))
-    from xlbtm.io import refuse_overlap
 
     # what training writes (each expert's run dir, the binarized data) must not touch what it reads
     refuse_overlap({"--binarized-dir" if req.binarized_dir else "--serialization-dir (binarized data)": bin_dir,
@@ -375,8 +304,6 @@ def read_clusters_dir(path: str, K: int, data_name: str | None, flag: str, *, pa
                       ) -> tuple[Path, str]:
     """(the cluster files' dir, their clusterer's fingerprint), checked: K clusters, and made from translation
     pairs (`cluster --parallel-side`) exactly when `parallel`."""
-    from xlbtm.formats.clusters import read_manifest
-
     d = resolve_clusters_dir(path, K, data_name)
     man = read_manifest(d)
     if int(man["num_clusters"]) != K:
@@ -395,8 +322,6 @@ def resolve_objective_data(req: TrainExpertsRequest, objective: str) -> tuple[Pa
     """(monolingual corpus, parallel data) the objective trains on, each None when it reads none: clm / mlm
     read --path-to-data, tlm --parallel-data only, mlm+tlm both. A flag the objective would not read is an
     error, not silently ignored."""
-    from xlbtm.train.config import OBJECTIVES, uses_monolingual, uses_pairs
-
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if not 0.0 <= req.tlm_ratio <= 1.0:
@@ -430,13 +355,6 @@ def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, exper
     """What a job would otherwise find out only after queueing and binarizing: a run dir another trainer
     holds, a resume with another tokenizer, a seed that does not load or does not fit the objective or
     --tokens-per-sample. (`--dry-run` plans too, so it catches the same.)"""
-    from xlbtm.models import ModelArgs
-    from xlbtm.formats.seed import seed_args
-    from xlbtm.formats.checkpoints import latest_checkpoint
-    from xlbtm.train.config import check_model_fits
-    from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
-    from xlbtm.train.expert_dir import RunLock
-
     fresh = False
     for p in experts:
         if not p.run_dir.is_dir():
@@ -507,9 +425,6 @@ def apply_step_allocation(plan: "TrainExpertsPlan") -> list[str] | None:
 def cluster_training_tokens(plan: "TrainExpertsPlan") -> list[int] | None:
     """Training tokens per cluster, from the binarized manifests (None until binarized): the monolingual
     stream's, plus both sides of each cluster's pairs when the pairs are clustered."""
-    from xlbtm.formats.binarized import MANIFEST, read_binarized_manifest
-    from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST, pairs_dir_for, read_pairs_manifest
-
     r, K = plan.request, plan.request.num_clusters
     parts = []
     if plan.data_dir is not None:
@@ -529,8 +444,6 @@ def cluster_training_tokens(plan: "TrainExpertsPlan") -> list[int] | None:
 
 def describe_plan(plan: TrainExpertsPlan) -> list[str]:
     """The plan as printed by train_experts (and --dry-run): data, resources, launch, one line per expert."""
-    from xlbtm.formats.checkpoints import latest_checkpoint
-
     r, K = plan.request, plan.request.num_clusters
     lines = [
         f"plan: {len(plan.experts)} expert(s) of K={K} ({plan.objective}, seed {r.seed_model}), "

@@ -4,7 +4,11 @@ all-reduce), save a checkpoint, and exit. Inside a submitit job the job is then 
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
+
+from xlbtm.launch.executor import requeue_and_exit
 
 SIGNALS = ("SIGUSR1", "SIGTERM", "SIGUSR2")
 
@@ -16,8 +20,6 @@ class PreemptionHandler:
         self.previous: dict[int, object] = {}
 
     def install(self) -> "PreemptionHandler":
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             return self  # signals can only be handled on the main thread
         for name in SIGNALS:
@@ -51,12 +53,8 @@ class PreemptionHandler:
 
         Not after SIGTERM: that is SLURM preempting or `scontrol requeue`-ing the job, and SLURM requeues it
         by itself; SIGUSR2 (submitit's time-limit warning) and SIGUSR1 need us to ask."""
-        import os
-
         if self.signum == signal.SIGTERM:
             return
         if os.environ.get("SUBMITIT_EXECUTOR") in ("slurm", "local"):
-            from xlbtm.launch.executor import requeue_and_exit
-
             self.uninstall()
             requeue_and_exit(0)

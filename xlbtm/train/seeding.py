@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from xlbtm.formats.seed import load_seed
+from xlbtm.models import ModelArgs, build_model
 from xlbtm.train.config import TrainConfig
 
 
 def _seed_model(cfg: TrainConfig, tok):
     """The seed as a full model on CPU, identical on every rank (seeded), plus its ModelArgs."""
-    from xlbtm.formats.seed import load_seed
-    from xlbtm.models import build_model
-
     torch.manual_seed(cfg.seed)  # preset seeds: the same random init on every rank
     # presets take the tokenizer's vocabulary; checkpoints must cover it
     model, args, _ = load_seed(cfg.seed_model, model_size=cfg.model_size, vocab_size=tok.vocab_size)
     if cfg.dropout is not None and cfg.dropout != args.dropout:
         # the models read their dropout rates from ModelArgs at build time: rebuild with the override
-        import dataclasses
 
         args = dataclasses.replace(args, dropout=cfg.dropout, attention_dropout=cfg.dropout,
                                    activation_dropout=cfg.dropout)
@@ -29,8 +29,6 @@ def _seed_model(cfg: TrainConfig, tok):
 
 def materialize(args, device):
     """A model built on the meta device, then allocated directly on `device` (no host copy)."""
-    from xlbtm.models import build_model
-
     with torch.device("meta"):
         model = build_model(args)
     model.to_empty(device=device)
@@ -44,8 +42,6 @@ def model_on_rank(cfg: TrainConfig, tok, device, world: int, is_main: bool):
     Only rank 0 reads the seed (host memory: one copy per node, not one per GPU); the other ranks allocate
     on the device and receive the weights from rank 0 once the model is parallelized ({} on them)."""
     import torch.distributed as dist
-
-    from xlbtm.models import ModelArgs
 
     if world == 1:
         model, args = _seed_model(cfg, tok)

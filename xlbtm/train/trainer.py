@@ -17,11 +17,37 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from xlbtm.cli import get_logger
-from xlbtm.errors import InputError
+from xlbtm.data.dataset import (
+    CLMDataset,
+    MLMDataset,
+    MLMTLMDataset,
+    PairStream,
+    Sampler,
+    TLMDataset,
+    TokenStream,
+    collate,
+    rank_indices,
+)
+from xlbtm.data.prefetch import Prefetcher
+from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.binarized import bin_path, idx_path, read_binarized_manifest
+from xlbtm.formats.checkpoints import latest_checkpoint
+from xlbtm.formats.expert import ExpertInfo, read_expert_info, write_expert_info
+from xlbtm.formats.pairs import read_pairs_manifest
+from xlbtm.models import ModelArgs, flops_per_token
+from xlbtm.models.dropout import sample_seeds
+from xlbtm.parallel.checkpoint import AsyncCheckpointer, load_newest_readable, save_checkpoint
+from xlbtm.parallel.mesh import ParallelDims, build_mesh
+from xlbtm.parallel.parallelize import parallelize
 from xlbtm.runtime import resolve_precision
-from xlbtm.train.config import TrainConfig
+from xlbtm.tokenizer import load_tokenizer
+from xlbtm.train.config import TrainConfig, check_model_fits, model_kind, uses_monolingual, uses_pairs
+from xlbtm.train.metrics import MetricLogger, mfu, peak_flops
+from xlbtm.train.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
+from xlbtm.train.seeding import materialize, model_on_rank
 
 log = get_logger("train")
 
@@ -58,13 +84,9 @@ class Trainer:
     """One expert's training run as seen by this rank (every rank of the process group makes one)."""
 
     def __init__(self, cfg: TrainConfig, rank: int, world: int, device: torch.device):
-        from xlbtm.parallel.mesh import ParallelDims, build_mesh
-
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.dims = ParallelDims.from_world(world, cfg.tensor_parallel_size)
         if cfg.tokens_per_sample % self.dims.tp:
-            from xlbtm.errors import UsageError
-
             raise UsageError(f"--tokens-per-sample {cfg.tokens_per_sample} must be divisible by "
                              f"--tensor-parallel-size {self.dims.tp} (sequence parallelism splits samples evenly)")
         self.mesh = build_mesh(self.dims, device.type)
@@ -98,12 +120,6 @@ class Trainer:
         clm / mlm read the cluster's monolingual stream; tlm the binarized pairs (`cfg.pairs_dir`: the
         cluster's own when the pairs were clustered, else all of them); mlm+tlm both, validating on the MLM
         share only (so its valid loss compares with an mlm expert's)."""
-        from xlbtm.formats.binarized import bin_path, idx_path, read_binarized_manifest
-        from xlbtm.data.dataset import CLMDataset, MLMDataset, MLMTLMDataset, PairStream, Sampler, TLMDataset, \
-            TokenStream
-        from xlbtm.tokenizer import load_tokenizer
-        from xlbtm.train.config import uses_monolingual, uses_pairs
-
         cfg = self.cfg
         manifests = []  # (manifest, where): every binarized input must be made with this run's tokenizer
         if uses_monolingual(cfg.objective):
@@ -112,8 +128,6 @@ class Trainer:
             manifests.append((bman, cfg.data_dir))
         pman = None
         if uses_pairs(cfg.objective):
-            from xlbtm.formats.pairs import read_pairs_manifest
-
             if not cfg.pairs_dir:
                 raise InputError(f"--objective {cfg.objective} needs binarized parallel data (pairs_dir)",
                                  cfg.run_dir)
@@ -171,8 +185,6 @@ class Trainer:
 
     def train_tokens(self) -> int:
         """Tokens of the training data (recorded in expert.json; a resume on changed data warns)."""
-        from xlbtm.data.dataset import MLMTLMDataset, TLMDataset
-
         ds = self.train_ds
         parts = [ds.mlm, ds.tlm] if isinstance(ds, MLMTLMDataset) else [ds]
         return sum(len(p.pairs.src) + len(p.pairs.tgt) if isinstance(p, TLMDataset) else len(p.stream)
@@ -182,13 +194,6 @@ class Trainer:
     def build_model(self) -> None:
         """The model on this rank's device, parallelized; the seed's weights (or, on resume, the shape the
         run started with: the checkpoint overwrites the weights). Writes expert.json on a fresh start."""
-        from xlbtm.formats.checkpoints import latest_checkpoint
-        from xlbtm.formats.expert import ExpertInfo, read_expert_info, write_expert_info
-        from xlbtm.models import ModelArgs
-        from xlbtm.parallel.parallelize import parallelize
-        from xlbtm.train.config import check_model_fits
-        from xlbtm.train.seeding import materialize, model_on_rank
-
         cfg, tok, device = self.cfg, self.tok, self.device
         started = read_expert_info(self.run_dir) if latest_checkpoint(self.run_dir) is not None else None
         if started is not None:
@@ -211,8 +216,6 @@ class Trainer:
             raise InputError(f"model vocabulary ({args.vocab_size}) is smaller than the tokenizer's "
                              f"({tok.vocab_size})", cfg.seed_model)
         if self.is_main and started is None:
-            from xlbtm.train.config import model_kind
-
             # `objective` is what the expert is (scored as): a TLM-trained one is a masked LM; how it was
             # trained is data.config.objective
             write_expert_info(self.run_dir, ExpertInfo(
@@ -240,8 +243,6 @@ class Trainer:
         self.model, self.args = model, args
 
     def build_optimizer(self) -> None:
-        from xlbtm.train.optim import build_optimizer
-
         self.optimizer = build_optimizer(self.model, self.cfg, self.device.type)
 
     # ------------------------------------------------------------------------------------------ state
@@ -254,9 +255,6 @@ class Trainer:
 
     def resume(self) -> None:
         """Collective: continue from the newest readable checkpoint, if the run has one."""
-        from xlbtm.formats.checkpoints import latest_checkpoint
-        from xlbtm.parallel.checkpoint import load_newest_readable
-
         if latest_checkpoint(self.run_dir) is None:
             if self.is_main:
                 log.info(f"branched from seed {self.cfg.seed_model} (fresh optimizer and schedule)")
@@ -269,8 +267,6 @@ class Trainer:
     def save(self) -> None:
         """Collective: checkpoint the current step (model, optimizer, state_dict()); in the background
         unless --sync-checkpoints (then `finish_saves` publishes it)."""
-        from xlbtm.parallel.checkpoint import AsyncCheckpointer, save_checkpoint
-
         if self.cfg.sync_checkpoints:
             save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.state_dict(),
                             keep=self.cfg.keep_checkpoints)
@@ -287,8 +283,6 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- step
     def step_batches(self, position: int) -> list:
         """This rank's micro-batches of the step whose first global sample is `position` (CPU tensors)."""
-        from xlbtm.data.dataset import collate, rank_indices
-
         return [collate(self.train_ds, self.sampler,
                         rank_indices(position, m, self.dp_rank, self.dims.dp, self.cfg.batch_size))
                 for m in range(self.cfg.update_freq)]
@@ -297,10 +291,6 @@ class Trainer:
         """One optimizer step on this rank's micro-batches; returns the gradient norm (before clipping) as a
         device tensor. Nothing here waits for the device."""
         import torch.distributed as dist
-
-        from xlbtm.data.dataset import rank_indices
-        from xlbtm.models.dropout import sample_seeds
-        from xlbtm.train.optim import clip_grad_norm, lr_at, set_lr
 
         cfg, device = self.cfg, self.device
         torch.manual_seed(step_seed(cfg.seed, self.step, self.dp_rank))
@@ -347,8 +337,6 @@ class Trainer:
         """Collective: mean token loss (nats) on the valid split (at most max_valid_samples samples)."""
         import torch.distributed as dist
 
-        from xlbtm.data.dataset import Sampler, collate, rank_indices
-
         cfg, valid_ds = self.cfg, self.valid_ds
         if valid_ds is None or len(valid_ds) == 0:
             return None
@@ -374,11 +362,6 @@ class Trainer:
         """Train to max_steps: log, validate and checkpoint at their intervals, stop (saved) on preemption."""
         import torch.distributed as dist
 
-        from xlbtm.data.prefetch import Prefetcher
-        from xlbtm.models import flops_per_token
-        from xlbtm.train.metrics import MetricLogger, mfu, peak_flops
-        from xlbtm.train.optim import lr_at
-
         cfg, dims = self.cfg, self.dims
         fpt = flops_per_token(self.args, cfg.tokens_per_sample)
         peak = peak_flops(self.device)
@@ -386,8 +369,6 @@ class Trainer:
         bar = None
         show_bar = cfg.progress_bar if cfg.progress_bar is not None else sys.stdout.isatty()
         if self.is_main and show_bar:
-            from tqdm import tqdm
-
             bar = tqdm(total=cfg.max_steps, initial=self.step, unit="step", dynamic_ncols=True)
         echo = bar is None
         saved_step = self.step if self.resumed_from is not None else -1
