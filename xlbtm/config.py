@@ -132,6 +132,13 @@ def config_from_args(cls: type, args: argparse.Namespace, **extra):
     return cls(**config_values(cls, args), **extra)
 
 
+def render_flags(cls: type, values: dict) -> dict[str, Any]:
+    """{flag: value} for field values of `cls` given by field name: the command-line spelling of settings a
+    pipeline builds in code (for logs and for a reader comparing with the command's --help)."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    return {flag_name(fields[name]): value for name, value in values.items()}
+
+
 def render_command(stage: str, config: Any, *positional: Any) -> str:
     """The command line a user would type to get `config`: only the flags whose value differs from the
     default, booleans as bare flags, in field order. For logs: nothing parses it back."""

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from xlbtm.cli import current_stage, get_logger, setup_logging
-from xlbtm.config import option, render_command
+from xlbtm.config import option, render_command, render_flags
 from xlbtm.cluster.assign import assign_corpus
 from xlbtm.corpus import Corpus
 from xlbtm.demo_corpus import write_demo_corpus
@@ -213,17 +213,25 @@ def evaluate(cfg: EvalConfig) -> dict:
     return run_stage("eval_ensemble", render_command("eval_ensemble", cfg), call)
 
 
-def _train_request(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int, **what) -> TrainExpertsRequest:
-    """A training request with the settings every run of the pipeline shares (the seed's too: it trains with
-    cfg.objective), and `what` it trains (seed, K, dirs...)."""
+def _train_settings(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int) -> dict:
+    """The training settings every run of the pipeline shares (the seed's too: it trains with cfg.objective),
+    by TrainExpertsRequest field."""
     interval = max(steps // 2, 1)
-    shared = dict(path_to_data=str(prep_data), tokenizer=str(tok), run=cfg.run, num_gpus=1,
-                  tokens_per_sample=cfg.tokens_per_sample, batch_size=cfg.batch_size,
-                  learning_rate=cfg.learning_rate, seed=cfg.seed + 1, max_steps=steps,
-                  warmup_updates=int(cfg.warmup_fraction * steps), objective=cfg.objective,
-                  save_interval_updates=interval, validate_interval_updates=interval,
-                  max_valid_samples=256)  # a progress signal, not the evaluation
-    return TrainExpertsRequest(**{**shared, **what})
+    return dict(path_to_data=str(prep_data), tokenizer=str(tok), run=cfg.run, num_gpus=1,
+                tokens_per_sample=cfg.tokens_per_sample, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                seed=cfg.seed + 1, max_steps=steps, warmup_updates=int(cfg.warmup_fraction * steps),
+                objective=cfg.objective, save_interval_updates=interval, validate_interval_updates=interval,
+                max_valid_samples=256)  # a progress signal, not the evaluation
+
+
+def _train_flags(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int) -> dict:
+    """The same settings as train_experts flags (`--objective`: ...), as the logged command lines show them."""
+    return render_flags(TrainExpertsRequest, _train_settings(cfg, prep_data, tok, steps))
+
+
+def _train_request(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int, **what) -> TrainExpertsRequest:
+    """A training request: the shared settings, and `what` it trains (seed, K, dirs...)."""
+    return TrainExpertsRequest(**{**_train_settings(cfg, prep_data, tok, steps), **what})
 
 
 def _languages(data: Path, split: str = "train") -> list[str]:
