@@ -31,11 +31,10 @@ import torch
 
 from xlbtm.cli import get_logger
 from xlbtm.cluster.artifact import load_clusterer
-from xlbtm.cluster.extend import lineage
 from xlbtm.corpus import Corpus
 from xlbtm.ensemble import mixing, routing
 from xlbtm.ensemble.config import EvalConfig
-from xlbtm.ensemble.experts import find_experts, load_expert_tokenizer, match_experts, read_expert
+from xlbtm.ensemble.experts import read_expert, resolve_ensemble
 from xlbtm.ensemble.merge import average_states
 from xlbtm.ensemble.mixing import perplexity
 from xlbtm.ensemble.report import load_result, write_outputs
@@ -51,21 +50,8 @@ log = get_logger("ensemble")
 def resolve(cfg: EvalConfig):
     """(experts ordered by cluster, the excluded ones left out; clusterer or None; tokenizer)."""
     clusterer = _load_clusterer(cfg.path_to_clusterer) if cfg.path_to_clusterer else None
-    experts = find_experts(cfg.experts_dir) if cfg.experts_dir else [read_expert(p) for p in cfg.model_paths]
-    dense = cfg.ensemble_type == "dense"
-    by_clusterer = not dense and clusterer is not None
-
-    experts = match_experts(experts, num_clusters=clusterer.num_clusters if by_clusterer else None,
-                            clusterer_fingerprint=clusterer.fingerprint if by_clusterer else None, dense=dense,
-                            lineage=lineage(clusterer) if by_clusterer else None, exclude=cfg.exclude_experts)
-    if cfg.ensemble_type == "clustering" and getattr(clusterer, "centroids", None) is None:
-        raise UsageError(f"--ensemble-type clustering routes by distance to centroids, but {cfg.path_to_clusterer} "
-                         f"is a {getattr(clusterer, 'kind', '?')} clusterer without them (typological: use "
-                         "--ensemble-type lang)")
-    if cfg.ensemble_type == "lang" and getattr(clusterer, "kind", None) != "typological":
-        raise UsageError(f"--ensemble-type lang routes by language and needs a typological clusterer; "
-                         f"{cfg.path_to_clusterer} is of kind {getattr(clusterer, 'kind', '?')!r}")
-    return experts, clusterer, load_expert_tokenizer(experts[0])
+    return resolve_ensemble(cfg.ensemble_type, experts_dir=cfg.experts_dir, model_paths=cfg.model_paths,
+                            clusterer=clusterer, clusterer_path=cfg.path_to_clusterer, exclude=cfg.exclude_experts)
 
 
 def _load_clusterer(path):

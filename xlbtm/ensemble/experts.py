@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Collection
 
 from xlbtm.cli import get_logger
+from xlbtm.cluster.extend import lineage
 from xlbtm.ensemble.consolidate import clean_keys
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.checkpoints import LATEST, checkpoint_root, latest_checkpoint
@@ -221,3 +222,25 @@ def load_expert_tokenizer(expert: Expert):
         raise InputError(f"tokenizer at {tok_path} changed since the experts were trained (fingerprint "
                          f"{tokenizer.fingerprint[:12]} != {str(want)[:12]} in expert.json)", ej)
     return tokenizer
+
+
+def resolve_ensemble(ensemble_type: str, *, experts_dir: str | None = None, model_paths: Collection[str] = (),
+                     clusterer=None, clusterer_path: str | None = None, exclude: Collection[int] = ()):
+    """The experts an ensemble of `ensemble_type` mixes, from `experts_dir` or `model_paths`, matched to the
+    (loaded) `clusterer` when it routes them: (experts ordered by cluster, the excluded ones left out;
+    clusterer or None; tokenizer). eval_ensemble, generation and the lm-eval model all resolve through here.
+    `clusterer_path` only names the clusterer in errors."""
+    experts = find_experts(experts_dir) if experts_dir else [read_expert(p) for p in model_paths]
+    dense = ensemble_type == "dense"
+    by_clusterer = not dense and clusterer is not None
+    experts = match_experts(experts, num_clusters=clusterer.num_clusters if by_clusterer else None,
+                            clusterer_fingerprint=clusterer.fingerprint if by_clusterer else None, dense=dense,
+                            lineage=lineage(clusterer) if by_clusterer else None, exclude=exclude)
+    if ensemble_type == "clustering" and getattr(clusterer, "centroids", None) is None:
+        raise UsageError(f"--ensemble-type clustering routes by distance to centroids, but {clusterer_path} "
+                         f"is a {getattr(clusterer, 'kind', '?')} clusterer without them (typological: use "
+                         "--ensemble-type lang)")
+    if ensemble_type == "lang" and getattr(clusterer, "kind", None) != "typological":
+        raise UsageError(f"--ensemble-type lang routes by language and needs a typological clusterer; "
+                         f"{clusterer_path} is of kind {getattr(clusterer, 'kind', '?')!r}")
+    return experts, clusterer, load_expert_tokenizer(experts[0])

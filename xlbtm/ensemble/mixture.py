@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from xlbtm.cli import get_logger
+from xlbtm.cluster.artifact import load_clusterer
 from xlbtm.ensemble import mixing, routing
-from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, DEFAULT_TOPK, EvalConfig
-from xlbtm.ensemble.evaluate import resolve
-from xlbtm.ensemble.experts import load_model
+from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, DEFAULT_TOPK
+from xlbtm.ensemble.experts import find_experts, load_model, resolve_ensemble
 from xlbtm.ensemble.generate import generate
 from xlbtm.ensemble.merge import average_states
 from xlbtm.ensemble.routing import router_from_clusterer
@@ -108,28 +108,28 @@ class MixtureLM:
             raise UsageError(f"topk takes -1 (every expert) or a count >= 1, got {topk}")
         if batch_size <= 0:
             raise UsageError(f"batch_size must be positive, got {batch_size}")
+        if context_window is not None and context_window <= 0:
+            raise UsageError(f"context_window must be positive, got {context_window}")
         weights_dtype = resolve_dtype(dtype)
-        # eval_ensemble's own resolution (experts matched to clusters, clusterer and tokenizer checks); no data set
-        cfg = EvalConfig(data_dir="", data_subset="", job_dir="", ensemble_type=ensemble_type,
-                         path_to_clusterer=clusterer if ensemble_type == "clustering" else None,
-                         experts_dir=experts_dir, model_paths=list(model_paths or []), context_window=context_window)
-        try:
-            experts, clus, tokenizer = resolve(cfg)
-        except UsageError as e:
-            if defaulted and ensemble_type == "dense" and "evaluates one model" in str(e):
-                raise UsageError(f"several experts but no clusterer to route them: give clusterer= "
-                                 f"(--path-to-clusterer), or ensemble_type=uniform ({e})") from None
-            raise
-        if ensemble_type == "clustering" and len(experts) > 1 and clus is None:
+        if ensemble_type == "clustering" and not clusterer:
             raise UsageError("ensemble_type clustering routes by the clusterer: give clusterer= "
                              "(--path-to-clusterer), or ensemble_type uniform")
+        if defaulted and ensemble_type == "dense":  # one model: more than one is a forgotten clusterer
+            n = len(model_paths) if model_paths else len(find_experts(experts_dir))
+            if n > 1:
+                raise UsageError(f"several experts but no clusterer to route them: give clusterer= "
+                                 f"(--path-to-clusterer), or ensemble_type=uniform ({n} models found)")
+        # eval_ensemble's own resolution (experts matched to clusters, clusterer and tokenizer checks)
+        experts, clus, tokenizer = resolve_ensemble(
+            ensemble_type, experts_dir=experts_dir, model_paths=list(model_paths or []), clusterer_path=clusterer,
+            clusterer=load_clusterer(clusterer) if clusterer and ensemble_type == "clustering" else None)
         objective = experts[0].objective
         if objective != "clm":
             raise UsageError(f"{experts[0].run_dir} is a masked LM (objective {objective}); {purpose} needs causal "
                              "(clm) experts: a masked LM has no left-to-right probabilities to score or "
                              "generate with")
         device = resolve_device(device)
-        window, _ = scoring_window(experts, cfg.context_window)
+        window, _ = scoring_window(experts, context_window)
         if ensemble_type == "average":
             model, args = load_model(experts[0], average_states(experts))
             models = [model]
