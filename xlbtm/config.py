@@ -23,17 +23,20 @@ def option(default: Any = MISSING, help: str = "", *, group: str | None = None, 
            flag: str | None = None, type: Callable[[str], Any] | None = None, nargs: str | None = None,
            metavar: str | None = None, choices_help: dict[str, str] | None = None, exclusive: str | None = None,
            default_factory: Callable[[], Any] | Any = MISSING, parse: Callable[[Any], Any] | None = None,
-           render: Callable[[Any], list[str]] | None = None):
+           render: Callable[[Any], list[str]] | None = None, exclusive_required: bool = True,
+           action: Literal["append"] | None = None):
     """A dataclass field that is also a command-line flag.
 
     `flag`: the flag's name when it is not `--<field-name>` (e.g. `--temperature` for `temperatures`);
     `aliases`: other names accepted (the c-BTM / metaseq spellings); `group`: the --help section; `type`,
     `nargs`, `metavar`: argparse's; `parse`: applied to the parsed value (e.g. flattening repeated comma
     lists); `render`: the value as command-line words (default: str of it); `exclusive`: fields sharing this
-    name form a required mutually exclusive group; `choices_help`: one explanation per Literal choice."""
+    name form a mutually exclusive group, one of which must be given unless `exclusive_required` is False;
+    `action="append"`: a repeatable flag collecting a list; `choices_help`: one explanation per Literal
+    choice."""
     meta = {"help": help, "group": group, "flags": aliases, "flag": flag, "type": type, "nargs": nargs,
             "metavar": metavar, "choices_help": choices_help, "exclusive": exclusive, "parse": parse,
-            "render": render}
+            "render": render, "exclusive_required": exclusive_required, "action": action}
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -92,7 +95,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, groups: dict | N
                                                                     parser.add_argument_group(meta["group"]))
         if meta.get("exclusive"):
             if meta["exclusive"] not in exclusive:
-                exclusive[meta["exclusive"]] = target.add_mutually_exclusive_group(required=True)
+                exclusive[meta["exclusive"]] = target.add_mutually_exclusive_group(
+                    required=meta.get("exclusive_required", True))
             target = exclusive[meta["exclusive"]]
         names = [flag_name(f), *meta["flags"]]
         choices = literal_choices(hints[f.name])
@@ -108,7 +112,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, groups: dict | N
         kw.update(default=default, type=meta.get("type") or (hint if hint in (int, float, str) else str))
         if choices:
             kw["choices"] = list(choices)
-        for k in ("nargs", "metavar"):
+        for k in ("nargs", "metavar", "action"):
             if meta.get(k):
                 kw[k] = meta[k]
         target.add_argument(*names, **kw)
@@ -151,6 +155,9 @@ def render_command(stage: str, config: Any, *positional: Any) -> str:
             continue
         if value is True:
             parts.append(flag_name(f))
+        elif f.metadata.get("action") == "append":
+            for v in value:
+                parts += [flag_name(f), str(v)]
         elif value is not False:
             render = f.metadata.get("render")
             words = render(value) if render else [",".join(map(str, value))] if isinstance(value, (list, tuple)) \

@@ -11,6 +11,7 @@ from typing import Literal
 from xlbtm.config import option
 from xlbtm.errors import UsageError
 from xlbtm.launch.site import SiteConfig
+from xlbtm.runtime import dtype_arg
 
 # routing temperature T of softmax(-dist / T): the one default of every command that routes by the clusterer
 DEFAULT_TEMPERATURE = 0.1
@@ -164,3 +165,74 @@ class EvalConfig:
                 raise UsageError("--retrieval-batch-size must be >= 2 (a pool of one candidate is always right)")
             if self.retrieval_max_pairs is not None and self.retrieval_max_pairs <= 0:
                 raise UsageError("--retrieval-max-pairs must be positive")
+
+
+LMType = Literal["clustering", "uniform", "dense", "average"]  # what scoring and generation can mix
+LM_TYPE_HELP = {k: ENSEMBLE_TYPE_HELP[k] for k in typing.get_args(LMType)}
+
+
+@dataclass(kw_only=True)
+class GenerateConfig:
+    """`generate`'s settings: each field is its flag; the script's parser is generated from this class."""
+
+    experts_dir: str | None = option(None, "directory holding the expert run dirs", exclusive="experts")
+    model_paths: list[str] = option(
+        help="comma-separated expert run dirs or consolidated.pt files (one for a single model)",
+        default_factory=list, type=_paths, exclusive="experts", render=lambda v: [",".join(v)])
+    path_to_clusterer: str | None = option(None, "clusterer artifact dir (routes the experts)")
+    ensemble_type: LMType | None = option(
+        None, "how the experts are mixed (default: clustering with --path-to-clusterer, dense for one model)",
+        choices_help=LM_TYPE_HELP)
+    prompt: str | None = option(None, "the prompt text", exclusive="prompts", exclusive_required=False)
+    input: str | None = option(None, 'jsonl file of prompts ({"prompt": ...} per line)', exclusive="prompts",
+                               exclusive_required=False)
+    output: str | None = option(None, "write the generations as jsonl here (default: print only)")
+    max_new_tokens: int = option(64, "tokens to generate at most")
+    stop: list[str] = option(help="stop sequence (repeatable); the text is cut before it", default_factory=list,
+                             action="append")
+    temperature: float = option(DEFAULT_TEMPERATURE, "routing temperature")
+    topk: int = option(DEFAULT_TOPK, "experts run per token (-1: all)")
+    sample: bool = option(False, "sample from the mixture instead of greedy decoding")
+    sampling_temperature: float = option(1.0, "with --sample: softmax temperature")
+    seed: int = option(0, "with --sample: random seed")
+    batch_size: int = option(8, "prompts generated together")
+    device: str | None = option(
+        None, "cpu | cuda | cuda:<n> (default: $XLBTM_DEVICE, else cuda when available, else cpu)")
+    dtype: str = option("float32", "the experts' weights: float32 | bfloat16 | float16 (or fp32 | bf16 | fp16; "
+                                   "bfloat16 halves GPU memory)", type=dtype_arg)
+
+    def __post_init__(self):
+        if self.prompt is None and self.input is None:
+            raise UsageError("give --prompt TEXT or --input prompts.jsonl")
+        if self.batch_size <= 0:
+            raise UsageError("--batch-size must be positive")
+
+
+@dataclass(kw_only=True)
+class MergeConfig:
+    """`merge_experts`' settings: each field is its flag; the script's parser is generated from this class."""
+
+    experts_dir: str = option(help="directory holding the expert run dirs (expert.json)")
+    experts: list[int] | None = option(
+        None, "cluster ids of the experts to merge, e.g. 0,2; unset: every expert found", type=_cluster_ids,
+        metavar="IDS", render=lambda v: [",".join(map(str, v))])
+    weights: str = option("uniform", "uniform | posterior | comma-separated weights, one per selected expert in "
+                                     "cluster order, non-negative and summing to 1")
+    data_dir: str | None = option(None, "corpus root whose held-out documents give --weights posterior",
+                                  aliases=("--path-to-data",))
+    data_subset: str = option("valid", "split for --weights posterior: valid or valid/<subset>")
+    max_docs: int | None = option(None, "--weights posterior: use at most this many documents of the split")
+    job_dir: str | None = option(
+        None, "--weights posterior: cache the tokenized documents and per-expert scores here (an eval_ensemble job "
+              "dir of the same split is reused); default: a temporary dir")
+    batch_tokens: int = option(8192, "padded tokens per forward pass (posterior)")
+    device: str | None = option(
+        None, "scoring device: cpu | cuda | cuda:<n> (default: $XLBTM_DEVICE, else cuda when available, else cpu)")
+    output_dir: str = option(help="where the merged model goes: consolidated.pt, hf/, expert.json (replaced whole)")
+
+    def __post_init__(self):
+        self.data_subset = self.data_subset.strip("/")
+        if self.batch_tokens <= 0:
+            raise UsageError("--batch-tokens must be positive")
+        if self.data_dir is not None and self.weights.strip() != "posterior":
+            raise UsageError("--data-dir is only read by --weights posterior")

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from xlbtm.cli import get_logger
-from xlbtm.ensemble.experts import load_expert_tokenizer, load_state
+from xlbtm.ensemble.config import MergeConfig
+from xlbtm.ensemble.experts import find_experts, load_expert_tokenizer, load_state
 from xlbtm.ensemble.mixing import doc_sums
 from xlbtm.ensemble.scoring import prepare_docs, read_scores, score_expert, scoring_window
 from xlbtm.errors import InputError, UsageError
@@ -264,3 +265,21 @@ def merge_experts(experts: list, weights: list[float], output_dir: str | os.Path
         write_expert_info(tmp, info)
     log.info(f"merged {len(experts)} experts ({method} weights) -> {out}")
     return {"consolidated": consolidated_path(out), "hf": hf_dir(out), "expert": out / EXPERT_JSON}
+
+
+def run_merge(cfg: MergeConfig) -> tuple[list, list[float], str, dict]:
+    """`merge_experts` end to end: select and check the experts, check every input and the output before any
+    scoring, resolve the weights, write the merged model. Returns (experts, weights, method, written paths)."""
+    experts = select_experts(find_experts(cfg.experts_dir), cfg.experts)
+    check_mergeable(experts)
+    parse_weights(cfg.weights, len(experts))  # a bad --weights fails before any scoring
+    # not inside --experts-dir either: the next find_experts there would take the merge for an expert
+    check_output_dir(cfg.output_dir, experts, {"--experts-dir": cfg.experts_dir, "--data-dir": cfg.data_dir,
+                                               "--job-dir": cfg.job_dir})
+    if cfg.job_dir is not None:
+        refuse_overlap({"--job-dir": cfg.job_dir},
+                       {"--data-dir": cfg.data_dir, **{f"expert {e.run_dir}": e.run_dir for e in experts}})
+    weights, method = resolve_weights(cfg.weights, experts, data_dir=cfg.data_dir, subset=cfg.data_subset,
+                                      max_docs=cfg.max_docs, job_dir=cfg.job_dir, device=cfg.device,
+                                      batch_tokens=cfg.batch_tokens)
+    return experts, weights, method, merge_experts(experts, weights, cfg.output_dir, method=method)
