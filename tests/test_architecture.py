@@ -234,7 +234,7 @@ LAZY_FILES = {"xlbtm/scripts/": "commands"}
 # (ensemble, train, study, formats, grow and quickstart are moved over; these files are what is left.)
 CEILINGS: dict[str, int] = {
     "xlbtm/cli.py": 1, "xlbtm/cluster/artifact.py": 8, "xlbtm/cluster/assign.py": 16, "xlbtm/cluster/extend.py": 7,
-    "xlbtm/cluster/featurize.py": 5, "xlbtm/cluster/kmeans.py": 1, "xlbtm/cluster/train.py": 16,
+    "xlbtm/cluster/featurize.py": 5, "xlbtm/cluster/kmeans.py": 1, "xlbtm/cluster/train.py": 14,
     "xlbtm/corpus/index.py": 1, "xlbtm/data/binarize.py": 14, "xlbtm/data/dataset.py": 3, "xlbtm/demo_corpus.py": 2,
     "xlbtm/io.py": 2, "xlbtm/models/__init__.py": 2, "xlbtm/models/load.py": 2, "xlbtm/models/presets.py": 1,
     "xlbtm/models/safe_load.py": 1, "xlbtm/parallel/checkpoint.py": 1, "xlbtm/parallel/parallelize.py": 2,

@@ -146,19 +146,17 @@ def run_script(stage: str, main: Callable[[Sequence[str] | None], int | None]) -
     sys.exit(main_wrapper(stage, main))
 
 
+SKIP_BAD_LINES_HELP = ("skip malformed lines (bad JSON, missing/non-string 'text', invalid UTF-8) and report how many "
+                       "were skipped, instead of stopping at the first one with exit status 2")
+PARALLEL_SIDE_HELP = ("the corpus is parallel data ({\"src\", \"tgt\", \"src_lang\", \"tgt_lang\"} lines): cluster each "
+                      "pair by the text of this side (both: src and tgt together) and, for typological clusterers, by "
+                      "tgt_lang (src_lang with src). tgt puts a pair with the expert of the language it translates into")
+
+
 def add_skip_bad_lines_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--skip-bad-lines", action="store_true",
-        help="skip malformed lines (bad JSON, missing/non-string 'text', invalid UTF-8) and report how many "
-             "were skipped, instead of stopping at the first one with exit status 2",
-    )
+    parser.add_argument("--skip-bad-lines", action="store_true", help=SKIP_BAD_LINES_HELP)
 
 
 def add_parallel_side_arg(parser: argparse.ArgumentParser) -> None:
-    """`--parallel-side`, shared by train_clusterer and cluster: read the corpus as translation pairs."""
-    parser.add_argument(
-        "--parallel-side", choices=["src", "tgt", "both"], default=None,
-        help="the corpus is parallel data ({\"src\", \"tgt\", \"src_lang\", \"tgt_lang\"} lines): cluster each pair "
-             "by the text of this side (both: src and tgt together) and, for typological clusterers, by tgt_lang "
-             "(src_lang with src). tgt puts a pair with the expert of the language it translates into",
-    )
+    """`--parallel-side`: read the corpus as translation pairs."""
+    parser.add_argument("--parallel-side", choices=["src", "tgt", "both"], default=None, help=PARALLEL_SIDE_HELP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections import Counter
@@ -12,7 +13,10 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from xlbtm.cli import get_logger
+from xlbtm.cluster.artifact import describe, load_clusterer
+from xlbtm.cluster.config import ClustererConfig
 from xlbtm.errors import InputError, UsageError
+from xlbtm.io import write_json
 
 log = get_logger("cluster")
 
@@ -95,7 +99,6 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
     from xlbtm.io import refuse_overlap
 
     refuse_overlap({"--output-dir": output_dir}, {"--data-dir": data_dir, "--tokenizer": tokenizer})
-    from xlbtm.cluster.artifact import load_clusterer
     from xlbtm.formats.clusterer import save_clusterer
     from xlbtm.cluster.featurize import SVD_DIM, SubwordFeaturizer, WordFeaturizer
     from xlbtm.cluster.kmeans import fit_kmeans
@@ -199,7 +202,6 @@ def _count_batch(batch, tokenizer, counts) -> None:
 def train_typological_clusterer(langs: Sequence[str], num_clusters: int, output_dir, *, mode: str = "balanced",
                                 data_dir=None, tokenizer=None, skip_bad_lines: bool = False,
                                 parallel_side: str | None = None):
-    from xlbtm.cluster.artifact import load_clusterer
     from xlbtm.formats.clusterer import save_clusterer
     from xlbtm.cluster import typology
     from xlbtm.io import refuse_overlap
@@ -285,3 +287,47 @@ def format_eval(ev: dict) -> str:
         if "top_terms" in ev:
             lines.append(f"    top terms: {' '.join(ev['top_terms'][j])}")
     return "\n".join(lines)
+
+
+def run_train_clusterer(cfg: ClustererConfig) -> None:
+    """`train_clusterer` end to end: fit a TF-IDF or typological clusterer into cfg.output_dir (and evaluate
+    it with cfg.eval), or evaluate an existing one (cfg.eval alone)."""
+    if cfg.eval and cfg.num_clusters is None and not cfg.typological:
+        _evaluate_into(load_clusterer(cfg.output_dir), cfg)  # evaluate an existing clusterer
+        return
+    if cfg.num_clusters is None:
+        raise UsageError("--num-clusters is required")
+    if cfg.typological:
+        if not cfg.langs:
+            raise UsageError("--typological needs --langs (comma-separated ISO 639-1 codes, e.g. en,fr,de)")
+        if cfg.balanced:
+            log.info("--balanced is implied by --typology-mode balanced and ignored with --typological")
+        c = train_typological_clusterer(cfg.langs.split(","), cfg.num_clusters, cfg.output_dir,
+                                        mode=cfg.typology_mode, data_dir=cfg.data_dir, tokenizer=cfg.tokenizer,
+                                        skip_bad_lines=cfg.skip_bad_lines, parallel_side=cfg.parallel_side)
+        log.info(f"wrote {cfg.output_dir}: {describe(c)}")
+        print(json.dumps(c.lang_to_cluster, ensure_ascii=False))
+        if cfg.eval and cfg.data_dir:
+            _evaluate_into(c, cfg)
+        return
+    if cfg.data_dir is None:
+        raise UsageError("--data-dir is required (corpus root, split or shard directory)")
+    c, sample = train_tfidf_clusterer(cfg.data_dir, cfg.num_clusters, cfg.output_dir, balanced=cfg.balanced,
+                                      featurizer=cfg.featurizer, tokenizer=cfg.tokenizer, max_docs=cfg.max_docs,
+                                      seed=cfg.seed, skip_bad_lines=cfg.skip_bad_lines,
+                                      parallel_side=cfg.parallel_side, device=cfg.device)
+    log.info(f"wrote {cfg.output_dir}: {describe(c)}")
+    if cfg.eval:
+        _evaluate_into(c, cfg, sample)
+
+
+def _evaluate_into(clusterer, cfg: ClustererConfig, sample: Sample | None = None) -> None:
+    """Print the clusterer's evaluation on `sample` (default: drawn from cfg.data_dir) and write eval.json."""
+    if sample is None:
+        if cfg.data_dir is None:
+            raise UsageError("--eval needs --data-dir (the documents to evaluate on)")
+        sample = sample_documents(cfg.data_dir, cfg.max_docs, cfg.seed, skip_bad_lines=cfg.skip_bad_lines,
+                                  parallel_side=cfg.parallel_side)
+    ev = evaluate(clusterer, sample.texts, sample.langs)
+    print(format_eval(ev))
+    write_json(Path(cfg.output_dir) / "eval.json", ev)

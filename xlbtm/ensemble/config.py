@@ -8,6 +8,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
+from xlbtm.cli import SKIP_BAD_LINES_HELP
 from xlbtm.config import option
 from xlbtm.errors import UsageError
 from xlbtm.launch.site import SiteConfig
@@ -122,9 +123,7 @@ class EvalConfig:
     retrieval_max_pairs: int | None = option(
         None, "read at most this many pairs per language (the first in file order; default all)")
     device: str | None = option(None, "scoring device (default: $XLBTM_DEVICE, else cuda when available, else cpu)")
-    skip_bad_lines: bool = option(
-        False, "skip malformed lines (bad JSON, missing/non-string 'text', invalid UTF-8) and report how many were "
-               "skipped, instead of stopping at the first one with exit status 2")
+    skip_bad_lines: bool = option(False, SKIP_BAD_LINES_HELP)
     # not flags
     gpus_per_node: int = 0
     site: SiteConfig | None = None       # SLURM site settings (file < env < flags); None = file + env only
