@@ -49,27 +49,13 @@ from xlbtm.formats.consolidated import save_consolidated
 from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, read_expert_info
 from xlbtm.formats.layout import CONSOLIDATED, RunLayout
 from xlbtm.models import ModelArgs
-from xlbtm.train.config import OBJECTIVES, uses_monolingual, uses_pairs
+from xlbtm.train.config import OBJECTIVES, AddExpertsRequest, uses_monolingual, uses_pairs
 from xlbtm.train.experts import all_completed, describe_results, run_plan
 from xlbtm.train.plan import describe_plan, plan_experts
 
 log = get_logger("add_experts")
 
 INITS = ("nearest", "average", "seed", "expert:K")
-
-
-@dataclass
-class AddExpertsRequest:
-    experts_dir: str                # the <K>_clusters dir of the experts to grow
-    path_to_clusterer: str          # their clusterer
-    langs: list[str]
-    path_to_data: str               # a corpus holding the new languages' documents (others are ignored)
-    output_clusterer: str           # where the extended clusterer goes
-    train: object                   # xlbtm.train.plan.TrainExpertsRequest: the training flags (seed etc. set here)
-    init: str = "nearest"
-    max_docs_per_lang: int = 2000   # documents per language for a TF-IDF centroid and the posterior weights
-    objective: str | None = None    # default: the objective the experts were trained with
-    parallel_data: str | None = None  # translation pairs (tlm, mlm+tlm): a new expert reads those into its language
 
 
 @dataclass

@@ -13,59 +13,37 @@ Evaluate old and new together with `eval_ensemble --experts-dir <experts-dir> --
 from __future__ import annotations
 
 from xlbtm.cli import get_logger, make_parser, run_script
+from xlbtm.config import add_config_args, config_from_args, config_values
+from xlbtm.launch.site import site_from_args
+from xlbtm.scripts.train_experts import add_training_args
+from xlbtm.train.config import ADD, AddExpertsRequest, TrainExpertsRequest
 
 log = get_logger("add_experts")
 
 
 def build_parser():
-    from xlbtm.scripts.train_experts import add_training_args
-
     p = make_parser("add_experts", __doc__.split("\n\n")[0])
-    g = p.add_argument_group("what to add")
-    g.add_argument("--experts-dir", required=True, help="the experts to grow: the <K>_clusters dir train_experts wrote")
-    g.add_argument("--path-to-clusterer", required=True, help="the clusterer the experts were trained on")
-    g.add_argument("--langs", required=True, help="the new languages, comma-separated (e.g. pl,cs): one expert each")
-    g.add_argument("--path-to-data", "--data-dir", dest="path_to_data", required=True,
-                   help="corpus holding the new languages' documents (documents of other languages are ignored)")
-    g.add_argument("--init", default="nearest",
-                   help="where each new expert starts: nearest (the typologically closest expert, X-ELM), average "
-                        "(posterior-weighted parameter average of all experts, BTM), seed (the experts' seed) or "
-                        "expert:K")
-    g.add_argument("--output-clusterer", required=True, help="directory for the extended clusterer")
-    g.add_argument("--max-docs-per-lang", type=int, default=2000,
-                   help="documents per new language for a TF-IDF centroid and the --init average posterior")
-    g.add_argument("--objective", choices=["clm", "mlm", "tlm", "mlm+tlm"], default=None,
-                   help="how the new experts train (default: as the experts were trained); tlm / mlm+tlm read "
-                        "--parallel-data")
-    g.add_argument("--parallel-data", default=None,
-                   help="translation pairs (train/<shard>/*.jsonl of {src, tgt, src_lang, tgt_lang}) for tlm / "
-                        "mlm+tlm experts: a new expert trains on the pairs whose tgt_lang is its language")
-    add_training_args(p, g)
+    groups = add_config_args(p, AddExpertsRequest)  # its own flags: AddExpertsRequest's fields
+    add_training_args(p, groups[ADD])  # how the new experts train: train_experts' flags, same names
     return p
 
 
 def main(argv=None):
-    import dataclasses
-
-    from xlbtm.grow import AddExpertsRequest, add_experts
-    from xlbtm.launch.site import site_from_args
-    from xlbtm.train.config import TrainExpertsRequest
+    from xlbtm.grow import add_experts
 
     args = build_parser().parse_args(argv)
     # the training flags as train_experts takes them; what to train (seed, clusters, dirs) add_experts sets
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainExpertsRequest) if hasattr(args, f.name)}
-    train = TrainExpertsRequest(**given, seed_model="", num_clusters=1, serialization_dir="", site=site_from_args(args))
-    grown = add_experts(AddExpertsRequest(
-        experts_dir=args.experts_dir, path_to_clusterer=args.path_to_clusterer, langs=args.langs.split(","),
-        path_to_data=args.path_to_data, output_clusterer=args.output_clusterer, init=args.init, train=train,
-        max_docs_per_lang=args.max_docs_per_lang, objective=args.objective, parallel_data=args.parallel_data))
+    train = TrainExpertsRequest(**config_values(TrainExpertsRequest, args), seed_model="", num_clusters=1,
+                                serialization_dir="", site=site_from_args(args))
+    req = config_from_args(AddExpertsRequest, args, train=train)
+    grown = add_experts(req)
     for g in grown:
         parent = g.init.get("parent")
         print(f"{g.lang}: cluster {g.cluster} ({g.init['method']}"
               f"{f' from {parent}' if isinstance(parent, str) else ''}) -> {g.run_dir}")
     if grown:
-        print(f"evaluate: python -m xlbtm.scripts.eval_ensemble --experts-dir {args.experts_dir} "
-              f"--path-to-clusterer {args.output_clusterer} --ensemble-type lang|clustering ...")
+        print(f"evaluate: python -m xlbtm.scripts.eval_ensemble --experts-dir {req.experts_dir} "
+              f"--path-to-clusterer {req.output_clusterer} --ensemble-type lang|clustering ...")
     return 0
 
 

@@ -204,6 +204,40 @@ class TrainExpertsRequest(TrainingSettings):
         return config_from_args(cls, args, site=site_from_args(args))
 
 
+def _comma_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+ADD = "what to add"
+
+
+@dataclass(kw_only=True)
+class AddExpertsRequest:
+    """What `add_experts` (xlbtm.grow) is asked to do: these fields are its own flags; how the new experts train
+    is `train`, a TrainExpertsRequest from the training flags it shares with train_experts."""
+
+    experts_dir: str = option(help="the experts to grow: the <K>_clusters dir train_experts wrote", group=ADD)
+    path_to_clusterer: str = option(help="the clusterer the experts were trained on", group=ADD)
+    langs: list[str] = option(help="the new languages, comma-separated (e.g. pl,cs): one expert each", group=ADD,
+                              type=_comma_list, render=lambda v: [",".join(v)])
+    path_to_data: str = option(
+        help="corpus holding the new languages' documents (documents of other languages are ignored)", group=ADD,
+        aliases=("--data-dir",))
+    init: str = option("nearest", "where each new expert starts: nearest (the typologically closest expert, "
+                                  "X-ELM), average (posterior-weighted parameter average of all experts, BTM), seed "
+                                  "(the experts' seed) or expert:K", group=ADD)
+    output_clusterer: str = option(help="directory for the extended clusterer", group=ADD)
+    max_docs_per_lang: int = option(
+        2000, "documents per new language for a TF-IDF centroid and the --init average posterior", group=ADD)
+    objective: Objective | None = option(
+        None, "how the new experts train (default: as the experts were trained); tlm / mlm+tlm read --parallel-data",
+        group=ADD)
+    parallel_data: str | None = option(
+        None, "translation pairs (train/<shard>/*.jsonl of {src, tgt, src_lang, tgt_lang}) for tlm / mlm+tlm "
+              "experts: a new expert trains on the pairs whose tgt_lang is its language", group=ADD)
+    train: TrainExpertsRequest | None = None  # the training flags (seed, K, dirs: set by add_experts)
+
+
 def uses_pairs(objective: str) -> bool:
     """The objective reads parallel data (--parallel-data)."""
     return "tlm" in objective
