@@ -168,3 +168,33 @@ def test_deprecated_metaseq_ext_names_still_import():
     assert old_sharded.load_metaseq_checkpoint is metaseq.load_metaseq_checkpoint
     assert old_convert.metaseq_to_xlbtm is metaseq.metaseq_to_xlbtm
     assert old_consolidated.save_consolidated is consolidated.save_consolidated
+
+
+@pytest.mark.parametrize("size", [0, 300])
+def test_an_empty_or_truncated_checkpoint_is_one_line_with_the_remedy_in_every_command(tmp_path, capsys, size):
+    """A zero-byte or cut-off .pt (an interrupted copy) is one line naming the file and how to rebuild it, exit
+    status 2, for every command that reads one: convert, --seed-model, merge_experts, generate."""
+    from xlbtm.cli import main_wrapper
+    from xlbtm.models import build_model, get_preset
+    from xlbtm.models.safe_load import safe_torch_load
+    from xlbtm.demo_corpus import write_demo_corpus
+    from xlbtm.scripts import convert, generate, train_experts
+
+    write_demo_corpus(tmp_path / "data", n_train=20, n_valid=4)
+    whole = tmp_path / "whole.pt"
+    torch.save({"model": build_model(get_preset("debug", vocab_size=64)).state_dict()}, whole)
+    bad = tmp_path / "run.cluster0" / "consolidated.pt"
+    bad.parent.mkdir()
+    bad.write_bytes(whole.read_bytes()[:size])
+    with pytest.raises(InputError, match="consolidate RUN_DIR"):
+        safe_torch_load(bad)
+    runs = [("convert", convert.main, ["--from", "xlbtm", "--to", "hf", "--input", str(bad), "--out",
+                                       str(tmp_path / "hf")]),
+            ("train_experts", train_experts.main, ["--run", "debug", "--seed-model", str(bad), "--num-clusters", "1",
+                                                   "--serialization-dir", str(tmp_path / "ser"), "--max-steps", "1",
+                                                   "--path-to-data", str(tmp_path / "data")]),
+            ("generate", generate.main, ["--model-paths", str(bad), "--prompt", "x"])]
+    for stage, main, argv in runs:
+        assert main_wrapper(stage, main, argv) == 2, stage
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(bad) in err and "Traceback" not in err, (stage, err)

@@ -48,6 +48,8 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu", mmap: bool | No
     path = Path(path)
     if not path.is_file():
         raise InputError("checkpoint file not found", path)
+    if path.stat().st_size == 0:
+        raise InputError(f"empty file (0 bytes): {_REMEDY}", path)
     if mmap is None:
         mmap = zipfile.is_zipfile(path)
     try:
@@ -65,7 +67,18 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu", mmap: bool | No
                 f"({', '.join(allowed_global_names()[:1])} and numpy scalars): this checkpoint also contains "
                 f"{', '.join(others)}. Re-save it with only tensors and plain Python values (dicts, lists, "
                 "numbers, strings), e.g. `OmegaConf.to_container(cfg)` for configs", path) from None
-        raise InputError(f"not a loadable torch checkpoint ({str(e).splitlines()[0][:200]})", path) from None
+        raise InputError(f"not a loadable torch checkpoint ({_first_line(e)}); {_REMEDY}", path) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise InputError(f"not a readable torch checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+        raise InputError(f"not a readable torch checkpoint ({type(e).__name__}: {_first_line(e)}); {_REMEDY}",
                          path) from None
+
+
+# what to do about a checkpoint that cannot be read: it is most often a copy or a write that did not finish
+_REMEDY = ("if it is a run's consolidated.pt, rebuild it from the run's checkpoints/ with `python -m "
+           "xlbtm.scripts.consolidate RUN_DIR`; else copy or convert it again")
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (some have none), at most 200 characters."""
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else "no message"
