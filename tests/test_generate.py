@@ -356,3 +356,18 @@ def test_lm_eval_command_without_the_extra_is_one_clear_line(monkeypatch, capsys
     assert main_wrapper("lm_eval", main, ["--model", "xlbtm"]) == 2
     err = capsys.readouterr().err
     assert "pip install 'xlbtm[eval]'" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("prompt,new_word", [("Жэ кёль син", " фуйщэйху"), ("Das ist ein", " Test")])
+def test_a_continuation_that_starts_a_new_word_keeps_its_space(ens, prompt, new_word):
+    """SentencePiece decodes a leading word boundary to nothing: the continuation is decoded in the context of
+    its prompt, so that prompt + continuation reads as the whole sequence decodes (two scripts)."""
+    from xlbtm.ensemble.generate import continuation_text
+
+    tok = ens["tok"]
+    p, new = tok.encode(prompt), tok.encode(new_word)
+    assert tok.decode(new) == new_word.strip()  # decoded alone, the space is gone
+    assert prompt + continuation_text(tok, p, new) == tok.decode(p + new) == prompt + new_word
+    lm = _lm(ens)
+    for g, ids in zip(lm.generate([p, p + new], max_new_tokens=6), (p, p + new)):  # what generate returns
+        assert g.text == tok.decode(ids + g.ids)[len(tok.decode(ids)):]

@@ -49,6 +49,15 @@ def _cut(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:min(hits)], True) if hits else (text, False)
 
 
+def continuation_text(tokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:
+    """The text `new` adds after `prompt`, so that prompt text + this reads as the whole sequence decodes.
+    Decoding the new ids alone loses what depends on their left context: SentencePiece drops a leading word
+    boundary ("син" + "▁фуйщэйху" printed "синфуйщэйху")."""
+    head = tokenizer.decode(list(prompt))
+    whole = tokenizer.decode(list(prompt) + list(new))
+    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(list(new))
+
+
 def generate(lm, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
              sample: bool = False, seed: int = 0, sampling_temperature: float = 1.0,
              stop_at_eos: bool = True) -> list[Generation]:
@@ -138,7 +147,7 @@ def generate(lm, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop:
                 if states is not None:
                     states[b].push([t])
                 if stop:
-                    texts[b], hit = _cut(lm.tokenizer.decode(gen[b]), stop)
+                    texts[b], hit = _cut(continuation_text(lm.tokenizer, prompts[b], gen[b]), stop)
                     if hit:
                         finish[b] = "stop"
             seq = torch.cat([seq, col[:, None]], dim=1)
@@ -147,7 +156,7 @@ def generate(lm, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop:
                 break
     out = []
     for b in range(B):
-        text = texts[b] if finish[b] == "stop" else _cut(lm.tokenizer.decode(gen[b]), stop)[0]
+        text = texts[b] if finish[b] == "stop" else _cut(continuation_text(lm.tokenizer, prompts[b], gen[b]), stop)[0]
         out.append(Generation(ids=gen[b], text=text, finish=finish[b] or "length",
                               weights=np.asarray(weights[b]).reshape(-1, K)))
     return out
