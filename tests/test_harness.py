@@ -194,3 +194,30 @@ def test_only_the_adapter_imports_lm_eval():
             if any(n.split(".")[0] == "lm_eval" for n in names):
                 importers.add(str(path.relative_to(REPO)))
     assert importers == {os.path.join("xlbtm", "ensemble", "harness.py")}
+
+
+@pytest.mark.parametrize("arg,match", [("temperature=abc", "temperature=abc: expected a number"),
+                                       ("topk=two", "topk=two: expected an integer"),
+                                       ("topk=1.5", "topk=1.5: expected an integer"),
+                                       ("stride=x", "stride=x: expected an integer"),
+                                       ("seed=s", "seed=s: expected an integer"),
+                                       ("max_gen_toks=many", "max_gen_toks=many: expected an integer"),
+                                       ("context_window=big", "context_window=big: expected an integer"),
+                                       ("cbtm_compat=maybe", "cbtm_compat=maybe: expected true or false")])
+def test_model_args_are_parsed_with_their_types(ens, arg, match):
+    """Each --model_args value parses as its type or is refused with one line naming the key: nothing is
+    silently read as something else."""
+    from xlbtm.ensemble.harness import XlbtmLM
+    from xlbtm.errors import UsageError
+
+    with pytest.raises(UsageError, match=match):
+        XlbtmLM.create_from_arg_string(f"experts_dir={ens['experts']},clusterer={ens['clusterer']},{arg}")
+
+
+def test_model_args_booleans_mean_what_they_say(ens):
+    from xlbtm.ensemble.harness import XlbtmLM
+
+    base = f"experts_dir={ens['experts']},clusterer={ens['clusterer']},device=cpu"
+    assert XlbtmLM.create_from_arg_string(f"{base},cbtm_compat=no").lm.cbtm_compat is False
+    assert XlbtmLM.create_from_arg_string(f"{base},cbtm_compat=True").lm.cbtm_compat is True
+    assert XlbtmLM.create_from_arg_string(f"{base},topk=1").lm.topk == 1

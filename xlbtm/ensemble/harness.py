@@ -54,6 +54,33 @@ def _batch_size(value) -> int:
     return n
 
 
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+def _typed(key: str, value, kind: type, *, optional: bool = False):
+    """One `--model_args` value as `kind` (lm-eval hands over strings, or numbers it guessed): a value that
+    does not parse is a UsageError naming the key, never silently something else (`cbtm_compat=no` is False,
+    `topk=1.5` is refused, not 1)."""
+    if value is None and optional:
+        return None
+    text = str(value).strip()
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if text.lower() in _TRUE + _FALSE:
+            return text.lower() in _TRUE
+        raise UsageError(f"--model_args {key}={value}: expected true or false")
+    try:
+        if kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else int(text)
+        return float(text)
+    except ValueError:
+        raise UsageError(f"--model_args {key}={value}: expected {'an integer' if kind is int else 'a number'}") \
+            from None
+
+
 @register_model("xlbtm")
 class XlbtmLM(LM):
     def __init__(self, experts_dir: str | None = None, clusterer: str | None = None, ensemble_type: str | None = None,
@@ -69,13 +96,21 @@ class XlbtmLM(LM):
                              "cbtm_compat, seed, max_gen_toks, dtype")
         if route not in ROUTES:
             raise UsageError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
+        temperature, topk = _typed("temperature", temperature, float), _typed("topk", topk, int)
+        cbtm_compat = _typed("cbtm_compat", cbtm_compat, bool)
+        context_window = _typed("context_window", context_window, int, optional=True)
+        stride, seed = _typed("stride", stride, int, optional=True), _typed("seed", seed, int)
+        max_gen_toks = _typed("max_gen_toks", max_gen_toks, int)
+        if max_gen_toks <= 0:
+            raise UsageError(f"--model_args max_gen_toks must be positive, got {max_gen_toks}")
+        if stride is not None and stride <= 0:
+            raise UsageError(f"--model_args stride must be positive, got {stride}")
         self.lm = MixtureLM.load(experts_dir=experts_dir, model_paths=[str(model_path)] if model_path else None,
-                                 clusterer=clusterer, ensemble_type=ensemble_type, temperature=float(temperature),
-                                 topk=int(topk), cbtm_compat=bool(cbtm_compat), device=device,
-                                 context_window=None if context_window is None else int(context_window),
+                                 clusterer=clusterer, ensemble_type=ensemble_type, temperature=temperature,
+                                 topk=topk, cbtm_compat=cbtm_compat, device=device, context_window=context_window,
                                  batch_size=_batch_size(batch_size), dtype=str(dtype), purpose="lm-eval")
-        self.route, self.stride, self.seed = route, None if stride is None else int(stride), int(seed)
-        self.max_gen_toks = int(max_gen_toks)
+        self.route, self.stride, self.seed = route, stride, seed
+        self.max_gen_toks = max_gen_toks
         self._device = self.lm.device
         log.info(f"xlbtm: {self.lm.num_models} model(s), {self.lm.ensemble_type}, T={self.lm.temperature} "
                  f"topk={self.lm.topk}, route={route}, window {self.lm.window}")
