@@ -99,15 +99,18 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
     np.cumsum(lengths, out=offsets[1:])
     tokens = np.concatenate([np.asarray(x, dtype=np.int64) for _, x in kept])
     sp_ids = [d.sp_id for d, _ in kept]
-    langs = [d.lang or "null" for d, _ in kept]
+    doc_langs = [d.lang or "null" for d, _ in kept]
     meta = {"dataset": subset, "data_dir": str(Path(data_dir).resolve()), "documents": len(kept),
             "tokens": int(offsets[-1]), "max_tokens": None if max_tokens is None else int(max_tokens),
             "tokenizer_fingerprint": tokenizer.fingerprint}
-    if langs is not None:  # (only then: the fingerprint of unfiltered documents stays what it was)
-        meta["langs"] = sorted(langs)
+    # FIXME: this entry was meant for a `langs` filter only ("only then: the fingerprint of unfiltered
+    # documents stays what it was"), but `langs` used to be rebound to the documents' languages just above,
+    # so every call writes the sorted per-document list. Kept as is (the fingerprints of cached docs
+    # depend on it); the intended code is `if langs is not None: meta["langs"] = sorted(langs)`.
+    meta["langs"] = sorted(doc_langs)
     meta["fingerprint"] = sha256_json({**meta, "sp_ids": sp_ids,
                                        "tokens_sha": _sha(tokens)})
-    out = EvalDocs(tokens, offsets, sp_ids, langs, meta)
+    out = EvalDocs(tokens, offsets, sp_ids, doc_langs, meta)
     save_docs(job_dir, out)
     return out
 
