@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 from xlbtm.launch.executor import requeue_and_exit
 
