@@ -17,7 +17,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from xlbtm.errors import InputError
 
@@ -36,7 +36,7 @@ class Tokenizer:
     `encode` never adds special tokens: the data pipeline decides where `</s>` / `<s>` go.
     """
 
-    hf: object  # transformers tokenizer (TokenizersBackend); `hf.backend_tokenizer` is the Rust tokenizer
+    hf: Any  # transformers tokenizer (TokenizersBackend); `hf.backend_tokenizer` is the Rust tokenizer
     path: Path
     _fingerprint: str | None = field(default=None, repr=False)
 
@@ -120,7 +120,7 @@ def read_sp_model(model_path: Path):
     """Parse a SentencePiece `.model` file (a protobuf; parsing runs no code)."""
     from sentencepiece import sentencepiece_model_pb2 as pb
 
-    proto = pb.ModelProto()
+    proto = pb.ModelProto()  # type: ignore[attr-defined]  # protobuf-generated module: no stubs for its messages
     try:
         proto.ParseFromString(Path(model_path).read_bytes())
     except Exception as e:  # protobuf raises DecodeError; keep the message, name the file
@@ -166,11 +166,12 @@ def tokenizer_from_sp_model(model_path: Path, style: str = "xlmr"):
     proto = read_sp_model(model_path)
     vocab = fairseq_vocab(proto, style)
     charsmap = bytes(proto.normalizer_spec.precompiled_charsmap) or None
+    # (transformers annotates _spm_precompiled_charsmap as str; tokenizers' Precompiled takes the bytes)
     if style == "xglm":
-        from transformers import XGLMTokenizer as cls
-    else:
-        from transformers import XLMRobertaTokenizer as cls
-    return cls(vocab=vocab, _spm_precompiled_charsmap=charsmap)
+        from transformers import XGLMTokenizer
+        return XGLMTokenizer(vocab=vocab, _spm_precompiled_charsmap=charsmap)  # type: ignore[arg-type]
+    from transformers import XLMRobertaTokenizer
+    return XLMRobertaTokenizer(vocab=vocab, _spm_precompiled_charsmap=charsmap)  # type: ignore[arg-type]
 
 
 def _probe_text(proto, n: int = 64) -> str:

@@ -18,7 +18,7 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import UsageError
@@ -50,7 +50,7 @@ def is_done(job: FileJob, fingerprint: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------ worker
 
-_CLUSTERER = {}
+_CLUSTERER: dict[str, Any] = {}  # artifact path -> its loaded clusterer (this process's one)
 
 
 def _get_clusterer(path: str):
@@ -228,7 +228,7 @@ class Progress:
         self.every_file = every_file
         self.clock = clock or time.monotonic
         self.t0 = self.clock()
-        self.last = None  # when the last line was logged
+        self.last: float | None = None  # when the last line was logged
         self.files = self.docs = 0
 
     def add(self, files: int, docs: int, what: str) -> None:
@@ -376,6 +376,7 @@ def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob
             raise InputError("cluster file is missing or stale after assignment (was the input modified "
                              "meanwhile?)", j.out)
         s = read_sidecar(j.out, strict=True)
+        assert s is not None  # is_done just read it
         skipped += s.get("skipped_lines", 0)
         for i in range(k):
             docs[i] += s["documents"][i]

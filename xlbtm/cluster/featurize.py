@@ -36,13 +36,14 @@ import itertools
 import threading
 from pathlib import Path
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Literal, Sequence, cast
 
 import numpy as np
 
 from xlbtm.cluster.words import WordTokenizer, english_stop_words, word_tokens
 
 SVD_DIM = 100
+_Fast = tuple[Any, np.ndarray]  # (sentencepiece processor, its ids -> the tokenizer's)
 UNK = "[UNK]"
 
 
@@ -52,7 +53,7 @@ UNK = "[UNK]"
 class Lsa:
     idf: np.ndarray  # [V] float32
     components: np.ndarray  # [d, V] float32
-    _proj: object = field(default=None, repr=False)
+    _proj: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def dim(self) -> int:
@@ -224,7 +225,8 @@ class SubwordFeaturizer:
         self.stop_letterless = stop_letterless
         self.num_stopped = 0
         self.sentencepiece_model: Path | None = None  # the model file of the fast path, once taken
-        self._fast = None if fast else False  # None: undecided
+        # (sentencepiece processor, its ids -> ours) once the fast path is taken; False: not; None: undecided
+        self._fast: _Fast | Literal[False] | None = None if fast else False
         if sentencepiece is not None:
             model, lut = sentencepiece
             sp = self._load_sentencepiece(model)
@@ -234,7 +236,7 @@ class SubwordFeaturizer:
                 raise InputError(f"sentencepiece model has {sp.get_piece_size()} pieces, the clusterer's "
                                  f"sp_to_id {len(lut)}", model)
             self._fast = (sp, np.asarray(lut))
-        self._sp_proj = None  # (lsa, P rows in sentencepiece id order)
+        self._sp_proj: tuple[Lsa, np.ndarray] | None = None  # (lsa, P rows in sentencepiece id order)
         # assignment threads share one featurizer: one decision (on the first texts), seen by all of them
         self._lock = threading.Lock()
 
@@ -250,7 +252,7 @@ class SubwordFeaturizer:
         records), else None."""
         return self._fast[1] if self._fast else None
 
-    def _fast_encoder(self, probe: Sequence[str]):
+    def _fast_encoder(self, probe: Sequence[str]) -> _Fast | None:
         if self._fast is None:
             with self._lock:
                 if self._fast is None:
@@ -263,9 +265,9 @@ class SubwordFeaturizer:
         self.sentencepiece_model = Path(model)
         return spm.SentencePieceProcessor(model_file=str(model))
 
-    def _decide_fast(self, probe: Sequence[str]):
+    def _decide_fast(self, probe: Sequence[str]) -> _Fast | Literal[False]:
         """(sentencepiece processor, its ids -> ours) when its bags of ids agree with the tokenizer's, else False."""
-        fast = False
+        fast: _Fast | Literal[False] = False
         try:
             from xlbtm.tokenizer import find_sp_model
 
@@ -324,6 +326,7 @@ class SubwordFeaturizer:
         """[n, d] features of one chunk. Fast path: the projection's rows are gathered once into
         sentencepiece's id order (`projection_rows(lut)`), so ids go straight from the encoder into
         embedding_bag without a per-token remapping; bitwise equal to featurize_token_ids(encode(texts))."""
+        assert self.lsa is not None, "fit the featurizer first"
         fast = self._fast_encoder(texts)
         if fast is None:
             return self.lsa.featurize_flat(*self.encode_flat(texts))
@@ -361,6 +364,7 @@ class SubwordFeaturizer:
         return stop
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
+        assert self.lsa is not None, "fit the featurizer first"
         parts = [self.features(c) for c in _chunks(texts)]
         return np.concatenate(parts) if parts else np.zeros((0, self.lsa.dim), dtype=np.float32)
 
@@ -382,6 +386,7 @@ class WordFeaturizer:
         self._tok = WordTokenizer(vocab) if vocab is not None else None
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        assert self._tok is not None, "fit the featurizer first"
         return self._tok.encode(texts)
 
     def fit(self, texts: Sequence[str], langs: Sequence[str | None] | None = None, *, seed: int = 0,
@@ -407,9 +412,10 @@ class WordFeaturizer:
                     words[j] = w
             m = m.tocoo()
             blocks.append(sp.csr_matrix((m.data, (m.row, gidx[m.col])), shape=(m.shape[0], uniq.size)))
+        terms = cast(list[str], words)  # every hash came from some chunk's words: none is left None
         counts = sp.vstack(blocks).tocsr()
         df = np.diff(counts.tocsc().indptr)
-        stop = np.array([w in english_stop_words() or w[:1].isdigit() for w in words], dtype=bool)
+        stop = np.array([w in english_stop_words() or w[:1].isdigit() for w in terms], dtype=bool)
         if langs is not None and self.lang_stop_df < 1.0:
             langs_arr = np.array([lang or "" for lang in langs])
             for lang in sorted(set(langs_arr) - {""}):
@@ -418,7 +424,7 @@ class WordFeaturizer:
                     continue
                 ldf = np.diff(counts[rows].tocsc().indptr)
                 stop |= ldf > self.lang_stop_df * rows.size
-        self.stop_words = sorted(w for w, s_ in zip(words, stop) if s_)
+        self.stop_words = sorted(w for w, s_ in zip(terms, stop) if s_)
         # min_df drops one-off terms (typos, ids) from large samples; tiny samples keep every term
         min_df = self.min_df if len(texts) >= 1000 else 1
         ok = np.nonzero(~stop & (df >= min_df))[0]
@@ -430,7 +436,7 @@ class WordFeaturizer:
         freq = np.asarray(counts.sum(0)).ravel()
         ok = ok[np.argsort(-freq[ok], kind="stable")][: self.max_vocab]
         ok = np.sort(ok)  # deterministic id order: by hash
-        self.vocab = [UNK] + [words[j] for j in ok]
+        self.vocab = [UNK] + [terms[j] for j in ok]
         counts = counts[:, ok]
         counts = sp.hstack([sp.csr_matrix((counts.shape[0], 1)), counts]).tocsr()  # column 0 = [UNK]
         self.lsa = fit_lsa(counts, n_components, seed, zero_columns=np.array([0]))
@@ -438,10 +444,12 @@ class WordFeaturizer:
         return self
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
+        assert self.lsa is not None and self._tok is not None, "fit the featurizer first"
         parts = [self.lsa.featurize_flat(*self._tok.encode_flat(c)) for c in _chunks(texts)]
         return np.concatenate(parts) if parts else np.zeros((0, self.lsa.dim), dtype=np.float32)
 
     def term(self, i: int) -> str:
+        assert self.vocab is not None, "fit the featurizer first"
         return self.vocab[int(i)]
 
 

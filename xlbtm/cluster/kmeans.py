@@ -142,6 +142,7 @@ def _negative_cycle(w: np.ndarray, tol: float) -> list[int] | None:
             return None
         dist[upd] = best[upd]
         pred[upd] = src[upd]
+    assert upd is not None  # range(m + 1) is never empty
     v = int(np.nonzero(upd)[0][0])
     for _ in range(m):
         v = int(pred[v])
@@ -170,12 +171,12 @@ def _cancel_cycles(cost: torch.Tensor, labels: torch.Tensor, flexible: bool, q: 
         wmin.scatter_reduce_(0, lab2, rel, reduce="amin")
         hit = rel == wmin[labels]  # which point attains each edge's minimum (lowest index wins)
         who = torch.where(hit, ar[:, None].expand(n, k), torch.full_like(lab2, n))
-        arg = torch.full((k, k), n, dtype=torch.long, device=cost.device)
-        arg.scatter_reduce_(0, lab2, who, reduce="amin")
+        arg_t = torch.full((k, k), n, dtype=torch.long, device=cost.device)
+        arg_t.scatter_reduce_(0, lab2, who, reduce="amin")
         m = k + 1 if flexible else k
         w = np.full((m, m), np.inf)
         w[:k, :k] = wmin.cpu().numpy()
-        arg = arg.cpu().numpy()
+        arg = arg_t.cpu().numpy()
         lab = labels.cpu().numpy()
         if flexible:
             sizes = np.bincount(lab, minlength=k)

@@ -128,6 +128,7 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
     t0 = time.time()
     feat = WordFeaturizer() if featurizer == "word" else SubwordFeaturizer(tok)
     feat.fit(sample.texts, sample.langs, seed=seed)
+    assert feat.lsa is not None  # fit() sets it
     x = feat.transform(sample.texts)
     t1 = time.time()
     km = fit_kmeans(x, num_clusters, balanced=balanced, max_iter=max_iter, tol=tol, seed=seed, device=device)
@@ -143,7 +144,7 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
                    "max_iter": max_iter, "tol": tol, "tf": "raw counts", "idf": "smooth (sklearn)",
                    **({"parallel_side": parallel_side} if parallel_side else {}),
                    **({"min_df": feat.min_df, "max_vocab": feat.max_vocab, "lang_stop_df": feat.lang_stop_df,
-                       "num_stop_words": len(feat.stop_words)} if featurizer == "word" else
+                       "num_stop_words": len(feat.stop_words)} if isinstance(feat, WordFeaturizer) else
                       {"max_df": feat.max_df, "stop_letterless": feat.stop_letterless,
                        "num_stopped": feat.num_stopped})},
         "tokenizer": {"fingerprint": tok.fingerprint, "source": str(tokenizer),
@@ -154,8 +155,9 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
                 "seconds": round(t2 - t0, 2)},
     }
     arrays = {"idf": feat.lsa.idf, "components": feat.lsa.components, "centroids": km.centroids}
-    sp_ids = feat.sentencepiece_ids if featurizer == "subword" else None
+    sp_ids = feat.sentencepiece_ids if isinstance(feat, SubwordFeaturizer) else None
     if sp_ids is not None:  # the fit took sentencepiece's fast path: assignment encodes the same way
+        assert isinstance(feat, SubwordFeaturizer) and feat.sentencepiece_model is not None  # (taken with it)
         from xlbtm.formats.clusterer import TOKENIZER_DIR
 
         # the tokenizer dir is copied whole into the artifact, so the model keeps its file name there
@@ -179,7 +181,7 @@ def language_token_counts(data_dir, langs: Sequence[str], tokenizer=None, *, ski
         batch: list[tuple[str, str]] = []
         for doc in iter_file(p, p.as_posix(), skip_bad_lines=skip_bad_lines, stats=stats,
                              parallel_side=parallel_side):
-            if doc.lang not in counts:
+            if doc.lang is None or doc.lang not in counts:  # (counts has only str keys)
                 continue
             if tokenizer is None:
                 counts[doc.lang] += len(doc.text)
@@ -266,7 +268,7 @@ def evaluate(clusterer, texts: Sequence[str], langs: Sequence[str | None], top_n
         labels = clusterer.predict(texts)
     k = clusterer.num_clusters
     sizes = np.bincount(labels, minlength=k).tolist()
-    mix = [Counter() for _ in range(k)]
+    mix: list[Counter[str]] = [Counter() for _ in range(k)]
     for lab, lang in zip(labels, langs):
         mix[lab][lang or "null"] += 1
     out = {"num_docs": len(texts), "sizes": sizes,

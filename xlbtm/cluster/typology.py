@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, TypeVar
 
 import numpy as np
 
@@ -55,7 +55,7 @@ def _data_dir() -> Path:
                          "clustering reads its URIEL data files") from None
     for f in dist.files or []:
         if f.name == "feature_averages.npz" and f.parts[0] == "lang2vec":
-            return Path(dist.locate_file(f)).parent
+            return Path(dist.locate_file(f)).parent  # type: ignore[arg-type]  # typeshed: locate_file -> SimplePath (a Path at runtime)
     raise UsageError("the installed lang2vec has no data/feature_averages.npz; reinstall lang2vec")
 
 
@@ -80,7 +80,7 @@ def uriel_code(lang: str) -> str:
     code = letter.get(code, code)
     if code not in langs or np.isnan(_uriel()[0][langs[code]]).all():
         alt = FALLBACKS.get(code)
-        if alt in langs and not np.isnan(_uriel()[0][langs[alt]]).all():
+        if alt is not None and alt in langs and not np.isnan(_uriel()[0][langs[alt]]).all():
             return alt
         raise UsageError(f"--langs: '{lang}' has no URIEL {FEATURE_SET} features (unknown code? use ISO 639-1 "
                          f"like 'en' or ISO 639-3 like 'eng')")
@@ -142,7 +142,10 @@ def _halvings(n: int) -> str:
     return ", ".join(map(str, out))
 
 
-def _labels(groups: list[list[int]], n: int) -> np.ndarray:
+_Index = TypeVar("_Index", int, np.integer)  # a language's row: python or numpy int
+
+
+def _labels(groups: Sequence[Sequence[_Index]], n: int) -> np.ndarray:
     lab = np.empty(n, dtype=np.int64)
     for g, members in enumerate(sorted(groups, key=min)):
         lab[members] = g
@@ -185,6 +188,7 @@ def balanced_groups(feats: np.ndarray, k: int, weights: np.ndarray | None = None
             j = balanced_objective(lab[part], d[np.ix_(part, part)], w[part], k, alpha)
             if best is None or j < best[0] - 1e-12:
                 best = (j, g)
+        assert best is not None  # k >= 1 (checked above), so the loop ran
         lab[i] = best[1]
     cur = balanced_objective(lab, d, w, k, alpha)
     for _ in range(max_rounds):

@@ -13,7 +13,7 @@ _CJK_RANGES = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0x
 _HASH_MULT = np.uint64(0x100000001B3)
 _HASH_MIX = np.uint64(0x9E3779B97F4A7C15)
 _HASH_INV = np.uint64(pow(0x100000001B3, -1, 1 << 64))  # M * M^-1 = 1 (mod 2^64)
-_POWS = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
+_POWS: tuple[np.ndarray, np.ndarray] = (np.ones(1, dtype=np.uint64), np.ones(1, dtype=np.uint64))
 
 
 _UNKNOWN = 255
@@ -49,8 +49,9 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     if pows[0].size < n:
         m = max(n, 2 * pows[0].size)
         with np.errstate(over="ignore"):
-            pows = tuple(np.cumprod(np.concatenate([[np.uint64(1)], np.full(m - 1, base, dtype=np.uint64)]),
-                                    dtype=np.uint64) for base in (_HASH_MULT, _HASH_INV))
+            fwd, inv = (np.cumprod(np.concatenate([[np.uint64(1)], np.full(m - 1, base, dtype=np.uint64)]),
+                                   dtype=np.uint64) for base in (_HASH_MULT, _HASH_INV))
+        pows = (fwd, inv)
         _POWS = pows
     return pows
 

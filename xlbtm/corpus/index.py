@@ -43,7 +43,7 @@ class LineIndex:
         self.offsets = offsets  # numpy uint64, len = number of lines + 1
         self.cache_file = cache_file  # where the index was loaded from / saved to (None: not cached)
         self._fh: IO[bytes] | None = None
-        self._pid = None
+        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1

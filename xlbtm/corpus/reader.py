@@ -234,7 +234,7 @@ def _iter_parsed(path, rel, parse, *, skip_bad_lines: bool, stats: ReadStats | N
     i = -1
     try:
         with open_binary(path) as f:
-            last = None if lines is None else max(lines, default=-1)
+            last = -1 if lines is None else max(lines, default=-1)  # (only read when lines is given)
             for i, (raw, size) in enumerate(iter_raw_lines(f)):
                 if lines is not None:
                     if i > last:

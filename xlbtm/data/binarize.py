@@ -21,12 +21,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.binarized import (DONE, DTYPE, FORMAT, MANIFEST, NOT_BINARIZED, bin_path, idx_path,
                                      read_binarized_manifest, split_dir, split_status, write_done, write_manifest)
+
+if TYPE_CHECKING:
+    from xlbtm.tokenizer import Tokenizer
 
 log = get_logger("data")
 
@@ -40,7 +43,7 @@ class BinarizeResult:
 
 # ------------------------------------------------------------------------------------------- workers
 
-_WORKER_TOK = None
+_WORKER_TOK: Tokenizer | None = None  # a pool worker's, set by _worker_init
 
 
 def _worker_init(tokenizer_path: str) -> None:
@@ -51,6 +54,7 @@ def _worker_init(tokenizer_path: str) -> None:
 
 
 def _worker_encode(texts: list[str]) -> list[list[int]]:
+    assert _WORKER_TOK is not None  # the pool's initializer ran
     return _WORKER_TOK.encode_batch(texts)
 
 
@@ -274,6 +278,7 @@ def _binarize_split(corpus, split: str, out_dir: Path, tokenizer, K: int, cluste
     eos = int(tokenizer.eos_id)
     try:
         batches = _batches(routed(), batch_size)
+        encoded: Iterator[tuple[list, list[list[int]]]]
         if pool is None:
             encoded = ((b, tokenizer.encode_batch([t for _, _, t in b])) for b in batches)
         else:
@@ -374,7 +379,7 @@ def _binarize_pairs_split(corpus, split: str, out_dir: Path, tokenizer, K: int |
     paths = {(c, s): side_paths(out_dir, split, s, c) for c in streams for s in SIDES}
     tmp = {key: b.with_name(f".{b.name}.tmp") for key, (b, _) in paths.items()}
     files = {key: open(t, "wb") for key, t in tmp.items()}
-    lengths = {key: [] for key in paths}
+    lengths: dict[tuple[int | None, str], list[int]] = {key: [] for key in paths}
     langs: dict[str, list[int]] = {}
     unassigned = Unassigned()
     try:
@@ -384,8 +389,8 @@ def _binarize_pairs_split(corpus, split: str, out_dir: Path, tokenizer, K: int |
                     files[c, side].write(np.asarray(ids, dtype=np.uint32).tobytes())
                     lengths[c, side].append(len(ids))
             for c, p in batch:
-                key = f"{p.src_lang or 'null'}-{p.tgt_lang or 'null'}"
-                langs.setdefault(key, [0] * len(streams))[0 if c is None else c] += 1
+                pair_langs = f"{p.src_lang or 'null'}-{p.tgt_lang or 'null'}"
+                langs.setdefault(pair_langs, [0] * len(streams))[0 if c is None else c] += 1
     finally:
         for f in files.values():
             f.close()
@@ -394,7 +399,7 @@ def _binarize_pairs_split(corpus, split: str, out_dir: Path, tokenizer, K: int |
     for key, (bin_file, idx_file) in paths.items():
         write_offsets(idx_file, lengths[key])
         os.replace(tmp[key], bin_file)
-    counts = {"pairs": [len(lengths[c, "src"]) for c in streams],
+    counts: dict[str, Any] = {"pairs": [len(lengths[c, "src"]) for c in streams],
               "tokens": {s: [int(sum(lengths[c, s])) for c in streams] for s in SIDES}, "langs": langs}
     if K is None:  # unclustered stats are plain counts (the version-1 shape)
         counts = {"pairs": counts["pairs"][0], "tokens": {s: v[0] for s, v in counts["tokens"].items()},

@@ -39,6 +39,7 @@ class TokenStream:
         return 0 if self.offsets is None else len(self.offsets) - 1
 
     def doc(self, i: int) -> np.ndarray:
+        assert self.offsets is not None, "a stream without its .idx has no documents"
         return self.tokens[self.offsets[i]:self.offsets[i + 1]]
 
 
@@ -174,6 +175,7 @@ class TLMDataset:
         self.bos_id, self.pad_id, self.eos_id = bos_id, pad_id, eos_id
         self.special = np.asarray(sorted(set(special_ids) | {mask_id, bos_id, pad_id, eos_id}), dtype=np.int64)
         self.seed, self.mask_prob = seed, mask_prob
+        assert pairs.src.offsets is not None and pairs.tgt.offsets is not None  # PairStream checks both
         ls = np.diff(pairs.src.offsets) if len(pairs) else np.zeros(0, np.int64)
         lt = np.diff(pairs.tgt.offsets) if len(pairs) else np.zeros(0, np.int64)
         cost = (np.minimum(ls + lt, self.budget) + self.SPECIALS).tolist()
@@ -255,7 +257,8 @@ class Sampler:
         if n <= 0:
             raise ValueError("empty dataset")
         self.n, self.seed, self.shuffle = n, seed, shuffle
-        self._epoch, self._perm = -1, None
+        self._epoch = -1
+        self._perm: np.ndarray | None = None  # the permutation of epoch self._epoch
 
     def item(self, g: int) -> int:
         if not self.shuffle:
@@ -264,6 +267,7 @@ class Sampler:
         if e != self._epoch:
             self._perm = np.random.default_rng([self.seed, e]).permutation(self.n)
             self._epoch = e
+        assert self._perm is not None
         return int(self._perm[g % self.n])
 
     def epoch(self, g: int) -> int:

@@ -151,6 +151,8 @@ def run_eval(cfg: EvalConfig) -> dict:
             mixed = logp[0]
             top = torch.zeros(N, dtype=torch.long)
         elif cfg.ensemble_type == "clustering":
+            # (clustering with K > 1 was routed above; its settings all have a temperature)
+            assert route is not None and token_sqdist is not None and temperature is not None
             log_w = routing.log_weights(torch.from_numpy(token_sqdist), temperature, topk=topk,
                                         cbtm_compat=cfg.cbtm_compat,
                                         empty=torch.from_numpy(route["token_empty"]))
@@ -159,9 +161,11 @@ def run_eval(cfg: EvalConfig) -> dict:
         elif cfg.ensemble_type == "uniform":
             mixed = mixing.mix(logp, mixing.uniform_log_weights(K, N))
         elif cfg.ensemble_type == "lang":
+            assert doc_cluster is not None  # predicted above
             log_w, top = hard_log_weights(doc_cluster, clusters, doc_of_token)
             mixed = mixing.mix(logp, log_w)
         elif cfg.ensemble_type == "oracle":
+            assert oracle_lp is not None  # computed above for K > 1
             mixed, top = oracle_lp, oracle_top
         else:
             raise AssertionError(cfg.ensemble_type)
@@ -175,6 +179,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     first = sweep[0]
     oracle = None
     if K > 1:
+        assert oracle_lp is not None  # computed above for K > 1
         o = _summarize(oracle_lp.numpy(), docs, doc_cluster, oracle_top, clusters, None, -1)
         oracle = {"result_ppl": o["result_ppl"], "per_language": o["per_language"]}
     result = {

@@ -61,6 +61,7 @@ class Expert:
             # training went on after consolidating: score what it ended with, not the stale file
             if pointer.is_file() and pointer.stat().st_mtime_ns > c.stat().st_mtime_ns:
                 ck = latest_checkpoint(self.run_dir)
+                assert ck is not None  # the pointer is there (checked just above)
                 if not getattr(self, "_warned_stale", False):
                     log.warning(f"{c} is older than {ck.name}; scoring {ck} (re-run consolidate to refresh it)")
                     self._warned_stale = True
@@ -156,6 +157,7 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
             raise InputError(f"experts were trained for K={K} clusters but the clusterer has {num_clusters}",
                              experts[0].run_dir / EXPERT_JSON)
     else:
+        assert num_clusters is not None  # given with clusterer_fingerprint: both are the clusterer's
         K = num_clusters
         known = {**(lineage or {}), clusterer_fingerprint: num_clusters}
         for e in experts:
@@ -207,7 +209,7 @@ def load_model(expert: Expert, state: dict | None = None):
     """(model in eval mode, ModelArgs) for an expert; `state` overrides the weights (parameter averaging)."""
     args = ModelArgs.from_dict(expert.meta.model_args)
     sd = load_state(expert) if state is None else state
-    return model_from_state_dict(sd, args, where=expert.source()).eval(), args  # (scored in fp32)
+    return model_from_state_dict(sd, args, where=str(expert.source())).eval(), args  # (scored in fp32)
 
 
 def load_expert_tokenizer(expert: Expert):

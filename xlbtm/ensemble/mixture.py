@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Sequence, cast
 
 import numpy as np
 import torch
@@ -41,10 +41,12 @@ from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, DEFAULT_TOPK
 from xlbtm.ensemble.experts import find_experts, load_model, resolve_ensemble
 from xlbtm.ensemble.generate import generate
 from xlbtm.ensemble.merge import average_states
-from xlbtm.ensemble.routing import router_from_clusterer
+from xlbtm.ensemble.routing import Router, router_from_clusterer
 from xlbtm.ensemble.scoring import _gather_logprobs, clm_windows, scoring_window
 from xlbtm.errors import InputError, UsageError
+from xlbtm.models import ModelArgs
 from xlbtm.runtime import resolve_device, resolve_dtype
+from xlbtm.tokenizer import Tokenizer
 
 log = get_logger("ensemble")
 
@@ -66,10 +68,10 @@ class Row:
 @dataclass
 class MixtureLM:
     models: list                 # nn.Modules in eval mode on `device` (one per expert; one for dense/average)
-    args: object                 # ModelArgs of the first model (ids, positions)
-    tokenizer: object
+    args: ModelArgs              # of the first model (ids, positions)
+    tokenizer: Tokenizer
     experts: list                # xlbtm.ensemble.experts.Expert, ordered by cluster
-    router: object = None        # xlbtm.ensemble.routing.Router (clustering) or None
+    router: Router | None = None  # clustering; None: one model, or uniform
     ensemble_type: str = "clustering"
     temperature: float = DEFAULT_TEMPERATURE
     topk: int = DEFAULT_TOPK
@@ -115,7 +117,7 @@ class MixtureLM:
             raise UsageError("ensemble_type clustering routes by the clusterer: give clusterer= "
                              "(--path-to-clusterer), or ensemble_type uniform")
         if defaulted and ensemble_type == "dense":  # one model: more than one is a forgotten clusterer
-            n = len(model_paths) if model_paths else len(find_experts(experts_dir))
+            n = len(model_paths) if model_paths else len(find_experts(cast(str, experts_dir)))  # (one is given)
             if n > 1:
                 raise UsageError(f"several experts but no clusterer to route them: give clusterer= "
                                  f"(--path-to-clusterer), or ensemble_type=uniform ({n} models found)")
@@ -176,7 +178,8 @@ class MixtureLM:
         every continuation token is the argmax of the mixture. An empty continuation scores 0."""
         if route not in ROUTES:
             raise UsageError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
-        rows, where = [], []
+        rows: list[Row] = []
+        where: list[int | None] = []  # each request's row, None: an empty continuation
         for ctx, cont in requests:
             ctx, cont = [int(t) for t in ctx], [int(t) for t in cont]
             whole = ctx + cont

@@ -106,7 +106,8 @@ def load_parallel(data_dir, split: str, tokenizer, max_tokens: int, *, max_pairs
         raise InputError(f"--parallel-data has no split '{split}' (choose one with --parallel-subset)",
                          Path(data_dir) / split)
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
-    pairs, count = [], {}
+    pairs = []
+    count: dict[str, int] = {}
     for p in corpus.iter_pairs(split):
         lang = p.tgt_lang or "null"
         if max_pairs is not None and count.get(lang, 0) >= max_pairs:
@@ -228,9 +229,11 @@ def side_weights(ensemble_type: str, route: SideRoute, clusters: list[int], n: i
     if K == 1:
         return np.ones((n, 1))
     if ensemble_type == "clustering":
+        assert route.sqdist is not None and route.empty is not None  # route_sides routed by distance
         log_w = routing.log_weights(torch.from_numpy(route.sqdist[:, clusters]), temperature, topk=topk,
                                     cbtm_compat=cbtm_compat, empty=torch.from_numpy(route.empty))
     elif ensemble_type == "lang":
+        assert route.cluster is not None  # route_sides routed by language
         log_w, _ = hard_log_weights(route.cluster, clusters, torch.arange(n))
     elif ensemble_type == "uniform":
         log_w = mixing.uniform_log_weights(K, n)
@@ -344,6 +347,7 @@ def evaluate_retrieval(cfg, experts, clusterer, tokenizer, ps: ParallelSet, sett
             r = retrieval_accuracy(src_v[k], tgt_v[k], ps, pool, centering)
             experts_alone[str(c)] = {"accuracy": r["accuracy"],
                                      "per_language": {lg: v["accuracy"] for lg, v in r["per_language"].items()}}
+    assert first is not None  # settings is never empty
     out = {**first, "experts": experts_alone,
            "settings": {"parallel_data": str(cfg.parallel_data), "subset": cfg.parallel_subset,
                         "pool_size": pool, "max_pairs_per_language": cfg.retrieval_max_pairs,

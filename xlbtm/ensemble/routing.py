@@ -57,6 +57,9 @@ def log_weights(sqdist: torch.Tensor, temperature: float, *, topk: int = -1, cbt
     return topk_renormalize(log_w, topk)
 
 
+TokenIds = Sequence[int] | np.ndarray  # a document's or prefix's token ids: a list or a 1-D int array
+
+
 def squared_distances(h: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """||h_i - c_k||^2 for rows of h [N, d] and centroids [K, d] -> [N, K] float64: k-means' own
     `sq_distances`, so routing and clustering measure distance the same way."""
@@ -103,7 +106,7 @@ class LinearFeaturizer:
     def dim(self) -> int:
         return int(self.rows.shape[1])
 
-    def contributions(self, token_ids: Sequence[int]):
+    def contributions(self, token_ids: TokenIds):
         """[T, d] torch: what each position adds to the running sum (its token's row; 0 outside the vocabulary)."""
         ids = np.asarray(token_ids, dtype=np.int64)
         known = (ids >= 0) & (ids < self.rows.shape[0])
@@ -112,7 +115,7 @@ class LinearFeaturizer:
             contrib *= torch.from_numpy(known).to(contrib.dtype)[:, None]
         return contrib
 
-    def featurize(self, token_ids: Sequence[int]) -> np.ndarray:
+    def featurize(self, token_ids: TokenIds) -> np.ndarray:
         """The whole sequence's normalized featurization [d] (zero vector when nothing counts)."""
         p = self.contributions(token_ids).sum(0).numpy().astype(np.float64)
         n = np.linalg.norm(p)
@@ -155,7 +158,7 @@ class Router:
     def incremental(self) -> bool:
         return self.featurizer is not None
 
-    def distances(self, token_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def distances(self, token_ids: TokenIds) -> tuple[np.ndarray, np.ndarray]:
         T = len(token_ids)
         if self.featurizer is not None:
             # running sums P_j of the prefixes [0, j) (row 0: empty), then
@@ -165,6 +168,7 @@ class Router:
             if T > 1:
                 torch.cumsum(contrib[:-1], 0, out=P[1:])
             return self._sum_distances(P)
+        assert self.featurize_many is not None  # (the constructor's invariant: exactly one of the two)
         ids = list(np.asarray(token_ids).tolist())
         h = np.asarray(self.featurize_many([ids[:j] for j in range(T)]), dtype=np.float64) if T \
             else np.zeros((0, self.centroids.shape[1]))
@@ -185,10 +189,11 @@ class Router:
         """The routing state of a growing prefix (generation): `push` tokens, read `distances()`."""
         return PrefixState(self, token_ids)
 
-    def document_distances(self, token_ids: Sequence[int]) -> tuple[np.ndarray, bool]:
+    def document_distances(self, token_ids: TokenIds) -> tuple[np.ndarray, bool]:
         if self.featurizer is not None:
             h = self.featurizer.featurize(token_ids)
         else:
+            assert self.featurize_many is not None  # (the constructor's invariant: exactly one of the two)
             h = np.asarray(self.featurize_many([list(np.asarray(token_ids).tolist())]), dtype=np.float64)[0]
         empty = bool(np.linalg.norm(h) <= 1e-6)
         return squared_distances(h[None, :], self.centroids)[0], empty
@@ -215,6 +220,7 @@ class PrefixState:
             return
         self.ids.extend(ids)
         if self.sum is not None:
+            assert self.router.featurizer is not None  # (sum is kept for a linear featurizer only)
             self.sum += self.router.featurizer.contributions(ids).sum(0)
 
     def distances(self) -> tuple[np.ndarray, bool]:
@@ -222,6 +228,7 @@ class PrefixState:
         if self.sum is not None:
             d, empty = self.router._sum_distances(self.sum[None, :])
             return d[0], bool(empty[0])
+        assert self.router.featurize_many is not None  # (no featurizer: the router has featurize_many)
         h = np.asarray(self.router.featurize_many([list(self.ids)]), dtype=np.float64)
         return squared_distances(h, self.router.centroids)[0], bool(np.linalg.norm(h[0]) <= 1e-6)
 

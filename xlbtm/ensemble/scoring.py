@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from xlbtm.cli import get_logger
-from xlbtm.corpus import Corpus
+from xlbtm.corpus import Corpus, Document
 from xlbtm.ensemble.experts import load_model
 from xlbtm.ensemble.routing import router_from_clusterer
 from xlbtm.errors import InputError, UsageError
@@ -77,7 +77,7 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
     (None: whole documents, which CLM scoring reads in windows), the truncation counted in the log.
     `langs`: keep only documents whose `lang` is one of them (`max_docs` then counts those)."""
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
-    docs = []
+    docs: list[Document] = []
     for doc in corpus.iter_documents(subset):
         if max_docs is not None and len(docs) >= max_docs:
             break
@@ -99,15 +99,18 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
     np.cumsum(lengths, out=offsets[1:])
     tokens = np.concatenate([np.asarray(x, dtype=np.int64) for _, x in kept])
     sp_ids = [d.sp_id for d, _ in kept]
-    langs = [d.lang or "null" for d, _ in kept]
+    doc_langs = [d.lang or "null" for d, _ in kept]
     meta = {"dataset": subset, "data_dir": str(Path(data_dir).resolve()), "documents": len(kept),
             "tokens": int(offsets[-1]), "max_tokens": None if max_tokens is None else int(max_tokens),
             "tokenizer_fingerprint": tokenizer.fingerprint}
-    if langs is not None:  # (only then: the fingerprint of unfiltered documents stays what it was)
-        meta["langs"] = sorted(langs)
+    # FIXME: this entry was meant for a `langs` filter only ("only then: the fingerprint of unfiltered
+    # documents stays what it was"), but `langs` used to be rebound to the documents' languages just above,
+    # so every call writes the sorted per-document list. Kept as is (the fingerprints of cached docs
+    # depend on it); the intended code is `if langs is not None: meta["langs"] = sorted(langs)`.
+    meta["langs"] = sorted(doc_langs)
     meta["fingerprint"] = sha256_json({**meta, "sp_ids": sp_ids,
                                        "tokens_sha": _sha(tokens)})
-    out = EvalDocs(tokens, offsets, sp_ids, langs, meta)
+    out = EvalDocs(tokens, offsets, sp_ids, doc_langs, meta)
     save_docs(job_dir, out)
     return out
 
@@ -170,11 +173,11 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
     """
     docs = docs or load_docs(job_dir)
     path = score_cache_path(job_dir, name)
-    key = {"docs": docs.fingerprint, "weights": weights_key or expert.fingerprint(), "objective": expert.objective,
-           "mlm_groups": MLM_GROUPS}
+    what = {"docs": docs.fingerprint, "weights": weights_key or expert.fingerprint(), "objective": expert.objective,
+            "mlm_groups": MLM_GROUPS}
     if expert.objective == "clm":
-        key.update(window=window, stride=stride)
-    key = sha256_json(key)
+        what.update(window=window, stride=stride)
+    key = sha256_json(what)
     if cache_ok(path, key):
         log.info(f"{name}: cached scores found, skipping")
         return path
@@ -193,6 +196,7 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
         mask_id = args.extra.get("mask_id") if isinstance(args.extra, dict) else None
         if mask_id is None:
             mask_id = load_tokenizer(expert.meta.tokenizer).mask_id
+            assert mask_id is not None, "a masked LM's tokenizer has <mask>"
         lp = _score_mlm(model, args, docs, device, batch_tokens, int(mask_id))
     else:
         lp = _score_clm(model, args, docs, device, batch_tokens, window, stride)

@@ -43,7 +43,7 @@ def save_consolidated(path: str | os.PathLike, xlbtm_state_dict: dict, args: Mod
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         sd[k] = v
-    ckpt = {
+    ckpt: dict[str, Any] = {
         "model": xlbtm_to_fairseq(sd, args),
         "cfg": {"model": args.to_fairseq(), "common": {"model_parallel_size": 1}},
         "args": None,

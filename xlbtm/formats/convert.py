@@ -19,6 +19,7 @@ from xlbtm.formats.consolidated import load_consolidated, save_consolidated
 from xlbtm.formats.hf import load_hf, save_hf
 from xlbtm.formats.metaseq import is_shard_name, metaseq_to_xlbtm
 from xlbtm.io import refuse_overlap
+from xlbtm.models.config import ModelArgs
 from xlbtm.models.safe_load import safe_torch_load
 from xlbtm.runtime import resolve_dtype
 
@@ -47,7 +48,7 @@ def detect_format(path: Path) -> tuple[str, Path]:
     return "metaseq", path
 
 
-def read_model(kind: str, path: str | os.PathLike, model_size: str | None = None) -> tuple[dict, object, dict]:
+def read_model(kind: str, path: str | os.PathLike, model_size: str | None = None) -> tuple[dict, ModelArgs, dict]:
     """(xlbtm state dict, ModelArgs, provenance) of the model at `path` in format `kind`."""
     path = Path(path)
     if kind == "hf" or (kind == "xlbtm" and path.is_dir() and (path / "config.json").is_file()):
@@ -74,7 +75,7 @@ def write_model(kind: str, sd: dict, args, out: str | os.PathLike, *, extra: dic
 
 def convert(source: str, path: str | os.PathLike, target: str, out: str | os.PathLike, *,
             model_size: str | None = None, tokenizer: str | os.PathLike | None = None, dtype: str | None = None,
-            arch: str | None = None) -> tuple[object, Path, dict]:
+            arch: str | None = None) -> tuple[ModelArgs, Path, dict]:
     """Read `path` as `source`, write it to `out` as `target`; `arch` refuses another architecture.
     Returns (ModelArgs, the written path, provenance)."""
     if source not in SOURCES:

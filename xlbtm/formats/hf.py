@@ -67,7 +67,7 @@ def _read_weights(path: Path) -> dict:
         index = path / index_name
         if index.is_file():
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            sd = {}
+            sd: dict[str, torch.Tensor] = {}
             for f in files:
                 sd.update(loader(path / f))
             return sd

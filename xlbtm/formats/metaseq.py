@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -135,7 +136,7 @@ def is_shard_name(name: str) -> bool:
     return m is not None and (m.group("mp") is not None or m.group("dp") is not None)
 
 
-def find_checkpoint_files(path: str | Path) -> dict[int, dict[int, Path]]:
+def find_checkpoint_files(path: str | os.PathLike) -> dict[int, dict[int, Path]]:
     """{model_part: {shard: file}} for a file, a shard file, a directory or a filename prefix."""
     path = Path(path)
     if path.is_dir():
@@ -185,7 +186,7 @@ def _cfg_model(ckpt: dict) -> dict | None:
     return dict(m) if isinstance(m, dict) else None
 
 
-def load_metaseq_checkpoint(path: str | Path) -> MetaseqCheckpoint:
+def load_metaseq_checkpoint(path: str | os.PathLike) -> MetaseqCheckpoint:
     """Read any metaseq/fairseq checkpoint layout into one full, unfused state dict (metaseq names)."""
     files = find_checkpoint_files(path)
     parts, first, all_files = [], None, []
@@ -207,7 +208,7 @@ def load_metaseq_checkpoint(path: str | Path) -> MetaseqCheckpoint:
             if any(m is None for m in metas):
                 raise InputError("some shards lack shard_metadata", shards[0])
             try:
-                part = consolidate_shard_weights(weights, metas, strict=True)
+                part = consolidate_shard_weights(weights, cast(list[dict], metas), strict=True)  # (none is None)
             except (KeyError, ValueError) as e:
                 raise InputError(f"cannot unflatten FSDP shards: {e}", shards[0]) from None
         else:
@@ -217,6 +218,7 @@ def load_metaseq_checkpoint(path: str | Path) -> MetaseqCheckpoint:
         model = glue_model_parallel(parts)
     except KeyError as e:
         raise InputError(f"cannot join model-parallel parts: {e}", all_files[0]) from None
+    assert first is not None  # find_checkpoint_files names at least one file (or raises)
     raw = {k: v for k, v in first.items() if k not in ("model", "shard_metadata", "last_optimizer_state")}
     return MetaseqCheckpoint(model=model, cfg=_cfg_model(first), files=all_files, num_model_parts=len(parts),
                              num_shards=n_dp, raw=raw)
@@ -259,7 +261,7 @@ def args_from_metaseq(model_sd: dict, cfg: dict | None, arch: str, model_size: s
     return args
 
 
-def metaseq_to_xlbtm(path: str | Path, model_size: str | None = None) -> tuple[dict, ModelArgs, dict[str, Any]]:
+def metaseq_to_xlbtm(path: str | os.PathLike, model_size: str | None = None) -> tuple[dict, ModelArgs, dict[str, Any]]:
     """(xlbtm_state_dict, args, info) from a metaseq/fairseq checkpoint file, shard, prefix or directory."""
     ck = load_metaseq_checkpoint(path)
     arch = detect_fairseq_arch(ck.model)

@@ -25,7 +25,7 @@ import os
 import random
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from xlbtm.cli import get_logger
 from xlbtm.runtime import resolve_device
@@ -86,7 +86,7 @@ def _resolves_to(name: str) -> str | None:
         infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, OSError):
         return None
-    return infos[0][4][0] if infos else None
+    return cast(str, infos[0][4][0]) if infos else None  # AF_INET: sockaddr is (host: str, port)
 
 
 def _scontrol_node_addr(name: str) -> str | None:
@@ -278,7 +278,7 @@ def init_distributed(backend: str | None = None, *, device: str | None = None, t
 
     if world == 1 and not init_single:
         return DistInfo(0, 1, 0, dev, None, 1, source)
-    timeout = datetime.timedelta(seconds=float(timeout_s or os.environ.get("XLBTM_DIST_TIMEOUT_S", 1800)))
+    timeout = datetime.timedelta(seconds=float(timeout_s or os.environ.get("XLBTM_DIST_TIMEOUT_S", "1800")))
     if world == 1:
         store = dist.HashStore()
         dist.init_process_group(be, store=store, rank=0, world_size=1, timeout=timeout)

@@ -78,7 +78,7 @@ def make_executor(run: str, job_dir: str | os.PathLike, *, name: str, nodes: int
     folder = Path(job_dir).resolve() / "%j"  # one folder per job (array element): logs + pickles
 
     if run == "debug":
-        ex = submitit.DebugExecutor(folder=folder)
+        ex: submitit.Executor = submitit.DebugExecutor(folder=folder)
         log.debug("debug executor: jobs run in this process when their result is requested")
         return ex
 

@@ -252,9 +252,9 @@ def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknow
                 # before its result: a job SLURM killed for a node failure may still have written one
                 # (the trainer saves on SIGTERM and returns "preempted"), and its requeued copy waits on
                 pending.discard(i)
-                failure = _node_failed(job, node_failed[job.job_id])
-                log.error("%s: %s", what, failure.render())
-                failures.append((i, failure))
+                lost = _node_failed(job, node_failed[job.job_id])
+                log.error("%s: %s", what, lost.render())
+                failures.append((i, lost))
                 if fail_fast:
                     break
                 continue

@@ -24,6 +24,7 @@ tokens_per_sample - 1 of them), so the claim is checked, not assumed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shlex
 import typing
 import time
@@ -284,6 +285,7 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
 def _cluster_pairs(cfg: PipelineConfig, clusterer: Path, out: Path, stage) -> tuple[Path, Path]:
     """Assign the translation pairs (each split there is) with the corpus' clusterer, by their target side:
     a pair trains the expert of the language it translates into."""
+    assert cfg.parallel_data_dir is not None  # (only called with one)
     pairs = Path(cfg.parallel_data_dir).resolve()
     refuse_overlap({f"--out ({sub}/)": out / sub for sub in WRITTEN + ("pair_clusters",)},
                    {"--parallel-data-dir": pairs})
@@ -295,8 +297,9 @@ def _cluster_pairs(cfg: PipelineConfig, clusterer: Path, out: Path, stage) -> tu
     for split in [s for s in ("train", "valid") if (pairs / s).is_dir()]:
         flags = {"--data-dir": str(pairs), "--path-to-clusterer": str(clusterer), "--num-clusters": cfg.num_clusters,
                  "--output-prefix": str(pair_clusters), "--split": split, "--run": cfg.run, "--parallel-side": "tgt"}
-        run_stage("cluster", command("cluster", flags), lambda split=split: assign_corpus(
-            pairs, clusterer, pair_clusters, split, run=cfg.run, num_clusters=cfg.num_clusters, parallel_side="tgt"))
+        run_stage("cluster", command("cluster", flags), functools.partial(
+            assign_corpus, pairs, clusterer, pair_clusters, split, run=cfg.run, num_clusters=cfg.num_clusters,
+            parallel_side="tgt"))
     return pairs, pair_clusters
 
 
@@ -388,7 +391,7 @@ def _cluster(cfg: PipelineConfig, data: Path, tok: Path, out: Path, stage) -> tu
         flags = {"--data-dir": str(data), "--path-to-clusterer": str(clusterer), "--num-clusters": K,
                  "--output-prefix": str(clusters), "--split": split, "--run": cfg.run}
         run_stage("cluster", command("cluster", flags),
-                  lambda split=split: assign_corpus(data, clusterer, clusters, split, run=cfg.run, num_clusters=K))
+                  functools.partial(assign_corpus, data, clusterer, clusters, split, run=cfg.run, num_clusters=K))
     return clusterer, clusters, languages
 
 
@@ -463,15 +466,15 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     eval_dir = point_dir / "eval"
     stage(f"evaluate the ensemble ({'prefix' if cfg.clustering == 'tfidf' else 'lang'} routing), the oracle and "
           f"the dense model ({metric_name(cfg.objective)}) -> {eval_dir}")
-    common = dict(data_dir=str(prep.data), data_subset="valid", max_valid_steps=cfg.max_valid_docs or None,
-                  run=cfg.run if cfg.run == "slurm" else None,
-                  # cross-lingual retrieval on the valid pairs
-                  parallel_data=str(prep.pairs) if prep.pairs is not None and (prep.pairs / "valid").is_dir()
-                  else None)
+    common: dict[str, Any] = dict(
+        data_dir=str(prep.data), data_subset="valid", max_valid_steps=cfg.max_valid_docs or None,
+        run=cfg.run if cfg.run == "slurm" else None,
+        # cross-lingual retrieval on the valid pairs
+        parallel_data=str(prep.pairs) if prep.pairs is not None and (prep.pairs / "valid").is_dir() else None)
     evaluate(EvalConfig(**common, model_paths=[str(dense_run)], ensemble_type="dense",
                         job_dir=str(eval_dir / "dense")))
-    routing = dict(ensemble_type="clustering", temperatures=[cfg.temperature]) if cfg.clustering == "tfidf" \
-        else dict(ensemble_type="lang")
+    routing: dict[str, Any] = dict(ensemble_type="clustering", temperatures=[cfg.temperature]) \
+        if cfg.clustering == "tfidf" else dict(ensemble_type="lang")
     evaluate(EvalConfig(**common, **routing, path_to_clusterer=str(prep.clusterer),
                         experts_dir=str(RunLayout.of(models, K).root), job_dir=str(eval_dir / "ensemble"),
                         dense_result=str(eval_dir / "dense" / "result.json")))

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from xlbtm.cli import get_logger, setup_logging
 from xlbtm.data.binarize import binarize, binarize_pairs, split_inputs
@@ -118,13 +118,14 @@ def _executor(plans: list[ExpertPlan], spec: LaunchSpec, site=None):
                          site=site)
 
 
-def submit(plans: list[ExpertPlan], spec: LaunchSpec, site=None, visible_gpus: tuple[int, ...] | None = None) -> list:
+def submit(plans: list[ExpertPlan], spec: LaunchSpec, site=None,
+           visible_gpus: Sequence[tuple[int, ...] | None] | None = None) -> list:
     """One job per expert, submitted as one array; every job has num_nodes x num_gpus tasks."""
     if not plans:
         return []
     if spec.run == "debug" and spec.num_nodes * spec.num_gpus > 1:
         raise UsageError("--run debug runs in this process: use --num-nodes 1 --num-gpus 1")
-    if visible_gpus is not None:  # one job per GPU set (local waves)
+    if visible_gpus is not None:  # one job per GPU set (local waves): visible_gpus[i] for plans[i]
         jobs = []
         for p, gpus in zip(plans, visible_gpus):
             ex = _executor(plans, spec, site)
@@ -171,6 +172,7 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
     if r.run == "local":
         # waves: never more concurrent experts than GPU sets (or CPU cores / G) on this machine
         slots = plan.slots
+        assert slots is not None  # plan_experts sets them for --run local
         results = []
         for i in range(0, len(plan.experts), len(slots)):
             wave = plan.experts[i:i + len(slots)]

@@ -7,7 +7,8 @@ import torch
 
 def build_optimizer(model: torch.nn.Module, cfg, device_type: str) -> torch.optim.Optimizer:
     """AdamW with c-BTM's betas/eps; no weight decay on biases, norms and embeddings' 1-D params."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)

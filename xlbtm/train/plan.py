@@ -29,6 +29,7 @@ from xlbtm.runtime import requested_device, resolve_device
 from xlbtm.tokenizer import load_tokenizer
 from xlbtm.train.config import (
     OBJECTIVES,
+    Objective,
     TrainConfig,
     TrainExpertsRequest,
     TrainingSettings,
@@ -153,7 +154,7 @@ class TrainExpertsPlan:
     clusters_dir: Path | None                 # None: dense baseline (no filtering)
     clusterer_fp: str | None
     tokenizer: Any                            # xlbtm.tokenizer.Tokenizer
-    objective: str
+    objective: Objective
     run_name: str
     bin_dir: Path
     device: str                               # cuda | cpu
@@ -200,7 +201,7 @@ def resolve_tokenizer(seed_model: str, tokenizer: str | None = None) -> str:
                      f"({seed_model})")
 
 
-def default_objective(seed_model: str, model_size: str | None = None) -> str:
+def default_objective(seed_model: str, model_size: str | None = None) -> Objective:
     """mlm for XLM-R seeds (preset or HF config), clm otherwise."""
     for name in (seed_model, model_size):
         if name in PRESETS:

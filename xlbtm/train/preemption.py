@@ -7,6 +7,9 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 from xlbtm.launch.executor import requeue_and_exit
 
@@ -14,10 +17,10 @@ SIGNALS = ("SIGUSR1", "SIGTERM", "SIGUSR2")
 
 
 class PreemptionHandler:
-    def __init__(self):
+    def __init__(self) -> None:
         self.flag = False
         self.signum: int | None = None
-        self.previous: dict[int, object] = {}
+        self.previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
     def install(self) -> "PreemptionHandler":
         if threading.current_thread() is not threading.main_thread():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
@@ -46,7 +47,8 @@ def model_on_rank(cfg: TrainConfig, tok, device, world: int, is_main: bool):
     if world == 1:
         model, args = _seed_model(cfg, tok)
         return model.to(device), args, None
-    obj, full_sd = [None], {}
+    obj: list[Any] = [None]  # rank 0's ModelArgs.to_dict(), broadcast
+    full_sd = {}
     if is_main:
         seed_model, args = _seed_model(cfg, tok)
         full_sd = seed_model.state_dict()
