@@ -51,8 +51,8 @@ def flag_name(f: dataclasses.Field) -> str:
 
 
 def default_of(f: dataclasses.Field) -> Any:
-    if f.default_factory is not MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not MISSING:
+        return f.default_factory()
     return f.default
 
 

@@ -23,8 +23,10 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +51,7 @@ from xlbtm.formats.consolidated import save_consolidated
 from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, read_expert_info
 from xlbtm.formats.layout import CONSOLIDATED, RunLayout
 from xlbtm.models import ModelArgs
-from xlbtm.train.config import OBJECTIVES, AddExpertsRequest, uses_monolingual, uses_pairs
+from xlbtm.train.config import OBJECTIVES, AddExpertsRequest, Objective, uses_monolingual, uses_pairs
 from xlbtm.train.experts import all_completed, describe_results, run_plan
 from xlbtm.train.plan import describe_plan, plan_experts
 
@@ -119,7 +121,7 @@ def one_root_seed(experts, where) -> str:
 def choose_init(req: AddExpertsRequest, experts, old, extended, lang: str, work: Path) -> tuple[str, dict]:
     """(the --seed-model of the new expert, the `init` record of its expert.json)."""
     method, which = parse_init(req.init, old.num_clusters)
-    init = {"method": method, "lang": lang, "root_seed_model": one_root_seed(experts, req.experts_dir)}
+    init: dict[str, Any] = {"method": method, "lang": lang, "root_seed_model": one_root_seed(experts, req.experts_dir)}
     if method == "seed":
         return init["root_seed_model"], {**init, "parent": None}
     if method == "average":
@@ -174,7 +176,7 @@ def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path,
     return counts
 
 
-def grown_objective(req: AddExpertsRequest, info0: ExpertInfo) -> tuple[str, set[str]]:
+def grown_objective(req: AddExpertsRequest, info0: ExpertInfo) -> tuple[Objective, set[str]]:
     """(the new experts' objective, what it reads: "mono" and / or "pairs"): --objective, else the one the
     experts were trained with (expert.json's `objective` is how they are scored; tlm experts score as mlm)."""
     trained = ((info0.data or {}).get("config") or {}).get("objective") or info0.objective
@@ -184,6 +186,7 @@ def grown_objective(req: AddExpertsRequest, info0: ExpertInfo) -> tuple[str, set
     if OBJECTIVES[objective] != OBJECTIVES[trained]:
         raise UsageError(f"--objective {objective} trains a {OBJECTIVES[objective]} model, but the experts are "
                          f"{OBJECTIVES[trained]} (trained with {trained})")
+    objective = typing.cast(Objective, objective)  # one of OBJECTIVES: checked above
     reads = ({"mono"} if uses_monolingual(objective) else set()) | ({"pairs"} if uses_pairs(objective) else set())
     if "pairs" in reads and not req.parallel_data:
         raise UsageError(f"the new experts train with --objective {objective}: give --parallel-data (translation "
@@ -222,6 +225,7 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
     pair_clusters = None
     if "pairs" in reads:
         pair_clusters = work / "pair_clusters"
+        assert req.parallel_data is not None  # checked with the objective: pairs are read only when given
         psplits = ["train"] + (["valid"] if (Path(req.parallel_data) / "valid").is_dir() else [])
         counts = assign_by_language(req.parallel_data, new_k, pair_clusters, ext, psplits, parallel_side="tgt")
         empty = [lang for lang in new_langs if counts["train"][new_k[lang]] == 0]

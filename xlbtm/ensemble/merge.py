@@ -23,13 +23,14 @@ import math
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from xlbtm.cli import get_logger
 from xlbtm.ensemble.config import MergeConfig
-from xlbtm.ensemble.experts import find_experts, load_expert_tokenizer, load_state
+from xlbtm.ensemble.experts import Expert, find_experts, load_expert_tokenizer, load_state
 from xlbtm.ensemble.mixing import doc_sums
 from xlbtm.ensemble.scoring import prepare_docs, read_scores, score_expert, scoring_window
 from xlbtm.errors import InputError, UsageError
@@ -50,7 +51,7 @@ WEIGHT_SUM_TOL = 1e-6
 
 def select_experts(experts: list, clusters: list[int] | None = None) -> list:
     """The experts to merge, ordered by cluster id: all of them, or those of `clusters` (`--experts 0,2`)."""
-    by_cluster: dict[int, object] = {}
+    by_cluster: dict[int, Expert] = {}
     for e in experts:
         if e.cluster in by_cluster:
             raise InputError(f"two experts for cluster {e.cluster}: {by_cluster[e.cluster].run_dir} and {e.run_dir}")
@@ -146,6 +147,7 @@ def resolve_weights(spec: str, experts: list, *, data_dir=None, subset: str = "v
             raise UsageError("--weights posterior needs --data-dir (held-out documents to compute the posterior on)")
         return posterior_weights(experts, data_dir, subset, max_docs=max_docs, job_dir=job_dir, device=device,
                                  batch_tokens=batch_tokens), "posterior"
+    assert not isinstance(w, str)  # parse_weights: uniform, posterior or a list
     return w, "explicit"
 
 
@@ -183,7 +185,8 @@ def posterior_weights(experts: list, data_dir, subset: str, *, langs: set[str] |
             # read right after scoring: two experts of one cluster id (from different ensembles) share a name
             name = f"expert{e.cluster}"
             score_expert(job, name, e, docs, device=device, batch_tokens=batch_tokens, window=window, stride=stride)
-            per_doc.append(doc_sums(torch.from_numpy(read_scores(job, name).astype(np.float64)), docs.offsets))
+            per_doc.append(doc_sums(torch.from_numpy(read_scores(job, name).astype(np.float64)),
+                                    torch.from_numpy(docs.offsets)))
     post = torch.softmax(torch.stack(per_doc), dim=0)  # [K, D]: p(k | d), each column sums to 1
     weights = post.mean(dim=1).tolist()
     log.info(f"posterior weights over {docs.num_docs} documents of {subset}: "
@@ -250,7 +253,7 @@ def merge_experts(experts: list, weights: list[float], output_dir: str | os.Path
     args = ModelArgs.from_dict(ref.model_args)
     state = average_states(experts, weights)
     sources = [str(e.weights or e.run_dir) for e in experts]
-    data = {"merged_from": sources, "clusters": [e.cluster for e in experts], "weights": list(map(float, weights)),
+    data: dict[str, Any] = {"merged_from": sources, "clusters": [e.cluster for e in experts], "weights": list(map(float, weights)),
             "weights_method": method}
     trained = [e.meta.data.get("tokens_per_sample") for e in experts]
     if all(trained):  # eval scores in windows of the trained context: the experts' shortest

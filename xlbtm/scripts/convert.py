@@ -64,7 +64,8 @@ def deprecated_alias(module: str, fixed: dict):
     when that module is run as a script (`module` is its `__name__`, `__spec__.name` names it in --help)."""
     import sys
 
-    name = sys.modules[module].__spec__.name
+    spec = sys.modules[module].__spec__
+    name = spec.name if spec is not None else module
 
     def alias_main(argv=None):
         return main(argv, fixed=fixed, prog=f"python -m {name}")

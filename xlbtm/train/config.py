@@ -235,7 +235,7 @@ class AddExpertsRequest:
     parallel_data: str | None = option(
         None, "translation pairs (train/<shard>/*.jsonl of {src, tgt, src_lang, tgt_lang}) for tlm / mlm+tlm "
               "experts: a new expert trains on the pairs whose tgt_lang is its language", group=ADD)
-    train: TrainExpertsRequest | None = None  # the training flags (seed, K, dirs: set by add_experts)
+    train: TrainExpertsRequest  # the training flags (seed, K, dirs: set by add_experts); not a flag itself
 
 
 def uses_pairs(objective: str) -> bool:
