@@ -41,6 +41,7 @@ def main():
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from bench_cluster import batched, make_baseline, nearest
+
     from xlbtm.cluster.featurize import SubwordFeaturizer
     from xlbtm.cluster.kmeans import fit_kmeans
     from xlbtm.cluster.train import sample_documents

@@ -73,8 +73,8 @@ def main() -> None:
 
         rows = []
         for label, path in (("plain", src), ("gzip", gz)):
-            t_naive, n = best_of(lambda: naive(path), args.repeats)
-            t_ours, n2 = best_of(lambda: xlbtm_reader(path), args.repeats)
+            t_naive, n = best_of(lambda path=path: naive(path), args.repeats)
+            t_ours, n2 = best_of(lambda path=path: xlbtm_reader(path), args.repeats)
             assert n == n2, (n, n2)
             rows.append((f"stream {label}: naive json.loads loop", n / t_naive, mb / t_naive, 1.0))
             rows.append((f"stream {label}: xlbtm iter_file", n / t_ours, mb / t_ours, t_naive / t_ours))
@@ -99,7 +99,7 @@ def main() -> None:
                          None, None))
             c = Corpus(root)
             c.index(rel)
-            t_many, _ = best_of(lambda: sum(len(d.text) for d in c.get_many(ids)), 1)
+            t_many, _ = best_of(lambda c=c, ids=ids: sum(len(d.text) for d in c.get_many(ids)), 1)
             c.close()
             rows.append((f"random get_many {label} (same sp_ids, read in file order)", k / t_many, None, None))
     finally:

@@ -81,7 +81,7 @@ def bench_gpu(preset, batch, seq_len, iters, warmup):
     x = torch.randint(3, args.vocab_size, (batch, seq_len), device="cuda")
     y = torch.randint(3, args.vocab_size, (batch, seq_len), device="cuda")
     for name, model, is_hf in (("xlbtm", ours, False), ("transformers", hf, True)):
-        def fb():
+        def fb(model=model, is_hf=is_hf):
             logits = model(input_ids=x).logits if is_hf else model(x)
             F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1)).backward()
             model.zero_grad(set_to_none=True)

@@ -168,9 +168,9 @@ def test_truncated_shard_of_the_newest_checkpoint_falls_back(tmp_path):
 def test_payload_in_any_torch_file_a_user_passes_never_runs(tmp_path, where):
     """--seed-model / --model-paths take .pt files and HF dirs from other people: each reaches its loader
     through the same entry point users type, and the payload is refused, not run."""
-    from xlbtm.models import build_model, get_preset
     from xlbtm.formats.hf import save_hf
     from xlbtm.formats.seed import load_seed
+    from xlbtm.models import build_model, get_preset
 
     marker = tmp_path / "pwned"
     evil = {"model": {"w": torch.ones(2)}, "extra": _Payload(marker)}

@@ -4,14 +4,12 @@ import shutil
 
 import numpy as np
 import pytest
+from tolerance import fp_tol
 
 from xlbtm.cluster import assign as assign_mod
 from xlbtm.cluster.artifact import load_clusterer
-from xlbtm.formats.clusters import iter_assignments, read_manifest
-
 from xlbtm.errors import InputError, UsageError
-
-from tolerance import fp_tol
+from xlbtm.formats.clusters import iter_assignments, read_manifest
 
 
 def _write(path, docs):
@@ -26,7 +24,7 @@ def corpus(tmp_path_factory):
 
     src = tmp_path_factory.mktemp("src")
     write_demo_corpus(src, n_train=240, n_valid=30, seed=1)
-    docs = [json.loads(l) for p in sorted((src / "train").rglob("*.jsonl")) for l in p.read_text().splitlines()]
+    docs = [json.loads(line) for p in sorted((src / "train").rglob("*.jsonl")) for line in p.read_text().splitlines()]
     root = tmp_path_factory.mktemp("data")
     for i in range(6):
         _write(root / "train" / f"{i // 2:05d}" / f"part{i % 2}.jsonl", docs[i::6])
@@ -55,7 +53,7 @@ def test_artifact_roundtrip_without_pickle(clusterer, corpus, monkeypatch):
     meta = json.loads((clusterer / "clusterer.json").read_text())
     assert meta["balanced"] is True and meta["fit"]["num_docs"] == 200
     assert max(meta["fit"]["sizes"]) - min(meta["fit"]["sizes"]) <= 1
-    texts = [json.loads(l)["text"] for l in (corpus / "valid" / "demo.jsonl").read_text().splitlines()]
+    texts = [json.loads(line)["text"] for line in (corpus / "valid" / "demo.jsonl").read_text().splitlines()]
     p1 = c.predict(texts)
     p2 = load_clusterer(clusterer).predict(texts)
     np.testing.assert_array_equal(p1, p2)

@@ -2,12 +2,10 @@ import re
 
 import numpy as np
 import pytest
+from tolerance import fp_tol
 
 from xlbtm.cluster.featurize import Lsa, SubwordFeaturizer, WordFeaturizer, top_terms
-
 from xlbtm.cluster.words import word_tokens
-
-from tolerance import fp_tol
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +156,10 @@ def test_subword_fast_path_is_bitwise_the_reference_and_old_sentencepiece_fallba
 def test_word_stop_words_per_language():
     rng = np.random.default_rng(0)
     texts, langs = [], []
-    for i in range(60):  # language xx: "zork" is in every document -> a learned stop word
+    for _ in range(60):  # language xx: "zork" is in every document -> a learned stop word
         texts.append("zork " + " ".join(f"w{rng.integers(30)}x" for _ in range(8)) + " alpha 42 and")
         langs.append("xx")
-    for i in range(10):  # language yy has too few documents to learn stop words from
+    for _ in range(10):  # language yy has too few documents to learn stop words from
         texts.append("blip " + " ".join(f"v{rng.integers(30)}y" for _ in range(8)))
         langs.append("yy")
     f = WordFeaturizer(min_df=1, lang_stop_df=0.9).fit(texts, langs)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from xlbtm.formats import clusters as files
 from xlbtm.errors import InputError
+from xlbtm.formats import clusters as files
 
 
 def test_write_read_roundtrip(tmp_path):

@@ -68,7 +68,7 @@ def test_assignment_workers_get_their_share_of_the_cpus(tmp_path, monkeypatch):
 
     src = tmp_path / "src"
     write_demo_corpus(src, n_train=120, n_valid=10, seed=0)
-    docs = [l for p in sorted((src / "train").rglob("*.jsonl")) for l in p.read_text().splitlines()]
+    docs = [line for p in sorted((src / "train").rglob("*.jsonl")) for line in p.read_text().splitlines()]
     for i in range(4):
         p = tmp_path / "data" / "train" / "00000" / f"p{i}.jsonl"
         p.parent.mkdir(parents=True, exist_ok=True)

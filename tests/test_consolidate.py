@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_ensemble import make_expert, tiny  # noqa: F401  (tiny is a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -160,8 +159,9 @@ def test_shell_script_spaces_skips_and_failures(tiny, tmp_path, runner):  # noqa
 
 def test_consolidate_metaseq_sharded_dir(tmp_path):
     """c-BTM's sharded `checkpoint_last-model_part-*-shard*.pt` -> one consolidated.pt with the same logits."""
-    from xlbtm.formats.consolidated import load_consolidated
     from metaseq_writer import write_sharded_checkpoint
+
+    from xlbtm.formats.consolidated import load_consolidated
     from xlbtm.models import ModelArgs, build_model
     from xlbtm.scripts import consolidate as script
 

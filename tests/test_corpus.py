@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from xlbtm.corpus import reader as corpus_mod
 from xlbtm.corpus import Corpus, LineIndex, find_jsonl_files, iter_file, parse_sp_id, resolve_sp_id
+from xlbtm.corpus import reader as corpus_mod
 from xlbtm.demo_corpus import write_demo_corpus
 from xlbtm.errors import InputError
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from train_helpers import make_demo_data
 
 
@@ -80,9 +79,9 @@ def test_binarize_parallel_workers_give_identical_bytes(demo, binarized, tmp_pat
 def test_unassigned_documents_are_an_error_unless_allowed(demo, tmp_path):
     import shutil
 
-    from xlbtm.formats.clusters import cluster_files
     from xlbtm.data.binarize import binarize
     from xlbtm.errors import InputError
+    from xlbtm.formats.clusters import cluster_files
 
     root, data, tok, cdir = demo
     c2 = tmp_path / "clusters"
@@ -203,9 +202,9 @@ def test_documents_added_after_binarizing_are_binarized_on_rerun(demo, tmp_path,
     import json
     import logging
 
-    from xlbtm.formats.clusters import cluster_file_path, write_cluster_file
     from xlbtm.corpus import Corpus
     from xlbtm.data.binarize import binarize
+    from xlbtm.formats.clusters import cluster_file_path, write_cluster_file
 
     data, tok, cdir = _copy_demo(demo, tmp_path)
     first = binarize(data, tmp_path / "bin", tok, clusters_dir=cdir, workers=0)
@@ -236,9 +235,8 @@ def test_documents_added_after_binarizing_are_binarized_on_rerun(demo, tmp_path,
 
 
 def test_train_experts_rebinarizes_a_split_whose_cluster_files_changed(demo, tmp_path):
-    from xlbtm.data.binarize import split_inputs
+    from xlbtm.data.binarize import binarize, split_inputs
     from xlbtm.train.experts import binarized_done
-    from xlbtm.data.binarize import binarize
 
     data, tok, cdir = _copy_demo(demo, tmp_path)
     binarize(data, tmp_path / "bin", tok, clusters_dir=cdir, workers=0)
@@ -258,9 +256,9 @@ def test_cluster_files_of_another_clusterer_are_refused(demo, tmp_path):
     old clusterer's and must not be binarized as the new one's."""
     import json
 
-    from xlbtm.formats.clusters import iter_assignments, stats_path
     from xlbtm.data.binarize import binarize
     from xlbtm.errors import InputError
+    from xlbtm.formats.clusters import iter_assignments, stats_path
 
     data, tok, cdir = _copy_demo(demo, tmp_path)
     m = json.loads((cdir / "manifest.json").read_text())

@@ -9,7 +9,6 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from tolerance import ppl_rel_tol
 
 from xlbtm.ensemble import mixing, routing

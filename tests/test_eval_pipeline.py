@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from train_helpers import make_demo_data
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")

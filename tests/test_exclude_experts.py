@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from test_ensemble import FakeSubwordClusterer, FakeTypological, make_expert, tiny  # noqa: F401  (tiny: fixture)
+
 from xlbtm.errors import UsageError
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")

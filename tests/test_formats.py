@@ -5,7 +5,6 @@ import argparse
 
 import pytest
 import torch
-
 from tolerance import tensor_tol
 
 from xlbtm.errors import InputError, UsageError
@@ -65,8 +64,8 @@ def test_save_hf_loads_in_transformers_with_parity(tmp_path, arch):
 def test_hf_to_xlbtm_to_hf_is_exact(tmp_path, arch):
     """HF model -> save_pretrained -> xlbtm (load_hf) -> consolidated.pt -> save_hf -> HF: identical logits."""
     from xlbtm.formats.consolidated import load_consolidated, save_consolidated
-    from xlbtm.models.adapters import hf_config
     from xlbtm.formats.hf import load_hf, save_hf
+    from xlbtm.models.adapters import hf_config
 
     args = _args(arch)
     from transformers import XGLMForCausalLM, XLMRobertaForMaskedLM
@@ -109,8 +108,9 @@ def test_consolidated_round_trip_and_plain_torch_load(tmp_path, arch):
 
 def test_metaseq_sharded_to_hf_preserves_logits_exactly(tmp_path):
     """metaseq 2 MP parts x 2 FSDP shards -> (CLI) HF dir: same logits as the HF model of the same weights."""
-    from conversion.metaseq_to_hf import main
     from metaseq_writer import write_sharded_checkpoint
+
+    from conversion.metaseq_to_hf import main
     from xlbtm.formats.hf import save_hf
 
     args = _args()
@@ -154,8 +154,9 @@ def test_fairseq_xlmr_to_hf_cli(tmp_path):
 
 
 def test_load_seed_every_kind(tmp_path):
-    from xlbtm.formats.consolidated import save_consolidated
     from metaseq_writer import write_sharded_checkpoint
+
+    from xlbtm.formats.consolidated import save_consolidated
     from xlbtm.formats.hf import save_hf
 
     model, args, info = load_seed("debug", vocab_size=300)
@@ -282,6 +283,7 @@ def test_one_convert_command_for_every_pair(tmp_path, capsys):
     """`python -m xlbtm.scripts.convert --from X --to Y` (also `xlbtm convert`): metaseq shards -> HF ->
     xlbtm -> metaseq keeps the logits bit for bit; --arch refuses another architecture; bad flags exit 2."""
     from metaseq_writer import write_sharded_checkpoint
+
     from xlbtm.cli import main_wrapper
     from xlbtm.formats.consolidated import load_consolidated
     from xlbtm.scripts.__main__ import main as xlbtm_main

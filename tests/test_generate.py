@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from mixture_helpers import build_ensemble, sharpen
 from tolerance import fp_tol, tensor_tol
 

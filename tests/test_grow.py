@@ -90,7 +90,7 @@ def test_nearest_init_extends_the_clusterer_and_trains_into_the_experts_dir(grow
     # the parent is the cluster with the nearest language (single linkage over URIEL cosine distances)
     feats, _ = language_features(list(OLD_LANGS) + list(NEW_LANGS))
     d = cosine_distances(feats)
-    for i, lang in enumerate(NEW_LANGS):
+    for i, _lang in enumerate(NEW_LANGS):
         per_cluster = [min(d[len(OLD_LANGS) + i, j] for j, x in enumerate(OLD_LANGS) if old.lang_to_cluster[x] == k)
                        for k in range(2)]
         info = read_expert_info(experts / f"typo.cluster{2 + i}")

@@ -17,7 +17,7 @@ import torch
 lm_eval = pytest.importorskip("lm_eval")
 
 from mixture_helpers import build_ensemble  # noqa: E402
-from tolerance import fp_tol, ppl_rel_tol
+from tolerance import fp_tol, ppl_rel_tol  # noqa: E402
 
 TASKS = Path(__file__).parent / "harness_tasks"
 T = 0.5
@@ -42,8 +42,9 @@ def _model_args(ens, **kw) -> str:
 
 
 def _evaluate(model, tasks, model_args=None):
-    import xlbtm.ensemble.harness  # noqa: F401  (registers --model xlbtm)
     from lm_eval.tasks import TaskManager
+
+    import xlbtm.ensemble.harness  # noqa: F401  (registers --model xlbtm)
 
     return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=tasks, log_samples=True,
                                    task_manager=TaskManager(include_path=str(TASKS), include_defaults=False), batch_size=4, device="cpu")

@@ -29,8 +29,8 @@ def test_written_files_get_the_umask_mode(tmp_path):
 
 def test_safetensors_artifacts_get_the_umask_mode_too(tmp_path):
     """safetensors' save_file creates its file 0600; clusterers and HF dirs live on shared clusters."""
-    from xlbtm.models import build_model, get_preset
     from xlbtm.formats.hf import save_hf
+    from xlbtm.models import build_model, get_preset
 
     args = get_preset("debug", vocab_size=64)
     old = os.umask(0o022)

@@ -17,8 +17,15 @@ import pytest
 
 from xlbtm.errors import InputError, UsageError
 from xlbtm.io import write_json
-from xlbtm.launch import (JobFailedError, add_slurm_args, init_distributed, make_executor, resolve_site,
-                          site_from_args, wait_for)
+from xlbtm.launch import (
+    JobFailedError,
+    add_slurm_args,
+    init_distributed,
+    make_executor,
+    resolve_site,
+    site_from_args,
+    wait_for,
+)
 from xlbtm.launch.site import parse_time_min
 
 REPO = Path(__file__).resolve().parents[1]

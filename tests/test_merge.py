@@ -8,11 +8,10 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from test_ensemble import make_expert, tiny  # noqa: F401  (tiny is a fixture)
-from xlbtm.errors import InputError, UsageError
-
 from tolerance import fp_tol
+
+from xlbtm.errors import InputError, UsageError
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 

@@ -5,10 +5,10 @@ import argparse
 
 import pytest
 import torch
-
-from xlbtm.formats.metaseq import consolidate_shard_weights, find_checkpoint_files, load_metaseq_checkpoint
 from metaseq_writer import flatten_and_shard, split_model_parallel, write_sharded_checkpoint
+
 from xlbtm.errors import InputError
+from xlbtm.formats.metaseq import consolidate_shard_weights, find_checkpoint_files, load_metaseq_checkpoint
 from xlbtm.models import ModelArgs, build_model
 from xlbtm.models.adapters import xlbtm_to_fairseq
 
@@ -175,9 +175,9 @@ def test_an_empty_or_truncated_checkpoint_is_one_line_with_the_remedy_in_every_c
     """A zero-byte or cut-off .pt (an interrupted copy) is one line naming the file and how to rebuild it, exit
     status 2, for every command that reads one: convert, --seed-model, merge_experts, generate."""
     from xlbtm.cli import main_wrapper
+    from xlbtm.demo_corpus import write_demo_corpus
     from xlbtm.models import build_model, get_preset
     from xlbtm.models.safe_load import safe_torch_load
-    from xlbtm.demo_corpus import write_demo_corpus
     from xlbtm.scripts import convert, generate, train_experts
 
     write_demo_corpus(tmp_path / "data", n_train=20, n_valid=4)

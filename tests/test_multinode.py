@@ -14,9 +14,9 @@ import time
 
 import pytest
 import torch
-
 from slurm_helpers import sacct_nodes
 from train_helpers import final_weights, make_demo_data, train_losses
+
 from xlbtm.launch import make_executor, resolve_site, wait_for
 
 pytestmark = pytest.mark.slurm

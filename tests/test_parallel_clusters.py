@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from parallel_helpers import WORDS, write_mono, write_pairs
 
 

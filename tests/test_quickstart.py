@@ -23,8 +23,8 @@ def test_quickstart_end_to_end(tmp_path):
     manifest = json.loads((out / "clusters" / "manifest.json").read_text())
     assert manifest["num_clusters"] == 2
     for split, n in (("train", 240), ("valid", 30)):
-        lines = [json.loads(l) for f in sorted((out / "clusters" / split).rglob("*.jsonl"))
-                 for l in f.read_text().splitlines()]
+        lines = [json.loads(line) for f in sorted((out / "clusters" / split).rglob("*.jsonl"))
+                 for line in f.read_text().splitlines()]
         assert len(lines) == n and {d["cluster"] for d in lines} <= {0, 1}
 
     # experts and the dense model: expert.json, DCP checkpoints, consolidated.pt

@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from test_ensemble import FakeSubwordClusterer, FakeTypological, make_expert, tiny  # noqa: F401  (tiny: fixture)
+
 from xlbtm.ensemble import retrieval
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
@@ -231,7 +231,7 @@ def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, cl
             U = [vec(x["tgt"], T, x["tgt"]) for x in rows]
             if centering == "pool":  # one pool per language here: center each side on its mean, renormalize
                 S, U = ([v / np.linalg.norm(v) for v in np.asarray(side) - np.mean(side, 0)] for side in (S, U))
-            for i, x in enumerate(rows):
+            for i, _x in enumerate(rows):
                 t = U[i]
                 sims = [float(t @ v) for v in S]
                 hits.setdefault(lang, []).append(all(sims[i] > sims[j] for j in range(len(S)) if j != i))

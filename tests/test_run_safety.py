@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from train_helpers import REPO, make_demo_data
 
 
@@ -165,8 +164,8 @@ def test_settings_a_job_would_find_later_are_refused_before_queueing(demo, tmp_p
     assert "--objective mlm needs a xlmr model" in err
 
     # an HF seed whose weights are corrupt: named before anything is binarized
-    from xlbtm.models import build_model, get_preset
     from xlbtm.formats.hf import save_hf
+    from xlbtm.models import build_model, get_preset
 
     hf = tmp_path / "hf"
     save_hf(build_model(get_preset("debug")), get_preset("debug"), hf, tokenizer_dir=tok)

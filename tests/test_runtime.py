@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from train_helpers import REPO
+
 from xlbtm.errors import UsageError
 from xlbtm.runtime import DEVICE_ENV, dtype_name, resolve_device, resolve_dtype
 

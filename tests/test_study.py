@@ -70,7 +70,7 @@ def test_scaling_study_end_to_end_tiny_budgets(tmp_path):
         # the point's own reports exist and say the same numbers
         res = json.loads((out / f"budget_{pt['expert_steps']}" / "eval" / "ensemble" / "result.json").read_text())
         assert res["result_ppl"] == pt["ensemble_ppl"] and res["oracle"]["result_ppl"] == pt["oracle_ppl"]
-        log = [json.loads(l) for l in (out / f"budget_{pt['expert_steps']}" / "models" / "1_clusters" /
+        log = [json.loads(line) for line in (out / f"budget_{pt['expert_steps']}" / "models" / "1_clusters" /
                                        "dense.cluster0" / "train_log.jsonl").read_text().splitlines()]
         assert max(r["step"] for r in log) == pt["dense_steps"]
     md = (out / "study.md").read_text()
@@ -119,8 +119,8 @@ def test_scaling_study_on_slurm(tmp_path, slurm_cluster, monkeypatch, capsys):
 
 def test_objective_picks_the_seed_preset_and_refuses_a_mismatched_one():
     from xlbtm.errors import UsageError
-    from xlbtm.scripts.quickstart import build_parser
     from xlbtm.quickstart import QuickstartConfig
+    from xlbtm.scripts.quickstart import build_parser
     from xlbtm.study.pipeline import _train_flags
 
     clm = QuickstartConfig(**vars(build_parser().parse_args([])))

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from parallel_helpers import WORDS, write_mono, write_pairs
 
 
@@ -263,9 +262,10 @@ def _argv(corpora, ser, objective, *extra):
 
 
 def test_tlm_expert_trains_on_parallel_data_only(corpora, tmp_path, capsys):
+    from train_helpers import train_losses
+
     from xlbtm.formats.expert import read_expert_info
     from xlbtm.scripts.train_experts import main
-    from train_helpers import train_losses
 
     ser = tmp_path / "ser"
     assert main(_argv(corpora, ser, "tlm", "--max-steps", "10", "--learning-rate", "1e-2")) == 0
@@ -286,8 +286,9 @@ def test_tlm_expert_trains_on_parallel_data_only(corpora, tmp_path, capsys):
 def test_mlm_tlm_resume_is_exact(corpora, tmp_path, capsys):
     """Train 6 steps (checkpoints at 3 and 6); roll the run back to step 3 and rerun the same command: it
     resumes there and ends bitwise equal to the uninterrupted run (dropout 0.1, masks and mix by index)."""
-    from xlbtm.scripts.train_experts import main
     from train_helpers import final_weights, train_losses
+
+    from xlbtm.scripts.train_experts import main
 
     ser = tmp_path / "ser"
     argv = _argv(corpora, ser, "mlm+tlm", "--tlm-ratio", "0.5")
@@ -354,6 +355,6 @@ def test_gettext_corpus_reads_as_parallel_data():
 
     corpus = Corpus(GETTEXT)
     langs = set()
-    for i, p in enumerate(corpus.iter_pairs("valid")):
+    for p in corpus.iter_pairs("valid"):
         langs.add((p.src_lang, p.tgt_lang))
     assert corpus.stats.skipped == 0 and len(langs) >= 2 and all(s == "en" for s, _ in langs)

@@ -31,9 +31,9 @@ def free_port() -> int:
 
 def make_demo_data(root: Path, *, n_train: int = 120, n_valid: int = 24, clusters: int = 2):
     """Demo corpus, tokenizer, cluster files (cluster = line index % K) under `root`; returns paths."""
-    from xlbtm.formats.clusters import cluster_file_path, write_cluster_file, write_manifest
     from xlbtm.corpus import Corpus
     from xlbtm.demo_corpus import write_demo_corpus
+    from xlbtm.formats.clusters import cluster_file_path, write_cluster_file, write_manifest
     from xlbtm.tokenizer import train_sentencepiece
 
     data = root / "corpus"

@@ -12,7 +12,7 @@ import argparse
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 LOG_FORMAT = "%(asctime)s [%(stage)s] %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"

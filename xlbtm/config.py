@@ -14,7 +14,8 @@ import dataclasses
 import shlex
 import types
 import typing
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 MISSING = dataclasses.MISSING
 
@@ -151,7 +152,7 @@ def render_command(stage: str, config: Any, *positional: Any) -> str:
         if not is_option(f):
             continue
         value = getattr(config, f.name)
-        if value is None or value == default_of(f) and not (default_of(f) is MISSING):
+        if value is None or value == default_of(f) and default_of(f) is not MISSING:
             continue
         if value is True:
             parts.append(flag_name(f))

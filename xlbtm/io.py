@@ -12,8 +12,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def refuse_overlap(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
@@ -81,7 +82,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        raise _named_after(e, tmp_path, path)
+        raise _named_after(e, tmp_path, path)  # noqa: B904  (e itself, or an OSError caused by it)
 
 
 @contextlib.contextmanager
@@ -117,7 +118,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _named_after(e, tmp, path)
+        raise _named_after(e, tmp, path)  # noqa: B904  (e itself, or an OSError caused by it)
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:

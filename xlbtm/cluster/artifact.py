@@ -9,8 +9,9 @@ are squared Euclidean between L2-normalized features and (unnormalized) centroid
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

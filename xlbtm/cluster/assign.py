@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import UsageError
@@ -256,8 +257,8 @@ def _clean_stale_tmp(out: Path) -> None:
 def _remove_orphans(output_prefix: Path, split: str, jobs: Sequence[FileJob]) -> None:
     """Cluster files we wrote earlier for input files that no longer exist would be read back as part of
     the split: remove them (only ours, recognized by their sidecar); warn about foreign ones."""
-    from xlbtm.formats.clusters import stats_path
     from xlbtm.corpus import find_jsonl_files
+    from xlbtm.formats.clusters import stats_path
 
     d = output_prefix / split
     if not d.is_dir():
@@ -278,8 +279,8 @@ def _remove_orphans(output_prefix: Path, split: str, jobs: Sequence[FileJob]) ->
 def plan(data_dir, output_prefix, split: str, fingerprint: str, parallel_side: str | None = None
          ) -> tuple[list[FileJob], list[FileJob]]:
     """(all file jobs of the split, the ones still to do)."""
-    from xlbtm.formats.clusters import cluster_file_path
     from xlbtm.corpus import Corpus
+    from xlbtm.formats.clusters import cluster_file_path
 
     corpus = Corpus(data_dir)
     jobs = []

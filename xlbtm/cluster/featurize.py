@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import itertools
 import threading
-from pathlib import Path
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence, cast
+from pathlib import Path
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -336,7 +337,7 @@ class SubwordFeaturizer:
         return self.lsa.featurize_flat(*self._sp_flat(fast[0], texts), projection=proj[1])
 
     def fit(self, texts: Sequence[str], langs: Sequence[str | None] | None = None, *, seed: int = 0,
-            n_components: int = SVD_DIM) -> "SubwordFeaturizer":
+            n_components: int = SVD_DIM) -> SubwordFeaturizer:
         import scipy.sparse as sp
 
         v = self.tokenizer.vocab_size
@@ -390,7 +391,7 @@ class WordFeaturizer:
         return self._tok.encode(texts)
 
     def fit(self, texts: Sequence[str], langs: Sequence[str | None] | None = None, *, seed: int = 0,
-            n_components: int = SVD_DIM) -> "WordFeaturizer":
+            n_components: int = SVD_DIM) -> WordFeaturizer:
         import scipy.sparse as sp
 
         # per chunk: counts over the chunk's own terms; then one global term index (sorted hashes)

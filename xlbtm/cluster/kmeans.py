@@ -228,9 +228,9 @@ def fit_kmeans(x, k: int, *, balanced: bool = True, max_iter: int = 100, tol: fl
     """k-means (balanced or plain) of the rows of `x` ([n, d]); see the module docstring. On CPU, torch runs
     single-threaded unless x is large (`xlbtm.cluster.threads.threads_for`): its ops are small, and on a busy
     machine every parallel region's barrier stalled (33 s instead of 0.5 s at 3k x 100)."""
-    from xlbtm.cluster.threads import limit_threads, threads_for
-
     from contextlib import nullcontext
+
+    from xlbtm.cluster.threads import limit_threads, threads_for
 
     device = torch.device(resolve_device(device))  # the flag, else $XLBTM_DEVICE, else cuda when visible
     x = _as_tensor(x, device)
@@ -251,7 +251,7 @@ def _fit(x: torch.Tensor, k: int, balanced: bool, max_iter: int, tol: float, see
     g = None
     converged = False
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007  (`it` is reported after the loop)
         if balanced:
             # few cycles while centroids still move; the final assignment below is polished fully
             labels, g = balanced_assign(x, c, g=g, max_cycles=min(k, 16), device=device)

@@ -6,9 +6,9 @@ import json
 import os
 import time
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -99,9 +99,9 @@ def train_tfidf_clusterer(data_dir, num_clusters: int, output_dir, *, balanced: 
     from xlbtm.io import refuse_overlap
 
     refuse_overlap({"--output-dir": output_dir}, {"--data-dir": data_dir, "--tokenizer": tokenizer})
-    from xlbtm.formats.clusterer import save_clusterer
     from xlbtm.cluster.featurize import SVD_DIM, SubwordFeaturizer, WordFeaturizer
     from xlbtm.cluster.kmeans import fit_kmeans
+    from xlbtm.formats.clusterer import save_clusterer
 
     if num_clusters < 1:
         raise UsageError(f"--num-clusters must be >= 1, got {num_clusters}")
@@ -204,8 +204,8 @@ def _count_batch(batch, tokenizer, counts) -> None:
 def train_typological_clusterer(langs: Sequence[str], num_clusters: int, output_dir, *, mode: str = "balanced",
                                 data_dir=None, tokenizer=None, skip_bad_lines: bool = False,
                                 parallel_side: str | None = None):
-    from xlbtm.formats.clusterer import save_clusterer
     from xlbtm.cluster import typology
+    from xlbtm.formats.clusterer import save_clusterer
     from xlbtm.io import refuse_overlap
 
     refuse_overlap({"--output-dir": output_dir}, {"--data-dir": data_dir, "--tokenizer": tokenizer})

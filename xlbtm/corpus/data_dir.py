@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from xlbtm.corpus.files import relative_name, split_files
 from xlbtm.corpus.index import LineIndex
@@ -52,7 +52,7 @@ class Corpus:
             raise InputError(f"split '{split}' has no translation pairs", self.data_dir / split)
 
     # random access ------------------------------------------------------------------------------------
-    def index(self, rel: str) -> "LineIndex":
+    def index(self, rel: str) -> LineIndex:
         if rel not in self._indexes:
             self._indexes[rel] = LineIndex.load_or_build(self.data_dir / rel)
         return self._indexes[rel]

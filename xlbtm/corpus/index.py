@@ -72,7 +72,7 @@ class LineIndex:
         return out
 
     @classmethod
-    def load_or_build(cls, path: Path) -> "LineIndex":
+    def load_or_build(cls, path: Path) -> LineIndex:
         import numpy as np
 
         from xlbtm.io import atomic_path

@@ -19,14 +19,33 @@ when routed by cluster files of the pairs (`cluster --parallel-side`); resumable
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from xlbtm.cli import get_logger
+from xlbtm.corpus import Corpus, relative_name, resolve_sp_id
 from xlbtm.errors import InputError, UsageError
-from xlbtm.formats.binarized import (DONE, DTYPE, FORMAT, MANIFEST, NOT_BINARIZED, bin_path, idx_path,
-                                     read_binarized_manifest, split_dir, split_status, write_done, write_manifest)
+from xlbtm.formats.binarized import (
+    DONE,
+    DTYPE,
+    FORMAT,
+    MANIFEST,
+    NOT_BINARIZED,
+    bin_path,
+    idx_path,
+    read_binarized_manifest,
+    split_dir,
+    split_status,
+    write_done,
+    write_manifest,
+)
+from xlbtm.formats.clusters import cluster_files, iter_assignments, read_manifest
+from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST
+from xlbtm.formats.pairs import SIDES, read_pairs_manifest, side_paths, write_pairs_manifest
+from xlbtm.io import atomic_path, refuse_overlap
+from xlbtm.tokenizer import load_tokenizer
 
 if TYPE_CHECKING:
     from xlbtm.tokenizer import Tokenizer
@@ -48,7 +67,6 @@ _WORKER_TOK: Tokenizer | None = None  # a pool worker's, set by _worker_init
 
 def _worker_init(tokenizer_path: str) -> None:
     global _WORKER_TOK
-    from xlbtm.tokenizer import load_tokenizer
 
     _WORKER_TOK = load_tokenizer(tokenizer_path)
 
@@ -90,8 +108,6 @@ def _parallel_encode(pool, batches: Iterator[list]) -> Iterator[tuple[list, list
 
 def load_assignments(clusters_dir: Path, split: str, data_dir: Path) -> dict[str, int]:
     """sp_id (relative to data_dir) -> cluster for a split; c-BTM absolute sp_ids are normalized."""
-    from xlbtm.formats.clusters import iter_assignments
-    from xlbtm.corpus import resolve_sp_id
 
     out: dict[str, int] = {}
     for sp_id, k in iter_assignments(clusters_dir, split):
@@ -146,7 +162,6 @@ def write_offsets(idx_file: Path, lengths: list[int]) -> None:
     """The `.idx` of a stream (int64 offsets, n + 1 entries) from its items' lengths, atomically."""
     import numpy as np
 
-    from xlbtm.io import atomic_path
 
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
@@ -160,7 +175,6 @@ def write_offsets(idx_file: Path, lengths: list[int]) -> None:
 def split_inputs(data_dir: str | os.PathLike, split: str, clusters_dir: str | os.PathLike | None) -> dict:
     """What a split is binarized from, by identity: `[relative path, size, mtime_ns]` of every corpus file
     of the split and of every cluster file it is routed by."""
-    from xlbtm.corpus import Corpus, relative_name
 
     def ident(path: Path, root: Path) -> list:
         st = path.stat()
@@ -168,7 +182,6 @@ def split_inputs(data_dir: str | os.PathLike, split: str, clusters_dir: str | os
 
     out = {"corpus": [ident(p, Path(data_dir)) for p in Corpus(data_dir).files(split)]}
     if clusters_dir is not None:
-        from xlbtm.formats.clusters import cluster_files
 
         out["clusters"] = [ident(p, Path(clusters_dir)) for p in cluster_files(clusters_dir, split)]
     return out
@@ -186,15 +199,12 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
     worker processes; `workers=0` tokenizes in this process). `clusters_dir=None` is the dense baseline:
     every document goes to cluster 0 of K=1.
     """
-    from xlbtm.corpus import Corpus
-    from xlbtm.io import refuse_overlap
 
     refuse_overlap({"--output-dir": out_dir}, {"--path-to-data": data_dir, "--path-to-clusters-dir": clusters_dir,
                                                "--tokenizer": getattr(tokenizer, "path", None)})
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     clusterer_fp = None
     if clusters_dir is not None:
-        from xlbtm.formats.clusters import read_manifest
 
         cm = read_manifest(clusters_dir)
         k_file = int(cm["num_clusters"])
@@ -317,9 +327,6 @@ def binarize_pairs(data_dir: str | os.PathLike, out_dir: str | os.PathLike, toke
     from `cluster --parallel-side`) one per split and cluster; returns the manifest. A split that is already
     done from exactly these files is skipped, one whose files changed is redone (with a warning), as
     `binarize` does. Tokenized in this process: parallel data is usually small next to the monolingual corpus."""
-    from xlbtm.corpus import Corpus
-    from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST, read_pairs_manifest, write_pairs_manifest
-    from xlbtm.io import refuse_overlap
 
     refuse_overlap({"--binarized-dir (parallel data)": out_dir},
                    {"--parallel-data": data_dir, "--path-to-parallel-clusters-dir": clusters_dir,
@@ -327,7 +334,6 @@ def binarize_pairs(data_dir: str | os.PathLike, out_dir: str | os.PathLike, toke
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     K, clusterer_fp = None, None
     if clusters_dir is not None:
-        from xlbtm.formats.clusters import read_manifest
 
         cm = read_manifest(clusters_dir)
         K, clusterer_fp = int(cm["num_clusters"]), cm["fingerprint"]
@@ -371,7 +377,6 @@ def _binarize_pairs_split(corpus, split: str, out_dir: Path, tokenizer, K: int |
     """One split's pair streams (per cluster when `K`); temp names until every stream is complete."""
     import numpy as np
 
-    from xlbtm.formats.pairs import SIDES, side_paths
 
     assign = None if clusters_dir is None else load_assignments(clusters_dir, split, corpus.data_dir)
     streams = [None] if K is None else list(range(K))  # None: the one unclustered stream

@@ -7,9 +7,9 @@ folder names with cluster ids, which mis-pairs `cluster10` with cluster 2 at K >
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection
 
 from xlbtm.cli import get_logger
 from xlbtm.cluster.extend import lineage

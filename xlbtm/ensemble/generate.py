@@ -20,8 +20,8 @@ Rows of a batch are left-padded; positions count each row's real tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch

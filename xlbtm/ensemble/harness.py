@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import lm_eval.models  # noqa: F401  (lm-eval's own models stay registered next to ours)
 from lm_eval.api.model import LM

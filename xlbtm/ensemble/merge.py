@@ -181,7 +181,7 @@ def posterior_weights(experts: list, data_dir, subset: str, *, langs: set[str] |
         job.mkdir(parents=True, exist_ok=True)
         docs = prepare_docs(job, data_dir, subset, tokenizer, None, max_docs, langs=langs)
         per_doc = []
-        for i, e in enumerate(experts):
+        for e in experts:
             # read right after scoring: two experts of one cluster id (from different ensembles) share a name
             name = f"expert{e.cluster}"
             score_expert(job, name, e, docs, device=device, batch_tokens=batch_tokens, window=window, stride=stride)

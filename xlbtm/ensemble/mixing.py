@@ -11,7 +11,7 @@ which never underflows, unlike c-BTM's `einsum(weights, probs).log()` over proba
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -28,8 +28,9 @@ Top-k routing runs an expert only on the requests (rows of a batch) that give it
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence, cast
+from typing import cast
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ class MixtureLM:
              clusterer: str | None = None, ensemble_type: str | None = None,
              temperature: float = DEFAULT_TEMPERATURE, topk: int = DEFAULT_TOPK, cbtm_compat: bool = False, device: str | None = None,
              context_window: int | None = None, batch_size: int = 16, dtype: str = "float32",
-             purpose: str = "scoring") -> "MixtureLM":
+             purpose: str = "scoring") -> MixtureLM:
         """Experts from `experts_dir` (or explicit run dirs / consolidated.pt files in `model_paths`), routed by
         the clusterer artifact at `clusterer`. `ensemble_type` default: clustering with a clusterer, dense for
         a single model. `dtype`: the experts' weights (float32, or bfloat16 / float16 to halve GPU memory; any

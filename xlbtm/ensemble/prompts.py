@@ -4,8 +4,8 @@ batches, each with the experts that carried its weight; written as jsonl when as
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from xlbtm.corpus.reader import iter_json_objects
 from xlbtm.ensemble.config import GenerateConfig

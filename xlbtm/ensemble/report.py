@@ -175,12 +175,12 @@ def plot_languages(path: str | os.PathLike, result: dict, dense: dict | None = N
     import matplotlib.pyplot as plt
 
     langs = sorted(result.get("per_language", {}))
-    ens = [result["per_language"][l]["ppl"] for l in langs]
+    ens = [result["per_language"][lang]["ppl"] for lang in langs]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.45 * len(langs) + 2), 3.5), dpi=100)
     xs = list(range(len(langs)))
     if dense is not None:
         dl = dense.get("per_language", {})
-        dv = [dl.get(l, {}).get("ppl", float("nan")) for l in langs]
+        dv = [dl.get(lang, {}).get("ppl", float("nan")) for lang in langs]
         ax.bar([x - 0.2 for x in xs], dv, width=0.4, label="dense")
         ax.bar([x + 0.2 for x in xs], ens, width=0.4, label=result.get("ensemble_type", "ensemble"))
         ax.legend()

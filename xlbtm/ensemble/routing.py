@@ -26,7 +26,7 @@ squares them again: softmax(-(||h - c_k||^2)^2 / T) (kernelmachine/cbtm, metaseq
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -185,7 +185,7 @@ class Router:
         d = torch.where(empty[:, None], c2[None, :], 1.0 - 2.0 * dots + c2[None, :])
         return d.clamp_min_(0.0).numpy().astype(np.float64), empty.numpy()
 
-    def prefix_state(self, token_ids: Sequence[int] = ()) -> "PrefixState":
+    def prefix_state(self, token_ids: Sequence[int] = ()) -> PrefixState:
         """The routing state of a growing prefix (generation): `push` tokens, read `distances()`."""
         return PrefixState(self, token_ids)
 

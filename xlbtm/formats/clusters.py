@@ -45,8 +45,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from xlbtm.corpus import find_jsonl_files
 from xlbtm.errors import InputError

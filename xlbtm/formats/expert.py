@@ -39,7 +39,7 @@ class ExpertInfo:
         return {"format": d.pop("format"), **d}
 
     @classmethod
-    def from_dict(cls, d: dict, path=None) -> "ExpertInfo":
+    def from_dict(cls, d: dict, path=None) -> ExpertInfo:
         if d.get("format") != FORMAT:
             raise InputError(f"not an xlbtm expert.json (format {d.get('format')!r}, expected {FORMAT!r})", path)
         names = {f.name for f in dataclasses.fields(cls)}

@@ -41,7 +41,7 @@ class RunLayout:
     root: Path
 
     @classmethod
-    def of(cls, serialization_dir: str | os.PathLike, num_clusters: int) -> "RunLayout":
+    def of(cls, serialization_dir: str | os.PathLike, num_clusters: int) -> RunLayout:
         return cls(Path(serialization_dir) / f"{num_clusters}_clusters")
 
     def run_dir(self, run_name: str, cluster: int) -> Path:
@@ -61,7 +61,7 @@ class RunLayout:
     def grown_dir(self, clusterer_fingerprint: str) -> Path:
         return self.root / GROWN / clusterer_fingerprint[:12]
 
-    def experts(self) -> list["FoundExpert"]:
+    def experts(self) -> list[FoundExpert]:
         return list_experts(self.root)
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import XlbtmError

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from xlbtm.cli import main_wrapper, set_invoked_as
 

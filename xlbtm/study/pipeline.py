@@ -26,15 +26,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import shlex
-import typing
 import time
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from xlbtm.cli import current_stage, get_logger, setup_logging
-from xlbtm.config import option, render_command, render_flags
 from xlbtm.cluster.assign import assign_corpus
+from xlbtm.config import option, render_command, render_flags
 from xlbtm.corpus import Corpus
 from xlbtm.demo_corpus import write_demo_corpus
 from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, EvalConfig
@@ -43,8 +44,8 @@ from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
 from xlbtm.formats.layout import RunLayout, consolidated_path, find_expert_dirs, hf_dir
-from xlbtm.launch.executor import JobRunMode
 from xlbtm.io import read_json, refuse_overlap, write_json
+from xlbtm.launch.executor import JobRunMode
 from xlbtm.models import PRESETS
 from xlbtm.tokenizer import detect_style, train_tokenizer_from_corpus
 from xlbtm.train.config import OBJECTIVES as ARCH_OF

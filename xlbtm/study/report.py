@@ -34,7 +34,7 @@ def render_markdown(study: dict) -> str:
     pts = study["points"]
     K = c["num_clusters"]
     m, metric = _metric(study)
-    routing = ("by the prefix's cluster posterior, T=%s" % c["temperature"]) if c["clustering"] == "tfidf" else "by `lang`"
+    routing = f"by the prefix's cluster posterior, T={c['temperature']}" if c["clustering"] == "tfidf" else "by `lang`"
     md = [f"# Scaling study: {K} experts vs the compute-matched dense model\n\n",
           f"Corpus `{study['data']}` ({len(study['languages'])} languages); {c['clustering']} clusters, "
           f"ensemble routed {routing}; {c.get('objective', 'clm')} objective, scored by validation {metric}; "

@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from xlbtm.cli import get_logger, setup_logging
 from xlbtm.data.binarize import binarize, binarize_pairs, split_inputs

@@ -400,7 +400,7 @@ def allocate_steps(total_steps: int, weights: list[int]) -> list[int]:
     return steps
 
 
-def apply_step_allocation(plan: "TrainExpertsPlan") -> list[str] | None:
+def apply_step_allocation(plan: TrainExpertsPlan) -> list[str] | None:
     """`--step-allocation proportional`: give each expert its share of K x --max-steps by the training tokens
     of its cluster (from the binarized manifests), in place. Returns the lines describing it, or None when
     the allocation is equal (or the data is not binarized yet)."""
@@ -423,7 +423,7 @@ def apply_step_allocation(plan: "TrainExpertsPlan") -> list[str] | None:
     return lines
 
 
-def cluster_training_tokens(plan: "TrainExpertsPlan") -> list[int] | None:
+def cluster_training_tokens(plan: TrainExpertsPlan) -> list[int] | None:
     """Training tokens per cluster, from the binarized manifests (None until binarized): the monolingual
     stream's, plus both sides of each cluster's pairs when the pairs are clustered."""
     r, K = plan.request, plan.request.num_clusters

@@ -22,7 +22,7 @@ class PreemptionHandler:
         self.signum: int | None = None
         self.previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
 
-    def install(self) -> "PreemptionHandler":
+    def install(self) -> PreemptionHandler:
         if threading.current_thread() is not threading.main_thread():
             return self  # signals can only be handled on the main thread
         for name in SIGNALS:
