@@ -162,6 +162,25 @@ def test_activation_checkpointing_with_fsdp_dp2_matches(data_bin, reference, tmp
     _assert_same_run(run, reference)
 
 
+@pytest.mark.slow  # four launches
+def test_activation_checkpointing_resumes_a_run_without_it_and_back(data_bin, reference, tmp_path):
+    """AC wraps blocks (checkpoint_wrapper) but the checkpoint keys stay plain: a run saved with AC resumes
+    without it, and one saved without AC resumes with it, each continuing the uninterrupted run exactly."""
+    import shutil
+
+    from xlbtm.formats.checkpoints import latest_checkpoint
+
+    for first in (True, False):
+        run = tmp_path / f"ac_{first}"
+        launch(1, base_cfg(run, data_bin, save_interval_updates=2, activation_checkpointing=first))
+        shutil.rmtree(run / "checkpoints" / "step_4")
+        (run / "checkpoints" / "latest").write_text("step_2\n")
+        (run / "train_log.jsonl").unlink()
+        launch(1, base_cfg(run, data_bin, activation_checkpointing=not first))
+        assert latest_checkpoint(run).name == "step_4"
+        _assert_same_run(run, reference, steps=(3, 4))
+
+
 @pytest.mark.slow
 def test_compile_matches_eager(data_bin, reference, tmp_path):
     run = tmp_path / "compiled"

@@ -100,7 +100,8 @@ def apply_compile(model: nn.Module) -> nn.Module:
 
 def apply_fsdp(model: nn.Module, dp_mesh, *, param_dtype: torch.dtype = torch.float32,
                reduce_dtype: torch.dtype = torch.float32, reshard_after_forward: bool = True) -> nn.Module:
-    """FSDP2 `fully_shard` per block, then the root (embeddings, final norm, LM head)."""
+    """FSDP2 `fully_shard` per block (`reshard_after_forward`: all but the last), then the root (embeddings,
+    final norm, LM head; kept gathered from forward to backward)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
@@ -108,7 +109,10 @@ def apply_fsdp(model: nn.Module, dp_mesh, *, param_dtype: torch.dtype = torch.fl
     for i, block in enumerate(model.layers):
         # the last block is needed again right away by backward: do not free it after forward
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward and i < n - 1)
-    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    # the root's weights (the embedding = the tied output projection, the final norm, XLM-R's LM head) stay
+    # gathered after forward: the trainer's loss component reads them right after it, and backward needs them
+    # right away (the state-dict hooks and backward reshard them)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=False)
     return model
 
 
