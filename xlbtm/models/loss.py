@@ -19,11 +19,14 @@ combines the per-token max and sums across ranks (`xlbtm.parallel.loss_parallel`
 one-rank and the vocabulary-parallel loss cannot drift apart.
 
 Chunk size (`chunk_tokens`): `chunk_mib` MiB of fp32 logits per chunk when given (training's
-`--loss-chunk-mib`); by default the fp32 size of the [V, D] weight, within [MIN_CHUNK_BYTES, CHUNK_BYTES].
-The loss holds [V, D]-sized tensors anyway (the weight, its gradient, the fp32 dW accumulator), so chunks of
-that size never dominate it, and a chunk of D tokens still does D multiply-adds per weight element read
-(the projection stays compute-bound). At XGLM's vocabulary that is 64 tokens (62.5 MiB) for a d = 64 body
-and the 256 MiB cap (262 tokens) from d = 256 up; small vocabularies take one chunk, as before.
+`--loss-chunk-mib`); by default twice the fp32 size of the [V, D] weight, within [MIN_CHUNK_BYTES, CHUNK_BYTES].
+A chunk's logits become its softmax and its gradient in place (one [chunk, V] buffer), and the loss holds two
+fp32 [V, D] tensors anyway (the dW accumulator, then the weight's gradient), so the chunk at most doubles
+what the loss needs regardless of chunking; and a chunk of 2 D tokens keeps the projection's GEMMs efficient
+(at d = 64 and V = 256k on a CPU, 64-token chunks cost ~25% more time than 128- or 262-token ones,
+benchmarks/BENCHMARKS.md). At XGLM's vocabulary that is 128 tokens (125 MiB) for a d = 64 body and the
+256 MiB cap (262 tokens) from d = 128 up; small vocabularies take the 16 MiB floor (one chunk for most
+batches).
 """
 
 from __future__ import annotations
@@ -35,21 +38,21 @@ import torch.nn.functional as F
 
 # at most this many bytes of fp32 logits per chunk by default: ~260 tokens at V = 256k
 CHUNK_BYTES = 1 << 28
-# at least this many by default (a chunk as big as the weight would be too small to be worth a step)
+# at least this many by default (a chunk the size of a small vocabulary's weight would be too small a step)
 MIN_CHUNK_BYTES = 1 << 24
 
 
 def chunk_tokens(vocab_size: int, d_model: int | None = None, chunk_mib: float | None = None) -> int:
     """Tokens per chunk for `vocab_size` rows of logits (this rank's, under TP): `chunk_mib` MiB of fp32
-    logits, or by default as many bytes as the fp32 [V, d_model] weight, clamped to [MIN_CHUNK_BYTES,
-    CHUNK_BYTES] (just CHUNK_BYTES without d_model)."""
+    logits, or by default twice the bytes of the fp32 [V, d_model] weight (2 d_model tokens), clamped to
+    [MIN_CHUNK_BYTES, CHUNK_BYTES] (just CHUNK_BYTES without d_model)."""
     row = 4 * vocab_size  # one token's fp32 logits
     if chunk_mib is not None:
         budget = chunk_mib * (1 << 20)
     elif d_model is None:
         budget = CHUNK_BYTES
     else:
-        budget = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, row * d_model))
+        budget = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, 2 * row * d_model))
     return max(1, int(budget // row))
 
 
