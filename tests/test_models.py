@@ -347,12 +347,12 @@ def test_models_return_hidden_states_and_hold_no_loss(preset):
 
 def test_loss_chunks_from_a_memory_budget():
     """chunk_mib MiB of fp32 logits per chunk when given; by default twice the fp32 size of the [V, D] weight,
-    between MIN_CHUNK_BYTES and CHUNK_BYTES (XGLM's vocabulary: 2 D tokens for a small body, 256 MiB from d 128)."""
+    between MIN_CHUNK_BYTES and CHUNK_BYTES (XGLM's vocabulary: 2 D tokens for a small body, 256 MiB from d 132)."""
     from xlbtm.models.loss import CHUNK_BYTES, MIN_CHUNK_BYTES, chunk_tokens
 
     V = 256008
     assert chunk_tokens(V) == CHUNK_BYTES // (4 * V) == 262  # without d_model: the cap
-    assert chunk_tokens(V, 64) == 128 and chunk_tokens(V, 128) == chunk_tokens(V, 1024) == 262
+    assert chunk_tokens(V, 64) == 128 and chunk_tokens(V, 132) == chunk_tokens(V, 1024) == 262
     assert chunk_tokens(V, 1024, chunk_mib=32) == 32 * 2 ** 20 // (4 * V) == 32
     assert chunk_tokens(1000, 64) == MIN_CHUNK_BYTES // 4000  # small vocabularies: at least the floor
     assert chunk_tokens(V, 64, chunk_mib=0.001) == 1

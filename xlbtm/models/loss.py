@@ -25,7 +25,7 @@ fp32 [V, D] tensors anyway (the dW accumulator, then the weight's gradient), so 
 what the loss needs regardless of chunking; and a chunk of 2 D tokens keeps the projection's GEMMs efficient
 (at d = 64 and V = 256k on a CPU, 64-token chunks cost ~25% more time than 128- or 262-token ones,
 benchmarks/BENCHMARKS.md). At XGLM's vocabulary that is 128 tokens (125 MiB) for a d = 64 body and the
-256 MiB cap (262 tokens) from d = 128 up; small vocabularies take the 16 MiB floor (one chunk for most
+256 MiB cap (262 tokens) from d = 132 up; small vocabularies take the 16 MiB floor (one chunk for most
 batches).
 """
 
