@@ -101,7 +101,8 @@ def speed(preset: str, batch: int, seq: int, steps: int, ac: bool) -> dict:
     """tokens/s, MFU and peak memory of FSDP2 + compile training steps on one GPU."""
     from xlbtm.models import build_model, flops_per_token, get_preset
     from xlbtm.parallel.mesh import ParallelDims, build_mesh
-    from xlbtm.parallel.parallelize import parallelize
+    from xlbtm.models.loss import model_loss
+    from xlbtm.parallel.parallelize import build_loss_fn, parallelize
     from xlbtm.train.metrics import peak_flops
 
     from xlbtm.launch.distributed import destroy_distributed, init_distributed
@@ -114,13 +115,15 @@ def speed(preset: str, batch: int, seq: int, steps: int, ac: bool) -> dict:
             model = build_model(args)
         model.to_empty(device=dev)
         model.init_weights()
-        parallelize(model, build_mesh(ParallelDims(1, 1), "cuda"), device_type="cuda", ac=ac, compile=True)
+        mesh = build_mesh(ParallelDims(1, 1), "cuda")
+        parallelize(model, mesh, device_type="cuda", ac=ac, compile=True)
+        loss_fn = build_loss_fn(mesh)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         x = torch.randint(4, args.vocab_size, (batch, seq), device=dev)
         y = torch.roll(x, -1, dims=1)
 
         def step():
-            loss = model(x, None, targets=y) / y.numel()
+            loss = model_loss(model, x, None, y, loss_fn=loss_fn) / y.numel()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -255,11 +255,12 @@ class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
 
 @pytest.mark.parametrize("preset", ["debug", "debug-xlmr"])
 def test_chunked_loss_equals_plain_cross_entropy_and_never_holds_the_logits(preset, monkeypatch):
-    """model(x, targets=y) == sum-CE of model(x) in value and in every parameter's gradient, fp32, with
+    """model_loss(model, x, None, y) == sum-CE of model(x) in value and in every parameter's gradient, fp32, with
     chunks that split the batch unevenly and ignored targets in them; no op ever makes a [tokens, V] tensor."""
     import torch.nn.functional as F
 
     import xlbtm.models.loss as loss_mod
+    from xlbtm.models.loss import model_loss
 
     V, B, T = 2003, 3, 37
     torch.manual_seed(0)
@@ -278,7 +279,7 @@ def test_chunked_loss_equals_plain_cross_entropy_and_never_holds_the_logits(pres
     monkeypatch.setattr(loss_mod, "CHUNK_BYTES", 4 * V * 10)  # 10 tokens per chunk: 12 chunks, the last of 1
     assert loss_mod.chunk_tokens(V) == 10
     with _LargestTensor() as seen:
-        chunked = model(x, None, targets=y)
+        chunked = model_loss(model, x, None, y)
         chunked.backward()
     n = int((y != -100).sum())
     torch.testing.assert_close(chunked / n, plain.detach() / n, **tensor_tol(plain.detach() / n))
@@ -289,7 +290,7 @@ def test_chunked_loss_equals_plain_cross_entropy_and_never_holds_the_logits(pres
     assert B * T > d and seen.largest == V * d, seen.largest  # the [V, D] weight (grad); logits: 10 x V at most
 
     with torch.no_grad():  # validation: the same value, no gradient work
-        torch.testing.assert_close(model(x, None, targets=y), chunked.detach())
+        torch.testing.assert_close(model_loss(model, x, None, y), chunked.detach())
 
 
 @pytest.mark.parametrize("preset", ["debug", "debug-xlmr"])
@@ -300,6 +301,7 @@ def test_per_sample_dropout_follows_the_sample_and_survives_recomputation(preset
     import copy
 
     from xlbtm.models.dropout import sample_seeds
+    from xlbtm.models.loss import model_loss
     from xlbtm.parallel.parallelize import apply_ac
 
     torch.manual_seed(0)
@@ -323,6 +325,60 @@ def test_per_sample_dropout_follows_the_sample_and_survives_recomputation(preset
     ac = apply_ac(copy.deepcopy(model))
     for m in (model, ac):
         with sample_seeds([5, 6, 7]):
-            m(x, None, targets=y).backward()
+            model_loss(m, x, None, y).backward()
     for (name, p), q in zip(model.named_parameters(), ac.parameters()):
         torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("preset", ["debug", "debug-xlmr"])
+def test_models_return_hidden_states_and_hold_no_loss(preset):
+    """The loss is not the model's: `model(x, hidden=True)` gives the states its output projection reads, and
+    F.linear of them with `output_projection()` is `model(x)`'s logits; no loss attribute on the model."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = build_model(get_preset(preset, vocab_size=300))
+    x = torch.randint(4, 300, (2, 9))
+    h = model(x, None, hidden=True)
+    assert h.shape == (2, 9, model.args.d_model)
+    torch.testing.assert_close(F.linear(h, *model.output_projection()), model(x), atol=0, rtol=0)
+    assert not hasattr(model, "loss_fn")
+
+
+def test_loss_chunks_from_a_memory_budget():
+    """chunk_mib MiB of fp32 logits per chunk when given; by default twice the fp32 size of the [V, D] weight,
+    between MIN_CHUNK_BYTES and CHUNK_BYTES (XGLM's vocabulary: 2 D tokens for a small body, 256 MiB from d 132)."""
+    from xlbtm.models.loss import CHUNK_BYTES, MIN_CHUNK_BYTES, chunk_tokens
+
+    V = 256008
+    assert chunk_tokens(V) == CHUNK_BYTES // (4 * V) == 262  # without d_model: the cap
+    assert chunk_tokens(V, 64) == 128 and chunk_tokens(V, 132) == chunk_tokens(V, 1024) == 262
+    assert chunk_tokens(V, 1024, chunk_mib=32) == 32 * 2 ** 20 // (4 * V) == 32
+    assert chunk_tokens(1000, 64) == MIN_CHUNK_BYTES // 4000  # small vocabularies: at least the floor
+    assert chunk_tokens(V, 64, chunk_mib=0.001) == 1
+
+
+def test_activation_checkpointing_wraps_blocks_and_keeps_checkpoint_keys():
+    """apply_ac wraps each block (torch's checkpoint_wrapper) without touching its forward; state dicts -- the
+    module's and DCP's -- keep the plain keys, so a plain state dict loads into the AC model and back."""
+    import copy
+
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    from xlbtm.models.xglm import DecoderBlock
+    from xlbtm.parallel.parallelize import apply_ac
+
+    torch.manual_seed(0)
+    plain = build_model(get_preset("debug", vocab_size=300))
+    ac = apply_ac(copy.deepcopy(plain))
+    assert all(type(b) is not DecoderBlock and "forward" not in vars(b) for b in ac.layers)
+    assert all("forward" not in vars(b) for b in plain.layers)
+    keys = set(plain.state_dict())
+    assert set(ac.state_dict()) == keys == set(get_model_state_dict(ac)) == set(get_model_state_dict(plain))
+    other = _randomize(build_model(get_preset("debug", vocab_size=300)))
+    ac.load_state_dict(other.state_dict())
+    set_model_state_dict(plain, get_model_state_dict(ac))
+    for k, v in other.state_dict().items():
+        torch.testing.assert_close(plain.state_dict()[k], v, atol=0, rtol=0, msg=k)
+    x = torch.randint(4, 300, (2, 9))
+    torch.testing.assert_close(ac(x), plain(x), atol=0, rtol=0)

@@ -37,6 +37,7 @@ def test_bf16_mixed_computes_in_bf16_and_keeps_fp32_master_weights():
     from torch.distributed.fsdp import FSDPModule
 
     from xlbtm.launch.distributed import destroy_distributed, init_distributed
+    from xlbtm.models.loss import model_loss
     from xlbtm.models.presets import get_preset
     from xlbtm.parallel.mesh import ParallelDims, build_mesh
     from xlbtm.parallel.parallelize import parallelize
@@ -56,7 +57,7 @@ def test_bf16_mixed_computes_in_bf16_and_keeps_fp32_master_weights():
 
             model.layers[0].fc1.register_forward_pre_hook(hook)
             x = torch.randint(0, 300, (2, 16))
-            loss = model(x, None, targets=x)
+            loss = model_loss(model, x, None, x)
             loss.backward()
             assert loss.dtype == torch.float32 and torch.isfinite(loss)
             assert isinstance(model, FSDPModule) == (precision == "bf16-mixed")

@@ -577,13 +577,14 @@ def test_training_flags_reach_the_expert_config_by_name(demo, tmp_path):
             "--validate-interval-updates", "--max-valid-samples", "--keep-checkpoints", "--log-interval",
             "--tensorboard", "--tensor-parallel-size", "--model-parallel", "--binarize-workers", "--num-nodes",
             "--num-gpus", "--step-allocation", "--sync-checkpoints", "--adam-betas", "--adam-eps", "--power",
-            "--precision"} <= flags
+            "--precision", "--loss-chunk-mib"} <= flags
     root, data, tok, cdir = demo
     args = build_parser().parse_args(_argv(root, data, tok, cdir, tmp_path / "ser", "--run", "local", "--adam-betas",
                                            "(0.9, 0.98)", "--adam-eps", "1e-8", "--power", "2",
                                            "--sync-checkpoints", "--weight-decay", "0.01",
-                                           "--precision", "bf16-mixed"))
+                                           "--precision", "bf16-mixed", "--loss-chunk-mib", "32"))
     cfg = plan_experts(TrainExpertsRequest.from_args(args)).experts[0].cfg
+    assert cfg.loss_chunk_mib == 32
     assert (cfg.adam_betas, cfg.adam_eps, cfg.power, cfg.sync_checkpoints, cfg.weight_decay, cfg.precision) == \
         ((0.9, 0.98), 1e-8, 2.0, True, 0.01, "bf16-mixed")
     assert (cfg.max_steps, cfg.batch_size, cfg.tokens_per_sample, cfg.learning_rate) == (6, 4, 32, 3e-3)

@@ -16,7 +16,6 @@ from torch import nn
 from xlbtm.models.attention import Attention, KVCache, make_attn_mask, sinusoidal_table
 from xlbtm.models.config import ModelArgs
 from xlbtm.models.dropout import dropout
-from xlbtm.models.loss import linear_cross_entropy
 
 POS_OFFSET = 2  # fairseq: positions start at padding_idx + 1
 
@@ -56,8 +55,6 @@ class XGLM(nn.Module):
                              persistent=False)
         self.layers = nn.ModuleList(DecoderBlock(args, i) for i in range(args.n_layers))
         self.layer_norm = nn.LayerNorm(args.d_model, eps=args.layer_norm_eps)
-        # (h, weight, targets, bias=None) -> summed CE; a vocabulary-parallel one under TP (xlbtm.parallel)
-        self.loss_fn = linear_cross_entropy
         self.init_weights()
 
     @torch.no_grad()
@@ -121,16 +118,19 @@ class XGLM(nn.Module):
             x = layer(x, mask, kv)
         return self.layer_norm(x)
 
+    def output_projection(self) -> tuple[torch.Tensor, None]:
+        """(weight, bias) of the output projection: the tied embedding, no bias. A loss component
+        (`xlbtm.models.loss.LossFn`) takes them with `forward(..., hidden=True)`'s states."""
+        return self.embed_tokens.weight, None
+
     def output(self, h: torch.Tensor) -> torch.Tensor:
         """Tied output projection: logits = h @ embed_tokens.weight^T."""
         return F.linear(h, self.embed_tokens.weight)
 
-    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
+                hidden: bool = False) -> torch.Tensor:
         """tokens [B, T] long, padding_mask [B, T] bool (True = pad) or None -> logits [B, T, V].
-        With `targets` [B, T] (-100 = ignored): the summed cross-entropy (fp32) instead, computed without
-        ever holding the [B, T, V] logits (`xlbtm.models.loss`)."""
+        With `hidden`: the final hidden states [B, T, D] instead (what `output_projection()` projects), for
+        a loss that never holds the logits (`xlbtm.models.loss.model_loss`)."""
         h = self.forward_hidden(tokens, padding_mask)
-        if targets is None:
-            return self.output(h)
-        return self.loss_fn(h, self.embed_tokens.weight, targets)
+        return h if hidden else self.output(h)

@@ -14,7 +14,6 @@ from torch import nn
 from xlbtm.models.attention import Attention, make_attn_mask
 from xlbtm.models.config import ModelArgs
 from xlbtm.models.dropout import dropout
-from xlbtm.models.loss import linear_cross_entropy
 
 
 class EncoderBlock(nn.Module):
@@ -68,8 +67,6 @@ class XLMR(nn.Module):
         self.emb_layer_norm = nn.LayerNorm(d, eps=args.layer_norm_eps)
         self.layers = nn.ModuleList(EncoderBlock(args, i) for i in range(args.n_layers))
         self.lm_head = LMHead(args)
-        # (h, weight, targets, bias=None) -> summed CE; a vocabulary-parallel one under TP (xlbtm.parallel)
-        self.loss_fn = linear_cross_entropy
         self.init_weights()
 
     def init_buffers(self) -> None:
@@ -116,15 +113,22 @@ class XLMR(nn.Module):
             x = layer(x, mask)
         return x
 
+    def output_projection(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of the LM head's decoder: the tied embedding and the vocab bias. A loss component
+        (`xlbtm.models.loss.LossFn`) takes them with `forward(..., hidden=True)`'s states."""
+        return self.embed_tokens.weight, self.lm_head.bias
+
     def output(self, h: torch.Tensor) -> torch.Tensor:
+        """MLM logits of encoder states (`forward_hidden`'s): the LM head's transform, then its decoder."""
         return self.lm_head(h, self.embed_tokens.weight)
 
     def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                targets: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+                positions: torch.Tensor | None = None, *, hidden: bool = False) -> torch.Tensor:
         """tokens [B, T] long, padding_mask [B, T] bool (True = pad) or None -> MLM logits [B, T, V].
-        With `targets` [B, T] (-100 = not masked): the summed cross-entropy (fp32) instead, without the logits.
-        `positions`: see forward_hidden."""
+        With `hidden`: the states the decoder projects instead, [B, T, D] (the LM head's transform of the
+        encoder output; `output_projection()` gives the decoder's weight and bias), for a loss that never
+        holds the logits (`xlbtm.models.loss.model_loss`). `positions`: see forward_hidden."""
         h = self.forward_hidden(tokens, padding_mask, positions)
-        if targets is None:
-            return self.output(h)
-        return self.loss_fn(self.lm_head.transform(h), self.embed_tokens.weight, targets, self.lm_head.bias)
+        if hidden:
+            return self.lm_head.transform(h)
+        return self.output(h)

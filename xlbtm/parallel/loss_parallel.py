@@ -47,14 +47,15 @@ def _local_rows(weight: DTensor) -> tuple[torch.Tensor, int, object]:
 
 
 def vocab_parallel_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                 bias: torch.Tensor | None = None) -> torch.Tensor:
+                                 bias: torch.Tensor | None = None, *, chunk_mib: float | None = None) -> torch.Tensor:
     """`linear_cross_entropy` for a row-sharded (DTensor) weight and bias; h and targets replicated over
-    the TP group. Every rank returns the same summed loss."""
+    the TP group. Every rank returns the same summed loss. The tensor-parallel `LossFn`; chunks hold
+    `chunk_mib` MiB of this rank's logits (`xlbtm.models.loss.chunk_tokens`)."""
     if not isinstance(weight, DTensor):  # e.g. TP applied to the blocks only
-        return linear_cross_entropy(h, weight, targets, bias)
+        return linear_cross_entropy(h, weight, targets, bias, chunk_mib=chunk_mib)
     w, offset, group = _local_rows(weight)
     b = None
     if bias is not None:
         b, b_offset, _ = _local_rows(bias)
         assert b_offset == offset
-    return linear_cross_entropy(h, w, targets, b, shard=_TPVocabShard(group, offset))
+    return linear_cross_entropy(h, w, targets, b, chunk_mib=chunk_mib, shard=_TPVocabShard(group, offset))

@@ -3,14 +3,24 @@
 Order matters: TP first (DTensor-shards the Linear weights inside each block), then activation
 checkpointing and compile per block, then FSDP2 `fully_shard` per block and finally on the root, so each
 block's parameters are all-gathered just in time and freed after use.
-Parameter FQNs never change (no wrapper modules), so DCP state dicts use the plain model names.
+Checkpoint keys never change: TP, compile and FSDP add no modules, and activation checkpointing's wrapper
+(`checkpoint_wrapper`) drops its `_checkpoint_wrapped_module.` from state dicts (`state_dict()` and DCP's
+`get_model_state_dict` alike), so DCP state dicts use the plain model names with AC on or off.
+
+The loss is not the model's: `build_loss_fn` picks the loss component for a mesh (the vocabulary-parallel
+one under TP), which the trainer holds and applies to the model's hidden states (`xlbtm.models.loss`).
 """
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn as nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+from xlbtm.models.loss import LossFn, linear_cross_entropy
+from xlbtm.parallel.loss_parallel import vocab_parallel_cross_entropy
 from xlbtm.runtime import resolve_precision
 
 
@@ -21,8 +31,8 @@ def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
       stream, its LayerNorms and dropouts are split along the sequence (each rank T/tp tokens): the row-wise
       layers reduce-scatter into that split, and the attention / fc1 inputs are all-gathered from it;
     - the token embedding vocabulary-parallel (rows sharded, lookups masked and summed), and with it the
-      tied output projection and the loss (`loss_parallel.vocab_parallel_cross_entropy`; XLM-R's vocab bias
-      sharded the same way). At XGLM's 256k vocabulary the embedding is ~46% of xglm-564M's matmul weights;
+      tied output projection, whose loss is then `loss_parallel.vocab_parallel_cross_entropy` (`build_loss_fn`
+      picks it for such a mesh; XLM-R's vocab bias is sharded the same way). At XGLM's 256k vocabulary the embedding is ~46% of xglm-564M's matmul weights;
     - what lies between the embedding and the first block (positions, scaling, XLM-R's embedding norm) and
       after the last one (XGLM's final norm) runs on the whole sequence, replicated.
 
@@ -32,8 +42,6 @@ def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
     from torch.distributed.tensor.parallel import (ColwiseParallel, PrepareModuleInput, PrepareModuleOutput,
                                                    RowwiseParallel, SequenceParallel, parallelize_module)
-
-    from xlbtm.parallel.loss_parallel import vocab_parallel_cross_entropy
 
     seq = Shard(1)
     plan = {
@@ -65,25 +73,21 @@ def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
     lm_head = getattr(model, "lm_head", None)
     if lm_head is not None:  # XLM-R: the decoder's bias follows the (tied) weight's rows
         lm_head.bias = nn.Parameter(distribute_tensor(lm_head.bias.data, tp_mesh, [Shard(0)]))
-    model.loss_fn = vocab_parallel_cross_entropy
     return model
 
 
 def apply_ac(model: nn.Module) -> nn.Module:
     """Activation checkpointing per block: keep only block inputs, recompute the rest in backward.
 
-    Done by replacing each block's `forward` (not by a wrapper module), so parameter names stay the same;
-    the FSDP hooks run around the checkpointed forward, so recomputation sees unsharded weights.
+    Each block is wrapped in torch's `checkpoint_wrapper` (non-reentrant `torch.utils.checkpoint`, the RNG
+    state preserved), as torchtitan does; the block's own `forward` is untouched. The wrapper's
+    `_checkpoint_wrapped_module.` is dropped from state dict keys (its hooks, and DCP's `get_model_state_dict`),
+    so a run with AC resumes one without it and back. FSDP wraps the wrapper, so its hooks run around the
+    checkpointed block and recomputation sees unsharded weights. Per-sample dropout draws each row's masks
+    from (its seed, the site), so recomputation draws the forward's masks (`xlbtm.models.dropout`).
     """
-    from torch.utils.checkpoint import checkpoint
-
-    for block in model.layers:
-        inner = block.forward
-
-        def ckpt_forward(*args, _inner=inner, **kwargs):
-            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
-
-        block.forward = ckpt_forward
+    for i, block in enumerate(model.layers):
+        model.layers[i] = checkpoint_wrapper(block)
     return model
 
 
@@ -96,7 +100,8 @@ def apply_compile(model: nn.Module) -> nn.Module:
 
 def apply_fsdp(model: nn.Module, dp_mesh, *, param_dtype: torch.dtype = torch.float32,
                reduce_dtype: torch.dtype = torch.float32, reshard_after_forward: bool = True) -> nn.Module:
-    """FSDP2 `fully_shard` per block, then the root (embeddings, final norm, LM head)."""
+    """FSDP2 `fully_shard` per block (`reshard_after_forward`: all but the last), then the root (embeddings,
+    final norm, LM head; kept gathered from forward to backward)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
@@ -104,8 +109,20 @@ def apply_fsdp(model: nn.Module, dp_mesh, *, param_dtype: torch.dtype = torch.fl
     for i, block in enumerate(model.layers):
         # the last block is needed again right away by backward: do not free it after forward
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward and i < n - 1)
-    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward)
+    # the root's weights (the embedding = the tied output projection, the final norm, XLM-R's LM head) stay
+    # gathered after forward: the trainer's loss component reads them right after it, and backward needs them
+    # right away (the state-dict hooks and backward reshard them)
+    fully_shard(model, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=False)
     return model
+
+
+def build_loss_fn(mesh, *, chunk_mib: float | None = None) -> LossFn:
+    """The loss component for a model parallelized on `mesh`: the chunked linear + cross-entropy on one TP rank
+    (`xlbtm.models.loss.linear_cross_entropy`), the vocabulary-parallel one under TP (the tied projection's
+    weight is then sharded by rows: `loss_parallel.vocab_parallel_cross_entropy`). `chunk_mib`: MiB of fp32
+    logits per chunk (per rank; None = derived, `xlbtm.models.loss.chunk_tokens`). Named like its function."""
+    fn = vocab_parallel_cross_entropy if mesh["tp"].size() > 1 else linear_cross_entropy
+    return functools.update_wrapper(functools.partial(fn, chunk_mib=chunk_mib), fn)
 
 
 def parallelize(model: nn.Module, mesh, *, device_type: str, precision: str | None = None, ac: bool = False,

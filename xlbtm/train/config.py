@@ -70,6 +70,10 @@ class TrainingSettings:
     precision: Precision | None = setting(
         None, OPT, "fp32, or bf16-mixed: bf16 compute with fp32 master weights, optimizer state and gradient "
         "reductions (FSDP2 mixed precision, on any device). Default: bf16-mixed on GPUs, fp32 on CPUs")
+    loss_chunk_mib: int | None = setting(
+        None, RES, "MiB of fp32 logits per chunk of the loss (per tensor-parallel rank; the loss never holds a "
+        "batch's logits, only one chunk's). Default: twice the fp32 size of the output weight [V, d_model], "
+        "between 16 and 256 MiB", type=int)
     save_interval_updates: int = setting(1000, CKPT, "checkpoint every N steps (and at the end)")
     validate_interval_updates: int = setting(1000, CKPT, "validate every N steps (0: never)")
     max_valid_samples: int | None = setting(None, CKPT, "cap on validation samples (default: the whole split)",

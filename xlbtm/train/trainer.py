@@ -39,9 +39,10 @@ from xlbtm.formats.expert import ExpertInfo, read_expert_info, write_expert_info
 from xlbtm.formats.pairs import read_pairs_manifest
 from xlbtm.models import ModelArgs, flops_per_token
 from xlbtm.models.dropout import sample_seeds
+from xlbtm.models.loss import model_loss
 from xlbtm.parallel.checkpoint import AsyncCheckpointer, load_newest_readable, save_checkpoint
 from xlbtm.parallel.mesh import ParallelDims, build_mesh
-from xlbtm.parallel.parallelize import parallelize
+from xlbtm.parallel.parallelize import build_loss_fn, parallelize
 from xlbtm.runtime import resolve_precision
 from xlbtm.tokenizer import load_tokenizer
 from xlbtm.train.config import TrainConfig, check_model_fits, model_kind, uses_monolingual, uses_pairs
@@ -69,15 +70,6 @@ def sample_seed(seed: int, global_index: int) -> int:
     """The dropout seed of one training sample (`xlbtm.models.dropout`): a function of the run's seed and
     the sample's global index only, so it is the same at any data-parallel degree and after any resume."""
     return int(np.random.SeedSequence([seed, 0x44524F50, global_index]).generate_state(1)[0])
-
-
-def forward_loss(model, inputs, targets, positions=None, padding_mask=None):
-    """Summed token cross-entropy (fp32), left on the device (callers count targets on the host batch).
-    The model computes it chunk by chunk from its hidden states: no [B, T, V] logits are ever held.
-    `positions` / `padding_mask`: TLM batches' (explicit positions, padded samples); None otherwise."""
-    if positions is None:
-        return model(inputs, padding_mask, targets=targets)
-    return model(inputs, padding_mask, targets=targets, positions=positions)
 
 
 class Trainer:
@@ -230,6 +222,8 @@ class Trainer:
                       "precision": self.precision, "config": cfg.to_dict()}))
         parallelize(model, self.mesh, device_type=device.type, precision=self.precision,
                     ac=cfg.activation_checkpointing, compile=cfg.compile)
+        # the loss component for this mesh (vocabulary-parallel under TP), applied to the model's hidden states
+        self.loss_fn = build_loss_fn(self.mesh, chunk_mib=cfg.loss_chunk_mib)
         from torch.distributed.fsdp import FSDPModule
 
         self.fsdp = isinstance(model, FSDPModule)  # not on a 1-process fp32 mesh, where it would shard nothing
@@ -322,16 +316,19 @@ class Trainer:
         return gnorm
 
     def batch_loss(self, batch) -> torch.Tensor:
-        """forward_loss of one collated (inputs, targets[, positions]) batch, moved to the device. TLM batches
+        """Summed token cross-entropy (fp32) of one collated (inputs, targets[, positions]) batch, moved to the
+        device, left there (callers count targets on the host batch): the model's hidden states reduced by
+        the loss component (`self.loss_fn`) chunk by chunk, so no [B, T, V] logits are ever held. TLM batches
         carry positions and end in padding: the pads are masked out of attention (when there are any)."""
         x, y, *pos = batch
         dev = self.device
         if not pos:
-            return forward_loss(self.model, x.to(dev, non_blocking=True), y.to(dev, non_blocking=True))
+            return model_loss(self.model, x.to(dev, non_blocking=True), None, y.to(dev, non_blocking=True),
+                              loss_fn=self.loss_fn)
         pad = x.eq(self.args.pad_id)  # on the host batch: nothing waits for the device
         pad = pad.to(dev, non_blocking=True) if bool(pad.any()) else None
-        return forward_loss(self.model, x.to(dev, non_blocking=True), y.to(dev, non_blocking=True),
-                            positions=pos[0].to(dev, non_blocking=True), padding_mask=pad)
+        return model_loss(self.model, x.to(dev, non_blocking=True), pad, y.to(dev, non_blocking=True),
+                          loss_fn=self.loss_fn, positions=pos[0].to(dev, non_blocking=True))
 
     def validate(self) -> float | None:
         """Collective: mean token loss (nats) on the valid split (at most max_valid_samples samples)."""
