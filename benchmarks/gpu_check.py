@@ -99,13 +99,12 @@ def eval_ppl(data: Path, run_dir: Path, job_dir: Path, device: str) -> float:
 
 def speed(preset: str, batch: int, seq: int, steps: int, ac: bool) -> dict:
     """tokens/s, MFU and peak memory of FSDP2 + compile training steps on one GPU."""
+    from xlbtm.launch.distributed import destroy_distributed, init_distributed
     from xlbtm.models import build_model, flops_per_token, get_preset
-    from xlbtm.parallel.mesh import ParallelDims, build_mesh
     from xlbtm.models.loss import model_loss
+    from xlbtm.parallel.mesh import ParallelDims, build_mesh
     from xlbtm.parallel.parallelize import build_loss_fn, parallelize
     from xlbtm.train.metrics import peak_flops
-
-    from xlbtm.launch.distributed import destroy_distributed, init_distributed
 
     init_distributed(device="cuda", init_single=True)
     try:

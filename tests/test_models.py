@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from tolerance import tensor_tol
 
 from xlbtm.models import ModelArgs, build_model, flops_per_token, get_preset, matmul_params, num_params

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from train_helpers import base_cfg, final_weights, launch, make_demo_data, train_gnorms, train_losses
 
 pytestmark = pytest.mark.distributed
@@ -75,9 +74,9 @@ def test_fsdp_x_tp_4_processes_matches_single_process(data_bin, reference, tmp_p
 
 @pytest.mark.slow  # two launches
 def test_checkpoint_from_dp2_resumes_at_dp1(data_bin, reference, tmp_path):
-    from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
-
     import shutil
+
+    from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 
     run = tmp_path / "resharded"
     launch(2, base_cfg(run, data_bin, batch_size=2, save_interval_updates=2))
@@ -111,10 +110,10 @@ def test_checkpoint_from_one_process_resumes_on_fsdp_dp2(data_bin, reference, tm
 
 
 def test_checkpoint_layout_latest_pointer_and_keep_last_two(data_bin, tmp_path):
-    from xlbtm.models import build_model, get_preset
     from xlbtm.formats.checkpoints import latest_checkpoint
-    from xlbtm.parallel.checkpoint import read_model_state
     from xlbtm.formats.expert import read_expert_info
+    from xlbtm.models import build_model, get_preset
+    from xlbtm.parallel.checkpoint import read_model_state
 
     run = tmp_path / "keep"
     launch(1, base_cfg(run, data_bin, max_steps=5, save_interval_updates=1))

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-
 from train_helpers import REPO, base_cfg, final_weights, launch, make_demo_data, train_losses
+
 from xlbtm.errors import UsageError
 from xlbtm.runtime import resolve_precision
 from xlbtm.train.metrics import read_train_log

@@ -8,7 +8,6 @@ import time
 
 import pytest
 import torch
-
 from train_helpers import base_cfg, final_weights, launch, make_demo_data, result_of, train_losses
 
 
@@ -303,8 +302,8 @@ def test_train_experts_bad_flags_exit_2(demo, tmp_path, capsys, bad, msg):
 
 def test_train_experts_debug_dense_baseline_and_resume(demo, tmp_path, capsys):
     from xlbtm.formats.checkpoints import latest_checkpoint
-    from xlbtm.scripts.train_experts import main
     from xlbtm.formats.expert import read_expert_info
+    from xlbtm.scripts.train_experts import main
 
     root, data, tok, cdir = demo
     ser = tmp_path / "ser"
@@ -328,8 +327,8 @@ def test_train_experts_debug_dense_baseline_and_resume(demo, tmp_path, capsys):
 @pytest.mark.slow
 def test_train_experts_local_two_experts_on_manpages(manpages_dir, tmp_path, capsys):
     """Real corpus, 2 experts (by language group), tiny model, one local submitit job per expert."""
-    from xlbtm.formats.clusters import cluster_file_path, write_cluster_file, write_manifest
     from xlbtm.corpus import Corpus
+    from xlbtm.formats.clusters import cluster_file_path, write_cluster_file, write_manifest
     from xlbtm.scripts.train_experts import main
     from xlbtm.tokenizer import train_sentencepiece
     from xlbtm.train.expert_dir import find_expert_dirs, read_expert_info
@@ -434,11 +433,11 @@ def test_train_experts_slurm_requeue_resumes(demo, tmp_path, slurm_cluster, monk
 
 def test_branch_from_hf_seed_uses_its_weights_and_tokenizer(demo, tmp_path, capsys):
     """An HF seed dir carries its tokenizer (no --tokenizer needed); with lr 0 the expert equals the seed."""
-    from xlbtm.models import build_model, get_preset
+    from xlbtm.formats.expert import read_expert_info
     from xlbtm.formats.hf import save_hf
+    from xlbtm.models import build_model, get_preset
     from xlbtm.scripts.train_experts import main
     from xlbtm.tokenizer import load_tokenizer
-    from xlbtm.formats.expert import read_expert_info
 
     root, data, tok, cdir = demo
     torch.manual_seed(123)
@@ -560,10 +559,8 @@ def test_training_flags_reach_the_expert_config_by_name(demo, tmp_path):
 
     from xlbtm.errors import UsageError
     from xlbtm.scripts.train_experts import build_parser
-    from xlbtm.train.config import TrainConfig
+    from xlbtm.train.config import TrainConfig, TrainingSettings
     from xlbtm.train.plan import TrainExpertsRequest, plan_experts
-
-    from xlbtm.train.config import TrainingSettings
 
     shared = {f.name for f in dataclasses.fields(TrainingSettings)}
     assert shared <= {f.name for f in dataclasses.fields(TrainConfig)}

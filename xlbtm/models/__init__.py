@@ -20,7 +20,7 @@ __all__ = ["ModelArgs", "PRESETS", "get_preset", "preset_names", "build_model", 
            "flops_per_token", "matmul_params"]
 
 
-def build_model(args: ModelArgs) -> "nn.Module":
+def build_model(args: ModelArgs) -> nn.Module:
     """A freshly initialised model for `args` (build under `torch.device("meta")` and call
     `model.init_weights()` after `to_empty()` to initialise big models without host memory)."""
     if args.arch == "xglm":
@@ -34,7 +34,7 @@ def build_model(args: ModelArgs) -> "nn.Module":
     raise ValueError(f"unknown arch {args.arch!r}")
 
 
-def num_params(model: "nn.Module", exclude_embeddings: bool = False) -> int:
+def num_params(model: nn.Module, exclude_embeddings: bool = False) -> int:
     """Trainable parameters, each shared (tied) tensor counted once. `exclude_embeddings` drops the
     token and position tables (XGLM's sinusoidal positions are a buffer, never counted)."""
     seen, total = set(), 0

@@ -25,7 +25,7 @@ class Attention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                kv: "LayerKV | None" = None) -> torch.Tensor:
+                kv: LayerKV | None = None) -> torch.Tensor:
         """x [B, T, D]; attn_mask bool [B, 1, T, T] (True = may attend) or None (plain causal / full).
         With `kv` (incremental decoding): the new keys / values are appended to the cached ones and the
         queries attend over both; attn_mask is then [B, 1, T, S + T] and must be given."""

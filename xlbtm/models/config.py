@@ -57,14 +57,14 @@ class ModelArgs:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelArgs":
+    def from_dict(cls, d: dict[str, Any]) -> ModelArgs:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown ModelArgs fields {unknown}; known: {sorted(known)}")
         return cls(**dict(d))
 
-    def replace(self, **overrides) -> "ModelArgs":
+    def replace(self, **overrides) -> ModelArgs:
         return dataclasses.replace(self, **overrides)
 
     # ---- metaseq / fairseq names ---------------------------------------------------------------
@@ -110,7 +110,7 @@ class ModelArgs:
         }
 
     @classmethod
-    def from_fairseq(cls, m: dict[str, Any], vocab_size: int, arch: str) -> "ModelArgs":
+    def from_fairseq(cls, m: dict[str, Any], vocab_size: int, arch: str) -> ModelArgs:
         """Build from a metaseq/fairseq model cfg (dict or Namespace-as-dict). Missing sizes raise KeyError."""
 
         def get(*names, default=None):

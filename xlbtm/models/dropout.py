@@ -18,7 +18,7 @@ a TP run draws other (still independent of the batch) masks than a 1-rank run.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F

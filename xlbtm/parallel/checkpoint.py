@@ -17,9 +17,14 @@ from pathlib import Path
 import torch
 
 from xlbtm.errors import InputError
-from xlbtm.formats.checkpoints import checkpoint_root, latest_checkpoint, publish, read_train_state, staging_dir, \
-    step_dirs
-
+from xlbtm.formats.checkpoints import (
+    checkpoint_root,
+    latest_checkpoint,
+    publish,
+    read_train_state,
+    staging_dir,
+    step_dirs,
+)
 
 # --------------------------------------------------------------------------- reading without running code
 # torch's DCP reader runs code from the checkpoint in two places: `FileSystemReader.read_metadata` is a plain

@@ -13,7 +13,7 @@ class ParallelDims:
     tp: int
 
     @classmethod
-    def from_world(cls, world_size: int, tp: int = 1) -> "ParallelDims":
+    def from_world(cls, world_size: int, tp: int = 1) -> ParallelDims:
         if tp < 1 or world_size % tp:
             raise UsageError(f"--tensor-parallel-size {tp} must divide the number of processes ({world_size})")
         return cls(dp=world_size // tp, tp=tp)

@@ -110,7 +110,7 @@ class TrainConfig(TrainingSettings):
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         """The inverse of to_dict. An unknown key is an error, not silently dropped: it is a setting this
         version would not apply (a typo, or a config from a newer xlbtm)."""
         names = {f.name for f in dataclasses.fields(cls)}
@@ -203,7 +203,7 @@ class TrainExpertsRequest(TrainingSettings):
         "serialization_dir", "run_name"})
 
     @classmethod
-    def from_args(cls, args) -> "TrainExpertsRequest":
+    def from_args(cls, args) -> TrainExpertsRequest:
         """From `xlbtm.scripts.train_experts`'s parsed flags (SLURM flags resolved into a SiteConfig)."""
         return config_from_args(cls, args, site=site_from_args(args))
 

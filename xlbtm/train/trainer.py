@@ -95,7 +95,7 @@ class Trainer:
         self.loss_acc = torch.zeros(2, dtype=torch.float64, device=device)
 
     @classmethod
-    def build(cls, cfg: TrainConfig, rank: int, world: int, device: torch.device) -> "Trainer":
+    def build(cls, cfg: TrainConfig, rank: int, world: int, device: torch.device) -> Trainer:
         t = cls(cfg, rank, world, device)
         if t.is_main:
             t.run_dir.mkdir(parents=True, exist_ok=True)
