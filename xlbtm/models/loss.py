@@ -20,10 +20,10 @@ one-rank and the vocabulary-parallel loss cannot drift apart.
 
 Chunk size (`chunk_tokens`): `chunk_mib` MiB of fp32 logits per chunk when given (training's
 `--loss-chunk-mib`); by default twice the fp32 size of the [V, D] weight, within [MIN_CHUNK_BYTES, CHUNK_BYTES].
-A chunk's logits become its softmax and its gradient in place (one [chunk, V] buffer), and the loss holds two
-fp32 [V, D] tensors anyway (the dW accumulator, then the weight's gradient), so the chunk at most doubles
-what the loss needs regardless of chunking; and a chunk of 2 D tokens keeps the projection's GEMMs efficient
-(at d = 64 and V = 256k on a CPU, 64-token chunks cost ~25% more time than 128- or 262-token ones,
+A chunk's logits become its softmax and its gradient in place (two [chunk, V] buffers at the peak: the logits
+and their exp while the sums are taken), and the loss holds two fp32 [V, D] tensors anyway (the dW
+accumulator, then the weight's gradient), so the chunks add about as much as the loss needs regardless; and
+a chunk of 2 D tokens keeps the projection's GEMMs efficient (at d = 64 and V = 256k on a CPU, 64-token chunks cost ~25% more time than 128- or 262-token ones,
 benchmarks/BENCHMARKS.md). At XGLM's vocabulary that is 128 tokens (125 MiB) for a d = 64 body and the
 256 MiB cap (262 tokens) from d = 132 up; small vocabularies take the 16 MiB floor (one chunk for most
 batches).
@@ -100,13 +100,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             local = torch.where(mine, local, 0)
             picked = torch.where(mine, logits.gather(1, local[:, None]).squeeze(1), 0.0)
             m = shard.all_max_(logits.max(dim=-1).values)
-            e = logits.sub_(m[:, None]).exp_()  # exp(logits - max), in place: one [chunk, V] buffer throughout
+            e = (logits - m[:, None]).exp_()  # exp(logits - max): one more [chunk, V] buffer, freed below
             sumexp, picked = shard.all_sum_(torch.stack([e.sum(-1), picked]))  # one collective for both under TP
+            del e
             lse = sumexp.log() + m
             total += torch.where(valid, lse - picked, 0.0).sum()
             if grad_h is None and grad_w is None and grad_b is None:
                 continue
-            g = e.div_(sumexp[:, None])  # softmax, in place
+            # softmax as exp(logits - lse), in place of the logits: the arithmetic the loss always had (the
+            # quickstart's numbers), not exp(logits - max) / sum, which rounds differently
+            g = logits.sub_(lse[:, None]).exp_()
             g[torch.arange(len(tc), device=g.device), local] -= mine.to(g.dtype)
             g.mul_(valid[:, None])
             if grad_b is not None:
@@ -115,10 +118,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if grad_h is not None:
                 grad_h[s:s + chunk] = g @ weight
             if grad_w is not None:
-                if hc.dtype == torch.float32:
-                    grad_w.addmm_(g.t(), hc)  # no [V, D] temporary
-                else:
-                    grad_w += (g.t() @ hc).float()  # the GEMM in the model's dtype, the running sum in fp32
+                # the GEMM, then the running sum in fp32 (a fused addmm_ would save a [V, D] temporary but adds
+                # inside the GEMM's blocking, which rounds differently from the loss's established arithmetic)
+                grad_w += (g.t() @ hc).float()
         if grad_h is not None:
             shard.all_sum_(grad_h)  # dh sums over every vocabulary shard: one collective per batch
         ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
