@@ -1,6 +1,9 @@
 """Shared fixtures. Tests run on CPU; keep each process to one thread so 2-process gloo tests fit 2 cores."""
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# torch.compile's kernel cache: this run's own. The machine-wide one (/tmp/torchinductor_<user>) outlives runs,
+# and one filled by other runs (concurrent compiles, another ATEN_CPU_CAPABILITY) crashed the compiled worker
+# with "free(): invalid pointer" every time, while a fresh cache passed.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="xlbtm-test-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], True)
 
 REPO = Path(__file__).resolve().parents[1]
 MANPAGES = Path(os.environ.get("XLBTM_MANPAGES", REPO.parent / "shared" / "corpora" / "manpages"))
