@@ -54,9 +54,13 @@ def make_baseline(seed: int):
     from sklearn.preprocessing import Normalizer
 
     stop = list(text.ENGLISH_STOP_WORDS.union(["#NUMBER"]))
-    return Pipeline([("tfidf", NumberNormalizingVectorizer(stop_words=stop)),
-                     ("svd", TruncatedSVD(n_components=100, random_state=seed)),
-                     ("normalizer", Normalizer(copy=False))])
+    return Pipeline(
+        [
+            ("tfidf", NumberNormalizingVectorizer(stop_words=stop)),
+            ("svd", TruncatedSVD(n_components=100, random_state=seed)),
+            ("normalizer", Normalizer(copy=False)),
+        ]
+    )
 
 
 def nearest(x, c):
@@ -67,7 +71,7 @@ def nearest(x, c):
 def batched(fn, texts, bs=512):
     out = []
     for i in range(0, len(texts), bs):
-        out.append(fn(texts[i:i + bs]))
+        out.append(fn(texts[i : i + bs]))
     return np.concatenate(out)
 
 
@@ -94,8 +98,10 @@ def main():
     train = sample_documents(data / "train", None)
     valid = sample_documents(data / "valid", None)
     k = args.num_clusters
-    print(f"train {len(train.texts)} docs, valid {len(valid.texts)} docs, K={k}, torch threads "
-          f"{torch.get_num_threads()}", flush=True)
+    print(
+        f"train {len(train.texts)} docs, valid {len(valid.texts)} docs, K={k}, torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
     tmp = Path(tempfile.mkdtemp())
     tok = load_tokenizer(train_sentencepiece(train.texts, tmp / "tok", vocab_size=8000, seed=0))
 
@@ -109,11 +115,11 @@ def main():
             feat = make_feat(s)
             if name.startswith("baseline"):
                 x = feat.fit_transform(train.texts).astype(np.float32)
-                assign = (lambda f: (lambda c: (lambda b: nearest(f.transform(b).astype(np.float32), c))))(feat)
+                assign = (lambda f: lambda c: lambda b: nearest(f.transform(b).astype(np.float32), c))(feat)
             else:
                 feat.fit(train.texts, train.langs, seed=s)
                 x = feat.transform(train.texts)
-                assign = (lambda f: (lambda c: (lambda b: nearest(f.transform(b), c))))(feat)
+                assign = (lambda f: lambda c: lambda b: nearest(f.transform(b), c))(feat)
             t_feat = time.perf_counter() - t
             km = fit_kmeans(x, k, balanced=True, seed=s, device="cpu")
             t_total = time.perf_counter() - t
@@ -143,19 +149,36 @@ def main():
     rows = []
     for name, m in methods.items():
         dps = len(train.texts) / best[name]
-        rows.append((name, m["fit_feat"], m["fit_total"], dps, best[base] / best[name],
-                     len(train.texts) / best_cpu[name], best_cpu[base] / best_cpu[name], m["nmi_train"],
-                     m["nmi_valid"], np.bincount(labels[name], minlength=k).max() / (len(train.texts) / k)))
-    print(f"\nmachine: {platform.machine()} {os.cpu_count()}-core CPU, Python {platform.python_version()}, "
-          f"torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}")
+        rows.append(
+            (
+                name,
+                m["fit_feat"],
+                m["fit_total"],
+                dps,
+                best[base] / best[name],
+                len(train.texts) / best_cpu[name],
+                best_cpu[base] / best_cpu[name],
+                m["nmi_train"],
+                m["nmi_valid"],
+                np.bincount(labels[name], minlength=k).max() / (len(train.texts) / k),
+            )
+        )
+    print(
+        f"\nmachine: {platform.machine()} {os.cpu_count()}-core CPU, Python {platform.python_version()}, "
+        f"torch {torch.__version__}; date {time.strftime('%Y-%m-%d')}"
+    )
     print(f"load average during the run: {os.getloadavg()[0]:.1f}")
-    print("| method | featurizer fit s | fit incl. balanced k-means s | assign docs/s | vs baseline | "
-          "assign docs per CPU-s | vs baseline (CPU) | NMI lang train (mean over seeds) | NMI lang valid | "
-          "largest cluster / mean (nearest) |")
+    print(
+        "| method | featurizer fit s | fit incl. balanced k-means s | assign docs/s | vs baseline | "
+        "assign docs per CPU-s | vs baseline (CPU) | NMI lang train (mean over seeds) | NMI lang valid | "
+        "largest cluster / mean (nearest) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:,.0f} | {r[4]:.2f}x | {r[5]:,.0f} | {r[6]:.2f}x | "
-              f"{r[7]:.3f} | {r[8]:.3f} | {r[9]:.2f} |")
+        print(
+            f"| {r[0]} | {r[1]:.1f} | {r[2]:.1f} | {r[3]:,.0f} | {r[4]:.2f}x | {r[5]:,.0f} | {r[6]:.2f}x | "
+            f"{r[7]:.3f} | {r[8]:.3f} | {r[9]:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def load_old(rev: str, tmp: Path):
-    src = subprocess.run(["git", "show", f"{rev}:xlbtm/cluster/featurize.py"], cwd=REPO, check=True,
-                         capture_output=True, text=True).stdout
+    src = subprocess.run(
+        ["git", "show", f"{rev}:xlbtm/cluster/featurize.py"], cwd=REPO, check=True, capture_output=True, text=True
+    ).stdout
     (tmp / "old_featurize.py").write_text(src)
     spec = importlib.util.spec_from_file_location("old_featurize", tmp / "old_featurize.py")
     mod = importlib.util.module_from_spec(spec)
@@ -59,8 +60,11 @@ def main():
     same = np.array_equal(new_f.transform(texts), old_f.transform(texts))
     ref = np.array_equal(new_f.transform(texts), new_f.lsa.featurize_token_ids(new_f.encode(texts)))
     print(f"features bitwise equal: old vs new {same}, new vs featurize_token_ids(encode) {ref}")
-    fns = {"baseline": lambda b: nearest(base.transform(b).astype(np.float32), cb),
-           "old": lambda b: nearest(old_f.transform(b), cent), "new": lambda b: nearest(new_f.transform(b), cent)}
+    fns = {
+        "baseline": lambda b: nearest(base.transform(b).astype(np.float32), cb),
+        "old": lambda b: nearest(old_f.transform(b), cent),
+        "new": lambda b: nearest(new_f.transform(b), cent),
+    }
     for fn in fns.values():
         fn(texts[:64])
     wall = {k: [] for k in fns}
@@ -71,13 +75,19 @@ def main():
             batched(fn, texts)
             wall[k].append(time.perf_counter() - t)
             cpu[k].append(time.process_time() - c)
-        print(f"round {r}: " + "  ".join(f"{k} {len(texts) / wall[k][-1]:,.0f} docs/s" for k in fns)
-              + f"  old {wall['baseline'][-1] / wall['old'][-1]:.2f}x new {wall['baseline'][-1] / wall['new'][-1]:.2f}x"
-              f"  load {os.getloadavg()[0]:.1f}", flush=True)
+        print(
+            f"round {r}: "
+            + "  ".join(f"{k} {len(texts) / wall[k][-1]:,.0f} docs/s" for k in fns)
+            + f"  old {wall['baseline'][-1] / wall['old'][-1]:.2f}x new {wall['baseline'][-1] / wall['new'][-1]:.2f}x"
+            f"  load {os.getloadavg()[0]:.1f}",
+            flush=True,
+        )
     for name, d in (("wall", wall), ("CPU", cpu)):
         b = {k: min(v) for k, v in d.items()}
-        print(f"best-of {name}: baseline {len(texts) / b['baseline']:,.0f} docs/s, old {b['baseline'] / b['old']:.2f}x, "
-              f"new {b['baseline'] / b['new']:.2f}x")
+        print(
+            f"best-of {name}: baseline {len(texts) / b['baseline']:,.0f} docs/s, old {b['baseline'] / b['old']:.2f}x, "
+            f"new {b['baseline'] / b['new']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

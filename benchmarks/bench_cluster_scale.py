@@ -65,6 +65,7 @@ class Timers:
                 return fn(*a, **k)
             finally:
                 self.s[key] += time.perf_counter() - t
+
         return timed
 
 
@@ -113,8 +114,13 @@ def fit_xlbtm(feat, texts, langs, seed):
     else:
         tok = s["tokenize"]
         vocab = s["counts"]
-    parts = {"tokenize": tok, "vocab+counts": vocab, "tfidf": s["fit_lsa"] - s["svd"], "svd": s["svd"],
-             "transform": t2 - t1}
+    parts = {
+        "tokenize": tok,
+        "vocab+counts": vocab,
+        "tfidf": s["fit_lsa"] - s["svd"],
+        "svd": s["svd"],
+        "transform": t2 - t1,
+    }
     return x, t2 - t0, parts, feat.lsa.vocab_size
 
 
@@ -127,6 +133,7 @@ def kmeans_seconds(x, k, seed, balanced=True):
 
 
 # ------------------------------------------------------------------------------------------------ corpora
+
 
 def manpages():
     from xlbtm.cluster.train import sample_documents
@@ -172,6 +179,7 @@ def subword_tokenizer(texts):
 
 # ------------------------------------------------------------------------------------------------- parts
 
+
 def part_scale(args, tok, texts):
     from xlbtm.cluster.featurize import SubwordFeaturizer, WordFeaturizer
 
@@ -188,15 +196,18 @@ def part_scale(args, tok, texts):
                 feat = WordFeaturizer() if name == "xlbtm word" else SubwordFeaturizer(tok)
                 x, total, parts, v = fit_xlbtm(feat, big, None, 0)
             rows.append((size, name, total, parts, v))
-            print(f"  {name}: {total:.1f} s {', '.join(f'{k} {t:.1f}' for k, t in parts.items())}; vocab {v}",
-                  flush=True)
+            print(
+                f"  {name}: {total:.1f} s {', '.join(f'{k} {t:.1f}' for k, t in parts.items())}; vocab {v}", flush=True
+            )
     print("\n| docs | method | featurizer fit s | vs c-BTM | s per 1k docs | breakdown s | vocabulary |")
     print("|---:|---|---:|---:|---:|---|---:|")
     base = {r[0]: r[2] for r in rows if r[1] == "c-BTM sklearn"}
     for size, name, total, parts, v in rows:
         bd = ", ".join(f"{k} {t:.1f}" for k, t in parts.items())
-        print(f"| {size:,} | {name} | {total:.1f} | {total / base[size]:.2f}x | {1000 * total / size:.2f} | {bd} | "
-              f"{v:,} |")
+        print(
+            f"| {size:,} | {name} | {total:.1f} | {total / base[size]:.2f}x | {1000 * total / size:.2f} | {bd} | "
+            f"{v:,} |"
+        )
 
 
 def _variant(spec: str) -> dict:
@@ -215,8 +226,10 @@ def part_nmi(args, tok, corpora):
 
     k = args.num_clusters
     print("\n(differences: mean ± sd over seeds, paired by seed; (n/N): seeds where the method >= c-BTM)")
-    print("| corpus | docs | languages | method | NMI balanced | NMI plain | NMI balanced - c-BTM | "
-          "NMI plain - c-BTM | featurizer fit s | balanced k-means s |")
+    print(
+        "| corpus | docs | languages | method | NMI balanced | NMI plain | NMI balanced - c-BTM | "
+        "NMI plain - c-BTM | featurizer fit s | balanced k-means s |"
+    )
     print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
     for cname, (texts, langs) in corpora.items():
         res = defaultdict(lambda: defaultdict(list))
@@ -242,10 +255,13 @@ def part_nmi(args, tok, corpora):
             # paired by seed (the same seed drives both pipelines' SVD and k-means): sd of the difference, and
             # in how many seeds this method is at least c-BTM's
             db, dp = (np.array(r[m]) - np.array(ref[m]) for m in ("balanced", "plain"))
-            print(f"| {cname} | {len(texts):,} | {len(set(langs))} | {name} | {b:.3f} | {p:.3f} | "
-                  f"{b - base['balanced']:+.3f} ± {db.std(ddof=1) if db.size > 1 else 0:.3f} ({(db >= 0).sum()}/{db.size}) | "
-                  f"{p - base['plain']:+.3f} ± {dp.std(ddof=1) if dp.size > 1 else 0:.3f} ({(dp >= 0).sum()}/{dp.size}) | "
-                  f"{np.mean(r['fit_s']):.1f} | {np.mean(r['km_balanced']):.1f} |", flush=True)
+            print(
+                f"| {cname} | {len(texts):,} | {len(set(langs))} | {name} | {b:.3f} | {p:.3f} | "
+                f"{b - base['balanced']:+.3f} ± {db.std(ddof=1) if db.size > 1 else 0:.3f} ({(db >= 0).sum()}/{db.size}) | "
+                f"{p - base['plain']:+.3f} ± {dp.std(ddof=1) if dp.size > 1 else 0:.3f} ({(dp >= 0).sum()}/{dp.size}) | "
+                f"{np.mean(r['fit_s']):.1f} | {np.mean(r['km_balanced']):.1f} |",
+                flush=True,
+            )
 
 
 def cbtm_job(clusterer_pkl, data_dir, out_dir, split):
@@ -268,7 +284,7 @@ def cbtm_job(clusterer_pkl, data_dir, out_dir, split):
             rows = [(f"{rel}|{i}", json.loads(line)["text"]) for i, line in enumerate(f) if line.strip()]
         out = []
         for b in range(0, len(rows), 10000):
-            batch = rows[b:b + 10000]
+            batch = rows[b : b + 10000]
             x = torch.from_numpy(pipe.transform([t for _, t in batch]).astype(np.float32))
             d = (x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)[None]
             out += [{"sp_id": i, "cluster": int(k)} for (i, _), k in zip(batch, d.argmin(1).tolist())]
@@ -325,8 +341,15 @@ def part_assign(args, tok, texts):
     data = sharded_corpus(tmp / "corpus", args.assign_docs, args.assign_files)
     man = CORPORA / "manpages" / "train"
     for kind in ("word", "subword"):  # clusterers fit on manpages train (untimed), as a user's would be
-        train_tfidf_clusterer(man, args.num_clusters, tmp / f"cl_{kind}", balanced=True, featurizer=kind,
-                              tokenizer=tok.path if kind == "subword" else None, device="cpu")
+        train_tfidf_clusterer(
+            man,
+            args.num_clusters,
+            tmp / f"cl_{kind}",
+            balanced=True,
+            featurizer=kind,
+            tokenizer=tok.path if kind == "subword" else None,
+            device="cpu",
+        )
     pipe = make_baseline(0)
     x = pipe.fit_transform(texts).astype(np.float32)
     km = fit_kmeans(x, args.num_clusters, balanced=True, seed=0, device="cpu")
@@ -334,14 +357,34 @@ def part_assign(args, tok, texts):
         pickle.dump((pipe, km.centroids), f)
     py = sys.executable
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    methods = {"c-BTM (one process, its --run local)":
-               [py, str(Path(__file__).resolve()), "--cbtm-job", str(tmp / "cbtm.pkl"), str(data), "{out}", "train"]}
+    methods = {
+        "c-BTM (one process, its --run local)": [
+            py,
+            str(Path(__file__).resolve()),
+            "--cbtm-job",
+            str(tmp / "cbtm.pkl"),
+            str(data),
+            "{out}",
+            "train",
+        ]
+    }
     for kind in ("word", "subword"):
         for w in args.assign_workers:
             extra = [] if w == "default" else ["--num-workers", w]
-            methods[f"xlbtm {kind}, --num-workers {w}"] = \
-                [py, "-m", "xlbtm.scripts.cluster", "--data-dir", str(data), "--path-to-clusterer",
-                 str(tmp / f"cl_{kind}"), "--output-prefix", "{out}", "--split", "train", *extra]
+            methods[f"xlbtm {kind}, --num-workers {w}"] = [
+                py,
+                "-m",
+                "xlbtm.scripts.cluster",
+                "--data-dir",
+                str(data),
+                "--path-to-clusterer",
+                str(tmp / f"cl_{kind}"),
+                "--output-prefix",
+                "{out}",
+                "--split",
+                "train",
+                *extra,
+            ]
     best = {m: (float("inf"), float("inf")) for m in methods}
     digests = defaultdict(set)
     for r in range(args.rounds):
@@ -354,14 +397,18 @@ def part_assign(args, tok, texts):
                 digests[name.split(",")[0]].add(_tree_digest(out))
             print(f"  round {r + 1} {name}: {wall:.2f} s wall, {cpu:.2f} CPU-s", flush=True)
     n = args.assign_docs
-    print(f"\n{n:,} documents in {args.assign_files} files ({sum(p.stat().st_size for p in data.rglob('*.jsonl')) / 1e6:.0f} MB)"
-          f", K={args.num_clusters}, best of {args.rounds} rounds")
+    print(
+        f"\n{n:,} documents in {args.assign_files} files ({sum(p.stat().st_size for p in data.rglob('*.jsonl')) / 1e6:.0f} MB)"
+        f", K={args.num_clusters}, best of {args.rounds} rounds"
+    )
     print("| method | wall s | docs/s | vs c-BTM | CPU s | docs per CPU-s | vs c-BTM (CPU) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     base = best[next(iter(methods))]
     for name, (wall, cpu) in best.items():
-        print(f"| {name} | {wall:.2f} | {n / wall:,.0f} | {base[0] / wall:.2f}x | {cpu:.2f} | {n / cpu:,.0f} | "
-              f"{base[1] / cpu:.2f}x |")
+        print(
+            f"| {name} | {wall:.2f} | {n / wall:,.0f} | {base[0] / wall:.2f}x | {cpu:.2f} | {n / cpu:,.0f} | "
+            f"{base[1] / cpu:.2f}x |"
+        )
     for kind, d in sorted(digests.items()):
         print(f"{kind}: cluster files identical across worker counts and rounds: {len(d) == 1}")
     # the subword bound: sentencepiece's own encoder over the same texts, in this process, one thread
@@ -376,11 +423,13 @@ def part_assign(args, tok, texts):
     for _ in range(args.rounds):
         t = time.process_time()
         for b in range(0, len(corpus_texts), 512):
-            sp.encode(corpus_texts[b:b + 512], num_threads=1, return_type="numpy")
+            sp.encode(corpus_texts[b : b + 512], num_threads=1, return_type="numpy")
         sp_cpu = min(sp_cpu, time.process_time() - t)
-    print(f"sentencepiece encode alone (1 thread, batches of 512): {sp_cpu:.2f} CPU-s = "
-          f"{sp_cpu / base[1]:.0%} of c-BTM's whole job: subword assignment is bounded by "
-          f"{base[1] / sp_cpu:.2f}x c-BTM per CPU-second even if everything else were free")
+    print(
+        f"sentencepiece encode alone (1 thread, batches of 512): {sp_cpu:.2f} CPU-s = "
+        f"{sp_cpu / base[1]:.0%} of c-BTM's whole job: subword assignment is bounded by "
+        f"{base[1] / sp_cpu:.2f}x c-BTM per CPU-second even if everything else were free"
+    )
     shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -397,8 +446,12 @@ def main():
     ap.add_argument("--assign-files", type=int, default=16)
     ap.add_argument("--assign-workers", default="default,1", help="assign part: --num-workers values")
     ap.add_argument("--rounds", type=int, default=3, help="assign part: interleaved rounds (best of)")
-    ap.add_argument("--subword-variants", default="", help="nmi part: other SubwordFeaturizer settings to compare, "
-                    "comma-separated, e.g. max_df=1+stop_letterless=0 (the defaults before #19),max_df=0.2")
+    ap.add_argument(
+        "--subword-variants",
+        default="",
+        help="nmi part: other SubwordFeaturizer settings to compare, "
+        "comma-separated, e.g. max_df=1+stop_letterless=0 (the defaults before #19),max_df=0.2",
+    )
     ap.add_argument("--corpora", default="manpages,gettext tgt,manpages-unequal", help="nmi part: which corpora")
     args = ap.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",")]
@@ -409,13 +462,15 @@ def main():
     warnings.filterwarnings("ignore")
     import torch
 
-
     texts, langs = manpages()
     gt, gl = gettext_tgt(args.gettext_per_lang)
     tok = subword_tokenizer(texts + gt)
-    print(f"machine: {platform.machine()} {os.cpu_count()}-core CPU, Python {platform.python_version()}, torch "
-          f"{torch.__version__} ({torch.get_num_threads()} threads); date {time.strftime('%Y-%m-%d')}; K="
-          f"{args.num_clusters}", flush=True)
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()}-core CPU, Python {platform.python_version()}, torch "
+        f"{torch.__version__} ({torch.get_num_threads()} threads); date {time.strftime('%Y-%m-%d')}; K="
+        f"{args.num_clusters}",
+        flush=True,
+    )
     if args.part == "scale":
         part_scale(args, tok, texts)
     elif args.part == "assign":

@@ -81,8 +81,10 @@ def main() -> None:
 
         rng = random.Random(0)
         n_docs = n
-        for label, root, rel in (("plain", data, "train/00000/manpages.jsonl"),
-                                 ("gzip", gz_data, "train/00000/manpages.jsonl.gz")):
+        for label, root, rel in (
+            ("plain", data, "train/00000/manpages.jsonl"),
+            ("gzip", gz_data, "train/00000/manpages.jsonl.gz"),
+        ):
             k = args.random_gets if label == "plain" else max(1, args.random_gets // 10)
             ids = [f"{rel}|{rng.randrange(n_docs)}" for _ in range(k)]
             c = Corpus(root)
@@ -95,8 +97,7 @@ def main() -> None:
 
             t_get, nbytes = best_of(gets, 1)
             c.close()
-            rows.append((f"random get {label} ({k} sp_ids; index build {t_index:.2f} s)", k / t_get,
-                         None, None))
+            rows.append((f"random get {label} ({k} sp_ids; index build {t_index:.2f} s)", k / t_get, None, None))
             c = Corpus(root)
             c.index(rel)
             t_many, _ = best_of(lambda c=c, ids=ids: sum(len(d.text) for d in c.get_many(ids)), 1)
@@ -106,13 +107,17 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"# corpus reader: {src} ({n_docs} docs, {mb:.1f} MB), best of {args.repeats}")
-    print(f"# python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cpus, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"# python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cpus, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     print("| what | docs/s | MB/s | vs naive |")
     print("|---|---:|---:|---:|")
     for what, dps, mbs, ratio in rows:
-        print(f"| {what} | {dps:,.0f} | {'' if mbs is None else f'{mbs:.1f}'} | "
-              f"{'' if ratio is None else f'{ratio:.2f}x'} |")
+        print(
+            f"| {what} | {dps:,.0f} | {'' if mbs is None else f'{mbs:.1f}'} | "
+            f"{'' if ratio is None else f'{ratio:.2f}x'} |"
+        )
     sys.stdout.flush()
 
 

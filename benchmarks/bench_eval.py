@@ -64,8 +64,9 @@ def bench_routing(args) -> dict:
     V, d, K, T = args.vocab, 100, 16, 1024
     from xlbtm.cluster.featurize import Lsa
 
-    f = LinearFeaturizer(Lsa(idf=(1 + 5 * rng.random(V)).astype(np.float32),
-                             components=rng.standard_normal((d, V)).astype(np.float32)))
+    f = LinearFeaturizer(
+        Lsa(idf=(1 + 5 * rng.random(V)).astype(np.float32), components=rng.standard_normal((d, V)).astype(np.float32))
+    )
     cents = rng.standard_normal((K, d))
     cents /= np.linalg.norm(cents, axis=1, keepdims=True)
     router = Router(cents, featurizer=f)
@@ -81,13 +82,17 @@ def bench_routing(args) -> dict:
     t_inc = (time.perf_counter() - t0) / (len(docs) * args.repeats)
 
     out = {"V": V, "d": d, "K": K, "T": T, "incremental_ms": 1e3 * t_inc, "baselines": {}}
-    baselines = {"numpy loop over prefixes": recompute_prefix, "batched sparse (sklearn math)": recompute_sparse_batched}
+    baselines = {
+        "numpy loop over prefixes": recompute_prefix,
+        "batched sparse (sklearn math)": recompute_sparse_batched,
+    }
     try:  # the clusterer's reference featurizer (embedding_bag over the prefixes), all prefixes in one call
         from xlbtm.cluster.featurize import Lsa
 
         lsa = Lsa(idf=f.lsa.idf.astype(np.float32), components=np.asarray(f.lsa.components, dtype=np.float32))
-        baselines["clusterer reference Lsa.featurize_token_ids, all prefixes batched"] = \
-            lambda _f, ids: lsa.featurize_token_ids([ids[:j].tolist() for j in range(len(ids))])
+        baselines["clusterer reference Lsa.featurize_token_ids, all prefixes batched"] = lambda _f, ids: (
+            lsa.featurize_token_ids([ids[:j].tolist() for j in range(len(ids))])
+        )
     except ImportError:
         pass
     for name, fn in baselines.items():
@@ -119,8 +124,13 @@ def bench_sweep(args) -> dict:
             make_expert(tmp / "ens" / f"r.cluster{k}", tok, k, K, seed=k, max_positions=512)
         clus = FakeSubwordClusterer(tok.vocab_size, K)
         ev._load_clusterer = lambda path: clus
-        base = dict(data_dir=str(tmp / "data"), data_subset="valid", ensemble_type="clustering",
-                    path_to_clusterer="C", experts_dir=str(tmp / "ens"))
+        base = dict(
+            data_dir=str(tmp / "data"),
+            data_subset="valid",
+            ensemble_type="clustering",
+            path_to_clusterer="C",
+            experts_dir=str(tmp / "ens"),
+        )
 
         def timed(job, temps, topks):
             t0 = time.perf_counter()
@@ -138,8 +148,16 @@ def bench_sweep(args) -> dict:
         # warm: the same job dir again, every score/routing cache hits; what is left is the per-setting work
         w1 = min(timed("one0", [0.1], [-1])[0] for _ in range(args.repeats))
         w5 = min(timed("one0", [0.1, 0.05, 0.2, 0.5, 1.0], [-1])[0] for _ in range(args.repeats))
-        return {"experts": K, "documents": r1["documents"], "tokens": r1["tokens"], "one_s": min(ones),
-                "five_s": min(fives), "ratio": min(fives) / min(ones), "warm_one_s": w1, "warm_five_s": w5}
+        return {
+            "experts": K,
+            "documents": r1["documents"],
+            "tokens": r1["tokens"],
+            "one_s": min(ones),
+            "five_s": min(fives),
+            "ratio": min(fives) / min(ones),
+            "warm_one_s": w1,
+            "warm_five_s": w5,
+        }
 
 
 def main():
@@ -149,17 +167,23 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--sweep-docs", type=int, default=60, help="valid documents in the sweep benchmark")
     args = p.parse_args()
-    print(f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"machine: {platform.machine()} {os.cpu_count()} cores, python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     r = bench_routing(args)
-    print(f"routing, {r['T']}-token docs (V={r['V']}, d={r['d']}, K={r['K']}): incremental "
-          f"{r['incremental_ms']:.2f} ms/doc")
+    print(
+        f"routing, {r['T']}-token docs (V={r['V']}, d={r['d']}, K={r['K']}): incremental "
+        f"{r['incremental_ms']:.2f} ms/doc"
+    )
     for name, (ms, x) in r["baselines"].items():
         print(f"  recompute every prefix, {name}: {ms:.0f} ms/doc -> incremental is {x:.0f}x faster")
     s = bench_sweep(args)
-    print(f"sweep: {s['experts']} experts, {s['documents']} docs / {s['tokens']} tokens: one setting "
-          f"{s['one_s']:.2f} s, 5 settings {s['five_s']:.2f} s -> {s['ratio']:.3f}x (target <= 1.1x); "
-          f"re-run on cached scores: 1 setting {s['warm_one_s']:.2f} s, 5 settings {s['warm_five_s']:.2f} s")
+    print(
+        f"sweep: {s['experts']} experts, {s['documents']} docs / {s['tokens']} tokens: one setting "
+        f"{s['one_s']:.2f} s, 5 settings {s['five_s']:.2f} s -> {s['ratio']:.3f}x (target <= 1.1x); "
+        f"re-run on cached scores: 1 setting {s['warm_one_s']:.2f} s, 5 settings {s['warm_five_s']:.2f} s"
+    )
 
 
 if __name__ == "__main__":

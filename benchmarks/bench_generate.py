@@ -39,19 +39,43 @@ def build(root: Path, K: int, d_model: int, n_layers: int, max_positions: int, v
     texts = [d.text for d in Corpus(root / "data").iter_documents("train")]
     tok = load_tokenizer(train_sentencepiece(texts, root / "tok", vocab_size=vocab, seed=0))
     clus, _ = train_tfidf_clusterer(root / "data", K, root / "clusterer", tokenizer=tok.path, max_docs=400)
-    args = get_preset("debug", vocab_size=tok.vocab_size, d_model=d_model, n_layers=n_layers, n_heads=4,
-                      ffn_dim=4 * d_model, max_positions=max_positions)
+    args = get_preset(
+        "debug",
+        vocab_size=tok.vocab_size,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=4,
+        ffn_dim=4 * d_model,
+        max_positions=max_positions,
+    )
     for k in range(K):
         torch.manual_seed(k)
         run = root / "experts" / f"demo.cluster{k}"
         run.mkdir(parents=True)
-        write_json(run / "expert.json", {
-            "format": "xlbtm-expert/1", "cluster": k, "num_clusters": K, "clusterer_fingerprint": clus.fingerprint,
-            "objective": "clm", "model_args": args.to_dict(), "tokenizer": str(tok.path),
-            "tokenizer_fingerprint": tok.fingerprint, "seed_model": "random", "run_name": run.name, "data": {}})
+        write_json(
+            run / "expert.json",
+            {
+                "format": "xlbtm-expert/1",
+                "cluster": k,
+                "num_clusters": K,
+                "clusterer_fingerprint": clus.fingerprint,
+                "objective": "clm",
+                "model_args": args.to_dict(),
+                "tokenizer": str(tok.path),
+                "tokenizer_fingerprint": tok.fingerprint,
+                "seed_model": "random",
+                "run_name": run.name,
+                "data": {},
+            },
+        )
         save_consolidated(run / "consolidated.pt", build_model(args).state_dict(), args)
-    return {"tok": tok, "experts": root / "experts", "clusterer": root / "clusterer", "args": args,
-            "valid": [d.text for d in Corpus(root / "data").iter_documents("valid")]}
+    return {
+        "tok": tok,
+        "experts": root / "experts",
+        "clusterer": root / "clusterer",
+        "args": args,
+        "valid": [d.text for d in Corpus(root / "data").iter_documents("valid")],
+    }
 
 
 def main(argv=None):
@@ -72,15 +96,16 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         env = build(Path(tmp), 4, a.d_model, a.layers, a.prompt_tokens + a.new_tokens + 8, a.vocab)
         tok = env["tok"]
-        prompts_all = [tok.encode(t)[:a.prompt_tokens] for t in env["valid"]]
+        prompts_all = [tok.encode(t)[: a.prompt_tokens] for t in env["valid"]]
         one = env["experts"] / "demo.cluster0" / "consolidated.pt"
         setups = {
             "one model (dense)": MixtureLM.load(model_paths=[str(one)], device="cpu"),
-            "ensemble K=4, top-1": MixtureLM.load(experts_dir=str(env["experts"]), clusterer=str(env["clusterer"]),
-                                                  temperature=0.1, topk=1, device="cpu"),
-            "ensemble K=4, all experts": MixtureLM.load(experts_dir=str(env["experts"]),
-                                                        clusterer=str(env["clusterer"]), temperature=0.1, topk=-1,
-                                                        device="cpu"),
+            "ensemble K=4, top-1": MixtureLM.load(
+                experts_dir=str(env["experts"]), clusterer=str(env["clusterer"]), temperature=0.1, topk=1, device="cpu"
+            ),
+            "ensemble K=4, all experts": MixtureLM.load(
+                experts_dir=str(env["experts"]), clusterer=str(env["clusterer"]), temperature=0.1, topk=-1, device="cpu"
+            ),
         }
         batches = [int(b) for b in a.batch.split(",")]
         best = {(n, b): float("inf") for n in setups for b in batches}
@@ -98,9 +123,11 @@ def main(argv=None):
                         best[name, b] = min(best[name, b], dt)
                         active[name, b] = float(np.mean(lm.stats["gen_expert_rows"])) / b
         arch = env["args"]
-        print(f"XGLM d={arch.d_model} layers={arch.n_layers} ffn={arch.ffn_dim} vocab={arch.vocab_size}; prompt "
-              f"{a.prompt_tokens} tokens, {a.new_tokens} new tokens, greedy; min of {a.repeats}; "
-              f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, 1 thread\n")
+        print(
+            f"XGLM d={arch.d_model} layers={arch.n_layers} ffn={arch.ffn_dim} vocab={arch.vocab_size}; prompt "
+            f"{a.prompt_tokens} tokens, {a.new_tokens} new tokens, greedy; min of {a.repeats}; "
+            f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, 1 thread\n"
+        )
         print("| setup | batch | tokens/s | expert forwards per token | vs one model |")
         print("|---|---:|---:|---:|---:|")
         for b in batches:

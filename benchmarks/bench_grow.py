@@ -72,39 +72,76 @@ def main() -> None:
     seed = out / "seed" / "1_clusters" / "seed.cluster0" / "consolidated.pt"
     if not seed.is_file():
         flags = _train_flags(cfg, old_data, tok, a.seed_steps)
-        train_experts({**flags, "--seed-model": cfg.model_size, "--num-clusters": 1, "--warmup-updates":
-                       a.seed_steps // 10, "--serialization-dir": str(out / "seed"), "--run-name": "seed"})
+        train_experts(
+            {
+                **flags,
+                "--seed-model": cfg.model_size,
+                "--num-clusters": 1,
+                "--warmup-updates": a.seed_steps // 10,
+                "--serialization-dir": str(out / "seed"),
+                "--run-name": "seed",
+            }
+        )
         consolidate(seed.parent)
     clusterer, clusters, old_langs = _cluster(cfg, old_data, tok, out, lambda what: print(what, flush=True))
     ser = out / "experts"
     flags = _train_flags(cfg, old_data, tok, a.expert_steps)
-    train_experts({**flags, "--seed-model": str(seed), "--num-clusters": a.num_clusters,
-                   "--path-to-clusters-dir": str(clusters), "--serialization-dir": str(ser), "--run-name": "typo"})
+    train_experts(
+        {
+            **flags,
+            "--seed-model": str(seed),
+            "--num-clusters": a.num_clusters,
+            "--path-to-clusters-dir": str(clusters),
+            "--serialization-dir": str(ser),
+            "--run-name": "typo",
+        }
+    )
     base = ser / f"{a.num_clusters}_clusters"
-    train_flags = {k[2:].replace("-", "_"): v for k, v in _train_flags(cfg, data, tok, a.new_steps).items()
-                   if k not in ("--path-to-data", "--tokenizer")}
+    train_flags = {
+        k[2:].replace("-", "_"): v
+        for k, v in _train_flags(cfg, data, tok, a.new_steps).items()
+        if k not in ("--path-to-data", "--tokenizer")
+    }
     rows = {}
     for init in a.inits.split(","):
         grown = out / f"grown_{init}" / f"{a.num_clusters}_clusters"
         if not grown.exists():
             shutil.copytree(base, grown, ignore=shutil.ignore_patterns("grown", "logs", "data-bin"))
         t = time.time()
-        train = TrainExpertsRequest(**train_flags, seed_model="", num_clusters=1, path_to_data=str(data),
-                                    serialization_dir="")
-        add_experts(AddExpertsRequest(experts_dir=str(grown), path_to_clusterer=str(clusterer), langs=new,
-                                      path_to_data=str(data), output_clusterer=str(out / f"clusterer+{init}"),
-                                      init=init, train=train))
-        res = evaluate({"--data-dir": str(data), "--data-subset": "valid", "--job-dir": str(out / f"eval_{init}"),
-                        "--ensemble-type": "lang", "--path-to-clusterer": str(out / f"clusterer+{init}"),
-                        "--experts-dir": str(grown)})
+        train = TrainExpertsRequest(
+            **train_flags, seed_model="", num_clusters=1, path_to_data=str(data), serialization_dir=""
+        )
+        add_experts(
+            AddExpertsRequest(
+                experts_dir=str(grown),
+                path_to_clusterer=str(clusterer),
+                langs=new,
+                path_to_data=str(data),
+                output_clusterer=str(out / f"clusterer+{init}"),
+                init=init,
+                train=train,
+            )
+        )
+        res = evaluate(
+            {
+                "--data-dir": str(data),
+                "--data-subset": "valid",
+                "--job-dir": str(out / f"eval_{init}"),
+                "--ensemble-type": "lang",
+                "--path-to-clusterer": str(out / f"clusterer+{init}"),
+                "--experts-dir": str(grown),
+            }
+        )
         parents = {}
         for k in range(a.num_clusters, a.num_clusters + len(new)):
             info = json.loads((grown / f"typo.cluster{k}" / "expert.json").read_text())["init"]
             parents[info["lang"]] = info.get("parent_cluster", "avg" if init == "average" else "seed")
         rows[init] = {"per_language": res["per_language"], "seconds": round(time.time() - t), "parents": parents}
-    print(f"\n{a.num_clusters} typological experts on {len(old_langs)} languages; new: {', '.join(new)}; "
-          f"seed {a.seed_steps} steps, experts {a.expert_steps}, new experts {a.new_steps} steps each "
-          f"({time.time() - t0:.0f} s in all)\n")
+    print(
+        f"\n{a.num_clusters} typological experts on {len(old_langs)} languages; new: {', '.join(new)}; "
+        f"seed {a.seed_steps} steps, experts {a.expert_steps}, new experts {a.new_steps} steps each "
+        f"({time.time() - t0:.0f} s in all)\n"
+    )
     inits = list(rows)
     print("| language | " + " | ".join(f"--init {i}" for i in inits) + " |")
     print("|---|" + "---:|" * len(inits))

@@ -83,8 +83,14 @@ QUICK = {"quick": (64, 256, 4, 2, 32000, 256, 2)}
 
 def run(loss: str, shape: tuple, steps: int, threads: int) -> dict:
     env = {"OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", CHILD, loss, *map(str, shape), str(steps)], cwd=REPO, env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, loss, *map(str, shape), str(steps)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -92,8 +98,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one small shape (CI): checks the script, not the claim")
     ap.add_argument("--shape", action="append", choices=sorted(SHAPES), help="only these shapes (repeatable)")
-    ap.add_argument("--chunk-mib", nargs="+", default=["auto"],
-                    help="chunk budgets to run beside the plain loss: MiB of fp32 logits per chunk, or auto")
+    ap.add_argument(
+        "--chunk-mib",
+        nargs="+",
+        default=["auto"],
+        help="chunk budgets to run beside the plain loss: MiB of fp32 logits per chunk, or auto",
+    )
     ap.add_argument("--steps", type=int, default=2, help="timed steps per run (after one warm-up step)")
     ap.add_argument("--repeats", type=int, default=1, help="A B rounds per shape")
     ap.add_argument("--threads", type=int, default=2)
@@ -110,16 +120,30 @@ def main(argv=None) -> int:
                 res[kind].append(run(kind, shape, a.steps, a.threads))
         best = {k: min(v, key=lambda r: r["step_peak_mib"]) for k, v in res.items()}
         p = best["plain"]
-        row = {"shape": name, "d": shape[0], "layers": shape[3], "V": shape[4], "T": shape[5], "B": shape[6],
-               "plain_peak_mib": round(p["step_peak_mib"]), "plain_tokens_per_s": round(p["tokens_per_s"]),
-               "chunked": []}
+        row = {
+            "shape": name,
+            "d": shape[0],
+            "layers": shape[3],
+            "V": shape[4],
+            "T": shape[5],
+            "B": shape[6],
+            "plain_peak_mib": round(p["step_peak_mib"]),
+            "plain_tokens_per_s": round(p["tokens_per_s"]),
+            "chunked": [],
+        }
         for kind in a.chunk_mib:
             c = best[kind]
-            row["chunked"].append({
-                "chunk_mib": kind, "chunk_tokens": c["chunk_tokens"], "peak_mib": round(c["step_peak_mib"]),
-                "peak_ratio": round(p["step_peak_mib"] / max(c["step_peak_mib"], 1), 2),
-                "tokens_per_s": round(c["tokens_per_s"]), "speed_ratio": round(c["tokens_per_s"] / p["tokens_per_s"], 2),
-                "same_first_loss": abs(p["first_loss"] - c["first_loss"]) < 1e-4 * abs(p["first_loss"])})
+            row["chunked"].append(
+                {
+                    "chunk_mib": kind,
+                    "chunk_tokens": c["chunk_tokens"],
+                    "peak_mib": round(c["step_peak_mib"]),
+                    "peak_ratio": round(p["step_peak_mib"] / max(c["step_peak_mib"], 1), 2),
+                    "tokens_per_s": round(c["tokens_per_s"]),
+                    "speed_ratio": round(c["tokens_per_s"] / p["tokens_per_s"], 2),
+                    "same_first_loss": abs(p["first_loss"] - c["first_loss"]) < 1e-4 * abs(p["first_loss"]),
+                }
+            )
         print(json.dumps(row), flush=True)
     return 0
 

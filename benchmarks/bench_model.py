@@ -81,10 +81,12 @@ def bench_gpu(preset, batch, seq_len, iters, warmup):
     x = torch.randint(3, args.vocab_size, (batch, seq_len), device="cuda")
     y = torch.randint(3, args.vocab_size, (batch, seq_len), device="cuda")
     for name, model, is_hf in (("xlbtm", ours, False), ("transformers", hf, True)):
+
         def fb(model=model, is_hf=is_hf):
             logits = model(input_ids=x).logits if is_hf else model(x)
             F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1)).backward()
             model.zero_grad(set_to_none=True)
+
         for _ in range(warmup):
             fb()
         torch.cuda.synchronize()
@@ -114,8 +116,10 @@ def main(argv=None):
 
     if a.gpu:
         r = bench_gpu(a.gpu_preset, a.batch, a.seq_len, iters=10, warmup=3)
-        print(f"| {a.gpu_preset} bf16 fwd+bwd, batch {a.batch} x {a.seq_len} | {r['xlbtm']:,.0f} | "
-              f"{r['transformers']:,.0f} | {r['xlbtm'] / r['transformers']:.2f}x |")
+        print(
+            f"| {a.gpu_preset} bf16 fwd+bwd, batch {a.batch} x {a.seq_len} | {r['xlbtm']:,.0f} | "
+            f"{r['transformers']:,.0f} | {r['xlbtm'] / r['transformers']:.2f}x |"
+        )
         return
     from xlbtm.models import ModelArgs
 
@@ -127,12 +131,24 @@ def main(argv=None):
     # XGLM's published config (attention dropout on CPU forces SDPA's unfused math path)
     for seq_len, drop, attn_drop in ((512, 0.1, 0.0), (1024, 0.1, 0.0), (2048, 0.1, 0.0), (2048, 0.1, 0.1)):
         batch = max(1, tokens // seq_len)
-        args = ModelArgs(arch="xglm", vocab_size=a.vocab, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads,
-                         ffn_dim=4 * a.d_model, max_positions=seq_len, dropout=drop, attention_dropout=attn_drop,
-                         activation_dropout=0.0)
+        args = ModelArgs(
+            arch="xglm",
+            vocab_size=a.vocab,
+            d_model=a.d_model,
+            n_layers=a.layers,
+            n_heads=a.heads,
+            ffn_dim=4 * a.d_model,
+            max_positions=seq_len,
+            dropout=drop,
+            attention_dropout=attn_drop,
+            activation_dropout=0.0,
+        )
         r = bench_cpu(args, batch, seq_len, a.rounds, a.iters, a.warmup)
-        print(f"| {seq_len} x {batch} | {drop} / {attn_drop} | {r['xlbtm']:,.0f} | {r['transformers']:,.0f} | "
-              f"{r['xlbtm'] / r['transformers']:.2f}x |", flush=True)
+        print(
+            f"| {seq_len} x {batch} | {drop} / {attn_drop} | {r['xlbtm']:,.0f} | {r['transformers']:,.0f} | "
+            f"{r['xlbtm'] / r['transformers']:.2f}x |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def main():
     train = [t for p in itertools.islice(corpus.iter_pairs("train"), 10000) for t in (p.src, p.tgt)]
     with tempfile.TemporaryDirectory() as tmp:
         tok = load_tokenizer(train_sentencepiece(train, Path(tmp) / "tok", vocab_size=4000, seed=0))
-        texts = [t for p in corpus.iter_pairs("valid") for t in (p.src, p.tgt)][:a.sentences]
+        texts = [t for p in corpus.iter_pairs("valid") for t in (p.src, p.tgt)][: a.sentences]
         ids = [x[:126] for x in tok.encode_batch(texts)]
     args = get_preset("debug-xlmr", vocab_size=tok.vocab_size, max_positions=128)
     torch.manual_seed(0)

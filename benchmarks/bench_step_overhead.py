@@ -102,10 +102,16 @@ def run_child(mode: str, src: Path, root: Path, steps: int, threads: int) -> flo
     env = dict(os.environ, PYTHONPATH=str(src), XLBTM_LOG_LEVEL="WARNING", OMP_NUM_THREADS=str(threads))
     for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_JOB_ID", "SUBMITIT_EXECUTOR"):
         env.pop(k, None)
-    out = subprocess.run([sys.executable, "-c", CHILD, mode, str(root), str(steps), str(threads)], env=env,
-                         cwd=src, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(root), str(steps), str(threads)],
+        env=env,
+        cwd=src,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])["tokens_per_s"]
+    return json.loads(line[len("RESULT ") :])["tokens_per_s"]
 
 
 def main(argv=None):

@@ -47,8 +47,17 @@ def main(argv=None) -> int:
         runs["sentencepiece"].append(time.perf_counter() - t0)
     hf, sp = statistics.median(runs["hf"]), statistics.median(runs["sentencepiece"])
     chars = sum(map(len, texts))
-    print(json.dumps({"docs": len(texts), "chars": chars, "hf_s": round(hf, 3), "sentencepiece_s": round(sp, 3),
-                      "speedup": round(hf / sp, 2)}))
+    print(
+        json.dumps(
+            {
+                "docs": len(texts),
+                "chars": chars,
+                "hf_s": round(hf, 3),
+                "sentencepiece_s": round(sp, 3),
+                "speedup": round(hf / sp, 2),
+            }
+        )
+    )
     return 0
 
 

@@ -123,58 +123,134 @@ def main() -> None:
         from xlbtm.tokenizer import train_tokenizer_from_corpus
 
         train_tokenizer_from_corpus(out / "tok_corpus", tok, vocab_size=a.vocab_size, style="xlmr")
-    common = {"--run": "local", "--num-gpus": 1, "--tokenizer": tok, "--tokens-per-sample": a.tokens_per_sample,
-              "--batch-size": a.batch_size, "--learning-rate": a.learning_rate, "--max-valid-samples": 256}
+    common = {
+        "--run": "local",
+        "--num-gpus": 1,
+        "--tokenizer": tok,
+        "--tokens-per-sample": a.tokens_per_sample,
+        "--batch-size": a.batch_size,
+        "--learning-rate": a.learning_rate,
+        "--max-valid-samples": 256,
+    }
 
     def train(ser: Path, steps: int, **flags) -> None:
         interval = max(steps // 2, 1)
-        cli("train_experts", {**common, "--max-steps": steps, "--save-interval-updates": interval,
-                              "--validate-interval-updates": interval, "--serialization-dir": ser, **flags})
+        cli(
+            "train_experts",
+            {
+                **common,
+                "--max-steps": steps,
+                "--save-interval-updates": interval,
+                "--validate-interval-updates": interval,
+                "--serialization-dir": ser,
+                **flags,
+            },
+        )
 
     seed_run = out / "seed" / "1_clusters" / "seed.cluster0"
     if not (seed_run / "consolidated.pt").is_file():
-        train(out / "seed", a.seed_steps, **{"--seed-model": "debug-xlmr", "--objective": "mlm",
-                                              "--num-clusters": 1, "--path-to-data": mono, "--run-name": "seed",
-                                              "--warmup-updates": a.seed_steps // 10})
+        train(
+            out / "seed",
+            a.seed_steps,
+            **{
+                "--seed-model": "debug-xlmr",
+                "--objective": "mlm",
+                "--num-clusters": 1,
+                "--path-to-data": mono,
+                "--run-name": "seed",
+                "--warmup-updates": a.seed_steps // 10,
+            },
+        )
         cli("consolidate", {}, seed_run)
     seed = seed_run / "consolidated.pt"
 
     clusterer = out / "clusterer"
     if not (clusterer / "clusterer.json").is_file():
-        cli("train_clusterer", {"--typological": True, "--langs": ",".join(sorted(langs)), "--num-clusters": K,
-                                "--data-dir": mono / "train", "--tokenizer": tok, "--output-dir": clusterer})
+        cli(
+            "train_clusterer",
+            {
+                "--typological": True,
+                "--langs": ",".join(sorted(langs)),
+                "--num-clusters": K,
+                "--data-dir": mono / "train",
+                "--tokenizer": tok,
+                "--output-dir": clusterer,
+            },
+        )
     for split in ("train", "valid"):
-        cli("cluster", {"--data-dir": mono, "--path-to-clusterer": clusterer, "--output-prefix": out / "clusters",
-                        "--split": split})
-        cli("cluster", {"--data-dir": pairs, "--path-to-clusterer": clusterer, "--parallel-side": "tgt",
-                        "--output-prefix": out / "pair_clusters", "--split": split})
+        cli(
+            "cluster",
+            {
+                "--data-dir": mono,
+                "--path-to-clusterer": clusterer,
+                "--output-prefix": out / "clusters",
+                "--split": split,
+            },
+        )
+        cli(
+            "cluster",
+            {
+                "--data-dir": pairs,
+                "--path-to-clusterer": clusterer,
+                "--parallel-side": "tgt",
+                "--output-prefix": out / "pair_clusters",
+                "--split": split,
+            },
+        )
 
     results = {}
     for arm, objective in (("mlm", "mlm"), ("mlm+tlm", "mlm+tlm")):
         tlm = {"--parallel-data": pairs, "--tlm-ratio": a.tlm_ratio} if "tlm" in objective else {}
         ser = out / arm.replace("+", "_")
-        train(ser / "experts", a.expert_steps, **{"--seed-model": seed, "--objective": objective,
-                                                   "--num-clusters": K, "--path-to-data": mono,
-                                                   "--path-to-clusters-dir": out / "clusters", "--run-name": "x",
-                                                   **tlm, **({"--path-to-parallel-clusters-dir": out / "pair_clusters"}
-                                                             if tlm else {})})
-        train(ser / "dense", K * a.expert_steps, **{"--seed-model": seed, "--objective": objective,
-                                                     "--num-clusters": 1, "--path-to-data": mono, "--run-name": "dense",
-                                                     **tlm})
-        evals = {"dense": {"--ensemble-type": "dense", "--model-paths": ser / "dense" / "1_clusters" / "dense.cluster0"},
-                 "ensemble": {"--ensemble-type": "lang", "--path-to-clusterer": clusterer,
-                              "--experts-dir": ser / "experts" / f"{K}_clusters"}}
+        train(
+            ser / "experts",
+            a.expert_steps,
+            **{
+                "--seed-model": seed,
+                "--objective": objective,
+                "--num-clusters": K,
+                "--path-to-data": mono,
+                "--path-to-clusters-dir": out / "clusters",
+                "--run-name": "x",
+                **tlm,
+                **({"--path-to-parallel-clusters-dir": out / "pair_clusters"} if tlm else {}),
+            },
+        )
+        train(
+            ser / "dense",
+            K * a.expert_steps,
+            **{
+                "--seed-model": seed,
+                "--objective": objective,
+                "--num-clusters": 1,
+                "--path-to-data": mono,
+                "--run-name": "dense",
+                **tlm,
+            },
+        )
+        evals = {
+            "dense": {"--ensemble-type": "dense", "--model-paths": ser / "dense" / "1_clusters" / "dense.cluster0"},
+            "ensemble": {
+                "--ensemble-type": "lang",
+                "--path-to-clusterer": clusterer,
+                "--experts-dir": ser / "experts" / f"{K}_clusters",
+            },
+        }
         for side, flags in evals.items():
             job = ser / f"eval_{side}"
             if not (job / "result.json").is_file():
-                cli("eval_ensemble", {"--data-dir": mono, "--data-subset": "valid", "--job-dir": job,
-                                      "--parallel-data": pairs, **flags})
+                cli(
+                    "eval_ensemble",
+                    {"--data-dir": mono, "--data-subset": "valid", "--job-dir": job, "--parallel-data": pairs, **flags},
+                )
             results[arm, side] = json.loads((job / "result.json").read_text())
 
-    print(f"\nK={K} typological experts vs a dense model with K x the steps, per objective; {len(langs)} languages "
-          f"({', '.join(sorted(langs))}); seed {a.seed_steps} MLM steps; experts {a.expert_steps} steps, dense "
-          f"{K * a.expert_steps}; {a.batch_size} x {a.tokens_per_sample} tokens per step; --tlm-ratio {a.tlm_ratio} "
-          f"({time.time() - t0:.0f} s in all)\n")
+    print(
+        f"\nK={K} typological experts vs a dense model with K x the steps, per objective; {len(langs)} languages "
+        f"({', '.join(sorted(langs))}); seed {a.seed_steps} MLM steps; experts {a.expert_steps} steps, dense "
+        f"{K * a.expert_steps}; {a.batch_size} x {a.tokens_per_sample} tokens per step; --tlm-ratio {a.tlm_ratio} "
+        f"({time.time() - t0:.0f} s in all)\n"
+    )
     cols = [(arm, side) for arm in ("mlm", "mlm+tlm") for side in ("ensemble", "dense")]
     print("| language | " + " | ".join(f"{arm} {side}: acc@1 / pseudo-ppl" for arm, side in cols) + " |")
     print("|---|" + "---:|" * len(cols))
@@ -187,9 +263,15 @@ def main() -> None:
             ppl = r["result_ppl"] if lang == "all" else r["per_language"].get(lang, {}).get("ppl")
             cells.append(f"{acc:.3f} / " + ("-" if ppl is None else f"{ppl:.1f}"))
         print(f"| {lang} | " + " | ".join(cells) + " |")
-    (out / "bench_tlm.json").write_text(json.dumps({f"{a_} {s}": {"retrieval": r["retrieval"], "ppl": r["result_ppl"],
-                                                                  "per_language": r["per_language"]}
-                                                    for (a_, s), r in results.items()}, indent=1))
+    (out / "bench_tlm.json").write_text(
+        json.dumps(
+            {
+                f"{a_} {s}": {"retrieval": r["retrieval"], "ppl": r["result_ppl"], "per_language": r["per_language"]}
+                for (a_, s), r in results.items()
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

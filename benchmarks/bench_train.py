@@ -19,8 +19,9 @@ import platform
 import time
 
 
-def bench_variant(preset: str, overrides: dict, variant: str, seq_len: int, batch_size: int, steps: int,
-                  warmup: int) -> dict:
+def bench_variant(
+    preset: str, overrides: dict, variant: str, seq_len: int, batch_size: int, steps: int, warmup: int
+) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -73,11 +74,23 @@ def bench_variant(preset: str, overrides: dict, variant: str, seq_len: int, batc
     peak = peak_flops(device)
     fpt = flops_per_token(args, seq_len)
     mem = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"preset": preset, "overrides": overrides, "variant": variant, "device": str(device),
-            "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-            "params": n_params, "seq_len": seq_len, "batch_size": batch_size, "steps": steps,
-            "step_s": dt / steps, "tokens_per_s": tps, "tflops_per_s": fpt * tps / 1e12,
-            "mfu": None if not peak else fpt * tps / peak, "warmup_s": warm_s, "max_mem_gib": mem}
+    return {
+        "preset": preset,
+        "overrides": overrides,
+        "variant": variant,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+        "params": n_params,
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "steps": steps,
+        "step_s": dt / steps,
+        "tokens_per_s": tps,
+        "tflops_per_s": fpt * tps / 1e12,
+        "mfu": None if not peak else fpt * tps / peak,
+        "warmup_s": warm_s,
+        "max_mem_gib": mem,
+    }
 
 
 def main(argv=None):
@@ -95,24 +108,37 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--variants", default="eager,ac,compile")
     a = p.parse_args(argv)
-    overrides = {} if a.no_overrides or a.preset != "debug" else dict(
-        d_model=a.d_model, n_layers=a.n_layers, n_heads=a.n_heads, ffn_dim=a.ffn_dim, vocab_size=a.vocab_size,
-        max_positions=max(512, a.seq_len))
+    overrides = (
+        {}
+        if a.no_overrides or a.preset != "debug"
+        else dict(
+            d_model=a.d_model,
+            n_layers=a.n_layers,
+            n_heads=a.n_heads,
+            ffn_dim=a.ffn_dim,
+            vocab_size=a.vocab_size,
+            max_positions=max(512, a.seq_len),
+        )
+    )
     rows = []
     for v in a.variants.split(","):
         r = bench_variant(a.preset, overrides, v.strip(), a.seq_len, a.batch_size, a.steps, a.warmup)
         rows.append(r)
         print(json.dumps(r), flush=True)
     base = rows[0]["tokens_per_s"]
-    print(f"\n{rows[0]['params'] / 1e6:.1f}M params, {a.seq_len} tokens x batch {a.batch_size}, "
-          f"{rows[0]['device']} ({rows[0]['device_name']})\n")
+    print(
+        f"\n{rows[0]['params'] / 1e6:.1f}M params, {a.seq_len} tokens x batch {a.batch_size}, "
+        f"{rows[0]['device']} ({rows[0]['device_name']})\n"
+    )
     print("| variant | step s | tokens/s | TFLOP/s | MFU | vs first | warmup s | max mem GiB |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         mfu = "n/a (CPU)" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
         mem = "" if r["max_mem_gib"] is None else f"{r['max_mem_gib']:.1f}"
-        print(f"| {r['variant']} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['tflops_per_s']:.3f} | {mfu} | "
-              f"{r['tokens_per_s'] / base:.2f}x | {r['warmup_s']:.1f} | {mem} |")
+        print(
+            f"| {r['variant']} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | {r['tflops_per_s']:.3f} | {mfu} | "
+            f"{r['tokens_per_s'] / base:.2f}x | {r['warmup_s']:.1f} | {mem} |"
+        )
 
 
 if __name__ == "__main__":

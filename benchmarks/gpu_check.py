@@ -50,6 +50,7 @@ def guarded(figure: str, fn, *args) -> dict | None:
 
 # ------------------------------------------------------------------------------------------ correctness
 
+
 def demo_data(root: Path, n_train: int) -> tuple[Path, Path]:
     """(corpus dir, binarized dense dir) of the built-in demo corpus with a small tokenizer."""
     from xlbtm.corpus import Corpus
@@ -69,17 +70,35 @@ def train(run_dir: Path, data_bin: Path, device: str, steps: int, **over) -> dic
     from xlbtm.train.loop import train_expert
     from xlbtm.train.metrics import read_train_log
 
-    cfg = TrainConfig(run_dir=str(run_dir), data_dir=str(data_bin), seed_model="debug", cluster=0, num_clusters=1,
-                      tokens_per_sample=128, batch_size=8, max_steps=steps, learning_rate=3e-3, warmup_updates=5,
-                      log_interval=1, validate_interval_updates=0, save_interval_updates=0, device=device,
-                      progress_bar=False, **over)
+    cfg = TrainConfig(
+        run_dir=str(run_dir),
+        data_dir=str(data_bin),
+        seed_model="debug",
+        cluster=0,
+        num_clusters=1,
+        tokens_per_sample=128,
+        batch_size=8,
+        max_steps=steps,
+        learning_rate=3e-3,
+        warmup_updates=5,
+        log_interval=1,
+        validate_interval_updates=0,
+        save_interval_updates=0,
+        device=device,
+        progress_bar=False,
+        **over,
+    )
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # the trainer's log lines: stdout is for the JSON lines
         train_expert(cfg)
     rows = [r for r in read_train_log(run_dir) if r["kind"] == "train"]
     last = [r["loss"] for r in rows[-10:]]
-    return {"steps": len(rows), "last10_loss": sum(last) / len(last), "seconds": round(time.perf_counter() - t0, 1),
-            "tokens_per_s": rows[-1]["tokens_per_s"]}
+    return {
+        "steps": len(rows),
+        "last10_loss": sum(last) / len(last),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "tokens_per_s": rows[-1]["tokens_per_s"],
+    }
 
 
 def within(a: float, b: float, rel: float) -> bool:
@@ -90,12 +109,21 @@ def eval_ppl(data: Path, run_dir: Path, job_dir: Path, device: str) -> float:
     from xlbtm.ensemble.evaluate import EvalConfig, run_eval
 
     with contextlib.redirect_stdout(sys.stderr):
-        res = run_eval(EvalConfig(data_dir=str(data), data_subset="valid", job_dir=str(job_dir), ensemble_type="dense",
-                                  model_paths=[str(run_dir)], device=device))
+        res = run_eval(
+            EvalConfig(
+                data_dir=str(data),
+                data_subset="valid",
+                job_dir=str(job_dir),
+                ensemble_type="dense",
+                model_paths=[str(run_dir)],
+                device=device,
+            )
+        )
     return float(res["result_ppl"])
 
 
 # ---------------------------------------------------------------------------------------------- speed
+
 
 def speed(preset: str, batch: int, seq: int, steps: int, ac: bool) -> dict:
     """tokens/s, MFU and peak memory of FSDP2 + compile training steps on one GPU."""
@@ -140,11 +168,20 @@ def speed(preset: str, batch: int, seq: int, steps: int, ac: bool) -> dict:
         tps = batch * seq * steps / dt
         peak = peak_flops(dev)
         fpt = flops_per_token(args, seq)
-        return {"tokens_per_s": round(tps), "mfu": None if not peak else round(fpt * tps / peak, 4),
-                "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2 ** 30, 2),
-                "batch": batch, "seq": seq, "tokens_per_step": batch * seq, "ac": ac, "steps": steps,
-                "loss": float(loss), "device": torch.cuda.get_device_name(dev),
-                "peak_bf16_flops": peak, "flops_per_token": fpt}
+        return {
+            "tokens_per_s": round(tps),
+            "mfu": None if not peak else round(fpt * tps / peak, 4),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "batch": batch,
+            "seq": seq,
+            "tokens_per_step": batch * seq,
+            "ac": ac,
+            "steps": steps,
+            "loss": float(loss),
+            "device": torch.cuda.get_device_name(dev),
+            "peak_bf16_flops": peak,
+            "flops_per_token": fpt,
+        }
     finally:
         destroy_distributed()
         torch.cuda.empty_cache()
@@ -163,6 +200,7 @@ def speed_figure(preset: str, batch: int, seq: int, steps: int) -> dict:
 
 # ----------------------------------------------------------------------------------------------- main
 
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="CI-sized: fewer steps, CPU parts only")
@@ -171,8 +209,13 @@ def main(argv=None) -> int:
     cuda = torch.cuda.is_available() and not a.quick
     root = Path(a.out or tempfile.mkdtemp(prefix="xlbtm-gpu-check-"))
     steps = 10 if a.quick else 50
-    emit("environment", torch=torch.__version__, cuda=torch.version.cuda,
-         device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", quick=a.quick)
+    emit(
+        "environment",
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        quick=a.quick,
+    )
     data, data_bin = demo_data(root, n_train=200 if a.quick else 800)
 
     cpu = guarded("train_fp32_cpu", train, root / "cpu", data_bin, "cpu", steps)
@@ -182,26 +225,54 @@ def main(argv=None) -> int:
     if ppl_cpu is not None:
         emit("eval_cpu", measured=True, ppl=ppl_cpu)
     if not cuda:
-        for f in ("train_bf16_vs_fp32", "train_fsdp_compile_ac", "eval_gpu_vs_cpu", "speed_xglm-564M",
-                  "speed_xglm-1.7B"):
+        for f in (
+            "train_bf16_vs_fp32",
+            "train_fsdp_compile_ac",
+            "eval_gpu_vs_cpu",
+            "speed_xglm-564M",
+            "speed_xglm-1.7B",
+        ):
             not_measured(f)
         return 0
 
     gpu = guarded("train_bf16_vs_fp32", train, root / "gpu", data_bin, "cuda", steps)
     if gpu and cpu:
-        emit("train_bf16_vs_fp32", measured=True, gpu=gpu, cpu_last10_loss=cpu["last10_loss"],
-             ok=within(gpu["last10_loss"], cpu["last10_loss"], 0.02))
-    fast = guarded("train_fsdp_compile_ac", train, root / "gpu_compile_ac", data_bin, "cuda", steps,
-                   compile=True, activation_checkpointing=True)
+        emit(
+            "train_bf16_vs_fp32",
+            measured=True,
+            gpu=gpu,
+            cpu_last10_loss=cpu["last10_loss"],
+            ok=within(gpu["last10_loss"], cpu["last10_loss"], 0.02),
+        )
+    fast = guarded(
+        "train_fsdp_compile_ac",
+        train,
+        root / "gpu_compile_ac",
+        data_bin,
+        "cuda",
+        steps,
+        compile=True,
+        activation_checkpointing=True,
+    )
     if fast and gpu:
-        emit("train_fsdp_compile_ac", measured=True, run=fast, eager_last10_loss=gpu["last10_loss"],
-             ok=within(fast["last10_loss"], gpu["last10_loss"], 0.02))
+        emit(
+            "train_fsdp_compile_ac",
+            measured=True,
+            run=fast,
+            eager_last10_loss=gpu["last10_loss"],
+            ok=within(fast["last10_loss"], gpu["last10_loss"], 0.02),
+        )
     if ppl_cpu is not None:
         ppl_gpu = guarded("eval_gpu_vs_cpu", eval_ppl, data, root / "cpu", root / "eval_gpu", "cuda")
         if ppl_gpu is not None:
-            emit("eval_gpu_vs_cpu", measured=True, ppl_cpu=ppl_cpu, ppl_gpu=ppl_gpu,
-                 ok=abs(ppl_gpu - ppl_cpu) <= 1e-3 and math.isfinite(ppl_gpu))
-    guarded("speed_xglm-564M", speed_figure, "xglm-564M", 8, 2048, 10)   # B*T = 16k tokens
+            emit(
+                "eval_gpu_vs_cpu",
+                measured=True,
+                ppl_cpu=ppl_cpu,
+                ppl_gpu=ppl_gpu,
+                ok=abs(ppl_gpu - ppl_cpu) <= 1e-3 and math.isfinite(ppl_gpu),
+            )
+    guarded("speed_xglm-564M", speed_figure, "xglm-564M", 8, 2048, 10)  # B*T = 16k tokens
     guarded("speed_xglm-1.7B", speed_figure, "xglm-1.7B", 8, 2048, 10)
     return 0
 

@@ -27,9 +27,12 @@ def main() -> None:
     out = Path(a.out)
     tok = load_tokenizer(out / "tokenizer")
     ps = load_parallel(out / "pairs", "valid", tok, 126)
-    runs = {"random init": out / "random/1_clusters/random.cluster0", "seed": out / "seed/1_clusters/seed.cluster0",
-            "MLM dense": out / "mlm/dense/1_clusters/dense.cluster0",
-            "MLM+TLM dense": out / "mlm_tlm/dense/1_clusters/dense.cluster0"}
+    runs = {
+        "random init": out / "random/1_clusters/random.cluster0",
+        "seed": out / "seed/1_clusters/seed.cluster0",
+        "MLM dense": out / "mlm/dense/1_clusters/dense.cluster0",
+        "MLM+TLM dense": out / "mlm_tlm/dense/1_clusters/dense.cluster0",
+    }
     print("| model | " + " | ".join(f"after layer {L}: centered / raw" for L in range(3)) + " |")
     print("|---|" + "---:|" * 3)
     for name, run in runs.items():
@@ -40,7 +43,7 @@ def main() -> None:
         for L in range(len(layers) + 1):
             model.layers = layers[:L]  # the states after layer L (the model is only read)
             v = embed(model, args, ps.src_ids + ps.tgt_ids)
-            s, t = v[:len(ps)], v[len(ps):]
+            s, t = v[: len(ps)], v[len(ps) :]
             c, r = (retrieval_accuracy(s, t, ps, 1000, centering)["accuracy"] for centering in (True, False))
             cells.append(f"{c:.3f} / {r:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)

@@ -73,8 +73,10 @@ def slurm_two_nodes(slurm_cluster):
 
     nodes = slurm_cluster.nodes
     if len(nodes) < 2:
-        why = f"needs a SLURM with 2 nodes, partition {slurm_cluster.partition} has {nodes}; " \
-              "run: sudo bash slurm/local/start.sh --nodes 2"
+        why = (
+            f"needs a SLURM with 2 nodes, partition {slurm_cluster.partition} has {nodes}; "
+            "run: sudo bash slurm/local/start.sh --nodes 2"
+        )
         if required_nodes() >= 2:
             pytest.fail(f"{REQUIRE_NODES_ENV}={required_nodes()} but {why}")
         pytest.skip(why)
@@ -89,10 +91,14 @@ def _resume_nodes(cluster) -> None:
 
     end = time.monotonic() + 60
     while time.monotonic() < end:
-        out = subprocess.run(["sinfo", "-h", "-N", "-p", cluster.partition, "-o", "%N %T"],
-                             capture_output=True, text=True).stdout.split("\n")
-        down = [ln.split()[0] for ln in out if ln.strip() and not ln.split()[1].rstrip("*").startswith(
-            ("idle", "mixed", "alloc", "completing"))]
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-p", cluster.partition, "-o", "%N %T"], capture_output=True, text=True
+        ).stdout.split("\n")
+        down = [
+            ln.split()[0]
+            for ln in out
+            if ln.strip() and not ln.split()[1].rstrip("*").startswith(("idle", "mixed", "alloc", "completing"))
+        ]
         if not down:
             return
         for node in down:

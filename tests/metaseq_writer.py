@@ -23,7 +23,9 @@ def split_model_parallel(sd: dict, parts: int, fuse_qkv: bool = True) -> list[di
     out = [dict() for _ in range(parts)]
     for k, v in sd.items():
         module = k.rsplit(".", 2)[-2] if k.count(".") >= 2 else ""
-        if module in ("q_proj", "k_proj", "v_proj", "fc1") or k.endswith(("embed_tokens.weight", "output_projection.weight")):
+        if module in ("q_proj", "k_proj", "v_proj", "fc1") or k.endswith(
+            ("embed_tokens.weight", "output_projection.weight")
+        ):
             chunks = torch.chunk(v, parts, dim=0)
         elif module in ("out_proj", "fc2") and k.endswith(".weight"):
             chunks = torch.chunk(v, parts, dim=1)
@@ -56,8 +58,11 @@ def flatten_and_shard(sd: dict, world: int) -> tuple[list[dict], list[dict]]:
     """(shard_weights, shard_metadata) per data-parallel rank, metaseq's FSDP wrapping: one FSDP unit per
     decoder layer plus the root holding everything else; output_projection shared with embed_tokens."""
     buffers = [k for k in sd if k.endswith(("_float_tensor", ".version"))]
-    shared = [("decoder.embed_tokens.weight", "decoder.output_projection.weight")] \
-        if "decoder.output_projection.weight" in sd else []
+    shared = (
+        [("decoder.embed_tokens.weight", "decoder.output_projection.weight")]
+        if "decoder.output_projection.weight" in sd
+        else []
+    )
     units: dict[str, list[str]] = {"": []}
     for k in sd:
         if k in buffers or k in [d for _, d in shared]:
@@ -73,25 +78,40 @@ def flatten_and_shard(sd: dict, world: int) -> tuple[list[dict], list[dict]]:
     for unit in order:
         keys = units[unit]
         flat = torch.cat([sd[k].reshape(-1) for k in keys])
-        rel = [k[len(unit) + 1:] if unit else k for k in keys]
+        rel = [k[len(unit) + 1 :] if unit else k for k in keys]
         for r in range(world):
             shard, pad = _shard(flat, world, r)
             weights[r][f"{unit}.flat_param_0" if unit else "flat_param_0"] = shard
-            metas[r]["param_metadata"].append({
-                "fsdp_path": unit,
-                "params": {"flat_param_0": {"names": rel, "shapes": [sd[k].shape for k in keys],
-                                            "numels": [sd[k].numel() for k in keys], "padding": pad}},
-                "no_broadcast_optim_state": False,
-                "shared_param_info": shared if unit == "" else [],
-            })
+            metas[r]["param_metadata"].append(
+                {
+                    "fsdp_path": unit,
+                    "params": {
+                        "flat_param_0": {
+                            "names": rel,
+                            "shapes": [sd[k].shape for k in keys],
+                            "numels": [sd[k].numel() for k in keys],
+                            "padding": pad,
+                        }
+                    },
+                    "no_broadcast_optim_state": False,
+                    "shared_param_info": shared if unit == "" else [],
+                }
+            )
     for r in range(world):
         for b in buffers:
             weights[r][b] = sd[b].clone()
     return weights, metas
 
 
-def write_sharded_checkpoint(prefix: str | Path, xlbtm_state_dict: dict, args: ModelArgs, model_parts: int = 2,
-                             shards: int = 2, fuse_qkv: bool = True, with_cfg: bool = True) -> list[Path]:
+def write_sharded_checkpoint(
+    prefix: str | Path,
+    xlbtm_state_dict: dict,
+    args: ModelArgs,
+    model_parts: int = 2,
+    shards: int = 2,
+    fuse_qkv: bool = True,
+    with_cfg: bool = True,
+) -> list[Path]:
     """Write `<prefix>-model_part-<mp>-shard<dp>.pt` (or `<prefix>-shard<dp>.pt` when model_parts == 1)."""
     from xlbtm.io import atomic_path
     from xlbtm.models.adapters import xlbtm_to_fairseq
@@ -99,18 +119,26 @@ def write_sharded_checkpoint(prefix: str | Path, xlbtm_state_dict: dict, args: M
     assert args.arch == "xglm", "metaseq sharded checkpoints are XGLM (decoder) models"
     full = xlbtm_to_fairseq(xlbtm_state_dict, args)
     full = {k: v.detach().clone() for k, v in full.items()}
-    cfg = {"model": argparse.Namespace(**args.to_fairseq(), model_parallel_size=model_parts),
-           "common": {"model_parallel_size": model_parts}, "distributed_training": {"ddp_backend": "fully_sharded"}}
+    cfg = {
+        "model": argparse.Namespace(**args.to_fairseq(), model_parallel_size=model_parts),
+        "common": {"model_parallel_size": model_parts},
+        "distributed_training": {"ddp_backend": "fully_sharded"},
+    }
     prefix = Path(prefix)
     written = []
     for mp, part in enumerate(split_model_parallel(full, model_parts, fuse_qkv)):
         weights, metas = flatten_and_shard(part, shards)
         for dp in range(shards):
             name = prefix.name + (f"-model_part-{mp}" if model_parts > 1 else "") + f"-shard{dp}.pt"
-            ck = {"model": weights[dp], "shard_metadata": metas[dp], "cfg": cfg if with_cfg else None,
-                  "args": None, "extra_state": {"train_iterator": {"epoch": 1}, "val_loss": 3.5},
-                  "optimizer_history": [{"criterion_name": "VocabParallelCrossEntropyCriterion", "num_updates": 10}],
-                  "last_optimizer_state": {"state": {}}}
+            ck = {
+                "model": weights[dp],
+                "shard_metadata": metas[dp],
+                "cfg": cfg if with_cfg else None,
+                "args": None,
+                "extra_state": {"train_iterator": {"epoch": 1}, "val_loss": 3.5},
+                "optimizer_history": [{"criterion_name": "VocabParallelCrossEntropyCriterion", "num_updates": 10}],
+                "last_optimizer_state": {"state": {}},
+            }
             path = prefix.parent / name
             with atomic_path(path) as tmp:
                 torch.save(ck, tmp)

@@ -15,8 +15,9 @@ def sharpen(model, seed: int, scale: float = 0.3):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * scale + (1.0 if "norm" in name and name.endswith("weight")
-                                                                 else 0.0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * scale + (1.0 if "norm" in name and name.endswith("weight") else 0.0)
+            )
         model.embed_tokens.weight[model.args.pad_id].zero_()
     return model
 
@@ -40,7 +41,23 @@ def build_ensemble(root: Path, K: int = 2, *, max_positions: int = 64, n_train: 
     for k in range(K):
         torch.manual_seed(100 + k)
         state = sharpen(build_model(args), seed=200 + k).state_dict()
-        make_expert(experts / f"run.cluster{k}", tok, k, K, seed=100 + k, fingerprint=clus.fingerprint,
-                    max_positions=max_positions, consolidated=True, state=state)
-    return {"root": root, "data": root / "data", "tok": tok, "clusterer": root / "clusterer",
-            "clus": clus, "experts": experts, "K": K}
+        make_expert(
+            experts / f"run.cluster{k}",
+            tok,
+            k,
+            K,
+            seed=100 + k,
+            fingerprint=clus.fingerprint,
+            max_positions=max_positions,
+            consolidated=True,
+            state=state,
+        )
+    return {
+        "root": root,
+        "data": root / "data",
+        "tok": tok,
+        "clusterer": root / "clusterer",
+        "clus": clus,
+        "experts": experts,
+        "K": K,
+    }

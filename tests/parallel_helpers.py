@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WORDS = {"en": "red green blue house tree water fire stone light night".split(),
-         "de": "rot gruen blau haus baum wasser feuer stein licht nacht".split(),
-         "fr": "rouge vert bleu maison arbre eau feu pierre lumiere nuit".split()}
+WORDS = {
+    "en": "red green blue house tree water fire stone light night".split(),
+    "de": "rot gruen blau haus baum wasser feuer stein licht nacht".split(),
+    "fr": "rouge vert bleu maison arbre eau feu pierre lumiere nuit".split(),
+}
 # a language to grow an ensemble by (kept out of WORDS, whose words train the shared test tokenizers)
 NEW_WORDS = {"es": "rojo verde azul casa arbol agua fuego piedra luz noche".split()}
 
@@ -25,8 +27,19 @@ def write_pairs(root: Path, n: int = 40, split: str = "train", langs=("de", "fr"
         with open(d / f"{lang}.jsonl", "w") as f:
             for i in range(n):
                 k = 1 + i % 6
-                f.write(json.dumps({"src": _sentence("en", i, k), "tgt": _sentence(lang, i, k), "src_lang": "en",
-                                    "tgt_lang": lang, "domain": "test", "id": i}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "src": _sentence("en", i, k),
+                            "tgt": _sentence(lang, i, k),
+                            "src_lang": "en",
+                            "tgt_lang": lang,
+                            "domain": "test",
+                            "id": i,
+                        }
+                    )
+                    + "\n"
+                )
     return root
 
 

@@ -32,8 +32,11 @@ def slurm_status() -> tuple[bool, str]:
     except subprocess.TimeoutExpired:
         return False, "sinfo timed out: slurmctld does not answer"
     if r.returncode != 0:
-        return False, f"no slurmctld reachable (sinfo: {(r.stderr or r.stdout).strip()[:200]}); " \
-                      "run: sudo bash slurm/local/start.sh"
+        return (
+            False,
+            f"no slurmctld reachable (sinfo: {(r.stderr or r.stdout).strip()[:200]}); "
+            "run: sudo bash slurm/local/start.sh",
+        )
     parts = [line.split() for line in r.stdout.splitlines() if line.strip()]
     up = [p[0] for p in parts if len(p) == 2 and p[1] == "up"]
     if not up:
@@ -60,8 +63,14 @@ def node_addr(name: str) -> str | None:
     return next((f.split("=", 1)[1] for f in r.stdout.split() if f.startswith("NodeAddr=")), None)
 
 
-def sacct_nodes(job_ids: list[str], *, name: str | None = None, since: str | None = None, want: int | None = None,
-                 timeout: float = 60) -> dict[str, str]:
+def sacct_nodes(
+    job_ids: list[str],
+    *,
+    name: str | None = None,
+    since: str | None = None,
+    want: int | None = None,
+    timeout: float = 60,
+) -> dict[str, str]:
     """NodeList of each completed job (by id, or by job name since a time), from accounting (which lags a
     little behind the jobs' end)."""
     sel = ["-j", ",".join(job_ids)] if job_ids else ["--name", name, "-S", since]
@@ -109,7 +118,6 @@ class SlurmCluster:
             raise RuntimeError(f"scontrol requeue {job_id}: {r.stderr.strip()}")
         if release:
             self.release(job_id)
-
 
     @property
     def nodes(self) -> list[str]:

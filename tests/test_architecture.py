@@ -10,11 +10,25 @@ import ast
 from train_helpers import REPO
 
 LAYERS = {
-    "xlbtm.errors": 0, "xlbtm.io": 0, "xlbtm.cli": 0, "xlbtm.config": 0, "xlbtm.runtime": 0,
-    "xlbtm.corpus": 1, "xlbtm.tokenizer": 1, "xlbtm.demo_corpus": 1, "xlbtm.models": 1, "xlbtm.launch": 1,
-    "xlbtm.formats": 2, "xlbtm.cluster": 2, "xlbtm.data": 2, "xlbtm.parallel": 2,
-    "xlbtm.train": 3, "xlbtm.ensemble": 3,
-    "xlbtm.study": 4, "xlbtm.quickstart": 4, "xlbtm.grow": 4,
+    "xlbtm.errors": 0,
+    "xlbtm.io": 0,
+    "xlbtm.cli": 0,
+    "xlbtm.config": 0,
+    "xlbtm.runtime": 0,
+    "xlbtm.corpus": 1,
+    "xlbtm.tokenizer": 1,
+    "xlbtm.demo_corpus": 1,
+    "xlbtm.models": 1,
+    "xlbtm.launch": 1,
+    "xlbtm.formats": 2,
+    "xlbtm.cluster": 2,
+    "xlbtm.data": 2,
+    "xlbtm.parallel": 2,
+    "xlbtm.train": 3,
+    "xlbtm.ensemble": 3,
+    "xlbtm.study": 4,
+    "xlbtm.quickstart": 4,
+    "xlbtm.grow": 4,
     "xlbtm.scripts": 5,
 }
 # (importer, imported): known debts, each to be removed with its import (none today)
@@ -35,8 +49,13 @@ def _edges() -> set[tuple[str, str, str]]:
             rel = path.relative_to(REPO).with_suffix("")
             src = _unit(".".join(rel.parts)) if rel.parts[0] == "xlbtm" and len(rel.parts) > 1 else rel.parts[0]
             for node in ast.walk(ast.parse(path.read_text())):
-                names = [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else \
-                    [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                names = (
+                    [node.module]
+                    if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                    else [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else []
+                )
                 for name in names:
                     dst = _unit(name)
                     if dst and dst != src:
@@ -81,8 +100,9 @@ def test_xlbtm_command_dispatches_to_the_scripts(capsys):
 
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"xlbtm": "xlbtm.scripts.__main__:main"}
-    assert {"train_clusterer", "cluster", "train_experts", "consolidate", "eval_ensemble", "quickstart"} <= \
-        set(commands())
+    assert {"train_clusterer", "cluster", "train_experts", "consolidate", "eval_ensemble", "quickstart"} <= set(
+        commands()
+    )
     assert main(["--help"]) == 0 and "train_experts" in capsys.readouterr().out
     assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
     import pytest
@@ -93,6 +113,7 @@ def test_xlbtm_command_dispatches_to_the_scripts(capsys):
 
 
 # ------------------------------------------------------------------------------ module-level import graph
+
 
 def _module_name(path) -> str:
     parts = path.relative_to(REPO).with_suffix("").parts
@@ -116,8 +137,16 @@ def _imports(path):
                 out.append((child, [a.name for a in child.names], in_function))
             elif isinstance(child, ast.ImportFrom):
                 assert not child.level, f"{path}:{child.lineno}: relative import"
-                out.append((child, [f"{child.module}.{a.name}" if f"{child.module}.{a.name}" in modules
-                                    else child.module for a in child.names], in_function))
+                out.append(
+                    (
+                        child,
+                        [
+                            f"{child.module}.{a.name}" if f"{child.module}.{a.name}" in modules else child.module
+                            for a in child.names
+                        ],
+                        in_function,
+                    )
+                )
             visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
     visit(tree, False)
@@ -208,17 +237,29 @@ LAZY_PACKAGES = {
     # heavy: seconds of import (torch initialises CUDA), kept out of `xlbtm <cmd> --help`, of the cluster
     # command (its test checks that torch, transformers and sklearn stay unimported) and of package imports
     # ("importing the package is cheap", xlbtm/__init__.py)
-    "torch": "heavy", "numpy": "heavy", "scipy": "heavy", "sklearn": "heavy", "transformers": "heavy",
-    "safetensors": "heavy (imports torch / numpy)", "sentencepiece": "heavy", "tokenizers": "heavy",
-    "threadpoolctl": "with sklearn", "lang2vec": "heavy (reads its feature tables at import)",
-    "submitit": "launching only; a local run never needs it", "matplotlib": "plots only; ~0.5 s of import",
+    "torch": "heavy",
+    "numpy": "heavy",
+    "scipy": "heavy",
+    "sklearn": "heavy",
+    "transformers": "heavy",
+    "safetensors": "heavy (imports torch / numpy)",
+    "sentencepiece": "heavy",
+    "tokenizers": "heavy",
+    "threadpoolctl": "with sklearn",
+    "lang2vec": "heavy (reads its feature tables at import)",
+    "submitit": "launching only; a local run never needs it",
+    "matplotlib": "plots only; ~0.5 s of import",
     # optional extras (pyproject.toml): a missing extra fails the feature that needs it, not the import
-    "lm_eval": "extra `eval`", "tensorboard": "extra `tensorboard`", "wandb": "not a dependency",
+    "lm_eval": "extra `eval`",
+    "tensorboard": "extra `tensorboard`",
+    "wandb": "not a dependency",
 }
 # (file, xlbtm module) imported inside a function on purpose: a light module that must stay light (it is on
 # the import path of a command's --help or of the cluster command) reaches a heavy one only when it runs.
-_HELP_PATH = ("the study pipeline is on the import path of `xlbtm quickstart --help` and `xlbtm scaling-study "
-              "--help` (they import xlbtm.quickstart / xlbtm.study.scaling for its config dataclass): ")
+_HELP_PATH = (
+    "the study pipeline is on the import path of `xlbtm quickstart --help` and `xlbtm scaling-study "
+    "--help` (they import xlbtm.quickstart / xlbtm.study.scaling for its config dataclass): "
+)
 LAZY_XLBTM: dict[tuple[str, str], str] = {
     ("xlbtm/study/pipeline.py", "xlbtm.train.experts"): _HELP_PATH + "training imports torch",
     ("xlbtm/study/pipeline.py", "xlbtm.train.plan"): _HELP_PATH + "the plan reads seed models (torch)",
@@ -233,11 +274,23 @@ LAZY_XLBTM: dict[tuple[str, str], str] = {
 LAZY_FILES = {"xlbtm/scripts/": "commands"}
 # (ensemble, train, study, formats, grow and quickstart are moved over; these files are what is left.)
 CEILINGS: dict[str, int] = {
-    "xlbtm/cli.py": 1, "xlbtm/cluster/artifact.py": 8, "xlbtm/cluster/assign.py": 16, "xlbtm/cluster/extend.py": 7,
-    "xlbtm/cluster/featurize.py": 5, "xlbtm/cluster/kmeans.py": 1, "xlbtm/cluster/train.py": 14,
-    "xlbtm/corpus/index.py": 1, "xlbtm/data/dataset.py": 3, "xlbtm/demo_corpus.py": 2,
-    "xlbtm/io.py": 2, "xlbtm/models/__init__.py": 2, "xlbtm/models/load.py": 2, "xlbtm/models/presets.py": 1,
-    "xlbtm/models/safe_load.py": 1, "xlbtm/parallel/checkpoint.py": 1, "xlbtm/parallel/parallelize.py": 1,
+    "xlbtm/cli.py": 1,
+    "xlbtm/cluster/artifact.py": 8,
+    "xlbtm/cluster/assign.py": 16,
+    "xlbtm/cluster/extend.py": 7,
+    "xlbtm/cluster/featurize.py": 5,
+    "xlbtm/cluster/kmeans.py": 1,
+    "xlbtm/cluster/train.py": 14,
+    "xlbtm/corpus/index.py": 1,
+    "xlbtm/data/dataset.py": 3,
+    "xlbtm/demo_corpus.py": 2,
+    "xlbtm/io.py": 2,
+    "xlbtm/models/__init__.py": 2,
+    "xlbtm/models/load.py": 2,
+    "xlbtm/models/presets.py": 1,
+    "xlbtm/models/safe_load.py": 1,
+    "xlbtm/parallel/checkpoint.py": 1,
+    "xlbtm/parallel/parallelize.py": 1,
     "xlbtm/tokenizer.py": 6,
 }
 
@@ -269,13 +322,21 @@ def _function_level_debts() -> tuple[dict[str, list[str]], set[tuple[str, str]]]
 
 def test_imports_are_at_module_top():
     debts, seen = _function_level_debts()
-    bad = [f"{f}: {len(d)} function-level imports, at most {CEILINGS.get(f, 0)} allowed (move them to the top; "
-           f"a cycle that forbids it is fixed by moving the shared code into a module of its own): {d}"
-           for f, d in sorted(debts.items()) if len(d) > CEILINGS.get(f, 0)]
-    bad += [f"{f}: {len(debts.get(f, []))} function-level imports now, below its ceiling {n}: lower CEILINGS"
-            for f, n in sorted(CEILINGS.items()) if len(debts.get(f, [])) < n]
-    bad += [f"LAZY_XLBTM {pair}: no such function-level import any more, remove the entry"
-            for pair in sorted(set(LAZY_XLBTM) - seen)]
+    bad = [
+        f"{f}: {len(d)} function-level imports, at most {CEILINGS.get(f, 0)} allowed (move them to the top; "
+        f"a cycle that forbids it is fixed by moving the shared code into a module of its own): {d}"
+        for f, d in sorted(debts.items())
+        if len(d) > CEILINGS.get(f, 0)
+    ]
+    bad += [
+        f"{f}: {len(debts.get(f, []))} function-level imports now, below its ceiling {n}: lower CEILINGS"
+        for f, n in sorted(CEILINGS.items())
+        if len(debts.get(f, [])) < n
+    ]
+    bad += [
+        f"LAZY_XLBTM {pair}: no such function-level import any more, remove the entry"
+        for pair in sorted(set(LAZY_XLBTM) - seen)
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -287,7 +348,9 @@ def test_commands_import_nothing_heavy_before_they_run():
 
     commands = sorted(f"xlbtm.scripts.{p.stem}" for p in (REPO / "xlbtm" / "scripts").glob("*.py"))
     heavy = sorted(LAZY_PACKAGES)
-    code = (f"import importlib, sys\nfor m in {commands!r}: importlib.import_module(m)\n"
-            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    code = (
+        f"import importlib, sys\nfor m in {commands!r}: importlib.import_module(m)\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout

@@ -198,8 +198,9 @@ def test_payload_in_a_tensor_shard_never_runs(tmp_path):
 
     ck, _, _ = _real_checkpoint(tmp_path)
     md = read_dcp_metadata(ck)
-    fqn = next(k for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)
-               and k.startswith("model."))
+    fqn = next(
+        k for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata) and k.startswith("model.")
+    )
     index = next(i for i in md.storage_data if i.fqn == fqn)
     info = md.storage_data[index]
     shard = ck / info.relative_path

@@ -34,8 +34,10 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
 
 def flag_table() -> dict[str, dict[str, str]]:
     """command -> {flag: the setting it sets (argparse dest)}."""
-    return {name: {s: a.dest for a in p._actions for s in a.option_strings if a.dest != "help"}
-            for name, p in _parsers().items()}
+    return {
+        name: {s: a.dest for a in p._actions for s in a.option_strings if a.dest != "help"}
+        for name, p in _parsers().items()
+    }
 
 
 def test_each_commands_flags_are_the_frozen_ones():
@@ -46,8 +48,10 @@ def test_each_commands_flags_are_the_frozen_ones():
         lost = sorted(set(frozen[name]) - set(now[name]))
         new = sorted(set(now[name]) - set(frozen[name]))
         moved = sorted(f for f in set(frozen[name]) & set(now[name]) if frozen[name][f] != now[name][f])
-        assert not (lost or new or moved), (f"{name}: flags lost {lost}, new {new}, now setting another field "
-                                            f"{moved}; if deliberate, regenerate {FROZEN.name}")
+        assert not (lost or new or moved), (
+            f"{name}: flags lost {lost}, new {new}, now setting another field "
+            f"{moved}; if deliberate, regenerate {FROZEN.name}"
+        )
 
 
 def test_the_contract_flags_of_cbtm_and_the_aliases_are_there():
@@ -60,15 +64,37 @@ def test_the_contract_flags_of_cbtm_and_the_aliases_are_there():
     for name in corpus_readers:
         assert {"--data-dir", "--path-to-data"} <= set(t[name]), name
         assert t[name]["--data-dir"] == t[name]["--path-to-data"], name
-    for name, own in [("train_experts", "--serialization-dir"), ("cluster", "--output-prefix"),
-                      ("eval_ensemble", "--job-dir"), ("quickstart", "--out"), ("scaling_study", "--out"),
-                      ("train_tokenizer", "--out"), ("make_demo_corpus", "--out"), ("binarize", "--output-dir"),
-                      ("train_clusterer", "--output-dir"), ("merge_experts", "--output-dir")]:
+    for name, own in [
+        ("train_experts", "--serialization-dir"),
+        ("cluster", "--output-prefix"),
+        ("eval_ensemble", "--job-dir"),
+        ("quickstart", "--out"),
+        ("scaling_study", "--out"),
+        ("train_tokenizer", "--out"),
+        ("make_demo_corpus", "--out"),
+        ("binarize", "--output-dir"),
+        ("train_clusterer", "--output-dir"),
+        ("merge_experts", "--output-dir"),
+    ]:
         assert t[name]["--output-dir"] == t[name][own], name
-    assert {"--max-update", "--model-parallel", "--lr", "--num-clusters", "--path-to-clusters-dir",
-            "--serialization-dir", "--seed-model"} <= set(t["train_experts"])
-    assert {"--job-dir", "--path-to-clusterer", "--experts-dir", "--temperature", "--topk", "--ensemble-type",
-            "--max-valid-steps"} <= set(t["eval_ensemble"])
+    assert {
+        "--max-update",
+        "--model-parallel",
+        "--lr",
+        "--num-clusters",
+        "--path-to-clusters-dir",
+        "--serialization-dir",
+        "--seed-model",
+    } <= set(t["train_experts"])
+    assert {
+        "--job-dir",
+        "--path-to-clusterer",
+        "--experts-dir",
+        "--temperature",
+        "--topk",
+        "--ensemble-type",
+        "--max-valid-steps",
+    } <= set(t["eval_ensemble"])
 
 
 @pytest.mark.parametrize("name", sorted(_parsers()))
@@ -92,11 +118,13 @@ def test_usage_names_the_command_as_the_user_typed_it(capsys):
     with pytest.raises(SystemExit):
         main(["eval_ensemble", "--help"])
     assert capsys.readouterr().out.startswith("usage: xlbtm eval_ensemble ")
-    out = subprocess.run([sys.executable, "-m", "xlbtm.scripts.train_experts", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "xlbtm.scripts.train_experts", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert out.startswith("usage: python -m xlbtm.scripts.train_experts ")
-    out = subprocess.run([sys.executable, "-m", "xlbtm.scripts", "consolidate", "--help"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "xlbtm.scripts", "consolidate", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     assert out.startswith("usage: python -m xlbtm.scripts consolidate ")
 
 

@@ -194,8 +194,9 @@ def test_slurm_progress_per_array_task(corpus, clusterer, tmp_path, monkeypatch)
     monkeypatch.setattr(launch, "make_executor", lambda run, job_dir, **kw: real("debug", job_dir, **kw))
     seen, stop = _capture(monkeypatch)
     try:
-        m = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "o", "train", run="slurm",
-                                     job_dir=tmp_path / "jobs", max_array_tasks=3)
+        m = assign_mod.assign_corpus(
+            corpus, clusterer, tmp_path / "o", "train", run="slurm", job_dir=tmp_path / "jobs", max_array_tasks=3
+        )
     finally:
         stop()
     assert sum(m["documents"]) == 240
@@ -233,8 +234,15 @@ def test_typological_assignment_uses_lang(tmp_path):
     from xlbtm.cluster.train import train_typological_clusterer
 
     data = tmp_path / "d"
-    _write(data / "train" / "0" / "a.jsonl", [{"text": "a", "lang": "en"}, {"text": "b", "lang": "ru"},
-                                              {"text": "c", "lang": "uk"}, {"text": "d", "lang": "de"}])
+    _write(
+        data / "train" / "0" / "a.jsonl",
+        [
+            {"text": "a", "lang": "en"},
+            {"text": "b", "lang": "ru"},
+            {"text": "c", "lang": "uk"},
+            {"text": "d", "lang": "de"},
+        ],
+    )
     c = train_typological_clusterer(["en", "de", "ru", "uk"], 2, tmp_path / "t", mode="xelm")
     m = assign_mod.assign_corpus(data, tmp_path / "t", tmp_path / "o", "train", workers=1)
     got = dict(iter_assignments(tmp_path / "o", "train"))
@@ -251,8 +259,9 @@ def test_slurm_job_arrays_match_local_and_report_failures(corpus, clusterer, tmp
     from xlbtm.launch import JobFailedError
 
     ref = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "local", "train", run="local", workers=1)
-    m = assign_mod.assign_corpus(corpus, clusterer, tmp_path / "slurm", "train", run="slurm",
-                                 job_dir=tmp_path / "jobs", max_array_tasks=3)  # 6 files -> 3 tasks x 2 files
+    m = assign_mod.assign_corpus(
+        corpus, clusterer, tmp_path / "slurm", "train", run="slurm", job_dir=tmp_path / "jobs", max_array_tasks=3
+    )  # 6 files -> 3 tasks x 2 files
     assert m["splits"] == ref["splits"]
     assert list(iter_assignments(tmp_path / "slurm", "train")) == list(iter_assignments(tmp_path / "local", "train"))
     # a bad line fails its array task; the error names the job and its log
@@ -276,8 +285,9 @@ def test_assignment_memory_is_flat_in_corpus_size(clusterer, tmp_path):
     def peak(n):
         p = tmp_path / f"in{n}" / "train" / "0" / "a.jsonl"
         _write(p, [{"text": " ".join(rng.choice(words, 80)), "lang": "en"} for _ in range(n)])
-        job = assign_mod.FileJob(str(p), "train/0/a.jsonl", str(tmp_path / f"out{n}.jsonl"),
-                                 assign_mod.input_signature(p))
+        job = assign_mod.FileJob(
+            str(p), "train/0/a.jsonl", str(tmp_path / f"out{n}.jsonl"), assign_mod.input_signature(p)
+        )
         tracemalloc.start()
         assign_mod.assign_file(c, job, batch_size=64)
         _, pk = tracemalloc.get_traced_memory()
@@ -353,8 +363,9 @@ def test_worker_processes_equal_in_process_predict_and_resumes(corpus, clusterer
     redone = []
     monkeypatch.setattr(assign_mod, "assign_file", lambda cl, job, **kw: redone.append(job.rel) or real(cl, job, **kw))
     assign_mod.assign_corpus(corpus, clusterer, out2, "train", run="local", workers=2)
-    assert sorted(redone) == sorted(set(f"train/{p.parent.name}/{p.name}" for p in (corpus / "train").rglob("*.jsonl"))
-                                    - set(finished))
+    assert sorted(redone) == sorted(
+        set(f"train/{p.parent.name}/{p.name}" for p in (corpus / "train").rglob("*.jsonl")) - set(finished)
+    )
     for rel, data in finished.items():
         assert (out2 / rel).read_bytes() == data == (out / rel).read_bytes()
     for p in out.rglob("*.jsonl"):
@@ -389,10 +400,12 @@ def test_a_killed_command_leaves_no_worker_behind_and_the_rerun_finishes(corpus,
 
     marker = f"xlbtm-kill-test-{sig}-{tmp_path.name}"
     out = tmp_path / "out"
-    code = ("import sys, time\nfrom xlbtm.cluster import assign\nreal = assign.assign_file\n"
-            "def slow(c, job, **kw):\n    time.sleep(0.5)\n    return real(c, job, **kw)\n"
-            "assign.assign_file = slow\n"
-            "assign.assign_corpus(sys.argv[1], sys.argv[2], sys.argv[3], 'train', workers=2)\n")
+    code = (
+        "import sys, time\nfrom xlbtm.cluster import assign\nreal = assign.assign_file\n"
+        "def slow(c, job, **kw):\n    time.sleep(0.5)\n    return real(c, job, **kw)\n"
+        "assign.assign_file = slow\n"
+        "assign.assign_corpus(sys.argv[1], sys.argv[2], sys.argv[3], 'train', workers=2)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code, str(corpus), str(clusterer), str(out), marker])
     deadline = time.monotonic() + 60
     while len(_processes_with(marker)) < 3 and time.monotonic() < deadline:  # the command and its 2 workers

@@ -21,7 +21,7 @@ def demo(tmp_path_factory):
 def test_word_tokens_match_sklearn_pattern_and_split_cjk():
     texts = ["Hello, World! x_y 12ab a", "Überall ÉCOLE straße 3 bits/s", "日本語のテキスト abc中文", ""]
     h, doc, starts, lens, joined = word_tokens(texts)
-    toks = [joined[s:s + n] for s, n in zip(starts, lens)]
+    toks = [joined[s : s + n] for s, n in zip(starts, lens)]
     pat = re.compile(r"(?u)\b\w\w+\b")
     assert toks[:4] == pat.findall(texts[0].lower())
     assert [t for t, d in zip(toks, doc) if d == 1] == pat.findall(texts[1].lower())
@@ -67,15 +67,18 @@ def test_featurize_flat_sums_rows_in_token_order_like_embedding_bag():
     flat = rng.integers(0, v, int(lengths.sum())).astype(np.int32)
     offsets = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int32)
     got = lsa.featurize_flat(flat, offsets)
-    bag = torch.nn.functional.embedding_bag(torch.from_numpy(flat), torch.from_numpy(lsa.projection),
-                                            torch.from_numpy(offsets), mode="sum").numpy()
+    bag = torch.nn.functional.embedding_bag(
+        torch.from_numpy(flat), torch.from_numpy(lsa.projection), torch.from_numpy(offsets), mode="sum"
+    ).numpy()
     norm = np.sqrt(np.einsum("ij,ij->i", bag, bag))
     want = bag / np.maximum(norm, np.float32(1e-12))[:, None]
     np.testing.assert_array_equal(got, want)
-    within = np.concatenate([np.sort(flat[o:o + k]) for o, k in zip(offsets, lengths)]).astype(np.int32)
+    within = np.concatenate([np.sort(flat[o : o + k]) for o, k in zip(offsets, lengths)]).astype(np.int32)
     assert not np.array_equal(got, lsa.featurize_flat(within, offsets))  # same bags, other order: other bits
     assert np.all(got[5] == 0)
-    np.testing.assert_allclose(got, torch.nn.functional.normalize(torch.from_numpy(bag), dim=1).numpy(), atol=fp_tol(1.0))
+    np.testing.assert_allclose(
+        got, torch.nn.functional.normalize(torch.from_numpy(bag), dim=1).numpy(), atol=fp_tol(1.0)
+    )
 
 
 def test_featurize_token_ids_is_linear_in_counts_and_incremental():
@@ -116,14 +119,15 @@ def test_subword_featurizer_fast_path_matches_reference(demo, sp_tokenizer):
     a = fast.transform(s.texts[:50])
     b = ref.transform(s.texts[:50])
     np.testing.assert_allclose(a, b, atol=1e-4)
-    np.testing.assert_allclose(b, fast.lsa.featurize_token_ids(sp_tokenizer.encode_batch(s.texts[:50])), atol=fp_tol(1.0))
+    np.testing.assert_allclose(
+        b, fast.lsa.featurize_token_ids(sp_tokenizer.encode_batch(s.texts[:50])), atol=fp_tol(1.0)
+    )
     assert fast.lsa.vocab_size == sp_tokenizer.vocab_size
     terms = top_terms(fast, np.eye(3, fast.lsa.dim, dtype=np.float32), n=5)
     assert len(terms) == 3 and all(len(t) == 5 for t in terms)
 
 
-def test_subword_fast_path_is_bitwise_the_reference_and_old_sentencepiece_fallback(demo, sp_tokenizer,
-                                                                                    monkeypatch):
+def test_subword_fast_path_is_bitwise_the_reference_and_old_sentencepiece_fallback(demo, sp_tokenizer, monkeypatch):
     """The assignment path (sentencepiece int32 buffers straight into embedding_bag over projection rows
     gathered in sentencepiece's id order) must give exactly featurize_token_ids(encode(texts)): cluster
     files and the ensemble router both depend on it."""
@@ -177,8 +181,9 @@ def test_subword_clusterer_artifact_carries_tokenizer_and_router_arrays(demo, sp
     from xlbtm.tokenizer import load_tokenizer, train_sentencepiece
 
     d, s = demo
-    c, _ = train_tfidf_clusterer(d / "train", 3, tmp_path / "c", featurizer="subword", tokenizer=sp_tokenizer.path,
-                                 max_docs=120, seed=0)
+    c, _ = train_tfidf_clusterer(
+        d / "train", 3, tmp_path / "c", featurizer="subword", tokenizer=sp_tokenizer.path, max_docs=120, seed=0
+    )
     c2 = load_clusterer(tmp_path / "c")  # tokenizer comes from the artifact's own copy
     assert c2.featurizer_kind == "subword" and c2.tokenizer_fingerprint == sp_tokenizer.fingerprint
     assert c2.tokenizer.fingerprint == sp_tokenizer.fingerprint
@@ -258,11 +263,20 @@ def _reference_word_tokens(texts):
 def test_word_tokens_equal_the_per_token_reference():
     """The vectorized tokenizer (prefix-sum hashes, boundary masks) gives exactly the per-token reference's
     tokens, documents and hashes: the vocabulary ids, so features and cluster files, depend on them."""
-    texts = ["Hello, World! x_y 12ab a", "ΑΣ ΟΔΟΣ İstanbul ß ǅ", "日本語のテキスト abc中文ab中", "", "a", "中",
-             "x\ny 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀ab9 __ a_b", "trailing word", "  "] * 3
+    texts = [
+        "Hello, World! x_y 12ab a",
+        "ΑΣ ΟΔΟΣ İstanbul ß ǅ",
+        "日本語のテキスト abc中文ab中",
+        "",
+        "a",
+        "中",
+        "x\ny 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 😀ab9 __ a_b",
+        "trailing word",
+        "  ",
+    ] * 3
     for batch in (texts, texts[:1], texts[3:6], texts[6:7]):
         h, doc, starts, lens, joined = word_tokens(batch)
-        got = [(int(d), joined[s:s + n], int(x)) for d, s, n, x in zip(doc, starts, lens, h)]
+        got = [(int(d), joined[s : s + n], int(x)) for d, s, n, x in zip(doc, starts, lens, h)]
         assert got == _reference_word_tokens(batch)
         assert doc.dtype == np.int32 and h.dtype == np.uint64
     h, doc, starts, lens, _ = word_tokens(["", "  ", "a"])
@@ -282,7 +296,7 @@ def test_subword_fast_path_decided_once_across_threads(demo, sp_tokenizer):
     decide = g._decide_fast
     g._decide_fast = lambda probe: calls.append(1) or decide(probe)
     with cf.ThreadPoolExecutor(4) as ex:
-        parts = list(ex.map(g.transform, [s.texts[i:i + 10] for i in range(0, 80, 10)]))
+        parts = list(ex.map(g.transform, [s.texts[i : i + 10] for i in range(0, 80, 10)]))
     assert calls == [1] and g._fast
     np.testing.assert_array_equal(np.concatenate(parts), serial)
 
@@ -323,8 +337,9 @@ def test_subword_clusterer_records_its_encoder_and_assignment_loads_no_hf_tokeni
     from xlbtm.errors import InputError
 
     d, s = demo
-    fitted, _ = train_tfidf_clusterer(d / "train", 3, tmp_path / "c", featurizer="subword",
-                                      tokenizer=sp_tokenizer.path, seed=0)
+    fitted, _ = train_tfidf_clusterer(
+        d / "train", 3, tmp_path / "c", featurizer="subword", tokenizer=sp_tokenizer.path, seed=0
+    )
     meta = json.loads((tmp_path / "c" / "clusterer.json").read_text())
     assert meta["encoder"] == {"kind": "sentencepiece", "model": "tokenizer/sentencepiece.bpe.model"}
     assert "tokenizer/sentencepiece.bpe.model" in meta["files"]
@@ -337,17 +352,26 @@ def test_subword_clusterer_records_its_encoder_and_assignment_loads_no_hf_tokeni
     assert callable(f._tokenizer)
     assert c.top_terms(3) and not callable(f._tokenizer)  # terms need the tokenizer: loaded then, not before
 
-    code = ("import runpy, sys; sys.argv = ['cluster', '--data-dir', sys.argv[1], '--path-to-clusterer', "
-            "sys.argv[2], '--output-prefix', sys.argv[3], '--split', 'train']\n"
-            "try:\n    runpy.run_module('xlbtm.scripts.cluster', run_name='__main__')\n"
-            "except SystemExit as e:\n    assert not e.code, e.code\n"
-            "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code, str(d), str(tmp_path / "c"), str(tmp_path / "a")],
-                         capture_output=True, text=True, check=True).stdout
+    code = (
+        "import runpy, sys; sys.argv = ['cluster', '--data-dir', sys.argv[1], '--path-to-clusterer', "
+        "sys.argv[2], '--output-prefix', sys.argv[3], '--split', 'train']\n"
+        "try:\n    runpy.run_module('xlbtm.scripts.cluster', run_name='__main__')\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(d), str(tmp_path / "c"), str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert out.strip().splitlines()[-1] == "[]"
     want = fitted.predict(s.docs if hasattr(s, "docs") else s.texts)
-    got = [json.loads(line)["cluster"] for p in sorted((tmp_path / "a" / "train").rglob("*.jsonl"))
-           for line in p.read_text().splitlines()]
+    got = [
+        json.loads(line)["cluster"]
+        for p in sorted((tmp_path / "a" / "train").rglob("*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
     assert sorted(got) == sorted(want.tolist()) and len(got) == len(s.texts)
 
     model = tmp_path / "c" / "tokenizer" / "sentencepiece.bpe.model"

@@ -18,9 +18,26 @@ def demo(tmp_path_factory):
 
 def test_train_eval_and_cluster_cli(demo, tmp_path, capsys):
     c = tmp_path / "clusterer"
-    rc = main_wrapper("train_clusterer", train_clusterer.main,
-                      ["--data-dir", str(demo / "train"), "--num-clusters", "3", "--balanced", "--output-dir", str(c),
-                       "--featurizer", "word", "--max-docs", "150", "--seed", "1", "--eval"])
+    rc = main_wrapper(
+        "train_clusterer",
+        train_clusterer.main,
+        [
+            "--data-dir",
+            str(demo / "train"),
+            "--num-clusters",
+            "3",
+            "--balanced",
+            "--output-dir",
+            str(c),
+            "--featurizer",
+            "word",
+            "--max-docs",
+            "150",
+            "--seed",
+            "1",
+            "--eval",
+        ],
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "cluster 2:" in out and "top terms:" in out and "NMI(cluster, lang)" in out
@@ -29,13 +46,34 @@ def test_train_eval_and_cluster_cli(demo, tmp_path, capsys):
     fit = json.loads((c / "clusterer.json").read_text())["fit"]
     assert max(fit["sizes"]) - min(fit["sizes"]) <= 1  # balanced while fitting
     # --eval alone evaluates an existing clusterer
-    assert main_wrapper("train_clusterer", train_clusterer.main,
-                        ["--eval", "--output-dir", str(c), "--data-dir", str(demo / "valid")]) == 0
+    assert (
+        main_wrapper(
+            "train_clusterer",
+            train_clusterer.main,
+            ["--eval", "--output-dir", str(c), "--data-dir", str(demo / "valid")],
+        )
+        == 0
+    )
     assert json.loads((c / "eval.json").read_text())["num_docs"] == 20
     o = tmp_path / "clusters"
-    rc = main_wrapper("cluster", cluster_script.main,
-                      ["--data-dir", str(demo), "--path-to-clusterer", str(c), "--num-clusters", "3",
-                       "--output-prefix", str(o), "--split", "train", "--run", "local"])
+    rc = main_wrapper(
+        "cluster",
+        cluster_script.main,
+        [
+            "--data-dir",
+            str(demo),
+            "--path-to-clusterer",
+            str(c),
+            "--num-clusters",
+            "3",
+            "--output-prefix",
+            str(o),
+            "--split",
+            "train",
+            "--run",
+            "local",
+        ],
+    )
     assert rc == 0
     m = json.loads((o / "manifest.json").read_text())
     assert sum(m["splits"]["train"]["documents"]) == 200
@@ -43,29 +81,75 @@ def test_train_eval_and_cluster_cli(demo, tmp_path, capsys):
 
 
 def test_typological_cli(demo, tmp_path, capsys):
-    rc = main_wrapper("train_clusterer", train_clusterer.main,
-                      ["--typological", "--typology-mode", "balanced", "--langs", "en,de,ru,el,ar,zh",
-                       "--num-clusters", "3", "--output-dir", str(tmp_path / "t"), "--data-dir", str(demo / "train")])
+    rc = main_wrapper(
+        "train_clusterer",
+        train_clusterer.main,
+        [
+            "--typological",
+            "--typology-mode",
+            "balanced",
+            "--langs",
+            "en,de,ru,el,ar,zh",
+            "--num-clusters",
+            "3",
+            "--output-dir",
+            str(tmp_path / "t"),
+            "--data-dir",
+            str(demo / "train"),
+        ],
+    )
     assert rc == 0
     mapping = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(mapping) == {"en", "de", "ru", "el", "ar", "zh"} and set(mapping.values()) == {0, 1, 2}
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["--num-clusters", "3", "--output-dir", "O"], "--data-dir is required"),
-    (["--data-dir", "D", "--output-dir", "O"], "--num-clusters is required"),
-    (["--data-dir", "{demo}", "--num-clusters", "2", "--output-dir", "{tmp}/o"], "--tokenizer"),
-    (["--data-dir", "{demo}", "--num-clusters", "500", "--output-dir", "{tmp}/o", "--featurizer", "word"],
-     "fewer than --num-clusters"),
-    (["--data-dir", "{demo}", "--num-clusters", "5", "--output-dir", "{tmp}/o", "--featurizer", "word",
-      "--max-docs", "3"], "--max-docs (3) must be >= --num-clusters (5)"),
-    (["--data-dir", "{tmp}/nothing", "--num-clusters", "2", "--output-dir", "{tmp}/o", "--featurizer", "word"],
-     "directory not found"),
-    (["--typological", "--num-clusters", "2", "--output-dir", "{tmp}/o"], "needs --langs"),
-    (["--typological", "--langs", "en,xx", "--num-clusters", "2", "--output-dir", "{tmp}/o"], "'xx'"),
-    (["--typological", "--typology-mode", "xelm", "--langs", "en,de,fr", "--num-clusters", "2",
-      "--output-dir", "{tmp}/o"], "len(langs) / 2^m"),
-])
+@pytest.mark.parametrize(
+    "argv,msg",
+    [
+        (["--num-clusters", "3", "--output-dir", "O"], "--data-dir is required"),
+        (["--data-dir", "D", "--output-dir", "O"], "--num-clusters is required"),
+        (["--data-dir", "{demo}", "--num-clusters", "2", "--output-dir", "{tmp}/o"], "--tokenizer"),
+        (
+            ["--data-dir", "{demo}", "--num-clusters", "500", "--output-dir", "{tmp}/o", "--featurizer", "word"],
+            "fewer than --num-clusters",
+        ),
+        (
+            [
+                "--data-dir",
+                "{demo}",
+                "--num-clusters",
+                "5",
+                "--output-dir",
+                "{tmp}/o",
+                "--featurizer",
+                "word",
+                "--max-docs",
+                "3",
+            ],
+            "--max-docs (3) must be >= --num-clusters (5)",
+        ),
+        (
+            ["--data-dir", "{tmp}/nothing", "--num-clusters", "2", "--output-dir", "{tmp}/o", "--featurizer", "word"],
+            "directory not found",
+        ),
+        (["--typological", "--num-clusters", "2", "--output-dir", "{tmp}/o"], "needs --langs"),
+        (["--typological", "--langs", "en,xx", "--num-clusters", "2", "--output-dir", "{tmp}/o"], "'xx'"),
+        (
+            [
+                "--typological",
+                "--typology-mode",
+                "xelm",
+                "--langs",
+                "en,de,fr",
+                "--num-clusters",
+                "2",
+                "--output-dir",
+                "{tmp}/o",
+            ],
+            "len(langs) / 2^m",
+        ),
+    ],
+)
 def test_train_clusterer_errors(demo, tmp_path, capsys, argv, msg):
     argv = [a.format(demo=demo / "train", tmp=tmp_path) for a in argv]
     assert main_wrapper("train_clusterer", train_clusterer.main, argv) == 2
@@ -74,9 +158,25 @@ def test_train_clusterer_errors(demo, tmp_path, capsys, argv, msg):
 
 
 def test_cluster_cli_errors(tmp_path, capsys):
-    assert main_wrapper("cluster", cluster_script.main,
-                        ["--data-dir", str(tmp_path / "data"), "--path-to-clusterer", str(tmp_path / "none"),
-                         "--output-prefix", str(tmp_path / "o"), "--split", "train", "--run", "local"]) == 2
+    assert (
+        main_wrapper(
+            "cluster",
+            cluster_script.main,
+            [
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--path-to-clusterer",
+                str(tmp_path / "none"),
+                "--output-prefix",
+                str(tmp_path / "o"),
+                "--split",
+                "train",
+                "--run",
+                "local",
+            ],
+        )
+        == 2
+    )
     assert "not a clusterer directory" in capsys.readouterr().err
 
 
@@ -86,16 +186,31 @@ def test_tiny_corpus_n_equals_k(tmp_path):
 
     p = tmp_path / "d" / "train" / "0" / "a.jsonl"
     p.parent.mkdir(parents=True)
-    p.write_text("".join(json.dumps({"text": t}) + "\n" for t in
-                         ["alpha beta gamma alpha", "delta epsilon zeta delta", "eta theta iota eta"]))
-    rc = main_wrapper("train_clusterer", train_clusterer.main,
-                      ["--data-dir", str(tmp_path / "d"), "--num-clusters", "3", "--balanced", "--featurizer", "word",
-                       "--output-dir", str(tmp_path / "c")])
+    p.write_text(
+        "".join(
+            json.dumps({"text": t}) + "\n"
+            for t in ["alpha beta gamma alpha", "delta epsilon zeta delta", "eta theta iota eta"]
+        )
+    )
+    rc = main_wrapper(
+        "train_clusterer",
+        train_clusterer.main,
+        [
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--num-clusters",
+            "3",
+            "--balanced",
+            "--featurizer",
+            "word",
+            "--output-dir",
+            str(tmp_path / "c"),
+        ],
+    )
     assert rc == 0
     c = load_clusterer(tmp_path / "c")
     assert c.meta["fit"]["sizes"] == [1, 1, 1] and c.lsa.dim == 2  # SVD rank <= N - 1
     assert c.predict(["alpha beta"]).shape == (1,)
-
 
 
 def test_sampling_reads_lines_like_the_corpus_reader(tmp_path):
@@ -107,8 +222,16 @@ def test_sampling_reads_lines_like_the_corpus_reader(tmp_path):
     from xlbtm.corpus.reader import BOM, ReadStats, iter_file
 
     def body(tag: bytes) -> tuple[bytes, int]:
-        lines = [b'{"text": "%s0 first", "lang": "en"}', b"", b'{"text": "%s2 zwei", "lang": "de"}', b"   \t",
-                 b'{"text": "%s4 no lang"}', b"", b'{"text": "%s6 \xc3\xbc", "lang": "fr"}', b'{"text": "%s7 last"}']
+        lines = [
+            b'{"text": "%s0 first", "lang": "en"}',
+            b"",
+            b'{"text": "%s2 zwei", "lang": "de"}',
+            b"   \t",
+            b'{"text": "%s4 no lang"}',
+            b"",
+            b'{"text": "%s6 \xc3\xbc", "lang": "fr"}',
+            b'{"text": "%s7 last"}',
+        ]
         lines = [x.replace(b"%s", tag) for x in lines]
         return BOM + b"\r\n".join(lines[:5]) + b"\n" + b"\n".join(lines[5:7]) + b"\r\n" + lines[7], len(lines)
 

@@ -41,7 +41,9 @@ def test_kmeans_runs_single_threaded_unless_large(monkeypatch, big):
 
     seen = []
     real = kmeans.kmeans_plusplus
-    monkeypatch.setattr(kmeans, "kmeans_plusplus", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    monkeypatch.setattr(
+        kmeans, "kmeans_plusplus", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k)
+    )
     monkeypatch.setattr(threads, "available_cpus", lambda: 2)
     if big:
         monkeypatch.setattr(threads, "PARALLEL_MIN_ELEMENTS", 10)
@@ -84,8 +86,19 @@ def test_assignment_workers_get_their_share_of_the_cpus(tmp_path, monkeypatch):
         time.sleep(0.3)  # let the other worker start
         out = real(c, job, **kw)
         with open(log, "a") as f:
-            f.write(json.dumps({"pid": os.getpid(), "t0": t0, "t1": time.monotonic(), "blas": blas,
-                                "torch": torch.get_num_threads(), "encoder": _num_threads()}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "t0": t0,
+                        "t1": time.monotonic(),
+                        "blas": blas,
+                        "torch": torch.get_num_threads(),
+                        "encoder": _num_threads(),
+                    }
+                )
+                + "\n"
+            )
         return out
 
     monkeypatch.setattr(assign_mod, "assign_file", spy)

@@ -120,8 +120,9 @@ def test_consolidate_errors_are_clear(tiny, tmp_path):  # noqa: F811
 
 def _run_script(ser, pattern, *extra, runner="auto"):
     env = {**os.environ, "PYTHON": sys.executable, "JOBS": "2", "RUNNER": runner}
-    return subprocess.run(["bash", str(SCRIPT), str(ser), pattern, *extra], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        ["bash", str(SCRIPT), str(ser), pattern, *extra], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.mark.parametrize("runner", ["xargs", "parallel"])
@@ -165,8 +166,18 @@ def test_consolidate_metaseq_sharded_dir(tmp_path):
     from xlbtm.models import ModelArgs, build_model
     from xlbtm.scripts import consolidate as script
 
-    args = ModelArgs(arch="xglm", vocab_size=101, d_model=32, n_layers=2, n_heads=4, ffn_dim=70, max_positions=32,
-                     dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    args = ModelArgs(
+        arch="xglm",
+        vocab_size=101,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        ffn_dim=70,
+        max_positions=32,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    )
     torch.manual_seed(0)
     m = build_model(args).eval()
     d = tmp_path / "cbtm run.cluster3"

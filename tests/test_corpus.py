@@ -18,8 +18,12 @@ from xlbtm.errors import InputError
 
 
 def run_stats(*args):
-    return subprocess.run([sys.executable, "-m", "xlbtm.scripts.corpus_stats", *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "xlbtm.scripts.corpus_stats", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +47,7 @@ def fields(doc):
 
 # ------------------------------------------------------------------------------------------ real corpus
 
+
 def test_manpages_counts_and_sp_ids(manpages_dir):
     c = Corpus(manpages_dir)
     train = list(c.iter_documents("train"))
@@ -63,8 +68,10 @@ def test_manpages_counts_and_sp_ids(manpages_dir):
 
 def test_manpages_gzip_copy_gives_identical_documents(tmp_path, manpages_dir):
     (tmp_path / "valid").mkdir()
-    with open(manpages_dir / "valid/manpages.jsonl", "rb") as src, \
-            gzip.open(tmp_path / "valid/manpages.jsonl.gz", "wb") as dst:
+    with (
+        open(manpages_dir / "valid/manpages.jsonl", "rb") as src,
+        gzip.open(tmp_path / "valid/manpages.jsonl.gz", "wb") as dst,
+    ):
         shutil.copyfileobj(src, dst)
     plain = list(Corpus(manpages_dir).iter_documents("valid"))
     gz = list(Corpus(tmp_path).iter_documents("valid"))
@@ -76,6 +83,7 @@ def test_manpages_gzip_copy_gives_identical_documents(tmp_path, manpages_dir):
 
 
 # -------------------------------------------------------------------------------------------- bad lines
+
 
 def inject(path: Path, line_no: int, raw: bytes) -> None:
     """Replace 1-based line `line_no` of a (plain or .gz) jsonl file with `raw`."""
@@ -145,8 +153,10 @@ def test_empty_split_and_split_without_documents(demo):
     (demo / "train/00000/notes.txt").write_text("not data")
     r = run_stats("--data-dir", demo, "--split", "train")
     assert r.returncode == 2
-    assert r.stderr == (f"xlbtm corpus_stats: error: {demo / 'train'}: split 'train' is empty: "
-                        "no *.jsonl or *.jsonl.gz files below it\n")
+    assert r.stderr == (
+        f"xlbtm corpus_stats: error: {demo / 'train'}: split 'train' is empty: "
+        "no *.jsonl or *.jsonl.gz files below it\n"
+    )
     (demo / "train/00000/blank.jsonl").write_text("\n  \n\n")
     r = run_stats("--data-dir", demo, "--split", "train")
     assert r.returncode == 2
@@ -177,8 +187,10 @@ def test_blank_lines_bom_and_crlf(tmp_path):
     (d / "a.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "one"}\r\n\r\n{"text": "three", "id": 3}\r\n\n')
     c = Corpus(tmp_path / "data")
     docs = list(c.iter_documents("train"))
-    assert [(x.sp_id, x.text, x.id) for x in docs] == [("train/0/a.jsonl|0", "one", None),
-                                                       ("train/0/a.jsonl|2", "three", "3")]
+    assert [(x.sp_id, x.text, x.id) for x in docs] == [
+        ("train/0/a.jsonl|0", "one", None),
+        ("train/0/a.jsonl|2", "three", "3"),
+    ]
     assert c.stats.blank == 2
     assert c.get("train/0/a.jsonl|0").text == "one" and c.get("train/0/a.jsonl|2").text == "three"
     with pytest.raises(InputError, match=r"a.jsonl:2: empty line"):
@@ -186,6 +198,7 @@ def test_blank_lines_bom_and_crlf(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- discovery / order
+
 
 def test_numeric_shard_and_file_order(tmp_path):
     root = tmp_path / "data"
@@ -198,8 +211,16 @@ def test_numeric_shard_and_file_order(tmp_path):
     (root / "train/2/.hidden.jsonl").write_text('{"text": "no"}\n')
     (root / "train/2/readme.txt").write_text("no")
     got = [p.relative_to(root / "train").as_posix() for p in find_jsonl_files(root / "train")]
-    assert got == ["1/part2.jsonl.gz", "1/part10.jsonl", "2/part2.jsonl.gz", "2/part10.jsonl",
-                   "00003/part2.jsonl.gz", "00003/part10.jsonl", "10/part2.jsonl.gz", "10/part10.jsonl"]
+    assert got == [
+        "1/part2.jsonl.gz",
+        "1/part10.jsonl",
+        "2/part2.jsonl.gz",
+        "2/part10.jsonl",
+        "00003/part2.jsonl.gz",
+        "00003/part10.jsonl",
+        "10/part2.jsonl.gz",
+        "10/part10.jsonl",
+    ]
     texts = [d.text for d in Corpus(root).iter_documents("train")]
     assert texts == got
 
@@ -215,6 +236,7 @@ def test_symlinked_shard_dir_keeps_relative_sp_ids(tmp_path, demo_master):
 
 
 # --------------------------------------------------------------------------------------- random access
+
 
 def test_random_access_relative_absolute_and_moved(demo):
     c = Corpus(demo)
@@ -257,6 +279,7 @@ def test_random_access_gz_matches_plain(demo):
 
 # ------------------------------------------------------------------------------------ line-index cache
 
+
 def cache_dir():
     return Path(os.environ["XLBTM_CACHE_DIR"]) / "line-index"
 
@@ -296,8 +319,9 @@ def test_index_goes_to_user_cache_when_data_dir_is_read_only(demo):
 def test_index_respects_os_access(demo, monkeypatch):
     real_access = os.access
     shard = demo / "train/00000"
-    monkeypatch.setattr(corpus_mod.os, "access",
-                        lambda p, mode, **kw: False if Path(p) == shard else real_access(p, mode, **kw))
+    monkeypatch.setattr(
+        corpus_mod.os, "access", lambda p, mode, **kw: False if Path(p) == shard else real_access(p, mode, **kw)
+    )
     before = sorted(os.listdir(shard))
     c = Corpus(demo)
     c.get("train/00000/demo.jsonl|1")
@@ -310,8 +334,12 @@ def test_get_many_returns_input_order(demo):
     with open(plain, "rb") as src, gzip.open(str(plain) + ".gz", "wb") as dst:
         shutil.copyfileobj(src, dst)
     c = Corpus(demo)
-    ids = ["train/00000/demo.jsonl.gz|20", "train/00001/demo.jsonl|3", "train/00000/demo.jsonl.gz|1",
-           f"{demo}/train/00000/demo.jsonl|20"]
+    ids = [
+        "train/00000/demo.jsonl.gz|20",
+        "train/00001/demo.jsonl|3",
+        "train/00000/demo.jsonl.gz|1",
+        f"{demo}/train/00000/demo.jsonl|20",
+    ]
     assert c.get_many(ids) == [c.get(s) for s in ids]
     with pytest.raises(InputError):
         c.get_many(["nope"])
@@ -329,8 +357,8 @@ def test_symlink_loops_and_second_links_are_read_once(tmp_path):
     root = tmp_path / "data"
     _doc_lines(root / "train" / "0" / "a.jsonl", 3, "a")
     _doc_lines(root / "train" / "1" / "b.jsonl", 2, "b")
-    os.symlink(root / "train", root / "train" / "1" / "loop")        # loop: train/1/loop/1/loop/...
-    os.symlink(root / "train" / "0", root / "train" / "2")           # the same shard under a second name
+    os.symlink(root / "train", root / "train" / "1" / "loop")  # loop: train/1/loop/1/loop/...
+    os.symlink(root / "train" / "0", root / "train" / "2")  # the same shard under a second name
     os.symlink(root / "train" / "0" / "a.jsonl", root / "train" / "1" / "a-again.jsonl")
     corpus = Corpus(root)
     files = [corpus.rel(f) for f in corpus.files("train")]
@@ -372,8 +400,9 @@ def test_hostile_lines_are_one_clear_error(tmp_path):
         docs = list(iter_file(f, skip_bad_lines=True))  # or counted and skipped
         assert [d.text for d in docs] == ["ok"]
     gz = tmp_path / "corrupt.jsonl.gz"
-    data = bytearray(gzip.compress(("".join(json.dumps({"text": f"doc {i} " * 50}) + "\n"
-                                            for i in range(200))).encode()))
+    data = bytearray(
+        gzip.compress(("".join(json.dumps({"text": f"doc {i} " * 50}) + "\n" for i in range(200))).encode())
+    )
     for k in range(40, len(data) - 40, 7):  # scribble over the deflate stream, keep the header
         data[k] ^= 0x5A
     gz.write_bytes(bytes(data))
@@ -395,12 +424,15 @@ def test_a_50_mb_line_is_refused_while_streaming_past_it(tmp_path, monkeypatch):
         out.write(b'"}\n{"text": "after"}\n')
     assert corpus_mod.MAX_DOCUMENT_BYTES == 16 << 20  # the documented default
     tracemalloc.start()
-    with pytest.raises(InputError, match=r"big.jsonl:2: line of 50.0 MB is over the 16 MiB limit.*"
-                                         r"XLBTM_MAX_DOCUMENT_BYTES"):
+    with pytest.raises(
+        InputError,
+        match=r"big.jsonl:2: line of 50.0 MB is over the 16 MiB limit.*"
+        r"XLBTM_MAX_DOCUMENT_BYTES",
+    ):
         list(iter_file(f))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert peak < 40 << 20, f"peak {peak / 2 ** 20:.0f} MiB"  # the 50 MB line was never held whole
+    assert peak < 40 << 20, f"peak {peak / 2**20:.0f} MiB"  # the 50 MB line was never held whole
 
     stats = corpus_mod.ReadStats()
     docs = list(iter_file(f, "train/big.jsonl", skip_bad_lines=True, stats=stats))

@@ -109,8 +109,20 @@ def test_binarize_cli_reports_unassigned_with_exit_2(demo, tmp_path, capsys):
     shutil.copytree(cdir, c2)
     f = cluster_files(c2, "valid")[0]
     f.write_text("\n".join(f.read_text().splitlines()[1:]) + "\n")
-    argv = ["--path-to-data", str(data), "--path-to-clusters-dir", str(c2), "--tokenizer", str(tok.path),
-            "--output-dir", str(tmp_path / "out"), "--splits", "valid", "--workers", "0"]
+    argv = [
+        "--path-to-data",
+        str(data),
+        "--path-to-clusters-dir",
+        str(c2),
+        "--tokenizer",
+        str(tok.path),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--splits",
+        "valid",
+        "--workers",
+        "0",
+    ]
     assert main_wrapper("binarize", main, argv) == 2
     assert "1 documents" in capsys.readouterr().err
     assert main_wrapper("binarize", main, argv + ["--allow-unassigned"]) == 0
@@ -138,7 +150,7 @@ def test_clm_blocks_are_packed_and_shifted(demo, binarized):
     assert x0.shape == (16,) and np.array_equal(x0[1:], y0[:-1])
     assert y0[-1] == x1[0]  # blocks continue the stream: every token is predicted once
     flat = np.concatenate([ds.get(i)[0] for i in range(len(ds))])
-    assert np.array_equal(flat, np.asarray(s.tokens[:len(flat)], dtype=np.int64))
+    assert np.array_equal(flat, np.asarray(s.tokens[: len(flat)], dtype=np.int64))
     assert (flat == tok.eos_id).sum() >= 2  # documents packed across block boundaries
 
 
@@ -147,12 +159,13 @@ def test_mlm_masking_rates_and_determinism(demo, binarized):
     from xlbtm.data.dataset import MLMDataset, TokenStream
 
     root, data, tok, cdir = demo
-    ds = MLMDataset(TokenStream(bin_path(root / "bin", "train", 0)), 64, vocab_size=tok.vocab_size,
-                    mask_id=tok.mask_id, seed=3)
+    ds = MLMDataset(
+        TokenStream(bin_path(root / "bin", "train", 0)), 64, vocab_size=tok.vocab_size, mask_id=tok.mask_id, seed=3
+    )
     n_cand = n_tgt = n_mask = n_same = 0
     for i in range(len(ds)):
         x, y = ds.get(i, global_index=i)
-        body = np.asarray(ds.stream.tokens[i * 63:(i + 1) * 63], dtype=np.int64)
+        body = np.asarray(ds.stream.tokens[i * 63 : (i + 1) * 63], dtype=np.int64)
         orig = np.concatenate([[tok.bos_id], body])
         assert x[0] == tok.bos_id and len(x) == 64
         tgt = y != -100
@@ -186,6 +199,7 @@ def test_sampler_is_a_seeded_permutation_per_epoch_and_dp_split_is_exact():
 
 
 # ------------------------------------------------------------------------------------------- stale inputs
+
 
 def _copy_demo(demo, tmp_path):
     import shutil
@@ -246,7 +260,7 @@ def test_train_experts_rebinarizes_a_split_whose_cluster_files_changed(demo, tmp
     import os
 
     st = f.stat()
-    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert not binarized_done(tmp_path / "bin", ["train", "valid"], tok.fingerprint, "test-fp", data, cdir)
     assert split_inputs(data, "valid", cdir)["clusters"][0][0] == f.relative_to(cdir).as_posix()
 

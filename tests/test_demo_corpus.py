@@ -54,8 +54,15 @@ def test_layout_fields_and_summary_match_reader(tmp_path):
 
 def _script_of(ch):
     name = unicodedata.name(ch, "")
-    for key, script in (("LATIN", "Latin"), ("CYRILLIC", "Cyrillic"), ("GREEK", "Greek"), ("ARABIC", "Arabic"),
-                        ("CJK", "Han"), ("DEVANAGARI", "Devanagari"), ("HANGUL", "Hangul")):
+    for key, script in (
+        ("LATIN", "Latin"),
+        ("CYRILLIC", "Cyrillic"),
+        ("GREEK", "Greek"),
+        ("ARABIC", "Arabic"),
+        ("CJK", "Han"),
+        ("DEVANAGARI", "Devanagari"),
+        ("HANGUL", "Hangul"),
+    ):
         if name.startswith(key):
             return script
     return None
@@ -110,13 +117,30 @@ def test_refuses_to_overwrite_other_data_and_bad_args(tmp_path):
 
 def test_cli(tmp_path):
     out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, "-m", "xlbtm.scripts.make_demo_corpus", "--out", str(out),
-                        "--num-train-docs", "40", "--num-valid-docs", "4", "--seed", "1"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xlbtm.scripts.make_demo_corpus",
+            "--out",
+            str(out),
+            "--num-train-docs",
+            "40",
+            "--num-valid-docs",
+            "4",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "[make_demo_corpus] wrote 40 train + 4 valid documents" in r.stderr
     write_demo_corpus(tmp_path / "lib", n_train=40, n_valid=4, seed=1)
     assert read_files(out) == read_files(tmp_path / "lib")
-    r = subprocess.run([sys.executable, "-m", "xlbtm.scripts.make_demo_corpus", "--out", str(out),
-                        "--langs", "en,xx"], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "xlbtm.scripts.make_demo_corpus", "--out", str(out), "--langs", "en,xx"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--langs" in r.stderr

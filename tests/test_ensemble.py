@@ -31,6 +31,7 @@ def _rand_log_w(K, N, seed=1):
 
 # ------------------------------------------------------------------------------------------------ mixing
 
+
 def test_mixture_equals_brute_force():
     K, N = 4, 37
     logp, log_w = _rand_logp(K, N), _rand_log_w(K, N)
@@ -84,7 +85,7 @@ def test_oracle_picks_best_expert_per_document():
     logp = _rand_logp(K, 40, seed=3)
     best, which = mixing.oracle(logp, offsets)
     for d in range(3):
-        sums = [logp[k, offsets[d]:offsets[d + 1]].sum().item() for k in range(K)]
+        sums = [logp[k, offsets[d] : offsets[d + 1]].sum().item() for k in range(K)]
         assert which[d].item() == int(np.argmax(sums))
         assert best[d].item() == pytest.approx(max(sums))
 
@@ -95,6 +96,7 @@ def test_perplexity_empty_is_nan():
 
 
 # ----------------------------------------------------------------------------------------------- routing
+
 
 def _toy_featurizer(V=40, d=6, K=3, seed=0, dtype="float64"):
     from xlbtm.cluster.featurize import Lsa
@@ -135,8 +137,10 @@ def test_incremental_routing_equals_per_prefix_recompute():
     assert (e_inc == e_ref).all()
     assert e_inc[0] and e_inc[1]  # empty prefix, then a prefix of one unknown token
     for T in (0.05, 1.0):
-        assert torch.allclose(routing.log_weights(torch.from_numpy(d_inc), T, empty=torch.from_numpy(e_inc)),
-                              routing.log_weights(torch.from_numpy(d_ref), T, empty=torch.from_numpy(e_ref)))
+        assert torch.allclose(
+            routing.log_weights(torch.from_numpy(d_inc), T, empty=torch.from_numpy(e_inc)),
+            routing.log_weights(torch.from_numpy(d_ref), T, empty=torch.from_numpy(e_ref)),
+        )
 
 
 def test_float32_routing_is_close_to_float64():
@@ -173,7 +177,7 @@ def test_cbtm_compat_equals_cbtm_formula():
     for j in range(len(ids)):
         h = _scratch_featurize(f, ids[:j])  # zero vector at j=0, as c-BTM's Normalizer leaves it
         dist = torch.tensor([np.sum((h - c) ** 2) for c in cents])  # kmeans_pytorch.pairwise_distance
-        cbtm = torch.nn.functional.softmax(-dist ** 2 / T, dim=0)
+        cbtm = torch.nn.functional.softmax(-(dist**2) / T, dim=0)
         assert torch.allclose(lw[:, j], cbtm.to(torch.float64), atol=1e-12)
     # and it differs from xlbtm's default weights
     assert not torch.allclose(lw, routing.log_weights(torch.from_numpy(d), T).exp())
@@ -236,25 +240,49 @@ def tiny(tmp_path_factory):
     return {"root": root, "data": root / "data", "tok": tok}
 
 
-def make_expert(run_dir: Path, tok, cluster: int, K: int, *, seed: int, fingerprint="fp-test", objective="clm",
-                consolidated=False, max_positions=64, state=None):
+def make_expert(
+    run_dir: Path,
+    tok,
+    cluster: int,
+    K: int,
+    *,
+    seed: int,
+    fingerprint="fp-test",
+    objective="clm",
+    consolidated=False,
+    max_positions=64,
+    state=None,
+):
     """An expert run dir as training leaves it: expert.json + a DCP checkpoint (or a consolidated.pt)."""
     import torch.distributed.checkpoint as dcp
 
     from xlbtm.io import write_json
     from xlbtm.models import build_model, get_preset
 
-    args = get_preset("debug" if objective == "clm" else "debug-xlmr", vocab_size=tok.vocab_size,
-                      max_positions=max_positions)
+    args = get_preset(
+        "debug" if objective == "clm" else "debug-xlmr", vocab_size=tok.vocab_size, max_positions=max_positions
+    )
     torch.manual_seed(seed)
     model = build_model(args)
     if state is not None:
         model.load_state_dict(state)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "expert.json", {
-        "format": "xlbtm-expert/1", "cluster": cluster, "num_clusters": K, "clusterer_fingerprint": fingerprint,
-        "objective": objective, "model_args": args.to_dict(), "tokenizer": str(tok.path),
-        "tokenizer_fingerprint": tok.fingerprint, "seed_model": "debug", "run_name": run_dir.name, "data": {}})
+    write_json(
+        run_dir / "expert.json",
+        {
+            "format": "xlbtm-expert/1",
+            "cluster": cluster,
+            "num_clusters": K,
+            "clusterer_fingerprint": fingerprint,
+            "objective": objective,
+            "model_args": args.to_dict(),
+            "tokenizer": str(tok.path),
+            "tokenizer_fingerprint": tok.fingerprint,
+            "seed_model": "debug",
+            "run_name": run_dir.name,
+            "data": {},
+        },
+    )
     sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if consolidated:
         from xlbtm.formats.consolidated import save_consolidated
@@ -283,8 +311,11 @@ def fake_clusterer(monkeypatch, tiny):
 
     def load(path):
         if path not in made:
-            made[path] = FakeTypological({"de": 1}) if "typo" in path else FakeSubwordClusterer(
-                tiny["tok"].vocab_size, 2, fingerprint="fp-test")
+            made[path] = (
+                FakeTypological({"de": 1})
+                if "typo" in path
+                else FakeSubwordClusterer(tiny["tok"].vocab_size, 2, fingerprint="fp-test")
+            )
         return made[path]
 
     monkeypatch.setattr(ev, "_load_clusterer", load)
@@ -321,26 +352,51 @@ def test_eval_clustering_sweep_matches_brute_force_and_reuses_scores(tiny, fake_
     make_expert(ser / "run.cluster0", tiny["tok"], 1, 2, seed=1)
     make_expert(ser / "run.cluster1", tiny["tok"], 0, 2, seed=2)
     job = tmp_path / "job"
-    res = _eval(tiny, job, ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(ser),
-                temperatures=[0.5, 2.0], topks=[-1, 1], max_valid_steps=8)
+    res = _eval(
+        tiny,
+        job,
+        ensemble_type="clustering",
+        path_to_clusterer="C",
+        experts_dir=str(ser),
+        temperatures=[0.5, 2.0],
+        topks=[-1, 1],
+        max_valid_steps=8,
+    )
     assert res["documents"] == 8 and res["tokens"] > 0
-    assert set(res) >= {"dataset", "result_ppl", "per_language", "per_cluster", "tokens", "documents", "settings",
-                        "top_expert"}
+    assert set(res) >= {
+        "dataset",
+        "result_ppl",
+        "per_language",
+        "per_cluster",
+        "tokens",
+        "documents",
+        "settings",
+        "top_expert",
+    }
     assert len(res["sweep"]) == 4
     assert res["settings"]["experts"][0].endswith("run.cluster1")  # cluster 0 lives in folder cluster1
     docs = load_docs(job)
     route = dict(np.load(job / "routing.npz"))
     for s in res["sweep"]:
         assert s["result_ppl"] == pytest.approx(
-            _brute_force(job, docs, ["expert0", "expert1"], route, s["temperature"], s["topk"]), rel=1e-6)
+            _brute_force(job, docs, ["expert0", "expert1"], route, s["temperature"], s["topk"]), rel=1e-6
+        )
     # per-language token counts add up
     assert sum(v["tokens"] for v in res["per_language"].values()) == res["tokens"]
     assert (job / "report.md").read_text().count("| ") > 5
     assert (job / "ppl_by_language.png").read_bytes()[:4] == b"\x89PNG"
     # a second run with other settings reuses the score caches
     mtimes = {p: p.stat().st_mtime_ns for p in (job / "scores").glob("*.npz")}
-    res2 = _eval(tiny, job, ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(ser),
-                 temperatures=[0.5], topks=[-1], max_valid_steps=8)
+    res2 = _eval(
+        tiny,
+        job,
+        ensemble_type="clustering",
+        path_to_clusterer="C",
+        experts_dir=str(ser),
+        temperatures=[0.5],
+        topks=[-1],
+        max_valid_steps=8,
+    )
     assert res2["result_ppl"] == pytest.approx(res["sweep"][0]["result_ppl"], rel=1e-12)
     assert {p: p.stat().st_mtime_ns for p in (job / "scores").glob("*.npz")} == mtimes
 
@@ -352,15 +408,14 @@ def test_cached_clm_scores_equal_a_plain_forward(tiny, tmp_path):
     model, args = make_expert(tmp_path / "e", tiny["tok"], 0, 1, seed=3, fingerprint=None)
     docs = prepare_docs(tmp_path / "job", tiny["data"], "valid", tiny["tok"], max_tokens=40, max_docs=5)
     assert np.diff(docs.offsets).max() <= 40
-    score_expert(tmp_path / "job", "dense", read_expert(tmp_path / "e"), load_docs(tmp_path / "job"),
-                 batch_tokens=100)
+    score_expert(tmp_path / "job", "dense", read_expert(tmp_path / "e"), load_docs(tmp_path / "job"), batch_tokens=100)
     lp = read_scores(tmp_path / "job", "dense")
     for d in range(docs.num_docs):
         x = torch.from_numpy(docs.doc(d))
         inp = torch.cat([torch.tensor([args.eos_id]), x[:-1]])[None]
         with torch.no_grad():
             ref = torch.log_softmax(model(inp).float(), -1)[0, torch.arange(len(x)), x]
-        np.testing.assert_allclose(lp[docs.offsets[d]:docs.offsets[d + 1]], ref.numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(lp[docs.offsets[d] : docs.offsets[d + 1]], ref.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_clm_windows_cover_every_target_once():
@@ -389,8 +444,15 @@ def test_long_documents_are_scored_whole_in_windows_of_the_trained_context(tiny,
     lengths = np.diff(docs.offsets)
     window = 16
     assert lengths.max() > 3 * window  # the fixture really has documents longer than a window
-    score_expert(tmp_path / "job", "dense", read_expert(tmp_path / "e"), load_docs(tmp_path / "job"),
-                 batch_tokens=64, window=window, stride=stride)
+    score_expert(
+        tmp_path / "job",
+        "dense",
+        read_expert(tmp_path / "e"),
+        load_docs(tmp_path / "job"),
+        batch_tokens=64,
+        window=window,
+        stride=stride,
+    )
     lp = read_scores(tmp_path / "job", "dense")
     assert len(lp) == lengths.sum()
     for d in range(docs.num_docs):
@@ -401,7 +463,7 @@ def test_long_documents_are_scored_whole_in_windows_of_the_trained_context(tiny,
             with torch.no_grad():
                 out = torch.log_softmax(model(stream[a:e][None]).float(), -1)[0]
             ref[f:e] = out[torch.arange(f - a, e - a), x[f:e]].numpy()
-        np.testing.assert_allclose(lp[docs.offsets[d]:docs.offsets[d + 1]], ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(lp[docs.offsets[d] : docs.offsets[d + 1]], ref, rtol=1e-4, atol=1e-4)
 
 
 def test_eval_scores_in_the_experts_trained_context_by_default(tiny, tmp_path):
@@ -458,11 +520,19 @@ def test_identical_experts_give_the_dense_ppl_end_to_end(tiny, fake_clusterer, t
     sd = model.state_dict()
     for k in range(2):
         make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=9, state=sd)
-    dense = _eval(tiny, tmp_path / "jd", ensemble_type="dense", model_paths=[str(tmp_path / "dense")],
-                  max_valid_steps=6)
+    dense = _eval(
+        tiny, tmp_path / "jd", ensemble_type="dense", model_paths=[str(tmp_path / "dense")], max_valid_steps=6
+    )
     for et in ("clustering", "uniform", "oracle", "average"):
-        r = _eval(tiny, tmp_path / f"j{et}", ensemble_type=et, path_to_clusterer="C",
-                  experts_dir=str(tmp_path / "ens"), max_valid_steps=6, dense_result=str(tmp_path / "jd"))
+        r = _eval(
+            tiny,
+            tmp_path / f"j{et}",
+            ensemble_type=et,
+            path_to_clusterer="C",
+            experts_dir=str(tmp_path / "ens"),
+            max_valid_steps=6,
+            dense_result=str(tmp_path / "jd"),
+        )
         assert r["result_ppl"] == pytest.approx(dense["result_ppl"], rel=1e-5), et
     assert "dense ppl" in (tmp_path / "jclustering" / "report.md").read_text()
 
@@ -471,8 +541,16 @@ def test_oracle_lang_and_uniform(tiny, fake_clusterer, tmp_path):
     for k in range(2):
         make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=20 + k, fingerprint="fp-typo")
     kw = dict(experts_dir=str(tmp_path / "ens"), max_valid_steps=10)
-    single = [_eval(tiny, tmp_path / f"s{k}", ensemble_type="dense",
-                    model_paths=[str(tmp_path / "ens" / f"x.cluster{k}")], max_valid_steps=10) for k in range(2)]
+    single = [
+        _eval(
+            tiny,
+            tmp_path / f"s{k}",
+            ensemble_type="dense",
+            model_paths=[str(tmp_path / "ens" / f"x.cluster{k}")],
+            max_valid_steps=10,
+        )
+        for k in range(2)
+    ]
     orc = _eval(tiny, tmp_path / "o", ensemble_type="oracle", **kw)
     uni = _eval(tiny, tmp_path / "u", ensemble_type="uniform", **kw)
     lang = _eval(tiny, tmp_path / "l", ensemble_type="lang", path_to_clusterer="typo", **kw)
@@ -515,8 +593,11 @@ def test_expert_matching_errors(tiny, tmp_path):
     with pytest.raises(InputError, match=r"no expert for cluster\(s\) \[1\]"):
         match_experts(find_experts(ser), num_clusters=3, clusterer_fingerprint="fp-test")
     make_expert(ser / "r.cluster1", tiny["tok"], 1, 3, seed=1)
-    assert [e.cluster for e in match_experts(find_experts(ser), num_clusters=3,
-                                             clusterer_fingerprint="fp-test")] == [0, 1, 2]
+    assert [e.cluster for e in match_experts(find_experts(ser), num_clusters=3, clusterer_fingerprint="fp-test")] == [
+        0,
+        1,
+        2,
+    ]
     with pytest.raises(InputError, match="another clusterer"):
         match_experts(find_experts(ser), num_clusters=3, clusterer_fingerprint="other")
     info0 = json.loads((ser / "r.cluster0" / "expert.json").read_text())
@@ -544,9 +625,28 @@ def test_eval_script_flags_and_errors(tiny, fake_clusterer, tmp_path, capsys):
     for k in range(2):
         make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=30 + k)
     paths = ",".join(str(tmp_path / "ens" / f"x.cluster{k}") for k in (1, 0))
-    argv = ["--data-dir", str(tiny["data"]), "--data-subset", "valid", "--path-to-clusterer", "C",
-            "--model-paths", paths, "--temperature", "0.1", "0.3", "--topk", "-1", "--ensemble-type", "clustering",
-            "--max-valid-steps", "4", "--job-dir", str(tmp_path / "job"), "--cbtm-compat"]
+    argv = [
+        "--data-dir",
+        str(tiny["data"]),
+        "--data-subset",
+        "valid",
+        "--path-to-clusterer",
+        "C",
+        "--model-paths",
+        paths,
+        "--temperature",
+        "0.1",
+        "0.3",
+        "--topk",
+        "-1",
+        "--ensemble-type",
+        "clustering",
+        "--max-valid-steps",
+        "4",
+        "--job-dir",
+        str(tmp_path / "job"),
+        "--cbtm-compat",
+    ]
     assert main_wrapper("eval_ensemble", eval_ensemble.main, argv) == 0
     res = json.loads((tmp_path / "job" / "result.json").read_text())
     assert res["settings"]["cbtm_compat"] is True and len(res["sweep"]) == 2
@@ -559,11 +659,30 @@ def test_eval_script_flags_and_errors(tiny, fake_clusterer, tmp_path, capsys):
     assert main_wrapper("eval_ensemble", eval_ensemble.main, argv) == 2
     assert "tokenizer" in capsys.readouterr().err
     with pytest.raises(UsageError):
-        eval_ensemble.main(argv[:4] + ["--model-paths", paths, "--ensemble-type", "clustering",
-                                       "--job-dir", str(tmp_path / "j2"), "--batch-tokens", "0"])
+        eval_ensemble.main(
+            argv[:4]
+            + [
+                "--model-paths",
+                paths,
+                "--ensemble-type",
+                "clustering",
+                "--job-dir",
+                str(tmp_path / "j2"),
+                "--batch-tokens",
+                "0",
+            ]
+        )
     for flag, value in (("--temperature", "nan"), ("--temperature", "0"), ("--topk", "0"), ("--topk", "-2")):
-        bad = argv[:6] + ["--model-paths", paths, "--ensemble-type", "clustering", "--job-dir",
-                          str(tmp_path / "j3"), flag, value]
+        bad = argv[:6] + [
+            "--model-paths",
+            paths,
+            "--ensemble-type",
+            "clustering",
+            "--job-dir",
+            str(tmp_path / "j3"),
+            flag,
+            value,
+        ]
         assert main_wrapper("eval_ensemble", eval_ensemble.main, bad) == 2
         err = capsys.readouterr().err
         assert flag in err and len(err.strip().splitlines()) == 1, err
@@ -576,8 +695,13 @@ def test_run_local_scores_experts_as_separate_jobs(tiny, fake_clusterer, tmp_pat
     pytest.importorskip("submitit")
     for k in range(2):
         make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=40 + k)
-    kw = dict(ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(tmp_path / "ens"),
-              max_valid_steps=4, temperatures=[0.2])
+    kw = dict(
+        ensemble_type="clustering",
+        path_to_clusterer="C",
+        experts_dir=str(tmp_path / "ens"),
+        max_valid_steps=4,
+        temperatures=[0.2],
+    )
     ref = _eval(tiny, tmp_path / "inproc", **kw)
     res = _eval(tiny, tmp_path / "local", run="local", **kw)  # jobs with their own CPU thread counts
     assert res["result_ppl"] == pytest.approx(ref["result_ppl"], rel=ppl_rel_tol(ref["result_ppl"]))
@@ -590,8 +714,13 @@ def test_run_slurm_scores_experts_as_an_array(tiny, fake_clusterer, tmp_path, sl
     monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_cluster.partition)
     for k in range(2):
         make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=50 + k)
-    kw = dict(ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(tmp_path / "ens"),
-              max_valid_steps=4, temperatures=[0.2])
+    kw = dict(
+        ensemble_type="clustering",
+        path_to_clusterer="C",
+        experts_dir=str(tmp_path / "ens"),
+        max_valid_steps=4,
+        temperatures=[0.2],
+    )
     ref = _eval(tiny, tmp_path / "inproc", **kw)
     res = _eval(tiny, tmp_path / "slurm", run="slurm", **kw)  # on another node, with its own thread count
     assert res["result_ppl"] == pytest.approx(ref["result_ppl"], rel=ppl_rel_tol(ref["result_ppl"]))
@@ -600,6 +729,7 @@ def test_run_slurm_scores_experts_as_an_array(tiny, fake_clusterer, tmp_path, sl
 
 
 # --------------------------------------------------------------------------------- real clusterer artifacts
+
 
 @pytest.fixture(scope="module")
 def real_clusterers(tiny, tmp_path_factory):
@@ -645,14 +775,27 @@ def test_eval_with_real_clusterer_and_fingerprint_check(tiny, real_clusterers, t
     cdir, clus = real_clusterers["subword"]
     for k in range(2):
         make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=60 + k, fingerprint=clus.fingerprint)
-    res = _eval(tiny, tmp_path / "job", ensemble_type="clustering", path_to_clusterer=str(cdir),
-                experts_dir=str(tmp_path / "ens"), max_valid_steps=6, temperatures=[0.1])
+    res = _eval(
+        tiny,
+        tmp_path / "job",
+        ensemble_type="clustering",
+        path_to_clusterer=str(cdir),
+        experts_dir=str(tmp_path / "ens"),
+        max_valid_steps=6,
+        temperatures=[0.1],
+    )
     assert res["settings"]["clusterer_fingerprint"] == clus.fingerprint
     assert sum(v["documents"] for v in res["per_cluster"].values()) == res["documents"]
     wdir, _ = real_clusterers["word"]
     with pytest.raises(InputError, match="another clusterer"):
-        _eval(tiny, tmp_path / "job2", ensemble_type="clustering", path_to_clusterer=str(wdir),
-              experts_dir=str(tmp_path / "ens"), max_valid_steps=6)
+        _eval(
+            tiny,
+            tmp_path / "job2",
+            ensemble_type="clustering",
+            path_to_clusterer=str(wdir),
+            experts_dir=str(tmp_path / "ens"),
+            max_valid_steps=6,
+        )
 
 
 def test_lang_routing_with_a_real_typological_clusterer(tiny, tmp_path):
@@ -663,17 +806,37 @@ def test_lang_routing_with_a_real_typological_clusterer(tiny, tmp_path):
     clus = train_typological_clusterer(langs, 2, tmp_path / "typo", mode="balanced")
     for k in range(2):
         make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=70 + k, fingerprint=clus.fingerprint)
-    res = _eval(tiny, tmp_path / "job", ensemble_type="lang", path_to_clusterer=str(tmp_path / "typo"),
-                experts_dir=str(tmp_path / "ens"), max_valid_steps=12)
-    singles = [_eval(tiny, tmp_path / f"s{k}", ensemble_type="dense", max_valid_steps=12,
-                     model_paths=[str(tmp_path / "ens" / f"x.cluster{k}")]) for k in range(2)]
+    res = _eval(
+        tiny,
+        tmp_path / "job",
+        ensemble_type="lang",
+        path_to_clusterer=str(tmp_path / "typo"),
+        experts_dir=str(tmp_path / "ens"),
+        max_valid_steps=12,
+    )
+    singles = [
+        _eval(
+            tiny,
+            tmp_path / f"s{k}",
+            ensemble_type="dense",
+            max_valid_steps=12,
+            model_paths=[str(tmp_path / "ens" / f"x.cluster{k}")],
+        )
+        for k in range(2)
+    ]
     for lang, v in res["per_language"].items():
         k = clus.lang_to_cluster[lang]
         assert v["ppl"] == pytest.approx(singles[k]["per_language"][lang]["ppl"], rel=1e-5)
         assert res["top_expert"][str(k)] > 0
     with pytest.raises(UsageError, match="typological"):
-        _eval(tiny, tmp_path / "j2", ensemble_type="clustering", path_to_clusterer=str(tmp_path / "typo"),
-              experts_dir=str(tmp_path / "ens"), max_valid_steps=2)
+        _eval(
+            tiny,
+            tmp_path / "j2",
+            ensemble_type="clustering",
+            path_to_clusterer=str(tmp_path / "typo"),
+            experts_dir=str(tmp_path / "ens"),
+            max_valid_steps=2,
+        )
 
 
 def test_per_language_ppl_is_token_weighted(tiny, fake_clusterer, tmp_path):
@@ -686,14 +849,22 @@ def test_per_language_ppl_is_token_weighted(tiny, fake_clusterer, tmp_path):
     for k in range(2):
         make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 2, seed=80 + k)
     job = tmp_path / "job"
-    _eval(tiny, job, ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(tmp_path / "ens"),
-          max_valid_steps=12, temperatures=[0.5])
+    _eval(
+        tiny,
+        job,
+        ensemble_type="clustering",
+        path_to_clusterer="C",
+        experts_dir=str(tmp_path / "ens"),
+        max_valid_steps=12,
+        temperatures=[0.5],
+    )
     res = load_result(job)  # what result.json says
     docs = load_docs(job)
     lengths = np.diff(docs.offsets)
     assert len(set(docs.langs)) < docs.num_docs  # some language has several documents ...
-    assert any(len({int(lengths[d]) for d in range(docs.num_docs) if docs.langs[d] == lg}) > 1
-               for lg in set(docs.langs))  # ... of different lengths
+    assert any(
+        len({int(lengths[d]) for d in range(docs.num_docs) if docs.langs[d] == lg}) > 1 for lg in set(docs.langs)
+    )  # ... of different lengths
     N = res["tokens"]
 
     def check(groups, ppl):
@@ -722,12 +893,20 @@ def test_mlm_clustering_routes_by_the_whole_document(tiny, fake_clusterer, tmp_p
 
     # max_positions above the longest of these documents: nothing is truncated, "whole" is unambiguous
     for k in range(2):
-        make_expert(tmp_path / "ens" / f"m.cluster{k}", tiny["tok"], k, 2, seed=90 + k, objective="mlm",
-                    max_positions=640)
+        make_expert(
+            tmp_path / "ens" / f"m.cluster{k}", tiny["tok"], k, 2, seed=90 + k, objective="mlm", max_positions=640
+        )
     job = tmp_path / "job"
     temps = [0.05, 0.5]
-    res = _eval(tiny, job, ensemble_type="clustering", path_to_clusterer="C", experts_dir=str(tmp_path / "ens"),
-                max_valid_steps=6, temperatures=temps)
+    res = _eval(
+        tiny,
+        job,
+        ensemble_type="clustering",
+        path_to_clusterer="C",
+        experts_dir=str(tmp_path / "ens"),
+        max_valid_steps=6,
+        temperatures=temps,
+    )
     assert res["settings"]["objective"] == "mlm"
     docs = load_docs(job)
     texts = [d.text for d in itertools.islice(Corpus(tiny["data"]).iter_documents("valid"), 6)]
@@ -744,7 +923,7 @@ def test_mlm_clustering_routes_by_the_whole_document(tiny, fake_clusterer, tmp_p
         total = 0.0
         for d, sq in enumerate(posts):
             logw = torch.log_softmax(torch.from_numpy(-sq / T), 0).numpy()
-            seg = lp[:, docs.offsets[d]:docs.offsets[d + 1]]
+            seg = lp[:, docs.offsets[d] : docs.offsets[d + 1]]
             total += float(np.logaddexp(logw[0] + seg[0], logw[1] + seg[1]).sum())
         assert s["result_ppl"] == pytest.approx(math.exp(-total / lp.shape[1]), rel=1e-9), T
 
@@ -754,9 +933,15 @@ def test_report_labels_say_pseudo_ppl_for_masked_lm_results():
     from xlbtm.ensemble.report import render_markdown
 
     def result(objective):
-        return {"dataset": "d", "ensemble_type": "clustering", "result_ppl": 9.5, "tokens": 10, "documents": 2,
-                "settings": {"objective": objective, "num_experts": 2},
-                "per_language": {"de": {"ppl": 9.5, "tokens": 10, "documents": 2}}}
+        return {
+            "dataset": "d",
+            "ensemble_type": "clustering",
+            "result_ppl": 9.5,
+            "tokens": 10,
+            "documents": 2,
+            "settings": {"objective": objective, "num_experts": 2},
+            "per_language": {"de": {"ppl": 9.5, "tokens": 10, "documents": 2}},
+        }
 
     mlm = render_markdown(result("mlm"), dense=result("mlm"))
     assert "| dense pseudo-ppl | ensemble pseudo-ppl |" in mlm and "Dense baseline: pseudo-ppl" in mlm

@@ -21,16 +21,47 @@ def test_trained_experts_eval_before_and_after_consolidation(tmp_path):
     data, tok, cdir = make_demo_data(tmp_path, n_train=60, n_valid=10)
     binarize(data, tmp_path / "bin", load_tokenizer(tok), clusters_dir=cdir, workers=0)
     ser = tmp_path / "ser"
-    argv = ["--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir", str(cdir),
-            "--num-clusters", "2", "--path-to-data", str(data), "--serialization-dir", str(ser),
-            "--data-name", "demo", "--max-steps", "3", "--batch-size", "2", "--tokens-per-sample", "32",
-            "--learning-rate", "3e-3", "--save-interval-updates", "3", "--validate-interval-updates", "0",
-            "--log-interval", "1", "--binarize-workers", "0", "--run", "debug"]
+    argv = [
+        "--seed-model",
+        "debug",
+        "--tokenizer",
+        str(tok),
+        "--path-to-clusters-dir",
+        str(cdir),
+        "--num-clusters",
+        "2",
+        "--path-to-data",
+        str(data),
+        "--serialization-dir",
+        str(ser),
+        "--data-name",
+        "demo",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--tokens-per-sample",
+        "32",
+        "--learning-rate",
+        "3e-3",
+        "--save-interval-updates",
+        "3",
+        "--validate-interval-updates",
+        "0",
+        "--log-interval",
+        "1",
+        "--binarize-workers",
+        "0",
+        "--run",
+        "debug",
+    ]
     assert train_main(argv) == 0
     experts = ser / "2_clusters"
     cfg = dict(data_dir=str(data), data_subset="valid", experts_dir=str(experts), max_valid_steps=6)
-    before = {t: run_eval(EvalConfig(job_dir=str(tmp_path / f"dcp_{t}"), ensemble_type=t, **cfg))
-              for t in ("uniform", "oracle")}
+    before = {
+        t: run_eval(EvalConfig(job_dir=str(tmp_path / f"dcp_{t}"), ensemble_type=t, **cfg))
+        for t in ("uniform", "oracle")
+    }
     runs = sorted(p.parent for p in experts.glob("*/expert.json"))
     assert len(runs) == 2
     for run in runs:

@@ -23,7 +23,7 @@ def _eval(tiny, job, **kw):
 
 @pytest.fixture
 def clusterers(monkeypatch, tiny):
-    """"C3": a K=3 subword clusterer; "C2": the same clusterer with centroid 1 removed (the ensemble that
+    """ "C3": a K=3 subword clusterer; "C2": the same clusterer with centroid 1 removed (the ensemble that
     never had expert 1); "typo": a typological one sending de -> 1, ru -> 2, the rest -> 0."""
     import xlbtm.ensemble.evaluate as ev
 
@@ -51,13 +51,22 @@ def test_excluding_an_expert_equals_an_ensemble_built_without_it(tiny, clusterer
     for k, src in enumerate((0, 2)):
         make_expert(ref_dir / f"x.cluster{k}", tiny["tok"], k, 2, seed=0, fingerprint="fp-2", state=states[src])
     kw = dict(max_valid_steps=8, temperatures=[0.05, 0.5], topks=[-1, 1])
-    everything = _eval(tiny, tmp_path / "j_all", ensemble_type="clustering", path_to_clusterer="C3",
-                       experts_dir=str(full), **kw)
+    everything = _eval(
+        tiny, tmp_path / "j_all", ensemble_type="clustering", path_to_clusterer="C3", experts_dir=str(full), **kw
+    )
     shutil.rmtree(full / "x.cluster1")  # opted out: the expert's run dir is gone
-    excl = _eval(tiny, tmp_path / "j_excl", ensemble_type="clustering", path_to_clusterer="C3",
-                 experts_dir=str(full), exclude_experts=[1], **kw)
-    ref = _eval(tiny, tmp_path / "j_ref", ensemble_type="clustering", path_to_clusterer="C2",
-                experts_dir=str(ref_dir), **kw)
+    excl = _eval(
+        tiny,
+        tmp_path / "j_excl",
+        ensemble_type="clustering",
+        path_to_clusterer="C3",
+        experts_dir=str(full),
+        exclude_experts=[1],
+        **kw,
+    )
+    ref = _eval(
+        tiny, tmp_path / "j_ref", ensemble_type="clustering", path_to_clusterer="C2", experts_dir=str(ref_dir), **kw
+    )
     assert excl["tokens"] == ref["tokens"]
     for a, b in zip(excl["sweep"], ref["sweep"], strict=True):
         assert a["result_ppl"] == pytest.approx(b["result_ppl"], rel=1e-9), (a["temperature"], a["topk"])
@@ -74,8 +83,9 @@ def test_excluding_an_expert_equals_an_ensemble_built_without_it(tiny, clusterer
     assert excl["top_expert"]["2"] == pytest.approx(ref["top_expert"]["1"])
     assert "Excluded experts" in (tmp_path / "j_excl" / "report.md").read_text()
     for et in ("uniform", "oracle", "average"):  # the other mixtures are over the remaining experts too
-        a = _eval(tiny, tmp_path / f"e_{et}", ensemble_type=et, experts_dir=str(full), exclude_experts=[1],
-                  max_valid_steps=8)
+        a = _eval(
+            tiny, tmp_path / f"e_{et}", ensemble_type=et, experts_dir=str(full), exclude_experts=[1], max_valid_steps=8
+        )
         b = _eval(tiny, tmp_path / f"r_{et}", ensemble_type=et, experts_dir=str(ref_dir), max_valid_steps=8)
         assert a["result_ppl"] == pytest.approx(b["result_ppl"], rel=1e-9), et
 
@@ -100,8 +110,7 @@ def test_lang_routing_gives_documents_of_an_excluded_language_the_uniform_mixtur
     ens = tmp_path / "ens"
     _build(tiny, ens, "fp-typo")
     job = tmp_path / "j"
-    res = _eval(tiny, job, ensemble_type="lang", path_to_clusterer="typo", experts_dir=str(ens),
-                exclude_experts=[1])
+    res = _eval(tiny, job, ensemble_type="lang", path_to_clusterer="typo", experts_dir=str(ens), exclude_experts=[1])
     docs = load_docs(job)
     lp = {k: read_scores(job, f"expert{k}").astype(np.float64) for k in (0, 2)}
     langs = np.repeat(np.asarray(docs.langs), np.diff(docs.offsets))
@@ -129,8 +138,18 @@ def test_exclude_experts_errors(tiny, clusterers, tmp_path, capsys):
             _eval(tiny, tmp_path / "j", ensemble_type="uniform", experts_dir=str(ens), exclude_experts=bad)
     with pytest.raises(UsageError, match="dense"):
         _eval(tiny, tmp_path / "j", ensemble_type="dense", model_paths=[str(ens / "x.cluster0")], exclude_experts=[0])
-    base = ["--data-dir", str(tiny["data"]), "--experts-dir", str(ens), "--ensemble-type", "uniform",
-            "--max-valid-steps", "2", "--job-dir", str(tmp_path / "js")]
+    base = [
+        "--data-dir",
+        str(tiny["data"]),
+        "--experts-dir",
+        str(ens),
+        "--ensemble-type",
+        "uniform",
+        "--max-valid-steps",
+        "2",
+        "--job-dir",
+        str(tmp_path / "js"),
+    ]
     for value in ("0,1,2", "7"):
         assert main_wrapper("eval_ensemble", eval_ensemble.main, base + ["--exclude-experts", value]) == 2
         err = capsys.readouterr().err

@@ -37,8 +37,12 @@ def test_clusterer_artifacts(v1):
     from xlbtm.cluster.artifact import load_clusterer
 
     c = load_clusterer(v1 / "clusterer")
-    assert (c.kind, c.num_clusters, c.featurizer_kind, c.vocab) == ("tfidf", 2, "word", ["[UNK]", "alpha", "beta",
-                                                                                         "gamma"])
+    assert (c.kind, c.num_clusters, c.featurizer_kind, c.vocab) == (
+        "tfidf",
+        2,
+        "word",
+        ["[UNK]", "alpha", "beta", "gamma"],
+    )
     assert c.idf.shape == (4,) and c.components.shape == (3, 4) and c.centroids.shape == (2, 3)
     assert c.predict(["alpha beta", "gamma gamma"]).shape == (2,)
     t = load_clusterer(v1 / "typological")

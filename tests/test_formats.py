@@ -14,8 +14,19 @@ from xlbtm.models.adapters import hf_to_xlbtm, xlbtm_to_fairseq
 
 
 def _args(arch="xglm", **kw):
-    base = dict(arch=arch, vocab_size=102, d_model=32, n_layers=2, n_heads=4, ffn_dim=64, max_positions=32,
-                dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, scale_embedding=(arch == "xglm"))
+    base = dict(
+        arch=arch,
+        vocab_size=102,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        ffn_dim=64,
+        max_positions=32,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        scale_embedding=(arch == "xglm"),
+    )
     base.update(kw)
     return ModelArgs(**base)
 
@@ -116,7 +127,9 @@ def test_metaseq_sharded_to_hf_preserves_logits_exactly(tmp_path):
     args = _args()
     m = _model(args, seed=4)
     write_sharded_checkpoint(tmp_path / "ck" / "checkpoint_last", m.state_dict(), args, model_parts=2, shards=2)
-    main(["--checkpoint", str(tmp_path / "ck" / "checkpoint_last-model_part-0-shard0.pt"), "--out", str(tmp_path / "hf")])
+    main(
+        ["--checkpoint", str(tmp_path / "ck" / "checkpoint_last-model_part-0-shard0.pt"), "--out", str(tmp_path / "hf")]
+    )
     save_hf(m, args, tmp_path / "ref")
     x = _tokens(args)
     a = _hf_logits(_hf_from_dir(tmp_path / "hf", "xglm"), x)
@@ -135,9 +148,17 @@ def test_fairseq_xlmr_to_hf_cli(tmp_path):
     pre = "encoder.sentence_encoder.layers.0.self_attn."
     for kind in ("weight", "bias"):  # old fairseq stored layer 0's projections fused
         sd[f"{pre}in_proj_{kind}"] = torch.cat([sd.pop(f"{pre}{n}_proj.{kind}") for n in "qkv"])
-    ns = argparse.Namespace(arch="roberta_base", encoder_embed_dim=32, encoder_layers=2, encoder_attention_heads=4,
-                            encoder_ffn_embed_dim=64, max_positions=32, dropout=0.1, attention_dropout=0.1,
-                            activation_dropout=0.0)
+    ns = argparse.Namespace(
+        arch="roberta_base",
+        encoder_embed_dim=32,
+        encoder_layers=2,
+        encoder_attention_heads=4,
+        encoder_ffn_embed_dim=64,
+        max_positions=32,
+        dropout=0.1,
+        attention_dropout=0.1,
+        activation_dropout=0.0,
+    )
     torch.save({"model": sd, "args": ns, "cfg": None, "extra_state": {}}, tmp_path / "model.pt")
     main(["--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "hf")])
     hf = _hf_from_dir(tmp_path / "hf", "xlmr")
@@ -170,11 +191,16 @@ def test_load_seed_every_kind(tmp_path):
     save_hf(m, a, tmp_path / "hf")
     save_consolidated(tmp_path / "run" / "consolidated.pt", m.state_dict(), a)
     write_sharded_checkpoint(tmp_path / "ms" / "checkpoint_last", m.state_dict(), a, model_parts=2, shards=2)
-    write_sharded_checkpoint(tmp_path / "nocfg" / "checkpoint_last", m.state_dict(), a, model_parts=1, shards=2,
-                             with_cfg=False)
-    for spec, kind in ((tmp_path / "hf", "hf"), (tmp_path / "run", "xlbtm"),
-                       (tmp_path / "run" / "consolidated.pt", "xlbtm"), (tmp_path / "ms", "metaseq"),
-                       (tmp_path / "ms" / "checkpoint_last", "metaseq")):
+    write_sharded_checkpoint(
+        tmp_path / "nocfg" / "checkpoint_last", m.state_dict(), a, model_parts=1, shards=2, with_cfg=False
+    )
+    for spec, kind in (
+        (tmp_path / "hf", "hf"),
+        (tmp_path / "run", "xlbtm"),
+        (tmp_path / "run" / "consolidated.pt", "xlbtm"),
+        (tmp_path / "ms", "metaseq"),
+        (tmp_path / "ms" / "checkpoint_last", "metaseq"),
+    ):
         model, args, info = load_seed(spec, vocab_size=100)
         assert info["kind"] == kind, spec
         assert args.d_model == 32 and info["num_params"] > 0
@@ -189,8 +215,9 @@ def test_load_seed_every_kind(tmp_path):
         load_seed(tmp_path / "nocfg")
     from xlbtm.models.presets import PRESETS
 
-    PRESETS["_test_small"] = dict(arch="xglm", vocab_size=102, d_model=32, n_layers=2, n_heads=4, ffn_dim=64,
-                                  max_positions=32)
+    PRESETS["_test_small"] = dict(
+        arch="xglm", vocab_size=102, d_model=32, n_layers=2, n_heads=4, ffn_dim=64, max_positions=32
+    )
     try:
         model, args, info = load_seed(tmp_path / "nocfg", model_size="_test_small")
         with torch.no_grad():
@@ -217,17 +244,20 @@ def test_converter_clis_chain(tmp_path):
     m = _model(a, seed=7)
     save_hf(m, a, tmp_path / "hf")
     hf_to_xlbtm.main(["--hf-dir", str(tmp_path / "hf"), "--out", str(tmp_path / "seed.pt")])
-    xlbtm_to_metaseq.main(["--checkpoint", str(tmp_path / "seed.pt"), "--out", str(tmp_path / "ms.pt"),
-                           "--dtype", "fp16"])
+    xlbtm_to_metaseq.main(
+        ["--checkpoint", str(tmp_path / "seed.pt"), "--out", str(tmp_path / "ms.pt"), "--dtype", "fp16"]
+    )
     raw = torch.load(tmp_path / "ms.pt", weights_only=True)
     assert raw["model"]["decoder.embed_tokens.weight"].dtype == torch.float16
     assert torch.equal(raw["model"]["decoder.output_projection.weight"], raw["model"]["decoder.embed_tokens.weight"])
     xlbtm_to_hf.main(["--checkpoint", str(tmp_path / "seed.pt"), "--out", str(tmp_path / "hf2")])
     x = _tokens(a)
-    assert torch.equal(_hf_logits(_hf_from_dir(tmp_path / "hf", "xglm"), x),
-                       _hf_logits(_hf_from_dir(tmp_path / "hf2", "xglm"), x))
-    rc = main_wrapper("convert", xlbtm_to_hf.main, ["--checkpoint", str(tmp_path / "missing.pt"), "--out",
-                                                    str(tmp_path / "o")])
+    assert torch.equal(
+        _hf_logits(_hf_from_dir(tmp_path / "hf", "xglm"), x), _hf_logits(_hf_from_dir(tmp_path / "hf2", "xglm"), x)
+    )
+    rc = main_wrapper(
+        "convert", xlbtm_to_hf.main, ["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o")]
+    )
     assert rc == 2
 
 
@@ -271,8 +301,10 @@ def test_plain_fairseq_xglm_file_fp16(tmp_path):
     m = _model(a, seed=8)
     sd = {k: v.half() for k, v in xlbtm_to_fairseq(m.state_dict(), a).items()}
     ns = argparse.Namespace(**a.to_fairseq())
-    torch.save({"model": sd, "cfg": {"model": ns, "common": {"fp16": True}}, "extra_state": {"val_loss": 3.0}},
-               tmp_path / "model.pt")
+    torch.save(
+        {"model": sd, "cfg": {"model": ns, "common": {"fp16": True}}, "extra_state": {"val_loss": 3.0}},
+        tmp_path / "model.pt",
+    )
     model, args, info = load_seed(tmp_path / "model.pt")
     assert info["kind"] == "metaseq" and args == a.replace(extra={})
     assert model.embed_tokens.weight.dtype == torch.float32
@@ -292,11 +324,42 @@ def test_one_convert_command_for_every_pair(tmp_path, capsys):
     a = _args()
     m = _model(a, seed=8)
     write_sharded_checkpoint(tmp_path / "ms" / "checkpoint_last", m.state_dict(), a, model_parts=2, shards=2)
-    assert main(["--from", "metaseq", "--to", "hf", "--input", str(tmp_path / "ms"), "--out", str(tmp_path / "hf")]) == 0
-    assert xlbtm_main(["convert", "--from", "hf", "--to", "xlbtm", "--input", str(tmp_path / "hf"),
-                       "--out", str(tmp_path / "seed.pt")]) == 0
-    assert main(["--from", "xlbtm", "--to", "metaseq", "--input", str(tmp_path / "seed.pt"),
-                 "--out", str(tmp_path / "back.pt"), "--dtype", "fp32"]) == 0
+    assert (
+        main(["--from", "metaseq", "--to", "hf", "--input", str(tmp_path / "ms"), "--out", str(tmp_path / "hf")]) == 0
+    )
+    assert (
+        xlbtm_main(
+            [
+                "convert",
+                "--from",
+                "hf",
+                "--to",
+                "xlbtm",
+                "--input",
+                str(tmp_path / "hf"),
+                "--out",
+                str(tmp_path / "seed.pt"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "--from",
+                "xlbtm",
+                "--to",
+                "metaseq",
+                "--input",
+                str(tmp_path / "seed.pt"),
+                "--out",
+                str(tmp_path / "back.pt"),
+                "--dtype",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     sd, args, extra = load_consolidated(tmp_path / "back.pt")
     assert args == a and extra["source_format"] == "hf"
     for k, v in m.state_dict().items():
@@ -305,11 +368,28 @@ def test_one_convert_command_for_every_pair(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(ref := _hf_logits(_hf_from_dir(tmp_path / "hf", "xglm"), x), m(x), **tensor_tol(ref))
     capsys.readouterr()
-    rc = main_wrapper("convert", main, ["--from", "metaseq", "--to", "hf", "--arch", "xlmr", "--input",
-                                        str(tmp_path / "ms"), "--out", str(tmp_path / "hf2")])
+    rc = main_wrapper(
+        "convert",
+        main,
+        [
+            "--from",
+            "metaseq",
+            "--to",
+            "hf",
+            "--arch",
+            "xlmr",
+            "--input",
+            str(tmp_path / "ms"),
+            "--out",
+            str(tmp_path / "hf2"),
+        ],
+    )
     assert rc == 2 and "xglm checkpoint, not xlmr" in capsys.readouterr().err and not (tmp_path / "hf2").exists()
-    rc = main_wrapper("convert", main, ["--from", "hf", "--to", "hf", "--input", str(tmp_path / "hf"),
-                                        "--out", str(tmp_path / "hf" / "inner")])
+    rc = main_wrapper(
+        "convert",
+        main,
+        ["--from", "hf", "--to", "hf", "--input", str(tmp_path / "hf"), "--out", str(tmp_path / "hf" / "inner")],
+    )
     assert rc == 2 and "--out" in capsys.readouterr().err  # an output inside the input is refused
 
 
@@ -321,9 +401,18 @@ def test_expert_json_has_one_reader_and_old_files_still_read(tmp_path):
     from xlbtm.ensemble.experts import read_expert
     from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
 
-    old = {"format": "xlbtm-expert/1", "cluster": 3, "num_clusters": 8, "clusterer_fingerprint": "abc",
-           "objective": "clm", "model_args": _args().to_dict(), "tokenizer": "/tok", "tokenizer_fingerprint": "t",
-           "seed_model": "xglm-564M", "run_name": "c4"}
+    old = {
+        "format": "xlbtm-expert/1",
+        "cluster": 3,
+        "num_clusters": 8,
+        "clusterer_fingerprint": "abc",
+        "objective": "clm",
+        "model_args": _args().to_dict(),
+        "tokenizer": "/tok",
+        "tokenizer_fingerprint": "t",
+        "seed_model": "xglm-564M",
+        "run_name": "c4",
+    }
     (tmp_path / EXPERT_JSON).write_text(json.dumps(old))
     info = read_expert_info(tmp_path)
     assert (info.cluster, info.num_clusters, info.data) == (3, 8, {})
@@ -339,9 +428,18 @@ def test_expert_json_has_one_reader_and_old_files_still_read(tmp_path):
 def _expert_info(k: int, K: int, run_name: str = "demo", **kw):
     from xlbtm.formats.expert import ExpertInfo
 
-    return ExpertInfo(cluster=k, num_clusters=K, clusterer_fingerprint="fp", objective="clm",
-                      model_args={"arch": "xglm"}, tokenizer="/t", tokenizer_fingerprint="tf", seed_model="debug",
-                      run_name=run_name, **kw)
+    return ExpertInfo(
+        cluster=k,
+        num_clusters=K,
+        clusterer_fingerprint="fp",
+        objective="clm",
+        model_args={"arch": "xglm"},
+        tokenizer="/t",
+        tokenizer_fingerprint="tf",
+        seed_model="debug",
+        run_name=run_name,
+        **kw,
+    )
 
 
 def test_run_layout_names_every_path_of_an_experts_dir(tmp_path):
@@ -351,8 +449,12 @@ def test_run_layout_names_every_path_of_an_experts_dir(tmp_path):
     layout = RunLayout.of(tmp_path, 12)
     run = layout.run_dir("c4", 3)
     assert layout.root == tmp_path / "12_clusters" and run == tmp_path / "12_clusters" / "c4.cluster3"
-    assert (consolidated_path(run), hf_dir(run), checkpoints_dir(run), train_log_path(run)) == \
-        (run / "consolidated.pt", run / "hf", run / "checkpoints", run / "train_log.jsonl")
+    assert (consolidated_path(run), hf_dir(run), checkpoints_dir(run), train_log_path(run)) == (
+        run / "consolidated.pt",
+        run / "hf",
+        run / "checkpoints",
+        run / "train_log.jsonl",
+    )
     assert layout.logs_dir == layout.root / "logs"
     assert layout.binarized_dir("c4", "0123456789abcdef") == layout.root / "data-bin" / "c4.0123456789ab"
     assert layout.binarized_dir(None, "0123456789abcdef") == layout.root / "data-bin" / "data.0123456789ab"

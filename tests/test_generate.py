@@ -31,6 +31,7 @@ PROMPTS = ["Das ist ein kleiner Test", "the quick brown fox", "Le chat est sur l
 
 # ----------------------------------------------------------------------------------------------- KV cache
 
+
 def _model(seed=0, max_positions=48):
     from xlbtm.models import build_model, get_preset
 
@@ -58,16 +59,16 @@ def test_kv_cache_left_padded_rows_equal_their_unpadded_forward():
     x = torch.full((3, P), m.args.pad_id)
     pad = torch.ones((3, P), dtype=torch.bool)
     for b, r in enumerate(rows):
-        x[b, P - len(r):], pad[b, P - len(r):] = r, False
+        x[b, P - len(r) :], pad[b, P - len(r) :] = r, False
     nxt = torch.randint(3, 97, (3, 6), generator=g)
     with torch.no_grad():
         cache = m.new_cache()
         first = m.output(m.forward_hidden(x, pad, cache=cache))
-        steps = [m.output(m.forward_hidden(nxt[:, i:i + 1], cache=cache)) for i in range(6)]
+        steps = [m.output(m.forward_hidden(nxt[:, i : i + 1], cache=cache)) for i in range(6)]
         for b, r in enumerate(rows):
             ref = m(torch.cat([r, nxt[b]])[None])[0]
-            torch.testing.assert_close(first[b, P - len(r):], ref[:len(r)], **tensor_tol(ref))
-            torch.testing.assert_close(torch.cat([s[b] for s in steps]), ref[len(r):], **tensor_tol(ref))
+            torch.testing.assert_close(first[b, P - len(r) :], ref[: len(r)], **tensor_tol(ref))
+            torch.testing.assert_close(torch.cat([s[b] for s in steps]), ref[len(r) :], **tensor_tol(ref))
         with pytest.raises(ValueError, match="max_positions"):
             m.forward_hidden(torch.randint(3, 97, (3, 40)), cache=cache)
 
@@ -89,16 +90,17 @@ def test_kv_cache_feeding_some_rows_equals_their_full_forward():
             tok = torch.full((len(rows), T), m.args.pad_id)
             pad = torch.ones((len(rows), T), dtype=torch.bool)
             for i, b in enumerate(rows):
-                tok[i, T - n[i]:], pad[i, T - n[i]:] = x[b, fed[b]:upto], False
+                tok[i, T - n[i] :], pad[i, T - n[i] :] = x[b, fed[b] : upto], False
             out = m.output(m.forward_hidden(tok, pad, cache=cache, rows=torch.tensor(rows)))
             for i, b in enumerate(rows):
-                got[b].append(out[i, T - n[i]:])
+                got[b].append(out[i, T - n[i] :])
                 fed[b] = upto
     for b in range(3):
         torch.testing.assert_close(torch.cat(got[b]), full[b], **tensor_tol(full))
 
 
 # ------------------------------------------------------------------------------------- mixture decoding
+
 
 def _reference(lm, prompt, n, sample=False, seed=0):
     """Uncached decoding of the mixture: full forwards of `</s> prompt generated`, weights from
@@ -110,11 +112,15 @@ def _reference(lm, prompt, n, sample=False, seed=0):
         sq, em = lm.distances(ids + [0])  # row j is the prefix [0, j): the last row is the whole prefix
         log_w = lm.log_weights(sq[-1:], em[-1:])[:, 0]
         with torch.no_grad():
-            lps = torch.stack([torch.log_softmax(m(torch.tensor([[eos] + ids]))[0, -1].double(), -1)
-                               for m in lm.models])
+            lps = torch.stack(
+                [torch.log_softmax(m(torch.tensor([[eos] + ids]))[0, -1].double(), -1) for m in lm.models]
+            )
         mixed = torch.logsumexp(lps + log_w[:, None], 0)
-        t = int(torch.multinomial(torch.softmax(mixed[None], -1), 1, generator=rng)[0, 0]) if sample \
+        t = (
+            int(torch.multinomial(torch.softmax(mixed[None], -1), 1, generator=rng)[0, 0])
+            if sample
             else int(mixed.argmax())
+        )
         if t == eos:
             break
         gen.append(t)
@@ -190,9 +196,15 @@ def test_one_expert_greedy_equals_transformers_generate(ens, tmp_path):
         p = ens["tok"].encode(text)
         ours = lm.generate([p], max_new_tokens=25)[0]
         with torch.no_grad():
-            out = hf.generate(torch.tensor([[args.eos_id] + p]), attention_mask=torch.ones(1, len(p) + 1, dtype=torch.long),
-                              max_new_tokens=25, do_sample=False, num_beams=1, pad_token_id=args.pad_id,
-                              eos_token_id=args.eos_id)[0, len(p) + 1:].tolist()
+            out = hf.generate(
+                torch.tensor([[args.eos_id] + p]),
+                attention_mask=torch.ones(1, len(p) + 1, dtype=torch.long),
+                max_new_tokens=25,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=args.pad_id,
+                eos_token_id=args.eos_id,
+            )[0, len(p) + 1 :].tolist()
         assert ours.ids + ([args.eos_id] if ours.finish == "eos" else []) == out
         assert len(out) >= 20
 
@@ -205,10 +217,10 @@ def test_stop_sequences_and_max_tokens(ens):
     assert full.finish == "length" and len(full.ids) == 16
     assert lm.generate([p], max_new_tokens=5)[0].ids == full.ids[:5]
     text = full.text
-    stop = text[len(text) // 2: len(text) // 2 + 2]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
     assert stop.strip()
     g = lm.generate([p], max_new_tokens=16, stop=["nothing-like-this", stop])[0]
-    assert g.finish == "stop" and g.text == text[:text.index(stop)] and len(g.ids) < 16
+    assert g.finish == "stop" and g.text == text[: text.index(stop)] and len(g.ids) < 16
     from xlbtm.errors import UsageError
 
     with pytest.raises(UsageError, match="max-new-tokens"):
@@ -225,13 +237,15 @@ def test_scoring_agrees_with_generation(ens, monkeypatch):
     other = g[:3] + [g[3] + 1] + g[4:]
     (ll, greedy), (ll2, greedy2), (ll0, greedy0) = lm.loglikelihood([(p, g), (p, other), (p, [])], route="prefix")
     assert greedy and not greedy2 and (ll0, greedy0) == (0.0, True)
-    parts = [lm.loglikelihood([(p + g[:j], g[j:j + 1])], route="prefix")[0][0] for j in range(len(g))]
+    parts = [lm.loglikelihood([(p + g[:j], g[j : j + 1])], route="prefix")[0][0] for j in range(len(g))]
     assert ll == pytest.approx(sum(parts), abs=fp_tol(ll))  # one forward vs one per token
     import xlbtm.ensemble.mixture as mixture
 
     monkeypatch.setattr(mixture, "LOGIT_ELEMENTS", 3 * lm.args.vocab_size)  # the mixture formed 3 positions at a time
-    assert lm.loglikelihood([(p, g), (p, other)], route="prefix") == [(pytest.approx(ll, abs=fp_tol(ll)), True),
-                                                                      (pytest.approx(ll2, abs=fp_tol(ll2)), False)]
+    assert lm.loglikelihood([(p, g), (p, other)], route="prefix") == [
+        (pytest.approx(ll, abs=fp_tol(ll)), True),
+        (pytest.approx(ll2, abs=fp_tol(ll2)), False),
+    ]
     ctx = lm.loglikelihood([(p, g)], route="context")[0][0]
     assert ctx != pytest.approx(ll, abs=1e-3)  # the two routings differ once the continuation moves the posterior
 
@@ -244,8 +258,9 @@ def test_top1_scoring_runs_each_request_through_its_own_expert_only(ens):
     assert lm.stats["expert_forwards"] == [2]  # the batch mixes clusters: both experts ran ...
     assert lm.stats["expert_rows"] == len(reqs)  # ... each on its own requests only
     lm.batch_size = 1
-    assert [x for x, _ in lm.loglikelihood(reqs)] == pytest.approx([x for x, _ in batched],
-                                                                   abs=fp_tol(*[x for x, _ in batched]))
+    assert [x for x, _ in lm.loglikelihood(reqs)] == pytest.approx(
+        [x for x, _ in batched], abs=fp_tol(*[x for x, _ in batched])
+    )
     single = [_lm(ens, topk=-1, temperature=1e-4).loglikelihood([r])[0][0] for r in reqs]  # ~hard routing
     assert [x for x, _ in batched] == pytest.approx(single, abs=1e-4)
 
@@ -271,8 +286,11 @@ def test_routing_prefix_state_equals_router_distances(ens, tmp_path, featurizer)
     from xlbtm.cluster.train import train_tfidf_clusterer
     from xlbtm.ensemble.routing import router_from_clusterer
 
-    clus = ens["clus"] if featurizer == "subword" else \
-        train_tfidf_clusterer(ens["data"], 2, tmp_path / "word", featurizer="word", max_docs=120)[0]
+    clus = (
+        ens["clus"]
+        if featurizer == "subword"
+        else train_tfidf_clusterer(ens["data"], 2, tmp_path / "word", featurizer="word", max_docs=120)[0]
+    )
     router = router_from_clusterer(clus, ens["tok"])
     assert router.incremental == (featurizer == "subword")
     ids = ens["tok"].encode("Das ist ein kleiner Test über Wörter und Sätze, the quick brown fox")
@@ -287,6 +305,7 @@ def test_routing_prefix_state_equals_router_distances(ens, tmp_path, featurizer)
 
 # ------------------------------------------------------------------------------------------------- script
 
+
 def _run(argv, capsys):
     from xlbtm.cli import main_wrapper
     from xlbtm.scripts.generate import main
@@ -297,8 +316,16 @@ def _run(argv, capsys):
 
 
 def test_generate_script_prompt_and_input(ens, tmp_path, capsys):
-    base = ["--experts-dir", str(ens["experts"]), "--path-to-clusterer", str(ens["clusterer"]),
-            "--max-new-tokens", "12", "--temperature", "0.5"]
+    base = [
+        "--experts-dir",
+        str(ens["experts"]),
+        "--path-to-clusterer",
+        str(ens["clusterer"]),
+        "--max-new-tokens",
+        "12",
+        "--temperature",
+        "0.5",
+    ]
     rc, out, err = _run(base + ["--prompt", PROMPTS[0]], capsys)
     assert rc == 0, err
     lm = _lm(ens)
@@ -307,16 +334,27 @@ def test_generate_script_prompt_and_input(ens, tmp_path, capsys):
     assert "expert0" in out and "expert1" in out and "12 tokens, length" in out
     inp = tmp_path / "prompts.jsonl"
     inp.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    rc, out, err = _run(base + ["--input", str(inp), "--output", str(tmp_path / "out.jsonl"), "--topk", "1",
-                                "--sample", "--seed", "1"], capsys)
+    rc, out, err = _run(
+        base + ["--input", str(inp), "--output", str(tmp_path / "out.jsonl"), "--topk", "1", "--sample", "--seed", "1"],
+        capsys,
+    )
     assert rc == 0, err
     res = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in res] == PROMPTS
     assert all(sum(r["expert_weights"].values()) == pytest.approx(1.0) for r in res)
     assert all(r["finish"] in ("eos", "length") and r["tokens"] <= 12 for r in res)
     # a single model: --model-paths one consolidated.pt, no clusterer
-    rc, out, err = _run(["--model-paths", str(ens["experts"] / "run.cluster0" / "consolidated.pt"), "--prompt", "x",
-                         "--max-new-tokens", "3"], capsys)
+    rc, out, err = _run(
+        [
+            "--model-paths",
+            str(ens["experts"] / "run.cluster0" / "consolidated.pt"),
+            "--prompt",
+            "x",
+            "--max-new-tokens",
+            "3",
+        ],
+        capsys,
+    )
     assert rc == 0, err
 
 
@@ -369,4 +407,4 @@ def test_a_continuation_that_starts_a_new_word_keeps_its_space(ens, prompt, new_
     assert prompt + continuation_text(tok, p, new) == tok.decode(p + new) == prompt + new_word
     lm = _lm(ens)
     for g, ids in zip(lm.generate([p, p + new], max_new_tokens=6), (p, p + new)):  # what generate returns
-        assert g.text == tok.decode(ids + g.ids)[len(tok.decode(ids)):]
+        assert g.text == tok.decode(ids + g.ids)[len(tok.decode(ids)) :]

@@ -18,9 +18,24 @@ pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
 OLD_LANGS = ("en", "de", "ru", "el")
 NEW_LANGS = ("ar", "zh")
-TRAIN = ["--run", "debug", "--max-steps", "2", "--batch-size", "2", "--tokens-per-sample", "32",
-         "--save-interval-updates", "2", "--validate-interval-updates", "0", "--log-interval", "1",
-         "--binarize-workers", "0"]
+TRAIN = [
+    "--run",
+    "debug",
+    "--max-steps",
+    "2",
+    "--batch-size",
+    "2",
+    "--tokens-per-sample",
+    "32",
+    "--save-interval-updates",
+    "2",
+    "--validate-interval-updates",
+    "0",
+    "--log-interval",
+    "1",
+    "--binarize-workers",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +59,30 @@ def grown_base(tmp_path_factory):
     for split in ("train", "valid"):
         assign_corpus(old_data, clusterer, root / "clusters", split)
     ser = root / "ser"
-    assert train_main(["--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir",
-                       str(root / "clusters"), "--num-clusters", "2", "--path-to-data", str(old_data),
-                       "--serialization-dir", str(ser), "--run-name", "typo", "--learning-rate", "3e-3",
-                       *TRAIN]) == 0
+    assert (
+        train_main(
+            [
+                "--seed-model",
+                "debug",
+                "--tokenizer",
+                str(tok),
+                "--path-to-clusters-dir",
+                str(root / "clusters"),
+                "--num-clusters",
+                "2",
+                "--path-to-data",
+                str(old_data),
+                "--serialization-dir",
+                str(ser),
+                "--run-name",
+                "typo",
+                "--learning-rate",
+                "3e-3",
+                *TRAIN,
+            ]
+        )
+        == 0
+    )
     return {"root": root, "new_data": new_data, "clusterer": clusterer, "experts": ser / "2_clusters", "tok": tok}
 
 
@@ -58,9 +93,23 @@ def _grow(base, tmp_path, init: str, lr: str = "0", langs=NEW_LANGS):
     experts = tmp_path / "ser" / "2_clusters"
     shutil.copytree(base["experts"], experts, ignore=shutil.ignore_patterns("grown", "consolidated.pt"))
     out = tmp_path / "typo2+new"
-    argv = ["--experts-dir", str(experts), "--path-to-clusterer", str(base["clusterer"]), "--langs", ",".join(langs),
-            "--path-to-data", str(base["new_data"]), "--init", init, "--output-clusterer", str(out),
-            "--learning-rate", lr, *TRAIN]
+    argv = [
+        "--experts-dir",
+        str(experts),
+        "--path-to-clusterer",
+        str(base["clusterer"]),
+        "--langs",
+        ",".join(langs),
+        "--path-to-data",
+        str(base["new_data"]),
+        "--init",
+        init,
+        "--output-clusterer",
+        str(out),
+        "--learning-rate",
+        lr,
+        *TRAIN,
+    ]
     return main_wrapper("add_experts", main, argv), experts, out, argv
 
 
@@ -91,8 +140,10 @@ def test_nearest_init_extends_the_clusterer_and_trains_into_the_experts_dir(grow
     feats, _ = language_features(list(OLD_LANGS) + list(NEW_LANGS))
     d = cosine_distances(feats)
     for i, _lang in enumerate(NEW_LANGS):
-        per_cluster = [min(d[len(OLD_LANGS) + i, j] for j, x in enumerate(OLD_LANGS) if old.lang_to_cluster[x] == k)
-                       for k in range(2)]
+        per_cluster = [
+            min(d[len(OLD_LANGS) + i, j] for j, x in enumerate(OLD_LANGS) if old.lang_to_cluster[x] == k)
+            for k in range(2)
+        ]
         info = read_expert_info(experts / f"typo.cluster{2 + i}")
         want = int(np.argmin(per_cluster))
         assert (info.cluster, info.num_clusters, info.clusterer_fingerprint) == (2 + i, 4, ext.fingerprint)
@@ -105,8 +156,16 @@ def test_nearest_init_extends_the_clusterer_and_trains_into_the_experts_dir(grow
         assert new.keys() == parent.keys() and all(torch.equal(new[k], parent[k]) for k in new)
 
     # old and new experts evaluate as one ensemble under the extended clusterer
-    res = run_eval(EvalConfig(data_dir=str(grown_base["new_data"]), data_subset="valid", job_dir=str(tmp_path / "ev"),
-                              ensemble_type="lang", path_to_clusterer=str(out), experts_dir=str(experts)))
+    res = run_eval(
+        EvalConfig(
+            data_dir=str(grown_base["new_data"]),
+            data_subset="valid",
+            job_dir=str(tmp_path / "ev"),
+            ensemble_type="lang",
+            path_to_clusterer=str(out),
+            experts_dir=str(experts),
+        )
+    )
     assert res["settings"]["num_experts"] == 4 and set(res["per_cluster"]) == {"0", "1", "2", "3"}
     assert set(res["per_language"]) == set(OLD_LANGS + NEW_LANGS)
 
@@ -162,10 +221,12 @@ def test_bad_input_is_one_error_and_writes_nothing(grown_base, tmp_path, capsys)
     assert main_wrapper("add_experts", main, argv) == 2 and "different seeds" in capsys.readouterr().err
     assert not out.exists() and not (experts / "typo.cluster3").exists()
 
-    for langs, init, message in ((("en",), "nearest", "'en' is already covered by cluster"),
-                                 (("zz",), "nearest", "'zz' has no URIEL"),
-                                 (("zh", "zh"), "nearest", "lists a language twice"),
-                                 (("zh",), "expert:7", "--init must be nearest, average, seed or expert:K")):
+    for langs, init, message in (
+        (("en",), "nearest", "'en' is already covered by cluster"),
+        (("zz",), "nearest", "'zz' has no URIEL"),
+        (("zh", "zh"), "nearest", "lists a language twice"),
+        (("zh",), "expert:7", "--init must be nearest, average, seed or expert:K"),
+    ):
         rc, experts, out, _ = _grow(grown_base, tmp_path / f"bad{len(list(tmp_path.iterdir()))}", init, langs=langs)
         assert rc == 2 and message in capsys.readouterr().err
         assert not out.exists() and not (experts / "typo.cluster2").exists() and not (experts / "grown").exists()

@@ -36,8 +36,14 @@ def _offline(monkeypatch, tmp_path):
 
 
 def _model_args(ens, **kw) -> str:
-    args = {"experts_dir": ens["experts"], "clusterer": ens["clusterer"], "ensemble_type": "clustering",
-            "temperature": T, "topk": -1, **kw}
+    args = {
+        "experts_dir": ens["experts"],
+        "clusterer": ens["clusterer"],
+        "ensemble_type": "clustering",
+        "temperature": T,
+        "topk": -1,
+        **kw,
+    }
     return ",".join(f"{k}={v}" for k, v in args.items())
 
 
@@ -46,8 +52,15 @@ def _evaluate(model, tasks, model_args=None):
 
     import xlbtm.ensemble.harness  # noqa: F401  (registers --model xlbtm)
 
-    return lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=tasks, log_samples=True,
-                                   task_manager=TaskManager(include_path=str(TASKS), include_defaults=False), batch_size=4, device="cpu")
+    return lm_eval.simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=tasks,
+        log_samples=True,
+        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),
+        batch_size=4,
+        device="cpu",
+    )
 
 
 def _eval_ensemble_docs(ens, tmp_path, texts, **kw):
@@ -59,9 +72,18 @@ def _eval_ensemble_docs(ens, tmp_path, texts, **kw):
     (data / "valid").mkdir(parents=True)
     (data / "valid" / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     job = tmp_path / "job"
-    res = run_eval(EvalConfig(data_dir=str(data), data_subset="valid", job_dir=str(job), ensemble_type="clustering",
-                              path_to_clusterer=str(ens["clusterer"]), experts_dir=str(ens["experts"]),
-                              temperatures=[T], **kw))
+    res = run_eval(
+        EvalConfig(
+            data_dir=str(data),
+            data_subset="valid",
+            job_dir=str(job),
+            ensemble_type="clustering",
+            path_to_clusterer=str(ens["clusterer"]),
+            experts_dir=str(ens["experts"]),
+            temperatures=[T],
+            **kw,
+        )
+    )
     docs = load_docs(job)
     assert docs.num_docs == len(texts)
     logp = torch.from_numpy(np.stack([read_scores(job, f"expert{k}") for k in range(ens["K"])]).astype(np.float64))
@@ -89,7 +111,7 @@ def test_multiple_choice_loglikelihoods_equal_eval_ensemble(ens, tmp_path, route
         if route == "prefix":
             log_w = log_w_prefix[:, sl]
         else:  # the weights of the first continuation token (its prefix is the context) for every token
-            log_w = log_w_prefix[:, end - n:end - n + 1].expand(-1, n)
+            log_w = log_w_prefix[:, end - n : end - n + 1].expand(-1, n)
         ref = float(mixing.mix(logp[:, sl], log_w).sum())
         assert ll == pytest.approx(ref, abs=fp_tol(ref))
         by_logits.append(float((log_w.exp() * logp[:, sl]).sum()))  # a weighted mean of log-probs: not a mixture
@@ -105,8 +127,9 @@ def test_multiple_choice_loglikelihoods_equal_eval_ensemble(ens, tmp_path, route
 def test_rolling_loglikelihood_scores_every_token_of_long_documents(ens, tmp_path):
     from xlbtm.ensemble.harness import XlbtmLM
 
-    lm = XlbtmLM(experts_dir=str(ens["experts"]), clusterer=str(ens["clusterer"]), temperature=T, stride=24,
-                 device="cpu")
+    lm = XlbtmLM(
+        experts_dir=str(ens["experts"]), clusterer=str(ens["clusterer"]), temperature=T, stride=24, device="cpu"
+    )
     out = _evaluate(lm, ["xlbtm_test_ppl"])
     samples = out["samples"]["xlbtm_test_ppl"]
     texts = [s["arguments"][0][0] for s in samples]
@@ -124,8 +147,9 @@ def test_generation_task_is_the_mixtures_greedy_generation(ens):
     from xlbtm.ensemble.mixture import MixtureLM
 
     out = _evaluate("xlbtm", ["xlbtm_test_gen"], _model_args(ens, topk=1))
-    lm = MixtureLM.load(experts_dir=str(ens["experts"]), clusterer=str(ens["clusterer"]), temperature=T, topk=1,
-                        device="cpu")
+    lm = MixtureLM.load(
+        experts_dir=str(ens["experts"]), clusterer=str(ens["clusterer"]), temperature=T, topk=1, device="cpu"
+    )
     for s in out["samples"]["xlbtm_test_gen"]:
         ctx, kw = s["arguments"][0]
         ref = lm.generate([lm.tokenizer.encode(ctx)], max_new_tokens=kw["max_gen_toks"], stop=kw["until"])[0]
@@ -141,7 +165,9 @@ def test_one_model_by_model_path(ens):
     lm = MixtureLM.load(model_paths=[str(path)], device="cpu")
     s = out["samples"]["xlbtm_test_mc"][0]
     ctx, cont = s["arguments"][0]
-    ref = lm.loglikelihood([(lm.tokenizer.encode(ctx), lm.tokenizer.encode(ctx + cont)[len(lm.tokenizer.encode(ctx)):])])
+    ref = lm.loglikelihood(
+        [(lm.tokenizer.encode(ctx), lm.tokenizer.encode(ctx + cont)[len(lm.tokenizer.encode(ctx)) :])]
+    )
     assert s["resps"][0][0][0] == pytest.approx(ref[0][0], abs=fp_tol(ref[0][0]))  # lm-eval batches other requests
 
 
@@ -154,16 +180,47 @@ def test_model_name_resolves_and_the_command_line_runs(ens, tmp_path, capsys):
 
     assert get_model("xlbtm") is XlbtmLM
     assert "hf" in model_registry  # lm-eval's own models are still registered
-    rc = xlbtm_main(["lm-eval", "--model", "xlbtm", "--model_args", _model_args(ens, topk=1),
-                     "--tasks", "xlbtm_test_mc", "--include_path", str(TASKS), "--limit", "2",
-                     "--output_path", str(tmp_path / "out"), "--device", "cpu"])
+    rc = xlbtm_main(
+        [
+            "lm-eval",
+            "--model",
+            "xlbtm",
+            "--model_args",
+            _model_args(ens, topk=1),
+            "--tasks",
+            "xlbtm_test_mc",
+            "--include_path",
+            str(TASKS),
+            "--limit",
+            "2",
+            "--output_path",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     results = list((tmp_path / "out").rglob("results*.json"))
     assert results and "xlbtm_test_mc" in json.loads(results[0].read_text())["results"]
     from xlbtm.scripts.lm_eval import main
 
-    assert main_wrapper("lm_eval", main, ["--model", "xlbtm", "--model_args", "experts_dir=/nonexistent",
-                                          "--tasks", "xlbtm_test_mc", "--include_path", str(TASKS)]) == 2
+    assert (
+        main_wrapper(
+            "lm_eval",
+            main,
+            [
+                "--model",
+                "xlbtm",
+                "--model_args",
+                "experts_dir=/nonexistent",
+                "--tasks",
+                "xlbtm_test_mc",
+                "--include_path",
+                str(TASKS),
+            ],
+        )
+        == 2
+    )
     assert "/nonexistent" in capsys.readouterr().err
 
 
@@ -190,21 +247,31 @@ def test_only_the_adapter_imports_lm_eval():
     importers = set()
     for path in (REPO / "xlbtm").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
             if any(n.split(".")[0] == "lm_eval" for n in names):
                 importers.add(str(path.relative_to(REPO)))
     assert importers == {os.path.join("xlbtm", "ensemble", "harness.py")}
 
 
-@pytest.mark.parametrize("arg,match", [("temperature=abc", "temperature=abc: expected a number"),
-                                       ("topk=two", "topk=two: expected an integer"),
-                                       ("topk=1.5", "topk=1.5: expected an integer"),
-                                       ("stride=x", "stride=x: expected an integer"),
-                                       ("seed=s", "seed=s: expected an integer"),
-                                       ("max_gen_toks=many", "max_gen_toks=many: expected an integer"),
-                                       ("context_window=big", "context_window=big: expected an integer"),
-                                       ("cbtm_compat=maybe", "cbtm_compat=maybe: expected true or false")])
+@pytest.mark.parametrize(
+    "arg,match",
+    [
+        ("temperature=abc", "temperature=abc: expected a number"),
+        ("topk=two", "topk=two: expected an integer"),
+        ("topk=1.5", "topk=1.5: expected an integer"),
+        ("stride=x", "stride=x: expected an integer"),
+        ("seed=s", "seed=s: expected an integer"),
+        ("max_gen_toks=many", "max_gen_toks=many: expected an integer"),
+        ("context_window=big", "context_window=big: expected an integer"),
+        ("cbtm_compat=maybe", "cbtm_compat=maybe: expected true or false"),
+    ],
+)
 def test_model_args_are_parsed_with_their_types(ens, arg, match):
     """Each --model_args value parses as its type or is refused with one line naming the key: nothing is
     silently read as something else."""

@@ -71,6 +71,7 @@ def test_fit_plain_recovers_blobs_and_converges():
     centers = rng.normal(size=(4, 8))
     which = np.argmin(((x[:, None, :] - centers[None]) ** 2).sum(-1), 1)
     from sklearn.metrics import normalized_mutual_info_score
+
     assert normalized_mutual_info_score(which, r.labels) > 0.99
 
 
@@ -94,14 +95,13 @@ def _balanced_optimum(cost: np.ndarray, k: int) -> float:
     q, r = divmod(n, k)
     big = np.hstack([np.repeat(cost, q, axis=1), cost])  # [n, k*q + k]
     dummy = np.full((k - r, big.shape[1]), 1e18)
-    dummy[:, k * q:] = 0.0
+    dummy[:, k * q :] = 0.0
     ri, ci = linear_sum_assignment(np.vstack([big, dummy]))
     real = ri < n
     return float(big[ri[real], ci[real]].sum())
 
 
-@pytest.mark.parametrize("n,k,d,seed", [(61, 4, 6, 1), (40, 5, 2, 1), (41, 5, 2, 0), (100, 6, 3, 0),
-                                        (203, 7, 6, 1)])
+@pytest.mark.parametrize("n,k,d,seed", [(61, 4, 6, 1), (40, 5, 2, 1), (41, 5, 2, 0), (100, 6, 3, 0), (203, 7, 6, 1)])
 def test_balanced_assignment_is_exactly_optimal(n, k, d, seed):
     """Sinkhorn + repair alone lands 1e-5..5% above the optimum on these fixtures; negative-cycle canceling
     must close the gap completely (the 1% tolerance above would not notice)."""

@@ -57,8 +57,14 @@ def gloo_allreduce():
     t = torch.tensor([float(info.rank + 1)])
     dist.all_reduce(t)
     destroy_distributed()
-    return {"rank": info.rank, "world": info.world_size, "backend": info.backend, "source": info.source,
-            "sum": t.item(), "pid": os.getpid()}
+    return {
+        "rank": info.rank,
+        "world": info.world_size,
+        "backend": info.backend,
+        "source": info.source,
+        "sum": t.item(),
+        "pid": os.getpid(),
+    }
 
 
 def count_to(state_path, n):
@@ -118,8 +124,12 @@ mail-type = "END"
 def test_site_precedence_file_env_flags(tmp_path):
     site_file = tmp_path / "site.toml"
     site_file.write_text(SITE_TOML)
-    env = {"XLBTM_SITE_CONFIG": str(site_file), "XLBTM_SLURM_ACCOUNT": "env-acct", "XLBTM_SLURM_QOS": "env-qos",
-           "XLBTM_SLURM_TIME": "90"}
+    env = {
+        "XLBTM_SITE_CONFIG": str(site_file),
+        "XLBTM_SLURM_ACCOUNT": "env-acct",
+        "XLBTM_SLURM_QOS": "env-qos",
+        "XLBTM_SLURM_TIME": "90",
+    }
     cfg = resolve_site({"qos": "flag-qos", "time_min": "1-00:00:00"}, env=env)
     assert cfg.partition == "file-part"  # file only
     assert cfg.account == "env-acct"  # env beats file
@@ -139,19 +149,40 @@ def test_site_from_argparse_flags(tmp_path):
     site_file = tmp_path / "site.json"
     site_file.write_text(json.dumps({"slurm": {"partition": "jp", "constraint": "volta32gb"}}))
     p = add_slurm_args(argparse.ArgumentParser())
-    args = p.parse_args(["--site-config", str(site_file), "--slurm-partition", "fp", "--time", "30",
-                         "--mem-gb", "12.5", "--cpus-per-task", "3", "--slurm-extra", "mail-user=a@b.c"])
+    args = p.parse_args(
+        [
+            "--site-config",
+            str(site_file),
+            "--slurm-partition",
+            "fp",
+            "--time",
+            "30",
+            "--mem-gb",
+            "12.5",
+            "--cpus-per-task",
+            "3",
+            "--slurm-extra",
+            "mail-user=a@b.c",
+        ]
+    )
     cfg = site_from_args(args)
-    assert (cfg.partition, cfg.constraint, cfg.time_min, cfg.mem_gb, cfg.cpus_per_task) == \
-        ("fp", "volta32gb", 30, 12.5, 3)
+    assert (cfg.partition, cfg.constraint, cfg.time_min, cfg.mem_gb, cfg.cpus_per_task) == (
+        "fp",
+        "volta32gb",
+        30,
+        12.5,
+        3,
+    )
     assert cfg.sbatch == {"mail-user": "a@b.c"}
     # unset flags leave the file's values alone
     cfg = site_from_args(p.parse_args(["--site-config", str(site_file)]))
     assert cfg.partition == "jp" and cfg.time_min is None
 
 
-@pytest.mark.parametrize("value,minutes", [(90, 90), ("90", 90), ("30:30", 31), ("1:30:00", 90),
-                                           ("2-00:00:00", 2880), ("1-12", 2160), ("0-00:01", 1)])
+@pytest.mark.parametrize(
+    "value,minutes",
+    [(90, 90), ("90", 90), ("30:30", 31), ("1:30:00", 90), ("2-00:00:00", 2880), ("1-12", 2160), ("0-00:01", 1)],
+)
 def test_parse_time(value, minutes):
     assert parse_time_min(value) == minutes
 
@@ -184,12 +215,32 @@ def test_slurm_executor_renders_site_settings(tmp_path, monkeypatch):
     site_file = tmp_path / "site.toml"
     site_file.write_text(SITE_TOML)
     site = resolve_site({"partition": "flag-part"}, env={"XLBTM_SITE_CONFIG": str(site_file)})
-    ex = make_executor("slurm", tmp_path / "jobs", name="xl-test", nodes=2, tasks_per_node=4, timeout_min=5,
-                       array_parallelism=3, site=site)
+    ex = make_executor(
+        "slurm",
+        tmp_path / "jobs",
+        name="xl-test",
+        nodes=2,
+        tasks_per_node=4,
+        timeout_min=5,
+        array_parallelism=3,
+        site=site,
+    )
     text = ex._make_submission_file_text("python -m x", "uid")
-    for line in ["--partition=flag-part", "--account=file-acct", "--qos=file-qos", "--time=120", "--mem=64GB",
-                 "--cpus-per-task=10", "--gpus-per-node=8", "--nodes=2", "--ntasks-per-node=4",
-                 "--job-name=xl-test", "#SBATCH --exclusive", "--mail-type=END", "module load cuda"]:
+    for line in [
+        "--partition=flag-part",
+        "--account=file-acct",
+        "--qos=file-qos",
+        "--time=120",
+        "--mem=64GB",
+        "--cpus-per-task=10",
+        "--gpus-per-node=8",
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--job-name=xl-test",
+        "#SBATCH --exclusive",
+        "--mail-type=END",
+        "module load cuda",
+    ]:
         assert line in text, (line, text)
     # the caller's values apply when the site does not set them
     ex = make_executor("slurm", tmp_path / "jobs", name="n", timeout_min=7, mem_gb=1.5, site=resolve_site({}, env={}))
@@ -240,8 +291,9 @@ def test_local_sigkilled_task_is_reported_failed(tmp_path):
 @pytest.mark.distributed
 def test_local_executor_two_tasks_form_gloo_group(tmp_path):
     """submitit's LocalExecutor with tasks_per_node=2 really gives 2 processes that form a gloo group."""
-    ex = make_executor("local", tmp_path / "jobs", name="g", tasks_per_node=2, timeout_min=5,
-                       site=resolve_site({}, env={}))
+    ex = make_executor(
+        "local", tmp_path / "jobs", name="g", tasks_per_node=2, timeout_min=5, site=resolve_site({}, env={})
+    )
     (res,) = wait_for([ex.submit(gloo_allreduce)], "gloo", poll_s=0.2, all_tasks=True)
     assert sorted(r["rank"] for r in res) == [0, 1] and res[0]["pid"] != res[1]["pid"]
     assert all(r["world"] == 2 and r["backend"] == "gloo" and r["source"] == "submitit" for r in res)
@@ -261,8 +313,7 @@ def test_local_requeue_resumes(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- distributed
 def test_init_distributed_single_process(monkeypatch):
-    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR", "SLURM_PROCID",
-              "SLURM_STEP_ID"):
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SUBMITIT_EXECUTOR", "SLURM_PROCID", "SLURM_STEP_ID"):
         monkeypatch.delenv(k, raising=False)
     info = init_distributed(device="cpu")
     assert (info.rank, info.world_size, info.local_rank, info.backend, info.source) == (0, 1, 0, None, "single")
@@ -277,16 +328,17 @@ def test_init_distributed_torchrun_env(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = ("import json, torch, torch.distributed as dist\n"
-            "from xlbtm.launch import init_distributed, destroy_distributed\n"
-            "i = init_distributed(device='cpu'); t = torch.tensor([i.rank + 1.0]); dist.all_reduce(t)\n"
-            "print(json.dumps([i.rank, i.world_size, i.local_rank, i.backend, i.source, t.item()]))\n"
-            "destroy_distributed()\n")
+    code = (
+        "import json, torch, torch.distributed as dist\n"
+        "from xlbtm.launch import init_distributed, destroy_distributed\n"
+        "i = init_distributed(device='cpu'); t = torch.tensor([i.rank + 1.0]); dist.all_reduce(t)\n"
+        "print(json.dumps([i.rank, i.world_size, i.local_rank, i.backend, i.source, t.item()]))\n"
+        "destroy_distributed()\n"
+    )
     procs = []
     for rank in range(2):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SUBMITIT_", "SLURM_"))}
-        env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port))
+        env.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True))
     outs = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
@@ -297,12 +349,26 @@ def test_init_distributed_torchrun_env(tmp_path):
 @pytest.mark.parametrize("require", ["", "1"])
 def test_slurm_fixture_skips_or_fails_without_slurm(tmp_path, require):
     """No slurmctld: slurm tests skip with a reason; with XLBTM_REQUIRE_SLURM=1 they fail instead."""
-    fake = _fake_commands(tmp_path, sinfo="echo 'slurm_load_partitions: Unable to contact slurm controller' >&2\n"
-                                          "exit 1")
+    fake = _fake_commands(
+        tmp_path, sinfo="echo 'slurm_load_partitions: Unable to contact slurm controller' >&2\nexit 1"
+    )
     env = dict(os.environ, PATH=f"{fake}:{os.environ['PATH']}", XLBTM_REQUIRE_SLURM=require)
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "tests/test_slurm.py::test_vanished_job_does_not_hang"],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_slurm.py::test_vanished_job_does_not_hang",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = r.stdout + r.stderr
     if require:
         assert r.returncode != 0 and "XLBTM_REQUIRE_SLURM=1 but SLURM is not usable" in out, out
@@ -359,9 +425,15 @@ def test_job_ports_avoid_the_ephemeral_range():
 
 
 # ---------------------------------------------------------------------------------------------- multi-node units
-@pytest.mark.parametrize("nodelist, hosts", [
-    ("node[1-2]", ["node1", "node2"]), ("gpu[01-03,07],cpu5", ["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]),
-    ("localhost", ["localhost"]), ("", [])])
+@pytest.mark.parametrize(
+    "nodelist, hosts",
+    [
+        ("node[1-2]", ["node1", "node2"]),
+        ("gpu[01-03,07],cpu5", ["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]),
+        ("localhost", ["localhost"]),
+        ("", []),
+    ],
+)
 def test_parse_node_list(nodelist, hosts):
     from xlbtm.launch.distributed import parse_node_list
 
@@ -380,9 +452,17 @@ def test_srun_env_local_world_size_is_per_node(monkeypatch):
     from xlbtm.launch import distributed
 
     monkeypatch.setattr(distributed, "resolve_node_addr", lambda name: f"addr-of-{name}")
-    for k, v in dict(SLURM_PROCID="3", SLURM_STEP_ID="0", SLURM_JOB_ID="77", SLURM_STEP_NUM_TASKS="4",
-                     SLURM_STEP_NUM_NODES="2", SLURM_STEP_NODELIST="node[1-2]", SLURM_LOCALID="0", SLURM_NODEID="1",
-                     SLURM_STEP_TASKS_PER_NODE="3,1").items():
+    for k, v in dict(
+        SLURM_PROCID="3",
+        SLURM_STEP_ID="0",
+        SLURM_JOB_ID="77",
+        SLURM_STEP_NUM_TASKS="4",
+        SLURM_STEP_NUM_NODES="2",
+        SLURM_STEP_NODELIST="node[1-2]",
+        SLURM_LOCALID="0",
+        SLURM_NODEID="1",
+        SLURM_STEP_TASKS_PER_NODE="3,1",
+    ).items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("XLBTM_MASTER_PORT", raising=False)
     env = distributed._env_from_srun()
@@ -409,8 +489,11 @@ def test_resolve_node_addr_uses_the_cluster_mapping(monkeypatch):
 def test_scontrol_node_addr_parses_nodeaddr(tmp_path, monkeypatch):
     from xlbtm.launch.distributed import _scontrol_node_addr
 
-    fake = _fake_commands(tmp_path, scontrol="echo 'NodeName=node2 Arch=x86_64 CoresPerSocket=1 NodeAddr=10.77.0.12 "
-                                             "NodeHostName=node2 Version=22.05.8'")
+    fake = _fake_commands(
+        tmp_path,
+        scontrol="echo 'NodeName=node2 Arch=x86_64 CoresPerSocket=1 NodeAddr=10.77.0.12 "
+        "NodeHostName=node2 Version=22.05.8'",
+    )
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     assert _scontrol_node_addr("node2") == "10.77.0.12"
 
@@ -426,8 +509,11 @@ def test_node_failures_reads_every_attempt(tmp_path, monkeypatch):
     """sacct -D lists a requeued job's attempts: one that ended NODE_FAIL marks the job."""
     from xlbtm.launch.wait import node_failures
 
-    fake = _fake_commands(tmp_path, sacct="printf '671|NODE_FAIL|node[1-2]\\n671|PENDING|None assigned\\n"
-                                          "672_1|COMPLETED|node1\\n672_2|REQUEUED|node2\\n'")
+    fake = _fake_commands(
+        tmp_path,
+        sacct="printf '671|NODE_FAIL|node[1-2]\\n671|PENDING|None assigned\\n"
+        "672_1|COMPLETED|node1\\n672_2|REQUEUED|node2\\n'",
+    )
     monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
     assert node_failures(["671", "672_1", "672_2"]) == {"671": "node[1-2]"}
     assert node_failures([]) == {}

@@ -25,8 +25,10 @@ def _merge(argv):
 
 def _experts(tiny, root, seeds, **kw):
     """K = len(seeds) experts of one ensemble (one seed model, different weights) under root/ens."""
-    models = [make_expert(root / "ens" / f"x.cluster{k}", tiny["tok"], k, len(seeds), seed=s, **kw)[0]
-              for k, s in enumerate(seeds)]
+    models = [
+        make_expert(root / "ens" / f"x.cluster{k}", tiny["tok"], k, len(seeds), seed=s, **kw)[0]
+        for k, s in enumerate(seeds)
+    ]
     return root / "ens", models
 
 
@@ -88,8 +90,9 @@ def test_uniform_and_explicit_merges_write_an_expert_that_eval_reads(tiny, tmp_p
     avg = run_eval(EvalConfig(job_dir=str(tmp_path / "ja"), ensemble_type="average", experts_dir=str(ens), **kw))
     dense = run_eval(EvalConfig(job_dir=str(tmp_path / "jd"), ensemble_type="dense", model_paths=[str(out)], **kw))
     assert dense["result_ppl"] == avg["result_ppl"]
-    single = run_eval(EvalConfig(job_dir=str(tmp_path / "j0"), ensemble_type="dense",
-                                 model_paths=[str(ens / "x.cluster0")], **kw))
+    single = run_eval(
+        EvalConfig(job_dir=str(tmp_path / "j0"), ensemble_type="dense", model_paths=[str(ens / "x.cluster0")], **kw)
+    )
     assert single["result_ppl"] != pytest.approx(dense["result_ppl"], rel=1e-4)  # the experts really differ
 
 
@@ -102,8 +105,7 @@ def _brute_force_posterior(models, args, docs):
         x = torch.from_numpy(docs.doc(d))
         inp = torch.cat([torch.tensor([args.eos_id]), x[:-1]])[None]
         with torch.no_grad():
-            ll = torch.stack([torch.log_softmax(m(inp).double(), -1)[0, torch.arange(len(x)), x].sum()
-                              for m in models])
+            ll = torch.stack([torch.log_softmax(m(inp).double(), -1)[0, torch.arange(len(x)), x].sum() for m in models])
         post.append(torch.softmax(ll, 0))
         scale = max(scale, float(ll.abs().max()))
     return torch.stack(post).mean(0).numpy(), 2 * fp_tol(scale)
@@ -125,12 +127,22 @@ def test_posterior_weights_equal_a_brute_force_computation(tiny, tmp_path):
     from xlbtm.ensemble.scoring import load_docs
     from xlbtm.models import ModelArgs
 
-    base = [make_expert(tmp_path / "tmp" / f"b{k}", tiny["tok"], k, 3, seed=10 + k, max_positions=1024)[0]
-            for k in range(3)]
+    base = [
+        make_expert(tmp_path / "tmp" / f"b{k}", tiny["tok"], k, 3, seed=10 + k, max_positions=1024)[0] for k in range(3)
+    ]
     models = []
     for k, f in enumerate((1.0, 1.004, 1.008)):
-        models.append(make_expert(tmp_path / "ens" / f"x.cluster{k}", tiny["tok"], k, 3, seed=10 + k,
-                                  max_positions=1024, state=_sharpen(base[k], f))[0])
+        models.append(
+            make_expert(
+                tmp_path / "ens" / f"x.cluster{k}",
+                tiny["tok"],
+                k,
+                3,
+                seed=10 + k,
+                max_positions=1024,
+                state=_sharpen(base[k], f),
+            )[0]
+        )
     experts = find_experts(tmp_path / "ens")
     args = ModelArgs.from_dict(experts[0].info["model_args"])
     job = tmp_path / "job"
@@ -143,8 +155,9 @@ def test_posterior_weights_equal_a_brute_force_computation(tiny, tmp_path):
     assert max(w) - min(w) > 0.05, w  # not uniform: the test can tell a wrong posterior from the prior
 
     # langs: only those documents (the new languages' documents of a corpus), max_docs counts them
-    w_de = posterior_weights(experts, tiny["data"], "valid", langs={"de", "ru"}, max_docs=4,
-                             job_dir=tmp_path / "job_de")
+    w_de = posterior_weights(
+        experts, tiny["data"], "valid", langs={"de", "ru"}, max_docs=4, job_dir=tmp_path / "job_de"
+    )
     docs_de = load_docs(tmp_path / "job_de")
     assert set(docs_de.langs) <= {"de", "ru"} and docs_de.num_docs == 4
     ref_de, tol_de = _brute_force_posterior(models, args, docs_de)
@@ -157,8 +170,18 @@ def test_posterior_weights_equal_a_brute_force_computation(tiny, tmp_path):
 def test_posterior_weights_through_the_script(tiny, tmp_path, capsys):
     ens, _ = _experts(tiny, tmp_path, [4, 5])
     out = tmp_path / "m"
-    argv = ["--experts-dir", ens, "--weights", "posterior", "--data-dir", tiny["data"], "--max-docs", "3",
-            "--output-dir", out]
+    argv = [
+        "--experts-dir",
+        ens,
+        "--weights",
+        "posterior",
+        "--data-dir",
+        tiny["data"],
+        "--max-docs",
+        "3",
+        "--output-dir",
+        out,
+    ]
     assert _merge(argv) == 0
     info = json.loads((out / "expert.json").read_text())
     assert info["data"]["weights_method"] == "posterior" and sum(info["data"]["weights"]) == pytest.approx(1.0)

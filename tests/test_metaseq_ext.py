@@ -15,8 +15,18 @@ from xlbtm.models.adapters import xlbtm_to_fairseq
 
 def _args(**kw):
     # d_model*ffn sizes chosen so flat params are NOT divisible by the shard count (padding is exercised)
-    base = dict(arch="xglm", vocab_size=101, d_model=36, n_layers=2, n_heads=4, ffn_dim=70, max_positions=32,
-                dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+    base = dict(
+        arch="xglm",
+        vocab_size=101,
+        d_model=36,
+        n_layers=2,
+        n_heads=4,
+        ffn_dim=70,
+        max_positions=32,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    )
     base.update(kw)
     return ModelArgs(**base)
 
@@ -45,8 +55,9 @@ def test_unflatten_matches_fairscale(tmp_path, parts, shards):
 
     args = _args(vocab_size=102 if parts == 2 else 101)
     m = _model(args)
-    files = write_sharded_checkpoint(tmp_path / "checkpoint_last", m.state_dict(), args, model_parts=parts,
-                                     shards=shards)
+    files = write_sharded_checkpoint(
+        tmp_path / "checkpoint_last", m.state_dict(), args, model_parts=parts, shards=shards
+    )
     assert len(files) == parts * shards
     found = find_checkpoint_files(files[-1])
     assert sorted(found) == list(range(parts)) and all(len(v) == shards for v in found.values())
@@ -96,18 +107,21 @@ def test_fused_qkv_is_kvq_order(tmp_path):
     fused = parts[1]["decoder.layers.0.self_attn.qkv_proj.weight"]
     half = args.d_model // 2
     assert torch.equal(fused[:half], sd["layers.0.self_attn.k_proj.weight"][half:])
-    assert torch.equal(fused[2 * half:], sd["layers.0.self_attn.q_proj.weight"][half:])
+    assert torch.equal(fused[2 * half :], sd["layers.0.self_attn.q_proj.weight"][half:])
     write_sharded_checkpoint(tmp_path / "ck", sd, args, model_parts=2, shards=1)
     got = load_metaseq_checkpoint(tmp_path / "ck").model
     for n in "qkv":
-        assert torch.equal(got[f"decoder.layers.0.self_attn.{n}_proj.weight"], sd[f"layers.0.self_attn.{n}_proj.weight"])
+        assert torch.equal(
+            got[f"decoder.layers.0.self_attn.{n}_proj.weight"], sd[f"layers.0.self_attn.{n}_proj.weight"]
+        )
         assert torch.equal(got[f"decoder.layers.0.self_attn.{n}_proj.bias"], sd[f"layers.0.self_attn.{n}_proj.bias"])
 
 
 def test_missing_shard_is_named(tmp_path):
     args = _args(vocab_size=102)
-    files = write_sharded_checkpoint(tmp_path / "checkpoint_last", _model(args).state_dict(), args,
-                                     model_parts=2, shards=2)
+    files = write_sharded_checkpoint(
+        tmp_path / "checkpoint_last", _model(args).state_dict(), args, model_parts=2, shards=2
+    )
     files[1].unlink()  # model_part-0-shard1
     with pytest.raises(InputError, match=r"checkpoint_last-model_part-0-shard1\.pt is missing"):
         load_metaseq_checkpoint(files[0])
@@ -148,14 +162,16 @@ def test_many_parts_and_shards_are_joined_in_numeric_order(tmp_path):
     # every model-parallel split dimension divisible by 11 (torch.chunk would otherwise make fewer parts)
     args = _args(vocab_size=110, d_model=22, n_heads=2, ffn_dim=33, n_layers=1, max_positions=16)
     m = _model(args, seed=3)
-    files = write_sharded_checkpoint(tmp_path / "checkpoint_last", m.state_dict(), args, model_parts=parts,
-                                     shards=shards)
+    files = write_sharded_checkpoint(
+        tmp_path / "checkpoint_last", m.state_dict(), args, model_parts=parts, shards=shards
+    )
     assert len(files) == parts * shards and any("-model_part-10-shard11.pt" in f.name for f in files)
     ck = load_metaseq_checkpoint(tmp_path / "checkpoint_last")
     assert ck.num_model_parts == parts and ck.num_shards == shards
     _assert_same_weights(ck, m, args)
-    assert [f.name for f in ck.files] == [f"checkpoint_last-model_part-{mp}-shard{dp}.pt"
-                                          for mp in range(parts) for dp in range(shards)]
+    assert [f.name for f in ck.files] == [
+        f"checkpoint_last-model_part-{mp}-shard{dp}.pt" for mp in range(parts) for dp in range(shards)
+    ]
 
 
 def test_deprecated_metaseq_ext_names_still_import():
@@ -188,12 +204,32 @@ def test_an_empty_or_truncated_checkpoint_is_one_line_with_the_remedy_in_every_c
     bad.write_bytes(whole.read_bytes()[:size])
     with pytest.raises(InputError, match="consolidate RUN_DIR"):
         safe_torch_load(bad)
-    runs = [("convert", convert.main, ["--from", "xlbtm", "--to", "hf", "--input", str(bad), "--out",
-                                       str(tmp_path / "hf")]),
-            ("train_experts", train_experts.main, ["--run", "debug", "--seed-model", str(bad), "--num-clusters", "1",
-                                                   "--serialization-dir", str(tmp_path / "ser"), "--max-steps", "1",
-                                                   "--path-to-data", str(tmp_path / "data")]),
-            ("generate", generate.main, ["--model-paths", str(bad), "--prompt", "x"])]
+    runs = [
+        (
+            "convert",
+            convert.main,
+            ["--from", "xlbtm", "--to", "hf", "--input", str(bad), "--out", str(tmp_path / "hf")],
+        ),
+        (
+            "train_experts",
+            train_experts.main,
+            [
+                "--run",
+                "debug",
+                "--seed-model",
+                str(bad),
+                "--num-clusters",
+                "1",
+                "--serialization-dir",
+                str(tmp_path / "ser"),
+                "--max-steps",
+                "1",
+                "--path-to-data",
+                str(tmp_path / "data"),
+            ],
+        ),
+        ("generate", generate.main, ["--model-paths", str(bad), "--prompt", "x"]),
+    ]
     for stage, main, argv in runs:
         assert main_wrapper(stage, main, argv) == 2, stage
         err = capsys.readouterr().err.strip()

@@ -11,9 +11,19 @@ ATOL = 1e-5
 
 
 def _tiny(arch, **kw):
-    base = dict(arch=arch, vocab_size=97, d_model=64, n_layers=2, n_heads=4, ffn_dim=128, max_positions=40,
-                dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                scale_embedding=(arch == "xglm"))
+    base = dict(
+        arch=arch,
+        vocab_size=97,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        ffn_dim=128,
+        max_positions=40,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        scale_embedding=(arch == "xglm"),
+    )
     base.update(kw)
     return ModelArgs(**base)
 
@@ -237,6 +247,7 @@ def test_too_long_sequence_is_clear_error():
 
 # ------------------------------------------------------------------------------------------- chunked loss
 
+
 class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
     """Records the largest tensor any op produces (forward and backward)."""
 
@@ -263,8 +274,7 @@ def test_chunked_loss_equals_plain_cross_entropy_and_never_holds_the_logits(pres
 
     V, B, T = 2003, 3, 37
     torch.manual_seed(0)
-    model = build_model(get_preset(preset, vocab_size=V, dropout=0.0, attention_dropout=0.0,
-                                   activation_dropout=0.0))
+    model = build_model(get_preset(preset, vocab_size=V, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0))
     x = torch.randint(4, V, (B, T))
     y = torch.roll(x, -1, dims=1)
     y[:, -3:] = -100
@@ -304,8 +314,9 @@ def test_per_sample_dropout_follows_the_sample_and_survives_recomputation(preset
     from xlbtm.parallel.parallelize import apply_ac
 
     torch.manual_seed(0)
-    model = build_model(get_preset(preset, vocab_size=500, dropout=0.1, attention_dropout=0.1,
-                                   activation_dropout=0.1)).train()
+    model = build_model(
+        get_preset(preset, vocab_size=500, dropout=0.1, attention_dropout=0.1, activation_dropout=0.1)
+    ).train()
     x = torch.randint(4, 500, (3, 16))
     with sample_seeds([11, 22, 33]):
         full = model(x, None)
@@ -352,7 +363,7 @@ def test_loss_chunks_from_a_memory_budget():
     V = 256008
     assert chunk_tokens(V) == CHUNK_BYTES // (4 * V) == 262  # without d_model: the cap
     assert chunk_tokens(V, 64) == 128 and chunk_tokens(V, 132) == chunk_tokens(V, 1024) == 262
-    assert chunk_tokens(V, 1024, chunk_mib=32) == 32 * 2 ** 20 // (4 * V) == 32
+    assert chunk_tokens(V, 1024, chunk_mib=32) == 32 * 2**20 // (4 * V) == 32
     assert chunk_tokens(1000, 64) == MIN_CHUNK_BYTES // 4000  # small vocabularies: at least the floor
     assert chunk_tokens(V, 64, chunk_mib=0.001) == 1
 

@@ -35,11 +35,19 @@ def rendezvous_report():
     dist.all_reduce(t)
     names = [None] * info.world_size
     dist.all_gather_object(names, os.environ.get("SLURMD_NODENAME"))
-    out = {"rank": info.rank, "world": info.world_size, "local_rank": info.local_rank,
-           "local_world": info.local_world_size, "sum": t.item(), "node": os.environ.get("SLURMD_NODENAME"),
-           "nodelist": os.environ.get("SLURM_JOB_NODELIST"), "master": os.environ.get("MASTER_ADDR"),
-           "port": os.environ.get("MASTER_PORT"), "gloo_if": os.environ.get("GLOO_SOCKET_IFNAME"),
-           "all_nodes": names}
+    out = {
+        "rank": info.rank,
+        "world": info.world_size,
+        "local_rank": info.local_rank,
+        "local_world": info.local_world_size,
+        "sum": t.item(),
+        "node": os.environ.get("SLURMD_NODENAME"),
+        "nodelist": os.environ.get("SLURM_JOB_NODELIST"),
+        "master": os.environ.get("MASTER_ADDR"),
+        "port": os.environ.get("MASTER_PORT"),
+        "gloo_if": os.environ.get("GLOO_SOCKET_IFNAME"),
+        "all_nodes": names,
+    }
     destroy_distributed()
     return out
 
@@ -85,11 +93,43 @@ def mn_demo(tmp_path_factory):
 
 def _train_argv(demo, ser, run, *extra):
     root, data, tok, cdir = demo
-    return ["--run", run, "--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir", str(cdir),
-            "--num-clusters", "2", "--train-cluster", "1", "--path-to-data", str(data),
-            "--serialization-dir", str(ser), "--data-name", "demo", "--binarized-dir", str(root / "bin"),
-            "--batch-size", "2", "--tokens-per-sample", "32", "--learning-rate", "3e-3", "--log-interval", "1",
-            "--binarize-workers", "0", "--device", "cpu", "--validate-interval-updates", "0", *extra]
+    return [
+        "--run",
+        run,
+        "--seed-model",
+        "debug",
+        "--tokenizer",
+        str(tok),
+        "--path-to-clusters-dir",
+        str(cdir),
+        "--num-clusters",
+        "2",
+        "--train-cluster",
+        "1",
+        "--path-to-data",
+        str(data),
+        "--serialization-dir",
+        str(ser),
+        "--data-name",
+        "demo",
+        "--binarized-dir",
+        str(root / "bin"),
+        "--batch-size",
+        "2",
+        "--tokens-per-sample",
+        "32",
+        "--learning-rate",
+        "3e-3",
+        "--log-interval",
+        "1",
+        "--binarize-workers",
+        "0",
+        "--device",
+        "cpu",
+        "--validate-interval-updates",
+        "0",
+        *extra,
+    ]
 
 
 def _job_id(out: str) -> str:
@@ -107,8 +147,7 @@ def _assert_same_run(a, b):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("tp", [1, 2])
-def test_train_experts_across_two_nodes_equals_one_node(slurm_two_nodes, mn_demo, tmp_path, monkeypatch, capsys,
-                                                        tp):
+def test_train_experts_across_two_nodes_equals_one_node(slurm_two_nodes, mn_demo, tmp_path, monkeypatch, capsys, tp):
     """--num-nodes 2 --num-gpus 1: one expert, one task per node (dp=2, or tp=2); losses and final weights
     equal the same run as 2 processes on one node (--run local --num-gpus 2)."""
     from xlbtm.scripts.train_experts import main
@@ -117,8 +156,9 @@ def test_train_experts_across_two_nodes_equals_one_node(slurm_two_nodes, mn_demo
     monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_two_nodes.partition)
     par = ["--tensor-parallel-size", "2"] if tp == 2 else []
     steps = ["--max-steps", "4", "--save-interval-updates", "2"]
-    assert main(_train_argv(mn_demo, tmp_path / "two", "slurm", "--num-nodes", "2", "--num-gpus", "1",
-                            *steps, *par)) == 0
+    assert (
+        main(_train_argv(mn_demo, tmp_path / "two", "slurm", "--num-nodes", "2", "--num-gpus", "1", *steps, *par)) == 0
+    )
     job = _job_id(capsys.readouterr().out)
     assert main(_train_argv(mn_demo, tmp_path / "one", "local", "--num-gpus", "2", *steps, *par)) == 0
     two, one = (tmp_path / d / "2_clusters" / "demo.cluster1" for d in ("two", "one"))
@@ -130,8 +170,9 @@ def test_train_experts_across_two_nodes_equals_one_node(slurm_two_nodes, mn_demo
 
 
 @pytest.mark.slow
-def test_two_node_expert_requeue_resumes_without_lost_or_repeated_update(slurm_two_nodes, mn_demo, tmp_path,
-                                                                         monkeypatch, capsys):
+def test_two_node_expert_requeue_resumes_without_lost_or_repeated_update(
+    slurm_two_nodes, mn_demo, tmp_path, monkeypatch, capsys
+):
     """`scontrol requeue` of a running two-node expert job: both ranks save, SLURM reruns it, it resumes."""
     from xlbtm.formats.checkpoints import latest_checkpoint
     from xlbtm.scripts.train_experts import main
@@ -139,8 +180,25 @@ def test_two_node_expert_requeue_resumes_without_lost_or_repeated_update(slurm_t
 
     monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_two_nodes.partition)
     ser, steps = tmp_path / "ser", 120
-    assert main(_train_argv(mn_demo, ser, "slurm", "--num-nodes", "2", "--num-gpus", "1", "--max-steps",
-                            str(steps), "--save-interval-updates", "1000", "--no-wait")) == 0
+    assert (
+        main(
+            _train_argv(
+                mn_demo,
+                ser,
+                "slurm",
+                "--num-nodes",
+                "2",
+                "--num-gpus",
+                "1",
+                "--max-steps",
+                str(steps),
+                "--save-interval-updates",
+                "1000",
+                "--no-wait",
+            )
+        )
+        == 0
+    )
     job_id = _job_id(capsys.readouterr().out)
     run = ser / "2_clusters" / "demo.cluster1"
     t0 = time.time()
@@ -159,8 +217,9 @@ def test_two_node_expert_requeue_resumes_without_lost_or_repeated_update(slurm_t
 
 
 @pytest.mark.slow
-def test_node_down_mid_job_fails_with_log_then_rerun_on_remaining_node_resumes(slurm_two_nodes, mn_demo, tmp_path,
-                                                                             monkeypatch, capsys):
+def test_node_down_mid_job_fails_with_log_then_rerun_on_remaining_node_resumes(
+    slurm_two_nodes, mn_demo, tmp_path, monkeypatch, capsys
+):
     """node2 set DOWN under a running two-node expert: the command ends with a NODE_FAIL job failure naming
     its log (SLURM's requeued copy, which could never start, is cancelled); rerun with --num-nodes 1
     --num-gpus 2 on the remaining node resumes from the last checkpoint and finishes."""
@@ -223,15 +282,18 @@ def test_cluster_job_array_spreads_over_both_nodes_and_equals_local(slurm_two_no
     for shard in range(4):  # 4 files -> a 4-task array
         p = data / "train" / str(shard) / "a.jsonl"
         p.parent.mkdir(parents=True)
-        p.write_text("".join(json.dumps({"text": f"t{shard}{i}", "lang": langs[(shard + i) % 4]}) + "\n"
-                             for i in range(6)))
+        p.write_text(
+            "".join(json.dumps({"text": f"t{shard}{i}", "lang": langs[(shard + i) % 4]}) + "\n" for i in range(6))
+        )
     train_typological_clusterer(langs, 2, tmp_path / "c", mode="xelm")
     monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_two_nodes.partition)
     argv = ["--data-dir", str(data), "--path-to-clusterer", str(tmp_path / "c"), "--split", "train"]
     assert main([*argv, "--output-prefix", str(tmp_path / "local"), "--run", "local", "--num-workers", "1"]) == 0
     since = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(time.time() - 1))
-    assert main([*argv, "--output-prefix", str(tmp_path / "slurm"), "--run", "slurm",
-                 "--job-dir", str(tmp_path / "jobs")]) == 0
+    assert (
+        main([*argv, "--output-prefix", str(tmp_path / "slurm"), "--run", "slurm", "--job-dir", str(tmp_path / "jobs")])
+        == 0
+    )
     assert list(iter_assignments(tmp_path / "slurm", "train")) == list(iter_assignments(tmp_path / "local", "train"))
     nodes = sacct_nodes([], name="xlbtm-cluster", since=since, want=4)
     assert len(nodes) == 4 and set(nodes.values()) == {"node1", "node2"}, nodes

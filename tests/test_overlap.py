@@ -20,12 +20,17 @@ def test_refuse_overlap_relations(tmp_path):
     data = tmp_path / "data"
     (data / "train").mkdir(parents=True)
     os.symlink(data, tmp_path / "link")
-    for out, what in [(data, "is"), (data / "train" / "x", "lies inside"), (tmp_path, "contains"),
-                      (tmp_path / "link" / "train", "lies inside"), (tmp_path / "link", "is")]:
+    for out, what in [
+        (data, "is"),
+        (data / "train" / "x", "lies inside"),
+        (tmp_path, "contains"),
+        (tmp_path / "link" / "train", "lies inside"),
+        (tmp_path / "link", "is"),
+    ]:
         with pytest.raises(UsageError, match=f"--out .* {what} --data-dir"):
             refuse_overlap({"--out": out}, {"--data-dir": data})
     refuse_overlap({"--out": tmp_path / "elsewhere"}, {"--data-dir": data})  # siblings are fine
-    refuse_overlap({"--out": tmp_path / "data2"}, {"--data-dir": data})      # a shared name prefix is not nesting
+    refuse_overlap({"--out": tmp_path / "data2"}, {"--data-dir": data})  # a shared name prefix is not nesting
     refuse_overlap({"--out": data}, {"--seed-model": "debug", "--x": None})  # presets and unset flags: no path
 
 
@@ -40,22 +45,82 @@ def corpus(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("stage,argv", [
-    ("cluster", ["--data-dir", "{data}", "--path-to-clusterer", "{root}/clu", "--output-prefix", "{data}",
-                 "--split", "train", "--run", "local"]),
-    ("cluster", ["--data-dir", "{data}", "--path-to-clusterer", "{root}/clu", "--output-prefix", "{data}/train/c",
-                 "--split", "train", "--run", "local"]),
-    ("train_tokenizer", ["--data-dir", "{data}", "--out", "{data}/train"]),
-    ("train_clusterer", ["--data-dir", "{data}/train", "--num-clusters", "2", "--featurizer", "word",
-                         "--output-dir", "{data}"]),
-    ("binarize", ["--path-to-data", "{data}", "--tokenizer", "{root}/tok", "--output-dir", "{data}/valid"]),
-    ("train_experts", ["--run", "debug", "--seed-model", "debug", "--tokenizer", "{root}/tok", "--num-clusters", "1",
-                       "--path-to-data", "{data}", "--serialization-dir", "{data}/..", "--max-steps", "1",
-                       "--binarized-dir", "{data}/bin"]),
-    ("eval_ensemble", ["--data-dir", "{data}", "--model-paths", "{root}/nothing", "--ensemble-type", "dense",
-                       "--job-dir", "{data}/valid"]),
-    ("quickstart", ["--data-dir", "{root}/qs/models/x", "--out", "{root}/qs"]),
-])
+@pytest.mark.parametrize(
+    "stage,argv",
+    [
+        (
+            "cluster",
+            [
+                "--data-dir",
+                "{data}",
+                "--path-to-clusterer",
+                "{root}/clu",
+                "--output-prefix",
+                "{data}",
+                "--split",
+                "train",
+                "--run",
+                "local",
+            ],
+        ),
+        (
+            "cluster",
+            [
+                "--data-dir",
+                "{data}",
+                "--path-to-clusterer",
+                "{root}/clu",
+                "--output-prefix",
+                "{data}/train/c",
+                "--split",
+                "train",
+                "--run",
+                "local",
+            ],
+        ),
+        ("train_tokenizer", ["--data-dir", "{data}", "--out", "{data}/train"]),
+        (
+            "train_clusterer",
+            ["--data-dir", "{data}/train", "--num-clusters", "2", "--featurizer", "word", "--output-dir", "{data}"],
+        ),
+        ("binarize", ["--path-to-data", "{data}", "--tokenizer", "{root}/tok", "--output-dir", "{data}/valid"]),
+        (
+            "train_experts",
+            [
+                "--run",
+                "debug",
+                "--seed-model",
+                "debug",
+                "--tokenizer",
+                "{root}/tok",
+                "--num-clusters",
+                "1",
+                "--path-to-data",
+                "{data}",
+                "--serialization-dir",
+                "{data}/..",
+                "--max-steps",
+                "1",
+                "--binarized-dir",
+                "{data}/bin",
+            ],
+        ),
+        (
+            "eval_ensemble",
+            [
+                "--data-dir",
+                "{data}",
+                "--model-paths",
+                "{root}/nothing",
+                "--ensemble-type",
+                "dense",
+                "--job-dir",
+                "{data}/valid",
+            ],
+        ),
+        ("quickstart", ["--data-dir", "{root}/qs/models/x", "--out", "{root}/qs"]),
+    ],
+)
 def test_stages_refuse_to_write_into_their_inputs(corpus, stage, argv, capsys):
     import importlib
 

@@ -279,11 +279,25 @@ def test_vocab_parallel_loss_equals_plain_and_shards_the_embedding(tmp_path):
     from train_helpers import REPO, free_port
 
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", VOCAB_PARALLEL], cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              env=dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r),
-                                       WORLD_SIZE="2", LOCAL_RANK=str(r), OMP_NUM_THREADS="1"))
-             for r in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", VOCAB_PARALLEL],
+            cwd=REPO,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=dict(
+                os.environ,
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                RANK=str(r),
+                WORLD_SIZE="2",
+                LOCAL_RANK=str(r),
+                OMP_NUM_THREADS="1",
+            ),
+        )
+        for r in range(2)
+    ]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
     res = json.loads([ln for ln in outs[0].splitlines() if ln.startswith("RESULT ")][0][7:])

@@ -41,6 +41,7 @@ def _pairs_by_cluster(pairs_dir: Path, split: str, assignments: dict) -> dict[in
 
 # -------------------------------------------------------------------------------------- reading a side
 
+
 def test_a_pair_reads_as_the_document_of_one_side(tmp_path):
     from xlbtm.corpus import iter_file
 
@@ -63,8 +64,20 @@ def test_a_missing_side_is_named_by_file_and_line(tmp_path, capsys):
     from xlbtm.cluster.train import train_typological_clusterer
 
     train_typological_clusterer(["de", "fr"], 2, tmp_path / "c")
-    argv = ["--data-dir", str(tmp_path / "pairs"), "--path-to-clusterer", str(tmp_path / "c"), "--output-prefix",
-            str(tmp_path / "out"), "--split", "train", "--parallel-side", "tgt", "--num-workers", "1"]
+    argv = [
+        "--data-dir",
+        str(tmp_path / "pairs"),
+        "--path-to-clusterer",
+        str(tmp_path / "c"),
+        "--output-prefix",
+        str(tmp_path / "out"),
+        "--split",
+        "train",
+        "--parallel-side",
+        "tgt",
+        "--num-workers",
+        "1",
+    ]
     assert main_wrapper("cluster", main, argv) == 2
     assert f"{d / 'de.jsonl'}:2: missing required field 'tgt'" in capsys.readouterr().err
     # without --parallel-side the pairs are read as documents, and the error says what is missing
@@ -74,6 +87,7 @@ def test_a_missing_side_is_named_by_file_and_line(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------ assignment
+
 
 def test_cluster_parallel_side_routes_each_pair_by_its_target_language(data):
     from xlbtm.corpus import Corpus
@@ -124,6 +138,7 @@ def test_tfidf_clusterer_fits_and_routes_by_the_chosen_side(data, tmp_path):
 
 # --------------------------------------------------------------------------------------- binarization
 
+
 def test_clustered_pairs_are_binarized_per_cluster(data, tmp_path):
     from xlbtm.data.binarize import binarize_pairs
     from xlbtm.data.dataset import PairStream
@@ -162,21 +177,54 @@ def test_unassigned_pairs_are_an_error_naming_the_count(data, tmp_path):
     with pytest.raises(InputError, match="40 pairs of split 'train' have no cluster"):
         binarize_pairs(pairs, tmp_path / "out", load_tokenizer(tok_dir), splits=["train"], clusters_dir=clusters)
     assert not list((tmp_path / "out" / "train").glob("*.bin"))  # nothing half-written
-    m = binarize_pairs(pairs, tmp_path / "out", load_tokenizer(tok_dir), splits=["train"], clusters_dir=clusters,
-                       allow_unassigned=True)
+    m = binarize_pairs(
+        pairs, tmp_path / "out", load_tokenizer(tok_dir), splits=["train"], clusters_dir=clusters, allow_unassigned=True
+    )
     assert sum(m["splits"]["train"]["pairs"]) == 40
 
 
 # -------------------------------------------------------------------------------------------- training
 
+
 def _argv(data, ser, objective, *extra):
     root, pairs, mono, tok, _ = data
-    argv = ["--run", "debug", "--seed-model", "debug-xlmr", "--tokenizer", str(tok), "--num-clusters", "2",
-            "--serialization-dir", str(ser), "--objective", objective, "--parallel-data", str(pairs),
-            "--path-to-parallel-clusters-dir", str(root / "pair_clusters"),
-            "--max-steps", "3", "--batch-size", "2", "--tokens-per-sample", "32", "--learning-rate", "3e-3",
-            "--save-interval-updates", "3", "--validate-interval-updates", "3", "--log-interval", "1",
-            "--binarize-workers", "0", "--data-name", "t", *extra]
+    argv = [
+        "--run",
+        "debug",
+        "--seed-model",
+        "debug-xlmr",
+        "--tokenizer",
+        str(tok),
+        "--num-clusters",
+        "2",
+        "--serialization-dir",
+        str(ser),
+        "--objective",
+        objective,
+        "--parallel-data",
+        str(pairs),
+        "--path-to-parallel-clusters-dir",
+        str(root / "pair_clusters"),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--tokens-per-sample",
+        "32",
+        "--learning-rate",
+        "3e-3",
+        "--save-interval-updates",
+        "3",
+        "--validate-interval-updates",
+        "3",
+        "--log-interval",
+        "1",
+        "--binarize-workers",
+        "0",
+        "--data-name",
+        "t",
+        *extra,
+    ]
     if objective != "tlm":
         argv += ["--path-to-data", str(mono), "--path-to-clusters-dir", str(root / "mono_clusters")]
     return argv
@@ -194,8 +242,9 @@ def test_tlm_experts_train_on_their_own_clusters_pairs(data, tmp_path, capsys):
     assert "each expert reads its cluster's pairs" in out
     bin_dir = ser / "2_clusters" / "data-bin"
     pman = read_pairs_manifest(pairs_dir_for(next(bin_dir.iterdir())))
-    tokens = [pman["splits"]["train"]["tokens"]["src"][k] + pman["splits"]["train"]["tokens"]["tgt"][k]
-              for k in range(2)]
+    tokens = [
+        pman["splits"]["train"]["tokens"]["src"][k] + pman["splits"]["train"]["tokens"]["tgt"][k] for k in range(2)
+    ]
     steps = allocate_steps(6, tokens)
     assert pman["num_clusters"] == 2 and "valid" in pman["splits"]
     for k in range(2):
@@ -215,13 +264,16 @@ def test_mlm_tlm_experts_read_both_streams_of_their_cluster(data, tmp_path):
         assert info.data["config"]["objective"] == "mlm+tlm" and info.data["config"]["cluster"] == k
 
 
-@pytest.mark.parametrize("case, msg", [
-    ("mono_as_parallel", "holds cluster files of monolingual documents"),
-    ("parallel_as_mono", "holds cluster files of translation pairs"),
-    ("other_clusterer", "assign both with the same clusterer"),
-    ("dense", "needs --objective tlm or mlm+tlm and --num-clusters > 1"),
-    ("tlm_with_mono_clusters", "--objective tlm reads no monolingual cluster files"),
-])
+@pytest.mark.parametrize(
+    "case, msg",
+    [
+        ("mono_as_parallel", "holds cluster files of monolingual documents"),
+        ("parallel_as_mono", "holds cluster files of translation pairs"),
+        ("other_clusterer", "assign both with the same clusterer"),
+        ("dense", "needs --objective tlm or mlm+tlm and --num-clusters > 1"),
+        ("tlm_with_mono_clusters", "--objective tlm reads no monolingual cluster files"),
+    ],
+)
 def test_parallel_cluster_flags_are_checked_before_anything_runs(data, tmp_path, capsys, case, msg):
     from xlbtm.cli import main_wrapper
     from xlbtm.cluster.assign import assign_corpus
@@ -255,6 +307,7 @@ def test_parallel_cluster_flags_are_checked_before_anything_runs(data, tmp_path,
 
 # ------------------------------------------------------------------------------------------- growing
 
+
 def test_add_experts_grows_mlm_tlm_experts_on_the_new_languages_pairs(data, tmp_path, capsys):
     """A grown expert of a TLM ensemble keeps its objective and trains on the pairs into its language."""
     from xlbtm.cli import main_wrapper
@@ -268,10 +321,32 @@ def test_add_experts_grows_mlm_tlm_experts_on_the_new_languages_pairs(data, tmp_
     new = tmp_path / "new"  # es documents and en->es pairs, beside other languages' that must not be read
     write_mono(new / "mono", n=30, langs=("es", "de"))
     write_pairs(new / "pairs", n=20, langs=("es", "fr"))
-    grow = ["--experts-dir", str(ser / "2_clusters"), "--path-to-clusterer", str(root / "clusterer"), "--langs", "es",
-            "--path-to-data", str(new / "mono"), "--output-clusterer", str(tmp_path / "c+es"), "--init", "expert:0",
-            "--run", "debug", "--max-steps", "3", "--batch-size", "2", "--tokens-per-sample", "32",
-            "--binarize-workers", "0", "--save-interval-updates", "3"]
+    grow = [
+        "--experts-dir",
+        str(ser / "2_clusters"),
+        "--path-to-clusterer",
+        str(root / "clusterer"),
+        "--langs",
+        "es",
+        "--path-to-data",
+        str(new / "mono"),
+        "--output-clusterer",
+        str(tmp_path / "c+es"),
+        "--init",
+        "expert:0",
+        "--run",
+        "debug",
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--tokens-per-sample",
+        "32",
+        "--binarize-workers",
+        "0",
+        "--save-interval-updates",
+        "3",
+    ]
     assert main_wrapper("add_experts", add_main, grow) == 2  # the ensemble trains on pairs: they are needed
     assert "give --parallel-data" in capsys.readouterr().err
     assert add_main(grow + ["--parallel-data", str(new / "pairs")]) == 0

@@ -24,8 +24,13 @@ def test_precision_default_follows_the_device():
 
 
 def test_precision_flag_in_train_experts_help():
-    out = subprocess.run([sys.executable, "-m", "xlbtm.scripts.train_experts", "--help"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "xlbtm.scripts.train_experts", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--precision {fp32,bf16-mixed}" in out and "fp32 master weights" in " ".join(out.split())
 
 

@@ -11,9 +11,29 @@ pytestmark = pytest.mark.slow
 
 def test_quickstart_end_to_end(tmp_path):
     out = tmp_path / "qs out"  # a space in the path on purpose
-    cmd = [sys.executable, "-m", "xlbtm.scripts.quickstart", "--out", str(out), "--num-clusters", "2",
-           "--num-train-docs", "240", "--num-valid-docs", "30", "--vocab-size", "600",
-           "--seed-steps", "6", "--expert-steps", "4", "--tokens-per-sample", "64", "--batch-size", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xlbtm.scripts.quickstart",
+        "--out",
+        str(out),
+        "--num-clusters",
+        "2",
+        "--num-train-docs",
+        "240",
+        "--num-valid-docs",
+        "30",
+        "--vocab-size",
+        "600",
+        "--seed-steps",
+        "6",
+        "--expert-steps",
+        "4",
+        "--tokens-per-sample",
+        "64",
+        "--batch-size",
+        "4",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "report: " in p.stdout and "ensemble ppl" in p.stdout
@@ -23,8 +43,11 @@ def test_quickstart_end_to_end(tmp_path):
     manifest = json.loads((out / "clusters" / "manifest.json").read_text())
     assert manifest["num_clusters"] == 2
     for split, n in (("train", 240), ("valid", 30)):
-        lines = [json.loads(line) for f in sorted((out / "clusters" / split).rglob("*.jsonl"))
-                 for line in f.read_text().splitlines()]
+        lines = [
+            json.loads(line)
+            for f in sorted((out / "clusters" / split).rglob("*.jsonl"))
+            for line in f.read_text().splitlines()
+        ]
         assert len(lines) == n and {d["cluster"] for d in lines} <= {0, 1}
 
     # experts and the dense model: expert.json, DCP checkpoints, consolidated.pt
@@ -53,7 +76,10 @@ def test_quickstart_end_to_end(tmp_path):
     for name in ("ensemble", "dense"):
         res = json.loads((out / "eval" / name / "result.json").read_text())
         assert res["result_ppl"] > 1 and res["documents"] == 30
-        assert set(res["per_language"]) == {d["lang"] for d in map(json.loads, (out / "data" / "valid").glob("*.jsonl").__next__().read_text().splitlines())}
+        assert set(res["per_language"]) == {
+            d["lang"]
+            for d in map(json.loads, (out / "data" / "valid").glob("*.jsonl").__next__().read_text().splitlines())
+        }
     report = (out / "eval" / "ensemble" / "report.md").read_text()
     assert "Per language" in report and "dense" in report.lower()
     png = out / "eval" / "ensemble" / "ppl_by_language.png"
@@ -61,9 +87,30 @@ def test_quickstart_end_to_end(tmp_path):
 
 
 def _tiny(out, *extra):
-    return [sys.executable, "-m", "xlbtm.scripts.quickstart", "--out", str(out), "--num-clusters", "2",
-            "--num-train-docs", "240", "--num-valid-docs", "30", "--vocab-size", "600",
-            "--seed-steps", "6", "--expert-steps", "4", "--tokens-per-sample", "64", "--batch-size", "4", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "xlbtm.scripts.quickstart",
+        "--out",
+        str(out),
+        "--num-clusters",
+        "2",
+        "--num-train-docs",
+        "240",
+        "--num-valid-docs",
+        "30",
+        "--vocab-size",
+        "600",
+        "--seed-steps",
+        "6",
+        "--expert-steps",
+        "4",
+        "--tokens-per-sample",
+        "64",
+        "--batch-size",
+        "4",
+        *extra,
+    ]
 
 
 def test_quickstart_mlm_end_to_end(tmp_path):
@@ -80,8 +127,12 @@ def test_quickstart_mlm_end_to_end(tmp_path):
     assert "--objective mlm" in logged and "--style xlmr" in logged  # the commands a user would type
 
     # every model is an XLM-R trained with MLM: the seed, both experts, the dense model
-    runs = [out / "seed" / "1_clusters" / "seed.cluster0", out / "models" / "2_clusters" / "demo.cluster0",
-            out / "models" / "2_clusters" / "demo.cluster1", out / "models" / "1_clusters" / "dense.cluster0"]
+    runs = [
+        out / "seed" / "1_clusters" / "seed.cluster0",
+        out / "models" / "2_clusters" / "demo.cluster0",
+        out / "models" / "2_clusters" / "demo.cluster1",
+        out / "models" / "1_clusters" / "dense.cluster0",
+    ]
     for run in runs:
         info = json.loads((run / "expert.json").read_text())
         assert info["objective"] == "mlm" and info["model_args"]["arch"] == "xlmr", run
@@ -99,8 +150,7 @@ def test_quickstart_mlm_end_to_end(tmp_path):
     pt = json.loads((out / "point.json").read_text())
     assert pt["objective"] == "mlm" and pt["metric"] == "pseudo-ppl" and pt["key"]["objective"] == "mlm"
     assert pt["ensemble_train_tokens"] == pt["dense_train_tokens"] == pt["dense_steps"] * 4 * 63
-    assert headline.startswith(f"ensemble pseudo-ppl {pt['ensemble_ppl']:.2f} | dense pseudo-ppl "
-                               f"{pt['dense_ppl']:.2f}")
+    assert headline.startswith(f"ensemble pseudo-ppl {pt['ensemble_ppl']:.2f} | dense pseudo-ppl {pt['dense_ppl']:.2f}")
 
     # the HF export is a masked LM
     import torch
@@ -139,8 +189,19 @@ def test_quickstart_mlm_with_parallel_data_trains_tlm_and_scores_retrieval(tmp_p
     pairs = write_pairs(tmp_path / "pairs", n=40)
     write_pairs(tmp_path / "pairs", n=10, split="valid")
     out = tmp_path / "tlm"
-    cmd = _tiny(out, "--objective", "mlm", "--data-dir", str(mono), "--vocab-size", "80",
-                "--parallel-data-dir", str(pairs), "--tlm-ratio", "0.5")
+    cmd = _tiny(
+        out,
+        "--objective",
+        "mlm",
+        "--data-dir",
+        str(mono),
+        "--vocab-size",
+        "80",
+        "--parallel-data-dir",
+        str(pairs),
+        "--tlm-ratio",
+        "0.5",
+    )
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     headline = p.stdout.strip().splitlines()[-1]
@@ -164,8 +225,12 @@ def test_quickstart_mlm_with_parallel_data_trains_tlm_and_scores_retrieval(tmp_p
         assert res["retrieval"]["pairs"] == 20 and res["retrieval"]["per_language"]["de"]["chance"] == 0.1
 
     before = sorted(str(f) for f in out.rglob("*"))
-    p2 = subprocess.run(_tiny(out, "--objective", "mlm", "--data-dir", str(mono), "--vocab-size", "80"),
-                        capture_output=True, text=True, timeout=300)
+    p2 = subprocess.run(
+        _tiny(out, "--objective", "mlm", "--data-dir", str(mono), "--vocab-size", "80"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p2.returncode == 2, p2.stderr[-2000:]
     assert "trained with mlm+tlm" in p2.stderr and "needs its own --out" in p2.stderr
     assert sorted(str(f) for f in out.rglob("*")) == before

@@ -22,8 +22,12 @@ def write_parallel(root, langs=("de", "fr"), n=N_MEANINGS, split="valid", extra:
     d = root / split / "00000"
     d.mkdir(parents=True, exist_ok=True)
     for lang in langs:
-        lines = [json.dumps({"src": f"the house number {m}", "tgt": f"{lang} haus nummer {m}", "src_lang": "en",
-                             "tgt_lang": lang}) for m in range(n)]
+        lines = [
+            json.dumps(
+                {"src": f"the house number {m}", "tgt": f"{lang} haus nummer {m}", "src_lang": "en", "tgt_lang": lang}
+            )
+            for m in range(n)
+        ]
         lines += (extra or {}).get(lang, [])
         (d / f"{lang}.jsonl").write_text("\n".join(lines) + "\n")
     return root
@@ -73,8 +77,9 @@ def mlm(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("ret")
     make_expert(root / "dense", tiny["tok"], 0, 1, seed=3, fingerprint=None, objective="mlm")
     for k in range(2):
-        make_expert(root / "ens" / f"m.cluster{k}", tiny["tok"], k, 2, seed=40 + k, objective="mlm",
-                    fingerprint="fp-test")
+        make_expert(
+            root / "ens" / f"m.cluster{k}", tiny["tok"], k, 2, seed=40 + k, objective="mlm", fingerprint="fp-test"
+        )
     return root
 
 
@@ -82,13 +87,16 @@ def mlm(tiny, tmp_path_factory):
 def clusterers(monkeypatch, tiny):
     import xlbtm.ensemble.evaluate as ev
 
-    made = {"C": FakeSubwordClusterer(tiny["tok"].vocab_size, 2, fingerprint="fp-test"),
-            "typo": FakeTypological({"de": 1}, fingerprint="fp-test")}
+    made = {
+        "C": FakeSubwordClusterer(tiny["tok"].vocab_size, 2, fingerprint="fp-test"),
+        "typo": FakeTypological({"de": 1}, fingerprint="fp-test"),
+    }
     monkeypatch.setattr(ev, "_load_clusterer", lambda path: made[path])
     return made
 
 
 # ------------------------------------------------------------------------------------------ by hand
+
 
 def test_pool_hits_known_answers_ties_and_duplicates():
     e = np.eye(3, dtype=np.float32)
@@ -119,8 +127,10 @@ def test_embed_mean_pools_the_text_tokens_of_each_sentence_alone(tiny, mlm):
     from xlbtm.ensemble.experts import load_model, read_expert
 
     model, args = load_model(read_expert(mlm / "dense"))
-    ids = [x[:40] for x in tiny["tok"].encode_batch(["the house number 1", "a longer sentence about the house " * 3,
-                                                     "x", ""])]
+    ids = [
+        x[:40]
+        for x in tiny["tok"].encode_batch(["the house number 1", "a longer sentence about the house " * 3, "x", ""])
+    ]
     assert len({len(x) for x in ids}) == 4 and ids[-1] == []  # padding differs per row; one empty text
     got = retrieval.embed(model, args, ids, batch_tokens=64)
     for x, v in zip(ids, got):
@@ -133,6 +143,7 @@ def test_embed_mean_pools_the_text_tokens_of_each_sentence_alone(tiny, mlm):
 
 
 # ------------------------------------------------------------------------------------------ end to end
+
 
 def test_constructed_encoder_per_language_accuracy_and_pools(tiny, mlm, fake_vectors, tmp_path):
     """dense: German target 3 is built nearer source 4 than its own source; pools of 3 put them together
@@ -169,13 +180,15 @@ def test_each_side_is_routed_by_its_own_language(tiny, mlm, clusterers, fake_vec
     uni = _eval(tiny, tmp_path / "u", ensemble_type="uniform", **kw)["retrieval"]
     assert uni["accuracy"] == 1.0
     # expert 1 switched off: German targets have no expert of their own -> the remaining one (expert 0)
-    ex = _eval(tiny, tmp_path / "x", ensemble_type="lang", path_to_clusterer="typo", exclude_experts=[1],
-               **kw)["retrieval"]
+    ex = _eval(tiny, tmp_path / "x", ensemble_type="lang", path_to_clusterer="typo", exclude_experts=[1], **kw)[
+        "retrieval"
+    ]
     assert ex["accuracy"] == 1.0 and ex["experts"] is None
 
 
-def test_target_routing_reads_both_sides_with_the_target_languages_expert(tiny, mlm, clusterers, fake_vectors,
-                                                                          tmp_path):
+def test_target_routing_reads_both_sides_with_the_target_languages_expert(
+    tiny, mlm, clusterers, fake_vectors, tmp_path
+):
     """The default --retrieval-routing target reads a pair's both sides with its target side's experts. Expert 0
     places every meaning m at m + 1 (a space of its own, consistent across languages), expert 1 at m. lang
     routing sends English to expert 0, German to expert 1, French to expert 0: target routing reads German pairs
@@ -184,8 +197,13 @@ def test_target_routing_reads_both_sides_with_the_target_languages_expert(tiny, 
     par = write_parallel(tmp_path / "par")
     fake_vectors["expert0"] = lambda lang, m: _one_hot((m + 1) % 10)
     fake_vectors["expert1"] = lambda lang, m: _one_hot(m)
-    kw = dict(experts_dir=str(mlm / "ens"), parallel_data=str(par), retrieval_batch_size=10,
-              ensemble_type="lang", path_to_clusterer="typo")
+    kw = dict(
+        experts_dir=str(mlm / "ens"),
+        parallel_data=str(par),
+        retrieval_batch_size=10,
+        ensemble_type="lang",
+        path_to_clusterer="typo",
+    )
     tgt = _eval(tiny, tmp_path / "t", **kw)["retrieval"]
     assert tgt["per_language"]["de"]["accuracy"] == 1.0 and tgt["per_language"]["fr"]["accuracy"] == 1.0
     assert tgt["settings"]["routing"] == "target"
@@ -194,8 +212,7 @@ def test_target_routing_reads_both_sides_with_the_target_languages_expert(tiny, 
 
 
 @pytest.mark.parametrize("routing, centering", [("target", "pool"), ("own", "none")])
-def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, clusterers, tmp_path, routing,
-                                                                   centering):
+def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, clusterers, tmp_path, routing, centering):
     """Real tiny encoders: every sentence's ensemble vector recomputed one sentence at a time (plain forward,
     mean pool, the router's whole-sentence posterior, softmax(-d/T), weighted sum, normalize), and the
     accuracy@1 recounted pair by pair, for every --temperature of the sweep."""
@@ -204,9 +221,18 @@ def test_clustering_ensemble_vectors_equal_a_brute_force_reference(tiny, mlm, cl
 
     par = write_parallel(tmp_path / "par", n=5)
     temps = [0.05, 1.0]
-    res = _eval(tiny, tmp_path / "job", ensemble_type="clustering", path_to_clusterer="C",
-                experts_dir=str(mlm / "ens"), parallel_data=str(par), retrieval_batch_size=5, temperatures=temps,
-                retrieval_routing=routing, retrieval_centering=centering)
+    res = _eval(
+        tiny,
+        tmp_path / "job",
+        ensemble_type="clustering",
+        path_to_clusterer="C",
+        experts_dir=str(mlm / "ens"),
+        parallel_data=str(par),
+        retrieval_batch_size=5,
+        temperatures=temps,
+        retrieval_routing=routing,
+        retrieval_centering=centering,
+    )
     tok = tiny["tok"]
     models = [load_model(read_expert(mlm / "ens" / f"m.cluster{k}")) for k in range(2)]
     router = router_from_clusterer(clusterers["C"], tok)
@@ -272,12 +298,14 @@ def test_mixed_vectors_are_the_weighted_sum_renormalized():
 
 # ------------------------------------------------------------------------------------------ script
 
+
 def _argv(tiny, job, *extra):
     return ["--data-dir", str(tiny["data"]), "--max-valid-steps", "3", "--job-dir", str(job), *extra]
 
 
-def test_result_and_report_hold_retrieval_beside_dense_and_default_is_unchanged(tiny, mlm, clusterers, tmp_path,
-                                                                                 capsys):
+def test_result_and_report_hold_retrieval_beside_dense_and_default_is_unchanged(
+    tiny, mlm, clusterers, tmp_path, capsys
+):
     from xlbtm.cli import main_wrapper
     from xlbtm.scripts import eval_ensemble
 
@@ -314,8 +342,14 @@ def test_result_and_report_hold_retrieval_beside_dense_and_default_is_unchanged(
     assert main_wrapper("eval_ensemble", eval_ensemble.main, _argv(tiny, tmp_path / "e2", *ens, *pflags[:2])) == 0
     assert "**Not comparable**" in (tmp_path / "e2" / "report.md").read_text()
     # raw cosines against the dense run's centered ones: not comparable either
-    assert main_wrapper("eval_ensemble", eval_ensemble.main, _argv(tiny, tmp_path / "e3", *ens, *pflags,
-                                                                  "--retrieval-centering", "none")) == 0
+    assert (
+        main_wrapper(
+            "eval_ensemble",
+            eval_ensemble.main,
+            _argv(tiny, tmp_path / "e3", *ens, *pflags, "--retrieval-centering", "none"),
+        )
+        == 0
+    )
     assert "centering pool vs none" in (tmp_path / "e3" / "report.md").read_text()
     # sentence vectors are cached per expert in the job dir: a rerun reads them instead of embedding again
     cache = tmp_path / "e" / "embeddings" / "expert0.npz"
@@ -325,19 +359,30 @@ def test_result_and_report_hold_retrieval_beside_dense_and_default_is_unchanged(
     assert json.loads((tmp_path / "e" / "result.json").read_text())["retrieval"] == e["retrieval"]
 
 
-@pytest.mark.parametrize("line, why", [
-    ('{"src": "a", "tgt_lang": "de"}', "tgt"),
-    ("{not json", "JSON"),
-    ('{"src": "a", "tgt": "   "}', "empty"),
-    ('{"text": "monolingual", "lang": "de"}', "src"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ('{"src": "a", "tgt_lang": "de"}', "tgt"),
+        ("{not json", "JSON"),
+        ('{"src": "a", "tgt": "   "}', "empty"),
+        ('{"text": "monolingual", "lang": "de"}', "src"),
+    ],
+)
 def test_bad_parallel_lines_name_file_and_line_exit_2(tiny, mlm, tmp_path, capsys, line, why):
     from xlbtm.cli import main_wrapper
     from xlbtm.scripts import eval_ensemble
 
     par = write_parallel(tmp_path / "par", extra={"fr": [line]})
-    argv = _argv(tiny, tmp_path / "j", "--ensemble-type", "dense", "--model-paths", str(mlm / "dense"),
-                 "--parallel-data", str(par))
+    argv = _argv(
+        tiny,
+        tmp_path / "j",
+        "--ensemble-type",
+        "dense",
+        "--model-paths",
+        str(mlm / "dense"),
+        "--parallel-data",
+        str(par),
+    )
     assert main_wrapper("eval_ensemble", eval_ensemble.main, argv) == 2
     err = capsys.readouterr().err
     assert f"valid/00000/fr.jsonl:{N_MEANINGS + 1}:" in err and why in err, err
@@ -355,16 +400,51 @@ def test_refusals_exit_2_with_one_line(tiny, mlm, clusterers, tmp_path, capsys):
     par = write_parallel(tmp_path / "par")
     make_expert(tmp_path / "clm", tiny["tok"], 0, 1, seed=1, fingerprint=None)
     cases = [
-        (["--ensemble-type", "dense", "--model-paths", str(tmp_path / "clm"), "--parallel-data", str(par)],
-         "--parallel-data"),
-        (["--ensemble-type", "oracle", "--experts-dir", str(mlm / "ens"), "--parallel-data", str(par)],
-         "--parallel-data"),
-        (["--ensemble-type", "dense", "--model-paths", str(mlm / "dense"), "--parallel-data", str(par),
-          "--retrieval-batch-size", "1"], "--retrieval-batch-size"),
-        (["--ensemble-type", "dense", "--model-paths", str(mlm / "dense"), "--parallel-data",
-          str(tmp_path / "missing")], "--parallel-data"),
-        (["--ensemble-type", "dense", "--model-paths", str(mlm / "dense"), "--parallel-data", str(par),
-          "--parallel-subset", "test"], "split 'test'"),
+        (
+            ["--ensemble-type", "dense", "--model-paths", str(tmp_path / "clm"), "--parallel-data", str(par)],
+            "--parallel-data",
+        ),
+        (
+            ["--ensemble-type", "oracle", "--experts-dir", str(mlm / "ens"), "--parallel-data", str(par)],
+            "--parallel-data",
+        ),
+        (
+            [
+                "--ensemble-type",
+                "dense",
+                "--model-paths",
+                str(mlm / "dense"),
+                "--parallel-data",
+                str(par),
+                "--retrieval-batch-size",
+                "1",
+            ],
+            "--retrieval-batch-size",
+        ),
+        (
+            [
+                "--ensemble-type",
+                "dense",
+                "--model-paths",
+                str(mlm / "dense"),
+                "--parallel-data",
+                str(tmp_path / "missing"),
+            ],
+            "--parallel-data",
+        ),
+        (
+            [
+                "--ensemble-type",
+                "dense",
+                "--model-paths",
+                str(mlm / "dense"),
+                "--parallel-data",
+                str(par),
+                "--parallel-subset",
+                "test",
+            ],
+            "split 'test'",
+        ),
     ]
     for extra, msg in cases:
         job = tmp_path / "job"

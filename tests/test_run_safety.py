@@ -24,11 +24,39 @@ def demo(tmp_path_factory):
 
 def _argv(demo, ser, *extra):
     root, data, tok, cdir = demo
-    return ["--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir", str(cdir),
-            "--num-clusters", "2", "--path-to-data", str(data), "--serialization-dir", str(ser),
-            "--data-name", "demo", "--max-steps", "2", "--batch-size", "2", "--tokens-per-sample", "32",
-            "--save-interval-updates", "1", "--validate-interval-updates", "0", "--log-interval", "1",
-            "--binarize-workers", "0", "--train-cluster", "0", *extra]
+    return [
+        "--seed-model",
+        "debug",
+        "--tokenizer",
+        str(tok),
+        "--path-to-clusters-dir",
+        str(cdir),
+        "--num-clusters",
+        "2",
+        "--path-to-data",
+        str(data),
+        "--serialization-dir",
+        str(ser),
+        "--data-name",
+        "demo",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--tokens-per-sample",
+        "32",
+        "--save-interval-updates",
+        "1",
+        "--validate-interval-updates",
+        "0",
+        "--log-interval",
+        "1",
+        "--binarize-workers",
+        "0",
+        "--train-cluster",
+        "0",
+        *extra,
+    ]
 
 
 def _exit_2(argv, capsys) -> str:
@@ -60,8 +88,9 @@ def test_a_second_trainer_on_a_run_dir_stops_and_names_the_holder(demo, tmp_path
     run = ser / "2_clusters" / "demo.cluster0"
     assert latest_checkpoint(run).name == "step_2"
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=REPO, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(run)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         err = _exit_2(_argv(demo, ser, "--run", "local", "--max-steps", "4", "--dry-run"), capsys)
@@ -100,8 +129,13 @@ def _driver_children(driver_pid: int) -> list[int]:
 def test_killing_the_local_driver_stops_its_trainers(demo, tmp_path, sig):
     ser = tmp_path / "ser"
     argv = _argv(demo, ser, "--run", "local", "--max-steps", "100000", "--save-interval-updates", "0")
-    driver = subprocess.Popen([sys.executable, "-m", "xlbtm.scripts.train_experts", *argv], cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "xlbtm.scripts.train_experts", *argv],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     log = ser / "2_clusters" / "demo.cluster0" / "train_log.jsonl"
     try:
         t0 = time.time()

@@ -23,10 +23,12 @@ def no_env(monkeypatch):
 @pytest.fixture
 def gpus(no_env):
     """Pretend this machine has `n` GPUs."""
+
     def set_(n: int):
         no_env.setattr(torch.cuda, "is_available", lambda: n > 0)
         no_env.setattr(torch.cuda, "device_count", lambda: n)
         return no_env
+
     return set_
 
 
@@ -97,8 +99,7 @@ def test_every_command_that_computes_takes_device_and_the_env(gpus, tmp_path, ca
     gpus(0)
     data = tmp_path / "data"
     write_demo_corpus(data, n_train=40, n_valid=4, seed=0)
-    argv = ["--data-dir", str(data), "--num-clusters", "2", "--featurizer", "word", "--output-dir",
-            str(tmp_path / "c")]
+    argv = ["--data-dir", str(data), "--num-clusters", "2", "--featurizer", "word", "--output-dir", str(tmp_path / "c")]
     assert main_wrapper("train_clusterer", train_clusterer.main, [*argv, "--device", "cuda"]) == 2
     assert "no GPU" in capsys.readouterr().err and not (tmp_path / "c").exists()
     gpus(0).setenv(DEVICE_ENV, "cuda")
@@ -108,9 +109,14 @@ def test_every_command_that_computes_takes_device_and_the_env(gpus, tmp_path, ca
     assert (tmp_path / "c" / "clusterer.json").is_file()
 
 
-@pytest.mark.parametrize("names,want", [(("fp32", "float32", "FP32", " Float32 "), torch.float32),
-                                        (("bf16", "bfloat16", "BF16"), torch.bfloat16),
-                                        (("fp16", "float16", "Float16"), torch.float16)])
+@pytest.mark.parametrize(
+    "names,want",
+    [
+        (("fp32", "float32", "FP32", " Float32 "), torch.float32),
+        (("bf16", "bfloat16", "BF16"), torch.bfloat16),
+        (("fp16", "float16", "Float16"), torch.float16),
+    ],
+)
 def test_one_dtype_vocabulary(names, want):
     for name in names:
         assert resolve_dtype(name) is want and dtype_name(name) == str(want).removeprefix("torch.")
@@ -118,8 +124,9 @@ def test_one_dtype_vocabulary(names, want):
 
 
 def test_unknown_dtype_names_the_accepted_values():
-    with pytest.raises(UsageError, match="unknown dtype 'int8'; expected one of fp32, float32, bf16, bfloat16, "
-                                         "fp16, float16"):
+    with pytest.raises(
+        UsageError, match="unknown dtype 'int8'; expected one of fp32, float32, bf16, bfloat16, fp16, float16"
+    ):
         resolve_dtype("int8")
 
 
@@ -127,13 +134,21 @@ def test_every_dtype_flag_takes_both_spellings(capsys):
     """consolidate / convert (fp16|bf16|fp32 before) and generate (float16|bfloat16|float32 before)."""
     from xlbtm.scripts import consolidate, convert, generate
 
-    base = {"consolidate": ["run"], "convert": ["--from", "hf", "--to", "xlbtm", "--input", "a", "--out", "b"],
-            "generate": ["--prompt", "x", "--model-paths", "m"]}
+    base = {
+        "consolidate": ["run"],
+        "convert": ["--from", "hf", "--to", "xlbtm", "--input", "a", "--out", "b"],
+        "generate": ["--prompt", "x", "--model-paths", "m"],
+    }
     for mod in (consolidate, convert, generate):
         p = mod.build_parser()
         args = base[mod.__name__.rsplit(".", 1)[1]]
-        for given, want in (("bf16", "bfloat16"), ("bfloat16", "bfloat16"), ("FP16", "float16"),
-                            ("float32", "float32"), ("fp32", "float32")):
+        for given, want in (
+            ("bf16", "bfloat16"),
+            ("bfloat16", "bfloat16"),
+            ("FP16", "float16"),
+            ("float32", "float32"),
+            ("fp32", "float32"),
+        ):
             assert p.parse_args([*args, "--dtype", given]).dtype == want
         with pytest.raises(SystemExit) as e:
             p.parse_args([*args, "--dtype", "int8"])
@@ -145,7 +160,8 @@ def test_every_dtype_flag_takes_both_spellings(capsys):
 
 def test_runtime_does_not_import_torch():
     """The scripts' parsers and the torch-free cluster assignment path import xlbtm.runtime."""
-    code = ("import sys, xlbtm.runtime as r; r.resolve_device('cpu'); r.dtype_name('bf16'); "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys, xlbtm.runtime as r; r.resolve_device('cpu'); r.dtype_name('bf16'); print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -6,14 +6,50 @@ import pytest
 
 from xlbtm.launch.site import site_from_args
 
-SLURM_FLAGS = ["--slurm-partition", "gpu-x", "--slurm-account", "acct-y", "--slurm-qos", "high",
-               "--time", "90", "--mem-gb", "32", "--cpus-per-task", "6", "--slurm-extra", "mail-type=END"]
+SLURM_FLAGS = [
+    "--slurm-partition",
+    "gpu-x",
+    "--slurm-account",
+    "acct-y",
+    "--slurm-qos",
+    "high",
+    "--time",
+    "90",
+    "--mem-gb",
+    "32",
+    "--cpus-per-task",
+    "6",
+    "--slurm-extra",
+    "mail-type=END",
+]
 
 REQUIRED = {
-    "cluster": ["--data-dir", "D", "--path-to-clusterer", "C", "--output-prefix", "O", "--split", "train",
-                "--run", "slurm"],
-    "train_experts": ["--run", "slurm", "--seed-model", "debug", "--num-clusters", "1", "--path-to-data", "D",
-                      "--serialization-dir", "S", "--max-steps", "1"],
+    "cluster": [
+        "--data-dir",
+        "D",
+        "--path-to-clusterer",
+        "C",
+        "--output-prefix",
+        "O",
+        "--split",
+        "train",
+        "--run",
+        "slurm",
+    ],
+    "train_experts": [
+        "--run",
+        "slurm",
+        "--seed-model",
+        "debug",
+        "--num-clusters",
+        "1",
+        "--path-to-data",
+        "D",
+        "--serialization-dir",
+        "S",
+        "--max-steps",
+        "1",
+    ],
     "eval_ensemble": ["--data-dir", "D", "--model-paths", "m", "--job-dir", "J", "--run", "slurm"],
 }
 

@@ -45,8 +45,15 @@ def gloo_allreduce():
     info = init_distributed()
     t = torch.tensor([float(info.rank + 1)])
     dist.all_reduce(t)
-    out = {"rank": info.rank, "world": info.world_size, "local_rank": info.local_rank,
-           "backend": info.backend, "source": info.source, "sum": t.item(), "pid": os.getpid()}
+    out = {
+        "rank": info.rank,
+        "world": info.world_size,
+        "local_rank": info.local_rank,
+        "backend": info.backend,
+        "source": info.source,
+        "sum": t.item(),
+        "pid": os.getpid(),
+    }
     destroy_distributed()
     return out
 
@@ -115,8 +122,12 @@ def test_job_array_returns_results(slurm_cluster, tmp_path):
     # the accounting database records them (submitit reads job states through sacct); it lags a little
     end = time.monotonic() + 60
     while True:
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(j.job_id for j in jobs)],
-                             capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(j.job_id for j in jobs)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         if out.count("COMPLETED") == 3 or time.monotonic() > end:
             break
         time.sleep(1)
@@ -209,8 +220,7 @@ def test_start_script_is_idempotent(slurm_cluster):
     repo = Path(__file__).resolve().parents[1]
     nodes = slurm_cluster.nodes  # the mode that runs: start.sh without --nodes would switch to one node
     mode = [] if nodes == ["localhost"] else ["--nodes", str(len(nodes))]
-    r = subprocess.run(["bash", str(repo / "slurm/local/start.sh"), *mode], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(["bash", str(repo / "slurm/local/start.sh"), *mode], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     for daemon in ("munged", "mariadb", "slurmdbd", "slurmctld"):
         assert f"{daemon} already running" in r.stdout, r.stdout
@@ -232,17 +242,67 @@ def test_sbatch_template_trains_one_expert_per_array_element(slurm_cluster, tmp_
     (tmp_path / "slurm_logs").mkdir()
     env = dict(os.environ, XLBTM_PYTHON=sys.executable, XLBTM_CPU_WORKERS="1", OMP_NUM_THREADS="1")
     bin_dir = tmp_path / "data-bin"  # binarized once, before the array (as the template says)
-    subprocess.run([sys.executable, "-m", "xlbtm.scripts.binarize", "--path-to-data", str(data),
-                    "--path-to-clusters-dir", str(cdir), "--tokenizer", str(tok), "--output-dir", str(bin_dir),
-                    "--workers", "0"], check=True, env=env, capture_output=True, timeout=300)
-    r = subprocess.run(["sbatch", "--parsable", "--wait", "--array=0-1", "--gpus-per-node=0", "--cpus-per-task=1",
-                        "--time=15", f"--partition={slurm_cluster.partition}",
-                        str(repo / "slurm/sbatch/train_experts.sbatch"),
-                        "--seed-model", "debug", "--tokenizer", str(tok), "--num-clusters", "2",
-                        "--path-to-clusters-dir", str(cdir), "--path-to-data", str(data),
-                        "--serialization-dir", str(runs), "--binarized-dir", str(bin_dir), "--max-steps", "3", "--batch-size", "2",
-                        "--tokens-per-sample", "32", "--run-name", "tpl"],
-                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "xlbtm.scripts.binarize",
+            "--path-to-data",
+            str(data),
+            "--path-to-clusters-dir",
+            str(cdir),
+            "--tokenizer",
+            str(tok),
+            "--output-dir",
+            str(bin_dir),
+            "--workers",
+            "0",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    r = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--wait",
+            "--array=0-1",
+            "--gpus-per-node=0",
+            "--cpus-per-task=1",
+            "--time=15",
+            f"--partition={slurm_cluster.partition}",
+            str(repo / "slurm/sbatch/train_experts.sbatch"),
+            "--seed-model",
+            "debug",
+            "--tokenizer",
+            str(tok),
+            "--num-clusters",
+            "2",
+            "--path-to-clusters-dir",
+            str(cdir),
+            "--path-to-data",
+            str(data),
+            "--serialization-dir",
+            str(runs),
+            "--binarized-dir",
+            str(bin_dir),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--tokens-per-sample",
+            "32",
+            "--run-name",
+            "tpl",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     logs = "\n".join(p.read_text() for p in sorted((tmp_path / "slurm_logs").glob("*")))
     assert r.returncode == 0, r.stdout + r.stderr + logs
     for k in (0, 1):

@@ -26,8 +26,13 @@ def test_allocate_steps_is_proportional_exact_and_never_zero():
 
 
 def _pt(steps, ens, dense):
-    return {"expert_steps": steps, "dense_train_tokens": steps * 4 * 1000, "ensemble_ppl": ens, "dense_ppl": dense,
-            "relative": ens / dense - 1}
+    return {
+        "expert_steps": steps,
+        "dense_train_tokens": steps * 4 * 1000,
+        "ensemble_ppl": ens,
+        "dense_ppl": dense,
+        "relative": ens / dense - 1,
+    }
 
 
 def test_crossover_interpolates_between_losing_and_winning_budgets():
@@ -43,10 +48,33 @@ def test_crossover_interpolates_between_losing_and_winning_budgets():
 @pytest.mark.slow
 def test_scaling_study_end_to_end_tiny_budgets(tmp_path):
     out = tmp_path / "study out"
-    cmd = [sys.executable, "-m", "xlbtm.scripts.scaling_study", "--out", str(out), "--num-clusters", "2",
-           "--num-train-docs", "240", "--num-valid-docs", "30", "--vocab-size", "600", "--seed-steps", "6",
-           "--budgets", "3,6", "--tokens-per-sample", "64", "--batch-size", "4",
-           "--step-allocation", "proportional", "--warmup-fraction", "0.25"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xlbtm.scripts.scaling_study",
+        "--out",
+        str(out),
+        "--num-clusters",
+        "2",
+        "--num-train-docs",
+        "240",
+        "--num-valid-docs",
+        "30",
+        "--vocab-size",
+        "600",
+        "--seed-steps",
+        "6",
+        "--budgets",
+        "3,6",
+        "--tokens-per-sample",
+        "64",
+        "--batch-size",
+        "4",
+        "--step-allocation",
+        "proportional",
+        "--warmup-fraction",
+        "0.25",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "budget 3: ensemble ppl" in p.stdout and "budget 6: ensemble ppl" in p.stdout
@@ -70,8 +98,14 @@ def test_scaling_study_end_to_end_tiny_budgets(tmp_path):
         # the point's own reports exist and say the same numbers
         res = json.loads((out / f"budget_{pt['expert_steps']}" / "eval" / "ensemble" / "result.json").read_text())
         assert res["result_ppl"] == pt["ensemble_ppl"] and res["oracle"]["result_ppl"] == pt["oracle_ppl"]
-        log = [json.loads(line) for line in (out / f"budget_{pt['expert_steps']}" / "models" / "1_clusters" /
-                                       "dense.cluster0" / "train_log.jsonl").read_text().splitlines()]
+        log = [
+            json.loads(line)
+            for line in (
+                out / f"budget_{pt['expert_steps']}" / "models" / "1_clusters" / "dense.cluster0" / "train_log.jsonl"
+            )
+            .read_text()
+            .splitlines()
+        ]
         assert max(r["step"] for r in log) == pt["dense_steps"]
     md = (out / "study.md").read_text()
     assert "| 3 | 6 |" in md and "| 6 | 12 |" in md and "per language" in md.lower()
@@ -87,9 +121,27 @@ def test_scaling_study_end_to_end_tiny_budgets(tmp_path):
     # an existing seed (here the first study's) instead of one trained from scratch: its tokenizer is used
     seed = out / "seed" / "1_clusters" / "seed.cluster0" / "consolidated.pt"
     out2 = tmp_path / "given seed"
-    cmd2 = [sys.executable, "-m", "xlbtm.scripts.scaling_study", "--out", str(out2), "--num-clusters", "2",
-            "--data-dir", str(out / "data"), "--seed-model", str(seed), "--tokenizer", str(out / "tokenizer"),
-            "--budgets", "2", "--tokens-per-sample", "64", "--batch-size", "4"]
+    cmd2 = [
+        sys.executable,
+        "-m",
+        "xlbtm.scripts.scaling_study",
+        "--out",
+        str(out2),
+        "--num-clusters",
+        "2",
+        "--data-dir",
+        str(out / "data"),
+        "--seed-model",
+        str(seed),
+        "--tokenizer",
+        str(out / "tokenizer"),
+        "--budgets",
+        "2",
+        "--tokens-per-sample",
+        "64",
+        "--batch-size",
+        "4",
+    ]
     p3 = subprocess.run(cmd2, capture_output=True, text=True, timeout=600)
     assert p3.returncode == 0, p3.stderr[-4000:]
     assert not (out2 / "seed").exists() and not (out2 / "tokenizer").exists()
@@ -107,9 +159,33 @@ def test_scaling_study_on_slurm(tmp_path, slurm_cluster, monkeypatch, capsys):
 
     monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_cluster.partition)
     out = tmp_path / "study"
-    assert main(["--out", str(out), "--num-clusters", "2", "--num-train-docs", "120", "--num-valid-docs", "12",
-                 "--vocab-size", "400", "--seed-steps", "4", "--budgets", "2", "--tokens-per-sample", "32",
-                 "--batch-size", "2", "--run", "slurm"]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(out),
+                "--num-clusters",
+                "2",
+                "--num-train-docs",
+                "120",
+                "--num-valid-docs",
+                "12",
+                "--vocab-size",
+                "400",
+                "--seed-steps",
+                "4",
+                "--budgets",
+                "2",
+                "--tokens-per-sample",
+                "32",
+                "--batch-size",
+                "2",
+                "--run",
+                "slurm",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "budget 2: ensemble ppl" in printed and printed.count("completed at step") >= 4  # seed, 2 experts, dense
     pt = json.loads((out / "study.json").read_text())["points"][0]
@@ -138,9 +214,20 @@ def _fake_run(run_dir, objective):
     from xlbtm.formats.expert import ExpertInfo, write_expert_info
 
     run_dir.mkdir(parents=True)
-    write_expert_info(run_dir, ExpertInfo(cluster=0, num_clusters=1, clusterer_fingerprint=None, objective=objective,
-                                          model_args={}, tokenizer="tok", tokenizer_fingerprint="f",
-                                          seed_model="debug", run_name="x"))
+    write_expert_info(
+        run_dir,
+        ExpertInfo(
+            cluster=0,
+            num_clusters=1,
+            clusterer_fingerprint=None,
+            objective=objective,
+            model_args={},
+            tokenizer="tok",
+            tokenizer_fingerprint="f",
+            seed_model="debug",
+            run_name="x",
+        ),
+    )
 
 
 def test_point_json_lists_per_cluster_in_cluster_order_at_K_12(tmp_path):
@@ -157,9 +244,21 @@ def test_point_json_lists_per_cluster_in_cluster_order_at_K_12(tmp_path):
     models = tmp_path / "budget_3" / "models"
     for k in range(12):
         run = RunLayout.of(models, 12).run_dir("demo", k)
-        write_expert_info(run, ExpertInfo(cluster=k, num_clusters=12, clusterer_fingerprint="fp", objective="clm",
-                                          model_args={}, tokenizer="tok", tokenizer_fingerprint="f",
-                                          seed_model="s", run_name="demo", data={"config": {"max_steps": 100 + k}}))
+        write_expert_info(
+            run,
+            ExpertInfo(
+                cluster=k,
+                num_clusters=12,
+                clusterer_fingerprint="fp",
+                objective="clm",
+                model_args={},
+                tokenizer="tok",
+                tokenizer_fingerprint="f",
+                seed_model="s",
+                run_name="demo",
+                data={"config": {"max_steps": 100 + k}},
+            ),
+        )
         root = checkpoint_root(run)
         staging_dir(root, 100 + k).mkdir(parents=True)
         (staging_dir(root, 100 + k) / ".metadata").write_bytes(b"")
@@ -180,8 +279,11 @@ def test_a_clm_seed_is_never_reused_for_mlm(tmp_path):
 
     out = tmp_path / "out"
     _fake_run(out / "seed" / "1_clusters" / "seed.cluster0", "clm")
-    with pytest.raises(UsageError, match=r"seed\.cluster0/expert\.json: .* holds clm runs; --objective mlm needs "
-                                         r"its own --out"):
+    with pytest.raises(
+        UsageError,
+        match=r"seed\.cluster0/expert\.json: .* holds clm runs; --objective mlm needs "
+        r"its own --out",
+    ):
         prepare(StudyConfig(out=str(out), objective="mlm"))
     assert sorted(p.name for p in out.iterdir()) == ["seed"]  # refused before the corpus or tokenizer
 
@@ -212,14 +314,38 @@ def test_a_clm_point_is_never_reused_for_mlm(tmp_path):
 def test_study_report_names_the_metric():
     from xlbtm.study.report import render_markdown
 
-    pt = {"expert_steps": 3, "dense_steps": 6, "ensemble_train_tokens": 1512, "dense_train_tokens": 1512,
-          "dense_ppl": 20.0, "ensemble_ppl": 19.0, "oracle_ppl": 18.0, "relative": -0.05, "languages_won": 1,
-          "languages": 1, "per_language": {"en": {"dense": 20.0, "ensemble": 19.0, "oracle": 18.0, "tokens": 9}}}
-    study = {"config": {"num_clusters": 2, "clustering": "tfidf", "temperature": 0.1, "model_size": "debug-xlmr",
-                        "seed_steps": 6, "learning_rate": 5e-3, "warmup_fraction": 0.0,
-                        "step_allocation": "equal", "objective": "mlm"},
-             "points": [pt], "data": "d", "languages": ["en"], "tokens_per_step": 252, "crossover": None,
-             "seconds": 1.0}
+    pt = {
+        "expert_steps": 3,
+        "dense_steps": 6,
+        "ensemble_train_tokens": 1512,
+        "dense_train_tokens": 1512,
+        "dense_ppl": 20.0,
+        "ensemble_ppl": 19.0,
+        "oracle_ppl": 18.0,
+        "relative": -0.05,
+        "languages_won": 1,
+        "languages": 1,
+        "per_language": {"en": {"dense": 20.0, "ensemble": 19.0, "oracle": 18.0, "tokens": 9}},
+    }
+    study = {
+        "config": {
+            "num_clusters": 2,
+            "clustering": "tfidf",
+            "temperature": 0.1,
+            "model_size": "debug-xlmr",
+            "seed_steps": 6,
+            "learning_rate": 5e-3,
+            "warmup_fraction": 0.0,
+            "step_allocation": "equal",
+            "objective": "mlm",
+        },
+        "points": [pt],
+        "data": "d",
+        "languages": ["en"],
+        "tokens_per_step": 252,
+        "crossover": None,
+        "seconds": 1.0,
+    }
     md = render_markdown(study)
     assert "| dense pseudo-ppl | ensemble pseudo-ppl | oracle pseudo-ppl |" in md
     assert "pseudo-perplexity (masked LM) change" in md

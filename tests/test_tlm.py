@@ -38,6 +38,7 @@ def binarized_pairs(corpora):
 
 # ------------------------------------------------------------------------------------------ the reader
 
+
 def test_parallel_reader_reads_pairs_with_sp_ids(tmp_path):
     from xlbtm.corpus import Corpus
 
@@ -48,21 +49,26 @@ def test_parallel_reader_reads_pairs_with_sp_ids(tmp_path):
     corpus = Corpus(tmp_path)
     got = list(corpus.iter_pairs("train"))
     assert [(p.sp_id, p.src, p.tgt, p.src_lang, p.tgt_lang) for p in got] == [
-        ("train/00000/de.jsonl|0", "house", "Haus", "en", "de"), ("train/00000/de.jsonl|2", "tree", "Baum", None, None)]
+        ("train/00000/de.jsonl|0", "house", "Haus", "en", "de"),
+        ("train/00000/de.jsonl|2", "tree", "Baum", None, None),
+    ]
     assert corpus.stats.documents == 2 and corpus.stats.blank == 1
 
 
-@pytest.mark.parametrize("line, why", [
-    (b'{"tgt": "Haus"}', "missing required field 'src'"),
-    (b'{"src": "house"}', "missing required field 'tgt'"),
-    (b'{"src": "house", "tgt": 3}', "field 'tgt' must be a string"),
-    (b'{"src": "  ", "tgt": "Haus"}', "field 'src' is empty"),
-    (b'{"src": "house", "tgt": ""}', "field 'tgt' is empty"),
-    (b'{"src": "house", "tgt": "Haus"', "malformed JSON"),
-    (b'["house", "Haus"]', "expected a JSON object"),
-    (b'{"src": "h\xffuse", "tgt": "Haus"}', "invalid UTF-8"),
-    (b'{"src": "\\ud800", "tgt": "Haus"}', "lone surrogate"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        (b'{"tgt": "Haus"}', "missing required field 'src'"),
+        (b'{"src": "house"}', "missing required field 'tgt'"),
+        (b'{"src": "house", "tgt": 3}', "field 'tgt' must be a string"),
+        (b'{"src": "  ", "tgt": "Haus"}', "field 'src' is empty"),
+        (b'{"src": "house", "tgt": ""}', "field 'tgt' is empty"),
+        (b'{"src": "house", "tgt": "Haus"', "malformed JSON"),
+        (b'["house", "Haus"]', "expected a JSON object"),
+        (b'{"src": "h\xffuse", "tgt": "Haus"}', "invalid UTF-8"),
+        (b'{"src": "\\ud800", "tgt": "Haus"}', "lone surrogate"),
+    ],
+)
 def test_parallel_reader_bad_inputs_name_file_and_line(tmp_path, line, why):
     from xlbtm.corpus import Corpus
     from xlbtm.errors import InputError
@@ -91,6 +97,7 @@ def test_parallel_split_without_pairs_is_an_error(tmp_path):
 
 # ------------------------------------------------------------------------------------ binarized pairs
 
+
 def test_binarized_pairs_hold_every_side_and_resume(corpora, binarized_pairs, caplog):
     from xlbtm.corpus import Corpus
     from xlbtm.data.binarize import binarize_pairs
@@ -118,13 +125,23 @@ def test_binarized_pairs_hold_every_side_and_resume(corpora, binarized_pairs, ca
 
 # ---------------------------------------------------------------------------------------- the examples
 
+
 def _tlm(binarized_pairs, tok_dir, tps, **kw):
     from xlbtm.data.dataset import PairStream, TLMDataset
     from xlbtm.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tok_dir)
-    return tok, TLMDataset(PairStream(binarized_pairs, "train"), tps, vocab_size=tok.vocab_size, mask_id=tok.mask_id,
-                           bos_id=tok.bos_id, pad_id=tok.pad_id, eos_id=tok.eos_id, seed=3, **kw)
+    return tok, TLMDataset(
+        PairStream(binarized_pairs, "train"),
+        tps,
+        vocab_size=tok.vocab_size,
+        mask_id=tok.mask_id,
+        bos_id=tok.bos_id,
+        pad_id=tok.pad_id,
+        eos_id=tok.eos_id,
+        seed=3,
+        **kw,
+    )
 
 
 def test_tlm_example_layout_positions_and_masks_on_both_sides(corpora, binarized_pairs):
@@ -180,7 +197,7 @@ def test_tlm_packing_covers_every_pair_once_and_truncates_long_pairs(corpora, bi
     src, tgt = ps.pair(long_j)
     a, b = small.sides(long_j)
     assert len(a) + len(b) == 6 and len(a) >= 1 and len(b) >= 1
-    assert a.tolist() == src[:len(a)].tolist() and b.tolist() == tgt[:len(b)].tolist()
+    assert a.tolist() == src[: len(a)].tolist() and b.tolist() == tgt[: len(b)].tolist()
     assert abs(len(a) / 6 - len(src) / (len(src) + len(tgt))) <= 1 / 6 + 1e-9
     assert int(np.diff(small.starts).max()) == 1 or len(small) == len(ps)
     from xlbtm.errors import UsageError
@@ -201,8 +218,14 @@ def test_mlm_tlm_ratio_is_honoured_and_a_pure_function_of_seed_and_index(corpora
     _, tlm = _tlm(binarized_pairs, tok_dir, 32)
 
     def mixed(seed, ratio):
-        mlm = MLMDataset(TokenStream(bin_path(tmp_path / "bin", "train", 0)), 32, vocab_size=tok.vocab_size,
-                         mask_id=tok.mask_id, bos_id=tok.bos_id, seed=seed)
+        mlm = MLMDataset(
+            TokenStream(bin_path(tmp_path / "bin", "train", 0)),
+            32,
+            vocab_size=tok.vocab_size,
+            mask_id=tok.mask_id,
+            bos_id=tok.bos_id,
+            seed=seed,
+        )
         return MLMTLMDataset(mlm, tlm, ratio, seed)
 
     R, N = 0.3, 1000
@@ -228,6 +251,7 @@ def test_mlm_tlm_ratio_is_honoured_and_a_pure_function_of_seed_and_index(corpora
 
 # --------------------------------------------------------------------------------------------- the model
 
+
 def test_xlmr_explicit_positions_match_hf_position_ids_and_default_path_is_unchanged():
     from test_models import _pair
 
@@ -237,8 +261,12 @@ def test_xlmr_explicit_positions_match_hf_position_ids_and_default_path_is_uncha
     x[1, 8:] = args.pad_id
     pad = x.eq(args.pad_id)
     first = args.pad_id + 1
-    pos = torch.tensor([list(range(first, first + 5)) * 2,
-                        list(range(first, first + 4)) + list(range(first, first + 4)) + [args.pad_id] * 2])
+    pos = torch.tensor(
+        [
+            list(range(first, first + 5)) * 2,
+            list(range(first, first + 4)) + list(range(first, first + 4)) + [args.pad_id] * 2,
+        ]
+    )
     with torch.no_grad():
         a = ours(x, pad, positions=pos)
         b = hf(input_ids=x, attention_mask=(~pad).long(), position_ids=pos).logits
@@ -249,13 +277,46 @@ def test_xlmr_explicit_positions_match_hf_position_ids_and_default_path_is_uncha
 
 # ------------------------------------------------------------------------------------------- training
 
+
 def _argv(corpora, ser, objective, *extra):
     root, pairs, mono, tok = corpora
-    argv = ["--run", "debug", "--seed-model", "debug-xlmr", "--tokenizer", str(tok), "--num-clusters", "1",
-            "--serialization-dir", str(ser), "--objective", objective, "--parallel-data", str(pairs),
-            "--max-steps", "6", "--batch-size", "4", "--tokens-per-sample", "32", "--learning-rate", "3e-3",
-            "--save-interval-updates", "3", "--validate-interval-updates", "3", "--log-interval", "1",
-            "--binarize-workers", "0", "--dropout", "0.1", "--data-name", "t", *extra]
+    argv = [
+        "--run",
+        "debug",
+        "--seed-model",
+        "debug-xlmr",
+        "--tokenizer",
+        str(tok),
+        "--num-clusters",
+        "1",
+        "--serialization-dir",
+        str(ser),
+        "--objective",
+        objective,
+        "--parallel-data",
+        str(pairs),
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--tokens-per-sample",
+        "32",
+        "--learning-rate",
+        "3e-3",
+        "--save-interval-updates",
+        "3",
+        "--validate-interval-updates",
+        "3",
+        "--log-interval",
+        "1",
+        "--binarize-workers",
+        "0",
+        "--dropout",
+        "0.1",
+        "--data-name",
+        "t",
+        *extra,
+    ]
     if objective != "tlm":
         argv += ["--path-to-data", str(mono)]
     return argv
@@ -308,15 +369,18 @@ def test_mlm_tlm_resume_is_exact(corpora, tmp_path, capsys):
     assert train_losses(run) == ref_losses
 
 
-@pytest.mark.parametrize("change, msg", [
-    ({"--seed-model": "debug"}, "needs a xlmr model, but the seed debug is xglm (translation language modeling"),
-    ({"--parallel-data": None}, "needs --parallel-data"),
-    ({"--path-to-data": "MONO"}, "leave out --path-to-data"),
-    ({"--num-clusters": "2"}, "needs --path-to-parallel-clusters-dir"),
-    ({"--objective": "mlm"}, "--parallel-data is only read by --objective tlm or mlm+tlm"),
-    ({"--objective": "mlm+tlm", "--tlm-ratio": "1.5"}, "--tlm-ratio must be in [0, 1]"),
-    ({"--parallel-data": "EMPTY"}, "expected --parallel-data <dir>/train/"),
-])
+@pytest.mark.parametrize(
+    "change, msg",
+    [
+        ({"--seed-model": "debug"}, "needs a xlmr model, but the seed debug is xglm (translation language modeling"),
+        ({"--parallel-data": None}, "needs --parallel-data"),
+        ({"--path-to-data": "MONO"}, "leave out --path-to-data"),
+        ({"--num-clusters": "2"}, "needs --path-to-parallel-clusters-dir"),
+        ({"--objective": "mlm"}, "--parallel-data is only read by --objective tlm or mlm+tlm"),
+        ({"--objective": "mlm+tlm", "--tlm-ratio": "1.5"}, "--tlm-ratio must be in [0, 1]"),
+        ({"--parallel-data": "EMPTY"}, "expected --parallel-data <dir>/train/"),
+    ],
+)
 def test_tlm_bad_flags_exit_2(corpora, tmp_path, capsys, change, msg):
     from xlbtm.cli import main_wrapper
     from xlbtm.scripts.train_experts import main
@@ -325,7 +389,7 @@ def test_tlm_bad_flags_exit_2(corpora, tmp_path, capsys, change, msg):
     for flag, value in change.items():
         if flag in argv:
             i = argv.index(flag)
-            del argv[i:i + 2]
+            del argv[i : i + 2]
         if value is not None:
             argv += [flag, {"MONO": str(corpora[2]), "EMPTY": str(tmp_path)}.get(value, value)]
     if change.get("--objective") in ("mlm", "mlm+tlm"):

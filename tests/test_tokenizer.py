@@ -151,8 +151,21 @@ def test_train_tokenizer_script(tmp_path):
 
     write_demo_corpus(tmp_path / "data", n_train=80, n_valid=4)
     out = tmp_path / "tok"
-    cmd = [sys.executable, "-m", "xlbtm.scripts.train_tokenizer", "--data-dir", str(tmp_path / "data"),
-           "--out", str(out), "--vocab-size", "600", "--sample-docs", "50", "--style", "xglm"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xlbtm.scripts.train_tokenizer",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+        "--vocab-size",
+        "600",
+        "--sample-docs",
+        "50",
+        "--style",
+        "xglm",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     tok = load_tokenizer(out)

@@ -24,12 +24,21 @@ def demo(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------------- units
 
+
 def test_lr_schedule_warmup_then_polynomial_decay():
     from xlbtm.train.config import TrainConfig
     from xlbtm.train.optim import lr_at
 
-    cfg = TrainConfig(run_dir="r", data_dir="d", seed_model="debug", learning_rate=1.0, end_learning_rate=0.1,
-                      warmup_updates=4, max_steps=14, power=1.0)
+    cfg = TrainConfig(
+        run_dir="r",
+        data_dir="d",
+        seed_model="debug",
+        learning_rate=1.0,
+        end_learning_rate=0.1,
+        warmup_updates=4,
+        max_steps=14,
+        power=1.0,
+    )
     assert [lr_at(s, cfg) for s in (1, 2, 4)] == [0.25, 0.5, 1.0]
     assert lr_at(9, cfg) == pytest.approx(0.55)  # halfway through the decay
     assert lr_at(14, cfg) == pytest.approx(0.1) and lr_at(20, cfg) == pytest.approx(0.1)
@@ -59,9 +68,20 @@ def test_expert_info_roundtrip_and_order_from_expert_json(tmp_path):
     dirs = []
     for k in (10, 2, 1):  # folder names sort as 1, 10, 2; expert order must be 1, 2, 10
         d = expert_run_dir(tmp_path, 12, "c4", k)
-        write_expert_info(d, ExpertInfo(cluster=k, num_clusters=12, clusterer_fingerprint="fp", objective="clm",
-                                        model_args={"arch": "xglm"}, tokenizer="/t", tokenizer_fingerprint="tf",
-                                        seed_model="debug", run_name="c4"))
+        write_expert_info(
+            d,
+            ExpertInfo(
+                cluster=k,
+                num_clusters=12,
+                clusterer_fingerprint="fp",
+                objective="clm",
+                model_args={"arch": "xglm"},
+                tokenizer="/t",
+                tokenizer_fingerprint="tf",
+                seed_model="debug",
+                run_name="c4",
+            ),
+        )
         dirs.append(d)
     assert d == tmp_path / "12_clusters" / "c4.cluster1"
     assert [read_expert_info(p).cluster for p in find_expert_dirs(tmp_path)] == [1, 2, 10]
@@ -72,6 +92,7 @@ def test_expert_info_roundtrip_and_order_from_expert_json(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ kill / preempt
+
 
 def _wait_for_step(run_dir, step, procs, timeout=120):
     log = run_dir / "train_log.jsonl"
@@ -131,7 +152,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(demo, uninterrupted, tmp_pa
     assert in_flight.exists() and int(ck.name[5:]) < int(in_flight.name[6:-4])
     assert not (run / "checkpoints" / in_flight.name[1:-4]).exists()
     _, outs = launch(1, cfg)  # the same command again
-    assert result_of(outs[0]) ["status"] == "completed" and result_of(outs[0])["step"] == 30
+    assert result_of(outs[0])["status"] == "completed" and result_of(outs[0])["step"] == 30
     wa, wb = final_weights(run), final_weights(uninterrupted)
     for k in wb:
         torch.testing.assert_close(wa[k], wb[k], atol=0, rtol=0, msg=k)  # bitwise: deterministic on CPU
@@ -186,8 +207,18 @@ def test_sigusr1_saves_and_exits_resumably(demo, uninterrupted, tmp_path):
 def test_mlm_expert_trains(demo, tmp_path):
     root = demo[0]
     run = tmp_path / "mlm"
-    _, outs = launch(1, base_cfg(run, root / "bin", seed_model="debug-xlmr", objective="mlm", max_steps=12,
-                                 validate_interval_updates=12, learning_rate=1e-2))
+    _, outs = launch(
+        1,
+        base_cfg(
+            run,
+            root / "bin",
+            seed_model="debug-xlmr",
+            objective="mlm",
+            max_steps=12,
+            validate_interval_updates=12,
+            learning_rate=1e-2,
+        ),
+    )
     losses = train_losses(run)
     assert losses[12] < losses[1]
     from xlbtm.formats.expert import read_expert_info
@@ -198,12 +229,41 @@ def test_mlm_expert_trains(demo, tmp_path):
 
 # ------------------------------------------------------------------------------------- train_experts
 
+
 def _argv(root, data, tok, cdir, ser, *extra):
-    return ["--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir", str(cdir),
-            "--num-clusters", "2", "--path-to-data", str(data), "--serialization-dir", str(ser),
-            "--data-name", "demo", "--max-steps", "6", "--batch-size", "4", "--tokens-per-sample", "32",
-            "--learning-rate", "3e-3", "--save-interval-updates", "3", "--validate-interval-updates", "3",
-            "--log-interval", "1", "--binarize-workers", "0", *extra]
+    return [
+        "--seed-model",
+        "debug",
+        "--tokenizer",
+        str(tok),
+        "--path-to-clusters-dir",
+        str(cdir),
+        "--num-clusters",
+        "2",
+        "--path-to-data",
+        str(data),
+        "--serialization-dir",
+        str(ser),
+        "--data-name",
+        "demo",
+        "--max-steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--tokens-per-sample",
+        "32",
+        "--learning-rate",
+        "3e-3",
+        "--save-interval-updates",
+        "3",
+        "--validate-interval-updates",
+        "3",
+        "--log-interval",
+        "1",
+        "--binarize-workers",
+        "0",
+        *extra,
+    ]
 
 
 def test_train_experts_dry_run_prints_plan_and_writes_nothing(demo, tmp_path, capsys):
@@ -211,8 +271,12 @@ def test_train_experts_dry_run_prints_plan_and_writes_nothing(demo, tmp_path, ca
 
     root, data, tok, cdir = demo
     ser = tmp_path / "ser"
-    assert main(_argv(root, data, tok, cdir, ser, "--run", "local", "--num-gpus", "2", "--train-cluster", "1",
-                      "--dry-run")) == 0
+    assert (
+        main(
+            _argv(root, data, tok, cdir, ser, "--run", "local", "--num-gpus", "2", "--train-cluster", "1", "--dry-run")
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "1 expert(s) of K=2" in out and "2 tasks, dp=2 tp=1" in out
     assert str(ser / "2_clusters" / "demo.cluster1") in out and "demo.cluster0" not in out
@@ -224,12 +288,34 @@ def test_train_experts_request_defaults_are_the_flag_defaults():
     from xlbtm.scripts.train_experts import build_parser
     from xlbtm.train.plan import TrainExpertsRequest
 
-    req = TrainExpertsRequest.from_args(build_parser().parse_args(
-        ["--run", "debug", "--seed-model", "debug", "--num-clusters", "1", "--path-to-data", "D",
-         "--serialization-dir", "S", "--max-steps", "3"]))
-    assert req == TrainExpertsRequest(run="debug", seed_model="debug", num_clusters=1, path_to_data="D",
-                                      serialization_dir="S", max_steps=3, binarize_workers=req.binarize_workers,
-                                      site=req.site)
+    req = TrainExpertsRequest.from_args(
+        build_parser().parse_args(
+            [
+                "--run",
+                "debug",
+                "--seed-model",
+                "debug",
+                "--num-clusters",
+                "1",
+                "--path-to-data",
+                "D",
+                "--serialization-dir",
+                "S",
+                "--max-steps",
+                "3",
+            ]
+        )
+    )
+    assert req == TrainExpertsRequest(
+        run="debug",
+        seed_model="debug",
+        num_clusters=1,
+        path_to_data="D",
+        serialization_dir="S",
+        max_steps=3,
+        binarize_workers=req.binarize_workers,
+        site=req.site,
+    )
 
 
 def test_plan_experts_and_describe_plan_without_the_cli(demo, tmp_path, monkeypatch):
@@ -239,11 +325,24 @@ def test_plan_experts_and_describe_plan_without_the_cli(demo, tmp_path, monkeypa
 
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     root, data, tok, cdir = demo
-    req = TrainExpertsRequest(run="local", seed_model="debug", num_clusters=2, path_to_data=str(data),
-                              serialization_dir=str(tmp_path / "ser"), max_steps=5, tokenizer=str(tok),
-                              path_to_clusters_dir=str(cdir), data_name="demo", train_cluster="0-1",
-                              num_gpus=4, tensor_parallel_size=2, batch_size=3, update_freq=2,
-                              tokens_per_sample=16, device="cpu")
+    req = TrainExpertsRequest(
+        run="local",
+        seed_model="debug",
+        num_clusters=2,
+        path_to_data=str(data),
+        serialization_dir=str(tmp_path / "ser"),
+        max_steps=5,
+        tokenizer=str(tok),
+        path_to_clusters_dir=str(cdir),
+        data_name="demo",
+        train_cluster="0-1",
+        num_gpus=4,
+        tensor_parallel_size=2,
+        batch_size=3,
+        update_freq=2,
+        tokens_per_sample=16,
+        device="cpu",
+    )
     plan = plan_experts(req)
     assert [e.cluster for e in plan.experts] == [0, 1] and plan.slots == [None, None]
     assert plan.objective == "clm" and plan.clusterer_fp is not None and plan.dp == 2
@@ -271,21 +370,23 @@ def test_local_runs_in_waves_sized_by_the_machine(monkeypatch):
     assert len(local_slots(LaunchSpec(run="local", num_nodes=1, num_gpus=2, device="cpu"))) == 4
     assert len(local_slots(LaunchSpec(run="local", num_nodes=1, num_gpus=16, device="cpu"))) == 1
     monkeypatch.setattr("torch.cuda.device_count", lambda: 8)
-    assert local_slots(LaunchSpec(run="local", num_nodes=1, num_gpus=4, device="cuda")) == [(0, 1, 2, 3),
-                                                                                          (4, 5, 6, 7)]
+    assert local_slots(LaunchSpec(run="local", num_nodes=1, num_gpus=4, device="cuda")) == [(0, 1, 2, 3), (4, 5, 6, 7)]
 
 
-@pytest.mark.parametrize("bad, msg", [
-    (["--tensor-parallel-size", "3", "--num-gpus", "2"], "--tensor-parallel-size"),
-    (["--train-cluster", "5"], "--train-cluster"),
-    (["--num-clusters", "3"], "--num-clusters"),
-    (["--train-cluster", ""], "--train-cluster is empty"),
-    (["--batch-size", "0"], "--batch-size"),
-    (["--tokens-per-sample", "0"], "--tokens-per-sample"),
-    (["--learning-rate", "nan"], "--learning-rate"),
-    (["--step-allocation", "proportional", "--max-steps", "0"], "--max-steps"),
-    (["--tensor-parallel-size", "3", "--num-gpus", "3", "--tokens-per-sample", "32"], "divisible by --tensor-par"),
-])
+@pytest.mark.parametrize(
+    "bad, msg",
+    [
+        (["--tensor-parallel-size", "3", "--num-gpus", "2"], "--tensor-parallel-size"),
+        (["--train-cluster", "5"], "--train-cluster"),
+        (["--num-clusters", "3"], "--num-clusters"),
+        (["--train-cluster", ""], "--train-cluster is empty"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--tokens-per-sample", "0"], "--tokens-per-sample"),
+        (["--learning-rate", "nan"], "--learning-rate"),
+        (["--step-allocation", "proportional", "--max-steps", "0"], "--max-steps"),
+        (["--tensor-parallel-size", "3", "--num-gpus", "3", "--tokens-per-sample", "32"], "divisible by --tensor-par"),
+    ],
+)
 def test_train_experts_bad_flags_exit_2(demo, tmp_path, capsys, bad, msg):
     from xlbtm.cli import main_wrapper
     from xlbtm.scripts.train_experts import main
@@ -310,7 +411,7 @@ def test_train_experts_debug_dense_baseline_and_resume(demo, tmp_path, capsys):
     argv = _argv(root, data, tok, cdir, ser, "--run", "debug")
     argv[argv.index("--num-clusters") + 1] = "1"
     i = argv.index("--path-to-clusters-dir")
-    del argv[i:i + 2]
+    del argv[i : i + 2]
     assert main(argv) == 0
     run = ser / "1_clusters" / "demo.cluster0"
     info = read_expert_info(run)
@@ -336,23 +437,56 @@ def test_train_experts_local_two_experts_on_manpages(manpages_dir, tmp_path, cap
 
     corpus = Corpus(manpages_dir)
     tok = tmp_path / "tok"
-    train_sentencepiece([d.text[:2000] for _, d in zip(range(300), corpus.iter_documents("train"))], tok,
-                        vocab_size=400)
+    train_sentencepiece(
+        [d.text[:2000] for _, d in zip(range(300), corpus.iter_documents("train"))], tok, vocab_size=400
+    )
     cdir = tmp_path / "clusters"
     for split in ("train", "valid"):
         for f in corpus.files(split):
-            write_cluster_file(cluster_file_path(cdir, corpus.rel(f)),
-                               ((d.sp_id, 0 if d.lang in ("en", "de", "fr", "es", "it") else 1)
-                                for d in corpus.iter_file(f)))
-    write_manifest(cdir, {"format": "xlbtm-clusters/1", "fingerprint": "by-lang", "num_clusters": 2,
-                          "kind": "test"})
+            write_cluster_file(
+                cluster_file_path(cdir, corpus.rel(f)),
+                ((d.sp_id, 0 if d.lang in ("en", "de", "fr", "es", "it") else 1) for d in corpus.iter_file(f)),
+            )
+    write_manifest(cdir, {"format": "xlbtm-clusters/1", "fingerprint": "by-lang", "num_clusters": 2, "kind": "test"})
     ser = tmp_path / "ser"
-    argv = ["--run", "local", "--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir", str(cdir),
-            "--num-clusters", "2", "--path-to-data", str(manpages_dir), "--serialization-dir", str(ser),
-            "--data-name", "manpages", "--max-steps", "30", "--batch-size", "8", "--tokens-per-sample", "64",
-            "--learning-rate", "3e-3", "--warmup-updates", "3", "--validate-interval-updates", "30",
-            "--save-interval-updates", "15", "--max-valid-samples", "64", "--num-gpus", "1",
-            "--binarize-workers", "2"]
+    argv = [
+        "--run",
+        "local",
+        "--seed-model",
+        "debug",
+        "--tokenizer",
+        str(tok),
+        "--path-to-clusters-dir",
+        str(cdir),
+        "--num-clusters",
+        "2",
+        "--path-to-data",
+        str(manpages_dir),
+        "--serialization-dir",
+        str(ser),
+        "--data-name",
+        "manpages",
+        "--max-steps",
+        "30",
+        "--batch-size",
+        "8",
+        "--tokens-per-sample",
+        "64",
+        "--learning-rate",
+        "3e-3",
+        "--warmup-updates",
+        "3",
+        "--validate-interval-updates",
+        "30",
+        "--save-interval-updates",
+        "15",
+        "--max-valid-samples",
+        "64",
+        "--num-gpus",
+        "1",
+        "--binarize-workers",
+        "2",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "logs " in out and "_log.out" in out  # status lines say where the logs are
@@ -366,12 +500,42 @@ def test_train_experts_local_two_experts_on_manpages(manpages_dir, tmp_path, cap
 
 # ------------------------------------------------------------------------------------------------ SLURM
 
+
 def _slurm_argv(demo, ser, *extra):
     root, data, tok, cdir = demo
-    return ["--run", "slurm", "--seed-model", "debug", "--tokenizer", str(tok), "--path-to-clusters-dir",
-            str(cdir), "--num-clusters", "2", "--path-to-data", str(data), "--serialization-dir", str(ser),
-            "--data-name", "demo", "--batch-size", "2", "--tokens-per-sample", "32", "--learning-rate", "3e-3",
-            "--log-interval", "1", "--binarize-workers", "0", "--num-gpus", "2", "--device", "cpu", *extra]
+    return [
+        "--run",
+        "slurm",
+        "--seed-model",
+        "debug",
+        "--tokenizer",
+        str(tok),
+        "--path-to-clusters-dir",
+        str(cdir),
+        "--num-clusters",
+        "2",
+        "--path-to-data",
+        str(data),
+        "--serialization-dir",
+        str(ser),
+        "--data-name",
+        "demo",
+        "--batch-size",
+        "2",
+        "--tokens-per-sample",
+        "32",
+        "--learning-rate",
+        "3e-3",
+        "--log-interval",
+        "1",
+        "--binarize-workers",
+        "0",
+        "--num-gpus",
+        "2",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 @pytest.mark.slurm
@@ -383,8 +547,14 @@ def test_train_experts_slurm_two_experts_two_tasks(demo, tmp_path, slurm_cluster
 
     monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_cluster.partition)
     ser = tmp_path / "ser"
-    assert main(_slurm_argv(demo, ser, "--max-steps", "4", "--save-interval-updates", "2",
-                            "--validate-interval-updates", "4")) == 0
+    assert (
+        main(
+            _slurm_argv(
+                demo, ser, "--max-steps", "4", "--save-interval-updates", "2", "--validate-interval-updates", "4"
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "binarize: job" in out  # tokenizing runs as a SLURM job, not on the submitting node
     assert out.count("completed at step 4") == 2
@@ -408,8 +578,24 @@ def test_train_experts_slurm_requeue_resumes(demo, tmp_path, slurm_cluster, monk
     monkeypatch.setenv("XLBTM_SLURM_PARTITION", slurm_cluster.partition)
     ser = tmp_path / "ser"
     steps = 150
-    assert main(_slurm_argv(demo, ser, "--max-steps", str(steps), "--save-interval-updates", "1000",
-                            "--validate-interval-updates", "0", "--train-cluster", "1", "--no-wait")) == 0
+    assert (
+        main(
+            _slurm_argv(
+                demo,
+                ser,
+                "--max-steps",
+                str(steps),
+                "--save-interval-updates",
+                "1000",
+                "--validate-interval-updates",
+                "0",
+                "--train-cluster",
+                "1",
+                "--no-wait",
+            )
+        )
+        == 0
+    )
     job_id = re.search(r"cluster 1: job (\S+);", capsys.readouterr().out).group(1)
     run = ser / "2_clusters" / "demo.cluster1"
     t0 = time.time()
@@ -444,11 +630,24 @@ def test_branch_from_hf_seed_uses_its_weights_and_tokenizer(demo, tmp_path, caps
     args = get_preset("debug", vocab_size=load_tokenizer(tok).vocab_size, dropout=0.3)
     seed = build_model(args)
     save_hf(seed, args, tmp_path / "seed", tokenizer_dir=tok)
-    argv = _argv(root, data, tok, cdir, tmp_path / "ser", "--run", "debug", "--train-cluster", "1",
-                 "--learning-rate", "0", "--dropout", "0")
+    argv = _argv(
+        root,
+        data,
+        tok,
+        cdir,
+        tmp_path / "ser",
+        "--run",
+        "debug",
+        "--train-cluster",
+        "1",
+        "--learning-rate",
+        "0",
+        "--dropout",
+        "0",
+    )
     argv[argv.index("--seed-model") + 1] = str(tmp_path / "seed")
     i = argv.index("--tokenizer")
-    del argv[i:i + 2]
+    del argv[i : i + 2]
     assert main(argv) == 0
     run = tmp_path / "ser" / "2_clusters" / "demo.cluster1"
     info = read_expert_info(run)
@@ -461,6 +660,7 @@ def test_branch_from_hf_seed_uses_its_weights_and_tokenizer(demo, tmp_path, caps
 
 
 # ------------------------------------------------------------------------------------- Trainer pieces
+
 
 def test_trainer_pieces_alone_equal_a_hand_written_step(demo, tmp_path):
     """build_data / build_model / build_optimizer / train_step / validate / state_dict, called one by one
@@ -477,8 +677,9 @@ def test_trainer_pieces_alone_equal_a_hand_written_step(demo, tmp_path):
     from xlbtm.train.trainer import Trainer
 
     root = demo[0]
-    cfg = TrainConfig.from_dict(base_cfg(tmp_path / "run", root / "bin", clip_norm=0.05, max_valid_samples=6,
-                                         warmup_updates=0))
+    cfg = TrainConfig.from_dict(
+        base_cfg(tmp_path / "run", root / "bin", clip_norm=0.05, max_valid_samples=6, warmup_updates=0)
+    )
     init_distributed(device="cpu", init_single=True)
     try:
         t = Trainer(cfg, 0, 1, torch.device("cpu"))
@@ -492,16 +693,19 @@ def test_trainer_pieces_alone_equal_a_hand_written_step(demo, tmp_path):
         gnorm = float(t.train_step(micro))
         assert t.state_dict() == {"step": 1, "position": 4, "seed": 1}
 
-        (x, y), = micro
+        ((x, y),) = micro
         loss = F.cross_entropy(ref(x, None).view(-1, ref.args.vocab_size), y.view(-1), ignore_index=-100)
         loss.backward()
         ref_norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.clip_norm)
         assert abs(gnorm - float(ref_norm)) < 1e-5 * float(ref_norm) and gnorm > cfg.clip_norm  # clipping active
         decay = [p for p in ref.parameters() if p.ndim >= 2]
         rest = [p for p in ref.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": rest, "weight_decay": 0.0}], lr=lr_at(1, cfg), betas=cfg.adam_betas,
-                                eps=cfg.adam_eps)
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+            lr=lr_at(1, cfg),
+            betas=cfg.adam_betas,
+            eps=cfg.adam_eps,
+        )
         opt.step()
         got = dict(t.model.named_parameters())
         for name, p in ref.named_parameters():
@@ -511,8 +715,12 @@ def test_trainer_pieces_alone_equal_a_hand_written_step(demo, tmp_path):
         vx2, vy2 = collate(t.valid_ds, Sampler(len(t.valid_ds), 0, shuffle=False), [4, 5])
         t.model.eval()
         with torch.no_grad():
-            total = sum(F.cross_entropy(t.model(a, None).view(-1, ref.args.vocab_size), b.view(-1),
-                                        ignore_index=-100, reduction="sum") for a, b in ((vx, vy), (vx2, vy2)))
+            total = sum(
+                F.cross_entropy(
+                    t.model(a, None).view(-1, ref.args.vocab_size), b.view(-1), ignore_index=-100, reduction="sum"
+                )
+                for a, b in ((vx, vy), (vx2, vy2))
+            )
         t.model.train()
         n = int((vy != -100).sum() + (vy2 != -100).sum())
         assert abs(t.validate() - float(total) / n) < 1e-5
@@ -568,22 +776,78 @@ def test_training_flags_reach_the_expert_config_by_name(demo, tmp_path):
     assert {"learning_rate", "adam_betas", "adam_eps", "power", "sync_checkpoints"} <= shared
     # the flags are generated from TrainingSettings: every flag name users type stays exactly as it was
     flags = {o for a in build_parser()._actions for o in a.option_strings}
-    assert {"--train-subset", "--valid-subset", "--learning-rate", "--lr", "--end-learning-rate", "--warmup-updates",
-            "--max-steps", "--max-update", "--batch-size", "--update-freq", "--tokens-per-sample", "--weight-decay",
-            "--clip-norm", "--dropout", "--seed", "--activation-checkpointing", "--compile", "--save-interval-updates",
-            "--validate-interval-updates", "--max-valid-samples", "--keep-checkpoints", "--log-interval",
-            "--tensorboard", "--tensor-parallel-size", "--model-parallel", "--binarize-workers", "--num-nodes",
-            "--num-gpus", "--step-allocation", "--sync-checkpoints", "--adam-betas", "--adam-eps", "--power",
-            "--precision", "--loss-chunk-mib"} <= flags
+    assert {
+        "--train-subset",
+        "--valid-subset",
+        "--learning-rate",
+        "--lr",
+        "--end-learning-rate",
+        "--warmup-updates",
+        "--max-steps",
+        "--max-update",
+        "--batch-size",
+        "--update-freq",
+        "--tokens-per-sample",
+        "--weight-decay",
+        "--clip-norm",
+        "--dropout",
+        "--seed",
+        "--activation-checkpointing",
+        "--compile",
+        "--save-interval-updates",
+        "--validate-interval-updates",
+        "--max-valid-samples",
+        "--keep-checkpoints",
+        "--log-interval",
+        "--tensorboard",
+        "--tensor-parallel-size",
+        "--model-parallel",
+        "--binarize-workers",
+        "--num-nodes",
+        "--num-gpus",
+        "--step-allocation",
+        "--sync-checkpoints",
+        "--adam-betas",
+        "--adam-eps",
+        "--power",
+        "--precision",
+        "--loss-chunk-mib",
+    } <= flags
     root, data, tok, cdir = demo
-    args = build_parser().parse_args(_argv(root, data, tok, cdir, tmp_path / "ser", "--run", "local", "--adam-betas",
-                                           "(0.9, 0.98)", "--adam-eps", "1e-8", "--power", "2",
-                                           "--sync-checkpoints", "--weight-decay", "0.01",
-                                           "--precision", "bf16-mixed", "--loss-chunk-mib", "32"))
+    args = build_parser().parse_args(
+        _argv(
+            root,
+            data,
+            tok,
+            cdir,
+            tmp_path / "ser",
+            "--run",
+            "local",
+            "--adam-betas",
+            "(0.9, 0.98)",
+            "--adam-eps",
+            "1e-8",
+            "--power",
+            "2",
+            "--sync-checkpoints",
+            "--weight-decay",
+            "0.01",
+            "--precision",
+            "bf16-mixed",
+            "--loss-chunk-mib",
+            "32",
+        )
+    )
     cfg = plan_experts(TrainExpertsRequest.from_args(args)).experts[0].cfg
     assert cfg.loss_chunk_mib == 32
-    assert (cfg.adam_betas, cfg.adam_eps, cfg.power, cfg.sync_checkpoints, cfg.weight_decay, cfg.precision) == \
-        ((0.9, 0.98), 1e-8, 2.0, True, 0.01, "bf16-mixed")
+    assert (cfg.adam_betas, cfg.adam_eps, cfg.power, cfg.sync_checkpoints, cfg.weight_decay, cfg.precision) == (
+        (0.9, 0.98),
+        1e-8,
+        2.0,
+        True,
+        0.01,
+        "bf16-mixed",
+    )
     assert (cfg.max_steps, cfg.batch_size, cfg.tokens_per_sample, cfg.learning_rate) == (6, 4, 32, 3e-3)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(UsageError, match="unknown training setting.*adam_beta1"):
@@ -592,5 +856,6 @@ def test_training_flags_reach_the_expert_config_by_name(demo, tmp_path):
         build_parser().parse_args(["--adam-betas", "0.9"])
     assert build_parser().parse_args(_argv(root, data, tok, cdir, tmp_path / "ser", "--run", "local")).precision is None
     with pytest.raises(SystemExit):
-        build_parser().parse_args(_argv(root, data, tok, cdir, tmp_path / "ser", "--run", "local",
-                                        "--precision", "bf16"))
+        build_parser().parse_args(
+            _argv(root, data, tok, cdir, tmp_path / "ser", "--run", "local", "--precision", "bf16")
+        )

@@ -67,8 +67,15 @@ def test_typological_artifact_and_assignment_errors(tmp_path):
     from xlbtm.cluster.artifact import load_clusterer
     from xlbtm.cluster.train import train_typological_clusterer
 
-    data = _corpus(tmp_path / "data", [{"text": "x" * 50, "lang": "en"}, {"text": "y" * 10, "lang": "de"},
-                                       {"text": "z" * 10, "lang": "fr"}, {"text": "w" * 12, "lang": "es"}])
+    data = _corpus(
+        tmp_path / "data",
+        [
+            {"text": "x" * 50, "lang": "en"},
+            {"text": "y" * 10, "lang": "de"},
+            {"text": "z" * 10, "lang": "fr"},
+            {"text": "w" * 12, "lang": "es"},
+        ],
+    )
     c = train_typological_clusterer(["en", "de", "fr", "es"], 2, tmp_path / "typo", data_dir=data)
     c2 = load_clusterer(tmp_path / "typo")
     assert c2.kind == "typological" and c2.num_clusters == 2 and c2.lang_to_cluster == c.lang_to_cluster

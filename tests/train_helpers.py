@@ -44,20 +44,38 @@ def make_demo_data(root: Path, *, n_train: int = 120, n_valid: int = 24, cluster
     cdir = root / "clusters"
     for split in ("train", "valid"):
         for f in corpus.files(split):
-            write_cluster_file(cluster_file_path(cdir, corpus.rel(f)),
-                               ((d.sp_id, int(d.sp_id.rsplit("|", 1)[1]) % clusters) for d in corpus.iter_file(f)))
-    write_manifest(cdir, {"format": "xlbtm-clusters/1", "fingerprint": "test-fp", "num_clusters": clusters,
-                          "kind": "test"})
+            write_cluster_file(
+                cluster_file_path(cdir, corpus.rel(f)),
+                ((d.sp_id, int(d.sp_id.rsplit("|", 1)[1]) % clusters) for d in corpus.iter_file(f)),
+            )
+    write_manifest(
+        cdir, {"format": "xlbtm-clusters/1", "fingerprint": "test-fp", "num_clusters": clusters, "kind": "test"}
+    )
     return data, tok, cdir
 
 
 def base_cfg(run_dir, data_bin, **over) -> dict:
     from xlbtm.train.config import TrainConfig
 
-    cfg = TrainConfig(run_dir=str(run_dir), data_dir=str(data_bin), seed_model="debug", cluster=0, num_clusters=2,
-                      tokens_per_sample=32, batch_size=4, max_steps=4, learning_rate=3e-3, warmup_updates=1,
-                      log_interval=1, validate_interval_updates=0, save_interval_updates=0, clip_norm=0.5,
-                      max_valid_samples=16, progress_bar=False, device="cpu")
+    cfg = TrainConfig(
+        run_dir=str(run_dir),
+        data_dir=str(data_bin),
+        seed_model="debug",
+        cluster=0,
+        num_clusters=2,
+        tokens_per_sample=32,
+        batch_size=4,
+        max_steps=4,
+        learning_rate=3e-3,
+        warmup_updates=1,
+        log_interval=1,
+        validate_interval_updates=0,
+        save_interval_updates=0,
+        clip_norm=0.5,
+        max_valid_samples=16,
+        progress_bar=False,
+        device="cpu",
+    )
     d = cfg.to_dict()
     d.update(over)
     return d
@@ -68,12 +86,28 @@ def launch(nprocs: int, cfg: dict, *, timeout: float = 240, wait: bool = True):
     port = free_port()
     procs = []
     for r in range(nprocs):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), LOCAL_RANK=str(r),
-                   WORLD_SIZE=str(nprocs), LOCAL_WORLD_SIZE=str(nprocs), OMP_NUM_THREADS="1")
+        env = dict(
+            os.environ,
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            RANK=str(r),
+            LOCAL_RANK=str(r),
+            WORLD_SIZE=str(nprocs),
+            LOCAL_WORLD_SIZE=str(nprocs),
+            OMP_NUM_THREADS="1",
+        )
         for k in ("SUBMITIT_EXECUTOR", "SLURM_JOB_ID"):
             env.pop(k, None)
-        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, json.dumps(cfg)], env=env, cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, json.dumps(cfg)],
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     if not wait:
         return procs
     outs = []
@@ -92,7 +126,7 @@ def launch(nprocs: int, cfg: dict, *, timeout: float = 240, wait: bool = True):
 
 def result_of(out: str) -> dict:
     line = [ln for ln in out.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    return json.loads(line[len("RESULT ") :])
 
 
 def train_losses(run_dir) -> dict[int, float]:

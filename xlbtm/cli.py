@@ -81,8 +81,13 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (not action.option_strings or action.required or action.default in (None, False, [], argparse.SUPPRESS)
-                or "default" in text or "%(default)" in text):
+        if (
+            not action.option_strings
+            or action.required
+            or action.default in (None, False, [], argparse.SUPPRESS)
+            or "default" in text
+            or "%(default)" in text
+        ):
             return text
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 
@@ -111,8 +116,9 @@ def make_parser(stage: str, description: str, epilog: str | None = None) -> argp
     )
 
 
-def main_wrapper(stage: str, main: Callable[[Sequence[str] | None], int | None],
-                 argv: Sequence[str] | None = None) -> int:
+def main_wrapper(
+    stage: str, main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None
+) -> int:
     """Run a script's main with xlbtm's error conventions; returns the exit status."""
     from xlbtm.errors import XlbtmError
 
@@ -128,8 +134,11 @@ def main_wrapper(stage: str, main: Callable[[Sequence[str] | None], int | None],
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # writers use temp names (xlbtm.io), so nothing half-written is left under a final name
-        print(f"xlbtm {stage}: error: no space left on device: {e.filename or '(unknown path)'}; free space or "
-              f"choose another output directory, then rerun (finished work is kept)", file=sys.stderr)
+        print(
+            f"xlbtm {stage}: error: no space left on device: {e.filename or '(unknown path)'}; free space or "
+            f"choose another output directory, then rerun (finished work is kept)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"xlbtm {stage}: interrupted", file=sys.stderr)
@@ -146,11 +155,15 @@ def run_script(stage: str, main: Callable[[Sequence[str] | None], int | None]) -
     sys.exit(main_wrapper(stage, main))
 
 
-SKIP_BAD_LINES_HELP = ("skip malformed lines (bad JSON, missing/non-string 'text', invalid UTF-8) and report how many "
-                       "were skipped, instead of stopping at the first one with exit status 2")
-PARALLEL_SIDE_HELP = ("the corpus is parallel data ({\"src\", \"tgt\", \"src_lang\", \"tgt_lang\"} lines): cluster each "
-                      "pair by the text of this side (both: src and tgt together) and, for typological clusterers, by "
-                      "tgt_lang (src_lang with src). tgt puts a pair with the expert of the language it translates into")
+SKIP_BAD_LINES_HELP = (
+    "skip malformed lines (bad JSON, missing/non-string 'text', invalid UTF-8) and report how many "
+    "were skipped, instead of stopping at the first one with exit status 2"
+)
+PARALLEL_SIDE_HELP = (
+    'the corpus is parallel data ({"src", "tgt", "src_lang", "tgt_lang"} lines): cluster each '
+    "pair by the text of this side (both: src and tgt together) and, for typological clusterers, by "
+    "tgt_lang (src_lang with src). tgt puts a pair with the expert of the language it translates into"
+)
 
 
 def add_skip_bad_lines_arg(parser: argparse.ArgumentParser) -> None:

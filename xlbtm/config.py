@@ -20,12 +20,24 @@ from typing import Any, Literal
 MISSING = dataclasses.MISSING
 
 
-def option(default: Any = MISSING, help: str = "", *, group: str | None = None, aliases: tuple[str, ...] = (),
-           flag: str | None = None, type: Callable[[str], Any] | None = None, nargs: str | None = None,
-           metavar: str | None = None, choices_help: dict[str, str] | None = None, exclusive: str | None = None,
-           default_factory: Callable[[], Any] | Any = MISSING, parse: Callable[[Any], Any] | None = None,
-           render: Callable[[Any], list[str]] | None = None, exclusive_required: bool = True,
-           action: Literal["append"] | None = None):
+def option(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    group: str | None = None,
+    aliases: tuple[str, ...] = (),
+    flag: str | None = None,
+    type: Callable[[str], Any] | None = None,
+    nargs: str | None = None,
+    metavar: str | None = None,
+    choices_help: dict[str, str] | None = None,
+    exclusive: str | None = None,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    parse: Callable[[Any], Any] | None = None,
+    render: Callable[[Any], list[str]] | None = None,
+    exclusive_required: bool = True,
+    action: Literal["append"] | None = None,
+):
     """A dataclass field that is also a command-line flag.
 
     `flag`: the flag's name when it is not `--<field-name>` (e.g. `--temperature` for `temperatures`);
@@ -35,9 +47,21 @@ def option(default: Any = MISSING, help: str = "", *, group: str | None = None, 
     name form a mutually exclusive group, one of which must be given unless `exclusive_required` is False;
     `action="append"`: a repeatable flag collecting a list; `choices_help`: one explanation per Literal
     choice."""
-    meta = {"help": help, "group": group, "flags": aliases, "flag": flag, "type": type, "nargs": nargs,
-            "metavar": metavar, "choices_help": choices_help, "exclusive": exclusive, "parse": parse,
-            "render": render, "exclusive_required": exclusive_required, "action": action}
+    meta = {
+        "help": help,
+        "group": group,
+        "flags": aliases,
+        "flag": flag,
+        "type": type,
+        "nargs": nargs,
+        "metavar": metavar,
+        "choices_help": choices_help,
+        "exclusive": exclusive,
+        "parse": parse,
+        "render": render,
+        "exclusive_required": exclusive_required,
+        "action": action,
+    }
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -79,8 +103,9 @@ def _help(f: dataclasses.Field, choices: tuple | None) -> str:
     return text
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, groups: dict | None = None, *,
-                    skip: typing.Collection[str] = ()) -> dict:
+def add_config_args(
+    parser: argparse.ArgumentParser, cls: type, groups: dict | None = None, *, skip: typing.Collection[str] = ()
+) -> dict:
     """One flag per `option` field of `cls` (but those named in `skip`: a command that sets them itself).
     Returns the help groups by name (a script may add its own flags to them)."""
     groups = {} if groups is None else groups
@@ -92,12 +117,14 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, groups: dict | N
         meta = f.metadata
         target: Any = parser
         if meta.get("group"):
-            target = groups.get(meta["group"]) or groups.setdefault(meta["group"],
-                                                                    parser.add_argument_group(meta["group"]))
+            target = groups.get(meta["group"]) or groups.setdefault(
+                meta["group"], parser.add_argument_group(meta["group"])
+            )
         if meta.get("exclusive"):
             if meta["exclusive"] not in exclusive:
                 exclusive[meta["exclusive"]] = target.add_mutually_exclusive_group(
-                    required=meta.get("exclusive_required", True))
+                    required=meta.get("exclusive_required", True)
+                )
             target = exclusive[meta["exclusive"]]
         names = [flag_name(f), *meta["flags"]]
         choices = literal_choices(hints[f.name])
@@ -161,7 +188,12 @@ def render_command(stage: str, config: Any, *positional: Any) -> str:
                 parts += [flag_name(f), str(v)]
         elif value is not False:
             render = f.metadata.get("render")
-            words = render(value) if render else [",".join(map(str, value))] if isinstance(value, (list, tuple)) \
+            words = (
+                render(value)
+                if render
+                else [",".join(map(str, value))]
+                if isinstance(value, (list, tuple))
                 else [str(value)]
+            )
             parts += [flag_name(f), *words]
     return f"python -m xlbtm.scripts.{stage} {shlex.join(parts)}"

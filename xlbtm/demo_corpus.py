@@ -33,25 +33,61 @@ from xlbtm.errors import UsageError
 # code -> (script name, onsets, nuclei, codas, word separator, sentence end, capitalize)
 # Words are onset+nucleus(+coda) syllables; scripts without case or spaces behave like real ones.
 LANGUAGES: dict[str, dict] = {
-    "en": dict(script="Latin", onsets="b c d f g h l m n p r s t w th sh st br cl".split(),
-               nuclei="a e i o u ee ou ea".split(), codas=["", "", "n", "t", "s", "ck", "nd", "ll"],
-               sep=" ", end=".", cap=True),
-    "de": dict(script="Latin", onsets="b d f g h k l m n p r s t w z sch schw st kr gr pf".split(),
-               nuclei="a e i o u ä ö ü ei au ie".split(), codas=["", "", "n", "t", "ß", "ch", "ng", "rz", "lt"],
-               sep=" ", end=".", cap=True),
-    "ru": dict(script="Cyrillic", onsets="б в г д ж з к л м н п р с т ф х ц ч ш щ ст пр".split(),
-               nuclei="а е и о у ы э ю я ё".split(), codas=["", "", "н", "т", "й", "ль", "ск", "в"],
-               sep=" ", end=".", cap=True),
-    "el": dict(script="Greek", onsets="β γ δ ζ θ κ λ μ ν ξ π ρ σ τ φ χ ψ στ".split(),
-               nuclei="α ε η ι ο υ ω αι ει ου ά έ ί ό".split(), codas=["", "", "ς", "ν", "ρ", "ς", "ς"],
-               sep=" ", end=".", cap=True),
-    "ar": dict(script="Arabic", onsets="ب ت ث ج ح خ د ذ ر ز س ش ص ض ط ع غ ف ق ك ل م ن ه و ي".split(),
-               nuclei=["ا", "و", "ي", "", "", ""], codas=["", "", "ة", "ن", "ت", "ل"],
-               sep=" ", end=".", cap=False),
+    "en": dict(
+        script="Latin",
+        onsets="b c d f g h l m n p r s t w th sh st br cl".split(),
+        nuclei="a e i o u ee ou ea".split(),
+        codas=["", "", "n", "t", "s", "ck", "nd", "ll"],
+        sep=" ",
+        end=".",
+        cap=True,
+    ),
+    "de": dict(
+        script="Latin",
+        onsets="b d f g h k l m n p r s t w z sch schw st kr gr pf".split(),
+        nuclei="a e i o u ä ö ü ei au ie".split(),
+        codas=["", "", "n", "t", "ß", "ch", "ng", "rz", "lt"],
+        sep=" ",
+        end=".",
+        cap=True,
+    ),
+    "ru": dict(
+        script="Cyrillic",
+        onsets="б в г д ж з к л м н п р с т ф х ц ч ш щ ст пр".split(),
+        nuclei="а е и о у ы э ю я ё".split(),
+        codas=["", "", "н", "т", "й", "ль", "ск", "в"],
+        sep=" ",
+        end=".",
+        cap=True,
+    ),
+    "el": dict(
+        script="Greek",
+        onsets="β γ δ ζ θ κ λ μ ν ξ π ρ σ τ φ χ ψ στ".split(),
+        nuclei="α ε η ι ο υ ω αι ει ου ά έ ί ό".split(),
+        codas=["", "", "ς", "ν", "ρ", "ς", "ς"],
+        sep=" ",
+        end=".",
+        cap=True,
+    ),
+    "ar": dict(
+        script="Arabic",
+        onsets="ب ت ث ج ح خ د ذ ر ز س ش ص ض ط ع غ ف ق ك ل م ن ه و ي".split(),
+        nuclei=["ا", "و", "ي", "", "", ""],
+        codas=["", "", "ة", "ن", "ت", "ل"],
+        sep=" ",
+        end=".",
+        cap=False,
+    ),
     "zh": dict(script="Han", onsets=None, nuclei=None, codas=None, sep="", end="。", cap=False),
-    "hi": dict(script="Devanagari", onsets="क ख ग घ च ज ट ड त द न प ब म य र ल व स ह".split(),
-               nuclei=["", "ा", "ि", "ी", "ु", "े", "ो"], codas=["", "", "ं", "न", "र"],
-               sep=" ", end="।", cap=False),
+    "hi": dict(
+        script="Devanagari",
+        onsets="क ख ग घ च ज ट ड त द न प ब म य र ल व स ह".split(),
+        nuclei=["", "ा", "ि", "ी", "ु", "े", "ो"],
+        codas=["", "", "ं", "न", "र"],
+        sep=" ",
+        end="।",
+        cap=False,
+    ),
     "ko": dict(script="Hangul", onsets=None, nuclei=None, codas=None, sep=" ", end=".", cap=False),
 }
 DEFAULT_LANGS = ("en", "de", "ru", "el", "ar", "zh")
@@ -107,7 +143,7 @@ def make_lexicon(lang: str, seed: int, num_concepts: int = NUM_CONCEPTS) -> list
 def _zipf_cdf(n: int, exponent: float = ZIPF_EXPONENT) -> list[float]:
     acc, out = 0.0, []
     for r in range(1, n + 1):
-        acc += 1.0 / r ** exponent
+        acc += 1.0 / r**exponent
         out.append(acc)
     return [x / acc for x in out]
 
@@ -133,8 +169,9 @@ class DemoGenerator:
         for i in range(len(pool) - 1, 0, -1):  # Fisher-Yates with random() only
             j = int(rng.random() * (i + 1))
             pool[i], pool[j] = pool[j], pool[i]
-        self.topic_concepts = {t: pool[k * CONCEPTS_PER_TOPIC:(k + 1) * CONCEPTS_PER_TOPIC]
-                               for k, t in enumerate(self.topics)}
+        self.topic_concepts = {
+            t: pool[k * CONCEPTS_PER_TOPIC : (k + 1) * CONCEPTS_PER_TOPIC] for k, t in enumerate(self.topics)
+        }
         self.general_cdf = _zipf_cdf(NUM_CONCEPTS)
         self.topic_cdf = _zipf_cdf(CONCEPTS_PER_TOPIC)
         self.entity_cdf = _zipf_cdf(len(next(iter(TOPICS.values()))))
@@ -190,8 +227,15 @@ def _write_jsonl(path: Path, docs) -> int:
     return n
 
 
-def write_demo_corpus(out_dir: str | os.PathLike, n_train: int = 2000, n_valid: int = 200, seed: int = 0,
-                      *, num_shards: int = 2, langs=DEFAULT_LANGS) -> dict:
+def write_demo_corpus(
+    out_dir: str | os.PathLike,
+    n_train: int = 2000,
+    n_valid: int = 200,
+    seed: int = 0,
+    *,
+    num_shards: int = 2,
+    langs=DEFAULT_LANGS,
+) -> dict:
     """Write the demo corpus to `out_dir` (replaced whole if it is an earlier demo corpus); return a summary.
 
     Train documents are dealt round-robin over `num_shards` shard dirs (`00000`, `00001`, ...).
@@ -217,8 +261,11 @@ def write_demo_corpus(out_dir: str | os.PathLike, n_train: int = 2000, n_valid: 
         return dict(sorted(c.items()))
 
     summary = {
-        "generator": "xlbtm.demo_corpus", "seed": seed, "languages": list(gen.langs),
-        "scripts": {lang: LANGUAGES[lang]["script"] for lang in gen.langs}, "topics": gen.topics,
+        "generator": "xlbtm.demo_corpus",
+        "seed": seed,
+        "languages": list(gen.langs),
+        "scripts": {lang: LANGUAGES[lang]["script"] for lang in gen.langs},
+        "topics": gen.topics,
         "num_shards": num_shards,
         "train": {"documents": n_train, "per_lang": counts(train, "lang"), "per_topic": counts(train, "topic")},
         "valid": {"documents": n_valid, "per_lang": counts(valid, "lang"), "per_topic": counts(valid, "topic")},

@@ -102,19 +102,32 @@ def _seed_file(expert) -> Path:
 
 
 def _average_seed(experts, req: AddExpertsRequest, lang: str, out: Path) -> tuple[Path, list[float]]:
-    weights = posterior_weights(experts, req.path_to_data, req.train.train_subset, langs={lang},
-                                max_docs=req.max_docs_per_lang, job_dir=out.parent / "posterior")
+    weights = posterior_weights(
+        experts,
+        req.path_to_data,
+        req.train.train_subset,
+        langs={lang},
+        max_docs=req.max_docs_per_lang,
+        job_dir=out.parent / "posterior",
+    )
     args = ModelArgs.from_dict(experts[0].meta.model_args)
-    save_consolidated(out, average_states(experts, weights), args,
-                      extra={"merged_from": [str(e.run_dir) for e in experts], "weights": weights})
+    save_consolidated(
+        out,
+        average_states(experts, weights),
+        args,
+        extra={"merged_from": [str(e.run_dir) for e in experts], "weights": weights},
+    )
     return out, weights
 
 
 def one_root_seed(experts, where) -> str:
     seeds = {root_seed(e.meta) for e in experts}
     if len(seeds) != 1:
-        raise InputError(f"the experts were branched from different seeds ({', '.join(sorted(seeds))}); growing "
-                         "needs one ensemble from one seed", where)
+        raise InputError(
+            f"the experts were branched from different seeds ({', '.join(sorted(seeds))}); growing "
+            "needs one ensemble from one seed",
+            where,
+        )
     return seeds.pop()
 
 
@@ -140,12 +153,20 @@ def _check_not_grown_otherwise(run_dir: Path, method: str, parent=...) -> None:
         return
     had = read_expert_info(run_dir).init
     if had.get("method") != method or (parent is not ... and had.get("parent") != parent):
-        raise UsageError(f"{run_dir} was already grown with --init {had.get('method')} (parent "
-                         f"{had.get('parent')}); to compare inits, grow a copy of --experts-dir")
+        raise UsageError(
+            f"{run_dir} was already grown with --init {had.get('method')} (parent "
+            f"{had.get('parent')}); to compare inits, grow a copy of --experts-dir"
+        )
 
 
-def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path, clusterer,
-                       splits: list[str], parallel_side: str | None = None) -> dict[str, list[int]]:
+def assign_by_language(
+    data_dir,
+    lang_to_cluster: dict[str, int],
+    out_dir: Path,
+    clusterer,
+    splits: list[str],
+    parallel_side: str | None = None,
+) -> dict[str, list[int]]:
     """Cluster files giving each new language's documents its new cluster (a new expert trains on its
     language, X-ELM); documents of other languages get none (training drops them). {split: docs per cluster}.
     A rerun on the same corpus files keeps the files (so the binarized data is not redone). `parallel_side`:
@@ -154,25 +175,40 @@ def assign_by_language(data_dir, lang_to_cluster: dict[str, int], out_dir: Path,
     inputs = {s: [[corpus.rel(f), f.stat().st_size, f.stat().st_mtime_ns] for f in corpus.files(s)] for s in splits}
     if (out_dir / MANIFEST).is_file():
         m = read_manifest(out_dir)
-        if m["fingerprint"] == clusterer.fingerprint and m.get("inputs") == inputs \
-                and m.get("parallel_side") == parallel_side:
+        if (
+            m["fingerprint"] == clusterer.fingerprint
+            and m.get("inputs") == inputs
+            and m.get("parallel_side") == parallel_side
+        ):
             return {s: m["splits"][s]["documents"] for s in splits}
     counts = {}
     for split in splits:
         n = [0] * K
         for f in corpus.files(split):
-            pairs = [(d.sp_id, lang_to_cluster[d.lang]) for d in corpus.iter_file(f, parallel_side)
-                     if d.lang in lang_to_cluster]
+            pairs = [
+                (d.sp_id, lang_to_cluster[d.lang])
+                for d in corpus.iter_file(f, parallel_side)
+                if d.lang in lang_to_cluster
+            ]
             for _, k in pairs:
                 n[k] += 1
             write_cluster_file(cluster_file_path(out_dir, corpus.rel(f)), pairs)
         counts[split] = n
-    write_manifest(out_dir, {"format": FORMAT, "fingerprint": clusterer.fingerprint, "num_clusters": K,
-                             "kind": "language", "clusterer": str(clusterer.path),
-                             "data_dir": str(Path(data_dir).resolve()), "inputs": inputs,
-                             **({"parallel_side": parallel_side} if parallel_side else {}),
-                             "documents": [sum(c[k] for c in counts.values()) for k in range(K)],
-                             "splits": {s: {"documents": c} for s, c in counts.items()}})
+    write_manifest(
+        out_dir,
+        {
+            "format": FORMAT,
+            "fingerprint": clusterer.fingerprint,
+            "num_clusters": K,
+            "kind": "language",
+            "clusterer": str(clusterer.path),
+            "data_dir": str(Path(data_dir).resolve()),
+            "inputs": inputs,
+            **({"parallel_side": parallel_side} if parallel_side else {}),
+            "documents": [sum(c[k] for c in counts.values()) for k in range(K)],
+            "splits": {s: {"documents": c} for s, c in counts.items()},
+        },
+    )
     return counts
 
 
@@ -184,13 +220,17 @@ def grown_objective(req: AddExpertsRequest, info0: ExpertInfo) -> tuple[Objectiv
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if OBJECTIVES[objective] != OBJECTIVES[trained]:
-        raise UsageError(f"--objective {objective} trains a {OBJECTIVES[objective]} model, but the experts are "
-                         f"{OBJECTIVES[trained]} (trained with {trained})")
+        raise UsageError(
+            f"--objective {objective} trains a {OBJECTIVES[objective]} model, but the experts are "
+            f"{OBJECTIVES[trained]} (trained with {trained})"
+        )
     objective = typing.cast(Objective, objective)  # one of OBJECTIVES: checked above
     reads = ({"mono"} if uses_monolingual(objective) else set()) | ({"pairs"} if uses_pairs(objective) else set())
     if "pairs" in reads and not req.parallel_data:
-        raise UsageError(f"the new experts train with --objective {objective}: give --parallel-data (translation "
-                         "pairs; those whose tgt_lang is a new language train its expert)")
+        raise UsageError(
+            f"the new experts train with --objective {objective}: give --parallel-data (translation "
+            "pairs; those whose tgt_lang is a new language train its expert)"
+        )
     if "pairs" not in reads and req.parallel_data:
         raise UsageError(f"--parallel-data is only read by --objective tlm or mlm+tlm, not {objective}")
     return objective, reads
@@ -202,13 +242,18 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
     old = load_clusterer(req.path_to_clusterer)
     # the experts of the old clusterer (and its ancestors); experts grown from it before (a rerun) are not theirs
     known = lineage(old)
-    experts = match_experts([e for e in find_experts(experts_dir) if e.meta.clusterer_fingerprint in known],
-                            num_clusters=old.num_clusters, clusterer_fingerprint=old.fingerprint, lineage=known)
+    experts = match_experts(
+        [e for e in find_experts(experts_dir) if e.meta.clusterer_fingerprint in known],
+        num_clusters=old.num_clusters,
+        clusterer_fingerprint=old.fingerprint,
+        lineage=known,
+    )
     # what can be refused is refused before anything is written
     parse_init(req.init, old.num_clusters)
     one_root_seed(experts, experts_dir)
-    ext = extend_clusterer(old, req.langs, req.output_clusterer, data_dir=req.path_to_data,
-                           max_docs=req.max_docs_per_lang)
+    ext = extend_clusterer(
+        old, req.langs, req.output_clusterer, data_dir=req.path_to_data, max_docs=req.max_docs_per_lang
+    )
     K0, K = old.num_clusters, ext.num_clusters
     new_langs = list(ext.meta["extends"]["langs"])
     work = layout.grown_dir(ext.fingerprint)
@@ -239,15 +284,24 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
         _check_not_grown_otherwise(layout.run_dir(info0.run_name, k), init["method"], init.get("parent"))
         log.info(f"{lang}: cluster {k}, init {init['method']} from {init.get('parent') or seed}")
         treq = dataclasses.replace(
-            req.train, seed_model=seed, num_clusters=K, train_cluster=str(k),
+            req.train,
+            seed_model=seed,
+            num_clusters=K,
+            train_cluster=str(k),
             path_to_clusters_dir=str(clusters) if "mono" in reads else None,
             path_to_data=req.path_to_data if "mono" in reads else None,
             parallel_data=req.parallel_data if "pairs" in reads else None,
             path_to_parallel_clusters_dir=None if pair_clusters is None else str(pair_clusters),
-            serialization_dir=str(experts_dir.parent), experts_dir=str(experts_dir),
-            tokenizer=info0.tokenizer, objective=objective, run_name=info0.run_name, init=init,
+            serialization_dir=str(experts_dir.parent),
+            experts_dir=str(experts_dir),
+            tokenizer=info0.tokenizer,
+            objective=objective,
+            run_name=info0.run_name,
+            init=init,
             binarized_dir=req.train.binarized_dir or str(RunLayout(work).data_bin),
-            model_size=None, allow_unassigned=True)
+            model_size=None,
+            allow_unassigned=True,
+        )
         plan = plan_experts(treq)
         for line in describe_plan(plan):
             print(line)
@@ -260,7 +314,8 @@ def add_experts(req: AddExpertsRequest) -> list[GrownExpert]:
         for line in describe_results(plan, results):
             print(line)
         if not all_completed(results):
-            raise InputError(f"the {lang} expert did not finish; rerun the same command to resume it",
-                             plan.experts[0].run_dir)
+            raise InputError(
+                f"the {lang} expert did not finish; rerun the same command to resume it", plan.experts[0].run_dir
+            )
         grown.append(GrownExpert(lang, k, init, plan.experts[0].run_dir))
     return grown

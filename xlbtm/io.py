@@ -27,8 +27,11 @@ def refuse_overlap(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
     """
     from xlbtm.errors import UsageError
 
-    resolved_inputs = [(flag, str(path), Path(path).resolve()) for flag, path in inputs.items()
-                       if path is not None and str(path) and os.path.exists(path)]
+    resolved_inputs = [
+        (flag, str(path), Path(path).resolve())
+        for flag, path in inputs.items()
+        if path is not None and str(path) and os.path.exists(path)
+    ]
     for oflag, opath in outputs.items():
         if opath is None or not str(opath):
             continue
@@ -42,8 +45,10 @@ def refuse_overlap(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
                 what = "lies inside"
             else:
                 continue
-            raise UsageError(f"{oflag} {opath} {what} {iflag} {ipath}: writing there would overwrite that input; "
-                             f"choose an output outside it")
+            raise UsageError(
+                f"{oflag} {opath} {what} {iflag} {ipath}: writing there would overwrite that input; "
+                f"choose an output outside it"
+            )
 
 
 def _named_after(e: BaseException, tmp: Path, final: Path) -> BaseException:
@@ -51,7 +56,7 @@ def _named_after(e: BaseException, tmp: Path, final: Path) -> BaseException:
     error line should name: `no space left on device: out/hf/model.safetensors`, not `.hf.x1y2.tmp/...`)."""
     name = getattr(e, "filename", None)
     if isinstance(e, OSError) and name and str(name).startswith(str(tmp)):
-        renamed = OSError(e.errno, e.strerror, str(final) + str(name)[len(str(tmp)):])
+        renamed = OSError(e.errno, e.strerror, str(final) + str(name)[len(str(tmp)) :])
         renamed.__cause__ = e
         return renamed
     return e

@@ -30,8 +30,7 @@ log = get_logger("quickstart")
 @dataclass
 class QuickstartConfig(PipelineConfig):
     out: str = option("quickstart_out", "output directory for every artifact", aliases=("--output-dir",))
-    expert_steps: int = option(
-        900, "steps per expert; the dense continuation gets K x this many (compute-matched)")
+    expert_steps: int = option(900, "steps per expert; the dense continuation gets K x this many (compute-matched)")
 
 
 def run_quickstart(cfg: QuickstartConfig) -> dict:
@@ -59,7 +58,16 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         "seconds": round(time.time() - t0, 1),
         "out": str(prep.out),
     }
-    log.info("done in %.0f s. ensemble %s %.2f vs dense %.2f (K=%d, compute-matched; better in %d of %d "
-             "languages). report: %s", summary["seconds"], summary["metric"], summary["ensemble_ppl"], summary["dense_ppl"],
-             cfg.num_clusters, summary["languages_won"], summary["languages"], summary["report"])
+    log.info(
+        "done in %.0f s. ensemble %s %.2f vs dense %.2f (K=%d, compute-matched; better in %d of %d "
+        "languages). report: %s",
+        summary["seconds"],
+        summary["metric"],
+        summary["ensemble_ppl"],
+        summary["dense_ppl"],
+        cfg.num_clusters,
+        summary["languages_won"],
+        summary["languages"],
+        summary["report"],
+    )
     return summary

@@ -28,8 +28,14 @@ from xlbtm.errors import UsageError
 DEVICE_ENV = "XLBTM_DEVICE"
 DEVICES = ("cpu", "cuda")  # "cuda:<n>" names one GPU
 # every accepted spelling -> the canonical (torch) name
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp16": "float16", "float16": "float16"}
+DTYPES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+}
 Precision = Literal["fp32", "bf16-mixed"]  # training: --precision (TrainingSettings.precision)
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 _NO_REQUEST = (None, "", "auto")
@@ -54,7 +60,7 @@ def requested_device(requested: str | None = None) -> str | None:
 
 
 def resolve_device(requested: str | None = None) -> str:
-    """"cpu", "cuda" or "cuda:<n>": `requested` (None / "auto": not requested) > $XLBTM_DEVICE > cuda when
+    """ "cpu", "cuda" or "cuda:<n>": `requested` (None / "auto": not requested) > $XLBTM_DEVICE > cuda when
     a GPU is visible > cpu. A requested GPU that this machine does not have is a UsageError."""
     kind = requested_device(requested)
     if kind == "cpu":

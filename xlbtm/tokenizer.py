@@ -110,6 +110,7 @@ class Tokenizer:
 
 # ------------------------------------------------------------------------------------------------ loading
 
+
 def find_sp_model(path: Path) -> Path | None:
     for name in SP_MODEL_NAMES:
         if (path / name).is_file():
@@ -154,7 +155,8 @@ def fairseq_vocab(proto, style: str = "xlmr") -> list[tuple[str, float]]:
     if types != (UNKNOWN, CONTROL, CONTROL):
         raise InputError(
             "SentencePiece model does not have the fairseq layout (<unk>, <s>, </s> at ids 0..2); "
-            "train it with SentencePiece's default unk_id=0 bos_id=1 eos_id=2")
+            "train it with SentencePiece's default unk_id=0 bos_id=1 eos_id=2"
+        )
     vocab = [(t, 0.0) for t in FAIRSEQ_SPECIALS]
     vocab += [(p.piece, float(p.score)) for p in proto.pieces[3:]]
     tail = XGLM_MADEUP if style == "xglm" else (MASK,)
@@ -170,8 +172,10 @@ def tokenizer_from_sp_model(model_path: Path, style: str = "xlmr"):
     # (transformers annotates _spm_precompiled_charsmap as str; tokenizers' Precompiled takes the bytes)
     if style == "xglm":
         from transformers import XGLMTokenizer
+
         return XGLMTokenizer(vocab=vocab, _spm_precompiled_charsmap=charsmap)  # type: ignore[arg-type]
     from transformers import XLMRobertaTokenizer
+
     return XLMRobertaTokenizer(vocab=vocab, _spm_precompiled_charsmap=charsmap)  # type: ignore[arg-type]
 
 
@@ -209,7 +213,9 @@ def _check_special_ids(hf, path: Path) -> None:
     if got != want or ids != (0, 1, 2, 3):
         raise InputError(
             f"tokenizer does not use the fairseq special ids <s>=0 <pad>=1 </s>=2 <unk>=3 (got {got}, "
-            f"bos/pad/eos/unk ids {ids}); xlbtm models (XGLM / XLM-R) need that layout", path)
+            f"bos/pad/eos/unk ids {ids}); xlbtm models (XGLM / XLM-R) need that layout",
+            path,
+        )
 
 
 def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
@@ -238,7 +244,9 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         if sp_model is None:
             raise InputError(
                 "no tokenizer here: expected tokenizer.json or sentencepiece.bpe.model "
-                f"(one of {', '.join(SP_MODEL_NAMES)})", path)
+                f"(one of {', '.join(SP_MODEL_NAMES)})",
+                path,
+            )
         hf = tokenizer_from_sp_model(sp_model, style)
     else:
         from transformers import AutoTokenizer
@@ -256,9 +264,16 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
                 if sp_model is None:
                     raise InputError(
                         f"transformers built a broken tokenizer ({why}); add the seed's "
-                        "sentencepiece.bpe.model to this directory so xlbtm can rebuild it", path)
-                log.warning("tokenizer loaded by transformers from %s is broken (%s); rebuilding it from %s "
-                            "with the fairseq id offset", path, why, sp_model.name)
+                        "sentencepiece.bpe.model to this directory so xlbtm can rebuild it",
+                        path,
+                    )
+                log.warning(
+                    "tokenizer loaded by transformers from %s is broken (%s); rebuilding it from %s "
+                    "with the fairseq id offset",
+                    path,
+                    why,
+                    sp_model.name,
+                )
                 hf = tokenizer_from_sp_model(sp_model, style)
     if not hasattr(hf, "backend_tokenizer"):
         raise InputError("only fast (tokenizers-backed) tokenizers are supported", path)
@@ -271,6 +286,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 # ----------------------------------------------------------------------------------------------- training
 
+
 def _sentences(texts: Iterable[str], max_chars: int) -> Iterable[str]:
     """Lines of the documents: SentencePiece silently drops 'sentences' longer than max_sentence_length."""
     for text in texts:
@@ -280,9 +296,16 @@ def _sentences(texts: Iterable[str], max_chars: int) -> Iterable[str]:
                 yield line[:max_chars]
 
 
-def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_size: int = 1000, seed: int = 0,
-                        *, character_coverage: float = 0.9995, max_sentences: int = 200_000,
-                        style: str = "xlmr") -> Path:
+def train_sentencepiece(
+    texts: Iterable[str],
+    out_dir: str | os.PathLike,
+    vocab_size: int = 1000,
+    seed: int = 0,
+    *,
+    character_coverage: float = 0.9995,
+    max_sentences: int = 200_000,
+    style: str = "xlmr",
+) -> Path:
     """Train a SentencePiece unigram model on `texts` and save an HF tokenizer directory at `out_dir`.
 
     The directory holds `sentencepiece.bpe.model` (the fairseq artifact), `tokenizer.json` +
@@ -315,9 +338,19 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
         spm.set_random_generator_seed(seed)
         model = io.BytesIO()
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences), model_writer=model, vocab_size=n, model_type="unigram",
-            character_coverage=character_coverage, hard_vocab_limit=False, num_threads=1,
-            max_sentence_length=16384, shuffle_input_sentence=False, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            vocab_size=n,
+            model_type="unigram",
+            character_coverage=character_coverage,
+            hard_vocab_limit=False,
+            num_threads=1,
+            max_sentence_length=16384,
+            shuffle_input_sentence=False,
+            unk_id=0,
+            bos_id=1,
+            eos_id=2,
+            pad_id=-1,
             minloglevel=2,
         )
         return model.getvalue()
@@ -331,8 +364,11 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
             raise
         grown = int(m.group(2)) + max(64, vocab_size // 4)
         get_logger("tokenizer").warning(
-            "vocab_size %d is below the %s characters this sample needs; training with %d", vocab_size,
-            m.group(2), grown)
+            "vocab_size %d is below the %s characters this sample needs; training with %d",
+            vocab_size,
+            m.group(2),
+            grown,
+        )
         model_bytes = _train(grown)
 
     with atomic_dir(out_dir) as tmp:
@@ -342,11 +378,19 @@ def train_sentencepiece(texts: Iterable[str], out_dir: str | os.PathLike, vocab_
         if style == "xglm":
             hf.add_special_tokens({"mask_token": MASK})
         hf.save_pretrained(str(tmp))
-        write_json(tmp / "xlbtm_tokenizer.json", {
-            "kind": "sentencepiece-unigram", "style": style, "requested_vocab_size": vocab_size,
-            "sp_pieces": len(read_sp_model(sp_path).pieces), "vocab_size": len(hf), "seed": seed,
-            "num_sentences": len(sentences), "character_coverage": character_coverage,
-        })
+        write_json(
+            tmp / "xlbtm_tokenizer.json",
+            {
+                "kind": "sentencepiece-unigram",
+                "style": style,
+                "requested_vocab_size": vocab_size,
+                "sp_pieces": len(read_sp_model(sp_path).pieces),
+                "vocab_size": len(hf),
+                "seed": seed,
+                "num_sentences": len(sentences),
+                "character_coverage": character_coverage,
+            },
+        )
     return out_dir
 
 
@@ -368,9 +412,17 @@ def reservoir_sample(texts: Iterable[str], k: int, seed: int = 0) -> list[str]:
     return [t for _, t in sorted(reservoir)]
 
 
-def train_tokenizer_from_corpus(data_dir: str | os.PathLike, out_dir: str | os.PathLike, *, split: str = "train",
-                                vocab_size: int = 8000, sample_docs: int = 20000, seed: int = 0,
-                                style: str = "xlmr", skip_bad_lines: bool = False) -> Path:
+def train_tokenizer_from_corpus(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    split: str = "train",
+    vocab_size: int = 8000,
+    sample_docs: int = 20000,
+    seed: int = 0,
+    style: str = "xlmr",
+    skip_bad_lines: bool = False,
+) -> Path:
     """`train_sentencepiece` on a uniform sample of `sample_docs` documents of a corpus split."""
     from xlbtm.io import refuse_overlap
 

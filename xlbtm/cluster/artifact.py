@@ -19,6 +19,7 @@ from xlbtm.errors import InputError, UsageError
 
 # -------------------------------------------------------------------------------------------- documents
 
+
 def _text_of(doc) -> str:
     if isinstance(doc, str):
         return doc
@@ -39,19 +40,30 @@ def _where(doc) -> tuple[str | None, int | None, str]:
 
 def _lang_of(doc) -> str | None:
     if isinstance(doc, str):
-        raise UsageError("a typological clusterer assigns by the document's 'lang' field: pass documents "
-                         "(xlbtm.corpus.Document or dicts with 'lang'), not bare texts")
+        raise UsageError(
+            "a typological clusterer assigns by the document's 'lang' field: pass documents "
+            "(xlbtm.corpus.Document or dicts with 'lang'), not bare texts"
+        )
     return doc.get("lang") if isinstance(doc, dict) else doc.lang
 
 
 # ------------------------------------------------------------------------------------------- clusterers
 
+
 class TfidfClusterer:
     kind = "tfidf"
 
-    def __init__(self, meta: dict, idf: np.ndarray, components: np.ndarray, centroids: np.ndarray,
-                 path: Path | None = None, vocab: list[str] | None = None, tokenizer=None,
-                 sp_to_id: np.ndarray | None = None):
+    def __init__(
+        self,
+        meta: dict,
+        idf: np.ndarray,
+        components: np.ndarray,
+        centroids: np.ndarray,
+        path: Path | None = None,
+        vocab: list[str] | None = None,
+        tokenizer=None,
+        sp_to_id: np.ndarray | None = None,
+    ):
         from xlbtm.cluster.featurize import Lsa
 
         self.meta = meta
@@ -103,9 +115,11 @@ class TfidfClusterer:
 
     def _check_tokenizer(self, tok) -> None:
         if self.tokenizer_fingerprint and tok.fingerprint != self.tokenizer_fingerprint:
-            raise InputError(f"tokenizer {tok.path} does not match the one this clusterer was trained with "
-                             f"(fingerprint {tok.fingerprint[:12]} != {self.tokenizer_fingerprint[:12]})",
-                             self.path)
+            raise InputError(
+                f"tokenizer {tok.path} does not match the one this clusterer was trained with "
+                f"(fingerprint {tok.fingerprint[:12]} != {self.tokenizer_fingerprint[:12]})",
+                self.path,
+            )
 
     @property
     def featurizer(self):
@@ -118,8 +132,10 @@ class TfidfClusterer:
                 # the encoder the fit used, recorded in the artifact: no HF tokenizer (and no transformers
                 # import) unless something asks for it (top terms)
                 self._featurizer = SubwordFeaturizer(
-                    lambda: self.tokenizer, lsa=self.lsa,
-                    sentencepiece=(self.path / self.meta["encoder"]["model"], self.sp_to_id))
+                    lambda: self.tokenizer,
+                    lsa=self.lsa,
+                    sentencepiece=(self.path / self.meta["encoder"]["model"], self.sp_to_id),
+                )
             else:
                 self._featurizer = SubwordFeaturizer(self.tokenizer, lsa=self.lsa)
         return self._featurizer
@@ -164,14 +180,22 @@ class TypologicalClusterer:
     def cluster_of(self, lang: str | None, doc=None) -> int:
         if lang is None or lang == "":
             path, line, label = _where(doc)
-            raise InputError(f"document {label} has no 'lang' field; a typological clusterer assigns by "
-                             f"language (add 'lang' or use a TF-IDF clusterer)", path, line)
+            raise InputError(
+                f"document {label} has no 'lang' field; a typological clusterer assigns by "
+                f"language (add 'lang' or use a TF-IDF clusterer)",
+                path,
+                line,
+            )
         k = self.lang_to_cluster.get(lang)
         if k is None:
             path, line, label = _where(doc)
-            raise InputError(f"document {label} has lang '{lang}', which this typological clusterer does not "
-                             f"know (it knows {', '.join(sorted(self.lang_to_cluster))}; retrain with --langs "
-                             f"including it)", path, line)
+            raise InputError(
+                f"document {label} has lang '{lang}', which this typological clusterer does not "
+                f"know (it knows {', '.join(sorted(self.lang_to_cluster))}; retrain with --langs "
+                f"including it)",
+                path,
+                line,
+            )
         return k
 
     def predict(self, docs: Iterable) -> np.ndarray:
@@ -181,6 +205,7 @@ class TypologicalClusterer:
 
 
 # ------------------------------------------------------------------------------------------------ load
+
 
 def load_clusterer(path: str | os.PathLike, tokenizer=None, *, verify: bool = True):
     """Load a TfidfClusterer or TypologicalClusterer from its artifact dir (`xlbtm.formats.clusterer`)."""
@@ -192,8 +217,9 @@ def load_clusterer(path: str | os.PathLike, tokenizer=None, *, verify: bool = Tr
         return TypologicalClusterer(meta, arrays.get("features"), path)
     if meta["kind"] != "tfidf":
         raise InputError(f"unknown clusterer kind {meta['kind']!r}", path / META)
-    c = TfidfClusterer(meta, arrays["idf"], arrays["components"], arrays["centroids"], path, vocab,
-                       sp_to_id=arrays.get("sp_to_id"))
+    c = TfidfClusterer(
+        meta, arrays["idf"], arrays["components"], arrays["centroids"], path, vocab, sp_to_id=arrays.get("sp_to_id")
+    )
     if tokenizer is not None:
         if meta.get("featurizer") != "subword":
             raise UsageError("--tokenizer is only used by subword clusterers")

@@ -45,8 +45,13 @@ def is_done(job: FileJob, fingerprint: str) -> bool:
     from xlbtm.formats.clusters import read_sidecar
 
     s = read_sidecar(job.out) if Path(job.out).is_file() else None
-    return s is not None and s.get("fingerprint") == fingerprint and s.get("input") == job.signature \
-        and s.get("rel") == job.rel and s.get("parallel_side") == job.parallel_side
+    return (
+        s is not None
+        and s.get("fingerprint") == fingerprint
+        and s.get("input") == job.signature
+        and s.get("rel") == job.rel
+        and s.get("parallel_side") == job.parallel_side
+    )
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -90,16 +95,24 @@ def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_line
 
     with atomic_open(job.out) as f:
         batch = []
-        for doc in iter_file(job.path, job.rel, skip_bad_lines=skip_bad_lines, stats=stats,
-                             parallel_side=job.parallel_side):
+        for doc in iter_file(
+            job.path, job.rel, skip_bad_lines=skip_bad_lines, stats=stats, parallel_side=job.parallel_side
+        ):
             batch.append(doc)
             if len(batch) >= batch_size:
                 flush(batch, f)
         if batch:
             flush(batch, f)
-    side = {"fingerprint": clusterer.fingerprint, "rel": job.rel, "input": job.signature,
-            "documents": docs_per, "chars": chars_per, "lang": by_lang, "skipped_lines": stats.skipped,
-            **({"parallel_side": job.parallel_side} if job.parallel_side else {})}
+    side = {
+        "fingerprint": clusterer.fingerprint,
+        "rel": job.rel,
+        "input": job.signature,
+        "documents": docs_per,
+        "chars": chars_per,
+        "lang": by_lang,
+        "skipped_lines": stats.skipped,
+        **({"parallel_side": job.parallel_side} if job.parallel_side else {}),
+    }
     write_sidecar(job.out, side)
     return side
 
@@ -147,8 +160,12 @@ def _worker_pool(workers: int):
     import multiprocessing as mp
 
     if "fork" in mp.get_all_start_methods():
-        return cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("fork"),
-                                      initializer=_die_with_parent, initargs=(os.getpid(),))
+        return cf.ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=mp.get_context("fork"),
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        )
     return cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="assign")
 
 
@@ -169,8 +186,14 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def run_task(clusterer_path: str, jobs: Sequence[FileJob], batch_size: int = 512,
-             skip_bad_lines: bool = False, workers: int | None = None, on_file=None) -> dict:
+def run_task(
+    clusterer_path: str,
+    jobs: Sequence[FileJob],
+    batch_size: int = 512,
+    skip_bad_lines: bool = False,
+    workers: int | None = None,
+    on_file=None,
+) -> dict:
     """One local run or SLURM array task: cluster its files (skipping ones finished meanwhile) on `workers`
     worker processes forked from this one (default: one per CPU this process may use, at most one per file;
     `_worker_pool`: why processes, why fork). Returns {"files": files clustered, "documents": their
@@ -236,8 +259,12 @@ class Progress:
         self.files += files
         self.docs += docs
         now = self.clock()
-        due = self.total <= self.every_file or self.files >= self.total or self.last is None \
+        due = (
+            self.total <= self.every_file
+            or self.files >= self.total
+            or self.last is None
             or now - self.last >= self.every_s
+        )
         if due:
             self.last = now
             dt = now - self.t0
@@ -246,6 +273,7 @@ class Progress:
 
 
 # ------------------------------------------------------------------------------------------------ driver
+
 
 def _clean_stale_tmp(out: Path) -> None:
     """Temp files a killed run left behind (`.<name>.<random>.tmp`, see xlbtm.io.atomic_path)."""
@@ -276,8 +304,9 @@ def _remove_orphans(output_prefix: Path, split: str, jobs: Sequence[FileJob]) ->
             log.warning(f"{f} does not match any input file of split '{split}' and will be read with it")
 
 
-def plan(data_dir, output_prefix, split: str, fingerprint: str, parallel_side: str | None = None
-         ) -> tuple[list[FileJob], list[FileJob]]:
+def plan(
+    data_dir, output_prefix, split: str, fingerprint: str, parallel_side: str | None = None
+) -> tuple[list[FileJob], list[FileJob]]:
     """(all file jobs of the split, the ones still to do)."""
     from xlbtm.corpus import Corpus
     from xlbtm.formats.clusters import cluster_file_path
@@ -286,40 +315,58 @@ def plan(data_dir, output_prefix, split: str, fingerprint: str, parallel_side: s
     jobs = []
     for p in corpus.files(split):
         rel = corpus.rel(p)
-        jobs.append(FileJob(str(p), rel, str(cluster_file_path(output_prefix, rel)), input_signature(p),
-                            parallel_side))
+        jobs.append(FileJob(str(p), rel, str(cluster_file_path(output_prefix, rel)), input_signature(p), parallel_side))
     todo = [j for j in jobs if not is_done(j, fingerprint)]
     return jobs, todo
 
 
 def _chunks(items: list, n: int) -> list[list]:
     size = max(1, math.ceil(len(items) / max(1, n)))
-    return [items[i:i + size] for i in range(0, len(items), size)]
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: str = "local",
-                  num_clusters: int | None = None, job_dir=None, workers: int | None = None,
-                  max_array_tasks: int = 128, batch_size: int = 512, skip_bad_lines: bool = False,
-                  timeout_min: int = 240, site=None, parallel_side: str | None = None) -> dict:
+def assign_corpus(
+    data_dir,
+    clusterer_path,
+    output_prefix,
+    split: str,
+    *,
+    run: str = "local",
+    num_clusters: int | None = None,
+    job_dir=None,
+    workers: int | None = None,
+    max_array_tasks: int = 128,
+    batch_size: int = 512,
+    skip_bad_lines: bool = False,
+    timeout_min: int = 240,
+    site=None,
+    parallel_side: str | None = None,
+) -> dict:
     """Assign a split; returns the manifest (also written to `<output_prefix>/manifest.json`). `parallel_side`:
     the corpus is parallel data, each pair clustered by that side (`xlbtm.corpus.reader.pair_as_document`)."""
     from xlbtm.io import refuse_overlap
 
-    refuse_overlap({"--output-prefix": output_prefix, "--job-dir": job_dir},
-                   {"--data-dir": data_dir, "--path-to-clusterer": clusterer_path})
+    refuse_overlap(
+        {"--output-prefix": output_prefix, "--job-dir": job_dir},
+        {"--data-dir": data_dir, "--path-to-clusterer": clusterer_path},
+    )
     from xlbtm.cluster.artifact import load_clusterer
 
     clusterer_path = str(Path(clusterer_path).resolve())
     clusterer = load_clusterer(clusterer_path)  # verifies the artifact once, up front
     if num_clusters is not None and num_clusters != clusterer.num_clusters:
-        raise UsageError(f"--num-clusters {num_clusters} disagrees with the clusterer at {clusterer_path}, which "
-                         f"has {clusterer.num_clusters} clusters (drop --num-clusters or pick another clusterer)")
+        raise UsageError(
+            f"--num-clusters {num_clusters} disagrees with the clusterer at {clusterer_path}, which "
+            f"has {clusterer.num_clusters} clusters (drop --num-clusters or pick another clusterer)"
+        )
     if run not in ("local", "slurm"):
         raise UsageError(f"--run must be local or slurm, got {run!r}")
     output_prefix = Path(output_prefix)
     jobs, todo = plan(data_dir, output_prefix, split, clusterer.fingerprint, parallel_side)
-    log.info(f"{split}: {len(jobs)} files, {len(jobs) - len(todo)} already done, {len(todo)} to do "
-             f"({clusterer.kind}, K={clusterer.num_clusters})")
+    log.info(
+        f"{split}: {len(jobs)} files, {len(jobs) - len(todo)} already done, {len(todo)} to do "
+        f"({clusterer.kind}, K={clusterer.num_clusters})"
+    )
     for j in todo:
         _clean_stale_tmp(Path(j.out))
     _remove_orphans(output_prefix, split, jobs)
@@ -327,8 +374,16 @@ def assign_corpus(data_dir, clusterer_path, output_prefix, split: str, *, run: s
         if run == "local":
             _run_local(clusterer, todo, workers, batch_size, skip_bad_lines)
         else:
-            _run_slurm(clusterer_path, todo, job_dir or output_prefix / "jobs", max_array_tasks, batch_size,
-                       skip_bad_lines, timeout_min, site)
+            _run_slurm(
+                clusterer_path,
+                todo,
+                job_dir or output_prefix / "jobs",
+                max_array_tasks,
+                batch_size,
+                skip_bad_lines,
+                timeout_min,
+                site,
+            )
     return write_split_manifest(output_prefix, split, jobs, clusterer, data_dir, parallel_side)
 
 
@@ -337,17 +392,32 @@ def _run_local(clusterer, todo, workers, batch_size, skip_bad_lines) -> None:
     _CLUSTERER.clear()
     _CLUSTERER[clusterer_path] = clusterer  # the one assign_corpus loaded and verified (never a stale cache)
     progress = Progress(len(todo))
-    run_task(clusterer_path, todo, batch_size, skip_bad_lines, workers=workers,
-             on_file=lambda job, docs: progress.add(1, docs, job.rel))
+    run_task(
+        clusterer_path,
+        todo,
+        batch_size,
+        skip_bad_lines,
+        workers=workers,
+        on_file=lambda job, docs: progress.add(1, docs, job.rel),
+    )
 
 
-def _run_slurm(clusterer_path, todo, job_dir, max_array_tasks, batch_size, skip_bad_lines, timeout_min,
-               site=None) -> None:
+def _run_slurm(
+    clusterer_path, todo, job_dir, max_array_tasks, batch_size, skip_bad_lines, timeout_min, site=None
+) -> None:
     from xlbtm.launch import make_executor, wait_for
 
     tasks = _chunks(todo, max_array_tasks)
-    ex = make_executor("slurm", job_dir, name="xlbtm-cluster", cpus_per_task=2, timeout_min=timeout_min,
-                       mem_gb=8, array_parallelism=max_array_tasks, site=site)
+    ex = make_executor(
+        "slurm",
+        job_dir,
+        name="xlbtm-cluster",
+        cpus_per_task=2,
+        timeout_min=timeout_min,
+        mem_gb=8,
+        array_parallelism=max_array_tasks,
+        site=site,
+    )
     n = len(tasks)
     jobs = ex.map_array(run_task, [clusterer_path] * n, tasks, [batch_size] * n, [skip_bad_lines] * n)
     log.info(f"submitted {n} array tasks ({len(todo)} files); logs under {job_dir}")
@@ -361,8 +431,9 @@ def _run_slurm(clusterer_path, todo, job_dir, max_array_tasks, batch_size, skip_
     wait_for(jobs, what="cluster assignment", on_result=finished)
 
 
-def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob], clusterer, data_dir,
-                         parallel_side: str | None = None) -> dict:
+def write_split_manifest(
+    output_prefix: Path, split: str, jobs: Sequence[FileJob], clusterer, data_dir, parallel_side: str | None = None
+) -> dict:
     """Aggregate the split's sidecars into manifest.json (adding/replacing this split's entry)."""
     from xlbtm.errors import InputError
     from xlbtm.formats.clusters import FORMAT, MANIFEST, read_manifest, read_sidecar, write_manifest
@@ -374,8 +445,9 @@ def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob
     skipped = 0
     for j in jobs:
         if not is_done(j, clusterer.fingerprint):
-            raise InputError("cluster file is missing or stale after assignment (was the input modified "
-                             "meanwhile?)", j.out)
+            raise InputError(
+                "cluster file is missing or stale after assignment (was the input modified meanwhile?)", j.out
+            )
         s = read_sidecar(j.out, strict=True)
         assert s is not None  # is_done just read it
         skipped += s.get("skipped_lines", 0)
@@ -386,8 +458,13 @@ def write_split_manifest(output_prefix: Path, split: str, jobs: Sequence[FileJob
             for i in range(k):
                 langs[lang]["documents"][i] += e["documents"][i]
                 langs[lang]["chars"][i] += e["chars"][i]
-    entry = {"documents": docs, "chars": chars, "lang": dict(sorted(langs.items())),
-             "files": [j.rel for j in jobs], "skipped_lines": skipped}
+    entry = {
+        "documents": docs,
+        "chars": chars,
+        "lang": dict(sorted(langs.items())),
+        "files": [j.rel for j in jobs],
+        "skipped_lines": skipped,
+    }
     path = output_prefix / MANIFEST
     manifest = None
     if path.is_file():

@@ -44,8 +44,12 @@ def known_langs(clusterer) -> dict[str, int]:
 def _new_meta(clusterer, langs: Sequence[str]) -> dict:
     meta = {k: v for k, v in clusterer.meta.items() if k not in ("format", "files", "fingerprint")}
     meta["num_clusters"] = clusterer.num_clusters + len(langs)
-    meta["extends"] = {"fingerprint": clusterer.fingerprint, "num_clusters": clusterer.num_clusters,
-                       "path": str(clusterer.path), "langs": list(langs)}
+    meta["extends"] = {
+        "fingerprint": clusterer.fingerprint,
+        "num_clusters": clusterer.num_clusters,
+        "path": str(clusterer.path),
+        "langs": list(langs),
+    }
     meta["lineage"] = lineage(clusterer)
     return meta
 
@@ -58,9 +62,11 @@ def check_new_langs(clusterer, langs: Sequence[str]) -> list[str]:
         raise UsageError(f"--langs lists a language twice: {','.join(langs)}")
     covered = {lang: k for lang, k in known_langs(clusterer).items() if lang in langs}
     if covered:
-        raise UsageError("--langs: " + ", ".join(f"'{lang}' is already covered by cluster {k}"
-                                                 for lang, k in covered.items())
-                         + f" of {clusterer.path}; add only languages it does not know")
+        raise UsageError(
+            "--langs: "
+            + ", ".join(f"'{lang}' is already covered by cluster {k}" for lang, k in covered.items())
+            + f" of {clusterer.path}; add only languages it does not know"
+        )
     return langs
 
 
@@ -84,8 +90,9 @@ def extend_typological(clusterer, langs: Sequence[str], output_dir: str | os.Pat
     return load_clusterer(output_dir)
 
 
-def language_documents(data_dir, langs: Sequence[str], *, max_docs: int | None = None,
-                       skip_bad_lines: bool = False) -> dict[str, list[str]]:
+def language_documents(
+    data_dir, langs: Sequence[str], *, max_docs: int | None = None, skip_bad_lines: bool = False
+) -> dict[str, list[str]]:
     """The texts of each language of `langs` below `data_dir` (the train split when there is one), at most
     `max_docs` per language (the first ones in corpus order); a language without documents is an error."""
     from xlbtm.corpus import find_jsonl_files, iter_file
@@ -114,8 +121,11 @@ def extend_tfidf(clusterer, texts_by_lang: dict[str, list[str]], output_dir: str
     K = clusterer.num_clusters
     meta["added_langs"] = {**known_langs(clusterer), **{lang: K + i for i, lang in enumerate(langs)}}
     meta["extends"]["documents"] = {lang: len(texts_by_lang[lang]) for lang in langs}
-    arrays = {"idf": clusterer.idf, "components": clusterer.components,
-              "centroids": np.concatenate([clusterer.centroids, new])}
+    arrays = {
+        "idf": clusterer.idf,
+        "components": clusterer.components,
+        "centroids": np.concatenate([clusterer.centroids, new]),
+    }
     tok_dir = clusterer.path / TOKENIZER_DIR if clusterer.featurizer_kind == "subword" else None
     save_clusterer(output_dir, meta, arrays, vocab=clusterer.vocab, tokenizer_dir=tok_dir)
     ext = load_clusterer(output_dir)
@@ -123,23 +133,34 @@ def extend_tfidf(clusterer, texts_by_lang: dict[str, list[str]], output_dir: str
         got = np.bincount(ext.predict(texts_by_lang[lang]), minlength=ext.num_clusters)
         log.info(f"{lang}: {got[K + i]} of {got.sum()} of its documents go to its new cluster {K + i}")
         if got[K + i] < got.sum() / 2:
-            log.warning(f"{lang}: most of its documents route to other clusters: the featurizer (fitted without "
-                        f"{lang}) knows few of its terms. Its expert still trains on all of them; routing them at "
-                        "inference needs a typological clusterer (--ensemble-type lang) or a refitted one")
+            log.warning(
+                f"{lang}: most of its documents route to other clusters: the featurizer (fitted without "
+                f"{lang}) knows few of its terms. Its expert still trains on all of them; routing them at "
+                "inference needs a typological clusterer (--ensemble-type lang) or a refitted one"
+            )
     return ext
 
 
-def extend_clusterer(clusterer, langs: Sequence[str], output_dir, *, data_dir=None, max_docs: int | None = 2000,
-                     skip_bad_lines: bool = False):
+def extend_clusterer(
+    clusterer,
+    langs: Sequence[str],
+    output_dir,
+    *,
+    data_dir=None,
+    max_docs: int | None = 2000,
+    skip_bad_lines: bool = False,
+):
     """`extend_typological` or `extend_tfidf` (whose centroids are fitted on `data_dir`'s documents of `langs`)."""
     from xlbtm.io import refuse_overlap
 
-    refuse_overlap({"--output-clusterer": output_dir}, {"--path-to-clusterer": clusterer.path,
-                                                        "--path-to-data": data_dir})
+    refuse_overlap(
+        {"--output-clusterer": output_dir}, {"--path-to-clusterer": clusterer.path, "--path-to-data": data_dir}
+    )
     if clusterer.kind == "typological":
         return extend_typological(clusterer, langs, output_dir)
     langs = check_new_langs(clusterer, langs)
     if data_dir is None:
         raise UsageError("extending a TF-IDF clusterer fits the new centroids on documents: give --path-to-data")
-    return extend_tfidf(clusterer, language_documents(data_dir, langs, max_docs=max_docs,
-                                                      skip_bad_lines=skip_bad_lines), output_dir)
+    return extend_tfidf(
+        clusterer, language_documents(data_dir, langs, max_docs=max_docs, skip_bad_lines=skip_bad_lines), output_dir
+    )

@@ -50,6 +50,7 @@ UNK = "[UNK]"
 
 # ------------------------------------------------------------------------------------------- linear model
 
+
 @dataclass
 class Lsa:
     idf: np.ndarray  # [V] float32
@@ -81,12 +82,10 @@ class Lsa:
         """[n, d] float32 L2-normalized features of id sequences (the reference the router must match)."""
         flat, offsets = _flatten(ids)
         if flat.size and (flat.min() < 0 or flat.max() >= self.vocab_size):
-            raise ValueError(f"token id out of range [0, {self.vocab_size}) (tokenizer does not match the "
-                             f"clusterer?)")
+            raise ValueError(f"token id out of range [0, {self.vocab_size}) (tokenizer does not match the clusterer?)")
         return self.featurize_flat(flat, offsets)
 
-    def featurize_flat(self, flat: np.ndarray, offsets: np.ndarray, projection: np.ndarray | None = None
-                       ) -> np.ndarray:
+    def featurize_flat(self, flat: np.ndarray, offsets: np.ndarray, projection: np.ndarray | None = None) -> np.ndarray:
         """Same as `featurize_token_ids` for ids concatenated in `flat`, document i starting at offsets[i].
         `projection` (default: `projection`) may be `projection_rows(lut)`, for ids in another numbering: its
         rows are bitwise P[lut], so the sums (same rows, same order) are bitwise the same.
@@ -104,8 +103,10 @@ class Lsa:
         indptr = np.empty(offsets.size + 1, dtype=index)
         indptr[:-1] = offsets
         indptr[-1] = flat.size
-        ones = sp.csr_matrix((np.ones(flat.size, dtype=np.float32), flat.astype(index, copy=False), indptr),
-                             shape=(offsets.size, proj.shape[0]))
+        ones = sp.csr_matrix(
+            (np.ones(flat.size, dtype=np.float32), flat.astype(index, copy=False), indptr),
+            shape=(offsets.size, proj.shape[0]),
+        )
         z = np.asarray(ones @ proj, dtype=np.float32)
         norm = np.sqrt(np.einsum("ij,ij->i", z, z))
         z /= np.maximum(norm, np.float32(1e-12))[:, None]  # an empty document stays all-zero
@@ -116,8 +117,7 @@ class Lsa:
         (the elementwise products are the same float32 operations, so the rows equal P's bitwise)."""
         lut = np.asarray(lut, dtype=np.int64)
         if lut.size and (lut.min() < 0 or lut.max() >= self.vocab_size):
-            raise ValueError(f"token id out of range [0, {self.vocab_size}) (tokenizer does not match the "
-                             f"clusterer?)")
+            raise ValueError(f"token id out of range [0, {self.vocab_size}) (tokenizer does not match the clusterer?)")
         return np.ascontiguousarray((self.components[:, lut] * self.idf[lut][None, :]).T, dtype=np.float32)
 
 
@@ -127,7 +127,7 @@ CHUNK = 1024  # documents per featurization chunk: bounds memory whatever the nu
 def _chunks(texts: Sequence[str], n: int | None = None):
     n = n or CHUNK
     for i in range(0, len(texts), n):
-        yield texts[i:i + n]
+        yield texts[i : i + n]
 
 
 def _flatten(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -164,8 +164,10 @@ def count_matrix(flat: np.ndarray, offsets: np.ndarray, vocab_size: int):
     import scipy.sparse as sp
 
     indptr = np.append(np.asarray(offsets, dtype=np.int64), np.int64(flat.size))
-    m = sp.csr_matrix((np.ones(flat.size, dtype=np.float64), np.asarray(flat, dtype=np.int64), indptr),
-                      shape=(len(offsets), vocab_size))
+    m = sp.csr_matrix(
+        (np.ones(flat.size, dtype=np.float64), np.asarray(flat, dtype=np.int64), indptr),
+        shape=(len(offsets), vocab_size),
+    )
     m.sum_duplicates()
     return m
 
@@ -203,6 +205,7 @@ def fit_lsa(counts, n_components: int = SVD_DIM, seed: int = 0, zero_columns: np
 
 # ------------------------------------------------------------------------------------------- featurizers
 
+
 class SubwordFeaturizer:
     """TF-IDF over the seed tokenizer's ids. When the tokenizer dir holds the SentencePiece model, encoding
     goes through the sentencepiece C++ library (faster than the HF Rust unigram encoder: BENCHMARKS.md,
@@ -214,8 +217,16 @@ class SubwordFeaturizer:
 
     kind = "subword"
 
-    def __init__(self, tokenizer, lsa: Lsa | None = None, *, fast: bool = True, max_df: float = 0.5,
-                 stop_letterless: bool = True, sentencepiece: tuple | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        lsa: Lsa | None = None,
+        *,
+        fast: bool = True,
+        max_df: float = 0.5,
+        stop_letterless: bool = True,
+        sentencepiece: tuple | None = None,
+    ):
         """`tokenizer`: an `xlbtm.tokenizer.Tokenizer`, or a function that loads it when first needed.
         `sentencepiece`: (model file, its ids -> ours) decided when the clusterer was fitted (its artifact
         records it): the fast path without a new check, so assignment never loads the HF tokenizer (and
@@ -234,8 +245,9 @@ class SubwordFeaturizer:
             if sp.get_piece_size() != len(lut):
                 from xlbtm.errors import InputError
 
-                raise InputError(f"sentencepiece model has {sp.get_piece_size()} pieces, the clusterer's "
-                                 f"sp_to_id {len(lut)}", model)
+                raise InputError(
+                    f"sentencepiece model has {sp.get_piece_size()} pieces, the clusterer's sp_to_id {len(lut)}", model
+                )
             self._fast = (sp, np.asarray(lut))
         self._sp_proj: tuple[Lsa, np.ndarray] | None = None  # (lsa, P rows in sentencepiece id order)
         # assignment threads share one featurizer: one decision (on the first texts), seen by all of them
@@ -275,8 +287,9 @@ class SubwordFeaturizer:
             model = find_sp_model(Path(self.tokenizer.path))
             if model is not None:
                 sp = self._load_sentencepiece(model)
-                lut = np.array([self.tokenizer.token_to_id(sp.id_to_piece(i)) for i in
-                                range(sp.get_piece_size())], dtype=object)
+                lut = np.array(
+                    [self.tokenizer.token_to_id(sp.id_to_piece(i)) for i in range(sp.get_piece_size())], dtype=object
+                )
                 if all(v is not None for v in lut):
                     lut = lut.astype(np.int64)
                     probe = list(probe[:64])
@@ -336,8 +349,14 @@ class SubwordFeaturizer:
             proj = self._sp_proj = (self.lsa, self.lsa.projection_rows(fast[1]))  # a race computes it twice
         return self.lsa.featurize_flat(*self._sp_flat(fast[0], texts), projection=proj[1])
 
-    def fit(self, texts: Sequence[str], langs: Sequence[str | None] | None = None, *, seed: int = 0,
-            n_components: int = SVD_DIM) -> SubwordFeaturizer:
+    def fit(
+        self,
+        texts: Sequence[str],
+        langs: Sequence[str | None] | None = None,
+        *,
+        seed: int = 0,
+        n_components: int = SVD_DIM,
+    ) -> SubwordFeaturizer:
         import scipy.sparse as sp
 
         v = self.tokenizer.vocab_size
@@ -360,8 +379,9 @@ class SubwordFeaturizer:
         if self.max_df < 1.0 and counts.shape[0] >= 100:
             stop |= np.diff(counts.tocsc().indptr) > self.max_df * counts.shape[0]
         if self.stop_letterless:
-            stop |= np.array([not any(ch.isalpha() for ch in (self.tokenizer.id_to_token(i) or ""))
-                              for i in range(v)], dtype=bool)
+            stop |= np.array(
+                [not any(ch.isalpha() for ch in (self.tokenizer.id_to_token(i) or "")) for i in range(v)], dtype=bool
+            )
         return stop
 
     def transform(self, texts: Sequence[str]) -> np.ndarray:
@@ -376,8 +396,15 @@ class SubwordFeaturizer:
 class WordFeaturizer:
     kind = "word"
 
-    def __init__(self, vocab: list[str] | None = None, lsa: Lsa | None = None, *, max_vocab: int = 1 << 18,
-                 min_df: int = 2, lang_stop_df: float = 1.0):
+    def __init__(
+        self,
+        vocab: list[str] | None = None,
+        lsa: Lsa | None = None,
+        *,
+        max_vocab: int = 1 << 18,
+        min_df: int = 2,
+        lang_stop_df: float = 1.0,
+    ):
         self.vocab = vocab
         self.lsa = lsa
         self.max_vocab = max_vocab
@@ -390,8 +417,14 @@ class WordFeaturizer:
         assert self._tok is not None, "fit the featurizer first"
         return self._tok.encode(texts)
 
-    def fit(self, texts: Sequence[str], langs: Sequence[str | None] | None = None, *, seed: int = 0,
-            n_components: int = SVD_DIM) -> WordFeaturizer:
+    def fit(
+        self,
+        texts: Sequence[str],
+        langs: Sequence[str | None] | None = None,
+        *,
+        seed: int = 0,
+        n_components: int = SVD_DIM,
+    ) -> WordFeaturizer:
         import scipy.sparse as sp
 
         # per chunk: counts over the chunk's own terms; then one global term index (sorted hashes)
@@ -401,7 +434,7 @@ class WordFeaturizer:
             uh, first, inv = np.unique(h, return_index=True, return_inverse=True)
             m = sp.csr_matrix((np.ones(h.size, dtype=np.float32), (doc, inv)), shape=(len(c), uh.size))
             m.sum_duplicates()
-            words_c = [joined[a:a + n] for a, n in zip(starts[first].tolist(), lens[first].tolist())]
+            words_c = [joined[a : a + n] for a, n in zip(starts[first].tolist(), lens[first].tolist())]
             parts.append((uh, m, words_c))
         uniq = np.unique(np.concatenate([p[0] for p in parts])) if parts else np.zeros(0, np.uint64)
         words: list[str | None] = [None] * uniq.size
@@ -432,8 +465,10 @@ class WordFeaturizer:
         if ok.size < 2:
             from xlbtm.errors import UsageError
 
-            raise UsageError(f"the {len(texts)} sampled documents have {ok.size} usable word(s) after stop words; "
-                             f"TF-IDF + SVD needs at least 2 (more documents, or --featurizer subword)")
+            raise UsageError(
+                f"the {len(texts)} sampled documents have {ok.size} usable word(s) after stop words; "
+                f"TF-IDF + SVD needs at least 2 (more documents, or --featurizer subword)"
+            )
         freq = np.asarray(counts.sum(0)).ravel()
         ok = ok[np.argsort(-freq[ok], kind="stable")][: self.max_vocab]
         ok = np.sort(ok)  # deterministic id order: by hash
@@ -458,4 +493,3 @@ def top_terms(featurizer, centroids: np.ndarray, n: int = 10) -> list[list[str]]
     """Top terms per cluster: centroids mapped back to term space (c-BTM's svd.inverse_transform)."""
     scores = centroids @ featurizer.lsa.components  # [k, V]
     return [[featurizer.term(j) for j in np.argsort(-row, kind="stable")[:n]] for row in scores]
-

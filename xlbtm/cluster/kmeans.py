@@ -50,6 +50,7 @@ def default_device() -> torch.device:
 
 # ------------------------------------------------------------------------------------------------ k-means++
 
+
 def kmeans_plusplus(x: torch.Tensor, k: int, gen: torch.Generator, n_local_trials: int | None = None) -> torch.Tensor:
     n = x.shape[0]
     if n_local_trials is None:
@@ -75,6 +76,7 @@ def kmeans_plusplus(x: torch.Tensor, k: int, gen: torch.Generator, n_local_trial
 
 
 # ---------------------------------------------------------------------------------------- balanced assignment
+
 
 def _target_caps(sizes: torch.Tensor, n: int, k: int, g: torch.Tensor) -> torch.Tensor:
     """Capacities floor/ceil(n/k); the ceil goes to the clusters that want the most points (then highest dual)."""
@@ -156,8 +158,9 @@ def _negative_cycle(w: np.ndarray, tol: float) -> list[int] | None:
     return cycle if weight < -tol else None
 
 
-def _cancel_cycles(cost: torch.Tensor, labels: torch.Tensor, flexible: bool, q: int, tol: float,
-                   max_cycles: int) -> torch.Tensor:
+def _cancel_cycles(
+    cost: torch.Tensor, labels: torch.Tensor, flexible: bool, q: int, tol: float, max_cycles: int
+) -> torch.Tensor:
     """Improve a balanced assignment to optimality: a min-cost-flow solution has no negative cycle in its
     residual graph. Over k cluster nodes, edge a->b costs the cheapest move of one point from a to b. With
     sizes q/q+1 (flexible) a virtual node lets a (q+1)-cluster hand its extra point to a q-cluster."""
@@ -192,8 +195,9 @@ def _cancel_cycles(cost: torch.Tensor, labels: torch.Tensor, flexible: bool, q: 
     return labels
 
 
-def balanced_assign(x, centroids, *, g: torch.Tensor | None = None, sinkhorn_iters: int = 25,
-                    max_cycles: int = 200, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def balanced_assign(
+    x, centroids, *, g: torch.Tensor | None = None, sinkhorn_iters: int = 25, max_cycles: int = 200, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Assign n points to k centroids minimizing total squared distance with sizes floor/ceil(n/k).
 
     1. Sinkhorn (entropic OT, annealed) gives cluster potentials g; points go to argmin_j(cost_ij - g_j).
@@ -223,8 +227,10 @@ def balanced_assign(x, centroids, *, g: torch.Tensor | None = None, sinkhorn_ite
 
 # ---------------------------------------------------------------------------------------------------- fit
 
-def fit_kmeans(x, k: int, *, balanced: bool = True, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
-               device=None) -> KMeansResult:
+
+def fit_kmeans(
+    x, k: int, *, balanced: bool = True, max_iter: int = 100, tol: float = 1e-4, seed: int = 0, device=None
+) -> KMeansResult:
     """k-means (balanced or plain) of the rows of `x` ([n, d]); see the module docstring. On CPU, torch runs
     single-threaded unless x is large (`xlbtm.cluster.threads.threads_for`): its ops are small, and on a busy
     machine every parallel region's barrier stalled (33 s instead of 0.5 s at 3k x 100)."""
@@ -243,8 +249,9 @@ def _fit(x: torch.Tensor, k: int, balanced: bool, max_iter: int, tol: float, see
     if k < 1:
         raise UsageError(f"--num-clusters must be >= 1, got {k}")
     if n < k:
-        raise UsageError(f"need at least --num-clusters={k} documents to fit, got {n} (lower --num-clusters "
-                         f"or give more data)")
+        raise UsageError(
+            f"need at least --num-clusters={k} documents to fit, got {n} (lower --num-clusters or give more data)"
+        )
     gen = torch.Generator().manual_seed(int(seed))
     c = kmeans_plusplus(x, k, gen)
     threshold = tol * float(x.var(0).mean()) if n > 1 else 0.0
@@ -275,8 +282,9 @@ def _fit(x: torch.Tensor, k: int, balanced: bool, max_iter: int, tol: float, see
     else:
         labels = torch.argmin(sq_distances(x, c), 1)
     inertia = float(sq_distances(x, c).gather(1, labels[:, None]).sum())
-    return KMeansResult(c.cpu().numpy().astype(np.float32), labels.cpu().numpy().astype(np.int64), inertia, it,
-                        converged)
+    return KMeansResult(
+        c.cpu().numpy().astype(np.float32), labels.cpu().numpy().astype(np.int64), inertia, it, converged
+    )
 
 
 def predict_nearest(x, centroids, device=None) -> np.ndarray:

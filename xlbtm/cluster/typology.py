@@ -34,14 +34,37 @@ from xlbtm.errors import UsageError
 
 FEATURE_SET = "syntax_average"
 ALPHA = 1.0
-XELM_PROCEDURE = ("one cluster per language; rounds of greedy global-closest pairing by single-linkage cosine "
-                  "distance (missing values skipped in the dot product, own norms) until K remain")
-BALANCED_OBJECTIVE = ("minimize sum_k (W_k/W_mean - 1)^2 + 1.0 * mean_k(mean within-group pairwise cosine "
-                      "distance); W = tokens (chars without a tokenizer, languages without --data-dir)")
+XELM_PROCEDURE = (
+    "one cluster per language; rounds of greedy global-closest pairing by single-linkage cosine "
+    "distance (missing values skipped in the dot product, own norms) until K remain"
+)
+BALANCED_OBJECTIVE = (
+    "minimize sum_k (W_k/W_mean - 1)^2 + 1.0 * mean_k(mean within-group pairwise cosine "
+    "distance); W = tokens (chars without a tokenizer, languages without --data-dir)"
+)
 # ISO 639-1 codes whose letter_codes.json target is missing from URIEL: fall back to a member language
-FALLBACKS = {"msa": "zsm", "fas": "pes", "ara": "arb", "zho": "cmn", "nor": "nob", "sqi": "als", "est": "ekk",
-             "lav": "lvs", "swa": "swh", "uzb": "uzn", "aze": "azj", "mon": "khk", "kur": "kmr", "que": "quz",
-             "orm": "gaz", "nep": "npi", "ori": "ory", "pus": "pbu", "hbs": "srp", "grn": "gug"}
+FALLBACKS = {
+    "msa": "zsm",
+    "fas": "pes",
+    "ara": "arb",
+    "zho": "cmn",
+    "nor": "nob",
+    "sqi": "als",
+    "est": "ekk",
+    "lav": "lvs",
+    "swa": "swh",
+    "uzb": "uzn",
+    "aze": "azj",
+    "mon": "khk",
+    "kur": "kmr",
+    "que": "quz",
+    "orm": "gaz",
+    "nep": "npi",
+    "ori": "ory",
+    "pus": "pbu",
+    "hbs": "srp",
+    "grn": "gug",
+}
 
 
 def _data_dir() -> Path:
@@ -52,8 +75,10 @@ def _data_dir() -> Path:
     try:
         dist = md.distribution("lang2vec")
     except md.PackageNotFoundError:
-        raise UsageError("the 'lang2vec' package is not installed (pip install lang2vec); typological "
-                         "clustering reads its URIEL data files") from None
+        raise UsageError(
+            "the 'lang2vec' package is not installed (pip install lang2vec); typological "
+            "clustering reads its URIEL data files"
+        ) from None
     for f in dist.files or []:
         if f.name == "feature_averages.npz" and f.parts[0] == "lang2vec":
             return Path(dist.locate_file(f)).parent  # type: ignore[arg-type]  # typeshed: locate_file -> SimplePath (a Path at runtime)
@@ -83,8 +108,10 @@ def uriel_code(lang: str) -> str:
         alt = FALLBACKS.get(code)
         if alt is not None and alt in langs and not np.isnan(_uriel()[0][langs[alt]]).all():
             return alt
-        raise UsageError(f"--langs: '{lang}' has no URIEL {FEATURE_SET} features (unknown code? use ISO 639-1 "
-                         f"like 'en' or ISO 639-3 like 'eng')")
+        raise UsageError(
+            f"--langs: '{lang}' has no URIEL {FEATURE_SET} features (unknown code? use ISO 639-1 "
+            f"like 'en' or ISO 639-3 like 'eng')"
+        )
     return code
 
 
@@ -106,6 +133,7 @@ def cosine_distances(feats: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------------- xelm
 
+
 def xelm_groups(feats: np.ndarray, k: int) -> np.ndarray:
     """X-ELM's hierarchical pairing; returns the group id of every language (groups numbered by their first
     language)."""
@@ -114,8 +142,10 @@ def xelm_groups(feats: np.ndarray, k: int) -> np.ndarray:
         raise UsageError(f"--num-clusters must be between 1 and the number of languages ({n}), got {k}")
     m = n // k
     if n % k or m & (m - 1):
-        raise UsageError(f"--typology-mode xelm halves the number of groups each round, so --num-clusters must "
-                         f"be len(langs) / 2^m; {n} languages allow {_halvings(n)}, got {k}")
+        raise UsageError(
+            f"--typology-mode xelm halves the number of groups each round, so --num-clusters must "
+            f"be len(langs) / 2^m; {n} languages allow {_halvings(n)}, got {k}"
+        )
     d = cosine_distances(feats)
     clusters = [[i] for i in range(n)]
     while len(clusters) > k:
@@ -155,6 +185,7 @@ def _labels(groups: Sequence[Sequence[_Index]], n: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- balanced
 
+
 def balanced_objective(lab: np.ndarray, d: np.ndarray, w: np.ndarray, k: int, alpha: float = ALPHA) -> float:
     loads = np.bincount(lab, weights=w, minlength=k)
     mean = w.sum() / k
@@ -168,8 +199,9 @@ def balanced_objective(lab: np.ndarray, d: np.ndarray, w: np.ndarray, k: int, al
     return imbalance + alpha * spread / k
 
 
-def balanced_groups(feats: np.ndarray, k: int, weights: np.ndarray | None = None, alpha: float = ALPHA,
-                    max_rounds: int = 100) -> np.ndarray:
+def balanced_groups(
+    feats: np.ndarray, k: int, weights: np.ndarray | None = None, alpha: float = ALPHA, max_rounds: int = 100
+) -> np.ndarray:
     n = feats.shape[0]
     if k < 1 or k > n:
         raise UsageError(f"--num-clusters must be between 1 and the number of languages ({n}), got {k}")

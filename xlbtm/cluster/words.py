@@ -48,8 +48,10 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
     if pows[0].size < n:
         m = max(n, 2 * pows[0].size)
         with np.errstate(over="ignore"):
-            fwd, inv = (np.cumprod(np.concatenate([[np.uint64(1)], np.full(m - 1, base, dtype=np.uint64)]),
-                                   dtype=np.uint64) for base in (_HASH_MULT, _HASH_INV))
+            fwd, inv = (
+                np.cumprod(np.concatenate([[np.uint64(1)], np.full(m - 1, base, dtype=np.uint64)]), dtype=np.uint64)
+                for base in (_HASH_MULT, _HASH_INV)
+            )
         pows = (fwd, inv)
         _POWS = pows
     return pows
@@ -87,7 +89,7 @@ def word_tokens(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarra
         pw, inv = _powers(cp.size + 1)
         with np.errstate(over="ignore"):
             pre = np.zeros(cp.size + 1, dtype=np.uint64)
-            np.multiply(cp, pw[:cp.size], out=pre[1:], dtype=np.uint64)
+            np.multiply(cp, pw[: cp.size], out=pre[1:], dtype=np.uint64)
             np.cumsum(pre, out=pre)
             h = (pre[ends] - pre[starts]) * inv[starts]
             h ^= lens.astype(np.uint64) * _HASH_MIX
@@ -167,7 +169,7 @@ class WordTokenizer:
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         ids, offsets = self.encode_flat(texts)
         bounds = list(offsets) + [ids.size]
-        return [ids[bounds[i]:bounds[i + 1]].tolist() for i in range(len(texts))]
+        return [ids[bounds[i] : bounds[i + 1]].tolist() for i in range(len(texts))]
 
 
 def english_stop_words() -> frozenset[str]:

@@ -39,8 +39,9 @@ class Corpus:
             raise InputError(f"split '{split}' has no documents", self.data_dir / split)
 
     def iter_file(self, path: Path, parallel_side: str | None = None) -> Iterator[Document]:
-        return iter_file(path, self.rel(path), skip_bad_lines=self.skip_bad_lines, stats=self.stats,
-                         parallel_side=parallel_side)
+        return iter_file(
+            path, self.rel(path), skip_bad_lines=self.skip_bad_lines, stats=self.stats, parallel_side=parallel_side
+        )
 
     def iter_pairs(self, split: str) -> Iterator[Pair]:
         """All translation pairs of a split of parallel data (same layout, `{"src", "tgt", "src_lang",
@@ -100,7 +101,12 @@ def split_stats(corpus: Corpus, split: str) -> dict:
     if stats.documents == 0:
         raise InputError(f"split '{split}' has no documents", corpus.data_dir / split)
     return {
-        "split": split, "files": len(files), "documents": stats.documents, "bytes": stats.bytes,
-        "skipped_lines": stats.skipped, "skipped_examples": stats.examples, "blank_lines": stats.blank,
+        "split": split,
+        "files": len(files),
+        "documents": stats.documents,
+        "bytes": stats.bytes,
+        "skipped_lines": stats.skipped,
+        "skipped_examples": stats.examples,
+        "blank_lines": stats.blank,
         "per_lang": dict(sorted(per_lang.items())),
     }

@@ -29,13 +29,16 @@ def find_jsonl_files(root: str | os.PathLike) -> list[Path]:
         return [root]
     if not root.is_dir():
         raise InputError("directory not found (check --data-dir and the split name)", root)
+
     # os.walk(followlinks=True): shard dirs are often symlinks into other storage, and Path.rglob
     # (Python < 3.13) does not descend into symlinked directories. Hidden files/dirs (ours: temp files,
     # line indexes) are not data. Every directory and file is taken once by its identity (device, inode):
     # a symlink loop or a second link to a shard would otherwise feed the same documents again.
     def unreadable(err: OSError) -> None:
-        raise InputError(f"cannot read this directory ({err.strerror}); fix its permissions or remove it from "
-                         "the corpus", err.filename)
+        raise InputError(
+            f"cannot read this directory ({err.strerror}); fix its permissions or remove it from the corpus",
+            err.filename,
+        )
 
     seen_dirs = {_identity(root)}
     found: list[Path] = []
@@ -54,8 +57,11 @@ def find_jsonl_files(root: str | os.PathLike) -> list[Path]:
             if name.startswith("."):
                 continue
             if p.is_symlink() and not p.exists():
-                raise InputError(f"dangling symlink (its target {os.readlink(p)} does not exist); restore the "
-                                 "target or remove the link", p)
+                raise InputError(
+                    f"dangling symlink (its target {os.readlink(p)} does not exist); restore the "
+                    "target or remove the link",
+                    p,
+                )
             if is_jsonl(p) and p.is_file():
                 found.append(p)
     found.sort(key=lambda p: natural_key(p.relative_to(root).as_posix()))
@@ -70,8 +76,11 @@ def find_jsonl_files(root: str | os.PathLike) -> list[Path]:
     for p in files:  # a.jsonl and a.jsonl.gz would write the same cluster file and sp_ids
         stem = p.parent / p.name.removesuffix(".gz")
         if stem in stems:
-            raise InputError(f"both {stems[stem].name} and {p.name} are in this shard; they map to the same "
-                             "cluster file and sp_ids: keep one of them", p.parent)
+            raise InputError(
+                f"both {stems[stem].name} and {p.name} are in this shard; they map to the same "
+                "cluster file and sp_ids: keep one of them",
+                p.parent,
+            )
         stems[stem] = p
     return files
 

@@ -14,7 +14,8 @@ from xlbtm.errors import InputError
 
 def _cache_root() -> Path:
     base = os.environ.get("XLBTM_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "xlbtm")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "xlbtm"
+    )
     return Path(base) / "line-index"
 
 
@@ -109,7 +110,7 @@ class LineIndex:
         self._fh.seek(start)
         raw = self._fh.read(end - start)
         if line == 0 and raw.startswith(BOM):
-            raw = raw[len(BOM):]
+            raw = raw[len(BOM) :]
         return raw.rstrip(b"\r\n")
 
     def close(self) -> None:

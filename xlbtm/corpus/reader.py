@@ -92,8 +92,10 @@ def iter_raw_lines(f: IO[bytes], limit: int | None = None) -> Iterator[tuple[byt
 
 
 def too_long(size: int) -> str:
-    return (f"line of {size / 1e6:.1f} MB is over the {MAX_DOCUMENT_BYTES / 2 ** 20:g} MiB limit for one document: "
-            "split the document, or raise the limit with XLBTM_MAX_DOCUMENT_BYTES")
+    return (
+        f"line of {size / 1e6:.1f} MB is over the {MAX_DOCUMENT_BYTES / 2**20:g} MiB limit for one document: "
+        "split the document, or raise the limit with XLBTM_MAX_DOCUMENT_BYTES"
+    )
 
 
 def open_binary(path: Path) -> IO[bytes]:
@@ -116,8 +118,7 @@ def _parse_object(raw: bytes, path: str, lineno: int, expected: str) -> dict:
     except json.JSONDecodeError as e:
         raise InputError(f"malformed JSON: {e.msg} at column {e.colno}", path, lineno) from None
     except RecursionError:
-        raise InputError(f"JSON nested too deeply (expected a flat object with {expected})", path, lineno) \
-            from None
+        raise InputError(f"JSON nested too deeply (expected a flat object with {expected})", path, lineno) from None
     if not isinstance(obj, dict):
         raise InputError(f"expected a JSON object, got {type(obj).__name__}", path, lineno)
     return obj
@@ -139,8 +140,12 @@ def _text_field(obj: dict, name: str, raw: bytes, path: str, lineno: int) -> str
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise InputError(f"field '{name}' holds a lone surrogate (\\u{ord(text[e.start]):04x}) at character "
-                             f"{e.start}: not valid Unicode text", path, lineno) from None
+            raise InputError(
+                f"field '{name}' holds a lone surrogate (\\u{ord(text[e.start]):04x}) at character "
+                f"{e.start}: not valid Unicode text",
+                path,
+                lineno,
+            ) from None
     return text
 
 
@@ -149,8 +154,12 @@ def parse_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Document:
     lineno = line_index + 1
     obj = _parse_object(raw, path, lineno, "a 'text' field")
     if "text" not in obj and "src" in obj and "tgt" in obj:
-        raise InputError("missing required field 'text': this line is a translation pair (src, tgt); stages that "
-                         "cluster pairs take --parallel-side src|tgt|both", path, lineno)
+        raise InputError(
+            "missing required field 'text': this line is a translation pair (src, tgt); stages that "
+            "cluster pairs take --parallel-side src|tgt|both",
+            path,
+            lineno,
+        )
     text = _text_field(obj, "text", raw, path, lineno)
     lang = obj.get("lang")
     doc_id = obj.get("id")
@@ -176,8 +185,13 @@ def parse_pair_line(raw: bytes, path: str, line_index: int, sp_id: str) -> Pair:
         if not text.strip():
             raise InputError(f"field '{name}' is empty: a translation pair needs text on both sides", path, lineno)
     langs = [obj.get(k) for k in ("src_lang", "tgt_lang")]
-    return Pair(sp_id=sp_id, src=src, tgt=tgt, src_lang=langs[0] if isinstance(langs[0], str) else None,
-                tgt_lang=langs[1] if isinstance(langs[1], str) else None)
+    return Pair(
+        sp_id=sp_id,
+        src=src,
+        tgt=tgt,
+        src_lang=langs[0] if isinstance(langs[0], str) else None,
+        tgt_lang=langs[1] if isinstance(langs[1], str) else None,
+    )
 
 
 PARALLEL_SIDES = ("src", "tgt", "both")
@@ -193,9 +207,15 @@ def pair_as_document(pair: Pair, side: str) -> Document:
     return Document(sp_id=pair.sp_id, text=text, lang=pair.src_lang if side == "src" else pair.tgt_lang)
 
 
-def iter_file(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines: bool = False,
-              stats: ReadStats | None = None, lines: set[int] | None = None,
-              parallel_side: str | None = None) -> Iterator[Document]:
+def iter_file(
+    path: str | os.PathLike,
+    rel: str | None = None,
+    *,
+    skip_bad_lines: bool = False,
+    stats: ReadStats | None = None,
+    lines: set[int] | None = None,
+    parallel_side: str | None = None,
+) -> Iterator[Document]:
     """Stream the documents of one file. `rel` is the sp_id path (defaults to `path` as given). `lines`:
     only these 0-based lines are parsed (a sample), the others are passed over unread; reading stops after
     the last of them. `parallel_side`: the file is parallel data, each pair read as `pair_as_document`."""
@@ -209,8 +229,9 @@ def _pair_side_parser(side: str):
     return lambda raw, shown, i, sp_id: pair_as_document(parse_pair_line(raw, shown, i, sp_id), side)
 
 
-def iter_pairs(path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines: bool = False,
-               stats: ReadStats | None = None) -> Iterator[Pair]:
+def iter_pairs(
+    path: str | os.PathLike, rel: str | None = None, *, skip_bad_lines: bool = False, stats: ReadStats | None = None
+) -> Iterator[Pair]:
     """Stream the translation pairs of one parallel-data file (same lines, limits, errors and sp_ids as
     `iter_file`; `stats.documents` counts pairs)."""
     return _iter_parsed(path, rel, parse_pair_line, skip_bad_lines=skip_bad_lines, stats=stats)
@@ -220,12 +241,18 @@ def iter_json_objects(path: str | os.PathLike, expected: str) -> Iterator[tuple[
     """`(1-based line, object)` of every non-blank line of a jsonl file that is not a corpus file (prompts, ...),
     through the corpus reader's own line loop: bounded lines, BOM, invalid UTF-8 and bad JSON as one InputError
     naming file:line. `expected` says what a line should hold, for those errors."""
-    return _iter_parsed(path, None, lambda raw, shown, i, _: (i + 1, _parse_object(raw, shown, i + 1, expected)),
-                        skip_bad_lines=False, stats=None)
+    return _iter_parsed(
+        path,
+        None,
+        lambda raw, shown, i, _: (i + 1, _parse_object(raw, shown, i + 1, expected)),
+        skip_bad_lines=False,
+        stats=None,
+    )
 
 
-def _iter_parsed(path, rel, parse, *, skip_bad_lines: bool, stats: ReadStats | None,
-                 lines: set[int] | None = None) -> Iterator:
+def _iter_parsed(
+    path, rel, parse, *, skip_bad_lines: bool, stats: ReadStats | None, lines: set[int] | None = None
+) -> Iterator:
     """The one line loop of every jsonl reader: bounded lines, BOM, blank lines, `parse(raw, path, index,
     sp_id)` per line, skipping (and counting) bad lines with `skip_bad_lines`."""
     path = Path(path)
@@ -254,7 +281,7 @@ def _iter_parsed(path, rel, parse, *, skip_bad_lines: bool, stats: ReadStats | N
                     if raw.endswith(b"\r"):
                         raw = raw[:-1]
                 if i == 0 and raw.startswith(BOM):
-                    raw = raw[len(BOM):]
+                    raw = raw[len(BOM) :]
                 if not raw or raw.isspace():  # blank: not a document (e.g. a trailing newline); its index stays
                     stats.blank += 1
                     continue

@@ -106,6 +106,7 @@ def _parallel_encode(pool, batches: Iterator[list]) -> Iterator[tuple[list, list
 
 # ---------------------------------------------------------------------------------------- assignments
 
+
 def load_assignments(clusters_dir: Path, split: str, data_dir: Path) -> dict[str, int]:
     """sp_id (relative to data_dir) -> cluster for a split; c-BTM absolute sp_ids are normalized."""
 
@@ -139,8 +140,11 @@ class Unassigned:
         if not allowed:
             for t in temp_files:
                 Path(t).unlink(missing_ok=True)
-            raise InputError(f"{self.count} {what} of split '{split}' have no cluster in {clusters_dir} "
-                             f"(e.g. {shown}); {question} Pass --allow-unassigned to drop them", where)
+            raise InputError(
+                f"{self.count} {what} of split '{split}' have no cluster in {clusters_dir} "
+                f"(e.g. {shown}); {question} Pass --allow-unassigned to drop them",
+                where,
+            )
         log.warning(f"binarize: dropped {self.count} unassigned {what} of split '{split}' (e.g. {shown})")
 
 
@@ -162,7 +166,6 @@ def write_offsets(idx_file: Path, lengths: list[int]) -> None:
     """The `.idx` of a stream (int64 offsets, n + 1 entries) from its items' lengths, atomically."""
     import numpy as np
 
-
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(np.asarray(lengths, dtype=np.int64), out=offsets[1:])
     with atomic_path(idx_file) as tmp:
@@ -171,6 +174,7 @@ def write_offsets(idx_file: Path, lengths: list[int]) -> None:
 
 
 # ------------------------------------------------------------------------------------------- up to date?
+
 
 def split_inputs(data_dir: str | os.PathLike, split: str, clusters_dir: str | os.PathLike | None) -> dict:
     """What a split is binarized from, by identity: `[relative path, size, mtime_ns]` of every corpus file
@@ -182,17 +186,26 @@ def split_inputs(data_dir: str | os.PathLike, split: str, clusters_dir: str | os
 
     out = {"corpus": [ident(p, Path(data_dir)) for p in Corpus(data_dir).files(split)]}
     if clusters_dir is not None:
-
         out["clusters"] = [ident(p, Path(clusters_dir)) for p in cluster_files(clusters_dir, split)]
     return out
 
 
 # ------------------------------------------------------------------------------------------- binarize
 
-def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer, *,
-             splits: Sequence[str] = ("train", "valid"), clusters_dir: str | os.PathLike | None = None,
-             num_clusters: int | None = None, workers: int = 0, batch_size: int = 256,
-             allow_unassigned: bool = False, skip_bad_lines: bool = False) -> BinarizeResult:
+
+def binarize(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tokenizer,
+    *,
+    splits: Sequence[str] = ("train", "valid"),
+    clusters_dir: str | os.PathLike | None = None,
+    num_clusters: int | None = None,
+    workers: int = 0,
+    batch_size: int = 256,
+    allow_unassigned: bool = False,
+    skip_bad_lines: bool = False,
+) -> BinarizeResult:
     """Tokenize each split of `data_dir` into per-cluster token streams under `out_dir`.
 
     `tokenizer` is a loaded `xlbtm.tokenizer.Tokenizer` (its `.path` is reloaded by each of `workers`
@@ -200,37 +213,52 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
     every document goes to cluster 0 of K=1.
     """
 
-    refuse_overlap({"--output-dir": out_dir}, {"--path-to-data": data_dir, "--path-to-clusters-dir": clusters_dir,
-                                               "--tokenizer": getattr(tokenizer, "path", None)})
+    refuse_overlap(
+        {"--output-dir": out_dir},
+        {
+            "--path-to-data": data_dir,
+            "--path-to-clusters-dir": clusters_dir,
+            "--tokenizer": getattr(tokenizer, "path", None),
+        },
+    )
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     clusterer_fp = None
     if clusters_dir is not None:
-
         cm = read_manifest(clusters_dir)
         k_file = int(cm["num_clusters"])
         if num_clusters is not None and int(num_clusters) != k_file:
-            raise UsageError(f"--num-clusters {num_clusters} does not match the {k_file} clusters of "
-                             f"{clusters_dir}/manifest.json")
+            raise UsageError(
+                f"--num-clusters {num_clusters} does not match the {k_file} clusters of {clusters_dir}/manifest.json"
+            )
         num_clusters, clusterer_fp = k_file, cm["fingerprint"]
     else:
         if num_clusters not in (None, 1):
             raise UsageError("--num-clusters > 1 needs --path-to-clusters-dir (cluster files)")
         num_clusters = 1
-    if tokenizer.vocab_size >= 2 ** 32:
+    if tokenizer.vocab_size >= 2**32:
         raise UsageError("vocabulary does not fit uint32")
 
-    header = {"format": FORMAT, "dtype": DTYPE, "data_dir": str(data_dir.resolve()),
-              "tokenizer": str(tokenizer.path), "tokenizer_fingerprint": tokenizer.fingerprint,
-              "clusterer_fingerprint": clusterer_fp, "num_clusters": num_clusters, "eos_id": tokenizer.eos_id}
+    header = {
+        "format": FORMAT,
+        "dtype": DTYPE,
+        "data_dir": str(data_dir.resolve()),
+        "tokenizer": str(tokenizer.path),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "clusterer_fingerprint": clusterer_fp,
+        "num_clusters": num_clusters,
+        "eos_id": tokenizer.eos_id,
+    }
     manifest_path = out_dir / MANIFEST
     manifest = dict(header, splits={})
     if manifest_path.is_file():
         old = read_binarized_manifest(out_dir)
         for key in ("tokenizer_fingerprint", "clusterer_fingerprint", "num_clusters"):
             if old.get(key) != header[key]:
-                raise InputError(f"binarized data here was made with another {key} ({old.get(key)!r} != "
-                                 f"{header[key]!r}); delete this directory or choose another output dir",
-                                 manifest_path)
+                raise InputError(
+                    f"binarized data here was made with another {key} ({old.get(key)!r} != "
+                    f"{header[key]!r}); delete this directory or choose another output dir",
+                    manifest_path,
+                )
         manifest["splits"] = dict(old.get("splits", {}))
 
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
@@ -251,9 +279,17 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
                 import multiprocessing as mp
 
                 pool = mp.get_context("spawn").Pool(workers, _worker_init, (str(tokenizer.path),))
-            stats = _binarize_split(corpus, split, out_dir, tokenizer, num_clusters,
-                                    None if clusters_dir is None else Path(clusters_dir),
-                                    pool, batch_size, allow_unassigned)
+            stats = _binarize_split(
+                corpus,
+                split,
+                out_dir,
+                tokenizer,
+                num_clusters,
+                None if clusters_dir is None else Path(clusters_dir),
+                pool,
+                batch_size,
+                allow_unassigned,
+            )
             write_done(out_dir, split, header["tokenizer_fingerprint"], clusterer_fp, inputs, stats)
             manifest["splits"][split] = stats
             write_manifest(out_dir, manifest)
@@ -265,8 +301,17 @@ def binarize(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer,
     return BinarizeResult(out_dir, manifest, skipped)
 
 
-def _binarize_split(corpus, split: str, out_dir: Path, tokenizer, K: int, clusters_dir: Path | None,
-                    pool, batch_size: int, allow_unassigned: bool) -> dict:
+def _binarize_split(
+    corpus,
+    split: str,
+    out_dir: Path,
+    tokenizer,
+    K: int,
+    clusters_dir: Path | None,
+    pool,
+    batch_size: int,
+    allow_unassigned: bool,
+) -> dict:
     import numpy as np
 
     assign = None if clusters_dir is None else load_assignments(clusters_dir, split, corpus.data_dir)
@@ -307,8 +352,15 @@ def _binarize_split(corpus, split: str, out_dir: Path, tokenizer, K: int, cluste
     finally:
         for f in fbins:
             f.close()
-    unassigned.check("documents", split, clusters_dir, "were the cluster files made for this corpus?",
-                     allow_unassigned, tmp_bins, corpus.data_dir / split)
+    unassigned.check(
+        "documents",
+        split,
+        clusters_dir,
+        "were the cluster files made for this corpus?",
+        allow_unassigned,
+        tmp_bins,
+        corpus.data_dir / split,
+    )
     for k in range(K):
         write_offsets(idx_path(out_dir, split, k), lengths[k])
         os.replace(tmp_bins[k], bin_path(out_dir, split, k))
@@ -319,32 +371,53 @@ def _binarize_split(corpus, split: str, out_dir: Path, tokenizer, K: int, cluste
 
 # ------------------------------------------------------------------------------------ parallel data
 
-def binarize_pairs(data_dir: str | os.PathLike, out_dir: str | os.PathLike, tokenizer, *,
-                   splits: Sequence[str] = ("train",), clusters_dir: str | os.PathLike | None = None,
-                   batch_size: int = 256, allow_unassigned: bool = False, skip_bad_lines: bool = False) -> dict:
+
+def binarize_pairs(
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tokenizer,
+    *,
+    splits: Sequence[str] = ("train",),
+    clusters_dir: str | os.PathLike | None = None,
+    batch_size: int = 256,
+    allow_unassigned: bool = False,
+    skip_bad_lines: bool = False,
+) -> dict:
     """Tokenize each split of parallel data (`<data>/<split>/<shard>/*.jsonl` of `{"src", "tgt", ...}`) into
     pair streams (`xlbtm.formats.pairs`): one per split, or with `clusters_dir` (cluster files of these pairs,
     from `cluster --parallel-side`) one per split and cluster; returns the manifest. A split that is already
     done from exactly these files is skipped, one whose files changed is redone (with a warning), as
     `binarize` does. Tokenized in this process: parallel data is usually small next to the monolingual corpus."""
 
-    refuse_overlap({"--binarized-dir (parallel data)": out_dir},
-                   {"--parallel-data": data_dir, "--path-to-parallel-clusters-dir": clusters_dir,
-                    "--tokenizer": getattr(tokenizer, "path", None)})
+    refuse_overlap(
+        {"--binarized-dir (parallel data)": out_dir},
+        {
+            "--parallel-data": data_dir,
+            "--path-to-parallel-clusters-dir": clusters_dir,
+            "--tokenizer": getattr(tokenizer, "path", None),
+        },
+    )
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     K, clusterer_fp = None, None
     if clusters_dir is not None:
-
         cm = read_manifest(clusters_dir)
         K, clusterer_fp = int(cm["num_clusters"]), cm["fingerprint"]
-    header = {"data_dir": str(data_dir.resolve()), "tokenizer": str(tokenizer.path),
-              "tokenizer_fingerprint": tokenizer.fingerprint, "num_clusters": K, "clusterer_fingerprint": clusterer_fp}
+    header = {
+        "data_dir": str(data_dir.resolve()),
+        "tokenizer": str(tokenizer.path),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+        "num_clusters": K,
+        "clusterer_fingerprint": clusterer_fp,
+    }
     manifest = dict(header, splits={})
     if (out_dir / PAIRS_MANIFEST).is_file():
         old = read_pairs_manifest(out_dir)
         if old.get("tokenizer_fingerprint") != tokenizer.fingerprint:
-            raise InputError("binarized parallel data here was made with another tokenizer; delete this directory "
-                             "or choose another --binarized-dir", out_dir / PAIRS_MANIFEST)
+            raise InputError(
+                "binarized parallel data here was made with another tokenizer; delete this directory "
+                "or choose another --binarized-dir",
+                out_dir / PAIRS_MANIFEST,
+            )
         if (old["clusterer_fingerprint"], old["num_clusters"]) == (clusterer_fp, K):
             manifest["splits"] = dict(old.get("splits", {}))  # else every split is redone (done.json disagrees)
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
@@ -357,26 +430,43 @@ def binarize_pairs(data_dir: str | os.PathLike, out_dir: str | os.PathLike, toke
             continue
         if why != NOT_BINARIZED:
             log.warning(f"binarize: re-binarizing parallel split '{split}': {why}")
-        stats = _binarize_pairs_split(corpus, split, out_dir, tokenizer, K,
-                                      None if clusters_dir is None else Path(clusters_dir),
-                                      batch_size, allow_unassigned)
+        stats = _binarize_pairs_split(
+            corpus,
+            split,
+            out_dir,
+            tokenizer,
+            K,
+            None if clusters_dir is None else Path(clusters_dir),
+            batch_size,
+            allow_unassigned,
+        )
         write_done(out_dir, split, tokenizer.fingerprint, clusterer_fp, inputs, stats)
         manifest["splits"][split] = stats
         write_pairs_manifest(out_dir, manifest)
         n = stats["pairs"] if K is None else sum(stats["pairs"])
-        log.info(f"binarize: parallel split '{split}': {n} pairs"
-                 + ("" if K is None else f" in {K} clusters {stats['pairs']}") + f" -> {split_dir(out_dir, split)}")
+        log.info(
+            f"binarize: parallel split '{split}': {n} pairs"
+            + ("" if K is None else f" in {K} clusters {stats['pairs']}")
+            + f" -> {split_dir(out_dir, split)}"
+        )
     write_pairs_manifest(out_dir, manifest)
     if corpus.stats.skipped:
         log.warning(f"binarize: parallel data: {corpus.stats.summary()}")
     return manifest
 
 
-def _binarize_pairs_split(corpus, split: str, out_dir: Path, tokenizer, K: int | None, clusters_dir: Path | None,
-                          batch_size: int, allow_unassigned: bool) -> dict:
+def _binarize_pairs_split(
+    corpus,
+    split: str,
+    out_dir: Path,
+    tokenizer,
+    K: int | None,
+    clusters_dir: Path | None,
+    batch_size: int,
+    allow_unassigned: bool,
+) -> dict:
     """One split's pair streams (per cluster when `K`); temp names until every stream is complete."""
     import numpy as np
-
 
     assign = None if clusters_dir is None else load_assignments(clusters_dir, split, corpus.data_dir)
     streams = [None] if K is None else list(range(K))  # None: the one unclustered stream
@@ -399,14 +489,27 @@ def _binarize_pairs_split(corpus, split: str, out_dir: Path, tokenizer, K: int |
     finally:
         for f in files.values():
             f.close()
-    unassigned.check("pairs", split, clusters_dir, "were these cluster files made from this parallel data with "
-                     "cluster --parallel-side?", allow_unassigned, tmp.values(), corpus.data_dir / split)
+    unassigned.check(
+        "pairs",
+        split,
+        clusters_dir,
+        "were these cluster files made from this parallel data with cluster --parallel-side?",
+        allow_unassigned,
+        tmp.values(),
+        corpus.data_dir / split,
+    )
     for key, (bin_file, idx_file) in paths.items():
         write_offsets(idx_file, lengths[key])
         os.replace(tmp[key], bin_file)
-    counts: dict[str, Any] = {"pairs": [len(lengths[c, "src"]) for c in streams],
-              "tokens": {s: [int(sum(lengths[c, s])) for c in streams] for s in SIDES}, "langs": langs}
+    counts: dict[str, Any] = {
+        "pairs": [len(lengths[c, "src"]) for c in streams],
+        "tokens": {s: [int(sum(lengths[c, s])) for c in streams] for s in SIDES},
+        "langs": langs,
+    }
     if K is None:  # unclustered stats are plain counts (the version-1 shape)
-        counts = {"pairs": counts["pairs"][0], "tokens": {s: v[0] for s, v in counts["tokens"].items()},
-                  "langs": {k: v[0] for k, v in langs.items()}}
+        counts = {
+            "pairs": counts["pairs"][0],
+            "tokens": {s: v[0] for s, v in counts["tokens"].items()},
+            "langs": {k: v[0] for k, v in langs.items()},
+        }
     return counts

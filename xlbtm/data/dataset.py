@@ -40,7 +40,7 @@ class TokenStream:
 
     def doc(self, i: int) -> np.ndarray:
         assert self.offsets is not None, "a stream without its .idx has no documents"
-        return self.tokens[self.offsets[i]:self.offsets[i + 1]]
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
 
 class CLMDataset:
@@ -57,7 +57,7 @@ class CLMDataset:
         return self.n
 
     def get(self, i: int, global_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        block = np.asarray(self.stream.tokens[i * self.tps: i * self.tps + self.tps + 1], dtype=np.int64)
+        block = np.asarray(self.stream.tokens[i * self.tps : i * self.tps + self.tps + 1], dtype=np.int64)
         return block[:-1], block[1:]
 
 
@@ -80,8 +80,18 @@ class MLMDataset:
 
     IGNORE = -100
 
-    def __init__(self, stream: TokenStream, tokens_per_sample: int, *, vocab_size: int, mask_id: int,
-                 bos_id: int = 0, special_ids=(0, 1, 2, 3), seed: int = 0, mask_prob: float = 0.15):
+    def __init__(
+        self,
+        stream: TokenStream,
+        tokens_per_sample: int,
+        *,
+        vocab_size: int,
+        mask_id: int,
+        bos_id: int = 0,
+        special_ids=(0, 1, 2, 3),
+        seed: int = 0,
+        mask_prob: float = 0.15,
+    ):
         if mask_id is None:
             raise InputError("the tokenizer has no <mask> token; it cannot train a masked LM", stream.bin_path)
         self.stream, self.tps = stream, int(tokens_per_sample)
@@ -95,14 +105,15 @@ class MLMDataset:
         return self.n
 
     def get(self, i: int, global_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        body = np.asarray(self.stream.tokens[i * self.body:(i + 1) * self.body], dtype=np.int64)
+        body = np.asarray(self.stream.tokens[i * self.body : (i + 1) * self.body], dtype=np.int64)
         tokens = np.concatenate([[self.bos_id], body])
         rng = np.random.default_rng([self.seed, 0x4D4C4D, global_index])
         return bert_mask(tokens, ~np.isin(tokens, self.special), rng, self.mask_prob, self.mask_id, self.vocab_size)
 
 
-def bert_mask(tokens: np.ndarray, cand: np.ndarray, rng, mask_prob: float, mask_id: int,
-              vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+def bert_mask(
+    tokens: np.ndarray, cand: np.ndarray, rng, mask_prob: float, mask_id: int, vocab_size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """BERT masking of the `cand` positions of `tokens`: each a target with probability `mask_prob` (at least
     one per sample, so the loss is defined); of the targets 80% become `mask_id`, 10% a random token, 10%
     stay. Returns (inputs, targets), targets IGNORE where not chosen. MLM and TLM samples mask alike."""
@@ -133,8 +144,10 @@ class PairStream:
         self.src = TokenStream(*side_paths(pairs_dir, split, "src", cluster))
         self.tgt = TokenStream(*side_paths(pairs_dir, split, "tgt", cluster))
         if self.src.offsets is None or self.tgt.offsets is None or self.src.num_docs != self.tgt.num_docs:
-            raise InputError("the src and tgt sides of this split do not hold the same number of pairs; "
-                             "binarize it again", self.src.bin_path.parent)
+            raise InputError(
+                "the src and tgt sides of this split do not hold the same number of pairs; binarize it again",
+                self.src.bin_path.parent,
+            )
 
     def __len__(self) -> int:
         return self.src.num_docs
@@ -159,9 +172,20 @@ class TLMDataset:
 
     SPECIALS = 4  # <s> </s> </s> </s> per pair
 
-    def __init__(self, pairs: PairStream, tokens_per_sample: int, *, vocab_size: int, mask_id: int,
-                 bos_id: int = 0, pad_id: int = 1, eos_id: int = 2, special_ids=(0, 1, 2, 3), seed: int = 0,
-                 mask_prob: float = 0.15):
+    def __init__(
+        self,
+        pairs: PairStream,
+        tokens_per_sample: int,
+        *,
+        vocab_size: int,
+        mask_id: int,
+        bos_id: int = 0,
+        pad_id: int = 1,
+        eos_id: int = 2,
+        special_ids=(0, 1, 2, 3),
+        seed: int = 0,
+        mask_prob: float = 0.15,
+    ):
         if mask_id is None:
             raise InputError("the tokenizer has no <mask> token; it cannot train a masked LM", pairs.src.bin_path)
         self.pairs, self.tps = pairs, int(tokens_per_sample)
@@ -169,8 +193,9 @@ class TLMDataset:
         if self.budget < 2:
             from xlbtm.errors import UsageError
 
-            raise UsageError(f"--tokens-per-sample {self.tps} is too small for TLM: a pair needs at least "
-                             f"{self.SPECIALS + 2} tokens")
+            raise UsageError(
+                f"--tokens-per-sample {self.tps} is too small for TLM: a pair needs at least {self.SPECIALS + 2} tokens"
+            )
         self.vocab_size, self.mask_id = vocab_size, mask_id
         self.bos_id, self.pad_id, self.eos_id = bos_id, pad_id, eos_id
         self.special = np.asarray(sorted(set(special_ids) | {mask_id, bos_id, pad_id, eos_id}), dtype=np.int64)
@@ -209,12 +234,13 @@ class TLMDataset:
             src, tgt = self.sides(j)
             for part in ([self.bos_id], src, [self.eos_id]), ([self.eos_id], tgt, [self.eos_id]):
                 seq = np.concatenate([np.asarray(p, dtype=np.int64) for p in part])
-                tokens[at:at + len(seq)] = seq
-                positions[at:at + len(seq)] = np.arange(first, first + len(seq))
+                tokens[at : at + len(seq)] = seq
+                positions[at : at + len(seq)] = np.arange(first, first + len(seq))
                 at += len(seq)
         rng = np.random.default_rng([self.seed, 0x544C4D, global_index])
-        inputs, targets = bert_mask(tokens, ~np.isin(tokens, self.special), rng, self.mask_prob, self.mask_id,
-                                    self.vocab_size)
+        inputs, targets = bert_mask(
+            tokens, ~np.isin(tokens, self.special), rng, self.mask_prob, self.mask_id, self.vocab_size
+        )
         return inputs, targets, positions
 
 

@@ -16,13 +16,11 @@ from collections.abc import Callable
 class Prefetcher:
     """Yields `make(position)` for position = start, start + stride, ... computed `depth` steps ahead."""
 
-    def __init__(self, make: Callable[[int], list], start: int, stride: int, *, pin: bool = False,
-                 depth: int = 2):
+    def __init__(self, make: Callable[[int], list], start: int, stride: int, *, pin: bool = False, depth: int = 2):
         self._make, self._pin = make, pin
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(start, stride), name="xlbtm-prefetch",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(start, stride), name="xlbtm-prefetch", daemon=True)
         self._thread.start()
 
     def _run(self, position: int, stride: int) -> None:

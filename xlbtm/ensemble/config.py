@@ -21,8 +21,7 @@ DEFAULT_TOPK = -1  # experts kept per token: -1 = all
 EnsembleType = Literal["clustering", "uniform", "lang", "oracle", "dense", "average"]
 ENSEMBLE_TYPES: tuple[str, ...] = typing.get_args(EnsembleType)
 ENSEMBLE_TYPE_HELP = {
-    "clustering": "by the cluster posterior of each token's prefix (c-BTM; needs --path-to-clusterer with "
-                  "centroids)",
+    "clustering": "by the cluster posterior of each token's prefix (c-BTM; needs --path-to-clusterer with centroids)",
     "uniform": "every expert weighted 1/K",
     "lang": "each document by its language label through a typological clusterer (X-ELM)",
     "oracle": "each document scored by its best expert (an upper bound, not a method)",
@@ -66,67 +65,108 @@ class EvalConfig:
 
     data_dir: str = option(help="corpus root (c-BTM layout)", aliases=("--path-to-data",))
     data_subset: str = option("valid", "split to evaluate: valid or valid/<subset>")
-    job_dir: str = option(help="output dir: score caches, result.json, report.md, plot",
-                          aliases=("--output-dir",))
+    job_dir: str = option(help="output dir: score caches, result.json, report.md, plot", aliases=("--output-dir",))
     ensemble_type: EnsembleType = option("clustering", "how experts are mixed", choices_help=ENSEMBLE_TYPE_HELP)
     path_to_clusterer: str | None = option(
-        None, "clusterer artifact dir (required for clustering and lang; checked against the experts)")
+        None, "clusterer artifact dir (required for clustering and lang; checked against the experts)"
+    )
     model_paths: list[str] = option(
         help="comma-separated expert run dirs or consolidated.pt files (order does not matter: experts are matched "
-             "to clusters by expert.json)", default_factory=list, type=_paths, exclusive="experts",
-        render=lambda v: [",".join(v)])
+        "to clusters by expert.json)",
+        default_factory=list,
+        type=_paths,
+        exclusive="experts",
+        render=lambda v: [",".join(v)],
+    )
     experts_dir: str | None = option(None, "directory holding the expert run dirs", exclusive="experts")
     temperatures: list[float] = option(
         help=f"routing temperature(s), default {DEFAULT_TEMPERATURE}; several values (or a comma list) sweep on "
-             "the cached scores", flag="--temperature", nargs="+", type=_floats, metavar="T", parse=_flatten,
-        default_factory=lambda: [DEFAULT_TEMPERATURE], render=_sweep)
+        "the cached scores",
+        flag="--temperature",
+        nargs="+",
+        type=_floats,
+        metavar="T",
+        parse=_flatten,
+        default_factory=lambda: [DEFAULT_TEMPERATURE],
+        render=_sweep,
+    )
     topks: list[int] = option(
         help=f"experts kept per token, default {DEFAULT_TOPK} (all); several values sweep on the cached scores",
-        flag="--topk", nargs="+", type=_ints, metavar="K", parse=_flatten, default_factory=lambda: [DEFAULT_TOPK],
-        render=_sweep)
+        flag="--topk",
+        nargs="+",
+        type=_ints,
+        metavar="K",
+        parse=_flatten,
+        default_factory=lambda: [DEFAULT_TOPK],
+        render=_sweep,
+    )
     exclude_experts: list[int] = option(
         help="cluster ids of experts to switch off (data opt-out), e.g. 2,5: they are not loaded or scored (their "
-             "run dirs may be gone) and every mixture is renormalized over the remaining experts; documents a lang "
-             "ensemble would send to an excluded expert get the uniform mixture of the rest. Reported in "
-             "result.json settings.excluded_experts", default_factory=list, type=_cluster_ids, metavar="IDS")
+        "run dirs may be gone) and every mixture is renormalized over the remaining experts; documents a lang "
+        "ensemble would send to an excluded expert get the uniform mixture of the rest. Reported in "
+        "result.json settings.excluded_experts",
+        default_factory=list,
+        type=_cluster_ids,
+        metavar="IDS",
+    )
     cbtm_compat: bool = option(False, "c-BTM's weights: softmax(-dist^2 / T) with dist already a squared distance")
     max_valid_steps: int | None = option(None, "evaluate at most this many documents (one document per step)")
     run: Literal["local", "slurm"] | None = option(
-        None, "score each expert as a separate job (default: in this process)")
+        None, "score each expert as a separate job (default: in this process)"
+    )
     dense_result: str | None = option(
-        None, "result.json (or its dir) of the dense baseline, compared per language in report.md")
+        None, "result.json (or its dir) of the dense baseline, compared per language in report.md"
+    )
     batch_tokens: int = option(8192, "padded tokens per forward pass")
     context_window: int | None = option(
-        None, "causal LMs: tokens per scoring window (default: the context the experts were trained with, "
-              "expert.json tokens_per_sample); documents are scored whole, window by window. Masked LMs: the one "
-              "window read per document (same default)")
+        None,
+        "causal LMs: tokens per scoring window (default: the context the experts were trained with, "
+        "expert.json tokens_per_sample); documents are scored whole, window by window. Masked LMs: the one "
+        "window read per document (same default)",
+    )
     stride: int | None = option(
-        None, "causal LMs: step between windows (default: the window, c-BTM's non-overlapping blocks; smaller "
-              "gives every later token at least window - stride tokens of context)")
+        None,
+        "causal LMs: step between windows (default: the window, c-BTM's non-overlapping blocks; smaller "
+        "gives every later token at least window - stride tokens of context)",
+    )
     parallel_data: str | None = option(
-        None, "encoder (masked-LM) experts: also measure cross-lingual retrieval on the translation pairs of "
-              "DIR/<--parallel-subset> ({src, tgt, src_lang, tgt_lang} jsonl): accuracy@1 per language of finding "
-              "each tgt's own src by cosine of mean-pooled states, added to result.json (retrieval) and report.md",
-        metavar="DIR")
+        None,
+        "encoder (masked-LM) experts: also measure cross-lingual retrieval on the translation pairs of "
+        "DIR/<--parallel-subset> ({src, tgt, src_lang, tgt_lang} jsonl): accuracy@1 per language of finding "
+        "each tgt's own src by cosine of mean-pooled states, added to result.json (retrieval) and report.md",
+        metavar="DIR",
+    )
     parallel_subset: str = option("valid", "split of --parallel-data")
     retrieval_batch_size: int = option(
-        1000, "candidate pool: each language's pairs are split into blocks of at most this many (near-equal "
-              "size) and each tgt is matched against its block's sources")
+        1000,
+        "candidate pool: each language's pairs are split into blocks of at most this many (near-equal "
+        "size) and each tgt is matched against its block's sources",
+    )
     retrieval_routing: Literal["target", "own"] = option(
-        "target", "ensembles: which routing reads each side of a pair",
-        choices_help={"target": "both sides with the experts its target side is routed to (those of the pool's "
-                                "language)", "own": "each side routed by its own text / lang"})
+        "target",
+        "ensembles: which routing reads each side of a pair",
+        choices_help={
+            "target": "both sides with the experts its target side is routed to (those of the pool's language)",
+            "own": "each side routed by its own text / lang",
+        },
+    )
     retrieval_centering: Literal["pool", "none"] = option(
-        "pool", "sentence vectors before the cosines",
-        choices_help={"pool": "each side's vectors centered on their pool's mean (removes the direction all of "
-                              "a language's sentences share)", "none": "raw cosines"})
+        "pool",
+        "sentence vectors before the cosines",
+        choices_help={
+            "pool": "each side's vectors centered on their pool's mean (removes the direction all of "
+            "a language's sentences share)",
+            "none": "raw cosines",
+        },
+    )
     retrieval_max_pairs: int | None = option(
-        None, "read at most this many pairs per language (the first in file order; default all)")
+        None, "read at most this many pairs per language (the first in file order; default all)"
+    )
     device: str | None = option(None, "scoring device (default: $XLBTM_DEVICE, else cuda when available, else cpu)")
     skip_bad_lines: bool = option(False, SKIP_BAD_LINES_HELP)
     # not flags
     gpus_per_node: int = 0
-    site: SiteConfig | None = None       # SLURM site settings (file < env < flags); None = file + env only
+    site: SiteConfig | None = None  # SLURM site settings (file < env < flags); None = file + env only
 
     def __post_init__(self):
         self.data_subset = self.data_subset.strip("/")
@@ -147,15 +187,19 @@ class EvalConfig:
             raise UsageError("--max-valid-steps must be positive")
         if self.context_window is not None and self.context_window <= 0:
             raise UsageError("--context-window must be positive")
-        if self.stride is not None and (self.stride <= 0 or (self.context_window and self.stride > self.context_window)):
+        if self.stride is not None and (
+            self.stride <= 0 or (self.context_window and self.stride > self.context_window)
+        ):
             raise UsageError("--stride must be in [1, --context-window]")
         if self.exclude_experts and self.ensemble_type == "dense":
             raise UsageError("--exclude-experts switches experts of an ensemble off; --ensemble-type dense has one")
         if self.parallel_data is not None:
             if self.ensemble_type == "oracle":
-                raise UsageError("--parallel-data: retrieval has no oracle (the best expert by likelihood); run "
-                                 "it with another --ensemble-type (result.json's retrieval.experts holds every "
-                                 "single expert's accuracy)")
+                raise UsageError(
+                    "--parallel-data: retrieval has no oracle (the best expert by likelihood); run "
+                    "it with another --ensemble-type (result.json's retrieval.experts holds every "
+                    "single expert's accuracy)"
+                )
             if self.retrieval_centering not in ("pool", "none"):
                 raise UsageError(f"--retrieval-centering must be pool or none, got {self.retrieval_centering!r}")
             if self.retrieval_routing not in ("target", "own"):
@@ -177,18 +221,26 @@ class GenerateConfig:
     experts_dir: str | None = option(None, "directory holding the expert run dirs", exclusive="experts")
     model_paths: list[str] = option(
         help="comma-separated expert run dirs or consolidated.pt files (one for a single model)",
-        default_factory=list, type=_paths, exclusive="experts", render=lambda v: [",".join(v)])
+        default_factory=list,
+        type=_paths,
+        exclusive="experts",
+        render=lambda v: [",".join(v)],
+    )
     path_to_clusterer: str | None = option(None, "clusterer artifact dir (routes the experts)")
     ensemble_type: LMType | None = option(
-        None, "how the experts are mixed (default: clustering with --path-to-clusterer, dense for one model)",
-        choices_help=LM_TYPE_HELP)
+        None,
+        "how the experts are mixed (default: clustering with --path-to-clusterer, dense for one model)",
+        choices_help=LM_TYPE_HELP,
+    )
     prompt: str | None = option(None, "the prompt text", exclusive="prompts", exclusive_required=False)
-    input: str | None = option(None, 'jsonl file of prompts ({"prompt": ...} per line)', exclusive="prompts",
-                               exclusive_required=False)
+    input: str | None = option(
+        None, 'jsonl file of prompts ({"prompt": ...} per line)', exclusive="prompts", exclusive_required=False
+    )
     output: str | None = option(None, "write the generations as jsonl here (default: print only)")
     max_new_tokens: int = option(64, "tokens to generate at most")
-    stop: list[str] = option(help="stop sequence (repeatable); the text is cut before it", default_factory=list,
-                             action="append")
+    stop: list[str] = option(
+        help="stop sequence (repeatable); the text is cut before it", default_factory=list, action="append"
+    )
     temperature: float = option(DEFAULT_TEMPERATURE, "routing temperature")
     topk: int = option(DEFAULT_TOPK, "experts run per token (-1: all)")
     sample: bool = option(False, "sample from the mixture instead of greedy decoding")
@@ -196,9 +248,13 @@ class GenerateConfig:
     seed: int = option(0, "with --sample: random seed")
     batch_size: int = option(8, "prompts generated together")
     device: str | None = option(
-        None, "cpu | cuda | cuda:<n> (default: $XLBTM_DEVICE, else cuda when available, else cpu)")
-    dtype: str = option("float32", "the experts' weights: float32 | bfloat16 | float16 (or fp32 | bf16 | fp16; "
-                                   "bfloat16 halves GPU memory)", type=dtype_arg)
+        None, "cpu | cuda | cuda:<n> (default: $XLBTM_DEVICE, else cuda when available, else cpu)"
+    )
+    dtype: str = option(
+        "float32",
+        "the experts' weights: float32 | bfloat16 | float16 (or fp32 | bf16 | fp16; bfloat16 halves GPU memory)",
+        type=dtype_arg,
+    )
 
     def __post_init__(self):
         if self.prompt is None and self.input is None:
@@ -213,20 +269,31 @@ class MergeConfig:
 
     experts_dir: str = option(help="directory holding the expert run dirs (expert.json)")
     experts: list[int] | None = option(
-        None, "cluster ids of the experts to merge, e.g. 0,2; unset: every expert found", type=_cluster_ids,
-        metavar="IDS", render=lambda v: [",".join(map(str, v))])
-    weights: str = option("uniform", "uniform | posterior | comma-separated weights, one per selected expert in "
-                                     "cluster order, non-negative and summing to 1")
-    data_dir: str | None = option(None, "corpus root whose held-out documents give --weights posterior",
-                                  aliases=("--path-to-data",))
+        None,
+        "cluster ids of the experts to merge, e.g. 0,2; unset: every expert found",
+        type=_cluster_ids,
+        metavar="IDS",
+        render=lambda v: [",".join(map(str, v))],
+    )
+    weights: str = option(
+        "uniform",
+        "uniform | posterior | comma-separated weights, one per selected expert in "
+        "cluster order, non-negative and summing to 1",
+    )
+    data_dir: str | None = option(
+        None, "corpus root whose held-out documents give --weights posterior", aliases=("--path-to-data",)
+    )
     data_subset: str = option("valid", "split for --weights posterior: valid or valid/<subset>")
     max_docs: int | None = option(None, "--weights posterior: use at most this many documents of the split")
     job_dir: str | None = option(
-        None, "--weights posterior: cache the tokenized documents and per-expert scores here (an eval_ensemble job "
-              "dir of the same split is reused); default: a temporary dir")
+        None,
+        "--weights posterior: cache the tokenized documents and per-expert scores here (an eval_ensemble job "
+        "dir of the same split is reused); default: a temporary dir",
+    )
     batch_tokens: int = option(8192, "padded tokens per forward pass (posterior)")
     device: str | None = option(
-        None, "scoring device: cpu | cuda | cuda:<n> (default: $XLBTM_DEVICE, else cuda when available, else cpu)")
+        None, "scoring device: cpu | cuda | cuda:<n> (default: $XLBTM_DEVICE, else cuda when available, else cpu)"
+    )
     output_dir: str = option(help="where the merged model goes: consolidated.pt, hf/, expert.json (replaced whole)")
 
     def __post_init__(self):

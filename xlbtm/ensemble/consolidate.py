@@ -81,7 +81,9 @@ def consolidate_metaseq(path: Path, dtype: str | None = None, hf: bool = False) 
     td = torch_dtype(dtype)
     out = {"consolidated": consolidated_path(d)}
     save_consolidated(out["consolidated"], state, args, extra={"source": info}, dtype=td)
-    log.info(f"{path}: {info.get('model_parts')} model part(s) x {info.get('shards')} shard(s) -> {out['consolidated']}")
+    log.info(
+        f"{path}: {info.get('model_parts')} model part(s) x {info.get('shards')} shard(s) -> {out['consolidated']}"
+    )
     if hf:
         tok = d if (d / "sentencepiece.bpe.model").is_file() or (d / "tokenizer.json").is_file() else None
         if tok is None:

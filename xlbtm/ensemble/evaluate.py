@@ -47,11 +47,18 @@ from xlbtm.launch import make_executor, wait_for
 
 log = get_logger("ensemble")
 
+
 def resolve(cfg: EvalConfig):
     """(experts ordered by cluster, the excluded ones left out; clusterer or None; tokenizer)."""
     clusterer = _load_clusterer(cfg.path_to_clusterer) if cfg.path_to_clusterer else None
-    return resolve_ensemble(cfg.ensemble_type, experts_dir=cfg.experts_dir, model_paths=cfg.model_paths,
-                            clusterer=clusterer, clusterer_path=cfg.path_to_clusterer, exclude=cfg.exclude_experts)
+    return resolve_ensemble(
+        cfg.ensemble_type,
+        experts_dir=cfg.experts_dir,
+        model_paths=cfg.model_paths,
+        clusterer=clusterer,
+        clusterer_path=cfg.path_to_clusterer,
+        exclude=cfg.exclude_experts,
+    )
 
 
 def _load_clusterer(path):
@@ -63,38 +70,73 @@ def score_all(cfg: EvalConfig, experts, docs, window: int | None = None, stride:
     windows (`scoring_window`)."""
     if cfg.ensemble_type == "average":
         key = sha256_json({"average": [e.fingerprint() for e in experts]})
-        score_expert(cfg.job_dir, "average", experts[0], docs, state=average_states(experts),
-                     device=cfg.device, batch_tokens=cfg.batch_tokens, weights_key=key, window=window,
-                     stride=stride)
+        score_expert(
+            cfg.job_dir,
+            "average",
+            experts[0],
+            docs,
+            state=average_states(experts),
+            device=cfg.device,
+            batch_tokens=cfg.batch_tokens,
+            weights_key=key,
+            window=window,
+            stride=stride,
+        )
         return ["average"]
     names = ["dense" if cfg.ensemble_type == "dense" else f"expert{e.cluster}" for e in experts]
     if cfg.run is None:
         for name, e in zip(names, experts):
-            score_expert(cfg.job_dir, name, e, docs, device=cfg.device, batch_tokens=cfg.batch_tokens,
-                         window=window, stride=stride)
+            score_expert(
+                cfg.job_dir,
+                name,
+                e,
+                docs,
+                device=cfg.device,
+                batch_tokens=cfg.batch_tokens,
+                window=window,
+                stride=stride,
+            )
         return names
 
-    ex = make_executor(cfg.run, Path(cfg.job_dir) / "jobs", name="score_expert",
-                       gpus_per_node=cfg.gpus_per_node, cpus_per_task=1, timeout_min=240,
-                       array_parallelism=len(experts), site=cfg.site)
-    jobs = [ex.submit(_score_job, cfg.job_dir, name, str(e.weights or e.run_dir), cfg.batch_tokens, window, stride)
-            for name, e in zip(names, experts)]
+    ex = make_executor(
+        cfg.run,
+        Path(cfg.job_dir) / "jobs",
+        name="score_expert",
+        gpus_per_node=cfg.gpus_per_node,
+        cpus_per_task=1,
+        timeout_min=240,
+        array_parallelism=len(experts),
+        site=cfg.site,
+    )
+    jobs = [
+        ex.submit(_score_job, cfg.job_dir, name, str(e.weights or e.run_dir), cfg.batch_tokens, window, stride)
+        for name, e in zip(names, experts)
+    ]
     wait_for(jobs, what="expert scoring")
     return names
 
 
-def _score_job(job_dir: str, name: str, expert_path: str, batch_tokens: int, window: int | None = None,
-               stride: int | None = None) -> str:
+def _score_job(
+    job_dir: str, name: str, expert_path: str, batch_tokens: int, window: int | None = None, stride: int | None = None
+) -> str:
     """One scoring job (local process or SLURM array element); reads the shared docs from the job dir."""
-    return str(score_expert(job_dir, name, read_expert(expert_path), batch_tokens=batch_tokens, window=window,
-                            stride=stride))
+    return str(
+        score_expert(job_dir, name, read_expert(expert_path), batch_tokens=batch_tokens, window=window, stride=stride)
+    )
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    refuse_overlap({"--job-dir": cfg.job_dir}, {
-        "--data-dir": cfg.data_dir, "--path-to-clusterer": cfg.path_to_clusterer, "--experts-dir": cfg.experts_dir,
-        "--dense-result": cfg.dense_result, "--parallel-data": cfg.parallel_data,
-        **{f"--model-paths {m}": m for m in cfg.model_paths}})
+    refuse_overlap(
+        {"--job-dir": cfg.job_dir},
+        {
+            "--data-dir": cfg.data_dir,
+            "--path-to-clusterer": cfg.path_to_clusterer,
+            "--experts-dir": cfg.experts_dir,
+            "--dense-result": cfg.dense_result,
+            "--parallel-data": cfg.parallel_data,
+            **{f"--model-paths {m}": m for m in cfg.model_paths},
+        },
+    )
     experts, clusterer, tokenizer = resolve(cfg)
     objective = experts[0].objective
     # CLM reads whole documents in windows (scoring_window); MLM reads one window of the same context the
@@ -106,8 +148,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         # before any scoring: a causal ensemble or a bad pair line stops the run while nothing is spent
         pairs = _load_pairs(cfg, objective, tokenizer, trained)
     Path(cfg.job_dir).mkdir(parents=True, exist_ok=True)
-    docs = prepare_docs(cfg.job_dir, cfg.data_dir, cfg.data_subset, tokenizer, max_tokens,
-                        cfg.max_valid_steps, cfg.skip_bad_lines)
+    docs = prepare_docs(
+        cfg.job_dir, cfg.data_dir, cfg.data_subset, tokenizer, max_tokens, cfg.max_valid_steps, cfg.skip_bad_lines
+    )
     log.info(f"{docs.num_docs} documents, {len(docs.tokens)} tokens; {len(experts)} expert(s), {objective}")
     window, stride = scoring_window(experts, cfg.context_window, cfg.stride) if objective == "clm" else (None, None)
     names = score_all(cfg, experts, docs, window, stride)
@@ -143,8 +186,9 @@ def run_eval(cfg: EvalConfig) -> dict:
         oracle_top = best[doc_of_token]
         oracle_lp = logp.gather(0, oracle_top.view(1, -1))[0]
     sweep = []
-    settings_list = [(t, k) for t in cfg.temperatures for k in cfg.topks] \
-        if cfg.ensemble_type == "clustering" else [(None, -1)]
+    settings_list = (
+        [(t, k) for t in cfg.temperatures for k in cfg.topks] if cfg.ensemble_type == "clustering" else [(None, -1)]
+    )
     for temperature, topk in settings_list:
         top = None
         if K == 1:
@@ -153,9 +197,13 @@ def run_eval(cfg: EvalConfig) -> dict:
         elif cfg.ensemble_type == "clustering":
             # (clustering with K > 1 was routed above; its settings all have a temperature)
             assert route is not None and token_sqdist is not None and temperature is not None
-            log_w = routing.log_weights(torch.from_numpy(token_sqdist), temperature, topk=topk,
-                                        cbtm_compat=cfg.cbtm_compat,
-                                        empty=torch.from_numpy(route["token_empty"]))
+            log_w = routing.log_weights(
+                torch.from_numpy(token_sqdist),
+                temperature,
+                topk=topk,
+                cbtm_compat=cfg.cbtm_compat,
+                empty=torch.from_numpy(route["token_empty"]),
+            )
             mixed = mixing.mix(logp, log_w)
             top = log_w.argmax(0)
         elif cfg.ensemble_type == "uniform":
@@ -193,20 +241,27 @@ def run_eval(cfg: EvalConfig) -> dict:
         "top_expert": first["top_expert"],
         "oracle": oracle,
         "settings": {
-            "temperature": first["temperature"], "topk": first["topk"], "cbtm_compat": cfg.cbtm_compat,
-            "num_experts": K, "excluded_experts": sorted(set(cfg.exclude_experts)),
-            "objective": objective, "max_tokens": max_tokens,
-            "context_window": window, "stride": stride,
-            "max_valid_steps": cfg.max_valid_steps, "data_dir": str(cfg.data_dir),
+            "temperature": first["temperature"],
+            "topk": first["topk"],
+            "cbtm_compat": cfg.cbtm_compat,
+            "num_experts": K,
+            "excluded_experts": sorted(set(cfg.exclude_experts)),
+            "objective": objective,
+            "max_tokens": max_tokens,
+            "context_window": window,
+            "stride": stride,
+            "max_valid_steps": cfg.max_valid_steps,
+            "data_dir": str(cfg.data_dir),
             "clusterer": cfg.path_to_clusterer,
             "clusterer_fingerprint": getattr(clusterer, "fingerprint", None),
             "experts": [str(e.weights or e.run_dir) for e in experts],
             "routing": ("incremental" if route is not None else None),
             "mlm_groups": None if objective == "clm" else MLM_GROUPS,
         },
-        "sweep": [{k: v for k, v in s.items() if k in ("temperature", "topk", "result_ppl", "per_language",
-                                                       "retrieval")}
-                  for s in sweep],
+        "sweep": [
+            {k: v for k, v in s.items() if k in ("temperature", "topk", "result_ppl", "per_language", "retrieval")}
+            for s in sweep
+        ],
     }
     if retrieval is not None:  # (only then: results without --parallel-data keep their keys)
         result["retrieval"] = retrieval
@@ -221,11 +276,19 @@ def run_eval(cfg: EvalConfig) -> dict:
 def _load_pairs(cfg: EvalConfig, objective: str, tokenizer, context: int):
     """The tokenized --parallel-data pairs (xlbtm.ensemble.retrieval), refusing causal experts."""
     if objective != "mlm":
-        raise UsageError(f"--parallel-data: cross-lingual retrieval reads encoder (masked-LM) experts' "
-                         f"bidirectional states; these experts are {objective} (causal) models")
+        raise UsageError(
+            f"--parallel-data: cross-lingual retrieval reads encoder (masked-LM) experts' "
+            f"bidirectional states; these experts are {objective} (causal) models"
+        )
     # one sentence is `<s> text </s>`: two of the positions are the specials
-    return load_parallel(cfg.parallel_data, cfg.parallel_subset, tokenizer, context - 2,
-                         max_pairs=cfg.retrieval_max_pairs, skip_bad_lines=cfg.skip_bad_lines)
+    return load_parallel(
+        cfg.parallel_data,
+        cfg.parallel_subset,
+        tokenizer,
+        context - 2,
+        max_pairs=cfg.retrieval_max_pairs,
+        skip_bad_lines=cfg.skip_bad_lines,
+    )
 
 
 def _predict_docs(clusterer, cfg: EvalConfig, docs) -> np.ndarray:
@@ -237,8 +300,9 @@ def _predict_docs(clusterer, cfg: EvalConfig, docs) -> np.ndarray:
         except ValueError:
             router = None
         if router is not None:
-            return np.asarray([router.document_distances(docs.doc(d))[0].argmin() for d in range(docs.num_docs)],
-                              dtype=np.int64)
+            return np.asarray(
+                [router.document_distances(docs.doc(d))[0].argmin() for d in range(docs.num_docs)], dtype=np.int64
+            )
 
     corpus = Corpus(cfg.data_dir, skip_bad_lines=cfg.skip_bad_lines)
     full = [corpus.get(s) for s in docs.sp_ids]
@@ -255,8 +319,11 @@ def _summarize(mixed: np.ndarray, docs, doc_cluster, top, clusters: list[int], t
         out: dict = {}
         for key in sorted(set(keys), key=str):
             sel = np.asarray([k == key for k in keys])
-            out[str(key)] = {"ppl": perplexity(doc_lp[sel].sum(), int(lengths[sel].sum())),
-                             "tokens": int(lengths[sel].sum()), "documents": int(sel.sum())}
+            out[str(key)] = {
+                "ppl": perplexity(doc_lp[sel].sum(), int(lengths[sel].sum())),
+                "tokens": int(lengths[sel].sum()),
+                "documents": int(sel.sum()),
+            }
         return out
 
     top_share = None
@@ -265,7 +332,8 @@ def _summarize(mixed: np.ndarray, docs, doc_cluster, top, clusters: list[int], t
         counts = np.bincount(t[t >= 0], minlength=len(clusters))
         top_share = {str(clusters[k]): float(c / max(len(mixed), 1)) for k, c in enumerate(counts)}
     return {
-        "temperature": temperature, "topk": topk,
+        "temperature": temperature,
+        "topk": topk,
         "result_ppl": perplexity(float(mixed.sum()), len(mixed)),
         "per_language": group(list(docs.langs)),
         "per_cluster": group([int(c) for c in doc_cluster]) if doc_cluster is not None else {},

@@ -30,8 +30,8 @@ log = get_logger("ensemble")
 
 @dataclass
 class Expert:
-    run_dir: Path              # the expert run dir (holds expert.json)
-    meta: ExpertInfo           # expert.json
+    run_dir: Path  # the expert run dir (holds expert.json)
+    meta: ExpertInfo  # expert.json
     weights: Path | None = None  # an explicit consolidated.pt, else the run dir's (or its latest DCP step)
 
     @property
@@ -69,16 +69,20 @@ class Expert:
             return c
         ck = latest_checkpoint(self.run_dir)
         if ck is None:
-            raise InputError("expert has neither consolidated.pt nor a finished checkpoint "
-                             "(checkpoints/latest); did its training run save?", self.run_dir)
+            raise InputError(
+                "expert has neither consolidated.pt nor a finished checkpoint "
+                "(checkpoints/latest); did its training run save?",
+                self.run_dir,
+            )
         return ck
 
     def fingerprint(self) -> str:
         """Identity of the weights for caching scores: path, size and mtime of what is loaded."""
         src = self.source()
         files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
-        return sha256_json({"src": str(src.resolve()),
-                            "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]})
+        return sha256_json(
+            {"src": str(src.resolve()), "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
+        )
 
 
 def read_expert(path: str | os.PathLike) -> Expert:
@@ -99,8 +103,11 @@ def read_expert(path: str | os.PathLike) -> Expert:
         if isinstance(info, dict) and "cluster" in info:
             return Expert(run_dir, ExpertInfo.from_dict(info, weights), weights)
     if not ej.is_file():
-        raise InputError(f"no {EXPERT_JSON} here, so the expert's cluster is unknown (xlbtm matches experts to "
-                         "clusters by metadata, never by folder order)", run_dir)
+        raise InputError(
+            f"no {EXPERT_JSON} here, so the expert's cluster is unknown (xlbtm matches experts to "
+            "clusters by metadata, never by folder order)",
+            run_dir,
+        )
     return Expert(run_dir, read_expert_info(run_dir), weights)
 
 
@@ -115,9 +122,15 @@ def find_experts(root: str | os.PathLike) -> list[Expert]:
     return [Expert(e.run_dir, e.info) for e in found]
 
 
-def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_fingerprint: str | None,
-                  dense: bool = False, lineage: dict[str, int] | None = None,
-                  exclude: Collection[int] = ()) -> list[Expert]:
+def match_experts(
+    experts: list[Expert],
+    *,
+    num_clusters: int | None,
+    clusterer_fingerprint: str | None,
+    dense: bool = False,
+    lineage: dict[str, int] | None = None,
+    exclude: Collection[int] = (),
+) -> list[Expert]:
     """Order experts by cluster id and check they form one complete, consistent ensemble.
 
     `lineage` ({fingerprint: K} of the clusterers the given one extends, `xlbtm.cluster.extend.lineage`): an
@@ -146,16 +159,22 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
     if clusterer_fingerprint is None:
         Ks = {int(e.meta.num_clusters) for e in experts}
         if len(Ks) != 1:
-            raise InputError(f"experts were trained for different numbers of clusters {sorted(Ks)}: "
-                             + ", ".join(f"{e.run_dir} (K={e.meta.num_clusters})" for e in experts))
+            raise InputError(
+                f"experts were trained for different numbers of clusters {sorted(Ks)}: "
+                + ", ".join(f"{e.run_dir} (K={e.meta.num_clusters})" for e in experts)
+            )
         fps = {e.meta.clusterer_fingerprint for e in experts}
         if len(fps) > 1:
-            raise InputError("experts were trained on clusters of different clusterers: " + ", ".join(
-                f"{e.run_dir}={str(e.meta.clusterer_fingerprint)[:12]}" for e in experts))
+            raise InputError(
+                "experts were trained on clusters of different clusterers: "
+                + ", ".join(f"{e.run_dir}={str(e.meta.clusterer_fingerprint)[:12]}" for e in experts)
+            )
         K = Ks.pop()
         if num_clusters is not None and K != num_clusters:
-            raise InputError(f"experts were trained for K={K} clusters but the clusterer has {num_clusters}",
-                             experts[0].run_dir / EXPERT_JSON)
+            raise InputError(
+                f"experts were trained for K={K} clusters but the clusterer has {num_clusters}",
+                experts[0].run_dir / EXPERT_JSON,
+            )
     else:
         assert num_clusters is not None  # given with clusterer_fingerprint: both are the clusterer's
         K = num_clusters
@@ -163,11 +182,16 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
         for e in experts:
             fp = e.meta.clusterer_fingerprint
             if fp not in known:
-                raise InputError(f"expert was trained on clusters of another clusterer (fingerprint {str(fp)[:12]} "
-                                 f"!= --path-to-clusterer {clusterer_fingerprint[:12]})", e.run_dir / EXPERT_JSON)
+                raise InputError(
+                    f"expert was trained on clusters of another clusterer (fingerprint {str(fp)[:12]} "
+                    f"!= --path-to-clusterer {clusterer_fingerprint[:12]})",
+                    e.run_dir / EXPERT_JSON,
+                )
             if int(e.meta.num_clusters) != known[fp]:
-                raise InputError(f"experts were trained for K={e.meta.num_clusters} clusters but the clusterer "
-                                 f"has {known[fp]}", e.run_dir / EXPERT_JSON)
+                raise InputError(
+                    f"experts were trained for K={e.meta.num_clusters} clusters but the clusterer has {known[fp]}",
+                    e.run_dir / EXPERT_JSON,
+                )
     by_cluster: dict[int, Expert] = {}
     for e in experts:
         if e.cluster in by_cluster:
@@ -178,8 +202,10 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
         raise UsageError(f"--exclude-experts: no cluster {unknown} in this K={K} ensemble (ids are 0..{K - 1})")
     missing = [k for k in range(K) if k not in by_cluster and k not in exclude]
     if missing:
-        raise InputError(f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); "
-                         "train or list them (--model-paths / --experts-dir)")
+        raise InputError(
+            f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); "
+            "train or list them (--model-paths / --experts-dir)"
+        )
     ordered = [by_cluster[k] for k in range(K) if k not in exclude]
     check_compatible(ordered)
     return ordered
@@ -188,8 +214,10 @@ def match_experts(experts: list[Expert], *, num_clusters: int | None, clusterer_
 def check_compatible(experts: list[Expert]) -> None:
     tok = {e.meta.tokenizer_fingerprint for e in experts}
     if len(tok) > 1:
-        raise InputError("experts use different tokenizers (tokenizer_fingerprint differs): "
-                         + ", ".join(f"{e.run_dir}={str(e.meta.tokenizer_fingerprint)[:12]}" for e in experts))
+        raise InputError(
+            "experts use different tokenizers (tokenizer_fingerprint differs): "
+            + ", ".join(f"{e.run_dir}={str(e.meta.tokenizer_fingerprint)[:12]}" for e in experts)
+        )
     obj = {e.objective for e in experts}
     if len(obj) > 1:
         raise InputError(f"experts mix objectives {sorted(obj)}; an ensemble scores one kind (clm or mlm)")
@@ -221,13 +249,23 @@ def load_expert_tokenizer(expert: Expert):
     tokenizer = load_tokenizer(tok_path)
     want = expert.meta.tokenizer_fingerprint
     if want and tokenizer.fingerprint != want:
-        raise InputError(f"tokenizer at {tok_path} changed since the experts were trained (fingerprint "
-                         f"{tokenizer.fingerprint[:12]} != {str(want)[:12]} in expert.json)", ej)
+        raise InputError(
+            f"tokenizer at {tok_path} changed since the experts were trained (fingerprint "
+            f"{tokenizer.fingerprint[:12]} != {str(want)[:12]} in expert.json)",
+            ej,
+        )
     return tokenizer
 
 
-def resolve_ensemble(ensemble_type: str, *, experts_dir: str | None = None, model_paths: Collection[str] = (),
-                     clusterer=None, clusterer_path: str | None = None, exclude: Collection[int] = ()):
+def resolve_ensemble(
+    ensemble_type: str,
+    *,
+    experts_dir: str | None = None,
+    model_paths: Collection[str] = (),
+    clusterer=None,
+    clusterer_path: str | None = None,
+    exclude: Collection[int] = (),
+):
     """The experts an ensemble of `ensemble_type` mixes, from `experts_dir` or `model_paths`, matched to the
     (loaded) `clusterer` when it routes them: (experts ordered by cluster, the excluded ones left out;
     clusterer or None; tokenizer). eval_ensemble, generation and the lm-eval model all resolve through here.
@@ -235,14 +273,23 @@ def resolve_ensemble(ensemble_type: str, *, experts_dir: str | None = None, mode
     experts = find_experts(experts_dir) if experts_dir else [read_expert(p) for p in model_paths]
     dense = ensemble_type == "dense"
     by_clusterer = not dense and clusterer is not None
-    experts = match_experts(experts, num_clusters=clusterer.num_clusters if by_clusterer else None,
-                            clusterer_fingerprint=clusterer.fingerprint if by_clusterer else None, dense=dense,
-                            lineage=lineage(clusterer) if by_clusterer else None, exclude=exclude)
+    experts = match_experts(
+        experts,
+        num_clusters=clusterer.num_clusters if by_clusterer else None,
+        clusterer_fingerprint=clusterer.fingerprint if by_clusterer else None,
+        dense=dense,
+        lineage=lineage(clusterer) if by_clusterer else None,
+        exclude=exclude,
+    )
     if ensemble_type == "clustering" and getattr(clusterer, "centroids", None) is None:
-        raise UsageError(f"--ensemble-type clustering routes by distance to centroids, but {clusterer_path} "
-                         f"is a {getattr(clusterer, 'kind', '?')} clusterer without them (typological: use "
-                         "--ensemble-type lang)")
+        raise UsageError(
+            f"--ensemble-type clustering routes by distance to centroids, but {clusterer_path} "
+            f"is a {getattr(clusterer, 'kind', '?')} clusterer without them (typological: use "
+            "--ensemble-type lang)"
+        )
     if ensemble_type == "lang" and getattr(clusterer, "kind", None) != "typological":
-        raise UsageError(f"--ensemble-type lang routes by language and needs a typological clusterer; "
-                         f"{clusterer_path} is of kind {getattr(clusterer, 'kind', '?')!r}")
+        raise UsageError(
+            f"--ensemble-type lang routes by language and needs a typological clusterer; "
+            f"{clusterer_path} is of kind {getattr(clusterer, 'kind', '?')!r}"
+        )
     return experts, clusterer, load_expert_tokenizer(experts[0])

@@ -34,10 +34,10 @@ log = get_logger("ensemble")
 
 @dataclass
 class Generation:
-    ids: list[int]             # generated token ids (without the final </s>; up to and including a stop sequence)
-    text: str                  # decoded, cut before the first stop sequence
-    finish: str                # "eos", "stop", "length" (max_new_tokens)
-    weights: np.ndarray        # [steps, K] routing weight of every expert for every generated token
+    ids: list[int]  # generated token ids (without the final </s>; up to and including a stop sequence)
+    text: str  # decoded, cut before the first stop sequence
+    finish: str  # "eos", "stop", "length" (max_new_tokens)
+    weights: np.ndarray  # [steps, K] routing weight of every expert for every generated token
 
     @property
     def mean_weights(self) -> np.ndarray:
@@ -46,7 +46,7 @@ class Generation:
 
 def _cut(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     hits = [text.find(s) for s in stop if s and s in text]
-    return (text[:min(hits)], True) if hits else (text, False)
+    return (text[: min(hits)], True) if hits else (text, False)
 
 
 def continuation_text(tokenizer, prompt: Sequence[int], new: Sequence[int]) -> str:
@@ -55,12 +55,20 @@ def continuation_text(tokenizer, prompt: Sequence[int], new: Sequence[int]) -> s
     boundary ("син" + "▁фуйщэйху" printed "синфуйщэйху")."""
     head = tokenizer.decode(list(prompt))
     whole = tokenizer.decode(list(prompt) + list(new))
-    return whole[len(head):] if whole.startswith(head) else tokenizer.decode(list(new))
+    return whole[len(head) :] if whole.startswith(head) else tokenizer.decode(list(new))
 
 
-def generate(lm, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[str] = (),
-             sample: bool = False, seed: int = 0, sampling_temperature: float = 1.0,
-             stop_at_eos: bool = True) -> list[Generation]:
+def generate(
+    lm,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    stop: Sequence[str] = (),
+    sample: bool = False,
+    seed: int = 0,
+    sampling_temperature: float = 1.0,
+    stop_at_eos: bool = True,
+) -> list[Generation]:
     """Generate for a batch of prompts (token ids, without `</s>`) from a `MixtureLM`."""
     if max_new_tokens <= 0:
         raise UsageError(f"--max-new-tokens must be positive, got {max_new_tokens}")
@@ -68,26 +76,29 @@ def generate(lm, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop:
         raise UsageError(f"the sampling temperature must be finite and > 0, got {sampling_temperature}")
     keep = lm.window - max_new_tokens
     if keep < 1:
-        raise UsageError(f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in the experts' "
-                         f"{lm.window} positions")
+        raise UsageError(
+            f"--max-new-tokens {max_new_tokens} leaves no room for the prompt in the experts' {lm.window} positions"
+        )
     B, K = len(prompts), lm.num_models
     if B == 0:
         return []
     a, dev = lm.args, lm.device
     streams = [[a.eos_id] + [int(t) for t in p] for p in prompts]
     if any(len(s) > keep for s in streams):
-        log.warning(f"prompts longer than {keep} tokens (the {lm.window}-token window minus --max-new-tokens) keep "
-                    "their last tokens for the model")
+        log.warning(
+            f"prompts longer than {keep} tokens (the {lm.window}-token window minus --max-new-tokens) keep "
+            "their last tokens for the model"
+        )
         streams = [s[-keep:] for s in streams]
     P = max(len(s) for s in streams)
     seq = torch.full((B, P), a.pad_id, dtype=torch.long)
     pad = torch.ones((B, P), dtype=torch.bool)
     for b, s in enumerate(streams):
-        seq[b, P - len(s):] = torch.tensor(s, dtype=torch.long)
-        pad[b, P - len(s):] = False
+        seq[b, P - len(s) :] = torch.tensor(s, dtype=torch.long)
+        pad[b, P - len(s) :] = False
     states = [lm.router.prefix_state(p) for p in prompts] if lm.router is not None else None
     caches: list = [None] * K
-    fed = torch.zeros((K, B), dtype=torch.long)    # columns of `seq` expert k has read, per row
+    fed = torch.zeros((K, B), dtype=torch.long)  # columns of `seq` expert k has read, per row
     gen: list[list[int]] = [[] for _ in range(B)]
     weights: list[list[np.ndarray]] = [[] for _ in range(B)]
     finish = [""] * B
@@ -117,9 +128,9 @@ def generate(lm, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop:
                 n = L - fed[k, R]
                 T = int(n.max())
                 cols = (L - T + torch.arange(T))[None, :]
-                late = cols < (L - n)[:, None]                 # columns this row has already read
-                tokens = torch.where(late, a.pad_id, seq[R][:, L - T:])
-                tok_pad = late | pad[R][:, L - T:]
+                late = cols < (L - n)[:, None]  # columns this row has already read
+                tokens = torch.where(late, a.pad_id, seq[R][:, L - T :])
+                tok_pad = late | pad[R][:, L - T :]
                 h = model.forward_hidden(tokens.to(dev), tok_pad.to(dev), cache=caches[k], rows=R.to(dev))
                 fed[k, R] = L
                 lp = torch.log_softmax(model.output(h[:, -1]).float(), dim=-1).cpu().double()
@@ -157,6 +168,9 @@ def generate(lm, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, stop:
     out = []
     for b in range(B):
         text = texts[b] if finish[b] == "stop" else _cut(continuation_text(lm.tokenizer, prompts[b], gen[b]), stop)[0]
-        out.append(Generation(ids=gen[b], text=text, finish=finish[b] or "length",
-                              weights=np.asarray(weights[b]).reshape(-1, K)))
+        out.append(
+            Generation(
+                ids=gen[b], text=text, finish=finish[b] or "length", weights=np.asarray(weights[b]).reshape(-1, K)
+            )
+        )
     return out

@@ -77,23 +77,41 @@ def _typed(key: str, value, kind: type, *, optional: bool = False):
             return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else int(text)
         return float(text)
     except ValueError:
-        raise UsageError(f"--model_args {key}={value}: expected {'an integer' if kind is int else 'a number'}") \
-            from None
+        raise UsageError(
+            f"--model_args {key}={value}: expected {'an integer' if kind is int else 'a number'}"
+        ) from None
 
 
 @register_model("xlbtm")
 class XlbtmLM(LM):
-    def __init__(self, experts_dir: str | None = None, clusterer: str | None = None, ensemble_type: str | None = None,
-                 temperature: float = DEFAULT_TEMPERATURE, topk: int = DEFAULT_TOPK, model_path: str | None = None, route: str = "context",
-                 stride: int | None = None, context_window: int | None = None, cbtm_compat: bool = False,
-                 seed: int = 0, max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, dtype: str = "float32", batch_size=None,
-                 max_batch_size=None, device: str | None = None, **unknown):
+    def __init__(
+        self,
+        experts_dir: str | None = None,
+        clusterer: str | None = None,
+        ensemble_type: str | None = None,
+        temperature: float = DEFAULT_TEMPERATURE,
+        topk: int = DEFAULT_TOPK,
+        model_path: str | None = None,
+        route: str = "context",
+        stride: int | None = None,
+        context_window: int | None = None,
+        cbtm_compat: bool = False,
+        seed: int = 0,
+        max_gen_toks: int = DEFAULT_MAX_GEN_TOKS,
+        dtype: str = "float32",
+        batch_size=None,
+        max_batch_size=None,
+        device: str | None = None,
+        **unknown,
+    ):
         super().__init__()
 
         if unknown:
-            raise UsageError(f"unknown --model_args key(s) {sorted(unknown)} for --model xlbtm; known: experts_dir, "
-                             "model_path, clusterer, ensemble_type, temperature, topk, route, stride, context_window, "
-                             "cbtm_compat, seed, max_gen_toks, dtype")
+            raise UsageError(
+                f"unknown --model_args key(s) {sorted(unknown)} for --model xlbtm; known: experts_dir, "
+                "model_path, clusterer, ensemble_type, temperature, topk, route, stride, context_window, "
+                "cbtm_compat, seed, max_gen_toks, dtype"
+            )
         if route not in ROUTES:
             raise UsageError(f"route must be one of {', '.join(ROUTES)}, got {route!r}")
         temperature, topk = _typed("temperature", temperature, float), _typed("topk", topk, int)
@@ -105,15 +123,27 @@ class XlbtmLM(LM):
             raise UsageError(f"--model_args max_gen_toks must be positive, got {max_gen_toks}")
         if stride is not None and stride <= 0:
             raise UsageError(f"--model_args stride must be positive, got {stride}")
-        self.lm = MixtureLM.load(experts_dir=experts_dir, model_paths=[str(model_path)] if model_path else None,
-                                 clusterer=clusterer, ensemble_type=ensemble_type, temperature=temperature,
-                                 topk=topk, cbtm_compat=cbtm_compat, device=device, context_window=context_window,
-                                 batch_size=_batch_size(batch_size), dtype=str(dtype), purpose="lm-eval")
+        self.lm = MixtureLM.load(
+            experts_dir=experts_dir,
+            model_paths=[str(model_path)] if model_path else None,
+            clusterer=clusterer,
+            ensemble_type=ensemble_type,
+            temperature=temperature,
+            topk=topk,
+            cbtm_compat=cbtm_compat,
+            device=device,
+            context_window=context_window,
+            batch_size=_batch_size(batch_size),
+            dtype=str(dtype),
+            purpose="lm-eval",
+        )
         self.route, self.stride, self.seed = route, stride, seed
         self.max_gen_toks = max_gen_toks
         self._device = self.lm.device
-        log.info(f"xlbtm: {self.lm.num_models} model(s), {self.lm.ensemble_type}, T={self.lm.temperature} "
-                 f"topk={self.lm.topk}, route={route}, window {self.lm.window}")
+        log.info(
+            f"xlbtm: {self.lm.num_models} model(s), {self.lm.ensemble_type}, T={self.lm.temperature} "
+            f"topk={self.lm.topk}, route={route}, window {self.lm.window}"
+        )
 
     # --------------------------------------------------------------------------------------------- encoding
     @property
@@ -130,7 +160,7 @@ class XlbtmLM(LM):
         enc = self.lm.tokenizer.encode
         whole = enc(context + continuation)
         ctx = enc(context) if context else []
-        return whole[:len(ctx)], whole[len(ctx):]
+        return whole[: len(ctx)], whole[len(ctx) :]
 
     # ------------------------------------------------------------------------------------------- requests
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -158,8 +188,10 @@ class XlbtmLM(LM):
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(kw.pop("max_gen_toks", self.max_gen_toks))
             if max_new >= self.lm.window:
-                log.warning(f"max_gen_toks {max_new} does not fit the experts' {self.lm.window} positions; "
-                            f"generating at most {self.lm.window - 1}")
+                log.warning(
+                    f"max_gen_toks {max_new} does not fit the experts' {self.lm.window} positions; "
+                    f"generating at most {self.lm.window - 1}"
+                )
                 max_new = self.lm.window - 1
             sample = bool(kw.pop("do_sample", False))
             temp = float(kw.pop("temperature", 1.0) or 0.0)
@@ -169,10 +201,15 @@ class XlbtmLM(LM):
                 log.warning(f"xlbtm ignores generation kwargs {sorted(kw)}")
             bs = self.lm.batch_size
             for s in range(0, len(idx), bs):
-                chunk = idx[s:s + bs]
-                gens = self.lm.generate([self.lm.tokenizer.encode(requests[i].args[0]) for i in chunk],
-                                        max_new_tokens=max_new, stop=until, sample=sample, seed=self.seed + s,
-                                        sampling_temperature=temp if sample else 1.0)
+                chunk = idx[s : s + bs]
+                gens = self.lm.generate(
+                    [self.lm.tokenizer.encode(requests[i].args[0]) for i in chunk],
+                    max_new_tokens=max_new,
+                    stop=until,
+                    sample=sample,
+                    seed=self.seed + s,
+                    sampling_temperature=temp if sample else 1.0,
+                )
                 for i, g in zip(chunk, gens):
                     out[i] = g.text
                     self.cache_hook.add_partial("generate_until", requests[i].args, g.text)

@@ -49,6 +49,7 @@ WEIGHT_SUM_TOL = 1e-6
 
 # ---------------------------------------------------------------------------------------------- experts
 
+
 def select_experts(experts: list, clusters: list[int] | None = None) -> list:
     """The experts to merge, ordered by cluster id: all of them, or those of `clusters` (`--experts 0,2`)."""
     by_cluster: dict[int, Expert] = {}
@@ -77,13 +78,15 @@ def check_mergeable(experts: list) -> None:
     the objective and the architecture; one InputError naming the first expert.json that differs."""
     if not experts:
         raise UsageError("no experts to merge")
-    checks = {"seed_model": "seed model (averaging models from different initializations is meaningless)",
-              "tokenizer_fingerprint": "tokenizer", "objective": "objective",
-              "model_args": "architecture (model_args)"}
+    checks = {
+        "seed_model": "seed model (averaging models from different initializations is meaningless)",
+        "tokenizer_fingerprint": "tokenizer",
+        "objective": "objective",
+        "model_args": "architecture (model_args)",
+    }
 
     def value(e, key):
-        return e.objective if key == "objective" else root_seed(e.meta) if key == "seed_model" \
-            else getattr(e.meta, key)
+        return e.objective if key == "objective" else root_seed(e.meta) if key == "seed_model" else getattr(e.meta, key)
 
     first = experts[0]
     for e in experts[1:]:
@@ -91,8 +94,9 @@ def check_mergeable(experts: list) -> None:
             if value(e, key) != value(first, key):
                 mine, theirs = (str(value(x, key))[:48] for x in (e, first))
                 detail = "" if key == "model_args" else f": {mine!r} != {theirs!r}"
-                raise InputError(f"cannot merge: another {what} than {first.run_dir / EXPERT_JSON}{detail}",
-                                 e.run_dir / EXPERT_JSON)
+                raise InputError(
+                    f"cannot merge: another {what} than {first.run_dir / EXPERT_JSON}{detail}", e.run_dir / EXPERT_JSON
+                )
 
 
 def check_output_dir(output_dir, experts: list, inputs: dict | None = None) -> None:
@@ -105,11 +109,14 @@ def check_output_dir(output_dir, experts: list, inputs: dict | None = None) -> N
         ej = out / EXPERT_JSON
         previous = read_json(ej) if ej.is_file() else {}
         if "merged_from" not in (previous.get("data") or {}):
-            raise UsageError(f"--output-dir {out} exists and is not an earlier merge_experts output; "
-                             "choose a new directory (it would be replaced whole)")
+            raise UsageError(
+                f"--output-dir {out} exists and is not an earlier merge_experts output; "
+                "choose a new directory (it would be replaced whole)"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- weights
+
 
 def parse_weights(spec: str, n: int) -> list[float] | str:
     """`--weights`: "uniform", "posterior", or n comma-separated non-negative numbers summing to 1."""
@@ -119,8 +126,9 @@ def parse_weights(spec: str, n: int) -> list[float] | str:
     try:
         w = [float(x) for x in spec.split(",")]
     except ValueError:
-        raise UsageError(f"--weights takes uniform, posterior or comma-separated numbers like 0.5,0.3,0.2; "
-                         f"got {spec!r}") from None
+        raise UsageError(
+            f"--weights takes uniform, posterior or comma-separated numbers like 0.5,0.3,0.2; got {spec!r}"
+        ) from None
     check_weights(w, n)
     return w
 
@@ -136,8 +144,17 @@ def check_weights(w: list[float], n: int) -> None:
         raise UsageError(f"--weights must sum to 1 (within {WEIGHT_SUM_TOL:g}), got {shown} (sum {sum(w):.8g})")
 
 
-def resolve_weights(spec: str, experts: list, *, data_dir=None, subset: str = "valid", max_docs: int | None = None,
-                    job_dir=None, device=None, batch_tokens: int = 8192) -> tuple[list[float], str]:
+def resolve_weights(
+    spec: str,
+    experts: list,
+    *,
+    data_dir=None,
+    subset: str = "valid",
+    max_docs: int | None = None,
+    job_dir=None,
+    device=None,
+    batch_tokens: int = 8192,
+) -> tuple[list[float], str]:
     """(weights, method) for `--weights` (`parse_weights`); posterior weights score `data_dir`'s `subset`."""
     w = parse_weights(spec, len(experts))
     if w == "uniform":
@@ -145,14 +162,24 @@ def resolve_weights(spec: str, experts: list, *, data_dir=None, subset: str = "v
     if w == "posterior":
         if data_dir is None:
             raise UsageError("--weights posterior needs --data-dir (held-out documents to compute the posterior on)")
-        return posterior_weights(experts, data_dir, subset, max_docs=max_docs, job_dir=job_dir, device=device,
-                                 batch_tokens=batch_tokens), "posterior"
+        return posterior_weights(
+            experts, data_dir, subset, max_docs=max_docs, job_dir=job_dir, device=device, batch_tokens=batch_tokens
+        ), "posterior"
     assert not isinstance(w, str)  # parse_weights: uniform, posterior or a list
     return w, "explicit"
 
 
-def posterior_weights(experts: list, data_dir, subset: str, *, langs: set[str] | None = None,
-                      max_docs: int | None = None, job_dir=None, device=None, batch_tokens: int = 8192) -> list[float]:
+def posterior_weights(
+    experts: list,
+    data_dir,
+    subset: str,
+    *,
+    langs: set[str] | None = None,
+    max_docs: int | None = None,
+    job_dir=None,
+    device=None,
+    batch_tokens: int = 8192,
+) -> list[float]:
     """BTM's merge weights: the mean over held-out documents d of the posterior p(k | d) over the experts.
 
     p(k | d) = softmax_k(log p_k(d)) (Bayes' rule, uniform prior), log p_k(d) = expert k's total log-likelihood
@@ -168,14 +195,19 @@ def posterior_weights(experts: list, data_dir, subset: str, *, langs: set[str] |
     """
     check_mergeable(experts)
     if experts[0].objective != "clm":
-        raise UsageError(f"--weights posterior needs causal LMs (their likelihood of a document); these experts "
-                         f"are {experts[0].objective}: use uniform or explicit weights")
+        raise UsageError(
+            f"--weights posterior needs causal LMs (their likelihood of a document); these experts "
+            f"are {experts[0].objective}: use uniform or explicit weights"
+        )
     if max_docs is not None and max_docs <= 0:
         raise UsageError("--max-docs must be positive")
     tokenizer = load_expert_tokenizer(experts[0])
     window, stride = scoring_window(experts)
-    cache = contextlib.nullcontext(job_dir) if job_dir is not None else \
-        tempfile.TemporaryDirectory(prefix="xlbtm-posterior-")
+    cache = (
+        contextlib.nullcontext(job_dir)
+        if job_dir is not None
+        else tempfile.TemporaryDirectory(prefix="xlbtm-posterior-")
+    )
     with cache as job:
         job = Path(job)
         job.mkdir(parents=True, exist_ok=True)
@@ -185,16 +217,20 @@ def posterior_weights(experts: list, data_dir, subset: str, *, langs: set[str] |
             # read right after scoring: two experts of one cluster id (from different ensembles) share a name
             name = f"expert{e.cluster}"
             score_expert(job, name, e, docs, device=device, batch_tokens=batch_tokens, window=window, stride=stride)
-            per_doc.append(doc_sums(torch.from_numpy(read_scores(job, name).astype(np.float64)),
-                                    torch.from_numpy(docs.offsets)))
+            per_doc.append(
+                doc_sums(torch.from_numpy(read_scores(job, name).astype(np.float64)), torch.from_numpy(docs.offsets))
+            )
     post = torch.softmax(torch.stack(per_doc), dim=0)  # [K, D]: p(k | d), each column sums to 1
     weights = post.mean(dim=1).tolist()
-    log.info(f"posterior weights over {docs.num_docs} documents of {subset}: "
-             + ", ".join(f"{e.cluster}: {w:.4f}" for e, w in zip(experts, weights)))
+    log.info(
+        f"posterior weights over {docs.num_docs} documents of {subset}: "
+        + ", ".join(f"{e.cluster}: {w:.4f}" for e, w in zip(experts, weights))
+    )
     return weights
 
 
 # ---------------------------------------------------------------------------------------------- averaging
+
 
 def average_states(experts: list, weights: list[float] | None = None) -> dict:
     """sum_k w_k theta_k over the experts' state dicts (uniform unless `weights` are given).
@@ -212,18 +248,26 @@ def average_states(experts: list, weights: list[float] | None = None) -> dict:
         state = load_state(e)
         if i > 0 and set(state) != set(acc):
             diff = sorted(set(state) ^ set(acc))
-            raise InputError(f"cannot merge: its weights have other tensors than {experts[0].source()} "
-                             f"({len(diff)} differ, e.g. {diff[0]})", e.source())
+            raise InputError(
+                f"cannot merge: its weights have other tensors than {experts[0].source()} "
+                f"({len(diff)} differ, e.g. {diff[0]})",
+                e.source(),
+            )
         for k, v in state.items():
             if i > 0 and tuple(v.shape) != tuple(acc[k].shape):
-                raise InputError(f"cannot merge: {k} has shape {tuple(v.shape)}, {tuple(acc[k].shape)} in "
-                                 f"{experts[0].source()}", e.source())
+                raise InputError(
+                    f"cannot merge: {k} has shape {tuple(v.shape)}, {tuple(acc[k].shape)} in {experts[0].source()}",
+                    e.source(),
+                )
             if not torch.is_floating_point(v):
                 if i == 0:
                     acc[k] = v.clone()
                 elif not torch.equal(v, acc[k]):
-                    raise InputError(f"cannot merge: non-floating tensor {k} differs from {experts[0].source()}'s "
-                                     "(it cannot be averaged)", e.source())
+                    raise InputError(
+                        f"cannot merge: non-floating tensor {k} differs from {experts[0].source()}'s "
+                        "(it cannot be averaged)",
+                        e.source(),
+                    )
                 continue
             if i == 0:
                 dtypes[k] = v.dtype
@@ -236,8 +280,10 @@ def average_states(experts: list, weights: list[float] | None = None) -> dict:
 
 # ---------------------------------------------------------------------------------------------- writing
 
-def merge_experts(experts: list, weights: list[float], output_dir: str | os.PathLike, *, method: str,
-                  run_name: str = "merged") -> dict[str, Path]:
+
+def merge_experts(
+    experts: list, weights: list[float], output_dir: str | os.PathLike, *, method: str, run_name: str = "merged"
+) -> dict[str, Path]:
     """Average the experts with `weights` and write `output_dir` as an expert of its own (a K=1 model):
     consolidated.pt, hf/ (weights + config + tokenizer) and expert.json, which records what was merged and how.
     `eval_ensemble --ensemble-type dense --model-paths output_dir` evaluates it like any model.
@@ -253,15 +299,27 @@ def merge_experts(experts: list, weights: list[float], output_dir: str | os.Path
     args = ModelArgs.from_dict(ref.model_args)
     state = average_states(experts, weights)
     sources = [str(e.weights or e.run_dir) for e in experts]
-    data: dict[str, Any] = {"merged_from": sources, "clusters": [e.cluster for e in experts], "weights": list(map(float, weights)),
-            "weights_method": method}
+    data: dict[str, Any] = {
+        "merged_from": sources,
+        "clusters": [e.cluster for e in experts],
+        "weights": list(map(float, weights)),
+        "weights_method": method,
+    }
     trained = [e.meta.data.get("tokens_per_sample") for e in experts]
     if all(trained):  # eval scores in windows of the trained context: the experts' shortest
         data["tokens_per_sample"] = min(int(t) for t in trained)
-    info = ExpertInfo(cluster=0, num_clusters=1, clusterer_fingerprint=None, objective=experts[0].objective,
-                      model_args=ref.model_args, tokenizer=ref.tokenizer,
-                      tokenizer_fingerprint=ref.tokenizer_fingerprint, seed_model=ref.seed_model,
-                      run_name=run_name, data=data)
+    info = ExpertInfo(
+        cluster=0,
+        num_clusters=1,
+        clusterer_fingerprint=None,
+        objective=experts[0].objective,
+        model_args=ref.model_args,
+        tokenizer=ref.tokenizer,
+        tokenizer_fingerprint=ref.tokenizer_fingerprint,
+        seed_model=ref.seed_model,
+        run_name=run_name,
+        data=data,
+    )
     with atomic_dir(out) as tmp:
         save_consolidated(consolidated_path(tmp), state, args, extra={"expert": info.to_dict()})
         save_hf(state, args, hf_dir(tmp), tokenizer_dir=ref.tokenizer)
@@ -277,12 +335,24 @@ def run_merge(cfg: MergeConfig) -> tuple[list, list[float], str, dict]:
     check_mergeable(experts)
     parse_weights(cfg.weights, len(experts))  # a bad --weights fails before any scoring
     # not inside --experts-dir either: the next find_experts there would take the merge for an expert
-    check_output_dir(cfg.output_dir, experts, {"--experts-dir": cfg.experts_dir, "--data-dir": cfg.data_dir,
-                                               "--job-dir": cfg.job_dir})
+    check_output_dir(
+        cfg.output_dir,
+        experts,
+        {"--experts-dir": cfg.experts_dir, "--data-dir": cfg.data_dir, "--job-dir": cfg.job_dir},
+    )
     if cfg.job_dir is not None:
-        refuse_overlap({"--job-dir": cfg.job_dir},
-                       {"--data-dir": cfg.data_dir, **{f"expert {e.run_dir}": e.run_dir for e in experts}})
-    weights, method = resolve_weights(cfg.weights, experts, data_dir=cfg.data_dir, subset=cfg.data_subset,
-                                      max_docs=cfg.max_docs, job_dir=cfg.job_dir, device=cfg.device,
-                                      batch_tokens=cfg.batch_tokens)
+        refuse_overlap(
+            {"--job-dir": cfg.job_dir},
+            {"--data-dir": cfg.data_dir, **{f"expert {e.run_dir}": e.run_dir for e in experts}},
+        )
+    weights, method = resolve_weights(
+        cfg.weights,
+        experts,
+        data_dir=cfg.data_dir,
+        subset=cfg.data_subset,
+        max_docs=cfg.max_docs,
+        job_dir=cfg.job_dir,
+        device=cfg.device,
+        batch_tokens=cfg.batch_tokens,
+    )
     return experts, weights, method, merge_experts(experts, weights, cfg.output_dir, method=method)

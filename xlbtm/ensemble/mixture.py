@@ -59,38 +59,51 @@ LOGIT_ELEMENTS = 1 << 26  # logits per chunk when the mixture's full distributio
 @dataclass
 class Row:
     """One forward row: model input, targets, and which targets count (with their routing distances)."""
-    inp: list[int]               # model input (starts with </s> when it starts the text)
-    tgt: list[int]               # the token each input position predicts
-    first: int                   # targets first..len(tgt)-1 are scored
-    sqdist: np.ndarray           # [n_scored, K] squared distances of each scored token's routing prefix
-    empty: np.ndarray            # [n_scored] bool: routing prefix featurizes to zero
+
+    inp: list[int]  # model input (starts with </s> when it starts the text)
+    tgt: list[int]  # the token each input position predicts
+    first: int  # targets first..len(tgt)-1 are scored
+    sqdist: np.ndarray  # [n_scored, K] squared distances of each scored token's routing prefix
+    empty: np.ndarray  # [n_scored] bool: routing prefix featurizes to zero
 
 
 @dataclass
 class MixtureLM:
-    models: list                 # nn.Modules in eval mode on `device` (one per expert; one for dense/average)
-    args: ModelArgs              # of the first model (ids, positions)
+    models: list  # nn.Modules in eval mode on `device` (one per expert; one for dense/average)
+    args: ModelArgs  # of the first model (ids, positions)
     tokenizer: Tokenizer
-    experts: list                # xlbtm.ensemble.experts.Expert, ordered by cluster
+    experts: list  # xlbtm.ensemble.experts.Expert, ordered by cluster
     router: Router | None = None  # clustering; None: one model, or uniform
     ensemble_type: str = "clustering"
     temperature: float = DEFAULT_TEMPERATURE
     topk: int = DEFAULT_TOPK
     cbtm_compat: bool = False
-    window: int = 2048           # most positions one forward reads (the experts' trained context)
+    window: int = 2048  # most positions one forward reads (the experts' trained context)
     device: str = "cpu"
     batch_size: int = 16
     # counters for tests and benchmarks: experts run per scoring batch, (expert, row) forwards, rows and tokens
-    stats: dict = field(default_factory=lambda: {"expert_forwards": [], "expert_rows": 0, "rows": 0,
-                                                 "scored_tokens": 0})
+    stats: dict = field(
+        default_factory=lambda: {"expert_forwards": [], "expert_rows": 0, "rows": 0, "scored_tokens": 0}
+    )
 
     # ---------------------------------------------------------------------------------------------- loading
     @classmethod
-    def load(cls, *, experts_dir: str | None = None, model_paths: Sequence[str] | None = None,
-             clusterer: str | None = None, ensemble_type: str | None = None,
-             temperature: float = DEFAULT_TEMPERATURE, topk: int = DEFAULT_TOPK, cbtm_compat: bool = False, device: str | None = None,
-             context_window: int | None = None, batch_size: int = 16, dtype: str = "float32",
-             purpose: str = "scoring") -> MixtureLM:
+    def load(
+        cls,
+        *,
+        experts_dir: str | None = None,
+        model_paths: Sequence[str] | None = None,
+        clusterer: str | None = None,
+        ensemble_type: str | None = None,
+        temperature: float = DEFAULT_TEMPERATURE,
+        topk: int = DEFAULT_TOPK,
+        cbtm_compat: bool = False,
+        device: str | None = None,
+        context_window: int | None = None,
+        batch_size: int = 16,
+        dtype: str = "float32",
+        purpose: str = "scoring",
+    ) -> MixtureLM:
         """Experts from `experts_dir` (or explicit run dirs / consolidated.pt files in `model_paths`), routed by
         the clusterer artifact at `clusterer`. `ensemble_type` default: clustering with a clusterer, dense for
         a single model. `dtype`: the experts' weights (float32, or bfloat16 / float16 to halve GPU memory; any
@@ -103,8 +116,9 @@ class MixtureLM:
         if defaulted:
             ensemble_type = "clustering" if clusterer else "dense"
         if ensemble_type not in LM_TYPES:
-            raise UsageError(f"ensemble_type must be one of {', '.join(LM_TYPES)} for scoring and generation, "
-                             f"got {ensemble_type!r}")
+            raise UsageError(
+                f"ensemble_type must be one of {', '.join(LM_TYPES)} for scoring and generation, got {ensemble_type!r}"
+            )
         if not (0 < float(temperature) < math.inf):
             raise UsageError(f"temperature must be finite and > 0, got {temperature}")
         if int(topk) == 0 or int(topk) < -1:
@@ -115,22 +129,32 @@ class MixtureLM:
             raise UsageError(f"context_window must be positive, got {context_window}")
         weights_dtype = resolve_dtype(dtype)
         if ensemble_type == "clustering" and not clusterer:
-            raise UsageError("ensemble_type clustering routes by the clusterer: give clusterer= "
-                             "(--path-to-clusterer), or ensemble_type uniform")
+            raise UsageError(
+                "ensemble_type clustering routes by the clusterer: give clusterer= "
+                "(--path-to-clusterer), or ensemble_type uniform"
+            )
         if defaulted and ensemble_type == "dense":  # one model: more than one is a forgotten clusterer
             n = len(model_paths) if model_paths else len(find_experts(cast(str, experts_dir)))  # (one is given)
             if n > 1:
-                raise UsageError(f"several experts but no clusterer to route them: give clusterer= "
-                                 f"(--path-to-clusterer), or ensemble_type=uniform ({n} models found)")
+                raise UsageError(
+                    f"several experts but no clusterer to route them: give clusterer= "
+                    f"(--path-to-clusterer), or ensemble_type=uniform ({n} models found)"
+                )
         # eval_ensemble's own resolution (experts matched to clusters, clusterer and tokenizer checks)
         experts, clus, tokenizer = resolve_ensemble(
-            ensemble_type, experts_dir=experts_dir, model_paths=list(model_paths or []), clusterer_path=clusterer,
-            clusterer=load_clusterer(clusterer) if clusterer and ensemble_type == "clustering" else None)
+            ensemble_type,
+            experts_dir=experts_dir,
+            model_paths=list(model_paths or []),
+            clusterer_path=clusterer,
+            clusterer=load_clusterer(clusterer) if clusterer and ensemble_type == "clustering" else None,
+        )
         objective = experts[0].objective
         if objective != "clm":
-            raise UsageError(f"{experts[0].run_dir} is a masked LM (objective {objective}); {purpose} needs causal "
-                             "(clm) experts: a masked LM has no left-to-right probabilities to score or "
-                             "generate with")
+            raise UsageError(
+                f"{experts[0].run_dir} is a masked LM (objective {objective}); {purpose} needs causal "
+                "(clm) experts: a masked LM has no left-to-right probabilities to score or "
+                "generate with"
+            )
         device = resolve_device(device)
         window, _ = scoring_window(experts, context_window)
         if ensemble_type == "average":
@@ -143,9 +167,20 @@ class MixtureLM:
         router = None
         if ensemble_type == "clustering" and len(models) > 1:
             router = router_from_clusterer(clus, tokenizer)
-        return cls(models=models, args=args, tokenizer=tokenizer, experts=experts, router=router,
-                   ensemble_type=ensemble_type, temperature=float(temperature), topk=int(topk),
-                   cbtm_compat=bool(cbtm_compat), window=int(window), device=str(device), batch_size=int(batch_size))
+        return cls(
+            models=models,
+            args=args,
+            tokenizer=tokenizer,
+            experts=experts,
+            router=router,
+            ensemble_type=ensemble_type,
+            temperature=float(temperature),
+            topk=int(topk),
+            cbtm_compat=bool(cbtm_compat),
+            window=int(window),
+            device=str(device),
+            batch_size=int(batch_size),
+        )
 
     @property
     def num_models(self) -> int:
@@ -166,13 +201,18 @@ class MixtureLM:
             return torch.zeros((1, N), dtype=torch.float64)
         if self.router is None:  # uniform
             return mixing.uniform_log_weights(K, N)
-        return routing.log_weights(torch.from_numpy(np.asarray(sqdist, dtype=np.float64)), self.temperature,
-                                   topk=self.topk, cbtm_compat=self.cbtm_compat,
-                                   empty=torch.from_numpy(np.asarray(empty, dtype=bool)))
+        return routing.log_weights(
+            torch.from_numpy(np.asarray(sqdist, dtype=np.float64)),
+            self.temperature,
+            topk=self.topk,
+            cbtm_compat=self.cbtm_compat,
+            empty=torch.from_numpy(np.asarray(empty, dtype=bool)),
+        )
 
     # ---------------------------------------------------------------------------------------------- scoring
-    def loglikelihood(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
-                      route: str = "context") -> list[tuple[float, bool]]:
+    def loglikelihood(
+        self, requests: Sequence[tuple[Sequence[int], Sequence[int]]], route: str = "context"
+    ) -> list[tuple[float, bool]]:
         """(log p(continuation | context), is_greedy) per (context_ids, continuation_ids).
 
         The model reads `</s> context continuation` (the last `window` positions when longer); is_greedy:
@@ -185,20 +225,21 @@ class MixtureLM:
             ctx, cont = [int(t) for t in ctx], [int(t) for t in cont]
             whole = ctx + cont
             if len(cont) > self.window:
-                raise InputError(f"a continuation of {len(cont)} tokens does not fit the {self.window} positions "
-                                 "the experts read")
+                raise InputError(
+                    f"a continuation of {len(cont)} tokens does not fit the {self.window} positions the experts read"
+                )
             if not cont:
                 where.append(None)
                 continue
             # row j of distances() is the prefix [0, j): row len(ctx) is the context alone
-            sq, em = self.distances(whole if route == "prefix" else whole[:len(ctx) + 1])
+            sq, em = self.distances(whole if route == "prefix" else whole[: len(ctx) + 1])
             if route == "prefix":
-                sq, em = sq[len(ctx):], em[len(ctx):]
+                sq, em = sq[len(ctx) :], em[len(ctx) :]
             else:  # the context's posterior, for every continuation token
-                sq = np.repeat(sq[len(ctx):len(ctx) + 1], len(cont), axis=0)
-                em = np.repeat(em[len(ctx):len(ctx) + 1], len(cont))
+                sq = np.repeat(sq[len(ctx) : len(ctx) + 1], len(cont), axis=0)
+                em = np.repeat(em[len(ctx) : len(ctx) + 1], len(cont))
             stream = [self.args.eos_id] + whole
-            inp, tgt = stream[:-1][-self.window:], whole[-self.window:]
+            inp, tgt = stream[:-1][-self.window :], whole[-self.window :]
             where.append(len(rows))
             rows.append(Row(inp, tgt, len(tgt) - len(cont), sq, em))
         scored = self._score(rows)
@@ -235,18 +276,19 @@ class MixtureLM:
         pad_id, dev, V = self.args.pad_id, self.device, self.args.vocab_size
         with torch.inference_mode():
             for s in range(0, len(order), self.batch_size):
-                batch = [rows[i] for i in order[s:s + self.batch_size]]
+                batch = [rows[i] for i in order[s : s + self.batch_size]]
                 T = max(len(r.inp) for r in batch)
                 inp = torch.full((len(batch), T), pad_id, dtype=torch.long)
                 tgt = torch.zeros((len(batch), T), dtype=torch.long)
                 need = torch.zeros((len(batch), T), dtype=torch.bool)
                 for b, r in enumerate(batch):
-                    inp[b, :len(r.inp)] = torch.tensor(r.inp, dtype=torch.long)
-                    tgt[b, :len(r.tgt)] = torch.tensor(r.tgt, dtype=torch.long)
-                    need[b, r.first:len(r.tgt)] = True
+                    inp[b, : len(r.inp)] = torch.tensor(r.inp, dtype=torch.long)
+                    tgt[b, : len(r.tgt)] = torch.tensor(r.tgt, dtype=torch.long)
+                    need[b, r.first : len(r.tgt)] = True
                 pad = torch.arange(T)[None, :] >= torch.tensor([len(r.inp) for r in batch])[:, None]
-                log_w = self.log_weights(np.concatenate([r.sqdist for r in batch]),
-                                         np.concatenate([r.empty for r in batch]))  # [K, M], row-major order
+                log_w = self.log_weights(
+                    np.concatenate([r.sqdist for r in batch]), np.concatenate([r.empty for r in batch])
+                )  # [K, M], row-major order
                 M = log_w.shape[1]
                 targets = tgt[need]
                 row_of = torch.nonzero(need)[:, 0]  # the batch row of every scored position
@@ -254,8 +296,10 @@ class MixtureLM:
                 # expert k runs on the rows where it has weight (top-k: a row's own experts only)
                 runs = {}
                 for k in range(self.num_models):
-                    hit = torch.zeros(len(batch), dtype=torch.long).index_add_(
-                        0, row_of, torch.isfinite(log_w[k]).long()) > 0
+                    hit = (
+                        torch.zeros(len(batch), dtype=torch.long).index_add_(0, row_of, torch.isfinite(log_w[k]).long())
+                        > 0
+                    )
                     if bool(hit.any()):
                         runs[k] = (torch.nonzero(hit)[:, 0], hit[row_of])  # (rows, their scored positions)
                 self.stats["expert_forwards"].append(len(runs))
@@ -263,12 +307,15 @@ class MixtureLM:
                 is_greedy = torch.zeros(M, dtype=torch.bool)
                 if not greedy:
                     for k, (R, pos) in runs.items():
-                        lp = _gather_logprobs(self.models[k], inp[R].to(dev), pad[R].to(dev), tgt[R].to(dev),
-                                              need[R].to(dev))
+                        lp = _gather_logprobs(
+                            self.models[k], inp[R].to(dev), pad[R].to(dev), tgt[R].to(dev), need[R].to(dev)
+                        )
                         lp_tgt[k, pos] = lp[need[R].to(dev)].cpu().double()
                 else:
-                    hidden = {k: self.models[k].forward_hidden(inp[R].to(dev), pad[R].to(dev))[need[R].to(dev)]
-                              for k, (R, _) in runs.items()}
+                    hidden = {
+                        k: self.models[k].forward_hidden(inp[R].to(dev), pad[R].to(dev))[need[R].to(dev)]
+                        for k, (R, _) in runs.items()
+                    }
                     index = {k: torch.cumsum(pos.long(), 0) - 1 for k, (_, pos) in runs.items()}
                     step = max(1, LOGIT_ELEMENTS // V)
                     for c in range(0, M, step):
@@ -279,8 +326,9 @@ class MixtureLM:
                             if not bool(here.any()):
                                 continue
                             lp = torch.log_softmax(self.models[k].output(hidden[k][index[k][sl][here]]).float(), -1)
-                            lp_tgt[k, c + torch.nonzero(here)[:, 0]] = \
+                            lp_tgt[k, c + torch.nonzero(here)[:, 0]] = (
                                 lp.gather(1, targets[sl][here][:, None].to(dev))[:, 0].cpu().double()
+                            )
                             term = lp + log_w[k, sl][here].to(device=dev, dtype=lp.dtype)[:, None]
                             h = here.to(dev)
                             acc[h] = torch.logaddexp(acc[h], term)
@@ -289,7 +337,7 @@ class MixtureLM:
                 o = 0
                 for j, r in enumerate(batch):
                     n = len(r.tgt) - r.first
-                    out[order[s + j]] = (float(mixed[o:o + n].sum()), bool(is_greedy[o:o + n].all()))
+                    out[order[s + j]] = (float(mixed[o : o + n].sum()), bool(is_greedy[o : o + n].all()))
                     o += n
         self.stats["rows"] += len(rows)
         self.stats["scored_tokens"] += sum(len(r.tgt) - r.first for r in rows)

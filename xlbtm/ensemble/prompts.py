@@ -33,26 +33,54 @@ def read_prompts(path) -> list[str]:
 def run_generation(cfg: GenerateConfig, on_result: Callable[[dict], None] | None = None) -> list[dict]:
     """One result per prompt: {prompt, generation, tokens, finish, expert_weights}, each handed to `on_result`
     as soon as its batch is done; also written to cfg.output (jsonl, atomically) at the end when given."""
-    refuse_overlap({"--output": cfg.output}, {"--input": cfg.input, "--experts-dir": cfg.experts_dir,
-                                              "--path-to-clusterer": cfg.path_to_clusterer,
-                                              **{f"--model-paths {m}": m for m in cfg.model_paths}})
+    refuse_overlap(
+        {"--output": cfg.output},
+        {
+            "--input": cfg.input,
+            "--experts-dir": cfg.experts_dir,
+            "--path-to-clusterer": cfg.path_to_clusterer,
+            **{f"--model-paths {m}": m for m in cfg.model_paths},
+        },
+    )
     prompts = [cfg.prompt] if cfg.prompt is not None else read_prompts(cfg.input)
-    lm = MixtureLM.load(experts_dir=cfg.experts_dir, model_paths=cfg.model_paths or None,
-                        clusterer=cfg.path_to_clusterer, ensemble_type=cfg.ensemble_type,
-                        temperature=cfg.temperature, topk=cfg.topk, device=cfg.device, dtype=cfg.dtype,
-                        purpose="generation")
-    names = ["average"] if lm.ensemble_type == "average" else \
-        [f"expert{e.cluster}" if lm.num_models > 1 else e.name for e in lm.experts]
+    lm = MixtureLM.load(
+        experts_dir=cfg.experts_dir,
+        model_paths=cfg.model_paths or None,
+        clusterer=cfg.path_to_clusterer,
+        ensemble_type=cfg.ensemble_type,
+        temperature=cfg.temperature,
+        topk=cfg.topk,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        purpose="generation",
+    )
+    names = (
+        ["average"]
+        if lm.ensemble_type == "average"
+        else [f"expert{e.cluster}" if lm.num_models > 1 else e.name for e in lm.experts]
+    )
     results = []
     for s in range(0, len(prompts), cfg.batch_size):
-        batch = prompts[s:s + cfg.batch_size]
-        gens = lm.generate([lm.tokenizer.encode(t) for t in batch], max_new_tokens=cfg.max_new_tokens,
-                           stop=cfg.stop, sample=cfg.sample, seed=cfg.seed + s,
-                           sampling_temperature=cfg.sampling_temperature)
+        batch = prompts[s : s + cfg.batch_size]
+        gens = lm.generate(
+            [lm.tokenizer.encode(t) for t in batch],
+            max_new_tokens=cfg.max_new_tokens,
+            stop=cfg.stop,
+            sample=cfg.sample,
+            seed=cfg.seed + s,
+            sampling_temperature=cfg.sampling_temperature,
+        )
         for prompt, g in zip(batch, gens):
             w = g.mean_weights
-            results.append({"prompt": prompt, "generation": g.text, "tokens": len(g.ids), "finish": g.finish,
-                            "expert_weights": {names[k]: float(w[k]) for k in range(len(w))}})
+            results.append(
+                {
+                    "prompt": prompt,
+                    "generation": g.text,
+                    "tokens": len(g.ids),
+                    "finish": g.finish,
+                    "expert_weights": {names[k]: float(w[k]) for k in range(len(w))},
+                }
+            )
             if on_result is not None:
                 on_result(results[-1])
     if cfg.output:

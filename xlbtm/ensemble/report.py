@@ -68,31 +68,57 @@ def metric_label(result: dict) -> str:
 def render_markdown(result: dict, dense: dict | None = None) -> str:
     s = result.get("settings", {})
     m = metric_label(result)
-    md = [f"# Ensemble evaluation: {result.get('dataset')}\n",
-          _table(["ensemble", "experts", "temperature", "topk", "documents", "tokens", m],
-                 [[result.get("ensemble_type"), s.get("num_experts"), s.get("temperature"), s.get("topk"),
-                   result.get("documents"), result.get("tokens"), result.get("result_ppl")]])]
+    md = [
+        f"# Ensemble evaluation: {result.get('dataset')}\n",
+        _table(
+            ["ensemble", "experts", "temperature", "topk", "documents", "tokens", m],
+            [
+                [
+                    result.get("ensemble_type"),
+                    s.get("num_experts"),
+                    s.get("temperature"),
+                    s.get("topk"),
+                    result.get("documents"),
+                    result.get("tokens"),
+                    result.get("result_ppl"),
+                ]
+            ],
+        ),
+    ]
     if s.get("excluded_experts"):
-        md.append(f"\nExcluded experts (switched off, not scored; the mixture is renormalized over the remaining "
-                  f"{s.get('num_experts')}): {', '.join(map(str, s['excluded_experts']))}\n")
+        md.append(
+            f"\nExcluded experts (switched off, not scored; the mixture is renormalized over the remaining "
+            f"{s.get('num_experts')}): {', '.join(map(str, s['excluded_experts']))}\n"
+        )
     if dense is not None:
         d, e = dense.get("result_ppl"), result.get("result_ppl")
-        md.append(f"\nDense baseline: {m} {_fmt(d)}; ensemble {_fmt(e)}"
-                  + (f" ({100 * (e - d) / d:+.1f}%)\n" if d and e else "\n"))
+        md.append(
+            f"\nDense baseline: {m} {_fmt(d)}; ensemble {_fmt(e)}"
+            + (f" ({100 * (e - d) / d:+.1f}%)\n" if d and e else "\n")
+        )
     oracle = result.get("oracle")
     if oracle:
-        md.append(f"\nOracle (the best single expert per document, an upper bound on document-level routing): "
-                  f"{m} {_fmt(oracle.get('result_ppl'))}\n")
+        md.append(
+            f"\nOracle (the best single expert per document, an upper bound on document-level routing): "
+            f"{m} {_fmt(oracle.get('result_ppl'))}\n"
+        )
     sweep = result.get("sweep") or []
     if len(sweep) > 1:
         md.append("\n## Sweep\n\n")
         if any("retrieval" in r for r in sweep):
-            md.append(_table(["temperature", "topk", m, "retrieval accuracy@1"],
-                             [[r.get("temperature"), r.get("topk"), r.get("result_ppl"), r.get("retrieval")]
-                              for r in sweep]))
+            md.append(
+                _table(
+                    ["temperature", "topk", m, "retrieval accuracy@1"],
+                    [[r.get("temperature"), r.get("topk"), r.get("result_ppl"), r.get("retrieval")] for r in sweep],
+                )
+            )
         else:
-            md.append(_table(["temperature", "topk", m],
-                             [[r.get("temperature"), r.get("topk"), r.get("result_ppl")] for r in sweep]))
+            md.append(
+                _table(
+                    ["temperature", "topk", m],
+                    [[r.get("temperature"), r.get("topk"), r.get("result_ppl")] for r in sweep],
+                )
+            )
     langs = result.get("per_language", {})
     if langs:
         md.append("\n## Per language\n\n")
@@ -102,21 +128,32 @@ def render_markdown(result: dict, dense: dict | None = None) -> str:
             for lang, v in sorted(langs.items()):
                 dp = dl.get(lang, {}).get("ppl")
                 delta = 100 * (v["ppl"] - dp) / dp if dp else None
-                rows.append([lang, v["documents"], v["tokens"], dp, v["ppl"],
-                             None if delta is None else f"{delta:+.1f}%"])
+                rows.append(
+                    [lang, v["documents"], v["tokens"], dp, v["ppl"], None if delta is None else f"{delta:+.1f}%"]
+                )
             md.append(_table(["lang", "documents", "tokens", f"dense {m}", f"ensemble {m}", "change"], rows))
         else:
-            md.append(_table(["lang", "documents", "tokens", m],
-                             [[k, v["documents"], v["tokens"], v["ppl"]] for k, v in sorted(langs.items())]))
+            md.append(
+                _table(
+                    ["lang", "documents", "tokens", m],
+                    [[k, v["documents"], v["tokens"], v["ppl"]] for k, v in sorted(langs.items())],
+                )
+            )
     if result.get("retrieval"):
         md.append(_retrieval_markdown(result, dense))
     clusters = result.get("per_cluster", {})
     if clusters:
         md.append("\n## Per cluster (documents grouped by the clusterer's assignment)\n\n")
         top = result.get("top_expert") or {}
-        md.append(_table(["cluster", "documents", "tokens", m, "share of tokens where this expert led"],
-                         [[k, v["documents"], v["tokens"], v["ppl"], top.get(k)]
-                          for k, v in sorted(clusters.items(), key=lambda kv: int(kv[0]))]))
+        md.append(
+            _table(
+                ["cluster", "documents", "tokens", m, "share of tokens where this expert led"],
+                [
+                    [k, v["documents"], v["tokens"], v["ppl"], top.get(k)]
+                    for k, v in sorted(clusters.items(), key=lambda kv: int(kv[0]))
+                ],
+            )
+        )
     return "".join(md)
 
 
@@ -125,45 +162,77 @@ def _retrieval_markdown(result: dict, dense: dict | None) -> str:
     result.json has one (--dense-result of a dense run with the same --parallel-data)."""
     r = result["retrieval"]
     st = r.get("settings", {})
-    md = ["\n## Cross-lingual retrieval (accuracy@1)\n\n",
-          f"For each translation pair of {st.get('parallel_data')}/{st.get('subset')}: is the target's vector nearest "
-          f"(cosine) to its own source among the sources of its pool (pairs of one language split into blocks of "
-          f"<= {st.get('pool_size')}; chance = 1 / block size; ties count as misses)? A sentence's vector is the "
-          "mean of the final hidden states over its text tokens (`<s> text </s>`, specials excluded), "
-          "L2-normalized; an ensemble's is the sum of its experts' unit vectors weighted by the routing weights "
-          + ("of the pair's target side, for both sides (--retrieval-routing target: the experts of the pool's "
-             "language read its sources too)" if st.get("routing", "own") == "target" else
-             "of that sentence (--retrieval-routing own: each side routed by its own text or language)")
-          + ", renormalized.\n\n"]
+    md = [
+        "\n## Cross-lingual retrieval (accuracy@1)\n\n",
+        f"For each translation pair of {st.get('parallel_data')}/{st.get('subset')}: is the target's vector nearest "
+        f"(cosine) to its own source among the sources of its pool (pairs of one language split into blocks of "
+        f"<= {st.get('pool_size')}; chance = 1 / block size; ties count as misses)? A sentence's vector is the "
+        "mean of the final hidden states over its text tokens (`<s> text </s>`, specials excluded), "
+        "L2-normalized; an ensemble's is the sum of its experts' unit vectors weighted by the routing weights "
+        + (
+            "of the pair's target side, for both sides (--retrieval-routing target: the experts of the pool's "
+            "language read its sources too)"
+            if st.get("routing", "own") == "target"
+            else "of that sentence (--retrieval-routing own: each side routed by its own text or language)"
+        )
+        + ", renormalized.\n\n",
+    ]
     dr = (dense or {}).get("retrieval") or None
     if dr is not None:
-        md.append(f"Overall tgt -> src: dense {_fmt(dr.get('accuracy'))}, {result.get('ensemble_type')} "
-                  f"{_fmt(r.get('accuracy'))}; src -> tgt: dense {_fmt(dr.get('src2tgt'))}, "
-                  f"{result.get('ensemble_type')} {_fmt(r.get('src2tgt'))}\n\n")
-        other = {k: (dr.get("settings", {}).get(k), st.get(k))
-                 for k in ("parallel_data", "subset", "pool_size", "max_pairs_per_language", "centering")
-                 if dr.get("settings", {}).get(k) != st.get(k)}
+        md.append(
+            f"Overall tgt -> src: dense {_fmt(dr.get('accuracy'))}, {result.get('ensemble_type')} "
+            f"{_fmt(r.get('accuracy'))}; src -> tgt: dense {_fmt(dr.get('src2tgt'))}, "
+            f"{result.get('ensemble_type')} {_fmt(r.get('src2tgt'))}\n\n"
+        )
+        other = {
+            k: (dr.get("settings", {}).get(k), st.get(k))
+            for k in ("parallel_data", "subset", "pool_size", "max_pairs_per_language", "centering")
+            if dr.get("settings", {}).get(k) != st.get(k)
+        }
         if other:  # another pool, other pairs or raw cosines: accuracies are not comparable
-            md.append("**Not comparable**: the dense result's retrieval ran with other settings ("
-                      + ", ".join(f"{k} {d} vs {e}" for k, (d, e) in other.items()) + ").\n\n")
+            md.append(
+                "**Not comparable**: the dense result's retrieval ran with other settings ("
+                + ", ".join(f"{k} {d} vs {e}" for k, (d, e) in other.items())
+                + ").\n\n"
+            )
         dl = dr.get("per_language", {})
         rows = []
         for lang, v in sorted(r.get("per_language", {}).items()):
             d = dl.get(lang, {}).get("accuracy")
-            rows.append([lang, v["pairs"], v["chance"], d, v["accuracy"],
-                         None if d is None else f"{100 * (v['accuracy'] - d):+.1f} pts"])
+            rows.append(
+                [
+                    lang,
+                    v["pairs"],
+                    v["chance"],
+                    d,
+                    v["accuracy"],
+                    None if d is None else f"{100 * (v['accuracy'] - d):+.1f} pts",
+                ]
+            )
         md.append(_table(["lang", "pairs", "chance", "dense tgt->src", "ensemble tgt->src", "change"], rows))
     else:
-        md.append(f"Overall: tgt -> src {_fmt(r.get('accuracy'))}, src -> tgt {_fmt(r.get('src2tgt'))} "
-                  f"({r.get('pairs')} pairs)\n\n")
-        md.append(_table(["lang", "pairs", "pools", "chance", "tgt->src", "src->tgt"],
-                         [[k, v["pairs"], v["pools"], v["chance"], v["accuracy"], v["src2tgt"]]
-                          for k, v in sorted(r.get("per_language", {}).items())]))
+        md.append(
+            f"Overall: tgt -> src {_fmt(r.get('accuracy'))}, src -> tgt {_fmt(r.get('src2tgt'))} "
+            f"({r.get('pairs')} pairs)\n\n"
+        )
+        md.append(
+            _table(
+                ["lang", "pairs", "pools", "chance", "tgt->src", "src->tgt"],
+                [
+                    [k, v["pairs"], v["pools"], v["chance"], v["accuracy"], v["src2tgt"]]
+                    for k, v in sorted(r.get("per_language", {}).items())
+                ],
+            )
+        )
     experts = r.get("experts") or {}
     if experts:
-        md.append("\nEach expert alone (tgt -> src): "
-                  + ", ".join(f"expert {k} {_fmt(v['accuracy'])}"
-                              for k, v in sorted(experts.items(), key=lambda kv: int(kv[0]))) + "\n")
+        md.append(
+            "\nEach expert alone (tgt -> src): "
+            + ", ".join(
+                f"expert {k} {_fmt(v['accuracy'])}" for k, v in sorted(experts.items(), key=lambda kv: int(kv[0]))
+            )
+            + "\n"
+        )
     return "".join(md)
 
 

@@ -86,25 +86,27 @@ LOG_EVERY = 2000  # sentences between progress lines
 class ParallelSet:
     """Tokenized translation pairs, in file order."""
 
-    pairs: list                 # xlbtm.corpus.Pair
+    pairs: list  # xlbtm.corpus.Pair
     src_ids: list[list[int]]
     tgt_ids: list[list[int]]
-    langs: list[str]            # the per-language key of each pair: tgt_lang ("null" when absent)
+    langs: list[str]  # the per-language key of each pair: tgt_lang ("null" when absent)
     fingerprint: str
 
     def __len__(self) -> int:
         return len(self.pairs)
 
 
-def load_parallel(data_dir, split: str, tokenizer, max_tokens: int, *, max_pairs: int | None = None,
-                  skip_bad_lines: bool = False) -> ParallelSet:
+def load_parallel(
+    data_dir, split: str, tokenizer, max_tokens: int, *, max_pairs: int | None = None, skip_bad_lines: bool = False
+) -> ParallelSet:
     """The pairs of `data_dir/split` (at most `max_pairs` per language, the first in file order), each side
     tokenized and cut to `max_tokens` text tokens. Bad lines: InputError naming file:line (or skipped)."""
     if not Path(data_dir).is_dir():
         raise InputError("--parallel-data directory not found", data_dir)
     if not (Path(data_dir) / split).is_dir():  # (the corpus' own message would point at --data-dir)
-        raise InputError(f"--parallel-data has no split '{split}' (choose one with --parallel-subset)",
-                         Path(data_dir) / split)
+        raise InputError(
+            f"--parallel-data has no split '{split}' (choose one with --parallel-subset)", Path(data_dir) / split
+        )
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
     pairs = []
     count: dict[str, int] = {}
@@ -119,17 +121,26 @@ def load_parallel(data_dir, split: str, tokenizer, max_tokens: int, *, max_pairs
     src = [x[:max_tokens] for x in tokenizer.encode_batch([p.src for p in pairs])]
     tgt = [x[:max_tokens] for x in tokenizer.encode_batch([p.tgt for p in pairs])]
     langs = [p.tgt_lang or "null" for p in pairs]
-    fp = sha256_json({"data_dir": str(Path(data_dir).resolve()), "split": split, "max_tokens": max_tokens,
-                      "tokenizer": tokenizer.fingerprint, "sp_ids": [p.sp_id for p in pairs],
-                      "ids": [src, tgt]})
+    fp = sha256_json(
+        {
+            "data_dir": str(Path(data_dir).resolve()),
+            "split": split,
+            "max_tokens": max_tokens,
+            "tokenizer": tokenizer.fingerprint,
+            "sp_ids": [p.sp_id for p in pairs],
+            "ids": [src, tgt],
+        }
+    )
     log.info(f"--parallel-data: {len(pairs)} pairs in {len(count)} languages from {Path(data_dir) / split}")
     return ParallelSet(pairs, src, tgt, langs, fp)
 
 
 # ------------------------------------------------------------------------------------------ vectors
 
-def embed(model, args, id_lists: list[list[int]], *, device: str = "cpu", batch_tokens: int = 8192,
-          what: str = "") -> np.ndarray:
+
+def embed(
+    model, args, id_lists: list[list[int]], *, device: str = "cpu", batch_tokens: int = 8192, what: str = ""
+) -> np.ndarray:
     """[n, D] float32: each `<s> ids </s>` encoded alone, final hidden states mean-pooled over the text
     tokens (specials and padding excluded), L2-normalized. Batched by similar length (<= batch_tokens padded)."""
     n = len(id_lists)
@@ -143,7 +154,7 @@ def embed(model, args, id_lists: list[list[int]], *, device: str = "cpu", batch_
             inp = torch.full((len(batch), T), args.pad_id, dtype=torch.long)
             for i, d in enumerate(batch):
                 inp[i, 0] = args.bos_id
-                inp[i, 1:len(id_lists[d]) + 1] = torch.as_tensor(id_lists[d], dtype=torch.long)
+                inp[i, 1 : len(id_lists[d]) + 1] = torch.as_tensor(id_lists[d], dtype=torch.long)
                 inp[i, len(id_lists[d]) + 1] = args.eos_id
             pos = torch.arange(T)[None, :]
             pad = pos >= (L + 2)[:, None]
@@ -160,14 +171,23 @@ def embed(model, args, id_lists: list[list[int]], *, device: str = "cpu", batch_
     return out
 
 
-def expert_vectors(job_dir, name: str, expert, ps: ParallelSet, *, state: dict | None = None,
-                   weights_key: str | None = None, device: str | None = None,
-                   batch_tokens: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def expert_vectors(
+    job_dir,
+    name: str,
+    expert,
+    ps: ParallelSet,
+    *,
+    state: dict | None = None,
+    weights_key: str | None = None,
+    device: str | None = None,
+    batch_tokens: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
     """(src [n, D], tgt [n, D]) of one model, cached in job_dir/embeddings/<name>.npz (key: the pairs and
     the weights; `state` / `weights_key` as in score_expert, for the parameter-averaged model)."""
     path = Path(job_dir) / "embeddings" / f"{name}.npz"
-    key = sha256_json({"pairs": ps.fingerprint, "weights": weights_key or expert.fingerprint(),
-                       "pooling": "mean-text-tokens/l2"})
+    key = sha256_json(
+        {"pairs": ps.fingerprint, "weights": weights_key or expert.fingerprint(), "pooling": "mean-text-tokens/l2"}
+    )
     if cache_ok(path, key):
         with np.load(path, allow_pickle=False) as z:
             log.info(f"{name}: cached sentence vectors found, skipping")
@@ -176,7 +196,7 @@ def expert_vectors(job_dir, name: str, expert, ps: ParallelSet, *, state: dict |
     model, args = load_model(expert, state)
     model.to(device)
     both = embed(model, args, ps.src_ids + ps.tgt_ids, device=device, batch_tokens=batch_tokens, what=name)
-    src, tgt = both[:len(ps)], both[len(ps):]
+    src, tgt = both[: len(ps)], both[len(ps) :]
     save_npz(path, src=src, tgt=tgt)
     write_json(path.with_suffix(".json"), {"key": key, "name": name, "pairs": len(ps)})
     return src, tgt
@@ -190,6 +210,7 @@ def mix_vectors(vectors: np.ndarray, weights: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ routing
+
 
 @dataclass
 class SideRoute:
@@ -211,18 +232,34 @@ def route_sides(ensemble_type: str, clusterer, tokenizer, ps: ParallelSet) -> tu
             out.append(SideRoute(sqdist=np.stack([d for d, _ in got]), empty=np.asarray([e for _, e in got])))
         return out[0], out[1]
     if ensemble_type == "lang":
-        def side(texts, langs):
-            return SideRoute(cluster=np.asarray(clusterer.predict(
-                [Document(sp_id=p.sp_id, text=t, lang=lg) for p, t, lg in zip(ps.pairs, texts, langs)]),
-                dtype=np.int64))
 
-        return (side([p.src for p in ps.pairs], [p.src_lang for p in ps.pairs]),
-                side([p.tgt for p in ps.pairs], [p.tgt_lang for p in ps.pairs]))
+        def side(texts, langs):
+            return SideRoute(
+                cluster=np.asarray(
+                    clusterer.predict(
+                        [Document(sp_id=p.sp_id, text=t, lang=lg) for p, t, lg in zip(ps.pairs, texts, langs)]
+                    ),
+                    dtype=np.int64,
+                )
+            )
+
+        return (
+            side([p.src for p in ps.pairs], [p.src_lang for p in ps.pairs]),
+            side([p.tgt for p in ps.pairs], [p.tgt_lang for p in ps.pairs]),
+        )
     return SideRoute(), SideRoute()
 
 
-def side_weights(ensemble_type: str, route: SideRoute, clusters: list[int], n: int, *, temperature=None,
-                 topk: int = -1, cbtm_compat: bool = False) -> np.ndarray:
+def side_weights(
+    ensemble_type: str,
+    route: SideRoute,
+    clusters: list[int],
+    n: int,
+    *,
+    temperature=None,
+    topk: int = -1,
+    cbtm_compat: bool = False,
+) -> np.ndarray:
     """[n, K] routing weights of one side for one setting (K = len(clusters), the remaining experts): the
     same functions eval_ensemble mixes probabilities with."""
     K = len(clusters)
@@ -230,8 +267,13 @@ def side_weights(ensemble_type: str, route: SideRoute, clusters: list[int], n: i
         return np.ones((n, 1))
     if ensemble_type == "clustering":
         assert route.sqdist is not None and route.empty is not None  # route_sides routed by distance
-        log_w = routing.log_weights(torch.from_numpy(route.sqdist[:, clusters]), temperature, topk=topk,
-                                    cbtm_compat=cbtm_compat, empty=torch.from_numpy(route.empty))
+        log_w = routing.log_weights(
+            torch.from_numpy(route.sqdist[:, clusters]),
+            temperature,
+            topk=topk,
+            cbtm_compat=cbtm_compat,
+            empty=torch.from_numpy(route.empty),
+        )
     elif ensemble_type == "lang":
         assert route.cluster is not None  # route_sides routed by language
         log_w, _ = hard_log_weights(route.cluster, clusters, torch.arange(n))
@@ -243,6 +285,7 @@ def side_weights(ensemble_type: str, route: SideRoute, clusters: list[int], n: i
 
 
 # ------------------------------------------------------------------------------------------ accuracy
+
 
 def pools(langs: list[str], size: int) -> list[tuple[str, np.ndarray]]:
     """(language, pair indices) of every candidate pool: each language's pairs in file order, split into
@@ -280,8 +323,9 @@ def center(vectors: np.ndarray) -> np.ndarray:
     return (v / np.where(norm > 0, norm, 1.0)).astype(np.float32)
 
 
-def retrieval_accuracy(src: np.ndarray, tgt: np.ndarray, ps: ParallelSet, pool_size: int,
-                       centering: bool = True) -> dict:
+def retrieval_accuracy(
+    src: np.ndarray, tgt: np.ndarray, ps: ParallelSet, pool_size: int, centering: bool = True
+) -> dict:
     """{accuracy, src2tgt, pairs, per_language: {lang: {accuracy, src2tgt, pairs, pools, chance}}}: accuracy
     is tgt -> src accuracy@1; the overall numbers are shares of all pairs. `centering`: each side's vectors are
     centered on their pool's mean first (see the module docstring)."""
@@ -298,16 +342,26 @@ def retrieval_accuracy(src: np.ndarray, tgt: np.ndarray, ps: ParallelSet, pool_s
         r["chance"] += 1.0  # = the sum over this pool's pairs of 1 / pool size
         t2s_all += int(t2s.sum())
         s2t_all += int(s2t.sum())
-    per_language = {lg: {"accuracy": r["hits"] / r["pairs"], "src2tgt": r["s2t"] / r["pairs"],
-                         "pairs": r["pairs"], "pools": r["pools"], "chance": r["chance"] / r["pairs"]}
-                    for lg, r in per.items()}
+    per_language = {
+        lg: {
+            "accuracy": r["hits"] / r["pairs"],
+            "src2tgt": r["s2t"] / r["pairs"],
+            "pairs": r["pairs"],
+            "pools": r["pools"],
+            "chance": r["chance"] / r["pairs"],
+        }
+        for lg, r in per.items()
+    }
     n = max(len(ps), 1)
     return {"accuracy": t2s_all / n, "src2tgt": s2t_all / n, "pairs": len(ps), "per_language": per_language}
 
 
 # ------------------------------------------------------------------------------------------ the run
 
-def evaluate_retrieval(cfg, experts, clusterer, tokenizer, ps: ParallelSet, settings: list[tuple]) -> tuple[dict, list[dict]]:
+
+def evaluate_retrieval(
+    cfg, experts, clusterer, tokenizer, ps: ParallelSet, settings: list[tuple]
+) -> tuple[dict, list[dict]]:
     """Embed with every model once, then mix per (temperature, topk) setting.
 
     Returns (result.json's `retrieval` for the first setting, [{accuracy, src2tgt}] per setting).
@@ -319,20 +373,33 @@ def evaluate_retrieval(cfg, experts, clusterer, tokenizer, ps: ParallelSet, sett
     pool = cfg.retrieval_batch_size
     kw = dict(device=cfg.device, batch_tokens=cfg.batch_tokens)
     if cfg.ensemble_type == "average":
-        vecs = [expert_vectors(cfg.job_dir, "average", experts[0], ps, state=average_states(experts),
-                               weights_key=sha256_json({"average": [e.fingerprint() for e in experts]}), **kw)]
+        vecs = [
+            expert_vectors(
+                cfg.job_dir,
+                "average",
+                experts[0],
+                ps,
+                state=average_states(experts),
+                weights_key=sha256_json({"average": [e.fingerprint() for e in experts]}),
+                **kw,
+            )
+        ]
     else:
         names = ["dense" if cfg.ensemble_type == "dense" else f"expert{e.cluster}" for e in experts]
         vecs = [expert_vectors(cfg.job_dir, name, e, ps, **kw) for name, e in zip(names, experts)]
     src_v, tgt_v = np.stack([s for s, _ in vecs]), np.stack([t for _, t in vecs])  # [K, n, D]
-    src_route, tgt_route = route_sides(cfg.ensemble_type, clusterer, tokenizer, ps) if K > 1 \
-        else (SideRoute(), SideRoute())
+    src_route, tgt_route = (
+        route_sides(cfg.ensemble_type, clusterer, tokenizer, ps) if K > 1 else (SideRoute(), SideRoute())
+    )
     per_setting, first = [], None
     for temperature, topk in settings:
         w = dict(temperature=temperature, topk=topk, cbtm_compat=cfg.cbtm_compat)
         tgt_w = side_weights(cfg.ensemble_type, tgt_route, clusters, len(ps), **w)
-        src_w = tgt_w if cfg.retrieval_routing == "target" else \
-            side_weights(cfg.ensemble_type, src_route, clusters, len(ps), **w)
+        src_w = (
+            tgt_w
+            if cfg.retrieval_routing == "target"
+            else side_weights(cfg.ensemble_type, src_route, clusters, len(ps), **w)
+        )
         src, tgt = mix_vectors(src_v, src_w), mix_vectors(tgt_v, tgt_w)
         r = retrieval_accuracy(src, tgt, ps, pool, centering)
         if first is None and centering:  # what centering changed, on the first setting
@@ -345,16 +412,28 @@ def evaluate_retrieval(cfg, experts, clusterer, tokenizer, ps: ParallelSet, sett
         experts_alone = {}
         for k, c in enumerate(clusters):
             r = retrieval_accuracy(src_v[k], tgt_v[k], ps, pool, centering)
-            experts_alone[str(c)] = {"accuracy": r["accuracy"],
-                                     "per_language": {lg: v["accuracy"] for lg, v in r["per_language"].items()}}
+            experts_alone[str(c)] = {
+                "accuracy": r["accuracy"],
+                "per_language": {lg: v["accuracy"] for lg, v in r["per_language"].items()},
+            }
     assert first is not None  # settings is never empty
-    out = {**first, "experts": experts_alone,
-           "settings": {"parallel_data": str(cfg.parallel_data), "subset": cfg.parallel_subset,
-                        "pool_size": pool, "max_pairs_per_language": cfg.retrieval_max_pairs,
-                        "routing": cfg.retrieval_routing, "centering": cfg.retrieval_centering,
-                        "direction": "tgt->src (accuracy); src->tgt (src2tgt)",
-                        "representation": "mean of final hidden states over the text tokens, L2-normalized; "
-                                          "ensemble: routing-weighted sum of the experts' unit vectors"}}
-    log.info(f"retrieval accuracy@1 {out['accuracy']:.3f} (tgt->src), {out['src2tgt']:.3f} (src->tgt) over "
-             f"{len(ps)} pairs, pools of <= {pool}")
+    out = {
+        **first,
+        "experts": experts_alone,
+        "settings": {
+            "parallel_data": str(cfg.parallel_data),
+            "subset": cfg.parallel_subset,
+            "pool_size": pool,
+            "max_pairs_per_language": cfg.retrieval_max_pairs,
+            "routing": cfg.retrieval_routing,
+            "centering": cfg.retrieval_centering,
+            "direction": "tgt->src (accuracy); src->tgt (src2tgt)",
+            "representation": "mean of final hidden states over the text tokens, L2-normalized; "
+            "ensemble: routing-weighted sum of the experts' unit vectors",
+        },
+    }
+    log.info(
+        f"retrieval accuracy@1 {out['accuracy']:.3f} (tgt->src), {out['src2tgt']:.3f} (src->tgt) over "
+        f"{len(ps)} pairs, pools of <= {pool}"
+    )
     return out, per_setting

@@ -40,8 +40,15 @@ log = get_logger("ensemble")
 
 # ------------------------------------------------------------------------------------------ weights
 
-def log_weights(sqdist: torch.Tensor, temperature: float, *, topk: int = -1, cbtm_compat: bool = False,
-                empty: torch.Tensor | None = None) -> torch.Tensor:
+
+def log_weights(
+    sqdist: torch.Tensor,
+    temperature: float,
+    *,
+    topk: int = -1,
+    cbtm_compat: bool = False,
+    empty: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Squared distances [N, K] -> log routing weights [K, N].
 
     `empty` ([N] bool) marks positions whose prefix featurizes to zero; they get uniform weights (xlbtm) or
@@ -74,9 +81,11 @@ def hard_log_weights(doc_cluster: np.ndarray, clusters: list[int], doc_of_token)
     doc_row = np.asarray([row_of.get(int(c), -1) for c in doc_cluster], dtype=np.int64)
     orphans = doc_row < 0
     if orphans.any():
-        log.warning(f"{int(orphans.sum())} documents belong to excluded cluster(s) "
-                    f"{sorted({int(c) for c in doc_cluster[orphans]})}; they get the uniform mixture of the "
-                    f"remaining {len(clusters)} experts")
+        log.warning(
+            f"{int(orphans.sum())} documents belong to excluded cluster(s) "
+            f"{sorted({int(c) for c in doc_cluster[orphans]})}; they get the uniform mixture of the "
+            f"remaining {len(clusters)} experts"
+        )
     which = torch.from_numpy(doc_row)[doc_of_token]
     log_w = one_hot_log_weights(which.clamp_min(0), len(clusters))
     log_w[:, which < 0] = -math.log(len(clusters))
@@ -84,6 +93,7 @@ def hard_log_weights(doc_cluster: np.ndarray, clusters: list[int], doc_of_token)
 
 
 # ---------------------------------------------------------------------------- linear subword featurizer
+
 
 class LinearFeaturizer:
     """The clusterer's own linear model (`xlbtm.cluster.featurize.Lsa`: raw-count TF-IDF, then its SVD), read
@@ -124,6 +134,7 @@ class LinearFeaturizer:
 
 # ----------------------------------------------------------------------------------------------- router
 
+
 class Router:
     """Per-position squared distances to the centroids, for one featurization of prefixes.
 
@@ -136,8 +147,12 @@ class Router:
     featurizers that are not linear in the token counts, e.g. word TF-IDF over decoded text).
     """
 
-    def __init__(self, centroids: np.ndarray, featurizer: LinearFeaturizer | None = None,
-                 featurize_many: Callable[[list[Sequence[int]]], np.ndarray] | None = None):
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        featurizer: LinearFeaturizer | None = None,
+        featurize_many: Callable[[list[Sequence[int]]], np.ndarray] | None = None,
+    ):
         if (featurizer is None) == (featurize_many is None):
             raise ValueError("give exactly one of featurizer (incremental) or featurize_many (recompute)")
         self.centroids = np.asarray(centroids, dtype=np.float64)
@@ -170,8 +185,11 @@ class Router:
             return self._sum_distances(P)
         assert self.featurize_many is not None  # (the constructor's invariant: exactly one of the two)
         ids = list(np.asarray(token_ids).tolist())
-        h = np.asarray(self.featurize_many([ids[:j] for j in range(T)]), dtype=np.float64) if T \
+        h = (
+            np.asarray(self.featurize_many([ids[:j] for j in range(T)]), dtype=np.float64)
+            if T
             else np.zeros((0, self.centroids.shape[1]))
+        )
         empty = np.linalg.norm(h, axis=1) <= 1e-6
         return squared_distances(h, self.centroids), empty
 
@@ -243,15 +261,20 @@ def router_from_clusterer(clusterer, tokenizer=None) -> Router:
     """
     centroids = getattr(clusterer, "centroids", None)
     if centroids is None:
-        raise ValueError(f"clusterer of kind {getattr(clusterer, 'kind', '?')!r} has no centroids; "
-                         "use --ensemble-type lang for a typological clusterer")
+        raise ValueError(
+            f"clusterer of kind {getattr(clusterer, 'kind', '?')!r} has no centroids; "
+            "use --ensemble-type lang for a typological clusterer"
+        )
     kind = getattr(clusterer, "featurizer_kind", "subword")
     if kind == "subword":
         want = getattr(clusterer, "tokenizer_fingerprint", None)
         if tokenizer is not None and want and tokenizer.fingerprint != want:
-            raise InputError(f"the clusterer was fit on the ids of another tokenizer (fingerprint {want[:12]}) "
-                             f"than the experts' ({tokenizer.fingerprint[:12]}); its subword features cannot "
-                             "route these experts' tokens", getattr(clusterer, "path", None))
+            raise InputError(
+                f"the clusterer was fit on the ids of another tokenizer (fingerprint {want[:12]}) "
+                f"than the experts' ({tokenizer.fingerprint[:12]}); its subword features cannot "
+                "route these experts' tokens",
+                getattr(clusterer, "path", None),
+            )
         return Router(np.asarray(centroids), featurizer=LinearFeaturizer(clusterer.lsa))
     if tokenizer is None:
         raise ValueError(f"a {kind} clusterer featurizes text: routing needs the experts' tokenizer to decode")

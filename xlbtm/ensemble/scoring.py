@@ -50,29 +50,38 @@ DOCS = "docs.npz"
 
 # ------------------------------------------------------------------------------------------ documents
 
+
 @dataclass
 class EvalDocs:
-    tokens: np.ndarray    # [N] int64, all scored tokens, documents concatenated
-    offsets: np.ndarray   # [D+1] int64
+    tokens: np.ndarray  # [N] int64, all scored tokens, documents concatenated
+    offsets: np.ndarray  # [D+1] int64
     sp_ids: list[str]
-    langs: list[str]      # "null" when a document has none
-    meta: dict            # dataset, tokenizer_fingerprint, max_tokens, fingerprint
+    langs: list[str]  # "null" when a document has none
+    meta: dict  # dataset, tokenizer_fingerprint, max_tokens, fingerprint
 
     @property
     def num_docs(self) -> int:
         return len(self.offsets) - 1
 
     def doc(self, d: int) -> np.ndarray:
-        return self.tokens[self.offsets[d]:self.offsets[d + 1]]
+        return self.tokens[self.offsets[d] : self.offsets[d + 1]]
 
     @property
     def fingerprint(self) -> str:
         return self.meta["fingerprint"]
 
 
-def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, max_tokens: int | None,
-                 max_docs: int | None = None, skip_bad_lines: bool = False, *,
-                 langs: set[str] | None = None) -> EvalDocs:
+def prepare_docs(
+    job_dir: str | os.PathLike,
+    data_dir,
+    subset: str,
+    tokenizer,
+    max_tokens: int | None,
+    max_docs: int | None = None,
+    skip_bad_lines: bool = False,
+    *,
+    langs: set[str] | None = None,
+) -> EvalDocs:
     """Tokenize the eval split once (cached in the job dir); documents truncated to `max_tokens` targets
     (None: whole documents, which CLM scoring reads in windows), the truncation counted in the log.
     `langs`: keep only documents whose `lang` is one of them (`max_docs` then counts those)."""
@@ -87,8 +96,10 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
     kept = [(d, x[:max_tokens]) for d, x in zip(docs, ids) if len(x) > 0]  # empty documents predict nothing
     cut = sum(len(x) for x in ids) - sum(len(x) for _, x in kept)
     if cut:
-        log.warning(f"{cut} tokens of {sum(len(x) > (max_tokens or 0) for x in ids)} documents beyond the "
-                    f"{max_tokens} positions a masked LM reads are not scored")
+        log.warning(
+            f"{cut} tokens of {sum(len(x) > (max_tokens or 0) for x in ids)} documents beyond the "
+            f"{max_tokens} positions a masked LM reads are not scored"
+        )
     if len(kept) < len(docs):
         log.info(f"skipping {len(docs) - len(kept)} documents that tokenize to nothing")
     if not kept:
@@ -100,16 +111,20 @@ def prepare_docs(job_dir: str | os.PathLike, data_dir, subset: str, tokenizer, m
     tokens = np.concatenate([np.asarray(x, dtype=np.int64) for _, x in kept])
     sp_ids = [d.sp_id for d, _ in kept]
     doc_langs = [d.lang or "null" for d, _ in kept]
-    meta = {"dataset": subset, "data_dir": str(Path(data_dir).resolve()), "documents": len(kept),
-            "tokens": int(offsets[-1]), "max_tokens": None if max_tokens is None else int(max_tokens),
-            "tokenizer_fingerprint": tokenizer.fingerprint}
+    meta = {
+        "dataset": subset,
+        "data_dir": str(Path(data_dir).resolve()),
+        "documents": len(kept),
+        "tokens": int(offsets[-1]),
+        "max_tokens": None if max_tokens is None else int(max_tokens),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+    }
     # FIXME: this entry was meant for a `langs` filter only ("only then: the fingerprint of unfiltered
     # documents stays what it was"), but `langs` used to be rebound to the documents' languages just above,
     # so every call writes the sorted per-document list. Kept as is (the fingerprints of cached docs
     # depend on it); the intended code is `if langs is not None: meta["langs"] = sorted(langs)`.
     meta["langs"] = sorted(doc_langs)
-    meta["fingerprint"] = sha256_json({**meta, "sp_ids": sp_ids,
-                                       "tokens_sha": _sha(tokens)})
+    meta["fingerprint"] = sha256_json({**meta, "sp_ids": sp_ids, "tokens_sha": _sha(tokens)})
     out = EvalDocs(tokens, offsets, sp_ids, doc_langs, meta)
     save_docs(job_dir, out)
     return out
@@ -143,6 +158,7 @@ def save_npz(path: Path, **arrays) -> None:
 
 # ------------------------------------------------------------------------------------------- scoring
 
+
 def score_cache_path(job_dir, name: str) -> Path:
     return Path(job_dir) / "scores" / f"{name}.npz"
 
@@ -163,9 +179,19 @@ def read_scores(job_dir, name: str) -> np.ndarray:
         return z["logprobs"]
 
 
-def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, state: dict | None = None,
-                 device: str | None = None, batch_tokens: int = 8192, weights_key: str | None = None,
-                 window: int | None = None, stride: int | None = None) -> Path:
+def score_expert(
+    job_dir,
+    name: str,
+    expert,
+    docs: EvalDocs | None = None,
+    *,
+    state: dict | None = None,
+    device: str | None = None,
+    batch_tokens: int = 8192,
+    weights_key: str | None = None,
+    window: int | None = None,
+    stride: int | None = None,
+) -> Path:
     """Score every eval token with one expert and cache the log-probs; a matching cache is reused.
 
     `state` replaces the expert's weights (the parameter-averaged model); `weights_key` then names them.
@@ -173,8 +199,12 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
     """
     docs = docs or load_docs(job_dir)
     path = score_cache_path(job_dir, name)
-    what = {"docs": docs.fingerprint, "weights": weights_key or expert.fingerprint(), "objective": expert.objective,
-            "mlm_groups": MLM_GROUPS}
+    what = {
+        "docs": docs.fingerprint,
+        "weights": weights_key or expert.fingerprint(),
+        "objective": expert.objective,
+        "mlm_groups": MLM_GROUPS,
+    }
     if expert.objective == "clm":
         what.update(window=window, stride=stride)
     key = sha256_json(what)
@@ -184,13 +214,15 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
     device = resolve_device(device)
     model, args = load_model(expert, state)
     if expert.objective == "mlm" and docs.meta["max_tokens"] > args.max_positions:
-        raise InputError(f"documents were truncated to {docs.meta['max_tokens']} tokens but this model takes "
-                         f"{args.max_positions} positions", expert.run_dir)
+        raise InputError(
+            f"documents were truncated to {docs.meta['max_tokens']} tokens but this model takes "
+            f"{args.max_positions} positions",
+            expert.run_dir,
+        )
     window = window or args.max_positions
     stride = stride or window
     if window > args.max_positions:
-        raise InputError(f"context window {window} exceeds this model's {args.max_positions} positions",
-                         expert.run_dir)
+        raise InputError(f"context window {window} exceeds this model's {args.max_positions} positions", expert.run_dir)
     model.to(device)
     if expert.objective == "mlm":
         mask_id = args.extra.get("mask_id") if isinstance(args.extra, dict) else None
@@ -201,8 +233,16 @@ def score_expert(job_dir, name: str, expert, docs: EvalDocs | None = None, *, st
     else:
         lp = _score_clm(model, args, docs, device, batch_tokens, window, stride)
     save_npz(path, logprobs=lp.astype(np.float32))
-    write_json(path.with_suffix(".json"), {"key": key, "expert": str(expert.run_dir), "name": name,
-                                           "tokens": int(len(lp)), "ppl": float(np.exp(-lp.mean()))})
+    write_json(
+        path.with_suffix(".json"),
+        {
+            "key": key,
+            "expert": str(expert.run_dir),
+            "name": name,
+            "tokens": int(len(lp)),
+            "ppl": float(np.exp(-lp.mean())),
+        },
+    )
     log.info(f"{name}: scored {docs.num_docs} documents, {len(lp)} tokens, ppl {np.exp(-lp.mean()):.3f}")
     return path
 
@@ -253,8 +293,8 @@ def _gather_logprobs(model, inp, pad, targets, need=None):
     tg = targets[need]
     vals = []
     for s in range(0, h.shape[0], LOGIT_ROWS):
-        logits = model.output(h[s:s + LOGIT_ROWS]).float()
-        vals.append(torch.log_softmax(logits, dim=-1).gather(-1, tg[s:s + LOGIT_ROWS, None])[:, 0])
+        logits = model.output(h[s : s + LOGIT_ROWS]).float()
+        vals.append(torch.log_softmax(logits, dim=-1).gather(-1, tg[s : s + LOGIT_ROWS, None])[:, 0])
     out = torch.zeros(need.shape, dtype=torch.float32, device=h.device)
     if vals:
         out[need] = torch.cat(vals)
@@ -280,8 +320,11 @@ def clm_windows(length: int, window: int, stride: int) -> list[tuple[int, int, i
 
 def _score_clm(model, args, docs: EvalDocs, device, batch_tokens, window: int, stride: int) -> np.ndarray:
     out = np.zeros(len(docs.tokens), dtype=np.float64)
-    rows = [(d, a, e, f) for d in range(docs.num_docs)
-            for a, e, f in clm_windows(int(docs.offsets[d + 1] - docs.offsets[d]), window, stride)]
+    rows = [
+        (d, a, e, f)
+        for d in range(docs.num_docs)
+        for a, e, f in clm_windows(int(docs.offsets[d + 1] - docs.offsets[d]), window, stride)
+    ]
     lengths = np.asarray([e - a for _, a, e, _ in rows], dtype=np.int64)
     with torch.inference_mode():
         for batch in length_batches(lengths, batch_tokens):
@@ -293,16 +336,16 @@ def _score_clm(model, args, docs: EvalDocs, device, batch_tokens, window: int, s
                 x = torch.from_numpy(docs.doc(d))
                 if a == 0:
                     inp[i, 0] = args.eos_id
-                    inp[i, 1:e] = x[:e - 1]
+                    inp[i, 1:e] = x[: e - 1]
                 else:
-                    inp[i, :e - a] = x[a - 1:e - 1]
-                tgt[i, :e - a] = x[a:e]
+                    inp[i, : e - a] = x[a - 1 : e - 1]
+                tgt[i, : e - a] = x[a:e]
             pad = torch.arange(T)[None, :] >= torch.from_numpy(lengths[batch])[:, None]
             lp = _gather_logprobs(model, inp.to(device), pad.to(device), tgt.to(device)).cpu().double()
             for i, r in enumerate(batch):
                 d, a, e, f = rows[r]
                 o = int(docs.offsets[d])
-                out[o + f:o + e] = lp[i, f - a:e - a].numpy()
+                out[o + f : o + e] = lp[i, f - a : e - a].numpy()
     return out
 
 
@@ -317,7 +360,7 @@ def _score_mlm(model, args, docs: EvalDocs, device, batch_tokens, mask_id: int) 
                 x = torch.from_numpy(docs.doc(d))
                 base = torch.full((T,), args.pad_id, dtype=torch.long)
                 base[0] = args.bos_id
-                base[1:len(x) + 1] = x
+                base[1 : len(x) + 1] = x
                 for g in range(min(MLM_GROUPS, len(x))):
                     pos = torch.arange(g, len(x), MLM_GROUPS)  # document positions of this group
                     row = base.clone()
@@ -329,14 +372,14 @@ def _score_mlm(model, args, docs: EvalDocs, device, batch_tokens, mask_id: int) 
             tgt = torch.stack(tgts)
             pad = inp == args.pad_id
             need = inp == mask_id
-            lp = _gather_logprobs(model, inp.to(device), pad.to(device), tgt.to(device),
-                                  need.to(device)).cpu().double()
+            lp = _gather_logprobs(model, inp.to(device), pad.to(device), tgt.to(device), need.to(device)).cpu().double()
             for i, (d, pos) in enumerate(where):
                 out[docs.offsets[d] + pos.numpy()] = lp[i, pos + 1].numpy()
     return out
 
 
 # ------------------------------------------------------------------------------------------- routing
+
 
 def compute_routing(job_dir, clusterer, docs: EvalDocs, tokenizer=None) -> dict[str, np.ndarray]:
     """Squared distances per token (prefix [0, j)) and per document, cached in routing.npz."""

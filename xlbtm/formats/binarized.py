@@ -49,8 +49,9 @@ def _what_changed(old: dict, new: dict) -> str:
     return "; ".join(parts) or "input files changed"
 
 
-def split_status(out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clusterer_fp: str | None,
-                 inputs: dict) -> tuple[dict | None, str]:
+def split_status(
+    out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clusterer_fp: str | None, inputs: dict
+) -> tuple[dict | None, str]:
     """`(done.json, "")` when `split` is binarized from exactly these inputs, else `(None, why not)`."""
     done = split_dir(out_dir, split) / DONE
     if not done.is_file():
@@ -65,12 +66,19 @@ def split_status(out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clus
     return d, ""
 
 
-def write_done(out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clusterer_fp: str | None, inputs: dict,
-               stats: dict) -> None:
+def write_done(
+    out_dir: str | os.PathLike, split: str, tokenizer_fp: str, clusterer_fp: str | None, inputs: dict, stats: dict
+) -> None:
     """The split's resume marker (written after its streams are in place)."""
-    write_json(split_dir(out_dir, split) / DONE, {"tokenizer_fingerprint": tokenizer_fp,
-                                                  "clusterer_fingerprint": clusterer_fp, "inputs": inputs,
-                                                  "stats": stats})
+    write_json(
+        split_dir(out_dir, split) / DONE,
+        {
+            "tokenizer_fingerprint": tokenizer_fp,
+            "clusterer_fingerprint": clusterer_fp,
+            "inputs": inputs,
+            "stats": stats,
+        },
+    )
 
 
 def write_manifest(out_dir: str | os.PathLike, manifest: dict) -> None:

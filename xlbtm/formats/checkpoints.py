@@ -39,8 +39,11 @@ def staging_dir(root: Path, step: int) -> Path:
 def step_dirs(run_dir: str | os.PathLike, complete: bool = False) -> list[Path]:
     """The `step_<n>` dirs, oldest first; with `complete`, only those DCP finished (they have `.metadata`)."""
     root = checkpoint_root(run_dir)
-    found = (p for p in root.glob("step_*") if p.is_dir() and p.name[5:].isdigit()
-             and (not complete or (p / ".metadata").is_file()))
+    found = (
+        p
+        for p in root.glob("step_*")
+        if p.is_dir() and p.name[5:].isdigit() and (not complete or (p / ".metadata").is_file())
+    )
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 

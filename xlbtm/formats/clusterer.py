@@ -37,8 +37,14 @@ def _fingerprint(meta: dict) -> str:
     return sha256_json({k: v for k, v in meta.items() if k != "fingerprint"})
 
 
-def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.ndarray], *,
-                   vocab: list[str] | None = None, tokenizer_dir: str | os.PathLike | None = None) -> str:
+def save_clusterer(
+    out_dir: str | os.PathLike,
+    meta: dict,
+    arrays: dict[str, np.ndarray],
+    *,
+    vocab: list[str] | None = None,
+    tokenizer_dir: str | os.PathLike | None = None,
+) -> str:
     """Write an artifact directory atomically (built in a temp dir, then renamed). Returns the fingerprint."""
     from safetensors.numpy import save_file
 
@@ -57,8 +63,7 @@ def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.
                 (tmp / TOKENIZER_DIR).mkdir()
                 shutil.copy2(tokenizer_dir, tmp / TOKENIZER_DIR / Path(tokenizer_dir).name)
             else:
-                shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR,
-                                ignore=shutil.ignore_patterns(".*", "__pycache__"))
+                shutil.copytree(tokenizer_dir, tmp / TOKENIZER_DIR, ignore=shutil.ignore_patterns(".*", "__pycache__"))
         model = (meta.get("encoder") or {}).get("model")
         if model is not None:  # the sentencepiece model assignment encodes with: verified like the arrays
             files[model] = sha256_file(tmp / model)
@@ -71,17 +76,19 @@ def save_clusterer(out_dir: str | os.PathLike, meta: dict, arrays: dict[str, np.
 def read_meta(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not (path / META).is_file():
-        raise InputError(f"not a clusterer directory (no {META}; train one with xlbtm.scripts.train_clusterer)",
-                         path)
+        raise InputError(f"not a clusterer directory (no {META}; train one with xlbtm.scripts.train_clusterer)", path)
     meta = read_json(path / META)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise InputError(f"unknown clusterer format {meta.get('format') if isinstance(meta, dict) else None!r} "
-                         f"(expected {FORMAT})", path / META)
+        raise InputError(
+            f"unknown clusterer format {meta.get('format') if isinstance(meta, dict) else None!r} (expected {FORMAT})",
+            path / META,
+        )
     return meta
 
 
-def read_clusterer(path: str | os.PathLike, *, verify: bool = True) -> tuple[dict, dict[str, np.ndarray],
-                                                                          list[str] | None]:
+def read_clusterer(
+    path: str | os.PathLike, *, verify: bool = True
+) -> tuple[dict, dict[str, np.ndarray], list[str] | None]:
     """(meta, arrays, vocab) of an artifact dir. Never executes code from it (json + safetensors only). With
     `verify`, file hashes and the fingerprint must match clusterer.json."""
     from safetensors.numpy import load_file

@@ -59,6 +59,7 @@ SIDECAR_FORMAT = "xlbtm-cluster-sidecar/1"
 
 # ------------------------------------------------------------------------------------------------ paths
 
+
 def cluster_rel_path(corpus_rel: str) -> str:
     """`train/00000/a.jsonl(.gz)` -> `train/00000/a.jsonl` (relative to the clusters dir)."""
     return corpus_rel[:-3] if corpus_rel.endswith(".jsonl.gz") else corpus_rel
@@ -85,6 +86,7 @@ def cluster_files(clusters_dir: str | os.PathLike, split: str) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------------- writing
+
 
 def format_line(sp_id: str, cluster: int) -> str:
     return json.dumps({"sp_id": sp_id, "cluster": int(cluster)}, ensure_ascii=False) + "\n"
@@ -115,18 +117,23 @@ def write_manifest(clusters_dir: str | os.PathLike, manifest: dict) -> Path:
 
 # ----------------------------------------------------------------------------------------------- reading
 
+
 def read_manifest(clusters_dir: str | os.PathLike) -> dict:
     """The manifest of a clusters dir; a missing or malformed one is an InputError naming the file."""
     path = Path(clusters_dir) / MANIFEST
     if not path.is_file():
-        raise InputError("cluster manifest not found (was xlbtm.scripts.cluster run to completion for this "
-                         "--output-prefix?)", path)
+        raise InputError(
+            "cluster manifest not found (was xlbtm.scripts.cluster run to completion for this --output-prefix?)", path
+        )
     m = read_json(path)
     if not isinstance(m, dict) or "num_clusters" not in m or "fingerprint" not in m:
         raise InputError("not an xlbtm cluster manifest (needs 'num_clusters' and 'fingerprint')", path)
     if m.get("format", FORMAT) != FORMAT:
-        raise InputError(f"cluster manifest format {m['format']!r} is not one this xlbtm reads ({FORMAT}): "
-                         "re-run xlbtm.scripts.cluster, or use the xlbtm that wrote it", path)
+        raise InputError(
+            f"cluster manifest format {m['format']!r} is not one this xlbtm reads ({FORMAT}): "
+            "re-run xlbtm.scripts.cluster, or use the xlbtm that wrote it",
+            path,
+        )
     return m
 
 
@@ -174,8 +181,9 @@ def read_sidecar(cluster_file: str | os.PathLike, strict: bool = False) -> dict 
             raise ValueError(side.get("format") if isinstance(side, dict) else "not an object")
     except (OSError, ValueError):
         if strict:
-            raise InputError("unreadable cluster-file sidecar; re-run xlbtm.scripts.cluster to rewrite it",
-                             path) from None
+            raise InputError(
+                "unreadable cluster-file sidecar; re-run xlbtm.scripts.cluster to rewrite it", path
+            ) from None
         return None
     return side
 
@@ -192,9 +200,12 @@ def iter_assignments(clusters_dir: str | os.PathLike, split: str) -> Iterator[tu
     if isinstance(m.get("splits"), dict) and split not in m["splits"]:
         # xlbtm.scripts.cluster drops a split from the manifest when another clusterer writes the dir: its
         # files on disk are from the old clusterer and must not be read as this one's
-        raise InputError(f"split '{split}' is not in this manifest: its cluster files were made by another "
-                         f"clusterer, or never finished. Re-run xlbtm.scripts.cluster --split {split} with "
-                         f"--path-to-clusterer {m.get('clusterer', '<the clusterer>')}", clusters_dir / MANIFEST)
+        raise InputError(
+            f"split '{split}' is not in this manifest: its cluster files were made by another "
+            f"clusterer, or never finished. Re-run xlbtm.scripts.cluster --split {split} with "
+            f"--path-to-clusterer {m.get('clusterer', '<the clusterer>')}",
+            clusters_dir / MANIFEST,
+        )
     for path in cluster_files(clusters_dir, split):
         check_clusterer(path, m["fingerprint"], split)
         yield from read_cluster_file(path, m["num_clusters"])
@@ -207,5 +218,8 @@ def check_clusterer(path: Path, fingerprint: str, split: str) -> None:
         return
     got = side.get("fingerprint")
     if got != fingerprint:
-        raise InputError(f"cluster file was made by clusterer {str(got)[:12]}, not by this dir's clusterer "
-                         f"{fingerprint[:12]} (manifest.json): re-run xlbtm.scripts.cluster --split {split}", path)
+        raise InputError(
+            f"cluster file was made by clusterer {str(got)[:12]}, not by this dir's clusterer "
+            f"{fingerprint[:12]} (manifest.json): re-run xlbtm.scripts.cluster --split {split}",
+            path,
+        )

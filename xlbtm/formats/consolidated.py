@@ -33,8 +33,13 @@ def _plain(t):
     return t.detach().to("cpu")
 
 
-def save_consolidated(path: str | os.PathLike, xlbtm_state_dict: dict, args: ModelArgs,
-                      extra: dict[str, Any] | None = None, dtype: torch.dtype | None = None) -> Path:
+def save_consolidated(
+    path: str | os.PathLike,
+    xlbtm_state_dict: dict,
+    args: ModelArgs,
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Write an xlbtm state dict (keys as in build_model(args).state_dict()) as a metaseq consolidated.pt.
     `extra` must hold plain Python values (json-like); `dtype` optionally casts floating tensors."""
     sd = {}
@@ -55,7 +60,10 @@ def save_consolidated(path: str | os.PathLike, xlbtm_state_dict: dict, args: Mod
     if tt is not None and torch.count_nonzero(tt):
         # fairseq has no token-type table, so `model` carries it folded into the positions; keep the
         # unfolded pair too so xlbtm/HF round trips stay bit-exact
-        ckpt["xlbtm"]["unfolded"] = {"token_type_embed.weight": tt, "embed_positions.weight": sd["embed_positions.weight"]}
+        ckpt["xlbtm"]["unfolded"] = {
+            "token_type_embed.weight": tt,
+            "embed_positions.weight": sd["embed_positions.weight"],
+        }
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)

@@ -56,16 +56,33 @@ def read_model(kind: str, path: str | os.PathLike, model_size: str | None = None
         return sd, args, {"source": str(path), "source_format": "hf"}
     if kind in ("metaseq", "fairseq"):
         sd, args, info = metaseq_to_xlbtm(path, model_size=model_size)
-        return sd, args, {"source": str(path), "source_format": info["kind"], "model_parts": info["model_parts"],
-                          "shards": info["shards"], "files": len(info["files"])}
+        return (
+            sd,
+            args,
+            {
+                "source": str(path),
+                "source_format": info["kind"],
+                "model_parts": info["model_parts"],
+                "shards": info["shards"],
+                "files": len(info["files"]),
+            },
+        )
     if kind == "xlbtm":
         sd, args, extra = load_consolidated(path)
         return sd, args, extra
     raise UsageError(f"--from must be one of {', '.join(SOURCES)}, got {kind!r}")
 
 
-def write_model(kind: str, sd: dict, args, out: str | os.PathLike, *, extra: dict | None = None,
-                tokenizer: str | os.PathLike | None = None, dtype=None) -> Path:
+def write_model(
+    kind: str,
+    sd: dict,
+    args,
+    out: str | os.PathLike,
+    *,
+    extra: dict | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    dtype=None,
+) -> Path:
     if kind == "hf":
         return Path(save_hf(sd, args, out, tokenizer_dir=tokenizer, dtype=dtype))
     if kind in ("metaseq", "xlbtm"):
@@ -73,9 +90,17 @@ def write_model(kind: str, sd: dict, args, out: str | os.PathLike, *, extra: dic
     raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {kind!r}")
 
 
-def convert(source: str, path: str | os.PathLike, target: str, out: str | os.PathLike, *,
-            model_size: str | None = None, tokenizer: str | os.PathLike | None = None, dtype: str | None = None,
-            arch: str | None = None) -> tuple[ModelArgs, Path, dict]:
+def convert(
+    source: str,
+    path: str | os.PathLike,
+    target: str,
+    out: str | os.PathLike,
+    *,
+    model_size: str | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    dtype: str | None = None,
+    arch: str | None = None,
+) -> tuple[ModelArgs, Path, dict]:
     """Read `path` as `source`, write it to `out` as `target`; `arch` refuses another architecture.
     Returns (ModelArgs, the written path, provenance)."""
     if source not in SOURCES:

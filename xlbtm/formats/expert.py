@@ -24,9 +24,9 @@ class ExpertInfo:
     cluster: int
     num_clusters: int
     clusterer_fingerprint: str | None  # None for the dense baseline (K=1)
-    objective: str                     # "clm" | "mlm": how it is scored (TLM-trained: "mlm"; see data.config)
-    model_args: dict                   # ModelArgs.to_dict()
-    tokenizer: str                     # absolute path of the HF tokenizer dir
+    objective: str  # "clm" | "mlm": how it is scored (TLM-trained: "mlm"; see data.config)
+    model_args: dict  # ModelArgs.to_dict()
+    tokenizer: str  # absolute path of the HF tokenizer dir
     tokenizer_fingerprint: str
     seed_model: str
     run_name: str

@@ -22,8 +22,13 @@ from xlbtm.models.safe_load import safe_torch_load
 from xlbtm.tokenizer import load_tokenizer
 
 
-def save_hf(model_or_state, args: ModelArgs, out_dir: str | os.PathLike, tokenizer_dir: str | os.PathLike | None = None,
-            dtype: torch.dtype | None = None) -> Path:
+def save_hf(
+    model_or_state,
+    args: ModelArgs,
+    out_dir: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike | None = None,
+    dtype: torch.dtype | None = None,
+) -> Path:
     """Write a transformers model directory for an xlbtm model (or its state dict).
 
     tokenizer_dir: an HF tokenizer dir or a metaseq/fairseq dir with `sentencepiece.bpe.model`; it is
@@ -39,8 +44,9 @@ def save_hf(model_or_state, args: ModelArgs, out_dir: str | os.PathLike, tokeniz
     if tokenizer_dir is not None:
         tok = load_tokenizer(tokenizer_dir)
         if tok.vocab_size > args.vocab_size:
-            raise InputError(f"tokenizer has {tok.vocab_size} tokens but the model only {args.vocab_size}",
-                             tokenizer_dir)
+            raise InputError(
+                f"tokenizer has {tok.vocab_size} tokens but the model only {args.vocab_size}", tokenizer_dir
+            )
         tok.hf.save_pretrained(str(out))
     cfg = hf_config(args)
     if dtype is not None:
@@ -53,8 +59,12 @@ def save_hf(model_or_state, args: ModelArgs, out_dir: str | os.PathLike, tokeniz
 
 
 # what a Hugging Face dir may hold its weights in, in the order they are looked for
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin.index.json",
-                "pytorch_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "pytorch_model.bin",
+)
 
 
 def _read_weights(path: Path) -> dict:
@@ -62,8 +72,10 @@ def _read_weights(path: Path) -> dict:
 
     if (path / "model.safetensors").is_file():
         return load_file(str(path / "model.safetensors"))
-    for index_name, loader in (("model.safetensors.index.json", lambda p: load_file(str(p))),
-                               ("pytorch_model.bin.index.json", safe_torch_load)):
+    for index_name, loader in (
+        ("model.safetensors.index.json", lambda p: load_file(str(p))),
+        ("pytorch_model.bin.index.json", safe_torch_load),
+    ):
         index = path / index_name
         if index.is_file():
             files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -94,6 +106,7 @@ def load_hf(path: str | os.PathLike) -> tuple[dict, ModelArgs]:
     except KeyError as e:
         raise InputError(f"unexpected weight {e.args[0]}", path) from None
     if args.arch == "xlmr" and "lm_head.dense.weight" not in sd:
-        raise InputError("this XLM-R checkpoint has no masked-LM head (lm_head.*); export it from "
-                         "XLMRobertaForMaskedLM", path)
+        raise InputError(
+            "this XLM-R checkpoint has no masked-LM head (lm_head.*); export it from XLMRobertaForMaskedLM", path
+        )
     return sd, args

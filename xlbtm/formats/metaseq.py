@@ -52,8 +52,9 @@ def _unpad(t: torch.Tensor, pad: int) -> torch.Tensor:
     return t[:-pad] if pad > 0 else t
 
 
-def consolidate_shard_weights(shard_weights: list[dict], shard_metadata: list[dict], strict: bool = True,
-                              with_module_buffers: bool = True) -> dict[str, torch.Tensor]:
+def consolidate_shard_weights(
+    shard_weights: list[dict], shard_metadata: list[dict], strict: bool = True, with_module_buffers: bool = True
+) -> dict[str, torch.Tensor]:
     """Full state dict from the flat shards of one model-parallel part (all data-parallel ranks).
 
     Same result as fairscale's `FullyShardedDataParallel.consolidate_shard_weights` (tested against it),
@@ -61,7 +62,9 @@ def consolidate_shard_weights(shard_weights: list[dict], shard_metadata: list[di
     every FSDP instance (fairscale only handles the last one's).
     """
     if not shard_weights or len(shard_weights) != len(shard_metadata):
-        raise ValueError(f"need one metadata per shard, got {len(shard_weights)} shards / {len(shard_metadata)} metadata")
+        raise ValueError(
+            f"need one metadata per shard, got {len(shard_weights)} shards / {len(shard_metadata)} metadata"
+        )
     out: dict[str, torch.Tensor] = {}
     world = len(shard_weights)
     shared: list[tuple[str, str]] = []
@@ -84,8 +87,10 @@ def consolidate_shard_weights(shard_weights: list[dict], shard_metadata: list[di
             flat = torch.cat(pieces, dim=0)
             numels = list(info["numels"])
             if sum(numels) != flat.numel():
-                raise ValueError(f"{key}: shards hold {flat.numel()} values but metadata expects {sum(numels)} "
-                                 f"(are all {world} shards from the same checkpoint?)")
+                raise ValueError(
+                    f"{key}: shards hold {flat.numel()} values but metadata expects {sum(numels)} "
+                    f"(are all {world} shards from the same checkpoint?)"
+                )
             for name, t, shape in zip(info["names"], flat.split(numels), info["shapes"]):
                 out[f"{fsdp_path}.{name}" if fsdp_path else name] = t.view(tuple(shape))
         shared += [tuple(x) for x in meta.get("shared_param_info", [])]
@@ -115,7 +120,9 @@ def glue_model_parallel(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch
         module = leaf[-2] if len(leaf) >= 2 else ""
         if key.endswith("_float_tensor"):
             out[key] = ts[0]
-        elif module in ("q_proj", "k_proj", "v_proj", "fc1") or key.endswith(("embed_tokens.weight", "output_projection.weight")):
+        elif module in ("q_proj", "k_proj", "v_proj", "fc1") or key.endswith(
+            ("embed_tokens.weight", "output_projection.weight")
+        ):
             out[key] = torch.cat(ts, dim=0)  # column parallel: output rows (and biases) are split
         elif module in ("out_proj", "fc2") and key.endswith(".weight"):
             out[key] = torch.cat(ts, dim=1)  # row parallel: input columns are split
@@ -158,8 +165,11 @@ def find_checkpoint_files(path: str | os.PathLike) -> dict[int, dict[int, Path]]
             continue
         found.setdefault(int(m.group("mp") or 0), {})[int(m.group("dp") or 0)] = f
     if not found:
-        raise InputError("no metaseq checkpoint files match this path or prefix "
-                         "(expected <prefix>-model_part-<m>-shard<n>.pt, <prefix>-shard<n>.pt or a .pt file)", path)
+        raise InputError(
+            "no metaseq checkpoint files match this path or prefix "
+            "(expected <prefix>-model_part-<m>-shard<n>.pt, <prefix>-shard<n>.pt or a .pt file)",
+            path,
+        )
     n_mp = max(found) + 1
     n_dp = max(max(s) for s in found.values()) + 1
     uses_mp = any("-model_part-" in f.name for s in found.values() for f in s.values())
@@ -167,10 +177,14 @@ def find_checkpoint_files(path: str | os.PathLike) -> dict[int, dict[int, Path]]
     for mp in range(n_mp):
         for dp in range(n_dp):
             if dp not in found.get(mp, {}):
-                name = (prefix.name + (f"-model_part-{mp}" if uses_mp else "")
-                        + (f"-shard{dp}" if uses_dp else "") + ".pt")
-                raise InputError(f"incomplete sharded checkpoint: {name} is missing "
-                                 f"(expected {n_mp} model part(s) x {n_dp} shard(s))", prefix.parent)
+                name = (
+                    prefix.name + (f"-model_part-{mp}" if uses_mp else "") + (f"-shard{dp}" if uses_dp else "") + ".pt"
+                )
+                raise InputError(
+                    f"incomplete sharded checkpoint: {name} is missing "
+                    f"(expected {n_mp} model part(s) x {n_dp} shard(s))",
+                    prefix.parent,
+                )
     return found
 
 
@@ -220,13 +234,15 @@ def load_metaseq_checkpoint(path: str | os.PathLike) -> MetaseqCheckpoint:
         raise InputError(f"cannot join model-parallel parts: {e}", all_files[0]) from None
     assert first is not None  # find_checkpoint_files names at least one file (or raises)
     raw = {k: v for k, v in first.items() if k not in ("model", "shard_metadata", "last_optimizer_state")}
-    return MetaseqCheckpoint(model=model, cfg=_cfg_model(first), files=all_files, num_model_parts=len(parts),
-                             num_shards=n_dp, raw=raw)
+    return MetaseqCheckpoint(
+        model=model, cfg=_cfg_model(first), files=all_files, num_model_parts=len(parts), num_shards=n_dp, raw=raw
+    )
 
 
 # ------------------------------------------------------------------------------ to xlbtm
-def args_from_metaseq(model_sd: dict, cfg: dict | None, arch: str, model_size: str | None = None,
-                      where: Path | None = None) -> ModelArgs:
+def args_from_metaseq(
+    model_sd: dict, cfg: dict | None, arch: str, model_size: str | None = None, where: Path | None = None
+) -> ModelArgs:
     """ModelArgs from the checkpoint's cfg; `model_size` (a preset) supplies the architecture when the
     cfg is absent, and must agree with the tensor shapes when given."""
     sizes = infer_fairseq_sizes(model_sd, arch)
@@ -236,28 +252,39 @@ def args_from_metaseq(model_sd: dict, cfg: dict | None, arch: str, model_size: s
             args = ModelArgs.from_fairseq(cfg, vocab_size=sizes["vocab_size"], arch=arch)
         except KeyError as e:
             if model_size is None:
-                raise InputError(f"checkpoint cfg lacks {e.args[0]!r}; pass --model-size <preset> to give the "
-                                 "architecture", where) from None
+                raise InputError(
+                    f"checkpoint cfg lacks {e.args[0]!r}; pass --model-size <preset> to give the architecture", where
+                ) from None
         except ValueError as e:
             raise InputError(f"unsupported architecture in checkpoint cfg: {e}", where) from None
     if args is None:
         if model_size is None:
-            raise InputError("checkpoint has no model cfg (number of heads unknown); pass --model-size "
-                             "<preset> (e.g. xglm-564M)", where)
+            raise InputError(
+                "checkpoint has no model cfg (number of heads unknown); pass --model-size <preset> (e.g. xglm-564M)",
+                where,
+            )
         args = get_preset(model_size, vocab_size=sizes["vocab_size"])
     elif model_size is not None:
         ref = get_preset(model_size, vocab_size=sizes["vocab_size"])
-        diff = {k: (getattr(args, k), getattr(ref, k)) for k in ("arch", "d_model", "n_layers", "n_heads", "ffn_dim")
-                if getattr(args, k) != getattr(ref, k)}
+        diff = {
+            k: (getattr(args, k), getattr(ref, k))
+            for k in ("arch", "d_model", "n_layers", "n_heads", "ffn_dim")
+            if getattr(args, k) != getattr(ref, k)
+        }
         if diff:
-            raise UsageError(f"--model-size {model_size} disagrees with the checkpoint cfg: "
-                             + ", ".join(f"{k}: checkpoint {a} vs preset {b}" for k, (a, b) in diff.items()))
+            raise UsageError(
+                f"--model-size {model_size} disagrees with the checkpoint cfg: "
+                + ", ".join(f"{k}: checkpoint {a} vs preset {b}" for k, (a, b) in diff.items())
+            )
     if args.arch != arch:
         raise InputError(f"checkpoint tensors are {arch} but the preset/cfg says {args.arch}", where)
     bad = {k: (v, getattr(args, k)) for k, v in sizes.items() if getattr(args, k) != v}
     if bad:
-        raise InputError("checkpoint tensors disagree with its architecture: "
-                         + ", ".join(f"{k}: tensors {a} vs cfg {b}" for k, (a, b) in bad.items()), where)
+        raise InputError(
+            "checkpoint tensors disagree with its architecture: "
+            + ", ".join(f"{k}: tensors {a} vs cfg {b}" for k, (a, b) in bad.items()),
+            where,
+        )
     return args
 
 
@@ -267,13 +294,19 @@ def metaseq_to_xlbtm(path: str | os.PathLike, model_size: str | None = None) -> 
     arch = detect_fairseq_arch(ck.model)
     if arch is None:
         sample = ", ".join(list(ck.model)[:3])
-        raise InputError(f"no decoder.* (XGLM) or encoder.sentence_encoder.* (XLM-R) keys; found {sample}, ...",
-                         ck.files[0])
+        raise InputError(
+            f"no decoder.* (XGLM) or encoder.sentence_encoder.* (XLM-R) keys; found {sample}, ...", ck.files[0]
+        )
     try:
         sd = fairseq_to_xlbtm(ck.model, arch)
     except (KeyError, ValueError) as e:
         raise InputError(str(e).strip("'\""), ck.files[0]) from None
     args = args_from_metaseq(ck.model, ck.cfg, arch, model_size, where=ck.files[0])
-    info = {"kind": "metaseq" if arch == "xglm" else "fairseq", "path": str(path),
-            "files": [str(f) for f in ck.files], "model_parts": ck.num_model_parts, "shards": ck.num_shards}
+    info = {
+        "kind": "metaseq" if arch == "xglm" else "fairseq",
+        "path": str(path),
+        "files": [str(f) for f in ck.files],
+        "model_parts": ck.num_model_parts,
+        "shards": ck.num_shards,
+    }
     return sd, args, info

@@ -38,8 +38,7 @@ def pairs_dir_for(binarized_dir: str | os.PathLike) -> Path:
     return Path(binarized_dir) / "parallel"
 
 
-def side_paths(pairs_dir: str | os.PathLike, split: str, side: str, cluster: int | None = None
-               ) -> tuple[Path, Path]:
+def side_paths(pairs_dir: str | os.PathLike, split: str, side: str, cluster: int | None = None) -> tuple[Path, Path]:
     """(`.bin`, `.idx`) of one side of a split: of the pairs of `cluster`, or of all pairs (None) when the pairs
     are not clustered."""
     if side not in SIDES:
@@ -50,8 +49,9 @@ def side_paths(pairs_dir: str | os.PathLike, split: str, side: str, cluster: int
 
 
 def write_pairs_manifest(pairs_dir: str | os.PathLike, manifest: dict) -> None:
-    write_json(Path(pairs_dir) / MANIFEST, {"num_clusters": None, "clusterer_fingerprint": None, **manifest,
-                                            "format": FORMAT})
+    write_json(
+        Path(pairs_dir) / MANIFEST, {"num_clusters": None, "clusterer_fingerprint": None, **manifest, "format": FORMAT}
+    )
 
 
 def read_pairs_manifest(pairs_dir: str | os.PathLike) -> dict:
@@ -60,6 +60,9 @@ def read_pairs_manifest(pairs_dir: str | os.PathLike) -> dict:
         raise InputError("binarized parallel data not found (train_experts --parallel-data binarizes it)", p)
     m = read_json(p)
     if m.get("format") not in READABLE:
-        raise InputError(f"not xlbtm binarized parallel data this version reads (format {m.get('format')!r}; "
-                         f"expected one of {', '.join(READABLE)})", p)
+        raise InputError(
+            f"not xlbtm binarized parallel data this version reads (format {m.get('format')!r}; "
+            f"expected one of {', '.join(READABLE)})",
+            p,
+        )
     return {"num_clusters": None, "clusterer_fingerprint": None, **m}

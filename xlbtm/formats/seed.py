@@ -21,14 +21,24 @@ log = logging.getLogger("xlbtm.models")
 
 
 def _describe(kind: str, path, args: ModelArgs, model, extra: dict | None = None) -> dict[str, Any]:
-    info = {"kind": kind, "path": None if path is None else str(path), "arch": args.arch,
-            "num_params": num_params(model), "vocab_size": args.vocab_size, "model_args": args.to_dict()}
+    info = {
+        "kind": kind,
+        "path": None if path is None else str(path),
+        "arch": args.arch,
+        "num_params": num_params(model),
+        "vocab_size": args.vocab_size,
+        "model_args": args.to_dict(),
+    }
     info.update(extra or {})
     return info
 
 
-def load_seed(spec: str | os.PathLike, model_size: str | None = None, vocab_size: int | None = None,
-              dtype: torch.dtype | None = torch.float32):
+def load_seed(
+    spec: str | os.PathLike,
+    model_size: str | None = None,
+    vocab_size: int | None = None,
+    dtype: torch.dtype | None = torch.float32,
+):
     """(model, args, info).
 
     spec: a preset name (random init; `vocab_size` sets its vocabulary), a Hugging Face directory, a
@@ -49,8 +59,10 @@ def load_seed(spec: str | os.PathLike, model_size: str | None = None, vocab_size
 
     path = Path(spec)
     if not path.exists() and not (path.parent.is_dir() and any(path.parent.glob(path.name + "*.pt"))):
-        raise UsageError(f"--seed-model {spec_s!r} is not a preset ({', '.join(PRESETS)}), a Hugging Face "
-                         "directory or a checkpoint file")
+        raise UsageError(
+            f"--seed-model {spec_s!r} is not a preset ({', '.join(PRESETS)}), a Hugging Face "
+            "directory or a checkpoint file"
+        )
     kind, path = detect_format(path)
     sd, args, prov = read_model(kind, path, model_size)
     if kind == "metaseq":
@@ -65,8 +77,15 @@ def load_seed(spec: str | os.PathLike, model_size: str | None = None, vocab_size
             raise UsageError(f"--model-size {model_size} disagrees with {spec_s} on {', '.join(diff)}")
     model = model_from_state_dict(sd, args, dtype=dtype, where=str(path))
     info = _describe(kind, path, args, model, extra)
-    log.info("seed model: %s checkpoint %s (%s, d=%d, %d layers), %s params", kind, path, args.arch,
-             args.d_model, args.n_layers, f"{info['num_params']:,}")
+    log.info(
+        "seed model: %s checkpoint %s (%s, d=%d, %d layers), %s params",
+        kind,
+        path,
+        args.arch,
+        args.d_model,
+        args.n_layers,
+        f"{info['num_params']:,}",
+    )
     return model, args, info
 
 
@@ -100,5 +119,7 @@ def seed_args(spec: str | os.PathLike, model_size: str | None = None, vocab_size
 def _check_vocab(spec: str, args: ModelArgs, vocab_size: int | None) -> None:
     """A checkpoint must cover the tokenizer's vocabulary (presets take the tokenizer's instead)."""
     if vocab_size is not None and vocab_size > args.vocab_size:
-        raise UsageError(f"the tokenizer has {vocab_size} tokens but the seed model {spec} only "
-                         f"{args.vocab_size}: use the seed's own tokenizer")
+        raise UsageError(
+            f"the tokenizer has {vocab_size} tokens but the seed model {spec} only "
+            f"{args.vocab_size}: use the seed's own tokenizer"
+        )

@@ -7,8 +7,20 @@ from xlbtm.launch.site import SiteConfig, add_slurm_args, resolve_site, site_fro
 from xlbtm.launch.wait import JobFailedError, JobFailure, wait_for
 
 __all__ = [
-    "DistInfo", "init_distributed", "destroy_distributed",
-    "RUN_MODES", "JobRunMode", "RunMode", "make_executor", "requeue_and_exit", "slurm_available",
-    "SiteConfig", "add_slurm_args", "resolve_site", "site_from_args",
-    "JobFailedError", "JobFailure", "wait_for",
+    "DistInfo",
+    "init_distributed",
+    "destroy_distributed",
+    "RUN_MODES",
+    "JobRunMode",
+    "RunMode",
+    "make_executor",
+    "requeue_and_exit",
+    "slurm_available",
+    "SiteConfig",
+    "add_slurm_args",
+    "resolve_site",
+    "site_from_args",
+    "JobFailedError",
+    "JobFailure",
+    "wait_for",
 ]

@@ -94,13 +94,14 @@ def _scontrol_node_addr(name: str) -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["scontrol", "show", "node", name, "-o"], capture_output=True, text=True,
-                             timeout=30).stdout
+        out = subprocess.run(
+            ["scontrol", "show", "node", name, "-o"], capture_output=True, text=True, timeout=30
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     for field in out.split():
         if field.startswith("NodeAddr="):
-            return field[len("NodeAddr="):] or None
+            return field[len("NodeAddr=") :] or None
     return None
 
 
@@ -119,8 +120,11 @@ def resolve_node_addr(name: str) -> str:
     if node_addr and node_addr != name:
         log.debug("node %s: NodeAddr %s (from scontrol)", name, node_addr)
         return node_addr
-    log.warning("node %s resolves to %s and slurmctld gives no other NodeAddr: using the name as MASTER_ADDR",
-                name, addr or "nothing")
+    log.warning(
+        "node %s resolves to %s and slurmctld gives no other NodeAddr: using the name as MASTER_ADDR",
+        name,
+        addr or "nothing",
+    )
     return name
 
 
@@ -182,7 +186,9 @@ def _env_from_submitit() -> dict[str, str] | None:
     job_id = tde._job_env.job_id
     nodes = list(tde._job_env.hostnames)
     return {
-        "RANK": str(tde.rank), "WORLD_SIZE": str(tde.world_size), "LOCAL_RANK": str(tde.local_rank),
+        "RANK": str(tde.rank),
+        "WORLD_SIZE": str(tde.world_size),
+        "LOCAL_RANK": str(tde.local_rank),
         "LOCAL_WORLD_SIZE": str(tde.local_world_size),
         # submitit's master_addr is the first node's *name*, which may resolve nowhere (or to loopback)
         "MASTER_ADDR": _single_node_addr(nodes) if tde._job_env.num_nodes == 1 else resolve_node_addr(nodes[0]),
@@ -202,7 +208,8 @@ def _env_from_srun() -> dict[str, str] | None:
         hosts = [socket.gethostname()]
     job_id = os.environ.get("SLURM_JOB_ID", "0") + "." + os.environ.get("SLURM_STEP_ID", "0")
     return {
-        "RANK": os.environ["SLURM_PROCID"], "WORLD_SIZE": str(ntasks),
+        "RANK": os.environ["SLURM_PROCID"],
+        "WORLD_SIZE": str(ntasks),
         "LOCAL_RANK": os.environ.get("SLURM_LOCALID", "0"),
         "LOCAL_WORLD_SIZE": str(_local_world_size(ntasks, nnodes)),
         "MASTER_ADDR": _single_node_addr(hosts) if nnodes == 1 else resolve_node_addr(hosts[0]),
@@ -235,8 +242,9 @@ def _pick_device(local_rank: int, device: str | None):
     return torch.device(kind)
 
 
-def init_distributed(backend: str | None = None, *, device: str | None = None, timeout_s: float | None = None,
-                     init_single: bool = False) -> DistInfo:
+def init_distributed(
+    backend: str | None = None, *, device: str | None = None, timeout_s: float | None = None, init_single: bool = False
+) -> DistInfo:
     """Find this process's rank, pick its device, and join the process group. Idempotent.
 
     `device`: "cuda" | "cpu" (default: $XLBTM_DEVICE, else cuda when a GPU is visible). `init_single=True`
@@ -248,8 +256,15 @@ def init_distributed(backend: str | None = None, *, device: str | None = None, t
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
         local = int(os.environ.get("LOCAL_RANK", "0"))
-        return DistInfo(rank, world, local, _pick_device(local, device), dist.get_backend(),
-                        int(os.environ.get("LOCAL_WORLD_SIZE", "1")), "existing")
+        return DistInfo(
+            rank,
+            world,
+            local,
+            _pick_device(local, device),
+            dist.get_backend(),
+            int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+            "existing",
+        )
 
     source, env = "single", None
     if all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")):
@@ -283,8 +298,15 @@ def init_distributed(backend: str | None = None, *, device: str | None = None, t
         store = dist.HashStore()
         dist.init_process_group(be, store=store, rank=0, world_size=1, timeout=timeout)
     else:
-        log.debug("init_process_group(%s) rank %d/%d via %s:%s (%s)", be, rank, world,
-                  env.get("MASTER_ADDR"), env.get("MASTER_PORT"), source)
+        log.debug(
+            "init_process_group(%s) rank %d/%d via %s:%s (%s)",
+            be,
+            rank,
+            world,
+            env.get("MASTER_ADDR"),
+            env.get("MASTER_PORT"),
+            source,
+        )
         kwargs: dict[str, Any] = {}
         if be == "gloo" and "GLOO_SOCKET_IFNAME" not in os.environ:
             ifname = _gloo_interface(env.get("MASTER_ADDR", "127.0.0.1"))
@@ -293,8 +315,7 @@ def init_distributed(backend: str | None = None, *, device: str | None = None, t
                 log.debug("gloo over %s (the interface towards MASTER_ADDR)", ifname)
         if be == "nccl":
             kwargs["device_id"] = dev
-        dist.init_process_group(be, init_method="env://", rank=rank, world_size=world, timeout=timeout,
-                                **kwargs)
+        dist.init_process_group(be, init_method="env://", rank=rank, world_size=world, timeout=timeout, **kwargs)
     return DistInfo(rank, world, local, dev, be, local_world, source)
 
 

@@ -28,7 +28,7 @@ from xlbtm.launch.site import SiteConfig, resolve_site
 log = get_logger("launch")
 
 RunMode = Literal["slurm", "local", "debug"]  # --run: a SLURM job array, local processes, in this process
-JobRunMode = Literal["local", "slurm"]          # commands whose jobs are always separate processes
+JobRunMode = Literal["local", "slurm"]  # commands whose jobs are always separate processes
 RUN_MODES: tuple[str, ...] = typing.get_args(RunMode)
 
 
@@ -52,10 +52,21 @@ def _visible_gpus() -> tuple[int, ...]:
         return ()
 
 
-def make_executor(run: str, job_dir: str | os.PathLike, *, name: str, nodes: int = 1, tasks_per_node: int = 1,
-                  gpus_per_node: int = 0, cpus_per_task: int = 1, timeout_min: int = 60,
-                  mem_gb: float | None = None, array_parallelism: int | None = None,
-                  site: SiteConfig | None = None, max_num_timeout: int = 3):
+def make_executor(
+    run: str,
+    job_dir: str | os.PathLike,
+    *,
+    name: str,
+    nodes: int = 1,
+    tasks_per_node: int = 1,
+    gpus_per_node: int = 0,
+    cpus_per_task: int = 1,
+    timeout_min: int = 60,
+    mem_gb: float | None = None,
+    array_parallelism: int | None = None,
+    site: SiteConfig | None = None,
+    max_num_timeout: int = 3,
+):
     """A submitit executor for `run` in {"slurm", "local", "debug"} writing its files under `job_dir`.
 
     The caller gives the job's shape (nodes, tasks, GPUs) and defaults for its size; the site config
@@ -86,8 +97,7 @@ def make_executor(run: str, job_dir: str | os.PathLike, *, name: str, nodes: int
         if nodes != 1:
             raise UsageError(f"--run local runs on one machine: got {nodes} nodes (use --run slurm)")
         ex = submitit.LocalExecutor(folder=folder, max_num_timeout=max_num_timeout)
-        ex.update_parameters(timeout_min=timeout_min, tasks_per_node=tasks_per_node,
-                             gpus_per_node=gpus_per_node)
+        ex.update_parameters(timeout_min=timeout_min, tasks_per_node=tasks_per_node, gpus_per_node=gpus_per_node)
         visible = _visible_gpus()
         if gpus_per_node and visible:
             # submitit would hand out GPUs 0..n-1; keep the ones this process was given instead
@@ -99,12 +109,17 @@ def make_executor(run: str, job_dir: str | os.PathLike, *, name: str, nodes: int
         return ex
 
     if not slurm_available():
-        raise UsageError("--run slurm: no SLURM controller answers (`sinfo` failed). Check that SLURM "
-                         "commands are on PATH, or start a local test cluster: sudo bash slurm/local/start.sh")
+        raise UsageError(
+            "--run slurm: no SLURM controller answers (`sinfo` failed). Check that SLURM "
+            "commands are on PATH, or start a local test cluster: sudo bash slurm/local/start.sh"
+        )
     python = site.python or shlex.quote(sys.executable)
     ex = submitit.SlurmExecutor(folder=folder, max_num_timeout=max_num_timeout, python=python)
     params: dict[str, Any] = dict(
-        job_name=name, nodes=nodes, ntasks_per_node=tasks_per_node, cpus_per_task=cpus_per_task,
+        job_name=name,
+        nodes=nodes,
+        ntasks_per_node=tasks_per_node,
+        cpus_per_task=cpus_per_task,
         time=int(timeout_min),
     )
     if gpus_per_node:
@@ -144,13 +159,17 @@ def requeue_and_exit(exit_code: int = 0) -> None:
             # `--run local` inside an sbatch job (slurm/sbatch/*.sbatch opt in): requeue the SLURM job
             # itself, which stops everything in it; restarting the local tasks would be pointless.
             if rank == 0:
-                r = subprocess.run(["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True,
-                                   text=True, timeout=60)
+                r = subprocess.run(
+                    ["scontrol", "requeue", os.environ["SLURM_JOB_ID"]], capture_output=True, text=True, timeout=60
+                )
                 if r.returncode == 0:
                     log.info("requeued the enclosing SLURM job %s", os.environ["SLURM_JOB_ID"])
                     sys.exit(exit_code)
-                log.warning("scontrol requeue %s: %s; restarting the local tasks instead",
-                            os.environ["SLURM_JOB_ID"], (r.stderr or r.stdout).strip())
+                log.warning(
+                    "scontrol requeue %s: %s; restarting the local tasks instead",
+                    os.environ["SLURM_JOB_ID"],
+                    (r.stderr or r.stdout).strip(),
+                )
             else:
                 sys.exit(exit_code)
         sys.exit(LOCAL_REQUEUE_RETURN_CODE)

@@ -76,8 +76,12 @@ def watch_driver(interval_s: float = 1.0) -> threading.Thread | None:
 
         while _alive(identity):
             time.sleep(interval_s)
-        print(f"xlbtm: the driver (pid {identity.split(':')[0]}) that started this job is gone; stopping. "
-              "Run the same command again to resume from the last checkpoint.", file=sys.stderr, flush=True)
+        print(
+            f"xlbtm: the driver (pid {identity.split(':')[0]}) that started this job is gone; stopping. "
+            "Run the same command again to resume from the last checkpoint.",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(1)  # not sys.exit: the main thread may be inside a collective or a C++ kernel
 
     t = threading.Thread(target=watch, name="xlbtm-lifeline", daemon=True)

@@ -40,8 +40,19 @@ _KNOBS: dict[str, tuple[str, str, str]] = {
     "cpus_per_task": ("XLBTM_SLURM_CPUS_PER_TASK", "--cpus-per-task", "cpus_per_task"),
 }
 # keys accepted in the site file (besides the knobs above); "time" is the user-facing name of time_min
-_FILE_KEYS = {"partition", "account", "constraint", "qos", "time", "mem_gb", "gpus_per_node",
-              "cpus_per_task", "sbatch", "setup", "python"}
+_FILE_KEYS = {
+    "partition",
+    "account",
+    "constraint",
+    "qos",
+    "time",
+    "mem_gb",
+    "gpus_per_node",
+    "cpus_per_task",
+    "sbatch",
+    "setup",
+    "python",
+}
 
 
 @dataclass
@@ -176,8 +187,9 @@ def load_site_file(path: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
-def resolve_site(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
-                 path: str | os.PathLike | None = None) -> SiteConfig:
+def resolve_site(
+    flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None, path: str | os.PathLike | None = None
+) -> SiteConfig:
     """THE code path: site file < environment < flags. `flags` maps field names to values (None = unset)."""
     env = os.environ if env is None else env
     flags = dict(flags or {})
@@ -208,20 +220,28 @@ def resolve_site(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] 
 def add_slurm_args(parser: argparse.ArgumentParser, *, gpus_per_node: bool = False) -> argparse.ArgumentParser:
     """Add the shared SLURM flags (all default to None = "not given", so the site file / env can fill them)."""
     g = parser.add_argument_group("SLURM (used with --run slurm; flags override $XLBTM_SLURM_* and the site file)")
-    g.add_argument("--site-config", default=None, metavar="PATH",
-                   help=f"site file (TOML/JSON, see slurm/site.example.toml); default ${SITE_ENV}")
+    g.add_argument(
+        "--site-config",
+        default=None,
+        metavar="PATH",
+        help=f"site file (TOML/JSON, see slurm/site.example.toml); default ${SITE_ENV}",
+    )
     g.add_argument("--slurm-partition", default=None, help="partition to submit to")
     g.add_argument("--slurm-account", default=None, help="account to charge")
     g.add_argument("--slurm-constraint", default=None, help="node feature constraint, e.g. volta32gb")
     g.add_argument("--slurm-qos", default=None, help="quality of service")
-    g.add_argument("--time", default=None, metavar="TIME",
-                   help="wall-clock limit per job: minutes or [D-]HH:MM:SS")
+    g.add_argument("--time", default=None, metavar="TIME", help="wall-clock limit per job: minutes or [D-]HH:MM:SS")
     g.add_argument("--mem-gb", default=None, type=float, help="memory per node in GB")
     g.add_argument("--cpus-per-task", default=None, type=int, help="CPUs per task")
     if gpus_per_node:
         g.add_argument("--gpus-per-node", default=None, type=int, help="GPUs per node")
-    g.add_argument("--slurm-extra", action="append", default=None, metavar="KEY=VALUE",
-                   help="extra sbatch option (repeatable), e.g. --slurm-extra mail-type=END")
+    g.add_argument(
+        "--slurm-extra",
+        action="append",
+        default=None,
+        metavar="KEY=VALUE",
+        help="extra sbatch option (repeatable), e.g. --slurm-extra mail-type=END",
+    )
     return parser
 
 

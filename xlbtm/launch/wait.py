@@ -26,8 +26,23 @@ from xlbtm.errors import XlbtmError
 
 log = get_logger("launch")
 
-_ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-           "SUSPENDED", "RESIZING", "PREEMPTED", "STAGE_OUT", "SIGNALING", "RESV_DEL_HOLD", "READY", "QUEUED"}
+_ACTIVE = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "PREEMPTED",
+    "STAGE_OUT",
+    "SIGNALING",
+    "RESV_DEL_HOLD",
+    "READY",
+    "QUEUED",
+}
 
 
 # sacct states that may never change on their own: verified with scontrol after a grace period
@@ -62,7 +77,8 @@ class JobFailedError(XlbtmError):
         msg = f"{what}: {len(failures)} of {total} job(s) failed. First: {first.render()}"
         if len(failures) > 1:
             msg += "\nOther failed jobs: " + ", ".join(
-                f"{f.job_id} ({f.state}, log {f.stderr or f.stdout})" for f in failures[1:])
+                f"{f.job_id} ({f.state}, log {f.stderr or f.stdout})" for f in failures[1:]
+            )
         super().__init__(msg)
 
 
@@ -116,8 +132,12 @@ def node_failures(job_ids: Sequence[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     try:
-        r = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State,NodeList", "-j", ",".join(job_ids)],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State,NodeList", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return {}
     found: dict[str, str] = {}
@@ -137,11 +157,15 @@ def _node_failed(job, nodes: str) -> JobFailure:
     sub = _sub_jobs(job)[0]
     stderr, stdout = sub.paths.stderr, sub.paths.stdout
     tail = _tail(stderr) or _tail(stdout) or "(no log lines)"
-    return JobFailure(job.job_id, f"NODE_FAIL (nodes {nodes})",
-                      f"a node of the job failed (nodes {nodes}); SLURM requeued the job, xlbtm cancelled the "
-                      "requeued copy: rerun the command to resume from the last checkpoint (with fewer "
-                      f"--num-nodes if the node stays down); last log lines:\n{tail}",
-                      _existing(stderr), _existing(stdout))
+    return JobFailure(
+        job.job_id,
+        f"NODE_FAIL (nodes {nodes})",
+        f"a node of the job failed (nodes {nodes}); SLURM requeued the job, xlbtm cancelled the "
+        "requeued copy: rerun the command to resume from the last checkpoint (with fewer "
+        f"--num-nodes if the node stays down); last log lines:\n{tail}",
+        _existing(stderr),
+        _existing(stdout),
+    )
 
 
 def _sub_jobs(job) -> list:
@@ -159,8 +183,14 @@ def _failure_of(job, state: str) -> JobFailure | None:
             outcome, payload = sub._get_outcome_and_result()
         except (su.UncompletedJobError, FileNotFoundError):  # no result (or the job folder is gone)
             tail = _tail(stderr) or _tail(stdout) or "(the job wrote no log: it may not have started)"
-            return JobFailure(job.job_id, state, "no result was written; last log lines:\n" + tail,
-                              _existing(stderr), _existing(stdout), sub.task_id)
+            return JobFailure(
+                job.job_id,
+                state,
+                "no result was written; last log lines:\n" + tail,
+                _existing(stderr),
+                _existing(stdout),
+                sub.task_id,
+            )
         if outcome == "error":
             if state.upper().split(" ")[0] in _ACTIVE | {"FINISHED", "COMPLETED", "DONE", "UNKNOWN"}:
                 # The function raised; the process exited normally (or the scheduler's state is stale:
@@ -179,9 +209,17 @@ def _run_debug_job(job) -> Any:
     return job._submission.result()
 
 
-def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, status_every_s: float = 60.0,
-             unknown_grace_s: float = 90.0, fail_fast: bool = False, all_tasks: bool = False,
-             on_result: Callable[[int, Any], None] | None = None) -> list:
+def wait_for(
+    jobs: Sequence[Any],
+    what: str = "jobs",
+    *,
+    poll_s: float = 5.0,
+    status_every_s: float = 60.0,
+    unknown_grace_s: float = 90.0,
+    fail_fast: bool = False,
+    all_tasks: bool = False,
+    on_result: Callable[[int, Any], None] | None = None,
+) -> list:
     """Wait until every job ended; return their results in order, or raise `JobFailedError`.
 
     A multi-task job's result is its task 0 result (`all_tasks=True`: the list over tasks).
@@ -205,8 +243,18 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
             except Exception as e:  # noqa: BLE001 - any job error becomes a JobFailure
                 import traceback
 
-                failures.append((i, JobFailure(job.job_id, "FAILED", "".join(
-                    traceback.format_exception(type(e), e, e.__traceback__)), None, None)))
+                failures.append(
+                    (
+                        i,
+                        JobFailure(
+                            job.job_id,
+                            "FAILED",
+                            "".join(traceback.format_exception(type(e), e, e.__traceback__)),
+                            None,
+                            None,
+                        ),
+                    )
+                )
                 if fail_fast:
                     break
         if failures:
@@ -214,17 +262,37 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
         return results
 
     folder = jobs[0].paths.folder
-    log.info("%s: waiting for %d job(s) (%s); logs: %s", what, len(jobs), _id_summary(jobs),
-             str(folder).replace(jobs[0].job_id, "<job id>"))
+    log.info(
+        "%s: waiting for %d job(s) (%s); logs: %s",
+        what,
+        len(jobs),
+        _id_summary(jobs),
+        str(folder).replace(jobs[0].job_id, "<job id>"),
+    )
     pending = set(range(len(jobs)))
     try:
-        _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknown_grace_s, fail_fast,
-              all_tasks, on_result)
+        _poll(
+            jobs,
+            what,
+            pending,
+            results,
+            failures,
+            poll_s,
+            status_every_s,
+            unknown_grace_s,
+            fail_fast,
+            all_tasks,
+            on_result,
+        )
     except KeyboardInterrupt:
         if any(_is_slurm(jobs[i]) for i in pending):
-            log.warning("%s: stopped waiting; %d SLURM job(s) keep running (%s); cancel them with: scancel %s",
-                        what, len(pending), _id_summary([jobs[i] for i in sorted(pending)]),
-                        " ".join(sorted({jobs[i].job_id.split("_")[0] for i in pending})))
+            log.warning(
+                "%s: stopped waiting; %d SLURM job(s) keep running (%s); cancel them with: scancel %s",
+                what,
+                len(pending),
+                _id_summary([jobs[i] for i in sorted(pending)]),
+                " ".join(sorted({jobs[i].job_id.split("_")[0] for i in pending})),
+            )
         raise
     if failures:
         failures.sort(key=lambda t: t[0])
@@ -233,8 +301,19 @@ def wait_for(jobs: Sequence[Any], what: str = "jobs", *, poll_s: float = 5.0, st
     return results
 
 
-def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknown_grace_s, fail_fast,
-          all_tasks, on_result=None) -> None:
+def _poll(
+    jobs,
+    what,
+    pending,
+    results,
+    failures,
+    poll_s,
+    status_every_s,
+    unknown_grace_s,
+    fail_fast,
+    all_tasks,
+    on_result=None,
+) -> None:
     unknown_since: dict[int, float] = {}
     ran: set[int] = set()  # jobs seen running: back to pending means requeued (preemption or node failure)
     last_status = time.monotonic()
@@ -283,8 +362,14 @@ def _poll(jobs, what, pending, results, failures, poll_s, status_every_s, unknow
         if pending:
             if time.monotonic() - last_status >= status_every_s:
                 last_status = time.monotonic()
-                log.info("%s: %d/%d done, %d failed; still waiting for %s", what, len(jobs) - len(pending),
-                         len(jobs), len(failures), _states_summary([jobs[i] for i in sorted(pending)]))
+                log.info(
+                    "%s: %d/%d done, %d failed; still waiting for %s",
+                    what,
+                    len(jobs) - len(pending),
+                    len(jobs),
+                    len(failures),
+                    _states_summary([jobs[i] for i in sorted(pending)]),
+                )
             time.sleep(poll_s)
 
 

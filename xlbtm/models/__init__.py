@@ -16,8 +16,16 @@ from xlbtm.models.presets import PRESETS, get_preset, preset_names
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-__all__ = ["ModelArgs", "PRESETS", "get_preset", "preset_names", "build_model", "num_params",
-           "flops_per_token", "matmul_params"]
+__all__ = [
+    "ModelArgs",
+    "PRESETS",
+    "get_preset",
+    "preset_names",
+    "build_model",
+    "num_params",
+    "flops_per_token",
+    "matmul_params",
+]
 
 
 def build_model(args: ModelArgs) -> nn.Module:

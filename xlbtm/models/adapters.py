@@ -73,11 +73,15 @@ def hf_to_xlbtm(hf: dict, arch: str) -> dict:
     out = {}
     if arch == "xglm":
         for k, v in hf.items():
-            if k in ("lm_head.weight",) or k.endswith("embed_positions.weights") or k.endswith("embed_positions._float_tensor"):
+            if (
+                k in ("lm_head.weight",)
+                or k.endswith("embed_positions.weights")
+                or k.endswith("embed_positions._float_tensor")
+            ):
                 continue
             if not k.startswith("model."):
                 raise KeyError(f"unexpected XGLM key {k!r}")
-            out[k[len("model."):]] = v
+            out[k[len("model.") :]] = v
         return out
     inv_top = {v: k for k, v in _XLMR_HF_TOP.items()}
     inv_layer = {v: k for k, v in _XLMR_HF_LAYER.items()}
@@ -87,8 +91,11 @@ def hf_to_xlbtm(hf: dict, arch: str) -> dict:
             k = "roberta." + k  # XLMRobertaModel checkpoints carry no prefix
         if k in inv_top:
             out[inv_top[k]] = v
-        elif k in ("lm_head.decoder.weight", "lm_head.decoder.bias") or k.startswith("roberta.pooler.") \
-                or k.endswith(("position_ids", "token_type_ids")):
+        elif (
+            k in ("lm_head.decoder.weight", "lm_head.decoder.bias")
+            or k.startswith("roberta.pooler.")
+            or k.endswith(("position_ids", "token_type_ids"))
+        ):
             continue
         elif (m := layer_re.match(k)) and m.group(2) in inv_layer:
             out[f"layers.{m.group(1)}.{inv_layer[m.group(2)]}.{m.group(3)}"] = v
@@ -105,23 +112,46 @@ def hf_config(args: ModelArgs):
         from transformers import XGLMConfig
 
         return XGLMConfig(
-            vocab_size=args.vocab_size, max_position_embeddings=args.max_positions, d_model=args.d_model,
-            ffn_dim=args.ffn_dim, num_layers=args.n_layers, attention_heads=args.n_heads,
-            activation_function="gelu", dropout=args.dropout, attention_dropout=args.attention_dropout,
-            activation_dropout=args.activation_dropout, layerdrop=0.0, init_std=args.init_std,
-            scale_embedding=args.scale_embedding, use_cache=True, decoder_start_token_id=args.eos_id,
-            pad_token_id=args.pad_id, bos_token_id=args.bos_id, eos_token_id=args.eos_id,
-            tie_word_embeddings=True, architectures=["XGLMForCausalLM"],
+            vocab_size=args.vocab_size,
+            max_position_embeddings=args.max_positions,
+            d_model=args.d_model,
+            ffn_dim=args.ffn_dim,
+            num_layers=args.n_layers,
+            attention_heads=args.n_heads,
+            activation_function="gelu",
+            dropout=args.dropout,
+            attention_dropout=args.attention_dropout,
+            activation_dropout=args.activation_dropout,
+            layerdrop=0.0,
+            init_std=args.init_std,
+            scale_embedding=args.scale_embedding,
+            use_cache=True,
+            decoder_start_token_id=args.eos_id,
+            pad_token_id=args.pad_id,
+            bos_token_id=args.bos_id,
+            eos_token_id=args.eos_id,
+            tie_word_embeddings=True,
+            architectures=["XGLMForCausalLM"],
         )
     from transformers import XLMRobertaConfig
 
     return XLMRobertaConfig(
-        vocab_size=args.vocab_size, hidden_size=args.d_model, num_hidden_layers=args.n_layers,
-        num_attention_heads=args.n_heads, intermediate_size=args.ffn_dim, hidden_act="gelu",
-        hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.attention_dropout,
-        max_position_embeddings=args.max_positions + args.pad_id + 1, type_vocab_size=args.type_vocab_size,
-        initializer_range=args.init_std, layer_norm_eps=args.layer_norm_eps, pad_token_id=args.pad_id,
-        bos_token_id=args.bos_id, eos_token_id=args.eos_id, tie_word_embeddings=True,
+        vocab_size=args.vocab_size,
+        hidden_size=args.d_model,
+        num_hidden_layers=args.n_layers,
+        num_attention_heads=args.n_heads,
+        intermediate_size=args.ffn_dim,
+        hidden_act="gelu",
+        hidden_dropout_prob=args.dropout,
+        attention_probs_dropout_prob=args.attention_dropout,
+        max_position_embeddings=args.max_positions + args.pad_id + 1,
+        type_vocab_size=args.type_vocab_size,
+        initializer_range=args.init_std,
+        layer_norm_eps=args.layer_norm_eps,
+        pad_token_id=args.pad_id,
+        bos_token_id=args.bos_id,
+        eos_token_id=args.eos_id,
+        tie_word_embeddings=True,
         architectures=["XLMRobertaForMaskedLM"],
     )
 
@@ -131,24 +161,42 @@ def args_from_hf_config(cfg: dict) -> ModelArgs:
     mt = cfg.get("model_type")
     if mt == "xglm":
         return ModelArgs(
-            arch="xglm", vocab_size=cfg["vocab_size"], d_model=cfg["d_model"], n_layers=cfg["num_layers"],
-            n_heads=cfg["attention_heads"], ffn_dim=cfg["ffn_dim"], max_positions=cfg["max_position_embeddings"],
-            dropout=cfg.get("dropout", 0.1), attention_dropout=cfg.get("attention_dropout", 0.1),
-            activation_dropout=cfg.get("activation_dropout", 0.0), pad_id=cfg.get("pad_token_id", 1),
-            bos_id=cfg.get("bos_token_id", 0), eos_id=cfg.get("eos_token_id", 2),
-            scale_embedding=cfg.get("scale_embedding", True), init_std=cfg.get("init_std", 0.02),
+            arch="xglm",
+            vocab_size=cfg["vocab_size"],
+            d_model=cfg["d_model"],
+            n_layers=cfg["num_layers"],
+            n_heads=cfg["attention_heads"],
+            ffn_dim=cfg["ffn_dim"],
+            max_positions=cfg["max_position_embeddings"],
+            dropout=cfg.get("dropout", 0.1),
+            attention_dropout=cfg.get("attention_dropout", 0.1),
+            activation_dropout=cfg.get("activation_dropout", 0.0),
+            pad_id=cfg.get("pad_token_id", 1),
+            bos_id=cfg.get("bos_token_id", 0),
+            eos_id=cfg.get("eos_token_id", 2),
+            scale_embedding=cfg.get("scale_embedding", True),
+            init_std=cfg.get("init_std", 0.02),
         )
     if mt in ("xlm-roberta", "roberta"):
         pad = cfg.get("pad_token_id", 1)
         return ModelArgs(
-            arch="xlmr", vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"],
-            n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
-            ffn_dim=cfg["intermediate_size"], max_positions=cfg["max_position_embeddings"] - pad - 1,
+            arch="xlmr",
+            vocab_size=cfg["vocab_size"],
+            d_model=cfg["hidden_size"],
+            n_layers=cfg["num_hidden_layers"],
+            n_heads=cfg["num_attention_heads"],
+            ffn_dim=cfg["intermediate_size"],
+            max_positions=cfg["max_position_embeddings"] - pad - 1,
             dropout=cfg.get("hidden_dropout_prob", 0.1),
-            attention_dropout=cfg.get("attention_probs_dropout_prob", 0.1), activation_dropout=0.0,
-            pad_id=pad, bos_id=cfg.get("bos_token_id", 0), eos_id=cfg.get("eos_token_id", 2),
-            layer_norm_eps=cfg.get("layer_norm_eps", 1e-5), scale_embedding=False,
-            type_vocab_size=cfg.get("type_vocab_size", 1), init_std=cfg.get("initializer_range", 0.02),
+            attention_dropout=cfg.get("attention_probs_dropout_prob", 0.1),
+            activation_dropout=0.0,
+            pad_id=pad,
+            bos_id=cfg.get("bos_token_id", 0),
+            eos_id=cfg.get("eos_token_id", 2),
+            layer_norm_eps=cfg.get("layer_norm_eps", 1e-5),
+            scale_embedding=False,
+            type_vocab_size=cfg.get("type_vocab_size", 1),
+            init_std=cfg.get("initializer_range", 0.02),
         )
     raise ValueError(f"unsupported model_type {mt!r} (xlbtm reads xglm and xlm-roberta)")
 
@@ -174,7 +222,7 @@ def xlbtm_to_fairseq(sd: dict, args: ModelArgs) -> dict:
         if k == "token_type_embed.weight":
             continue
         if k.startswith("lm_head."):
-            out[XLMR_HEAD_PREFIX + k[len("lm_head."):]] = v
+            out[XLMR_HEAD_PREFIX + k[len("lm_head.") :]] = v
         else:
             out[XLMR_PREFIX + k] = v
     tt = sd.get("token_type_embed.weight")
@@ -219,26 +267,30 @@ def fairseq_to_xlbtm(sd: dict, arch: str) -> dict:
     if arch == "xglm":
         emb = sd.get("decoder.embed_tokens.weight")
         for k, v in sd.items():
-            if k in ("decoder.version", "decoder.embed_positions._float_tensor") or k.startswith("decoder.embed_positions."):
+            if k in ("decoder.version", "decoder.embed_positions._float_tensor") or k.startswith(
+                "decoder.embed_positions."
+            ):
                 continue
             if k == "decoder.output_projection.weight":
                 if emb is not None and v is not emb and not torch.equal(v, emb):
-                    raise ValueError("decoder.output_projection.weight differs from decoder.embed_tokens.weight: "
-                                     "untied output projections are not XGLM")
+                    raise ValueError(
+                        "decoder.output_projection.weight differs from decoder.embed_tokens.weight: "
+                        "untied output projections are not XGLM"
+                    )
                 continue
             if not k.startswith(XGLM_PREFIX) or ".ffn_layernorm" in k or "alibi" in k:
                 raise KeyError(f"unsupported metaseq key {k!r}")
-            out[k[len(XGLM_PREFIX):]] = v
+            out[k[len(XGLM_PREFIX) :]] = v
         return out
     for k, v in sd.items():
         if k.startswith(XLMR_PREFIX):
-            name = k[len(XLMR_PREFIX):]
+            name = k[len(XLMR_PREFIX) :]
             if name == "version" or name.startswith("segment_embeddings") and v.numel() == 0:
                 continue
             name = name.replace("layernorm_embedding.", "emb_layer_norm.")
             out[name] = v
         elif k.startswith(XLMR_HEAD_PREFIX):
-            name = k[len(XLMR_HEAD_PREFIX):]
+            name = k[len(XLMR_HEAD_PREFIX) :]
             if name == "weight":
                 continue  # tied to embed_tokens
             out["lm_head." + name] = v
@@ -247,8 +299,9 @@ def fairseq_to_xlbtm(sd: dict, arch: str) -> dict:
         else:
             raise KeyError(f"unsupported fairseq key {k!r}")
     if "embed_positions.weight" in out:
-        out["token_type_embed.weight"] = torch.zeros(1, out["embed_positions.weight"].shape[1],
-                                                     dtype=out["embed_positions.weight"].dtype)
+        out["token_type_embed.weight"] = torch.zeros(
+            1, out["embed_positions.weight"].shape[1], dtype=out["embed_positions.weight"].dtype
+        )
     return out
 
 
@@ -257,8 +310,12 @@ def infer_fairseq_sizes(sd: dict, arch: str) -> dict:
     pre = XGLM_PREFIX if arch == "xglm" else XLMR_PREFIX
     emb = sd[pre + "embed_tokens.weight"]
     n_layers = 1 + max(int(m.group(1)) for k in sd if (m := re.match(re.escape(pre) + r"layers\.(\d+)\.", k)))
-    out = {"vocab_size": emb.shape[0], "d_model": emb.shape[1], "n_layers": n_layers,
-           "ffn_dim": sd[pre + "layers.0.fc1.weight"].shape[0]}
+    out = {
+        "vocab_size": emb.shape[0],
+        "d_model": emb.shape[1],
+        "n_layers": n_layers,
+        "ffn_dim": sd[pre + "layers.0.fc1.weight"].shape[0],
+    }
     if arch == "xlmr":
         out["max_positions"] = sd[pre + "embed_positions.weight"].shape[0] - 2
     return out

@@ -65,8 +65,9 @@ def dropout(x: torch.Tensor, p: float, training: bool, site: int) -> torch.Tenso
     return x * keep / (1.0 - p)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask, dropout_p: float, is_causal: bool,
-              site: int) -> torch.Tensor:
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask, dropout_p: float, is_causal: bool, site: int
+) -> torch.Tensor:
     """`F.scaled_dot_product_attention` ([B, H, T, hd]); under `sample_seeds` with dropout, row by row,
     each with the RNG seeded by (row seed, site) -- the fused kernel draws its mask from the global RNG."""
     seeds = _row_seeds(q.shape[0]) if dropout_p > 0 else None
@@ -75,9 +76,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask, d
     devices = [q.device] if q.device.type == "cuda" else []
     out = []
     for b, s in enumerate(seeds):
-        m = attn_mask[b:b + 1] if attn_mask is not None and attn_mask.shape[0] == q.shape[0] else attn_mask
+        m = attn_mask[b : b + 1] if attn_mask is not None and attn_mask.shape[0] == q.shape[0] else attn_mask
         with torch.random.fork_rng(devices=devices, device_type=q.device.type):
             torch.manual_seed(_mix(s, site))
-            out.append(F.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1], v[b:b + 1], attn_mask=m,
-                                                      dropout_p=dropout_p, is_causal=is_causal))
+            out.append(
+                F.scaled_dot_product_attention(
+                    q[b : b + 1], k[b : b + 1], v[b : b + 1], attn_mask=m, dropout_p=dropout_p, is_causal=is_causal
+                )
+            )
     return torch.cat(out)

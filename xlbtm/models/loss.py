@@ -62,8 +62,9 @@ class LossFn(Protocol):
 
     __name__: str
 
-    def __call__(self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                 bias: torch.Tensor | None = None) -> torch.Tensor: ...
+    def __call__(
+        self, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor: ...
 
 
 class VocabShard:
@@ -89,10 +90,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.zeros_like(h) if want_grad[0] else None
         # dW summed over chunks in fp32: summing ~60 bf16 partial products would lose precision
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_grad[1] else None
-        grad_b = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
-            if bias is not None and want_grad[2] else None
+        grad_b = (
+            torch.zeros(bias.shape, dtype=torch.float32, device=bias.device)
+            if bias is not None and want_grad[2]
+            else None
+        )
         for s in range(0, n, chunk):
-            hc, tc = h[s:s + chunk], targets[s:s + chunk]
+            hc, tc = h[s : s + chunk], targets[s : s + chunk]
             logits = F.linear(hc, weight, bias).float()  # [chunk, rows of this shard]
             valid = tc != ignore_index
             local = tc - shard.offset
@@ -116,7 +120,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_b += g.sum(0)
             g = g.to(h.dtype)
             if grad_h is not None:
-                grad_h[s:s + chunk] = g @ weight
+                grad_h[s : s + chunk] = g @ weight
             if grad_w is not None:
                 # the GEMM, then the running sum in fp32 (a fused addmm_ would save a [V, D] temporary but adds
                 # inside the GEMM's blocking, which rounds differently from the loss's established arithmetic)
@@ -143,10 +147,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (*out, None, None, None, None, None)
 
 
-def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                         bias: torch.Tensor | None = None, *, ignore_index: int = -100,
-                         chunk: int | None = None, chunk_mib: float | None = None,
-                         shard: VocabShard | None = None) -> torch.Tensor:
+def linear_cross_entropy(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    ignore_index: int = -100,
+    chunk: int | None = None,
+    chunk_mib: float | None = None,
+    shard: VocabShard | None = None,
+) -> torch.Tensor:
     """sum over tokens of cross_entropy(h @ weight.T + bias, targets), fp32, ignoring `ignore_index`.
 
     h [..., D], targets [...] (same leading shape), weight [V, D] (or this rank's rows of it, see `shard`);
@@ -155,13 +166,23 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.T
     t2 = targets.reshape(-1)
     chunk = chunk or chunk_tokens(weight.shape[0], weight.shape[1], chunk_mib)
     grad_on = torch.is_grad_enabled()
-    want = (grad_on and h.requires_grad, grad_on and weight.requires_grad,
-            grad_on and bias is not None and bias.requires_grad)
+    want = (
+        grad_on and h.requires_grad,
+        grad_on and weight.requires_grad,
+        grad_on and bias is not None and bias.requires_grad,
+    )
     return _LinearCrossEntropy.apply(h2, weight, bias, t2, chunk, ignore_index, want, shard or VocabShard())
 
 
-def model_loss(model, tokens: torch.Tensor, padding_mask: torch.Tensor | None, targets: torch.Tensor, *,
-               loss_fn: LossFn = linear_cross_entropy, positions: torch.Tensor | None = None) -> torch.Tensor:
+def model_loss(
+    model,
+    tokens: torch.Tensor,
+    padding_mask: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    loss_fn: LossFn = linear_cross_entropy,
+    positions: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The summed cross-entropy (fp32) of `model` (XGLM or XLM-R, plain or parallelized) on `tokens` against
     `targets` [B, T] (-100 = ignored): the hidden states its output projection reads, reduced by `loss_fn`
     together with that projection's weight and bias -- the [B, T, V] logits never exist. `positions`: XLM-R's

@@ -4,18 +4,53 @@ from __future__ import annotations
 
 from xlbtm.models.config import ModelArgs
 
-_XGLM = dict(arch="xglm", vocab_size=256008, max_positions=2048, dropout=0.1, attention_dropout=0.1,
-             activation_dropout=0.0, scale_embedding=True)
-_XLMR = dict(arch="xlmr", vocab_size=250002, max_positions=512, dropout=0.1, attention_dropout=0.1,
-             activation_dropout=0.0, scale_embedding=False, type_vocab_size=1)
+_XGLM = dict(
+    arch="xglm",
+    vocab_size=256008,
+    max_positions=2048,
+    dropout=0.1,
+    attention_dropout=0.1,
+    activation_dropout=0.0,
+    scale_embedding=True,
+)
+_XLMR = dict(
+    arch="xlmr",
+    vocab_size=250002,
+    max_positions=512,
+    dropout=0.1,
+    attention_dropout=0.1,
+    activation_dropout=0.0,
+    scale_embedding=False,
+    type_vocab_size=1,
+)
 
 PRESETS: dict[str, dict] = {
     # tiny models for tests / demos (vocab is usually overridden by the tokenizer's)
-    "debug": dict(arch="xglm", vocab_size=1024, d_model=64, n_layers=2, n_heads=4, ffn_dim=256,
-                  max_positions=512, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
-    "debug-xlmr": dict(arch="xlmr", vocab_size=1024, d_model=64, n_layers=2, n_heads=4, ffn_dim=256,
-                       max_positions=512, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0,
-                       scale_embedding=False),
+    "debug": dict(
+        arch="xglm",
+        vocab_size=1024,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        ffn_dim=256,
+        max_positions=512,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+    ),
+    "debug-xlmr": dict(
+        arch="xlmr",
+        vocab_size=1024,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        ffn_dim=256,
+        max_positions=512,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        scale_embedding=False,
+    ),
     # facebook/xglm-* (Lin et al. 2021)
     "xglm-564M": dict(_XGLM, d_model=1024, n_layers=24, n_heads=16, ffn_dim=4096),
     "xglm-1.7B": dict(_XGLM, d_model=2048, n_layers=24, n_heads=16, ffn_dim=8192),

@@ -66,16 +66,21 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu", mmap: bool | No
                 "refusing to unpickle objects outside xlbtm's safe allow-list "
                 f"({', '.join(allowed_global_names()[:1])} and numpy scalars): this checkpoint also contains "
                 f"{', '.join(others)}. Re-save it with only tensors and plain Python values (dicts, lists, "
-                "numbers, strings), e.g. `OmegaConf.to_container(cfg)` for configs", path) from None
+                "numbers, strings), e.g. `OmegaConf.to_container(cfg)` for configs",
+                path,
+            ) from None
         raise InputError(f"not a loadable torch checkpoint ({_first_line(e)}); {_REMEDY}", path) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise InputError(f"not a readable torch checkpoint ({type(e).__name__}: {_first_line(e)}); {_REMEDY}",
-                         path) from None
+        raise InputError(
+            f"not a readable torch checkpoint ({type(e).__name__}: {_first_line(e)}); {_REMEDY}", path
+        ) from None
 
 
 # what to do about a checkpoint that cannot be read: it is most often a copy or a write that did not finish
-_REMEDY = ("if it is a run's consolidated.pt, rebuild it from the run's checkpoints/ with `python -m "
-           "xlbtm.scripts.consolidate RUN_DIR`; else copy or convert it again")
+_REMEDY = (
+    "if it is a run's consolidated.pt, rebuild it from the run's checkpoints/ with `python -m "
+    "xlbtm.scripts.consolidate RUN_DIR`; else copy or convert it again"
+)
 
 
 def _first_line(e: BaseException) -> str:

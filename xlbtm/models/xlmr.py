@@ -96,8 +96,9 @@ class XLMR(nn.Module):
         real = tokens.ne(self.args.pad_id).int()
         return (torch.cumsum(real, dim=1).type_as(real) * real).long() + self.args.pad_id
 
-    def forward_hidden(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                       positions: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_hidden(
+        self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Encoder output [B, T, D] (before the LM head). `positions` [B, T]: explicit rows of the position
         table (HF's position_ids), e.g. TLM's restarting at a pair's second side; default from the tokens."""
         T = tokens.shape[1]
@@ -122,8 +123,14 @@ class XLMR(nn.Module):
         """MLM logits of encoder states (`forward_hidden`'s): the LM head's transform, then its decoder."""
         return self.lm_head(h, self.embed_tokens.weight)
 
-    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, *, hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        *,
+        hidden: bool = False,
+    ) -> torch.Tensor:
         """tokens [B, T] long, padding_mask [B, T] bool (True = pad) or None -> MLM logits [B, T, V].
         With `hidden`: the states the decoder projects instead, [B, T, D] (the LM head's transform of the
         encoder output; `output_projection()` gives the decoder's weight and bias), for a loss that never

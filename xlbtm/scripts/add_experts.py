@@ -33,17 +33,26 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     # the training flags as train_experts takes them; what to train (seed, clusters, dirs) add_experts sets
-    train = TrainExpertsRequest(**config_values(TrainExpertsRequest, args), seed_model="", num_clusters=1,
-                                serialization_dir="", site=site_from_args(args))
+    train = TrainExpertsRequest(
+        **config_values(TrainExpertsRequest, args),
+        seed_model="",
+        num_clusters=1,
+        serialization_dir="",
+        site=site_from_args(args),
+    )
     req = config_from_args(AddExpertsRequest, args, train=train)
     grown = add_experts(req)
     for g in grown:
         parent = g.init.get("parent")
-        print(f"{g.lang}: cluster {g.cluster} ({g.init['method']}"
-              f"{f' from {parent}' if isinstance(parent, str) else ''}) -> {g.run_dir}")
+        print(
+            f"{g.lang}: cluster {g.cluster} ({g.init['method']}"
+            f"{f' from {parent}' if isinstance(parent, str) else ''}) -> {g.run_dir}"
+        )
     if grown:
-        print(f"evaluate: python -m xlbtm.scripts.eval_ensemble --experts-dir {req.experts_dir} "
-              f"--path-to-clusterer {req.output_clusterer} --ensemble-type lang|clustering ...")
+        print(
+            f"evaluate: python -m xlbtm.scripts.eval_ensemble --experts-dir {req.experts_dir} "
+            f"--path-to-clusterer {req.output_clusterer} --ensemble-type lang|clustering ..."
+        )
     return 0
 
 

@@ -35,9 +35,19 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     cfg = config_from_args(AssignConfig, args, site=site_from_args(args) if args.run == "slurm" else None)
-    m = assign_corpus(cfg.data_dir, cfg.path_to_clusterer, cfg.output_prefix, cfg.split, run=cfg.run,
-                      num_clusters=cfg.num_clusters, job_dir=cfg.job_dir, workers=cfg.num_workers,
-                      skip_bad_lines=cfg.skip_bad_lines, parallel_side=cfg.parallel_side, site=cfg.site)
+    m = assign_corpus(
+        cfg.data_dir,
+        cfg.path_to_clusterer,
+        cfg.output_prefix,
+        cfg.split,
+        run=cfg.run,
+        num_clusters=cfg.num_clusters,
+        job_dir=cfg.job_dir,
+        workers=cfg.num_workers,
+        skip_bad_lines=cfg.skip_bad_lines,
+        parallel_side=cfg.parallel_side,
+        site=cfg.site,
+    )
     s = m["splits"][cfg.split]
     log.info(f"{cfg.split}: {sum(s['documents'])} documents -> {cfg.output_prefix}; per cluster: {s['documents']}")
     return 0

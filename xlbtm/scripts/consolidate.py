@@ -14,11 +14,18 @@ from xlbtm.runtime import dtype_arg
 
 def build_parser():
     p = make_parser("consolidate", __doc__.split("\n\n")[0])
-    p.add_argument("expert_dir", metavar="EXPERT_DIR",
-                   help="expert run dir (with expert.json and checkpoints/), or a metaseq checkpoint")
-    p.add_argument("--dtype", type=dtype_arg, default=None,
-                   help="cast floating tensors: fp16 | bf16 | fp32 (or float16 | bfloat16 | float32; default: keep "
-                        "the checkpoint's dtype)")
+    p.add_argument(
+        "expert_dir",
+        metavar="EXPERT_DIR",
+        help="expert run dir (with expert.json and checkpoints/), or a metaseq checkpoint",
+    )
+    p.add_argument(
+        "--dtype",
+        type=dtype_arg,
+        default=None,
+        help="cast floating tensors: fp16 | bf16 | fp32 (or float16 | bfloat16 | float32; default: keep "
+        "the checkpoint's dtype)",
+    )
     p.add_argument("--hf", action="store_true", help="also write a Hugging Face dir (`hf/`) with the tokenizer")
     return p
 

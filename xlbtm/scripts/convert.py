@@ -28,17 +28,33 @@ def build_parser(prog: str | None = None):
         p.prog = prog
     p.add_argument("--from", dest="source", choices=SOURCES, required=True, help="format of --input")
     p.add_argument("--to", dest="target", choices=TARGETS, required=True, help="format to write")
-    p.add_argument("--input", "--checkpoint", "--hf-dir", dest="input", required=True,
-                   help="the model to convert: .pt file / shards / prefix / dir, or a Hugging Face dir")
+    p.add_argument(
+        "--input",
+        "--checkpoint",
+        "--hf-dir",
+        dest="input",
+        required=True,
+        help="the model to convert: .pt file / shards / prefix / dir, or a Hugging Face dir",
+    )
     p.add_argument("--out", required=True, help="output: a Hugging Face dir (--to hf) or a consolidated .pt")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer dir (HF, or metaseq/fairseq with sentencepiece.bpe.model) to save with --to hf")
-    p.add_argument("--model-size", default=None,
-                   help="preset giving the architecture when a metaseq checkpoint has no cfg (e.g. xglm-564M)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer dir (HF, or metaseq/fairseq with sentencepiece.bpe.model) to save with --to hf",
+    )
+    p.add_argument(
+        "--model-size",
+        default=None,
+        help="preset giving the architecture when a metaseq checkpoint has no cfg (e.g. xglm-564M)",
+    )
     p.add_argument("--arch", choices=["xglm", "xlmr"], default=None, help="refuse a checkpoint of another architecture")
-    p.add_argument("--dtype", type=_dtype, default="keep",
-                   help="cast floating-point weights when writing: fp32 | bf16 | fp16 (or float32 | bfloat16 | "
-                        "float16); keep = as stored")
+    p.add_argument(
+        "--dtype",
+        type=_dtype,
+        default="keep",
+        help="cast floating-point weights when writing: fp32 | bf16 | fp16 (or float32 | bfloat16 | "
+        "float16); keep = as stored",
+    )
     return p
 
 
@@ -52,10 +68,13 @@ def main(argv=None, *, fixed: dict | None = None, prog: str | None = None):
 
         argv = (sys.argv[1:] if argv is None else argv) + [x for k, v in fixed.items() for x in (k, v)]
     a = build_parser(prog).parse_args(argv)
-    args, out, extra = convert(a.source, a.input, a.target, a.out, model_size=a.model_size, tokenizer=a.tokenizer,
-                               dtype=a.dtype, arch=a.arch)
-    log.info(f"wrote {a.target} ({args.arch}, d={args.d_model}, {args.n_layers} layers, vocab {args.vocab_size}) "
-             f"from {extra.get('source_format', a.source)} -> {out}")
+    args, out, extra = convert(
+        a.source, a.input, a.target, a.out, model_size=a.model_size, tokenizer=a.tokenizer, dtype=a.dtype, arch=a.arch
+    )
+    log.info(
+        f"wrote {a.target} ({args.arch}, d={args.d_model}, {args.n_layers} layers, vocab {args.vocab_size}) "
+        f"from {extra.get('source_format', a.source)} -> {out}"
+    )
     return 0
 
 

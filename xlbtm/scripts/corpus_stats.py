@@ -15,9 +15,18 @@ STAGE = "corpus_stats"
 
 def build_parser():
     p = make_parser(STAGE, __doc__)
-    p.add_argument("--data-dir", "--path-to-data", dest="data_dir", required=True, help="corpus root holding <split>/<shard>/*.jsonl[.gz]")
-    p.add_argument("--split", action="append",
-                   help="split to read (train, valid, valid/<subset>); repeat for several (default: train)")
+    p.add_argument(
+        "--data-dir",
+        "--path-to-data",
+        dest="data_dir",
+        required=True,
+        help="corpus root holding <split>/<shard>/*.jsonl[.gz]",
+    )
+    p.add_argument(
+        "--split",
+        action="append",
+        help="split to read (train, valid, valid/<subset>); repeat for several (default: train)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per split instead of a table")
     add_skip_bad_lines_arg(p)
     return p
@@ -32,13 +41,16 @@ def main(argv=None):
     for split in args.split or ["train"]:
         s = split_stats(corpus, split)
         if s["skipped_lines"]:
-            log.warning("split %s: skipped %d bad lines; first: %s", split, s["skipped_lines"],
-                        s["skipped_examples"][0])
+            log.warning(
+                "split %s: skipped %d bad lines; first: %s", split, s["skipped_lines"], s["skipped_examples"][0]
+            )
         if args.json:
             print(json.dumps(s, ensure_ascii=False), flush=True)
             continue
-        print(f"split {split}: {s['documents']} documents, {s['bytes']} bytes ({s['bytes'] / 1e6:.1f} MB) "
-              f"in {s['files']} files; skipped {s['skipped_lines']} bad lines")
+        print(
+            f"split {split}: {s['documents']} documents, {s['bytes']} bytes ({s['bytes'] / 1e6:.1f} MB) "
+            f"in {s['files']} files; skipped {s['skipped_lines']} bad lines"
+        )
         for lang, n in s["per_lang"].items():
             print(f"  {lang:<8} {n:>10}")
     return 0

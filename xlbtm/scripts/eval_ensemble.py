@@ -30,8 +30,10 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     cfg = config_from_args(EvalConfig, args, site=site_from_args(args) if args.run == "slurm" else None)
     result = run_eval(cfg)
-    print(f"result_ppl {result['result_ppl']:.4f}  ({result['documents']} documents, {result['tokens']} tokens) "
-          f"-> {cfg.job_dir}/result.json")
+    print(
+        f"result_ppl {result['result_ppl']:.4f}  ({result['documents']} documents, {result['tokens']} tokens) "
+        f"-> {cfg.job_dir}/result.json"
+    )
     if "retrieval" in result:
         r = result["retrieval"]
         print(f"retrieval accuracy@1 {r['accuracy']:.4f} tgt->src, {r['src2tgt']:.4f} src->tgt ({r['pairs']} pairs)")

@@ -23,8 +23,9 @@ def main(argv=None):
     except ModuleNotFoundError as e:
         if (e.name or "").split(".")[0] != "lm_eval":
             raise
-        raise UsageError("lm-evaluation-harness is not installed: pip install 'xlbtm[eval]' "
-                         "(or pip install 'lm-eval>=0.4,<0.5')") from None
+        raise UsageError(
+            "lm-evaluation-harness is not installed: pip install 'xlbtm[eval]' (or pip install 'lm-eval>=0.4,<0.5')"
+        ) from None
     return cli_main(argv)
 
 

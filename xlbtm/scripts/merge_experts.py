@@ -33,8 +33,11 @@ def main(argv=None):
 
     cfg = config_from_args(MergeConfig, build_parser().parse_args(argv))
     experts, weights, method, out = run_merge(cfg)
-    print(f"merged {len(experts)} experts with {method} weights "
-          + ", ".join(f"{e.cluster}:{w:.4f}" for e, w in zip(experts, weights)) + f" -> {out['consolidated'].parent}")
+    print(
+        f"merged {len(experts)} experts with {method} weights "
+        + ", ".join(f"{e.cluster}:{w:.4f}" for e, w in zip(experts, weights))
+        + f" -> {out['consolidated'].parent}"
+    )
     return 0
 
 

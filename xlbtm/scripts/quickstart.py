@@ -8,8 +8,11 @@ from xlbtm.quickstart import QuickstartConfig, run_quickstart
 
 
 def build_parser():
-    p = make_parser("quickstart", __doc__ + "\n\nEvery stage is logged with the exact command a user would type. "
-                    "For the ensemble-vs-dense curve over several budgets, see `python -m xlbtm.scripts.scaling_study`.")
+    p = make_parser(
+        "quickstart",
+        __doc__ + "\n\nEvery stage is logged with the exact command a user would type. "
+        "For the ensemble-vs-dense curve over several budgets, see `python -m xlbtm.scripts.scaling_study`.",
+    )
     add_config_args(p, QuickstartConfig)  # every flag, its default and help: QuickstartConfig's fields
     return p
 
@@ -19,11 +22,16 @@ def main(argv=None) -> int:
     summary = run_quickstart(config_from_args(QuickstartConfig, args))
     print(f"report: {summary['report']}")
     m = summary["metric"]
-    print(f"ensemble {m} {summary['ensemble_ppl']:.2f} | dense {m} {summary['dense_ppl']:.2f} "
-          f"| K={summary['num_clusters']} | better in {summary['languages_won']}/{summary['languages']} languages "
-          + (f"| retrieval acc@1 ensemble {r['ensemble']:.3f} dense {r['dense']:.3f} "
-             if (r := summary.get("retrieval")) else "")
-          + f"| {summary['seconds']:.0f} s")
+    print(
+        f"ensemble {m} {summary['ensemble_ppl']:.2f} | dense {m} {summary['dense_ppl']:.2f} "
+        f"| K={summary['num_clusters']} | better in {summary['languages_won']}/{summary['languages']} languages "
+        + (
+            f"| retrieval acc@1 ensemble {r['ensemble']:.3f} dense {r['dense']:.3f} "
+            if (r := summary.get("retrieval"))
+            else ""
+        )
+        + f"| {summary['seconds']:.0f} s"
+    )
     return 0
 
 

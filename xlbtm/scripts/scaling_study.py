@@ -28,9 +28,11 @@ def main(argv=None) -> int:
     study = run_study(config_from_args(StudyConfig, args))
     m = metric_name(args.objective)
     for p in study["points"]:
-        print(f"budget {p['expert_steps']}: ensemble {m} {p['ensemble_ppl']:.2f} | dense {m} {p['dense_ppl']:.2f} "
-              f"| oracle {m} {p['oracle_ppl'] or float('nan'):.2f} | wins {p['languages_won']}/{p['languages']} "
-              "languages")
+        print(
+            f"budget {p['expert_steps']}: ensemble {m} {p['ensemble_ppl']:.2f} | dense {m} {p['dense_ppl']:.2f} "
+            f"| oracle {m} {p['oracle_ppl'] or float('nan'):.2f} | wins {p['languages_won']}/{p['languages']} "
+            "languages"
+        )
     print(f"study: {study['config']['out']}/{STUDY_MD}")
     return 0
 

@@ -68,25 +68,35 @@ class PipelineConfig:
 
     out: str = option(help="output directory for every artifact", aliases=("--output-dir",))
     data_dir: str | None = option(
-        None, "your corpus (c-BTM layout: train/<shard>/*.jsonl, valid/*.jsonl); default: generate the demo corpus",
-        aliases=("--path-to-data",))
+        None,
+        "your corpus (c-BTM layout: train/<shard>/*.jsonl, valid/*.jsonl); default: generate the demo corpus",
+        aliases=("--path-to-data",),
+    )
     num_clusters: int = option(4, "K experts")
-    clustering: Clustering = option("tfidf", "how the corpus is split into clusters, and how the ensemble routes",
-                                    choices_help={
-        "tfidf": "subword TF-IDF + balanced k-means, ensemble routed by the prefix's cluster posterior (c-BTM)",
-        "typological": "languages grouped by URIEL, routed by `lang` (X-ELM)"})
+    clustering: Clustering = option(
+        "tfidf",
+        "how the corpus is split into clusters, and how the ensemble routes",
+        choices_help={
+            "tfidf": "subword TF-IDF + balanced k-means, ensemble routed by the prefix's cluster posterior (c-BTM)",
+            "typological": "languages grouped by URIEL, routed by `lang` (X-ELM)",
+        },
+    )
     # demo corpus size (~1.5M tokens: the runs stay near 2 epochs)
     num_train_docs: int = option(8000, "demo corpus: train documents")
     num_valid_docs: int = option(200, "demo corpus: valid documents")
     vocab_size: int = option(2000, "SentencePiece vocabulary size")
     seed_model: str | None = option(
-        None, "an existing seed (HF dir, metaseq/fairseq or xlbtm .pt) instead of training one from scratch for "
-              "--seed-steps; its tokenizer is used")
+        None,
+        "an existing seed (HF dir, metaseq/fairseq or xlbtm .pt) instead of training one from scratch for "
+        "--seed-steps; its tokenizer is used",
+    )
     tokenizer: str | None = option(None, "with --seed-model: its tokenizer dir (default: the seed's own)")
     model_size: str | None = option(
-        None, "preset of the seed model trained from scratch (default: debug for clm, debug-xlmr for mlm)")
+        None, "preset of the seed model trained from scratch (default: debug for clm, debug-xlmr for mlm)"
+    )
     tokens_per_sample: int = option(
-        128, "tokens per training sample, for the seed, the experts and the dense model alike")
+        128, "tokens per training sample, for the seed, the experts and the dense model alike"
+    )
     batch_size: int = option(8, "samples per training step")
     # dense seed pre-training. The method branches experts from a seed that already knows what all languages
     # share (c-BTM: OPT; X-ELM: XGLM); a barely trained seed leaves that to every expert separately and the
@@ -94,23 +104,31 @@ class PipelineConfig:
     seed_steps: int = option(3000, "training steps of the dense seed")
     learning_rate: float = option(5e-3, "peak learning rate of experts and dense alike (the seed's too)")
     warmup_fraction: float = option(
-        0.0, "linear warm-up over this fraction of each run's steps (same shape on both sides)")
+        0.0, "linear warm-up over this fraction of each run's steps (same shape on both sides)"
+    )
     # nearest-centroid assignment makes clusters unequal, and equal steps overtrain the small ones (FIDELITY.md:
     # a 10% cluster ran 25 epochs)
     step_allocation: Literal["equal", "proportional"] = option(
-        "proportional", "experts' share of the K x steps: equal, or proportional to each cluster's training tokens")
+        "proportional", "experts' share of the K x steps: equal, or proportional to each cluster's training tokens"
+    )
     temperature: float = option(DEFAULT_TEMPERATURE, "routing temperature (tfidf)")
     max_valid_docs: int | None = option(None, "evaluate at most this many valid documents")
     seed: int = option(0, "seed of the demo corpus, the clusterer, data order and initializations")
     run: JobRunMode = option("local", "where training, assignment and scoring jobs run")
     objective: Literal["clm", "mlm"] = option(
-        "clm", "what the seed, experts and dense model learn (passed to train_experts --objective)", choices_help={
+        "clm",
+        "what the seed, experts and dense model learn (passed to train_experts --objective)",
+        choices_help={
             "clm": "XGLM models, scored by perplexity",
-            "mlm": "XLM-R models trained with masked LM, scored by pseudo-perplexity"})
+            "mlm": "XLM-R models trained with masked LM, scored by pseudo-perplexity",
+        },
+    )
     parallel_data_dir: str | None = option(
-        None, "with --objective mlm: translation pairs (<dir>/train[, valid]/<shard>/*.jsonl of {src, tgt, "
-              "src_lang, tgt_lang}): experts and the dense model train MLM+TLM (the pairs clustered by their target "
-              "side), and both are scored for cross-lingual retrieval on the valid pairs")
+        None,
+        "with --objective mlm: translation pairs (<dir>/train[, valid]/<shard>/*.jsonl of {src, tgt, "
+        "src_lang, tgt_lang}): experts and the dense model train MLM+TLM (the pairs clustered by their target "
+        "side), and both are scored for cross-lingual retrieval on the valid pairs",
+    )
     tlm_ratio: float = option(0.5, "with --parallel-data-dir: the share of training samples that are TLM")
 
     def __post_init__(self):
@@ -121,9 +139,11 @@ class PipelineConfig:
         elif self.seed_model is None:
             arch = PRESETS.get(self.model_size, {}).get("arch")
             if arch is not None and arch != ARCH_OF[self.objective]:
-                raise UsageError(f"--model-size {self.model_size} is an {arch} preset, but --objective "
-                                 f"{self.objective} trains {ARCH_OF[self.objective]} (e.g. --model-size "
-                                 f"{OBJECTIVES[self.objective][0]})")
+                raise UsageError(
+                    f"--model-size {self.model_size} is an {arch} preset, but --objective "
+                    f"{self.objective} trains {ARCH_OF[self.objective]} (e.g. --model-size "
+                    f"{OBJECTIVES[self.objective][0]})"
+                )
         if self.parallel_data_dir is not None and self.objective != "mlm":
             raise UsageError("--parallel-data-dir trains XLM-R experts with MLM+TLM: use it with --objective mlm")
         if not 0.0 <= self.tlm_ratio <= 1.0:
@@ -151,8 +171,8 @@ class Prepared:
     clusterer: Path
     clusters: Path
     languages: list[str] = field(default_factory=list)
-    pairs: Path | None = None            # --parallel-data-dir
-    pair_clusters: Path | None = None    # its assignment (cluster --parallel-side tgt)
+    pairs: Path | None = None  # --parallel-data-dir
+    pair_clusters: Path | None = None  # its assignment (cluster --parallel-side tgt)
 
 
 def command(stage: str, flags: dict, *positional) -> str:
@@ -208,8 +228,10 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     def call():
         res = run_eval(cfg)
-        log.info(f"result_ppl {res['result_ppl']:.4f} ({res['documents']} documents, {res['tokens']} tokens) -> "
-                 f"{cfg.job_dir}/result.json")
+        log.info(
+            f"result_ppl {res['result_ppl']:.4f} ({res['documents']} documents, {res['tokens']} tokens) -> "
+            f"{cfg.job_dir}/result.json"
+        )
         return res
 
     return run_stage("eval_ensemble", render_command("eval_ensemble", cfg), call)
@@ -219,11 +241,22 @@ def _train_settings(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int)
     """The training settings every run of the pipeline shares (the seed's too: it trains with cfg.objective),
     by TrainExpertsRequest field."""
     interval = max(steps // 2, 1)
-    return dict(path_to_data=str(prep_data), tokenizer=str(tok), run=cfg.run, num_gpus=1,
-                tokens_per_sample=cfg.tokens_per_sample, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-                seed=cfg.seed + 1, max_steps=steps, warmup_updates=int(cfg.warmup_fraction * steps),
-                objective=cfg.objective, save_interval_updates=interval, validate_interval_updates=interval,
-                max_valid_samples=256)  # a progress signal, not the evaluation
+    return dict(
+        path_to_data=str(prep_data),
+        tokenizer=str(tok),
+        run=cfg.run,
+        num_gpus=1,
+        tokens_per_sample=cfg.tokens_per_sample,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        seed=cfg.seed + 1,
+        max_steps=steps,
+        warmup_updates=int(cfg.warmup_fraction * steps),
+        objective=cfg.objective,
+        save_interval_updates=interval,
+        validate_interval_updates=interval,
+        max_valid_samples=256,
+    )  # a progress signal, not the evaluation
 
 
 def _train_flags(cfg: PipelineConfig, prep_data: Path, tok: Path, steps: int) -> dict:
@@ -243,8 +276,7 @@ def _languages(data: Path, split: str = "train") -> list[str]:
 def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log.info(what)) -> Prepared:
     """Corpus, tokenizer, dense seed, clusterer and the assignment of train and valid (each skipped when done)."""
     out = Path(cfg.out).resolve()
-    _refuse_other_objective(cfg, [_seed_run(out / "seed")],
-                            None if cfg.seed_model else out / "tokenizer")
+    _refuse_other_objective(cfg, [_seed_run(out / "seed")], None if cfg.seed_model else out / "tokenizer")
     out.mkdir(parents=True, exist_ok=True)
 
     if cfg.data_dir is None:
@@ -271,10 +303,18 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
         style = OBJECTIVES[cfg.objective][1]
         stage(f"SentencePiece tokenizer ({cfg.vocab_size} pieces, {style} style) -> {tok}")
         if not (tok / "tokenizer.json").is_file():
-            flags = {"--data-dir": str(data), "--out": str(tok), "--vocab-size": cfg.vocab_size, "--style": style,
-                     "--seed": cfg.seed}
-            run_stage("train_tokenizer", command("train_tokenizer", flags), lambda: train_tokenizer_from_corpus(
-                data, tok, vocab_size=cfg.vocab_size, seed=cfg.seed, style=style))
+            flags = {
+                "--data-dir": str(data),
+                "--out": str(tok),
+                "--vocab-size": cfg.vocab_size,
+                "--style": style,
+                "--seed": cfg.seed,
+            }
+            run_stage(
+                "train_tokenizer",
+                command("train_tokenizer", flags),
+                lambda: train_tokenizer_from_corpus(data, tok, vocab_size=cfg.vocab_size, seed=cfg.seed, style=style),
+            )
         seed_ckpt = _train_seed(cfg, data, tok, out / "seed", stage)
     clusterer, clusters, languages = _cluster(cfg, data, tok, out, stage)
     pairs = pair_clusters = None
@@ -288,24 +328,47 @@ def _cluster_pairs(cfg: PipelineConfig, clusterer: Path, out: Path, stage) -> tu
     a pair trains the expert of the language it translates into."""
     assert cfg.parallel_data_dir is not None  # (only called with one)
     pairs = Path(cfg.parallel_data_dir).resolve()
-    refuse_overlap({f"--out ({sub}/)": out / sub for sub in WRITTEN + ("pair_clusters",)},
-                   {"--parallel-data-dir": pairs})
+    refuse_overlap(
+        {f"--out ({sub}/)": out / sub for sub in WRITTEN + ("pair_clusters",)}, {"--parallel-data-dir": pairs}
+    )
     if not (pairs / "train").is_dir():
-        raise InputError("no 'train' split (expected --parallel-data-dir <dir>/train/<shard>/*.jsonl of "
-                         '{"src", "tgt", "src_lang", "tgt_lang"})', pairs)
+        raise InputError(
+            "no 'train' split (expected --parallel-data-dir <dir>/train/<shard>/*.jsonl of "
+            '{"src", "tgt", "src_lang", "tgt_lang"})',
+            pairs,
+        )
     pair_clusters = out / "pair_clusters"
     stage(f"assign the translation pairs of {pairs} by their target side -> {pair_clusters}")
     for split in [s for s in ("train", "valid") if (pairs / s).is_dir()]:
-        flags = {"--data-dir": str(pairs), "--path-to-clusterer": str(clusterer), "--num-clusters": cfg.num_clusters,
-                 "--output-prefix": str(pair_clusters), "--split": split, "--run": cfg.run, "--parallel-side": "tgt"}
-        run_stage("cluster", command("cluster", flags), functools.partial(
-            assign_corpus, pairs, clusterer, pair_clusters, split, run=cfg.run, num_clusters=cfg.num_clusters,
-            parallel_side="tgt"))
+        flags = {
+            "--data-dir": str(pairs),
+            "--path-to-clusterer": str(clusterer),
+            "--num-clusters": cfg.num_clusters,
+            "--output-prefix": str(pair_clusters),
+            "--split": split,
+            "--run": cfg.run,
+            "--parallel-side": "tgt",
+        }
+        run_stage(
+            "cluster",
+            command("cluster", flags),
+            functools.partial(
+                assign_corpus,
+                pairs,
+                clusterer,
+                pair_clusters,
+                split,
+                run=cfg.run,
+                num_clusters=cfg.num_clusters,
+                parallel_side="tgt",
+            ),
+        )
     return pairs, pair_clusters
 
 
-def _refuse_other_objective(cfg: PipelineConfig, run_dirs: list[Path], tokenizer: Path | None = None,
-                            trained: str | None = None) -> None:
+def _refuse_other_objective(
+    cfg: PipelineConfig, run_dirs: list[Path], tokenizer: Path | None = None, trained: str | None = None
+) -> None:
     """Stop (before anything is written) when --out already holds runs or a tokenizer of the other objective:
     resuming an XGLM run as an XLM-R one cannot work, and silently reusing it would compare the wrong models.
     `trained`: the runs must also have been trained with this objective (mlm vs mlm+tlm: the same model, but a
@@ -316,18 +379,24 @@ def _refuse_other_objective(cfg: PipelineConfig, run_dirs: list[Path], tokenizer
             continue
         info = read_expert_info(run_dir)
         if info.objective != want:
-            raise UsageError(f"{run_dir / EXPERT_JSON}: --out {cfg.out} holds {info.objective} "
-                             f"runs; --objective {cfg.objective} needs its own --out (pass another one)")
+            raise UsageError(
+                f"{run_dir / EXPERT_JSON}: --out {cfg.out} holds {info.objective} "
+                f"runs; --objective {cfg.objective} needs its own --out (pass another one)"
+            )
         was = (info.data.get("config") or {}).get("objective", info.objective)
         if was != (trained or cfg.objective):
-            raise UsageError(f"{run_dir / EXPERT_JSON}: --out {cfg.out} holds runs trained with {was}; "
-                             f"{'--parallel-data-dir (mlm+tlm)' if trained else f'--objective {cfg.objective}'} "
-                             "needs its own --out (pass another one)")
+            raise UsageError(
+                f"{run_dir / EXPERT_JSON}: --out {cfg.out} holds runs trained with {was}; "
+                f"{'--parallel-data-dir (mlm+tlm)' if trained else f'--objective {cfg.objective}'} "
+                "needs its own --out (pass another one)"
+            )
     if tokenizer is not None and (tokenizer / "tokenizer.json").is_file():
         style = detect_style(tokenizer)
         if style != OBJECTIVES[cfg.objective][1]:
-            raise UsageError(f"{tokenizer}: --out {cfg.out} holds an {style}-style tokenizer; --objective "
-                             f"{cfg.objective} needs its own --out (pass another one)")
+            raise UsageError(
+                f"{tokenizer}: --out {cfg.out} holds an {style}-style tokenizer; --objective "
+                f"{cfg.objective} needs its own --out (pass another one)"
+            )
 
 
 def _seed_run(seed_dir: Path) -> Path:
@@ -348,12 +417,24 @@ def _train_seed(cfg: PipelineConfig, data: Path, tok: Path, seed_dir: Path, stag
     """A tiny XGLM (clm) or XLM-R (mlm) trained from scratch on all data: stands in for a public checkpoint."""
     seed_run = _seed_run(seed_dir)
     seed_ckpt = consolidated_path(seed_run)
-    stage(f"dense seed: {cfg.model_size} {OBJECTIVES[cfg.objective][2]} ({cfg.objective}), {cfg.seed_steps} steps "
-          f"-> {seed_dir}")
+    stage(
+        f"dense seed: {cfg.model_size} {OBJECTIVES[cfg.objective][2]} ({cfg.objective}), {cfg.seed_steps} steps "
+        f"-> {seed_dir}"
+    )
     if not seed_ckpt.is_file():
-        train_experts(_train_request(cfg, data, tok, cfg.seed_steps, seed_model=cfg.model_size, num_clusters=1,
-                                     serialization_dir=str(seed_dir), run_name=SEED_RUN,
-                                     warmup_updates=cfg.seed_steps // 10))  # from scratch: always warm up
+        train_experts(
+            _train_request(
+                cfg,
+                data,
+                tok,
+                cfg.seed_steps,
+                seed_model=cfg.model_size,
+                num_clusters=1,
+                serialization_dir=str(seed_dir),
+                run_name=SEED_RUN,
+                warmup_updates=cfg.seed_steps // 10,
+            )
+        )  # from scratch: always warm up
         consolidate(seed_run)
     return seed_ckpt
 
@@ -366,33 +447,59 @@ def _cluster(cfg: PipelineConfig, data: Path, tok: Path, out: Path, stage) -> tu
     clusterer = out / "clusterer"
     languages = _languages(data)
     if cfg.clustering == "typological":
-        stage(f"clusterer: typological (URIEL, balanced by tokens), K={K}, languages {','.join(languages)} -> "
-              f"{clusterer}")
-        flags = {"--typological": True, "--typology-mode": "balanced", "--langs": ",".join(languages),
-                 "--num-clusters": K, "--data-dir": str(data / "train"), "--tokenizer": str(tok),
-                 "--output-dir": str(clusterer)}
+        stage(
+            f"clusterer: typological (URIEL, balanced by tokens), K={K}, languages {','.join(languages)} -> {clusterer}"
+        )
+        flags = {
+            "--typological": True,
+            "--typology-mode": "balanced",
+            "--langs": ",".join(languages),
+            "--num-clusters": K,
+            "--data-dir": str(data / "train"),
+            "--tokenizer": str(tok),
+            "--output-dir": str(clusterer),
+        }
 
         def fit():
-            return train_typological_clusterer(languages, K, clusterer, mode="balanced", data_dir=data / "train",
-                                               tokenizer=tok)
+            return train_typological_clusterer(
+                languages, K, clusterer, mode="balanced", data_dir=data / "train", tokenizer=tok
+            )
     else:
         stage(f"clusterer: subword TF-IDF + balanced k-means, K={K} -> {clusterer}")
-        flags = {"--data-dir": str(data / "train"), "--num-clusters": K, "--balanced": True, "--featurizer": "subword",
-                 "--tokenizer": str(tok), "--output-dir": str(clusterer), "--seed": cfg.seed}
+        flags = {
+            "--data-dir": str(data / "train"),
+            "--num-clusters": K,
+            "--balanced": True,
+            "--featurizer": "subword",
+            "--tokenizer": str(tok),
+            "--output-dir": str(clusterer),
+            "--seed": cfg.seed,
+        }
 
         def fit():
-            return train_tfidf_clusterer(data / "train", K, clusterer, balanced=True, featurizer="subword",
-                                         tokenizer=tok, seed=cfg.seed)
+            return train_tfidf_clusterer(
+                data / "train", K, clusterer, balanced=True, featurizer="subword", tokenizer=tok, seed=cfg.seed
+            )
+
     if not (clusterer / "clusterer.json").is_file():
         run_stage("train_clusterer", command("train_clusterer", flags), fit)
 
     clusters = out / "clusters"
     stage(f"assign train and valid documents to clusters -> {clusters}")
     for split in ("train", "valid"):
-        flags = {"--data-dir": str(data), "--path-to-clusterer": str(clusterer), "--num-clusters": K,
-                 "--output-prefix": str(clusters), "--split": split, "--run": cfg.run}
-        run_stage("cluster", command("cluster", flags),
-                  functools.partial(assign_corpus, data, clusterer, clusters, split, run=cfg.run, num_clusters=K))
+        flags = {
+            "--data-dir": str(data),
+            "--path-to-clusterer": str(clusterer),
+            "--num-clusters": K,
+            "--output-prefix": str(clusters),
+            "--split": split,
+            "--run": cfg.run,
+        }
+        run_stage(
+            "cluster",
+            command("cluster", flags),
+            functools.partial(assign_corpus, data, clusterer, clusters, split, run=cfg.run, num_clusters=K),
+        )
     return clusterer, clusters, languages
 
 
@@ -412,12 +519,21 @@ def expert_training(models: Path, cfg: PipelineConfig) -> dict:
     steps each was given (expert.json) and the training tokens each consumed (its latest checkpoint)."""
     expert_dirs = expert_runs(models, cfg.num_clusters)
     tokens = [_consumed_tokens(d, cfg) for d in expert_dirs]
-    return {"expert_steps_per_cluster": [read_expert_info(d).data["config"]["max_steps"] for d in expert_dirs],
-            "ensemble_train_tokens": sum(tokens), "expert_train_tokens": tokens}
+    return {
+        "expert_steps_per_cluster": [read_expert_info(d).data["config"]["max_steps"] for d in expert_dirs],
+        "ensemble_train_tokens": sum(tokens),
+        "expert_train_tokens": tokens,
+    }
 
 
-def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir: Path,
-              stage: Callable[[str], None] = lambda what: log.info(what), hf_export: bool = False) -> dict:
+def run_point(
+    cfg: PipelineConfig,
+    prep: Prepared,
+    expert_steps: int,
+    point_dir: Path,
+    stage: Callable[[str], None] = lambda what: log.info(what),
+    hf_export: bool = False,
+) -> dict:
     """K experts x `expert_steps` and the dense model x K*`expert_steps`, consolidated and evaluated.
 
     Returns (and writes `point_dir/point.json`, last) the ensemble, oracle and dense perplexities overall
@@ -439,21 +555,49 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     K = cfg.num_clusters
     models = point_dir / "models"
     dense_steps = K * expert_steps
-    _refuse_other_objective(cfg, expert_runs(models, K) + [_dense_run(models)],
-                            trained="mlm+tlm" if prep.pairs else None)
+    _refuse_other_objective(
+        cfg, expert_runs(models, K) + [_dense_run(models)], trained="mlm+tlm" if prep.pairs else None
+    )
     t0 = time.time()
-    tlm = {} if prep.pairs is None else {"objective": "mlm+tlm", "parallel_data": str(prep.pairs),
-                                         "tlm_ratio": cfg.tlm_ratio}
-    stage(f"{K} experts x {expert_steps} steps ({cfg.step_allocation} allocation), dense x {dense_steps} steps"
-          + (f", MLM+TLM ({cfg.tlm_ratio:g} of the samples TLM)" if tlm else "") + f" -> {models}")
-    train_experts(_train_request(
-        cfg, prep.data, prep.tokenizer, expert_steps, **tlm,
-        **({"path_to_parallel_clusters_dir": str(prep.pair_clusters)} if tlm else {}),
-        seed_model=str(prep.seed_checkpoint), num_clusters=K, path_to_clusters_dir=str(prep.clusters),
-        serialization_dir=str(models), run_name=EXPERTS_RUN, step_allocation=cfg.step_allocation))
-    train_experts(_train_request(cfg, prep.data, prep.tokenizer, dense_steps, **tlm,
-                                 seed_model=str(prep.seed_checkpoint), num_clusters=1,
-                                 serialization_dir=str(models), run_name=DENSE_RUN))
+    tlm = (
+        {}
+        if prep.pairs is None
+        else {"objective": "mlm+tlm", "parallel_data": str(prep.pairs), "tlm_ratio": cfg.tlm_ratio}
+    )
+    stage(
+        f"{K} experts x {expert_steps} steps ({cfg.step_allocation} allocation), dense x {dense_steps} steps"
+        + (f", MLM+TLM ({cfg.tlm_ratio:g} of the samples TLM)" if tlm else "")
+        + f" -> {models}"
+    )
+    train_experts(
+        _train_request(
+            cfg,
+            prep.data,
+            prep.tokenizer,
+            expert_steps,
+            **tlm,
+            **({"path_to_parallel_clusters_dir": str(prep.pair_clusters)} if tlm else {}),
+            seed_model=str(prep.seed_checkpoint),
+            num_clusters=K,
+            path_to_clusters_dir=str(prep.clusters),
+            serialization_dir=str(models),
+            run_name=EXPERTS_RUN,
+            step_allocation=cfg.step_allocation,
+        )
+    )
+    train_experts(
+        _train_request(
+            cfg,
+            prep.data,
+            prep.tokenizer,
+            dense_steps,
+            **tlm,
+            seed_model=str(prep.seed_checkpoint),
+            num_clusters=1,
+            serialization_dir=str(models),
+            run_name=DENSE_RUN,
+        )
+    )
     train_s = time.time() - t0
 
     expert_dirs = expert_runs(models, K)
@@ -465,20 +609,34 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
             consolidate(d, hf=hf)
 
     eval_dir = point_dir / "eval"
-    stage(f"evaluate the ensemble ({'prefix' if cfg.clustering == 'tfidf' else 'lang'} routing), the oracle and "
-          f"the dense model ({metric_name(cfg.objective)}) -> {eval_dir}")
+    stage(
+        f"evaluate the ensemble ({'prefix' if cfg.clustering == 'tfidf' else 'lang'} routing), the oracle and "
+        f"the dense model ({metric_name(cfg.objective)}) -> {eval_dir}"
+    )
     common: dict[str, Any] = dict(
-        data_dir=str(prep.data), data_subset="valid", max_valid_steps=cfg.max_valid_docs or None,
+        data_dir=str(prep.data),
+        data_subset="valid",
+        max_valid_steps=cfg.max_valid_docs or None,
         run=cfg.run if cfg.run == "slurm" else None,
         # cross-lingual retrieval on the valid pairs
-        parallel_data=str(prep.pairs) if prep.pairs is not None and (prep.pairs / "valid").is_dir() else None)
-    evaluate(EvalConfig(**common, model_paths=[str(dense_run)], ensemble_type="dense",
-                        job_dir=str(eval_dir / "dense")))
-    routing: dict[str, Any] = dict(ensemble_type="clustering", temperatures=[cfg.temperature]) \
-        if cfg.clustering == "tfidf" else dict(ensemble_type="lang")
-    evaluate(EvalConfig(**common, **routing, path_to_clusterer=str(prep.clusterer),
-                        experts_dir=str(RunLayout.of(models, K).root), job_dir=str(eval_dir / "ensemble"),
-                        dense_result=str(eval_dir / "dense" / "result.json")))
+        parallel_data=str(prep.pairs) if prep.pairs is not None and (prep.pairs / "valid").is_dir() else None,
+    )
+    evaluate(EvalConfig(**common, model_paths=[str(dense_run)], ensemble_type="dense", job_dir=str(eval_dir / "dense")))
+    routing: dict[str, Any] = (
+        dict(ensemble_type="clustering", temperatures=[cfg.temperature])
+        if cfg.clustering == "tfidf"
+        else dict(ensemble_type="lang")
+    )
+    evaluate(
+        EvalConfig(
+            **common,
+            **routing,
+            path_to_clusterer=str(prep.clusterer),
+            experts_dir=str(RunLayout.of(models, K).root),
+            job_dir=str(eval_dir / "ensemble"),
+            dense_result=str(eval_dir / "dense" / "result.json"),
+        )
+    )
 
     ens = read_json(eval_dir / "ensemble" / "result.json")  # what the reports say, read back
     dense = read_json(eval_dir / "dense" / "result.json")
@@ -486,9 +644,12 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     per_language = {}
     for lang, d in dense["per_language"].items():
         e = ens["per_language"].get(lang, {})
-        per_language[lang] = {"dense": d["ppl"], "ensemble": e.get("ppl"),
-                              "oracle": oracle.get("per_language", {}).get(lang, {}).get("ppl"),
-                              "tokens": d["tokens"]}
+        per_language[lang] = {
+            "dense": d["ppl"],
+            "ensemble": e.get("ppl"),
+            "oracle": oracle.get("per_language", {}).get(lang, {}).get("ppl"),
+            "tokens": d["tokens"],
+        }
     wins = sum(1 for v in per_language.values() if v["ensemble"] is not None and v["ensemble"] < v["dense"])
     point = {
         "key": key,
@@ -511,10 +672,16 @@ def run_point(cfg: PipelineConfig, prep: Prepared, expert_steps: int, point_dir:
     }
     if "retrieval" in ens:  # accuracy@1 (tgt -> src), ensemble beside dense, overall and per language
         point["retrieval"] = {
-            "ensemble": ens["retrieval"]["accuracy"], "dense": dense["retrieval"]["accuracy"],
-            "per_language": {lang: {"ensemble": v["accuracy"],
-                                    "dense": dense["retrieval"]["per_language"].get(lang, {}).get("accuracy"),
-                                    "chance": v["chance"]}
-                             for lang, v in ens["retrieval"]["per_language"].items()}}
+            "ensemble": ens["retrieval"]["accuracy"],
+            "dense": dense["retrieval"]["accuracy"],
+            "per_language": {
+                lang: {
+                    "ensemble": v["accuracy"],
+                    "dense": dense["retrieval"]["per_language"].get(lang, {}).get("accuracy"),
+                    "chance": v["chance"],
+                }
+                for lang, v in ens["retrieval"]["per_language"].items()
+            },
+        }
     write_json(done, point)
     return point

@@ -35,32 +35,41 @@ def render_markdown(study: dict) -> str:
     K = c["num_clusters"]
     m, metric = _metric(study)
     routing = f"by the prefix's cluster posterior, T={c['temperature']}" if c["clustering"] == "tfidf" else "by `lang`"
-    md = [f"# Scaling study: {K} experts vs the compute-matched dense model\n\n",
-          f"Corpus `{study['data']}` ({len(study['languages'])} languages); {c['clustering']} clusters, "
-          f"ensemble routed {routing}; {c.get('objective', 'clm')} objective, scored by validation {metric}; "
-          f"seed: {c['model_size']} x {c['seed_steps']} steps; "
-          f"{study['tokens_per_step']} tokens per step; lr {c['learning_rate']}, warm-up "
-          f"{c['warmup_fraction']:.0%} of each run, linear decay; {c['step_allocation']} step allocation.\n\n"
-          "Both sides branch from the same seed and consume the same training tokens (columns below, read "
-          "from the checkpoints); the oracle picks the best expert per document (an upper bound on "
-          "document-level routing).\n\n",
-          f"| steps/expert | dense steps | train tokens (ensemble / dense) | dense {m} | ensemble {m} | oracle {m} "
-          "| ensemble vs dense | languages won |\n|---:|---:|---|---:|---:|---:|---:|---:|\n"]
+    md = [
+        f"# Scaling study: {K} experts vs the compute-matched dense model\n\n",
+        f"Corpus `{study['data']}` ({len(study['languages'])} languages); {c['clustering']} clusters, "
+        f"ensemble routed {routing}; {c.get('objective', 'clm')} objective, scored by validation {metric}; "
+        f"seed: {c['model_size']} x {c['seed_steps']} steps; "
+        f"{study['tokens_per_step']} tokens per step; lr {c['learning_rate']}, warm-up "
+        f"{c['warmup_fraction']:.0%} of each run, linear decay; {c['step_allocation']} step allocation.\n\n"
+        "Both sides branch from the same seed and consume the same training tokens (columns below, read "
+        "from the checkpoints); the oracle picks the best expert per document (an upper bound on "
+        "document-level routing).\n\n",
+        f"| steps/expert | dense steps | train tokens (ensemble / dense) | dense {m} | ensemble {m} | oracle {m} "
+        "| ensemble vs dense | languages won |\n|---:|---:|---|---:|---:|---:|---:|---:|\n",
+    ]
     for p in pts:
-        md.append(f"| {p['expert_steps']} | {p['dense_steps']} | {_tokens(p['ensemble_train_tokens'])} / "
-                  f"{_tokens(p['dense_train_tokens'])} | {_f(p['dense_ppl'])} | {_f(p['ensemble_ppl'])} | "
-                  f"{_f(p['oracle_ppl'])} | {_pct(p['relative'])} | {p['languages_won']}/{p['languages']} |\n")
+        md.append(
+            f"| {p['expert_steps']} | {p['dense_steps']} | {_tokens(p['ensemble_train_tokens'])} / "
+            f"{_tokens(p['dense_train_tokens'])} | {_f(p['dense_ppl'])} | {_f(p['ensemble_ppl'])} | "
+            f"{_f(p['oracle_ppl'])} | {_pct(p['relative'])} | {p['languages_won']}/{p['languages']} |\n"
+        )
     x = study.get("crossover")
     if x is None:
-        md.append("\nThe ensemble does not beat the dense model at any budget studied; train longer "
-                  "(larger --budgets).\n")
+        md.append(
+            "\nThe ensemble does not beat the dense model at any budget studied; train longer (larger --budgets).\n"
+        )
     elif x.get("before_first"):
-        md.append(f"\nThe ensemble beats the dense model from the smallest budget on "
-                  f"({x['expert_steps']} steps per expert).\n")
+        md.append(
+            f"\nThe ensemble beats the dense model from the smallest budget on "
+            f"({x['expert_steps']} steps per expert).\n"
+        )
     else:
-        md.append(f"\nCrossover: the ensemble overtakes the dense model at about {_tokens(x['train_tokens'])} "
-                  f"training tokens (~{x['expert_steps']:.0f} steps per expert, between the "
-                  f"{x['between'][0]} and {x['between'][1]} budgets).\n")
+        md.append(
+            f"\nCrossover: the ensemble overtakes the dense model at about {_tokens(x['train_tokens'])} "
+            f"training tokens (~{x['expert_steps']:.0f} steps per expert, between the "
+            f"{x['between'][0]} and {x['between'][1]} budgets).\n"
+        )
     langs = sorted({lang for p in pts for lang in p["per_language"]})
     if langs:
         md.append(f"\n## Ensemble vs dense per language (relative {metric} change; negative = ensemble better)\n\n")
@@ -73,8 +82,10 @@ def render_markdown(study: dict) -> str:
                 cells.append("-" if not v or v["ensemble"] is None else _pct(v["ensemble"] / v["dense"] - 1))
             tok = next((p["per_language"][lang]["tokens"] for p in pts if lang in p["per_language"]), 0)
             md.append(f"| {lang} | {tok} | " + " | ".join(cells) + " |\n")
-    md.append(f"\nPlot: `study.png`. Per-point reports: `budget_<steps>/eval/ensemble/report.md`. "
-              f"Took {study['seconds']:.0f} s.\n")
+    md.append(
+        f"\nPlot: `study.png`. Per-point reports: `budget_<steps>/eval/ensemble/report.md`. "
+        f"Took {study['seconds']:.0f} s.\n"
+    )
     return "".join(md)
 
 

@@ -42,9 +42,12 @@ def _ints(text: str) -> list[int]:
 @dataclass
 class StudyConfig(PipelineConfig):
     out: str = option("study_out", "output directory for every artifact", aliases=("--output-dir",))
-    budgets: list[int] = option(help="steps per expert at each point, comma-separated (dense: K x each)",
-                                default_factory=lambda: [100, 300, 900], type=_ints,
-                                render=lambda v: [",".join(map(str, v))])
+    budgets: list[int] = option(
+        help="steps per expert at each point, comma-separated (dense: K x each)",
+        default_factory=lambda: [100, 300, 900],
+        type=_ints,
+        render=lambda v: [",".join(map(str, v))],
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -64,15 +67,21 @@ def crossover(points: list[dict]) -> dict | None:
     for p in points:
         if p["ensemble_ppl"] < p["dense_ppl"]:
             if prev is None:
-                return {"train_tokens": p["dense_train_tokens"], "expert_steps": p["expert_steps"],
-                        "before_first": True}
+                return {
+                    "train_tokens": p["dense_train_tokens"],
+                    "expert_steps": p["expert_steps"],
+                    "before_first": True,
+                }
             # the relative gap is ~linear in log(tokens) near the crossing
             g0, g1 = prev["relative"], p["relative"]
             x0, x1 = math.log(prev["dense_train_tokens"]), math.log(p["dense_train_tokens"])
             x = x0 + (x1 - x0) * g0 / (g0 - g1) if g0 != g1 else x1
-            return {"train_tokens": int(round(math.exp(x))),
-                    "expert_steps": prev["expert_steps"] * math.exp(x - x0),
-                    "between": [prev["expert_steps"], p["expert_steps"]], "before_first": False}
+            return {
+                "train_tokens": int(round(math.exp(x))),
+                "expert_steps": prev["expert_steps"] * math.exp(x - x0),
+                "between": [prev["expert_steps"], p["expert_steps"]],
+                "before_first": False,
+            }
         prev = p
     return None
 
@@ -83,7 +92,7 @@ def run_study(cfg: StudyConfig) -> dict:
     t0 = time.time()
     out = Path(cfg.out).resolve()
     n_stages = 2 + len(cfg.budgets)
-    counter = iter(range(1, 10 ** 6))
+    counter = iter(range(1, 10**6))
 
     def stage(what: str) -> None:
         log.info("%s  (%.0f s elapsed)", what, time.time() - t0)
@@ -95,9 +104,11 @@ def run_study(cfg: StudyConfig) -> dict:
         log.info(f"[{next(counter)}/{n_stages}] budget: {b} steps per expert, {cfg.num_clusters * b} dense steps")
         p = run_point(cfg, prep, b, point_dir(out, b), stage)
         m = metric_name(cfg.objective)  # not p["metric"]: points written before it existed lack it
-        log.info(f"budget {b}: ensemble {m} {p['ensemble_ppl']:.2f} | dense {m} "
-                 f"{p['dense_ppl']:.2f} | oracle {p['oracle_ppl'] or float('nan'):.2f} | wins "
-                 f"{p['languages_won']}/{p['languages']} languages")
+        log.info(
+            f"budget {b}: ensemble {m} {p['ensemble_ppl']:.2f} | dense {m} "
+            f"{p['dense_ppl']:.2f} | oracle {p['oracle_ppl'] or float('nan'):.2f} | wins "
+            f"{p['languages_won']}/{p['languages']} languages"
+        )
         points.append(p)
     study = {
         "format": "xlbtm-study/1",

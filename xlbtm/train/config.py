@@ -16,8 +16,15 @@ from xlbtm.launch.site import site_from_args
 from xlbtm.runtime import Precision
 
 
-def setting(default, group: str, help: str = "", *, flags: tuple[str, ...] = (), type=None,
-            choices_help: dict[str, str] | None = None):
+def setting(
+    default,
+    group: str,
+    help: str = "",
+    *,
+    flags: tuple[str, ...] = (),
+    type=None,
+    choices_help: dict[str, str] | None = None,
+):
     """A field of TrainingSettings that is also a `train_experts` flag (`xlbtm.config.option` in a help
     `group`): `--<name>` plus `flags` (aliases), parsed with `type` (default: from the field's type; store_true
     for booleans; choices from a Literal type)."""
@@ -48,8 +55,12 @@ class TrainingSettings:
 
     train_subset: str = setting("train", DATA, "split to train on")
     valid_subset: str = setting("valid", DATA, "split to validate on")
-    tlm_ratio: float = setting(0.5, DATA, "--objective mlm+tlm: the share of samples that are TLM (translation "
-                               "pairs from --parallel-data); the rest are MLM (--path-to-data)")
+    tlm_ratio: float = setting(
+        0.5,
+        DATA,
+        "--objective mlm+tlm: the share of samples that are TLM (translation "
+        "pairs from --parallel-data); the rest are MLM (--path-to-data)",
+    )
     tokens_per_sample: int = setting(2048, OPT, "tokens per training sample (block)")
     batch_size: int = setting(8, OPT, "samples per GPU (data-parallel rank) per micro-step")
     update_freq: int = setting(1, OPT, "gradient accumulation micro-steps")
@@ -63,25 +74,41 @@ class TrainingSettings:
     clip_norm: float = setting(1.0, OPT, "gradient-norm clipping (0: off)")
     dropout: float | None = setting(None, OPT, "override the seed's dropout", type=float)
     seed: int = setting(1, OPT, "seed of the data order, dropout and random inits")
-    tensor_parallel_size: int = setting(1, RES, "tensor-parallel degree (divides nodes x gpus); the rest is FSDP "
-                                        "data parallel", flags=("--model-parallel",))
+    tensor_parallel_size: int = setting(
+        1,
+        RES,
+        "tensor-parallel degree (divides nodes x gpus); the rest is FSDP data parallel",
+        flags=("--model-parallel",),
+    )
     activation_checkpointing: bool = setting(False, OPT, "recompute each block in backward (memory for time)")
     compile: bool = setting(False, OPT, "torch.compile each block")
     precision: Precision | None = setting(
-        None, OPT, "fp32, or bf16-mixed: bf16 compute with fp32 master weights, optimizer state and gradient "
-        "reductions (FSDP2 mixed precision, on any device). Default: bf16-mixed on GPUs, fp32 on CPUs")
+        None,
+        OPT,
+        "fp32, or bf16-mixed: bf16 compute with fp32 master weights, optimizer state and gradient "
+        "reductions (FSDP2 mixed precision, on any device). Default: bf16-mixed on GPUs, fp32 on CPUs",
+    )
     loss_chunk_mib: int | None = setting(
-        None, RES, "MiB of fp32 logits per chunk of the loss (per tensor-parallel rank; the loss never holds a "
+        None,
+        RES,
+        "MiB of fp32 logits per chunk of the loss (per tensor-parallel rank; the loss never holds a "
         "batch's logits, only one chunk's). Default: twice the fp32 size of the output weight [V, d_model], "
-        "between 16 and 256 MiB", type=int)
+        "between 16 and 256 MiB",
+        type=int,
+    )
     save_interval_updates: int = setting(1000, CKPT, "checkpoint every N steps (and at the end)")
     validate_interval_updates: int = setting(1000, CKPT, "validate every N steps (0: never)")
-    max_valid_samples: int | None = setting(None, CKPT, "cap on validation samples (default: the whole split)",
-                                            type=int)
+    max_valid_samples: int | None = setting(
+        None, CKPT, "cap on validation samples (default: the whole split)", type=int
+    )
     keep_checkpoints: int = setting(2, CKPT, "checkpoints kept per expert")
-    sync_checkpoints: bool = setting(False, CKPT, "write checkpoints while training waits (default: in the "
-                                     "background, published only once complete, so `latest` never names a "
-                                     "half-written one)")
+    sync_checkpoints: bool = setting(
+        False,
+        CKPT,
+        "write checkpoints while training waits (default: in the "
+        "background, published only once complete, so `latest` never names a "
+        "half-written one)",
+    )
     log_interval: int = setting(10, CKPT, "log every N steps")
     tensorboard: bool = setting(False, CKPT, "also write TensorBoard events")
 
@@ -90,21 +117,21 @@ class TrainingSettings:
 class TrainConfig(TrainingSettings):
     """ONE expert's run: the shared settings plus what the launcher resolved for this expert."""
 
-    run_dir: str                          # <serialization_dir>/<K>_clusters/<run>.cluster<i>
-    data_dir: str                         # binarized dir (xlbtm.data.binarize layout)
-    seed_model: str                       # HF dir | metaseq/fairseq .pt | consolidated.pt | preset name
+    run_dir: str  # <serialization_dir>/<K>_clusters/<run>.cluster<i>
+    data_dir: str  # binarized dir (xlbtm.data.binarize layout)
+    seed_model: str  # HF dir | metaseq/fairseq .pt | consolidated.pt | preset name
     cluster: int = 0
     num_clusters: int = 1
     clusterer_fingerprint: str | None = None
     run_name: str = "run"
-    model_size: str | None = None         # preset naming the architecture when the seed does not
+    model_size: str | None = None  # preset naming the architecture when the seed does not
     tokenizer: str | None = None
     objective: Objective = "clm"
-    pairs_dir: str | None = None          # binarized parallel data (xlbtm.formats.pairs): tlm, mlm+tlm
+    pairs_dir: str | None = None  # binarized parallel data (xlbtm.formats.pairs): tlm, mlm+tlm
     max_steps: int = 1000
-    progress_bar: bool | None = None      # None = when stdout is a terminal
-    device: str | None = None             # "cuda" | "cpu" | None (cuda when visible)
-    init: dict | None = None              # where the seed came from when not the plain seed (add_experts)
+    progress_bar: bool | None = None  # None = when stdout is a terminal
+    device: str | None = None  # "cuda" | "cpu" | None (cuda when visible)
+    init: dict | None = None  # where the seed came from when not the plain seed (add_experts)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -116,8 +143,10 @@ class TrainConfig(TrainingSettings):
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise UsageError(f"unknown training setting(s) {', '.join(unknown)}: not a field of TrainConfig "
-                             "(written by another xlbtm version?)")
+            raise UsageError(
+                f"unknown training setting(s) {', '.join(unknown)}: not a field of TrainConfig "
+                "(written by another xlbtm version?)"
+            )
         d = dict(d)
         if "adam_betas" in d:
             d["adam_betas"] = tuple(d["adam_betas"])  # JSON gives a list
@@ -138,69 +167,117 @@ class TrainExpertsRequest(TrainingSettings):
     # what to train
     seed_model: str = option(
         help="HF dir, metaseq/fairseq .pt, xlbtm consolidated.pt, or a preset name for a random init (e.g. debug)",
-        group=DATA)
+        group=DATA,
+    )
     model_size: str | None = option(None, "preset naming the architecture when the seed does not", group=DATA)
-    tokenizer: str | None = option(None, "HF tokenizer dir (default: the seed's own; required with a preset seed)",
-                                   group=DATA)
+    tokenizer: str | None = option(
+        None, "HF tokenizer dir (default: the seed's own; required with a preset seed)", group=DATA
+    )
     objective: Objective | None = option(
-        None, "what the experts learn; default from the seed's architecture (clm or mlm)", group=DATA,
-        choices_help={"clm": "causal LM (XGLM)", "mlm": "masked LM (XLM-R)",
-                      "tlm": "translation LM on --parallel-data only (XLM-R)",
-                      "mlm+tlm": "--tlm-ratio of the samples TLM, the rest MLM (XLM-R)"})
+        None,
+        "what the experts learn; default from the seed's architecture (clm or mlm)",
+        group=DATA,
+        choices_help={
+            "clm": "causal LM (XGLM)",
+            "mlm": "masked LM (XLM-R)",
+            "tlm": "translation LM on --parallel-data only (XLM-R)",
+            "mlm+tlm": "--tlm-ratio of the samples TLM, the rest MLM (XLM-R)",
+        },
+    )
     path_to_clusters_dir: str | None = option(None, "cluster files + manifest.json (not for K=1)", group=DATA)
     num_clusters: int = option(help="K; 1 = dense baseline (no filtering)", group=DATA)
     train_cluster: str | None = option(None, "only these clusters, e.g. 1,3,5 or 0-3 (default: all)", group=DATA)
-    data_name: str | None = option(None, "dataset name (corpus at <path-to-data>/<data-name> if present)",
-                                   group=DATA)
+    data_name: str | None = option(None, "dataset name (corpus at <path-to-data>/<data-name> if present)", group=DATA)
     path_to_data: str | None = option(
-        None, "jsonl corpus root (train/<shard>/*.jsonl, valid/...); required unless --objective tlm", group=DATA,
-        aliases=("--data-dir",))
+        None,
+        "jsonl corpus root (train/<shard>/*.jsonl, valid/...); required unless --objective tlm",
+        group=DATA,
+        aliases=("--data-dir",),
+    )
     parallel_data: str | None = option(
-        None, "translation pairs for --objective tlm / mlm+tlm: train/<shard>/*.jsonl [, valid/...] of "
-              '{"src", "tgt", "src_lang", "tgt_lang"}; with K > 1 routed by --path-to-parallel-clusters-dir, else '
-              "every expert reads all pairs", group=DATA)
+        None,
+        "translation pairs for --objective tlm / mlm+tlm: train/<shard>/*.jsonl [, valid/...] of "
+        '{"src", "tgt", "src_lang", "tgt_lang"}; with K > 1 routed by --path-to-parallel-clusters-dir, else '
+        "every expert reads all pairs",
+        group=DATA,
+    )
     path_to_parallel_clusters_dir: str | None = option(
-        None, "cluster files of --parallel-data (cluster --parallel-side tgt, with the clusterer of "
-              "--path-to-clusters-dir): each expert trains TLM on its own cluster's pairs (K > 1)", group=DATA)
+        None,
+        "cluster files of --parallel-data (cluster --parallel-side tgt, with the clusterer of "
+        "--path-to-clusters-dir): each expert trains TLM on its own cluster's pairs (K > 1)",
+        group=DATA,
+    )
     serialization_dir: str = option(
-        help="experts go to <serialization-dir>/<K>_clusters/<run-name>.cluster<i>/", group=DATA,
-        aliases=("--output-dir",))
+        help="experts go to <serialization-dir>/<K>_clusters/<run-name>.cluster<i>/",
+        group=DATA,
+        aliases=("--output-dir",),
+    )
     run_name: str | None = option(None, "default: --data-name or 'run'", group=DATA)
-    run: RunMode = option(help="where the experts train", group=DATA, choices_help={
-        "slurm": "one job per expert", "local": "the same jobs as local processes", "debug": "in this process"})
+    run: RunMode = option(
+        help="where the experts train",
+        group=DATA,
+        choices_help={
+            "slurm": "one job per expert",
+            "local": "the same jobs as local processes",
+            "debug": "in this process",
+        },
+    )
     binarized_dir: str | None = option(
-        None, "binarized data (default <serialization-dir>/<K>_clusters/data-bin/<data-name>.<tok hash>)", group=DATA)
+        None, "binarized data (default <serialization-dir>/<K>_clusters/data-bin/<data-name>.<tok hash>)", group=DATA
+    )
     binarize_workers: int = option(
-        help="tokenizer processes; with --run slurm binarization is one job with this many CPUs (+1)", group=DATA,
-        default_factory=lambda: min(8, os.cpu_count() or 1))
-    allow_unassigned: bool = option(False, "drop documents without a cluster instead of stopping with an error",
-                                    group=DATA)
+        help="tokenizer processes; with --run slurm binarization is one job with this many CPUs (+1)",
+        group=DATA,
+        default_factory=lambda: min(8, os.cpu_count() or 1),
+    )
+    allow_unassigned: bool = option(
+        False, "drop documents without a cluster instead of stopping with an error", group=DATA
+    )
     # resources
     num_nodes: int = option(1, "nodes per expert job", group=RES)
     num_gpus: int = option(1, "GPUs (tasks) per node; CPU workers without GPUs", group=RES)
     device: Literal["auto", "cuda", "cpu"] = option(
-        "auto", "auto: $XLBTM_DEVICE, else cuda when GPUs are visible locally / offered by SLURM partitions",
-        group=RES)
+        "auto", "auto: $XLBTM_DEVICE, else cuda when GPUs are visible locally / offered by SLURM partitions", group=RES
+    )
     dry_run: bool = option(False, "print the plan and the resources, submit nothing", group=RES)
     no_wait: bool = option(False, "submit and return (slurm); default waits for the jobs", group=RES)
     # optimization
-    max_steps: int = option(help="optimizer steps per expert (metaseq's --max-update)", group=OPT,
-                            aliases=("--max-update",))
+    max_steps: int = option(
+        help="optimizer steps per expert (metaseq's --max-update)", group=OPT, aliases=("--max-update",)
+    )
     step_allocation: Literal["equal", "proportional"] = option(
-        "equal", "how the K x --max-steps are shared", group=OPT, choices_help={
+        "equal",
+        "how the K x --max-steps are shared",
+        group=OPT,
+        choices_help={
             "equal": "every expert trains --max-steps",
             "proportional": "the K x --max-steps total is shared by each cluster's training tokens (printed in "
-                            "the plan); the dense baseline is unchanged"})
-    site: Any = None                          # xlbtm.launch.site.SiteConfig; None = file + environment only
+            "the plan); the dense baseline is unchanged",
+        },
+    )
+    site: Any = None  # xlbtm.launch.site.SiteConfig; None = file + environment only
     # not flags: set by add_experts
-    experts_dir: str | None = None            # run dirs go here instead of <serialization_dir>/<K>_clusters
-    init: dict | None = None                  # recorded in expert.json: how the seed was chosen
+    experts_dir: str | None = None  # run dirs go here instead of <serialization_dir>/<K>_clusters
+    init: dict | None = None  # recorded in expert.json: how the seed was chosen
 
     # what a command that trains experts into an existing ensemble (add_experts) decides itself
-    WHAT_TO_TRAIN: ClassVar[frozenset[str]] = frozenset({
-        "seed_model", "model_size", "tokenizer", "objective", "path_to_clusters_dir", "num_clusters",
-        "train_cluster", "data_name", "path_to_data", "parallel_data", "path_to_parallel_clusters_dir",
-        "serialization_dir", "run_name"})
+    WHAT_TO_TRAIN: ClassVar[frozenset[str]] = frozenset(
+        {
+            "seed_model",
+            "model_size",
+            "tokenizer",
+            "objective",
+            "path_to_clusters_dir",
+            "num_clusters",
+            "train_cluster",
+            "data_name",
+            "path_to_data",
+            "parallel_data",
+            "path_to_parallel_clusters_dir",
+            "serialization_dir",
+            "run_name",
+        }
+    )
 
     @classmethod
     def from_args(cls, args) -> TrainExpertsRequest:
@@ -222,23 +299,39 @@ class AddExpertsRequest:
 
     experts_dir: str = option(help="the experts to grow: the <K>_clusters dir train_experts wrote", group=ADD)
     path_to_clusterer: str = option(help="the clusterer the experts were trained on", group=ADD)
-    langs: list[str] = option(help="the new languages, comma-separated (e.g. pl,cs): one expert each", group=ADD,
-                              type=_comma_list, render=lambda v: [",".join(v)])
+    langs: list[str] = option(
+        help="the new languages, comma-separated (e.g. pl,cs): one expert each",
+        group=ADD,
+        type=_comma_list,
+        render=lambda v: [",".join(v)],
+    )
     path_to_data: str = option(
-        help="corpus holding the new languages' documents (documents of other languages are ignored)", group=ADD,
-        aliases=("--data-dir",))
-    init: str = option("nearest", "where each new expert starts: nearest (the typologically closest expert, "
-                                  "X-ELM), average (posterior-weighted parameter average of all experts, BTM), seed "
-                                  "(the experts' seed) or expert:K", group=ADD)
+        help="corpus holding the new languages' documents (documents of other languages are ignored)",
+        group=ADD,
+        aliases=("--data-dir",),
+    )
+    init: str = option(
+        "nearest",
+        "where each new expert starts: nearest (the typologically closest expert, "
+        "X-ELM), average (posterior-weighted parameter average of all experts, BTM), seed "
+        "(the experts' seed) or expert:K",
+        group=ADD,
+    )
     output_clusterer: str = option(help="directory for the extended clusterer", group=ADD)
     max_docs_per_lang: int = option(
-        2000, "documents per new language for a TF-IDF centroid and the --init average posterior", group=ADD)
+        2000, "documents per new language for a TF-IDF centroid and the --init average posterior", group=ADD
+    )
     objective: Objective | None = option(
-        None, "how the new experts train (default: as the experts were trained); tlm / mlm+tlm read --parallel-data",
-        group=ADD)
+        None,
+        "how the new experts train (default: as the experts were trained); tlm / mlm+tlm read --parallel-data",
+        group=ADD,
+    )
     parallel_data: str | None = option(
-        None, "translation pairs (train/<shard>/*.jsonl of {src, tgt, src_lang, tgt_lang}) for tlm / mlm+tlm "
-              "experts: a new expert trains on the pairs whose tgt_lang is its language", group=ADD)
+        None,
+        "translation pairs (train/<shard>/*.jsonl of {src, tgt, src_lang, tgt_lang}) for tlm / mlm+tlm "
+        "experts: a new expert trains on the pairs whose tgt_lang is its language",
+        group=ADD,
+    )
     train: TrainExpertsRequest  # the training flags (seed, K, dirs: set by add_experts); not a flag itself
 
 
@@ -268,5 +361,7 @@ def check_model_fits(arch: str, max_positions: int, objective: str, tokens_per_s
         why = " (translation language modeling trains XLM-R experts only)" if uses_pairs(objective) else ""
         raise UsageError(f"--objective {objective} needs a {want} model, but the seed {seed_model} is {arch}{why}")
     if tokens_per_sample > max_positions:
-        raise UsageError(f"--tokens-per-sample {tokens_per_sample} exceeds the model's max_positions "
-                         f"({max_positions}); lower it to at most {max_positions}")
+        raise UsageError(
+            f"--tokens-per-sample {tokens_per_sample} exceeds the model's max_positions "
+            f"({max_positions}); lower it to at most {max_positions}"
+        )

@@ -48,13 +48,16 @@ class RunLock:
             os.close(fd)
             return f"{self.path.parent} is being trained by {self.holder()}"
         except OSError as e:  # e.g. ENOLCK on an NFS mount without a lock daemon
-
             os.close(fd)
-            get_logger("train").warning(f"cannot lock {self.path} ({e.strerror}): a second trainer on this run "
-                                        "dir would not be stopped")
+            get_logger("train").warning(
+                f"cannot lock {self.path} ({e.strerror}): a second trainer on this run dir would not be stopped"
+            )
             return None
-        holder = {"host": socket.gethostname(), "pid": os.getpid(),
-                  "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")}
+        holder = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID"),
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder).encode(), 0)
         self._fd = fd

@@ -32,13 +32,20 @@ from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_ste
 log = get_logger("train")
 
 
-def binarized_done(out_dir: Path, splits: list[str], tok_fingerprint: str, clusterer_fp: str | None,
-                   data_dir: Path, clusters_dir: Path | None) -> bool:
+def binarized_done(
+    out_dir: Path,
+    splits: list[str],
+    tok_fingerprint: str,
+    clusterer_fp: str | None,
+    data_dir: Path,
+    clusters_dir: Path | None,
+) -> bool:
     """True when every split is binarized with this tokenizer and clusterer from exactly the files that are
     there now (nothing to do); a stale split is named in a warning."""
     for split in splits:
-        d, why = split_status(out_dir, split, tok_fingerprint, clusterer_fp,
-                              split_inputs(data_dir, split, clusters_dir))
+        d, why = split_status(
+            out_dir, split, tok_fingerprint, clusterer_fp, split_inputs(data_dir, split, clusters_dir)
+        )
         if d is None:
             if why != NOT_BINARIZED:
                 log.warning(f"binarized split '{split}' in {out_dir} is out of date ({why}): re-binarizing it")
@@ -46,81 +53,175 @@ def binarized_done(out_dir: Path, splits: list[str], tok_fingerprint: str, clust
     return (Path(out_dir) / MANIFEST).is_file()
 
 
-def binarize_from_paths(data_dir: str, out_dir: str, tokenizer_path: str, clusters_dir: str | None,
-                        num_clusters: int, splits: list[str], workers: int, allow_unassigned: bool) -> dict:
+def binarize_from_paths(
+    data_dir: str,
+    out_dir: str,
+    tokenizer_path: str,
+    clusters_dir: str | None,
+    num_clusters: int,
+    splits: list[str],
+    workers: int,
+    allow_unassigned: bool,
+) -> dict:
     """Picklable entry point (paths only) so binarization can run as its own job."""
     setup_logging("binarize")
-    return binarize(data_dir, out_dir, load_tokenizer(tokenizer_path), splits=splits, clusters_dir=clusters_dir,
-                    num_clusters=num_clusters, workers=workers, allow_unassigned=allow_unassigned).manifest
+    return binarize(
+        data_dir,
+        out_dir,
+        load_tokenizer(tokenizer_path),
+        splits=splits,
+        clusters_dir=clusters_dir,
+        num_clusters=num_clusters,
+        workers=workers,
+        allow_unassigned=allow_unassigned,
+    ).manifest
 
 
-def ensure_binarized(data_dir: Path, out_dir: Path, tokenizer, clusters_dir: Path | None, num_clusters: int,
-                     splits: list[str], workers: int, allow_unassigned: bool, *, clusterer_fp: str | None = None,
-                     run: str = "local", site=None, job_dir: Path | None = None) -> None:
+def ensure_binarized(
+    data_dir: Path,
+    out_dir: Path,
+    tokenizer,
+    clusters_dir: Path | None,
+    num_clusters: int,
+    splits: list[str],
+    workers: int,
+    allow_unassigned: bool,
+    *,
+    clusterer_fp: str | None = None,
+    run: str = "local",
+    site=None,
+    job_dir: Path | None = None,
+) -> None:
     """Binarize what is missing: in this process (local/debug), or as one SLURM job with `workers` CPUs
     (`--run slurm`: tokenizing a corpus is no work for a login node)."""
     if binarized_done(out_dir, splits, tokenizer.fingerprint, clusterer_fp, data_dir, clusters_dir):
         log.info(f"binarized data up to date: {out_dir}")
         return
     if run != "slurm":
-        binarize(data_dir, out_dir, tokenizer, splits=splits, clusters_dir=clusters_dir, num_clusters=num_clusters,
-                 workers=workers, allow_unassigned=allow_unassigned)
+        binarize(
+            data_dir,
+            out_dir,
+            tokenizer,
+            splits=splits,
+            clusters_dir=clusters_dir,
+            num_clusters=num_clusters,
+            workers=workers,
+            allow_unassigned=allow_unassigned,
+        )
         return
-    _binarize_job(binarize_from_paths, (str(data_dir), str(out_dir), str(tokenizer.path),
-                                        None if clusters_dir is None else str(clusters_dir), num_clusters, splits,
-                                        workers, allow_unassigned),
-                  "binarize", job_dir or out_dir / "logs", max(1, workers + 1), site)
+    _binarize_job(
+        binarize_from_paths,
+        (
+            str(data_dir),
+            str(out_dir),
+            str(tokenizer.path),
+            None if clusters_dir is None else str(clusters_dir),
+            num_clusters,
+            splits,
+            workers,
+            allow_unassigned,
+        ),
+        "binarize",
+        job_dir or out_dir / "logs",
+        max(1, workers + 1),
+        site,
+    )
 
 
 def _binarize_job(fn, args: tuple, what: str, job_dir: Path, cpus: int, site) -> None:
     """Run `fn(*args)` as one SLURM job and wait for it (its log paths printed as it is queued)."""
-    ex = make_executor("slurm", job_dir, name=f"xlbtm-{what.replace(' ', '-')}", cpus_per_task=cpus,
-                       timeout_min=24 * 60, site=site)
+    ex = make_executor(
+        "slurm", job_dir, name=f"xlbtm-{what.replace(' ', '-')}", cpus_per_task=cpus, timeout_min=24 * 60, site=site
+    )
     job = ex.submit(fn, *args)
     print(f"{what}: job {job.job_id}; logs {job.paths.stdout} / {job.paths.stderr}", flush=True)
     wait_for([job], what=what)
 
 
-def binarize_pairs_from_paths(parallel_dir: str, out_dir: str, tokenizer_path: str, splits: list[str],
-                              clusters_dir: str | None, allow_unassigned: bool) -> dict:
+def binarize_pairs_from_paths(
+    parallel_dir: str,
+    out_dir: str,
+    tokenizer_path: str,
+    splits: list[str],
+    clusters_dir: str | None,
+    allow_unassigned: bool,
+) -> dict:
     """Picklable entry point (paths only) so parallel data can be binarized as its own job."""
     setup_logging("binarize")
-    return binarize_pairs(parallel_dir, out_dir, load_tokenizer(tokenizer_path), splits=splits,
-                          clusters_dir=clusters_dir, allow_unassigned=allow_unassigned)
+    return binarize_pairs(
+        parallel_dir,
+        out_dir,
+        load_tokenizer(tokenizer_path),
+        splits=splits,
+        clusters_dir=clusters_dir,
+        allow_unassigned=allow_unassigned,
+    )
 
 
-def ensure_pairs_binarized(parallel_dir: Path, bin_dir: Path, tokenizer, splits: list[str],
-                           clusters_dir: Path | None = None, allow_unassigned: bool = False, *,
-                           clusterer_fp: str | None = None, run: str = "local", site=None,
-                           job_dir: Path | None = None) -> None:
+def ensure_pairs_binarized(
+    parallel_dir: Path,
+    bin_dir: Path,
+    tokenizer,
+    splits: list[str],
+    clusters_dir: Path | None = None,
+    allow_unassigned: bool = False,
+    *,
+    clusterer_fp: str | None = None,
+    run: str = "local",
+    site=None,
+    job_dir: Path | None = None,
+) -> None:
     """Binarize the parallel data's splits (those it has: a valid split is optional) into
     `<binarized dir>/parallel`, per cluster with `clusters_dir` (assigned by `clusterer_fp`): in this process, or
     as a SLURM job with `--run slurm`, as the corpus is; splits already binarized from the same files are skipped."""
     out = pairs_dir_for(bin_dir)
     have = [s for s in splits if (Path(parallel_dir) / s).is_dir()]
-    if binarized_done(out, have, tokenizer.fingerprint, clusterer_fp if clusters_dir else None, parallel_dir,
-                      clusters_dir):
+    if binarized_done(
+        out, have, tokenizer.fingerprint, clusterer_fp if clusters_dir else None, parallel_dir, clusters_dir
+    ):
         log.info(f"binarized parallel data up to date: {out}")
         return
     if run != "slurm":
-        binarize_pairs(parallel_dir, out, tokenizer, splits=have, clusters_dir=clusters_dir,
-                       allow_unassigned=allow_unassigned)
+        binarize_pairs(
+            parallel_dir, out, tokenizer, splits=have, clusters_dir=clusters_dir, allow_unassigned=allow_unassigned
+        )
         return
-    _binarize_job(binarize_pairs_from_paths, (str(parallel_dir), str(out), str(tokenizer.path), have,
-                                              None if clusters_dir is None else str(clusters_dir), allow_unassigned),
-                  "binarize pairs", job_dir or out / "logs", 1, site)
+    _binarize_job(
+        binarize_pairs_from_paths,
+        (
+            str(parallel_dir),
+            str(out),
+            str(tokenizer.path),
+            have,
+            None if clusters_dir is None else str(clusters_dir),
+            allow_unassigned,
+        ),
+        "binarize pairs",
+        job_dir or out / "logs",
+        1,
+        site,
+    )
 
 
 def _executor(plans: list[ExpertPlan], spec: LaunchSpec, site=None):
     logs = RunLayout(plans[0].run_dir.parent).logs_dir
-    return make_executor(spec.run, logs, name=f"xlbtm-{plans[0].cfg.run_name}", nodes=spec.num_nodes,
-                       tasks_per_node=spec.num_gpus, gpus_per_node=spec.num_gpus if spec.device == "cuda" else 0,
-                       cpus_per_task=spec.cpus_per_task or 1, timeout_min=spec.timeout_min, mem_gb=spec.mem_gb,
-                         site=site)
+    return make_executor(
+        spec.run,
+        logs,
+        name=f"xlbtm-{plans[0].cfg.run_name}",
+        nodes=spec.num_nodes,
+        tasks_per_node=spec.num_gpus,
+        gpus_per_node=spec.num_gpus if spec.device == "cuda" else 0,
+        cpus_per_task=spec.cpus_per_task or 1,
+        timeout_min=spec.timeout_min,
+        mem_gb=spec.mem_gb,
+        site=site,
+    )
 
 
-def submit(plans: list[ExpertPlan], spec: LaunchSpec, site=None,
-           visible_gpus: Sequence[tuple[int, ...] | None] | None = None) -> list:
+def submit(
+    plans: list[ExpertPlan], spec: LaunchSpec, site=None, visible_gpus: Sequence[tuple[int, ...] | None] | None = None
+) -> list:
     """One job per expert, submitted as one array; every job has num_nodes x num_gpus tasks."""
     if not plans:
         return []
@@ -153,13 +254,33 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
     r = plan.request
     splits = [r.train_subset] + ([r.valid_subset] if r.valid_subset else [])
     if plan.data_dir is not None:
-        ensure_binarized(plan.data_dir, plan.bin_dir, plan.tokenizer, plan.clusters_dir, r.num_clusters, splits,
-                         r.binarize_workers, r.allow_unassigned, clusterer_fp=plan.clusterer_fp, run=r.run,
-                         site=plan.site, job_dir=plan.job_dir)
+        ensure_binarized(
+            plan.data_dir,
+            plan.bin_dir,
+            plan.tokenizer,
+            plan.clusters_dir,
+            r.num_clusters,
+            splits,
+            r.binarize_workers,
+            r.allow_unassigned,
+            clusterer_fp=plan.clusterer_fp,
+            run=r.run,
+            site=plan.site,
+            job_dir=plan.job_dir,
+        )
     if plan.parallel_dir is not None:
-        ensure_pairs_binarized(plan.parallel_dir, plan.bin_dir, plan.tokenizer, splits, plan.parallel_clusters_dir,
-                               r.allow_unassigned, clusterer_fp=plan.clusterer_fp, run=r.run, site=plan.site,
-                               job_dir=plan.job_dir)
+        ensure_pairs_binarized(
+            plan.parallel_dir,
+            plan.bin_dir,
+            plan.tokenizer,
+            splits,
+            plan.parallel_clusters_dir,
+            r.allow_unassigned,
+            clusterer_fp=plan.clusterer_fp,
+            run=r.run,
+            site=plan.site,
+            job_dir=plan.job_dir,
+        )
     if plan.allocation is None:
         plan.allocation = apply_step_allocation(plan)
         for line in plan.allocation or []:
@@ -167,8 +288,10 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
 
     def status(ps, js):
         for p, j in zip(ps, js):
-            echo(f"cluster {p.cluster}: job {j.job_id}; logs {j.paths.stdout} / {j.paths.stderr}; "
-                 f"metrics {train_log_path(p.run_dir)}")
+            echo(
+                f"cluster {p.cluster}: job {j.job_id}; logs {j.paths.stdout} / {j.paths.stderr}; "
+                f"metrics {train_log_path(p.run_dir)}"
+            )
 
     if r.run == "local":
         # waves: never more concurrent experts than GPU sets (or CPU cores / G) on this machine
@@ -176,9 +299,9 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
         assert slots is not None  # plan_experts sets them for --run local
         results = []
         for i in range(0, len(plan.experts), len(slots)):
-            wave = plan.experts[i:i + len(slots)]
+            wave = plan.experts[i : i + len(slots)]
             with jobs_die_with_this_process():
-                jobs = submit(wave, plan.spec, plan.site, visible_gpus=slots[:len(wave)])
+                jobs = submit(wave, plan.spec, plan.site, visible_gpus=slots[: len(wave)])
             status(wave, jobs)
             results += wait_for(jobs, what="train_experts")
         return results
@@ -194,8 +317,11 @@ def describe_results(plan: TrainExpertsPlan, results: list) -> list[str]:
     lines = []
     for p, res in zip(plan.experts, results):
         vl = res.get("valid_loss") if isinstance(res, dict) else None
-        lines.append(f"cluster {p.cluster}: {res.get('status')} at step {res.get('step')}"
-                     + (f", valid loss {vl:.3f} (base 2)" if vl is not None else "") + f" -> {p.run_dir}")
+        lines.append(
+            f"cluster {p.cluster}: {res.get('status')} at step {res.get('step')}"
+            + (f", valid loss {vl:.3f} (base 2)" if vl is not None else "")
+            + f" -> {p.run_dir}"
+        )
     return lines
 
 

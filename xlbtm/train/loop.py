@@ -17,6 +17,7 @@ from xlbtm.train.trainer import Trainer, TrainResult
 
 # ------------------------------------------------------------------------------------------ process group
 
+
 def _init_distributed(device: str | None):
     """(rank, world_size, device) from the launch layer (submitit, torchrun, srun or alone); a single process
     still gets a 1-rank group so the same mesh / FSDP code path runs everywhere."""
@@ -25,6 +26,7 @@ def _init_distributed(device: str | None):
 
 
 # -------------------------------------------------------------------------------------------------- train
+
 
 def train_expert(cfg: TrainConfig) -> TrainResult:
     """Train (or resume) one expert; every rank of its process group calls this."""
@@ -42,7 +44,6 @@ def train_expert(cfg: TrainConfig) -> TrainResult:
         lock.release()
         preempt.uninstall()
         if own_group:  # e.g. `--run debug` trains in the caller's process: leave no process group behind
-
             destroy_distributed()
 
 
@@ -55,5 +56,4 @@ def _hold_run_lock(lock, rank: int) -> None:
     if dist.get_world_size() > 1:
         dist.broadcast_object_list(why, src=0)
     if why[0] is not None:
-        raise UsageError(f"{why[0]}: wait for it to finish (or stop it), or train into another "
-                         "--serialization-dir")
+        raise UsageError(f"{why[0]}: wait for it to finish (or stop it), or train into another --serialization-dir")

@@ -13,9 +13,17 @@ from xlbtm.io import atomic_open
 
 # dense bf16 peak FLOP/s per device (no sparsity); MFU is reported against these
 PEAK_FLOPS = {
-    "H100": 989e12, "H200": 989e12, "GH200": 989e12, "H800": 989e12,
-    "A100": 312e12, "A800": 312e12, "L40S": 362e12, "A10G": 125e12, "V100": 125e12,
-    "B200": 2250e12, "MI300X": 1307e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "GH200": 989e12,
+    "H800": 989e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "V100": 125e12,
+    "B200": 2250e12,
+    "MI300X": 1307e12,
 }
 
 
@@ -49,8 +57,7 @@ class MetricLogger:
 
                 self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
             except ImportError:
-                print("tensorboard not installed (pip install xlbtm[tensorboard]); logging without it",
-                      file=sys.stderr)
+                print("tensorboard not installed (pip install xlbtm[tensorboard]); logging without it", file=sys.stderr)
 
     def log(self, record: dict, echo: bool = True) -> None:
         if not self.enabled:

@@ -25,7 +25,7 @@ def lr_at(step: int, cfg) -> float:
     if step >= total:
         return end
     frac = 1.0 - (step - warm) / max(1, total - warm)
-    return (lr - end) * frac ** cfg.power + end
+    return (lr - end) * frac**cfg.power + end
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -51,10 +51,10 @@ class ExpertPlan:
 
 @dataclass
 class LaunchSpec:
-    run: str                     # slurm | local | debug
+    run: str  # slurm | local | debug
     num_nodes: int
-    num_gpus: int                # tasks per node (GPUs, or CPU workers without GPUs)
-    device: str                  # cuda | cpu
+    num_gpus: int  # tasks per node (GPUs, or CPU workers without GPUs)
+    device: str  # cuda | cpu
     timeout_min: int = 60 * 24
     mem_gb: float | None = None
     cpus_per_task: int | None = None
@@ -76,8 +76,9 @@ def parse_cluster_list(value: str | None, num_clusters: int) -> list[int]:
             elif part:
                 out.append(int(part))
         except ValueError:
-            raise UsageError(f"--train-cluster: expected comma-separated cluster ids like 1,3,5, got {value!r}") \
-                from None
+            raise UsageError(
+                f"--train-cluster: expected comma-separated cluster ids like 1,3,5, got {value!r}"
+            ) from None
     bad = [k for k in out if not 0 <= k < num_clusters]
     if bad:
         raise UsageError(f"--train-cluster: cluster(s) {bad} out of range for --num-clusters {num_clusters}")
@@ -102,8 +103,11 @@ def resolve_clusters_dir(path: str, num_clusters: int, data_name: str | None) ->
     for cand in cands:
         if (cand / "manifest.json").is_file() or (cand / "train").is_dir():
             return cand
-    raise InputError("no cluster files found (expected manifest.json; run xlbtm.scripts.train_clusterer and "
-                     "then xlbtm.scripts.cluster first)", root)
+    raise InputError(
+        "no cluster files found (expected manifest.json; run xlbtm.scripts.train_clusterer and "
+        "then xlbtm.scripts.cluster first)",
+        root,
+    )
 
 
 def detect_device(run: str, requested: str = "auto") -> str:
@@ -150,20 +154,20 @@ class TrainExpertsPlan:
 
     request: TrainExpertsRequest
     clusters: list[int]
-    data_dir: Path | None                     # None: --objective tlm (parallel data only)
-    clusters_dir: Path | None                 # None: dense baseline (no filtering)
+    data_dir: Path | None  # None: --objective tlm (parallel data only)
+    clusters_dir: Path | None  # None: dense baseline (no filtering)
     clusterer_fp: str | None
-    tokenizer: Any                            # xlbtm.tokenizer.Tokenizer
+    tokenizer: Any  # xlbtm.tokenizer.Tokenizer
     objective: Objective
     run_name: str
     bin_dir: Path
-    device: str                               # cuda | cpu
-    site: Any                                 # SiteConfig
+    device: str  # cuda | cpu
+    site: Any  # SiteConfig
     spec: LaunchSpec
     experts: list[ExpertPlan] = field(default_factory=list)
     slots: list[tuple[int, ...] | None] | None = None  # --run local: one entry (GPU set) per concurrent expert
-    allocation: list[str] | None = None       # --step-allocation proportional, once applied: its description
-    parallel_dir: Path | None = None          # --parallel-data (tlm, mlm+tlm)
+    allocation: list[str] | None = None  # --step-allocation proportional, once applied: its description
+    parallel_dir: Path | None = None  # --parallel-data (tlm, mlm+tlm)
     parallel_clusters_dir: Path | None = None  # its cluster files; None: every expert reads all its pairs
 
     @property
@@ -197,8 +201,7 @@ def resolve_tokenizer(seed_model: str, tokenizer: str | None = None) -> str:
     for cand in ([seed] if seed.is_dir() else []) + ([seed.parent] if seed.is_file() else []):
         if any((cand / f).is_file() for f in ("tokenizer.json", "sentencepiece.bpe.model", "tokenizer_config.json")):
             return str(cand)
-    raise UsageError("--tokenizer is required: the seed model does not carry a tokenizer "
-                     f"({seed_model})")
+    raise UsageError(f"--tokenizer is required: the seed model does not carry a tokenizer ({seed_model})")
 
 
 def default_objective(seed_model: str, model_size: str | None = None) -> Objective:
@@ -217,8 +220,12 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     K = req.num_clusters
     if K < 1:
         raise UsageError("--num-clusters must be >= 1")
-    for flag, value in (("--batch-size", req.batch_size), ("--update-freq", req.update_freq),
-                        ("--tokens-per-sample", req.tokens_per_sample), ("--max-steps", req.max_steps)):
+    for flag, value in (
+        ("--batch-size", req.batch_size),
+        ("--update-freq", req.update_freq),
+        ("--tokens-per-sample", req.tokens_per_sample),
+        ("--max-steps", req.max_steps),
+    ):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     if not 0 <= req.learning_rate < float("inf"):  # 0 is allowed: a run that only evaluates its seed
@@ -229,11 +236,14 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
         raise UsageError("--num-nodes and --num-gpus must be >= 1")
     world = req.num_nodes * req.num_gpus
     if world % req.tensor_parallel_size:
-        raise UsageError(f"--tensor-parallel-size {req.tensor_parallel_size} must divide --num-nodes x --num-gpus "
-                         f"({world})")
+        raise UsageError(
+            f"--tensor-parallel-size {req.tensor_parallel_size} must divide --num-nodes x --num-gpus ({world})"
+        )
     if req.tokens_per_sample % req.tensor_parallel_size:
-        raise UsageError(f"--tokens-per-sample {req.tokens_per_sample} must be divisible by --tensor-parallel-size "
-                         f"{req.tensor_parallel_size} (sequence parallelism splits every sample evenly)")
+        raise UsageError(
+            f"--tokens-per-sample {req.tokens_per_sample} must be divisible by --tensor-parallel-size "
+            f"{req.tensor_parallel_size} (sequence parallelism splits every sample evenly)"
+        )
     clusters = parse_cluster_list(req.train_cluster, K)
     objective = req.objective or default_objective(req.seed_model, req.model_size)
     data_dir, parallel_dir = resolve_objective_data(req, objective)
@@ -242,28 +252,39 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
         if not req.path_to_clusters_dir:
             raise UsageError("--num-clusters > 1 needs --path-to-clusters-dir")
         if K > 1:
-            clusters_dir, clusterer_fp = read_clusters_dir(req.path_to_clusters_dir, K, req.data_name,
-                                                           "--path-to-clusters-dir", parallel=False)
+            clusters_dir, clusterer_fp = read_clusters_dir(
+                req.path_to_clusters_dir, K, req.data_name, "--path-to-clusters-dir", parallel=False
+            )
     elif data_dir is None and req.path_to_clusters_dir:
-        raise UsageError("--objective tlm reads no monolingual cluster files: leave out --path-to-clusters-dir "
-                         "(the pairs' own are --path-to-parallel-clusters-dir)")
+        raise UsageError(
+            "--objective tlm reads no monolingual cluster files: leave out --path-to-clusters-dir "
+            "(the pairs' own are --path-to-parallel-clusters-dir)"
+        )
     parallel_clusters_dir = None
     if req.path_to_parallel_clusters_dir:
         if parallel_dir is None or K == 1:
-            raise UsageError("--path-to-parallel-clusters-dir routes the pairs of --parallel-data to experts: it "
-                             "needs --objective tlm or mlm+tlm and --num-clusters > 1")
-        parallel_clusters_dir, pair_fp = read_clusters_dir(req.path_to_parallel_clusters_dir, K, None,
-                                                           "--path-to-parallel-clusters-dir", parallel=True)
+            raise UsageError(
+                "--path-to-parallel-clusters-dir routes the pairs of --parallel-data to experts: it "
+                "needs --objective tlm or mlm+tlm and --num-clusters > 1"
+            )
+        parallel_clusters_dir, pair_fp = read_clusters_dir(
+            req.path_to_parallel_clusters_dir, K, None, "--path-to-parallel-clusters-dir", parallel=True
+        )
         if clusterer_fp is not None and pair_fp != clusterer_fp:
-            raise UsageError(f"--path-to-parallel-clusters-dir was assigned by clusterer {pair_fp}, "
-                             f"--path-to-clusters-dir by {clusterer_fp}: assign both with the same clusterer, so "
-                             "expert k trains on cluster k of each")
+            raise UsageError(
+                f"--path-to-parallel-clusters-dir was assigned by clusterer {pair_fp}, "
+                f"--path-to-clusters-dir by {clusterer_fp}: assign both with the same clusterer, so "
+                "expert k trains on cluster k of each"
+            )
         clusterer_fp = pair_fp
 
     tok = load_tokenizer(resolve_tokenizer(req.seed_model, req.tokenizer))
     run_name = req.run_name or req.data_name or "run"
-    bin_dir = Path(req.binarized_dir) if req.binarized_dir else \
-        RunLayout.of(req.serialization_dir, K).binarized_dir(req.data_name, tok.fingerprint)
+    bin_dir = (
+        Path(req.binarized_dir)
+        if req.binarized_dir
+        else RunLayout.of(req.serialization_dir, K).binarized_dir(req.data_name, tok.fingerprint)
+    )
     device = detect_device(req.run, req.device)
     if req.site is not None:
         site = req.site
@@ -277,32 +298,65 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     layout = experts_layout(req.experts_dir, req.serialization_dir, K)
     for k in clusters:
         run_dir = layout.run_dir(run_name, k)
-        cfg = TrainConfig(**shared, run_dir=str(run_dir.resolve()), data_dir=str(bin_dir.resolve()),
-                          seed_model=req.seed_model, model_size=req.model_size, max_steps=req.max_steps,
-                          cluster=k, num_clusters=K, clusterer_fingerprint=clusterer_fp, run_name=run_name,
-                          tokenizer=str(Path(tok.path).resolve()), objective=objective, device=device,
-                          progress_bar=False, init=req.init,
-                          pairs_dir=None if parallel_dir is None else str(pairs_dir_for(bin_dir).resolve()))
+        cfg = TrainConfig(
+            **shared,
+            run_dir=str(run_dir.resolve()),
+            data_dir=str(bin_dir.resolve()),
+            seed_model=req.seed_model,
+            model_size=req.model_size,
+            max_steps=req.max_steps,
+            cluster=k,
+            num_clusters=K,
+            clusterer_fingerprint=clusterer_fp,
+            run_name=run_name,
+            tokenizer=str(Path(tok.path).resolve()),
+            objective=objective,
+            device=device,
+            progress_bar=False,
+            init=req.init,
+            pairs_dir=None if parallel_dir is None else str(pairs_dir_for(bin_dir).resolve()),
+        )
         experts.append(ExpertPlan(k, run_dir, cfg))
 
     # what training writes (each expert's run dir, the binarized data) must not touch what it reads
-    refuse_overlap({"--binarized-dir" if req.binarized_dir else "--serialization-dir (binarized data)": bin_dir,
-                    **{f"--serialization-dir (cluster {p.cluster})": p.run_dir for p in experts}},
-                   {"--path-to-data": data_dir, "--parallel-data": parallel_dir, "--path-to-clusters-dir": clusters_dir,
-                    "--path-to-parallel-clusters-dir": parallel_clusters_dir, "--seed-model": req.seed_model,
-                    "--tokenizer": tok.path})
+    refuse_overlap(
+        {
+            "--binarized-dir" if req.binarized_dir else "--serialization-dir (binarized data)": bin_dir,
+            **{f"--serialization-dir (cluster {p.cluster})": p.run_dir for p in experts},
+        },
+        {
+            "--path-to-data": data_dir,
+            "--parallel-data": parallel_dir,
+            "--path-to-clusters-dir": clusters_dir,
+            "--path-to-parallel-clusters-dir": parallel_clusters_dir,
+            "--seed-model": req.seed_model,
+            "--tokenizer": tok.path,
+        },
+    )
     check_experts_startable(req, tok, objective, experts)
-    plan = TrainExpertsPlan(request=req, clusters=clusters, data_dir=data_dir, clusters_dir=clusters_dir,
-                            clusterer_fp=clusterer_fp, tokenizer=tok, objective=objective, run_name=run_name,
-                            bin_dir=bin_dir, device=device, site=site, spec=spec, experts=experts,
-                            slots=local_slots(spec) if req.run == "local" else None, parallel_dir=parallel_dir,
-                            parallel_clusters_dir=parallel_clusters_dir)
+    plan = TrainExpertsPlan(
+        request=req,
+        clusters=clusters,
+        data_dir=data_dir,
+        clusters_dir=clusters_dir,
+        clusterer_fp=clusterer_fp,
+        tokenizer=tok,
+        objective=objective,
+        run_name=run_name,
+        bin_dir=bin_dir,
+        device=device,
+        site=site,
+        spec=spec,
+        experts=experts,
+        slots=local_slots(spec) if req.run == "local" else None,
+        parallel_dir=parallel_dir,
+        parallel_clusters_dir=parallel_clusters_dir,
+    )
     plan.allocation = apply_step_allocation(plan)  # None until the data is binarized (run_plan applies it then)
     return plan
 
 
-def read_clusters_dir(path: str, K: int, data_name: str | None, flag: str, *, parallel: bool
-                      ) -> tuple[Path, str]:
+def read_clusters_dir(path: str, K: int, data_name: str | None, flag: str, *, parallel: bool) -> tuple[Path, str]:
     """(the cluster files' dir, their clusterer's fingerprint), checked: K clusters, and made from translation
     pairs (`cluster --parallel-side`) exactly when `parallel`."""
     d = resolve_clusters_dir(path, K, data_name)
@@ -311,11 +365,15 @@ def read_clusters_dir(path: str, K: int, data_name: str | None, flag: str, *, pa
         raise UsageError(f"--num-clusters {K} but {flag} {d}/manifest.json has {man['num_clusters']}")
     side = man.get("parallel_side")
     if parallel and not side:
-        raise UsageError(f"{flag} {d} holds cluster files of monolingual documents; assign the parallel data with "
-                         "`python -m xlbtm.scripts.cluster --parallel-side tgt ...`")
+        raise UsageError(
+            f"{flag} {d} holds cluster files of monolingual documents; assign the parallel data with "
+            "`python -m xlbtm.scripts.cluster --parallel-side tgt ...`"
+        )
     if side and not parallel:
-        raise UsageError(f"{flag} {d} holds cluster files of translation pairs (--parallel-side {side}); give them "
-                         "as --path-to-parallel-clusters-dir")
+        raise UsageError(
+            f"{flag} {d} holds cluster files of translation pairs (--parallel-side {side}); give them "
+            "as --path-to-parallel-clusters-dir"
+        )
     return d, man["fingerprint"]
 
 
@@ -333,20 +391,27 @@ def resolve_objective_data(req: TrainExpertsRequest, objective: str) -> tuple[Pa
             raise UsageError(f"--path-to-data is required with --objective {objective}")
         data_dir = resolve_data_dir(req.path_to_data, req.data_name)
     elif req.path_to_data:
-        raise UsageError("--objective tlm trains on --parallel-data only; leave out --path-to-data, or use "
-                         "--objective mlm+tlm to train on both")
+        raise UsageError(
+            "--objective tlm trains on --parallel-data only; leave out --path-to-data, or use "
+            "--objective mlm+tlm to train on both"
+        )
     if uses_pairs(objective):
         if not req.parallel_data:
-            raise UsageError(f"--objective {objective} needs --parallel-data (translation pairs: "
-                             "<dir>/train/<shard>/*.jsonl of {\"src\", \"tgt\", \"src_lang\", \"tgt_lang\"})")
+            raise UsageError(
+                f"--objective {objective} needs --parallel-data (translation pairs: "
+                '<dir>/train/<shard>/*.jsonl of {"src", "tgt", "src_lang", "tgt_lang"})'
+            )
         parallel_dir = Path(req.parallel_data)
         if not (parallel_dir / "train").is_dir():
-            raise InputError("no 'train' split found (expected --parallel-data <dir>/train/<shard>/*.jsonl)",
-                             parallel_dir)
+            raise InputError(
+                "no 'train' split found (expected --parallel-data <dir>/train/<shard>/*.jsonl)", parallel_dir
+            )
         if objective == "tlm" and req.num_clusters > 1 and not req.path_to_parallel_clusters_dir:
-            raise UsageError("--objective tlm with --num-clusters > 1 needs --path-to-parallel-clusters-dir (cluster "
-                             "files of the pairs, from cluster --parallel-side tgt): else every expert would train "
-                             "on the same pairs")
+            raise UsageError(
+                "--objective tlm with --num-clusters > 1 needs --path-to-parallel-clusters-dir (cluster "
+                "files of the pairs, from cluster --parallel-side tgt): else every expert would train "
+                "on the same pairs"
+            )
     elif req.parallel_data:
         raise UsageError(f"--parallel-data is only read by --objective tlm or mlm+tlm, not {objective}")
     return data_dir, parallel_dir
@@ -363,16 +428,20 @@ def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, exper
             continue
         held = RunLock(p.run_dir).held_by_other()
         if held:
-            raise UsageError(f"cluster {p.cluster}: {held}; wait for it to finish (or stop it), or train into "
-                             "another --serialization-dir")
+            raise UsageError(
+                f"cluster {p.cluster}: {held}; wait for it to finish (or stop it), or train into "
+                "another --serialization-dir"
+            )
         if latest_checkpoint(p.run_dir) is None:
             fresh = True
             continue
         info = read_expert_info(p.run_dir)  # a resume: the run's own model and tokenizer
         if info.tokenizer_fingerprint != tok.fingerprint:
-            raise UsageError(f"cluster {p.cluster}: {p.run_dir / EXPERT_JSON} was started with the tokenizer "
-                             f"{info.tokenizer}, not {tok.path}; resume with that --tokenizer or train into "
-                             "another --serialization-dir")
+            raise UsageError(
+                f"cluster {p.cluster}: {p.run_dir / EXPERT_JSON} was started with the tokenizer "
+                f"{info.tokenizer}, not {tok.path}; resume with that --tokenizer or train into "
+                "another --serialization-dir"
+            )
         args = ModelArgs.from_dict(info.model_args)
         check_model_fits(args.arch, args.max_positions, objective, req.tokens_per_sample, str(p.run_dir))
     if fresh:
@@ -395,7 +464,7 @@ def allocate_steps(total_steps: int, weights: list[int]) -> list[int]:
     exact = [spare * w / sum(weights) for w in weights]
     steps = [1 + int(x) for x in exact]
     order = sorted(range(K), key=lambda k: (-(exact[k] - int(exact[k])), k))
-    for k in order[:total_steps - sum(steps)]:
+    for k in order[: total_steps - sum(steps)]:
         steps[k] += 1
     return steps
 
@@ -412,14 +481,17 @@ def apply_step_allocation(plan: TrainExpertsPlan) -> list[str] | None:
         return None
     steps = allocate_steps(r.num_clusters * r.max_steps, [int(t) for t in tokens])
     total = sum(tokens)
-    lines = [f"step allocation: proportional to training tokens, {sum(steps)} steps in all "
-             f"(= K x --max-steps {r.max_steps})"]
+    lines = [
+        f"step allocation: proportional to training tokens, {sum(steps)} steps in all (= K x --max-steps {r.max_steps})"
+    ]
     for p in plan.experts:
         p.cfg.max_steps = steps[p.cluster]
         # the same schedule shape: warm-up stays the same fraction of the expert's own steps
         p.cfg.warmup_updates = int(r.warmup_updates * steps[p.cluster] / max(r.max_steps, 1))
-        lines.append(f"  cluster {p.cluster}: {steps[p.cluster]} steps ({100 * tokens[p.cluster] / max(total, 1):.1f}% "
-                     f"of the tokens)")
+        lines.append(
+            f"  cluster {p.cluster}: {steps[p.cluster]} steps ({100 * tokens[p.cluster] / max(total, 1):.1f}% "
+            f"of the tokens)"
+        )
     return lines
 
 
@@ -455,20 +527,30 @@ def describe_plan(plan: TrainExpertsPlan) -> list[str]:
         f"  per expert: {r.num_nodes} node(s) x {r.num_gpus} {'GPU' if plan.device == 'cuda' else 'CPU worker'}(s) "
         f"= {plan.world} tasks, dp={plan.dp} tp={r.tensor_parallel_size}; {plan.global_batch_size} samples x "
         f"{r.tokens_per_sample} tokens per step = {plan.global_batch_size * r.tokens_per_sample} tokens/step, "
-        f"{r.max_steps} steps" + ("" if r.step_allocation == "equal" or K == 1 else
-                                  f" on average ({r.step_allocation} allocation of {K * r.max_steps})"),
+        f"{r.max_steps} steps"
+        + (
+            ""
+            if r.step_allocation == "equal" or K == 1
+            else f" on average ({r.step_allocation} allocation of {K * r.max_steps})"
+        ),
         f"  launch: --run {r.run}, device {plan.device}; site: {plan.site.describe()}",
     ]
     if plan.parallel_dir is not None:
-        routing = (f"each expert reads its cluster's pairs, {plan.parallel_clusters_dir}" if plan.parallel_clusters_dir
-                   else "every expert reads all pairs")
-        lines.append(f"  parallel data: {plan.parallel_dir} ({routing}"
-                     + (f"; {r.tlm_ratio:g} of the samples TLM)" if plan.objective == "mlm+tlm" else ")"))
+        routing = (
+            f"each expert reads its cluster's pairs, {plan.parallel_clusters_dir}"
+            if plan.parallel_clusters_dir
+            else "every expert reads all pairs"
+        )
+        lines.append(
+            f"  parallel data: {plan.parallel_dir} ({routing}"
+            + (f"; {r.tlm_ratio:g} of the samples TLM)" if plan.objective == "mlm+tlm" else ")")
+        )
     if plan.slots is not None:
         slots = plan.slots
-        lines.append(f"  local: {len(slots)} expert(s) at a time"
-                     + (f" on GPUs {', '.join(map(str, slots))}" if slots[0] is not None
-                        else f" ({os.cpu_count()} CPU cores)"))
+        lines.append(
+            f"  local: {len(slots)} expert(s) at a time"
+            + (f" on GPUs {', '.join(map(str, slots))}" if slots[0] is not None else f" ({os.cpu_count()} CPU cores)")
+        )
     if plan.allocation:
         lines += plan.allocation
     elif r.step_allocation != "equal" and K > 1:

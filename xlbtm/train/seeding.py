@@ -20,8 +20,9 @@ def _seed_model(cfg: TrainConfig, tok):
     if cfg.dropout is not None and cfg.dropout != args.dropout:
         # the models read their dropout rates from ModelArgs at build time: rebuild with the override
 
-        args = dataclasses.replace(args, dropout=cfg.dropout, attention_dropout=cfg.dropout,
-                                   activation_dropout=cfg.dropout)
+        args = dataclasses.replace(
+            args, dropout=cfg.dropout, attention_dropout=cfg.dropout, activation_dropout=cfg.dropout
+        )
         sd = model.state_dict()
         model = build_model(args)
         model.load_state_dict(sd)
