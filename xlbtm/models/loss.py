@@ -20,8 +20,8 @@ one-rank and the vocabulary-parallel loss cannot drift apart.
 
 Chunk size (`chunk_tokens`): `chunk_mib` MiB of fp32 logits per chunk when given (training's
 `--loss-chunk-mib`); by default twice the fp32 size of the [V, D] weight, within [MIN_CHUNK_BYTES, CHUNK_BYTES].
-A chunk's logits become its softmax and its gradient in place (two [chunk, V] buffers at the peak: the logits
-and their exp while the sums are taken), and the loss holds two fp32 [V, D] tensors anyway (the dW
+A chunk's logits become its softmax and its gradient in place (one [chunk, V] buffer, and the exp of
+SUM_ROWS rows at a time while their sums are taken), and the loss holds two fp32 [V, D] tensors anyway (the dW
 accumulator, then the weight's gradient), so the chunks add about as much as the loss needs regardless; and
 a chunk of 2 D tokens keeps the projection's GEMMs efficient (at d = 64 and V = 256k on a CPU, 64-token chunks cost ~25% more time than 128- or 262-token ones,
 benchmarks/BENCHMARKS.md). At XGLM's vocabulary that is 128 tokens (125 MiB) for a d = 64 body and the
@@ -40,6 +40,8 @@ import torch.nn.functional as F
 CHUNK_BYTES = 1 << 28
 # at least this many by default (a chunk the size of a small vocabulary's weight would be too small a step)
 MIN_CHUNK_BYTES = 1 << 24
+# rows of exp(logits - max) materialized at once while their sums are taken
+SUM_ROWS = 16
 
 
 def chunk_tokens(vocab_size: int, d_model: int | None = None, chunk_mib: float | None = None) -> int:
@@ -104,9 +106,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             local = torch.where(mine, local, 0)
             picked = torch.where(mine, logits.gather(1, local[:, None]).squeeze(1), 0.0)
             m = shard.all_max_(logits.max(dim=-1).values)
-            e = (logits - m[:, None]).exp_()  # exp(logits - max): one more [chunk, V] buffer, freed below
-            sumexp, picked = shard.all_sum_(torch.stack([e.sum(-1), picked]))  # one collective for both under TP
-            del e
+            # sum of exp(logits - max), a few rows at a time: the [rows, V] temporary stays small, and each row's
+            # sum is the same reduction over V as for the whole chunk at once (the loss's established numbers)
+            sums = torch.empty(len(tc), dtype=logits.dtype, device=logits.device)
+            for r in range(0, len(tc), SUM_ROWS):
+                sums[r : r + SUM_ROWS] = (logits[r : r + SUM_ROWS] - m[r : r + SUM_ROWS, None]).exp_().sum(-1)
+            sumexp, picked = shard.all_sum_(torch.stack([sums, picked]))  # one collective for both under TP
             lse = sumexp.log() + m
             total += torch.where(valid, lse - picked, 0.0).sum()
             if grad_h is None and grad_w is None and grad_b is None:
