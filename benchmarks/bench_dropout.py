@@ -40,7 +40,8 @@ def main(argv=None) -> int:
         y = torch.roll(x, -1, 1)
         seeds = list(range(B))
 
-        def step(per_sample: bool) -> float:
+        # this iteration's model and batch bound as defaults (the loop rebinds the names)
+        def step(per_sample: bool, model=model, x=x, y=y, seeds=seeds) -> float:
             t0 = time.perf_counter()
             with sample_seeds(seeds if per_sample else None):
                 model_loss(model, x, None, y).backward()

@@ -50,7 +50,7 @@ class Attention(nn.Module):
 class LayerKV:
     """One layer's cached keys and values [B, H, S, hd] (S = columns fed so far)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
         self.rows: torch.Tensor | None = None  # set per step by KVCache.step_mask: the rows being fed
@@ -60,12 +60,14 @@ class LayerKV:
         """Append the new keys / values; returns what the new queries attend over (their rows' cache + new)."""
         if self.rows is None:
             if self.k is not None:
+                assert self.v is not None  # k and v are always set together
                 k, v = torch.cat([self.k, k], dim=2), torch.cat([self.v, v], dim=2)
             self.k, self.v = k, v
             return k, v
         B, (_, H, T, hd) = self.batch, k.shape
         if self.k is None:
             self.k = self.v = k.new_zeros((B, H, 0, hd))
+        assert self.v is not None  # k and v are always set together
         k_all, v_all = torch.cat([self.k[self.rows], k], dim=2), torch.cat([self.v[self.rows], v], dim=2)
         new_k, new_v = k.new_zeros((B, H, T, hd)), v.new_zeros((B, H, T, hd))
         new_k[self.rows], new_v[self.rows] = k, v  # the other rows get masked padding columns
@@ -100,12 +102,16 @@ class KVCache:
         to itself (no all-masked rows)."""
         R, T = new_pad.shape
         dev = new_pad.device
-        if rows is not None and self.batch_size is None:
+        if rows is None:
+            B = R
+        elif self.batch_size is None:
             raise ValueError("feeding a subset of rows needs KVCache(batch_size=B)")
-        B = R if rows is None else self.batch_size
+        else:
+            B = self.batch_size
         if self.pad is None:
             self.pad = torch.zeros(B, 0, dtype=torch.bool, device=dev)
             self.lengths = torch.zeros(B, dtype=torch.long, device=dev)
+        assert self.lengths is not None  # pad and lengths are always set together
         sel = slice(None) if rows is None else rows
         S = self.seq_len
         real = (~new_pad).long()

@@ -42,8 +42,9 @@ def model_from_state_dict(sd: dict, args: ModelArgs, dtype: torch.dtype | None =
     # assign=True adopts the tensors: give each parameter its own storage (no views of fused qkv)
     sd = own_storage(sd)
     model.load_state_dict(sd, assign=True, strict=True)
-    if hasattr(model, "init_buffers"):
-        model.init_buffers()
+    init_buffers = getattr(model, "init_buffers", None)  # build_model returns a plain nn.Module
+    if init_buffers is not None:
+        init_buffers()
     return model
 
 

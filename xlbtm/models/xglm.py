@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlbtm.models.attention import Attention, KVCache, make_attn_mask, sinusoidal_table
+from xlbtm.models.attention import Attention, KVCache, LayerKV, make_attn_mask, sinusoidal_table
 from xlbtm.models.config import ModelArgs
 from xlbtm.models.dropout import dropout
 
@@ -33,7 +33,8 @@ class DecoderBlock(nn.Module):
         self.fc1 = nn.Linear(d, args.ffn_dim)
         self.fc2 = nn.Linear(args.ffn_dim, d)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                kv: LayerKV | None = None) -> torch.Tensor:
         # kv only when decoding: tensor parallel's input hooks expect exactly (x, attn_mask) in training
         h = self.self_attn(self.self_attn_layer_norm(x), attn_mask) if kv is None else \
             self.self_attn(self.self_attn_layer_norm(x), attn_mask, kv)
@@ -44,6 +45,8 @@ class DecoderBlock(nn.Module):
 
 
 class XGLM(nn.Module):
+    embed_positions: torch.Tensor  # a buffer (register_buffer), declared for the type checker
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         assert args.arch == "xglm", args.arch

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,6 +85,7 @@ def _safe_reader(checkpoint_dir: str | os.PathLike):
                 raise InputError(f"DCP metadata is a {type(metadata).__name__}, not a Metadata", path)
             if getattr(metadata, "storage_meta", None) is None:  # as torch's reader does
                 metadata.storage_meta = StorageMeta()
+            assert metadata.storage_meta is not None  # set just above when it was missing
             metadata.storage_meta.load_id = self.load_id
             return metadata
 
@@ -222,7 +224,9 @@ class AsyncCheckpointer:
 
         self.root, self.keep = checkpoint_root(run_dir), keep
         self._group = dist.new_group(backend="gloo") if dist.is_initialized() else None  # collective
-        self._pending = None
+        # (future of the background write -- torch's or concurrent.futures', by torch version --, step,
+        # train_state, staging dir) of the save in flight
+        self._pending: tuple[Any, int, dict, Path] | None = None
 
     def save(self, step: int, model, optimizer, train_state: dict) -> None:
         """Collective: start saving step `step` (after publishing the previous save)."""
@@ -245,6 +249,7 @@ class AsyncCheckpointer:
     def _complete(self) -> None:
         from torch.distributed.checkpoint.api import CheckpointException
 
+        assert self._pending is not None  # callers (poll, wait) check that a save is in flight
         fut, step, train_state, tmp = self._pending
         self._pending = None
         try:

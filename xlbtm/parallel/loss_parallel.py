@@ -10,6 +10,7 @@ batch. No rank ever holds a full row of logits (torchtitan's `loss_parallel`, on
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -56,6 +57,7 @@ def vocab_parallel_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets:
     w, offset, group = _local_rows(weight)
     b = None
     if bias is not None:
-        b, b_offset, _ = _local_rows(bias)
+        # apply_tp shards the bias with the weight's rows: a DTensor whenever the weight is one
+        b, b_offset, _ = _local_rows(cast(DTensor, bias))
         assert b_offset == offset
     return linear_cross_entropy(h, w, targets, b, chunk_mib=chunk_mib, shard=_TPVocabShard(group, offset))

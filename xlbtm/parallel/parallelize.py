@@ -14,14 +14,21 @@ one under TP), which the trainer holds and applies to the model's hidden states 
 from __future__ import annotations
 
 import functools
+from typing import cast
 
 import torch
 import torch.nn as nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+from xlbtm.models.attention import Attention
 from xlbtm.models.loss import LossFn, linear_cross_entropy
 from xlbtm.parallel.loss_parallel import vocab_parallel_cross_entropy
 from xlbtm.runtime import resolve_precision
+
+
+def _blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's blocks: XGLM and XLM-R both keep them in `layers` (an attribute nn.Module cannot type)."""
+    return cast(nn.ModuleList, model.layers)
 
 
 def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
@@ -62,20 +69,21 @@ def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
         "fc1": ColwiseParallel(input_layouts=seq),
         "fc2": RowwiseParallel(output_layouts=seq),
     }
-    for block in model.layers:
-        attn = block.self_attn
+    layers = _blocks(model)
+    for block in layers:
+        attn = cast(Attention, block.self_attn)  # XGLM's and XLM-R's blocks both hold an Attention
         n_heads = attn.q_proj.out_features // attn.head_dim
         if n_heads % tp_mesh.size():
             from xlbtm.errors import UsageError
 
             raise UsageError(f"--tensor-parallel-size {tp_mesh.size()} must divide the number of heads ({n_heads})")
         parallelize_module(block, tp_mesh, plan)
-    parallelize_module(model.layers[0], tp_mesh, PrepareModuleInput(
+    parallelize_module(layers[0], tp_mesh, PrepareModuleInput(
         input_layouts=(Replicate(), None), desired_input_layouts=(seq, None), use_local_output=True))
-    parallelize_module(model.layers[-1], tp_mesh, PrepareModuleOutput(
+    parallelize_module(layers[-1], tp_mesh, PrepareModuleOutput(
         output_layouts=seq, desired_output_layouts=Replicate(), use_local_output=True))
-    parallelize_module(model.embed_tokens, tp_mesh, RowwiseParallel(input_layouts=Replicate(),
-                                                                    output_layouts=Replicate()))
+    embed_tokens = cast(nn.Module, model.embed_tokens)  # nn.Module's attributes type as Tensor | Module
+    parallelize_module(embed_tokens, tp_mesh, RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()))
     lm_head = getattr(model, "lm_head", None)
     if lm_head is not None:  # XLM-R: the decoder's bias follows the (tied) weight's rows
         lm_head.bias = nn.Parameter(distribute_tensor(lm_head.bias.data, tp_mesh, [Shard(0)]))
@@ -92,14 +100,15 @@ def apply_ac(model: nn.Module) -> nn.Module:
     checkpointed block and recomputation sees unsharded weights. Per-sample dropout draws each row's masks
     from (its seed, the site), so recomputation draws the forward's masks (`xlbtm.models.dropout`).
     """
-    for i, block in enumerate(model.layers):
-        model.layers[i] = checkpoint_wrapper(block)
+    layers = _blocks(model)
+    for i, block in enumerate(layers):
+        layers[i] = checkpoint_wrapper(block)
     return model
 
 
 def apply_compile(model: nn.Module) -> nn.Module:
     """`torch.compile` each block in place (`nn.Module.compile` keeps FQNs; repeated blocks share a graph)."""
-    for block in model.layers:
+    for block in _blocks(model):
         block.compile()
     return model
 
@@ -111,8 +120,9 @@ def apply_fsdp(model: nn.Module, dp_mesh, *, param_dtype: torch.dtype = torch.fl
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-    n = len(model.layers)
-    for i, block in enumerate(model.layers):
+    layers = _blocks(model)
+    n = len(layers)
+    for i, block in enumerate(layers):
         # the last block is needed again right away by backward: do not free it after forward
         fully_shard(block, mesh=dp_mesh, mp_policy=mp, reshard_after_forward=reshard_after_forward and i < n - 1)
     # the root's weights (the embedding = the tied output projection, the final norm, XLM-R's LM head) stay

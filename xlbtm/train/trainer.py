@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -89,7 +90,7 @@ class Trainer:
         self.run_dir = Path(cfg.run_dir)
         self.step, self.position = 0, 0
         self.resumed_from: Path | None = None  # the checkpoint this run continued from
-        self._async = None  # AsyncCheckpointer, made at the first background save
+        self._async: AsyncCheckpointer | None = None  # made at the first background save
         self.samples_per_step = cfg.batch_size * self.dims.dp * cfg.update_freq
         # loss and target sums since the last log: on the device, read once per log interval
         self.loss_acc = torch.zeros(2, dtype=torch.float64, device=device)
@@ -150,6 +151,7 @@ class Trainer:
             self.train_ds = tlm(cfg.train_subset)
             if len(self.train_ds) == 0:
                 raise InputError("no translation pairs to train on", cfg.pairs_dir)
+            assert pman is not None  # tlm uses pairs: their manifest was read above
             has_valid = cfg.valid_subset and cfg.valid_subset in pman.get("splits", {})
             self.valid_ds = tlm(cfg.valid_subset) if has_valid else None
         else:
@@ -178,7 +180,8 @@ class Trainer:
     def train_tokens(self) -> int:
         """Tokens of the training data (recorded in expert.json; a resume on changed data warns)."""
         ds = self.train_ds
-        parts = [ds.mlm, ds.tlm] if isinstance(ds, MLMTLMDataset) else [ds]
+        parts: list[CLMDataset | MLMDataset | TLMDataset] = \
+            [ds.mlm, ds.tlm] if isinstance(ds, MLMTLMDataset) else [ds]
         return sum(len(p.pairs.src) + len(p.pairs.tgt) if isinstance(p, TLMDataset) else len(p.stream)
                    for p in parts)
 
@@ -292,7 +295,8 @@ class Trainer:
         # normalize by the step's GLOBAL target count, so the gradient is the same mean over tokens whatever
         # the DP degree / micro-batching (MLM target counts differ per sample). Counted on the host batch;
         # across ranks it stays a device tensor: nothing on the step path waits for the device.
-        denom = sum(int((b[1] != -100).sum()) for b in micro) / self.dims.dp  # FSDP averages gradients over dp
+        # FSDP averages gradients over dp
+        denom: float | torch.Tensor = sum(int((b[1] != -100).sum()) for b in micro) / self.dims.dp
         if self.dims.dp > 1:
             ntok = torch.tensor([denom * self.dims.dp], dtype=torch.float64, device=device)
             dist.all_reduce(ntok, group=self.dp_group)
@@ -352,7 +356,10 @@ class Trainer:
                     total[1] += int((batch[1] != -100).sum())
         dist.all_reduce(total, group=self.dp_group)
         self.model.train()
-        return float(total[0] / max(total[1], 1))
+        # the target count (a 0-d tensor), or 1 when none: typeshed's max() cannot order tensors (their `<` is
+        # a tensor, not a bool)
+        count = cast("torch.Tensor | int", max(total[1], 1))
+        return float(total[0] / count)
 
     # ------------------------------------------------------------------------------------------- loop
     def fit(self, preempt) -> TrainResult:
@@ -403,7 +410,7 @@ class Trainer:
                     status = "preempted"
                     break
                 t0 = time.perf_counter()
-                gnorm = self.train_step(prefetch.next())
+                gnorm: torch.Tensor | float = self.train_step(prefetch.next())  # read as a float to log
                 self.finish_saves(wait=False)
                 steps_since += 1
                 step = self.step
