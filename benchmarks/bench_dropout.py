@@ -29,13 +29,24 @@ def main(argv=None) -> int:
     from xlbtm.models.dropout import sample_seeds
     from xlbtm.models.loss import model_loss
 
-    shapes = {"debug (d 64, 2 layers), B 8 x T 128": dict(d_model=64, n_layers=2, n_heads=4, ffn_dim=256, B=8, T=128),
-              "d 256, 4 layers, B 8 x T 512": dict(d_model=256, n_layers=4, n_heads=4, ffn_dim=1024, B=8, T=512)}
+    shapes = {
+        "debug (d 64, 2 layers), B 8 x T 128": dict(d_model=64, n_layers=2, n_heads=4, ffn_dim=256, B=8, T=128),
+        "d 256, 4 layers, B 8 x T 512": dict(d_model=256, n_layers=4, n_heads=4, ffn_dim=1024, B=8, T=512),
+    }
     for name, sh in shapes.items():
         B, T = sh.pop("B"), sh.pop("T")
         torch.manual_seed(0)
-        model = build_model(get_preset("debug", vocab_size=2000, max_positions=T, dropout=0.1, attention_dropout=0.1,
-                                       activation_dropout=0.1, **sh)).train()
+        model = build_model(
+            get_preset(
+                "debug",
+                vocab_size=2000,
+                max_positions=T,
+                dropout=0.1,
+                attention_dropout=0.1,
+                activation_dropout=0.1,
+                **sh,
+            )
+        ).train()
         x = torch.randint(4, 2000, (B, T))
         y = torch.roll(x, -1, 1)
         seeds = list(range(B))
@@ -54,8 +65,17 @@ def main(argv=None) -> int:
             for per_sample in (False, True):
                 times[per_sample].append(step(per_sample))
         g, s = statistics.median(times[False]), statistics.median(times[True])
-        print(json.dumps({"shape": name, "global_rng_ms": round(1e3 * g, 1), "per_sample_ms": round(1e3 * s, 1),
-                          "cost": round(s / g, 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "shape": name,
+                    "global_rng_ms": round(1e3 * g, 1),
+                    "per_sample_ms": round(1e3 * s, 1),
+                    "cost": round(s / g, 2),
+                }
+            ),
+            flush=True,
+        )
     return 0
 
 

@@ -24,8 +24,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                kv: LayerKV | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv: LayerKV | None = None
+    ) -> torch.Tensor:
         """x [B, T, D]; attn_mask bool [B, 1, T, T] (True = may attend) or None (plain causal / full).
         With `kv` (incremental decoding): the new keys / values are appended to the cached ones and the
         queries attend over both; attn_mask is then [B, 1, T, S + T] and must be given."""
@@ -36,7 +37,9 @@ class Attention(nn.Module):
         if kv is not None:
             k, v = kv.extend(k, v)
         y = sdpa(
-            q, k, v,
+            q,
+            k,
+            v,
             attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             # with an explicit mask the causal part is already inside it
@@ -95,8 +98,9 @@ class KVCache:
     def seq_len(self) -> int:
         return 0 if self.pad is None else int(self.pad.shape[1])
 
-    def step_mask(self, new_pad: torch.Tensor, rows: torch.Tensor | None = None,
-                  max_positions: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def step_mask(
+        self, new_pad: torch.Tensor, rows: torch.Tensor | None = None, max_positions: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(positions [R, T] of the new tokens, attention mask [R, 1, T, S + T]) for `new_pad` [R, T] (True =
         pad) of `rows` (default: every row, R = B); records the new columns as cached. Every query may attend
         to itself (no all-masked rows)."""

@@ -20,16 +20,20 @@ def check_state_fits(sd: dict, args: ModelArgs, where=None, model=None) -> None:
     ref = model.state_dict()
     missing, unexpected = sorted(set(ref) - set(sd)), sorted(set(sd) - set(ref))
     if missing or unexpected:
-        raise InputError(f"weights do not fit a {args.arch} model with these args: missing {missing[:5]}"
-                         f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
-                         f"{'...' if len(unexpected) > 5 else ''}", where)
+        raise InputError(
+            f"weights do not fit a {args.arch} model with these args: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}",
+            where,
+        )
     bad = [f"{k}: {tuple(v.shape)} vs {tuple(ref[k].shape)}" for k, v in sd.items() if v.shape != ref[k].shape]
     if bad:
         raise InputError("tensor shapes do not match the architecture: " + "; ".join(bad[:5]), where)
 
 
-def model_from_state_dict(sd: dict, args: ModelArgs, dtype: torch.dtype | None = torch.float32,
-                          where: str | None = None):
+def model_from_state_dict(
+    sd: dict, args: ModelArgs, dtype: torch.dtype | None = torch.float32, where: str | None = None
+):
     """The one way to make a model from weights: built on the meta device, checked (`check_state_fits`),
     then adopting the tensors (no second copy, no wasted random init)."""
     from xlbtm.models import build_model

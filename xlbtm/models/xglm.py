@@ -33,11 +33,15 @@ class DecoderBlock(nn.Module):
         self.fc1 = nn.Linear(d, args.ffn_dim)
         self.fc2 = nn.Linear(args.ffn_dim, d)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                kv: LayerKV | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, kv: LayerKV | None = None
+    ) -> torch.Tensor:
         # kv only when decoding: tensor parallel's input hooks expect exactly (x, attn_mask) in training
-        h = self.self_attn(self.self_attn_layer_norm(x), attn_mask) if kv is None else \
-            self.self_attn(self.self_attn_layer_norm(x), attn_mask, kv)
+        h = (
+            self.self_attn(self.self_attn_layer_norm(x), attn_mask)
+            if kv is None
+            else self.self_attn(self.self_attn_layer_norm(x), attn_mask, kv)
+        )
         x = x + dropout(h, self.dropout, self.training, self.site)
         h = F.gelu(self.fc1(self.final_layer_norm(x)))
         h = self.fc2(dropout(h, self.activation_dropout, self.training, self.site + 1))
@@ -54,8 +58,9 @@ class XGLM(nn.Module):
         self.embed_scale = math.sqrt(args.d_model) if args.scale_embedding else 1.0
         self.embed_tokens = nn.Embedding(args.vocab_size, args.d_model, padding_idx=args.pad_id)
         # Deterministic, not trained, not saved: recomputed by init_weights() (meta-device friendly).
-        self.register_buffer("embed_positions", torch.empty(args.max_positions + POS_OFFSET, args.d_model),
-                             persistent=False)
+        self.register_buffer(
+            "embed_positions", torch.empty(args.max_positions + POS_OFFSET, args.d_model), persistent=False
+        )
         self.layers = nn.ModuleList(DecoderBlock(args, i) for i in range(args.n_layers))
         self.layer_norm = nn.LayerNorm(args.d_model, eps=args.layer_norm_eps)
         self.init_weights()
@@ -74,7 +79,7 @@ class XGLM(nn.Module):
         """fairseq-style init: N(0, d^-1/2) embeddings (scaled by sqrt(d) in forward), N(0, init_std) linears."""
         a = self.args
         self.init_buffers()
-        nn.init.normal_(self.embed_tokens.weight, std=a.d_model ** -0.5 if a.scale_embedding else a.init_std)
+        nn.init.normal_(self.embed_tokens.weight, std=a.d_model**-0.5 if a.scale_embedding else a.init_std)
         self.embed_tokens.weight[a.pad_id].zero_()
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -89,8 +94,13 @@ class XGLM(nn.Module):
         tokens of every row (inference only); with `batch_size`, `rows=` may feed some rows only."""
         return KVCache(len(self.layers), batch_size)
 
-    def forward_hidden(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None,
-                       cache: KVCache | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_hidden(
+        self,
+        tokens: torch.Tensor,
+        padding_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Final hidden states [B, T, D] (after the last LayerNorm), before the output projection.
 
         With `cache`, `tokens` continue the rows fed so far (their keys / values are kept in the cache);
@@ -102,15 +112,16 @@ class XGLM(nn.Module):
         if T > self.args.max_positions:
             raise ValueError(f"sequence length {T} exceeds max_positions={self.args.max_positions}")
         x = self.embed_tokens(tokens) * self.embed_scale
-        x = x + self.embed_positions[POS_OFFSET:POS_OFFSET + T].to(x.dtype)
+        x = x + self.embed_positions[POS_OFFSET : POS_OFFSET + T].to(x.dtype)
         x = dropout(x, self.args.dropout, self.training, site=0)
         mask = make_attn_mask(padding_mask, causal=True)
         for layer in self.layers:
             x = layer(x, mask)
         return self.layer_norm(x)
 
-    def _forward_cached(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None, cache: KVCache,
-                        rows: torch.Tensor | None = None) -> torch.Tensor:
+    def _forward_cached(
+        self, tokens: torch.Tensor, padding_mask: torch.Tensor | None, cache: KVCache, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if padding_mask is None:
             padding_mask = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
         positions, mask = cache.step_mask(padding_mask, rows, self.args.max_positions)
@@ -130,8 +141,9 @@ class XGLM(nn.Module):
         """Tied output projection: logits = h @ embed_tokens.weight^T."""
         return F.linear(h, self.embed_tokens.weight)
 
-    def forward(self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None, *,
-                hidden: bool = False) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, padding_mask: torch.Tensor | None = None, *, hidden: bool = False
+    ) -> torch.Tensor:
         """tokens [B, T] long, padding_mask [B, T] bool (True = pad) or None -> logits [B, T, V].
         With `hidden`: the final hidden states [B, T, D] instead (what `output_projection()` projects), for
         a loss that never holds the logits (`xlbtm.models.loss.model_loss`)."""

@@ -36,9 +36,14 @@ from xlbtm.formats.checkpoints import (
 # Python values). Tensor data (`.distcp`) is already read with `weights_only=True` by torch.
 
 _METADATA_MODULE = "torch.distributed.checkpoint.metadata"
-_METADATA_GLOBALS = {("torch", "Size"), ("torch.serialization", "_get_layout"),
-                     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-                     ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+_METADATA_GLOBALS = {
+    ("torch", "Size"),
+    ("torch.serialization", "_get_layout"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "PurePosixPath"),
+    ("collections", "OrderedDict"),
+}
 
 
 def _metadata_unpickler(f, path: Path):
@@ -55,9 +60,12 @@ def _metadata_unpickler(f, path: Path):
                 return getattr(torch, name)
             elif (module, name) in _METADATA_GLOBALS:
                 return super().find_class(module, name)
-            raise InputError(f"refusing to read this checkpoint: its DCP metadata references {module}.{name}, "
-                             "which is not a checkpoint metadata type (a crafted file could run code); "
-                             "was it written by torch.distributed.checkpoint?", path)
+            raise InputError(
+                f"refusing to read this checkpoint: its DCP metadata references {module}.{name}, "
+                "which is not a checkpoint metadata type (a crafted file could run code); "
+                "was it written by torch.distributed.checkpoint?",
+                path,
+            )
 
     return _Unpickler(f)
 
@@ -105,8 +113,11 @@ def _safe_planner(checkpoint_dir: str | os.PathLike):
             try:
                 obj = torch.load(value, weights_only=True)
             except pickle.UnpicklingError as e:
-                raise InputError(f"refusing to read checkpoint entry {fqn!r}: it holds more than plain values "
-                                 f"({str(e).splitlines()[0]})", checkpoint_dir) from None
+                raise InputError(
+                    f"refusing to read checkpoint entry {fqn!r}: it holds more than plain values "
+                    f"({str(e).splitlines()[0]})",
+                    checkpoint_dir,
+                ) from None
             if self.flatten_state_dict:
                 set_element(self.original_state_dict, self.mappings[fqn], obj)
             else:
@@ -122,8 +133,9 @@ def dcp_load(state: dict, checkpoint_dir: str | os.PathLike, *, no_dist: bool = 
 
     read_dcp_metadata(checkpoint_dir)  # refuse a bad .metadata here, before DCP folds the error into its own
     try:
-        dcp.load(state, storage_reader=_safe_reader(checkpoint_dir), planner=_safe_planner(checkpoint_dir),
-                 no_dist=no_dist)
+        dcp.load(
+            state, storage_reader=_safe_reader(checkpoint_dir), planner=_safe_planner(checkpoint_dir), no_dist=no_dist
+        )
     except CheckpointException as e:
         inner = _unwrapped(e)
         if isinstance(inner, InputError):
@@ -131,8 +143,9 @@ def dcp_load(state: dict, checkpoint_dir: str | os.PathLike, *, no_dist: bool = 
         lines = [ln.strip() for ln in str(inner).splitlines() if ln.strip()]
         # torch's weights_only refusal is a page of advice; the line naming the object is the answer
         first = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else type(inner).__name__)
-        raise InputError(f"unreadable DCP checkpoint (a truncated or corrupt shard?): {first[:300]}",
-                         checkpoint_dir) from None
+        raise InputError(
+            f"unreadable DCP checkpoint (a truncated or corrupt shard?): {first[:300]}", checkpoint_dir
+        ) from None
 
 
 def _unwrapped(e: BaseException) -> BaseException:
@@ -172,8 +185,10 @@ def _barrier() -> None:
 def _state(model, optimizer, train_state: dict) -> dict:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    state = {"model": get_model_state_dict(model),
-             "train_state": {k: torch.tensor(int(v), dtype=torch.int64) for k, v in train_state.items()}}
+    state = {
+        "model": get_model_state_dict(model),
+        "train_state": {k: torch.tensor(int(v), dtype=torch.int64) for k, v in train_state.items()},
+    }
     if optimizer is not None:
         state["optimizer"] = get_optimizer_state_dict(model, optimizer)
     return state
@@ -189,8 +204,7 @@ def _begin_save(root: Path, step: int) -> Path:
     return tmp
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, train_state: dict,
-                    keep: int = 2) -> Path:
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, train_state: dict, keep: int = 2) -> Path:
     """Collective: every rank calls it; returns when step `step` is published. Returns its `step_<n>` dir."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
@@ -234,8 +248,7 @@ class AsyncCheckpointer:
 
         self.wait()
         tmp = _begin_save(self.root, step)
-        fut = dcp.async_save(_state(model, optimizer, train_state), checkpoint_id=str(tmp),
-                             process_group=self._group)
+        fut = dcp.async_save(_state(model, optimizer, train_state), checkpoint_id=str(tmp), process_group=self._group)
         self._pending = (getattr(fut, "upload_completion", fut), step, dict(train_state), tmp)
 
     def poll(self) -> None:
@@ -294,8 +307,9 @@ def load_newest_readable(run_dir: str | os.PathLike, model, optimizer=None) -> t
             if not isinstance(e, (InputError, OSError, ValueError, RuntimeError)):  # (dcp_load unwraps DCP's)
                 raise
             error = error or e
-            get_logger("train").warning(f"cannot load {ck} ({str(e).splitlines()[0][:200]}); trying an older "
-                                        "checkpoint")
+            get_logger("train").warning(
+                f"cannot load {ck} ({str(e).splitlines()[0][:200]}); trying an older checkpoint"
+            )
     raise InputError(f"no readable checkpoint ({error})", checkpoint_root(run_dir))
 
 
@@ -310,7 +324,7 @@ def read_model_state(checkpoint_dir: str | os.PathLike) -> dict[str, torch.Tenso
     model = {}
     for key, md in meta.state_dict_metadata.items():
         if key.startswith("model.") and isinstance(md, TensorStorageMetadata):
-            model[key[len("model."):]] = torch.empty(md.size, dtype=md.properties.dtype)
+            model[key[len("model.") :]] = torch.empty(md.size, dtype=md.properties.dtype)
     if not model:
         raise InputError("checkpoint has no 'model' tensors", checkpoint_dir)
     state = {"model": model}

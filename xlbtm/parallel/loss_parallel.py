@@ -37,8 +37,9 @@ def _local_rows(weight: DTensor) -> tuple[torch.Tensor, int, object]:
     """(this rank's rows, the index of its first row, the TP group) of a weight sharded on dim 0."""
     mesh = weight.device_mesh
     if mesh.ndim != 1 or not isinstance(weight.placements[0], Shard) or weight.placements[0].dim != 0:
-        raise ValueError(f"vocabulary-parallel loss needs a weight sharded by rows on a 1-D mesh, got "
-                         f"{weight.placements} on {mesh}")
+        raise ValueError(
+            f"vocabulary-parallel loss needs a weight sharded by rows on a 1-D mesh, got {weight.placements} on {mesh}"
+        )
     n, r = mesh.size(), mesh.get_local_rank()
     rows = math.ceil(weight.shape[0] / n)  # DTensor's Shard splits like torch.chunk
     local = weight.to_local()
@@ -47,8 +48,14 @@ def _local_rows(weight: DTensor) -> tuple[torch.Tensor, int, object]:
     return local, offset, mesh.get_group()
 
 
-def vocab_parallel_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                                 bias: torch.Tensor | None = None, *, chunk_mib: float | None = None) -> torch.Tensor:
+def vocab_parallel_cross_entropy(
+    h: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    chunk_mib: float | None = None,
+) -> torch.Tensor:
     """`linear_cross_entropy` for a row-sharded (DTensor) weight and bias; h and targets replicated over
     the TP group. Every rank returns the same summed loss. The tensor-parallel `LossFn`; chunks hold
     `chunk_mib` MiB of this rank's logits (`xlbtm.models.loss.chunk_tokens`)."""

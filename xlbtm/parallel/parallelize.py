@@ -60,8 +60,9 @@ def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
     plan = {
         "self_attn_layer_norm": SequenceParallel(use_local_output=True),
         "final_layer_norm": SequenceParallel(use_local_output=True),
-        "self_attn": PrepareModuleInput(input_layouts=(seq, None), desired_input_layouts=(Replicate(), None),
-                                        use_local_output=True),
+        "self_attn": PrepareModuleInput(
+            input_layouts=(seq, None), desired_input_layouts=(Replicate(), None), use_local_output=True
+        ),
         "self_attn.q_proj": ColwiseParallel(),
         "self_attn.k_proj": ColwiseParallel(),
         "self_attn.v_proj": ColwiseParallel(),
@@ -78,10 +79,16 @@ def apply_tp(model: nn.Module, tp_mesh) -> nn.Module:
 
             raise UsageError(f"--tensor-parallel-size {tp_mesh.size()} must divide the number of heads ({n_heads})")
         parallelize_module(block, tp_mesh, plan)
-    parallelize_module(layers[0], tp_mesh, PrepareModuleInput(
-        input_layouts=(Replicate(), None), desired_input_layouts=(seq, None), use_local_output=True))
-    parallelize_module(layers[-1], tp_mesh, PrepareModuleOutput(
-        output_layouts=seq, desired_output_layouts=Replicate(), use_local_output=True))
+    parallelize_module(
+        layers[0],
+        tp_mesh,
+        PrepareModuleInput(input_layouts=(Replicate(), None), desired_input_layouts=(seq, None), use_local_output=True),
+    )
+    parallelize_module(
+        layers[-1],
+        tp_mesh,
+        PrepareModuleOutput(output_layouts=seq, desired_output_layouts=Replicate(), use_local_output=True),
+    )
     embed_tokens = cast(nn.Module, model.embed_tokens)  # nn.Module's attributes type as Tensor | Module
     parallelize_module(embed_tokens, tp_mesh, RowwiseParallel(input_layouts=Replicate(), output_layouts=Replicate()))
     lm_head = getattr(model, "lm_head", None)
@@ -113,8 +120,14 @@ def apply_compile(model: nn.Module) -> nn.Module:
     return model
 
 
-def apply_fsdp(model: nn.Module, dp_mesh, *, param_dtype: torch.dtype = torch.float32,
-               reduce_dtype: torch.dtype = torch.float32, reshard_after_forward: bool = True) -> nn.Module:
+def apply_fsdp(
+    model: nn.Module,
+    dp_mesh,
+    *,
+    param_dtype: torch.dtype = torch.float32,
+    reduce_dtype: torch.dtype = torch.float32,
+    reshard_after_forward: bool = True,
+) -> nn.Module:
     """FSDP2 `fully_shard` per block (`reshard_after_forward`: all but the last), then the root (embeddings,
     final norm, LM head; kept gathered from forward to backward)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -141,8 +154,16 @@ def build_loss_fn(mesh, *, chunk_mib: float | None = None) -> LossFn:
     return functools.update_wrapper(functools.partial(fn, chunk_mib=chunk_mib), fn)
 
 
-def parallelize(model: nn.Module, mesh, *, device_type: str, precision: str | None = None, ac: bool = False,
-                compile: bool = False, fsdp: bool = True) -> nn.Module:
+def parallelize(
+    model: nn.Module,
+    mesh,
+    *,
+    device_type: str,
+    precision: str | None = None,
+    ac: bool = False,
+    compile: bool = False,
+    fsdp: bool = True,
+) -> nn.Module:
     """TP (when the mesh's tp size > 1) -> AC -> compile -> FSDP over dp.
 
     `precision` (`xlbtm.runtime.resolve_precision`; None = bf16-mixed on GPU, fp32 on CPU): bf16-mixed is
@@ -164,6 +185,7 @@ def parallelize(model: nn.Module, mesh, *, device_type: str, precision: str | No
     if compile:
         apply_compile(model)
     if fsdp and (mesh.size() > 1 or mixed):
-        apply_fsdp(model, mesh["dp"], param_dtype=torch.bfloat16 if mixed else torch.float32,
-                   reduce_dtype=torch.float32)
+        apply_fsdp(
+            model, mesh["dp"], param_dtype=torch.bfloat16 if mixed else torch.float32, reduce_dtype=torch.float32
+        )
     return model

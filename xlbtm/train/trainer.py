@@ -56,7 +56,7 @@ log = get_logger("train")
 
 @dataclass
 class TrainResult:
-    status: str                  # "completed" | "preempted"
+    status: str  # "completed" | "preempted"
     step: int
     run_dir: str
     valid_loss: float | None = None
@@ -80,8 +80,10 @@ class Trainer:
         self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
         self.dims = ParallelDims.from_world(world, cfg.tensor_parallel_size)
         if cfg.tokens_per_sample % self.dims.tp:
-            raise UsageError(f"--tokens-per-sample {cfg.tokens_per_sample} must be divisible by "
-                             f"--tensor-parallel-size {self.dims.tp} (sequence parallelism splits samples evenly)")
+            raise UsageError(
+                f"--tokens-per-sample {cfg.tokens_per_sample} must be divisible by "
+                f"--tensor-parallel-size {self.dims.tp} (sequence parallelism splits samples evenly)"
+            )
         self.mesh = build_mesh(self.dims, device.type)
         self.precision = resolve_precision(cfg.precision, device.type)  # fp32 | bf16-mixed
         self.dp_rank = self.mesh["dp"].get_local_rank()
@@ -122,8 +124,7 @@ class Trainer:
         pman = None
         if uses_pairs(cfg.objective):
             if not cfg.pairs_dir:
-                raise InputError(f"--objective {cfg.objective} needs binarized parallel data (pairs_dir)",
-                                 cfg.run_dir)
+                raise InputError(f"--objective {cfg.objective} needs binarized parallel data (pairs_dir)", cfg.run_dir)
             pman = read_pairs_manifest(cfg.pairs_dir)
             if pman["num_clusters"] is not None:  # clustered pairs: this expert reads its own cluster's
                 self._check_routing(pman, "binarized parallel data", cfg.pairs_dir)
@@ -138,14 +139,27 @@ class Trainer:
             s = TokenStream(bin_path(cfg.data_dir, split, cfg.cluster), idx_path(cfg.data_dir, split, cfg.cluster))
             if cfg.objective == "clm":
                 return CLMDataset(s, cfg.tokens_per_sample)
-            return MLMDataset(s, cfg.tokens_per_sample, vocab_size=tok.vocab_size, mask_id=tok.mask_id,
-                              bos_id=tok.bos_id, seed=cfg.seed)
+            return MLMDataset(
+                s,
+                cfg.tokens_per_sample,
+                vocab_size=tok.vocab_size,
+                mask_id=tok.mask_id,
+                bos_id=tok.bos_id,
+                seed=cfg.seed,
+            )
 
         def tlm(split):
             cluster = None if pman["num_clusters"] is None else cfg.cluster
-            return TLMDataset(PairStream(cfg.pairs_dir, split, cluster), cfg.tokens_per_sample,
-                              vocab_size=tok.vocab_size, mask_id=tok.mask_id, bos_id=tok.bos_id, pad_id=tok.pad_id, eos_id=tok.eos_id,
-                              seed=cfg.seed)
+            return TLMDataset(
+                PairStream(cfg.pairs_dir, split, cluster),
+                cfg.tokens_per_sample,
+                vocab_size=tok.vocab_size,
+                mask_id=tok.mask_id,
+                bos_id=tok.bos_id,
+                pad_id=tok.pad_id,
+                eos_id=tok.eos_id,
+                seed=cfg.seed,
+            )
 
         if cfg.objective == "tlm":
             self.train_ds = tlm(cfg.train_subset)
@@ -157,8 +171,10 @@ class Trainer:
         else:
             self.train_ds = mono(cfg.train_subset)
             if len(self.train_ds) == 0:
-                raise InputError(f"cluster {cfg.cluster} has fewer than {cfg.tokens_per_sample + 1} training "
-                                 "tokens", bin_path(cfg.data_dir, cfg.train_subset, cfg.cluster))
+                raise InputError(
+                    f"cluster {cfg.cluster} has fewer than {cfg.tokens_per_sample + 1} training tokens",
+                    bin_path(cfg.data_dir, cfg.train_subset, cfg.cluster),
+                )
             if cfg.objective == "mlm+tlm":
                 self.train_ds = MLMTLMDataset(self.train_ds, tlm(cfg.train_subset), cfg.tlm_ratio, cfg.seed)
             self.valid_ds = mono(cfg.valid_subset) if cfg.valid_subset else None
@@ -169,8 +185,7 @@ class Trainer:
         the manifest's when it names none; a manifest without one, the dense baseline, matches any)."""
         cfg = self.cfg
         if manifest["num_clusters"] != cfg.num_clusters:
-            raise InputError(f"{what} has {manifest['num_clusters']} clusters, run expects {cfg.num_clusters}",
-                             where)
+            raise InputError(f"{what} has {manifest['num_clusters']} clusters, run expects {cfg.num_clusters}", where)
         fp = manifest.get("clusterer_fingerprint")
         if cfg.clusterer_fingerprint is None:
             cfg.clusterer_fingerprint = fp
@@ -180,10 +195,8 @@ class Trainer:
     def train_tokens(self) -> int:
         """Tokens of the training data (recorded in expert.json; a resume on changed data warns)."""
         ds = self.train_ds
-        parts: list[CLMDataset | MLMDataset | TLMDataset] = \
-            [ds.mlm, ds.tlm] if isinstance(ds, MLMTLMDataset) else [ds]
-        return sum(len(p.pairs.src) + len(p.pairs.tgt) if isinstance(p, TLMDataset) else len(p.stream)
-                   for p in parts)
+        parts: list[CLMDataset | MLMDataset | TLMDataset] = [ds.mlm, ds.tlm] if isinstance(ds, MLMTLMDataset) else [ds]
+        return sum(len(p.pairs.src) + len(p.pairs.tgt) if isinstance(p, TLMDataset) else len(p.stream) for p in parts)
 
     # --------------------------------------------------------------------------------------- model
     def build_model(self) -> None:
@@ -200,31 +213,61 @@ class Trainer:
         check_model_fits(args.arch, args.max_positions, cfg.objective, cfg.tokens_per_sample, cfg.seed_model)
         if started is not None:
             if started.tokenizer_fingerprint != tok.fingerprint:
-                raise InputError(f"this run was started with another tokenizer than {tok.path}; resume it with "
-                                 "the same --tokenizer or use a new --serialization-dir", self.run_dir / "expert.json")
+                raise InputError(
+                    f"this run was started with another tokenizer than {tok.path}; resume it with "
+                    "the same --tokenizer or use a new --serialization-dir",
+                    self.run_dir / "expert.json",
+                )
             was = started.data.get("train_tokens")
             if self.is_main and was is not None and was != self.train_tokens():
-                log.warning(f"the training data of cluster {cfg.cluster} changed since this run started ({was} -> "
-                            f"{self.train_tokens()} tokens): resuming on the new data, so the batches from "
-                            "here on differ from those of an uninterrupted run")
+                log.warning(
+                    f"the training data of cluster {cfg.cluster} changed since this run started ({was} -> "
+                    f"{self.train_tokens()} tokens): resuming on the new data, so the batches from "
+                    "here on differ from those of an uninterrupted run"
+                )
         if args.vocab_size < tok.vocab_size:
-            raise InputError(f"model vocabulary ({args.vocab_size}) is smaller than the tokenizer's "
-                             f"({tok.vocab_size})", cfg.seed_model)
+            raise InputError(
+                f"model vocabulary ({args.vocab_size}) is smaller than the tokenizer's ({tok.vocab_size})",
+                cfg.seed_model,
+            )
         if self.is_main and started is None:
             # `objective` is what the expert is (scored as): a TLM-trained one is a masked LM; how it was
             # trained is data.config.objective
-            write_expert_info(self.run_dir, ExpertInfo(
-                cluster=cfg.cluster, num_clusters=cfg.num_clusters, clusterer_fingerprint=cfg.clusterer_fingerprint,
-                objective=model_kind(cfg.objective), model_args=args.to_dict(), tokenizer=str(Path(tok.path).resolve()),
-                tokenizer_fingerprint=tok.fingerprint, seed_model=cfg.seed_model, run_name=cfg.run_name,
-                init=dict(cfg.init or {}),
-                data={"binarized": str(Path(cfg.data_dir).resolve()), "train_subset": cfg.train_subset,
-                      "valid_subset": cfg.valid_subset, "train_tokens": self.train_tokens(),
-                      "pairs": None if cfg.pairs_dir is None else str(Path(cfg.pairs_dir).resolve()),
-                      "tokens_per_sample": cfg.tokens_per_sample, "dp": self.dims.dp, "tp": self.dims.tp,
-                      "precision": self.precision, "config": cfg.to_dict()}))
-        parallelize(model, self.mesh, device_type=device.type, precision=self.precision,
-                    ac=cfg.activation_checkpointing, compile=cfg.compile)
+            write_expert_info(
+                self.run_dir,
+                ExpertInfo(
+                    cluster=cfg.cluster,
+                    num_clusters=cfg.num_clusters,
+                    clusterer_fingerprint=cfg.clusterer_fingerprint,
+                    objective=model_kind(cfg.objective),
+                    model_args=args.to_dict(),
+                    tokenizer=str(Path(tok.path).resolve()),
+                    tokenizer_fingerprint=tok.fingerprint,
+                    seed_model=cfg.seed_model,
+                    run_name=cfg.run_name,
+                    init=dict(cfg.init or {}),
+                    data={
+                        "binarized": str(Path(cfg.data_dir).resolve()),
+                        "train_subset": cfg.train_subset,
+                        "valid_subset": cfg.valid_subset,
+                        "train_tokens": self.train_tokens(),
+                        "pairs": None if cfg.pairs_dir is None else str(Path(cfg.pairs_dir).resolve()),
+                        "tokens_per_sample": cfg.tokens_per_sample,
+                        "dp": self.dims.dp,
+                        "tp": self.dims.tp,
+                        "precision": self.precision,
+                        "config": cfg.to_dict(),
+                    },
+                ),
+            )
+        parallelize(
+            model,
+            self.mesh,
+            device_type=device.type,
+            precision=self.precision,
+            ac=cfg.activation_checkpointing,
+            compile=cfg.compile,
+        )
         # the loss component for this mesh (vocabulary-parallel under TP), applied to the model's hidden states
         self.loss_fn = build_loss_fn(self.mesh, chunk_mib=cfg.loss_chunk_mib)
         from torch.distributed.fsdp import FSDPModule
@@ -233,8 +276,11 @@ class Trainer:
         if full_sd is not None:  # rank 0 holds the seed: scatter it into every rank's shards
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-            set_model_state_dict(model, full_sd if self.is_main else {},
-                                 options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+            set_model_state_dict(
+                model,
+                full_sd if self.is_main else {},
+                options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True),
+            )
             del full_sd
         model.train()
         self.model, self.args = model, args
@@ -265,8 +311,9 @@ class Trainer:
         """Collective: checkpoint the current step (model, optimizer, state_dict()); in the background
         unless --sync-checkpoints (then `finish_saves` publishes it)."""
         if self.cfg.sync_checkpoints:
-            save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.state_dict(),
-                            keep=self.cfg.keep_checkpoints)
+            save_checkpoint(
+                self.run_dir, self.step, self.model, self.optimizer, self.state_dict(), keep=self.cfg.keep_checkpoints
+            )
             return
         if self._async is None:
             self._async = AsyncCheckpointer(self.run_dir, keep=self.cfg.keep_checkpoints)
@@ -280,9 +327,12 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- step
     def step_batches(self, position: int) -> list:
         """This rank's micro-batches of the step whose first global sample is `position` (CPU tensors)."""
-        return [collate(self.train_ds, self.sampler,
-                        rank_indices(position, m, self.dp_rank, self.dims.dp, self.cfg.batch_size))
-                for m in range(self.cfg.update_freq)]
+        return [
+            collate(
+                self.train_ds, self.sampler, rank_indices(position, m, self.dp_rank, self.dims.dp, self.cfg.batch_size)
+            )
+            for m in range(self.cfg.update_freq)
+        ]
 
     def train_step(self, micro: list) -> torch.Tensor:
         """One optimizer step on this rank's micro-batches; returns the gradient norm (before clipping) as a
@@ -327,12 +377,19 @@ class Trainer:
         x, y, *pos = batch
         dev = self.device
         if not pos:
-            return model_loss(self.model, x.to(dev, non_blocking=True), None, y.to(dev, non_blocking=True),
-                              loss_fn=self.loss_fn)
+            return model_loss(
+                self.model, x.to(dev, non_blocking=True), None, y.to(dev, non_blocking=True), loss_fn=self.loss_fn
+            )
         pad = x.eq(self.args.pad_id)  # on the host batch: nothing waits for the device
         pad = pad.to(dev, non_blocking=True) if bool(pad.any()) else None
-        return model_loss(self.model, x.to(dev, non_blocking=True), pad, y.to(dev, non_blocking=True),
-                          loss_fn=self.loss_fn, positions=pos[0].to(dev, non_blocking=True))
+        return model_loss(
+            self.model,
+            x.to(dev, non_blocking=True),
+            pad,
+            y.to(dev, non_blocking=True),
+            loss_fn=self.loss_fn,
+            positions=pos[0].to(dev, non_blocking=True),
+        )
 
     def validate(self) -> float | None:
         """Collective: mean token loss (nats) on the valid split (at most max_valid_samples samples)."""
@@ -387,23 +444,32 @@ class Trainer:
             vl = self.validate()
             if vl is not None:
                 bits = vl / math.log(2)
-                logger.log({"kind": "valid", "step": step, "loss": bits, "ppl": 2 ** bits,
-                            "subset": cfg.valid_subset}, echo=echo)
+                logger.log(
+                    {"kind": "valid", "step": step, "loss": bits, "ppl": 2**bits, "subset": cfg.valid_subset}, echo=echo
+                )
                 return bits
             return None
 
         if self.resumed_from is not None:
             logger.truncate_after(self.step)
-            logger.log({"kind": "resume", "step": self.step, "position": self.position,
-                        "checkpoint": self.resumed_from.name, "dp": dims.dp, "tp": dims.tp,
-                        "precision": self.precision}, echo=False)
+            logger.log(
+                {
+                    "kind": "resume",
+                    "step": self.step,
+                    "position": self.position,
+                    "checkpoint": self.resumed_from.name,
+                    "dp": dims.dp,
+                    "tp": dims.tp,
+                    "precision": self.precision,
+                },
+                echo=False,
+            )
         tokens_per_step = self.samples_per_step * cfg.tokens_per_sample
         valid_loss, status = None, "completed"
         train_time, steps_since = 0.0, 0  # time inside train steps only (not validation / saving)
         if self.step == 0 and cfg.validate_interval_updates and cfg.max_steps > 0:
             log_valid(0)  # the seed's loss on this cluster: the baseline the expert should beat
-        prefetch = Prefetcher(self.step_batches, self.position, self.samples_per_step,
-                              pin=self.device.type == "cuda")
+        prefetch = Prefetcher(self.step_batches, self.position, self.samples_per_step, pin=self.device.type == "cuda")
         try:
             while self.step < cfg.max_steps:
                 if preempt.agreed(self.device):
@@ -425,14 +491,26 @@ class Trainer:
                 if log_now:
                     train_loss = loss_sum / max(tok_sum, 1) / math.log(2)
                     tps = tokens_per_step * steps_since / max(train_time, 1e-9)
-                    logger.log({"kind": "train", "step": step, "loss": train_loss, "ppl": 2 ** train_loss,
-                                "lr": lr_at(step, cfg), "gnorm": gnorm, "tokens_per_s": tps,
-                                "mfu": mfu(fpt, tps / self.world, peak),
-                                "epoch": self.sampler.epoch(self.position), "position": self.position}, echo=echo)
+                    logger.log(
+                        {
+                            "kind": "train",
+                            "step": step,
+                            "loss": train_loss,
+                            "ppl": 2**train_loss,
+                            "lr": lr_at(step, cfg),
+                            "gnorm": gnorm,
+                            "tokens_per_s": tps,
+                            "mfu": mfu(fpt, tps / self.world, peak),
+                            "epoch": self.sampler.epoch(self.position),
+                            "position": self.position,
+                        },
+                        echo=echo,
+                    )
                     self.loss_acc.zero_()
                     train_time, steps_since = 0.0, 0
-                if cfg.validate_interval_updates and (step % cfg.validate_interval_updates == 0
-                                                      or step == cfg.max_steps):
+                if cfg.validate_interval_updates and (
+                    step % cfg.validate_interval_updates == 0 or step == cfg.max_steps
+                ):
                     bits = log_valid(step)
                     valid_loss = bits if bits is not None else valid_loss
                 if cfg.save_interval_updates and step % cfg.save_interval_updates == 0 and step < cfg.max_steps:
@@ -446,7 +524,8 @@ class Trainer:
         logger.close()
         if status == "preempted":
             if self.is_main:
-                log.info(f"preempted: saved step {self.step} to {self.run_dir}/checkpoints; rerun the same "
-                         "command to resume")
+                log.info(
+                    f"preempted: saved step {self.step} to {self.run_dir}/checkpoints; rerun the same command to resume"
+                )
             preempt.hand_over(self.is_main)
         return TrainResult(status, self.step, str(self.run_dir), valid_loss)
