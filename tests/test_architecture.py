@@ -284,7 +284,7 @@ CEILINGS: dict[str, int] = {
     "xlbtm/corpus/index.py": 1,
     "xlbtm/data/dataset.py": 3,
     "xlbtm/demo_corpus.py": 2,
-    "xlbtm/io.py": 2,
+    "xlbtm/io.py": 0,
     "xlbtm/models/__init__.py": 2,
     "xlbtm/models/load.py": 2,
     "xlbtm/models/presets.py": 1,

@@ -5,8 +5,16 @@ import stat
 
 import pytest
 
-from xlbtm.errors import InputError
-from xlbtm.io import atomic_dir, atomic_open, read_json, write_json
+from xlbtm.errors import InputError, UsageError
+from xlbtm.io import (
+    atomic_dir,
+    atomic_open,
+    check_replaceable,
+    output_owner,
+    read_json,
+    write_json,
+    write_output_record,
+)
 
 
 def test_atomic_open_keeps_old_content_on_failure(tmp_path):
@@ -64,3 +72,34 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(d.stat().st_mode) == 0o777 & ~mask  # an ordinary directory, not mkdtemp's 0700
+
+
+def test_an_output_is_replaced_only_by_its_own_command_for_the_same_inputs(tmp_path):
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_text("a")
+    b.write_text("b")
+    mine = output_owner("convert", {"--input": a})
+    out = tmp_path / "out.pt"
+    check_replaceable(out, "--out", mine, is_dir=False)  # nothing there yet: free
+    write_output_record(out, mine, is_dir=False)
+    out.write_text("converted a")
+    check_replaceable(out, "--out", mine, is_dir=False)  # its own earlier output: may be replaced
+    with pytest.raises(UsageError, match=r"--out .*out.pt exists and is convert's output for other inputs"):
+        check_replaceable(out, "--out", output_owner("convert", {"--input": b}), is_dir=False)
+    with pytest.raises(UsageError, match="the output of convert"):
+        check_replaceable(out, "--out", output_owner("merge", {"--input": a}), is_dir=False)
+    # somebody else's file (no record) and a file where a directory goes are never replaced
+    with pytest.raises(UsageError, match="not an output of convert"):
+        check_replaceable(b, "--out", mine, is_dir=False)
+    with pytest.raises(UsageError, match="is a file, and this command writes a directory"):
+        check_replaceable(b, "--out", mine, is_dir=True)
+    # directories: empty is free; a record inside names the owner; `legacy` accepts pre-record outputs
+    d = tmp_path / "d"
+    d.mkdir()
+    check_replaceable(d, "--output-dir", mine, is_dir=True)
+    (d / "notes.txt").write_text("keep")
+    with pytest.raises(UsageError, match="not an output of convert"):
+        check_replaceable(d, "--output-dir", mine, is_dir=True)
+    check_replaceable(d, "--output-dir", mine, is_dir=True, legacy=lambda p: (p / "notes.txt").exists())
+    write_output_record(d, mine, is_dir=True)
+    check_replaceable(d, "--output-dir", mine, is_dir=True)

@@ -220,8 +220,14 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(tiny, tmp_path, cap
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("keep me")
     assert _merge(["--experts-dir", ens, "--output-dir", tmp_path / "busy"]) == 2
-    assert "not an earlier merge" in capsys.readouterr().err
+    assert "not an output of merge_experts" in capsys.readouterr().err
     assert (tmp_path / "busy" / "notes.txt").read_text() == "keep me"
+    # an earlier merge of *other* experts is another run's output: kept, not replaced
+    assert _merge(["--experts-dir", ens, "--experts", "0,1", "--output-dir", tmp_path / "m01"]) == 0
+    before = (tmp_path / "m01" / "expert.json").read_text()
+    assert _merge(["--experts-dir", ens, "--experts", "1,2", "--output-dir", tmp_path / "m01"]) == 2
+    assert "for other inputs" in capsys.readouterr().err
+    assert (tmp_path / "m01" / "expert.json").read_text() == before
 
 
 def test_merge_library_refusals(tiny, tmp_path, monkeypatch):

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from xlbtm.errors import InputError, UsageError
+
 
 def refuse_overlap(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
     """Stop before anything is written when an output path is, contains, or lies inside an input path.
@@ -25,8 +27,6 @@ def refuse_overlap(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
     so `--output-prefix data/../data` or a link to the corpus is caught too. One wrong flag must not
     overwrite a corpus, a clusterer or a checkpoint with the stage's output.
     """
-    from xlbtm.errors import UsageError
-
     resolved_inputs = [
         (flag, str(path), Path(path).resolve())
         for flag, path in inputs.items()
@@ -49,6 +49,86 @@ def refuse_overlap(outputs: dict[str, Any], inputs: dict[str, Any]) -> None:
                 f"{oflag} {opath} {what} {iflag} {ipath}: writing there would overwrite that input; "
                 f"choose an output outside it"
             )
+
+
+# ------------------------------------------------------------------------------------------- ownership
+# One rule for every command that writes an artifact a user names (`convert --out`, `add_experts
+# --output-clusterer`, `merge_experts --output-dir`, ...): an existing output is replaced only when it is
+# this command's own earlier output for the same inputs. A record of who wrote it sits beside it (inside a
+# directory, as a hidden sidecar next to a file); without one, the path belongs to somebody else.
+
+OUTPUT_RECORD = ".xlbtm-output.json"
+
+
+def output_record_path(path: str | os.PathLike, *, is_dir: bool) -> Path:
+    path = Path(path)
+    return path / OUTPUT_RECORD if is_dir else path.with_name(f".{path.name}{OUTPUT_RECORD}")
+
+
+def output_owner(command: str, inputs: dict[str, Any]) -> dict:
+    """Who writes an output: the command and the inputs it read (flag -> path, resolved; None: not given).
+
+    Settings are not part of it on purpose: rerunning a command with another --dtype into its own output is
+    the user iterating; pointing it at another run's output is the accident this rule exists for."""
+    return {
+        "command": command,
+        "inputs": {flag: str(Path(p).resolve()) for flag, p in inputs.items() if p is not None and str(p)},
+    }
+
+
+def check_replaceable(
+    path: str | os.PathLike,
+    flag: str,
+    owner: dict,
+    *,
+    is_dir: bool,
+    legacy: Any = None,
+) -> None:
+    """Refuse (UsageError, before anything is computed) to write `path` over something this command with
+    these inputs did not write. A missing path or an empty directory is free. `legacy(path) -> bool` accepts
+    outputs written before records existed (e.g. merge_experts' `merged_from`)."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if is_dir and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        return
+    if is_dir != path.is_dir():
+        have, want = ("a file", "a directory") if is_dir else ("a directory", "a file")
+        raise UsageError(f"{flag} {path} is {have}, and this command writes {want} there; choose another path")
+    record = output_record_path(path, is_dir=is_dir)
+    previous = None
+    if record.is_file():
+        try:
+            previous = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            previous = None
+    if isinstance(previous, dict) and previous.get("command") == owner["command"]:
+        before, now = previous.get("inputs") or {}, owner["inputs"]
+        if before == now:
+            return
+        differs = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+        key = differs[0]
+        reason = (
+            f"{owner['command']}'s output for other inputs ({key} was {before.get(key, 'not given')}, "
+            f"now {now.get(key, 'not given')})"
+        )
+    elif legacy is not None and legacy(path):
+        return
+    elif isinstance(previous, dict):
+        reason = f"the output of {previous.get('command')}"
+    else:
+        reason = "not an output of " + owner["command"]
+    raise UsageError(
+        f"{flag} {path} exists and is {reason}; an existing output is replaced only when it is this "
+        "command's own earlier output for the same inputs: choose a new path (or remove it yourself)"
+    )
+
+
+def write_output_record(path: str | os.PathLike, owner: dict, *, is_dir: bool) -> None:
+    """Record `owner` for `path`. For a directory written with `atomic_dir`, call it on the temporary
+    directory; for a file, call it before the file is renamed into place (a record without its file claims
+    nothing; a file without its record would refuse its own rerun)."""
+    write_json(output_record_path(path, is_dir=is_dir), owner)
 
 
 def _named_after(e: BaseException, tmp: Path, final: Path) -> BaseException:
@@ -133,8 +213,6 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    from xlbtm.errors import InputError
-
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

@@ -38,7 +38,7 @@ from xlbtm.formats.consolidated import save_consolidated
 from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, write_expert_info
 from xlbtm.formats.hf import save_hf
 from xlbtm.formats.layout import consolidated_path, hf_dir
-from xlbtm.io import atomic_dir, read_json, refuse_overlap
+from xlbtm.io import atomic_dir, check_replaceable, output_owner, read_json, refuse_overlap, write_output_record
 from xlbtm.models import ModelArgs
 
 log = get_logger("merge")
@@ -99,20 +99,24 @@ def check_mergeable(experts: list) -> None:
                 )
 
 
+def merge_owner(experts: list) -> dict:
+    """Whose output a merged dir is: merge_experts over these experts (the rule of `xlbtm.io.check_replaceable`)."""
+    return output_owner("merge_experts", {f"expert {e.cluster}": e.run_dir for e in experts})
+
+
+def _earlier_merge(out: Path) -> bool:
+    """A merge written before output records existed: its expert.json says what was merged."""
+    ej = out / EXPERT_JSON
+    return ej.is_file() and "merged_from" in ((read_json(ej) or {}).get("data") or {})
+
+
 def check_output_dir(output_dir, experts: list, inputs: dict | None = None) -> None:
     """Before anything is computed or written: refuse an --output-dir that is, holds or lies inside an expert
-    (or another input, `inputs`: flag -> path), or an existing non-empty dir that is not an earlier merge
-    (the output dir is replaced whole)."""
+    (or another input, `inputs`: flag -> path), or an existing output that is not an earlier merge of the same
+    experts (the output dir is replaced whole)."""
     out = Path(output_dir)
     refuse_overlap({"--output-dir": out}, {**{f"expert {e.run_dir}": e.run_dir for e in experts}, **(inputs or {})})
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        ej = out / EXPERT_JSON
-        previous = read_json(ej) if ej.is_file() else {}
-        if "merged_from" not in (previous.get("data") or {}):
-            raise UsageError(
-                f"--output-dir {out} exists and is not an earlier merge_experts output; "
-                "choose a new directory (it would be replaced whole)"
-            )
+    check_replaceable(out, "--output-dir", merge_owner(experts), is_dir=True, legacy=_earlier_merge)
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -324,6 +328,7 @@ def merge_experts(
         save_consolidated(consolidated_path(tmp), state, args, extra={"expert": info.to_dict()})
         save_hf(state, args, hf_dir(tmp), tokenizer_dir=ref.tokenizer)
         write_expert_info(tmp, info)
+        write_output_record(tmp, merge_owner(experts), is_dir=True)
     log.info(f"merged {len(experts)} experts ({method} weights) -> {out}")
     return {"consolidated": consolidated_path(out), "hf": hf_dir(out), "expert": out / EXPERT_JSON}
 
