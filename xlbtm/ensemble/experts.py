@@ -70,8 +70,8 @@ class Expert:
         ck = latest_checkpoint(self.run_dir)
         if ck is None:
             raise InputError(
-                "expert has neither consolidated.pt nor a finished checkpoint "
-                "(checkpoints/latest); did its training run save?",
+                "expert has neither consolidated.pt nor a finished checkpoint (checkpoints/latest); did its "
+                f"training run save? (if its cluster has no documents, leave it out: --exclude-experts {self.cluster})",
                 self.run_dir,
             )
         return ck
@@ -203,8 +203,9 @@ def match_experts(
     missing = [k for k in range(K) if k not in by_cluster and k not in exclude]
     if missing:
         raise InputError(
-            f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); "
-            "train or list them (--model-paths / --experts-dir)"
+            f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); train or list them "
+            f"(--model-paths / --experts-dir), or switch them off with --exclude-experts "
+            f"{','.join(map(str, missing))} (e.g. a cluster without documents)"
         )
     ordered = [by_cluster[k] for k in range(K) if k not in exclude]
     check_compatible(ordered)
