@@ -502,8 +502,9 @@ def test_train_experts_local_two_experts_on_manpages(manpages_dir, tmp_path, cap
         "30",
         "--save-interval-updates",
         "15",
-        "--max-valid-samples",
+        "--max-valid-steps",  # c-BTM's name for the sample cap
         "64",
+        "--validate-at-start",
         "--num-gpus",
         "1",
         "--binarize-workers",
@@ -746,6 +747,19 @@ def test_trainer_pieces_alone_equal_a_hand_written_step(demo, tmp_path):
         t.model.train()
         n = int((vy != -100).sum() + (vy2 != -100).sum())
         assert abs(t.validate() - float(total) / n) < 1e-5
+        # validation forwards are sized in tokens (--batch-tokens-valid), not by the training batch; same loss
+        shapes = []
+        inner = t.batch_loss
+        t.batch_loss = lambda batch: shapes.append(tuple(batch[0].shape)) or inner(batch)
+        assert shapes == [] and t.valid_batch_size() == 4 * cfg.batch_size  # default: 4x the training micro-batch
+        one = cfg.tokens_per_sample
+        for tokens, want in ((None, [6]), (one, [1] * 6), (4 * one + 5, [4, 2])):
+            shapes.clear()
+            t.cfg.batch_tokens_valid = tokens
+            assert abs(t.validate() - float(total) / n) < 1e-5
+            assert [s[0] for s in shapes] == want, (tokens, shapes)
+        assert t.valid_tokens_per_s > 0
+        t.batch_loss = inner
 
         t.load_state_dict({"step": 7, "position": 28, "seed": 1})
         assert t.state_dict()["step"] == 7 and t.step_batches(28)[0][0].shape == x.shape

@@ -108,9 +108,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             m = shard.all_max_(logits.max(dim=-1).values)
             # sum of exp(logits - max), a few rows at a time: the [rows, V] temporary stays small, and each row's
             # sum is the same reduction over V as for the whole chunk at once (the loss's established numbers)
-            sums = torch.empty(len(tc), dtype=logits.dtype, device=logits.device)
-            for r in range(0, len(tc), SUM_ROWS):
-                sums[r : r + SUM_ROWS] = (logits[r : r + SUM_ROWS] - m[r : r + SUM_ROWS, None]).exp_().sum(-1)
+            if not any(want_grad):
+                # no gradient (validation, scoring): the logits are not needed again, so the same per-row
+                # reduction runs in place over the whole chunk, three ops instead of three per SUM_ROWS rows
+                # (validation's cost on CPU was these small ops' dispatch, not their arithmetic)
+                sums = logits.sub_(m[:, None]).exp_().sum(-1)
+            else:
+                sums = torch.empty(len(tc), dtype=logits.dtype, device=logits.device)
+                for r in range(0, len(tc), SUM_ROWS):
+                    sums[r : r + SUM_ROWS] = (logits[r : r + SUM_ROWS] - m[r : r + SUM_ROWS, None]).exp_().sum(-1)
             sumexp, picked = shard.all_sum_(torch.stack([sums, picked]))  # one collective for both under TP
             lse = sumexp.log() + m
             total += torch.where(valid, lse - picked, 0.0).sum()

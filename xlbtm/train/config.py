@@ -15,6 +15,10 @@ from xlbtm.launch.executor import RunMode
 from xlbtm.launch.site import site_from_args
 from xlbtm.runtime import Precision
 
+# validation runs without gradients: a micro-batch this many times training's fits the memory a training step
+# needed for its activations, and fewer, larger forwards are what makes eval_ensemble fast
+VALID_BATCH_FACTOR = 4
+
 
 def setting(
     default,
@@ -97,9 +101,27 @@ class TrainingSettings:
         type=int,
     )
     save_interval_updates: int = setting(1000, CKPT, "checkpoint every N steps (and at the end)")
-    validate_interval_updates: int = setting(1000, CKPT, "validate every N steps (0: never)")
+    validate_interval_updates: int = setting(1000, CKPT, "validate every N steps and at the end (0: never)")
+    validate_at_start: bool = setting(
+        False,
+        CKPT,
+        "also validate before the first step: the seed's loss on this cluster, the baseline the expert should "
+        "beat (costs one more pass over the valid split; off, as in metaseq)",
+    )
     max_valid_samples: int | None = setting(
-        None, CKPT, "cap on validation samples (default: the whole split)", type=int
+        None,
+        CKPT,
+        "cap on validation samples (default: the whole split; --max-valid-steps is c-BTM's name for it)",
+        type=int,
+        flags=("--max-valid-steps",),
+    )
+    batch_tokens_valid: int | None = setting(
+        None,
+        CKPT,
+        "tokens per validation forward on each data-parallel rank (no gradients are kept, so it can be larger "
+        f"than training's); default {VALID_BATCH_FACTOR}x the training micro-batch (--batch-size x "
+        "--tokens-per-sample)",
+        type=int,
     )
     keep_checkpoints: int = setting(2, CKPT, "checkpoints kept per expert")
     sync_checkpoints: bool = setting(

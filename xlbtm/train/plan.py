@@ -228,6 +228,9 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     ):
         if value < 1:
             raise UsageError(f"{flag} must be >= 1, got {value}")
+    for flag, opt in (("--batch-tokens-valid", req.batch_tokens_valid), ("--max-valid-samples", req.max_valid_samples)):
+        if opt is not None and opt < 1:
+            raise UsageError(f"{flag} must be >= 1, got {opt}")
     if not 0 <= req.learning_rate < float("inf"):  # 0 is allowed: a run that only evaluates its seed
         raise UsageError(f"--learning-rate must be finite and >= 0, got {req.learning_rate}")
     if req.step_allocation not in STEP_ALLOCATIONS:

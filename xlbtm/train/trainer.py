@@ -46,7 +46,14 @@ from xlbtm.parallel.mesh import ParallelDims, build_mesh
 from xlbtm.parallel.parallelize import build_loss_fn, parallelize
 from xlbtm.runtime import resolve_precision
 from xlbtm.tokenizer import load_tokenizer
-from xlbtm.train.config import TrainConfig, check_model_fits, model_kind, uses_monolingual, uses_pairs
+from xlbtm.train.config import (
+    VALID_BATCH_FACTOR,
+    TrainConfig,
+    check_model_fits,
+    model_kind,
+    uses_monolingual,
+    uses_pairs,
+)
 from xlbtm.train.metrics import MetricLogger, mfu, peak_flops
 from xlbtm.train.optim import build_optimizer, clip_grad_norm, lr_at, set_lr
 from xlbtm.train.seeding import materialize, model_on_rank
@@ -391,20 +398,30 @@ class Trainer:
             positions=pos[0].to(dev, non_blocking=True),
         )
 
+    def valid_batch_size(self) -> int:
+        """Samples per validation forward on each dp rank: --batch-tokens-valid worth (default
+        VALID_BATCH_FACTOR x the training micro-batch), at least one."""
+        cfg = self.cfg
+        tokens = cfg.batch_tokens_valid or VALID_BATCH_FACTOR * cfg.batch_size * cfg.tokens_per_sample
+        return max(1, tokens // cfg.tokens_per_sample)
+
     def validate(self) -> float | None:
-        """Collective: mean token loss (nats) on the valid split (at most max_valid_samples samples)."""
+        """Collective: mean token loss (nats) on the valid split (at most max_valid_samples samples), in no-grad
+        batches of `valid_batch_size()`; `self.valid_tokens_per_s` holds the pass's throughput."""
         import torch.distributed as dist
 
         cfg, valid_ds = self.cfg, self.valid_ds
         if valid_ds is None or len(valid_ds) == 0:
             return None
+        t0 = time.perf_counter()
         self.model.eval()
         n = len(valid_ds) if cfg.max_valid_samples is None else min(len(valid_ds), cfg.max_valid_samples)
         total = torch.zeros(2, dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
-        per = self.dims.dp * cfg.batch_size
+        vbs = self.valid_batch_size()
+        per = self.dims.dp * vbs
         with torch.no_grad():
             for b in range(math.ceil(n / per)):
-                idx = [i for i in rank_indices(b * per, 0, self.dp_rank, self.dims.dp, cfg.batch_size) if i < n]
+                idx = [i for i in rank_indices(b * per, 0, self.dp_rank, self.dims.dp, vbs) if i < n]
                 # every rank runs the same number of forwards (FSDP collectives); empty ones count zero
                 batch = collate(valid_ds, Sampler(len(valid_ds), 0, shuffle=False), idx or [0])
                 loss = self.batch_loss(batch)
@@ -413,6 +430,8 @@ class Trainer:
                     total[1] += int((batch[1] != -100).sum())
         dist.all_reduce(total, group=self.dp_group)
         self.model.train()
+        # every token read (inputs, not only targets), as training's tokens/s counts them
+        self.valid_tokens_per_s = n * cfg.tokens_per_sample / max(time.perf_counter() - t0, 1e-9)
         # the target count (a 0-d tensor), or 1 when none: typeshed's max() cannot order tensors (their `<` is
         # a tensor, not a bool)
         count = cast("torch.Tensor | int", max(total[1], 1))
@@ -445,7 +464,15 @@ class Trainer:
             if vl is not None:
                 bits = vl / math.log(2)
                 logger.log(
-                    {"kind": "valid", "step": step, "loss": bits, "ppl": 2**bits, "subset": cfg.valid_subset}, echo=echo
+                    {
+                        "kind": "valid",
+                        "step": step,
+                        "loss": bits,
+                        "ppl": 2**bits,
+                        "subset": cfg.valid_subset,
+                        "tokens_per_s": self.valid_tokens_per_s,
+                    },
+                    echo=echo,
                 )
                 return bits
             return None
@@ -467,7 +494,7 @@ class Trainer:
         tokens_per_step = self.samples_per_step * cfg.tokens_per_sample
         valid_loss, status = None, "completed"
         train_time, steps_since = 0.0, 0  # time inside train steps only (not validation / saving)
-        if self.step == 0 and cfg.validate_interval_updates and cfg.max_steps > 0:
+        if self.step == 0 and cfg.validate_at_start and cfg.max_steps > 0:
             log_valid(0)  # the seed's loss on this cluster: the baseline the expert should beat
         prefetch = Prefetcher(self.step_batches, self.position, self.samples_per_step, pin=self.device.type == "cuda")
         try:
