@@ -12,7 +12,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +22,13 @@ from xlbtm.data.binarize import binarize, binarize_pairs, split_inputs
 from xlbtm.errors import UsageError
 from xlbtm.formats.binarized import MANIFEST, NOT_BINARIZED, split_status
 from xlbtm.formats.layout import RunLayout, train_log_path
+from xlbtm.formats.lock import DirLock
 from xlbtm.formats.pairs import pairs_dir_for
 from xlbtm.launch.executor import make_executor
 from xlbtm.launch.lifeline import jobs_die_with_this_process
 from xlbtm.launch.wait import wait_for
 from xlbtm.tokenizer import load_tokenizer
+from xlbtm.train.expert_dir import RunLock
 from xlbtm.train.job import ExpertJob
 from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_step_allocation
 
@@ -241,6 +244,33 @@ def submit(
     return jobs
 
 
+@contextlib.contextmanager
+def claim_run_dirs(plan: TrainExpertsPlan) -> Iterator[None]:
+    """Hold every expert's run-dir lock while the run is set up (binarized, allocated), so a second
+    train_experts asked for one of these experts stops with one line naming this process instead of
+    binarizing alongside and submitting a rival job. Released before submitting: each job takes its own run
+    lock (`train_expert`). A run dir made only to be claimed is removed again when setting up fails."""
+    claimed: list[RunLock] = []
+    try:
+        for p in plan.experts:
+            lock = RunLock(p.run_dir, "being set up for training (binarizing, submitting)")
+            why = lock.acquire()
+            if why is not None:
+                raise UsageError(
+                    f"cluster {p.cluster}: {why}; wait for it to finish (or stop it), or train into another "
+                    "--serialization-dir"
+                )
+            claimed.append(lock)
+        yield
+    except BaseException:
+        for lock in claimed:
+            lock.discard()
+        raise
+    finally:
+        for lock in claimed:
+            lock.release()
+
+
 def _echo(line: str) -> None:
     print(line, flush=True)  # status lines must show before the (long) wait
 
@@ -250,7 +280,20 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
 
     `--run local` goes in waves (never more concurrent experts than `plan.slots`). With
     `no_wait` and `--run slurm` it returns None right after submitting. `echo` gets one status line per job
-    (its id, logs, metrics)."""
+    (its id, logs, metrics).
+
+    Two runs into one serialization dir share its binarized data: the binarization (and the step allocation
+    read from it) happens under the binarized dir's lock, so a second run waits (saying who it waits for)
+    and then reuses the data; and each expert's run dir is claimed first, so a second run asked for an
+    expert this one is setting up stops at once with one line naming the holder."""
+    with claim_run_dirs(plan), DirLock(plan.bin_dir, "being binarized").held(echo):
+        prepare_plan(plan, echo)
+    return launch_plan(plan, echo)
+
+
+def prepare_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> None:
+    """Binarize what is missing, then apply the step allocation (its lines to `echo`); `run_plan` calls it
+    holding the locks."""
     r = plan.request
     splits = [r.train_subset] + ([r.valid_subset] if r.valid_subset else [])
     if plan.data_dir is not None:
@@ -285,6 +328,11 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
         plan.allocation = apply_step_allocation(plan)
         for line in plan.allocation or []:
             echo(line)
+
+
+def launch_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list | None:
+    """Submit one job per expert of a prepared plan and wait (`run_plan`'s second half)."""
+    r = plan.request
 
     def status(ps, js):
         for p, j in zip(ps, js):
