@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from xlbtm.formats.checkpoints import latest_checkpoint
 from xlbtm.formats.layout import RunLayout
 from xlbtm.formats.lock import DirLock
 from xlbtm.tokenizer import load_tokenizer
+from xlbtm.train.experts import binarize_from_paths
 from xlbtm.train.metrics import read_train_log
 
 
@@ -269,7 +271,7 @@ def test_two_train_experts_into_one_serialization_dir_share_its_binarization(dem
                 stderr=subprocess.STDOUT,
                 text=True,
             )
-        for k, d in drivers.items():
+        for d in drivers.values():
             out = _read_until(d, "waiting:")
             assert f"waiting: {bin_dir} is being binarized by pid {os.getpid()} on " in out
             assert " since " in out
@@ -321,3 +323,50 @@ def test_a_run_killed_before_its_first_checkpoint_leaves_no_steps_in_the_rerun_l
     launch(1, dict(cfg, max_steps=3))
     log = [(r["kind"], r["step"]) for r in read_train_log(run)]
     assert log == [("valid", 0), ("train", 1), ("train", 2), ("valid", 2), ("train", 3), ("valid", 3)]
+
+
+def test_a_waiting_lock_says_whom_it_waits_for_then_and_every_while(tmp_path):
+    """`DirLock.wait` names the holder at once and again every `every_s` (a run that seems stuck says what it
+    waits for); a dir made only to hold the lock is gone again after a failure (`held` discards it)."""
+    first, second = DirLock(tmp_path / "d", "being binarized"), DirLock(tmp_path / "d", "being binarized")
+    assert first.acquire() is None  # flock: a second open file of this process is refused like another process
+    timer = threading.Timer(0.6, first.release)
+    timer.start()
+    lines: list[str] = []
+    second.wait(lines.append, every_s=0.2, poll_s=0.05)
+    timer.join()
+    assert lines[0].startswith(f"waiting: {tmp_path / 'd'} is being binarized by pid {os.getpid()} on ")
+    assert any(line.startswith("still waiting (") for line in lines[1:-1])
+    assert "lock taken after waiting" in lines[-1]
+    second.release()
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError):
+        with DirLock(fresh).held(lines.append):
+            raise ValueError("binarizing failed before writing anything")
+    assert not fresh.exists()
+
+
+def test_a_slurm_binarize_job_holds_the_lock_itself(demo, tmp_path):
+    """`--run slurm` binarizes in a job, which must hold the binarized dir's lock itself (the driver may be
+    stopped while the job goes on): the job's entry point waits for a holder and writes nothing meanwhile."""
+    root, data, tok, cdir = demo
+    out = tmp_path / "bin"
+    lock = DirLock(out, "being binarized")
+    assert lock.acquire() is None
+    done: list[dict] = []
+    job = threading.Thread(
+        target=lambda: done.append(
+            binarize_from_paths(str(data), str(out), str(tok), str(cdir), 2, ["train"], 0, False)
+        )
+    )
+    job.start()
+    try:
+        time.sleep(1.5)
+        assert job.is_alive() and [p.name for p in out.iterdir()] == [".lock"]
+    finally:
+        lock.release()
+        job.join(timeout=120)
+    assert (
+        done and done[0]["splits"]["train"]["documents"] == read_binarized_manifest(out)["splits"]["train"]["documents"]
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from xlbtm.cli import make_parser, run_script
-from xlbtm.formats.lock import DirLock
+from xlbtm.formats.binarized import binarized_lock
 
 
 def build_parser():
@@ -53,7 +53,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     tok = load_tokenizer(args.tokenizer)
     # the dir's lock, as train_experts takes it: a run binarizing the same dir meanwhile is waited for
-    with DirLock(args.output_dir, "being binarized").held(lambda line: print(line, flush=True)):
+    with binarized_lock(args.output_dir).held(lambda line: print(line, flush=True)):
         res = binarize(
             args.data_dir,
             args.output_dir,

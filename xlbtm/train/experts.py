@@ -20,9 +20,8 @@ from typing import Any
 from xlbtm.cli import get_logger, setup_logging
 from xlbtm.data.binarize import binarize, binarize_pairs, split_inputs
 from xlbtm.errors import UsageError
-from xlbtm.formats.binarized import MANIFEST, NOT_BINARIZED, split_status
+from xlbtm.formats.binarized import MANIFEST, NOT_BINARIZED, binarized_lock, split_status
 from xlbtm.formats.layout import RunLayout, train_log_path
-from xlbtm.formats.lock import DirLock
 from xlbtm.formats.pairs import pairs_dir_for
 from xlbtm.launch.executor import make_executor
 from xlbtm.launch.lifeline import jobs_die_with_this_process
@@ -66,18 +65,20 @@ def binarize_from_paths(
     workers: int,
     allow_unassigned: bool,
 ) -> dict:
-    """Picklable entry point (paths only) so binarization can run as its own job."""
+    """Picklable entry point (paths only) so binarization can run as its own job; the job holds the
+    binarized dir's lock itself (it outlives a driver that is stopped while it waits)."""
     setup_logging("binarize")
-    return binarize(
-        data_dir,
-        out_dir,
-        load_tokenizer(tokenizer_path),
-        splits=splits,
-        clusters_dir=clusters_dir,
-        num_clusters=num_clusters,
-        workers=workers,
-        allow_unassigned=allow_unassigned,
-    ).manifest
+    with binarized_lock(out_dir).held(_echo):
+        return binarize(
+            data_dir,
+            out_dir,
+            load_tokenizer(tokenizer_path),
+            splits=splits,
+            clusters_dir=clusters_dir,
+            num_clusters=num_clusters,
+            workers=workers,
+            allow_unassigned=allow_unassigned,
+        ).manifest
 
 
 def ensure_binarized(
@@ -148,17 +149,20 @@ def binarize_pairs_from_paths(
     splits: list[str],
     clusters_dir: str | None,
     allow_unassigned: bool,
+    bin_dir: str,
 ) -> dict:
-    """Picklable entry point (paths only) so parallel data can be binarized as its own job."""
+    """Picklable entry point (paths only) so parallel data can be binarized as its own job (holding
+    `bin_dir`'s lock, as `binarize_from_paths` does)."""
     setup_logging("binarize")
-    return binarize_pairs(
-        parallel_dir,
-        out_dir,
-        load_tokenizer(tokenizer_path),
-        splits=splits,
-        clusters_dir=clusters_dir,
-        allow_unassigned=allow_unassigned,
-    )
+    with binarized_lock(bin_dir).held(_echo):
+        return binarize_pairs(
+            parallel_dir,
+            out_dir,
+            load_tokenizer(tokenizer_path),
+            splits=splits,
+            clusters_dir=clusters_dir,
+            allow_unassigned=allow_unassigned,
+        )
 
 
 def ensure_pairs_binarized(
@@ -198,6 +202,7 @@ def ensure_pairs_binarized(
             have,
             None if clusters_dir is None else str(clusters_dir),
             allow_unassigned,
+            str(bin_dir),
         ),
         "binarize pairs",
         job_dir or out / "logs",
@@ -283,10 +288,13 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
     (its id, logs, metrics).
 
     Two runs into one serialization dir share its binarized data: the binarization (and the step allocation
-    read from it) happens under the binarized dir's lock, so a second run waits (saying who it waits for)
+    read from it) happens under the binarized dir's lock (`binarized_lock`), so a second run waits (saying who it waits for)
     and then reuses the data; and each expert's run dir is claimed first, so a second run asked for an
     expert this one is setting up stops at once with one line naming the holder."""
-    with claim_run_dirs(plan), DirLock(plan.bin_dir, "being binarized").held(echo):
+    # --run slurm binarizes in a job that takes the lock itself (and goes on if this driver is stopped);
+    # held here as well, that job would wait for its own driver
+    bin_lock = binarized_lock(plan.bin_dir).held(echo) if plan.request.run != "slurm" else contextlib.nullcontext()
+    with claim_run_dirs(plan), bin_lock:
         prepare_plan(plan, echo)
     return launch_plan(plan, echo)
 
