@@ -8,11 +8,21 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from train_helpers import REPO, make_demo_data
+from train_helpers import REPO, base_cfg, launch, make_demo_data
+
+from xlbtm.data.binarize import binarize
+from xlbtm.formats.binarized import bin_path, read_binarized_manifest
+from xlbtm.formats.checkpoints import latest_checkpoint
+from xlbtm.formats.layout import RunLayout
+from xlbtm.formats.lock import DirLock
+from xlbtm.tokenizer import load_tokenizer
+from xlbtm.train.experts import binarize_from_paths
+from xlbtm.train.metrics import read_train_log
 
 
 @pytest.fixture(scope="module")
@@ -220,3 +230,143 @@ def test_settings_a_job_would_find_later_are_refused_before_queueing(demo, tmp_p
     err = _exit_2(_argv(demo, ser, "--run", "local", "--tokenizer", str(other), "--dry-run"), capsys)
     assert "expert.json was started with the tokenizer" in err and "resume with that --tokenizer" in err
     shutil.rmtree(other)
+
+
+def _read_until(proc, needle: str, timeout: float = 120) -> str:
+    """The driver's output up to the first line holding `needle` (stdout and stderr merged); fails when the
+    driver ends first or takes longer than `timeout`."""
+    seen: list[str] = []
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"ended (rc {proc.wait()}) before printing {needle!r}:\n" + "".join(seen)[-3000:])
+        seen.append(line)
+        if needle in line:
+            return "".join(seen)
+    raise AssertionError(f"no {needle!r} within {timeout} s:\n" + "".join(seen)[-3000:])
+
+
+def test_two_train_experts_into_one_serialization_dir_share_its_binarization(demo, tmp_path, capsys):
+    """Two train_experts (clusters 0 and 1) started together into one --serialization-dir: they share its
+    binarized data, so neither may write it while another does (the same `.tmp` names: one run died with a
+    FileNotFoundError, or a stream was cut). Here the binarized dir's lock is held by this test, so both
+    drivers are deterministically at the door together: each says whom it waits for, and once the lock is
+    free one binarizes, the other reuses its data, and both experts train on intact streams. A third run
+    for cluster 0 meanwhile stops with one line naming the run that is setting it up."""
+    root, data, tok, cdir = demo
+    ser = tmp_path / "ser"
+    layout = RunLayout.of(ser, 2)
+    bin_dir = layout.binarized_dir("demo", load_tokenizer(tok).fingerprint)
+    lock = DirLock(bin_dir, "being binarized")
+    assert lock.acquire() is None
+    drivers = {}
+    try:
+        for k in (0, 1):
+            argv = _argv(demo, ser, "--run", "debug", "--train-cluster", str(k))
+            drivers[k] = subprocess.Popen(
+                [sys.executable, "-m", "xlbtm.scripts.train_experts", *argv],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        for d in drivers.values():
+            out = _read_until(d, "waiting:")
+            assert f"waiting: {bin_dir} is being binarized by pid {os.getpid()} on " in out
+            assert " since " in out
+        assert [p.name for p in bin_dir.iterdir()] == [".lock"]  # nobody wrote a byte while it was held
+        # cluster 0 is claimed by its (waiting) driver: a third run for it stops at once, naming that driver
+        err = _exit_2(_argv(demo, ser, "--run", "debug", "--train-cluster", "0"), capsys)
+        assert f"cluster 0: {layout.run_dir('demo', 0)} is being set up for training" in err
+        assert f"by pid {drivers[0].pid} on " in err and len(err.strip().splitlines()) == 1
+    finally:
+        lock.release()
+        outs = {}
+        for k, d in drivers.items():
+            try:
+                outs[k] = d.communicate(timeout=240)[0]
+            finally:
+                d.kill()
+    for k, d in drivers.items():
+        assert d.returncode == 0, outs[k][-3000:]
+        assert "Traceback" not in outs[k]
+        assert latest_checkpoint(layout.run_dir("demo", k)).name == "step_2"
+    # intact: the streams are exactly what one binarization alone writes, and one run reused the other's
+    ref = binarize(data, tmp_path / "ref", load_tokenizer(tok), clusters_dir=cdir, workers=0)
+    assert read_binarized_manifest(bin_dir)["splits"] == ref.manifest["splits"]
+    for split in ("train", "valid"):
+        for k in (0, 1):
+            assert bin_path(bin_dir, split, k).read_bytes() == bin_path(tmp_path / "ref", split, k).read_bytes()
+    assert not [p for p in bin_dir.rglob("*.tmp")]
+    assert sum("binarized data up to date" in out for out in outs.values()) == 1
+
+
+def test_a_run_killed_before_its_first_checkpoint_leaves_no_steps_in_the_rerun_log(tmp_path):
+    """kill -9 before the first checkpoint: the rerun starts from the seed, and its train_log.jsonl must not
+    keep the dead run's records (steps 1..n logged twice, the later ones from a run that no longer exists)."""
+    data, tok, cdir = make_demo_data(tmp_path, n_train=40, n_valid=8)
+    binarize(data, tmp_path / "bin", load_tokenizer(tok), clusters_dir=cdir, workers=0)
+    run = tmp_path / "run"
+    cfg = base_cfg(run, tmp_path / "bin", validate_interval_updates=2, max_valid_samples=4)
+    (proc,) = launch(1, dict(cfg, max_steps=100000), wait=False)
+    try:
+        t0 = time.time()
+        while not any(r.get("step", 0) >= 6 for r in read_train_log(run)):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() - t0 < 120, "training did not start"
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # kill -9, no checkpoint written yet
+        proc.wait()
+    assert not (run / "checkpoints").is_dir() or not any((run / "checkpoints").iterdir())
+    launch(1, dict(cfg, max_steps=3))
+    log = [(r["kind"], r["step"]) for r in read_train_log(run)]
+    assert log == [("valid", 0), ("train", 1), ("train", 2), ("valid", 2), ("train", 3), ("valid", 3)]
+
+
+def test_a_waiting_lock_says_whom_it_waits_for_then_and_every_while(tmp_path):
+    """`DirLock.wait` names the holder at once and again every `every_s` (a run that seems stuck says what it
+    waits for); a dir made only to hold the lock is gone again after a failure (`held` discards it)."""
+    first, second = DirLock(tmp_path / "d", "being binarized"), DirLock(tmp_path / "d", "being binarized")
+    assert first.acquire() is None  # flock: a second open file of this process is refused like another process
+    timer = threading.Timer(0.6, first.release)
+    timer.start()
+    lines: list[str] = []
+    second.wait(lines.append, every_s=0.2, poll_s=0.05)
+    timer.join()
+    assert lines[0].startswith(f"waiting: {tmp_path / 'd'} is being binarized by pid {os.getpid()} on ")
+    assert any(line.startswith("still waiting (") for line in lines[1:-1])
+    assert "lock taken after waiting" in lines[-1]
+    second.release()
+
+    fresh = tmp_path / "fresh"
+    with pytest.raises(ValueError):
+        with DirLock(fresh).held(lines.append):
+            raise ValueError("binarizing failed before writing anything")
+    assert not fresh.exists()
+
+
+def test_a_slurm_binarize_job_holds_the_lock_itself(demo, tmp_path):
+    """`--run slurm` binarizes in a job, which must hold the binarized dir's lock itself (the driver may be
+    stopped while the job goes on): the job's entry point waits for a holder and writes nothing meanwhile."""
+    root, data, tok, cdir = demo
+    out = tmp_path / "bin"
+    lock = DirLock(out, "being binarized")
+    assert lock.acquire() is None
+    done: list[dict] = []
+    job = threading.Thread(
+        target=lambda: done.append(
+            binarize_from_paths(str(data), str(out), str(tok), str(cdir), 2, ["train"], 0, False)
+        )
+    )
+    job.start()
+    try:
+        time.sleep(1.5)
+        assert job.is_alive() and [p.name for p in out.iterdir()] == [".lock"]
+    finally:
+        lock.release()
+        job.join(timeout=120)
+    assert (
+        done and done[0]["splits"]["train"]["documents"] == read_binarized_manifest(out)["splits"]["train"]["documents"]
+    )

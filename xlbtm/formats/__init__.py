@@ -12,4 +12,5 @@ expert       expert.json
 consolidated consolidated.pt
 layout       where a serialization dir puts them: <K>_clusters/<run>.cluster<k>/ (consolidated.pt,
              hf/, checkpoints/, train_log.jsonl), logs/, data-bin/; experts listed by expert.json's cluster
+lock         a dir's `.lock` (flock + who holds it): one trainer per run dir, one writer per binarized dir
 """

@@ -4,6 +4,7 @@
     <out>/<split>/cluster<k>.bin uint32 token stream: for every document `</s> tok tok ...`
     <out>/<split>/cluster<k>.idx int64 offsets of the documents into the stream (n_docs + 1 entries)
     <out>/<split>/done.json      this split's part of the manifest and the identity of its inputs; written last
+    <out>/.lock                  held (flock) by the process writing the dir: `binarized_lock`
 
 Version: `format` is "xlbtm-binarized/1". A done.json from before the inputs were recorded still reads: its
 split is binarized again once, to record them.
@@ -15,6 +16,7 @@ import os
 from pathlib import Path
 
 from xlbtm.errors import InputError
+from xlbtm.formats.lock import DirLock
 from xlbtm.io import read_json, write_json
 
 FORMAT = "xlbtm-binarized/1"
@@ -93,3 +95,10 @@ def read_binarized_manifest(out_dir: str | os.PathLike) -> dict:
     if m.get("format") != FORMAT:
         raise InputError(f"not an xlbtm binarized dir (format {m.get('format')!r})", p)
     return m
+
+
+def binarized_lock(bin_dir: str | os.PathLike) -> DirLock:
+    """The lock of a binarized dir (its streams and its `parallel/` pairs): whoever writes them holds it
+    (`DirLock.held`), so runs sharing the dir (one --serialization-dir, one --binarized-dir) write it one at a
+    time and the later ones find it done."""
+    return DirLock(bin_dir, "being binarized")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from xlbtm.cli import make_parser, run_script
+from xlbtm.formats.binarized import binarized_lock
 
 
 def build_parser():
@@ -51,18 +52,20 @@ def main(argv=None):
 
     args = build_parser().parse_args(argv)
     tok = load_tokenizer(args.tokenizer)
-    res = binarize(
-        args.data_dir,
-        args.output_dir,
-        tok,
-        splits=args.splits,
-        clusters_dir=args.clusters_dir,
-        num_clusters=args.num_clusters,
-        workers=args.workers,
-        batch_size=args.batch_size,
-        allow_unassigned=args.allow_unassigned,
-        skip_bad_lines=args.skip_bad_lines,
-    )
+    # the dir's lock, as train_experts takes it: a run binarizing the same dir meanwhile is waited for
+    with binarized_lock(args.output_dir).held(lambda line: print(line, flush=True)):
+        res = binarize(
+            args.data_dir,
+            args.output_dir,
+            tok,
+            splits=args.splits,
+            clusters_dir=args.clusters_dir,
+            num_clusters=args.num_clusters,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            allow_unassigned=args.allow_unassigned,
+            skip_bad_lines=args.skip_bad_lines,
+        )
     for split, st in res.manifest["splits"].items():
         print(
             f"{split}: tokens per cluster {st['tokens']}" + (" (already done)" if split in res.skipped_splits else "")

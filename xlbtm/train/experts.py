@@ -12,20 +12,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from xlbtm.cli import get_logger, setup_logging
 from xlbtm.data.binarize import binarize, binarize_pairs, split_inputs
 from xlbtm.errors import UsageError
-from xlbtm.formats.binarized import MANIFEST, NOT_BINARIZED, split_status
+from xlbtm.formats.binarized import MANIFEST, NOT_BINARIZED, binarized_lock, split_status
 from xlbtm.formats.layout import RunLayout, train_log_path
 from xlbtm.formats.pairs import pairs_dir_for
 from xlbtm.launch.executor import make_executor
 from xlbtm.launch.lifeline import jobs_die_with_this_process
 from xlbtm.launch.wait import wait_for
 from xlbtm.tokenizer import load_tokenizer
+from xlbtm.train.expert_dir import RunLock
 from xlbtm.train.job import ExpertJob
 from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_step_allocation
 from xlbtm.train.progress import TrainProgress
@@ -64,18 +66,20 @@ def binarize_from_paths(
     workers: int,
     allow_unassigned: bool,
 ) -> dict:
-    """Picklable entry point (paths only) so binarization can run as its own job."""
+    """Picklable entry point (paths only) so binarization can run as its own job; the job holds the
+    binarized dir's lock itself (it outlives a driver that is stopped while it waits)."""
     setup_logging("binarize")
-    return binarize(
-        data_dir,
-        out_dir,
-        load_tokenizer(tokenizer_path),
-        splits=splits,
-        clusters_dir=clusters_dir,
-        num_clusters=num_clusters,
-        workers=workers,
-        allow_unassigned=allow_unassigned,
-    ).manifest
+    with binarized_lock(out_dir).held(_echo):
+        return binarize(
+            data_dir,
+            out_dir,
+            load_tokenizer(tokenizer_path),
+            splits=splits,
+            clusters_dir=clusters_dir,
+            num_clusters=num_clusters,
+            workers=workers,
+            allow_unassigned=allow_unassigned,
+        ).manifest
 
 
 def ensure_binarized(
@@ -146,17 +150,20 @@ def binarize_pairs_from_paths(
     splits: list[str],
     clusters_dir: str | None,
     allow_unassigned: bool,
+    bin_dir: str,
 ) -> dict:
-    """Picklable entry point (paths only) so parallel data can be binarized as its own job."""
+    """Picklable entry point (paths only) so parallel data can be binarized as its own job (holding
+    `bin_dir`'s lock, as `binarize_from_paths` does)."""
     setup_logging("binarize")
-    return binarize_pairs(
-        parallel_dir,
-        out_dir,
-        load_tokenizer(tokenizer_path),
-        splits=splits,
-        clusters_dir=clusters_dir,
-        allow_unassigned=allow_unassigned,
-    )
+    with binarized_lock(bin_dir).held(_echo):
+        return binarize_pairs(
+            parallel_dir,
+            out_dir,
+            load_tokenizer(tokenizer_path),
+            splits=splits,
+            clusters_dir=clusters_dir,
+            allow_unassigned=allow_unassigned,
+        )
 
 
 def ensure_pairs_binarized(
@@ -196,6 +203,7 @@ def ensure_pairs_binarized(
             have,
             None if clusters_dir is None else str(clusters_dir),
             allow_unassigned,
+            str(bin_dir),
         ),
         "binarize pairs",
         job_dir or out / "logs",
@@ -242,6 +250,33 @@ def submit(
     return jobs
 
 
+@contextlib.contextmanager
+def claim_run_dirs(plan: TrainExpertsPlan) -> Iterator[None]:
+    """Hold every expert's run-dir lock while the run is set up (binarized, allocated), so a second
+    train_experts asked for one of these experts stops with one line naming this process instead of
+    binarizing alongside and submitting a rival job. Released before submitting: each job takes its own run
+    lock (`train_expert`). A run dir made only to be claimed is removed again when setting up fails."""
+    claimed: list[RunLock] = []
+    try:
+        for p in plan.experts:
+            lock = RunLock(p.run_dir, "being set up for training (binarizing, submitting)")
+            why = lock.acquire()
+            if why is not None:
+                raise UsageError(
+                    f"cluster {p.cluster}: {why}; wait for it to finish (or stop it), or train into another "
+                    "--serialization-dir"
+                )
+            claimed.append(lock)
+        yield
+    except BaseException:
+        for lock in claimed:
+            lock.discard()
+        raise
+    finally:
+        for lock in claimed:
+            lock.release()
+
+
 def _echo(line: str) -> None:
     print(line, flush=True)  # status lines must show before the (long) wait
 
@@ -251,7 +286,23 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
 
     `--run local` goes in waves (never more concurrent experts than `plan.slots`). With
     `no_wait` and `--run slurm` it returns None right after submitting. `echo` gets one status line per job
-    (its id, logs, metrics)."""
+    (its id, logs, metrics).
+
+    Two runs into one serialization dir share its binarized data: the binarization (and the step allocation
+    read from it) happens under the binarized dir's lock (`binarized_lock`), so a second run waits (saying who it waits for)
+    and then reuses the data; and each expert's run dir is claimed first, so a second run asked for an
+    expert this one is setting up stops at once with one line naming the holder."""
+    # --run slurm binarizes in a job that takes the lock itself (and goes on if this driver is stopped);
+    # held here as well, that job would wait for its own driver
+    bin_lock = binarized_lock(plan.bin_dir).held(echo) if plan.request.run != "slurm" else contextlib.nullcontext()
+    with claim_run_dirs(plan), bin_lock:
+        prepare_plan(plan, echo)
+    return launch_plan(plan, echo)
+
+
+def prepare_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> None:
+    """Binarize what is missing, then apply the step allocation (its lines to `echo`); `run_plan` calls it
+    holding the locks."""
     r = plan.request
     splits = [r.train_subset] + ([r.valid_subset] if r.valid_subset else [])
     if plan.data_dir is not None:
@@ -286,6 +337,11 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
         plan.allocation = apply_step_allocation(plan)
         for line in plan.allocation or []:
             echo(line)
+
+
+def launch_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list | None:
+    """Submit one job per expert of a prepared plan and wait (`run_plan`'s second half)."""
+    r = plan.request
 
     def status(ps, js):
         for p, j in zip(ps, js):

@@ -81,7 +81,9 @@ class MetricLogger:
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop records of steps after the checkpoint (a killed run logged them, the rerun will
-        log them again), so the log reads like one uninterrupted run; a torn last line is dropped too."""
+        log them again), so the log reads like one uninterrupted run; a torn last line is dropped too.
+        `step` -1 drops every record (a start from the seed: nothing a killed run logged survives). The log
+        is replaced atomically: a kill during this leaves the old log or the new one, never half of it."""
         if not self.enabled or not self.path.is_file():
             return
 

@@ -477,8 +477,10 @@ class Trainer:
                 return bits
             return None
 
+        # the log reads like one uninterrupted run: what a killed run logged past the step this one starts
+        # from goes, all of it when it left no checkpoint (this run starts over and logs from step 0 again)
+        logger.truncate_after(self.step if self.resumed_from is not None else -1)
         if self.resumed_from is not None:
-            logger.truncate_after(self.step)
             logger.log(
                 {
                     "kind": "resume",
