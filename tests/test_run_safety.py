@@ -308,7 +308,7 @@ def test_a_run_killed_before_its_first_checkpoint_leaves_no_steps_in_the_rerun_l
     data, tok, cdir = make_demo_data(tmp_path, n_train=40, n_valid=8)
     binarize(data, tmp_path / "bin", load_tokenizer(tok), clusters_dir=cdir, workers=0)
     run = tmp_path / "run"
-    cfg = base_cfg(run, tmp_path / "bin", validate_interval_updates=2, max_valid_samples=4)
+    cfg = base_cfg(run, tmp_path / "bin", validate_interval_updates=2, max_valid_samples=4, validate_at_start=True)
     (proc,) = launch(1, dict(cfg, max_steps=100000), wait=False)
     try:
         t0 = time.time()
