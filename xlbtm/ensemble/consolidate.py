@@ -64,7 +64,13 @@ def consolidate_expert(run_dir: str | os.PathLike, dtype: str | None = None, hf:
     args = ModelArgs.from_dict(info.model_args)
     state = clean_keys(read_model_state(ckpt))
     # the state must fit the model expert.json describes, or every reader downstream fails later and vaguer
-    check_state_fits(state, args, ckpt)
+    check_state_fits(
+        state,
+        args,
+        ckpt,
+        claimed_by=str(run_dir / EXPERT_JSON),
+        remedy="this checkpoint is not the run expert.json describes: consolidate the run dir it belongs to",
+    )
     td = torch_dtype(dtype)
     out = {"consolidated": consolidated_path(run_dir)}
     extra = {"expert": info.to_dict(), "step": ckpt.name, "source": str(ckpt)}

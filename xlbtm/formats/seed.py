@@ -11,7 +11,7 @@ import torch
 
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.convert import detect_format, read_model
-from xlbtm.formats.hf import WEIGHT_FILES, read_hf_args
+from xlbtm.formats.hf import WEIGHT_FILES, checked_hf_state, read_hf_args
 from xlbtm.models import build_model, num_params
 from xlbtm.models.config import ModelArgs
 from xlbtm.models.load import model_from_state_dict
@@ -107,11 +107,12 @@ def seed_args(spec: str | os.PathLike, model_size: str | None = None, vocab_size
     if weights[0].name == "model.safetensors":
         from safetensors import SafetensorError, safe_open
 
-        try:
+        try:  # the header alone gives every tensor's shape: check them all without reading the weights
             with safe_open(str(weights[0]), "pt") as f:
-                f.keys()
+                header = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
         except (SafetensorError, OSError) as e:
             raise InputError(f"unreadable safetensors file: {e}", weights[0]) from None
+        checked_hf_state(header, args, path, weights[0])
     _check_vocab(spec_s, args, vocab_size)
     return args
 
