@@ -175,3 +175,41 @@ def test_every_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     )
     assert "is a directory" in refused("--from", "hf", "--to", "xlbtm", "--input", hf, "--out", cfg)
     assert (tmp_path / "file").read_text() == "keep me" and not (tmp_path / "a.pt").exists()
+
+
+def test_tokenizer_and_clusterer_of_another_run_are_kept(tmp_path, capsys):
+    """train_tokenizer --out / train_clusterer --output-dir replaced whatever tokenizer or clusterer dir was
+    there (its experts name it); now only their own earlier output for the same inputs is replaced."""
+    from xlbtm.demo_corpus import write_demo_corpus
+    from xlbtm.scripts import train_clusterer, train_tokenizer
+
+    for seed, name in enumerate(("d1", "d2")):
+        write_demo_corpus(tmp_path / name, n_train=40, n_valid=4, seed=seed)
+
+    def run(stage, mod, *argv) -> tuple[int, str]:
+        capsys.readouterr()
+        rc = main_wrapper(stage, mod.main, [str(a) for a in argv])
+        return rc, capsys.readouterr().err
+
+    tok = ("--vocab-size", "200", "--sample-docs", "40")
+    assert (
+        run("train_tokenizer", train_tokenizer, "--data-dir", tmp_path / "d1", "--out", tmp_path / "tok", *tok)[0] == 0
+    )
+    assert (
+        run("train_tokenizer", train_tokenizer, "--data-dir", tmp_path / "d1", "--out", tmp_path / "tok", *tok)[0] == 0
+    )
+    before = (tmp_path / "tok" / "tokenizer.json").read_bytes()
+    rc, err = run("train_tokenizer", train_tokenizer, "--data-dir", tmp_path / "d2", "--out", tmp_path / "tok", *tok)
+    assert rc == 2 and "train_tokenizer's output for other inputs (--data-dir was" in err
+    assert (tmp_path / "tok" / "tokenizer.json").read_bytes() == before
+
+    clu = ("--num-clusters", "2", "--featurizer", "word", "--max-docs", "40")
+    c = tmp_path / "clusterer"
+    assert run("train_clusterer", train_clusterer, "--data-dir", tmp_path / "d1", "--output-dir", c, *clu)[0] == 0
+    assert run("train_clusterer", train_clusterer, "--data-dir", tmp_path / "d1", "--output-dir", c, *clu)[0] == 0
+    before = (c / "clusterer.json").read_bytes()
+    rc, err = run("train_clusterer", train_clusterer, "--data-dir", tmp_path / "d2", "--output-dir", c, *clu)
+    assert rc == 2 and "train_clusterer's output for other inputs" in err
+    typo = ("--typological", "--langs", "en,fr", "--num-clusters", "2", "--output-dir", c)
+    rc, err = run("train_clusterer", train_clusterer, *typo)
+    assert rc == 2 and "--output-dir" in err and (c / "clusterer.json").read_bytes() == before
