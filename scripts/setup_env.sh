@@ -10,9 +10,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.xlbtm-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  # callers keep only the last line of stdout (the python path): everything else goes to stderr, so a first
+  # run shows what it is doing instead of sitting silent for minutes
+  start=$(date +%s)
+  echo "xlbtm setup: installing xlbtm and its test extras into .venv (torch pinned by .ci/constraints.txt;" \
+       "first run only, about 3-6 minutes on 2 cores with a warm pip cache, longer when pip downloads torch)" >&2
   export PIP_CONSTRAINT="$PWD/.ci/constraints.txt"
-  .venv/bin/pip install --upgrade pip >/dev/null
-  .venv/bin/pip install -e '.[dev,eval]'  # eval: lm-eval, for tests/test_harness.py
+  .venv/bin/pip install --upgrade pip >&2
+  .venv/bin/pip install -e '.[dev,eval]' >&2  # eval: lm-eval, for tests/test_harness.py
   touch "$stamp"
+  echo "xlbtm setup: done in $(( $(date +%s) - start )) s" >&2
 fi
 echo "$PWD/.venv/bin/python"

@@ -249,7 +249,7 @@ def test_typological_assignment_uses_lang(tmp_path):
     assert got["train/0/a.jsonl|1"] == got["train/0/a.jsonl|2"] == c.lang_to_cluster["ru"]
     assert m["splits"]["train"]["lang"]["en"]["documents"][c.lang_to_cluster["en"]] == 1
     _write(data / "train" / "0" / "a.jsonl", [{"text": "a", "lang": "en"}, {"text": "b"}])
-    with pytest.raises(InputError, match=r"a.jsonl:2: document train/0/a.jsonl\|1 has no 'lang'"):
+    with pytest.raises(InputError, match=r"a.jsonl:2: document train/0/a.jsonl\|1 has no string 'lang'"):
         assign_mod.assign_corpus(data, tmp_path / "t", tmp_path / "o", "train", workers=1)
 
 

@@ -158,5 +158,14 @@ def test_exclude_experts_errors(tiny, clusterers, tmp_path, capsys):
         eval_ensemble.main(base + ["--exclude-experts", "a,b"])
     assert e.value.code == 2 and "--exclude-experts: expected comma-separated cluster ids" in capsys.readouterr().err
     assert main_wrapper("eval_ensemble", eval_ensemble.main, base + ["--exclude-experts", "2,0"]) == 0
+    # an expert that never trained (its cluster had no documents) points at the way out
+    shutil.rmtree(ens / "x.cluster2")
+    assert main_wrapper("eval_ensemble", eval_ensemble.main, base) == 2
+    assert "--exclude-experts 2" in capsys.readouterr().err
+    for f in (ens / "x.cluster1").iterdir():  # run dir kept, weights never saved
+        if f.name != "expert.json":
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    assert main_wrapper("eval_ensemble", eval_ensemble.main, base + ["--exclude-experts", "2"]) == 2
+    assert "--exclude-experts 1" in capsys.readouterr().err
     res = json.loads((tmp_path / "js" / "result.json").read_text())
     assert res["settings"]["excluded_experts"] == [0, 2] and res["settings"]["num_experts"] == 1

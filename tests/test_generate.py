@@ -408,3 +408,89 @@ def test_a_continuation_that_starts_a_new_word_keeps_its_space(ens, prompt, new_
     lm = _lm(ens)
     for g, ids in zip(lm.generate([p, p + new], max_new_tokens=6), (p, p + new)):  # what generate returns
         assert g.text == tok.decode(ids + g.ids)[len(tok.decode(ids)) :]
+
+
+# ---------------------------------------------------------------------------------- lang routing, one model
+
+
+def test_generate_lang_routes_each_prompt_to_its_languages_expert(ens, tmp_path, capsys):
+    """X-ELM's lang routing in generate: a prompt goes wholly to the expert of its language's cluster, so its
+    generation is that expert's own (and --lang / a line's "lang" field say which language)."""
+    import shutil
+
+    from xlbtm.cluster.train import train_typological_clusterer
+
+    typo = train_typological_clusterer(["de", "fr", "en"], 2, tmp_path / "typo")
+    assert typo.lang_to_cluster["de"] != typo.lang_to_cluster["fr"]
+    experts = tmp_path / "experts"
+    shutil.copytree(ens["experts"], experts)
+    for ej in experts.glob("*/expert.json"):
+        ej.write_text(json.dumps({**json.loads(ej.read_text()), "clusterer_fingerprint": typo.fingerprint}))
+    base = ["--experts-dir", str(experts), "--path-to-clusterer", str(tmp_path / "typo"), "--max-new-tokens", "8"]
+    single = {}
+    for lang in ("de", "fr"):
+        k = typo.lang_to_cluster[lang]
+        rc, out, err = _run(
+            ["--model-paths", str(experts / f"run.cluster{k}"), "--prompt", PROMPTS[2], "--max-new-tokens", "8"],
+            capsys,
+        )
+        assert rc == 0, err
+        single[lang] = out.splitlines()[0]
+        rc, out, err = _run(base + ["--ensemble-type", "lang", "--lang", lang, "--prompt", PROMPTS[2]], capsys)
+        assert rc == 0, err
+        assert out.splitlines()[0] == single[lang] and f"expert{k} 1.00" in out
+    assert single["de"] != single["fr"]  # the test can tell the experts apart
+    inp = tmp_path / "p.jsonl"
+    inp.write_text(json.dumps({"prompt": PROMPTS[2], "lang": "fr"}) + "\n" + json.dumps({"prompt": PROMPTS[2]}) + "\n")
+    rc, out, err = _run(
+        base + ["--ensemble-type", "lang", "--input", str(inp), "--lang", "de", "--output", str(tmp_path / "o.jsonl")],
+        capsys,
+    )
+    assert rc == 0, err
+    res = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [r["lang"] for r in res] == ["fr", "de"]  # the line's own, else --lang
+    assert [PROMPTS[2] + r["generation"] for r in res] == [single["fr"], single["de"]]
+    # what cannot be routed is one line: no language, an unknown one, --lang without lang routing
+    for argv, needle in (
+        (["--ensemble-type", "lang", "--prompt", "x"], "--lang"),
+        (["--ensemble-type", "lang", "--prompt", "x", "--lang", "xx"], "knows de, en, fr"),
+        (["--ensemble-type", "lang", "--input", str(inp)], f"{inp}:2:"),
+        (["--lang", "de", "--prompt", "x"], "--ensemble-type lang"),
+    ):
+        rc, _, err = _run(base + argv, capsys)
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    rc, _, err = _run(base + ["--ensemble-type", "clustering", "--prompt", "x"], capsys)
+    assert rc == 2 and "--ensemble-type lang" in err  # a typological clusterer has no centroids to route by
+
+
+def test_generate_one_model_without_expert_json_given_its_tokenizer(ens, tmp_path, capsys):
+    from xlbtm.formats.consolidated import load_consolidated, save_consolidated
+
+    src = ens["experts"] / "run.cluster1" / "consolidated.pt"
+    sd, args, _ = load_consolidated(src)
+    alone = tmp_path / "elsewhere" / "model.pt"
+    save_consolidated(alone, sd, args)  # a converted checkpoint: weights and architecture, no expert.json
+    common = ["--prompt", PROMPTS[0], "--max-new-tokens", "6"]
+    rc, ref, err = _run(["--model-paths", str(src), *common], capsys)
+    assert rc == 0, err
+    rc, _, err = _run(["--model-paths", str(alone), *common], capsys)
+    assert rc == 2 and "--tokenizer" in err and len(err.strip().splitlines()) == 1, err
+    rc, out, err = _run(["--model-paths", str(alone), "--tokenizer", str(ens["tok"].path), *common], capsys)
+    assert rc == 0, err
+    assert out.splitlines()[0] == ref.splitlines()[0]
+    rc, _, err = _run(["--model-paths", str(src), "--tokenizer", str(ens["tok"].path), *common], capsys)
+    assert rc == 2 and "drop --tokenizer" in err
+
+
+def test_generate_output_never_replaces_another_file(ens, tmp_path, capsys):
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("mine\n")
+    argv = ["--model-paths", str(ens["experts"] / "run.cluster0"), "--prompt", "x", "--max-new-tokens", "2"]
+    rc, _, err = _run(argv + ["--output", str(notes)], capsys)
+    assert rc == 2 and "--output" in err and notes.read_text() == "mine\n"
+    out = tmp_path / "gen.jsonl"
+    assert _run(argv + ["--output", str(out)], capsys)[0] == 0
+    assert _run(argv + ["--output", str(out)], capsys)[0] == 0  # its own earlier output: replaced
+    other = ["--model-paths", str(ens["experts"] / "run.cluster1"), "--prompt", "x", "--max-new-tokens", "2"]
+    rc, _, err = _run(other + ["--output", str(out)], capsys)
+    assert rc == 2 and "other inputs" in err

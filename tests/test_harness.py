@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,20 @@ def test_model_args_booleans_mean_what_they_say(ens):
     assert XlbtmLM.create_from_arg_string(f"{base},cbtm_compat=no").lm.cbtm_compat is False
     assert XlbtmLM.create_from_arg_string(f"{base},cbtm_compat=True").lm.cbtm_compat is True
     assert XlbtmLM.create_from_arg_string(f"{base},topk=1").lm.topk == 1
+
+
+def test_no_device_flag_means_xlbtms_device_policy_not_lm_evals_default(monkeypatch):
+    """Some lm-eval releases default --device to cuda:0, a traceback on a CPU-only machine: without the flag
+    xlbtm's policy ($XLBTM_DEVICE, else cuda when visible, else cpu) picks the device."""
+    import lm_eval.__main__
+
+    from xlbtm.ensemble.harness import cli_main
+
+    seen = []
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", lambda: seen.append(list(sys.argv)))
+    monkeypatch.setenv("XLBTM_DEVICE", "cpu")
+    cli_main(["--model", "xlbtm", "--tasks", "t"])
+    assert seen[-1][-2:] == ["--device", "cpu"]
+    for given in (["--device", "cuda:1"], ["--device=cuda:1"]):  # the user's own choice is left alone
+        cli_main(["--model", "xlbtm", *given])
+        assert seen[-1] == ["lm_eval", "--model", "xlbtm", *given]

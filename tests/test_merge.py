@@ -204,6 +204,7 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(tiny, tmp_path, cap
 
     fails(["--weights", "0.5,0.3,0.3"], "--weights", "sum to 1")
     fails(["--weights", "1.2,-0.1,-0.1"], "--weights", "non-negative")
+    fails(["--weights", "-0.5,1.5,0"], "--weights", "non-negative")  # a value, not a flag, for argparse too
     fails(["--weights", "0.5,0.5"], "--weights", "2 weight(s) for 3 expert(s)")
     fails(["--weights", "half"], "--weights")
     fails(["--experts", "0,7"], "--experts", "[7]")

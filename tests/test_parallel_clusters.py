@@ -84,6 +84,11 @@ def test_a_missing_side_is_named_by_file_and_line(tmp_path, capsys):
     assert main_wrapper("cluster", main, argv[:-4] + ["--num-workers", "1"]) == 2
     assert f"{d / 'de.jsonl'}:1: missing required field 'text'" in capsys.readouterr().err
     assert not list((tmp_path / "out").rglob("*.jsonl"))
+    # a pair routed by its target language names that field (missing or not a string), at the file's real path
+    (d / "de.jsonl").write_text('{"src": "a", "tgt": "b", "tgt_lang": "de"}\n{"src": "a", "tgt": "b", "tgt_lang": 5}\n')
+    assert main_wrapper("cluster", main, argv) == 2
+    err = capsys.readouterr().err
+    assert f"{d / 'de.jsonl'}:2: " in err and "no string 'tgt_lang' field" in err, err
 
 
 # ------------------------------------------------------------------------------------------ assignment

@@ -266,6 +266,28 @@ def _argv(root, data, tok, cdir, ser, *extra):
     ]
 
 
+def test_waiting_driver_shows_each_running_experts_step_and_loss(demo, tmp_path, monkeypatch, caplog):
+    """--run local: the driver's own output reads step / total, loss and an ETA from the job's train_log."""
+    import logging
+    import re
+
+    from xlbtm.scripts.train_experts import main
+
+    root, data, tok, cdir = demo
+    monkeypatch.setenv("XLBTM_POLL_S", "0.2")
+    monkeypatch.setenv("XLBTM_PROGRESS_EVERY_S", "0")
+    argv = _argv(root, data, tok, cdir, tmp_path / "ser", "--run", "local", "--num-gpus", "1", "--train-cluster", "0")
+    argv[argv.index("--max-steps") + 1] = "80"
+    with caplog.at_level(logging.INFO, logger="xlbtm"):
+        assert main(argv) == 0
+    seen = [
+        m.groups()
+        for r in caplog.records
+        if (m := re.search(r"cluster 0: step (\d+)/80 \[[#-]+\] \d+% \| loss (\d+\.\d+) .*\| ETA", r.getMessage()))
+    ]
+    assert seen and int(seen[-1][0]) > 0, [r.getMessage() for r in caplog.records][-20:]
+
+
 def test_train_experts_dry_run_prints_plan_and_writes_nothing(demo, tmp_path, capsys):
     from xlbtm.scripts.train_experts import main
 

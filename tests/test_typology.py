@@ -85,7 +85,7 @@ def test_typological_artifact_and_assignment_errors(tmp_path):
     assert c2.predict([{"text": "a", "lang": "fr"}]).tolist() == [c.lang_to_cluster["fr"]]
     with pytest.raises(InputError, match=r"a.jsonl:3: .*lang 'ja'"):
         c2.predict([{"text": "a", "lang": "ja", "sp_id": "train/00000/a.jsonl|2"}])
-    with pytest.raises(InputError, match=r"no 'lang' field"):
+    with pytest.raises(InputError, match=r"no string 'lang' field"):
         c2.predict([{"text": "a", "lang": None, "sp_id": "train/00000/a.jsonl|0"}])
     with pytest.raises(UsageError, match="not bare texts"):
         c2.predict(["just text"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 
@@ -107,13 +108,21 @@ def prog_name(stage: str) -> str:
     return f"{_INVOKED_AS} {stage}" if _INVOKED_AS else f"python -m xlbtm.scripts.{stage}"
 
 
+# argparse takes a value that starts with "-" for a flag unless it looks like one negative number, so
+# `--weights -0.5,1.5` died with "expected one argument" before its own check ("non-negative") could speak.
+# A comma list of numbers is a value too (no xlbtm flag looks like one).
+_NEGATIVE_VALUE = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?(,[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)*,?$")
+
+
 def make_parser(stage: str, description: str, epilog: str | None = None) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog=prog_name(stage),
         description=description,
         epilog=epilog,
         formatter_class=_HelpFormatter,
     )
+    parser._negative_number_matcher = _NEGATIVE_VALUE
+    return parser
 
 
 def main_wrapper(

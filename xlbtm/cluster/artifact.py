@@ -180,9 +180,10 @@ class TypologicalClusterer:
     def cluster_of(self, lang: str | None, doc=None) -> int:
         if lang is None or lang == "":
             path, line, label = _where(doc)
+            field = getattr(doc, "lang_field", "lang")
             raise InputError(
-                f"document {label} has no 'lang' field; a typological clusterer assigns by "
-                f"language (add 'lang' or use a TF-IDF clusterer)",
+                f"document {label} has no string '{field}' field; a typological clusterer assigns by "
+                f"language (add '{field}' or use a TF-IDF clusterer)",
                 path,
                 line,
             )

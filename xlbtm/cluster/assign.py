@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from xlbtm.cli import get_logger
-from xlbtm.errors import UsageError
+from xlbtm.errors import InputError, UsageError
 
 log = get_logger("cluster")
 
@@ -81,7 +81,12 @@ def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_line
     stats = ReadStats()
 
     def flush(batch, f):
-        labels = clusterer.predict(batch)
+        try:
+            labels = clusterer.predict(batch)
+        except InputError as e:  # documents name their file relative to the data dir: name the real one
+            if e.path != job.rel:
+                raise
+            raise InputError(e.message, job.path, e.line) from None
         for doc, lab in zip(batch, labels):
             lab = int(lab)
             f.write(format_line(doc.sp_id, lab))
@@ -435,7 +440,6 @@ def write_split_manifest(
     output_prefix: Path, split: str, jobs: Sequence[FileJob], clusterer, data_dir, parallel_side: str | None = None
 ) -> dict:
     """Aggregate the split's sidecars into manifest.json (adding/replacing this split's entry)."""
-    from xlbtm.errors import InputError
     from xlbtm.formats.clusters import FORMAT, MANIFEST, read_manifest, read_sidecar, write_manifest
 
     k = clusterer.num_clusters

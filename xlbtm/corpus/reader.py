@@ -33,6 +33,7 @@ class Document:
     lang: str | None = None
     id: str | None = None
     url: str | None = None
+    lang_field: str = "lang"  # the field `lang` came from (a pair's side: "tgt_lang"), named in errors
 
 
 @dataclass(frozen=True)
@@ -204,7 +205,8 @@ def pair_as_document(pair: Pair, side: str) -> Document:
     if side not in PARALLEL_SIDES:
         raise ValueError(f"side must be one of {PARALLEL_SIDES}, got {side!r}")
     text = pair.src if side == "src" else pair.tgt if side == "tgt" else f"{pair.src}\n{pair.tgt}"
-    return Document(sp_id=pair.sp_id, text=text, lang=pair.src_lang if side == "src" else pair.tgt_lang)
+    field = "src_lang" if side == "src" else "tgt_lang"
+    return Document(sp_id=pair.sp_id, text=text, lang=getattr(pair, field), lang_field=field)
 
 
 def iter_file(

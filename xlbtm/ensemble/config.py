@@ -210,8 +210,15 @@ class EvalConfig:
                 raise UsageError("--retrieval-max-pairs must be positive")
 
 
-LMType = Literal["clustering", "uniform", "dense", "average"]  # what scoring and generation can mix
+LMType = Literal["clustering", "uniform", "dense", "average"]  # what scoring (lm-eval) can mix
 LM_TYPE_HELP = {k: ENSEMBLE_TYPE_HELP[k] for k in typing.get_args(LMType)}
+# generation also routes by a prompt's language: a prompt is a document whose `lang` the user states
+GenerateType = Literal["clustering", "uniform", "lang", "dense", "average"]
+GENERATE_TYPE_HELP = {
+    **{k: ENSEMBLE_TYPE_HELP[k] for k in typing.get_args(GenerateType)},
+    "lang": "each prompt by its language (--lang, or the 'lang' field of an --input line) through a typological "
+    "clusterer (X-ELM)",
+}
 
 
 @dataclass(kw_only=True)
@@ -227,14 +234,25 @@ class GenerateConfig:
         render=lambda v: [",".join(v)],
     )
     path_to_clusterer: str | None = option(None, "clusterer artifact dir (routes the experts)")
-    ensemble_type: LMType | None = option(
+    ensemble_type: GenerateType | None = option(
         None,
         "how the experts are mixed (default: clustering with --path-to-clusterer, dense for one model)",
-        choices_help=LM_TYPE_HELP,
+        choices_help=GENERATE_TYPE_HELP,
+    )
+    tokenizer: str | None = option(
+        None,
+        "tokenizer dir of a single model that has no expert.json (e.g. a converted consolidated.pt); experts "
+        "name their own",
     )
     prompt: str | None = option(None, "the prompt text", exclusive="prompts", exclusive_required=False)
     input: str | None = option(
-        None, 'jsonl file of prompts ({"prompt": ...} per line)', exclusive="prompts", exclusive_required=False
+        None,
+        'jsonl file of prompts ({"prompt": ..., "lang": ...} per line; lang only for --ensemble-type lang)',
+        exclusive="prompts",
+        exclusive_required=False,
+    )
+    lang: str | None = option(
+        None, "--ensemble-type lang: the language of --prompt (and of --input lines without a 'lang' field)"
     )
     output: str | None = option(None, "write the generations as jsonl here (default: print only)")
     max_new_tokens: int = option(64, "tokens to generate at most")
@@ -261,6 +279,10 @@ class GenerateConfig:
             raise UsageError("give --prompt TEXT or --input prompts.jsonl")
         if self.batch_size <= 0:
             raise UsageError("--batch-size must be positive")
+        if self.ensemble_type == "lang" and not self.path_to_clusterer:
+            raise UsageError("--ensemble-type lang needs --path-to-clusterer (a typological clusterer)")
+        if self.lang is not None and self.ensemble_type != "lang":
+            raise UsageError("--lang routes a prompt by its language: it goes with --ensemble-type lang")
 
 
 @dataclass(kw_only=True)

@@ -70,8 +70,8 @@ class Expert:
         ck = latest_checkpoint(self.run_dir)
         if ck is None:
             raise InputError(
-                "expert has neither consolidated.pt nor a finished checkpoint "
-                "(checkpoints/latest); did its training run save?",
+                "expert has neither consolidated.pt nor a finished checkpoint (checkpoints/latest); did its "
+                f"training run save? (if its cluster has no documents, leave it out: --exclude-experts {self.cluster})",
                 self.run_dir,
             )
         return ck
@@ -85,8 +85,10 @@ class Expert:
         )
 
 
-def read_expert(path: str | os.PathLike) -> Expert:
-    """An expert from a run dir, or from a consolidated.pt whose expert.json sits beside it."""
+def read_expert(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Expert:
+    """An expert from a run dir, or from a consolidated.pt whose expert.json sits beside it (or inside it).
+    `tokenizer`: a consolidated.pt with neither (a converted checkpoint) is read as one model of its own
+    with that tokenizer (`standalone_expert`)."""
     p = Path(path)
     if p.is_file():
         run_dir, weights = p.parent, p
@@ -98,10 +100,17 @@ def read_expert(path: str | os.PathLike) -> Expert:
     if not ej.is_file() and weights is not None:
         # a consolidated.pt moved away from its run dir still carries its expert.json (see consolidate.py)
 
-        _, _, extra = load_consolidated(weights)
+        _, args, extra = load_consolidated(weights)
         info = extra.get("expert") if isinstance(extra, dict) else None
         if isinstance(info, dict) and "cluster" in info:
             return Expert(run_dir, ExpertInfo.from_dict(info, weights), weights)
+        if tokenizer is not None:
+            return standalone_expert(weights, args, tokenizer)
+        raise InputError(
+            f"no {EXPERT_JSON} beside it or inside it: as one model of its own it needs only its tokenizer "
+            "(give --tokenizer DIR); as an expert of an ensemble, consolidate it from its run dir",
+            weights,
+        )
     if not ej.is_file():
         raise InputError(
             f"no {EXPERT_JSON} here, so the expert's cluster is unknown (xlbtm matches experts to "
@@ -109,6 +118,31 @@ def read_expert(path: str | os.PathLike) -> Expert:
             run_dir,
         )
     return Expert(run_dir, read_expert_info(run_dir), weights)
+
+
+def standalone_expert(weights: Path, args: ModelArgs, tokenizer: str | os.PathLike) -> Expert:
+    """One model with no expert.json (a `convert --to xlbtm` output, a checkpoint from elsewhere): a K=1
+    expert whose metadata comes from the checkpoint's architecture and the tokenizer the user names."""
+    tok = load_tokenizer(tokenizer)
+    if tok.vocab_size > args.vocab_size:
+        raise InputError(
+            f"--tokenizer {tokenizer} has {tok.vocab_size} tokens but the model's embedding has "
+            f"{args.vocab_size} rows: not this model's tokenizer",
+            weights,
+        )
+    info = ExpertInfo(
+        cluster=0,
+        num_clusters=1,
+        clusterer_fingerprint=None,
+        objective="clm" if args.causal else "mlm",
+        model_args=args.to_dict(),
+        tokenizer=str(Path(tokenizer).resolve()),
+        tokenizer_fingerprint=tok.fingerprint,
+        seed_model=str(weights),
+        run_name=weights.stem,
+        data={"standalone": True},  # metadata made here, not read: --tokenizer was needed for it
+    )
+    return Expert(weights.parent, info, weights)
 
 
 def find_experts(root: str | os.PathLike) -> list[Expert]:
@@ -203,8 +237,9 @@ def match_experts(
     missing = [k for k in range(K) if k not in by_cluster and k not in exclude]
     if missing:
         raise InputError(
-            f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); "
-            "train or list them (--model-paths / --experts-dir)"
+            f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); train or list them "
+            f"(--model-paths / --experts-dir), or switch them off with --exclude-experts "
+            f"{','.join(map(str, missing))} (e.g. a cluster without documents)"
         )
     ordered = [by_cluster[k] for k in range(K) if k not in exclude]
     check_compatible(ordered)
@@ -272,12 +307,20 @@ def resolve_ensemble(
     clusterer=None,
     clusterer_path: str | None = None,
     exclude: Collection[int] = (),
+    tokenizer: str | os.PathLike | None = None,
 ):
     """The experts an ensemble of `ensemble_type` mixes, from `experts_dir` or `model_paths`, matched to the
     (loaded) `clusterer` when it routes them: (experts ordered by cluster, the excluded ones left out;
     clusterer or None; tokenizer). eval_ensemble, generation and the lm-eval model all resolve through here.
-    `clusterer_path` only names the clusterer in errors."""
-    experts = find_experts(experts_dir) if experts_dir else [read_expert(p) for p in model_paths]
+    `clusterer_path` only names the clusterer in errors; `tokenizer`: a single model without expert.json."""
+    if tokenizer is not None and (experts_dir or len(model_paths) != 1):
+        raise UsageError("--tokenizer is for one model without expert.json; experts name their own tokenizer")
+    experts = find_experts(experts_dir) if experts_dir else [read_expert(p, tokenizer) for p in model_paths]
+    if tokenizer is not None and not experts[0].meta.data.get("standalone"):
+        raise UsageError(
+            f"--tokenizer: {experts[0].source()} names its own tokenizer in expert.json ({experts[0].meta.tokenizer}); "
+            "drop --tokenizer"
+        )
     dense = ensemble_type == "dense"
     by_clusterer = not dense and clusterer is not None
     experts = match_experts(
@@ -291,8 +334,8 @@ def resolve_ensemble(
     if ensemble_type == "clustering" and getattr(clusterer, "centroids", None) is None:
         raise UsageError(
             f"--ensemble-type clustering routes by distance to centroids, but {clusterer_path} "
-            f"is a {getattr(clusterer, 'kind', '?')} clusterer without them (typological: use "
-            "--ensemble-type lang)"
+            f"is a {getattr(clusterer, 'kind', '?')} clusterer without them (a typological "
+            "clusterer routes whole documents by language: --ensemble-type lang, in eval_ensemble and generate)"
         )
     if ensemble_type == "lang" and getattr(clusterer, "kind", None) != "typological":
         raise UsageError(

@@ -68,8 +68,10 @@ def generate(
     seed: int = 0,
     sampling_temperature: float = 1.0,
     stop_at_eos: bool = True,
+    langs: Sequence[str | None] | None = None,
 ) -> list[Generation]:
-    """Generate for a batch of prompts (token ids, without `</s>`) from a `MixtureLM`."""
+    """Generate for a batch of prompts (token ids, without `</s>`) from a `MixtureLM`. `langs`: each prompt's
+    language, for a lang ensemble (X-ELM: the whole prompt goes to the expert of its language's cluster)."""
     if max_new_tokens <= 0:
         raise UsageError(f"--max-new-tokens must be positive, got {max_new_tokens}")
     if sample and not (0 < sampling_temperature < float("inf")):
@@ -97,6 +99,9 @@ def generate(
         seq[b, P - len(s) :] = torch.tensor(s, dtype=torch.long)
         pad[b, P - len(s) :] = False
     states = [lm.router.prefix_state(p) for p in prompts] if lm.router is not None else None
+    by_lang = None
+    if getattr(lm, "lang_to_cluster", None) is not None and K > 1:
+        by_lang = lm.lang_log_weights(list(langs) if langs is not None else [None] * B)  # [K, B], fixed
     caches: list = [None] * K
     fed = torch.zeros((K, B), dtype=torch.long)  # columns of `seq` expert k has read, per row
     gen: list[list[int]] = [[] for _ in range(B)]
@@ -112,6 +117,8 @@ def generate(
             if states is not None:
                 d = [s.distances() for s in states]
                 log_w = lm.log_weights(np.stack([x for x, _ in d]), np.asarray([e for _, e in d]))
+            elif by_lang is not None:
+                log_w = by_lang
             else:
                 log_w = lm.log_weights(np.zeros((B, K)), np.ones(B, dtype=bool))  # [K, B]
             mixed = torch.full((B, a.vocab_size), float("-inf"), dtype=torch.float64)

@@ -36,6 +36,7 @@ from xlbtm.cli import get_logger
 from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, DEFAULT_TOPK
 from xlbtm.ensemble.mixture import ROUTES, MixtureLM
 from xlbtm.errors import UsageError
+from xlbtm.runtime import resolve_device
 
 log = get_logger("ensemble")
 
@@ -220,6 +221,11 @@ def cli_main(argv: Sequence[str]) -> int:
     """lm-eval's own command line (`lm_eval ...`, flags unchanged) with `--model xlbtm` registered."""
     from lm_eval.__main__ import cli_evaluate
 
+    argv = list(argv)
+    if not any(a == "--device" or a.startswith("--device=") for a in argv):
+        # lm-eval releases differ in their default (some pass cuda:0, a traceback on a CPU-only machine):
+        # without a --device, xlbtm's own policy ($XLBTM_DEVICE, else cuda when visible, else cpu) decides
+        argv += ["--device", str(resolve_device(None))]
     saved = sys.argv
     sys.argv = ["lm_eval", *argv]
     try:

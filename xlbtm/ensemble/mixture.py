@@ -74,6 +74,7 @@ class MixtureLM:
     tokenizer: Tokenizer
     experts: list  # xlbtm.ensemble.experts.Expert, ordered by cluster
     router: Router | None = None  # clustering; None: one model, or uniform
+    lang_to_cluster: dict[str, int] | None = None  # lang (generation only): the typological clusterer's map
     ensemble_type: str = "clustering"
     temperature: float = DEFAULT_TEMPERATURE
     topk: int = DEFAULT_TOPK
@@ -103,19 +104,27 @@ class MixtureLM:
         batch_size: int = 16,
         dtype: str = "float32",
         purpose: str = "scoring",
+        tokenizer_dir: str | None = None,
     ) -> MixtureLM:
         """Experts from `experts_dir` (or explicit run dirs / consolidated.pt files in `model_paths`), routed by
         the clusterer artifact at `clusterer`. `ensemble_type` default: clustering with a clusterer, dense for
         a single model. `dtype`: the experts' weights (float32, or bfloat16 / float16 to halve GPU memory; any
         spelling `xlbtm.runtime.resolve_dtype` takes: fp32, bf16, fp16 too). `device`: `resolve_device`'s
         (None: $XLBTM_DEVICE, else cuda when visible, else cpu). Log-probabilities are always computed in
-        float32. `purpose` only words the error for masked-LM experts ("generation", "lm-eval")."""
+        float32. `purpose` words the error for masked-LM experts ("generation", "lm-eval"); "generation" also
+        takes ensemble_type lang (each prompt routed by the language the caller gives `generate`). `tokenizer_dir`:
+        the tokenizer of one model that has no expert.json (`experts.read_expert`)."""
         if bool(experts_dir) == bool(model_paths):
             raise UsageError("give exactly one of experts_dir (--experts-dir) and model_path(s)")
         defaulted = ensemble_type is None
         if defaulted:
             ensemble_type = "clustering" if clusterer else "dense"
-        if ensemble_type not in LM_TYPES:
+        if ensemble_type == "lang" and purpose != "generation":
+            raise UsageError(
+                f"ensemble_type lang routes a whole document by its language, which {purpose} requests do not "
+                "carry: use clustering (or eval_ensemble --ensemble-type lang on a corpus with lang fields)"
+            )
+        if ensemble_type not in (*LM_TYPES, "lang"):
             raise UsageError(
                 f"ensemble_type must be one of {', '.join(LM_TYPES)} for scoring and generation, got {ensemble_type!r}"
             )
@@ -128,9 +137,9 @@ class MixtureLM:
         if context_window is not None and context_window <= 0:
             raise UsageError(f"context_window must be positive, got {context_window}")
         weights_dtype = resolve_dtype(dtype)
-        if ensemble_type == "clustering" and not clusterer:
+        if ensemble_type in ("clustering", "lang") and not clusterer:
             raise UsageError(
-                "ensemble_type clustering routes by the clusterer: give clusterer= "
+                f"ensemble_type {ensemble_type} routes by the clusterer: give clusterer= "
                 "(--path-to-clusterer), or ensemble_type uniform"
             )
         if defaulted and ensemble_type == "dense":  # one model: more than one is a forgotten clusterer
@@ -146,7 +155,8 @@ class MixtureLM:
             experts_dir=experts_dir,
             model_paths=list(model_paths or []),
             clusterer_path=clusterer,
-            clusterer=load_clusterer(clusterer) if clusterer and ensemble_type == "clustering" else None,
+            clusterer=load_clusterer(clusterer) if clusterer and ensemble_type in ("clustering", "lang") else None,
+            tokenizer=tokenizer_dir,
         )
         objective = experts[0].objective
         if objective != "clm":
@@ -173,6 +183,7 @@ class MixtureLM:
             tokenizer=tokenizer,
             experts=experts,
             router=router,
+            lang_to_cluster=dict(clus.lang_to_cluster) if ensemble_type == "lang" else None,
             ensemble_type=ensemble_type,
             temperature=float(temperature),
             topk=int(topk),
@@ -197,6 +208,8 @@ class MixtureLM:
     def log_weights(self, sqdist: np.ndarray, empty: np.ndarray) -> torch.Tensor:
         """[N, K] distances -> [K, N] float64 log routing weights (`routing.log_weights` for clustering)."""
         K, N = self.num_models, len(sqdist)
+        if self.lang_to_cluster is not None and K > 1:  # never a silent uniform mixture in place of lang routing
+            raise UsageError("ensemble_type lang routes whole prompts by language: generate(..., langs=[...])")
         if K == 1:
             return torch.zeros((1, N), dtype=torch.float64)
         if self.router is None:  # uniform
@@ -208,6 +221,24 @@ class MixtureLM:
             cbtm_compat=self.cbtm_compat,
             empty=torch.from_numpy(np.asarray(empty, dtype=bool)),
         )
+
+    def lang_log_weights(self, langs: Sequence[str | None]) -> torch.Tensor:
+        """[K, B] log weights routing row b wholly to the expert of langs[b]'s cluster (ensemble_type lang)."""
+        assert self.lang_to_cluster is not None  # lang ensembles only
+        row_of = {e.cluster: k for k, e in enumerate(self.experts)}
+        which = []
+        for lang in langs:
+            if not lang:
+                raise UsageError("--ensemble-type lang routes each prompt by its language: give --lang (or 'lang')")
+            cluster = self.lang_to_cluster.get(lang)
+            if cluster is None:
+                raise UsageError(
+                    f"--lang {lang}: the typological clusterer knows {', '.join(sorted(self.lang_to_cluster))}"
+                )
+            if cluster not in row_of:
+                raise UsageError(f"--lang {lang} belongs to cluster {cluster}, whose expert is not loaded")
+            which.append(row_of[cluster])
+        return mixing.one_hot_log_weights(torch.tensor(which, dtype=torch.long), self.num_models)
 
     # ---------------------------------------------------------------------------------------------- scoring
     def loglikelihood(

@@ -14,7 +14,11 @@ from the last checkpoint, on the nodes that are left) is the one way on.
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -213,14 +217,19 @@ def wait_for(
     jobs: Sequence[Any],
     what: str = "jobs",
     *,
-    poll_s: float = 5.0,
+    poll_s: float | None = None,
     status_every_s: float = 60.0,
     unknown_grace_s: float = 90.0,
     fail_fast: bool = False,
     all_tasks: bool = False,
     on_result: Callable[[int, Any], None] | None = None,
+    progress: Callable[[int], str | None] | None = None,
 ) -> list:
     """Wait until every job ended; return their results in order, or raise `JobFailedError`.
+
+    `progress(i)`: a line about running job i (e.g. step / total, loss, ETA from its log), shown for every
+    job still running: redrawn in place every poll on a terminal, logged every `progress_every_s()` seconds
+    otherwise (a log file gets lines, not carriage returns).
 
     A multi-task job's result is its task 0 result (`all_tasks=True`: the list over tasks).
     Failures are logged as soon as they are seen; the error is raised once all jobs ended
@@ -230,6 +239,8 @@ def wait_for(
     jobs = list(jobs)
     if not jobs:
         return []
+    if poll_s is None:
+        poll_s = _env_seconds("XLBTM_POLL_S", 5.0)
     results: list[Any] = [None] * len(jobs)
     failures: list[tuple[int, JobFailure]] = []
 
@@ -283,6 +294,7 @@ def wait_for(
             fail_fast,
             all_tasks,
             on_result,
+            _Progress(progress, what) if progress is not None else None,
         )
     except KeyboardInterrupt:
         if any(_is_slurm(jobs[i]) for i in pending):
@@ -313,6 +325,7 @@ def _poll(
     fail_fast,
     all_tasks,
     on_result=None,
+    progress: _Progress | None = None,
 ) -> None:
     unknown_since: dict[int, float] = {}
     ran: set[int] = set()  # jobs seen running: back to pending means requeued (preemption or node failure)
@@ -333,6 +346,8 @@ def _poll(
                 # (the trainer saves on SIGTERM and returns "preempted"), and its requeued copy waits on
                 pending.discard(i)
                 lost = _node_failed(job, node_failed[job.job_id])
+                if progress is not None:
+                    progress.clear()
                 log.error("%s: %s", what, lost.render())
                 failures.append((i, lost))
                 if fail_fast:
@@ -353,15 +368,21 @@ def _poll(
                 if on_result is not None:
                     on_result(i, results[i])
                 continue
+            if progress is not None:
+                progress.clear()
             log.error("%s: %s", what, failure.render())
             failures.append((i, failure))
             if fail_fast:
                 break
         if failures and fail_fast:
             break
+        if pending and progress is not None:
+            progress.show(sorted(pending))
         if pending:
             if time.monotonic() - last_status >= status_every_s:
                 last_status = time.monotonic()
+                if progress is not None:
+                    progress.clear()
                 log.info(
                     "%s: %d/%d done, %d failed; still waiting for %s",
                     what,
@@ -371,6 +392,62 @@ def _poll(
                     _states_summary([jobs[i] for i in sorted(pending)]),
                 )
             time.sleep(poll_s)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return max(0.0, float(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def progress_every_s() -> float:
+    """Seconds between progress lines in a log: $XLBTM_PROGRESS_EVERY_S, default 30."""
+    return _env_seconds("XLBTM_PROGRESS_EVERY_S", 30.0)
+
+
+class _Progress:
+    """The running jobs' progress lines: on a terminal one line per job, redrawn in place each poll; in a log
+    one line per job per `progress_every_s()`."""
+
+    def __init__(self, line: Callable[[int], str | None], what: str, stream=None):
+        self.line, self.what = line, what
+        self.stream = stream if stream is not None else sys.stderr
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.drawn = 0  # lines on screen (terminal)
+        self.last = -math.inf
+
+    def _lines(self, pending: list[int]) -> list[str]:
+        out = []
+        for i in pending:
+            try:
+                text = self.line(i)
+            except Exception as e:  # noqa: BLE001 - a progress line must never stop the wait
+                text = f"(progress unavailable: {e})"
+            if text:
+                out.append(text)
+        return out
+
+    def show(self, pending: list[int]) -> None:
+        now = time.monotonic()
+        if self.tty:
+            lines = self._lines(pending)
+            width = shutil.get_terminal_size((120, 20)).columns - 1
+            self.clear()
+            self.stream.write("".join(f"{x[:width]}\n" for x in lines))
+            self.stream.flush()
+            self.drawn = len(lines)
+        elif now - self.last >= progress_every_s():
+            self.last = now
+            for text in self._lines(pending):
+                log.info("%s: %s", self.what, text)
+
+    def clear(self) -> None:
+        """Remove the drawn lines (before a log line, which would otherwise be overdrawn)."""
+        if self.tty and self.drawn:
+            self.stream.write(f"\x1b[{self.drawn}F\x1b[J")
+            self.stream.flush()
+            self.drawn = 0
 
 
 def _observe(job, i: int, unknown_since: dict[int, float], unknown_grace_s: float) -> tuple[str, bool]:

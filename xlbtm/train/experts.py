@@ -28,6 +28,7 @@ from xlbtm.launch.wait import wait_for
 from xlbtm.tokenizer import load_tokenizer
 from xlbtm.train.job import ExpertJob
 from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_step_allocation
+from xlbtm.train.progress import TrainProgress
 
 log = get_logger("train")
 
@@ -303,13 +304,13 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
             with jobs_die_with_this_process():
                 jobs = submit(wave, plan.spec, plan.site, visible_gpus=slots[: len(wave)])
             status(wave, jobs)
-            results += wait_for(jobs, what="train_experts")
+            results += wait_for(jobs, what="train_experts", progress=TrainProgress(wave))
         return results
     jobs = submit(plan.experts, plan.spec, plan.site)
     status(plan.experts, jobs)
     if r.no_wait and r.run == "slurm":
         return None
-    return wait_for(jobs, what="train_experts")
+    return wait_for(jobs, what="train_experts", progress=TrainProgress(plan.experts))
 
 
 def describe_results(plan: TrainExpertsPlan, results: list) -> list[str]:
