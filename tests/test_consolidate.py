@@ -206,3 +206,43 @@ def test_moved_consolidated_pt_keeps_its_expert_metadata(tiny, tmp_path):  # noq
     e = read_expert(tmp_path / "moved" / "expert_a.pt")
     assert e.cluster == 1 and e.info["tokenizer_fingerprint"] == tiny["tok"].fingerprint
     assert e.source() == tmp_path / "moved" / "expert_a.pt"
+
+
+def test_consolidate_metaseq_keeps_other_files_beside_the_shards(tmp_path, capsys):
+    """Beside metaseq shards, consolidated.pt and hf/ are replaced only when consolidate wrote them from these
+    shards (issue 27: one rule for every writer); another model's files there are refused and left as they are."""
+    from metaseq_writer import write_sharded_checkpoint
+
+    from xlbtm.cli import main_wrapper
+    from xlbtm.formats.consolidated import load_consolidated, save_consolidated
+    from xlbtm.formats.hf import save_hf
+    from xlbtm.io import OUTPUT_RECORD
+    from xlbtm.models import ModelArgs, build_model
+    from xlbtm.scripts import consolidate as script
+
+    args = ModelArgs(arch="xglm", vocab_size=40, d_model=16, n_layers=2, n_heads=2, ffn_dim=32, max_positions=16)
+    torch.manual_seed(0)
+    m = build_model(args)
+    d = tmp_path / "ms"
+    d.mkdir()
+    write_sharded_checkpoint(d / "checkpoint_last", m.state_dict(), args, model_parts=1, shards=2)
+    torch.manual_seed(1)
+    other = build_model(args).state_dict()
+    save_consolidated(d / "consolidated.pt", other, args)
+    save_hf(other, args, d / "hf")
+    before = (d / "consolidated.pt").read_bytes(), (d / "hf" / "model.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main_wrapper("consolidate", script.main, [str(d)]) == 2
+    assert "not an output of consolidate" in capsys.readouterr().err
+    (d / "consolidated.pt").unlink()
+    assert main_wrapper("consolidate", script.main, [str(d), "--hf"]) == 2  # hf/ is another model's too
+    assert (d / "hf" / "model.safetensors").read_bytes() == before[1] and not (d / "consolidated.pt").exists()
+
+    assert main_wrapper("consolidate", script.main, [str(d)]) == 0
+    assert torch.equal(
+        load_consolidated(d / "consolidated.pt")[0]["layers.1.fc1.weight"], m.state_dict()["layers.1.fc1.weight"]
+    )
+    assert main_wrapper("consolidate", script.main, [str(d), "--dtype", "fp16"]) == 0  # its own output: replaced
+    # written before output records existed: its header names these shards, so it is still consolidate's own
+    (d / f".consolidated.pt{OUTPUT_RECORD}").unlink()
+    assert main_wrapper("consolidate", script.main, [str(d)]) == 0

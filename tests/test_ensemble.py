@@ -279,6 +279,8 @@ def make_expert(
             "tokenizer": str(tok.path),
             "tokenizer_fingerprint": tok.fingerprint,
             "seed_model": "debug",
+            # the experts of one ensemble started from one initialization (weights differ as if trained)
+            "seed_identity": f"preset {'debug' if objective == 'clm' else 'debug-xlmr'}, init seed 0",
             "run_name": run_dir.name,
             "data": {},
         },

@@ -208,7 +208,11 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(tiny, tmp_path, cap
     fails(["--weights", "0.5,0.5"], "--weights", "2 weight(s) for 3 expert(s)")
     fails(["--weights", "half"], "--weights")
     fails(["--experts", "0,7"], "--experts", "[7]")
-    for key, value in (("seed_model", "other-seed"), ("tokenizer_fingerprint", "other-tok"), ("objective", "mlm")):
+    for key, value in (
+        ("seed_identity", "preset debug, init seed 7"),
+        ("tokenizer_fingerprint", "other-tok"),
+        ("objective", "mlm"),
+    ):
         p = ens / "x.cluster2" / "expert.json"
         good = p.read_text()
         p.write_text(json.dumps({**json.loads(good), key: value}))

@@ -137,6 +137,13 @@ def main_wrapper(
     except XlbtmError as e:
         print(f"xlbtm {stage}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except PermissionError as e:  # a read-only output dir or an unreadable input: the user's to fix
+        print(
+            f"xlbtm {stage}: error: permission denied: {e.filename or '(unknown path)'}; choose a path you can "
+            "read (inputs) or write (outputs)",
+            file=sys.stderr,
+        )
+        return 2
     except OSError as e:
         import errno
 

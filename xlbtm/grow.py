@@ -37,7 +37,7 @@ from xlbtm.cluster.extend import extend_clusterer, lineage
 from xlbtm.corpus import Corpus
 from xlbtm.ensemble.consolidate import consolidate_expert
 from xlbtm.ensemble.experts import find_experts, match_experts
-from xlbtm.ensemble.merge import average_states, posterior_weights, root_seed
+from xlbtm.ensemble.merge import average_states, check_one_seed, posterior_weights, root_seed, root_seed_identity
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.clusters import (
     FORMAT,
@@ -121,6 +121,7 @@ def _average_seed(experts, req: AddExpertsRequest, lang: str, out: Path) -> tupl
 
 
 def one_root_seed(experts, where) -> str:
+    check_one_seed(experts, "grow the ensemble")  # the initial weights, not only the seed's name
     seeds = {root_seed(e.meta) for e in experts}
     if len(seeds) != 1:
         raise InputError(
@@ -135,6 +136,8 @@ def choose_init(req: AddExpertsRequest, experts, old, extended, lang: str, work:
     """(the --seed-model of the new expert, the `init` record of its expert.json)."""
     method, which = parse_init(req.init, old.num_clusters)
     init: dict[str, Any] = {"method": method, "lang": lang, "root_seed_model": one_root_seed(experts, req.experts_dir)}
+    if (identity := root_seed_identity(experts[0].meta)) is not None:  # a parent's weights are not the root
+        init["root_seed_identity"] = identity
     if method == "seed":
         return init["root_seed_model"], {**init, "parent": None}
     if method == "average":

@@ -88,6 +88,10 @@ def check_replaceable(
     these inputs did not write. A missing path or an empty directory is free. `legacy(path) -> bool` accepts
     outputs written before records existed (e.g. merge_experts' `merged_from`)."""
     path = Path(path)
+    # the nearest existing parent must be a directory, or the write fails later with a traceback
+    parent = next((a for a in path.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"{flag} {path}: {parent} is a file, not a directory; choose another path")
     if not path.exists() and not path.is_symlink():
         return
     if is_dir and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):

@@ -305,8 +305,10 @@ def train_sentencepiece(
     character_coverage: float = 0.9995,
     max_sentences: int = 200_000,
     style: str = "xlmr",
+    owner: dict | None = None,
 ) -> Path:
-    """Train a SentencePiece unigram model on `texts` and save an HF tokenizer directory at `out_dir`.
+    """Train a SentencePiece unigram model on `texts` and save an HF tokenizer directory at `out_dir`
+    (`owner`: who wrote it, recorded inside: `xlbtm.io.write_output_record`).
 
     The directory holds `sentencepiece.bpe.model` (the fairseq artifact), `tokenizer.json` +
     `tokenizer_config.json` (what `AutoTokenizer` reads) and `xlbtm_tokenizer.json` (how it was trained).
@@ -320,7 +322,7 @@ def train_sentencepiece(
     import sentencepiece as spm
 
     from xlbtm.cli import get_logger
-    from xlbtm.io import atomic_dir, write_json
+    from xlbtm.io import atomic_dir, write_json, write_output_record
 
     if style not in ("xlmr", "xglm"):
         raise ValueError(f"style must be 'xlmr' or 'xglm', not {style!r}")
@@ -391,6 +393,8 @@ def train_sentencepiece(
                 "character_coverage": character_coverage,
             },
         )
+        if owner is not None:
+            write_output_record(tmp, owner, is_dir=True)
     return out_dir
 
 
@@ -422,13 +426,18 @@ def train_tokenizer_from_corpus(
     seed: int = 0,
     style: str = "xlmr",
     skip_bad_lines: bool = False,
+    owner: dict | None = None,
 ) -> Path:
-    """`train_sentencepiece` on a uniform sample of `sample_docs` documents of a corpus split."""
-    from xlbtm.io import refuse_overlap
+    """`train_sentencepiece` on a uniform sample of `sample_docs` documents of a corpus split. With `owner`
+    (the train_tokenizer command's), an existing `out_dir` is replaced only when it is that owner's earlier
+    output (`xlbtm.io.check_replaceable`): another run's tokenizer, which its experts name, is kept."""
+    from xlbtm.io import check_replaceable, refuse_overlap
 
     refuse_overlap({"--out": out_dir}, {"--data-dir": data_dir})
     from xlbtm.corpus import Corpus
 
     corpus = Corpus(data_dir, skip_bad_lines=skip_bad_lines)
+    if owner is not None:
+        check_replaceable(out_dir, "--out", owner, is_dir=True)
     texts = reservoir_sample((d.text for d in corpus.iter_documents(split)), sample_docs, seed)
-    return train_sentencepiece(texts, out_dir, vocab_size=vocab_size, seed=seed, style=style)
+    return train_sentencepiece(texts, out_dir, vocab_size=vocab_size, seed=seed, style=style, owner=owner)

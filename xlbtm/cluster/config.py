@@ -24,7 +24,10 @@ class ClustererConfig:
     balanced: bool = option(
         False, "balanced k-means: cluster sizes differ by at most 1 while fitting (as c-BTM's --balanced)"
     )
-    output_dir: str = option(help="clusterer directory to write (or to read with --eval)")
+    output_dir: str = option(
+        help="clusterer directory to write (an existing one only if it is train_clusterer's earlier output of the "
+        "same --data-dir and --tokenizer), or to read with --eval"
+    )
     featurizer: Literal["word", "subword"] = option(
         "subword",
         "what TF-IDF counts",

@@ -16,7 +16,7 @@ from xlbtm.cli import get_logger
 from xlbtm.cluster.artifact import describe, load_clusterer
 from xlbtm.cluster.config import ClustererConfig
 from xlbtm.errors import InputError, UsageError
-from xlbtm.io import write_json
+from xlbtm.io import check_replaceable, output_owner, refuse_overlap, write_json, write_output_record
 
 log = get_logger("cluster")
 
@@ -368,6 +368,12 @@ def run_train_clusterer(cfg: ClustererConfig) -> None:
         return
     if cfg.num_clusters is None:
         raise UsageError("--num-clusters is required")
+    # an existing clusterer at --output-dir is replaced only when it is this command's own for the same inputs:
+    # another run's clusterer (its experts and cluster files name its fingerprint) is kept
+    inputs = {"--data-dir": cfg.data_dir, "--tokenizer": cfg.tokenizer}
+    refuse_overlap({"--output-dir": cfg.output_dir}, inputs)  # (first: its message names the input)
+    owner = output_owner("train_clusterer", inputs)
+    check_replaceable(cfg.output_dir, "--output-dir", owner, is_dir=True)
     if cfg.typological:
         if not cfg.langs:
             raise UsageError("--typological needs --langs (comma-separated ISO 639-1 codes, e.g. en,fr,de)")
@@ -383,6 +389,7 @@ def run_train_clusterer(cfg: ClustererConfig) -> None:
             skip_bad_lines=cfg.skip_bad_lines,
             parallel_side=cfg.parallel_side,
         )
+        write_output_record(cfg.output_dir, owner, is_dir=True)
         log.info(f"wrote {cfg.output_dir}: {describe(c)}")
         print(json.dumps(c.lang_to_cluster, ensure_ascii=False))
         if cfg.eval and cfg.data_dir:
@@ -403,6 +410,7 @@ def run_train_clusterer(cfg: ClustererConfig) -> None:
         parallel_side=cfg.parallel_side,
         device=cfg.device,
     )
+    write_output_record(cfg.output_dir, owner, is_dir=True)
     log.info(f"wrote {cfg.output_dir}: {describe(c)}")
     if cfg.eval:
         _evaluate_into(c, cfg, sample)

@@ -21,7 +21,7 @@ from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, read_expert_info
 from xlbtm.formats.layout import consolidated_path, list_experts
 from xlbtm.io import sha256_json
 from xlbtm.models import ModelArgs
-from xlbtm.models.load import model_from_state_dict
+from xlbtm.models.load import check_state_fits, model_from_state_dict
 from xlbtm.parallel.checkpoint import read_model_state
 from xlbtm.tokenizer import load_tokenizer
 
@@ -261,11 +261,18 @@ def check_compatible(experts: list[Expert]) -> None:
 def load_state(expert: Expert) -> dict:
     """The expert's plain (unsharded) state dict on CPU, from consolidated.pt or the latest DCP step."""
     src = expert.source()
-    if src.is_file():
-        state, _, _ = load_consolidated(src)
-        return state
-
-    return clean_keys(read_model_state(src))
+    state = load_consolidated(src)[0] if src.is_file() else clean_keys(read_model_state(src))
+    # the weights must be the model expert.json describes (a consolidated.pt replaced by another model's is
+    # self-consistent, so only this comparison catches it)
+    check_state_fits(
+        state,
+        ModelArgs.from_dict(expert.meta.model_args),
+        src,
+        claimed_by=str(expert.run_dir / EXPERT_JSON),
+        remedy="the weights are another model's: rebuild them with `python -m xlbtm.scripts.consolidate "
+        f"{expert.run_dir}`",
+    )
+    return state
 
 
 def load_model(expert: Expert, state: dict | None = None):

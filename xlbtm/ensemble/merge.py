@@ -73,20 +73,71 @@ def root_seed(info: ExpertInfo) -> str:
     return (info.init or {}).get("root_seed_model") or info.seed_model
 
 
+def root_seed_identity(info: ExpertInfo) -> str | None:
+    """The identity of the initial weights an expert descends from (`xlbtm.formats.seed.seed_identity`): its
+    own, or for one grown from another expert's weights (`init.parent`), the identity its siblings started from
+    (`init.root_seed_identity`, recorded by add_experts). None: an expert.json from before identities."""
+    init = info.init or {}
+    if init.get("parent"):
+        return init.get("root_seed_identity")
+    return info.seed_identity
+
+
+# experts already warned about (merge checks the same experts several times: once is enough)
+_warned_unknown_seed: set[str] = set()
+
+
+def check_one_seed(experts: list, action: str = "merge") -> str | None:
+    """The experts descend from one initialization, or one InputError naming the first expert.json that differs
+    (`action`: what is refused, "merge", "grow the ensemble", ...). Compared by seed identity: two experts of
+    preset `debug` drawn with --seed 1 and --seed 7, or of one seed path whose file was replaced in between,
+    differ, and one seed copied to two paths does not. When an expert.json has no identity (older xlbtm), the
+    seed strings are compared too, with a warning. Returns the shared identity (None when some expert has none)."""
+    first = experts[0]
+    known = [(e, root_seed_identity(e.meta)) for e in experts]
+    for e, ident in known:
+        if ident is None and str(e.run_dir) not in _warned_unknown_seed:
+            _warned_unknown_seed.add(str(e.run_dir))
+            log.warning(
+                f"{e.run_dir / EXPERT_JSON} records no seed identity (written by an older xlbtm): only its seed "
+                f"name {root_seed(e.meta)!r} can be compared, not the initial weights (retrain it to record them)"
+            )
+    with_ident = [(e, i) for e, i in known if i is not None]
+    for e, ident in with_ident[1:]:
+        ref, ref_ident = with_ident[0]
+        if ident != ref_ident:
+            raise InputError(
+                f"cannot {action}: another initialization than {ref.run_dir / EXPERT_JSON} ({ident} != {ref_ident}; "
+                "averaging models from different initializations is meaningless): use experts branched from one seed",
+                e.run_dir / EXPERT_JSON,
+            )
+    if len(with_ident) == len(experts):
+        return with_ident[0][1]  # the weights decide: one seed copied to two paths is still one seed
+    for e in experts[1:]:
+        if root_seed(e.meta) != root_seed(first.meta):
+            raise InputError(
+                f"cannot {action}: another seed model than {first.run_dir / EXPERT_JSON} "
+                f"({root_seed(e.meta)!r} != {root_seed(first.meta)!r}; averaging models from different "
+                "initializations is meaningless)",
+                e.run_dir / EXPERT_JSON,
+            )
+    return None
+
+
 def check_mergeable(experts: list) -> None:
-    """Experts can be averaged only if they share the seed model (the same initialization), the tokenizer,
-    the objective and the architecture; one InputError naming the first expert.json that differs."""
+    """Experts can be averaged only if they share the initialization (`check_one_seed`), the tokenizer, the
+    objective and the architecture; one InputError naming the first expert.json that differs."""
     if not experts:
         raise UsageError("no experts to merge")
+    check_one_seed(experts, "merge")
     checks = {
-        "seed_model": "seed model (averaging models from different initializations is meaningless)",
         "tokenizer_fingerprint": "tokenizer",
         "objective": "objective",
         "model_args": "architecture (model_args)",
     }
 
     def value(e, key):
-        return e.objective if key == "objective" else root_seed(e.meta) if key == "seed_model" else getattr(e.meta, key)
+        return e.objective if key == "objective" else getattr(e.meta, key)
 
     first = experts[0]
     for e in experts[1:]:
@@ -243,6 +294,9 @@ def average_states(experts: list, weights: list[float] | None = None) -> dict:
     expert with weight 1.0 comes back bit for bit. Other tensors (integer buffers) must be equal in every
     expert and are copied. States are loaded one at a time: memory is the sum plus one expert.
     """
+    # every averaging (merge_experts, eval/generate/lm_eval --ensemble-type average, add_experts --init
+    # average) goes through here: models of different initializations are refused, not averaged
+    check_mergeable(experts)
     w = list(weights) if weights is not None else [1.0 / len(experts)] * len(experts)
     if len(w) != len(experts):
         raise ValueError(f"{len(w)} weights for {len(experts)} experts")
@@ -321,6 +375,7 @@ def merge_experts(
         tokenizer=ref.tokenizer,
         tokenizer_fingerprint=ref.tokenizer_fingerprint,
         seed_model=ref.seed_model,
+        seed_identity=root_seed_identity(ref),  # what the merged experts started from: it merges with them again
         run_name=run_name,
         data=data,
     )

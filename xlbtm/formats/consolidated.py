@@ -20,9 +20,10 @@ import torch
 from xlbtm.errors import InputError
 from xlbtm.formats.metaseq import metaseq_to_xlbtm
 from xlbtm.io import atomic_path
-from xlbtm.models.adapters import detect_fairseq_arch, fairseq_to_xlbtm, xlbtm_to_fairseq
+from xlbtm.models.adapters import detect_fairseq_arch, fairseq_key, fairseq_to_xlbtm, xlbtm_to_fairseq
 from xlbtm.models.config import ModelArgs
-from xlbtm.models.safe_load import safe_torch_load
+from xlbtm.models.load import check_state_fits
+from xlbtm.models.safe_load import REBUILD_REMEDY, safe_torch_load
 
 FORMAT = "xlbtm-consolidated-v1"
 
@@ -93,5 +94,17 @@ def load_consolidated(path: str | os.PathLike) -> tuple[dict, ModelArgs, dict[st
         sd = fairseq_to_xlbtm(ck["model"], arch)
     except (KeyError, ValueError) as e:
         raise InputError(str(e).strip("'\""), path) from None
-    sd.update(meta.get("unfolded") or {})
-    return sd, args, dict(meta.get("extra") or {})
+    unfolded = meta.get("unfolded") or {}
+    if not isinstance(unfolded, dict):
+        raise InputError("bad 'unfolded' entry in the xlbtm header (not a dict of tensors)", path)
+    sd.update(unfolded)
+    check_state_fits(
+        sd,
+        args,
+        path,
+        name_in_file=lambda k: fairseq_key(k, args.arch),
+        claimed_by="its xlbtm header's model_args",
+        remedy=f"the file was altered or mixed up: {REBUILD_REMEDY}",
+    )
+    extra = meta.get("extra")
+    return sd, args, dict(extra) if isinstance(extra, dict) else {}

@@ -17,11 +17,13 @@ from pathlib import Path
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.consolidated import load_consolidated, save_consolidated
 from xlbtm.formats.hf import load_hf, save_hf
+from xlbtm.formats.layout import consolidated_path
 from xlbtm.formats.metaseq import is_shard_name, metaseq_to_xlbtm
-from xlbtm.io import refuse_overlap
+from xlbtm.io import atomic_dir, check_replaceable, output_owner, refuse_overlap, write_output_record
 from xlbtm.models.config import ModelArgs
 from xlbtm.models.safe_load import safe_torch_load
 from xlbtm.runtime import resolve_dtype
+from xlbtm.tokenizer import load_tokenizer
 
 SOURCES = ("hf", "metaseq", "fairseq", "xlbtm")
 TARGETS = ("hf", "metaseq", "xlbtm")
@@ -68,6 +70,14 @@ def read_model(kind: str, path: str | os.PathLike, model_size: str | None = None
             },
         )
     if kind == "xlbtm":
+        if path.is_dir():  # a run dir (or a merged one): its consolidated.pt
+            if not consolidated_path(path).is_file():
+                raise InputError(
+                    "a directory without consolidated.pt or config.json: give the consolidated.pt file "
+                    "(or run `python -m xlbtm.scripts.consolidate` on the run dir first)",
+                    path,
+                )
+            path = consolidated_path(path)
         sd, args, extra = load_consolidated(path)
         return sd, args, extra
     raise UsageError(f"--from must be one of {', '.join(SOURCES)}, got {kind!r}")
@@ -82,12 +92,29 @@ def write_model(
     extra: dict | None = None,
     tokenizer: str | os.PathLike | None = None,
     dtype=None,
+    owner: dict | None = None,
 ) -> Path:
+    """Write `sd` as `kind` at `out`; `owner` (xlbtm.io.output_owner) is recorded beside it, so a rerun with
+    the same inputs may replace it and nothing else may. An HF dir is built beside `out` and swapped in whole
+    (no files of an earlier export, like its tokenizer, are left mixed with the new ones)."""
+    out = Path(out)
     if kind == "hf":
-        return Path(save_hf(sd, args, out, tokenizer_dir=tokenizer, dtype=dtype))
+        with atomic_dir(out) as tmp:
+            save_hf(sd, args, tmp, tokenizer_dir=tokenizer, dtype=dtype)
+            if owner is not None:
+                write_output_record(tmp, owner, is_dir=True)
+        return out
     if kind in ("metaseq", "xlbtm"):
+        if owner is not None:  # before the file: a file without its record would refuse its own rerun
+            write_output_record(out, owner, is_dir=False)
         return Path(save_consolidated(out, sd, args, extra=extra, dtype=dtype))
     raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {kind!r}")
+
+
+def convert_owner(path: str | os.PathLike, tokenizer: str | os.PathLike | None) -> dict:
+    """Whose output a converted model is: convert of this --input (and --tokenizer), the rule of
+    `xlbtm.io.check_replaceable` (--from / --to / --dtype are settings: rerunning with another is allowed)."""
+    return output_owner("convert", {"--input": path, "--tokenizer": tokenizer})
 
 
 def convert(
@@ -108,7 +135,15 @@ def convert(
     if target not in TARGETS:
         raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {target!r}")
     refuse_overlap({"--out": out}, {"--input": path, "--tokenizer": tokenizer})
+    # before reading anything: another run's consolidated.pt or HF dir at --out is not ours to replace
+    owner = convert_owner(path, tokenizer)
+    check_replaceable(out, "--out", owner, is_dir=target == "hf")
+    if tokenizer is not None:
+        load_tokenizer(tokenizer)  # a bad --tokenizer fails now, not after the weights are read
     sd, args, extra = read_model(source, path, model_size)
     if arch is not None and args.arch != arch:
         raise InputError(f"this is a {args.arch} checkpoint, not {arch}; drop --arch or convert another file", path)
-    return args, write_model(target, sd, args, out, extra=extra, tokenizer=tokenizer, dtype=torch_dtype(dtype)), extra
+    written = write_model(
+        target, sd, args, out, extra=extra, tokenizer=tokenizer, dtype=torch_dtype(dtype), owner=owner
+    )
+    return args, written, extra

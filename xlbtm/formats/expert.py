@@ -2,7 +2,8 @@
 config it was trained with. Written atomically by the trainer when the run starts; read by training (resume),
 consolidation and evaluation, always through `read_expert_info`.
 
-Version: `format` is "xlbtm-expert/1"; fields added later are optional (`data`, `init`), so older files still read.
+Version: `format` is "xlbtm-expert/1"; fields added later are optional (`data`, `init`, `seed_identity`), so older
+files still read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from xlbtm.io import read_json, write_json
 
 FORMAT = "xlbtm-expert/1"
 EXPERT_JSON = "expert.json"
+OPTIONAL = ("data", "init", "seed_identity")  # fields added after the first release: older files lack them
 
 
 @dataclass
@@ -32,6 +34,10 @@ class ExpertInfo:
     run_name: str
     data: dict = field(default_factory=dict)
     init: dict = field(default_factory=dict)  # a grown expert's start: {"method", "parent", ...} (add_experts)
+    # what the initial weights were (`xlbtm.formats.seed.seed_identity`): `seed_model` is only the string the
+    # user typed, and "debug" with --seed 1 and with --seed 7 are different initializations. None: written
+    # before it was recorded
+    seed_identity: str | None = None
     format: str = FORMAT
 
     def to_dict(self) -> dict:
@@ -43,7 +49,7 @@ class ExpertInfo:
         if d.get("format") != FORMAT:
             raise InputError(f"not an xlbtm expert.json (format {d.get('format')!r}, expected {FORMAT!r})", path)
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = [n for n in names if n not in d and n not in ("data", "init")]
+        missing = [n for n in names if n not in d and n not in OPTIONAL]
         if missing:
             raise InputError(f"expert.json lacks {', '.join(sorted(missing))}", path)
         return cls(**{k: v for k, v in d.items() if k in names})

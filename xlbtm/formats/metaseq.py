@@ -27,8 +27,15 @@ from typing import Any, cast
 import torch
 
 from xlbtm.errors import InputError, UsageError
-from xlbtm.models.adapters import detect_fairseq_arch, fairseq_to_xlbtm, infer_fairseq_sizes, split_fused_qkv
+from xlbtm.models.adapters import (
+    detect_fairseq_arch,
+    fairseq_key,
+    fairseq_to_xlbtm,
+    infer_fairseq_sizes,
+    split_fused_qkv,
+)
 from xlbtm.models.config import ModelArgs
+from xlbtm.models.load import check_state_fits
 from xlbtm.models.presets import get_preset
 from xlbtm.models.safe_load import safe_torch_load
 
@@ -302,6 +309,16 @@ def metaseq_to_xlbtm(path: str | os.PathLike, model_size: str | None = None) -> 
     except (KeyError, ValueError) as e:
         raise InputError(str(e).strip("'\""), ck.files[0]) from None
     args = args_from_metaseq(ck.model, ck.cfg, arch, model_size, where=ck.files[0])
+    # args_from_metaseq compares the sizes a few tensors imply; every other tensor must fit them too
+    check_state_fits(
+        sd,
+        args,
+        ck.files[0] if len(ck.files) == 1 else Path(path),
+        name_in_file=lambda k: fairseq_key(k, arch),
+        claimed_by="the checkpoint's cfg" if ck.cfg else f"--model-size {model_size}",
+        remedy="the tensors and the cfg come from different models (or some shards from another checkpoint): "
+        "consolidate or export the checkpoint again, or pass the --model-size it was trained with",
+    )
     info = {
         "kind": "metaseq" if arch == "xglm" else "fairseq",
         "path": str(path),

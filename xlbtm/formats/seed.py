@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.convert import detect_format, read_model
-from xlbtm.formats.hf import WEIGHT_FILES, read_hf_args
+from xlbtm.formats.hf import WEIGHT_FILES, checked_hf_state, read_hf_args
 from xlbtm.models import build_model, num_params
 from xlbtm.models.config import ModelArgs
 from xlbtm.models.load import model_from_state_dict
@@ -48,7 +49,7 @@ def load_seed(
     (the tokenizer's) must not exceed a checkpoint's vocabulary.
     """
     spec_s = str(spec)
-    if spec_s in PRESETS and not Path(spec_s).exists():
+    if is_preset(spec_s):
         args = get_preset(spec_s, vocab_size=vocab_size)
         model = build_model(args)
         if dtype is not None:
@@ -89,12 +90,42 @@ def load_seed(
     return model, args, info
 
 
+def is_preset(spec: str | os.PathLike) -> bool:
+    """A --seed-model that names a preset (random init), not a path: what `load_seed` builds from scratch."""
+    return str(spec) in PRESETS and not Path(str(spec)).exists()
+
+
+def weights_fingerprint(state: dict) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: equal exactly when the weights
+    are (one tensor at a time on the CPU: no second copy of the model)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k]
+        if hasattr(t, "full_tensor"):  # a DTensor: its whole value
+            t = t.full_tensor()
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{k}|{t.dtype}|{tuple(state[k].shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def seed_identity(spec: str | os.PathLike, init_seed: int, state: dict) -> str:
+    """What an expert's initial weights are, for expert.json: a preset's random init is named by the preset and
+    the seed that drew it (not by its bytes: torch's CPU kernels may draw other last bits on another machine);
+    a checkpoint's by the fingerprint of the weights as loaded (the path names nothing: a file can be replaced,
+    one seed can sit at two paths). Experts are averaged (merge_experts, --ensemble-type average) or grown
+    (add_experts) only when these are equal."""
+    if is_preset(spec):
+        return f"preset {spec}, init seed {init_seed}"
+    return f"weights sha256:{weights_fingerprint(state)}"
+
+
 def seed_args(spec: str | os.PathLike, model_size: str | None = None, vocab_size: int | None = None) -> ModelArgs:
     """The ModelArgs `load_seed` would give, checked the same way, read as cheaply as the format allows:
     presets and Hugging Face dirs from their config (plus the weights' safetensors header), other
     checkpoints by loading them once. For refusing a bad seed before any job is queued."""
     spec_s = str(spec)
-    if spec_s in PRESETS and not Path(spec_s).exists():
+    if is_preset(spec_s):
         return get_preset(spec_s, vocab_size=vocab_size)
     path = Path(spec)
     if not (path.is_dir() and (path / "config.json").is_file()):
@@ -107,11 +138,12 @@ def seed_args(spec: str | os.PathLike, model_size: str | None = None, vocab_size
     if weights[0].name == "model.safetensors":
         from safetensors import SafetensorError, safe_open
 
-        try:
+        try:  # the header alone gives every tensor's shape: check them all without reading the weights
             with safe_open(str(weights[0]), "pt") as f:
-                f.keys()
+                header = {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
         except (SafetensorError, OSError) as e:
             raise InputError(f"unreadable safetensors file: {e}", weights[0]) from None
+        checked_hf_state(header, args, path, weights[0])
     _check_vocab(spec_s, args, vocab_size)
     return args
 

@@ -43,24 +43,26 @@ _XLMR_HF_TOP = {
 _LAYER_RE = re.compile(r"^layers\.(\d+)\.(.+)\.(weight|bias)$")
 
 
+def hf_key(key: str, arch: str) -> str:
+    """The Hugging Face name of one xlbtm key (KeyError for a key XLM-R's HF layout has no name for)."""
+    if arch == "xglm":
+        return "model." + key
+    if key in _XLMR_HF_TOP:
+        return _XLMR_HF_TOP[key]
+    m = _LAYER_RE.match(key)
+    if not m or m.group(2) not in _XLMR_HF_LAYER:
+        raise KeyError(f"unexpected XLM-R key {key!r}")
+    return f"roberta.encoder.layer.{m.group(1)}.{_XLMR_HF_LAYER[m.group(2)]}.{m.group(3)}"
+
+
 def xlbtm_to_hf(sd: dict, args: ModelArgs, include_tied: bool = False) -> dict:
     """HF XGLMForCausalLM / XLMRobertaForMaskedLM keys. Tied copies (lm_head.weight, lm_head.decoder.*)
     are left out unless include_tied, as `save_pretrained` does."""
-    out = {}
+    out = {hf_key(k, args.arch): v for k, v in sd.items()}
     if args.arch == "xglm":
-        for k, v in sd.items():
-            out["model." + k] = v
         if include_tied:
             out["lm_head.weight"] = sd["embed_tokens.weight"]
         return out
-    for k, v in sd.items():
-        if k in _XLMR_HF_TOP:
-            out[_XLMR_HF_TOP[k]] = v
-            continue
-        m = _LAYER_RE.match(k)
-        if not m or m.group(2) not in _XLMR_HF_LAYER:
-            raise KeyError(f"unexpected XLM-R key {k!r}")
-        out[f"roberta.encoder.layer.{m.group(1)}.{_XLMR_HF_LAYER[m.group(2)]}.{m.group(3)}"] = v
     if include_tied:
         out["lm_head.decoder.weight"] = sd["embed_tokens.weight"]
         out["lm_head.decoder.bias"] = sd["lm_head.bias"]
@@ -231,6 +233,18 @@ def xlbtm_to_fairseq(sd: dict, args: ModelArgs) -> dict:
         out[XLMR_PREFIX + "embed_positions.weight"] = sd["embed_positions.weight"] + tt[0]
     out[XLMR_HEAD_PREFIX + "weight"] = sd["embed_tokens.weight"]
     return out
+
+
+def fairseq_key(key: str, arch: str) -> str:
+    """The metaseq / fairseq name of one xlbtm key (what a reader's error message should call a tensor).
+    XLM-R's token_type_embed has none (fairseq folds it into the positions): its xlbtm name is kept."""
+    if arch == "xglm":
+        return XGLM_PREFIX + key
+    if key == "token_type_embed.weight":
+        return key
+    if key.startswith("lm_head."):
+        return XLMR_HEAD_PREFIX + key[len("lm_head.") :]
+    return XLMR_PREFIX + key
 
 
 def split_fused_qkv(sd: dict) -> dict:

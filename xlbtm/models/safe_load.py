@@ -49,7 +49,7 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu", mmap: bool | No
     if not path.is_file():
         raise InputError("checkpoint file not found", path)
     if path.stat().st_size == 0:
-        raise InputError(f"empty file (0 bytes): {_REMEDY}", path)
+        raise InputError(f"empty file (0 bytes): {REBUILD_REMEDY}", path)
     if mmap is None:
         mmap = zipfile.is_zipfile(path)
     try:
@@ -69,15 +69,15 @@ def safe_torch_load(path: str | os.PathLike, map_location="cpu", mmap: bool | No
                 "numbers, strings), e.g. `OmegaConf.to_container(cfg)` for configs",
                 path,
             ) from None
-        raise InputError(f"not a loadable torch checkpoint ({_first_line(e)}); {_REMEDY}", path) from None
+        raise InputError(f"not a loadable torch checkpoint ({_first_line(e)}); {REBUILD_REMEDY}", path) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise InputError(
-            f"not a readable torch checkpoint ({type(e).__name__}: {_first_line(e)}); {_REMEDY}", path
+            f"not a readable torch checkpoint ({type(e).__name__}: {_first_line(e)}); {REBUILD_REMEDY}", path
         ) from None
 
 
 # what to do about a checkpoint that cannot be read: it is most often a copy or a write that did not finish
-_REMEDY = (
+REBUILD_REMEDY = (
     "if it is a run's consolidated.pt, rebuild it from the run's checkpoints/ with `python -m "
     "xlbtm.scripts.consolidate RUN_DIR`; else copy or convert it again"
 )

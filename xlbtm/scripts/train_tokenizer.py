@@ -22,7 +22,12 @@ def build_parser():
     )
     p.add_argument("--split", default="train", help="split to sample documents from")
     p.add_argument(
-        "--out", "--output-dir", dest="out", required=True, help="output tokenizer directory (replaced if it exists)"
+        "--out",
+        "--output-dir",
+        dest="out",
+        required=True,
+        help="output tokenizer directory (an earlier train_tokenizer output of the same --data-dir is replaced; "
+        "any other existing directory is refused)",
     )
     p.add_argument(
         "--vocab-size",
@@ -44,6 +49,7 @@ def build_parser():
 
 def main(argv=None):
     from xlbtm.errors import UsageError
+    from xlbtm.io import output_owner
     from xlbtm.tokenizer import load_tokenizer, train_tokenizer_from_corpus
 
     args = build_parser().parse_args(argv)
@@ -60,6 +66,7 @@ def main(argv=None):
         seed=args.seed,
         style=args.style,
         skip_bad_lines=args.skip_bad_lines,
+        owner=output_owner(STAGE, {"--data-dir": args.data_dir}),
     )
     tok = load_tokenizer(out)
     get_logger(STAGE).info("wrote %s: vocab %d, fingerprint %s", out, tok.vocab_size, tok.fingerprint[:16])

@@ -38,6 +38,7 @@ from xlbtm.formats.binarized import bin_path, idx_path, read_binarized_manifest
 from xlbtm.formats.checkpoints import latest_checkpoint
 from xlbtm.formats.expert import ExpertInfo, read_expert_info, write_expert_info
 from xlbtm.formats.pairs import read_pairs_manifest
+from xlbtm.formats.seed import seed_identity
 from xlbtm.models import ModelArgs, flops_per_token
 from xlbtm.models.dropout import sample_seeds
 from xlbtm.models.loss import model_loss
@@ -251,6 +252,10 @@ class Trainer:
                     tokenizer=str(Path(tok.path).resolve()),
                     tokenizer_fingerprint=tok.fingerprint,
                     seed_model=cfg.seed_model,
+                    # the initial weights' identity, before parallelize shards or casts them (rank 0 holds all)
+                    seed_identity=seed_identity(
+                        cfg.seed_model, cfg.seed, full_sd if full_sd is not None else model.state_dict()
+                    ),
                     run_name=cfg.run_name,
                     init=dict(cfg.init or {}),
                     data={
