@@ -291,3 +291,33 @@ def test_cluster_files_of_another_clusterer_are_refused(demo, tmp_path):
         list(iter_assignments(cdir, "train"))
     stats_path(f).write_text(json.dumps({"fingerprint": "test-fp"}))
     assert len(list(iter_assignments(cdir, "train"))) > 0
+
+
+def test_a_failed_split_leaves_no_hidden_temp_files(demo, tmp_path):
+    """A bad line half-way through a split (or any other failure while it is written) removes the split's
+    temp streams: nothing half-written is left for a later run to clean up, monolingual or pairs."""
+    import shutil
+
+    from parallel_helpers import write_pairs
+
+    from xlbtm.data.binarize import binarize, binarize_pairs
+    from xlbtm.errors import InputError
+
+    root, data, tok, cdir = demo
+    bad = tmp_path / "corpus"
+    shutil.copytree(data, bad)
+    f = sorted((bad / "valid").rglob("*.jsonl"))[0]
+    lines = f.read_text().splitlines(keepends=True)
+    f.write_text("".join(lines[:5]) + "{broken\n" + "".join(lines[5:]))
+    out = tmp_path / "bin"
+    with pytest.raises(InputError, match="malformed JSON"):
+        binarize(bad, out, tok, clusters_dir=cdir, splits=["valid"], workers=0, batch_size=2)
+    assert [p.name for p in out.rglob("*") if p.is_file() and p.name.endswith(".tmp")] == []
+    assert not list((out / "valid").glob("*.bin"))  # nor anything under the final names
+
+    pairs = write_pairs(tmp_path / "pairs", n=6)
+    with open(pairs / "train" / "00000" / "de.jsonl", "a") as fh:
+        fh.write("{broken\n")
+    with pytest.raises(InputError, match="malformed JSON"):
+        binarize_pairs(pairs, tmp_path / "pbin", tok, splits=["train"], batch_size=2)
+    assert [p.name for p in (tmp_path / "pbin").rglob("*") if p.is_file()] == []

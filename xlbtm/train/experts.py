@@ -27,7 +27,7 @@ from xlbtm.launch.lifeline import jobs_die_with_this_process
 from xlbtm.launch.wait import wait_for
 from xlbtm.tokenizer import load_tokenizer
 from xlbtm.train.job import ExpertJob
-from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_step_allocation
+from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_step_allocation, check_training_data
 
 log = get_logger("train")
 
@@ -281,6 +281,7 @@ def run_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> list
             site=plan.site,
             job_dir=plan.job_dir,
         )
+    check_training_data(plan)  # an expert whose cluster is empty: one line now, not a failed job later
     if plan.allocation is None:
         plan.allocation = apply_step_allocation(plan)
         for line in plan.allocation or []:
