@@ -321,3 +321,34 @@ def test_a_failed_split_leaves_no_hidden_temp_files(demo, tmp_path):
     with pytest.raises(InputError, match="malformed JSON"):
         binarize_pairs(pairs, tmp_path / "pbin", tok, splits=["train"], batch_size=2)
     assert [p.name for p in (tmp_path / "pbin").rglob("*") if p.is_file()] == []
+
+
+def test_a_corpus_file_rewritten_while_binarized_is_not_published(demo, tmp_path, monkeypatch):
+    """done.json vouches for the inputs recorded before the split was read: a corpus file rewritten during
+    binarization would publish streams of a mix of versions under it. Refused; nothing written."""
+    import os
+    import shutil
+
+    from xlbtm.corpus import Corpus
+    from xlbtm.data.binarize import binarize
+    from xlbtm.errors import InputError
+
+    root, data, tok, cdir = demo
+    copy = tmp_path / "corpus"
+    shutil.copytree(data, copy)
+    f = sorted((copy / "valid").rglob("*.jsonl"))[0]
+    real = Corpus.iter_documents
+
+    def rewritten_meanwhile(self, split):
+        for i, doc in enumerate(real(self, split)):
+            if i == 3:
+                st = f.stat()
+                os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a writer touched it
+            yield doc
+
+    monkeypatch.setattr(Corpus, "iter_documents", rewritten_meanwhile)
+    with pytest.raises(InputError, match="split 'valid' changed while they were binarized"):
+        binarize(copy, tmp_path / "bin", tok, clusters_dir=cdir, splits=["valid"], workers=0)
+    assert [p.name for p in (tmp_path / "bin").rglob("*") if p.is_file()] == []
+    monkeypatch.setattr(Corpus, "iter_documents", real)
+    assert binarize(copy, tmp_path / "bin", tok, clusters_dir=cdir, splits=["valid"], workers=0).manifest["splits"]
