@@ -1,6 +1,8 @@
 import json
+import os
 import pickle
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -422,3 +424,116 @@ def test_a_killed_command_leaves_no_worker_behind_and_the_rerun_finishes(corpus,
     ref = tmp_path / "ref"
     assign_mod.assign_corpus(corpus, clusterer, ref, "train", workers=1)
     assert list(iter_assignments(out, "train")) == list(iter_assignments(ref, "train"))
+
+
+# ----------------------------------------------------------------------- a corpus that changes under `cluster`
+
+
+def _replace_with_reversed_lines(path):
+    """The same documents in reverse order: same size, same line count, so the sp_ids of the old cluster file
+    all still resolve (nothing is unassigned) but name other documents now. Replaced as a new file, as a
+    download or an `rsync` would."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    tmp = path.with_name("incoming.tmp")
+    tmp.write_text("".join(reversed(lines)), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def test_a_file_replaced_while_cluster_reads_it_is_not_published(corpus, clusterer, tmp_path, monkeypatch):
+    import xlbtm.corpus as corpus_mod
+
+    data = tmp_path / "d"
+    shutil.copytree(corpus / "train", data / "train")
+    victim = data / "train" / "00001" / "part0.jsonl"
+    real = corpus_mod.iter_file
+
+    def replaced_mid_read(path, *a, **kw):
+        for i, doc in enumerate(real(path, *a, **kw)):
+            if i == 1 and Path(path) == victim:
+                _replace_with_reversed_lines(victim)
+            yield doc
+
+    monkeypatch.setattr(corpus_mod, "iter_file", replaced_mid_read)
+    out = tmp_path / "o"
+    with pytest.raises(InputError, match="changed while `cluster` read it.*Re-run the same cluster command") as e:
+        assign_mod.assign_corpus(data, clusterer, out, "train", workers=1)
+    assert e.value.path == str(victim)
+    # its cluster file was not published (nor a temp file left), and no manifest vouches for the split
+    assert not (out / "train" / "00001" / "part0.jsonl").exists() and not list(out.rglob("*.tmp"))
+    assert not (out / "manifest.json").exists()
+
+    # a file replaced after it was clustered, before the manifest: not published as if it described the file
+    monkeypatch.setattr(corpus_mod, "iter_file", real)
+    real_run = assign_mod._run_local
+
+    def then_replaced(*a, **kw):
+        real_run(*a, **kw)
+        _replace_with_reversed_lines(victim)
+
+    monkeypatch.setattr(assign_mod, "_run_local", then_replaced)
+    with pytest.raises(InputError, match="changed while `cluster` ran"):
+        assign_mod.assign_corpus(data, clusterer, out, "train", workers=1)
+    assert not (out / "manifest.json").exists()
+
+    # the rerun redoes that file from what it holds now
+    monkeypatch.setattr(assign_mod, "_run_local", real_run)
+    assign_mod.assign_corpus(data, clusterer, out, "train", workers=1)
+    c = load_clusterer(clusterer)
+    texts = [json.loads(line)["text"] for line in victim.read_text().splitlines()]
+    got = [k for sp, k in iter_assignments(out, "train") if sp.startswith("train/00001/part0.jsonl|")]
+    assert got == c.predict(texts).tolist()
+
+
+def test_binarize_refuses_cluster_files_of_an_older_corpus(corpus, clusterer, tmp_path, caplog):
+    """The issue's case: a corpus file replaced after `cluster` read it, then binarized at once. Refused with
+    the cluster command to rerun; after that rerun, every document is in its own cluster's stream."""
+    from xlbtm.data.binarize import binarize
+    from xlbtm.data.dataset import TokenStream
+    from xlbtm.formats.binarized import bin_path, split_dir
+    from xlbtm.formats.clusters import stats_path
+    from xlbtm.tokenizer import load_tokenizer, train_sentencepiece
+
+    data = tmp_path / "d"
+    shutil.copytree(corpus / "train", data / "train")
+    texts = [json.loads(line)["text"] for p in sorted(data.rglob("*.jsonl")) for line in p.read_text().splitlines()]
+    train_sentencepiece(texts, tmp_path / "tok", vocab_size=300)
+    tok = load_tokenizer(tmp_path / "tok")
+    cdir = tmp_path / "clusters"
+    assign_mod.assign_corpus(data, clusterer, cdir, "train", workers=1)
+    victim = data / "train" / "00001" / "part0.jsonl"
+    _replace_with_reversed_lines(victim)
+    c = load_clusterer(clusterer)
+    stale = [k for sp, k in iter_assignments(cdir, "train") if sp.startswith("train/00001/part0.jsonl|")]
+    now = c.predict([json.loads(line)["text"] for line in victim.read_text().splitlines()]).tolist()
+    assert len(stale) == len(now) and stale != now  # what binarizing the stale files would have routed wrongly
+
+    with pytest.raises(InputError) as e:
+        binarize(data, tmp_path / "bin", tok, splits=["train"], clusters_dir=cdir)
+    msg = str(e.value)
+    assert msg.startswith(f"{victim}: the cluster files in {cdir} were made from another version"), msg
+    assert (
+        f"python -m xlbtm.scripts.cluster --data-dir {data} --path-to-clusterer {Path(clusterer).resolve()} "
+        f"--output-prefix {cdir} --split train" in msg
+    )
+    assert "\n" not in msg
+    assert not split_dir(tmp_path / "bin", "train").exists()  # nothing binarized from the stale files
+
+    # the rerun of that command (it redoes the one changed file), then binarize: each document in its cluster
+    assign_mod.assign_corpus(data, clusterer, cdir, "train", workers=1)
+    binarize(data, tmp_path / "bin", tok, splits=["train"], clusters_dir=cdir)
+    for k in range(4):
+        stream = TokenStream(bin_path(tmp_path / "bin", "train", k))
+        got = sorted(tuple(stream.doc(i)[1:].tolist()) for i in range(stream.num_docs))
+        want = sorted(tuple(ids) for ids in tok.encode_batch([t for t in texts if c.predict([t])[0] == k]))
+        assert got == want, k
+
+    # sidecars of an older xlbtm without the input's identity: warned about once, not refused
+    for p in cdir.rglob("*.jsonl"):
+        side = json.loads(stats_path(p).read_text())
+        del side["input"]
+        stats_path(p).write_text(json.dumps(side))
+    caplog.clear()
+    binarize(data, tmp_path / "bin2", tok, splits=["train"], clusters_dir=cdir)
+    binarize(data, tmp_path / "bin2", tok, splits=["train"], clusters_dir=cdir)
+    warned = [r for r in caplog.records if "do not record which version of the corpus" in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in caplog.records]

@@ -298,6 +298,33 @@ def test_index_cached_beside_file_when_writable_and_reindexed_on_change(demo):
     assert Corpus(demo).get("train/00000/demo.jsonl|4").text == "edited" != first.text
 
 
+def test_index_is_never_used_with_another_version_of_its_file(demo, monkeypatch):
+    """A file edited after a Corpus indexed it (the same Corpus object reads on) is refused, not read at stale
+    offsets; a file that changes while it is indexed is neither cached nor used."""
+    target = demo / "train/00000/demo.jsonl"
+    c = Corpus(demo)
+    c.get("train/00000/demo.jsonl|4")
+    lines = target.read_bytes().split(b"\n")
+    target.write_bytes(b"\n".join([lines[1], lines[0], *lines[2:]]) + b" ")  # in place: same inode
+    with pytest.raises(InputError, match="changed since it was indexed"):
+        c.get("train/00000/demo.jsonl|4")
+
+    other = demo / "train/00001/demo.jsonl"
+    real = LineIndex.build
+
+    def edited_meanwhile(path):
+        offsets = real(path)
+        with open(path, "ab") as f:
+            f.write(b'{"text": "appended while indexing"}\n')
+        return offsets
+
+    monkeypatch.setattr(LineIndex, "build", staticmethod(edited_meanwhile))
+    keys = LineIndex.cache_paths(other)  # where the index of the version being read would be cached
+    with pytest.raises(InputError, match="changed while it was indexed"):
+        Corpus(demo).get("train/00001/demo.jsonl|0")
+    assert not any(k.exists() for k in keys)
+
+
 def test_index_goes_to_user_cache_when_data_dir_is_read_only(demo):
     """Tests run as root, which ignores permission bits. `dir_is_writable` treats a dir without write bits
     as read-only even for root (a corpus marked read-only is meant to be left alone), so chmod is a real

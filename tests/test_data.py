@@ -291,3 +291,64 @@ def test_cluster_files_of_another_clusterer_are_refused(demo, tmp_path):
         list(iter_assignments(cdir, "train"))
     stats_path(f).write_text(json.dumps({"fingerprint": "test-fp"}))
     assert len(list(iter_assignments(cdir, "train"))) > 0
+
+
+def test_a_failed_split_leaves_no_hidden_temp_files(demo, tmp_path):
+    """A bad line half-way through a split (or any other failure while it is written) removes the split's
+    temp streams: nothing half-written is left for a later run to clean up, monolingual or pairs."""
+    import shutil
+
+    from parallel_helpers import write_pairs
+
+    from xlbtm.data.binarize import binarize, binarize_pairs
+    from xlbtm.errors import InputError
+
+    root, data, tok, cdir = demo
+    bad = tmp_path / "corpus"
+    shutil.copytree(data, bad)
+    f = sorted((bad / "valid").rglob("*.jsonl"))[0]
+    lines = f.read_text().splitlines(keepends=True)
+    f.write_text("".join(lines[:5]) + "{broken\n" + "".join(lines[5:]))
+    out = tmp_path / "bin"
+    with pytest.raises(InputError, match="malformed JSON"):
+        binarize(bad, out, tok, clusters_dir=cdir, splits=["valid"], workers=0, batch_size=2)
+    assert [p.name for p in out.rglob("*") if p.is_file() and p.name.endswith(".tmp")] == []
+    assert not list((out / "valid").glob("*.bin"))  # nor anything under the final names
+
+    pairs = write_pairs(tmp_path / "pairs", n=6)
+    with open(pairs / "train" / "00000" / "de.jsonl", "a") as fh:
+        fh.write("{broken\n")
+    with pytest.raises(InputError, match="malformed JSON"):
+        binarize_pairs(pairs, tmp_path / "pbin", tok, splits=["train"], batch_size=2)
+    assert [p.name for p in (tmp_path / "pbin").rglob("*") if p.is_file()] == []
+
+
+def test_a_corpus_file_rewritten_while_binarized_is_not_published(demo, tmp_path, monkeypatch):
+    """done.json vouches for the inputs recorded before the split was read: a corpus file rewritten during
+    binarization would publish streams of a mix of versions under it. Refused; nothing written."""
+    import os
+    import shutil
+
+    from xlbtm.corpus import Corpus
+    from xlbtm.data.binarize import binarize
+    from xlbtm.errors import InputError
+
+    root, data, tok, cdir = demo
+    copy = tmp_path / "corpus"
+    shutil.copytree(data, copy)
+    f = sorted((copy / "valid").rglob("*.jsonl"))[0]
+    real = Corpus.iter_documents
+
+    def rewritten_meanwhile(self, split):
+        for i, doc in enumerate(real(self, split)):
+            if i == 3:
+                st = f.stat()
+                os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a writer touched it
+            yield doc
+
+    monkeypatch.setattr(Corpus, "iter_documents", rewritten_meanwhile)
+    with pytest.raises(InputError, match="split 'valid' changed while they were binarized"):
+        binarize(copy, tmp_path / "bin", tok, clusters_dir=cdir, splits=["valid"], workers=0)
+    assert [p.name for p in (tmp_path / "bin").rglob("*") if p.is_file()] == []
+    monkeypatch.setattr(Corpus, "iter_documents", real)
+    assert binarize(copy, tmp_path / "bin", tok, clusters_dir=cdir, splits=["valid"], workers=0).manifest["splits"]

@@ -895,3 +895,47 @@ def test_training_flags_reach_the_expert_config_by_name(demo, tmp_path):
         build_parser().parse_args(
             _argv(root, data, tok, cdir, tmp_path / "ser", "--run", "local", "--precision", "bf16")
         )
+
+
+def test_a_cluster_without_documents_stops_after_binarizing_with_the_flags_that_skip_it(demo, tmp_path, capsys):
+    """K=2 cluster files that put every document in cluster 0 (typological K=3 on a corpus without the third
+    group's languages, in small): one line naming cluster 1, its 0 documents, --train-cluster and
+    --exclude-experts, before anything trains; with --train-cluster 0 (the user's choice) the others train.
+    A manifest that counts the documents (what `cluster` writes) refuses it before binarizing, --dry-run too."""
+    import json
+    import shutil
+
+    from xlbtm.cli import main_wrapper
+    from xlbtm.formats.checkpoints import latest_checkpoint
+    from xlbtm.formats.clusters import cluster_files, format_line, read_cluster_file
+    from xlbtm.scripts.train_experts import main
+
+    root, data, tok, cdir = demo
+    one = tmp_path / "clusters"
+    shutil.copytree(cdir, one)
+    for split in ("train", "valid"):
+        for f in cluster_files(one, split):
+            f.write_text("".join(format_line(sp, 0) for sp, _ in list(read_cluster_file(f))))
+    ser = tmp_path / "ser"
+    argv = _argv(root, data, tok, one, ser, "--run", "debug", "--max-steps", "1", "--step-allocation", "proportional")
+    assert main_wrapper("train_experts", main, argv) == 2
+    err = capsys.readouterr().err
+    assert len([ln for ln in err.splitlines() if "error" in ln]) == 1 and "Traceback" not in err, err
+    assert "cluster 1 has no training data in split 'train' (cluster 1: 0 documents;" in err
+    assert "train the others with --train-cluster 0, then leave it out of the ensemble with eval_ensemble " in err
+    assert "--exclude-experts 1" in err
+    runs = ser / "2_clusters"
+    assert not any(latest_checkpoint(r) for r in runs.glob("demo.cluster*"))  # nothing trained
+
+    assert main(argv + ["--train-cluster", "0"]) == 0  # the user's selection skips the empty cluster
+    assert latest_checkpoint(runs / "demo.cluster0") is not None and not (runs / "demo.cluster1").exists()
+
+    m = json.loads((one / "manifest.json").read_text())
+    m["splits"] = {"train": {"documents": [120, 0]}}
+    (one / "manifest.json").write_text(json.dumps(m))
+    ser2 = tmp_path / "ser2"
+    dry = _argv(root, data, tok, one, ser2, "--run", "local", "--dry-run")
+    assert main_wrapper("train_experts", main, dry) == 2
+    assert "cluster 1 has no training data in split 'train' (cluster 1: 0 documents;" in capsys.readouterr().err
+    assert not ser2.exists()  # refused before binarizing
+    assert main(dry + ["--train-cluster", "0"]) == 0

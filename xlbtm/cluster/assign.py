@@ -41,6 +41,23 @@ def input_signature(path: Path) -> dict:
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def current_signature(path: str | os.PathLike) -> dict | None:
+    """The input's identity now, None when it is gone (deleted or renamed away while `cluster` ran)."""
+    try:
+        return input_signature(Path(path))
+    except FileNotFoundError:
+        return None
+
+
+def changed_input(when: str) -> str:
+    """The one line for a corpus file that changed under `cluster` (`when`: while it was read, or ran)."""
+    return (
+        f"this corpus file changed {when} (its size or mtime is not the one it had), so its cluster file would "
+        "describe another version of it and send its documents to the wrong experts; refused. Re-run the same "
+        "cluster command once nothing writes the corpus any more (it redoes only the changed files)"
+    )
+
+
 def is_done(job: FileJob, fingerprint: str) -> bool:
     from xlbtm.formats.clusters import read_sidecar
 
@@ -74,6 +91,11 @@ def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_line
     from xlbtm.formats.clusters import format_line, write_sidecar
     from xlbtm.io import atomic_open
 
+    # the identity of the version read: the sidecar records it, and a file that changes before the read ends is
+    # refused rather than published (its lines would be another version's, and binarize trusts the identity)
+    signature = current_signature(job.path)
+    if signature is None:
+        raise InputError(changed_input("while `cluster` read it"), job.path)
     k = clusterer.num_clusters
     docs_per = [0] * k
     chars_per = [0] * k
@@ -108,10 +130,12 @@ def assign_file(clusterer, job: FileJob, *, batch_size: int = 512, skip_bad_line
                 flush(batch, f)
         if batch:
             flush(batch, f)
+        if current_signature(job.path) != signature:  # inside the atomic write: the temp file is dropped
+            raise InputError(changed_input("while `cluster` read it"), job.path)
     side = {
         "fingerprint": clusterer.fingerprint,
         "rel": job.rel,
-        "input": job.signature,
+        "input": signature,
         "documents": docs_per,
         "chars": chars_per,
         "lang": by_lang,
@@ -448,9 +472,16 @@ def write_split_manifest(
     langs: dict[str, dict[str, list[int]]] = defaultdict(lambda: {"documents": [0] * k, "chars": [0] * k})
     skipped = 0
     for j in jobs:
+        # against the input as it is now, not as planned: a file replaced after its cluster file was written is
+        # not published in the manifest as if the cluster file described it
+        now = current_signature(j.path)
+        if now != j.signature:
+            raise InputError(changed_input("while `cluster` ran"), j.path)
         if not is_done(j, clusterer.fingerprint):
             raise InputError(
-                "cluster file is missing or stale after assignment (was the input modified meanwhile?)", j.out
+                "cluster file is missing or stale after assignment (did another cluster command write this "
+                "--output-prefix meanwhile?); re-run this cluster command",
+                j.out,
             )
         s = read_sidecar(j.out, strict=True)
         assert s is not None  # is_done just read it

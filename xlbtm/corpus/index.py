@@ -29,6 +29,17 @@ def dir_is_writable(d: Path) -> bool:
     return True
 
 
+CHANGED = (
+    "this corpus file changed {when} (its size or mtime differs), so its line offsets would point into "
+    "another version of it; run the command again once nothing writes the corpus any more"
+)
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
 class LineIndex:
     """Byte offset of every line of a file (of the decompressed stream for .gz), for random access.
 
@@ -36,13 +47,17 @@ class LineIndex:
     `dir_is_writable`), otherwise under `$XLBTM_CACHE_DIR/line-index` (default `~/.cache/xlbtm`), so a
     read-only data dir is never written to. The key covers the resolved path, size and mtime, so an edited
     file is re-indexed. The file handle stays open between reads: seeking forward in a .gz stream continues
-    decompression instead of restarting it from the top.
+    decompression instead of restarting it from the top. The index is only ever used with the version of
+    the file it describes: a file that changes while it is indexed is refused (not cached under the old
+    key), and a read from a file edited since (same object, e.g. a long-lived Corpus) is refused rather than
+    served from stale offsets.
     """
 
-    def __init__(self, path: Path, offsets, cache_file: Path | None = None):
+    def __init__(self, path: Path, offsets, cache_file: Path | None = None, identity: tuple[int, int] | None = None):
         self.path = path
         self.offsets = offsets  # numpy uint64, len = number of lines + 1
         self.cache_file = cache_file  # where the index was loaded from / saved to (None: not cached)
+        self.identity = identity  # (size, mtime_ns) of the file the offsets describe (None: not checked)
         self._fh: IO[bytes] | None = None
         self._pid: int | None = None
 
@@ -62,9 +77,10 @@ class LineIndex:
         return np.asarray(offsets, dtype=np.uint64)
 
     @staticmethod
-    def cache_paths(path: Path) -> list[Path]:
-        """Candidate cache files, in preference order: beside the file if its dir is writable, then the user cache."""
-        st = path.stat()
+    def cache_paths(path: Path, st: os.stat_result | None = None) -> list[Path]:
+        """Candidate cache files, in preference order: beside the file if its dir is writable, then the user
+        cache; keyed by `st` (the file's stat: the version indexed), by default the file's stat now."""
+        st = st or path.stat()
         key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:24]
         out = []
         if dir_is_writable(path.parent):
@@ -80,23 +96,27 @@ class LineIndex:
 
         if not path.is_file():
             raise InputError("file not found", path)
-        candidates = cls.cache_paths(path)
+        st = path.stat()
+        identity = (st.st_size, st.st_mtime_ns)
+        candidates = cls.cache_paths(path, st)
         for c in candidates:
             if c.is_file():
                 try:
-                    return cls(path, np.load(c, allow_pickle=False), c)
+                    return cls(path, np.load(c, allow_pickle=False), c, identity)
                 except (OSError, ValueError):  # unreadable cache: rebuild it
                     continue
         offsets = cls.build(path)
+        if _identity(path) != identity:  # offsets of a mix of versions: neither cached nor used
+            raise InputError(CHANGED.format(when="while it was indexed"), path)
         for c in candidates:
             try:
                 with atomic_path(c, suffix=".npy") as tmp:
                     with open(tmp, "wb") as f:
                         np.save(f, offsets, allow_pickle=False)
-                return cls(path, offsets, c)
+                return cls(path, offsets, c, identity)
             except OSError:
                 continue
-        return cls(path, offsets, None)
+        return cls(path, offsets, None, identity)
 
     def read_line(self, line: int) -> bytes:
         if not 0 <= line < len(self):
@@ -107,6 +127,11 @@ class LineIndex:
         if self._fh is None or self._pid != os.getpid():  # reopen after fork: never share a file offset
             self._fh = open_binary(self.path)
             self._pid = os.getpid()
+        if self.identity is not None:  # one fstat a read: an in-place edit since indexing moves every offset
+            st = os.fstat(self._fh.fileno())
+            if (st.st_size, st.st_mtime_ns) != self.identity:
+                self.close()
+                raise InputError(CHANGED.format(when="since it was indexed"), self.path)
         self._fh.seek(start)
         raw = self._fh.read(end - start)
         if line == 0 and raw.startswith(BOM):

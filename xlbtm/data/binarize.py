@@ -18,11 +18,12 @@ when routed by cluster files of the pairs (`cluster --parallel-side`); resumable
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from xlbtm.cli import get_logger
 from xlbtm.corpus import Corpus, relative_name, resolve_sp_id
@@ -41,7 +42,7 @@ from xlbtm.formats.binarized import (
     write_done,
     write_manifest,
 )
-from xlbtm.formats.clusters import cluster_files, iter_assignments, read_manifest
+from xlbtm.formats.clusters import check_sources, cluster_files, iter_assignments, read_manifest
 from xlbtm.formats.pairs import MANIFEST as PAIRS_MANIFEST
 from xlbtm.formats.pairs import SIDES, read_pairs_manifest, side_paths, write_pairs_manifest
 from xlbtm.io import atomic_path, refuse_overlap
@@ -131,15 +132,13 @@ class Unassigned:
         if len(self.examples) < 5:
             self.examples.append(sp_id)
 
-    def check(self, what: str, split: str, clusters_dir, question: str, allowed: bool, temp_files, where) -> None:
-        """None without a cluster, or `allowed` (a warning); else the split's temp files are removed and one
-        InputError says how many, which, and `question` (what to check)."""
+    def check(self, what: str, split: str, clusters_dir, question: str, allowed: bool, where) -> None:
+        """None without a cluster, or `allowed` (a warning); else one InputError says how many, which, and
+        `question` (what to check)."""
         if not self.count:
             return
         shown = ", ".join(self.examples)
         if not allowed:
-            for t in temp_files:
-                Path(t).unlink(missing_ok=True)
             raise InputError(
                 f"{self.count} {what} of split '{split}' have no cluster in {clusters_dir} "
                 f"(e.g. {shown}); {question} Pass --allow-unassigned to drop them",
@@ -162,6 +161,29 @@ def route(items, assign: dict[str, int] | None, unassigned: Unassigned, default)
         yield k, item
 
 
+@contextlib.contextmanager
+def temp_streams(streams: Sequence[tuple[Path, Path]]) -> Iterator[list[BinaryIO]]:
+    """Open the temp file of every `(temp, final)` stream for writing; when the block succeeds they are closed
+    and renamed onto their final names. On any failure -- a bad line, unassigned documents, a tokenizer error,
+    Ctrl-C, a full disk -- they are closed and removed instead, so a failed split leaves nothing half-written
+    (nothing hidden that only a later successful run would clean up)."""
+    files: list[BinaryIO] = []
+    try:
+        for tmp, _ in streams:
+            files.append(open(tmp, "wb"))
+        yield files
+        for f in files:
+            f.close()
+        for tmp, final in streams:
+            os.replace(tmp, final)
+    except BaseException:
+        for f in files:
+            f.close()
+        for tmp, _ in streams:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_offsets(idx_file: Path, lengths: list[int]) -> None:
     """The `.idx` of a stream (int64 offsets, n + 1 entries) from its items' lengths, atomically."""
     import numpy as np
@@ -178,16 +200,38 @@ def write_offsets(idx_file: Path, lengths: list[int]) -> None:
 
 def split_inputs(data_dir: str | os.PathLike, split: str, clusters_dir: str | os.PathLike | None) -> dict:
     """What a split is binarized from, by identity: `[relative path, size, mtime_ns]` of every corpus file
-    of the split and of every cluster file it is routed by."""
+    of the split and of every cluster file it is routed by. Cluster files made from another version of a
+    corpus file are refused here (`check_sources`), before anything is binarized from them or a split
+    binarized from them is taken as done: every reader of binarized data asks this first."""
 
     def ident(path: Path, root: Path) -> list:
         st = path.stat()
         return [relative_name(path, root), st.st_size, st.st_mtime_ns]
 
-    out = {"corpus": [ident(p, Path(data_dir)) for p in Corpus(data_dir).files(split)]}
+    files = Corpus(data_dir).files(split)
+    out = {"corpus": [ident(p, Path(data_dir)) for p in files]}
     if clusters_dir is not None:
+        check_sources(clusters_dir, split, ((p, relative_name(p, Path(data_dir))) for p in files), data_dir)
         out["clusters"] = [ident(p, Path(clusters_dir)) for p in cluster_files(clusters_dir, split)]
     return out
+
+
+def inputs_unchanged(
+    data_dir: str | os.PathLike, split: str, clusters_dir: str | os.PathLike | None, inputs: dict
+) -> Callable[[], None]:
+    """A check that the split's files are still the ones `inputs` recorded before they were read: a corpus or
+    cluster file rewritten during binarization would otherwise publish streams of a mix of versions under a
+    done.json that vouches for the old ones."""
+
+    def check() -> None:
+        if split_inputs(data_dir, split, clusters_dir) != inputs:
+            raise InputError(
+                f"the corpus or cluster files of split '{split}' changed while they were binarized; nothing was "
+                "written. Re-run once nothing writes them any more",
+                Path(data_dir) / split,
+            )
+
+    return check
 
 
 # ------------------------------------------------------------------------------------------- binarize
@@ -289,6 +333,7 @@ def binarize(
                 pool,
                 batch_size,
                 allow_unassigned,
+                inputs_unchanged(data_dir, split, clusters_dir, inputs),
             )
             write_done(out_dir, split, header["tokenizer_fingerprint"], clusterer_fp, inputs, stats)
             manifest["splits"][split] = stats
@@ -311,7 +356,10 @@ def _binarize_split(
     pool,
     batch_size: int,
     allow_unassigned: bool,
+    still_current: Callable[[], None],
 ) -> dict:
+    """One split's per-cluster streams; `still_current()` raises if its inputs changed while it was read
+    (checked before anything is renamed into place)."""
     import numpy as np
 
     assign = None if clusters_dir is None else load_assignments(clusters_dir, split, corpus.data_dir)
@@ -326,12 +374,11 @@ def _binarize_split(
 
     # all clusters' streams are written in one pass over the split; temp names until the split is complete
     tmp_bins = [sdir / f".cluster{k}.bin.tmp" for k in range(K)]
-    fbins = [open(p, "wb") for p in tmp_bins]
     lengths: list[list[int]] = [[] for _ in range(K)]
     docs, toks = [0] * K, [0] * K
     langs: dict[str, list[int]] = {}
     eos = int(tokenizer.eos_id)
-    try:
+    with temp_streams([(t, bin_path(out_dir, split, k)) for k, t in enumerate(tmp_bins)]) as fbins:
         batches = _batches(routed(), batch_size)
         encoded: Iterator[tuple[list, list[list[int]]]]
         if pool is None:
@@ -349,21 +396,17 @@ def _binarize_split(
                 toks[k] += len(arr)
                 key = lang if lang is not None else "null"
                 langs.setdefault(key, [0] * K)[k] += len(arr)
-    finally:
-        for f in fbins:
-            f.close()
-    unassigned.check(
-        "documents",
-        split,
-        clusters_dir,
-        "were the cluster files made for this corpus?",
-        allow_unassigned,
-        tmp_bins,
-        corpus.data_dir / split,
-    )
-    for k in range(K):
-        write_offsets(idx_path(out_dir, split, k), lengths[k])
-        os.replace(tmp_bins[k], bin_path(out_dir, split, k))
+        unassigned.check(
+            "documents",
+            split,
+            clusters_dir,
+            "were the cluster files made for this corpus?",
+            allow_unassigned,
+            corpus.data_dir / split,
+        )
+        still_current()
+        for k in range(K):
+            write_offsets(idx_path(out_dir, split, k), lengths[k])
     stats = {"documents": docs, "tokens": toks, "lang": langs, "unassigned": unassigned.count}
     log.info(f"binarize: split '{split}': {sum(docs)} documents, {sum(toks)} tokens in {K} clusters -> {sdir}")
     return stats
@@ -439,6 +482,7 @@ def binarize_pairs(
             None if clusters_dir is None else Path(clusters_dir),
             batch_size,
             allow_unassigned,
+            inputs_unchanged(data_dir, split, clusters_dir, inputs),
         )
         write_done(out_dir, split, tokenizer.fingerprint, clusterer_fp, inputs, stats)
         manifest["splits"][split] = stats
@@ -464,8 +508,10 @@ def _binarize_pairs_split(
     clusters_dir: Path | None,
     batch_size: int,
     allow_unassigned: bool,
+    still_current: Callable[[], None],
 ) -> dict:
-    """One split's pair streams (per cluster when `K`); temp names until every stream is complete."""
+    """One split's pair streams (per cluster when `K`); temp names until every stream is complete, and
+    `still_current()` (raises if the inputs changed while they were read) before they are renamed."""
     import numpy as np
 
     assign = None if clusters_dir is None else load_assignments(clusters_dir, split, corpus.data_dir)
@@ -473,11 +519,11 @@ def _binarize_pairs_split(
     split_dir(out_dir, split).mkdir(parents=True, exist_ok=True)
     paths = {(c, s): side_paths(out_dir, split, s, c) for c in streams for s in SIDES}
     tmp = {key: b.with_name(f".{b.name}.tmp") for key, (b, _) in paths.items()}
-    files = {key: open(t, "wb") for key, t in tmp.items()}
     lengths: dict[tuple[int | None, str], list[int]] = {key: [] for key in paths}
     langs: dict[str, list[int]] = {}
     unassigned = Unassigned()
-    try:
+    with temp_streams([(tmp[key], paths[key][0]) for key in tmp]) as opened:
+        files = dict(zip(tmp, opened))
         for batch in _batches(route(corpus.iter_pairs(split), assign, unassigned, default=None), batch_size):
             for side in SIDES:
                 for (c, _), ids in zip(batch, tokenizer.encode_batch([getattr(p, side) for _, p in batch])):
@@ -486,21 +532,17 @@ def _binarize_pairs_split(
             for c, p in batch:
                 pair_langs = f"{p.src_lang or 'null'}-{p.tgt_lang or 'null'}"
                 langs.setdefault(pair_langs, [0] * len(streams))[0 if c is None else c] += 1
-    finally:
-        for f in files.values():
-            f.close()
-    unassigned.check(
-        "pairs",
-        split,
-        clusters_dir,
-        "were these cluster files made from this parallel data with cluster --parallel-side?",
-        allow_unassigned,
-        tmp.values(),
-        corpus.data_dir / split,
-    )
-    for key, (bin_file, idx_file) in paths.items():
-        write_offsets(idx_file, lengths[key])
-        os.replace(tmp[key], bin_file)
+        unassigned.check(
+            "pairs",
+            split,
+            clusters_dir,
+            "were these cluster files made from this parallel data with cluster --parallel-side?",
+            allow_unassigned,
+            corpus.data_dir / split,
+        )
+        still_current()
+        for key, (_, idx_file) in paths.items():
+            write_offsets(idx_file, lengths[key])
     counts: dict[str, Any] = {
         "pairs": [len(lengths[c, "src"]) for c in streams],
         "tokens": {s: [int(sum(lengths[c, s])) for c in streams] for s in SIDES},

@@ -51,7 +51,7 @@ class CLMDataset:
 
     def __init__(self, stream: TokenStream, tokens_per_sample: int):
         self.stream, self.tps = stream, int(tokens_per_sample)
-        self.n = max(0, (len(stream) - 1) // self.tps)
+        self.n = stream_samples("clm", len(stream), self.tps)
 
     def __len__(self) -> int:
         return self.n
@@ -59,6 +59,16 @@ class CLMDataset:
     def get(self, i: int, global_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
         block = np.asarray(self.stream.tokens[i * self.tps : i * self.tps + self.tps + 1], dtype=np.int64)
         return block[:-1], block[1:]
+
+
+def stream_samples(objective: str, num_tokens: int, tokens_per_sample: int) -> int:
+    """Training samples a monolingual stream of `num_tokens` tokens holds: CLM blocks of `tokens_per_sample + 1`
+    tokens overlapping by one, MLM bodies of `tokens_per_sample - 1` (mlm+tlm: its MLM stream). The one
+    formula the datasets and train_experts' check of empty clusters share."""
+    if objective == "clm":
+        return max(0, (int(num_tokens) - 1) // int(tokens_per_sample))
+    body = int(tokens_per_sample) - 1
+    return int(num_tokens) // body if body > 0 else 0
 
 
 def corpus_tokens_per_sample(objective: str, tokens_per_sample: int) -> int:
@@ -96,7 +106,7 @@ class MLMDataset:
             raise InputError("the tokenizer has no <mask> token; it cannot train a masked LM", stream.bin_path)
         self.stream, self.tps = stream, int(tokens_per_sample)
         self.body = self.tps - 1
-        self.n = len(stream) // self.body if self.body > 0 else 0
+        self.n = stream_samples("mlm", len(stream), self.tps)
         self.vocab_size, self.mask_id, self.bos_id = vocab_size, mask_id, bos_id
         self.special = np.asarray(sorted(set(special_ids) | {mask_id}), dtype=np.int64)
         self.seed, self.mask_prob = seed, mask_prob

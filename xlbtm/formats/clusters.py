@@ -45,9 +45,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from xlbtm.cli import get_logger
 from xlbtm.corpus import find_jsonl_files
 from xlbtm.errors import InputError
 from xlbtm.io import atomic_open, read_json, write_json
@@ -55,6 +57,8 @@ from xlbtm.io import atomic_open, read_json, write_json
 MANIFEST = "manifest.json"
 FORMAT = "xlbtm-clusters/1"
 SIDECAR_FORMAT = "xlbtm-cluster-sidecar/1"
+
+log = get_logger("cluster")
 
 
 # ------------------------------------------------------------------------------------------------ paths
@@ -223,3 +227,68 @@ def check_clusterer(path: Path, fingerprint: str, split: str) -> None:
             f"{fingerprint[:12]} (manifest.json): re-run xlbtm.scripts.cluster --split {split}",
             path,
         )
+
+
+# ------------------------------------------------------------------------------------ against the corpus
+
+_WARNED_NO_INPUT: set[tuple[str, str]] = set()  # (clusters dir, split) already warned about (once a process)
+
+
+def check_sources(
+    clusters_dir: str | os.PathLike, split: str, sources: Iterable[tuple[Path, str]], data_dir: str | os.PathLike
+) -> None:
+    """Refuse cluster files made from another version of the corpus files they route: each sidecar records
+    the identity (size, mtime_ns) of the input `cluster` read, and a corpus file that is not that any more (replaced
+    or rewritten since, or while `cluster` ran) would have its lines sent to the clusters of the old lines --
+    same sp_ids, other documents, no unassigned ones to notice. `sources`: (corpus file, corpus-relative path)
+    of the split. Cheap: one stat and one small sidecar read per file. Files without a sidecar (c-BTM's,
+    hand-made) have nothing to compare; sidecars without the identity get one warning."""
+    stale: list[Path] = []
+    unknown = 0
+    for path, rel in sources:
+        side = read_sidecar(cluster_file_path(clusters_dir, rel))
+        if side is None:
+            continue
+        recorded = side.get("input")
+        if not isinstance(recorded, dict) or "size" not in recorded or "mtime_ns" not in recorded:
+            unknown += 1
+            continue
+        st = path.stat()
+        if (st.st_size, st.st_mtime_ns) != (recorded["size"], recorded["mtime_ns"]):
+            stale.append(path)
+    if stale:
+        more = f" (and {len(stale) - 1} more file(s) of split '{split}')" if len(stale) > 1 else ""
+        raise InputError(
+            f"the cluster files in {clusters_dir} were made from another version of this corpus file{more} "
+            "(its size or mtime changed since `cluster` read it): its documents would go to the wrong experts. "
+            f"Re-cluster the changed files: {cluster_command(clusters_dir, split, data_dir)}",
+            stale[0],
+        )
+    key = (str(Path(clusters_dir).resolve()), split)
+    if unknown and key not in _WARNED_NO_INPUT:
+        _WARNED_NO_INPUT.add(key)
+        log.warning(
+            f"{unknown} cluster file(s) of split '{split}' in {clusters_dir} do not record which version of the "
+            "corpus they were made from (an older xlbtm wrote them): they cannot be checked against the corpus. "
+            f"If the corpus changed since, re-run {cluster_command(clusters_dir, split, data_dir)}"
+        )
+
+
+def cluster_command(clusters_dir: str | os.PathLike, split: str, data_dir: str | os.PathLike) -> str:
+    """The `cluster` command that (re)writes this split of `clusters_dir` from `data_dir`, with the flags its
+    manifest implies (the clusterer, --parallel-side, --skip-bad-lines when lines were skipped)."""
+    m: dict = {}
+    if (Path(clusters_dir) / MANIFEST).is_file():
+        try:
+            m = read_manifest(clusters_dir)
+        except InputError:
+            m = {}
+    entry = m.get("splits", {}).get(split, {}) if isinstance(m.get("splits"), dict) else {}
+    argv = ["python", "-m", "xlbtm.scripts.cluster", "--data-dir", str(data_dir)]
+    argv += ["--path-to-clusterer", str(m.get("clusterer", "<the clusterer dir>"))]
+    argv += ["--output-prefix", str(clusters_dir), "--split", split]
+    if m.get("parallel_side"):
+        argv += ["--parallel-side", str(m["parallel_side"])]
+    if isinstance(entry, dict) and entry.get("skipped_lines"):
+        argv.append("--skip-bad-lines")
+    return shlex.join(argv)

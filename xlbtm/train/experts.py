@@ -29,7 +29,7 @@ from xlbtm.launch.wait import wait_for
 from xlbtm.tokenizer import load_tokenizer
 from xlbtm.train.expert_dir import RunLock
 from xlbtm.train.job import ExpertJob
-from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_step_allocation
+from xlbtm.train.plan import ExpertPlan, LaunchSpec, TrainExpertsPlan, apply_step_allocation, check_training_data
 from xlbtm.train.progress import TrainProgress
 
 log = get_logger("train")
@@ -333,6 +333,7 @@ def prepare_plan(plan: TrainExpertsPlan, echo: Callable[[str], Any] = _echo) -> 
             site=plan.site,
             job_dir=plan.job_dir,
         )
+    check_training_data(plan)  # an expert whose cluster is empty: one line now, not a failed job later
     if plan.allocation is None:
         plan.allocation = apply_step_allocation(plan)
         for line in plan.allocation or []:

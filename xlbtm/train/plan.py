@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from xlbtm.cli import get_logger
+from xlbtm.data.dataset import stream_samples
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.binarized import MANIFEST, read_binarized_manifest
 from xlbtm.formats.checkpoints import latest_checkpoint
@@ -280,6 +281,18 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
                 "expert k trains on cluster k of each"
             )
         clusterer_fp = pair_fp
+    # a cluster without documents is known from the cluster manifests already: refused before anything is
+    # binarized or queued (--dry-run too); check_training_data repeats it on the binarized counts
+    empty = {
+        k: f"0 {what}"
+        for d, what in ((clusters_dir, "documents"), (parallel_clusters_dir, "translation pairs"))
+        if d is not None
+        for k in clusters_without_documents(d, req.train_subset, clusters)
+    }
+    if empty:
+        raise no_training_data(
+            empty, clusters, req.train_subset, [d for d in (clusters_dir, parallel_clusters_dir) if d]
+        )
 
     tok = load_tokenizer(resolve_tokenizer(req.seed_model, req.tokenizer))
     run_name = req.run_name or req.data_name or "run"
@@ -450,6 +463,66 @@ def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, exper
     if fresh:
         args = seed_args(req.seed_model, req.model_size, tok.vocab_size)
         check_model_fits(args.arch, args.max_positions, objective, req.tokens_per_sample, req.seed_model)
+
+
+def clusters_without_documents(clusters_dir: Path, split: str, clusters: list[int]) -> list[int]:
+    """Which of `clusters` the cluster manifest counts no documents (or pairs) of `split` in (none when it
+    does not count them: c-BTM's manifests)."""
+    entry = read_manifest(clusters_dir).get("splits", {})
+    docs = entry.get(split, {}).get("documents") if isinstance(entry, dict) else None
+    if not isinstance(docs, list):
+        return []
+    return [k for k in clusters if k < len(docs) and docs[k] == 0]
+
+
+def check_training_data(plan: TrainExpertsPlan) -> None:
+    """Right after binarizing, before the step allocation or any job: every expert to train has at least one
+    training sample in its cluster. A cluster without (typological K=3 on a corpus without the third
+    group's languages, or a handful of short documents) would get "1 step (0.0% of the tokens)" and its job
+    would fail after the others trained; the user is told instead which cluster, how much it holds, and the
+    flags that leave it out (`--train-cluster` without it: an explicit selection is honoured, and skips it)."""
+    r, K = plan.request, plan.request.num_clusters
+    short: dict[int, str] = {}
+    if plan.data_dir is not None and (plan.bin_dir / MANIFEST).is_file():
+        split = read_binarized_manifest(plan.bin_dir)["splits"].get(r.train_subset, {})
+        docs, tokens = split.get("documents"), split.get("tokens")
+        if isinstance(docs, list) and isinstance(tokens, list) and len(tokens) == K:
+            stream = "clm" if plan.objective == "clm" else "mlm"  # mlm+tlm samples its MLM stream
+            for p in plan.experts:
+                n, t = int(docs[p.cluster]), int(tokens[p.cluster])
+                if stream_samples(stream, t, r.tokens_per_sample) == 0:
+                    short[p.cluster] = f"{n:,} documents" + (
+                        f" ({t:,} tokens, less than one sample of --tokens-per-sample {r.tokens_per_sample})"
+                        if n
+                        else ""
+                    )
+    if plan.parallel_clusters_dir is not None and (pairs_dir_for(plan.bin_dir) / PAIRS_MANIFEST).is_file():
+        pairs = read_pairs_manifest(pairs_dir_for(plan.bin_dir))["splits"].get(r.train_subset, {}).get("pairs")
+        if isinstance(pairs, list) and len(pairs) == K:
+            for p in plan.experts:
+                if int(pairs[p.cluster]) == 0 and p.cluster not in short:
+                    short[p.cluster] = "0 translation pairs"
+    if short:
+        raise no_training_data(short, plan.clusters, r.train_subset, [plan.bin_dir])
+
+
+def no_training_data(short: dict[int, str], planned: list[int], split: str, where: list[Path]) -> UsageError:
+    """One line: which clusters hold (almost) nothing to train on, how much, and what to do."""
+    ks = sorted(short)
+    what = "; ".join(f"cluster {k}: {short[k]}" for k in ks)
+    subject = f"cluster {ks[0]} has" if len(ks) == 1 else f"clusters {', '.join(map(str, ks))} have"
+    others = [k for k in planned if k not in short]
+    todo = (
+        f"train the others with --train-cluster {','.join(map(str, others))}, then leave "
+        f"{'it' if len(ks) == 1 else 'them'} out of the ensemble with eval_ensemble --exclude-experts "
+        f"{','.join(map(str, ks))}"
+        if others
+        else "no cluster to train has data: check the corpus, --train-subset and the cluster files"
+    )
+    return UsageError(
+        f"{subject} no training data in split '{split}' ({what}; {', '.join(map(str, where))}): nothing was "
+        f"trained; {todo}"
+    )
 
 
 STEP_ALLOCATIONS = ("equal", "proportional")
