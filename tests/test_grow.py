@@ -390,6 +390,12 @@ def test_messages_name_only_add_experts_flags(grown_base, tmp_path, capsys):
         err = capsys.readouterr().err
         assert message in err, err
         _assert_own_flags(err)
+    # a parent that never trained (its checkpoints gone): said in add_experts' terms, not eval's
+    shutil.rmtree(experts / "typo.cluster0" / "checkpoints")
+    assert main_wrapper("add_experts", main, _argv(grown_base, experts, out, "expert:0")) == 2
+    err = capsys.readouterr().err
+    assert "neither consolidated.pt nor a finished checkpoint (checkpoints/latest) to grow from" in err, err
+    _assert_own_flags(err)
     (experts / "typo.cluster1" / "expert.json").unlink()
     assert main_wrapper("add_experts", main, argv) == 2
     err = capsys.readouterr().err

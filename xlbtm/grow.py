@@ -48,6 +48,7 @@ from xlbtm.ensemble.merge import (
     root_seed_identity,
 )
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.checkpoints import latest_checkpoint
 from xlbtm.formats.clusterer import read_meta
 from xlbtm.formats.clusters import (
     FORMAT,
@@ -59,7 +60,7 @@ from xlbtm.formats.clusters import (
 )
 from xlbtm.formats.consolidated import save_consolidated
 from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, read_expert_info
-from xlbtm.formats.layout import CONSOLIDATED, RunLayout
+from xlbtm.formats.layout import CONSOLIDATED, RunLayout, consolidated_path
 from xlbtm.io import (
     atomic_dir,
     check_replaceable,
@@ -168,6 +169,18 @@ def plan_init(req: AddExpertsRequest, experts, old, extended, lang: str, root_se
     assert which is not None  # expert:K names it; nearest computed it
     parent = experts[which]
     return {**init, "parent": str(parent.run_dir), "parent_cluster": which}, parent
+
+
+def check_has_weights(experts) -> None:
+    """The experts a new one starts from have weights (consolidated.pt or a finished checkpoint), said in
+    add_experts' terms before anything is written (an expert whose cluster got no documents never trained)."""
+    for e in experts:
+        if e.weights is None and not consolidated_path(e.run_dir).is_file() and latest_checkpoint(e.run_dir) is None:
+            raise InputError(
+                "this expert has neither consolidated.pt nor a finished checkpoint (checkpoints/latest) to grow "
+                "from; finish its training first, or choose another --init",
+                e.run_dir,
+            )
 
 
 def planned_seed(init: dict, parent, work: Path) -> str:
@@ -535,6 +548,7 @@ def prepare(req: AddExpertsRequest, tmp: Path) -> _Prepared:
             legacy=lambda p, k=k, lang=lang: _earlier_expert(p, ext.fingerprint, k, lang),
         )
         init, parent = plan_init(req, experts, old, ext, lang, root)
+        check_has_weights(experts if init["method"] == "average" else [parent] if parent is not None else [])
         _check_not_grown_otherwise(run_dir, init["method"], init["parent"])
         log.info(f"{lang}: cluster {k}, init {init['method']} from {init.get('parent') or root}")
         # the plan as train_experts checks it (settings, model fit, locks), the seed's architecture taken from
