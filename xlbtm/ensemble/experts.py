@@ -164,6 +164,8 @@ def match_experts(
     dense: bool = False,
     lineage: dict[str, int] | None = None,
     exclude: Collection[int] = (),
+    flags: str = "--model-paths or --experts-dir",
+    exclude_flag: str | None = "--exclude-experts",
 ) -> list[Expert]:
     """Order experts by cluster id and check they form one complete, consistent ensemble.
 
@@ -176,10 +178,12 @@ def match_experts(
 
     Errors: a cluster without an expert, two experts for one cluster, experts trained for another K or
     another clusterer, different tokenizers or objectives; an excluded id outside [0, K), or every expert
-    excluded (UsageError, naming --exclude-experts).
+    excluded (UsageError, naming --exclude-experts). `flags`: where the caller's experts come from, and
+    `exclude_flag` its flag that switches experts off (None: it has none), as its messages name them (each
+    command names its own flags).
     """
     if not experts:
-        raise UsageError("no experts given (--model-paths or --experts-dir)")
+        raise UsageError(f"no experts given ({flags})")
     if dense:
         if exclude:
             raise UsageError("--exclude-experts switches experts of an ensemble off; --ensemble-type dense has one")
@@ -237,9 +241,13 @@ def match_experts(
     missing = [k for k in range(K) if k not in by_cluster and k not in exclude]
     if missing:
         raise InputError(
-            f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); train or list them "
-            f"(--model-paths / --experts-dir), or switch them off with --exclude-experts "
-            f"{','.join(map(str, missing))} (e.g. a cluster without documents)"
+            f"no expert for cluster(s) {missing} of K={K} (have {sorted(by_cluster)}); train or list them ({flags})"
+            + (
+                f", or switch them off with {exclude_flag} {','.join(map(str, missing))} (e.g. a cluster "
+                "without documents)"
+                if exclude_flag
+                else ""
+            )
         )
     ordered = [by_cluster[k] for k in range(K) if k not in exclude]
     check_compatible(ordered)

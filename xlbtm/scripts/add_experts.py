@@ -7,7 +7,9 @@
 Each new language becomes a cluster of its own (clusters 0..K-1 keep their experts and their routing); its
 expert branches from --init and trains on the language's documents of --path-to-data, into --experts-dir.
 Evaluate old and new together with `eval_ensemble --experts-dir <experts-dir> --path-to-clusterer
-<output-clusterer>`. Rerunning the same command resumes the training.
+<output-clusterer>`. Rerunning the same command resumes the training. Everything it can refuse is refused
+before it writes anything; `--dry-run` prints the plan and writes nothing. An existing --output-clusterer (and
+the work dir, the new run dirs) is replaced only when it is add_experts' own output for the same inputs.
 """
 
 from __future__ import annotations

@@ -281,6 +281,13 @@ class TrainExpertsRequest(TrainingSettings):
     # not flags: set by add_experts
     experts_dir: str | None = None  # run dirs go here instead of <serialization_dir>/<K>_clusters
     init: dict | None = None  # recorded in expert.json: how the seed was chosen
+    # the seed's ModelArgs (dict) when the caller knows them before the seed file exists (add_experts: the
+    # parent experts' expert.json), so the plan checks the model fits without the file being written first
+    seed_model_args: dict | None = None
+    # the flag naming where the experts go, as the calling command spells it (add_experts: --experts-dir),
+    # so the plan's messages name a flag the user has
+    output_flag: str = "--serialization-dir"
+    tokenizer_flag: str = "--tokenizer"  # add_experts takes the experts' tokenizer: "tokenizer"
 
     # what a command that trains experts into an existing ensemble (add_experts) decides itself
     WHAT_TO_TRAIN: ClassVar[frozenset[str]] = frozenset(

@@ -337,8 +337,8 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
     # what training writes (each expert's run dir, the binarized data) must not touch what it reads
     refuse_overlap(
         {
-            "--binarized-dir" if req.binarized_dir else "--serialization-dir (binarized data)": bin_dir,
-            **{f"--serialization-dir (cluster {p.cluster})": p.run_dir for p in experts},
+            "--binarized-dir" if req.binarized_dir else f"{req.output_flag} (binarized data)": bin_dir,
+            **{f"{req.output_flag} (cluster {p.cluster})": p.run_dir for p in experts},
         },
         {
             "--path-to-data": data_dir,
@@ -446,7 +446,7 @@ def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, exper
         if held:
             raise UsageError(
                 f"cluster {p.cluster}: {held}; wait for it to finish (or stop it), or train into "
-                "another --serialization-dir"
+                f"another {req.output_flag}"
             )
         if latest_checkpoint(p.run_dir) is None:
             fresh = True
@@ -455,13 +455,16 @@ def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, exper
         if info.tokenizer_fingerprint != tok.fingerprint:
             raise UsageError(
                 f"cluster {p.cluster}: {p.run_dir / EXPERT_JSON} was started with the tokenizer "
-                f"{info.tokenizer}, not {tok.path}; resume with that --tokenizer or train into "
-                "another --serialization-dir"
+                f"{info.tokenizer}, not {tok.path}; resume with that {req.tokenizer_flag} or train into "
+                f"another {req.output_flag}"
             )
         args = ModelArgs.from_dict(info.model_args)
         check_model_fits(args.arch, args.max_positions, objective, req.tokens_per_sample, str(p.run_dir))
     if fresh:
-        args = seed_args(req.seed_model, req.model_size, tok.vocab_size)
+        if req.seed_model_args is not None:  # a seed still to be written (add_experts' parent weights)
+            args = ModelArgs.from_dict(req.seed_model_args)
+        else:
+            args = seed_args(req.seed_model, req.model_size, tok.vocab_size)
         check_model_fits(args.arch, args.max_positions, objective, req.tokens_per_sample, req.seed_model)
 
 
