@@ -2,6 +2,7 @@
 
     cfg = EvalConfig(data_dir=..., data_subset="valid", job_dir=..., experts_dir=..., path_to_clusterer=...)
     result = run_eval(cfg)          # also writes result.json, report.md, ppl_by_language.png into job_dir
+                                    # (an earlier run's of other settings are kept beside them: ensemble.report)
 
 Ensemble types:
   clustering  per-token weights softmax(-||h_j - c_k||^2 / T) from the prefix (optional top-k)

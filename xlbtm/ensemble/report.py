@@ -36,8 +36,11 @@ import math
 import os
 from pathlib import Path
 
+from xlbtm.cli import get_logger
 from xlbtm.errors import InputError
 from xlbtm.io import atomic_open, atomic_path, read_json, sha256_json, write_json
+
+log = get_logger("ensemble")
 
 RESULT = "result.json"
 REPORT = "report.md"
@@ -123,6 +126,9 @@ def _move_aside_earlier(out: Path, tag: str) -> None:
     for kind, dst in output_paths(out, old_tag).items():
         if latest[kind].is_file():
             os.replace(latest[kind], dst)
+    log.info(
+        f"the earlier run in {out} had other settings: its report is kept as {output_paths(out, old_tag)['report']}"
+    )
 
 
 def _earlier_results(out: Path) -> list[tuple[str, dict]]:
@@ -218,7 +224,7 @@ def side_budget(models: list[dict | None]) -> dict | None:
 
     def total(key: str) -> int | None:
         vals = [None if m is None else m.get(key) for m in models]
-        return None if any(v is None for v in vals) else sum(vals)  # type: ignore[arg-type]
+        return None if any(v is None for v in vals) else sum(int(v) for v in vals if v is not None)
 
     return {"models": models, "steps": total("steps"), "tokens": total("tokens")}
 
