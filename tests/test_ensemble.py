@@ -354,9 +354,7 @@ def test_eval_clustering_sweep_matches_brute_force_and_reuses_scores(tiny, fake_
     make_expert(ser / "run.cluster0", tiny["tok"], 1, 2, seed=1)
     make_expert(ser / "run.cluster1", tiny["tok"], 0, 2, seed=2)
     job = tmp_path / "job"
-    res = _eval(
-        tiny,
-        job,
+    kw = dict(
         ensemble_type="clustering",
         path_to_clusterer="C",
         experts_dir=str(ser),
@@ -364,6 +362,7 @@ def test_eval_clustering_sweep_matches_brute_force_and_reuses_scores(tiny, fake_
         topks=[-1, 1],
         max_valid_steps=8,
     )
+    res = _eval(tiny, job, **kw)
     assert res["documents"] == 8 and res["tokens"] > 0
     assert set(res) >= {
         "dataset",
@@ -401,6 +400,23 @@ def test_eval_clustering_sweep_matches_brute_force_and_reuses_scores(tiny, fake_
     )
     assert res2["result_ppl"] == pytest.approx(res["sweep"][0]["result_ppl"], rel=1e-12)
     assert {p: p.stat().st_mtime_ns for p in (job / "scores").glob("*.npz")} == mtimes
+    # ... and keeps the first run's report beside its own: result.json / report.md are the latest run's, the
+    # earlier ones are moved aside under their settings' name, and report.md lists them
+    assert len(json.loads((job / "result.json").read_text())["sweep"]) == 1
+    (kept,) = job.glob("result.clustering_T0.5+2_topk-1+1_*.json")
+    assert json.loads(kept.read_text())["sweep"] == json.loads(json.dumps(res["sweep"]))
+    tag = kept.name[len("result.") : -len(".json")]
+    assert "## Sweep" in (job / f"report.{tag}.md").read_text()  # the 4-setting sweep's own report
+    assert (job / f"ppl_by_language.{tag}.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"`report.{tag}.md`" in (job / "report.md").read_text()
+    # a rerun with identical settings replaces its own files and keeps the other run's
+    before = sorted(p.name for p in job.iterdir())
+    _eval(tiny, job, **{**kw, "temperatures": [0.5], "topks": [-1]})
+    assert sorted(p.name for p in job.iterdir()) == before
+    # back to the first settings: the second run is moved aside, the first run's copy is superseded
+    _eval(tiny, job, **kw)
+    assert len(json.loads((job / "result.json").read_text())["sweep"]) == 4
+    assert not kept.exists() and len(list(job.glob("result.clustering_T0.5_topk-1_*.json"))) == 1
 
 
 def test_cached_clm_scores_equal_a_plain_forward(tiny, tmp_path):
@@ -949,3 +965,128 @@ def test_report_labels_say_pseudo_ppl_for_masked_lm_results():
     assert "| dense pseudo-ppl | ensemble pseudo-ppl |" in mlm and "Dense baseline: pseudo-ppl" in mlm
     clm = render_markdown(result("clm"), dense=result("clm"))
     assert "| dense ppl | ensemble ppl |" in clm and "pseudo" not in clm
+
+
+def _record_training(run_dir: Path, *, steps: int, position: int, checkpoint: bool = True) -> None:
+    """What training leaves for the budget: expert.json's config and tokens_per_sample, and the step / sample
+    position in the checkpoint's train_state.json (or, `checkpoint=False`, only in train_log.jsonl)."""
+    from xlbtm.io import write_json
+
+    info = json.loads((run_dir / "expert.json").read_text())
+    info["data"] = {"tokens_per_sample": 64, "config": {"max_steps": steps, "tokens_per_sample": 64}}
+    write_json(run_dir / "expert.json", info)
+    if checkpoint:
+        ck = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+        write_json(ck / "train_state.json", {"format": "xlbtm-checkpoint/1", "step": steps, "position": position})
+    else:
+        log = [
+            {"kind": "train", "step": steps, "position": position, "loss": 5.0},
+            {"kind": "valid", "step": steps, "loss": 5.1},
+        ]
+        (run_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+
+
+def test_report_names_cluster_languages_both_budgets_and_the_oracle(tiny, fake_clusterer, tmp_path):
+    from xlbtm.ensemble.report import _languages, language_outcomes, outcome_line
+
+    make_expert(tmp_path / "dense", tiny["tok"], 0, 1, seed=5, fingerprint=None)
+    _record_training(tmp_path / "dense", steps=20, position=80)
+    make_expert(tmp_path / "ens" / "x.cluster0", tiny["tok"], 0, 2, seed=1)
+    _record_training(tmp_path / "ens" / "x.cluster0", steps=10, position=40)
+    # a consolidated.pt without checkpoints: the budget comes from its train_log.jsonl
+    make_expert(tmp_path / "ens" / "x.cluster1", tiny["tok"], 1, 2, seed=2, consolidated=True)
+    _record_training(tmp_path / "ens" / "x.cluster1", steps=10, position=40, checkpoint=False)
+    dense = _eval(
+        tiny, tmp_path / "jd", ensemble_type="dense", model_paths=[str(tmp_path / "dense")], max_valid_steps=8
+    )
+    assert dense["settings"]["budget"]["steps"] == 20 and dense["settings"]["budget"]["tokens"] == 80 * 64
+    res = _eval(
+        tiny,
+        tmp_path / "je",
+        ensemble_type="clustering",
+        path_to_clusterer="C",
+        experts_dir=str(tmp_path / "ens"),
+        max_valid_steps=8,
+        dense_result=str(tmp_path / "jd"),
+    )
+    budget = res["settings"]["budget"]
+    assert (budget["steps"], budget["tokens"]) == (20, 2 * 40 * 64)
+    assert [(m["cluster"], m["steps"], m["source"]) for m in budget["models"]] == [
+        (0, 10, "checkpoint"),
+        (1, 10, "train_log"),
+    ]
+    # each cluster's documents per language, adding up to the cluster's and to each language's documents
+    clusters = res["per_cluster"]
+    assert clusters and all(sum(v["languages"].values()) == v["documents"] for v in clusters.values())
+    for lang, v in res["per_language"].items():
+        assert sum(c["languages"].get(lang, 0) for c in clusters.values()) == v["documents"]
+    md = (tmp_path / "je" / "report.md").read_text()
+    assert "- ensemble: 2 experts, 20 steps in all (10, 10 per expert), 5.1k training tokens (2.6k, 2.6k)" in md
+    assert "- dense: 20 steps, 5.1k training tokens" in md
+    for k, v in clusters.items():
+        assert f"| {k} | {_languages(v['languages'])} | {v['documents']} |" in md
+    assert "| dense ppl | ensemble ppl | change | oracle ppl | oracle change |" in md
+    assert outcome_line(language_outcomes(res, dense)) in md
+
+
+def _lang_results():
+    """A hand-made ensemble result and its dense baseline: de better, fr tied (+0.04%), it worse (+1%)."""
+    per = {"de": 19.0, "fr": 10.004, "it": 30.3}
+    dense_per = {"de": 20.0, "fr": 10.0, "it": 30.0}
+
+    def langs(ppls):
+        return {k: {"ppl": v, "tokens": 10, "documents": 2} for k, v in ppls.items()}
+
+    result = {
+        "dataset": "valid",
+        "ensemble_type": "clustering",
+        "result_ppl": 19.5,
+        "tokens": 30,
+        "documents": 6,
+        "settings": {"objective": "clm", "num_experts": 2},
+        "per_language": langs(per),
+        "oracle": {"result_ppl": 18.25, "per_language": langs({"de": 18.0, "fr": 9.0, "it": 29.0})},
+    }
+    dense = {"dataset": "valid", "ensemble_type": "dense", "result_ppl": 20.0, "per_language": langs(dense_per)}
+    return result, dense
+
+
+def test_a_tie_at_the_precision_shown_is_not_a_loss():
+    from xlbtm.ensemble.report import compare_ppl, render_markdown
+
+    assert compare_ppl(10.004, 10.0) == "tied" and compare_ppl(9.996, 10.0) == "tied"  # rounds to 0.0%
+    assert compare_ppl(10.006, 10.0) == "worse" and compare_ppl(9.994, 10.0) == "better"  # rounds to 0.1%
+    result, dense = _lang_results()
+    md = render_markdown(result, dense)
+    assert "the ensemble is better in 1, tied in 1, worse in 1 of 3 languages" in md
+    assert "| fr | 2 | 10 | 10.000 | 10.004 | 0.0% | 9.000 | -10.0% |" in md
+    assert "| de | 2 | 10 | 20.000 | 19.000 | -5.0% | 18.000 | -10.0% |" in md
+    # the dense result carries no budget (written before budgets were recorded): said, not guessed
+    assert "- dense: not recorded" in md
+
+
+def test_plot_shows_relative_change_with_labels_and_the_overall_numbers(tmp_path):
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+
+    from xlbtm.ensemble.report import language_figure, plot_languages
+
+    result, dense = _lang_results()
+    fig = language_figure(result, dense)
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "language" and ax.get_ylabel() == "% change in ppl vs dense (lower is better)"
+    title = ax.get_title()
+    assert "ppl 19.500 vs dense 20.000 (-2.5%), oracle 18.250" in title
+    assert "better in 1, tied in 1, worse in 1 of 3 languages" in title
+    labels = ax.get_legend_handles_labels()[1]
+    assert any(lb.startswith("oracle") for lb in labels) and any(lb.startswith("dense") for lb in labels)
+    heights = [round(b.get_height(), 6) for b in ax.patches]  # ensemble's then oracle's bars, in % vs dense
+    assert heights == [-5.0, 0.04, 1.0, -10.0, -10.0, round(100 * (29 - 30) / 30, 6)]
+    plt.close(fig)
+    # without a dense result: perplexity on a log axis
+    fig = language_figure(result)
+    assert fig.axes[0].get_yscale() == "log" and "log scale" in fig.axes[0].get_ylabel()
+    plt.close(fig)
+    plot_languages(tmp_path / "p.png", result, dense)
+    img = matplotlib.image.imread(tmp_path / "p.png")
+    assert img.ndim == 3 and img.shape[0] > 100

@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from xlbtm.ensemble.report import compare_ppl
+
 
 def test_allocate_steps_is_proportional_exact_and_never_zero():
     from xlbtm.train.plan import allocate_steps
@@ -94,10 +96,20 @@ def test_scaling_study_end_to_end_tiny_budgets(tmp_path):
             assert pt[key] > 1
         langs = set(study["languages"])
         assert set(pt["per_language"]) == langs
-        assert pt["languages_won"] == sum(v["ensemble"] < v["dense"] for v in pt["per_language"].values())
+        # report.md's rule: a change that rounds to 0.0% is a tie, neither won nor lost
+        outcomes = [compare_ppl(v["ensemble"], v["dense"]) for v in pt["per_language"].values()]
+        assert (pt["languages_won"], pt["languages_tied"]) == (outcomes.count("better"), outcomes.count("tied"))
         # the point's own reports exist and say the same numbers
         res = json.loads((out / f"budget_{pt['expert_steps']}" / "eval" / "ensemble" / "result.json").read_text())
         assert res["result_ppl"] == pt["ensemble_ppl"] and res["oracle"]["result_ppl"] == pt["oracle_ppl"]
+        # ... and the training budgets the eval read from the checkpoints are point.json's
+        dres = json.loads((out / f"budget_{pt['expert_steps']}" / "eval" / "dense" / "result.json").read_text())
+        assert res["settings"]["budget"]["tokens"] == pt["ensemble_train_tokens"]
+        assert res["settings"]["budget"]["steps"] == sum(pt["expert_steps_per_cluster"])
+        assert (dres["settings"]["budget"]["steps"], dres["settings"]["budget"]["tokens"]) == (
+            pt["dense_steps"],
+            pt["dense_train_tokens"],
+        )
         log = [
             json.loads(line)
             for line in (
@@ -352,3 +364,55 @@ def test_study_report_names_the_metric():
     del study["config"]["objective"]  # a study written before --objective: clm, perplexity
     md = render_markdown(study)
     assert "| dense ppl | ensemble ppl | oracle ppl |" in md and "pseudo" not in md
+
+
+def test_headlines_count_a_tie_apart(monkeypatch, capsys):
+    """The quickstart's headline and study.md count wins by report.md's rule and say the ties apart."""
+    import xlbtm.scripts.quickstart as qs
+    from xlbtm.study.report import render_markdown
+
+    summary = {
+        "report": "r/report.md",
+        "ensemble_ppl": 19.0,
+        "dense_ppl": 20.0,
+        "oracle_ppl": 18.0,
+        "languages_won": 4,
+        "languages_tied": 1,
+        "languages": 6,
+        "num_clusters": 2,
+        "metric": "ppl",
+        "seconds": 3.0,
+    }
+    monkeypatch.setattr(qs, "run_quickstart", lambda cfg: summary)
+    assert qs.main([]) == 0
+    headline = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "| K=2 | better in 4/6 languages | 1 tied | 3 s" in headline
+    summary["languages_tied"] = 0  # no tie: the headline the README shows
+    qs.main([])
+    assert "| better in 4/6 languages | 3 s" in capsys.readouterr().out
+    pt = {
+        "expert_steps": 3,
+        "dense_steps": 6,
+        "ensemble_train_tokens": 1512,
+        "dense_train_tokens": 1512,
+        "dense_ppl": 20.0,
+        "ensemble_ppl": 19.0,
+        "oracle_ppl": 18.0,
+        "relative": -0.05,
+        "languages_won": 1,
+        "languages_tied": 1,
+        "languages": 2,
+        "per_language": {},
+    }
+    config = {
+        "num_clusters": 2,
+        "clustering": "lang",
+        "temperature": 0.1,
+        "model_size": "debug",
+        "seed_steps": 6,
+        "learning_rate": 5e-3,
+        "warmup_fraction": 0.0,
+        "step_allocation": "equal",
+    }
+    study = {"config": config, "points": [pt], "data": "d", "languages": [], "tokens_per_step": 252, "seconds": 1.0}
+    assert "| -5.0% | 1/2 (1 tied) |" in render_markdown({**study, "crossover": None})

@@ -50,6 +50,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         "dense_ppl": point["dense_ppl"],
         "oracle_ppl": point["oracle_ppl"],
         "languages_won": point["languages_won"],
+        "languages_tied": point.get("languages_tied", 0),  # (a point.json from before ties were counted: 0)
         "languages": point["languages"],
         "num_clusters": cfg.num_clusters,
         "objective": cfg.objective,
@@ -60,7 +61,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     }
     log.info(
         "done in %.0f s. ensemble %s %.2f vs dense %.2f (K=%d, compute-matched; better in %d of %d "
-        "languages). report: %s",
+        "languages, %d tied). report: %s",
         summary["seconds"],
         summary["metric"],
         summary["ensemble_ppl"],
@@ -68,6 +69,7 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
         cfg.num_clusters,
         summary["languages_won"],
         summary["languages"],
+        summary["languages_tied"],
         summary["report"],
     )
     return summary

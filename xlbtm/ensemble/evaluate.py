@@ -2,6 +2,7 @@
 
     cfg = EvalConfig(data_dir=..., data_subset="valid", job_dir=..., experts_dir=..., path_to_clusterer=...)
     result = run_eval(cfg)          # also writes result.json, report.md, ppl_by_language.png into job_dir
+                                    # (an earlier run's of other settings are kept beside them: ensemble.report)
 
 Ensemble types:
   clustering  per-token weights softmax(-||h_j - c_k||^2 / T) from the prefix (optional top-k)
@@ -24,6 +25,7 @@ by the same routing weights (xlbtm.ensemble.retrieval), reported as result.json'
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +36,10 @@ from xlbtm.cluster.artifact import load_clusterer
 from xlbtm.corpus import Corpus
 from xlbtm.ensemble import mixing, routing
 from xlbtm.ensemble.config import EvalConfig
-from xlbtm.ensemble.experts import read_expert, resolve_ensemble
+from xlbtm.ensemble.experts import read_expert, resolve_ensemble, training_budget
 from xlbtm.ensemble.merge import average_states
 from xlbtm.ensemble.mixing import perplexity
-from xlbtm.ensemble.report import load_result, write_outputs
+from xlbtm.ensemble.report import load_result, side_budget, write_outputs
 from xlbtm.ensemble.retrieval import evaluate_retrieval, load_parallel
 from xlbtm.ensemble.routing import hard_log_weights, router_from_clusterer
 from xlbtm.ensemble.scoring import MLM_GROUPS, compute_routing, prepare_docs, read_scores, score_expert, scoring_window
@@ -257,6 +259,10 @@ def run_eval(cfg: EvalConfig) -> dict:
             "experts": [str(e.weights or e.run_dir) for e in experts],
             "routing": ("incremental" if route is not None else None),
             "mlm_groups": None if objective == "clm" else MLM_GROUPS,
+            # what each model trained (steps, tokens), so a report -- this one, or one that takes this result
+            # as its --dense-result -- can state both sides' budgets
+            "budget": side_budget([training_budget(e) for e in experts]),
+            "dense_result": None if cfg.dense_result is None else str(cfg.dense_result),
         },
         "sweep": [
             {k: v for k, v in s.items() if k in ("temperature", "topk", "result_ppl", "per_language", "retrieval")}
@@ -315,7 +321,7 @@ def _summarize(mixed: np.ndarray, docs, doc_cluster, top, clusters: list[int], t
     lengths = np.diff(docs.offsets)
     doc_lp = np.add.reduceat(mixed, docs.offsets[:-1]) if len(mixed) else np.zeros(0)
 
-    def group(keys) -> dict:
+    def group(keys, languages: bool = False) -> dict:
         out: dict = {}
         for key in sorted(set(keys), key=str):
             sel = np.asarray([k == key for k in keys])
@@ -324,6 +330,9 @@ def _summarize(mixed: np.ndarray, docs, doc_cluster, top, clusters: list[int], t
                 "tokens": int(lengths[sel].sum()),
                 "documents": int(sel.sum()),
             }
+            if languages:  # what a cluster is, in the reader's terms: its documents per language, most first
+                counts = Counter(lang for lang, s in zip(docs.langs, sel) if s)
+                out[str(key)]["languages"] = dict(sorted(counts.items(), key=lambda lc: (-lc[1], lc[0])))
         return out
 
     top_share = None
@@ -336,6 +345,6 @@ def _summarize(mixed: np.ndarray, docs, doc_cluster, top, clusters: list[int], t
         "topk": topk,
         "result_ppl": perplexity(float(mixed.sum()), len(mixed)),
         "per_language": group(list(docs.langs)),
-        "per_cluster": group([int(c) for c in doc_cluster]) if doc_cluster is not None else {},
+        "per_cluster": group([int(c) for c in doc_cluster], languages=True) if doc_cluster is not None else {},
         "top_expert": top_share,
     }

@@ -6,6 +6,7 @@ folder names with cluster ids, which mis-pairs `cluster10` with cluster 2 at K >
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -13,12 +14,13 @@ from pathlib import Path
 
 from xlbtm.cli import get_logger
 from xlbtm.cluster.extend import lineage
+from xlbtm.data.dataset import corpus_tokens_per_sample
 from xlbtm.ensemble.consolidate import clean_keys
 from xlbtm.errors import InputError, UsageError
-from xlbtm.formats.checkpoints import LATEST, checkpoint_root, latest_checkpoint
+from xlbtm.formats.checkpoints import LATEST, TRAIN_STATE, checkpoint_root, latest_checkpoint, read_train_state
 from xlbtm.formats.consolidated import load_consolidated
 from xlbtm.formats.expert import EXPERT_JSON, ExpertInfo, read_expert_info
-from xlbtm.formats.layout import consolidated_path, list_experts
+from xlbtm.formats.layout import consolidated_path, list_experts, train_log_path
 from xlbtm.io import sha256_json
 from xlbtm.models import ModelArgs
 from xlbtm.models.load import check_state_fits, model_from_state_dict
@@ -83,6 +85,57 @@ class Expert:
         return sha256_json(
             {"src": str(src.resolve()), "files": [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
         )
+
+
+def training_budget(expert: Expert) -> dict | None:
+    """What one expert (or dense model) trained, for the report: `{cluster, steps, planned_steps, tokens,
+    source}`, or None when nothing is recorded (a converted or merged model). `steps` / `tokens` are what the
+    run really did: its latest checkpoint's step and sample position (train_state.json), else the newest
+    `train` record of its train_log.jsonl (a consolidated.pt moved away from its checkpoints); tokens are
+    samples x the corpus tokens one sample consumes (`corpus_tokens_per_sample` of what the expert is scored
+    as: a TLM-trained expert counts its sample slots, as the scaling study does), None when unknown.
+    `planned_steps`: expert.json's configured max_steps."""
+    data = expert.meta.data or {}
+    config = data.get("config") or {}
+    planned = config.get("max_steps")
+    per_sample = data.get("tokens_per_sample") or config.get("tokens_per_sample")
+    step = position = None
+    source = None
+    ck = latest_checkpoint(expert.run_dir)
+    if ck is not None and (ck / TRAIN_STATE).is_file():
+        state = read_train_state(ck)
+        step, position, source = state.get("step"), state.get("position"), "checkpoint"
+    else:
+        record = _last_train_record(expert.run_dir)
+        if record is not None:
+            step, position, source = record.get("step"), record.get("position"), "train_log"
+    if step is None and planned is None:
+        return None
+    tokens = None
+    if position is not None and per_sample:
+        tokens = int(position) * corpus_tokens_per_sample(expert.objective, int(per_sample))
+    return {
+        "cluster": expert.cluster,
+        "steps": None if step is None else int(step),
+        "planned_steps": None if planned is None else int(planned),
+        "tokens": tokens,
+        "source": source or "expert.json (planned; no checkpoint or train_log.jsonl found)",
+    }
+
+
+def _last_train_record(run_dir: Path) -> dict | None:
+    """The newest `kind: train` record of a run's train_log.jsonl (None: no log, or nothing logged)."""
+    path = train_log_path(run_dir)
+    if not path.is_file():
+        return None
+    for line in reversed(path.read_text(encoding="utf-8").splitlines()):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill mid-write
+            continue
+        if isinstance(record, dict) and record.get("kind", "train") == "train" and "step" in record:
+            return record
+    return None
 
 
 def read_expert(path: str | os.PathLike, tokenizer: str | os.PathLike | None = None) -> Expert:

@@ -25,6 +25,8 @@ def main(argv=None) -> int:
     print(
         f"ensemble {m} {summary['ensemble_ppl']:.2f} | dense {m} {summary['dense_ppl']:.2f} "
         f"| K={summary['num_clusters']} | better in {summary['languages_won']}/{summary['languages']} languages "
+        # a tie (the change rounds to 0.0%, as report.md counts it) is not a loss: said apart when there is one
+        + (f"| {t} tied " if (t := summary.get("languages_tied")) else "")
         + (
             f"| retrieval acc@1 ensemble {r['ensemble']:.3f} dense {r['dense']:.3f} "
             if (r := summary.get("retrieval"))

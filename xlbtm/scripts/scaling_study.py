@@ -31,7 +31,7 @@ def main(argv=None) -> int:
         print(
             f"budget {p['expert_steps']}: ensemble {m} {p['ensemble_ppl']:.2f} | dense {m} {p['dense_ppl']:.2f} "
             f"| oracle {m} {p['oracle_ppl'] or float('nan'):.2f} | wins {p['languages_won']}/{p['languages']} "
-            "languages"
+            "languages" + (f" ({t} tied)" if (t := p.get("languages_tied")) else "")
         )
     print(f"study: {study['config']['out']}/{STUDY_MD}")
     return 0

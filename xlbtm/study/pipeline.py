@@ -39,7 +39,7 @@ from xlbtm.config import option, render_command, render_flags
 from xlbtm.corpus import Corpus
 from xlbtm.demo_corpus import write_demo_corpus
 from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, EvalConfig
-from xlbtm.ensemble.report import metric_name  # the study labels its numbers as eval does
+from xlbtm.ensemble.report import compare_ppl, metric_name  # the study labels and counts as eval does
 from xlbtm.errors import InputError, UsageError
 from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
 from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
@@ -650,7 +650,8 @@ def run_point(
             "oracle": oracle.get("per_language", {}).get(lang, {}).get("ppl"),
             "tokens": d["tokens"],
         }
-    wins = sum(1 for v in per_language.values() if v["ensemble"] is not None and v["ensemble"] < v["dense"])
+    # better / tied / worse by report.md's rule: a change that rounds to 0.0% is a tie, neither a win nor a loss
+    outcomes = [compare_ppl(v["ensemble"], v["dense"]) for v in per_language.values()]
     point = {
         "key": key,
         "objective": cfg.objective,
@@ -663,7 +664,8 @@ def run_point(
         "oracle_ppl": oracle.get("result_ppl"),
         "dense_ppl": dense["result_ppl"],
         "relative": ens["result_ppl"] / dense["result_ppl"] - 1.0,
-        "languages_won": wins,
+        "languages_won": outcomes.count("better"),
+        "languages_tied": outcomes.count("tied"),
         "languages": len(per_language),
         "per_language": per_language,
         "eval_tokens": dense["tokens"],

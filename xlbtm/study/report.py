@@ -52,7 +52,9 @@ def render_markdown(study: dict) -> str:
         md.append(
             f"| {p['expert_steps']} | {p['dense_steps']} | {_tokens(p['ensemble_train_tokens'])} / "
             f"{_tokens(p['dense_train_tokens'])} | {_f(p['dense_ppl'])} | {_f(p['ensemble_ppl'])} | "
-            f"{_f(p['oracle_ppl'])} | {_pct(p['relative'])} | {p['languages_won']}/{p['languages']} |\n"
+            f"{_f(p['oracle_ppl'])} | {_pct(p['relative'])} | {p['languages_won']}/{p['languages']}"
+            + (f" ({t} tied)" if (t := p.get("languages_tied")) else "")
+            + " |\n"
         )
     x = study.get("crossover")
     if x is None:

@@ -108,6 +108,7 @@ def run_study(cfg: StudyConfig) -> dict:
             f"budget {b}: ensemble {m} {p['ensemble_ppl']:.2f} | dense {m} "
             f"{p['dense_ppl']:.2f} | oracle {p['oracle_ppl'] or float('nan'):.2f} | wins "
             f"{p['languages_won']}/{p['languages']} languages"
+            + (f" ({t} tied)" if (t := p.get("languages_tied")) else "")
         )
         points.append(p)
     study = {
