@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import subprocess
+import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -287,7 +288,11 @@ def man_command() -> str:
 
 def render_man_page(page: ManPage, man: str, max_chars: int) -> str:
     """The page as plain text by `man -l` at width 100 (empty when man fails on it or it is an alias)."""
-    source = read_man_source(page)
+    try:
+        source = read_man_source(page)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:  # a damaged compressed file: one page lost
+        log.warning("%s: unreadable (%s); left out", page.path, e)
+        return ""
     if source is None:
         return ""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MAN", "LC_", "LANG"))}
@@ -344,7 +349,6 @@ def _split_rows(config: BuildCorpusConfig, docs: list[tuple[ManPage, str]], spli
 def build_manpages(config: BuildCorpusConfig) -> dict:
     root = Path(config.man_root)
     owner = _check_output(config, {"--man-root": config.man_root})
-    man = man_command()
     if not root.is_dir():
         raise UsageError(f"--man-root {root} is not a directory")
     langs = config.languages()
@@ -362,6 +366,7 @@ def build_manpages(config: BuildCorpusConfig) -> dict:
             f"{packages}` (as root; scripts/build_corpora.sh installs every language's), or leave "
             f"{'it' if len(missing) == 1 else 'them'} out of --langs"
         )
+    man = man_command()
     workers = config.workers or len(os.sched_getaffinity(0))
     docs: list[tuple[ManPage, str]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -369,7 +374,7 @@ def build_manpages(config: BuildCorpusConfig) -> dict:
             kept = _pick_pages(found[lang], config, man, pool, workers)
             if not kept:
                 raise InputError(f"none of the {len(found[lang])} {lang} pages rendered to any text with man", root)
-            log.info("%s: %d pages of %d rendered", lang, len(kept), len(found[lang]))
+            log.info("%s: kept %d of %d pages", lang, len(kept), len(found[lang]))
             docs += kept
     files = {
         "train/00000/manpages.jsonl": _split_rows(config, docs, "train"),
@@ -439,16 +444,27 @@ def _cap(rows: list[dict], cap: int, seed: int) -> list[dict]:
     return [rows[i] for i in sorted(ranked[:cap])]
 
 
+def _refuse_missing(missing: list[str], root: Path) -> None:
+    if missing:
+        raise UsageError(
+            f"no translated gettext catalogs for {','.join(missing)} under {root}: install packages that carry "
+            "them (scripts/build_corpora.sh installs a set; a minimal image may exclude /usr/share/locale, see "
+            f"/etc/dpkg/dpkg.cfg.d), or leave {'it' if len(missing) == 1 else 'them'} out of --langs"
+        )
+
+
 def build_gettext(config: BuildCorpusConfig) -> dict:
     root = Path(config.locale_root)
     owner = _check_output(config, {"--locale-root": config.locale_root})
     if not root.is_dir():
         raise UsageError(f"--locale-root {root} is not a directory")
     langs = config.languages()
+    found = {lang: find_catalogs(root, lang) for lang in langs}
+    _refuse_missing([lang for lang in langs if not found[lang]], root)
     files: dict[str, list[dict]] = {}
     missing = []
     for lang in langs:
-        catalogs = find_catalogs(root, lang)
+        catalogs = found[lang]
         by_split: dict[str, list[dict]] = {"valid": [], "train": []}
         seen: set[tuple[str, str]] = set()
         # valid first: a pair in both a valid and a train package stays in valid only (no train/valid leak)
@@ -480,12 +496,7 @@ def build_gettext(config: BuildCorpusConfig) -> dict:
             len(by_split["valid"]),
             len(catalogs),
         )
-    if missing:
-        raise UsageError(
-            f"no translated gettext catalogs for {','.join(missing)} under {root}: install packages that carry "
-            "them (scripts/build_corpora.sh installs a set; a minimal image may exclude /usr/share/locale, see "
-            f"/etc/dpkg/dpkg.cfg.d), or leave {'it' if len(missing) == 1 else 'them'} out of --langs"
-        )
+    _refuse_missing(missing, root)
     _publish(config, owner, files)
     summary = _summary(files, lambda row: row["tgt_lang"], lambda row: len(row["src"]) + len(row["tgt"]))
     summary["languages"] = list(langs)
