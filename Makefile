@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 CONSTRAINT := $(CURDIR)/.ci/constraints.txt
 
-.PHONY: install demo test test-fast slurm-up slurm-down bench
+.PHONY: install demo corpora test test-fast slurm-up slurm-down bench
 
 install:
 	python3 -m venv .venv
@@ -10,6 +10,10 @@ install:
 
 demo:
 	$(PY) -m xlbtm.scripts.quickstart
+
+# the real corpora (manpages, gettext) from their Debian packages, into corpora/ (apt-get through sudo)
+corpora:
+	bash scripts/build_corpora.sh corpora
 
 test:
 	$(PY) -m pytest -q tests
