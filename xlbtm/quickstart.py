@@ -41,8 +41,9 @@ def run_quickstart(cfg: QuickstartConfig) -> dict:
     def stage(what: str) -> None:
         log.info("[%d/9] %s  (%.0f s elapsed)", next(counter), what, time.time() - t0)
 
-    prep = prepare(cfg, stage)
-    point = run_point(cfg, prep, cfg.expert_steps, Path(prep.out), stage, hf_export=True)
+    out = Path(cfg.out).resolve()
+    prep = prepare(cfg, stage, points=[(cfg.expert_steps, out)])
+    point = run_point(cfg, prep, cfg.expert_steps, out, stage, hf_export=True)
     stage("report")
     summary = {
         "report": point["ensemble_report"],

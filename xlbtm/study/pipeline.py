@@ -28,7 +28,7 @@ import functools
 import shlex
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,12 +41,16 @@ from xlbtm.demo_corpus import write_demo_corpus
 from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, EvalConfig
 from xlbtm.ensemble.report import compare_ppl, metric_name  # the study labels and counts as eval does
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.binarized import MANIFEST as BINARIZED_MANIFEST
 from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
+from xlbtm.formats.clusterer import META as CLUSTERER_JSON
+from xlbtm.formats.clusterer import read_meta as read_clusterer_meta
 from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
 from xlbtm.formats.layout import RunLayout, consolidated_path, find_expert_dirs, hf_dir
 from xlbtm.io import read_json, refuse_overlap, write_json
 from xlbtm.launch.executor import JobRunMode
 from xlbtm.models import PRESETS
+from xlbtm.study.stages import LABELS, REUSED, StageRecord, corpus_identity, path_identity
 from xlbtm.tokenizer import detect_style, train_tokenizer_from_corpus
 from xlbtm.train.config import OBJECTIVES as ARCH_OF
 from xlbtm.train.config import TrainExpertsRequest, model_kind
@@ -173,6 +177,7 @@ class Prepared:
     languages: list[str] = field(default_factory=list)
     pairs: Path | None = None  # --parallel-data-dir
     pair_clusters: Path | None = None  # its assignment (cluster --parallel-side tgt)
+    models_key: dict = field(default_factory=dict)  # what a point's models are built from, but its steps
 
 
 def command(stage: str, flags: dict, *positional) -> str:
@@ -273,28 +278,150 @@ def _languages(data: Path, split: str = "train") -> list[str]:
     return sorted({d.lang for d in Corpus(data).iter_documents(split) if d.lang})
 
 
-def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log.info(what)) -> Prepared:
-    """Corpus, tokenizer, dense seed, clusterer and the assignment of train and valid (each skipped when done)."""
+def _flags(cfg: PipelineConfig, *names: str) -> dict:
+    """These settings under their flags' names (how a refusal names the one that differs)."""
+    return {"--" + name.replace("_", "-"): getattr(cfg, name) for name in names}
+
+
+Stages = list[tuple[Path, str, dict, list[Path]]]  # (record dir, stage, key, the stage's outputs)
+
+
+def stage_keys(
+    cfg: PipelineConfig, out: Path, data: Path, tok: Path | None, points: Sequence[tuple[int, Path]]
+) -> tuple[Stages, dict]:
+    """(record dir, stage, key, its outputs) of every stage this run builds, in pipeline order, and the key of
+    a point's models but its steps. A key holds the settings and inputs the stage's outputs depend on, its
+    inputs' included (`xlbtm.study.stages`). `tok`: a given tokenizer (with --seed-model), None when the
+    pipeline trains its own. `points`: (steps per expert, dir)."""
+    corpus = {"--data-dir": corpus_identity(data) if data.is_dir() else {"path": str(data), "files": 0}}
+    stages: Stages = []
+    if cfg.seed_model:
+        assert tok is not None
+        seed = {"--seed-model": path_identity(Path(cfg.seed_model)), "--tokenizer": path_identity(tok)}
+        tokenizer = seed
+    else:  # the seed trains with the experts' sample shape, batch and peak learning rate (_train_settings)
+        tokenizer = {**corpus, **_flags(cfg, "objective", "vocab_size", "seed")}
+        seed = {
+            **tokenizer,
+            **_flags(cfg, "model_size", "seed_steps", "tokens_per_sample", "batch_size", "learning_rate"),
+        }
+        stages += [(out, "tokenizer", tokenizer, [out / "tokenizer"]), (out, "seed", seed, [out / "seed"])]
+    clusterer = {**corpus, **tokenizer, **_flags(cfg, "num_clusters", "clustering", "seed")}
+    stages.append((out, "clusterer", clusterer, [out / "clusterer", out / "clusters"]))
+    pairs: dict = {}
+    if cfg.parallel_data_dir is not None:
+        pairs = {
+            **clusterer,
+            "--parallel-data-dir": corpus_identity(Path(cfg.parallel_data_dir)),
+            **_flags(cfg, "tlm_ratio"),
+        }
+        stages.append((out, "pair_clusters", pairs, [out / "pair_clusters"]))
+    # everything but where it runs and how it is evaluated (a point re-evaluates itself when those change)
+    models = {
+        **seed,
+        **clusterer,
+        **pairs,
+        **_flags(cfg, "objective", "tokens_per_sample", "batch_size", "learning_rate", "seed"),
+        **_flags(cfg, "step_allocation", "warmup_fraction"),
+    }
+    for steps, point in points:
+        stages.append((point, "models", {**models, "--expert-steps": steps}, [point / "models"]))
+    return stages, models
+
+
+def _check_stages(cfg: PipelineConfig, stages: Stages) -> None:
+    """Refuse (before anything is written) a stage in --out built from other inputs or settings."""
+    records: dict[Path, StageRecord] = {}
+    for root, stage, key, built in stages:
+        records.setdefault(root, StageRecord(root, cfg.out)).check(stage, key, built)
+        # the corpus each training binarized (its manifest names it): also holds for an --out older than
+        # stages.json, whose tokenizer and seed cannot be compared otherwise
+        corpus = key.get("--data-dir")
+        for manifest in [m for b in built for m in b.glob(f"*_clusters/data-bin/*/{BINARIZED_MANIFEST}")]:
+            m = read_json(manifest)
+            was = m.get("data_dir") if isinstance(m, dict) else None
+            if corpus is not None and was is not None and was != corpus["path"]:
+                raise UsageError(
+                    f"--out {cfg.out} holds {LABELS[stage]} ({manifest.parent}) built from --data-dir {was}; this "
+                    f"run: {corpus['path']}: pass another --out ({REUSED})"
+                )
+    # the clusterer's own record of K and kind: also holds for an --out older than stages.json
+    meta_path = Path(cfg.out).resolve() / "clusterer" / CLUSTERER_JSON
+    if meta_path.is_file():
+        meta = read_clusterer_meta(meta_path.parent)
+        if meta.get("num_clusters") != cfg.num_clusters or meta.get("kind") != cfg.clustering:
+            raise UsageError(
+                f"--out {cfg.out} holds a clusterer built with --num-clusters {meta.get('num_clusters')} "
+                f"--clustering {meta.get('kind')}; this run: --num-clusters {cfg.num_clusters} --clustering "
+                f"{cfg.clustering}: pass another --out ({REUSED})"
+            )
+
+
+def _record_stages(stages: Stages) -> None:
+    """Record each stage's key before it writes anything (a crashed run is then compared as well)."""
+    by_root: dict[Path, dict[str, dict]] = {}
+    for root, stage, key, _ in stages:
+        by_root.setdefault(root, {})[stage] = key
+    for root, keys in by_root.items():
+        StageRecord(root, str(root)).record(keys)
+
+
+def _demo_settings_match(cfg: PipelineConfig, data: Path) -> None:
+    """A demo corpus a first run generated is kept: refuse flags that ask for another one."""
+    summary = read_json(data / "demo_corpus.json")
+    was = {
+        "--num-train-docs": (summary.get("train") or {}).get("documents"),
+        "--num-valid-docs": (summary.get("valid") or {}).get("documents"),
+        "--seed": summary.get("seed"),
+    }
+    now = _flags(cfg, "num_train_docs", "num_valid_docs", "seed")
+    for flag, value in now.items():
+        if was[flag] != value:
+            raise UsageError(
+                f"--out {cfg.out} holds a demo corpus ({data}) generated with {flag} {was[flag]}; this run: "
+                f"{value}: pass another --out ({REUSED})"
+            )
+
+
+def prepare(
+    cfg: PipelineConfig,
+    stage: Callable[[str], None] = lambda what: log.info(what),
+    points: Sequence[tuple[int, Path]] = (),
+) -> Prepared:
+    """Corpus, tokenizer, dense seed, clusterer and the assignment of train and valid (each skipped when done).
+
+    `points` (steps per expert, dir): the points the caller will run; their models are checked here too, so a
+    stage built from other inputs or settings is refused before anything is written or trained."""
     out = Path(cfg.out).resolve()
     _refuse_other_objective(cfg, [_seed_run(out / "seed")], None if cfg.seed_model else out / "tokenizer")
+
+    data = out / "data" if cfg.data_dir is None else Path(cfg.data_dir).resolve()
+    if cfg.data_dir is not None:
+        # the corpus may sit inside --out (the demo corpus a first run generated), not under what stages write
+        refuse_overlap({f"--out ({sub}/)": out / sub for sub in WRITTEN}, {"--data-dir": cfg.data_dir})
+    elif (data / "demo_corpus.json").is_file():
+        _demo_settings_match(cfg, data)
+    given_tok = None
+    if cfg.seed_model:
+        from xlbtm.train.plan import resolve_tokenizer
+
+        given_tok = Path(resolve_tokenizer(cfg.seed_model, cfg.tokenizer)).resolve()
+    _check_stages(cfg, stage_keys(cfg, out, data, given_tok, points)[0])
     out.mkdir(parents=True, exist_ok=True)
 
     if cfg.data_dir is None:
-        data = out / "data"
         stage(f"demo corpus: {cfg.num_train_docs} train / {cfg.num_valid_docs} valid documents -> {data}")
         if not (data / "demo_corpus.json").is_file():
             summary = write_demo_corpus(data, n_train=cfg.num_train_docs, n_valid=cfg.num_valid_docs, seed=cfg.seed)
             log.info("languages: %s", ", ".join(summary["languages"]))
     else:
-        data = Path(cfg.data_dir).resolve()
-        # the corpus may sit inside --out (the demo corpus a first run generated), not under what stages write
-        refuse_overlap({f"--out ({sub}/)": out / sub for sub in WRITTEN}, {"--data-dir": cfg.data_dir})
         stage(f"corpus: {data}")
+    keys, models_key = stage_keys(cfg, out, data, given_tok, points)  # the corpus exists now: its files count
+    _record_stages(keys)
 
     if cfg.seed_model:
-        from xlbtm.train.plan import resolve_tokenizer
-
-        tok = Path(resolve_tokenizer(cfg.seed_model, cfg.tokenizer)).resolve()
+        assert given_tok is not None  # (resolved above)
+        tok = given_tok
         stage(f"tokenizer: {tok} (the seed's)")
         seed_ckpt = Path(cfg.seed_model).resolve()
         stage(f"dense seed: {seed_ckpt} (given)")
@@ -320,7 +447,7 @@ def prepare(cfg: PipelineConfig, stage: Callable[[str], None] = lambda what: log
     pairs = pair_clusters = None
     if cfg.parallel_data_dir is not None:
         pairs, pair_clusters = _cluster_pairs(cfg, clusterer, out, stage)
-    return Prepared(out, data, tok, seed_ckpt, clusterer, clusters, languages, pairs, pair_clusters)
+    return Prepared(out, data, tok, seed_ckpt, clusterer, clusters, languages, pairs, pair_clusters, models_key)
 
 
 def _cluster_pairs(cfg: PipelineConfig, clusterer: Path, out: Path, stage) -> tuple[Path, Path]:
@@ -545,6 +672,12 @@ def run_point(
     # what the point depends on (not where it is written or what else the study runs)
     key = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "budgets", "run", "expert_steps")}
     key["expert_steps"] = expert_steps
+    if prep.models_key:  # (prepare() checked it already, for the points it was told of)
+        models_stage = [
+            (point_dir, "models", {**prep.models_key, "--expert-steps": expert_steps}, [point_dir / "models"])
+        ]
+        _check_stages(cfg, models_stage)
+        _record_stages(models_stage)
     if done.is_file():
         old = read_json(done)
         # points written before --objective / --parallel-data-dir existed were clm without pairs; their keys lack them

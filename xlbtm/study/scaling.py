@@ -98,7 +98,7 @@ def run_study(cfg: StudyConfig) -> dict:
         log.info("%s  (%.0f s elapsed)", what, time.time() - t0)
 
     log.info(f"[{next(counter)}/{n_stages}] prepare: corpus, tokenizer, seed, clusterer, assignment")
-    prep = prepare(cfg, stage)
+    prep = prepare(cfg, stage, points=[(b, point_dir(out, b)) for b in cfg.budgets])
     points = []
     for b in cfg.budgets:
         log.info(f"[{next(counter)}/{n_stages}] budget: {b} steps per expert, {cfg.num_clusters * b} dense steps")
