@@ -85,6 +85,35 @@ def test_quickstart_end_to_end(tmp_path):
     png = out / "eval" / "ensemble" / "ppl_by_language.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # the same --out with another corpus or another K: every stage was built from the first run's inputs, so
+    # the rerun is refused before anything is written (it used to reuse the old tokenizer, seed and K=2
+    # clusterer, "resume" the finished models for 0 steps and print their numbers as the new corpus')
+    from xlbtm.demo_corpus import write_demo_corpus
+
+    other = tmp_path / "other corpus"
+    write_demo_corpus(other, n_train=60, n_valid=10, seed=3)
+    clusterer_json = (out / "clusterer" / "clusterer.json").read_bytes()
+    before = sorted((str(f), f.stat().st_mtime_ns) for f in out.rglob("*"))
+    for extra, why in (
+        (["--data-dir", str(other)], f"built with --data-dir {out / 'data'}; this run: {other}"),
+        (
+            ["--num-clusters", "3"],
+            f"a clusterer and its assignment ({out / 'clusterer'}) built with --num-clusters 2; this run: 3",
+        ),
+        (
+            ["--expert-steps", "5"],
+            f"experts and a dense model ({out / 'models'}) built with --expert-steps 4; this run: 5",
+        ),
+    ):
+        p2 = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=300)
+        assert p2.returncode == 2, (extra, p2.stderr[-2000:])
+        error = p2.stderr.strip().splitlines()[-1]
+        assert error.startswith(f"xlbtm quickstart: error: --out {out} holds ") and why in error, error
+        assert "pass another --out" in error and "Traceback" not in p2.stderr
+        assert "ensemble ppl" not in p2.stdout  # no headline from the old models
+        assert sorted((str(f), f.stat().st_mtime_ns) for f in out.rglob("*")) == before
+    assert (out / "clusterer" / "clusterer.json").read_bytes() == clusterer_json  # still K=2, nothing replaced
+
 
 def _tiny(out, *extra):
     return [

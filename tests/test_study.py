@@ -130,6 +130,30 @@ def test_scaling_study_end_to_end_tiny_budgets(tmp_path):
     assert "$ python -m xlbtm.scripts.train_experts" not in p2.stderr + p2.stdout
     assert json.loads((out / "study.json").read_text())["points"] == study["points"]
 
+    # the same --out with another corpus, K or training setting: refused before anything is written, never a
+    # study of the new settings from the old stages (the points used to retrain from the K=2 clusterer, or
+    # "resume" their finished experts for 0 steps and report them under the new settings)
+    from xlbtm.demo_corpus import write_demo_corpus
+
+    other = write_demo_corpus(tmp_path / "other", n_train=60, n_valid=10, seed=3)["out_dir"]
+    before = sorted((str(f), f.stat().st_mtime_ns) for f in out.rglob("*"))
+    models = out / "budget_3" / "models"
+    for flags, why in (
+        (
+            ["--data-dir", other],
+            f"a tokenizer ({out / 'tokenizer'}) built with --data-dir {out / 'data'}; this run: {other}",
+        ),
+        (["--num-clusters", "3"], "built with --num-clusters 2; this run: 3"),
+        (["--step-allocation", "equal"], f"({models}) built with --step-allocation proportional; this run: equal"),
+        (["--budgets", "6,12", "--warmup-fraction", "0"], "--warmup-fraction 0.25; this run: 0.0"),
+    ):
+        p4 = subprocess.run(cmd + flags, capture_output=True, text=True, timeout=300)
+        assert p4.returncode == 2, (flags, p4.stderr[-2000:])
+        error = p4.stderr.strip().splitlines()[-1]
+        assert error.startswith(f"xlbtm scaling_study: error: --out {out} holds ") and why in error, error
+        assert "budget 3:" not in p4.stdout and "Traceback" not in p4.stderr
+        assert sorted((str(f), f.stat().st_mtime_ns) for f in out.rglob("*")) == before
+
     # an existing seed (here the first study's) instead of one trained from scratch: its tokenizer is used
     seed = out / "seed" / "1_clusters" / "seed.cluster0" / "consolidated.pt"
     out2 = tmp_path / "given seed"
