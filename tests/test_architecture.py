@@ -267,6 +267,8 @@ LAZY_XLBTM: dict[tuple[str, str], str] = {
     ("xlbtm/study/pipeline.py", "xlbtm.ensemble.evaluate"): _HELP_PATH + "evaluation imports torch",
     ("xlbtm/study/pipeline.py", "xlbtm.cluster.train"): _HELP_PATH + "clusterer training imports numpy, sklearn",
     ("xlbtm/study/pipeline.py", "xlbtm.data.dataset"): _HELP_PATH + "datasets import numpy",
+    ("xlbtm/study/pipeline.py", "xlbtm.formats.binarized"): _HELP_PATH + "binarized formats import numpy",
+    ("xlbtm/study/pipeline.py", "xlbtm.formats.clusterer"): _HELP_PATH + "the clusterer format imports numpy",
     ("xlbtm/study/scaling.py", "xlbtm.data.dataset"): _HELP_PATH + "datasets import numpy",
 }
 # Files whose every function-level import is allowed: the commands import the library when they run, after

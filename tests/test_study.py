@@ -440,3 +440,58 @@ def test_headlines_count_a_tie_apart(monkeypatch, capsys):
     }
     study = {"config": config, "points": [pt], "data": "d", "languages": [], "tokens_per_step": 252, "seconds": 1.0}
     assert "| -5.0% | 1/2 (1 tied) |" in render_markdown({**study, "crossover": None})
+
+
+def test_stages_built_from_other_inputs_are_refused_before_anything_is_written(tmp_path):
+    """Each stage's key (stages.json) against a rerun's: another corpus (or the same path with changed files),
+    another K or another training setting is refused with one line naming --out and the flag; the same
+    settings pass. (No training here: the built stages are stand-ins.)"""
+    import dataclasses
+    import os
+
+    from xlbtm.demo_corpus import write_demo_corpus
+    from xlbtm.errors import UsageError
+    from xlbtm.study.pipeline import _check_stages, _record_stages, prepare, stage_keys
+    from xlbtm.study.scaling import StudyConfig, point_dir
+
+    corpus = tmp_path / "corpus"
+    write_demo_corpus(corpus, n_train=12, n_valid=4, seed=1)
+    other = tmp_path / "other"
+    write_demo_corpus(other, n_train=12, n_valid=4, seed=2)
+    out = tmp_path / "out"
+    cfg = StudyConfig(out=str(out), data_dir=str(corpus), num_clusters=2, budgets=[3])
+    points = [(3, point_dir(out, 3))]
+    stages, _ = stage_keys(cfg, out, corpus, None, points)
+    _record_stages(stages)
+    for sub in ("tokenizer", "seed", "clusterer", "budget_3/models"):
+        (out / sub).mkdir(parents=True)
+    before = sorted(str(p) for p in out.rglob("*"))
+
+    _check_stages(cfg, stage_keys(cfg, out, corpus, None, points)[0])  # the same inputs: reused
+    refused = {
+        "another corpus": (
+            dict(data_dir=str(other)),
+            f"a tokenizer ({out / 'tokenizer'}) built with --data-dir {corpus}; this run: {other}",
+        ),
+        "another K": (
+            dict(num_clusters=3),
+            f"a clusterer and its assignment ({out / 'clusterer'}) built with --num-clusters 2; this run: 3",
+        ),
+        "a seed setting": (dict(seed_steps=7), "a dense seed"),
+        "an expert setting": (
+            dict(step_allocation="equal"),
+            f"experts and a dense model ({out / 'budget_3' / 'models'}) built with --step-allocation proportional; this run: equal",
+        ),
+    }
+    for what, (change, why) in refused.items():
+        with pytest.raises(UsageError, match="^--out .* holds ") as e:
+            prepare(dataclasses.replace(cfg, **change), points=points)
+        assert why in str(e.value) and "pass another --out" in str(e.value), (what, str(e.value))
+        assert sorted(str(p) for p in out.rglob("*")) == before, what
+    # the same path, but a file of it rewritten since
+    f = next((corpus / "train").rglob("*.jsonl"))
+    f.write_text(f.read_text() + f.read_text().splitlines()[0] + "\n")
+    os.utime(f, ns=(1, 1))
+    with pytest.raises(UsageError, match=rf"built with --data-dir {corpus} as it was then \(3 files; now 3, changed"):
+        prepare(cfg, points=points)
+    assert sorted(str(p) for p in out.rglob("*")) == before

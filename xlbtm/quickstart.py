@@ -11,7 +11,8 @@ logs that command with its flags, so the quickstart is also a living example of 
 
 It is one point of the scaling study (`xlbtm.study`): the same stages, one budget, laid out flat in --out.
 Stages whose outputs already exist are resumed by the stages themselves (training resumes from `latest`,
-assignment skips finished files), so rerunning after a crash continues instead of starting over.
+assignment skips finished files), so rerunning after a crash continues instead of starting over; a rerun
+with another corpus or other settings is refused rather than served the old stages (`xlbtm.study.stages`).
 """
 
 from __future__ import annotations

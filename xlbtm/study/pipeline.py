@@ -7,7 +7,9 @@
 Each stage calls the library function behind a `python -m xlbtm.scripts.<name>` command, in this process, and
 logs that command with the same flags, so a user can rerun any stage by hand. Every stage resumes by itself
 (training from `latest`, assignment per file) and a finished stage is skipped, so rerunning after a crash
-continues instead of starting over.
+continues instead of starting over. Only a stage built from the same inputs and settings is reused: each one's
+key is recorded in `stages.json` and a rerun that differs (another corpus, K, training setting) is refused
+before anything is written (`xlbtm.study.stages`: why refused, not redone).
 
 Objectives: `clm` (the default) trains XGLM seed, experts and dense model and scores them by perplexity;
 `mlm` trains XLM-R ones (masked LM) and scores them by pseudo-perplexity (each token predicted once with a
@@ -41,10 +43,7 @@ from xlbtm.demo_corpus import write_demo_corpus
 from xlbtm.ensemble.config import DEFAULT_TEMPERATURE, EvalConfig
 from xlbtm.ensemble.report import compare_ppl, metric_name  # the study labels and counts as eval does
 from xlbtm.errors import InputError, UsageError
-from xlbtm.formats.binarized import MANIFEST as BINARIZED_MANIFEST
 from xlbtm.formats.checkpoints import latest_checkpoint, read_train_state
-from xlbtm.formats.clusterer import META as CLUSTERER_JSON
-from xlbtm.formats.clusterer import read_meta as read_clusterer_meta
 from xlbtm.formats.expert import EXPERT_JSON, read_expert_info
 from xlbtm.formats.layout import RunLayout, consolidated_path, find_expert_dirs, hf_dir
 from xlbtm.io import read_json, refuse_overlap, write_json
@@ -331,6 +330,11 @@ def stage_keys(
 
 def _check_stages(cfg: PipelineConfig, stages: Stages) -> None:
     """Refuse (before anything is written) a stage in --out built from other inputs or settings."""
+    # (formats import numpy: not on the path of `quickstart --help`)
+    from xlbtm.formats.binarized import MANIFEST as BINARIZED_MANIFEST
+    from xlbtm.formats.clusterer import META as CLUSTERER_JSON
+    from xlbtm.formats.clusterer import read_meta as read_clusterer_meta
+
     records: dict[Path, StageRecord] = {}
     for root, stage, key, built in stages:
         records.setdefault(root, StageRecord(root, cfg.out)).check(stage, key, built)
@@ -394,6 +398,9 @@ def prepare(
     stage built from other inputs or settings is refused before anything is written or trained."""
     out = Path(cfg.out).resolve()
     _refuse_other_objective(cfg, [_seed_run(out / "seed")], None if cfg.seed_model else out / "tokenizer")
+    for _, point in points:  # (its own message names the objective: said before the stage keys' more general one)
+        runs = expert_runs(point / "models", cfg.num_clusters) + [_dense_run(point / "models")]
+        _refuse_other_objective(cfg, runs, trained="mlm+tlm" if cfg.parallel_data_dir else None)
 
     data = out / "data" if cfg.data_dir is None else Path(cfg.data_dir).resolve()
     if cfg.data_dir is not None:

@@ -75,6 +75,8 @@ def path_identity(path: Path) -> dict:
 def _show(value: Any) -> str:
     if value is None:
         return "(none)"
+    if isinstance(value, dict) and "path" in value:  # an input's identity: its path says which
+        return str(value["path"])
     if isinstance(value, list):
         return ",".join(map(str, value))
     return str(value)
