@@ -442,6 +442,24 @@ def test_train_experts_debug_dense_baseline_and_resume(demo, tmp_path, capsys):
     assert "completed at step 6" in capsys.readouterr().out
     assert main(argv) == 0  # rerun: resumes from step 6, nothing left to do
     assert "resumes from step_6" in capsys.readouterr().out
+    # the same run dir asked for another experiment: refused before anything runs, not "resumed" for 0 steps
+    import shutil
+
+    from xlbtm.cli import main_wrapper
+
+    other = tmp_path / "other_corpus"
+    shutil.copytree(data, other)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*") if p.name != ".lock")  # (probed)
+    for flag, value, what in (("--path-to-data", other, "corpus"), ("--seed-model", "xglm-564M", "seed")):
+        changed = list(argv)
+        changed[changed.index(flag) + 1] = str(value)
+        assert main_wrapper("train_experts", main, changed) == 2
+        err = capsys.readouterr().err
+        assert f"another {what} ({flag} was" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.rglob("*") if p.name != ".lock") == before
+    longer = list(argv)
+    longer[longer.index("--max-steps") + 1] = "8"  # extending a run is a resume
+    assert main(longer) == 0 and latest_checkpoint(run).name == "step_8"
     import torch.distributed as dist
 
     assert not dist.is_initialized()  # in-process training leaves no process group behind

@@ -154,6 +154,9 @@ class TrainConfig(TrainingSettings):
     progress_bar: bool | None = None  # None = when stdout is a terminal
     device: str | None = None  # "cuda" | "cpu" | None (cuda when visible)
     init: dict | None = None  # where the seed came from when not the plain seed (add_experts)
+    # the corpus and pairs the binarized data was made from (resolved): a resume with other ones is refused
+    source_data: str | None = None
+    source_pairs: str | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

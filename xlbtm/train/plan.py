@@ -331,6 +331,8 @@ def plan_experts(req: TrainExpertsRequest) -> TrainExpertsPlan:
             progress_bar=False,
             init=req.init,
             pairs_dir=None if parallel_dir is None else str(pairs_dir_for(bin_dir).resolve()),
+            source_data=None if data_dir is None else str(Path(data_dir).resolve()),
+            source_pairs=None if parallel_dir is None else str(Path(parallel_dir).resolve()),
         )
         experts.append(ExpertPlan(k, run_dir, cfg))
 
@@ -458,6 +460,7 @@ def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, exper
                 f"{info.tokenizer}, not {tok.path}; resume with that {req.tokenizer_flag} or train into "
                 f"another {req.output_flag}"
             )
+        refuse_another_experiment(req, p, info)
         args = ModelArgs.from_dict(info.model_args)
         check_model_fits(args.arch, args.max_positions, objective, req.tokens_per_sample, str(p.run_dir))
     if fresh:
@@ -466,6 +469,50 @@ def check_experts_startable(req: TrainExpertsRequest, tok, objective: str, exper
         else:
             args = seed_args(req.seed_model, req.model_size, tok.vocab_size)
         check_model_fits(args.arch, args.max_positions, objective, req.tokens_per_sample, req.seed_model)
+
+
+def _same_seed(a: str | None, b: str | None) -> bool:
+    """A preset name, or a path (compared resolved: `./seed` and `/abs/seed` are one seed)."""
+    if a == b:
+        return True
+    if a and b and Path(a).exists() and Path(b).exists():
+        return Path(a).resolve() == Path(b).resolve()
+    return False
+
+
+def refuse_another_experiment(req: TrainExpertsRequest, p: ExpertPlan, info) -> None:
+    """A run dir with checkpoints is resumed: refuse when this command describes another expert than the one
+    it holds (another corpus, clusterer, seed or objective). Resuming would train it on the new inputs from
+    where the old ones left it (0 steps when it had finished), and every later report would credit the new
+    inputs with a model trained on the old ones. Settings that only change how training goes on (--max-steps,
+    the learning rate) stay free: extending a run is a resume. Fields an older expert.json lacks are skipped."""
+    was = info.data.get("config") or {}
+    recorded = {
+        "clusterer": (info.clusterer_fingerprint, True),
+        "seed": (info.seed_model, True),
+        # written into the config by this xlbtm: an older expert.json without the key is not compared
+        "objective": (was.get("objective"), "objective" in was),
+        "corpus": (was.get("source_data"), "source_data" in was),
+        "translation pairs": (was.get("source_pairs"), "source_pairs" in was),
+    }
+    now = {
+        "clusterer": ("--path-to-clusters-dir", p.cfg.clusterer_fingerprint),
+        "seed": ("--seed-model", p.cfg.seed_model),
+        "objective": ("--objective", p.cfg.objective),
+        "corpus": ("--path-to-data", p.cfg.source_data),
+        "translation pairs": ("--parallel-data", p.cfg.source_pairs),
+    }
+    for what, (old, known) in recorded.items():
+        flag, new = now[what]
+        if not known or (_same_seed(old, new) if what == "seed" else old == new):
+            continue
+        width = 12 if what == "clusterer" else None  # a fingerprint: its head is enough to tell them apart
+        before, after = ("not given" if v is None else str(v)[:width] for v in (old, new))
+        raise UsageError(
+            f"cluster {p.cluster}: {p.run_dir} holds an expert trained with another {what} ({flag} was "
+            f"{before}, now {after}); resuming would present it as trained on the new one: rerun with "
+            f"the same {flag}, or train into another {req.output_flag}"
+        )
 
 
 def clusters_without_documents(clusters_dir: Path, split: str, clusters: list[int]) -> list[int]:
