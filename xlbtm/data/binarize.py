@@ -237,6 +237,15 @@ def inputs_unchanged(
 # ------------------------------------------------------------------------------------------- binarize
 
 
+def refuse_binarize_overlap(data_dir, out_dir, clusters_dir, tokenizer_path) -> None:
+    """Binarized data must not be written into (or over) what it is read from; checked before anything is
+    written there, the output dir's lock file included."""
+    refuse_overlap(
+        {"--output-dir": out_dir},
+        {"--path-to-data": data_dir, "--path-to-clusters-dir": clusters_dir, "--tokenizer": tokenizer_path},
+    )
+
+
 def binarize(
     data_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -257,14 +266,7 @@ def binarize(
     every document goes to cluster 0 of K=1.
     """
 
-    refuse_overlap(
-        {"--output-dir": out_dir},
-        {
-            "--path-to-data": data_dir,
-            "--path-to-clusters-dir": clusters_dir,
-            "--tokenizer": getattr(tokenizer, "path", None),
-        },
-    )
+    refuse_binarize_overlap(data_dir, out_dir, clusters_dir, getattr(tokenizer, "path", None))
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     clusterer_fp = None
     if clusters_dir is not None:

@@ -47,11 +47,12 @@ def build_parser():
 
 
 def main(argv=None):
-    from xlbtm.data.binarize import binarize
+    from xlbtm.data.binarize import binarize, refuse_binarize_overlap
     from xlbtm.tokenizer import load_tokenizer
 
     args = build_parser().parse_args(argv)
     tok = load_tokenizer(args.tokenizer)
+    refuse_binarize_overlap(args.data_dir, args.output_dir, args.clusters_dir, tok.path)  # before the lock file
     # the dir's lock, as train_experts takes it: a run binarizing the same dir meanwhile is waited for
     with binarized_lock(args.output_dir).held(lambda line: print(line, flush=True)):
         res = binarize(
