@@ -537,3 +537,33 @@ def test_binarize_refuses_cluster_files_of_an_older_corpus(corpus, clusterer, tm
     binarize(data, tmp_path / "bin2", tok, splits=["train"], clusters_dir=cdir)
     warned = [r for r in caplog.records if "do not record which version of the corpus" in r.getMessage()]
     assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_a_second_cluster_into_one_output_dir_waits_for_the_first(tmp_path, caplog):
+    """Two `cluster` runs into one --output-prefix: the second would clean the first's temp files as stale and
+    rewrite manifest.json under it. It waits (saying for whom), then finds the split done."""
+    import logging
+    import threading
+    import time
+
+    from xlbtm.cluster.train import train_typological_clusterer
+    from xlbtm.formats.lock import DirLock
+
+    data = tmp_path / "d"
+    _write(data / "train" / "0" / "a.jsonl", [{"text": "a", "lang": "en"}, {"text": "b", "lang": "ru"}])
+    train_typological_clusterer(["en", "ru"], 2, tmp_path / "t", mode="xelm")
+    out = tmp_path / "o"
+    first = DirLock(out, "being clustered")
+    assert first.acquire() is None  # another `cluster` holds the dir
+    done = []
+    with caplog.at_level(logging.INFO, logger="xlbtm"):
+        t = threading.Thread(
+            target=lambda: done.append(assign_mod.assign_corpus(data, tmp_path / "t", out, "train", workers=1))
+        )
+        t.start()
+        time.sleep(1.5)
+        assert t.is_alive() and not done and not list(out.rglob("*.jsonl"))  # waiting, nothing written
+        assert any("being clustered by pid" in r.getMessage() for r in caplog.records)
+        first.release()
+        t.join(60)
+    assert done and len(dict(iter_assignments(out, "train"))) == 2

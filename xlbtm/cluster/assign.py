@@ -23,6 +23,7 @@ from typing import Any
 
 from xlbtm.cli import get_logger
 from xlbtm.errors import InputError, UsageError
+from xlbtm.formats.lock import DirLock
 
 log = get_logger("cluster")
 
@@ -391,6 +392,44 @@ def assign_corpus(
     if run not in ("local", "slurm"):
         raise UsageError(f"--run must be local or slurm, got {run!r}")
     output_prefix = Path(output_prefix)
+    # one `cluster` at a time per output dir: a second one would delete the first's temp files as stale and
+    # both would rewrite manifest.json; it waits, saying for whom, then finds the files done
+    with DirLock(output_prefix, "being clustered").held(log.info):
+        return _assign_locked(
+            data_dir,
+            clusterer,
+            clusterer_path,
+            output_prefix,
+            split,
+            run=run,
+            job_dir=job_dir,
+            workers=workers,
+            max_array_tasks=max_array_tasks,
+            batch_size=batch_size,
+            skip_bad_lines=skip_bad_lines,
+            timeout_min=timeout_min,
+            site=site,
+            parallel_side=parallel_side,
+        )
+
+
+def _assign_locked(
+    data_dir,
+    clusterer,
+    clusterer_path: str,
+    output_prefix: Path,
+    split: str,
+    *,
+    run: str,
+    job_dir,
+    workers,
+    max_array_tasks: int,
+    batch_size: int,
+    skip_bad_lines: bool,
+    timeout_min: int,
+    site,
+    parallel_side: str | None,
+) -> dict:
     jobs, todo = plan(data_dir, output_prefix, split, clusterer.fingerprint, parallel_side)
     log.info(
         f"{split}: {len(jobs)} files, {len(jobs) - len(todo)} already done, {len(todo)} to do "
